@@ -1,0 +1,158 @@
+//! `tenthbitd`: the daemon, and its admin subcommands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tenthbit::config::{self, Config};
+use tenthbit::tls::pin::format_fingerprint;
+use tracing::{error, info};
+
+/// The Tenthbit chat daemon.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); without it the embedded defaults are used.
+    #[arg(long, short, global = true, env = "TENTHBIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address (repeatable); replaces `server.listen`.
+    #[arg(long, global = true)]
+    listen: Vec<SocketAddr>,
+    /// Server name users see; replaces `server.name`.
+    #[arg(long, global = true)]
+    server_name: Option<String>,
+    /// PEM certificate chain; replaces `tls.cert_file`.
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// PEM private key; replaces `tls.key_file`.
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// State directory; replaces `server.data_dir`.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Log level or filter; replaces `log.level` (RUST_LOG still wins).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration and exit (non-zero, naming the bad key, if invalid).
+    CheckConfig,
+    /// Print the embedded default configuration.
+    Config,
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::from_toml(config::DEFAULT_TOML)?,
+    };
+    if !cli.listen.is_empty() {
+        config.server.listen.clone_from(&cli.listen);
+    }
+    if let Some(name) = &cli.server_name {
+        config.server.name.clone_from(name);
+    }
+    if let Some(cert) = &cli.cert {
+        config.tls.cert_file.clone_from(cert);
+    }
+    if let Some(key) = &cli.key {
+        config.tls.key_file.clone_from(key);
+    }
+    if let Some(dir) = &cli.data_dir {
+        config.server.data_dir.clone_from(dir);
+    }
+    if let Some(level) = &cli.log_level {
+        config.log.level.clone_from(level);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Config) => {
+            print!("{}", config::DEFAULT_TOML);
+            Ok(())
+        }
+        Some(Command::CheckConfig) => check_config(&cli),
+        Some(Command::Run) | None => run(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tenthbitd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(cli: &Cli) -> Result<()> {
+    let config = load_config(cli)?;
+    let (cert, key) = (&config.tls.cert_file, &config.tls.key_file);
+    if cert.exists() || key.exists() || !config.tls.self_signed {
+        // Load (never generate) the pair, so a bad file fails here, not at start.
+        let mut tls = config.tls.clone();
+        tls.self_signed = false;
+        tenthbit::tls::server_config(&tls, &config.server.name)?;
+    }
+    println!("configuration ok");
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let config = load_config(cli)?;
+    tenthbit::telemetry::init(&config.log.level).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let server = match tenthbit::start(config.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            return Err(e.into());
+        }
+    };
+    let fingerprint = format_fingerprint(&server.fingerprint());
+    info!(sha256 = %fingerprint, file = %config.tls.cert_file.display(), "certificate");
+    for addr in server.local_addrs() {
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        let target = if addr.is_ipv6() && !addr.ip().is_unspecified() {
+            format!("[{host}]:{}", addr.port())
+        } else {
+            format!("{host}:{}", addr.port())
+        };
+        info!(command = %format!("openssl s_client -connect {target} -quiet"), "connect with");
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let stop = server.shutdown_token();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    info!(signal, "shutdown requested");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    stop.cancel();
+    server.wait().await;
+    Ok(())
+}

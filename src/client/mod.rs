@@ -1,0 +1,224 @@
+//! The client library: connect with TLS and ALPN, send packets, read packets,
+//! and wait for the reply to a request. The `tenthbit` binary, the tests and
+//! the benchmark all use it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::conn::framing::Frame;
+use crate::conn::gzip::{Flush, GzipEncoder};
+use crate::conn::reader::{self, FrameReader};
+use crate::proto::packet::DecodeError;
+use crate::proto::{Packet, id};
+use crate::tls::{self, Alpn, Trust};
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// TCP or TLS failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Trust settings are unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    /// The host is not a valid TLS server name.
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    /// The server picked a protocol we did not offer.
+    #[error("server negotiated an unknown protocol")]
+    Alpn,
+    /// The server's stream is not valid.
+    #[error(transparent)]
+    Read(#[from] reader::Error),
+    /// The server sent a line that is not a packet.
+    #[error("bad packet from server: {0}")]
+    Decode(#[from] DecodeError),
+    /// The server sent a line over the limit.
+    #[error("server sent a line over the limit")]
+    TooLong,
+    /// The connection ended.
+    #[error("connection closed by server")]
+    Closed,
+    /// Nothing came in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How to trust the server.
+    pub trust: Trust,
+    /// Protocols to offer by ALPN, in preference order; empty offers none.
+    pub alpn: Vec<Alpn>,
+    /// Name for SNI and certificate checks (`localhost`, `10b.it`, an IP).
+    pub server_name: String,
+    /// Longest line accepted from the server.
+    pub max_line_bytes: usize,
+}
+
+impl Options {
+    /// Pin a fingerprint, offer plain `10bit/0.1`.
+    pub fn pinned(fingerprint: [u8; 32]) -> Self {
+        Self {
+            trust: Trust::Fingerprint(fingerprint),
+            alpn: vec![Alpn::Plain],
+            server_name: "localhost".into(),
+            max_line_bytes: 1024 * 1024,
+        }
+    }
+
+    /// The same, offering `alpn` instead.
+    pub fn with_alpn(mut self, alpn: Vec<Alpn>) -> Self {
+        self.alpn = alpn;
+        self
+    }
+}
+
+/// A connected client.
+pub struct Client {
+    reader: FrameReader<ReadHalf<TlsStream<TcpStream>>>,
+    writer: WriteHalf<TlsStream<TcpStream>>,
+    gzip: Option<GzipEncoder>,
+    alpn: Alpn,
+    pending: VecDeque<Packet>,
+    wire: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port`) and completes the TLS handshake.
+    pub async fn connect(addr: &str, opts: &Options) -> Result<Client, Error> {
+        let config = tls::client_config(&opts.trust, &opts.alpn)?;
+        let name = ServerName::try_from(opts.server_name.clone())
+            .map_err(|_| Error::ServerName(opts.server_name.clone()))?;
+        let tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let stream = TlsConnector::from(Arc::clone(&config))
+            .connect(name, tcp)
+            .await?;
+        let alpn = Alpn::from_negotiated(stream.get_ref().1.alpn_protocol()).ok_or(Error::Alpn)?;
+        let (rd, wr) = tokio::io::split(stream);
+        Ok(Client {
+            reader: FrameReader::new(rd, alpn == Alpn::Gzip, opts.max_line_bytes),
+            writer: wr,
+            gzip: (alpn == Alpn::Gzip).then(|| GzipEncoder::new(6)),
+            alpn,
+            pending: VecDeque::new(),
+            wire: Vec::new(),
+        })
+    }
+
+    /// The negotiated protocol.
+    pub fn alpn(&self) -> Alpn {
+        self.alpn
+    }
+
+    /// Sends a packet. `auth` packets carry secrets and are isolated from the
+    /// compression window.
+    pub async fn send(&mut self, packet: &Packet) -> Result<(), Error> {
+        let secret = packet.op == "auth";
+        self.write(&packet.to_line(), secret).await
+    }
+
+    /// Sends bytes as they are (a test's malformed line; include the `\n`).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.write(bytes, false).await
+    }
+
+    async fn write(&mut self, bytes: &[u8], secret: bool) -> Result<(), Error> {
+        self.wire.clear();
+        match self.gzip.as_mut() {
+            Some(z) => {
+                if secret {
+                    z.flush(Flush::Full, &mut self.wire);
+                }
+                z.write(bytes, &mut self.wire);
+                z.flush(
+                    if secret { Flush::Full } else { Flush::Sync },
+                    &mut self.wire,
+                );
+            }
+            None => self.wire.extend_from_slice(bytes),
+        }
+        self.writer.write_all(&self.wire).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// The next line from the server, undecoded; `None` when it closed.
+    /// Cancel-safe.
+    pub async fn recv_line(&mut self) -> Result<Option<Bytes>, Error> {
+        match self.reader.next_frame().await? {
+            Some(Frame::Line(line)) => Ok(Some(line)),
+            Some(Frame::TooLong) => Err(Error::TooLong),
+            None => Ok(None),
+        }
+    }
+
+    /// The next packet from the server; `None` when it closed. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<Packet>, Error> {
+        if let Some(p) = self.pending.pop_front() {
+            return Ok(Some(p));
+        }
+        match self.recv_line().await? {
+            Some(line) => Ok(Some(Packet::decode(&line, 128)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The next packet within `limit`.
+    pub async fn recv_timeout(&mut self, limit: Duration) -> Result<Packet, Error> {
+        match tokio::time::timeout(limit, self.recv()).await {
+            Ok(Ok(Some(p))) => Ok(p),
+            Ok(Ok(None)) => Err(Error::Closed),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout(limit)),
+        }
+    }
+
+    /// Sends `packet` (with a fresh `id` if it has none) and returns the
+    /// packet whose `ex.for` names it. Packets that arrive in between are kept
+    /// for [`Client::recv`].
+    pub async fn request(&mut self, mut packet: Packet, limit: Duration) -> Result<Packet, Error> {
+        let id = packet.id.get_or_insert_with(id::new_id).clone();
+        self.send(&packet).await?;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut skipped = VecDeque::new();
+        let result = loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let next = match tokio::time::timeout(remaining, self.recv_line()).await {
+                Ok(Ok(Some(line))) => Packet::decode(&line, 128).map_err(Error::from),
+                Ok(Ok(None)) => Err(Error::Closed),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Error::Timeout(limit)),
+            };
+            match next {
+                Ok(p) if p.ex_str("for") == Some(id.as_str()) => break Ok(p),
+                Ok(p) => skipped.push_back(p),
+                Err(e) => break Err(e),
+            }
+        };
+        self.pending.extend(skipped);
+        result
+    }
+
+    /// Ends our direction cleanly (gzip trailer, TLS close_notify) without
+    /// sending `quit`; packets already on their way can still be read.
+    pub async fn finish(&mut self) -> Result<(), Error> {
+        if let Some(z) = self.gzip.as_mut() {
+            self.wire.clear();
+            z.finish(&mut self.wire);
+            self.writer.write_all(&self.wire).await?;
+        }
+        self.writer.shutdown().await?;
+        Ok(())
+    }
+}

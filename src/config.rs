@@ -1,0 +1,392 @@
+//! The configuration tree: every setting with its default, parsed from TOML.
+//!
+//! `Config::default()` and the embedded `default_config.toml` describe the same
+//! values (a test holds them together). Unknown keys are rejected, so a typo in
+//! a production config is an error that names the key, not a silent default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The embedded default configuration, printed by `tenthbitd config`.
+pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or named an unknown key (the message names it).
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, when there is one.
+        path: Option<PathBuf>,
+        /// toml's message, with line, column and key.
+        message: String,
+    },
+    /// A value parsed but is out of range.
+    #[error("invalid config value `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `limits.max_line_bytes`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Identity and addresses.
+    pub server: ServerConfig,
+    /// Certificate, key and ALPN.
+    pub tls: TlsConfig,
+    /// Login methods.
+    pub auth: AuthConfig,
+    /// Every limit, with its unit in its name.
+    pub limits: Limits,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Server name users see (`10b.it`).
+    pub name: String,
+    /// Node name, unique within a mesh.
+    pub node: String,
+    /// Client listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Server rules, sent as server metadata after login.
+    pub rules: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            name: "localhost".into(),
+            node: "node1".into(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 10817))],
+            data_dir: PathBuf::from("data"),
+            rules: "Be excellent to each other.".into(),
+        }
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// Generate a self-signed pair when neither file exists.
+    pub self_signed: bool,
+    /// Offer `10bit-gzip/0.1`.
+    pub gzip: bool,
+    /// gzip level 0..=9.
+    pub gzip_level: u32,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::from("certs/tenthbitd.crt"),
+            key_file: PathBuf::from("certs/tenthbitd.key"),
+            self_signed: true,
+            gzip: true,
+            gzip_level: 6,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Methods announced in `welcome` and accepted by `auth`.
+    pub methods: Vec<String>,
+}
+
+/// The login methods the protocol defines.
+pub const AUTH_METHODS: [&str; 3] = ["password", "ticket", "pubkey"];
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            methods: AUTH_METHODS.iter().map(|m| (*m).to_owned()).collect(),
+        }
+    }
+}
+
+/// `[limits]`: every bound the daemon enforces.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest line, excluding the newline, after decompression.
+    pub max_line_bytes: usize,
+    /// Deepest JSON nesting.
+    pub max_json_depth: usize,
+    /// Protocol errors in a row before the connection is closed.
+    pub max_protocol_errors: u32,
+    /// Outbound queue length per connection.
+    pub max_sendq_packets: usize,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// TLS handshake deadline.
+    pub handshake_timeout_ms: u64,
+    /// Login deadline, from the end of the handshake.
+    pub login_timeout_ms: u64,
+    /// Silence before the server sends `ping`.
+    pub keepalive_interval_ms: u64,
+    /// Silence before the server hangs up.
+    pub idle_timeout_ms: u64,
+    /// Longest one socket write may take before the client is dropped.
+    pub write_timeout_ms: u64,
+    /// Drain deadline on shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: 64 * 1024,
+            max_json_depth: 32,
+            max_protocol_errors: 10,
+            max_sendq_packets: 4096,
+            max_connections: 50_000,
+            max_connections_per_ip: 64,
+            handshake_timeout_ms: 10_000,
+            login_timeout_ms: 30_000,
+            keepalive_interval_ms: 60_000,
+            idle_timeout_ms: 150_000,
+            write_timeout_ms: 30_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Handshake deadline as a `Duration`.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// Login deadline as a `Duration`.
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_millis(self.login_timeout_ms)
+    }
+    /// Keepalive interval as a `Duration`.
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval_ms)
+    }
+    /// Idle timeout as a `Duration`.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// Write timeout as a `Duration`.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+    /// Shutdown grace as a `Duration`.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// EnvFilter directives.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, Error> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Parse {
+            path: None,
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::Parse { message, .. } => Error::Parse {
+                path: Some(path.to_owned()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Checks every value that parses but cannot work.
+    pub fn validate(&self) -> Result<(), Error> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
+            Error::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        let s = &self.server;
+        if !valid_server_name(&s.name) {
+            return Err(invalid(
+                "server.name",
+                "must be a host name: letters, digits, '-' and '.', 1 to 253 characters",
+            ));
+        }
+        if s.node.is_empty()
+            || s.node.len() > 64
+            || !s
+                .node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "server.node",
+                "must be 1 to 64 letters, digits, '-' or '_'",
+            ));
+        }
+        if s.listen.is_empty() {
+            return Err(invalid("server.listen", "needs at least one address"));
+        }
+        if self.tls.gzip_level > 9 {
+            return Err(invalid("tls.gzip_level", "must be 0 to 9"));
+        }
+        if self.auth.methods.is_empty() {
+            return Err(invalid("auth.methods", "needs at least one method"));
+        }
+        for m in &self.auth.methods {
+            if !AUTH_METHODS.contains(&m.as_str()) {
+                return Err(invalid(
+                    "auth.methods",
+                    format!("unknown method {m:?}; known: password, ticket, pubkey"),
+                ));
+            }
+        }
+        let l = &self.limits;
+        if !(1024..=16 * 1024 * 1024).contains(&l.max_line_bytes) {
+            return Err(invalid("limits.max_line_bytes", "must be 1024 to 16777216"));
+        }
+        if !(2..=128).contains(&l.max_json_depth) {
+            return Err(invalid("limits.max_json_depth", "must be 2 to 128"));
+        }
+        if l.max_protocol_errors == 0 {
+            return Err(invalid("limits.max_protocol_errors", "must be at least 1"));
+        }
+        if l.max_sendq_packets < 16 {
+            return Err(invalid("limits.max_sendq_packets", "must be at least 16"));
+        }
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if l.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "limits.max_connections_per_ip",
+                "must be at least 1",
+            ));
+        }
+        for (key, v) in [
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.login_timeout_ms", l.login_timeout_ms),
+            ("limits.keepalive_interval_ms", l.keepalive_interval_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.write_timeout_ms", l.write_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if l.idle_timeout_ms <= l.keepalive_interval_ms {
+            return Err(invalid(
+                "limits.idle_timeout_ms",
+                "must be longer than limits.keepalive_interval_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A DNS-style host name: labels of letters, digits and '-', joined by '.'.
+pub fn valid_server_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_equal_default_impl() {
+        let parsed = Config::from_toml(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[limits]\nmax_lines_bytes = 5\n").unwrap_err();
+        assert!(err.to_string().contains("max_lines_bytes"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_is_named() {
+        let err = Config::from_toml("[limits]\nmax_line_bytes = 5\n").unwrap_err();
+        assert!(err.to_string().contains("limits.max_line_bytes"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn server_names() {
+        assert!(valid_server_name("10b.it"));
+        assert!(valid_server_name("localhost"));
+        assert!(!valid_server_name("a..b"));
+        assert!(!valid_server_name("-a.b"));
+        assert!(!valid_server_name("a b"));
+    }
+}

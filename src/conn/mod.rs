@@ -1,0 +1,176 @@
+//! One client connection, from accepted TCP socket to close: TLS handshake
+//! under a deadline, ALPN, then a reader loop (this task) and a writer task
+//! joined by the outbound queue.
+
+pub mod framing;
+pub mod gzip;
+pub mod reader;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until};
+use tracing::{Instrument, debug, field, info, info_span};
+
+use crate::proto::{ErrorCode, reply};
+use crate::router::Outbound;
+use crate::server::Shared;
+use crate::session::{Outcome, Session};
+use crate::tls::Alpn;
+use framing::Frame;
+use reader::FrameReader;
+use writer::WriterConfig;
+
+/// Runs a connection to its end. `refusal` is set when the server is over a
+/// connection limit: the client is told why after the handshake, then closed.
+pub async fn run(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    refusal: Option<ErrorCode>,
+) {
+    let span = info_span!("conn", id = conn_id, %peer, alpn = field::Empty, account = field::Empty);
+    serve(shared, tcp, refusal).instrument(span).await;
+}
+
+async fn serve(shared: Arc<Shared>, tcp: TcpStream, refusal: Option<ErrorCode>) {
+    let limits = &shared.config.limits;
+    let _ = tcp.set_nodelay(true);
+    let tls =
+        match tokio::time::timeout(limits.handshake_timeout(), shared.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                info!(reason = "tls handshake failed", error = %e, "connection closed");
+                return;
+            }
+            Err(_) => {
+                info!(reason = "tls handshake timeout", "connection closed");
+                return;
+            }
+        };
+    // rustls already refused offers we do not speak, so this is always Some.
+    let Some(alpn) = Alpn::from_negotiated(tls.get_ref().1.alpn_protocol()) else {
+        info!(reason = "unknown alpn", "connection closed");
+        return;
+    };
+    tracing::Span::current().record("alpn", alpn.name());
+
+    let (rd, wr) = tokio::io::split(tls);
+    let (out, rx, closer) = Outbound::channel(limits.max_sendq_packets);
+    let writer_cfg = WriterConfig {
+        gzip_level: (alpn == Alpn::Gzip).then_some(shared.config.tls.gzip_level),
+        write_timeout: limits.write_timeout(),
+    };
+    let writer = tokio::spawn(
+        writer::run(wr, rx, closer.clone(), shared.hard_stop.clone(), writer_cfg)
+            .instrument(tracing::Span::current()),
+    );
+
+    let reason = if let Some(code) = refusal {
+        let _ = out.push(&reply::bye(code, refusal_message(code)));
+        let _ = out.push_close();
+        code.as_str().to_owned()
+    } else {
+        info!("connection open");
+        let ctx = &shared.session_ctx;
+        let _ = out.push(&reply::welcome(
+            &ctx.server_name,
+            &ctx.auth_methods,
+            alpn.name(),
+        ));
+        let mut frames = FrameReader::new(rd, alpn == Alpn::Gzip, limits.max_line_bytes);
+        let reason = read_loop(&shared, &mut frames, &out).await;
+        let _ = out.push_close();
+        reason
+    };
+    drop(out);
+    let ended = writer.await.ok();
+    let reason = match closer.reason() {
+        Some((code, _)) => code.as_str().to_owned(),
+        None => reason,
+    };
+    info!(reason = %reason, writer = ?ended, "connection closed");
+}
+
+fn refusal_message(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::ServerPerIpLimit => "too many connections from your address",
+        _ => "the server is full",
+    }
+}
+
+/// Reads and handles packets until the session ends; returns the reason.
+async fn read_loop<R>(shared: &Shared, frames: &mut FrameReader<R>, out: &Outbound) -> String
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let limits = &shared.config.limits;
+    let mut session = Session::new(&shared.session_ctx, out.clone());
+    let login_deadline = Instant::now() + limits.login_timeout();
+    let mut last_rx = Instant::now();
+    let mut pinged = false;
+    loop {
+        let idle_at = last_rx + limits.idle_timeout();
+        let ping_at = last_rx + limits.keepalive_interval();
+        let mut wake = idle_at;
+        if !pinged {
+            wake = wake.min(ping_at);
+        }
+        if session.account().is_none() {
+            wake = wake.min(login_deadline);
+        }
+        let frame = tokio::select! {
+            biased;
+            _ = out.closer().closed() => return "forced close".into(),
+            _ = shared.shutdown.cancelled() => {
+                let _ = out.push(&reply::bye(ErrorCode::ServerShutdown, "the server is shutting down"));
+                return "server shutdown".into();
+            }
+            _ = sleep_until(wake) => {
+                let now = Instant::now();
+                if session.account().is_none() && now >= login_deadline {
+                    let _ = out.push(&reply::bye(ErrorCode::SessionLoginTimeout, "no login before the deadline"));
+                    return "login timeout".into();
+                }
+                if now >= idle_at {
+                    let _ = out.push(&reply::bye(ErrorCode::SessionIdleTimeout, "no packet from the client for too long"));
+                    return "idle timeout".into();
+                }
+                if !pinged && now >= ping_at {
+                    pinged = true;
+                    let _ = out.push(&reply::ping());
+                }
+                continue;
+            }
+            frame = frames.next_frame() => frame,
+        };
+        let outcome = match frame {
+            Ok(Some(Frame::Line(line))) => {
+                last_rx = Instant::now();
+                pinged = false;
+                debug!(bytes = line.len(), "packet in");
+                session.handle_line(&line).await
+            }
+            Ok(Some(Frame::TooLong)) => {
+                last_rx = Instant::now();
+                pinged = false;
+                session.handle_too_long()
+            }
+            Ok(None) => return "client closed".into(),
+            Err(reader::Error::Gzip(e)) => {
+                let _ = out.push(&reply::bye(ErrorCode::TransportBadGzip, e.to_string()));
+                return "bad gzip stream".into();
+            }
+            Err(reader::Error::Io(e)) => return format!("read error: {e}"),
+        };
+        if let Some(account) = session.account() {
+            tracing::Span::current().record("account", account);
+        }
+        if let Outcome::Close(reason) = outcome {
+            return reason.as_str().into();
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The writer task: the only code that writes to a client's socket. It drains
+//! the connection's outbound queue in batches (one syscall and, for gzip, one
+//! sync flush per batch), and ends with the gzip trailer and TLS close_notify.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::gzip::{Flush, GzipEncoder};
+use crate::proto::reply;
+use crate::router::{Closer, OutFrame};
+
+/// Most bytes gathered into one write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// How the writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A `Close` frame: everything queued was written.
+    Drained,
+    /// Forced close (slow consumer, kick): a final `bye` was written.
+    Forced,
+    /// Hard stop at the end of the shutdown grace period.
+    Aborted,
+    /// Every sender is gone without a `Close`.
+    Orphaned,
+    /// A write failed or timed out (the peer is gone or stalled).
+    WriteFailed,
+}
+
+/// Writer settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// `Some(level)` for a gzip session.
+    pub gzip_level: Option<u32>,
+    /// Longest a single socket write may take.
+    pub write_timeout: Duration,
+}
+
+/// Drains `rx` into `wr` until a `Close` frame, a forced close or a hard stop.
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<OutFrame>,
+    closer: Arc<Closer>,
+    hard_stop: CancellationToken,
+    cfg: WriterConfig,
+) -> Ended {
+    let mut gzip = cfg.gzip_level.map(GzipEncoder::new);
+    let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let ended = loop {
+        let first = tokio::select! {
+            biased;
+            _ = hard_stop.cancelled() => break Ended::Aborted,
+            _ = closer.closed() => break Ended::Forced,
+            f = rx.recv() => f,
+        };
+        let Some(first) = first else {
+            break Ended::Orphaned;
+        };
+        buf.clear();
+        let mut close = encode(first, gzip.as_mut(), &mut buf);
+        while !close && buf.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(frame) => close = encode(frame, gzip.as_mut(), &mut buf),
+                Err(_) => break,
+            }
+        }
+        if let Some(z) = gzip.as_mut() {
+            if close {
+                z.finish(&mut buf);
+            } else {
+                z.flush(Flush::Sync, &mut buf);
+            }
+        }
+        let write = async {
+            wr.write_all(&buf).await?;
+            wr.flush().await
+        };
+        let ok = tokio::select! {
+            biased;
+            _ = hard_stop.cancelled() => break Ended::Aborted,
+            r = tokio::time::timeout(cfg.write_timeout, write) => matches!(r, Ok(Ok(()))),
+        };
+        if !ok {
+            break Ended::WriteFailed;
+        }
+        if close {
+            break Ended::Drained;
+        }
+    };
+    if ended == Ended::Forced {
+        // Skip whatever is queued: tell the client why, then go.
+        if let Some((code, message)) = closer.reason() {
+            buf.clear();
+            let bye = reply::bye(*code, message.clone()).to_line();
+            match gzip.as_mut() {
+                Some(z) => {
+                    z.write(&bye, &mut buf);
+                    z.finish(&mut buf);
+                }
+                None => buf.extend_from_slice(&bye),
+            }
+            let _ = tokio::time::timeout(cfg.write_timeout, wr.write_all(&buf)).await;
+        }
+    }
+    if matches!(ended, Ended::Drained | Ended::Forced) {
+        // close_notify, so the client can tell a clean close from a cut.
+        let _ = tokio::time::timeout(cfg.write_timeout, wr.shutdown()).await;
+    }
+    ended
+}
+
+/// Appends a frame to the batch; returns true for `Close`.
+fn encode(frame: OutFrame, gzip: Option<&mut GzipEncoder>, buf: &mut Vec<u8>) -> bool {
+    match frame {
+        OutFrame::Close => true,
+        OutFrame::Packet { bytes, secret } => {
+            match gzip {
+                Some(z) if secret => {
+                    z.flush(Flush::Full, buf);
+                    z.write(&bytes, buf);
+                    z.flush(Flush::Full, buf);
+                }
+                Some(z) => z.write(&bytes, buf),
+                None => buf.extend_from_slice(&bytes),
+            }
+            false
+        }
+    }
+}

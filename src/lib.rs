@@ -1,0 +1,27 @@
+//! tenthbit: a chat daemon speaking the Tenthbit ("10bit") protocol.
+//!
+//! The modules follow a packet's path through the daemon:
+//!
+//! - [`server`]: bind, accept under connection limits, spawn a task per connection, shut down.
+//! - [`tls`]: rustls server config (TLS 1.2/1.3, ALPN `10bit/0.1`, `10bit-gzip/0.1`),
+//!   self-signed default certificate, client trust (fingerprint pinning).
+//! - [`conn`]: one connection: handshake deadline, [`conn::framing`] (lines),
+//!   [`conn::gzip`] (the compressed transport), [`conn::reader`], [`conn::writer`].
+//! - [`proto`]: the wire format, no I/O: envelope, requests, replies, error codes.
+//! - [`session`]: login state and the one-reply-per-request rule.
+//! - [`router`]: destinations and their bounded outbound queues.
+//! - [`client`]: the client library used by the `tenthbit` binary, tests and benchmark.
+//! - [`config`], [`telemetry`]: settings and logging.
+
+pub mod client;
+pub mod config;
+pub mod conn;
+pub mod proto;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod telemetry;
+pub mod tls;
+
+pub use config::Config;
+pub use server::{ServerHandle, start, start_on};

@@ -1,0 +1,151 @@
+//! Every stable error code the server sends. `protocol.md` lists the same set;
+//! a test compares the two, so adding a code means documenting it.
+
+use std::fmt;
+
+/// A stable, slash-namespaced error code (`area/reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The line is not valid JSON.
+    PacketMalformed,
+    /// The line is not valid UTF-8.
+    PacketBadUtf8,
+    /// The JSON value is not an object.
+    PacketNotObject,
+    /// An envelope field has the wrong type or is out of bounds.
+    PacketBadField,
+    /// The JSON nests deeper than the limit.
+    PacketTooDeep,
+    /// The line is longer than the limit.
+    PacketTooLarge,
+    /// The packet has no `op`.
+    PacketMissingOp,
+    /// Too many protocol errors in a row; the connection is closed.
+    PacketTooManyErrors,
+    /// The op is not one the server knows.
+    OpUnknown,
+    /// The op is known but its `ex` is missing a field or has a wrong one.
+    RequestInvalid,
+    /// The op needs a logged-in session.
+    AuthRequired,
+    /// Login failed (unknown account or wrong credentials; never says which).
+    AuthFailed,
+    /// The login method is not offered by this server.
+    AuthUnsupportedMethod,
+    /// The session is already logged in.
+    AuthAlready,
+    /// The session did not log in before the login deadline.
+    SessionLoginTimeout,
+    /// The client was silent past the idle timeout.
+    SessionIdleTimeout,
+    /// The client did not read its packets fast enough.
+    SessionSendqExceeded,
+    /// The gzip stream from the client is corrupt; the connection is closed.
+    TransportBadGzip,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// The server holds as many connections as it may.
+    ServerFull,
+    /// The client's address holds as many connections as it may.
+    ServerPerIpLimit,
+}
+
+impl ErrorCode {
+    /// Every code, in the order `protocol.md` lists them.
+    pub const ALL: [ErrorCode; 21] = [
+        ErrorCode::PacketMalformed,
+        ErrorCode::PacketBadUtf8,
+        ErrorCode::PacketNotObject,
+        ErrorCode::PacketBadField,
+        ErrorCode::PacketTooDeep,
+        ErrorCode::PacketTooLarge,
+        ErrorCode::PacketMissingOp,
+        ErrorCode::PacketTooManyErrors,
+        ErrorCode::OpUnknown,
+        ErrorCode::RequestInvalid,
+        ErrorCode::AuthRequired,
+        ErrorCode::AuthFailed,
+        ErrorCode::AuthUnsupportedMethod,
+        ErrorCode::AuthAlready,
+        ErrorCode::SessionLoginTimeout,
+        ErrorCode::SessionIdleTimeout,
+        ErrorCode::SessionSendqExceeded,
+        ErrorCode::TransportBadGzip,
+        ErrorCode::ServerShutdown,
+        ErrorCode::ServerFull,
+        ErrorCode::ServerPerIpLimit,
+    ];
+
+    /// The code as it appears on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::PacketMalformed => "packet/malformed",
+            ErrorCode::PacketBadUtf8 => "packet/bad-utf8",
+            ErrorCode::PacketNotObject => "packet/not-object",
+            ErrorCode::PacketBadField => "packet/bad-field",
+            ErrorCode::PacketTooDeep => "packet/too-deep",
+            ErrorCode::PacketTooLarge => "packet/too-large",
+            ErrorCode::PacketMissingOp => "packet/missing-op",
+            ErrorCode::PacketTooManyErrors => "packet/too-many-errors",
+            ErrorCode::OpUnknown => "op/unknown",
+            ErrorCode::RequestInvalid => "request/invalid",
+            ErrorCode::AuthRequired => "auth/required",
+            ErrorCode::AuthFailed => "auth/failed",
+            ErrorCode::AuthUnsupportedMethod => "auth/unsupported-method",
+            ErrorCode::AuthAlready => "auth/already",
+            ErrorCode::SessionLoginTimeout => "session/login-timeout",
+            ErrorCode::SessionIdleTimeout => "session/idle-timeout",
+            ErrorCode::SessionSendqExceeded => "session/sendq-exceeded",
+            ErrorCode::TransportBadGzip => "transport/bad-gzip",
+            ErrorCode::ServerShutdown => "server/shutdown",
+            ErrorCode::ServerFull => "server/full",
+            ErrorCode::ServerPerIpLimit => "server/per-ip-limit",
+        }
+    }
+
+    /// True for the protocol errors that count towards
+    /// `limits.max_protocol_errors` (a client that cannot frame or encode).
+    pub const fn is_protocol_error(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::PacketMalformed
+                | ErrorCode::PacketBadUtf8
+                | ErrorCode::PacketNotObject
+                | ErrorCode::PacketBadField
+                | ErrorCode::PacketTooDeep
+                | ErrorCode::PacketTooLarge
+                | ErrorCode::PacketMissingOp
+                | ErrorCode::OpUnknown
+                | ErrorCode::RequestInvalid
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_namespaced() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "duplicate {s}");
+            let (area, reason) = s.split_once('/').unwrap();
+            assert!(!area.is_empty() && !reason.is_empty());
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || b == b'/'
+                    || b == b'-'),
+                "{s}"
+            );
+        }
+    }
+}

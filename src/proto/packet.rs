@@ -1,0 +1,387 @@
+//! The packet envelope (`id ts topic op from ex`): decoding one line from a
+//! peer, and encoding a packet once into shareable bytes.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::code::ErrorCode;
+use super::id;
+
+/// Longest `id` a client may send; it is echoed back in `ex.for`.
+pub const MAX_ID_CHARS: usize = 128;
+/// Longest `op` name.
+pub const MAX_OP_CHARS: usize = 64;
+/// Longest `topic` or `from` string in an envelope.
+pub const MAX_NAME_CHARS: usize = 320;
+
+/// One packet: the envelope fields and the op-specific `ex` object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Packet {
+    /// Packet id: server-assigned on packets the server sends; a correlation
+    /// token on client requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<i64>,
+    /// The topic's UUID, when the packet is about a topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The operation.
+    pub op: String,
+    /// Origin: `name`, `name@server` or `@server`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Op-specific data (always an object; empty when absent on the wire).
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub ex: Map<String, Value>,
+}
+
+/// Why a line is not a packet: a stable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct DecodeError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// Says what was wrong, never echoing the input.
+    pub message: String,
+    /// The packet's `id`, when it could be read, so the error can carry `for`.
+    pub id: Option<String>,
+}
+
+impl DecodeError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            id: None,
+        }
+    }
+}
+
+impl Packet {
+    /// A packet the server originates: fresh id and timestamp.
+    pub fn server(op: &str) -> Self {
+        Self {
+            id: Some(id::new_id()),
+            ts: Some(id::now_ms()),
+            topic: None,
+            op: op.to_owned(),
+            from: None,
+            ex: Map::new(),
+        }
+    }
+
+    /// A packet with only an op (what clients usually send).
+    pub fn request(op: &str) -> Self {
+        Self {
+            id: None,
+            ts: None,
+            topic: None,
+            op: op.to_owned(),
+            from: None,
+            ex: Map::new(),
+        }
+    }
+
+    /// Sets `ex[key] = value`, builder style.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.ex.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Sets `id`, builder style.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Sets `from`, builder style.
+    pub fn with_from(mut self, from: impl Into<String>) -> Self {
+        self.from = Some(from.into());
+        self
+    }
+
+    /// `ex[key]` as a string, if it is one.
+    pub fn ex_str(&self, key: &str) -> Option<&str> {
+        self.ex.get(key).and_then(Value::as_str)
+    }
+
+    /// Serializes once into a newline-terminated line, ready to be shared by
+    /// every recipient.
+    pub fn to_line(&self) -> Bytes {
+        let mut buf = Vec::with_capacity(128);
+        // Serializing strings, integers and JSON values into a Vec cannot fail.
+        if serde_json::to_writer(&mut buf, self).is_err() {
+            buf.clear();
+            buf.extend_from_slice(br#"{"op":"error"}"#);
+        }
+        buf.push(b'\n');
+        Bytes::from(buf)
+    }
+
+    /// Decodes one line (without its newline) from a peer.
+    pub fn decode(line: &[u8], max_depth: usize) -> Result<Packet, DecodeError> {
+        let text = std::str::from_utf8(line).map_err(|e| {
+            DecodeError::new(
+                ErrorCode::PacketBadUtf8,
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })?;
+        let depth = json_depth(line);
+        if depth > max_depth {
+            return Err(DecodeError::new(
+                ErrorCode::PacketTooDeep,
+                format!("JSON nests {depth} levels deep; the limit is {max_depth}"),
+            ));
+        }
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            DecodeError::new(
+                ErrorCode::PacketMalformed,
+                format!(
+                    "invalid JSON at line {} column {}: {}",
+                    e.line(),
+                    e.column(),
+                    classify(&e)
+                ),
+            )
+        })?;
+        let Value::Object(mut obj) = value else {
+            return Err(DecodeError::new(
+                ErrorCode::PacketNotObject,
+                "a packet must be a JSON object",
+            ));
+        };
+        // Read `id` first so that every later error can still answer `for` it.
+        let id = take_string(&mut obj, "id", MAX_ID_CHARS)?;
+        let with_id = |mut e: DecodeError| {
+            e.id.clone_from(&id);
+            e
+        };
+        let ts = match obj.remove("ts") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(v) => Some(v),
+                None => return Err(with_id(bad_field("ts", "an integer (Unix milliseconds)"))),
+            },
+            Some(_) => return Err(with_id(bad_field("ts", "an integer (Unix milliseconds)"))),
+        };
+        let topic = take_string(&mut obj, "topic", MAX_NAME_CHARS).map_err(with_id)?;
+        let from = take_string(&mut obj, "from", MAX_NAME_CHARS).map_err(with_id)?;
+        let ex = match obj.remove("ex") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(with_id(bad_field("ex", "an object"))),
+        };
+        let op = match take_string(&mut obj, "op", MAX_OP_CHARS).map_err(with_id)? {
+            Some(op) if !op.is_empty() => op,
+            _ => {
+                return Err(with_id(DecodeError::new(
+                    ErrorCode::PacketMissingOp,
+                    "a packet needs an `op` string",
+                )));
+            }
+        };
+        Ok(Packet {
+            id,
+            ts,
+            topic,
+            op,
+            from,
+            ex,
+        })
+    }
+}
+
+fn bad_field(field: &str, expected: &str) -> DecodeError {
+    DecodeError::new(
+        ErrorCode::PacketBadField,
+        format!("field `{field}` must be {expected}"),
+    )
+}
+
+fn take_string(
+    obj: &mut Map<String, Value>,
+    field: &str,
+    max_chars: usize,
+) -> Result<Option<String>, DecodeError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s)),
+        Some(Value::String(_)) => Err(bad_field(
+            field,
+            &format!("a string of at most {max_chars} characters"),
+        )),
+        Some(_) => Err(bad_field(field, "a string")),
+    }
+}
+
+/// serde_json's category, without echoing any of the input back.
+fn classify(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Eof => "unexpected end of input",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "invalid data",
+        serde_json::error::Category::Io => "read error",
+    }
+}
+
+/// Deepest nesting of objects and arrays, counted without parsing, so a
+/// hostile `[[[[…` is refused before any recursion.
+pub fn json_depth(bytes: &[u8]) -> usize {
+    let mut depth = 0usize;
+    let mut max = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn code(line: &str) -> ErrorCode {
+        Packet::decode(line.as_bytes(), 32).unwrap_err().code
+    }
+
+    #[test]
+    fn decodes_envelope() {
+        let p = Packet::decode(
+            br#"{"id":"a1","ts":5,"topic":"t","op":"send","from":"x","ex":{"data":"hi"},"extra":1}"#,
+            32,
+        )
+        .unwrap();
+        assert_eq!(p.id.as_deref(), Some("a1"));
+        assert_eq!(p.ts, Some(5));
+        assert_eq!(p.op, "send");
+        assert_eq!(p.ex_str("data"), Some("hi"));
+    }
+
+    #[test]
+    fn each_bad_input_has_its_code() {
+        assert_eq!(code("{"), ErrorCode::PacketMalformed);
+        assert_eq!(code("[1]"), ErrorCode::PacketNotObject);
+        assert_eq!(code("\"op\""), ErrorCode::PacketNotObject);
+        assert_eq!(code(r#"{"op":5}"#), ErrorCode::PacketBadField);
+        assert_eq!(code(r#"{"op":"ping","ex":[]}"#), ErrorCode::PacketBadField);
+        assert_eq!(
+            code(r#"{"op":"ping","ts":"now"}"#),
+            ErrorCode::PacketBadField
+        );
+        assert_eq!(code(r#"{"op":"ping","ts":1.5}"#), ErrorCode::PacketBadField);
+        assert_eq!(code(r#"{"op":"ping","id":7}"#), ErrorCode::PacketBadField);
+        assert_eq!(code(r#"{"id":"x"}"#), ErrorCode::PacketMissingOp);
+        assert_eq!(code(r#"{"op":""}"#), ErrorCode::PacketMissingOp);
+        let deep = format!(
+            "{{\"op\":\"ping\",\"ex\":{{\"a\":{}{}}}}}",
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        assert_eq!(code(&deep), ErrorCode::PacketTooDeep);
+        let err = Packet::decode(b"{\"op\":\"x\xff\"}", 32).unwrap_err();
+        assert_eq!(err.code, ErrorCode::PacketBadUtf8);
+    }
+
+    #[test]
+    fn errors_after_id_keep_it() {
+        let err = Packet::decode(br#"{"id":"r1","op":5}"#, 32).unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(json_depth(br#"{"a":"[[[[{{{\"]]"}"#), 1);
+        assert_eq!(json_depth(br#"{"a":[{"b":[]}]}"#), 4);
+    }
+
+    #[test]
+    fn encodes_once_with_newline() {
+        let line = Packet::server("ack").with("for", "x").to_line();
+        assert!(line.ends_with(b"\n"));
+        let back = Packet::decode(&line[..line.len() - 1], 32).unwrap();
+        assert_eq!(back.op, "ack");
+        assert_eq!(back.ex_str("for"), Some("x"));
+        assert!(back.id.is_some() && back.ts.is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Packet::decode(&bytes, 32);
+        }
+
+        #[test]
+        fn random_json_never_panics(value in arb_json()) {
+            let text = value.to_string();
+            match Packet::decode(text.as_bytes(), 8) {
+                Ok(p) => prop_assert!(!p.op.is_empty()),
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-z]{0,8}".prop_map(Value::from),
+            prop_oneof![
+                Just("op"),
+                Just("id"),
+                Just("ts"),
+                Just("ex"),
+                Just("topic"),
+                Just("from")
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(12, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("op".to_string()),
+                            Just("id".to_string()),
+                            Just("ts".to_string()),
+                            Just("ex".to_string()),
+                            Just("topic".to_string()),
+                            Just("from".to_string()),
+                            "[a-z]{1,4}"
+                        ],
+                        inner
+                    ),
+                    0..6
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+}

@@ -1,0 +1,216 @@
+//! Typed client requests, parsed from a decoded packet.
+
+use std::fmt;
+
+use super::code::ErrorCode;
+use super::packet::Packet;
+
+/// A secret string (password, ticket, signature): never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+    /// The secret itself, for checking it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How a client logs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRequest {
+    /// `{"method":"password","username":…,"password":…}`
+    Password {
+        /// Account name.
+        username: String,
+        /// The password.
+        password: Secret,
+    },
+    /// `{"method":"ticket","ticket":…,"server":…}`
+    Ticket {
+        /// The one-shot ticket.
+        ticket: Secret,
+        /// The ticket's home server.
+        server: String,
+    },
+    /// `{"method":"pubkey","username":…}` (challenge request) or with
+    /// `"signature"` (answer).
+    Pubkey {
+        /// Account name.
+        username: String,
+        /// Base64 signature over the challenge, on the second step.
+        signature: Option<Secret>,
+    },
+}
+
+impl AuthRequest {
+    /// The method name, as in `welcome`.
+    pub fn method(&self) -> &'static str {
+        match self {
+            AuthRequest::Password { .. } => "password",
+            AuthRequest::Ticket { .. } => "ticket",
+            AuthRequest::Pubkey { .. } => "pubkey",
+        }
+    }
+}
+
+/// A client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Log in.
+    Auth(AuthRequest),
+    /// Keepalive; answered with `pong`.
+    Ping,
+    /// The answer to the server's `ping`; gets no reply (it is one).
+    Pong,
+    /// End the session cleanly; answered with `ack`, then the server closes.
+    Quit,
+    /// An op of the protocol that needs a logged-in session (`join`,
+    /// `leave`, `send`, `meta`, `find`).
+    Session(SessionOp),
+}
+
+/// Ops that need a logged-in session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOp {
+    /// Enter a topic.
+    Join,
+    /// Leave a topic.
+    Leave,
+    /// Relay a message to a topic.
+    Send,
+    /// Read or set metadata.
+    Meta,
+    /// Search topics and users.
+    Find,
+}
+
+/// Why a packet is not a valid request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn invalid(message: impl Into<String>) -> RequestError {
+    RequestError {
+        code: ErrorCode::RequestInvalid,
+        message: message.into(),
+    }
+}
+
+/// Longest username accepted in a login request.
+const MAX_USERNAME_CHARS: usize = 64;
+/// Longest secret accepted in a login request.
+const MAX_SECRET_BYTES: usize = 1024;
+
+impl Request {
+    /// Parses the op and its `ex`.
+    pub fn parse(p: &Packet) -> Result<Request, RequestError> {
+        Ok(match p.op.as_str() {
+            "auth" => Request::Auth(parse_auth(p)?),
+            "ping" => Request::Ping,
+            "pong" => Request::Pong,
+            "quit" => Request::Quit,
+            "join" => Request::Session(SessionOp::Join),
+            "leave" => Request::Session(SessionOp::Leave),
+            "send" => Request::Session(SessionOp::Send),
+            "meta" => Request::Session(SessionOp::Meta),
+            "find" => Request::Session(SessionOp::Find),
+            _ => {
+                return Err(RequestError {
+                    code: ErrorCode::OpUnknown,
+                    message: "unknown op".into(),
+                });
+            }
+        })
+    }
+}
+
+fn field<'a>(p: &'a Packet, key: &str, max: usize) -> Result<&'a str, RequestError> {
+    match p.ex.get(key) {
+        None => Err(invalid(format!("ex.{key} is required"))),
+        Some(v) => match v.as_str() {
+            Some(s) if !s.is_empty() && s.len() <= max => Ok(s),
+            Some(_) => Err(invalid(format!("ex.{key} must be 1 to {max} bytes"))),
+            None => Err(invalid(format!("ex.{key} must be a string"))),
+        },
+    }
+}
+
+fn parse_auth(p: &Packet) -> Result<AuthRequest, RequestError> {
+    let method = field(p, "method", 32)?;
+    Ok(match method {
+        "password" => AuthRequest::Password {
+            username: field(p, "username", MAX_USERNAME_CHARS * 4)?.to_owned(),
+            password: Secret::new(field(p, "password", MAX_SECRET_BYTES)?.to_owned()),
+        },
+        "ticket" => AuthRequest::Ticket {
+            ticket: Secret::new(field(p, "ticket", MAX_SECRET_BYTES)?.to_owned()),
+            server: field(p, "server", 253)?.to_owned(),
+        },
+        "pubkey" => AuthRequest::Pubkey {
+            username: field(p, "username", MAX_USERNAME_CHARS * 4)?.to_owned(),
+            signature: match p.ex.get("signature") {
+                None => None,
+                Some(_) => Some(Secret::new(
+                    field(p, "signature", MAX_SECRET_BYTES)?.to_owned(),
+                )),
+            },
+        },
+        _ => {
+            return Err(RequestError {
+                code: ErrorCode::AuthUnsupportedMethod,
+                message: "unknown login method; see welcome's ex.auth.methods".into(),
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let p = Packet::request("auth")
+            .with("method", "password")
+            .with("username", "dan")
+            .with("password", "hellosecret");
+        let r = Request::parse(&p).unwrap();
+        assert!(!format!("{r:?}").contains("hellosecret"));
+    }
+
+    #[test]
+    fn auth_fields_are_checked() {
+        let p = Packet::request("auth")
+            .with("method", "password")
+            .with("username", "dan");
+        assert_eq!(
+            Request::parse(&p).unwrap_err().code,
+            ErrorCode::RequestInvalid
+        );
+        let p = Packet::request("auth").with("method", "magic");
+        assert_eq!(
+            Request::parse(&p).unwrap_err().code,
+            ErrorCode::AuthUnsupportedMethod
+        );
+        let p = Packet::request("auth");
+        assert_eq!(
+            Request::parse(&p).unwrap_err().code,
+            ErrorCode::RequestInvalid
+        );
+    }
+}

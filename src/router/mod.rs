@@ -1,0 +1,7 @@
+//! Routing between connections. For now it holds the one piece every
+//! destination shares: the bounded outbound queue that a connection's writer
+//! drains. Topics, membership and fan-out build on it.
+
+pub mod outbound;
+
+pub use outbound::{Closer, OutFrame, Outbound, PushError};

@@ -1,0 +1,292 @@
+//! The server: binds listeners, accepts connections under connection limits,
+//! spawns one task per connection, and shuts down cleanly.
+//!
+//! [`start_on`] takes already-bound listeners (tests bind `127.0.0.1:0`) and
+//! returns a [`ServerHandle`] with the bound addresses and a shutdown switch,
+//! so tests, the benchmark and the mesh tests run servers in-process.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::conn;
+use crate::proto::ErrorCode;
+use crate::session;
+use crate::tls;
+
+/// Connections over a limit are still told why (after a handshake); at most
+/// this many such refusals are in flight, beyond that they are just dropped.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// TLS setup failed (the message names the file).
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// State every connection task shares.
+pub struct Shared {
+    /// The configuration the server started with.
+    pub config: Config,
+    /// Accepts TLS with our certificate and ALPN list.
+    pub acceptor: TlsAcceptor,
+    /// What sessions need from the config.
+    pub session_ctx: session::Context,
+    /// Cancelled when shutdown begins: stop accepting, say goodbye.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: close whatever is left.
+    pub hard_stop: CancellationToken,
+    counts: Mutex<ConnCounts>,
+    next_conn_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct ConnCounts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    refusals: usize,
+}
+
+/// Holds a connection's place in the counts; releases it on drop.
+struct Admission {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+    refused: bool,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let Ok(mut c) = self.shared.counts.lock() else {
+            return;
+        };
+        if self.refused {
+            c.refusals = c.refusals.saturating_sub(1);
+            return;
+        }
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Admits a connection from `ip`, or says which limit it hit; `None` when
+/// even the refusal would be over its own bound (drop the socket).
+fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<(Admission, Option<ErrorCode>)> {
+    let limits = &shared.config.limits;
+    let mut c = shared.counts.lock().ok()?;
+    let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
+    let refusal = if c.total >= limits.max_connections {
+        Some(ErrorCode::ServerFull)
+    } else if per_ip >= limits.max_connections_per_ip {
+        Some(ErrorCode::ServerPerIpLimit)
+    } else {
+        None
+    };
+    if refusal.is_some() {
+        if c.refusals >= MAX_REFUSALS_IN_FLIGHT {
+            return None;
+        }
+        c.refusals += 1;
+    } else {
+        c.total += 1;
+        *c.per_ip.entry(ip).or_insert(0) += 1;
+    }
+    let admission = Admission {
+        shared: shared.clone(),
+        ip,
+        refused: refusal.is_some(),
+    };
+    Some((admission, refusal))
+}
+
+/// A running server.
+pub struct ServerHandle {
+    addrs: Vec<SocketAddr>,
+    fingerprint: [u8; 32],
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The first bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        // start_on refuses an empty listener list, so there is always one.
+        self.addrs[0]
+    }
+
+    /// Every bound address, in config order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// SHA-256 of the server certificate.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// A token that begins shutdown when cancelled (for signal handlers).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// Begins shutdown and waits for it to finish.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// Binds every `server.listen` address and starts the server.
+pub async fn start(config: Config) -> Result<ServerHandle, Error> {
+    let mut listeners = Vec::with_capacity(config.server.listen.len());
+    for addr in &config.server.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: *addr,
+                source,
+            })?;
+        listeners.push(l);
+    }
+    start_on(config, listeners).await
+}
+
+/// Starts the server on already-bound listeners.
+pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<ServerHandle, Error> {
+    if listeners.is_empty() {
+        return Err(Error::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no listener given"),
+        });
+    }
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| Error::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let server_tls = tls::server_config(&config.tls, &config.server.name)?;
+    if server_tls.generated {
+        info!(cert = %config.tls.cert_file.display(), key = %config.tls.key_file.display(), "generated a self-signed certificate");
+    }
+    let mut addrs = Vec::with_capacity(listeners.len());
+    for l in &listeners {
+        let addr = l.local_addr().map_err(|source| Error::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        addrs.push(addr);
+    }
+    let shared = Arc::new(Shared {
+        session_ctx: session::Context::new(&config),
+        acceptor: TlsAcceptor::from(server_tls.config),
+        config,
+        shutdown: CancellationToken::new(),
+        hard_stop: CancellationToken::new(),
+        counts: Mutex::new(ConnCounts::default()),
+        next_conn_id: AtomicU64::new(1),
+    });
+    let tracker = TaskTracker::new();
+    for (listener, addr) in listeners.into_iter().zip(&addrs) {
+        info!(%addr, server = %shared.config.server.name, node = %shared.config.server.node, "listening");
+        tracker.spawn(accept_loop(shared.clone(), listener, tracker.clone()));
+    }
+    let shutdown = shared.shutdown.clone();
+    let task = tokio::spawn(async move {
+        shared.shutdown.cancelled().await;
+        info!("shutting down: no new connections, telling clients");
+        tracker.close();
+        let grace = shared.config.limits.shutdown_grace();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                grace_ms = grace.as_millis() as u64,
+                "grace period over; closing remaining connections"
+            );
+            shared.hard_stop.cancel();
+            tracker.wait().await;
+        }
+        info!("server stopped");
+    });
+    Ok(ServerHandle {
+        addrs,
+        fingerprint: server_tls.fingerprint,
+        shutdown,
+        task,
+    })
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTracker) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted: std::io::Result<(TcpStream, SocketAddr)> = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(10);
+                a
+            }
+            Err(e) => {
+                // Usually EMFILE: wait for descriptors to free up.
+                warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Some((admission, refusal)) = admit(&shared, peer.ip()) else {
+            warn!(%peer, "connection dropped: over the limit and too many refusals in flight");
+            continue;
+        };
+        if let Some(code) = refusal {
+            warn!(%peer, reason = %code, "connection refused: over a connection limit");
+        }
+        let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            let _admission = admission;
+            conn::run(shared, tcp, peer, id, refusal).await;
+        });
+    }
+}
