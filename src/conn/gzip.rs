@@ -322,6 +322,43 @@ mod tests {
     }
 
     #[test]
+    fn full_flush_isolates_a_secret_from_what_follows() {
+        let secret = b"ticket=OHMYSECRETTICKETVALUE\n";
+        let mut enc = GzipEncoder::new(9);
+        let mut wire = Vec::new();
+        enc.write(b"public before\n", &mut wire);
+        enc.flush(Flush::Full, &mut wire);
+        enc.write(secret, &mut wire);
+        enc.flush(Flush::Full, &mut wire);
+        let after_secret = wire.len();
+        // Data repeating the secret would compress to a back-reference into
+        // it if the dictionary were kept.
+        enc.write(b"echo ticket=OHMYSECRETTICKETVALUE\n", &mut wire);
+        enc.flush(Flush::Sync, &mut wire);
+        // A fresh inflater with no history must decode what follows alone.
+        let mut fresh = Decompress::new(false);
+        let mut out = vec![0u8; 256];
+        fresh
+            .decompress(&wire[after_secret..], &mut out, FlushDecompress::Sync)
+            .expect("independent of earlier data");
+        let n = fresh.total_out() as usize;
+        assert_eq!(&out[..n], b"echo ticket=OHMYSECRETTICKETVALUE\n");
+        // Sanity: without the full flush the same data is not independent.
+        let mut enc = GzipEncoder::new(9);
+        let mut wire = Vec::new();
+        enc.write(secret, &mut wire);
+        enc.flush(Flush::Sync, &mut wire);
+        let cut = wire.len();
+        enc.write(b"echo ticket=OHMYSECRETTICKETVALUE\n", &mut wire);
+        enc.flush(Flush::Sync, &mut wire);
+        let mut fresh = Decompress::new(false);
+        let mut out = vec![0u8; 256];
+        let r = fresh.decompress(&wire[cut..], &mut out, FlushDecompress::Sync);
+        let n = fresh.total_out() as usize;
+        assert!(r.is_err() || &out[..n] != b"echo ticket=OHMYSECRETTICKETVALUE\n");
+    }
+
+    #[test]
     fn our_stream_is_standard_gzip() {
         let mut enc = GzipEncoder::new(6);
         let mut wire = Vec::new();

@@ -23,6 +23,8 @@ pub enum Ended {
     Drained,
     /// Forced close (slow consumer, kick): a final `bye` was written.
     Forced,
+    /// Forced close while a write was blocked: nothing more was written.
+    Cut,
     /// Hard stop at the end of the shutdown grace period.
     Aborted,
     /// Every sender is gone without a `Close`.
@@ -82,6 +84,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
         let ok = tokio::select! {
             biased;
             _ = hard_stop.cancelled() => break Ended::Aborted,
+            // Cut while blocked mid-batch: a `bye` after half a batch would
+            // corrupt the stream, so go without one.
+            _ = closer.closed() => break Ended::Cut,
             r = tokio::time::timeout(cfg.write_timeout, write) => matches!(r, Ok(Ok(()))),
         };
         if !ok {
@@ -129,5 +134,67 @@ fn encode(frame: OutFrame, gzip: Option<&mut GzipEncoder>, buf: &mut Vec<u8>) ->
             }
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Packet;
+    use crate::router::Outbound;
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn batches_secrets_and_close_make_one_valid_gzip_stream() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (out, rx, closer) = Outbound::channel(64);
+        out.push(&Packet::server("ping")).unwrap();
+        out.push_secret(&Packet::server("ack").with("ticket", "OHMY"))
+            .unwrap();
+        out.push(&Packet::server("pong")).unwrap();
+        out.push_close().unwrap();
+        let cfg = WriterConfig {
+            gzip_level: Some(6),
+            write_timeout: Duration::from_secs(5),
+        };
+        let ended = run(server, rx, closer, CancellationToken::new(), cfg).await;
+        assert_eq!(ended, Ended::Drained);
+        let mut wire = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut wire).await.unwrap();
+        let mut d = flate2::write::GzDecoder::new(Vec::new());
+        d.write_all(&wire).unwrap();
+        let text = String::from_utf8(d.finish().unwrap()).unwrap();
+        let ops: Vec<String> = text
+            .lines()
+            .map(|l| Packet::decode(l.as_bytes(), 8).unwrap().op)
+            .collect();
+        assert_eq!(ops, ["ping", "ack", "pong"]);
+    }
+
+    #[tokio::test]
+    async fn forced_close_skips_the_queue_and_says_why() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (out, rx, closer) = Outbound::channel(16);
+        // Fill the queue past its bound: the destination is cut.
+        let mut overflowed = false;
+        for _ in 0..17 {
+            overflowed |= out.push(&Packet::server("ping")).is_err();
+        }
+        assert!(overflowed);
+        let cfg = WriterConfig {
+            gzip_level: None,
+            write_timeout: Duration::from_secs(5),
+        };
+        let ended = run(server, rx, closer, CancellationToken::new(), cfg).await;
+        assert_eq!(ended, Ended::Forced);
+        let mut text = String::new();
+        let mut client = client;
+        client.read_to_string(&mut text).await.unwrap();
+        let last = Packet::decode(text.trim_end().as_bytes(), 8).unwrap();
+        assert_eq!(last.op, "bye");
+        assert_eq!(last.ex_str("code"), Some("session/sendq-exceeded"));
+        assert_eq!(text.lines().count(), 1, "queued packets are skipped");
     }
 }

@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 use super::code::ErrorCode;
 use super::packet::Packet;
 
+/// Every op the server sends, as `protocol.md` documents them.
+pub const SERVER_OPS: [&str; 6] = ["welcome", "ack", "error", "ping", "pong", "bye"];
+
 /// The software string in `welcome`.
 pub const SOFTWARE: &str = concat!("tenthbit/", env!("CARGO_PKG_VERSION"));
 

@@ -111,6 +111,11 @@ fn invalid(message: impl Into<String>) -> RequestError {
     }
 }
 
+/// Every op a client may send, as `protocol.md` documents them.
+pub const CLIENT_OPS: [&str; 9] = [
+    "auth", "ping", "pong", "quit", "join", "leave", "send", "meta", "find",
+];
+
 /// Longest username accepted in a login request.
 const MAX_USERNAME_CHARS: usize = 64;
 /// Longest secret accepted in a login request.

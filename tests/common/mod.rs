@@ -1,0 +1,128 @@
+//! Shared test harness: in-process servers on 127.0.0.1:0 with a fresh
+//! certificate and data directory each, and helpers that wait for packets
+//! with a timeout (never a sleep).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tenthbit::client::{Client, Options};
+use tenthbit::proto::Packet;
+use tenthbit::tls::Alpn;
+use tenthbit::{Config, ServerHandle};
+use tokio::net::TcpListener;
+
+/// How long any single expected packet may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in this process.
+pub struct TestServer {
+    pub handle: ServerHandle,
+    pub addr: SocketAddr,
+    pub fingerprint: [u8; 32],
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// A server with the default configuration.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server whose configuration `tweak` adjusts.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().join("data");
+        config.tls.cert_file = dir.path().join("certs/server.crt");
+        config.tls.key_file = dir.path().join("certs/server.key");
+        tweak(&mut config);
+        config.validate().expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let handle = tenthbit::start_on(config, vec![listener])
+            .await
+            .expect("server starts");
+        TestServer {
+            addr: handle.local_addr(),
+            fingerprint: handle.fingerprint(),
+            handle,
+            dir,
+        }
+    }
+
+    /// Options trusting this server, offering `alpn`.
+    pub fn options(&self, alpn: Vec<Alpn>) -> Options {
+        Options::pinned(self.fingerprint).with_alpn(alpn)
+    }
+
+    /// A connected client offering plain `10bit/0.1`, welcome not yet read.
+    pub async fn connect(&self) -> Client {
+        self.connect_alpn(vec![Alpn::Plain]).await
+    }
+
+    /// A connected client offering `alpn`, welcome not yet read.
+    pub async fn connect_alpn(&self, alpn: Vec<Alpn>) -> Client {
+        Client::connect(&self.addr.to_string(), &self.options(alpn))
+            .await
+            .expect("client connects")
+    }
+
+    /// A connected client whose `welcome` has been read.
+    pub async fn client(&self) -> Client {
+        let mut c = self.connect().await;
+        expect_op(&mut c, "welcome").await;
+        c
+    }
+
+    /// Shuts the server down and waits for it.
+    pub async fn stop(self) {
+        self.handle.shutdown().await;
+    }
+}
+
+/// The next packet, which must have `op`.
+pub async fn expect_op(c: &mut Client, op: &str) -> Packet {
+    let p = c
+        .recv_timeout(WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {op}: {e}"));
+    assert_eq!(p.op, op, "expected {op}, got {p:?}");
+    p
+}
+
+/// The next packet, which must be an `error` with `code`.
+pub async fn expect_error(c: &mut Client, code: &str) -> Packet {
+    let p = expect_op(c, "error").await;
+    assert_eq!(p.ex_str("code"), Some(code), "{p:?}");
+    assert!(p.ex_str("message").is_some_and(|m| !m.is_empty()), "{p:?}");
+    p
+}
+
+/// The next packet, which must be a `bye` with `code`.
+pub async fn expect_bye(c: &mut Client, code: &str) -> Packet {
+    let p = expect_op(c, "bye").await;
+    assert_eq!(p.ex_str("code"), Some(code), "{p:?}");
+    p
+}
+
+/// The server ends the connection cleanly (TLS close_notify) next.
+pub async fn expect_clean_close(c: &mut Client) {
+    match tokio::time::timeout(WAIT, c.recv()).await {
+        Ok(Ok(None)) => {}
+        other => panic!("expected a clean close, got {other:?}"),
+    }
+}
+
+/// Sends a request with an id and returns the reply whose `ex.for` names it.
+pub async fn request(c: &mut Client, p: Packet) -> Packet {
+    c.request(p, WAIT).await.expect("reply")
+}
+
+/// `ping` round trip: proves the connection is alive and in sync.
+pub async fn assert_alive(c: &mut Client) {
+    let id = format!("alive-{}", tenthbit::proto::id::new_id());
+    let reply = request(c, Packet::request("ping").with_id(id.clone())).await;
+    assert_eq!(reply.op, "pong");
+    assert_eq!(reply.ex_str("for"), Some(id.as_str()));
+}

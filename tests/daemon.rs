@@ -1,0 +1,245 @@
+//! The real `tenthbitd` binary: first run with embedded defaults (certificate
+//! generated, key mode 0600, reused on restart), SIGTERM handling, and the
+//! `check-config` / `config` subcommands.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use common::*;
+use tenthbit::client::{Client, Options};
+use tenthbit::tls::pin::parse_fingerprint;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tenthbitd");
+
+struct Daemon {
+    child: Option<Child>,
+    addr: String,
+    fingerprint: [u8; 32],
+    openssl_line: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts the binary in `dir` (so certs/ and data/ land there) on an
+/// ephemeral port, and reads its startup log lines.
+fn spawn_daemon(dir: &Path) -> Daemon {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tenthbitd");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut addr, mut fp, mut openssl) = (None, None, None);
+    while addr.is_none() || fp.is_none() || openssl.is_none() {
+        let line = rx.recv_timeout(WAIT).expect("daemon logs its startup");
+        if let Some(rest) = line
+            .split("addr=")
+            .nth(1)
+            .filter(|_| line.contains("listening"))
+        {
+            addr = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(rest) = line.split("sha256=").nth(1) {
+            fp = rest.split_whitespace().next().and_then(parse_fingerprint);
+        }
+        if let Some(rest) = line.split("command=").nth(1) {
+            openssl = Some(rest.trim().to_owned());
+        }
+    }
+    Daemon {
+        child: Some(child),
+        addr: addr.unwrap(),
+        fingerprint: fp.unwrap(),
+        openssl_line: openssl.unwrap(),
+        log: rx,
+    }
+}
+
+fn sigterm(d: &Daemon) {
+    let child = d.child.as_ref().expect("daemon still owned");
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+}
+
+/// Waits for the daemon to exit (on a thread blocked in wait(2), so no
+/// polling); SIGKILLs it and fails if it takes longer than `WAIT`.
+fn wait_exit(d: &mut Daemon) -> std::process::ExitStatus {
+    let mut child = d.child.take().expect("daemon still owned");
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid we spawned.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("daemon did not exit after SIGTERM");
+        }
+    }
+}
+
+#[tokio::test]
+async fn first_run_generates_a_certificate_and_sigterm_says_bye() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = spawn_daemon(dir.path());
+    let key = dir.path().join("certs/tenthbitd.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "key file mode");
+    assert!(dir.path().join("certs/tenthbitd.crt").exists());
+    assert!(dir.path().join("data").is_dir());
+    assert_eq!(
+        d.openssl_line,
+        format!("openssl s_client -connect {} -quiet", d.addr)
+    );
+
+    let opts = Options::pinned(d.fingerprint);
+    let mut a = Client::connect(&d.addr, &opts).await.unwrap();
+    expect_op(&mut a, "welcome").await;
+    let mut b = Client::connect(
+        &d.addr,
+        &opts.clone().with_alpn(vec![tenthbit::tls::Alpn::Gzip]),
+    )
+    .await
+    .unwrap();
+    expect_op(&mut b, "welcome").await;
+    assert_alive(&mut a).await;
+
+    sigterm(&d);
+    for c in [&mut a, &mut b] {
+        expect_bye(c, "server/shutdown").await;
+        expect_clean_close(c).await;
+    }
+    let status = wait_exit(&mut d);
+    assert!(status.success(), "exit status {status:?}");
+    let log: Vec<String> = d.log.try_iter().collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("shutdown requested") && l.contains("SIGTERM")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("connection closed") && l.contains("server shutdown")),
+        "{log:#?}"
+    );
+
+    // A restart reuses the same certificate.
+    let first = d.fingerprint;
+    drop(d);
+    let d = spawn_daemon(dir.path());
+    assert_eq!(d.fingerprint, first);
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nmax_line_bytez = 100\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_line_bytez"), "{err}");
+
+    std::fs::write(
+        &bad,
+        "[limits]\nidle_timeout_ms = 10\nkeepalive_interval_ms = 20\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.idle_timeout_ms"));
+
+    // The printed defaults are a valid config file.
+    let out = Command::new(BIN).arg("config").output().unwrap();
+    assert!(out.status.success());
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, &out.stdout).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_certificate_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let write_pair = |name: &str| {
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = dir.path().join(format!("{name}.crt"));
+        let key = dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert, pair.cert.pem()).unwrap();
+        std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    };
+    let (cert_a, _) = write_pair("a");
+    let (_, key_b) = write_pair("b");
+    let check = |cert: &Path, key: &Path| {
+        Command::new(BIN)
+            .arg("check-config")
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .output()
+            .unwrap()
+    };
+    // Key of another certificate.
+    let out = check(&cert_a, &key_b);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a.crt") && err.contains("b.key"), "{err}");
+    // Missing key next to an existing certificate.
+    let out = check(&cert_a, &dir.path().join("missing.key"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.key"));
+    // Not PEM at all.
+    let junk = dir.path().join("junk.crt");
+    std::fs::write(&junk, "hello").unwrap();
+    let out = check(&junk, &key_b);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("junk.crt"));
+}

@@ -1,0 +1,192 @@
+//! The `10bit-gzip/0.1` transport end to end, with our client and with a raw
+//! TLS socket speaking gzip through flate2's own streaming encoder/decoder
+//! (an implementation that is not ours).
+
+mod common;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use common::*;
+use tenthbit::proto::Packet;
+use tenthbit::tls::{self, Alpn, Trust};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+async fn raw_gzip(server: &TestServer) -> TlsStream<TcpStream> {
+    let config =
+        tls::client_config(&Trust::Fingerprint(server.fingerprint), &[Alpn::Gzip]).unwrap();
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.get_ref().1.alpn_protocol(),
+        Some(&b"10bit-gzip/0.1"[..])
+    );
+    stream
+}
+
+/// Reads from `stream` through a flate2 streaming decoder until `n` complete
+/// lines have been decoded; returns them.
+async fn read_lines(
+    stream: &mut TlsStream<TcpStream>,
+    decoder: &mut flate2::write::GzDecoder<Vec<u8>>,
+    n: usize,
+) -> Vec<Packet> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let text = decoder.get_ref().clone();
+        let complete = text.iter().filter(|&&b| b == b'\n').count();
+        if complete >= n {
+            let mut lines = Vec::new();
+            for line in text.split(|&b| b == b'\n').take(n) {
+                lines.push(Packet::decode(line, 32).expect("server line decodes"));
+            }
+            // Keep only what follows the lines we returned.
+            let consumed: usize = text
+                .split(|&b| b == b'\n')
+                .take(n)
+                .map(|l| l.len() + 1)
+                .sum();
+            decoder.get_mut().drain(..consumed);
+            return lines;
+        }
+        let got = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("server answers in time")
+            .unwrap();
+        assert!(got > 0, "server closed early");
+        decoder.write_all(&buf[..got]).unwrap();
+        decoder.flush().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn interoperates_with_flate2_streaming_gzip_both_ways() {
+    let server = TestServer::start().await;
+    let mut stream = raw_gzip(&server).await;
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    let welcome = read_lines(&mut stream, &mut decoder, 1).await;
+    assert_eq!(welcome[0].op, "welcome");
+    assert_eq!(welcome[0].ex_str("protocol"), Some("10bit-gzip/0.1"));
+
+    // flate2's GzEncoder: `flush()` is a sync flush, so each batch is
+    // decodable by the server as soon as it arrives.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for round in 0..5 {
+        for i in 0..3 {
+            writeln!(encoder, "{{\"id\":\"g{round}-{i}\",\"op\":\"ping\"}}").unwrap();
+        }
+        encoder.flush().unwrap();
+        let wire: Vec<u8> = encoder.get_mut().drain(..).collect();
+        stream.write_all(&wire).await.unwrap();
+        let replies = read_lines(&mut stream, &mut decoder, 3).await;
+        for (i, p) in replies.iter().enumerate() {
+            assert_eq!(p.op, "pong");
+            assert_eq!(p.ex_str("for"), Some(format!("g{round}-{i}").as_str()));
+        }
+    }
+    // Bad input inside the gzip stream is answered like any other.
+    encoder.write_all(b"not json\n").unwrap();
+    encoder.flush().unwrap();
+    let wire: Vec<u8> = encoder.get_mut().drain(..).collect();
+    stream.write_all(&wire).await.unwrap();
+    let e = read_lines(&mut stream, &mut decoder, 1).await;
+    assert_eq!(e[0].ex_str("code"), Some("packet/malformed"));
+
+    // quit: ack, then the server ends its gzip member (trailer checked by
+    // flate2) and closes.
+    encoder
+        .write_all(b"{\"id\":\"q\",\"op\":\"quit\"}\n")
+        .unwrap();
+    let wire = encoder.finish().unwrap();
+    stream.write_all(&wire).await.unwrap();
+    let ack = read_lines(&mut stream, &mut decoder, 1).await;
+    assert_eq!(ack[0].op, "ack");
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    decoder.write_all(&rest).unwrap();
+    let tail = decoder
+        .finish()
+        .expect("server's gzip member ends with a valid trailer");
+    assert!(tail.is_empty(), "nothing after the ack: {tail:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn our_client_speaks_gzip_including_bad_input() {
+    let server = TestServer::start().await;
+    let mut c = server.connect_alpn(vec![Alpn::Gzip]).await;
+    assert_eq!(c.alpn(), Alpn::Gzip);
+    expect_op(&mut c, "welcome").await;
+    for i in 0..50 {
+        let p = request(&mut c, Packet::request("ping").with_id(format!("z{i}"))).await;
+        assert_eq!(p.op, "pong");
+    }
+    c.send_raw(b"[\"not an object\"]\n").await.unwrap();
+    expect_error(&mut c, "packet/not-object").await;
+    let p = request(&mut c, Packet::request("join")).await;
+    assert_eq!(p.ex_str("code"), Some("auth/required"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn limits_apply_to_decompressed_bytes() {
+    let server = TestServer::start_with(|c| c.limits.max_line_bytes = 8192).await;
+    let mut c = server.connect_alpn(vec![Alpn::Gzip]).await;
+    expect_op(&mut c, "welcome").await;
+    // 32 MiB of one byte compresses to a few KiB on the wire: the server must
+    // count what it decompresses, refuse the line, and carry on.
+    let chunk = vec![b' '; 1024 * 1024];
+    let mut first = b"{\"op\":\"ping\",\"ex\":{\"pad\":\"".to_vec();
+    first.extend_from_slice(&chunk);
+    c.send_raw(&first).await.unwrap();
+    for _ in 0..31 {
+        c.send_raw(&chunk).await.unwrap();
+    }
+    c.send_raw(b"\"}}\n{\"id\":\"after-bomb\",\"op\":\"ping\"}\n")
+        .await
+        .unwrap();
+    expect_error(&mut c, "packet/too-large").await;
+    let p = expect_op(&mut c, "pong").await;
+    assert_eq!(p.ex_str("for"), Some("after-bomb"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn corrupt_gzip_from_client_gets_bye_and_close() {
+    let server = TestServer::start().await;
+    let mut stream = raw_gzip(&server).await;
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    read_lines(&mut stream, &mut decoder, 1).await;
+    // Plain JSON where a gzip header belongs.
+    stream.write_all(b"{\"op\":\"ping\"}\n").await.unwrap();
+    let bye = read_lines(&mut stream, &mut decoder, 1).await;
+    assert_eq!(bye[0].op, "bye");
+    assert_eq!(bye[0].ex_str("code"), Some("transport/bad-gzip"));
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    decoder.write_all(&rest).unwrap();
+    decoder.finish().expect("server ends its member cleanly");
+
+    // A valid header followed by corrupt deflate data.
+    let mut stream = raw_gzip(&server).await;
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    read_lines(&mut stream, &mut decoder, 1).await;
+    let mut bad = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    bad.extend_from_slice(&[0xff; 64]);
+    stream.write_all(&bad).await.unwrap();
+    let bye = read_lines(&mut stream, &mut decoder, 1).await;
+    assert_eq!(bye[0].ex_str("code"), Some("transport/bad-gzip"));
+    server.stop().await;
+}

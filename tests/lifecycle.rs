@@ -1,0 +1,188 @@
+//! Session lifecycle: handshake and login deadlines, keepalive and idle
+//! timeout, connection limits, slow consumers, and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tenthbit::client::Client;
+use tenthbit::proto::Packet;
+use tenthbit::tls::Alpn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn silent_tcp_client_is_dropped_at_the_handshake_deadline() {
+    let server = TestServer::start_with(|c| c.limits.handshake_timeout_ms = 200).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    // No ClientHello: the server must hang up on its own (EOF or reset).
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .expect("server hangs up before the test's timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // A half-sent ClientHello gets the same treatment.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .expect("hang up");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_login_before_the_deadline_gets_bye() {
+    let server = TestServer::start_with(|c| c.limits.login_timeout_ms = 300).await;
+    for alpn in [Alpn::Plain, Alpn::Gzip] {
+        let mut c = server.connect_alpn(vec![alpn]).await;
+        expect_op(&mut c, "welcome").await;
+        // Pings do not count as logging in.
+        assert_alive(&mut c).await;
+        expect_bye(&mut c, "session/login-timeout").await;
+        expect_clean_close(&mut c).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keepalive_ping_then_idle_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.limits.keepalive_interval_ms = 150;
+        c.limits.idle_timeout_ms = 450;
+    })
+    .await;
+    // A client that answers each server ping stays connected across several
+    // idle periods.
+    let mut c = server.client().await;
+    for _ in 0..4 {
+        let ping = expect_op(&mut c, "ping").await;
+        assert!(ping.id.is_some() && ping.ts.is_some());
+        let id = ping.id.unwrap();
+        c.send(&Packet::request("pong").with("for", id))
+            .await
+            .unwrap();
+    }
+    // `pong` gets no reply: the next packet answers this ping request.
+    assert_alive(&mut c).await;
+
+    // A client that stays silent gets one ping, then the idle bye.
+    let mut quiet = server.client().await;
+    expect_op(&mut quiet, "ping").await;
+    expect_bye(&mut quiet, "session/idle-timeout").await;
+    expect_clean_close(&mut quiet).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connection_limits_per_ip_and_total() {
+    let server = TestServer::start_with(|c| c.limits.max_connections_per_ip = 2).await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    let mut refused = server.connect().await;
+    expect_bye(&mut refused, "server/per-ip-limit").await;
+    expect_clean_close(&mut refused).await;
+    assert_alive(&mut a).await;
+    assert_alive(&mut b).await;
+    server.stop().await;
+
+    let server = TestServer::start_with(|c| c.limits.max_connections = 1).await;
+    let mut a = server.client().await;
+    let mut refused = server.connect_alpn(vec![Alpn::Gzip]).await;
+    expect_bye(&mut refused, "server/full").await;
+    expect_clean_close(&mut refused).await;
+    assert_alive(&mut a).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_that_never_reads_is_cut_as_slow_consumer() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_sendq_packets = 16;
+        c.limits.write_timeout_ms = 2000;
+    })
+    .await;
+    let mut slow = server.client().await;
+    let mut other = server.client().await;
+    // Long ids make long replies, so the socket buffers fill quickly.
+    let id = "i".repeat(128);
+    let line = format!("{{\"id\":\"{id}\",\"op\":\"ping\"}}\n").repeat(1000);
+    let mut sent = 0usize;
+    for _ in 0..400 {
+        if tokio::time::timeout(WAIT, slow.send_raw(line.as_bytes()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += 1000;
+        // The other client is served throughout.
+        if sent % 50_000 == 0 {
+            assert_alive(&mut other).await;
+        }
+    }
+    // Read what was delivered: fewer pongs than pings, then the end.
+    let mut pongs = 0usize;
+    let ended = loop {
+        match tokio::time::timeout(WAIT, slow.recv()).await {
+            Ok(Ok(Some(p))) if p.op == "pong" => pongs += 1,
+            Ok(Ok(Some(p))) => break Some(p),
+            Ok(Ok(None)) | Ok(Err(_)) => break None,
+            Err(_) => panic!("connection was not cut ({pongs} pongs of {sent})"),
+        }
+    };
+    assert!(pongs < sent, "{pongs} of {sent}");
+    if let Some(p) = ended {
+        assert_eq!(p.op, "bye");
+        assert_eq!(p.ex_str("code"), Some("session/sendq-exceeded"));
+    }
+    assert_alive(&mut other).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_says_bye_to_every_client_and_stops_accepting() {
+    let server = TestServer::start().await;
+    let mut plain = server.client().await;
+    let mut zipped = server.connect_alpn(vec![Alpn::Gzip]).await;
+    expect_op(&mut zipped, "welcome").await;
+    let addr = server.addr;
+    let opts = server.options(vec![Alpn::Plain]);
+    let _dir = server.dir;
+    let stopping = tokio::spawn(server.handle.shutdown());
+    for c in [&mut plain, &mut zipped] {
+        expect_bye(c, "server/shutdown").await;
+        expect_clean_close(c).await;
+    }
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+    assert!(Client::connect(&addr.to_string(), &opts).await.is_err());
+}
+
+#[tokio::test]
+async fn shutdown_grace_closes_clients_that_do_not_read() {
+    let server = TestServer::start_with(|c| {
+        c.limits.shutdown_grace_ms = 300;
+        c.limits.write_timeout_ms = 60_000;
+    })
+    .await;
+    let mut stuck = server.client().await;
+    // Fill this client's socket buffers so its writer blocks.
+    let line = format!("{{\"id\":\"{}\",\"op\":\"ping\"}}\n", "s".repeat(128)).repeat(1000);
+    for _ in 0..200 {
+        if tokio::time::timeout(Duration::from_millis(500), stuck.send_raw(line.as_bytes()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _dir = server.dir;
+    tokio::time::timeout(WAIT, server.handle.shutdown())
+        .await
+        .expect("shutdown does not wait for a client that never reads");
+}
