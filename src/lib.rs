@@ -10,9 +10,11 @@
 //! - [`proto`]: the wire format, no I/O: envelope, requests, replies, error codes.
 //! - [`session`]: login state and the one-reply-per-request rule.
 //! - [`router`]: destinations and their bounded outbound queues.
+//! - [`change`], [`store`]: every change of state as data, the event log, and SQLite.
 //! - [`client`]: the client library used by the `tenthbit` binary, tests and benchmark.
 //! - [`config`], [`telemetry`]: settings and logging.
 
+pub mod change;
 pub mod client;
 pub mod config;
 pub mod conn;
@@ -20,6 +22,7 @@ pub mod proto;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 

@@ -1,0 +1,85 @@
+//! Changes of state as data. Every mutation the daemon makes (locally now,
+//! replicated from peers later) is a [`Change`]: a kind for humans and logs,
+//! and a list of last-writer-wins register writes. The store's one `apply`
+//! path folds writes into state, so applying the same events in any order
+//! yields the same state.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The thing a register belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    /// An account, by id.
+    Account(Uuid),
+    /// The server itself (its ACL, its metadata).
+    Server,
+}
+
+impl Entity {
+    /// The key stored in the register table: `account:<uuid>`, `server`.
+    pub fn key(self) -> String {
+        match self {
+            Entity::Account(id) => format!("account:{id}"),
+            Entity::Server => "server".to_owned(),
+        }
+    }
+}
+
+/// Register fields of an account.
+pub mod field {
+    /// The account's name (display case kept; unique case-insensitively).
+    pub const NAME: &str = "name";
+    /// argon2id PHC string.
+    pub const PASSWORD: &str = "password";
+    /// `true` when an admin disabled the account.
+    pub const DISABLED: &str = "disabled";
+    /// `true` once the account is deleted; its name stays reserved.
+    pub const DELETED: &str = "deleted";
+    /// Prefix of the account's own metadata keys (`meta:fullname`).
+    pub const META_PREFIX: &str = "meta:";
+}
+
+/// One last-writer-wins register write. `value` null clears the register.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Write {
+    /// Entity key (`account:<uuid>`).
+    #[serde(rename = "e")]
+    pub entity: String,
+    /// Field name.
+    #[serde(rename = "f")]
+    pub field: String,
+    /// New value.
+    #[serde(rename = "v")]
+    pub value: Value,
+}
+
+/// A change of state: what happened, as register writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// What kind of change (`account.create`), for logs and audits.
+    pub kind: String,
+    /// The register writes, applied together.
+    pub writes: Vec<Write>,
+}
+
+impl Change {
+    /// A change of `kind` with no writes yet.
+    pub fn new(kind: &str) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            writes: Vec::new(),
+        }
+    }
+
+    /// Adds a write, builder style.
+    pub fn set(mut self, entity: Entity, field: &str, value: impl Into<Value>) -> Self {
+        self.writes.push(Write {
+            entity: entity.key(),
+            field: field.to_owned(),
+            value: value.into(),
+        });
+        self
+    }
+}

@@ -1,0 +1,275 @@
+//! Accounts: names, password hashes, flags and own metadata, each a register
+//! of the entity `account:<uuid>`.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{Db, Error, log};
+use crate::change::{Change, Entity, field};
+
+/// An account as the rest of the daemon sees it.
+#[derive(Clone, PartialEq)]
+pub struct Account {
+    /// Server-assigned, time-ordered.
+    pub id: Uuid,
+    /// The name it is shown and addressed by. A later claim of a name held by
+    /// an earlier account (possible only across a mesh partition) is shown
+    /// as `name~<6 hex of its id>`.
+    pub name: String,
+    /// argon2id PHC string, if a password is set.
+    pub password: Option<String>,
+    /// Disabled by an admin.
+    pub disabled: bool,
+    /// Deleted by its owner; the name stays reserved.
+    pub deleted: bool,
+    /// Own metadata (full name, favourites, …).
+    pub meta: Map<String, Value>,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("disabled", &self.disabled)
+            .field("deleted", &self.deleted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The entity key prefix of accounts.
+const PREFIX: &str = "account:";
+
+impl Db {
+    /// The account holding `name` (case-insensitive), if any.
+    pub fn account_by_name(&self, name: &str) -> Result<Option<Account>, Error> {
+        match name_holder(&self.conn, &name.to_lowercase())? {
+            Some(id) => load(&self.conn, id),
+            None => Ok(None),
+        }
+    }
+
+    /// The account with `id`, if any.
+    pub fn account(&self, id: Uuid) -> Result<Option<Account>, Error> {
+        load(&self.conn, id)
+    }
+
+    /// Creates an account; fails with [`Error::NameTaken`] if the name is held
+    /// (case-insensitively) by any account, deleted ones included.
+    pub fn create_account(&mut self, name: &str, password_phc: &str) -> Result<Account, Error> {
+        let id = Uuid::now_v7();
+        self.write(|tx, origin| {
+            if name_holder(tx, &name.to_lowercase())?.is_some() {
+                return Err(Error::NameTaken);
+            }
+            let e = Entity::Account(id);
+            let change = Change::new("account.create").set(e, field::NAME, name).set(
+                e,
+                field::PASSWORD,
+                password_phc,
+            );
+            log::append(tx, origin, change)?;
+            Ok(())
+        })?;
+        self.account(id)?.ok_or(Error::NotFound)
+    }
+
+    /// Replaces an account's password hash.
+    pub fn set_password(&mut self, id: Uuid, password_phc: &str) -> Result<(), Error> {
+        self.change_existing(
+            id,
+            Change::new("account.password").set(Entity::Account(id), field::PASSWORD, password_phc),
+        )
+    }
+
+    /// Disables or re-enables an account.
+    pub fn set_disabled(&mut self, id: Uuid, disabled: bool) -> Result<(), Error> {
+        self.change_existing(
+            id,
+            Change::new("account.disable").set(Entity::Account(id), field::DISABLED, disabled),
+        )
+    }
+
+    /// Marks an account deleted and clears its password and metadata; the
+    /// name stays reserved so nobody can take over its identity.
+    pub fn delete_account(&mut self, id: Uuid) -> Result<(), Error> {
+        let account = self.account(id)?.ok_or(Error::NotFound)?;
+        let e = Entity::Account(id);
+        let mut change = Change::new("account.delete")
+            .set(e, field::DELETED, true)
+            .set(e, field::PASSWORD, Value::Null);
+        for key in account.meta.keys() {
+            change = change.set(e, &format!("{}{key}", field::META_PREFIX), Value::Null);
+        }
+        self.change_existing(id, change)
+    }
+
+    /// Sets (or, with `null`, removes) keys of an account's own metadata.
+    pub fn set_account_meta(&mut self, id: Uuid, values: &Map<String, Value>) -> Result<(), Error> {
+        let e = Entity::Account(id);
+        let mut change = Change::new("account.meta");
+        for (key, value) in values {
+            change = change.set(e, &format!("{}{key}", field::META_PREFIX), value.clone());
+        }
+        self.change_existing(id, change)
+    }
+
+    /// Every account, oldest first.
+    pub fn list_accounts(&self) -> Result<Vec<Account>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT entity FROM registers WHERE field = ?1 ORDER BY entity")?;
+        let entities: Vec<String> = stmt
+            .query_map(params![field::NAME], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(entities.len());
+        for entity in entities {
+            if let Some(account) = parse_entity(&entity)
+                .map(|id| load(&self.conn, id))
+                .transpose()?
+                .flatten()
+            {
+                out.push(account);
+            }
+        }
+        Ok(out)
+    }
+
+    fn change_existing(&mut self, id: Uuid, change: Change) -> Result<(), Error> {
+        self.write(|tx, origin| {
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM registers WHERE entity = ?1 AND field = ?2",
+                    params![Entity::Account(id).key(), field::NAME],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_none() {
+                return Err(Error::NotFound);
+            }
+            log::append(tx, origin, change)?;
+            Ok(())
+        })
+    }
+}
+
+fn parse_entity(entity: &str) -> Option<Uuid> {
+    entity
+        .strip_prefix(PREFIX)
+        .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+/// The account that holds a (lowercased) name: the earliest claim by
+/// `(hlc, origin, id)`.
+fn name_holder(conn: &Connection, lookup: &str) -> Result<Option<Uuid>, Error> {
+    let entity: Option<String> = conn
+        .query_row(
+            "SELECT entity FROM registers WHERE field = ?1 AND lookup = ?2
+             ORDER BY hlc, origin, entity LIMIT 1",
+            params![field::NAME, lookup],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(entity.as_deref().and_then(parse_entity))
+}
+
+fn load(conn: &Connection, id: Uuid) -> Result<Option<Account>, Error> {
+    let mut stmt = conn.prepare_cached("SELECT field, value FROM registers WHERE entity = ?1")?;
+    let rows = stmt.query_map(params![Entity::Account(id).key()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut account = Account {
+        id,
+        name: String::new(),
+        password: None,
+        disabled: false,
+        deleted: false,
+        meta: Map::new(),
+    };
+    let mut found = false;
+    for row in rows {
+        let (f, raw) = row?;
+        let value: Value = serde_json::from_str(&raw).map_err(|e| Error::Corrupt(e.to_string()))?;
+        match f.as_str() {
+            field::NAME => {
+                found = true;
+                account.name = value.as_str().unwrap_or_default().to_owned();
+            }
+            field::PASSWORD => account.password = value.as_str().map(str::to_owned),
+            field::DISABLED => account.disabled = value.as_bool().unwrap_or(false),
+            field::DELETED => account.deleted = value.as_bool().unwrap_or(false),
+            other => {
+                if let Some(key) = other.strip_prefix(field::META_PREFIX) {
+                    if !value.is_null() {
+                        account.meta.insert(key.to_owned(), value);
+                    }
+                }
+            }
+        }
+    }
+    if !found {
+        return Ok(None);
+    }
+    if name_holder(conn, &account.name.to_lowercase())? != Some(id) {
+        let hex = id.simple().to_string();
+        account.name = format!(
+            "{}~{}",
+            account.name,
+            hex.get(hex.len() - 6..).unwrap_or_default()
+        );
+    }
+    Ok(Some(account))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), "n1").unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn create_find_and_unique_names() {
+        let (_dir, mut db) = db();
+        let a = db.create_account("Danopia", "$argon2id$x").unwrap();
+        assert_eq!(db.account_by_name("danopia").unwrap().unwrap().id, a.id);
+        assert!(matches!(
+            db.create_account("DANOPIA", "$x"),
+            Err(Error::NameTaken)
+        ));
+        db.delete_account(a.id).unwrap();
+        let gone = db.account(a.id).unwrap().unwrap();
+        assert!(gone.deleted && gone.password.is_none());
+        assert!(matches!(
+            db.create_account("danopia", "$x"),
+            Err(Error::NameTaken)
+        ));
+    }
+
+    #[test]
+    fn events_are_gapless_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let mut db = Db::open(dir.path(), "n1").unwrap();
+            let a = db.create_account("a", "h1").unwrap();
+            db.set_password(a.id, "h2").unwrap();
+            let mut meta = Map::new();
+            meta.insert("fullname".into(), Value::from("A. Person"));
+            db.set_account_meta(a.id, &meta).unwrap();
+            a.id
+        };
+        let db = Db::open(dir.path(), "n1").unwrap();
+        let events = db.events().unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert!(events.windows(2).all(|w| w[0].hlc < w[1].hlc));
+        let a = db.account(id).unwrap().unwrap();
+        assert_eq!(a.password.as_deref(), Some("h2"));
+        assert_eq!(a.meta.get("fullname"), Some(&Value::from("A. Person")));
+    }
+}

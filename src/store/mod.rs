@@ -1,0 +1,244 @@
+//! The embedded store: SQLite (WAL) behind one module; nothing else knows SQL.
+//!
+//! [`Db`] is the synchronous store (used directly by the admin CLI, which may
+//! run beside the daemon: SQLite's locking keeps both consistent). [`Store`]
+//! is the daemon's async handle: one dedicated thread owns the connection and
+//! runs jobs from a bounded queue, so async workers never block on disk.
+
+pub mod accounts;
+pub mod log;
+pub mod migrate;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+pub use accounts::Account;
+pub use log::{Event, Origin};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "tenthbit.db";
+/// Jobs waiting for the store thread before callers wait for room.
+const QUEUE: usize = 1024;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SQLite said no.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database file could not be opened.
+    #[error("cannot open database {}: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's reason.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer tenthbit.
+    #[error("database schema version {found} is newer than this build's {supported}")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Version this build knows.
+        supported: i64,
+    },
+    /// Stored data does not decode.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The store thread is gone (shutting down).
+    #[error("store is closed")]
+    Closed,
+    /// The name belongs to another account.
+    #[error("name is taken")]
+    NameTaken,
+    /// No such account.
+    #[error("no such account")]
+    NotFound,
+}
+
+/// The synchronous store.
+pub struct Db {
+    conn: Connection,
+    origin: Origin,
+}
+
+impl Db {
+    /// Opens (creating if needed) `data_dir/tenthbit.db` for node `node`.
+    pub fn open(data_dir: &Path, node: &str) -> Result<Db, Error> {
+        let path = data_dir.join(DB_FILE);
+        let mut conn = Connection::open(&path).map_err(|source| Error::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let found = migrate::migrate(&mut conn).map_err(|source| Error::Open { path, source })?;
+        if found > migrate::SCHEMA_VERSION {
+            return Err(Error::TooNew {
+                found,
+                supported: migrate::SCHEMA_VERSION,
+            });
+        }
+        let incarnation = incarnation(&mut conn)?;
+        Ok(Db {
+            conn,
+            origin: Origin {
+                node: node.to_owned(),
+                incarnation,
+            },
+        })
+    }
+
+    /// This store's origin.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Runs `f` in an immediate (write-locked) transaction and commits it.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>, &Origin) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx, &self.origin)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Every event, in log order per origin (for tests and, later, catch-up).
+    pub fn events(&self) -> Result<Vec<Event>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT origin, incarnation, seq, hlc, body FROM events ORDER BY origin, incarnation, seq")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, incarnation, seq, hlc, body) = row?;
+            let change = serde_json::from_str(&body).map_err(|e| Error::Corrupt(e.to_string()))?;
+            out.push(Event {
+                node,
+                incarnation,
+                seq: u64::try_from(seq).map_err(|e| Error::Corrupt(e.to_string()))?,
+                hlc: u64::try_from(hlc).map_err(|e| Error::Corrupt(e.to_string()))?,
+                change,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The store's incarnation, minted at random the first time.
+fn incarnation(conn: &mut Connection) -> Result<String, Error> {
+    let existing: Option<String> = conn
+        .query_row(
+            "SELECT value FROM node WHERE key = 'incarnation'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(i) = existing {
+        return Ok(i);
+    }
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| Error::Corrupt("no system randomness".into()))?;
+    let minted: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // Another process may mint at the same moment: the first insert wins.
+    conn.execute(
+        "INSERT INTO node (key, value) VALUES ('incarnation', ?1) ON CONFLICT (key) DO NOTHING",
+        params![minted],
+    )?;
+    Ok(conn.query_row(
+        "SELECT value FROM node WHERE key = 'incarnation'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+type Job = Box<dyn FnOnce(&mut Db) + Send>;
+
+enum Msg {
+    Job(Job),
+    Close(oneshot::Sender<()>),
+}
+
+/// The daemon's handle on the store thread; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    jobs: mpsc::Sender<Msg>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Store {
+    /// Opens the database and starts its thread.
+    pub fn open(data_dir: &Path, node: &str) -> Result<Store, Error> {
+        let mut db = Db::open(data_dir, node)?;
+        let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("tenthbit-store".into())
+            .spawn(move || {
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        Msg::Job(job) => job(&mut db),
+                        Msg::Close(done) => {
+                            rx.close();
+                            // Jobs queued before the close still run.
+                            while let Ok(Msg::Job(job)) = rx.try_recv() {
+                                job(&mut db);
+                            }
+                            // Dropping the connection checkpoints the WAL.
+                            drop(db);
+                            let _ = done.send(());
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::Corrupt(format!("cannot start the store thread: {e}")))?;
+        Ok(Store {
+            jobs,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<T, Error> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |db| {
+            let _ = tx.send(f(db));
+        });
+        self.jobs
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Runs the queued jobs, closes the database and joins its thread; later
+    /// calls on any clone fail with [`Error::Closed`].
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Msg::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
