@@ -120,15 +120,65 @@ impl Default for TlsConfig {
 pub struct AuthConfig {
     /// Methods announced in `welcome` and accepted by `auth`.
     pub methods: Vec<String>,
+    /// Who may create accounts with the `register` op.
+    pub registration: Registration,
+    /// argon2id memory cost in KiB.
+    pub argon2_memory_kib: u32,
+    /// argon2id passes.
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once; 0 means one less than the number of
+    /// CPUs (at least 1), leaving a core for traffic.
+    pub max_concurrent_hashes: usize,
+}
+
+/// Registration policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone connected may register.
+    Open,
+    /// Only `tenthbitd account add` creates accounts.
+    Closed,
+    /// Only logged-in server admins may register accounts.
+    Admins,
 }
 
 /// The login methods the protocol defines.
 pub const AUTH_METHODS: [&str; 3] = ["password", "ticket", "pubkey"];
 
+impl AuthConfig {
+    /// The argon2 cost.
+    pub fn cost(&self) -> crate::password::Cost {
+        crate::password::Cost {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
+
+    /// How many hashes may run at once, with 0 resolved.
+    pub fn concurrent_hashes(&self) -> usize {
+        if self.max_concurrent_hashes > 0 {
+            return self.max_concurrent_hashes;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get().saturating_sub(1))
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             methods: AUTH_METHODS.iter().map(|m| (*m).to_owned()).collect(),
+            registration: Registration::Open,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            max_concurrent_hashes: 0,
         }
     }
 }
@@ -145,6 +195,10 @@ pub struct Limits {
     pub max_protocol_errors: u32,
     /// Outbound queue length per connection.
     pub max_sendq_packets: usize,
+    /// Metadata keys per account (or topic).
+    pub max_meta_keys: usize,
+    /// Largest metadata value, as JSON bytes.
+    pub max_meta_value_bytes: usize,
     /// Connections at once.
     pub max_connections: usize,
     /// Connections at once from one IP address.
@@ -170,6 +224,8 @@ impl Default for Limits {
             max_json_depth: 32,
             max_protocol_errors: 10,
             max_sendq_packets: 4096,
+            max_meta_keys: 64,
+            max_meta_value_bytes: 4096,
             max_connections: 50_000,
             max_connections_per_ip: 64,
             handshake_timeout_ms: 10_000,
@@ -295,6 +351,22 @@ impl Config {
                 ));
             }
         }
+        let a = &self.auth;
+        if !(8..=4 * 1024 * 1024).contains(&a.argon2_memory_kib) {
+            return Err(invalid("auth.argon2_memory_kib", "must be 8 to 4194304"));
+        }
+        if !(1..=64).contains(&a.argon2_iterations) {
+            return Err(invalid("auth.argon2_iterations", "must be 1 to 64"));
+        }
+        if !(1..=16).contains(&a.argon2_parallelism) {
+            return Err(invalid("auth.argon2_parallelism", "must be 1 to 16"));
+        }
+        if a.argon2_memory_kib < 8 * a.argon2_parallelism {
+            return Err(invalid(
+                "auth.argon2_memory_kib",
+                "must be at least 8 × argon2_parallelism",
+            ));
+        }
         let l = &self.limits;
         if !(1024..=16 * 1024 * 1024).contains(&l.max_line_bytes) {
             return Err(invalid("limits.max_line_bytes", "must be 1024 to 16777216"));
@@ -307,6 +379,15 @@ impl Config {
         }
         if l.max_sendq_packets < 16 {
             return Err(invalid("limits.max_sendq_packets", "must be at least 16"));
+        }
+        if l.max_meta_keys == 0 {
+            return Err(invalid("limits.max_meta_keys", "must be at least 1"));
+        }
+        if !(16..=l.max_line_bytes).contains(&l.max_meta_value_bytes) {
+            return Err(invalid(
+                "limits.max_meta_value_bytes",
+                "must be 16 to limits.max_line_bytes",
+            ));
         }
         if l.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));

@@ -10,14 +10,18 @@
 //! - [`proto`]: the wire format, no I/O: envelope, requests, replies, error codes.
 //! - [`session`]: login state and the one-reply-per-request rule.
 //! - [`router`]: destinations and their bounded outbound queues.
+//! - [`password`]: argon2id off the async workers, bounded.
 //! - [`change`], [`store`]: every change of state as data, the event log, and SQLite.
 //! - [`client`]: the client library used by the `tenthbit` binary, tests and benchmark.
+//! - [`admin`]: the admin CLI's operations on the store.
 //! - [`config`], [`telemetry`]: settings and logging.
 
+pub mod admin;
 pub mod change;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod password;
 pub mod proto;
 pub mod router;
 pub mod server;

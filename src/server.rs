@@ -21,8 +21,10 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::conn;
+use crate::password::Passwords;
 use crate::proto::ErrorCode;
 use crate::session;
+use crate::store::Store;
 use crate::tls;
 
 /// Connections over a limit are still told why (after a handshake); at most
@@ -43,6 +45,12 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// The password hasher's parameters are unusable.
+    #[error(transparent)]
+    Password(#[from] crate::password::Error),
     /// The data directory could not be created.
     #[error("cannot create data directory {}: {source}", path.display())]
     DataDir {
@@ -203,6 +211,8 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
         source,
     })?;
     let server_tls = tls::server_config(&config.tls, &config.server.name)?;
+    let passwords = Passwords::new(config.auth.cost(), config.auth.concurrent_hashes())?;
+    let store = Store::open(&data_dir, &config.server.node)?;
     if server_tls.generated {
         info!(cert = %config.tls.cert_file.display(), key = %config.tls.key_file.display(), "generated a self-signed certificate");
     }
@@ -215,7 +225,7 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
         addrs.push(addr);
     }
     let shared = Arc::new(Shared {
-        session_ctx: session::Context::new(&config),
+        session_ctx: session::Context::new(&config, store.clone(), passwords),
         acceptor: TlsAcceptor::from(server_tls.config),
         config,
         shutdown: CancellationToken::new(),
@@ -242,6 +252,7 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
             shared.hard_stop.cancel();
             tracker.wait().await;
         }
+        store.close().await;
         info!("server stopped");
     });
     Ok(ServerHandle {

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+
+use tenthbit::admin::Admin;
 use tenthbit::config::{self, Config};
 use tenthbit::tls::pin::format_fingerprint;
 use tracing::{error, info};
@@ -47,6 +50,49 @@ enum Command {
     CheckConfig,
     /// Print the embedded default configuration.
     Config,
+    /// Manage accounts (works while the daemon runs).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Manage the server's ACL: who administers the server.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// Passwords come from $TENTHBIT_PASSWORD, a prompt on a terminal, or the
+/// first line of standard input; never from the command line.
+#[derive(Subcommand, Debug)]
+enum AccountCommand {
+    /// Create an account.
+    Add {
+        /// Account name.
+        name: String,
+    },
+    /// Set an account's password.
+    Passwd {
+        /// Account name.
+        name: String,
+    },
+    /// Delete an account; its name stays reserved.
+    Del {
+        /// Account name.
+        name: String,
+    },
+    /// List accounts.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Make an account a server admin.
+    Grant {
+        /// Account name.
+        name: String,
+    },
+    /// Take server admin away from an account.
+    Revoke {
+        /// Account name.
+        name: String,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -84,6 +130,8 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::CheckConfig) => check_config(&cli),
+        Some(Command::Account(ref cmd)) => account(&cli, cmd),
+        Some(Command::Admin(ref cmd)) => admin(&cli, cmd),
         Some(Command::Run) | None => run(&cli),
     };
     match result {
@@ -93,6 +141,80 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn account(cli: &Cli, cmd: &AccountCommand) -> Result<()> {
+    let config = load_config(cli)?;
+    let mut admin = Admin::open(&config)?;
+    match cmd {
+        AccountCommand::Add { name } => {
+            let password = read_password(true)?;
+            let account = admin.add(name, &password)?;
+            println!("created account {} ({})", account.name, account.id);
+        }
+        AccountCommand::Passwd { name } => {
+            let password = read_password(true)?;
+            admin.passwd(name, &password)?;
+            println!("password changed for {name}");
+        }
+        AccountCommand::Del { name } => {
+            admin.delete(name)?;
+            println!("deleted account {name}");
+        }
+        AccountCommand::List => {
+            for (a, is_admin) in admin.list()? {
+                let mut flags = Vec::new();
+                if is_admin {
+                    flags.push("admin");
+                }
+                if a.disabled {
+                    flags.push("disabled");
+                }
+                if a.deleted {
+                    flags.push("deleted");
+                }
+                println!("{}\t{}\t{}", a.name, a.id, flags.join(","));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn admin(cli: &Cli, cmd: &AdminCommand) -> Result<()> {
+    let config = load_config(cli)?;
+    let mut admin = Admin::open(&config)?;
+    match cmd {
+        AdminCommand::Grant { name } => {
+            admin.set_admin(name, true)?;
+            println!("{name} is a server admin");
+        }
+        AdminCommand::Revoke { name } => {
+            admin.set_admin(name, false)?;
+            println!("{name} is no longer a server admin");
+        }
+    }
+    Ok(())
+}
+
+fn read_password(confirm: bool) -> Result<String> {
+    if let Ok(p) = std::env::var("TENTHBIT_PASSWORD") {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("password: ").context("reading the password")?;
+        if confirm {
+            let again = rpassword::prompt_password("again: ").context("reading the password")?;
+            if again != first {
+                anyhow::bail!("the passwords differ");
+            }
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 fn check_config(cli: &Cli) -> Result<()> {

@@ -34,6 +34,16 @@ pub enum ErrorCode {
     AuthUnsupportedMethod,
     /// The session is already logged in.
     AuthAlready,
+    /// Registration is not open to this session.
+    AuthRegistrationClosed,
+    /// The account name is held by another account.
+    AccountNameTaken,
+    /// The account name breaks the naming rules.
+    AccountInvalidName,
+    /// The password breaks the password rules.
+    AccountInvalidPassword,
+    /// A metadata key or value breaks the metadata rules.
+    MetaInvalid,
     /// The session did not log in before the login deadline.
     SessionLoginTimeout,
     /// The client was silent past the idle timeout.
@@ -42,6 +52,8 @@ pub enum ErrorCode {
     SessionSendqExceeded,
     /// The gzip stream from the client is corrupt; the connection is closed.
     TransportBadGzip,
+    /// The server failed to do what was asked (nothing was changed).
+    ServerInternal,
     /// The server is shutting down.
     ServerShutdown,
     /// The server holds as many connections as it may.
@@ -52,7 +64,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -67,10 +79,16 @@ impl ErrorCode {
         ErrorCode::AuthFailed,
         ErrorCode::AuthUnsupportedMethod,
         ErrorCode::AuthAlready,
+        ErrorCode::AuthRegistrationClosed,
+        ErrorCode::AccountNameTaken,
+        ErrorCode::AccountInvalidName,
+        ErrorCode::AccountInvalidPassword,
+        ErrorCode::MetaInvalid,
         ErrorCode::SessionLoginTimeout,
         ErrorCode::SessionIdleTimeout,
         ErrorCode::SessionSendqExceeded,
         ErrorCode::TransportBadGzip,
+        ErrorCode::ServerInternal,
         ErrorCode::ServerShutdown,
         ErrorCode::ServerFull,
         ErrorCode::ServerPerIpLimit,
@@ -93,10 +111,16 @@ impl ErrorCode {
             ErrorCode::AuthFailed => "auth/failed",
             ErrorCode::AuthUnsupportedMethod => "auth/unsupported-method",
             ErrorCode::AuthAlready => "auth/already",
+            ErrorCode::AuthRegistrationClosed => "auth/registration-closed",
+            ErrorCode::AccountNameTaken => "account/name-taken",
+            ErrorCode::AccountInvalidName => "account/invalid-name",
+            ErrorCode::AccountInvalidPassword => "account/invalid-password",
+            ErrorCode::MetaInvalid => "meta/invalid",
             ErrorCode::SessionLoginTimeout => "session/login-timeout",
             ErrorCode::SessionIdleTimeout => "session/idle-timeout",
             ErrorCode::SessionSendqExceeded => "session/sendq-exceeded",
             ErrorCode::TransportBadGzip => "transport/bad-gzip",
+            ErrorCode::ServerInternal => "server/internal",
             ErrorCode::ServerShutdown => "server/shutdown",
             ErrorCode::ServerFull => "server/full",
             ErrorCode::ServerPerIpLimit => "server/per-ip-limit",

@@ -5,6 +5,7 @@
 
 pub mod code;
 pub mod id;
+pub mod name;
 pub mod packet;
 pub mod reply;
 pub mod request;

@@ -75,8 +75,23 @@ pub enum Request {
     Pong,
     /// End the session cleanly; answered with `ack`, then the server closes.
     Quit,
-    /// An op of the protocol that needs a logged-in session (`join`,
-    /// `leave`, `send`, `meta`, `find`).
+    /// Create an account.
+    Register {
+        /// The new account's name.
+        username: String,
+        /// Its password.
+        password: Secret,
+    },
+    /// Read (empty `ex`) or set (keys in `ex`, `null` removes) metadata:
+    /// one's own without `topic`.
+    Meta {
+        /// The topic, when it is a topic's metadata.
+        topic: Option<String>,
+        /// Keys to set; empty to read.
+        values: serde_json::Map<String, serde_json::Value>,
+    },
+    /// An op of the protocol that needs a logged-in session and is not
+    /// served yet (`join`, `leave`, `send`, `find`).
     Session(SessionOp),
 }
 
@@ -89,8 +104,6 @@ pub enum SessionOp {
     Leave,
     /// Relay a message to a topic.
     Send,
-    /// Read or set metadata.
-    Meta,
     /// Search topics and users.
     Find,
 }
@@ -112,8 +125,8 @@ fn invalid(message: impl Into<String>) -> RequestError {
 }
 
 /// Every op a client may send, as `protocol.md` documents them.
-pub const CLIENT_OPS: [&str; 9] = [
-    "auth", "ping", "pong", "quit", "join", "leave", "send", "meta", "find",
+pub const CLIENT_OPS: [&str; 10] = [
+    "auth", "register", "ping", "pong", "quit", "join", "leave", "send", "meta", "find",
 ];
 
 /// Longest username accepted in a login request.
@@ -132,7 +145,14 @@ impl Request {
             "join" => Request::Session(SessionOp::Join),
             "leave" => Request::Session(SessionOp::Leave),
             "send" => Request::Session(SessionOp::Send),
-            "meta" => Request::Session(SessionOp::Meta),
+            "meta" => Request::Meta {
+                topic: p.topic.clone(),
+                values: p.ex.clone(),
+            },
+            "register" => Request::Register {
+                username: field(p, "username", MAX_USERNAME_CHARS * 4)?.to_owned(),
+                password: Secret::new(field(p, "password", MAX_SECRET_BYTES)?.to_owned()),
+            },
             "find" => Request::Session(SessionOp::Find),
             _ => {
                 return Err(RequestError {

@@ -2,12 +2,21 @@
 //!
 //! Every request gets exactly one reply (`ack`, `error`, or the answer that
 //! carries data), with `ex.for` set to the request's `id` when it had one,
-//! queued in request order on the connection's outbound queue.
+//! queued in request order on the connection's outbound queue. Handlers live
+//! in one file per family: [`auth`] (login, registration), [`meta`].
 
-use crate::config::Config;
-use crate::proto::request::{AuthRequest, Request, SessionOp};
+mod auth;
+mod meta;
+
+use tracing::error;
+use uuid::Uuid;
+
+use crate::config::{Config, Registration};
+use crate::password::Passwords;
+use crate::proto::request::{Request, SessionOp};
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::Outbound;
+use crate::store::Store;
 
 /// What the connection should do after a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,40 +49,102 @@ impl CloseReason {
     }
 }
 
-/// Settings every session reads.
-#[derive(Debug, Clone)]
+/// What every session shares: settings, the store, the password hasher.
 pub struct Context {
     /// This server's name.
     pub server_name: String,
+    /// Server rules, sent as server metadata after login.
+    pub rules: String,
     /// Login methods offered.
     pub auth_methods: Vec<String>,
+    /// Who may register.
+    pub registration: Registration,
     /// JSON nesting limit.
     pub max_json_depth: usize,
     /// Protocol errors in a row before closing.
     pub max_protocol_errors: u32,
     /// Line limit, for messages.
     pub max_line_bytes: usize,
+    /// Metadata keys per account.
+    pub max_meta_keys: usize,
+    /// Largest metadata value (JSON bytes).
+    pub max_meta_value_bytes: usize,
+    /// The store.
+    pub store: Store,
+    /// argon2id, off the async workers.
+    pub passwords: Passwords,
 }
 
 impl Context {
-    /// From the configuration.
-    pub fn new(config: &Config) -> Self {
+    /// From the configuration and the services it needs.
+    pub fn new(config: &Config, store: Store, passwords: Passwords) -> Self {
         Self {
             server_name: config.server.name.clone(),
+            rules: config.server.rules.clone(),
             auth_methods: config.auth.methods.clone(),
+            registration: config.auth.registration,
             max_json_depth: config.limits.max_json_depth,
             max_protocol_errors: config.limits.max_protocol_errors,
             max_line_bytes: config.limits.max_line_bytes,
+            max_meta_keys: config.limits.max_meta_keys,
+            max_meta_value_bytes: config.limits.max_meta_value_bytes,
+            store,
+            passwords,
         }
     }
+}
+
+/// The account a session is logged in as.
+#[derive(Debug, Clone)]
+pub struct LoggedIn {
+    /// Account id.
+    pub id: Uuid,
+    /// Account name, as shown.
+    pub name: String,
 }
 
 /// One connection's session state.
 pub struct Session<'a> {
     ctx: &'a Context,
     out: Outbound,
-    account: Option<String>,
+    account: Option<LoggedIn>,
     errors_in_row: u32,
+}
+
+/// A handler's failure: becomes one `error` reply.
+pub(crate) struct Denied {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Denied {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::store::Error> for Denied {
+    fn from(e: crate::store::Error) -> Self {
+        match e {
+            crate::store::Error::NameTaken => {
+                Denied::new(ErrorCode::AccountNameTaken, "that name is taken")
+            }
+            crate::store::Error::TooManyKeys { max } => Denied::new(
+                ErrorCode::MetaInvalid,
+                format!("at most {max} metadata keys"),
+            ),
+            other => {
+                error!(error = %other, "store failure");
+                Denied::new(
+                    ErrorCode::ServerInternal,
+                    "the server could not complete the request",
+                )
+            }
+        }
+    }
 }
 
 impl<'a> Session<'a> {
@@ -87,9 +158,9 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The logged-in account, if any.
+    /// The logged-in account's name, if any.
     pub fn account(&self) -> Option<&str> {
-        self.account.as_deref()
+        self.account.as_ref().map(|a| a.name.as_str())
     }
 
     /// Handles one line from the client.
@@ -104,22 +175,31 @@ impl<'a> Session<'a> {
             Err(e) => return self.fail(id, e.code, e.message),
         };
         self.errors_in_row = 0;
-        match request {
-            Request::Ping => self.reply(reply::pong(id)),
-            Request::Pong => Outcome::Continue,
-            Request::Quit => match self.reply(reply::ack(id)) {
-                Outcome::Continue => Outcome::Close(CloseReason::Quit),
-                closed => closed,
+        let result = match request {
+            Request::Ping => return self.reply(reply::pong(id)),
+            Request::Pong => return Outcome::Continue,
+            Request::Quit => {
+                return match self.reply(reply::ack(id)) {
+                    Outcome::Continue => Outcome::Close(CloseReason::Quit),
+                    closed => closed,
+                };
+            }
+            Request::Auth(a) => self.handle_auth(id, a).await,
+            Request::Register { username, password } => {
+                self.handle_register(id, username, password).await
+            }
+            Request::Meta { topic, values } => match self.logged_in() {
+                Ok(me) => self.handle_meta(id, &me, topic, values).await,
+                Err(d) => Err(d),
             },
-            Request::Auth(auth) => self.handle_auth(id, auth).await,
-            Request::Session(op) => match self.account {
-                None => self.reply(reply::error(
-                    id,
-                    ErrorCode::AuthRequired,
-                    "log in first (op \"auth\")",
-                )),
-                Some(_) => self.handle_session_op(id, op),
+            Request::Session(op) => match self.logged_in() {
+                Ok(_) => Err(not_served(op)),
+                Err(d) => Err(d),
             },
+        };
+        match result {
+            Ok(outcome) => outcome,
+            Err(d) => self.reply(reply::error(id, d.code, d.message)),
         }
     }
 
@@ -133,32 +213,10 @@ impl<'a> Session<'a> {
         )
     }
 
-    async fn handle_auth(&mut self, id: Option<&str>, auth: AuthRequest) -> Outcome {
-        if self.account.is_some() {
-            return self.reply(reply::error(
-                id,
-                ErrorCode::AuthAlready,
-                "already logged in",
-            ));
-        }
-        if !self.ctx.auth_methods.iter().any(|m| m == auth.method()) {
-            return self.reply(reply::error(
-                id,
-                ErrorCode::AuthUnsupportedMethod,
-                format!("login method {:?} is not offered here", auth.method()),
-            ));
-        }
-        // No account store is attached to this build yet, so no credential
-        // can match: every attempt fails the same way an unknown user does.
-        self.reply(reply::error(id, ErrorCode::AuthFailed, "login failed"))
-    }
-
-    fn handle_session_op(&mut self, id: Option<&str>, op: SessionOp) -> Outcome {
-        self.reply(reply::error(
-            id,
-            ErrorCode::OpUnknown,
-            format!("op {op:?} is not available on this server"),
-        ))
+    fn logged_in(&self) -> Result<LoggedIn, Denied> {
+        self.account
+            .clone()
+            .ok_or_else(|| Denied::new(ErrorCode::AuthRequired, "log in first (op \"auth\")"))
     }
 
     /// Replies with an error; counts protocol errors and closes after too many.
@@ -182,10 +240,24 @@ impl<'a> Session<'a> {
         Outcome::Continue
     }
 
+    /// Queues one packet; a full queue ends the session.
     fn reply(&mut self, packet: Packet) -> Outcome {
         match self.out.push(&packet) {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Close(CloseReason::SendqExceeded),
         }
     }
+}
+
+fn not_served(op: SessionOp) -> Denied {
+    let name = match op {
+        SessionOp::Join => "join",
+        SessionOp::Leave => "leave",
+        SessionOp::Send => "send",
+        SessionOp::Find => "find",
+    };
+    Denied::new(
+        ErrorCode::OpUnknown,
+        format!("op {name:?} is not served by this release"),
+    )
 }

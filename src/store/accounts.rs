@@ -106,14 +106,59 @@ impl Db {
         self.change_existing(id, change)
     }
 
-    /// Sets (or, with `null`, removes) keys of an account's own metadata.
-    pub fn set_account_meta(&mut self, id: Uuid, values: &Map<String, Value>) -> Result<(), Error> {
+    /// Sets (or, with `null`, removes) keys of an account's own metadata,
+    /// refusing a result with more than `max_keys` keys.
+    pub fn set_account_meta(
+        &mut self,
+        id: Uuid,
+        values: &Map<String, Value>,
+        max_keys: usize,
+    ) -> Result<(), Error> {
+        let current = self.account(id)?.ok_or(Error::NotFound)?;
+        let mut keys: std::collections::BTreeSet<&str> =
+            current.meta.keys().map(String::as_str).collect();
+        for (key, value) in values {
+            if value.is_null() {
+                keys.remove(key.as_str());
+            } else {
+                keys.insert(key);
+            }
+        }
+        if keys.len() > max_keys {
+            return Err(Error::TooManyKeys { max: max_keys });
+        }
         let e = Entity::Account(id);
         let mut change = Change::new("account.meta");
         for (key, value) in values {
             change = change.set(e, &format!("{}{key}", field::META_PREFIX), value.clone());
         }
         self.change_existing(id, change)
+    }
+
+    /// Whether the account holds the server's `admin` flag.
+    pub fn is_server_admin(&self, id: Uuid) -> Result<bool, Error> {
+        let value: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM registers WHERE entity = ?1 AND field = ?2",
+                params![Entity::Server.key(), admin_field(id)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(value.as_deref() == Some("true"))
+    }
+
+    /// Grants or revokes the server's `admin` flag.
+    pub fn set_server_admin(&mut self, id: Uuid, admin: bool) -> Result<(), Error> {
+        self.change_existing(
+            id,
+            Change::new(if admin {
+                "server.acl.grant"
+            } else {
+                "server.acl.revoke"
+            })
+            .set(Entity::Server, &admin_field(id), admin),
+        )
     }
 
     /// Every account, oldest first.
@@ -153,6 +198,12 @@ impl Db {
             Ok(())
         })
     }
+}
+
+/// The server-ACL register of an account's admin flag: one register per
+/// `(subject, flag)`, as DESIGN.md §4a asks.
+fn admin_field(id: Uuid) -> String {
+    format!("acl:{}:admin", Entity::Account(id).key())
 }
 
 fn parse_entity(entity: &str) -> Option<Uuid> {
@@ -260,7 +311,7 @@ mod tests {
             db.set_password(a.id, "h2").unwrap();
             let mut meta = Map::new();
             meta.insert("fullname".into(), Value::from("A. Person"));
-            db.set_account_meta(a.id, &meta).unwrap();
+            db.set_account_meta(a.id, &meta, 8).unwrap();
             a.id
         };
         let db = Db::open(dir.path(), "n1").unwrap();

@@ -57,6 +57,12 @@ pub enum Error {
     /// No such account.
     #[error("no such account")]
     NotFound,
+    /// The write would hold more metadata keys than allowed.
+    #[error("at most {max} metadata keys")]
+    TooManyKeys {
+        /// The bound.
+        max: usize,
+    },
 }
 
 /// The synchronous store.

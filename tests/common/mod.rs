@@ -37,6 +37,9 @@ impl TestServer {
         config.server.data_dir = dir.path().join("data");
         config.tls.cert_file = dir.path().join("certs/server.crt");
         config.tls.key_file = dir.path().join("certs/server.key");
+        // Cheap hashes keep the suite fast; production defaults stay strong.
+        config.auth.argon2_memory_kib = 64;
+        config.auth.argon2_iterations = 1;
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -49,6 +52,52 @@ impl TestServer {
             handle,
             dir,
         }
+    }
+
+    /// Restarts on the same data directory and certificate (a new port).
+    pub async fn restart(self, tweak: impl FnOnce(&mut Config)) -> Self {
+        let TestServer { handle, dir, .. } = self;
+        handle.shutdown().await;
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().join("data");
+        config.tls.cert_file = dir.path().join("certs/server.crt");
+        config.tls.key_file = dir.path().join("certs/server.key");
+        config.auth.argon2_memory_kib = 64;
+        config.auth.argon2_iterations = 1;
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let handle = tenthbit::start_on(config, vec![listener])
+            .await
+            .expect("server restarts");
+        TestServer {
+            addr: handle.local_addr(),
+            fingerprint: handle.fingerprint(),
+            handle,
+            dir,
+        }
+    }
+
+    /// Registers `name` with `password` (must succeed).
+    pub async fn register(&self, name: &str, password: &str) {
+        let mut c = self.client().await;
+        let p = request(
+            &mut c,
+            Packet::request("register")
+                .with("username", name)
+                .with("password", password),
+        )
+        .await;
+        assert_eq!(p.op, "ack", "register {name}: {p:?}");
+    }
+
+    /// A client logged in as `name`, with the login sequence consumed.
+    pub async fn login(&self, name: &str, password: &str) -> Client {
+        let mut c = self.client().await;
+        let ack = request(&mut c, password_auth(name, password)).await;
+        assert_eq!(ack.op, "ack", "login {name}: {ack:?}");
+        expect_op(&mut c, "meta").await;
+        expect_op(&mut c, "meta").await;
+        c
     }
 
     /// Options trusting this server, offering `alpn`.
@@ -125,4 +174,12 @@ pub async fn assert_alive(c: &mut Client) {
     let reply = request(c, Packet::request("ping").with_id(id.clone())).await;
     assert_eq!(reply.op, "pong");
     assert_eq!(reply.ex_str("for"), Some(id.as_str()));
+}
+
+/// A password `auth` request.
+pub fn password_auth(name: &str, password: &str) -> Packet {
+    Packet::request("auth")
+        .with("method", "password")
+        .with("username", name)
+        .with("password", password)
 }

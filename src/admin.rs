@@ -1,0 +1,115 @@
+//! Admin operations behind `tenthbitd account …` and `tenthbitd admin …`.
+//! They open the store directly (SQLite's locking makes that safe while the
+//! daemon runs) and record events like any other change.
+
+use crate::config::Config;
+use crate::password::Passwords;
+use crate::proto::name::{PASSWORD_BYTES, check_username};
+use crate::store::{Account, Db};
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// Hashing failed.
+    #[error(transparent)]
+    Password(#[from] crate::password::Error),
+    /// The name breaks the naming rules.
+    #[error("invalid account name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
+    /// The password is too short or long.
+    #[error("a password has {} to {} bytes", PASSWORD_BYTES.start(), PASSWORD_BYTES.end())]
+    InvalidPassword,
+    /// No account has that name.
+    #[error("no account named {0:?}")]
+    NoSuchAccount(String),
+    /// The data directory cannot be created.
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// The store and hasher an admin command works with.
+pub struct Admin {
+    db: Db,
+    passwords: Passwords,
+}
+
+impl Admin {
+    /// Opens the store named by `config`.
+    pub fn open(config: &Config) -> Result<Admin, Error> {
+        let dir = &config.server.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Admin {
+            db: Db::open(dir, &config.server.node)?,
+            passwords: Passwords::new(config.auth.cost(), 1)?,
+        })
+    }
+
+    fn find(&self, name: &str) -> Result<Account, Error> {
+        self.db
+            .account_by_name(name)?
+            .filter(|a| !a.deleted)
+            .ok_or_else(|| Error::NoSuchAccount(name.to_owned()))
+    }
+
+    /// Creates an account.
+    pub fn add(&mut self, name: &str, password: &str) -> Result<Account, Error> {
+        check_username(name).map_err(|reason| Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        let phc = self.hash(password)?;
+        Ok(self.db.create_account(name, &phc)?)
+    }
+
+    /// Sets an account's password.
+    pub fn passwd(&mut self, name: &str, password: &str) -> Result<(), Error> {
+        let account = self.find(name)?;
+        let phc = self.hash(password)?;
+        Ok(self.db.set_password(account.id, &phc)?)
+    }
+
+    /// Deletes an account (its name stays reserved).
+    pub fn delete(&mut self, name: &str) -> Result<(), Error> {
+        let account = self.find(name)?;
+        Ok(self.db.delete_account(account.id)?)
+    }
+
+    /// Every account, deleted ones included.
+    pub fn list(&self) -> Result<Vec<(Account, bool)>, Error> {
+        let mut out = Vec::new();
+        for a in self.db.list_accounts()? {
+            let admin = self.db.is_server_admin(a.id)?;
+            out.push((a, admin));
+        }
+        Ok(out)
+    }
+
+    /// Grants or revokes server admin.
+    pub fn set_admin(&mut self, name: &str, admin: bool) -> Result<(), Error> {
+        let account = self.find(name)?;
+        Ok(self.db.set_server_admin(account.id, admin)?)
+    }
+
+    fn hash(&self, password: &str) -> Result<String, Error> {
+        if !PASSWORD_BYTES.contains(&password.len()) {
+            return Err(Error::InvalidPassword);
+        }
+        Ok(self.passwords.hash_blocking(password)?)
+    }
+}

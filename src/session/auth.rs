@@ -1,0 +1,170 @@
+//! Login and registration.
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::{Denied, LoggedIn, Outcome, Session};
+use crate::config::Registration;
+use crate::proto::name::{PASSWORD_BYTES, check_username};
+use crate::proto::request::{AuthRequest, Secret};
+use crate::proto::{ErrorCode, Packet, reply};
+
+impl Session<'_> {
+    pub(super) async fn handle_auth(
+        &mut self,
+        id: Option<&str>,
+        auth: AuthRequest,
+    ) -> Result<Outcome, Denied> {
+        if self.account.is_some() {
+            return Err(Denied::new(ErrorCode::AuthAlready, "already logged in"));
+        }
+        if !self.ctx.auth_methods.iter().any(|m| m == auth.method()) {
+            return Err(Denied::new(
+                ErrorCode::AuthUnsupportedMethod,
+                format!("login method {:?} is not offered here", auth.method()),
+            ));
+        }
+        let me = match auth {
+            AuthRequest::Password { username, password } => {
+                self.check_password(&username, password).await?
+            }
+            // Tickets and keys are stored with the accounts issue's later
+            // steps; until then no ticket or key can match.
+            AuthRequest::Ticket { .. } | AuthRequest::Pubkey { .. } => {
+                return Err(Denied::new(ErrorCode::AuthFailed, "login failed"));
+            }
+        };
+        self.logged_in_as(id, me).await
+    }
+
+    async fn check_password(
+        &mut self,
+        username: &str,
+        password: Secret,
+    ) -> Result<LoggedIn, Denied> {
+        let name = username.to_owned();
+        let account = self
+            .ctx
+            .store
+            .call(move |db| db.account_by_name(&name))
+            .await?;
+        let usable = account.filter(|a| !a.deleted && !a.disabled);
+        let phc = usable.as_ref().and_then(|a| a.password.clone());
+        // Unknown, disabled and deleted accounts cost the same argon2 work as
+        // a wrong password, and get the same answer.
+        let matched = self.ctx.passwords.verify(password, phc).await;
+        match usable {
+            Some(a) if matched => Ok(LoggedIn {
+                id: a.id,
+                name: a.name,
+            }),
+            _ => {
+                warn!(username = %username, method = "password", "login failed");
+                Err(Denied::new(ErrorCode::AuthFailed, "login failed"))
+            }
+        }
+    }
+
+    /// Marks the session logged in and sends the seed's sequence: `ack`,
+    /// server metadata, own metadata, then one `meta` per auto-joined topic.
+    async fn logged_in_as(&mut self, id: Option<&str>, me: LoggedIn) -> Result<Outcome, Denied> {
+        let account_id = me.id;
+        let own = self
+            .ctx
+            .store
+            .call(move |db| db.account(account_id))
+            .await?
+            .map(|a| a.meta)
+            .unwrap_or_default();
+        info!(account = %me.name, "logged in");
+        tracing::Span::current().record("account", me.name.as_str());
+        let server = Packet::server("meta")
+            .with_from(format!("@{}", self.ctx.server_name))
+            .with("name", self.ctx.server_name.as_str())
+            .with("rules", self.ctx.rules.as_str())
+            .with("software", reply::SOFTWARE);
+        let mut mine = Packet::server("meta").with_from(me.name.clone());
+        mine.ex = own;
+        self.account = Some(me);
+        for p in [reply::ack(id), server, mine] {
+            if let Outcome::Close(r) = self.reply(p) {
+                return Ok(Outcome::Close(r));
+            }
+        }
+        Ok(Outcome::Continue)
+    }
+
+    pub(super) async fn handle_register(
+        &mut self,
+        id: Option<&str>,
+        username: String,
+        password: Secret,
+    ) -> Result<Outcome, Denied> {
+        match self.ctx.registration {
+            Registration::Open => {}
+            Registration::Closed => {
+                return Err(Denied::new(
+                    ErrorCode::AuthRegistrationClosed,
+                    "registration is closed on this server",
+                ));
+            }
+            Registration::Admins => {
+                let me = self.account.clone().ok_or_else(|| {
+                    Denied::new(
+                        ErrorCode::AuthRegistrationClosed,
+                        "only server admins may register accounts",
+                    )
+                })?;
+                let is_admin = self
+                    .ctx
+                    .store
+                    .call(move |db| db.is_server_admin(me.id))
+                    .await?;
+                if !is_admin {
+                    return Err(Denied::new(
+                        ErrorCode::AuthRegistrationClosed,
+                        "only server admins may register accounts",
+                    ));
+                }
+            }
+        }
+        check_username(&username).map_err(|m| Denied::new(ErrorCode::AccountInvalidName, m))?;
+        if !PASSWORD_BYTES.contains(&password.expose().len()) {
+            return Err(Denied::new(
+                ErrorCode::AccountInvalidPassword,
+                format!(
+                    "a password has {} to {} bytes",
+                    PASSWORD_BYTES.start(),
+                    PASSWORD_BYTES.end()
+                ),
+            ));
+        }
+        let name = username.clone();
+        let taken = self
+            .ctx
+            .store
+            .call(move |db| Ok(db.account_by_name(&name)?.is_some()))
+            .await?;
+        if taken {
+            return Err(Denied::new(
+                ErrorCode::AccountNameTaken,
+                "that name is taken",
+            ));
+        }
+        let phc = self.ctx.passwords.hash(password).await.map_err(|e| {
+            warn!(error = %e, "password hashing failed");
+            Denied::new(
+                ErrorCode::ServerInternal,
+                "the server could not complete the request",
+            )
+        })?;
+        let name = username.clone();
+        let account = self
+            .ctx
+            .store
+            .call(move |db| db.create_account(&name, &phc))
+            .await?;
+        info!(account = %account.name, "account registered");
+        Ok(self.reply(reply::ack(id).with("account", Value::String(account.name))))
+    }
+}

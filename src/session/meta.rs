@@ -1,0 +1,87 @@
+//! `meta`: reading and setting metadata. Without `topic` it is the account's
+//! own metadata (full name, favourite topics, anything else within limits).
+
+use serde_json::{Map, Value};
+
+use super::{Denied, LoggedIn, Outcome, Session};
+use crate::proto::name::check_meta_key;
+use crate::proto::{ErrorCode, Packet, reply};
+
+impl Session<'_> {
+    pub(super) async fn handle_meta(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        topic: Option<String>,
+        values: Map<String, Value>,
+    ) -> Result<Outcome, Denied> {
+        if topic.is_some() {
+            return Err(Denied::new(
+                ErrorCode::OpUnknown,
+                "topic metadata is not served by this release",
+            ));
+        }
+        let account_id = me.id;
+        if values.is_empty() {
+            let account = self
+                .ctx
+                .store
+                .call(move |db| db.account(account_id))
+                .await?;
+            let mut p = Packet::server("meta").with_from(me.name.clone());
+            p.ex = account.map(|a| a.meta).unwrap_or_default();
+            if let Some(id) = id {
+                p.ex.insert("for".into(), Value::from(id));
+            }
+            return Ok(self.reply(p));
+        }
+        self.check_meta(&values)?;
+        let max_keys = self.ctx.max_meta_keys;
+        self.ctx
+            .store
+            .call(move |db| db.set_account_meta(account_id, &values, max_keys))
+            .await?;
+        Ok(self.reply(reply::ack(id)))
+    }
+
+    fn check_meta(&self, values: &Map<String, Value>) -> Result<(), Denied> {
+        let invalid = |m: String| Denied::new(ErrorCode::MetaInvalid, m);
+        if values.len() > self.ctx.max_meta_keys {
+            return Err(invalid(format!(
+                "at most {} metadata keys",
+                self.ctx.max_meta_keys
+            )));
+        }
+        for (key, value) in values {
+            check_meta_key(key).map_err(|m| invalid(format!("{key:?}: {m}")))?;
+            let size = serde_json::to_vec(value)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > self.ctx.max_meta_value_bytes {
+                return Err(invalid(format!(
+                    "{key:?}: values have at most {} bytes of JSON",
+                    self.ctx.max_meta_value_bytes
+                )));
+            }
+            if key == "favorites" && !value.is_null() {
+                check_favorites(value).map_err(|m| invalid(format!("\"favorites\": {m}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `favorites` is a list of `{"topic": "<uuid or name>", "autojoin": bool}`.
+fn check_favorites(value: &Value) -> Result<(), &'static str> {
+    let list = value.as_array().ok_or("must be a list")?;
+    for item in list {
+        let obj = item.as_object().ok_or("each favourite is an object")?;
+        if !obj.get("topic").is_some_and(Value::is_string) {
+            return Err("each favourite has a \"topic\" string");
+        }
+        if obj.get("autojoin").is_some_and(|v| !v.is_boolean()) {
+            return Err("\"autojoin\" is true or false");
+        }
+    }
+    Ok(())
+}
