@@ -39,6 +39,9 @@ pub mod field {
     pub const DELETED: &str = "deleted";
     /// Prefix of the account's own metadata keys (`meta:fullname`).
     pub const META_PREFIX: &str = "meta:";
+    /// Prefix of the account's Ed25519 public keys (`key:<base64>`), each
+    /// its own register, `true` while present.
+    pub const KEY_PREFIX: &str = "key:";
 }
 
 /// One last-writer-wins register write. `value` null clears the register.

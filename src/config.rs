@@ -131,6 +131,16 @@ pub struct AuthConfig {
     /// Password hashes computed at once; 0 means one less than the number of
     /// CPUs (at least 1), leaving a core for traffic.
     pub max_concurrent_hashes: usize,
+    /// Lifetime of a login ticket.
+    pub ticket_ttl_ms: u64,
+    /// Lifetime of a public-key login challenge.
+    pub challenge_ttl_ms: u64,
+    /// Failed logins allowed per account within `failure_window_ms`.
+    pub max_failures_per_account: u32,
+    /// Failed logins allowed per source address within `failure_window_ms`.
+    pub max_failures_per_ip: u32,
+    /// The window over which failure allowances refill.
+    pub failure_window_ms: u64,
 }
 
 /// Registration policy.
@@ -179,6 +189,11 @@ impl Default for AuthConfig {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             max_concurrent_hashes: 0,
+            ticket_ttl_ms: 300_000,
+            challenge_ttl_ms: 60_000,
+            max_failures_per_account: 5,
+            max_failures_per_ip: 20,
+            failure_window_ms: 300_000,
         }
     }
 }
@@ -365,6 +380,21 @@ impl Config {
             return Err(invalid(
                 "auth.argon2_memory_kib",
                 "must be at least 8 × argon2_parallelism",
+            ));
+        }
+        for (key, v) in [
+            ("auth.ticket_ttl_ms", a.ticket_ttl_ms),
+            ("auth.challenge_ttl_ms", a.challenge_ttl_ms),
+            ("auth.failure_window_ms", a.failure_window_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if a.max_failures_per_account == 0 || a.max_failures_per_ip == 0 {
+            return Err(invalid(
+                "auth.max_failures_per_account",
+                "failure allowances must be at least 1",
             ));
         }
         let l = &self.limits;

@@ -33,10 +33,18 @@ pub async fn run(
     refusal: Option<ErrorCode>,
 ) {
     let span = info_span!("conn", id = conn_id, %peer, alpn = field::Empty, account = field::Empty);
-    serve(shared, tcp, refusal).instrument(span).await;
+    serve(shared, tcp, peer, conn_id, refusal)
+        .instrument(span)
+        .await;
 }
 
-async fn serve(shared: Arc<Shared>, tcp: TcpStream, refusal: Option<ErrorCode>) {
+async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    refusal: Option<ErrorCode>,
+) {
     let limits = &shared.config.limits;
     let _ = tcp.set_nodelay(true);
     let tls =
@@ -82,7 +90,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, refusal: Option<ErrorCode>) 
             alpn.name(),
         ));
         let mut frames = FrameReader::new(rd, alpn == Alpn::Gzip, limits.max_line_bytes);
-        let reason = read_loop(&shared, &mut frames, &out).await;
+        let reason = read_loop(&shared, &mut frames, &out, conn_id, peer.ip()).await;
         let _ = out.push_close();
         reason
     };
@@ -103,12 +111,18 @@ fn refusal_message(code: ErrorCode) -> &'static str {
 }
 
 /// Reads and handles packets until the session ends; returns the reason.
-async fn read_loop<R>(shared: &Shared, frames: &mut FrameReader<R>, out: &Outbound) -> String
+async fn read_loop<R>(
+    shared: &Shared,
+    frames: &mut FrameReader<R>,
+    out: &Outbound,
+    conn_id: u64,
+    peer_ip: std::net::IpAddr,
+) -> String
 where
     R: tokio::io::AsyncRead + Unpin,
 {
     let limits = &shared.config.limits;
-    let mut session = Session::new(&shared.session_ctx, out.clone());
+    let mut session = Session::new(&shared.session_ctx, out.clone(), conn_id, peer_ip);
     let login_deadline = Instant::now() + limits.login_timeout();
     let mut last_rx = Instant::now();
     let mut pinged = false;

@@ -36,6 +36,16 @@ pub enum ErrorCode {
     AuthAlready,
     /// Registration is not open to this session.
     AuthRegistrationClosed,
+    /// Too many failed logins for this account or address; see `retry_after_ms`.
+    AuthThrottled,
+    /// A signature came without a live challenge (none asked, used, or expired).
+    AuthChallengeExpired,
+    /// The ticket is unknown, used, expired, or bound to another server.
+    TicketInvalid,
+    /// The public key is not a base64 Ed25519 key.
+    KeyInvalid,
+    /// The account was deleted; its sessions end.
+    AccountDeleted,
     /// The account name is held by another account.
     AccountNameTaken,
     /// The account name breaks the naming rules.
@@ -64,7 +74,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -80,6 +90,11 @@ impl ErrorCode {
         ErrorCode::AuthUnsupportedMethod,
         ErrorCode::AuthAlready,
         ErrorCode::AuthRegistrationClosed,
+        ErrorCode::AuthThrottled,
+        ErrorCode::AuthChallengeExpired,
+        ErrorCode::TicketInvalid,
+        ErrorCode::KeyInvalid,
+        ErrorCode::AccountDeleted,
         ErrorCode::AccountNameTaken,
         ErrorCode::AccountInvalidName,
         ErrorCode::AccountInvalidPassword,
@@ -112,6 +127,11 @@ impl ErrorCode {
             ErrorCode::AuthUnsupportedMethod => "auth/unsupported-method",
             ErrorCode::AuthAlready => "auth/already",
             ErrorCode::AuthRegistrationClosed => "auth/registration-closed",
+            ErrorCode::AuthThrottled => "auth/throttled",
+            ErrorCode::AuthChallengeExpired => "auth/challenge-expired",
+            ErrorCode::TicketInvalid => "ticket/invalid",
+            ErrorCode::KeyInvalid => "key/invalid",
+            ErrorCode::AccountDeleted => "account/deleted",
             ErrorCode::AccountNameTaken => "account/name-taken",
             ErrorCode::AccountInvalidName => "account/invalid-name",
             ErrorCode::AccountInvalidPassword => "account/invalid-password",

@@ -9,7 +9,19 @@ use super::code::ErrorCode;
 use super::packet::Packet;
 
 /// Every op the server sends, as `protocol.md` documents them.
-pub const SERVER_OPS: [&str; 6] = ["welcome", "ack", "error", "ping", "pong", "bye"];
+pub const SERVER_OPS: [&str; 11] = [
+    "welcome",
+    "ack",
+    "error",
+    "ping",
+    "pong",
+    "bye",
+    "meta",
+    "ticket",
+    "challenge",
+    "keys",
+    "export",
+];
 
 /// The software string in `welcome`.
 pub const SOFTWARE: &str = concat!("tenthbit/", env!("CARGO_PKG_VERSION"));

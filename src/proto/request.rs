@@ -69,6 +69,8 @@ impl AuthRequest {
 pub enum Request {
     /// Log in.
     Auth(AuthRequest),
+    /// Which account is this session logged in as?
+    Whoami,
     /// Keepalive; answered with `pong`.
     Ping,
     /// The answer to the server's `ping`; gets no reply (it is one).
@@ -89,6 +91,30 @@ pub enum Request {
         topic: Option<String>,
         /// Keys to set; empty to read.
         values: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Ask for a one-shot login ticket, optionally bound to the server
+    /// that will redeem it.
+    Ticket {
+        /// Name of the redeeming server.
+        server: Option<String>,
+    },
+    /// Add an Ed25519 public key (base64) to one's account.
+    KeyAdd {
+        /// The key.
+        key: String,
+    },
+    /// Remove a public key from one's account.
+    KeyRemove {
+        /// The key.
+        key: String,
+    },
+    /// List one's public keys.
+    KeyList,
+    /// Delete one's account after re-entering the password; the answer
+    /// carries the account's data.
+    DeleteAccount {
+        /// The account's password.
+        password: Secret,
     },
     /// An op of the protocol that needs a logged-in session and is not
     /// served yet (`join`, `leave`, `send`, `find`).
@@ -125,8 +151,23 @@ fn invalid(message: impl Into<String>) -> RequestError {
 }
 
 /// Every op a client may send, as `protocol.md` documents them.
-pub const CLIENT_OPS: [&str; 10] = [
-    "auth", "register", "ping", "pong", "quit", "join", "leave", "send", "meta", "find",
+pub const CLIENT_OPS: [&str; 16] = [
+    "auth",
+    "register",
+    "ping",
+    "pong",
+    "quit",
+    "ticket",
+    "key-add",
+    "key-remove",
+    "key-list",
+    "delete-account",
+    "join",
+    "leave",
+    "send",
+    "meta",
+    "find",
+    "whoami",
 ];
 
 /// Longest username accepted in a login request.
@@ -149,6 +190,23 @@ impl Request {
                 topic: p.topic.clone(),
                 values: p.ex.clone(),
             },
+            "ticket" => Request::Ticket {
+                server: match p.ex.get("server") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(_) => Some(field(p, "server", 253)?.to_owned()),
+                },
+            },
+            "key-add" => Request::KeyAdd {
+                key: field(p, "key", 128)?.to_owned(),
+            },
+            "key-remove" => Request::KeyRemove {
+                key: field(p, "key", 128)?.to_owned(),
+            },
+            "key-list" => Request::KeyList,
+            "delete-account" => Request::DeleteAccount {
+                password: Secret::new(field(p, "password", MAX_SECRET_BYTES)?.to_owned()),
+            },
+            "whoami" => Request::Whoami,
             "register" => Request::Register {
                 username: field(p, "username", MAX_USERNAME_CHARS * 4)?.to_owned(),
                 password: Secret::new(field(p, "password", MAX_SECRET_BYTES)?.to_owned()),

@@ -3,5 +3,7 @@
 //! drains. Topics, membership and fan-out build on it.
 
 pub mod outbound;
+pub mod presence;
 
 pub use outbound::{Closer, OutFrame, Outbound, PushError};
+pub use presence::Presence;

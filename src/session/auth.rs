@@ -26,15 +26,54 @@ impl Session<'_> {
         }
         let me = match auth {
             AuthRequest::Password { username, password } => {
-                self.check_password(&username, password).await?
+                if let Some(wait) = self.ctx.throttle.check(Some(&username), self.peer_ip) {
+                    return Err(self.throttled(wait));
+                }
+                let result = self.check_password(&username, password).await;
+                self.note_failure(result, Some(&username), "password")?
             }
-            // Tickets and keys are stored with the accounts issue's later
-            // steps; until then no ticket or key can match.
-            AuthRequest::Ticket { .. } | AuthRequest::Pubkey { .. } => {
-                return Err(Denied::new(ErrorCode::AuthFailed, "login failed"));
+            AuthRequest::Ticket { ticket, server } => {
+                if let Some(wait) = self.ctx.throttle.check(None, self.peer_ip) {
+                    return Err(self.throttled(wait));
+                }
+                let result = self.redeem_ticket(ticket.expose(), &server).await;
+                self.note_failure(result, None, "ticket")?
+            }
+            AuthRequest::Pubkey {
+                username,
+                signature: None,
+            } => {
+                check_username(&username).map_err(|m| Denied::new(ErrorCode::RequestInvalid, m))?;
+                return self.issue_challenge(id, &username);
+            }
+            AuthRequest::Pubkey {
+                username,
+                signature: Some(signature),
+            } => {
+                if let Some(wait) = self.ctx.throttle.check(Some(&username), self.peer_ip) {
+                    return Err(self.throttled(wait));
+                }
+                let result = self.check_signature(&username, &signature).await;
+                self.note_failure(result, Some(&username), "pubkey")?
             }
         };
         self.logged_in_as(id, me).await
+    }
+
+    /// Counts a failed login against the account (if named) and address.
+    fn note_failure(
+        &self,
+        result: Result<LoggedIn, Denied>,
+        account: Option<&str>,
+        method: &'static str,
+    ) -> Result<LoggedIn, Denied> {
+        if let Err(d) = &result {
+            if matches!(d.code, ErrorCode::AuthFailed | ErrorCode::TicketInvalid) {
+                self.ctx.throttle.failed(account, self.peer_ip);
+                warn!(username = account.unwrap_or("-"), method, peer = %self.peer_ip, "login failed");
+            }
+        }
+        result
     }
 
     async fn check_password(
@@ -77,6 +116,7 @@ impl Session<'_> {
             .map(|a| a.meta)
             .unwrap_or_default();
         info!(account = %me.name, "logged in");
+        self.ctx.presence.add(me.id, self.conn_id, self.out.clone());
         tracing::Span::current().record("account", me.name.as_str());
         let server = Packet::server("meta")
             .with_from(format!("@{}", self.ctx.server_name))

@@ -5,8 +5,17 @@
 //! queued in request order on the connection's outbound queue. Handlers live
 //! in one file per family: [`auth`] (login, registration), [`meta`].
 
+mod account;
 mod auth;
+mod keys;
 mod meta;
+pub mod throttle;
+mod ticket;
+
+pub use keys::signed_message;
+pub use ticket::node_code;
+
+use std::net::IpAddr;
 
 use tracing::error;
 use uuid::Uuid;
@@ -15,8 +24,9 @@ use crate::config::{Config, Registration};
 use crate::password::Passwords;
 use crate::proto::request::{Request, SessionOp};
 use crate::proto::{ErrorCode, Packet, reply};
-use crate::router::Outbound;
+use crate::router::{Outbound, Presence};
 use crate::store::Store;
+use throttle::LoginThrottle;
 
 /// What the connection should do after a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +46,8 @@ pub enum CloseReason {
     TooManyErrors,
     /// The outbound queue overflowed.
     SendqExceeded,
+    /// The account was deleted.
+    AccountDeleted,
 }
 
 impl CloseReason {
@@ -45,6 +57,7 @@ impl CloseReason {
             CloseReason::Quit => "quit",
             CloseReason::TooManyErrors => "too many protocol errors",
             CloseReason::SendqExceeded => "send queue exceeded",
+            CloseReason::AccountDeleted => "account deleted",
         }
     }
 }
@@ -69,10 +82,20 @@ pub struct Context {
     pub max_meta_keys: usize,
     /// Largest metadata value (JSON bytes).
     pub max_meta_value_bytes: usize,
+    /// This node's name (tickets name their issuing node).
+    pub node: String,
+    /// Ticket lifetime.
+    pub ticket_ttl_ms: u64,
+    /// Challenge lifetime.
+    pub challenge_ttl_ms: u64,
     /// The store.
     pub store: Store,
     /// argon2id, off the async workers.
     pub passwords: Passwords,
+    /// Failed-login throttle.
+    pub throttle: LoginThrottle,
+    /// Which connections each account has.
+    pub presence: Presence,
 }
 
 impl Context {
@@ -88,8 +111,17 @@ impl Context {
             max_line_bytes: config.limits.max_line_bytes,
             max_meta_keys: config.limits.max_meta_keys,
             max_meta_value_bytes: config.limits.max_meta_value_bytes,
+            node: config.server.node.clone(),
+            ticket_ttl_ms: config.auth.ticket_ttl_ms,
+            challenge_ttl_ms: config.auth.challenge_ttl_ms,
             store,
             passwords,
+            throttle: LoginThrottle::new(
+                config.auth.max_failures_per_account,
+                config.auth.max_failures_per_ip,
+                std::time::Duration::from_millis(config.auth.failure_window_ms),
+            ),
+            presence: Presence::default(),
         }
     }
 }
@@ -107,14 +139,26 @@ pub struct LoggedIn {
 pub struct Session<'a> {
     ctx: &'a Context,
     out: Outbound,
+    conn_id: u64,
+    peer_ip: IpAddr,
     account: Option<LoggedIn>,
+    challenge: Option<keys::Challenge>,
     errors_in_row: u32,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Some(me) = &self.account {
+            self.ctx.presence.remove(me.id, self.conn_id);
+        }
+    }
 }
 
 /// A handler's failure: becomes one `error` reply.
 pub(crate) struct Denied {
     code: ErrorCode,
     message: String,
+    retry_after_ms: Option<u64>,
 }
 
 impl Denied {
@@ -122,6 +166,20 @@ impl Denied {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    fn with_retry(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
+    }
+
+    fn into_packet(self, id: Option<&str>) -> Packet {
+        let p = reply::error(id, self.code, self.message);
+        match self.retry_after_ms {
+            Some(ms) => p.with("retry_after_ms", ms),
+            None => p,
         }
     }
 }
@@ -148,12 +206,16 @@ impl From<crate::store::Error> for Denied {
 }
 
 impl<'a> Session<'a> {
-    /// A new, not yet logged-in session replying on `out`.
-    pub fn new(ctx: &'a Context, out: Outbound) -> Self {
+    /// A new, not yet logged-in session of connection `conn_id` from
+    /// `peer_ip`, replying on `out`.
+    pub fn new(ctx: &'a Context, out: Outbound, conn_id: u64, peer_ip: IpAddr) -> Self {
         Self {
             ctx,
             out,
+            conn_id,
+            peer_ip,
             account: None,
+            challenge: None,
             errors_in_row: 0,
         }
     }
@@ -192,6 +254,27 @@ impl<'a> Session<'a> {
                 Ok(me) => self.handle_meta(id, &me, topic, values).await,
                 Err(d) => Err(d),
             },
+            Request::Whoami => return self.handle_whoami(id),
+            Request::Ticket { server } => match self.logged_in() {
+                Ok(me) => self.handle_ticket(id, &me, server).await,
+                Err(d) => Err(d),
+            },
+            Request::KeyAdd { key } => match self.logged_in() {
+                Ok(me) => self.handle_key_add(id, &me, &key).await,
+                Err(d) => Err(d),
+            },
+            Request::KeyRemove { key } => match self.logged_in() {
+                Ok(me) => self.handle_key_remove(id, &me, &key).await,
+                Err(d) => Err(d),
+            },
+            Request::KeyList => match self.logged_in() {
+                Ok(me) => self.handle_key_list(id, &me).await,
+                Err(d) => Err(d),
+            },
+            Request::DeleteAccount { password } => match self.logged_in() {
+                Ok(me) => self.handle_delete_account(id, &me, password).await,
+                Err(d) => Err(d),
+            },
             Request::Session(op) => match self.logged_in() {
                 Ok(_) => Err(not_served(op)),
                 Err(d) => Err(d),
@@ -199,7 +282,7 @@ impl<'a> Session<'a> {
         };
         match result {
             Ok(outcome) => outcome,
-            Err(d) => self.reply(reply::error(id, d.code, d.message)),
+            Err(d) => self.reply(d.into_packet(id)),
         }
     }
 
@@ -246,6 +329,24 @@ impl<'a> Session<'a> {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Close(CloseReason::SendqExceeded),
         }
+    }
+
+    /// Queues a packet carrying a secret (isolated from gzip's window).
+    fn reply_secret(&mut self, packet: Packet) -> Outcome {
+        match self.out.push_secret(&packet) {
+            Ok(()) => Outcome::Continue,
+            Err(_) => Outcome::Close(CloseReason::SendqExceeded),
+        }
+    }
+
+    /// `auth/throttled`, with how long to wait.
+    fn throttled(&self, wait: std::time::Duration) -> Denied {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        Denied::new(
+            ErrorCode::AuthThrottled,
+            format!("too many failed logins; retry in {ms} ms"),
+        )
+        .with_retry(ms)
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Account {
     pub deleted: bool,
     /// Own metadata (full name, favourites, …).
     pub meta: Map<String, Value>,
+    /// Ed25519 public keys, base64.
+    pub keys: Vec<String>,
 }
 
 impl std::fmt::Debug for Account {
@@ -92,8 +94,8 @@ impl Db {
         )
     }
 
-    /// Marks an account deleted and clears its password and metadata; the
-    /// name stays reserved so nobody can take over its identity.
+    /// Marks an account deleted and clears its password, metadata and keys;
+    /// the name stays reserved so nobody can take over its identity.
     pub fn delete_account(&mut self, id: Uuid) -> Result<(), Error> {
         let account = self.account(id)?.ok_or(Error::NotFound)?;
         let e = Entity::Account(id);
@@ -103,7 +105,33 @@ impl Db {
         for key in account.meta.keys() {
             change = change.set(e, &format!("{}{key}", field::META_PREFIX), Value::Null);
         }
-        self.change_existing(id, change)
+        for key in &account.keys {
+            change = change.set(e, &format!("{}{key}", field::KEY_PREFIX), Value::Null);
+        }
+        self.change_existing(id, change)?;
+        self.drop_tickets(id)
+    }
+
+    /// Adds (`true`) or removes (`false`) an Ed25519 public key (base64).
+    pub fn set_key(&mut self, id: Uuid, key_b64: &str, present: bool) -> Result<(), Error> {
+        let value = if present {
+            Value::Bool(true)
+        } else {
+            Value::Null
+        };
+        self.change_existing(
+            id,
+            Change::new(if present {
+                "account.key.add"
+            } else {
+                "account.key.remove"
+            })
+            .set(
+                Entity::Account(id),
+                &format!("{}{key_b64}", field::KEY_PREFIX),
+                value,
+            ),
+        )
     }
 
     /// Sets (or, with `null`, removes) keys of an account's own metadata,
@@ -238,6 +266,7 @@ fn load(conn: &Connection, id: Uuid) -> Result<Option<Account>, Error> {
         disabled: false,
         deleted: false,
         meta: Map::new(),
+        keys: Vec::new(),
     };
     let mut found = false;
     for row in rows {
@@ -255,6 +284,10 @@ fn load(conn: &Connection, id: Uuid) -> Result<Option<Account>, Error> {
                 if let Some(key) = other.strip_prefix(field::META_PREFIX) {
                     if !value.is_null() {
                         account.meta.insert(key.to_owned(), value);
+                    }
+                } else if let Some(key) = other.strip_prefix(field::KEY_PREFIX) {
+                    if value == Value::Bool(true) {
+                        account.keys.push(key.to_owned());
                     }
                 }
             }

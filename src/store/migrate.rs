@@ -30,6 +30,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (entity, field)
      ) STRICT, WITHOUT ROWID;
      CREATE INDEX registers_lookup ON registers (field, lookup) WHERE lookup IS NOT NULL;",
+    // v2: login tickets. Not replicated (DESIGN.md §4a): only the issuing
+    // node redeems a ticket, so it lives outside the event log.
+    "CREATE TABLE tickets (
+        hash       BLOB PRIMARY KEY,
+        account    TEXT NOT NULL,
+        bound_to   TEXT,
+        expires_ms INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX tickets_expiry ON tickets (expires_ms);",
 ];
 
 /// The schema version this build writes.

@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod log;
 pub mod migrate;
+pub mod tickets;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,92 @@
+//! Account-wide requests: `whoami`, and deleting one's account with an
+//! export of its data (seed 003).
+
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
+use crate::proto::request::Secret;
+use crate::proto::{ErrorCode, Packet, reply};
+
+impl Session<'_> {
+    pub(super) fn handle_whoami(&mut self, id: Option<&str>) -> Outcome {
+        let account = self
+            .account
+            .as_ref()
+            .map(|a| Value::from(a.name.as_str()))
+            .unwrap_or(Value::Null);
+        self.reply(
+            reply::ack(id)
+                .with("account", account)
+                .with("server", self.ctx.server_name.as_str()),
+        )
+    }
+
+    /// Deletes the account after checking its password again, answers with
+    /// `export` (everything the account held), then ends every session of it.
+    pub(super) async fn handle_delete_account(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        password: Secret,
+    ) -> Result<Outcome, Denied> {
+        if let Some(wait) = self.ctx.throttle.check(Some(&me.name), self.peer_ip) {
+            return Err(self.throttled(wait));
+        }
+        let account_id = me.id;
+        let account = self
+            .ctx
+            .store
+            .call(move |db| db.account(account_id))
+            .await?
+            .ok_or_else(|| Denied::new(ErrorCode::AccountDeleted, "the account is gone"))?;
+        if !self
+            .ctx
+            .passwords
+            .verify(password, account.password.clone())
+            .await
+        {
+            self.ctx.throttle.failed(Some(&me.name), self.peer_ip);
+            warn!(account = %me.name, "account deletion refused: wrong password");
+            return Err(Denied::new(ErrorCode::AuthFailed, "wrong password"));
+        }
+        let is_admin = self
+            .ctx
+            .store
+            .call(move |db| db.is_server_admin(account_id))
+            .await?;
+        self.ctx
+            .store
+            .call(move |db| db.delete_account(account_id))
+            .await?;
+        info!(account = %me.name, "account deleted");
+        let mut export = Packet::server("export")
+            .with(
+                "account",
+                json!({ "id": account.id.to_string(), "name": account.name, "server": self.ctx.server_name }),
+            )
+            .with("meta", Value::Object(account.meta))
+            .with("keys", Value::from(account.keys))
+            .with("server_admin", is_admin)
+            // Topics arrive with the topics release; an account owns none yet.
+            .with("topics", Value::Array(Vec::new()));
+        if let Some(id) = id {
+            export = export.with("for", id);
+        }
+        let conn = self.conn_id;
+        self.ctx.presence.close_all(
+            account_id,
+            conn,
+            ErrorCode::AccountDeleted,
+            "the account was deleted",
+        );
+        if let Outcome::Close(r) = self.reply(export) {
+            return Ok(Outcome::Close(r));
+        }
+        let _ = self.out.push(&reply::bye(
+            ErrorCode::AccountDeleted,
+            "the account was deleted",
+        ));
+        Ok(Outcome::Close(CloseReason::AccountDeleted))
+    }
+}

@@ -1,0 +1,148 @@
+//! Failed-login throttling per account and per source address.
+//!
+//! Each key has a bucket of `burst` failures that refills evenly over
+//! `window`. A login is refused (before any hashing) while either bucket is
+//! empty, with the time until a failure is allowed again. Successful logins
+//! do not spend tokens. Memory is bounded: full buckets carry no information
+//! and are dropped when the table grows.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Keys tracked per table before full buckets are swept.
+const SWEEP_AT: usize = 65_536;
+
+struct Buckets<K> {
+    burst: f64,
+    per_token: Duration,
+    map: HashMap<K, (f64, Instant)>,
+}
+
+impl<K: Hash + Eq + Clone> Buckets<K> {
+    fn new(burst: u32, window: Duration) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            burst,
+            per_token: window.div_f64(burst),
+            map: HashMap::new(),
+        }
+    }
+
+    fn level(&self, key: &K, now: Instant) -> f64 {
+        match self.map.get(key) {
+            None => self.burst,
+            Some(&(tokens, at)) => {
+                let refill =
+                    now.saturating_duration_since(at).as_secs_f64() / self.per_token.as_secs_f64();
+                (tokens + refill).min(self.burst)
+            }
+        }
+    }
+
+    /// Time until one failure is allowed, zero if now.
+    fn wait(&self, key: &K, now: Instant) -> Duration {
+        let level = self.level(key, now);
+        if level >= 1.0 {
+            Duration::ZERO
+        } else {
+            self.per_token.mul_f64(1.0 - level)
+        }
+    }
+
+    fn spend(&mut self, key: &K, now: Instant) {
+        let level = self.level(key, now);
+        if self.map.len() >= SWEEP_AT {
+            let (burst, per) = (self.burst, self.per_token.as_secs_f64());
+            self.map.retain(|_, &mut (t, at)| {
+                t + now.saturating_duration_since(at).as_secs_f64() / per < burst
+            });
+        }
+        self.map.insert(key.clone(), ((level - 1.0).max(0.0), now));
+    }
+}
+
+/// Failed-login throttle shared by every session.
+pub struct LoginThrottle {
+    accounts: Mutex<Buckets<String>>,
+    addresses: Mutex<Buckets<IpAddr>>,
+}
+
+impl LoginThrottle {
+    /// `per_account` and `per_ip` failures allowed per `window`.
+    pub fn new(per_account: u32, per_ip: u32, window: Duration) -> Self {
+        Self {
+            accounts: Mutex::new(Buckets::new(per_account, window)),
+            addresses: Mutex::new(Buckets::new(per_ip, window)),
+        }
+    }
+
+    /// `Some(retry_after)` when a login for `account` (none for tickets)
+    /// from `ip` must wait.
+    pub fn check(&self, account: Option<&str>, ip: IpAddr) -> Option<Duration> {
+        let now = Instant::now();
+        let a = match account {
+            Some(name) => self
+                .accounts
+                .lock()
+                .map(|b| b.wait(&name.to_lowercase(), now))
+                .unwrap_or_default(),
+            None => Duration::ZERO,
+        };
+        let i = self
+            .addresses
+            .lock()
+            .map(|b| b.wait(&ip, now))
+            .unwrap_or_default();
+        let wait = a.max(i);
+        (wait > Duration::ZERO).then_some(wait)
+    }
+
+    /// Records a failed login.
+    pub fn failed(&self, account: Option<&str>, ip: IpAddr) {
+        let now = Instant::now();
+        if let (Some(name), Ok(mut b)) = (account, self.accounts.lock()) {
+            b.spend(&name.to_lowercase(), now);
+        }
+        if let Ok(mut b) = self.addresses.lock() {
+            b.spend(&ip, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refuse_then_refill() {
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let t = LoginThrottle::new(3, 100, Duration::from_secs(30));
+        for _ in 0..3 {
+            assert_eq!(t.check(Some("dan"), ip), None);
+            t.failed(Some("Dan"), ip);
+        }
+        let wait = t.check(Some("DAN"), ip).expect("throttled");
+        assert!(wait <= Duration::from_secs(10), "{wait:?}");
+        // Another account from the same address is not affected.
+        assert_eq!(t.check(Some("alice"), ip), None);
+        // Refill, computed from a later instant.
+        let b = t.accounts.lock().unwrap();
+        assert_eq!(
+            b.wait(&"dan".to_string(), Instant::now() + Duration::from_secs(11)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn per_address_bucket() {
+        let ip: IpAddr = [10, 0, 0, 2].into();
+        let t = LoginThrottle::new(100, 2, Duration::from_secs(30));
+        t.failed(Some("a"), ip);
+        t.failed(None, ip);
+        assert!(t.check(Some("c"), ip).is_some());
+        assert_eq!(t.check(Some("c"), [10, 0, 0, 3].into()), None);
+    }
+}
