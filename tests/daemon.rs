@@ -36,10 +36,19 @@ impl Drop for Daemon {
 /// Starts the binary in `dir` (so certs/ and data/ land there) on an
 /// ephemeral port, and reads its startup log lines.
 fn spawn_daemon(dir: &Path) -> Daemon {
-    let mut child = Command::new(BIN)
+    spawn_daemon_with(dir, &[], None)
+}
+
+fn spawn_daemon_with(dir: &Path, args: &[&str], rust_log: Option<&str>) -> Daemon {
+    let mut cmd = Command::new(BIN);
+    match rust_log {
+        Some(filter) => cmd.env("RUST_LOG", filter),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    let mut child = cmd
         .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .current_dir(dir)
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -77,6 +86,19 @@ fn spawn_daemon(dir: &Path) -> Daemon {
         fingerprint: fp.unwrap(),
         openssl_line: openssl.unwrap(),
         log: rx,
+    }
+}
+
+/// Every remaining log line, up to the end of the daemon's stderr (it has
+/// exited, so the pipe closes).
+fn drain_log(log: &mpsc::Receiver<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        match log.recv_timeout(WAIT) {
+            Ok(line) => lines.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return lines,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("daemon stderr did not close"),
+        }
     }
 }
 
@@ -140,7 +162,7 @@ async fn first_run_generates_a_certificate_and_sigterm_says_bye() {
     }
     let status = wait_exit(&mut d);
     assert!(status.success(), "exit status {status:?}");
-    let log: Vec<String> = d.log.try_iter().collect();
+    let log = drain_log(&d.log);
     assert!(
         log.iter()
             .any(|l| l.contains("shutdown requested") && l.contains("SIGTERM")),
@@ -242,4 +264,119 @@ fn bad_certificate_files_are_named() {
     let out = check(&junk, &key_b);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("junk.crt"));
+}
+
+/// Everything a user keeps survives a restart of the real binary, and no
+/// password, ticket, challenge or signature appears in its logs, even at
+/// trace level.
+#[tokio::test]
+async fn restart_keeps_accounts_and_logs_hold_no_secret() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use ed25519_dalek::Signer;
+    use tenthbit::proto::Packet;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tenthbitd.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let args = ["--config", config_arg];
+    let password = "pw-SECRET-d4e5f6";
+    let wrong = "pw-WRONG-a1b2c3";
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
+    let public = B64.encode(key.verifying_key().as_bytes());
+    let mut secrets = vec![password.to_owned(), wrong.to_owned()];
+
+    let mut d = spawn_daemon_with(dir.path(), &args, Some("trace"));
+    let opts = Options::pinned(d.fingerprint);
+    let mut c = Client::connect(&d.addr, &opts).await.unwrap();
+    expect_op(&mut c, "welcome").await;
+    let p = request(
+        &mut c,
+        Packet::request("register")
+            .with("username", "dan")
+            .with("password", password),
+    )
+    .await;
+    assert_eq!(p.op, "ack", "{p:?}");
+    let p = request(&mut c, password_auth("dan", wrong)).await;
+    assert_eq!(p.ex_str("code"), Some("auth/failed"));
+    let p = request(&mut c, password_auth("dan", password)).await;
+    assert_eq!(p.op, "ack");
+    expect_op(&mut c, "meta").await;
+    expect_op(&mut c, "meta").await;
+    request(&mut c, Packet::request("meta").with("fullname", "Dan Opia")).await;
+    request(
+        &mut c,
+        Packet::request("key-add").with("key", public.clone()),
+    )
+    .await;
+    let t = request(&mut c, Packet::request("ticket")).await;
+    let ticket = t.ex_str("ticket").unwrap().to_owned();
+    secrets.push(ticket.clone());
+    let mut other = Client::connect(&d.addr, &opts).await.unwrap();
+    expect_op(&mut other, "welcome").await;
+    let p = request(
+        &mut other,
+        Packet::request("auth")
+            .with("method", "ticket")
+            .with("ticket", ticket)
+            .with("server", "localhost"),
+    )
+    .await;
+    assert_eq!(p.op, "ack");
+
+    sigterm(&d);
+    assert!(wait_exit(&mut d).success());
+    let mut log = drain_log(&d.log);
+    drop(d);
+
+    // Restart: the account, its key and its metadata are there.
+    let mut d = spawn_daemon_with(dir.path(), &args, Some("trace"));
+    let mut c = Client::connect(&d.addr, &Options::pinned(d.fingerprint))
+        .await
+        .unwrap();
+    expect_op(&mut c, "welcome").await;
+    let p = request(
+        &mut c,
+        Packet::request("auth")
+            .with("method", "pubkey")
+            .with("username", "dan"),
+    )
+    .await;
+    let challenge = p.ex_str("challenge").unwrap().to_owned();
+    let sig = B64.encode(
+        key.sign(tenthbit::session::signed_message("localhost", "dan", &challenge).as_bytes())
+            .to_bytes(),
+    );
+    secrets.push(challenge);
+    secrets.push(sig.clone());
+    let p = request(
+        &mut c,
+        Packet::request("auth")
+            .with("method", "pubkey")
+            .with("username", "dan")
+            .with("signature", sig),
+    )
+    .await;
+    assert_eq!(p.op, "ack", "{p:?}");
+    expect_op(&mut c, "meta").await;
+    let own = expect_op(&mut c, "meta").await;
+    assert_eq!(own.ex_str("fullname"), Some("Dan Opia"));
+    sigterm(&d);
+    assert!(wait_exit(&mut d).success());
+    log.extend(drain_log(&d.log));
+
+    assert!(
+        log.iter().any(|l| l.contains("logged in")),
+        "logs were captured"
+    );
+    for secret in &secrets {
+        let hits: Vec<&String> = log.iter().filter(|l| l.contains(secret.as_str())).collect();
+        assert!(hits.is_empty(), "secret {secret:?} logged: {hits:#?}");
+    }
 }
