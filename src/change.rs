@@ -13,6 +13,8 @@ use uuid::Uuid;
 pub enum Entity {
     /// An account, by id.
     Account(Uuid),
+    /// A topic, by id.
+    Topic(Uuid),
     /// The server itself (its ACL, its metadata).
     Server,
 }
@@ -22,12 +24,13 @@ impl Entity {
     pub fn key(self) -> String {
         match self {
             Entity::Account(id) => format!("account:{id}"),
+            Entity::Topic(id) => format!("topic:{id}"),
             Entity::Server => "server".to_owned(),
         }
     }
 }
 
-/// Register fields of an account.
+/// Register fields of accounts, topics and the server.
 pub mod field {
     /// The account's name (display case kept; unique case-insensitively).
     pub const NAME: &str = "name";
@@ -35,8 +38,13 @@ pub mod field {
     pub const PASSWORD: &str = "password";
     /// `true` when an admin disabled the account.
     pub const DISABLED: &str = "disabled";
-    /// `true` once the account is deleted; its name stays reserved.
+    /// `true` once the account (or topic) is deleted; an account's name
+    /// stays reserved.
     pub const DELETED: &str = "deleted";
+    /// Prefix of ACL entries: `acl:<subject>:<flag>`, `true` while granted.
+    pub const ACL_PREFIX: &str = "acl:";
+    /// Prefix of topic memberships: `member:<account uuid>`, `true` while a member.
+    pub const MEMBER_PREFIX: &str = "member:";
     /// Prefix of the account's own metadata keys (`meta:fullname`).
     pub const META_PREFIX: &str = "meta:";
     /// Prefix of the account's Ed25519 public keys (`key:<base64>`), each

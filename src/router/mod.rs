@@ -2,6 +2,7 @@
 //! destination shares: the bounded outbound queue that a connection's writer
 //! drains. Topics, membership and fan-out build on it.
 
+pub mod acl;
 pub mod outbound;
 pub mod presence;
 

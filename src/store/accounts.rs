@@ -191,12 +191,7 @@ impl Db {
 
     /// Every account, oldest first.
     pub fn list_accounts(&self) -> Result<Vec<Account>, Error> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT entity FROM registers WHERE field = ?1 ORDER BY entity")?;
-        let entities: Vec<String> = stmt
-            .query_map(params![field::NAME], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let entities = super::entities_with_name(&self.conn, PREFIX)?;
         let mut out = Vec::with_capacity(entities.len());
         for entity in entities {
             if let Some(account) = parse_entity(&entity)
@@ -240,25 +235,13 @@ fn parse_entity(entity: &str) -> Option<Uuid> {
         .and_then(|s| Uuid::parse_str(s).ok())
 }
 
-/// The account that holds a (lowercased) name: the earliest claim by
-/// `(hlc, origin, id)`.
+/// The account holding a (lowercased) name.
 fn name_holder(conn: &Connection, lookup: &str) -> Result<Option<Uuid>, Error> {
-    let entity: Option<String> = conn
-        .query_row(
-            "SELECT entity FROM registers WHERE field = ?1 AND lookup = ?2
-             ORDER BY hlc, origin, entity LIMIT 1",
-            params![field::NAME, lookup],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(entity.as_deref().and_then(parse_entity))
+    super::name_holder(conn, PREFIX, lookup)
 }
 
 fn load(conn: &Connection, id: Uuid) -> Result<Option<Account>, Error> {
-    let mut stmt = conn.prepare_cached("SELECT field, value FROM registers WHERE entity = ?1")?;
-    let rows = stmt.query_map(params![Entity::Account(id).key()], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
+    let rows = super::load_registers(conn, &Entity::Account(id).key())?;
     let mut account = Account {
         id,
         name: String::new(),
@@ -269,9 +252,7 @@ fn load(conn: &Connection, id: Uuid) -> Result<Option<Account>, Error> {
         keys: Vec::new(),
     };
     let mut found = false;
-    for row in rows {
-        let (f, raw) = row?;
-        let value: Value = serde_json::from_str(&raw).map_err(|e| Error::Corrupt(e.to_string()))?;
+    for (f, value) in rows {
         match f.as_str() {
             field::NAME => {
                 found = true;

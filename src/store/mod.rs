@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod log;
 pub mod migrate;
 pub mod tickets;
+pub mod topics;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use accounts::Account;
 pub use log::{Event, Origin};
+pub use topics::TopicRecord;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "tenthbit.db";
@@ -143,6 +145,62 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+/// Every register of an entity, values decoded.
+fn load_registers(
+    conn: &Connection,
+    entity: &str,
+) -> Result<Vec<(String, serde_json::Value)>, Error> {
+    let mut stmt = conn.prepare_cached("SELECT field, value FROM registers WHERE entity = ?1")?;
+    let rows = stmt.query_map(params![entity], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (field, raw) = row?;
+        let value = serde_json::from_str(&raw).map_err(|e| Error::Corrupt(e.to_string()))?;
+        out.push((field, value));
+    }
+    Ok(out)
+}
+
+/// The entity of kind `prefix` (`account:`, `topic:`) holding a lowercased
+/// name: the earliest claim by `(hlc, origin, entity)` (DESIGN.md §4a).
+fn name_holder(conn: &Connection, prefix: &str, lookup: &str) -> Result<Option<uuid::Uuid>, Error> {
+    let entity: Option<String> = conn
+        .query_row(
+            "SELECT entity FROM registers WHERE field = 'name' AND lookup = ?1 AND entity LIKE ?2
+             ORDER BY hlc, origin, entity LIMIT 1",
+            params![lookup, format!("{prefix}%")],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(entity.as_deref().and_then(|e| parse_entity(prefix, e)))
+}
+
+/// Every entity of kind `prefix` that has a name, in id (creation) order.
+fn entities_with_name(conn: &Connection, prefix: &str) -> Result<Vec<String>, Error> {
+    let mut stmt = conn.prepare(
+        "SELECT entity FROM registers WHERE field = 'name' AND entity LIKE ?1 ORDER BY entity",
+    )?;
+    let rows = stmt.query_map(params![format!("{prefix}%")], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn parse_entity(prefix: &str, entity: &str) -> Option<uuid::Uuid> {
+    entity
+        .strip_prefix(prefix)
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+}
+
+/// How a later claimant of a taken name is shown: `name~<6 hex of its id>`.
+fn clash_name(name: &str, id: uuid::Uuid) -> String {
+    let hex = id.simple().to_string();
+    format!(
+        "{name}~{}",
+        hex.get(hex.len().saturating_sub(6)..).unwrap_or_default()
+    )
 }
 
 /// The store's incarnation, minted at random the first time.

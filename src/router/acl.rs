@@ -1,0 +1,261 @@
+//! ACL evaluation, pure: who may do what in a topic (or on the server).
+//!
+//! An ACL is a set of `(subject, flag)` grants. Subjects: a local account
+//! (by id), `user@server`, `@server`, and `*` (every logged-in user). A ban
+//! beats every grant; `owner` implies every other flag; `op` implies `read`
+//! and `write`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use uuid::Uuid;
+
+/// Who an ACL entry is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Subject {
+    /// A local account, by id (survives renames).
+    Account(Uuid),
+    /// An account of another server: `user@server`.
+    Remote(String),
+    /// Every account of a server: `@server`.
+    Server(String),
+    /// Every logged-in user.
+    Everyone,
+}
+
+impl Subject {
+    /// The form stored in register fields: `account:<uuid>`, `user@server`,
+    /// `@server`, `*`.
+    pub fn key(&self) -> String {
+        match self {
+            Subject::Account(id) => format!("account:{id}"),
+            Subject::Remote(s) | Subject::Server(s) => s.clone(),
+            Subject::Everyone => "*".to_owned(),
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn from_key(key: &str) -> Option<Subject> {
+        if key == "*" {
+            return Some(Subject::Everyone);
+        }
+        if let Some(id) = key.strip_prefix("account:") {
+            return Uuid::parse_str(id).ok().map(Subject::Account);
+        }
+        if key.starts_with('@') && key.len() > 1 {
+            return Some(Subject::Server(key.to_lowercase()));
+        }
+        match key.split_once('@') {
+            Some((user, server)) if !user.is_empty() && !server.is_empty() => {
+                Some(Subject::Remote(key.to_lowercase()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Flag {
+    /// Everything, including the ACL and deletion.
+    Owner,
+    /// Metadata, kicks, and bans of non-ops.
+    Op,
+    /// Join and receive.
+    Read,
+    /// Send.
+    Write,
+    /// Nothing at all; beats every grant.
+    Ban,
+    /// Server ACL: administer the server.
+    Admin,
+    /// Server ACL: create topics.
+    Create,
+}
+
+impl Flag {
+    /// Every flag, in wire order.
+    pub const ALL: [Flag; 7] = [
+        Flag::Owner,
+        Flag::Op,
+        Flag::Read,
+        Flag::Write,
+        Flag::Ban,
+        Flag::Admin,
+        Flag::Create,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::Owner => "owner",
+            Flag::Op => "op",
+            Flag::Read => "read",
+            Flag::Write => "write",
+            Flag::Ban => "ban",
+            Flag::Admin => "admin",
+            Flag::Create => "create",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Flag> {
+        Flag::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+impl fmt::Display for Flag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An ACL: the grants in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acl {
+    grants: BTreeSet<(Subject, Flag)>,
+}
+
+/// The actor an ACL is evaluated for.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    /// The local account.
+    pub account: Uuid,
+    /// Its server's name (lowercase), for `@server` entries.
+    pub server: &'a str,
+}
+
+impl Acl {
+    /// Records a grant or its removal.
+    pub fn set(&mut self, subject: Subject, flag: Flag, granted: bool) {
+        if granted {
+            self.grants.insert((subject, flag));
+        } else {
+            self.grants.remove(&(subject, flag));
+        }
+    }
+
+    /// Whether `subject` holds `flag` directly (no implication, no `*`).
+    pub fn has_entry(&self, subject: &Subject, flag: Flag) -> bool {
+        self.grants.contains(&(subject.clone(), flag))
+    }
+
+    /// The flags that apply to `actor`, through its own entries, its
+    /// server's and `*`'s, before implications.
+    fn raw(&self, actor: Actor<'_>) -> BTreeSet<Flag> {
+        let server = Subject::Server(format!("@{}", actor.server));
+        let me = Subject::Account(actor.account);
+        self.grants
+            .iter()
+            .filter(|(s, _)| *s == me || *s == server || *s == Subject::Everyone)
+            .map(|(_, f)| *f)
+            .collect()
+    }
+
+    /// Whether `actor` is banned. Only a ban on the actor itself or its
+    /// server counts; `*` banned would ban everyone and is refused when set.
+    pub fn banned(&self, actor: Actor<'_>) -> bool {
+        self.raw(actor).contains(&Flag::Ban) && !self.is_owner(actor)
+    }
+
+    /// Whether `actor` holds `owner` directly (owners cannot be banned).
+    pub fn is_owner(&self, actor: Actor<'_>) -> bool {
+        self.has_entry(&Subject::Account(actor.account), Flag::Owner)
+    }
+
+    /// Whether `actor` may do what `flag` allows, with implications and
+    /// bans applied.
+    pub fn allows(&self, actor: Actor<'_>, flag: Flag) -> bool {
+        if self.banned(actor) {
+            return false;
+        }
+        let raw = self.raw(actor);
+        raw.contains(&Flag::Owner)
+            || raw.contains(&flag)
+            || (raw.contains(&Flag::Op) && matches!(flag, Flag::Read | Flag::Write))
+    }
+
+    /// The ACL in the wire shape `[[subject, [flags…]], …]`, subjects
+    /// rendered by `name` (accounts by name).
+    pub fn to_wire(&self, name: impl Fn(&Subject) -> String) -> serde_json::Value {
+        let mut out: Vec<(String, Vec<&'static str>)> = Vec::new();
+        for (subject, flag) in &self.grants {
+            let rendered = name(subject);
+            match out.last_mut() {
+                Some((s, flags)) if *s == rendered => flags.push(flag.as_str()),
+                _ => out.push((rendered, vec![flag.as_str()])),
+            }
+        }
+        serde_json::Value::Array(
+            out.into_iter()
+                .map(|(s, f)| serde_json::json!([s, f]))
+                .collect(),
+        )
+    }
+
+    /// Every grant.
+    pub fn grants(&self) -> impl Iterator<Item = &(Subject, Flag)> {
+        self.grants.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(id: Uuid) -> Actor<'static> {
+        Actor {
+            account: id,
+            server: "10b.it",
+        }
+    }
+
+    #[test]
+    fn open_topic_and_bans() {
+        let (dan, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut acl = Acl::default();
+        acl.set(Subject::Account(dan), Flag::Owner, true);
+        acl.set(Subject::Everyone, Flag::Read, true);
+        acl.set(Subject::Everyone, Flag::Write, true);
+        assert!(acl.allows(actor(bob), Flag::Write));
+        assert!(!acl.allows(actor(bob), Flag::Op));
+        assert!(acl.allows(actor(dan), Flag::Op));
+        acl.set(Subject::Account(bob), Flag::Ban, true);
+        assert!(!acl.allows(actor(bob), Flag::Read));
+        // An owner cannot be banned.
+        acl.set(Subject::Account(dan), Flag::Ban, true);
+        assert!(acl.allows(actor(dan), Flag::Write));
+        // A server-wide ban.
+        let carl = Uuid::now_v7();
+        acl.set(Subject::Server("@10b.it".into()), Flag::Ban, true);
+        assert!(!acl.allows(actor(carl), Flag::Read));
+    }
+
+    #[test]
+    fn moderated_and_invite_only() {
+        let (op, user) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut acl = Acl::default();
+        acl.set(Subject::Everyone, Flag::Read, true);
+        acl.set(Subject::Account(op), Flag::Op, true);
+        assert!(acl.allows(actor(user), Flag::Read));
+        assert!(!acl.allows(actor(user), Flag::Write));
+        assert!(acl.allows(actor(op), Flag::Write));
+        acl.set(Subject::Everyone, Flag::Read, false);
+        assert!(!acl.allows(actor(user), Flag::Read));
+    }
+
+    #[test]
+    fn subjects_round_trip() {
+        let id = Uuid::now_v7();
+        for s in [
+            Subject::Account(id),
+            Subject::Remote("dan@10b.it".into()),
+            Subject::Server("@10b.it".into()),
+            Subject::Everyone,
+        ] {
+            assert_eq!(Subject::from_key(&s.key()), Some(s));
+        }
+        assert_eq!(Subject::from_key("nobody"), None);
+        assert_eq!(Subject::from_key("@"), None);
+    }
+}

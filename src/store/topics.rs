@@ -1,0 +1,277 @@
+//! Topics: name, metadata, ACL entries and memberships, each a register of
+//! the entity `topic:<uuid>`.
+
+use std::collections::BTreeSet;
+
+use rusqlite::Connection;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{Db, Error, log};
+use crate::change::{Change, Entity, field};
+use crate::router::acl::{Acl, Flag, Subject};
+
+const PREFIX: &str = "topic:";
+
+/// A topic as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicRecord {
+    /// Server-assigned, time-ordered; never changes.
+    pub id: Uuid,
+    /// Its name (renaming changes only this).
+    pub name: String,
+    /// Deleted by an owner.
+    pub deleted: bool,
+    /// Key/value metadata (`description`, `format`, …); `name` is not here.
+    pub meta: Map<String, Value>,
+    /// Grants in force.
+    pub acl: Acl,
+    /// Member accounts.
+    pub members: BTreeSet<Uuid>,
+}
+
+fn acl_field(subject: &Subject, flag: Flag) -> String {
+    format!("{}{}:{}", field::ACL_PREFIX, subject.key(), flag.as_str())
+}
+
+impl Db {
+    /// Creates a topic named `name`: the creator is its owner and a member,
+    /// and `*` may read and write (an open topic).
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        creator: Uuid,
+        meta: &Map<String, Value>,
+    ) -> Result<TopicRecord, Error> {
+        let id = Uuid::now_v7();
+        self.write(|tx, origin| {
+            if super::name_holder(tx, PREFIX, &name.to_lowercase())?.is_some() {
+                return Err(Error::NameTaken);
+            }
+            let e = Entity::Topic(id);
+            let mut change = Change::new("topic.create")
+                .set(e, field::NAME, name)
+                .set(e, &acl_field(&Subject::Account(creator), Flag::Owner), true)
+                .set(e, &acl_field(&Subject::Everyone, Flag::Read), true)
+                .set(e, &acl_field(&Subject::Everyone, Flag::Write), true)
+                .set(e, &format!("{}{creator}", field::MEMBER_PREFIX), true);
+            for (k, v) in meta {
+                change = change.set(e, &format!("{}{k}", field::META_PREFIX), v.clone());
+            }
+            log::append(tx, origin, change)?;
+            Ok(())
+        })?;
+        self.topic(id)?.ok_or(Error::NotFound)
+    }
+
+    /// The topic with `id`, deleted or not.
+    pub fn topic(&self, id: Uuid) -> Result<Option<TopicRecord>, Error> {
+        load(&self.conn, id)
+    }
+
+    /// The live topic named `name` (case-insensitive).
+    pub fn topic_by_name(&self, name: &str) -> Result<Option<TopicRecord>, Error> {
+        match super::name_holder(&self.conn, PREFIX, &name.to_lowercase())? {
+            Some(id) => Ok(load(&self.conn, id)?.filter(|t| !t.deleted)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every topic, deleted ones included, oldest first.
+    pub fn all_topics(&self) -> Result<Vec<TopicRecord>, Error> {
+        let mut out = Vec::new();
+        for entity in super::entities_with_name(&self.conn, PREFIX)? {
+            if let Some(id) = super::parse_entity(PREFIX, &entity) {
+                if let Some(t) = load(&self.conn, id)? {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Renames a topic (its id stays); the new name must be free.
+    pub fn rename_topic(&mut self, id: Uuid, name: &str) -> Result<(), Error> {
+        self.write(|tx, origin| {
+            match super::name_holder(tx, PREFIX, &name.to_lowercase())? {
+                Some(holder) if holder != id => return Err(Error::NameTaken),
+                _ => {}
+            }
+            log::append(
+                tx,
+                origin,
+                Change::new("topic.rename").set(Entity::Topic(id), field::NAME, name),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Sets (or, with `null`, removes) metadata keys.
+    pub fn set_topic_meta(
+        &mut self,
+        id: Uuid,
+        values: &Map<String, Value>,
+        max_keys: usize,
+    ) -> Result<(), Error> {
+        let current = self.topic(id)?.ok_or(Error::NotFound)?;
+        let mut keys: BTreeSet<&str> = current.meta.keys().map(String::as_str).collect();
+        for (k, v) in values {
+            if v.is_null() {
+                keys.remove(k.as_str());
+            } else {
+                keys.insert(k);
+            }
+        }
+        if keys.len() > max_keys {
+            return Err(Error::TooManyKeys { max: max_keys });
+        }
+        let e = Entity::Topic(id);
+        let mut change = Change::new("topic.meta");
+        for (k, v) in values {
+            change = change.set(e, &format!("{}{k}", field::META_PREFIX), v.clone());
+        }
+        self.commit(change)
+    }
+
+    /// Grants or revokes one ACL entry. A ban also ends the subject's
+    /// membership, in the same change.
+    pub fn set_topic_acl(
+        &mut self,
+        id: Uuid,
+        subject: &Subject,
+        flag: Flag,
+        granted: bool,
+    ) -> Result<(), Error> {
+        let e = Entity::Topic(id);
+        let mut change = Change::new(if granted {
+            "topic.acl.grant"
+        } else {
+            "topic.acl.revoke"
+        })
+        .set(
+            e,
+            &acl_field(subject, flag),
+            if granted {
+                Value::Bool(true)
+            } else {
+                Value::Null
+            },
+        );
+        if let (Subject::Account(account), Flag::Ban, true) = (subject, flag, granted) {
+            change = change.set(
+                e,
+                &format!("{}{account}", field::MEMBER_PREFIX),
+                Value::Null,
+            );
+        }
+        self.commit(change)
+    }
+
+    /// Adds or removes a member.
+    pub fn set_member(&mut self, id: Uuid, account: Uuid, member: bool) -> Result<(), Error> {
+        self.commit(
+            Change::new(if member { "topic.join" } else { "topic.leave" }).set(
+                Entity::Topic(id),
+                &format!("{}{account}", field::MEMBER_PREFIX),
+                if member {
+                    Value::Bool(true)
+                } else {
+                    Value::Null
+                },
+            ),
+        )
+    }
+
+    /// Marks a topic deleted; its name becomes free.
+    pub fn delete_topic(&mut self, id: Uuid) -> Result<(), Error> {
+        let e = Entity::Topic(id);
+        self.commit(
+            Change::new("topic.delete")
+                .set(e, field::DELETED, true)
+                .set(e, field::NAME, Value::Null),
+        )
+    }
+
+    /// Commits a change to an existing entity.
+    fn commit(&mut self, change: Change) -> Result<(), Error> {
+        self.write(|tx, origin| {
+            log::append(tx, origin, change)?;
+            Ok(())
+        })
+    }
+}
+
+fn load(conn: &Connection, id: Uuid) -> Result<Option<TopicRecord>, Error> {
+    let rows = super::load_registers(conn, &Entity::Topic(id).key())?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut t = TopicRecord {
+        id,
+        name: String::new(),
+        deleted: false,
+        meta: Map::new(),
+        acl: Acl::default(),
+        members: BTreeSet::new(),
+    };
+    for (f, value) in rows {
+        if f == field::NAME {
+            t.name = value.as_str().unwrap_or_default().to_owned();
+        } else if f == field::DELETED {
+            t.deleted = value.as_bool().unwrap_or(false);
+        } else if let Some(k) = f.strip_prefix(field::META_PREFIX) {
+            if !value.is_null() {
+                t.meta.insert(k.to_owned(), value);
+            }
+        } else if let Some(m) = f.strip_prefix(field::MEMBER_PREFIX) {
+            if let (Ok(account), Value::Bool(true)) = (Uuid::parse_str(m), &value) {
+                t.members.insert(account);
+            }
+        } else if let Some(entry) = f.strip_prefix(field::ACL_PREFIX) {
+            let parsed = entry
+                .rsplit_once(':')
+                .and_then(|(s, fl)| Some((Subject::from_key(s)?, Flag::parse(fl)?)));
+            if let (Some((subject, flag)), Value::Bool(true)) = (parsed, &value) {
+                t.acl.set(subject, flag, true);
+            }
+        }
+    }
+    if !t.deleted && super::name_holder(conn, PREFIX, &t.name.to_lowercase())? != Some(id) {
+        t.name = super::clash_name(&t.name, id);
+    }
+    Ok(Some(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        let dan = Uuid::now_v7();
+        let t = db.create_topic("Lobby", dan, &Map::new()).unwrap();
+        assert!(t.members.contains(&dan));
+        assert!(t.acl.has_entry(&Subject::Account(dan), Flag::Owner));
+        assert!(matches!(
+            db.create_topic("lobby", dan, &Map::new()),
+            Err(Error::NameTaken)
+        ));
+        // An account named like a topic is a different namespace.
+        db.create_account("lobby", "h").unwrap();
+        db.rename_topic(t.id, "Hall").unwrap();
+        assert_eq!(db.topic_by_name("hall").unwrap().unwrap().id, t.id);
+        assert!(db.topic_by_name("lobby").unwrap().is_none());
+        let bob = Uuid::now_v7();
+        db.set_member(t.id, bob, true).unwrap();
+        db.set_topic_acl(t.id, &Subject::Account(bob), Flag::Ban, true)
+            .unwrap();
+        let t2 = db.topic(t.id).unwrap().unwrap();
+        assert!(!t2.members.contains(&bob));
+        db.delete_topic(t.id).unwrap();
+        assert!(db.topic_by_name("hall").unwrap().is_none());
+        assert!(db.topic(t.id).unwrap().unwrap().deleted);
+        db.create_topic("Hall", dan, &Map::new()).unwrap();
+    }
+}
