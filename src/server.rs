@@ -213,6 +213,7 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
     let server_tls = tls::server_config(&config.tls, &config.server.name)?;
     let passwords = Passwords::new(config.auth.cost(), config.auth.concurrent_hashes())?;
     let store = Store::open(&data_dir, &config.server.node)?;
+    let topics = store.call(|db| db.all_topics()).await?;
     if server_tls.generated {
         info!(cert = %config.tls.cert_file.display(), key = %config.tls.key_file.display(), "generated a self-signed certificate");
     }
@@ -225,7 +226,7 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
         addrs.push(addr);
     }
     let shared = Arc::new(Shared {
-        session_ctx: session::Context::new(&config, store.clone(), passwords),
+        session_ctx: session::Context::new(&config, store.clone(), passwords, topics),
         acceptor: TlsAcceptor::from(server_tls.config),
         config,
         shutdown: CancellationToken::new(),

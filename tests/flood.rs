@@ -40,13 +40,17 @@ async fn login_flood_does_not_delay_logged_in_traffic() {
         let answered = answered.clone();
         let mut batch = Vec::new();
         for i in 0..ATTEMPTS {
-            let p = password_auth(&format!("victim{f}"), &format!("guess-{i}-xxxx")).with_id(format!("f{f}-{i}"));
+            let p = password_auth(&format!("victim{f}"), &format!("guess-{i}-xxxx"))
+                .with_id(format!("f{f}-{i}"));
             batch.extend_from_slice(&p.to_line());
         }
         c.send_raw(&batch).await.unwrap();
         flood.push(tokio::spawn(async move {
             for _ in 0..ATTEMPTS {
-                let p = c.recv_timeout(std::time::Duration::from_secs(120)).await.unwrap();
+                let p = c
+                    .recv_timeout(std::time::Duration::from_secs(120))
+                    .await
+                    .unwrap();
                 assert_eq!(p.ex_str("code"), Some("auth/failed"));
                 answered.fetch_add(1, Ordering::SeqCst);
             }

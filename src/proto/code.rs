@@ -54,6 +54,16 @@ pub enum ErrorCode {
     AccountInvalidPassword,
     /// A metadata key or value breaks the metadata rules.
     MetaInvalid,
+    /// No live topic has that UUID or name.
+    TopicNotFound,
+    /// Another topic has that name.
+    TopicNameTaken,
+    /// The topic name breaks the naming rules.
+    TopicInvalidName,
+    /// The op needs membership of the topic.
+    TopicNotMember,
+    /// The topic's ACL does not allow it.
+    AclDenied,
     /// The session did not log in before the login deadline.
     SessionLoginTimeout,
     /// The client was silent past the idle timeout.
@@ -74,7 +84,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 37] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -99,6 +109,11 @@ impl ErrorCode {
         ErrorCode::AccountInvalidName,
         ErrorCode::AccountInvalidPassword,
         ErrorCode::MetaInvalid,
+        ErrorCode::TopicNotFound,
+        ErrorCode::TopicNameTaken,
+        ErrorCode::TopicInvalidName,
+        ErrorCode::TopicNotMember,
+        ErrorCode::AclDenied,
         ErrorCode::SessionLoginTimeout,
         ErrorCode::SessionIdleTimeout,
         ErrorCode::SessionSendqExceeded,
@@ -136,6 +151,11 @@ impl ErrorCode {
             ErrorCode::AccountInvalidName => "account/invalid-name",
             ErrorCode::AccountInvalidPassword => "account/invalid-password",
             ErrorCode::MetaInvalid => "meta/invalid",
+            ErrorCode::TopicNotFound => "topic/not-found",
+            ErrorCode::TopicNameTaken => "topic/name-taken",
+            ErrorCode::TopicInvalidName => "topic/invalid-name",
+            ErrorCode::TopicNotMember => "topic/not-member",
+            ErrorCode::AclDenied => "acl/denied",
             ErrorCode::SessionLoginTimeout => "session/login-timeout",
             ErrorCode::SessionIdleTimeout => "session/idle-timeout",
             ErrorCode::SessionSendqExceeded => "session/sendq-exceeded",

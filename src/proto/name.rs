@@ -26,6 +26,28 @@ pub fn check_username(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Longest topic name.
+pub const MAX_TOPIC_NAME_CHARS: usize = 64;
+
+/// Topic names: 1 to 64 characters, each a letter or digit (any script) or
+/// one of `_ - . # +`; never a UUID (UUIDs name topics by id).
+pub fn check_topic_name(name: &str) -> Result<(), &'static str> {
+    let count = name.chars().count();
+    if count == 0 || count > MAX_TOPIC_NAME_CHARS {
+        return Err("a topic name has 1 to 64 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_alphanumeric() || "_-.#+".contains(c))
+    {
+        return Err("a topic name has only letters, digits, '_', '-', '.', '#' and '+'");
+    }
+    if uuid::Uuid::parse_str(name).is_ok() {
+        return Err("a topic name cannot be a UUID");
+    }
+    Ok(())
+}
+
 /// Metadata keys: 1 to 64 of `a-z 0-9 _ - .`; `for` is reserved (replies
 /// carry `ex.for`).
 pub fn check_meta_key(key: &str) -> Result<(), &'static str> {

@@ -9,7 +9,7 @@ use super::code::ErrorCode;
 use super::packet::Packet;
 
 /// Every op the server sends, as `protocol.md` documents them.
-pub const SERVER_OPS: [&str; 11] = [
+pub const SERVER_OPS: [&str; 17] = [
     "welcome",
     "ack",
     "error",
@@ -21,6 +21,12 @@ pub const SERVER_OPS: [&str; 11] = [
     "challenge",
     "keys",
     "export",
+    "send",
+    "join",
+    "leave",
+    "acl",
+    "delete",
+    "create",
 ];
 
 /// The software string in `welcome`.

@@ -116,20 +116,54 @@ pub enum Request {
         /// The account's password.
         password: Secret,
     },
+    /// Create a topic named `name`; the other `ex` keys are its metadata.
+    Create {
+        /// The topic's name.
+        name: String,
+        /// Initial metadata.
+        meta: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Enter a topic (by `topic` UUID, or `ex.name`).
+    Join {
+        /// UUID or name.
+        topic: String,
+    },
+    /// Leave a topic.
+    Leave {
+        /// UUID or name.
+        topic: String,
+    },
+    /// Relay a message to a topic's members; `ex` travels as sent.
+    Send {
+        /// UUID or name.
+        topic: String,
+        /// The message.
+        ex: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Read a topic's ACL, or change one subject's flags.
+    Acl {
+        /// UUID or name.
+        topic: String,
+        /// The subject to change (`name`, `name@server`, `@server`, `*`).
+        subject: Option<String>,
+        /// Flags to grant.
+        grant: Vec<String>,
+        /// Flags to revoke.
+        revoke: Vec<String>,
+    },
+    /// Delete a topic (owner).
+    Delete {
+        /// UUID or name.
+        topic: String,
+    },
     /// An op of the protocol that needs a logged-in session and is not
-    /// served yet (`join`, `leave`, `send`, `find`).
+    /// served yet (`find`).
     Session(SessionOp),
 }
 
-/// Ops that need a logged-in session.
+/// Ops of the protocol this release does not serve yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionOp {
-    /// Enter a topic.
-    Join,
-    /// Leave a topic.
-    Leave,
-    /// Relay a message to a topic.
-    Send,
     /// Search topics and users.
     Find,
 }
@@ -151,7 +185,7 @@ fn invalid(message: impl Into<String>) -> RequestError {
 }
 
 /// Every op a client may send, as `protocol.md` documents them.
-pub const CLIENT_OPS: [&str; 16] = [
+pub const CLIENT_OPS: [&str; 19] = [
     "auth",
     "register",
     "ping",
@@ -162,13 +196,24 @@ pub const CLIENT_OPS: [&str; 16] = [
     "key-remove",
     "key-list",
     "delete-account",
+    "create",
     "join",
     "leave",
     "send",
     "meta",
+    "acl",
+    "delete",
     "find",
     "whoami",
 ];
+
+/// Ops a session may send before logging in.
+pub const BEFORE_LOGIN_OPS: [&str; 6] = ["auth", "register", "ping", "pong", "quit", "whoami"];
+
+/// Whether `op` is a known op that needs a logged-in session.
+pub fn needs_login(op: &str) -> bool {
+    CLIENT_OPS.contains(&op) && !BEFORE_LOGIN_OPS.contains(&op)
+}
 
 /// Longest username accepted in a login request.
 const MAX_USERNAME_CHARS: usize = 64;
@@ -183,9 +228,35 @@ impl Request {
             "ping" => Request::Ping,
             "pong" => Request::Pong,
             "quit" => Request::Quit,
-            "join" => Request::Session(SessionOp::Join),
-            "leave" => Request::Session(SessionOp::Leave),
-            "send" => Request::Session(SessionOp::Send),
+            "create" => {
+                let name = field(p, "name", 256)?.to_owned();
+                let mut meta = p.ex.clone();
+                meta.remove("name");
+                Request::Create { name, meta }
+            }
+            "join" => Request::Join {
+                topic: match &p.topic {
+                    Some(t) => t.clone(),
+                    None => field(p, "name", 256)
+                        .map_err(|_| invalid("`topic` (a topic's UUID) or ex.name is required"))?
+                        .to_owned(),
+                },
+            },
+            "leave" => Request::Leave { topic: topic(p)? },
+            "send" => Request::Send {
+                topic: topic(p)?,
+                ex: p.ex.clone(),
+            },
+            "acl" => Request::Acl {
+                topic: topic(p)?,
+                subject: match p.ex.get("subject") {
+                    None => None,
+                    Some(_) => Some(field(p, "subject", 320)?.to_owned()),
+                },
+                grant: flags(p, "grant")?,
+                revoke: flags(p, "revoke")?,
+            },
+            "delete" => Request::Delete { topic: topic(p)? },
             "meta" => Request::Meta {
                 topic: p.topic.clone(),
                 values: p.ex.clone(),
@@ -230,6 +301,27 @@ fn field<'a>(p: &'a Packet, key: &str, max: usize) -> Result<&'a str, RequestErr
             Some(_) => Err(invalid(format!("ex.{key} must be 1 to {max} bytes"))),
             None => Err(invalid(format!("ex.{key} must be a string"))),
         },
+    }
+}
+
+fn topic(p: &Packet) -> Result<String, RequestError> {
+    p.topic
+        .clone()
+        .ok_or_else(|| invalid("`topic` (a topic's UUID) is required"))
+}
+
+fn flags(p: &Packet, key: &str) -> Result<Vec<String>, RequestError> {
+    match p.ex.get(key) {
+        None => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| invalid(format!("ex.{key} is a list of flag names")))
+            })
+            .collect(),
+        Some(_) => Err(invalid(format!("ex.{key} is a list of flag names"))),
     }
 }
 

@@ -1,10 +1,13 @@
-//! Routing between connections. For now it holds the one piece every
-//! destination shares: the bounded outbound queue that a connection's writer
-//! drains. Topics, membership and fan-out build on it.
+//! Routing between connections: the topic table, ACL evaluation, who is
+//! connected, and fan-out of one serialized packet to every member's
+//! connections through their bounded outbound queues. Nothing here awaits a
+//! socket or knows SQL.
 
 pub mod acl;
 pub mod outbound;
 pub mod presence;
+pub mod topics;
 
 pub use outbound::{Closer, OutFrame, Outbound, PushError};
 pub use presence::Presence;
+pub use topics::Topics;

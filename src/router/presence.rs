@@ -43,6 +43,30 @@ impl Presence {
             .unwrap_or(0)
     }
 
+    /// Queues `bytes` for every connection of each account in `accounts`
+    /// but `except`: the packet was serialized once and is shared. A
+    /// connection whose queue is full is cut as a slow consumer by its
+    /// [`Outbound`]; nobody else waits for it.
+    pub fn deliver<'a>(
+        &self,
+        accounts: impl IntoIterator<Item = &'a Uuid>,
+        bytes: &bytes::Bytes,
+        except: u64,
+    ) -> usize {
+        let Ok(s) = self.sessions.lock() else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for account in accounts {
+            for (conn, out) in s.get(account).map(Vec::as_slice).unwrap_or_default() {
+                if *conn != except && out.push_bytes(bytes.clone(), false).is_ok() {
+                    delivered += 1;
+                }
+            }
+        }
+        delivered
+    }
+
     /// Closes every connection of the account but `except`, saying why.
     pub fn close_all(&self, account: Uuid, except: u64, code: ErrorCode, message: &str) {
         let targets: Vec<Outbound> = self

@@ -55,6 +55,18 @@ impl Session<'_> {
             .store
             .call(move |db| db.is_server_admin(account_id))
             .await?;
+        let me_subject = crate::router::acl::Subject::Account(account_id);
+        let owned: Vec<Value> = self
+            .ctx
+            .topics
+            .all()
+            .iter()
+            .filter(|t| {
+                t.acl
+                    .has_entry(&me_subject, crate::router::acl::Flag::Owner)
+            })
+            .map(|t| json!({ "id": t.id.to_string(), "name": t.name }))
+            .collect();
         self.ctx
             .store
             .call(move |db| db.delete_account(account_id))
@@ -68,8 +80,7 @@ impl Session<'_> {
             .with("meta", Value::Object(account.meta))
             .with("keys", Value::from(account.keys))
             .with("server_admin", is_admin)
-            // Topics arrive with the topics release; an account owns none yet.
-            .with("topics", Value::Array(Vec::new()));
+            .with("topics", Value::Array(owned));
         if let Some(id) = id {
             export = export.with("for", id);
         }

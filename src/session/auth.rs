@@ -8,6 +8,8 @@ use crate::config::Registration;
 use crate::proto::name::{PASSWORD_BYTES, check_username};
 use crate::proto::request::{AuthRequest, Secret};
 use crate::proto::{ErrorCode, Packet, reply};
+use crate::router::acl::Flag;
+use crate::store::TopicRecord;
 
 impl Session<'_> {
     pub(super) async fn handle_auth(
@@ -123,15 +125,72 @@ impl Session<'_> {
             .with("name", self.ctx.server_name.as_str())
             .with("rules", self.ctx.rules.as_str())
             .with("software", reply::SOFTWARE);
+        let favorites = own.get("favorites").cloned();
         let mut mine = Packet::server("meta").with_from(me.name.clone());
         mine.ex = own;
+        let topics = self.autojoin(&me, favorites.as_ref()).await?;
+        let mut packets = vec![reply::ack(id), server, mine];
+        for t in &topics {
+            packets.push(self.topic_meta(t, &me.name).await?);
+        }
         self.account = Some(me);
-        for p in [reply::ack(id), server, mine] {
+        for p in packets {
             if let Outcome::Close(r) = self.reply(p) {
                 return Ok(Outcome::Close(r));
             }
         }
         Ok(Outcome::Continue)
+    }
+
+    /// Joins the favourites marked `autojoin` (where the ACL allows), then
+    /// returns every topic the account is a member of, by name.
+    async fn autojoin(
+        &self,
+        me: &LoggedIn,
+        favorites: Option<&Value>,
+    ) -> Result<Vec<TopicRecord>, Denied> {
+        let wanted = favorites
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for fav in wanted {
+            let autojoin = fav
+                .get("autojoin")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let Some(t) = fav
+                .get("topic")
+                .and_then(Value::as_str)
+                .and_then(|t| self.ctx.topics.resolve(t))
+            else {
+                continue;
+            };
+            if !autojoin || t.members.contains(&me.id) || !t.acl.allows(self.actor(me), Flag::Read)
+            {
+                continue;
+            }
+            let (tid, account) = (t.id, me.id);
+            self.ctx
+                .store
+                .call(move |db| db.set_member(tid, account, true))
+                .await?;
+            let record = self.reload(tid).await?;
+            let mut join = Packet::server("join").with_from(me.name.as_str());
+            join.topic = Some(record.id.to_string());
+            self.ctx
+                .presence
+                .deliver(record.members.iter(), &join.to_line(), self.conn_id);
+        }
+        let mut mine: Vec<TopicRecord> = self
+            .ctx
+            .topics
+            .all()
+            .into_iter()
+            .filter(|t| t.members.contains(&me.id))
+            .map(|t| (*t).clone())
+            .collect();
+        mine.sort_by_key(|t| t.name.to_lowercase());
+        Ok(mine)
     }
 
     pub(super) async fn handle_register(

@@ -15,11 +15,8 @@ impl Session<'_> {
         topic: Option<String>,
         values: Map<String, Value>,
     ) -> Result<Outcome, Denied> {
-        if topic.is_some() {
-            return Err(Denied::new(
-                ErrorCode::OpUnknown,
-                "topic metadata is not served by this release",
-            ));
+        if let Some(topic) = topic {
+            return self.handle_topic_meta(id, me, &topic, values).await;
         }
         let account_id = me.id;
         if values.is_empty() {
@@ -44,7 +41,7 @@ impl Session<'_> {
         Ok(self.reply(reply::ack(id)))
     }
 
-    fn check_meta(&self, values: &Map<String, Value>) -> Result<(), Denied> {
+    pub(super) fn check_meta(&self, values: &Map<String, Value>) -> Result<(), Denied> {
         let invalid = |m: String| Denied::new(ErrorCode::MetaInvalid, m);
         if values.len() > self.ctx.max_meta_keys {
             return Err(invalid(format!(
@@ -66,9 +63,33 @@ impl Session<'_> {
             if key == "favorites" && !value.is_null() {
                 check_favorites(value).map_err(|m| invalid(format!("\"favorites\": {m}")))?;
             }
+            if key == "format" && !value.is_null() {
+                check_format(value).map_err(|m| invalid(format!("\"format\": {m}")))?;
+            }
         }
         Ok(())
     }
+}
+
+/// `format` is a base format (`plain`, `fixed`, `markdown`, `html`, `irc`,
+/// `binary`, or another that clients treat as `plain`), optionally followed
+/// by `:` and a custom name (`fixed:ascii-art`).
+fn check_format(value: &Value) -> Result<(), &'static str> {
+    let text = value.as_str().ok_or("must be a string")?;
+    let (base, custom) = match text.split_once(':') {
+        Some((b, c)) => (b, Some(c)),
+        None => (text, None),
+    };
+    let word = |s: &str, extra: &str| {
+        !s.is_empty()
+            && s.len() <= 32
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(c))
+    };
+    if !word(base, "-") || custom.is_some_and(|c| !word(c, "-_.")) {
+        return Err("is base or base:custom, lowercase letters, digits and '-'");
+    }
+    Ok(())
 }
 
 /// `favorites` is a list of `{"topic": "<uuid or name>", "autojoin": bool}`.

@@ -8,9 +8,11 @@
 mod account;
 mod auth;
 mod keys;
+mod message;
 mod meta;
 pub mod throttle;
 mod ticket;
+mod topic;
 
 pub use keys::signed_message;
 pub use ticket::node_code;
@@ -24,7 +26,7 @@ use crate::config::{Config, Registration};
 use crate::password::Passwords;
 use crate::proto::request::{Request, SessionOp};
 use crate::proto::{ErrorCode, Packet, reply};
-use crate::router::{Outbound, Presence};
+use crate::router::{Outbound, Presence, Topics};
 use crate::store::Store;
 use throttle::LoginThrottle;
 
@@ -66,6 +68,8 @@ impl CloseReason {
 pub struct Context {
     /// This server's name.
     pub server_name: String,
+    /// The same, lowercased, for ACL subjects.
+    pub server_name_lower: String,
     /// Server rules, sent as server metadata after login.
     pub rules: String,
     /// Login methods offered.
@@ -96,13 +100,22 @@ pub struct Context {
     pub throttle: LoginThrottle,
     /// Which connections each account has.
     pub presence: Presence,
+    /// The topic table (a cache of the store's topics).
+    pub topics: Topics,
 }
 
 impl Context {
-    /// From the configuration and the services it needs.
-    pub fn new(config: &Config, store: Store, passwords: Passwords) -> Self {
+    /// From the configuration and the services it needs; `topics` is the
+    /// store's topics, loaded at start.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        passwords: Passwords,
+        topics: Vec<crate::store::TopicRecord>,
+    ) -> Self {
         Self {
             server_name: config.server.name.clone(),
+            server_name_lower: config.server.name.to_lowercase(),
             rules: config.server.rules.clone(),
             auth_methods: config.auth.methods.clone(),
             registration: config.auth.registration,
@@ -122,6 +135,7 @@ impl Context {
                 std::time::Duration::from_millis(config.auth.failure_window_ms),
             ),
             presence: Presence::default(),
+            topics: Topics::load(topics),
         }
     }
 }
@@ -232,6 +246,16 @@ impl<'a> Session<'a> {
             Err(e) => return self.fail(e.id.as_deref(), e.code, e.message),
         };
         let id = packet.id.as_deref();
+        // The login gate comes before field checks: nothing is validated for
+        // a session that may not use the op at all.
+        if self.account.is_none() && crate::proto::request::needs_login(&packet.op) {
+            self.errors_in_row = 0;
+            return self.reply(reply::error(
+                id,
+                ErrorCode::AuthRequired,
+                "log in first (op \"auth\")",
+            ));
+        }
         let request = match Request::parse(&packet) {
             Ok(r) => r,
             Err(e) => return self.fail(id, e.code, e.message),
@@ -273,6 +297,38 @@ impl<'a> Session<'a> {
             },
             Request::DeleteAccount { password } => match self.logged_in() {
                 Ok(me) => self.handle_delete_account(id, &me, password).await,
+                Err(d) => Err(d),
+            },
+            Request::Create { name, meta } => match self.logged_in() {
+                Ok(me) => self.handle_create(id, &me, name, meta).await,
+                Err(d) => Err(d),
+            },
+            Request::Join { topic } => match self.logged_in() {
+                Ok(me) => self.handle_join(id, &me, &topic).await,
+                Err(d) => Err(d),
+            },
+            Request::Leave { topic } => match self.logged_in() {
+                Ok(me) => self.handle_leave(id, &me, &topic).await,
+                Err(d) => Err(d),
+            },
+            Request::Send { topic, ex } => match self.logged_in() {
+                Ok(me) => self.handle_send(id, &me, &topic, ex),
+                Err(d) => Err(d),
+            },
+            Request::Acl {
+                topic,
+                subject,
+                grant,
+                revoke,
+            } => match self.logged_in() {
+                Ok(me) => {
+                    self.handle_acl(id, &me, &topic, subject, grant, revoke)
+                        .await
+                }
+                Err(d) => Err(d),
+            },
+            Request::Delete { topic } => match self.logged_in() {
+                Ok(me) => self.handle_delete(id, &me, &topic).await,
                 Err(d) => Err(d),
             },
             Request::Session(op) => match self.logged_in() {
@@ -352,9 +408,6 @@ impl<'a> Session<'a> {
 
 fn not_served(op: SessionOp) -> Denied {
     let name = match op {
-        SessionOp::Join => "join",
-        SessionOp::Leave => "leave",
-        SessionOp::Send => "send",
         SessionOp::Find => "find",
     };
     Denied::new(

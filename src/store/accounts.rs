@@ -163,6 +163,20 @@ impl Db {
         self.change_existing(id, change)
     }
 
+    /// Names of the given accounts, as shown (unknown ids are left out).
+    pub fn account_names(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, String>, Error> {
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(a) = load(&self.conn, *id)? {
+                out.insert(*id, a.name);
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the account holds the server's `admin` flag.
     pub fn is_server_admin(&self, id: Uuid) -> Result<bool, Error> {
         let value: Option<String> = self

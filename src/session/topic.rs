@@ -1,0 +1,439 @@
+//! Topics: create, join, leave, topic metadata, the ACL, delete. Every change
+//! is committed to the store first, then the cached topic is reloaded from it,
+//! then members are told, then the requester gets its reply.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tracing::info;
+use uuid::Uuid;
+
+use super::{Denied, LoggedIn, Outcome, Session};
+use crate::proto::name::{check_topic_name, check_username};
+use crate::proto::{ErrorCode, Packet, reply};
+use crate::router::acl::{Actor, Flag, Subject};
+use crate::store::{self, TopicRecord};
+
+/// Flags a topic ACL may hold.
+const TOPIC_FLAGS: [Flag; 5] = [Flag::Owner, Flag::Op, Flag::Read, Flag::Write, Flag::Ban];
+
+fn not_found() -> Denied {
+    Denied::new(ErrorCode::TopicNotFound, "no such topic")
+}
+
+fn denied(what: &str) -> Denied {
+    Denied::new(
+        ErrorCode::AclDenied,
+        format!("the topic's ACL does not let you {what}"),
+    )
+}
+
+fn name_error(e: store::Error) -> Denied {
+    match e {
+        store::Error::NameTaken => {
+            Denied::new(ErrorCode::TopicNameTaken, "another topic has that name")
+        }
+        other => Denied::from(other),
+    }
+}
+
+impl Session<'_> {
+    pub(super) fn actor<'s>(&'s self, me: &LoggedIn) -> Actor<'s> {
+        Actor {
+            account: me.id,
+            server: &self.ctx.server_name_lower,
+        }
+    }
+
+    pub(super) fn resolve(&self, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
+        self.ctx.topics.resolve(topic).ok_or_else(not_found)
+    }
+
+    /// Reloads a topic from the store into the cache after a change.
+    pub(super) async fn reload(&self, id: Uuid) -> Result<TopicRecord, Denied> {
+        let record = self
+            .ctx
+            .store
+            .call(move |db| db.topic(id))
+            .await?
+            .ok_or_else(not_found)?;
+        self.ctx.topics.put(record.clone());
+        Ok(record)
+    }
+
+    /// Account names for rendering members and ACL subjects.
+    async fn names(&self, t: &TopicRecord) -> Result<HashMap<Uuid, String>, Denied> {
+        let mut ids: Vec<Uuid> = t.members.iter().copied().collect();
+        ids.extend(t.acl.grants().filter_map(|(s, _)| match s {
+            Subject::Account(id) => Some(*id),
+            _ => None,
+        }));
+        Ok(self
+            .ctx
+            .store
+            .call(move |db| db.account_names(&ids))
+            .await?)
+    }
+
+    /// The topic's `meta`: its name, metadata, members and ACL.
+    pub(super) async fn topic_meta(&self, t: &TopicRecord, from: &str) -> Result<Packet, Denied> {
+        let names = self.names(t).await?;
+        let mut p = Packet::server("meta").with_from(from);
+        p.topic = Some(t.id.to_string());
+        p.ex.insert("name".into(), Value::from(t.name.as_str()));
+        for (k, v) in &t.meta {
+            p.ex.insert(k.clone(), v.clone());
+        }
+        let members: Vec<Value> = t
+            .members
+            .iter()
+            .filter_map(|m| names.get(m))
+            .map(|n| Value::from(n.as_str()))
+            .collect();
+        p.ex.insert("members".into(), Value::Array(members));
+        p.ex.insert("acl".into(), self.render_acl(t, &names));
+        Ok(p)
+    }
+
+    fn render_acl(&self, t: &TopicRecord, names: &HashMap<Uuid, String>) -> Value {
+        t.acl.to_wire(|s| match s {
+            Subject::Account(id) => names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| format!("account:{id}")),
+            other => other.key(),
+        })
+    }
+
+    /// Sends `packet` to every connection of the topic's members (and of
+    /// `extra` accounts) except this one: serialized once, shared.
+    fn announce(&self, t: &TopicRecord, extra: &[Uuid], packet: &Packet) {
+        let bytes = packet.to_line();
+        let accounts: Vec<&Uuid> = t
+            .members
+            .iter()
+            .chain(extra.iter().filter(|a| !t.members.contains(a)))
+            .collect();
+        self.ctx.presence.deliver(accounts, &bytes, self.conn_id);
+    }
+
+    fn event(&self, op: &str, t: &TopicRecord, from: &str) -> Packet {
+        let mut p = Packet::server(op).with_from(from);
+        p.topic = Some(t.id.to_string());
+        p
+    }
+
+    pub(super) async fn handle_create(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        name: String,
+        meta: Map<String, Value>,
+    ) -> Result<Outcome, Denied> {
+        check_topic_name(&name).map_err(|m| Denied::new(ErrorCode::TopicInvalidName, m))?;
+        self.check_meta(&meta)?;
+        let creator = me.id;
+        let record = self
+            .ctx
+            .store
+            .call(move |db| db.create_topic(&name, creator, &meta))
+            .await
+            .map_err(name_error)?;
+        self.ctx.topics.put(record.clone());
+        info!(account = %me.name, topic = %record.name, topic_id = %record.id, "topic created");
+        let mut p = self.topic_meta(&record, &me.name).await?;
+        if let Some(id) = id {
+            p = p.with("for", id);
+        }
+        Ok(self.reply(p))
+    }
+
+    pub(super) async fn handle_join(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        topic: &str,
+    ) -> Result<Outcome, Denied> {
+        let t = self.resolve(topic)?;
+        if !t.acl.allows(self.actor(me), Flag::Read) {
+            return Err(denied("join it"));
+        }
+        let record = if t.members.contains(&me.id) {
+            (*t).clone()
+        } else {
+            let (tid, account) = (t.id, me.id);
+            self.ctx
+                .store
+                .call(move |db| db.set_member(tid, account, true))
+                .await?;
+            let record = self.reload(tid).await?;
+            self.announce(&record, &[], &self.event("join", &record, &me.name));
+            record
+        };
+        let mut p = self.topic_meta(&record, &me.name).await?;
+        if let Some(id) = id {
+            p = p.with("for", id);
+        }
+        Ok(self.reply(p))
+    }
+
+    pub(super) async fn handle_leave(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        topic: &str,
+    ) -> Result<Outcome, Denied> {
+        let t = self.resolve(topic)?;
+        if !t.members.contains(&me.id) {
+            return Err(Denied::new(
+                ErrorCode::TopicNotMember,
+                "you are not a member of that topic",
+            ));
+        }
+        let (tid, account) = (t.id, me.id);
+        self.ctx
+            .store
+            .call(move |db| db.set_member(tid, account, false))
+            .await?;
+        let record = self.reload(tid).await?;
+        // The account's other connections learn it left, too.
+        self.announce(&record, &[me.id], &self.event("leave", &record, &me.name));
+        Ok(self.reply(reply::ack(id)))
+    }
+
+    pub(super) async fn handle_topic_meta(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        topic: &str,
+        mut values: Map<String, Value>,
+    ) -> Result<Outcome, Denied> {
+        let t = self.resolve(topic)?;
+        if values.is_empty() {
+            if !t.acl.allows(self.actor(me), Flag::Read) {
+                return Err(denied("read it"));
+            }
+            let mut p = self.topic_meta(&t, &me.name).await?;
+            if let Some(id) = id {
+                p = p.with("for", id);
+            }
+            return Ok(self.reply(p));
+        }
+        if !t.acl.allows(self.actor(me), Flag::Op) {
+            return Err(denied("change its metadata"));
+        }
+        for reserved in ["members", "acl"] {
+            if values.contains_key(reserved) {
+                return Err(Denied::new(
+                    ErrorCode::MetaInvalid,
+                    format!("{reserved:?} is kept by the server; use the acl, join and leave ops"),
+                ));
+            }
+        }
+        let rename = match values.remove("name") {
+            None => None,
+            Some(Value::String(n)) => {
+                check_topic_name(&n).map_err(|m| Denied::new(ErrorCode::TopicInvalidName, m))?;
+                Some(n)
+            }
+            Some(_) => {
+                return Err(Denied::new(
+                    ErrorCode::TopicInvalidName,
+                    "a topic name is a string",
+                ));
+            }
+        };
+        self.check_meta(&values)?;
+        let (tid, max) = (t.id, self.ctx.max_meta_keys);
+        if let Some(n) = rename {
+            self.ctx
+                .store
+                .call(move |db| db.rename_topic(tid, &n))
+                .await
+                .map_err(name_error)?;
+        }
+        if !values.is_empty() {
+            self.ctx
+                .store
+                .call(move |db| db.set_topic_meta(tid, &values, max))
+                .await?;
+        }
+        let record = self.reload(tid).await?;
+        let p = self.topic_meta(&record, &me.name).await?;
+        self.announce(&record, &[], &p);
+        Ok(self.reply(reply::ack(id)))
+    }
+
+    /// Resolves a subject as written on the wire.
+    async fn subject(&self, text: &str) -> Result<Subject, Denied> {
+        let bad = |m: &str| Denied::new(ErrorCode::RequestInvalid, m.to_owned());
+        if text == "*" {
+            return Ok(Subject::Everyone);
+        }
+        if let Some(server) = text.strip_prefix('@') {
+            if !crate::config::valid_server_name(server) {
+                return Err(bad("`@server` needs a server name"));
+            }
+            return Ok(Subject::Server(text.to_lowercase()));
+        }
+        let local = match text.split_once('@') {
+            Some((user, server)) if server.eq_ignore_ascii_case(&self.ctx.server_name) => user,
+            Some((user, server)) => {
+                if check_username(user).is_err() || !crate::config::valid_server_name(server) {
+                    return Err(bad("a subject is name, name@server, @server or *"));
+                }
+                return Ok(Subject::Remote(text.to_lowercase()));
+            }
+            None => text,
+        };
+        let name = local.to_owned();
+        let account = self
+            .ctx
+            .store
+            .call(move |db| db.account_by_name(&name))
+            .await?;
+        match account {
+            Some(a) if !a.deleted => Ok(Subject::Account(a.id)),
+            _ => Err(bad("no account has that name")),
+        }
+    }
+
+    pub(super) async fn handle_acl(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        topic: &str,
+        subject: Option<String>,
+        grant: Vec<String>,
+        revoke: Vec<String>,
+    ) -> Result<Outcome, Denied> {
+        let t = self.resolve(topic)?;
+        let actor = self.actor(me);
+        let Some(subject_text) = subject else {
+            if !t.acl.allows(actor, Flag::Read) {
+                return Err(denied("read it"));
+            }
+            let names = self.names(&t).await?;
+            let mut p = self
+                .event("acl", &t, &me.name)
+                .with("acl", self.render_acl(&t, &names));
+            if let Some(id) = id {
+                p = p.with("for", id);
+            }
+            return Ok(self.reply(p));
+        };
+        let parse = |list: &[String]| -> Result<Vec<Flag>, Denied> {
+            list.iter()
+                .map(|f| {
+                    Flag::parse(f)
+                        .filter(|f| TOPIC_FLAGS.contains(f))
+                        .ok_or_else(|| {
+                            Denied::new(
+                                ErrorCode::RequestInvalid,
+                                format!("{f:?} is not a topic flag"),
+                            )
+                        })
+                })
+                .collect()
+        };
+        let (grant, revoke) = (parse(&grant)?, parse(&revoke)?);
+        if grant.is_empty() && revoke.is_empty() {
+            return Err(Denied::new(
+                ErrorCode::RequestInvalid,
+                "ex.grant or ex.revoke names the flags to change",
+            ));
+        }
+        let subject = self.subject(&subject_text).await?;
+        if subject == Subject::Everyone && grant.contains(&Flag::Ban) {
+            return Err(Denied::new(
+                ErrorCode::RequestInvalid,
+                "`*` cannot be banned; revoke its read instead",
+            ));
+        }
+        // Owners change anything. An op may only ban and unban subjects
+        // that are neither owner nor op.
+        let owner = t.acl.allows(actor, Flag::Owner);
+        if !owner {
+            let only_bans = grant.iter().chain(&revoke).all(|f| *f == Flag::Ban);
+            let target_privileged =
+                t.acl.has_entry(&subject, Flag::Owner) || t.acl.has_entry(&subject, Flag::Op);
+            if !(t.acl.allows(actor, Flag::Op) && only_bans && !target_privileged) {
+                return Err(denied("change that"));
+            }
+        }
+        if revoke.contains(&Flag::Owner) && t.acl.has_entry(&subject, Flag::Owner) {
+            let owners = t
+                .acl
+                .grants()
+                .filter(|(s, f)| *f == Flag::Owner && matches!(s, Subject::Account(_)))
+                .count();
+            if owners <= 1 {
+                return Err(Denied::new(
+                    ErrorCode::RequestInvalid,
+                    "a topic keeps at least one owner",
+                ));
+            }
+        }
+        let tid = t.id;
+        let changes: Vec<(Flag, bool)> = grant
+            .iter()
+            .map(|f| (*f, true))
+            .chain(revoke.iter().map(|f| (*f, false)))
+            .collect();
+        let s = subject.clone();
+        self.ctx
+            .store
+            .call(move |db| {
+                for (flag, granted) in changes {
+                    db.set_topic_acl(tid, &s, flag, granted)?;
+                }
+                Ok(())
+            })
+            .await?;
+        let record = self.reload(tid).await?;
+        let names = self.names(&record).await?;
+        let acl_event = self
+            .event("acl", &record, &me.name)
+            .with("acl", self.render_acl(&record, &names));
+        self.announce(&record, &[], &acl_event);
+        // A ban takes effect at once: the banned account is out, and told.
+        if let Subject::Account(banned) = subject {
+            if grant.contains(&Flag::Ban)
+                && t.members.contains(&banned)
+                && !record.members.contains(&banned)
+            {
+                let who = self
+                    .ctx
+                    .store
+                    .call(move |db| db.account_names(&[banned]))
+                    .await?;
+                let name = who.get(&banned).cloned().unwrap_or_default();
+                let leave = self
+                    .event("leave", &record, &name)
+                    .with("reason", "banned")
+                    .with("by", me.name.as_str());
+                self.announce(&record, &[banned], &leave);
+            }
+        }
+        Ok(self.reply(reply::ack(id)))
+    }
+
+    pub(super) async fn handle_delete(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        topic: &str,
+    ) -> Result<Outcome, Denied> {
+        let t = self.resolve(topic)?;
+        if !t.acl.allows(self.actor(me), Flag::Owner) {
+            return Err(denied("delete it"));
+        }
+        let tid = t.id;
+        self.ctx.store.call(move |db| db.delete_topic(tid)).await?;
+        self.reload(tid).await?;
+        info!(account = %me.name, topic = %t.name, topic_id = %t.id, "topic deleted");
+        self.announce(&t, &[], &self.event("delete", &t, &me.name));
+        Ok(self.reply(reply::ack(id)))
+    }
+}

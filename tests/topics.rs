@@ -1,0 +1,476 @@
+//! Topics end to end: create, join, leave, send, topic metadata, ACLs (every
+//! flag allowing and denying), bans, deletion, the login sequence, restarts,
+//! and a slow consumer that is cut while everyone else gets every message.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use tenthbit::client::Client;
+use tenthbit::proto::Packet;
+
+fn on(op: &str, topic: &str) -> Packet {
+    let mut p = Packet::request(op);
+    p.topic = Some(topic.to_owned());
+    p
+}
+
+async fn create(c: &mut Client, name: &str) -> String {
+    let p = request(c, Packet::request("create").with("name", name)).await;
+    assert_eq!(p.op, "meta", "{p:?}");
+    p.topic.clone().unwrap()
+}
+
+async fn join(c: &mut Client, topic: &str) -> Packet {
+    request(c, on("join", topic)).await
+}
+
+async fn acl(
+    c: &mut Client,
+    topic: &str,
+    subject: &str,
+    grant: &[&str],
+    revoke: &[&str],
+) -> Packet {
+    request(
+        c,
+        on("acl", topic)
+            .with("subject", subject)
+            .with("grant", json!(grant))
+            .with("revoke", json!(revoke)),
+    )
+    .await
+}
+
+fn code(p: &Packet) -> Option<&str> {
+    p.ex_str("code")
+}
+
+/// Three users: dan (creator/owner), bob and amy, each logged in.
+async fn three(server: &TestServer) -> (Client, Client, Client) {
+    for n in ["dan", "bob", "amy"] {
+        server.register(n, "hellosecret").await;
+    }
+    (
+        server.login("dan", "hellosecret").await,
+        server.login("bob", "hellosecret").await,
+        server.login("amy", "hellosecret").await,
+    )
+}
+
+#[tokio::test]
+async fn create_join_send_leave() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, _amy) = three(&server).await;
+    let p = request(
+        &mut dan,
+        Packet::request("create")
+            .with("name", "Lobby")
+            .with("description", "hi"),
+    )
+    .await;
+    assert_eq!(p.op, "meta");
+    let topic = p.topic.clone().unwrap();
+    assert!(uuid::Uuid::parse_str(&topic).is_ok());
+    assert_eq!(p.ex_str("name"), Some("Lobby"));
+    assert_eq!(p.ex_str("description"), Some("hi"));
+    assert_eq!(p.ex.get("members"), Some(&json!(["dan"])));
+    assert_eq!(
+        p.ex.get("acl"),
+        Some(&json!([["dan", ["owner"]], ["*", ["read", "write"]]]))
+    );
+    let p = request(&mut dan, Packet::request("create").with("name", "lobby")).await;
+    assert_eq!(code(&p), Some("topic/name-taken"));
+    let p = request(
+        &mut dan,
+        Packet::request("create").with("name", "no spaces"),
+    )
+    .await;
+    assert_eq!(code(&p), Some("topic/invalid-name"));
+
+    // Join by name; the reply lists the members, self included.
+    let p = request(&mut bob, Packet::request("join").with("name", "lobby")).await;
+    assert_eq!(p.op, "meta");
+    assert_eq!(p.topic.as_deref(), Some(topic.as_str()));
+    assert_eq!(p.ex.get("members"), Some(&json!(["dan", "bob"])));
+    let j = expect_op(&mut dan, "join").await;
+    assert_eq!(j.from.as_deref(), Some("bob"));
+    assert_eq!(j.topic.as_deref(), Some(topic.as_str()));
+    // Joining again changes nothing and announces nothing.
+    assert_eq!(join(&mut bob, &topic).await.op, "meta");
+
+    // send: relayed with server id/ts, ex as sent (less `for`), ack echoes both.
+    let msg = on("send", &topic)
+        .with("data", "hello")
+        .with("format", "plain")
+        .with("for", "spoof");
+    let ack = request(&mut bob, msg).await;
+    assert_eq!(ack.op, "ack");
+    let got = expect_op(&mut dan, "send").await;
+    assert_eq!(got.from.as_deref(), Some("bob"));
+    assert_eq!(got.topic.as_deref(), Some(topic.as_str()));
+    assert_eq!(got.ex_str("data"), Some("hello"));
+    assert_eq!(got.ex_str("format"), Some("plain"));
+    assert!(got.ex.get("for").is_none());
+    assert_eq!(ack.ex_str("id"), got.id.as_deref());
+    assert_eq!(ack.ex.get("ts").and_then(Value::as_i64), got.ts);
+
+    // leave: announced; sending afterwards needs membership.
+    let p = request(&mut bob, on("leave", &topic)).await;
+    assert_eq!(p.op, "ack");
+    let l = expect_op(&mut dan, "leave").await;
+    assert_eq!(l.from.as_deref(), Some("bob"));
+    let p = request(&mut bob, on("send", &topic).with("data", "x")).await;
+    assert_eq!(code(&p), Some("topic/not-member"));
+    let p = request(&mut bob, on("leave", &topic)).await;
+    assert_eq!(code(&p), Some("topic/not-member"));
+    let p = request(&mut bob, on("join", "00000000-0000-7000-8000-000000000000")).await;
+    assert_eq!(code(&p), Some("topic/not-found"));
+    assert_alive(&mut dan).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_connection_of_every_member_receives() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, _amy) = three(&server).await;
+    let mut bob_phone = server.login("bob", "hellosecret").await;
+    let topic = create(&mut dan, "devices").await;
+    join(&mut bob, &topic).await;
+    expect_op(&mut dan, "join").await;
+    // The account's other device learns of the join too.
+    expect_op(&mut bob_phone, "join").await;
+    request(&mut dan, on("send", &topic).with("data", "to both")).await;
+    for c in [&mut bob, &mut bob_phone] {
+        assert_eq!(expect_op(c, "send").await.ex_str("data"), Some("to both"));
+    }
+    // The sender's own other device gets it; the sending connection does not.
+    request(&mut bob, on("send", &topic).with("data", "from bob")).await;
+    assert_eq!(
+        expect_op(&mut bob_phone, "send").await.ex_str("data"),
+        Some("from bob")
+    );
+    assert_eq!(
+        expect_op(&mut dan, "send").await.ex_str("data"),
+        Some("from bob")
+    );
+    assert_alive(&mut bob).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn read_flag_makes_invite_only() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, mut amy) = three(&server).await;
+    let topic = create(&mut dan, "secret").await;
+    assert_eq!(acl(&mut dan, &topic, "*", &[], &["read"]).await.op, "ack");
+    assert_eq!(code(&join(&mut bob, &topic).await), Some("acl/denied"));
+    assert_eq!(acl(&mut dan, &topic, "bob", &["read"], &[]).await.op, "ack");
+    assert_eq!(join(&mut bob, &topic).await.op, "meta");
+    assert_eq!(code(&join(&mut amy, &topic).await), Some("acl/denied"));
+    // Reading the ACL needs read, too.
+    assert_eq!(
+        code(&request(&mut amy, on("acl", &topic)).await),
+        Some("acl/denied")
+    );
+    let p = request(&mut bob, on("acl", &topic)).await;
+    assert_eq!(p.op, "acl");
+    assert_eq!(
+        p.ex.get("acl"),
+        Some(&json!([
+            ["dan", ["owner"]],
+            ["bob", ["read"]],
+            ["*", ["write"]]
+        ]))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn write_flag_makes_moderated() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, _amy) = three(&server).await;
+    let topic = create(&mut dan, "announcements").await;
+    join(&mut bob, &topic).await;
+    expect_op(&mut dan, "join").await;
+    assert_eq!(
+        request(&mut bob, on("send", &topic).with("data", "1"))
+            .await
+            .op,
+        "ack"
+    );
+    expect_op(&mut dan, "send").await;
+    acl(&mut dan, &topic, "*", &[], &["write"]).await;
+    expect_op(&mut bob, "acl").await;
+    assert_eq!(
+        code(&request(&mut bob, on("send", &topic).with("data", "2")).await),
+        Some("acl/denied")
+    );
+    // The owner still speaks; bob still reads.
+    request(&mut dan, on("send", &topic).with("data", "3")).await;
+    assert_eq!(expect_op(&mut bob, "send").await.ex_str("data"), Some("3"));
+    acl(&mut dan, &topic, "bob", &["write"], &[]).await;
+    expect_op(&mut bob, "acl").await;
+    assert_eq!(
+        request(&mut bob, on("send", &topic).with("data", "4"))
+            .await
+            .op,
+        "ack"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn op_and_owner_powers() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, mut amy) = three(&server).await;
+    let topic = create(&mut dan, "ops").await;
+    join(&mut bob, &topic).await;
+    join(&mut amy, &topic).await;
+    // Without op: no metadata changes, no bans, no ACL changes, no delete.
+    assert_eq!(
+        code(&request(&mut bob, on("meta", &topic).with("description", "x")).await),
+        Some("acl/denied")
+    );
+    assert_eq!(
+        code(&acl(&mut bob, &topic, "amy", &["ban"], &[]).await),
+        Some("acl/denied")
+    );
+    assert_eq!(
+        code(&request(&mut bob, on("delete", &topic)).await),
+        Some("acl/denied")
+    );
+    // With op: metadata and bans of non-ops, but nothing else.
+    assert_eq!(acl(&mut dan, &topic, "bob", &["op"], &[]).await.op, "ack");
+    assert_eq!(
+        request(&mut bob, on("meta", &topic).with("description", "by bob"))
+            .await
+            .op,
+        "ack"
+    );
+    assert_eq!(
+        code(&acl(&mut bob, &topic, "amy", &["read"], &[]).await),
+        Some("acl/denied")
+    );
+    assert_eq!(
+        code(&acl(&mut bob, &topic, "dan", &["ban"], &[]).await),
+        Some("acl/denied")
+    );
+    assert_eq!(
+        code(&request(&mut bob, on("delete", &topic)).await),
+        Some("acl/denied")
+    );
+    assert_eq!(acl(&mut bob, &topic, "amy", &["ban"], &[]).await.op, "ack");
+    // The last owner cannot give up ownership; `*` cannot be banned.
+    assert_eq!(
+        code(&acl(&mut dan, &topic, "dan", &[], &["owner"]).await),
+        Some("request/invalid")
+    );
+    assert_eq!(
+        code(&acl(&mut dan, &topic, "*", &["ban"], &[]).await),
+        Some("request/invalid")
+    );
+    assert_eq!(
+        code(&acl(&mut dan, &topic, "nobody", &["read"], &[]).await),
+        Some("request/invalid")
+    );
+    assert_eq!(
+        code(&acl(&mut dan, &topic, "bob", &["admin"], &[]).await),
+        Some("request/invalid")
+    );
+    // The owner deletes; members are told; the name is free again.
+    assert_eq!(request(&mut dan, on("delete", &topic)).await.op, "ack");
+    let mut saw_delete = false;
+    for _ in 0..8 {
+        let p = bob.recv_timeout(WAIT).await.unwrap();
+        if p.op == "delete" {
+            assert_eq!(p.topic.as_deref(), Some(topic.as_str()));
+            saw_delete = true;
+            break;
+        }
+    }
+    assert!(saw_delete);
+    assert_eq!(code(&join(&mut bob, &topic).await), Some("topic/not-found"));
+    create(&mut dan, "ops").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ban_removes_a_member_at_once() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, mut amy) = three(&server).await;
+    let topic = create(&mut dan, "bans").await;
+    join(&mut bob, &topic).await;
+    expect_op(&mut dan, "join").await;
+    join(&mut amy, &topic).await;
+    expect_op(&mut dan, "join").await;
+    expect_op(&mut bob, "join").await;
+    assert_eq!(acl(&mut dan, &topic, "bob", &["ban"], &[]).await.op, "ack");
+    // bob is told, and is out (so the ACL update itself is not his to see):
+    // no more messages, no rejoin.
+    let l = expect_op(&mut bob, "leave").await;
+    assert_eq!(l.from.as_deref(), Some("bob"));
+    assert_eq!(l.ex_str("reason"), Some("banned"));
+    expect_op(&mut amy, "acl").await;
+    assert_eq!(
+        expect_op(&mut amy, "leave").await.from.as_deref(),
+        Some("bob")
+    );
+    request(&mut dan, on("send", &topic).with("data", "after the ban")).await;
+    assert_eq!(
+        expect_op(&mut amy, "send").await.ex_str("data"),
+        Some("after the ban")
+    );
+    assert_eq!(code(&join(&mut bob, &topic).await), Some("acl/denied"));
+    assert_eq!(
+        code(&request(&mut bob, on("send", &topic).with("data", "x")).await),
+        Some("topic/not-member")
+    );
+    // A ban beats an explicit grant; lifting it lets bob back.
+    acl(&mut dan, &topic, "bob", &["read", "write"], &[]).await;
+    assert_eq!(code(&join(&mut bob, &topic).await), Some("acl/denied"));
+    acl(&mut dan, &topic, "bob", &[], &["ban"]).await;
+    assert_eq!(join(&mut bob, &topic).await.op, "meta");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn topic_metadata_and_rename() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, _amy) = three(&server).await;
+    let topic = create(&mut dan, "art").await;
+    join(&mut bob, &topic).await;
+    expect_op(&mut dan, "join").await;
+    let p = request(
+        &mut dan,
+        on("meta", &topic)
+            .with("format", "fixed:ascii-art")
+            .with("description", "pictures"),
+    )
+    .await;
+    assert_eq!(p.op, "ack", "{p:?}");
+    let m = expect_op(&mut bob, "meta").await;
+    assert_eq!(m.ex_str("format"), Some("fixed:ascii-art"));
+    for bad in [
+        on("meta", &topic).with("format", "Fixed Width"),
+        on("meta", &topic).with("format", 5),
+        on("meta", &topic).with("members", json!([])),
+        on("meta", &topic).with("Bad Key", 1),
+    ] {
+        assert_eq!(code(&request(&mut dan, bad).await), Some("meta/invalid"));
+    }
+    // Rename keeps the UUID.
+    assert_eq!(
+        request(&mut dan, on("meta", &topic).with("name", "Gallery"))
+            .await
+            .op,
+        "ack"
+    );
+    let p = request(&mut bob, on("meta", &topic)).await;
+    assert_eq!(p.ex_str("name"), Some("Gallery"));
+    assert_eq!(p.topic.as_deref(), Some(topic.as_str()));
+    let p = request(&mut bob, Packet::request("join").with("name", "gallery")).await;
+    assert_eq!(p.topic.as_deref(), Some(topic.as_str()));
+    create(&mut dan, "taken").await;
+    assert_eq!(
+        code(&request(&mut dan, on("meta", &topic).with("name", "TAKEN")).await),
+        Some("topic/name-taken")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn login_sends_a_meta_per_topic_and_state_survives_restart() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, _amy) = three(&server).await;
+    let a = create(&mut dan, "alpha").await;
+    let b = create(&mut dan, "beta").await;
+    join(&mut bob, &a).await;
+    acl(&mut dan, &b, "*", &[], &["write"]).await;
+    request(&mut dan, on("meta", &b).with("description", "kept")).await;
+    // bob marks beta as an autojoin favourite.
+    request(
+        &mut bob,
+        Packet::request("meta").with("favorites", json!([{"topic": "beta", "autojoin": true}])),
+    )
+    .await;
+
+    let server = server.restart(|_| {}).await;
+    let mut c = server.client().await;
+    assert_eq!(
+        request(&mut c, password_auth("bob", "hellosecret"))
+            .await
+            .op,
+        "ack"
+    );
+    expect_op(&mut c, "meta").await;
+    expect_op(&mut c, "meta").await;
+    let first = expect_op(&mut c, "meta").await;
+    let second = expect_op(&mut c, "meta").await;
+    assert_eq!(first.topic.as_deref(), Some(a.as_str()));
+    assert_eq!(first.from.as_deref(), Some("bob"));
+    assert_eq!(first.ex.get("members"), Some(&json!(["dan", "bob"])));
+    assert_eq!(second.topic.as_deref(), Some(b.as_str()));
+    assert_eq!(second.ex.get("members"), Some(&json!(["dan", "bob"])));
+    assert_eq!(second.ex_str("description"), Some("kept"));
+    assert_eq!(
+        second.ex.get("acl"),
+        Some(&json!([["dan", ["owner"]], ["*", ["read"]]]))
+    );
+    assert_alive(&mut c).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_member_is_cut_and_others_get_everything() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_sendq_packets = 16;
+        c.limits.write_timeout_ms = 2000;
+    })
+    .await;
+    let (mut dan, mut bob, mut amy) = three(&server).await;
+    let topic = create(&mut dan, "firehose").await;
+    join(&mut bob, &topic).await;
+    join(&mut amy, &topic).await;
+    // Drain the join announcements.
+    expect_op(&mut dan, "join").await;
+    expect_op(&mut dan, "join").await;
+    expect_op(&mut bob, "join").await;
+    // bob never reads from here on. dan sends large messages; amy reads all.
+    let body = "m".repeat(16 * 1024);
+    const N: usize = 1500;
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < N {
+            let p = amy.recv_timeout(WAIT).await.unwrap();
+            assert_eq!(p.op, "send");
+            assert_eq!(p.ex.get("n").and_then(Value::as_u64), Some(got as u64));
+            got += 1;
+        }
+        got
+    });
+    for n in 0..N {
+        let ack = request(
+            &mut dan,
+            on("send", &topic).with("data", body.as_str()).with("n", n),
+        )
+        .await;
+        assert_eq!(ack.op, "ack");
+    }
+    assert_eq!(reader.await.unwrap(), N);
+    // bob was cut: the stream ends (with the slow-consumer bye when there
+    // was room to write it) before all N arrived.
+    let mut received = 0;
+    loop {
+        match bob.recv_timeout(WAIT).await {
+            Ok(p) if p.op == "send" => received += 1,
+            Ok(p) => {
+                assert_eq!(p.op, "bye");
+                assert_eq!(p.ex_str("code"), Some("session/sendq-exceeded"));
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(received < N, "bob got {received} of {N}");
+    server.stop().await;
+}
