@@ -66,13 +66,33 @@ pub struct Write {
     pub value: Value,
 }
 
-/// A change of state: what happened, as register writes.
+/// A change of state: what happened, as register writes, or an immutable
+/// message kept in a topic's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
-    /// What kind of change (`account.create`), for logs and audits.
+    /// What kind of change (`account.create`, `message`), for logs and audits.
     pub kind: String,
     /// The register writes, applied together.
+    #[serde(default)]
     pub writes: Vec<Write>,
+    /// A message for a topic's history (kind `message`); never a register.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Message>,
+}
+
+/// A message as history keeps it: ids inside, names resolved when read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// The topic.
+    pub topic: Uuid,
+    /// The server-assigned packet id it was relayed with.
+    pub id: String,
+    /// Unix ms it was relayed at.
+    pub ts: i64,
+    /// The sending account.
+    pub sender: Uuid,
+    /// `ex` as relayed.
+    pub ex: serde_json::Map<String, Value>,
 }
 
 impl Change {
@@ -81,6 +101,16 @@ impl Change {
         Self {
             kind: kind.to_owned(),
             writes: Vec::new(),
+            message: None,
+        }
+    }
+
+    /// A history message.
+    pub fn message(message: Message) -> Self {
+        Self {
+            kind: "message".to_owned(),
+            writes: Vec::new(),
+            message: Some(message),
         }
     }
 

@@ -54,8 +54,39 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Every limit, with its unit in its name.
     pub limits: Limits,
+    /// Topic history.
+    pub history: HistoryConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[history]`: what topics remember. A topic's metadata may override it:
+/// `history` (false: keep nothing), `history_max_age_ms`, `history_max_messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Keep messages (each is committed before its `ack`).
+    pub enabled: bool,
+    /// Drop messages older than this.
+    pub max_age_ms: u64,
+    /// Keep at most this many messages per topic.
+    pub max_messages_per_topic: usize,
+    /// How often retention runs.
+    pub prune_interval_ms: u64,
+    /// Most messages in one `history` answer.
+    pub max_page: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_age_ms: 30 * 24 * 3600 * 1000,
+            max_messages_per_topic: 100_000,
+            prune_interval_ms: 60_000,
+            max_page: 200,
+        }
+    }
 }
 
 /// `[server]`.
@@ -396,6 +427,16 @@ impl Config {
                 "auth.max_failures_per_account",
                 "failure allowances must be at least 1",
             ));
+        }
+        let h = &self.history;
+        if h.max_age_ms == 0 || h.prune_interval_ms == 0 || h.max_messages_per_topic == 0 {
+            return Err(invalid(
+                "history",
+                "max_age_ms, max_messages_per_topic and prune_interval_ms must be at least 1",
+            ));
+        }
+        if !(1..=1000).contains(&h.max_page) {
+            return Err(invalid("history.max_page", "must be 1 to 1000"));
         }
         let l = &self.limits;
         if !(1024..=16 * 1024 * 1024).contains(&l.max_line_bytes) {

@@ -239,6 +239,7 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
         info!(%addr, server = %shared.config.server.name, node = %shared.config.server.node, "listening");
         tracker.spawn(accept_loop(shared.clone(), listener, tracker.clone()));
     }
+    tracker.spawn(prune_loop(shared.clone()));
     let shutdown = shared.shutdown.clone();
     let task = tokio::spawn(async move {
         shared.shutdown.cancelled().await;
@@ -300,5 +301,43 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTr
             let _admission = admission;
             conn::run(shared, tcp, peer, id, refusal).await;
         });
+    }
+}
+
+/// Applies history retention every `history.prune_interval_ms`, per topic,
+/// with the topic's own overrides (`history_max_age_ms`, `history_max_messages`).
+async fn prune_loop(shared: Arc<Shared>) {
+    let h = shared.config.history.clone();
+    let every = Duration::from_millis(h.prune_interval_ms);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ctx = &shared.session_ctx;
+        for t in ctx.topics.all() {
+            let number = |key: &str, default: u64| {
+                t.meta
+                    .get(key)
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(default)
+            };
+            let age = i64::try_from(number("history_max_age_ms", h.max_age_ms)).unwrap_or(i64::MAX);
+            let count = usize::try_from(number(
+                "history_max_messages",
+                h.max_messages_per_topic as u64,
+            ))
+            .unwrap_or(usize::MAX);
+            let (id, now) = (t.id, crate::proto::id::now_ms());
+            match ctx
+                .store
+                .call(move |db| db.prune_history(id, now, age, count))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(topic = %t.name, removed = n, "history pruned"),
+                Err(e) => warn!(topic = %t.name, error = %e, "history pruning failed"),
+            }
+        }
     }
 }

@@ -380,3 +380,140 @@ async fn restart_keeps_accounts_and_logs_hold_no_secret() {
         assert!(hits.is_empty(), "secret {secret:?} logged: {hits:#?}");
     }
 }
+
+/// Under load, SIGKILL loses nothing that was acknowledged: every message
+/// whose `ack` a client received is in the topic's history after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_message() {
+    use std::sync::{Arc, Mutex};
+    use tenthbit::proto::Packet;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tenthbitd.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut d = spawn_daemon_with(dir.path(), &args, None);
+    let opts = Options::pinned(d.fingerprint);
+
+    let mut owner = Client::connect(&d.addr, &opts).await.unwrap();
+    expect_op(&mut owner, "welcome").await;
+    let reg = |n: &str| {
+        Packet::request("register")
+            .with("username", n)
+            .with("password", "hellosecret")
+    };
+    assert_eq!(request(&mut owner, reg("owner")).await.op, "ack");
+    request(&mut owner, password_auth("owner", "hellosecret")).await;
+    let topic = request(&mut owner, Packet::request("create").with("name", "load"))
+        .await
+        .topic
+        .unwrap();
+
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        let (addr, opts, topic, acked, enough) = (
+            d.addr.clone(),
+            opts.clone(),
+            topic.clone(),
+            acked.clone(),
+            enough.clone(),
+        );
+        let mut c = Client::connect(&addr, &opts).await.unwrap();
+        expect_op(&mut c, "welcome").await;
+        let name = format!("sender{s}");
+        assert_eq!(request(&mut c, reg(&name)).await.op, "ack");
+        request(&mut c, password_auth(&name, "hellosecret")).await;
+        let mut join = Packet::request("join");
+        join.topic = Some(topic.clone());
+        request(&mut c, join).await;
+        senders.push(tokio::spawn(async move {
+            // Pipelined: several sends in flight, acks read as they come.
+            let mut n = 0u64;
+            'outer: loop {
+                let mut batch = Vec::new();
+                for _ in 0..8 {
+                    let mut p = Packet::request("send")
+                        .with_id(format!("{name}-{n}"))
+                        .with("n", n);
+                    p.topic = Some(topic.clone());
+                    batch.extend_from_slice(&p.to_line());
+                    n += 1;
+                }
+                if c.send_raw(&batch).await.is_err() {
+                    break;
+                }
+                // Other senders' relays arrive too; read until this batch's acks.
+                let mut acks = 0;
+                while acks < 8 {
+                    match c.recv_timeout(WAIT).await {
+                        Ok(p) if p.op == "ack" => {
+                            acks += 1;
+                            let id = p.ex_str("id").unwrap().to_owned();
+                            let mut a = acked.lock().unwrap();
+                            a.push(id);
+                            if a.len() >= 400 {
+                                enough.notify_one();
+                            }
+                        }
+                        // Login metas, joins and other senders' relays.
+                        Ok(p) if p.op != "error" && p.op != "bye" => {}
+                        _ => break 'outer,
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::timeout(WAIT, enough.notified())
+        .await
+        .expect("load reached 400 acks");
+    let pid = libc::pid_t::try_from(d.child.as_ref().unwrap().id()).unwrap();
+    // SAFETY: kill(2) on the pid we spawned.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let status = wait_exit(&mut d);
+    assert!(!status.success());
+    drop(d);
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 400);
+
+    let d = spawn_daemon_with(dir.path(), &args, None);
+    let mut c = Client::connect(&d.addr, &Options::pinned(d.fingerprint))
+        .await
+        .unwrap();
+    expect_op(&mut c, "welcome").await;
+    request(&mut c, password_auth("owner", "hellosecret")).await;
+    let mut kept = std::collections::HashSet::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut h = Packet::request("history").with("limit", 200);
+        h.topic = Some(topic.clone());
+        if let Some(b) = &before {
+            h = h.with("before", b.as_str());
+        }
+        let page = request(&mut c, h).await;
+        assert_eq!(page.op, "history", "{page:?}");
+        let msgs = page.ex["messages"].as_array().unwrap().clone();
+        for m in &msgs {
+            kept.insert(m["id"].as_str().unwrap().to_owned());
+        }
+        if page.ex["more"] != serde_json::json!(true) || msgs.is_empty() {
+            break;
+        }
+        before = msgs[0]["id"].as_str().map(str::to_owned);
+    }
+    let lost: Vec<&String> = acked.iter().filter(|id| !kept.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost",
+        lost.len(),
+        acked.len()
+    );
+}

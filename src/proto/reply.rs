@@ -26,7 +26,7 @@ pub const SERVER_OPS: [&str; 17] = [
     "leave",
     "acl",
     "delete",
-    "create",
+    "history",
 ];
 
 /// The software string in `welcome`.

@@ -151,6 +151,17 @@ pub enum Request {
         /// Flags to revoke.
         revoke: Vec<String>,
     },
+    /// Page through a topic's history.
+    History {
+        /// UUID or name.
+        topic: String,
+        /// Newest messages before this id (string) or time (integer, ms).
+        before: Option<Bound>,
+        /// Oldest messages after this id or time.
+        after: Option<Bound>,
+        /// Most messages wanted.
+        limit: Option<usize>,
+    },
     /// Delete a topic (owner).
     Delete {
         /// UUID or name.
@@ -159,6 +170,15 @@ pub enum Request {
     /// An op of the protocol that needs a logged-in session and is not
     /// served yet (`find`).
     Session(SessionOp),
+}
+
+/// A history page bound: a message id or a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    /// A message id.
+    Id(String),
+    /// Unix ms.
+    Time(i64),
 }
 
 /// Ops of the protocol this release does not serve yet.
@@ -185,7 +205,7 @@ fn invalid(message: impl Into<String>) -> RequestError {
 }
 
 /// Every op a client may send, as `protocol.md` documents them.
-pub const CLIENT_OPS: [&str; 19] = [
+pub const CLIENT_OPS: [&str; 20] = [
     "auth",
     "register",
     "ping",
@@ -203,6 +223,7 @@ pub const CLIENT_OPS: [&str; 19] = [
     "meta",
     "acl",
     "delete",
+    "history",
     "find",
     "whoami",
 ];
@@ -257,6 +278,20 @@ impl Request {
                 revoke: flags(p, "revoke")?,
             },
             "delete" => Request::Delete { topic: topic(p)? },
+            "history" => Request::History {
+                topic: topic(p)?,
+                before: bound(p, "before")?,
+                after: bound(p, "after")?,
+                limit: match p.ex.get("limit") {
+                    None => None,
+                    Some(v) => Some(
+                        v.as_u64()
+                            .and_then(|n| usize::try_from(n).ok())
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| invalid("ex.limit is a positive integer"))?,
+                    ),
+                },
+            },
             "meta" => Request::Meta {
                 topic: p.topic.clone(),
                 values: p.ex.clone(),
@@ -308,6 +343,19 @@ fn topic(p: &Packet) -> Result<String, RequestError> {
     p.topic
         .clone()
         .ok_or_else(|| invalid("`topic` (a topic's UUID) is required"))
+}
+
+fn bound(p: &Packet, key: &str) -> Result<Option<Bound>, RequestError> {
+    match p.ex.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 128 => {
+            Ok(Some(Bound::Id(s.clone())))
+        }
+        Some(v) => v
+            .as_i64()
+            .map(|t| Some(Bound::Time(t)))
+            .ok_or_else(|| invalid(format!("ex.{key} is a message id or a time in Unix ms"))),
+    }
 }
 
 fn flags(p: &Packet, key: &str) -> Result<Vec<String>, RequestError> {

@@ -1,15 +1,23 @@
-//! `send`: relay a message to every connection of every member of a topic.
+//! `send`: relay a message to every connection of every member of a topic,
+//! and `history`: page through what a topic kept.
+//!
 //! The relayed packet is serialized once; the sender's `ack` carries the
-//! server-assigned `id` and `ts` it was relayed with.
+//! server-assigned `id` and `ts` it was relayed with. Where the topic keeps
+//! history, the message is committed (group commit) before anyone sees it
+//! and before the `ack`; where it does not, it never touches the store.
 
 use serde_json::{Map, Value};
 
 use super::{Denied, LoggedIn, Outcome, Session};
+use crate::change::{Change, Message};
+use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::acl::Flag;
+use crate::store::TopicRecord;
+use crate::store::history::Cursor;
 
 impl Session<'_> {
-    pub(super) fn handle_send(
+    pub(super) async fn handle_send(
         &mut self,
         id: Option<&str>,
         me: &LoggedIn,
@@ -36,13 +44,103 @@ impl Session<'_> {
         relay.topic = Some(t.id.to_string());
         relay.ex = ex;
         let bytes = relay.to_line();
+        let (rid, ts) = (relay.id.unwrap_or_default(), relay.ts.unwrap_or_default());
+        if self.keeps_history(&t) {
+            let message = Message {
+                topic: t.id,
+                id: rid.clone(),
+                ts,
+                sender: me.id,
+                ex: relay.ex,
+            };
+            self.ctx.store.append(Change::message(message)).await?;
+        }
         self.ctx
             .presence
             .deliver(t.members.iter(), &bytes, self.conn_id);
-        let mut ack = reply::ack(id);
-        if let (Some(rid), Some(ts)) = (relay.id, relay.ts) {
-            ack = ack.with("id", rid).with("ts", ts);
+        Ok(self.reply(reply::ack(id).with("id", rid).with("ts", ts)))
+    }
+
+    fn keeps_history(&self, t: &TopicRecord) -> bool {
+        self.ctx.history.enabled && t.meta.get("history") != Some(&Value::Bool(false))
+    }
+
+    pub(super) async fn handle_history(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        topic: &str,
+        before: Option<Bound>,
+        after: Option<Bound>,
+        limit: Option<usize>,
+    ) -> Result<Outcome, Denied> {
+        let t = self.resolve(topic)?;
+        if !t.acl.allows(self.actor(me), Flag::Read) {
+            return Err(Denied::new(
+                ErrorCode::AclDenied,
+                "the topic's ACL does not let you read it",
+            ));
         }
-        Ok(self.reply(ack))
+        let limit = limit.unwrap_or(50).min(self.ctx.history.max_page);
+        let cursor = |b: Bound| match b {
+            Bound::Id(s) => Cursor::Id(s),
+            Bound::Time(ms) => Cursor::Time(ms),
+        };
+        // A page without `after` reads backwards from `before` (or now).
+        let backwards = after.is_none();
+        let (before, after) = (before.map(cursor), after.map(cursor));
+        let tid = t.id;
+        let (page, names) = self
+            .ctx
+            .store
+            .call(move |db| {
+                let page = db.history(tid, before.as_ref(), after.as_ref(), limit)?;
+                let senders: Vec<uuid::Uuid> = page.messages.iter().map(|m| m.sender).collect();
+                let names = db.account_names(&senders)?;
+                Ok((page, names))
+            })
+            .await?;
+        // One answer within the line limit: when the page would not fit,
+        // keep the messages nearest the cursor and say there is more.
+        let budget = self.ctx.max_line_bytes.saturating_sub(1024);
+        let mut used = 0;
+        let mut more = page.more;
+        let mut items: Vec<&Message> = page.messages.iter().collect();
+        if backwards {
+            items.reverse();
+        }
+        let mut rendered = Vec::with_capacity(items.len());
+        for m in items {
+            let mut p = Packet::request("send");
+            p.id = Some(m.id.clone());
+            p.ts = Some(m.ts);
+            p.topic = Some(t.id.to_string());
+            p.from = Some(
+                names
+                    .get(&m.sender)
+                    .cloned()
+                    .unwrap_or_else(|| format!("account:{}", m.sender)),
+            );
+            p.ex = m.ex.clone();
+            let v = serde_json::to_value(&p).unwrap_or(Value::Null);
+            let size = v.to_string().len() + 1;
+            if used + size > budget {
+                more = true;
+                break;
+            }
+            used += size;
+            rendered.push(v);
+        }
+        if backwards {
+            rendered.reverse();
+        }
+        let mut answer = Packet::server("history")
+            .with("messages", Value::Array(rendered))
+            .with("more", more);
+        answer.topic = Some(t.id.to_string());
+        if let Some(id) = id {
+            answer = answer.with("for", id);
+        }
+        Ok(self.reply(answer))
     }
 }

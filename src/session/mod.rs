@@ -102,6 +102,8 @@ pub struct Context {
     pub presence: Presence,
     /// The topic table (a cache of the store's topics).
     pub topics: Topics,
+    /// History settings.
+    pub history: crate::config::HistoryConfig,
 }
 
 impl Context {
@@ -136,6 +138,7 @@ impl Context {
             ),
             presence: Presence::default(),
             topics: Topics::load(topics),
+            history: config.history.clone(),
         }
     }
 }
@@ -312,7 +315,7 @@ impl<'a> Session<'a> {
                 Err(d) => Err(d),
             },
             Request::Send { topic, ex } => match self.logged_in() {
-                Ok(me) => self.handle_send(id, &me, &topic, ex),
+                Ok(me) => self.handle_send(id, &me, &topic, ex).await,
                 Err(d) => Err(d),
             },
             Request::Acl {
@@ -323,6 +326,18 @@ impl<'a> Session<'a> {
             } => match self.logged_in() {
                 Ok(me) => {
                     self.handle_acl(id, &me, &topic, subject, grant, revoke)
+                        .await
+                }
+                Err(d) => Err(d),
+            },
+            Request::History {
+                topic,
+                before,
+                after,
+                limit,
+            } => match self.logged_in() {
+                Ok(me) => {
+                    self.handle_history(id, &me, &topic, before, after, limit)
                         .await
                 }
                 Err(d) => Err(d),

@@ -53,28 +53,30 @@ pub fn next_hlc(last: u64, now_ms: u64) -> u64 {
 /// Appends a local change: assigns seq and clock, records the event and
 /// applies it, all inside `tx`.
 pub fn append(tx: &Transaction<'_>, origin: &Origin, change: Change) -> Result<Event, Error> {
-    let last_seq: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE origin = ?1 AND incarnation = ?2",
-        params![origin.node, origin.incarnation],
-        |r| r.get(0),
-    )?;
+    let last_seq: i64 = tx
+        .prepare_cached(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE origin = ?1 AND incarnation = ?2",
+        )?
+        .query_row(params![origin.node, origin.incarnation], |r| r.get(0))?;
     let last_hlc: Option<String> = tx
-        .query_row("SELECT value FROM node WHERE key = 'hlc'", [], |r| r.get(0))
+        .prepare_cached("SELECT value FROM node WHERE key = 'hlc'")?
+        .query_row([], |r| r.get(0))
         .optional()?;
     let last_hlc = last_hlc.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     let now = u64::try_from(now_ms()).unwrap_or(0);
     let hlc = next_hlc(last_hlc, now);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO node (key, value) VALUES ('hlc', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![hlc.to_string()],
-    )?;
+    )?
+    .execute(params![hlc.to_string()])?;
     let seq = u64::try_from(last_seq).unwrap_or(0) + 1;
     let body = serde_json::to_string(&change).map_err(|e| Error::Corrupt(e.to_string()))?;
-    tx.execute(
-        "INSERT INTO events (origin, incarnation, seq, hlc, kind, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![origin.node, origin.incarnation, seq as i64, hlc as i64, change.kind, body],
-    )?;
+    let topic = change.message.as_ref().map(|m| m.topic.to_string());
+    tx.prepare_cached(
+        "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![origin.node, origin.incarnation, seq as i64, hlc as i64, change.kind, body, topic])?;
     apply(tx, &origin.key(), hlc, &change)?;
     Ok(Event {
         node: origin.node.clone(),
@@ -175,6 +177,7 @@ mod tests {
                     Change {
                         kind: "test".into(),
                         writes,
+                        message: None,
                     },
                 )
             })

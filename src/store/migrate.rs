@@ -39,6 +39,10 @@ const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER NOT NULL
      ) STRICT;
      CREATE INDEX tickets_expiry ON tickets (expires_ms);",
+    // v3: topic history. Messages are events; this column indexes them by
+    // topic, in history order.
+    "ALTER TABLE events ADD COLUMN topic TEXT;
+     CREATE INDEX events_topic ON events (topic, hlc, origin, incarnation, seq) WHERE topic IS NOT NULL;",
 ];
 
 /// The schema version this build writes.

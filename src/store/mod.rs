@@ -6,6 +6,7 @@
 //! runs jobs from a bounded queue, so async workers never block on disk.
 
 pub mod accounts;
+pub mod history;
 pub mod log;
 pub mod migrate;
 pub mod tickets;
@@ -16,6 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::change::Change;
 
 pub use accounts::Account;
 pub use log::{Event, Origin};
@@ -235,7 +238,29 @@ type Job = Box<dyn FnOnce(&mut Db) + Send>;
 
 enum Msg {
     Job(Job),
+    /// A change to append; consecutive ones are committed together.
+    Append(Change, oneshot::Sender<Result<Event, Error>>),
     Close(oneshot::Sender<()>),
+}
+
+/// Most changes committed in one transaction (group commit).
+const MAX_BATCH: usize = 512;
+
+/// Appends a batch of changes in one transaction and answers each caller.
+fn commit_batch(db: &mut Db, batch: Vec<(Change, oneshot::Sender<Result<Event, Error>>)>) {
+    let mut results = Vec::with_capacity(batch.len());
+    let outcome = db.write(|tx, origin| {
+        for (change, _) in &batch {
+            results.push(log::append(tx, origin, change.clone()));
+        }
+        Ok(())
+    });
+    for ((_, reply), result) in batch.into_iter().zip(results) {
+        let _ = reply.send(match &outcome {
+            Ok(()) => result,
+            Err(e) => Err(Error::Corrupt(format!("batch not committed: {e}"))),
+        });
+    }
 }
 
 /// The daemon's handle on the store thread; cheap to clone.
@@ -253,14 +278,34 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("tenthbit-store".into())
             .spawn(move || {
-                while let Some(msg) = rx.blocking_recv() {
+                let mut next = None;
+                while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
                     match msg {
                         Msg::Job(job) => job(&mut db),
+                        Msg::Append(change, reply) => {
+                            // Group commit: take every append already queued.
+                            let mut batch = vec![(change, reply)];
+                            while batch.len() < MAX_BATCH {
+                                match rx.try_recv() {
+                                    Ok(Msg::Append(c, r)) => batch.push((c, r)),
+                                    Ok(other) => {
+                                        next = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            commit_batch(&mut db, batch);
+                        }
                         Msg::Close(done) => {
                             rx.close();
                             // Jobs queued before the close still run.
-                            while let Ok(Msg::Job(job)) = rx.try_recv() {
-                                job(&mut db);
+                            while let Ok(msg) = rx.try_recv() {
+                                match msg {
+                                    Msg::Job(job) => job(&mut db),
+                                    Msg::Append(c, r) => commit_batch(&mut db, vec![(c, r)]),
+                                    Msg::Close(_) => {}
+                                }
                             }
                             // Dropping the connection checkpoints the WAL.
                             drop(db);
@@ -289,6 +334,17 @@ impl Store {
         });
         self.jobs
             .send(Msg::Job(job))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Appends a change to the log, committed together with whatever
+    /// other appends are waiting (group commit); returns once it is durable.
+    pub async fn append(&self, change: Change) -> Result<Event, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Msg::Append(change, tx))
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?

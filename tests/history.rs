@@ -1,0 +1,210 @@
+//! Topic history: paging both ways by id and by time, the read ACL,
+//! per-topic settings, restarts, and retention.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use tenthbit::client::Client;
+use tenthbit::proto::Packet;
+
+fn on(op: &str, topic: &str) -> Packet {
+    let mut p = Packet::request(op);
+    p.topic = Some(topic.to_owned());
+    p
+}
+
+fn ids(p: &Packet) -> Vec<String> {
+    p.ex.get("messages")
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn setup(server: &TestServer) -> (Client, Client, String, Vec<(String, i64)>) {
+    server.register("dan", "hellosecret").await;
+    server.register("bob", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let bob = server.login("bob", "hellosecret").await;
+    let p = request(&mut dan, Packet::request("create").with("name", "log")).await;
+    let topic = p.topic.unwrap();
+    let mut sent = Vec::new();
+    for n in 0..30 {
+        let ack = request(
+            &mut dan,
+            on("send", &topic).with("data", format!("msg {n}")),
+        )
+        .await;
+        assert_eq!(ack.op, "ack");
+        sent.push((
+            ack.ex_str("id").unwrap().to_owned(),
+            ack.ex.get("ts").and_then(Value::as_i64).unwrap(),
+        ));
+    }
+    (dan, bob, topic, sent)
+}
+
+#[tokio::test]
+async fn pages_backwards_and_forwards() {
+    let server = TestServer::start().await;
+    let (mut dan, _bob, topic, sent) = setup(&server).await;
+    let all: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+
+    let latest = request(&mut dan, on("history", &topic).with("limit", 10)).await;
+    assert_eq!(latest.op, "history");
+    assert_eq!(latest.topic.as_deref(), Some(topic.as_str()));
+    assert_eq!(ids(&latest), all[20..]);
+    assert_eq!(latest.ex.get("more"), Some(&json!(true)));
+    let m = &latest.ex["messages"][0];
+    assert_eq!(m["op"], "send");
+    assert_eq!(m["from"], "dan");
+    assert_eq!(m["topic"], topic.as_str());
+    assert_eq!(m["ex"]["data"], "msg 20");
+
+    let older = request(
+        &mut dan,
+        on("history", &topic)
+            .with("before", all[20].as_str())
+            .with("limit", 15),
+    )
+    .await;
+    assert_eq!(ids(&older), all[5..20]);
+    let oldest = request(
+        &mut dan,
+        on("history", &topic)
+            .with("before", all[5].as_str())
+            .with("limit", 15),
+    )
+    .await;
+    assert_eq!(ids(&oldest), all[..5]);
+    assert_eq!(oldest.ex.get("more"), Some(&json!(false)));
+
+    let newer = request(
+        &mut dan,
+        on("history", &topic)
+            .with("after", all[24].as_str())
+            .with("limit", 3),
+    )
+    .await;
+    assert_eq!(ids(&newer), all[25..28]);
+    assert_eq!(newer.ex.get("more"), Some(&json!(true)));
+    let between = request(
+        &mut dan,
+        on("history", &topic)
+            .with("after", all[2].as_str())
+            .with("before", all[6].as_str()),
+    )
+    .await;
+    assert_eq!(ids(&between), all[3..6]);
+
+    // By time: everything after the last message's time is nothing; before
+    // the first message's time is nothing.
+    let (_, last_ts) = sent[29];
+    let none = request(&mut dan, on("history", &topic).with("after", last_ts)).await;
+    assert!(ids(&none).is_empty());
+    let (_, first_ts) = sent[0];
+    let none = request(&mut dan, on("history", &topic).with("before", first_ts)).await;
+    assert!(ids(&none).is_empty());
+    let p = request(&mut dan, on("history", &topic).with("before", json!([1]))).await;
+    assert_eq!(p.ex_str("code"), Some("request/invalid"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn history_honours_read() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, topic, _) = setup(&server).await;
+    // Anyone who may read may page, member or not.
+    assert_eq!(request(&mut bob, on("history", &topic)).await.op, "history");
+    request(
+        &mut dan,
+        on("acl", &topic)
+            .with("subject", "*")
+            .with("revoke", json!(["read"])),
+    )
+    .await;
+    let p = request(&mut bob, on("history", &topic)).await;
+    assert_eq!(p.ex_str("code"), Some("acl/denied"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn topics_without_history_keep_nothing() {
+    let server = TestServer::start().await;
+    server.register("dan", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let p = request(
+        &mut dan,
+        Packet::request("create")
+            .with("name", "ephemeral")
+            .with("history", false),
+    )
+    .await;
+    let topic = p.topic.unwrap();
+    let ack = request(&mut dan, on("send", &topic).with("data", "gone")).await;
+    assert_eq!(ack.op, "ack");
+    assert!(ack.ex_str("id").is_some());
+    assert!(ids(&request(&mut dan, on("history", &topic)).await).is_empty());
+    server.stop().await;
+
+    let off = TestServer::start_with(|c| c.history.enabled = false).await;
+    off.register("dan", "hellosecret").await;
+    let mut dan = off.login("dan", "hellosecret").await;
+    let topic = request(&mut dan, Packet::request("create").with("name", "t"))
+        .await
+        .topic
+        .unwrap();
+    request(&mut dan, on("send", &topic).with("data", "gone")).await;
+    assert!(ids(&request(&mut dan, on("history", &topic)).await).is_empty());
+    off.stop().await;
+}
+
+#[tokio::test]
+async fn history_survives_restart() {
+    let server = TestServer::start().await;
+    let (_dan, _bob, topic, sent) = setup(&server).await;
+    let server = server.restart(|_| {}).await;
+    let mut c = server.login("bob", "hellosecret").await;
+    let p = request(&mut c, on("history", &topic).with("limit", 100)).await;
+    assert_eq!(
+        ids(&p),
+        sent.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn retention_follows_the_topic_override() {
+    let server = TestServer::start_with(|c| c.history.prune_interval_ms = 20).await;
+    let (mut dan, _bob, topic, sent) = setup(&server).await;
+    assert_eq!(
+        request(&mut dan, on("meta", &topic).with("history_max_messages", 5))
+            .await
+            .op,
+        "ack"
+    );
+    // Retention runs on its own timer: ask until it has, within the deadline.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let kept = ids(&request(&mut dan, on("history", &topic).with("limit", 100)).await);
+        if kept.len() == 5 {
+            assert_eq!(
+                kept,
+                sent[25..]
+                    .iter()
+                    .map(|(id, _)| id.clone())
+                    .collect::<Vec<_>>()
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran: {} kept",
+            kept.len()
+        );
+        tokio::task::yield_now().await;
+    }
+    server.stop().await;
+}
