@@ -241,6 +241,10 @@ pub struct Limits {
     pub max_protocol_errors: u32,
     /// Outbound queue length per connection.
     pub max_sendq_packets: usize,
+    /// Packets a connection may send per second, sustained.
+    pub packets_per_second: u32,
+    /// Packets a connection may send at once before the rate applies.
+    pub packet_burst: u32,
     /// Metadata keys per account (or topic).
     pub max_meta_keys: usize,
     /// Largest metadata value, as JSON bytes.
@@ -270,6 +274,8 @@ impl Default for Limits {
             max_json_depth: 32,
             max_protocol_errors: 10,
             max_sendq_packets: 4096,
+            packets_per_second: 50,
+            packet_burst: 200,
             max_meta_keys: 64,
             max_meta_value_bytes: 4096,
             max_connections: 50_000,
@@ -450,6 +456,12 @@ impl Config {
         }
         if l.max_sendq_packets < 16 {
             return Err(invalid("limits.max_sendq_packets", "must be at least 16"));
+        }
+        if l.packets_per_second == 0 || l.packet_burst == 0 {
+            return Err(invalid(
+                "limits.packets_per_second",
+                "the packet rate and burst must be at least 1",
+            ));
         }
         if l.max_meta_keys == 0 {
             return Err(invalid("limits.max_meta_keys", "must be at least 1"));

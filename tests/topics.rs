@@ -426,6 +426,8 @@ async fn slow_member_is_cut_and_others_get_everything() {
     let server = TestServer::start_with(|c| {
         c.limits.max_sendq_packets = 16;
         c.limits.write_timeout_ms = 2000;
+        c.limits.packets_per_second = 100_000;
+        c.limits.packet_burst = 100_000;
     })
     .await;
     let (mut dan, mut bob, mut amy) = three(&server).await;
@@ -472,5 +474,88 @@ async fn slow_member_is_cut_and_others_get_everything() {
         }
     }
     assert!(received < N, "bob got {received} of {N}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn find_topics_and_users() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, _amy) = three(&server).await;
+    for name in ["rust", "rustaceans", "python", "hidden-rust"] {
+        create(&mut dan, name).await;
+    }
+    let hidden = request(
+        &mut dan,
+        Packet::request("join").with("name", "hidden-rust"),
+    )
+    .await;
+    let hidden = hidden.topic.unwrap();
+    acl(&mut dan, &hidden, "*", &[], &["read"]).await;
+    request(&mut dan, Packet::request("meta").with("x", 1)).await;
+    let rust = request(&mut dan, Packet::request("join").with("name", "rust"))
+        .await
+        .topic
+        .unwrap();
+    request(
+        &mut dan,
+        on("meta", &rust)
+            .with("lang", "en")
+            .with("description", "the language"),
+    )
+    .await;
+
+    // bob sees only what he may read; results come by name, a page at a time.
+    let p = request(&mut bob, Packet::request("find").with("name", "RUST")).await;
+    assert_eq!(p.op, "found");
+    let names: Vec<&str> = p.ex["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["rust", "rustaceans"]);
+    assert_eq!(p.ex["topics"][0]["description"], "the language");
+    assert_eq!(p.ex["topics"][0]["members"], 1);
+    assert!(p.ex.get("cursor").is_none());
+    let p = request(
+        &mut dan,
+        Packet::request("find")
+            .with("name", "rust")
+            .with("limit", 2),
+    )
+    .await;
+    let names: Vec<&str> = p.ex["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hidden-rust", "rust"]);
+    let cursor = p.ex_str("cursor").unwrap().to_owned();
+    let p = request(
+        &mut dan,
+        Packet::request("find")
+            .with("name", "rust")
+            .with("cursor", cursor),
+    )
+    .await;
+    assert_eq!(p.ex["topics"][0]["name"], "rustaceans");
+    let p = request(
+        &mut bob,
+        Packet::request("find").with("meta", json!({"lang": "en"})),
+    )
+    .await;
+    assert_eq!(p.ex["topics"].as_array().unwrap().len(), 1);
+
+    let p = request(
+        &mut bob,
+        Packet::request("find")
+            .with("kind", "users")
+            .with("name", "a"),
+    )
+    .await;
+    assert_eq!(p.ex.get("users"), Some(&json!(["amy", "dan"])));
+    let p = request(&mut bob, Packet::request("find").with("kind", "rooms")).await;
+    assert_eq!(code(&p), Some("request/invalid"));
     server.stop().await;
 }

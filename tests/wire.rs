@@ -329,3 +329,36 @@ async fn client_error_type_reports_closed() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn packets_over_the_rate_are_refused_not_acted_on() {
+    let server = TestServer::start_with(|c| {
+        c.limits.packets_per_second = 1;
+        c.limits.packet_burst = 3;
+    })
+    .await;
+    let mut c = server.connect().await;
+    expect_op(&mut c, "welcome").await;
+    let mut batch = String::new();
+    for i in 0..5 {
+        batch.push_str(&format!("{{\"id\":\"r{i}\",\"op\":\"ping\"}}\n"));
+    }
+    c.send_raw(batch.as_bytes()).await.unwrap();
+    for i in 0..3 {
+        let p = expect_op(&mut c, "pong").await;
+        assert_eq!(p.ex_str("for"), Some(format!("r{i}").as_str()));
+    }
+    for i in 3..5 {
+        let p = expect_error(&mut c, "rate/limited").await;
+        assert_eq!(p.ex_str("for"), Some(format!("r{i}").as_str()));
+        let wait = p.ex.get("retry_after_ms").and_then(|v| v.as_u64()).unwrap();
+        assert!((1..=1000).contains(&wait), "{wait}");
+    }
+    // Refused packets are not protocol errors: the connection stays.
+    c.send_raw(b"{\"id\":\"q\",\"op\":\"quit\"}\n")
+        .await
+        .unwrap();
+    let p = expect_error(&mut c, "rate/limited").await;
+    assert_eq!(p.ex_str("for"), Some("q"));
+    server.stop().await;
+}

@@ -26,6 +26,8 @@ pub enum ErrorCode {
     OpUnknown,
     /// The op is known but its `ex` is missing a field or has a wrong one.
     RequestInvalid,
+    /// The connection sends packets faster than its rate; see `retry_after_ms`.
+    RateLimited,
     /// The op needs a logged-in session.
     AuthRequired,
     /// Login failed (unknown account or wrong credentials; never says which).
@@ -84,7 +86,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 37] = [
+    pub const ALL: [ErrorCode; 38] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -95,6 +97,7 @@ impl ErrorCode {
         ErrorCode::PacketTooManyErrors,
         ErrorCode::OpUnknown,
         ErrorCode::RequestInvalid,
+        ErrorCode::RateLimited,
         ErrorCode::AuthRequired,
         ErrorCode::AuthFailed,
         ErrorCode::AuthUnsupportedMethod,
@@ -137,6 +140,7 @@ impl ErrorCode {
             ErrorCode::PacketTooManyErrors => "packet/too-many-errors",
             ErrorCode::OpUnknown => "op/unknown",
             ErrorCode::RequestInvalid => "request/invalid",
+            ErrorCode::RateLimited => "rate/limited",
             ErrorCode::AuthRequired => "auth/required",
             ErrorCode::AuthFailed => "auth/failed",
             ErrorCode::AuthUnsupportedMethod => "auth/unsupported-method",

@@ -9,7 +9,7 @@ use super::code::ErrorCode;
 use super::packet::Packet;
 
 /// Every op the server sends, as `protocol.md` documents them.
-pub const SERVER_OPS: [&str; 17] = [
+pub const SERVER_OPS: [&str; 18] = [
     "welcome",
     "ack",
     "error",
@@ -27,6 +27,7 @@ pub const SERVER_OPS: [&str; 17] = [
     "acl",
     "delete",
     "history",
+    "found",
 ];
 
 /// The software string in `welcome`.

@@ -167,9 +167,28 @@ pub enum Request {
         /// UUID or name.
         topic: String,
     },
-    /// An op of the protocol that needs a logged-in session and is not
-    /// served yet (`find`).
-    Session(SessionOp),
+    /// Search topics (those the asker may read) or users by name.
+    Find {
+        /// What to search.
+        kind: FindKind,
+        /// Case-insensitive substring of the name.
+        name: Option<String>,
+        /// Topic metadata that must match exactly.
+        meta: serde_json::Map<String, serde_json::Value>,
+        /// Most results.
+        limit: Option<usize>,
+        /// Continue after this name (the previous page's `cursor`).
+        cursor: Option<String>,
+    },
+}
+
+/// What `find` searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FindKind {
+    /// Topics.
+    Topics,
+    /// Accounts.
+    Users,
 }
 
 /// A history page bound: a message id or a time.
@@ -179,13 +198,6 @@ pub enum Bound {
     Id(String),
     /// Unix ms.
     Time(i64),
-}
-
-/// Ops of the protocol this release does not serve yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionOp {
-    /// Search topics and users.
-    Find,
 }
 
 /// Why a packet is not a valid request.
@@ -317,7 +329,35 @@ impl Request {
                 username: field(p, "username", MAX_USERNAME_CHARS * 4)?.to_owned(),
                 password: Secret::new(field(p, "password", MAX_SECRET_BYTES)?.to_owned()),
             },
-            "find" => Request::Session(SessionOp::Find),
+            "find" => Request::Find {
+                kind: match p.ex.get("kind").and_then(serde_json::Value::as_str) {
+                    None | Some("topics") => FindKind::Topics,
+                    Some("users") => FindKind::Users,
+                    Some(_) => return Err(invalid("ex.kind is \"topics\" or \"users\"")),
+                },
+                name: match p.ex.get("name") {
+                    None => None,
+                    Some(_) => Some(field(p, "name", 256)?.to_owned()),
+                },
+                meta: match p.ex.get("meta") {
+                    None => serde_json::Map::new(),
+                    Some(serde_json::Value::Object(m)) => m.clone(),
+                    Some(_) => return Err(invalid("ex.meta is an object of metadata to match")),
+                },
+                limit: match p.ex.get("limit") {
+                    None => None,
+                    Some(v) => Some(
+                        v.as_u64()
+                            .and_then(|n| usize::try_from(n).ok())
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| invalid("ex.limit is a positive integer"))?,
+                    ),
+                },
+                cursor: match p.ex.get("cursor") {
+                    None => None,
+                    Some(_) => Some(field(p, "cursor", 256)?.to_owned()),
+                },
+            },
             _ => {
                 return Err(RequestError {
                     code: ErrorCode::OpUnknown,

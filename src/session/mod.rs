@@ -7,6 +7,7 @@
 
 mod account;
 mod auth;
+mod find;
 mod keys;
 mod message;
 mod meta;
@@ -24,11 +25,11 @@ use uuid::Uuid;
 
 use crate::config::{Config, Registration};
 use crate::password::Passwords;
-use crate::proto::request::{Request, SessionOp};
+use crate::proto::request::Request;
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::{Outbound, Presence, Topics};
 use crate::store::Store;
-use throttle::LoginThrottle;
+use throttle::{LoginThrottle, RateLimit};
 
 /// What the connection should do after a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +85,10 @@ pub struct Context {
     pub max_line_bytes: usize,
     /// Metadata keys per account.
     pub max_meta_keys: usize,
+    /// Packet rate per connection.
+    pub packets_per_second: u32,
+    /// Packet burst per connection.
+    pub packet_burst: u32,
     /// Largest metadata value (JSON bytes).
     pub max_meta_value_bytes: usize,
     /// This node's name (tickets name their issuing node).
@@ -125,6 +130,8 @@ impl Context {
             max_protocol_errors: config.limits.max_protocol_errors,
             max_line_bytes: config.limits.max_line_bytes,
             max_meta_keys: config.limits.max_meta_keys,
+            packets_per_second: config.limits.packets_per_second,
+            packet_burst: config.limits.packet_burst,
             max_meta_value_bytes: config.limits.max_meta_value_bytes,
             node: config.server.node.clone(),
             ticket_ttl_ms: config.auth.ticket_ttl_ms,
@@ -161,6 +168,7 @@ pub struct Session<'a> {
     account: Option<LoggedIn>,
     challenge: Option<keys::Challenge>,
     errors_in_row: u32,
+    rate: RateLimit,
 }
 
 impl Drop for Session<'_> {
@@ -234,6 +242,7 @@ impl<'a> Session<'a> {
             account: None,
             challenge: None,
             errors_in_row: 0,
+            rate: RateLimit::new(ctx.packets_per_second, ctx.packet_burst),
         }
     }
 
@@ -249,6 +258,12 @@ impl<'a> Session<'a> {
             Err(e) => return self.fail(e.id.as_deref(), e.code, e.message),
         };
         let id = packet.id.as_deref();
+        if let Err(wait) = self.rate.take(std::time::Instant::now()) {
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            let e =
+                Denied::new(ErrorCode::RateLimited, "too many packets; slow down").with_retry(ms);
+            return self.reply(e.into_packet(id));
+        }
         // The login gate comes before field checks: nothing is validated for
         // a session that may not use the op at all.
         if self.account.is_none() && crate::proto::request::needs_login(&packet.op) {
@@ -346,8 +361,17 @@ impl<'a> Session<'a> {
                 Ok(me) => self.handle_delete(id, &me, &topic).await,
                 Err(d) => Err(d),
             },
-            Request::Session(op) => match self.logged_in() {
-                Ok(_) => Err(not_served(op)),
+            Request::Find {
+                kind,
+                name,
+                meta,
+                limit,
+                cursor,
+            } => match self.logged_in() {
+                Ok(me) => {
+                    self.handle_find(id, &me, kind, name, meta, limit, cursor)
+                        .await
+                }
                 Err(d) => Err(d),
             },
         };
@@ -419,14 +443,4 @@ impl<'a> Session<'a> {
         )
         .with_retry(ms)
     }
-}
-
-fn not_served(op: SessionOp) -> Denied {
-    let name = match op {
-        SessionOp::Find => "find",
-    };
-    Denied::new(
-        ErrorCode::OpUnknown,
-        format!("op {name:?} is not served by this release"),
-    )
 }

@@ -1,6 +1,7 @@
-//! Failed-login throttling per account and per source address.
+//! Throttles: failed logins per account and per source address, and each
+//! connection's packet rate.
 //!
-//! Each key has a bucket of `burst` failures that refills evenly over
+//! Failed logins: each key has a bucket of `burst` failures that refills evenly over
 //! `window`. A login is refused (before any hashing) while either bucket is
 //! empty, with the time until a failure is allowed again. Successful logins
 //! do not spend tokens. Memory is bounded: full buckets carry no information
@@ -144,5 +145,60 @@ mod tests {
         t.failed(None, ip);
         assert!(t.check(Some("c"), ip).is_some());
         assert_eq!(t.check(Some("c"), [10, 0, 0, 3].into()), None);
+    }
+}
+
+/// Token bucket for one connection.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    /// `per_second` sustained, `burst` at once.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            per_second: f64::from(per_second.max(1)),
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token at `now`; `Err(wait)` when none is left.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.per_second,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_rate() {
+        let start = Instant::now();
+        let mut r = RateLimit::new(10, 3);
+        for _ in 0..3 {
+            assert!(r.take(start).is_ok());
+        }
+        let wait = r.take(start).unwrap_err();
+        assert!(wait <= Duration::from_millis(100));
+        assert!(r.take(start + Duration::from_millis(100)).is_ok());
+        assert!(r.take(start + Duration::from_millis(100)).is_err());
     }
 }
