@@ -87,7 +87,8 @@ pub struct Message {
     pub topic: Uuid,
     /// The server-assigned packet id it was relayed with.
     pub id: String,
-    /// Unix ms it was relayed at.
+    /// Unix ms it was relayed at: for a kept message, the millisecond of
+    /// its event's clock (filled in when read).
     pub ts: i64,
     /// The sending account.
     pub sender: Uuid,

@@ -42,22 +42,25 @@ impl Session<'_> {
         ex.remove("for");
         let mut relay = Packet::server("send").with_from(me.name.as_str());
         relay.topic = Some(t.id.to_string());
-        relay.ex = ex;
-        let bytes = relay.to_line();
-        let (rid, ts) = (relay.id.unwrap_or_default(), relay.ts.unwrap_or_default());
         if self.keeps_history(&t) {
             let message = Message {
                 topic: t.id,
-                id: rid.clone(),
-                ts,
+                id: relay.id.clone().unwrap_or_default(),
+                ts: 0,
                 sender: me.id,
-                ex: relay.ex,
+                ex: ex.clone(),
             };
-            self.ctx.store.append(Change::message(message)).await?;
+            let event = self.ctx.store.append(Change::message(message)).await?;
+            // One clock: the relayed ts is the committed event's millisecond,
+            // so paging history by time agrees with what clients saw.
+            relay.ts = i64::try_from(event.hlc >> 16).ok();
         }
+        relay.ex = ex;
+        let bytes = relay.to_line();
         self.ctx
             .presence
             .deliver(t.members.iter(), &bytes, self.conn_id);
+        let (rid, ts) = (relay.id.unwrap_or_default(), relay.ts.unwrap_or_default());
         Ok(self.reply(reply::ack(id).with("id", rid).with("ts", ts)))
     }
 

@@ -116,7 +116,7 @@ impl Db {
         };
         let forward = after.is_some();
         let sql = format!(
-            "SELECT body FROM events
+            "SELECT hlc, body FROM events
              WHERE topic = ?1 AND kind = 'message'
                AND (hlc, origin, incarnation, seq) > (?2, ?3, ?4, ?5)
                AND (hlc, origin, incarnation, seq) < (?6, ?7, ?8, ?9)
@@ -138,13 +138,17 @@ impl Db {
                 upper.3,
                 fetch
             ],
-            |r| r.get::<_, String>(0),
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
         )?;
         let mut messages = Vec::new();
         for row in rows {
+            let (hlc, body) = row?;
             let change: Change =
-                serde_json::from_str(&row?).map_err(|e| Error::Corrupt(e.to_string()))?;
-            if let Some(m) = change.message {
+                serde_json::from_str(&body).map_err(|e| Error::Corrupt(e.to_string()))?;
+            if let Some(mut m) = change.message {
+                // A kept message's time is its commit clock's millisecond,
+                // the same `ts` it was relayed with.
+                m.ts = hlc >> 16;
                 messages.push(m);
             }
         }
