@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::password::Passwords;
 use crate::proto::name::{PASSWORD_BYTES, check_username};
+use crate::router::acl::{Flag, Subject};
 use crate::store::{Account, Db};
 
 /// Why an admin command failed.
@@ -30,6 +31,9 @@ pub enum Error {
     /// No account has that name.
     #[error("no account named {0:?}")]
     NoSuchAccount(String),
+    /// Not a server flag.
+    #[error("unknown server flag {0:?}; server flags are admin and create")]
+    InvalidFlag(String),
     /// The data directory cannot be created.
     #[error("cannot create data directory {}: {source}", path.display())]
     DataDir {
@@ -90,20 +94,47 @@ impl Admin {
         Ok(self.db.delete_account(account.id)?)
     }
 
-    /// Every account, deleted ones included.
-    pub fn list(&self) -> Result<Vec<(Account, bool)>, Error> {
+    /// Every account, deleted ones included, with its server flags.
+    pub fn list(&self) -> Result<Vec<(Account, Vec<Flag>)>, Error> {
+        let acl = self.db.server_acl()?;
         let mut out = Vec::new();
         for a in self.db.list_accounts()? {
-            let admin = self.db.is_server_admin(a.id)?;
-            out.push((a, admin));
+            let subject = Subject::Account(a.id);
+            let flags = [Flag::Admin, Flag::Create]
+                .into_iter()
+                .filter(|f| acl.has_entry(&subject, *f))
+                .collect();
+            out.push((a, flags));
         }
         Ok(out)
     }
 
-    /// Grants or revokes server admin.
-    pub fn set_admin(&mut self, name: &str, admin: bool) -> Result<(), Error> {
-        let account = self.find(name)?;
-        Ok(self.db.set_server_admin(account.id, admin)?)
+    /// Grants or revokes a server flag (`admin`, `create`) for an account
+    /// name or `*`.
+    pub fn set_server_flag(
+        &mut self,
+        subject: &str,
+        flag: &str,
+        granted: bool,
+    ) -> Result<(), Error> {
+        let flag = Flag::parse(flag)
+            .filter(|f| matches!(f, Flag::Admin | Flag::Create))
+            .ok_or_else(|| Error::InvalidFlag(flag.to_owned()))?;
+        let subject = if subject == "*" {
+            Subject::Everyone
+        } else {
+            Subject::Account(self.find(subject)?.id)
+        };
+        Ok(self.db.set_server_flag(&subject, flag, granted)?)
+    }
+
+    /// The server flags granted to `*`.
+    pub fn everyone_flags(&self) -> Result<Vec<Flag>, Error> {
+        let acl = self.db.server_acl()?;
+        Ok([Flag::Admin, Flag::Create]
+            .into_iter()
+            .filter(|f| acl.has_entry(&Subject::Everyone, *f))
+            .collect())
     }
 
     fn hash(&self, password: &str) -> Result<String, Error> {

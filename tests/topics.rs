@@ -559,3 +559,47 @@ async fn find_topics_and_users() {
     assert_eq!(code(&p), Some("request/invalid"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_server_acl_says_who_creates_topics() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, _amy) = three(&server).await;
+    let data = server.dir.path().join("data");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenthbitd"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Everyone may create by default.
+    assert!(cli(&["admin", "show"]).lines().any(|l| l == "*\tcreate"));
+    create(&mut bob, "first").await;
+    cli(&["admin", "revoke", "*", "create"]);
+    let p = request(&mut bob, Packet::request("create").with("name", "second")).await;
+    assert_eq!(code(&p), Some("acl/denied"));
+    cli(&["admin", "grant", "bob", "create"]);
+    create(&mut bob, "second").await;
+    let p = request(&mut dan, Packet::request("create").with("name", "third")).await;
+    assert_eq!(code(&p), Some("acl/denied"));
+    cli(&["admin", "grant", "dan"]);
+    create(&mut dan, "third").await;
+    let shown = cli(&["admin", "show"]);
+    assert!(shown.lines().any(|l| l == "dan\tadmin"), "{shown}");
+    assert!(shown.lines().any(|l| l == "bob\tcreate"), "{shown}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenthbitd"))
+        .args(["admin", "grant", "bob", "owner", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("owner"));
+    server.stop().await;
+}

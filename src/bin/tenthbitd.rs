@@ -10,6 +10,7 @@ use std::io::IsTerminal;
 
 use tenthbit::admin::Admin;
 use tenthbit::config::{self, Config};
+use tenthbit::router::acl::Flag;
 use tenthbit::tls::pin::format_fingerprint;
 use tracing::{error, info};
 
@@ -83,16 +84,25 @@ enum AccountCommand {
 
 #[derive(Subcommand, Debug)]
 enum AdminCommand {
-    /// Make an account a server admin.
+    /// Grant a server flag, `admin` (administer the server) or `create`
+    /// (create topics), to an account name or to `*` (everyone).
     Grant {
-        /// Account name.
-        name: String,
+        /// Account name, or `*`.
+        subject: String,
+        /// `admin` or `create`.
+        #[arg(default_value = "admin")]
+        flag: String,
     },
-    /// Take server admin away from an account.
+    /// Revoke a server flag.
     Revoke {
-        /// Account name.
-        name: String,
+        /// Account name, or `*`.
+        subject: String,
+        /// `admin` or `create`.
+        #[arg(default_value = "admin")]
+        flag: String,
     },
+    /// Show the server's ACL.
+    Show,
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -162,11 +172,8 @@ fn account(cli: &Cli, cmd: &AccountCommand) -> Result<()> {
             println!("deleted account {name}");
         }
         AccountCommand::List => {
-            for (a, is_admin) in admin.list()? {
-                let mut flags = Vec::new();
-                if is_admin {
-                    flags.push("admin");
-                }
+            for (a, server_flags) in admin.list()? {
+                let mut flags: Vec<&str> = server_flags.iter().map(|f| f.as_str()).collect();
                 if a.disabled {
                     flags.push("disabled");
                 }
@@ -183,14 +190,29 @@ fn account(cli: &Cli, cmd: &AccountCommand) -> Result<()> {
 fn admin(cli: &Cli, cmd: &AdminCommand) -> Result<()> {
     let config = load_config(cli)?;
     let mut admin = Admin::open(&config)?;
+    let names = |flags: &[Flag]| {
+        flags
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     match cmd {
-        AdminCommand::Grant { name } => {
-            admin.set_admin(name, true)?;
-            println!("{name} is a server admin");
+        AdminCommand::Grant { subject, flag } => {
+            admin.set_server_flag(subject, flag, true)?;
+            println!("granted {flag} to {subject}");
         }
-        AdminCommand::Revoke { name } => {
-            admin.set_admin(name, false)?;
-            println!("{name} is no longer a server admin");
+        AdminCommand::Revoke { subject, flag } => {
+            admin.set_server_flag(subject, flag, false)?;
+            println!("revoked {flag} from {subject}");
+        }
+        AdminCommand::Show => {
+            println!("*\t{}", names(&admin.everyone_flags()?));
+            for (a, flags) in admin.list()? {
+                if !flags.is_empty() && !a.deleted {
+                    println!("{}\t{}", a.name, names(&flags));
+                }
+            }
         }
     }
     Ok(())

@@ -131,6 +131,14 @@ impl Session<'_> {
         name: String,
         meta: Map<String, Value>,
     ) -> Result<Outcome, Denied> {
+        let server_acl = self.ctx.store.call(|db| db.server_acl()).await?;
+        let actor = self.actor(me);
+        if !(server_acl.allows(actor, Flag::Create) || server_acl.allows(actor, Flag::Admin)) {
+            return Err(Denied::new(
+                ErrorCode::AclDenied,
+                "the server's ACL does not let you create topics",
+            ));
+        }
         check_topic_name(&name).map_err(|m| Denied::new(ErrorCode::TopicInvalidName, m))?;
         self.check_meta(&meta)?;
         let creator = me.id;

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{Db, Error, log};
 use crate::change::{Change, Entity, field};
+use crate::router::acl::{Acl, Flag, Subject};
 
 /// An account as the rest of the daemon sees it.
 #[derive(Clone, PartialEq)]
@@ -179,28 +180,54 @@ impl Db {
 
     /// Whether the account holds the server's `admin` flag.
     pub fn is_server_admin(&self, id: Uuid) -> Result<bool, Error> {
-        let value: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM registers WHERE entity = ?1 AND field = ?2",
-                params![Entity::Server.key(), admin_field(id)],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(value.as_deref() == Some("true"))
+        Ok(self
+            .server_acl()?
+            .has_entry(&Subject::Account(id), Flag::Admin))
     }
 
-    /// Grants or revokes the server's `admin` flag.
-    pub fn set_server_admin(&mut self, id: Uuid, admin: bool) -> Result<(), Error> {
-        self.change_existing(
-            id,
-            Change::new(if admin {
-                "server.acl.grant"
+    /// The server's own ACL (`admin`: administers the server; `create`:
+    /// may create topics), one register per `(subject, flag)`.
+    pub fn server_acl(&self) -> Result<Acl, Error> {
+        let mut acl = Acl::default();
+        for (f, value) in super::load_registers(&self.conn, &Entity::Server.key())? {
+            let Some(entry) = f.strip_prefix(field::ACL_PREFIX) else {
+                continue;
+            };
+            let parsed = entry
+                .rsplit_once(':')
+                .and_then(|(s, fl)| Some((Subject::from_key(s)?, Flag::parse(fl)?)));
+            if let (Some((subject, flag)), Value::Bool(true)) = (parsed, &value) {
+                acl.set(subject, flag, true);
+            }
+        }
+        Ok(acl)
+    }
+
+    /// Grants or revokes a server ACL flag.
+    pub fn set_server_flag(
+        &mut self,
+        subject: &Subject,
+        flag: Flag,
+        granted: bool,
+    ) -> Result<(), Error> {
+        let change = Change::new(if granted {
+            "server.acl.grant"
+        } else {
+            "server.acl.revoke"
+        })
+        .set(
+            Entity::Server,
+            &format!("{}{}:{}", field::ACL_PREFIX, subject.key(), flag.as_str()),
+            if granted {
+                Value::Bool(true)
             } else {
-                "server.acl.revoke"
-            })
-            .set(Entity::Server, &admin_field(id), admin),
-        )
+                Value::Null
+            },
+        );
+        self.write(|tx, origin| {
+            log::append(tx, origin, change)?;
+            Ok(())
+        })
     }
 
     /// Every account, oldest first.
@@ -235,12 +262,6 @@ impl Db {
             Ok(())
         })
     }
-}
-
-/// The server-ACL register of an account's admin flag: one register per
-/// `(subject, flag)`, as DESIGN.md §4a asks.
-fn admin_field(id: Uuid) -> String {
-    format!("acl:{}:admin", Entity::Account(id).key())
 }
 
 fn parse_entity(entity: &str) -> Option<Uuid> {
@@ -345,7 +366,9 @@ mod tests {
         let db = Db::open(dir.path(), "n1").unwrap();
         let events = db.events().unwrap();
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [1, 2, 3]);
+        // The store's seed (server ACL) is event 1; ours follow, gapless.
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(events[0].change.kind, "server.acl.grant");
         assert!(events.windows(2).all(|w| w[0].hlc < w[1].hlc));
         let a = db.account(id).unwrap().unwrap();
         assert_eq!(a.password.as_deref(), Some("h2"));

@@ -93,13 +93,15 @@ impl Db {
             });
         }
         let incarnation = incarnation(&mut conn)?;
-        Ok(Db {
+        let mut db = Db {
             conn,
             origin: Origin {
                 node: node.to_owned(),
                 incarnation,
             },
-        })
+        };
+        seed(&mut db)?;
+        Ok(db)
     }
 
     /// This store's origin.
@@ -232,6 +234,26 @@ fn incarnation(conn: &mut Connection) -> Result<String, Error> {
         [],
         |r| r.get(0),
     )?)
+}
+
+/// A new store starts with `*` allowed to create topics: a change like any
+/// other, so a mesh replicates it and an admin can revoke it.
+fn seed(db: &mut Db) -> Result<(), Error> {
+    let change = crate::change::Change::new("server.acl.grant").set(
+        crate::change::Entity::Server,
+        &format!("{}*:create", crate::change::field::ACL_PREFIX),
+        true,
+    );
+    db.write(|tx, origin| {
+        let fresh = tx.execute(
+            "INSERT INTO node (key, value) VALUES ('seeded', '1') ON CONFLICT (key) DO NOTHING",
+            [],
+        )?;
+        if fresh == 1 {
+            log::append(tx, origin, change)?;
+        }
+        Ok(())
+    })
 }
 
 type Job = Box<dyn FnOnce(&mut Db) + Send>;
