@@ -29,6 +29,19 @@ fn denied(what: &str) -> Denied {
     )
 }
 
+/// `members` and `acl` are the server's to say, never metadata.
+fn check_reserved(values: &Map<String, Value>) -> Result<(), Denied> {
+    for reserved in ["members", "acl"] {
+        if values.contains_key(reserved) {
+            return Err(Denied::new(
+                ErrorCode::MetaInvalid,
+                format!("{reserved:?} is kept by the server; use the acl, join and leave ops"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn name_error(e: store::Error) -> Denied {
     match e {
         store::Error::NameTaken => {
@@ -140,6 +153,7 @@ impl Session<'_> {
             ));
         }
         check_topic_name(&name).map_err(|m| Denied::new(ErrorCode::TopicInvalidName, m))?;
+        check_reserved(&meta)?;
         self.check_meta(&meta)?;
         let creator = me.id;
         let record = self
@@ -231,14 +245,7 @@ impl Session<'_> {
         if !t.acl.allows(self.actor(me), Flag::Op) {
             return Err(denied("change its metadata"));
         }
-        for reserved in ["members", "acl"] {
-            if values.contains_key(reserved) {
-                return Err(Denied::new(
-                    ErrorCode::MetaInvalid,
-                    format!("{reserved:?} is kept by the server; use the acl, join and leave ops"),
-                ));
-            }
-        }
+        check_reserved(&values)?;
         let rename = match values.remove("name") {
             None => None,
             Some(Value::String(n)) => {
