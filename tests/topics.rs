@@ -87,6 +87,14 @@ async fn create_join_send_leave() {
     )
     .await;
     assert_eq!(code(&p), Some("topic/invalid-name"));
+    let p = request(
+        &mut dan,
+        Packet::request("create")
+            .with("name", "x")
+            .with("members", json!(["eve"])),
+    )
+    .await;
+    assert_eq!(code(&p), Some("meta/invalid"));
 
     // Join by name; the reply lists the members, self included.
     let p = request(&mut bob, Packet::request("join").with("name", "lobby")).await;
