@@ -35,12 +35,12 @@ pub enum Error {
     #[error("unknown server flag {0:?}; server flags are admin and create")]
     InvalidFlag(String),
     /// The data directory cannot be created.
-    #[error("cannot create data directory {}: {source}", path.display())]
+    #[error("cannot create data directory {}: {cause}", path.display())]
     DataDir {
         /// The directory.
         path: std::path::PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -54,9 +54,9 @@ impl Admin {
     /// Opens the store named by `config`.
     pub fn open(config: &Config) -> Result<Admin, Error> {
         let dir = &config.server.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
+        std::fs::create_dir_all(dir).map_err(|cause| Error::DataDir {
             path: dir.clone(),
-            source,
+            cause,
         })?;
         Ok(Admin {
             db: Db::open(dir, &config.server.node)?,

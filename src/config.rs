@@ -17,12 +17,12 @@ pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The TOML did not parse or named an unknown key (the message names it).
     #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
@@ -346,9 +346,9 @@ impl Config {
 
     /// Reads, parses and validates a file.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| Error::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::from_toml(&text).map_err(|e| match e {
             Error::Parse { message, .. } => Error::Parse {

@@ -38,12 +38,12 @@ pub enum Error {
     #[error(transparent)]
     Tls(#[from] tls::Error),
     /// A listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The store could not be opened.
     #[error(transparent)]
@@ -52,12 +52,12 @@ pub enum Error {
     #[error(transparent)]
     Password(#[from] crate::password::Error),
     /// The data directory could not be created.
-    #[error("cannot create data directory {}: {source}", path.display())]
+    #[error("cannot create data directory {}: {cause}", path.display())]
     DataDir {
         /// The directory.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -186,15 +186,26 @@ impl ServerHandle {
 pub async fn start(config: Config) -> Result<ServerHandle, Error> {
     let mut listeners = Vec::with_capacity(config.server.listen.len());
     for addr in &config.server.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: *addr,
-                source,
-            })?;
+        let l = bind(*addr).map_err(|cause| Error::Bind { addr: *addr, cause })?;
         listeners.push(l);
     }
     start_on(config, listeners).await
+}
+
+/// Binds a listening socket. An IPv6 address listens for IPv6 only, so
+/// `0.0.0.0:P` and `[::]:P` can both be listed without clashing.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Restart without waiting out TIME_WAIT on the port.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Starts the server on already-bound listeners.
@@ -202,13 +213,13 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
     if listeners.is_empty() {
         return Err(Error::Bind {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no listener given"),
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no listener given"),
         });
     }
     let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| Error::DataDir {
+    std::fs::create_dir_all(&data_dir).map_err(|cause| Error::DataDir {
         path: data_dir.clone(),
-        source,
+        cause,
     })?;
     let server_tls = tls::server_config(&config.tls, &config.server.name)?;
     let passwords = Passwords::new(config.auth.cost(), config.auth.concurrent_hashes())?;
@@ -219,9 +230,9 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
     }
     let mut addrs = Vec::with_capacity(listeners.len());
     for l in &listeners {
-        let addr = l.local_addr().map_err(|source| Error::Bind {
+        let addr = l.local_addr().map_err(|cause| Error::Bind {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
+            cause,
         })?;
         addrs.push(addr);
     }

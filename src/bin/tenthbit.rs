@@ -111,9 +111,11 @@ async fn run(cli: Cli) -> Result<()> {
                     client.send_raw(text.as_bytes()).await?;
                 }
                 None => {
-                    // End of input: close our side, print what is still coming.
+                    // End of input: close our side, print what is still
+                    // coming. The server may have closed already (after a
+                    // `quit`), so a failed finish is not an error.
                     stdin_open = false;
-                    client.finish().await?;
+                    let _ = client.finish().await;
                 }
             },
         }

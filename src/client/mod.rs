@@ -25,7 +25,7 @@ use crate::tls::{self, Alpn, Trust};
 pub enum Error {
     /// TCP or TLS failed.
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// Trust settings are unusable.
     #[error(transparent)]
     Tls(#[from] tls::Error),
@@ -40,7 +40,7 @@ pub enum Error {
     Read(#[from] reader::Error),
     /// The server sent a line that is not a packet.
     #[error("bad packet from server: {0}")]
-    Decode(#[from] DecodeError),
+    Decode(DecodeError),
     /// The server sent a line over the limit.
     #[error("server sent a line over the limit")]
     TooLong,
@@ -50,6 +50,19 @@ pub enum Error {
     /// Nothing came in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+}
+
+// Plain conversions: each message above carries its cause already.
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Self {
+        Error::Decode(e)
+    }
 }
 
 /// How to connect.

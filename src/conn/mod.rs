@@ -100,7 +100,8 @@ async fn serve(
         Some((code, _)) => code.as_str().to_owned(),
         None => reason,
     };
-    info!(reason = %reason, writer = ?ended, "connection closed");
+    let writer = ended.map_or("panicked", writer::Ended::as_str);
+    info!(reason = %reason, writer, "connection closed");
 }
 
 fn refusal_message(code: ErrorCode) -> &'static str {
@@ -180,9 +181,6 @@ where
             }
             Err(reader::Error::Io(e)) => return format!("read error: {e}"),
         };
-        if let Some(account) = session.account() {
-            tracing::Span::current().record("account", account);
-        }
         if let Outcome::Close(reason) = outcome {
             return reason.as_str().into();
         }

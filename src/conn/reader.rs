@@ -17,10 +17,24 @@ const CHUNK: usize = 16 * 1024;
 pub enum Error {
     /// The socket failed.
     #[error("read failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The peer's gzip stream is corrupt.
     #[error("bad gzip stream: {0}")]
-    Gzip(#[from] gzip::Error),
+    Gzip(gzip::Error),
+}
+
+// Plain conversions, not `#[from]`: the message above already carries the
+// cause, and marking it as `source` too would print it twice in a chain.
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<gzip::Error> for Error {
+    fn from(e: gzip::Error) -> Self {
+        Error::Gzip(e)
+    }
 }
 
 /// Reads frames from a (possibly gzip-compressed) byte stream.

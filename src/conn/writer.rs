@@ -33,6 +33,20 @@ pub enum Ended {
     WriteFailed,
 }
 
+impl Ended {
+    /// Short text for the connection's close log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::Drained => "flushed",
+            Ended::Forced => "forced",
+            Ended::Cut => "cut mid-write",
+            Ended::Aborted => "aborted at shutdown",
+            Ended::Orphaned => "orphaned",
+            Ended::WriteFailed => "write failed",
+        }
+    }
+}
+
 /// Writer settings.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {

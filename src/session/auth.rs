@@ -99,10 +99,7 @@ impl Session<'_> {
                 id: a.id,
                 name: a.name,
             }),
-            _ => {
-                warn!(username = %username, method = "password", "login failed");
-                Err(Denied::new(ErrorCode::AuthFailed, "login failed"))
-            }
+            _ => Err(Denied::new(ErrorCode::AuthFailed, "login failed")),
         }
     }
 

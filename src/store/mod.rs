@@ -34,14 +34,14 @@ const QUEUE: usize = 1024;
 pub enum Error {
     /// SQLite said no.
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// The database file could not be opened.
-    #[error("cannot open database {}: {source}", path.display())]
+    #[error("cannot open database {}: {cause}", path.display())]
     Open {
         /// The file.
         path: PathBuf,
         /// SQLite's reason.
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// The database was written by a newer tenthbit.
     #[error("database schema version {found} is newer than this build's {supported}")]
@@ -71,6 +71,13 @@ pub enum Error {
     },
 }
 
+// A plain conversion: the message carries SQLite's text already.
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Sqlite(e)
+    }
+}
+
 /// The synchronous store.
 pub struct Db {
     conn: Connection,
@@ -81,11 +88,11 @@ impl Db {
     /// Opens (creating if needed) `data_dir/tenthbit.db` for node `node`.
     pub fn open(data_dir: &Path, node: &str) -> Result<Db, Error> {
         let path = data_dir.join(DB_FILE);
-        let mut conn = Connection::open(&path).map_err(|source| Error::Open {
+        let mut conn = Connection::open(&path).map_err(|cause| Error::Open {
             path: path.clone(),
-            source,
+            cause,
         })?;
-        let found = migrate::migrate(&mut conn).map_err(|source| Error::Open { path, source })?;
+        let found = migrate::migrate(&mut conn).map_err(|cause| Error::Open { path, cause })?;
         if found > migrate::SCHEMA_VERSION {
             return Err(Error::TooNew {
                 found,

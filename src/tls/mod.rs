@@ -21,12 +21,12 @@ pub use alpn::Alpn;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The certificate file is missing and generation is off.
     #[error(
@@ -51,14 +51,14 @@ pub enum Error {
         what: String,
     },
     /// rustls refused the pair (for example the key does not match the certificate).
-    #[error("certificate {} and key {} cannot be used together: {source}", cert.display(), key.display())]
+    #[error("certificate {} and key {} cannot be used together: {cause}", cert.display(), key.display())]
     Rustls {
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
         /// rustls's reason.
-        source: rustls::Error,
+        cause: rustls::Error,
     },
     /// rcgen failed.
     #[error("generating a self-signed certificate: {0}")]
@@ -120,10 +120,10 @@ pub fn server_config(cfg: &TlsConfig, server_name: &str) -> Result<ServerTls, Er
             path: cert_path.clone(),
             what: "no certificate found".into(),
         })?;
-    let rustls_err = |source| Error::Rustls {
+    let rustls_err = |cause| Error::Rustls {
         cert: cert_path.clone(),
         key: key_path.clone(),
-        source,
+        cause,
     };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

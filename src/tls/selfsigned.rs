@@ -17,25 +17,34 @@ pub fn generate(server_name: &str, cert_path: &Path, key_path: &Path) -> Result<
             names.push(extra.to_owned());
         }
     }
-    let pair =
-        rcgen::generate_simple_self_signed(names).map_err(|e| Error::Generate(e.to_string()))?;
+    let generate = || -> Result<(String, String), rcgen::Error> {
+        let mut params = rcgen::CertificateParams::new(names)?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, server_name);
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (cert_pem, key_pem) = generate().map_err(|e| Error::Generate(e.to_string()))?;
     for path in [cert_path, key_path] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            std::fs::create_dir_all(dir).map_err(|cause| Error::Io {
                 path: dir.to_owned(),
-                source,
+                cause,
             })?;
         }
     }
-    write_new(key_path, pair.signing_key.serialize_pem().as_bytes(), 0o600)?;
-    write_new(cert_path, pair.cert.pem().as_bytes(), 0o644)?;
+    write_new(key_path, key_pem.as_bytes(), 0o600)?;
+    write_new(cert_path, cert_pem.as_bytes(), 0o644)?;
     Ok(())
 }
 
 fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
-    let io = |source| Error::Io {
+    let io = |cause| Error::Io {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let mut f = OpenOptions::new()
         .write(true)
