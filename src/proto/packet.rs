@@ -103,6 +103,15 @@ impl Packet {
         self
     }
 
+    /// Marks the packet as the answer to a request: `ex.for` is the
+    /// request's id, when it had one.
+    pub fn answering(self, request_id: Option<&str>) -> Self {
+        match request_id {
+            Some(id) => self.with("for", id),
+            None => self,
+        }
+    }
+
     /// `ex[key]` as a string, if it is one.
     pub fn ex_str(&self, key: &str) -> Option<&str> {
         self.ex.get(key).and_then(Value::as_str)

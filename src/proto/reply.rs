@@ -46,11 +46,7 @@ pub fn welcome(server: &str, methods: &[String], protocol: &str) -> Packet {
 }
 
 fn answer(op: &str, for_id: Option<&str>) -> Packet {
-    let p = Packet::server(op);
-    match for_id {
-        Some(id) => p.with("for", id),
-        None => p,
-    }
+    Packet::server(op).answering(for_id)
 }
 
 /// `ack` for a request.

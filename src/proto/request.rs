@@ -294,15 +294,7 @@ impl Request {
                 topic: topic(p)?,
                 before: bound(p, "before")?,
                 after: bound(p, "after")?,
-                limit: match p.ex.get("limit") {
-                    None => None,
-                    Some(v) => Some(
-                        v.as_u64()
-                            .and_then(|n| usize::try_from(n).ok())
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| invalid("ex.limit is a positive integer"))?,
-                    ),
-                },
+                limit: limit(p)?,
             },
             "meta" => Request::Meta {
                 topic: p.topic.clone(),
@@ -344,15 +336,7 @@ impl Request {
                     Some(serde_json::Value::Object(m)) => m.clone(),
                     Some(_) => return Err(invalid("ex.meta is an object of metadata to match")),
                 },
-                limit: match p.ex.get("limit") {
-                    None => None,
-                    Some(v) => Some(
-                        v.as_u64()
-                            .and_then(|n| usize::try_from(n).ok())
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| invalid("ex.limit is a positive integer"))?,
-                    ),
-                },
+                limit: limit(p)?,
                 cursor: match p.ex.get("cursor") {
                     None => None,
                     Some(_) => Some(field(p, "cursor", 256)?.to_owned()),
@@ -383,6 +367,18 @@ fn topic(p: &Packet) -> Result<String, RequestError> {
     p.topic
         .clone()
         .ok_or_else(|| invalid("`topic` (a topic's UUID) is required"))
+}
+
+fn limit(p: &Packet) -> Result<Option<usize>, RequestError> {
+    match p.ex.get("limit") {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| invalid("ex.limit is a positive integer")),
+    }
 }
 
 fn bound(p: &Packet, key: &str) -> Result<Option<Bound>, RequestError> {

@@ -81,9 +81,7 @@ impl Session<'_> {
             .with("keys", Value::from(account.keys))
             .with("server_admin", is_admin)
             .with("topics", Value::Array(owned));
-        if let Some(id) = id {
-            export = export.with("for", id);
-        }
+        export = export.answering(id);
         let conn = self.conn_id;
         self.ctx.presence.close_all(
             account_id,

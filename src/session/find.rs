@@ -91,9 +91,7 @@ impl Session<'_> {
         if let Some(c) = last {
             p = p.with("cursor", c);
         }
-        if let Some(id) = id {
-            p = p.with("for", id);
-        }
+        p = p.answering(id);
         Ok(self.reply(p))
     }
 }

@@ -110,9 +110,7 @@ impl Session<'_> {
             .call(move |db| Ok(db.account(account)?.map(|a| a.keys).unwrap_or_default()))
             .await?;
         let mut p = Packet::server("keys").with("keys", Value::from(keys));
-        if let Some(id) = id {
-            p = p.with("for", id);
-        }
+        p = p.answering(id);
         Ok(self.reply(p))
     }
 
@@ -138,9 +136,7 @@ impl Session<'_> {
             .with("challenge", challenge)
             .with("expires", expires)
             .with("server", self.ctx.server_name.as_str());
-        if let Some(id) = id {
-            p = p.with("for", id);
-        }
+        p = p.answering(id);
         Ok(self.reply_secret(p))
     }
 

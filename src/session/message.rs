@@ -141,9 +141,7 @@ impl Session<'_> {
             .with("messages", Value::Array(rendered))
             .with("more", more);
         answer.topic = Some(t.id.to_string());
-        if let Some(id) = id {
-            answer = answer.with("for", id);
-        }
+        answer = answer.answering(id);
         Ok(self.reply(answer))
     }
 }

@@ -27,10 +27,7 @@ impl Session<'_> {
                 .await?;
             let mut p = Packet::server("meta").with_from(me.name.clone());
             p.ex = account.map(|a| a.meta).unwrap_or_default();
-            if let Some(id) = id {
-                p.ex.insert("for".into(), Value::from(id));
-            }
-            return Ok(self.reply(p));
+            return Ok(self.reply(p.answering(id)));
         }
         self.check_meta(&values)?;
         let max_keys = self.ctx.max_meta_keys;

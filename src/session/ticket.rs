@@ -81,9 +81,7 @@ impl Session<'_> {
         if let Some(s) = server {
             p = p.with("server", s);
         }
-        if let Some(id) = id {
-            p = p.with("for", id);
-        }
+        p = p.answering(id);
         Ok(self.reply_secret(p))
     }
 

@@ -165,9 +165,7 @@ impl Session<'_> {
         self.ctx.topics.put(record.clone());
         info!(account = %me.name, topic = %record.name, topic_id = %record.id, "topic created");
         let mut p = self.topic_meta(&record, &me.name).await?;
-        if let Some(id) = id {
-            p = p.with("for", id);
-        }
+        p = p.answering(id);
         Ok(self.reply(p))
     }
 
@@ -194,9 +192,7 @@ impl Session<'_> {
             record
         };
         let mut p = self.topic_meta(&record, &me.name).await?;
-        if let Some(id) = id {
-            p = p.with("for", id);
-        }
+        p = p.answering(id);
         Ok(self.reply(p))
     }
 
@@ -237,9 +233,7 @@ impl Session<'_> {
                 return Err(denied("read it"));
             }
             let mut p = self.topic_meta(&t, &me.name).await?;
-            if let Some(id) = id {
-                p = p.with("for", id);
-            }
+            p = p.answering(id);
             return Ok(self.reply(p));
         }
         if !t.acl.allows(self.actor(me), Flag::Op) {
@@ -333,9 +327,7 @@ impl Session<'_> {
             let mut p = self
                 .event("acl", &t, &me.name)
                 .with("acl", self.render_acl(&t, &names));
-            if let Some(id) = id {
-                p = p.with("for", id);
-            }
+            p = p.answering(id);
             return Ok(self.reply(p));
         };
         let parse = |list: &[String]| -> Result<Vec<Flag>, Denied> {
