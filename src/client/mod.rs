@@ -65,6 +65,9 @@ impl From<DecodeError> for Error {
     }
 }
 
+/// Client ops whose packets carry a password, ticket or signature.
+pub const SECRET_OPS: [&str; 3] = ["auth", "register", "delete-account"];
+
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -134,10 +137,10 @@ impl Client {
         self.alpn
     }
 
-    /// Sends a packet. `auth` packets carry secrets and are isolated from the
-    /// compression window.
+    /// Sends a packet. Packets that carry secrets (`auth`, `register`,
+    /// `delete-account`) are isolated from the compression window.
     pub async fn send(&mut self, packet: &Packet) -> Result<(), Error> {
-        let secret = packet.op == "auth";
+        let secret = SECRET_OPS.contains(&packet.op.as_str());
         self.write(&packet.to_line(), secret).await
     }
 
