@@ -563,8 +563,10 @@ async fn find_topics_and_users() {
     )
     .await;
     assert_eq!(p.ex.get("users"), Some(&json!(["amy", "dan"])));
-    let p = request(&mut bob, Packet::request("find").with("kind", "rooms")).await;
-    assert_eq!(code(&p), Some("request/invalid"));
+    for kind in [json!("rooms"), json!(5), Value::Null] {
+        let p = request(&mut bob, Packet::request("find").with("kind", kind)).await;
+        assert_eq!(code(&p), Some("request/invalid"));
+    }
     server.stop().await;
 }
 
@@ -609,5 +611,57 @@ async fn the_server_acl_says_who_creates_topics() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("owner"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rename_with_bad_metadata_changes_nothing() {
+    let server = TestServer::start_with(|c| c.limits.max_meta_keys = 2).await;
+    let (mut dan, _bob, _amy) = three(&server).await;
+    let topic = create(&mut dan, "before").await;
+    let p = request(
+        &mut dan,
+        on("meta", &topic)
+            .with("name", "after")
+            .with("a", 1)
+            .with("b", 2)
+            .with("c", 3),
+    )
+    .await;
+    assert_eq!(code(&p), Some("meta/invalid"));
+    let p = request(&mut dan, on("meta", &topic)).await;
+    assert_eq!(p.ex_str("name"), Some("before"));
+    assert!(p.ex.get("a").is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_whose_relay_would_not_fit_a_line_is_refused() {
+    let server = TestServer::start_with(|c| c.limits.max_line_bytes = 4096).await;
+    let (mut dan, mut bob, _amy) = three(&server).await;
+    let topic = create(&mut dan, "big").await;
+    join(&mut bob, &topic).await;
+    expect_op(&mut dan, "join").await;
+    // The request is exactly at the limit; the relay, with id, ts, topic
+    // and from, would not be.
+    let shell = on("send", &topic).with_id("r1").with("data", "");
+    let data = "x".repeat(4096 - (shell.to_line().len() - 1));
+    let req = on("send", &topic).with_id("r1").with("data", data.as_str());
+    assert_eq!(req.to_line().len() - 1, 4096);
+    let p = request(&mut dan, req).await;
+    assert_eq!(code(&p), Some("packet/too-large"));
+    assert_eq!(p.ex_str("for"), Some("r1"));
+    // A message that fits is relayed whole.
+    let data = "x".repeat(4096 - 300);
+    assert_eq!(
+        request(&mut dan, on("send", &topic).with("data", data.as_str()))
+            .await
+            .op,
+        "ack"
+    );
+    assert_eq!(
+        expect_op(&mut bob, "send").await.ex_str("data"),
+        Some(data.as_str())
+    );
     server.stop().await;
 }

@@ -322,10 +322,13 @@ impl Request {
                 password: Secret::new(field(p, "password", MAX_SECRET_BYTES)?.to_owned()),
             },
             "find" => Request::Find {
-                kind: match p.ex.get("kind").and_then(serde_json::Value::as_str) {
-                    None | Some("topics") => FindKind::Topics,
-                    Some("users") => FindKind::Users,
-                    Some(_) => return Err(invalid("ex.kind is \"topics\" or \"users\"")),
+                kind: match p.ex.get("kind") {
+                    None => FindKind::Topics,
+                    Some(v) => match v.as_str() {
+                        Some("topics") => FindKind::Topics,
+                        Some("users") => FindKind::Users,
+                        _ => return Err(invalid("ex.kind is \"topics\" or \"users\"")),
+                    },
                 },
                 name: match p.ex.get("name") {
                     None => None,

@@ -115,7 +115,6 @@ impl Session<'_> {
             .map(|a| a.meta)
             .unwrap_or_default();
         info!(account = %me.name, "logged in");
-        self.ctx.presence.add(me.id, self.conn_id, self.out.clone());
         tracing::Span::current().record("account", me.name.as_str());
         let server = Packet::server("meta")
             .with_from(format!("@{}", self.ctx.server_name))
@@ -135,6 +134,11 @@ impl Session<'_> {
             if let Outcome::Close(r) = self.reply(p) {
                 return Ok(Outcome::Close(r));
             }
+        }
+        // Only now may topic traffic reach this connection: nothing overtakes
+        // the login sequence.
+        if let Some(me) = &self.account {
+            self.ctx.presence.add(me.id, self.conn_id, self.out.clone());
         }
         Ok(Outcome::Continue)
     }

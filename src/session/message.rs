@@ -42,6 +42,20 @@ impl Session<'_> {
         ex.remove("for");
         let mut relay = Packet::server("send").with_from(me.name.as_str());
         relay.topic = Some(t.id.to_string());
+        relay.ex = ex;
+        // The relay adds id, ts, topic and from: it must still fit a line,
+        // or receivers that enforce the same limit would refuse it.
+        let size = relay.to_line().len() - 1;
+        if size > self.ctx.max_line_bytes {
+            return Err(Denied::new(
+                ErrorCode::PacketTooLarge,
+                format!(
+                    "relayed, this message would be {size} bytes; the line limit is {}",
+                    self.ctx.max_line_bytes
+                ),
+            ));
+        }
+        let ex = std::mem::take(&mut relay.ex);
         if self.keeps_history(&t) {
             let message = Message {
                 topic: t.id,

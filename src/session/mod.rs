@@ -258,7 +258,10 @@ impl<'a> Session<'a> {
             Err(e) => return self.fail(e.id.as_deref(), e.code, e.message),
         };
         let id = packet.id.as_deref();
-        if let Err(wait) = self.rate.take(std::time::Instant::now()) {
+        // `pong` gets no reply and `quit` only ends the session: neither is
+        // worth refusing, and refusing `pong` would break the reply rule.
+        let exempt = matches!(packet.op.as_str(), "pong" | "quit");
+        if let (false, Err(wait)) = (exempt, self.rate.take(std::time::Instant::now())) {
             let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
             let e =
                 Denied::new(ErrorCode::RateLimited, "too many packets; slow down").with_retry(ms);

@@ -255,19 +255,11 @@ impl Session<'_> {
         };
         self.check_meta(&values)?;
         let (tid, max) = (t.id, self.ctx.max_meta_keys);
-        if let Some(n) = rename {
-            self.ctx
-                .store
-                .call(move |db| db.rename_topic(tid, &n))
-                .await
-                .map_err(name_error)?;
-        }
-        if !values.is_empty() {
-            self.ctx
-                .store
-                .call(move |db| db.set_topic_meta(tid, &values, max))
-                .await?;
-        }
+        self.ctx
+            .store
+            .call(move |db| db.update_topic(tid, rename.as_deref(), &values, max))
+            .await
+            .map_err(name_error)?;
         let record = self.reload(tid).await?;
         let p = self.topic_meta(&record, &me.name).await?;
         self.announce(&record, &[], &p);

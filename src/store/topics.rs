@@ -90,26 +90,12 @@ impl Db {
         Ok(out)
     }
 
-    /// Renames a topic (its id stays); the new name must be free.
-    pub fn rename_topic(&mut self, id: Uuid, name: &str) -> Result<(), Error> {
-        self.write(|tx, origin| {
-            match super::name_holder(tx, PREFIX, &name.to_lowercase())? {
-                Some(holder) if holder != id => return Err(Error::NameTaken),
-                _ => {}
-            }
-            log::append(
-                tx,
-                origin,
-                Change::new("topic.rename").set(Entity::Topic(id), field::NAME, name),
-            )?;
-            Ok(())
-        })
-    }
-
-    /// Sets (or, with `null`, removes) metadata keys.
-    pub fn set_topic_meta(
+    /// Renames a topic (when `name` is given) and sets metadata keys, in
+    /// one transaction: either both happen or neither.
+    pub fn update_topic(
         &mut self,
         id: Uuid,
+        name: Option<&str>,
         values: &Map<String, Value>,
         max_keys: usize,
     ) -> Result<(), Error> {
@@ -126,11 +112,25 @@ impl Db {
             return Err(Error::TooManyKeys { max: max_keys });
         }
         let e = Entity::Topic(id);
-        let mut change = Change::new("topic.meta");
-        for (k, v) in values {
-            change = change.set(e, &format!("{}{k}", field::META_PREFIX), v.clone());
-        }
-        self.commit(change)
+        self.write(|tx, origin| {
+            let mut change = Change::new(if name.is_some() {
+                "topic.rename"
+            } else {
+                "topic.meta"
+            });
+            if let Some(n) = name {
+                match super::name_holder(tx, PREFIX, &n.to_lowercase())? {
+                    Some(holder) if holder != id => return Err(Error::NameTaken),
+                    _ => {}
+                }
+                change = change.set(e, field::NAME, n);
+            }
+            for (k, v) in values {
+                change = change.set(e, &format!("{}{k}", field::META_PREFIX), v.clone());
+            }
+            log::append(tx, origin, change)?;
+            Ok(())
+        })
     }
 
     /// Grants or revokes one ACL entry. A ban also ends the subject's
@@ -260,7 +260,7 @@ mod tests {
         ));
         // An account named like a topic is a different namespace.
         db.create_account("lobby", "h").unwrap();
-        db.rename_topic(t.id, "Hall").unwrap();
+        db.update_topic(t.id, Some("Hall"), &Map::new(), 8).unwrap();
         assert_eq!(db.topic_by_name("hall").unwrap().unwrap().id, t.id);
         assert!(db.topic_by_name("lobby").unwrap().is_none());
         let bob = Uuid::now_v7();
