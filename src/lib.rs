@@ -13,15 +13,18 @@
 //! - [`password`]: argon2id off the async workers, bounded.
 //! - [`change`], [`store`]: every change of state as data, the event log, and SQLite.
 //! - [`client`]: the client library used by the `tenthbit` binary, tests and benchmark.
+//! - [`bench`]: the benchmark workloads behind `tenthbit bench`.
 //! - [`admin`]: the admin CLI's operations on the store.
 //! - [`config`], [`telemetry`]: settings and logging.
 
 pub mod admin;
+pub mod bench;
 pub mod change;
 pub mod client;
 pub mod config;
 pub mod conn;
 pub mod password;
+pub mod procfs;
 pub mod proto;
 pub mod router;
 pub mod server;

@@ -19,8 +19,91 @@ struct Cli {
     command: Command,
 }
 
+/// How to reach and trust a server (shared by every subcommand).
+#[derive(clap::Args, Debug, Clone)]
+struct ServerArgs {
+    /// Trust the server whose certificate has this SHA-256 fingerprint
+    /// (as tenthbitd prints it at start).
+    #[arg(long, conflicts_with = "ca")]
+    fingerprint: Option<String>,
+    /// Trust servers whose certificate chains to the CA(s) in this PEM file.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Name to verify and send as SNI (defaults to the host).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Negotiate `10bit-gzip/0.1`.
+    #[arg(long)]
+    gzip: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Workload {
+    /// S subscribers on one topic, P publishers, M messages each.
+    Fanout {
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Messages per publisher.
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Messages per second per publisher (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Keep history on the benchmark's topic.
+        #[arg(long)]
+        history: bool,
+    },
+    /// K pairs, each on its own topic, all sending at once.
+    Pairs {
+        #[arg(long, default_value_t = 200)]
+        pairs: usize,
+        /// Messages per sender.
+        #[arg(long, default_value_t = 1_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long)]
+        history: bool,
+    },
+    /// C logged-in connections held open.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Connections set up at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// A storm of password logins while one user pings.
+    Login {
+        #[arg(long, default_value_t = 200)]
+        logins: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Measure a running server over real TLS (see the README's Performance section).
+    Bench {
+        /// HOST[:PORT] (port 10817 by default).
+        target: String,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The server's pid, to report its CPU time and memory from /proc.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        workload: Workload,
+    },
     /// Connect, send stdin lines as packets, print the server's packets.
     Connect {
         /// HOST[:PORT] (port 10817 by default).
@@ -63,32 +146,118 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let Command::Connect {
-        target,
-        gzip,
-        fingerprint,
-        ca,
-        server_name,
-    } = cli.command;
-    let trust = match (fingerprint, ca) {
+    match cli.command {
+        Command::Connect {
+            target,
+            gzip,
+            fingerprint,
+            ca,
+            server_name,
+        } => {
+            let server = ServerArgs {
+                fingerprint,
+                ca,
+                server_name,
+                gzip,
+            };
+            connect(&target, &server).await
+        }
+        Command::Bench {
+            target,
+            server,
+            server_pid,
+            json,
+            workload,
+        } => bench(&target, &server, server_pid, json, workload).await,
+    }
+}
+
+fn options(target: &str, server: &ServerArgs) -> Result<(String, Options)> {
+    let trust = match (&server.fingerprint, &server.ca) {
         (Some(fp), _) => Trust::Fingerprint(
-            parse_fingerprint(&fp)
-                .context("--fingerprint must be 64 hex digits, colons allowed")?,
+            parse_fingerprint(fp).context("--fingerprint must be 64 hex digits, colons allowed")?,
         ),
-        (None, Some(ca)) => Trust::CaFile(ca),
+        (None, Some(ca)) => Trust::CaFile(ca.clone()),
         (None, None) => bail!("say how to trust the server: --fingerprint SHA256 or --ca FILE"),
     };
-    let (host, addr) = split_target(&target);
+    let (host, addr) = split_target(target);
     let opts = Options {
         trust,
-        alpn: if gzip {
+        alpn: if server.gzip {
             vec![Alpn::Gzip]
         } else {
             vec![Alpn::Plain]
         },
-        server_name: server_name.unwrap_or(host),
+        server_name: server.server_name.clone().unwrap_or(host),
         max_line_bytes: 16 * 1024 * 1024,
     };
+    Ok((addr, opts))
+}
+
+async fn bench(
+    target: &str,
+    server: &ServerArgs,
+    server_pid: Option<u32>,
+    json: bool,
+    workload: Workload,
+) -> Result<()> {
+    use tenthbit::bench;
+    let (addr, options) = options(target, server)?;
+    let t = bench::Target {
+        addr,
+        options,
+        server_pid,
+    };
+    let report = match workload {
+        Workload::Fanout {
+            subscribers,
+            publishers,
+            messages,
+            size,
+            rate,
+            history,
+        } => {
+            let load = bench::Load {
+                messages,
+                size,
+                rate,
+                history,
+            };
+            bench::fanout(&t, subscribers, publishers, load).await?
+        }
+        Workload::Pairs {
+            pairs,
+            messages,
+            size,
+            history,
+        } => {
+            let load = bench::Load {
+                messages,
+                size,
+                rate: None,
+                history,
+            };
+            bench::pairs(&t, pairs, load).await?
+        }
+        Workload::Idle {
+            connections,
+            concurrency,
+        } => bench::idle(&t, connections, concurrency).await?,
+        Workload::Login {
+            logins,
+            concurrency,
+        } => bench::login(&t, logins, concurrency).await?,
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+async fn connect(target: &str, server: &ServerArgs) -> Result<()> {
+    let (addr, opts) = options(target, server)?;
     let mut client = Client::connect(&addr, &opts)
         .await
         .with_context(|| format!("connecting to {addr}"))?;

@@ -255,6 +255,9 @@ fn check_config(cli: &Cli) -> Result<()> {
 fn run(cli: &Cli) -> Result<()> {
     let config = load_config(cli)?;
     tenthbit::telemetry::init(&config.log.level).map_err(anyhow::Error::msg)?;
+    // One descriptor per connection: use what the hard limit allows.
+    let fds = tenthbit::procfs::raise_fd_limit();
+    tracing::debug!(open_files = fds, "open-file limit");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -101,11 +101,21 @@ impl Options {
 
 /// A connected client.
 pub struct Client {
+    reader: ClientReader,
+    writer: ClientWriter,
+    alpn: Alpn,
+}
+
+/// The receiving half of a client (for a task that only reads).
+pub struct ClientReader {
     reader: FrameReader<ReadHalf<TlsStream<TcpStream>>>,
+    pending: VecDeque<Packet>,
+}
+
+/// The sending half of a client (for a task that only writes).
+pub struct ClientWriter {
     writer: WriteHalf<TlsStream<TcpStream>>,
     gzip: Option<GzipEncoder>,
-    alpn: Alpn,
-    pending: VecDeque<Packet>,
     wire: Vec<u8>,
 }
 
@@ -123,12 +133,16 @@ impl Client {
         let alpn = Alpn::from_negotiated(stream.get_ref().1.alpn_protocol()).ok_or(Error::Alpn)?;
         let (rd, wr) = tokio::io::split(stream);
         Ok(Client {
-            reader: FrameReader::new(rd, alpn == Alpn::Gzip, opts.max_line_bytes),
-            writer: wr,
-            gzip: (alpn == Alpn::Gzip).then(|| GzipEncoder::new(6)),
+            reader: ClientReader {
+                reader: FrameReader::new(rd, alpn == Alpn::Gzip, opts.max_line_bytes),
+                pending: VecDeque::new(),
+            },
+            writer: ClientWriter {
+                writer: wr,
+                gzip: (alpn == Alpn::Gzip).then(|| GzipEncoder::new(6)),
+                wire: Vec::new(),
+            },
             alpn,
-            pending: VecDeque::new(),
-            wire: Vec::new(),
         })
     }
 
@@ -137,38 +151,70 @@ impl Client {
         self.alpn
     }
 
-    /// Sends a packet. Packets that carry secrets (`auth`, `register`,
-    /// `delete-account`) are isolated from the compression window.
+    /// Splits into halves that separate tasks can drive.
+    pub fn into_split(self) -> (ClientReader, ClientWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// Sends a packet (see [`ClientWriter::send`]).
     pub async fn send(&mut self, packet: &Packet) -> Result<(), Error> {
-        let secret = SECRET_OPS.contains(&packet.op.as_str());
-        self.write(&packet.to_line(), secret).await
+        self.writer.send(packet).await
     }
 
-    /// Sends bytes as they are (a test's malformed line; include the `\n`).
+    /// Sends bytes as they are (see [`ClientWriter::send_raw`]).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.write(bytes, false).await
+        self.writer.send_raw(bytes).await
     }
 
-    async fn write(&mut self, bytes: &[u8], secret: bool) -> Result<(), Error> {
-        self.wire.clear();
-        match self.gzip.as_mut() {
-            Some(z) => {
-                if secret {
-                    z.flush(Flush::Full, &mut self.wire);
-                }
-                z.write(bytes, &mut self.wire);
-                z.flush(
-                    if secret { Flush::Full } else { Flush::Sync },
-                    &mut self.wire,
-                );
+    /// The next line from the server, undecoded; `None` when it closed.
+    /// Cancel-safe.
+    pub async fn recv_line(&mut self) -> Result<Option<Bytes>, Error> {
+        self.reader.recv_line().await
+    }
+
+    /// The next packet from the server; `None` when it closed. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<Packet>, Error> {
+        self.reader.recv().await
+    }
+
+    /// The next packet within `limit`.
+    pub async fn recv_timeout(&mut self, limit: Duration) -> Result<Packet, Error> {
+        self.reader.recv_timeout(limit).await
+    }
+
+    /// Sends `packet` (with a fresh `id` if it has none) and returns the
+    /// packet whose `ex.for` names it. Packets that arrive in between are kept
+    /// for [`Client::recv`].
+    pub async fn request(&mut self, mut packet: Packet, limit: Duration) -> Result<Packet, Error> {
+        let id = packet.id.get_or_insert_with(id::new_id).clone();
+        self.writer.send(&packet).await?;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut skipped = VecDeque::new();
+        let result = loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let next = match tokio::time::timeout(remaining, self.reader.recv_line()).await {
+                Ok(Ok(Some(line))) => Packet::decode(&line, 128).map_err(Error::from),
+                Ok(Ok(None)) => Err(Error::Closed),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Error::Timeout(limit)),
+            };
+            match next {
+                Ok(p) if p.ex_str("for") == Some(id.as_str()) => break Ok(p),
+                Ok(p) => skipped.push_back(p),
+                Err(e) => break Err(e),
             }
-            None => self.wire.extend_from_slice(bytes),
-        }
-        self.writer.write_all(&self.wire).await?;
-        self.writer.flush().await?;
-        Ok(())
+        };
+        self.reader.pending.extend(skipped);
+        result
     }
 
+    /// Ends our direction cleanly (see [`ClientWriter::finish`]).
+    pub async fn finish(&mut self) -> Result<(), Error> {
+        self.writer.finish().await
+    }
+}
+
+impl ClientReader {
     /// The next line from the server, undecoded; `None` when it closed.
     /// Cancel-safe.
     pub async fn recv_line(&mut self) -> Result<Option<Bytes>, Error> {
@@ -199,31 +245,40 @@ impl Client {
             Err(_) => Err(Error::Timeout(limit)),
         }
     }
+}
 
-    /// Sends `packet` (with a fresh `id` if it has none) and returns the
-    /// packet whose `ex.for` names it. Packets that arrive in between are kept
-    /// for [`Client::recv`].
-    pub async fn request(&mut self, mut packet: Packet, limit: Duration) -> Result<Packet, Error> {
-        let id = packet.id.get_or_insert_with(id::new_id).clone();
-        self.send(&packet).await?;
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut skipped = VecDeque::new();
-        let result = loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let next = match tokio::time::timeout(remaining, self.recv_line()).await {
-                Ok(Ok(Some(line))) => Packet::decode(&line, 128).map_err(Error::from),
-                Ok(Ok(None)) => Err(Error::Closed),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::Timeout(limit)),
-            };
-            match next {
-                Ok(p) if p.ex_str("for") == Some(id.as_str()) => break Ok(p),
-                Ok(p) => skipped.push_back(p),
-                Err(e) => break Err(e),
+impl ClientWriter {
+    /// Sends a packet. Packets that carry secrets (`auth`, `register`,
+    /// `delete-account`) are isolated from the compression window.
+    pub async fn send(&mut self, packet: &Packet) -> Result<(), Error> {
+        let secret = SECRET_OPS.contains(&packet.op.as_str());
+        self.write(&packet.to_line(), secret).await
+    }
+
+    /// Sends bytes as they are (a test's malformed line, or a batch of
+    /// encoded packets; include the `\n`s).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.write(bytes, false).await
+    }
+
+    async fn write(&mut self, bytes: &[u8], secret: bool) -> Result<(), Error> {
+        self.wire.clear();
+        match self.gzip.as_mut() {
+            Some(z) => {
+                if secret {
+                    z.flush(Flush::Full, &mut self.wire);
+                }
+                z.write(bytes, &mut self.wire);
+                z.flush(
+                    if secret { Flush::Full } else { Flush::Sync },
+                    &mut self.wire,
+                );
             }
-        };
-        self.pending.extend(skipped);
-        result
+            None => self.wire.extend_from_slice(bytes),
+        }
+        self.writer.write_all(&self.wire).await?;
+        self.writer.flush().await?;
+        Ok(())
     }
 
     /// Ends our direction cleanly (gzip trailer, TLS close_notify) without

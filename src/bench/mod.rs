@@ -1,0 +1,636 @@
+//! The benchmark behind `tenthbit bench`: workloads over real TLS against a
+//! running server, measured from outside it.
+//!
+//! - fanout: S subscribers on one topic, P publishers, M messages each;
+//! - pairs: K topics, each with one sender and one receiver;
+//! - idle: C logged-in connections held open (memory per connection);
+//! - login: a storm of password logins while a logged-in user pings.
+//!
+//! Latency is measured in this process: a sender stamps each message with
+//! the time since the run began, the receiver subtracts it from its own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::client::{Client, Error, Options};
+use crate::procfs as proc;
+use crate::proto::Packet;
+
+/// Password of every account the benchmark creates.
+const PASSWORD: &str = "bench-password";
+/// How long a receiver waits for the next message before counting the rest
+/// as lost.
+const DRAIN: Duration = Duration::from_secs(10);
+/// Messages a sender writes per syscall when not rate-limited.
+const BATCH: usize = 32;
+
+/// The server under test.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port`.
+    pub addr: String,
+    /// TLS trust and ALPN.
+    pub options: Options,
+    /// The server's pid, to read its CPU time and memory from /proc.
+    pub server_pid: Option<u32>,
+}
+
+/// What a workload measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Which workload, with its parameters.
+    pub workload: String,
+    /// Messages delivered to receivers.
+    pub deliveries: u64,
+    /// Messages that should have been delivered.
+    pub expected: u64,
+    /// `expected - deliveries`.
+    pub lost: u64,
+    /// From the first send to the last delivery.
+    pub seconds: f64,
+    /// Deliveries per second.
+    pub deliveries_per_second: f64,
+    /// Latency percentiles, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Worst.
+    pub max_ms: f64,
+    /// Server CPU seconds spent during the measured part.
+    pub server_cpu_seconds: Option<f64>,
+    /// Deliveries per server CPU second.
+    pub deliveries_per_cpu_second: Option<f64>,
+    /// Server resident memory at the end, KiB.
+    pub server_rss_kib: Option<u64>,
+    /// Workload-specific figures.
+    pub notes: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.workload)?;
+        if self.expected > 0 {
+            writeln!(
+                f,
+                "  deliveries {} of {} (lost {}) in {:.3} s: {:.0}/s",
+                self.deliveries, self.expected, self.lost, self.seconds, self.deliveries_per_second
+            )?;
+            writeln!(
+                f,
+                "  latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                self.p50_ms, self.p99_ms, self.max_ms
+            )?;
+        }
+        if let Some(cpu) = self.server_cpu_seconds {
+            write!(f, "  server cpu {cpu:.3} s")?;
+            if let Some(per) = self.deliveries_per_cpu_second {
+                write!(f, ", {per:.0} deliveries per cpu-second")?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(rss) = self.server_rss_kib {
+            writeln!(f, "  server rss {rss} KiB")?;
+        }
+        for (k, v) in &self.notes {
+            writeln!(f, "  {k}: {v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The client failed.
+    #[error("{what}: {cause}")]
+    Client {
+        /// During what.
+        what: String,
+        /// The client's error.
+        cause: Error,
+    },
+    /// The server refused something the benchmark needs.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn client_err(what: impl Into<String>) -> impl FnOnce(Error) -> BenchError {
+    let what = what.into();
+    move |cause| BenchError::Client { what, cause }
+}
+
+fn tag() -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    id.get(id.len() - 8..).unwrap_or("x").to_owned()
+}
+
+/// Connects, registers `name` if needed, logs in, and reads the login
+/// sequence's first two packets.
+async fn user(t: &Target, name: &str) -> Result<Client, BenchError> {
+    let mut c = Client::connect(&t.addr, &t.options)
+        .await
+        .map_err(client_err(format!("connecting as {name}")))?;
+    let w = c
+        .recv_timeout(DRAIN)
+        .await
+        .map_err(client_err("waiting for welcome"))?;
+    if w.op != "welcome" {
+        return Err(BenchError::Refused(format!(
+            "expected welcome, got {}",
+            w.op
+        )));
+    }
+    let reg = Packet::request("register")
+        .with("username", name)
+        .with("password", PASSWORD);
+    let r = c
+        .request(reg, DRAIN)
+        .await
+        .map_err(client_err("registering"))?;
+    if r.op != "ack" && r.ex_str("code") != Some("account/name-taken") {
+        return Err(BenchError::Refused(format!(
+            "register {name}: {:?}",
+            r.ex_str("code")
+        )));
+    }
+    let auth = Packet::request("auth")
+        .with("method", "password")
+        .with("username", name)
+        .with("password", PASSWORD);
+    let a = c
+        .request(auth, DRAIN)
+        .await
+        .map_err(client_err("logging in"))?;
+    if a.op != "ack" {
+        return Err(BenchError::Refused(format!(
+            "login {name}: {:?}",
+            a.ex_str("code")
+        )));
+    }
+    Ok(c)
+}
+
+fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted.get(i).copied().unwrap_or(0) as f64 / 1e6
+}
+
+/// One topic's participants.
+struct Group {
+    topic: String,
+    senders: Vec<Client>,
+    receivers: Vec<Client>,
+}
+
+/// How senders pace themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Messages each sender sends.
+    pub messages: u64,
+    /// Bytes of payload per message.
+    pub size: usize,
+    /// Messages per second per sender; `None` sends as fast as possible.
+    pub rate: Option<u32>,
+    /// Whether the topics keep history.
+    pub history: bool,
+}
+
+async fn make_group(
+    t: &Target,
+    tag: &str,
+    g: usize,
+    senders: usize,
+    receivers: usize,
+    history: bool,
+) -> Result<Group, BenchError> {
+    let mut owner = user(t, &format!("b{tag}g{g}s0")).await?;
+    let create = Packet::request("create")
+        .with("name", format!("bench-{tag}-{g}"))
+        .with("history", history);
+    let meta = owner
+        .request(create, DRAIN)
+        .await
+        .map_err(client_err("creating the topic"))?;
+    let topic = match meta.topic.clone() {
+        Some(t) => t,
+        None => {
+            return Err(BenchError::Refused(format!(
+                "create: {:?}",
+                meta.ex_str("code")
+            )));
+        }
+    };
+    let mut sender_list = vec![owner];
+    for s in 1..senders {
+        sender_list.push(user(t, &format!("b{tag}g{g}s{s}")).await?);
+    }
+    let mut receiver_list = Vec::with_capacity(receivers);
+    for r in 0..receivers {
+        receiver_list.push(user(t, &format!("b{tag}g{g}r{r}")).await?);
+    }
+    for c in sender_list
+        .iter_mut()
+        .skip(1)
+        .chain(receiver_list.iter_mut())
+    {
+        let mut join = Packet::request("join");
+        join.topic = Some(topic.clone());
+        let p = c
+            .request(join, DRAIN)
+            .await
+            .map_err(client_err("joining"))?;
+        if p.op != "meta" {
+            return Err(BenchError::Refused(format!("join: {:?}", p.ex_str("code"))));
+        }
+    }
+    Ok(Group {
+        topic,
+        senders: sender_list,
+        receivers: receiver_list,
+    })
+}
+
+/// Runs senders and receivers of every group at once and measures.
+async fn run_groups(
+    t: &Target,
+    name: String,
+    groups: Vec<Group>,
+    load: Load,
+) -> Result<Report, BenchError> {
+    let epoch = Instant::now();
+    let payload = "x".repeat(load.size);
+    let mut expected = 0u64;
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    let errors = Arc::new(AtomicU64::new(0));
+    for g in groups {
+        let per_receiver = load.messages * g.senders.len() as u64;
+        expected += per_receiver * g.receivers.len() as u64;
+        for c in g.receivers {
+            receivers.push(tokio::spawn(receive(c, per_receiver, epoch)));
+        }
+        for c in g.senders {
+            let (topic, payload, errors) = (g.topic.clone(), payload.clone(), errors.clone());
+            senders.push(tokio::spawn(send(c, topic, payload, load, epoch, errors)));
+        }
+    }
+    let before = t.server_pid.and_then(proc::sample);
+    let start = epoch.elapsed();
+    let mut latencies = Vec::new();
+    let mut deliveries = 0;
+    let mut last = start;
+    for r in receivers {
+        let (count, lat, at) = r.await.unwrap_or_default();
+        deliveries += count;
+        latencies.extend(lat);
+        last = last.max(at);
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    let after = t.server_pid.and_then(proc::sample);
+    latencies.sort_unstable();
+    let seconds = last.saturating_sub(start).as_secs_f64().max(1e-9);
+    let cpu = before
+        .zip(after)
+        .map(|(b, a)| a.cpu_seconds - b.cpu_seconds);
+    let mut notes = Vec::new();
+    let refused = errors.load(Ordering::Relaxed);
+    if refused > 0 {
+        notes.push(("sends refused by the server".into(), refused.to_string()));
+    }
+    Ok(Report {
+        workload: name,
+        deliveries,
+        expected,
+        lost: expected.saturating_sub(deliveries),
+        seconds,
+        deliveries_per_second: deliveries as f64 / seconds,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(0) as f64 / 1e6,
+        server_cpu_seconds: cpu,
+        deliveries_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| deliveries as f64 / c),
+        server_rss_kib: after.map(|a| a.rss_kib),
+        notes,
+    })
+}
+
+/// Counts `send` packets until `expected` or a quiet `DRAIN`; returns the
+/// count, each latency in ns, and when the last one came (since `epoch`).
+async fn receive(c: Client, expected: u64, epoch: Instant) -> (u64, Vec<u64>, Duration) {
+    let (mut rd, _wr) = c.into_split();
+    let mut count = 0;
+    let mut lat = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    let mut last = epoch.elapsed();
+    while count < expected {
+        let Ok(line) = tokio::time::timeout(DRAIN, rd.recv_line()).await else {
+            break;
+        };
+        let Ok(Some(line)) = line else {
+            break;
+        };
+        // Only relayed messages carry "t"; skip everything else cheaply.
+        let Ok(p) = Packet::decode(&line, 8) else {
+            continue;
+        };
+        if p.op != "send" {
+            continue;
+        }
+        let now = epoch.elapsed();
+        if let Some(sent) = p.ex.get("t").and_then(serde_json::Value::as_u64) {
+            lat.push(
+                u64::try_from(now.as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .saturating_sub(sent),
+            );
+        }
+        count += 1;
+        last = now;
+    }
+    (count, lat, last)
+}
+
+/// Sends `load.messages` messages, reading acks on the side.
+async fn send(
+    c: Client,
+    topic: String,
+    payload: String,
+    load: Load,
+    epoch: Instant,
+    errors: Arc<AtomicU64>,
+) {
+    let (mut rd, mut wr) = c.into_split();
+    let messages = load.messages;
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < messages {
+            match tokio::time::timeout(DRAIN, rd.recv()).await {
+                Ok(Ok(Some(p))) if p.op == "ack" => acked += 1,
+                Ok(Ok(Some(p))) if p.op == "error" => {
+                    acked += 1;
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Ok(Some(_))) => {}
+                _ => break,
+            }
+        }
+    });
+    let line = |epoch: Instant| {
+        let t = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        format!(
+            "{{\"op\":\"send\",\"topic\":\"{topic}\",\"ex\":{{\"t\":{t},\"d\":\"{payload}\"}}}}\n"
+        )
+    };
+    let mut sent = 0;
+    let mut buf = String::new();
+    match load.rate {
+        None => {
+            while sent < messages {
+                buf.clear();
+                for _ in 0..BATCH.min(usize::try_from(messages - sent).unwrap_or(BATCH)) {
+                    buf.push_str(&line(epoch));
+                    sent += 1;
+                }
+                if wr.send_raw(buf.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Some(rate) => {
+            // Ticks every millisecond; each sends what the rate allows by then.
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let begin = Instant::now();
+            while sent < messages {
+                tick.tick().await;
+                let due = (begin.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+                buf.clear();
+                while sent < due.min(messages) {
+                    buf.push_str(&line(epoch));
+                    sent += 1;
+                }
+                if !buf.is_empty() && wr.send_raw(buf.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = acks.await;
+}
+
+/// S subscribers on one topic, P publishers.
+pub async fn fanout(
+    t: &Target,
+    subscribers: usize,
+    publishers: usize,
+    load: Load,
+) -> Result<Report, BenchError> {
+    let tag = tag();
+    let group = make_group(t, &tag, 0, publishers.max(1), subscribers, load.history).await?;
+    let name = format!(
+        "fanout: {subscribers} subscribers, {} publisher(s), {} messages of {} bytes each, {}, history {}",
+        publishers.max(1),
+        load.messages,
+        load.size,
+        load.rate.map_or("unthrottled".to_owned(), |r| format!(
+            "{r} msg/s per publisher"
+        )),
+        if load.history { "on" } else { "off" }
+    );
+    run_groups(t, name, vec![group], load).await
+}
+
+/// K topics, one sender and one receiver each, all at once.
+pub async fn pairs(t: &Target, pairs: usize, load: Load) -> Result<Report, BenchError> {
+    let tag = tag();
+    let mut groups = Vec::with_capacity(pairs);
+    for g in 0..pairs {
+        groups.push(make_group(t, &tag, g, 1, 1, load.history).await?);
+    }
+    let name = format!(
+        "pairs: {pairs} pairs, {} messages of {} bytes each, unthrottled, history {}",
+        load.messages,
+        load.size,
+        if load.history { "on" } else { "off" }
+    );
+    run_groups(t, name, groups, Load { rate: None, ..load }).await
+}
+
+/// Connects and logs in with a ticket (no password hashing).
+async fn ticket_user(t: &Target, ticket: String, server: &str) -> Result<Client, BenchError> {
+    let mut c = Client::connect(&t.addr, &t.options)
+        .await
+        .map_err(client_err("connecting"))?;
+    c.recv_timeout(DRAIN)
+        .await
+        .map_err(client_err("waiting for welcome"))?;
+    let auth = Packet::request("auth")
+        .with("method", "ticket")
+        .with("ticket", ticket)
+        .with("server", server);
+    let a = c
+        .request(auth, DRAIN)
+        .await
+        .map_err(client_err("logging in"))?;
+    if a.op != "ack" {
+        return Err(BenchError::Refused(format!(
+            "ticket login: {:?}",
+            a.ex_str("code")
+        )));
+    }
+    Ok(c)
+}
+
+/// C logged-in connections held open: setup rate and server memory per
+/// connection. Each logs in with a ticket issued beforehand, so the setup
+/// rate is TLS and login, not password hashing.
+pub async fn idle(
+    t: &Target,
+    connections: usize,
+    concurrency: usize,
+) -> Result<Report, BenchError> {
+    proc::raise_fd_limit();
+    let name = format!("b{}idle", tag());
+    let mut master = user(t, &name).await?;
+    let mut tickets = Vec::with_capacity(connections);
+    let mut server = String::new();
+    for _ in 0..connections {
+        let p = master
+            .request(Packet::request("ticket"), DRAIN)
+            .await
+            .map_err(client_err("asking for a ticket"))?;
+        match p.ex_str("ticket") {
+            Some(ticket) => tickets.push(ticket.to_owned()),
+            None => {
+                return Err(BenchError::Refused(format!(
+                    "ticket: {:?}",
+                    p.ex_str("code")
+                )));
+            }
+        }
+    }
+    let w = master
+        .request(Packet::request("whoami"), DRAIN)
+        .await
+        .map_err(client_err("whoami"))?;
+    if let Some(s) = w.ex_str("server") {
+        server = s.to_owned();
+    }
+    let before = t.server_pid.and_then(proc::sample);
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(connections);
+    for ticket in tickets {
+        let (t, server, permits) = (t.clone(), server.clone(), permits.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.ok()?;
+            ticket_user(&t, ticket, &server).await.ok()
+        }));
+    }
+    let mut held = Vec::with_capacity(connections);
+    for task in tasks {
+        if let Ok(Some(c)) = task.await {
+            held.push(c);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = t.server_pid.and_then(proc::sample);
+    let mut notes = vec![
+        (
+            "connections held".into(),
+            format!("{} of {connections}", held.len()),
+        ),
+        (
+            "setups per second (TLS + ticket login)".into(),
+            format!("{:.0}", held.len() as f64 / elapsed.max(1e-9)),
+        ),
+    ];
+    if let (Some(b), Some(a)) = (before, after) {
+        let per = (a.rss_kib.saturating_sub(b.rss_kib)) as f64 / held.len().max(1) as f64;
+        notes.push(("server rss per connection".into(), format!("{per:.1} KiB")));
+    }
+    Ok(Report {
+        workload: format!("idle: {connections} logged-in TLS connections"),
+        server_rss_kib: after.map(|a| a.rss_kib),
+        notes,
+        ..Report::default()
+    })
+}
+
+/// N password logins, `concurrency` at a time, while a logged-in user pings.
+pub async fn login(t: &Target, logins: usize, concurrency: usize) -> Result<Report, BenchError> {
+    let name = format!("b{}login", tag());
+    let mut pinger = user(t, &name).await?;
+    let before = t.server_pid.and_then(proc::sample);
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(logins);
+    for _ in 0..logins {
+        let (t, name, permits, done) = (t.clone(), name.clone(), permits.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.ok()?;
+            let c = user(&t, &name).await.ok();
+            done.fetch_add(1, Ordering::Relaxed);
+            c.map(drop)
+        }));
+    }
+    let mut rtts = Vec::new();
+    while done.load(Ordering::Relaxed) < logins as u64 {
+        let t0 = Instant::now();
+        if pinger
+            .request(Packet::request("ping"), DRAIN)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        rtts.push(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        if let Ok(Some(())) = task.await {
+            ok += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = t.server_pid.and_then(proc::sample);
+    rtts.sort_unstable();
+    Ok(Report {
+        workload: format!(
+            "login: {logins} password logins, {concurrency} at a time, while one user pings"
+        ),
+        server_cpu_seconds: before
+            .zip(after)
+            .map(|(b, a)| a.cpu_seconds - b.cpu_seconds),
+        server_rss_kib: after.map(|a| a.rss_kib),
+        notes: vec![
+            (
+                "logins".into(),
+                format!(
+                    "{ok} of {logins} in {elapsed:.2} s: {:.0}/s",
+                    ok as f64 / elapsed.max(1e-9)
+                ),
+            ),
+            (
+                "ping round trip during the storm".into(),
+                format!(
+                    "{} pings, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    rtts.len(),
+                    percentile(&rtts, 0.5),
+                    percentile(&rtts, 0.99),
+                    rtts.last().copied().unwrap_or(0) as f64 / 1e6
+                ),
+            ),
+        ],
+        ..Report::default()
+    })
+}
