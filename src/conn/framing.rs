@@ -33,7 +33,8 @@ impl LineDecoder {
     /// A decoder refusing lines longer than `max_line` bytes (newline excluded).
     pub fn new(max_line: usize) -> Self {
         Self {
-            buf: BytesMut::with_capacity(max_line.min(8 * 1024)),
+            // Grows with traffic: an idle connection holds next to nothing.
+            buf: BytesMut::new(),
             max_line,
             scanned: 0,
             discarding: false,
@@ -43,6 +44,13 @@ impl LineDecoder {
     /// Appends bytes read from the peer.
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// The buffer to read socket bytes into directly (no copy), with at
+    /// least `room` bytes free.
+    pub fn read_target(&mut self, room: usize) -> &mut BytesMut {
+        self.buf.reserve(room);
+        &mut self.buf
     }
 
     /// Bytes currently held (for tests of the memory bound).

@@ -160,6 +160,13 @@ impl GzipDecoder {
         self.input.extend_from_slice(data);
     }
 
+    /// The buffer to read compressed bytes into directly, with at least
+    /// `room` bytes free.
+    pub fn input_target(&mut self, room: usize) -> &mut BytesMut {
+        self.input.reserve(room);
+        &mut self.input
+    }
+
     /// Compressed bytes not yet consumed.
     pub fn pending_input(&self) -> usize {
         self.input.len()

@@ -9,7 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::framing::{Frame, LineDecoder};
 use super::gzip::{self, GzipDecoder};
 
-/// Bytes read from the socket per call, and decompressed per step.
+/// Free room ensured before each socket read.
+const READ_ROOM: usize = 4 * 1024;
+/// Bytes decompressed per step (bounded, so a bomb never lands at once).
 const CHUNK: usize = 16 * 1024;
 
 /// Why reading stopped.
@@ -42,7 +44,6 @@ pub struct FrameReader<R> {
     rd: R,
     gzip: Option<GzipDecoder>,
     lines: LineDecoder,
-    raw: Box<[u8]>,
     inflated: Box<[u8]>,
 }
 
@@ -53,7 +54,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             rd,
             gzip: gzip.then(GzipDecoder::new),
             lines: LineDecoder::new(max_line),
-            raw: vec![0u8; CHUNK].into_boxed_slice(),
             inflated: if gzip {
                 vec![0u8; CHUNK].into_boxed_slice()
             } else {
@@ -77,14 +77,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     continue;
                 }
             }
-            let n = self.rd.read(&mut self.raw).await?;
-            if n == 0 {
+            // Socket bytes go straight into the buffer that consumes them.
+            let target = match self.gzip.as_mut() {
+                Some(z) => z.input_target(READ_ROOM),
+                None => self.lines.read_target(READ_ROOM),
+            };
+            if self.rd.read_buf(target).await? == 0 {
                 return Ok(None);
-            }
-            let data = self.raw.get(..n).unwrap_or_default();
-            match self.gzip.as_mut() {
-                Some(z) => z.push(data),
-                None => self.lines.feed(data),
             }
         }
     }

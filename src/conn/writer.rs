@@ -65,7 +65,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     cfg: WriterConfig,
 ) -> Ended {
     let mut gzip = cfg.gzip_level.map(GzipEncoder::new);
-    let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+    // Grows to the largest batch; an idle connection keeps it small.
+    let mut buf: Vec<u8> = Vec::new();
     let ended = loop {
         let first = tokio::select! {
             biased;
