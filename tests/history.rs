@@ -208,3 +208,70 @@ async fn retention_follows_the_topic_override() {
     }
     server.stop().await;
 }
+
+/// Pipelined sends to a topic that keeps history are committed together but
+/// answered in request order, relayed in order, and a reply to anything
+/// else (an error, a ping) never overtakes them.
+#[tokio::test]
+async fn pipelined_sends_keep_their_order() {
+    let server = TestServer::start_with(|c| {
+        c.limits.packets_per_second = 100_000;
+        c.limits.packet_burst = 100_000;
+    })
+    .await;
+    server.register("dan", "hellosecret").await;
+    server.register("bob", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let mut bob = server.login("bob", "hellosecret").await;
+    let topic = request(&mut dan, Packet::request("create").with("name", "pipe"))
+        .await
+        .topic
+        .unwrap();
+    request(&mut bob, on("join", &topic)).await;
+    expect_op(&mut dan, "join").await;
+
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for n in 0..300 {
+        if n == 150 {
+            // Not a member of this one: refused, in its place in the order.
+            batch.extend_from_slice(
+                &on("send", "00000000-0000-7000-8000-000000000000")
+                    .with_id("bad")
+                    .to_line(),
+            );
+            expected.push(("error", "bad".to_owned()));
+        }
+        batch.extend_from_slice(
+            &on("send", &topic)
+                .with_id(format!("s{n}"))
+                .with("n", n)
+                .to_line(),
+        );
+        expected.push(("ack", format!("s{n}")));
+    }
+    batch.extend_from_slice(&Packet::request("ping").with_id("last").to_line());
+    expected.push(("pong", "last".to_owned()));
+    dan.send_raw(&batch).await.unwrap();
+
+    let mut acked = Vec::new();
+    for (op, id) in &expected {
+        let p = expect_op(&mut dan, op).await;
+        assert_eq!(p.ex_str("for"), Some(id.as_str()));
+        if *op == "ack" {
+            acked.push(p.ex_str("id").unwrap().to_owned());
+        }
+    }
+    for n in 0..300u64 {
+        let p = expect_op(&mut bob, "send").await;
+        assert_eq!(p.ex.get("n").and_then(Value::as_u64), Some(n));
+        assert_eq!(p.id.as_deref(), Some(acked[n as usize].as_str()));
+    }
+    let kept = ids(&request(
+        &mut dan,
+        on("history", &topic).with("limit", 200).with("after", 0),
+    )
+    .await);
+    assert_eq!(kept, acked[..200]);
+    server.stop().await;
+}

@@ -122,8 +122,25 @@ async fn read_loop<R>(
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    let limits = &shared.config.limits;
     let mut session = Session::new(&shared.session_ctx, out.clone(), conn_id, peer_ip);
+    let reason = serve_session(shared, frames, out, &mut session).await;
+    // Messages already committed are relayed whatever ended the session:
+    // others must see what the store kept.
+    session.finish().await;
+    reason
+}
+
+/// The session's read loop; returns why it ended.
+async fn serve_session<R>(
+    shared: &Shared,
+    frames: &mut FrameReader<R>,
+    out: &Outbound,
+    session: &mut Session<'_>,
+) -> String
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let limits = &shared.config.limits;
     let login_deadline = Instant::now() + limits.login_timeout();
     let mut last_rx = Instant::now();
     let mut pinged = false;
@@ -160,6 +177,12 @@ where
                 }
                 continue;
             }
+            outcome = session.complete_next(), if session.has_inflight() => {
+                if let Outcome::Close(reason) = outcome {
+                    return reason.as_str().into();
+                }
+                continue;
+            }
             frame = frames.next_frame() => frame,
         };
         let outcome = match frame {
@@ -172,7 +195,7 @@ where
             Ok(Some(Frame::TooLong)) => {
                 last_rx = Instant::now();
                 pinged = false;
-                session.handle_too_long()
+                session.handle_too_long().await
             }
             Ok(None) => return "client closed".into(),
             Err(reader::Error::Gzip(e)) => {

@@ -13,7 +13,23 @@ use crate::change::{Change, Message};
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::acl::Flag;
-use crate::store::TopicRecord;
+use crate::store::{Pending, TopicRecord};
+
+/// Kept messages one connection may have waiting for their commit.
+pub(super) const MAX_INFLIGHT: usize = 256;
+
+/// What waits in a session's pipeline, in request order.
+pub(super) enum InFlight {
+    /// A kept message queued for commit, with what to do once it is durable.
+    Commit {
+        commit: Pending,
+        relay: Packet,
+        topic: std::sync::Arc<TopicRecord>,
+        request_id: Option<String>,
+    },
+    /// A reply that must not overtake the commits queued before it.
+    Ready(Packet),
+}
 use crate::store::history::Cursor;
 
 impl Session<'_> {
@@ -55,27 +71,117 @@ impl Session<'_> {
                 ),
             ));
         }
-        let ex = std::mem::take(&mut relay.ex);
-        if self.keeps_history(&t) {
-            let message = Message {
-                topic: t.id,
-                id: relay.id.clone().unwrap_or_default(),
-                ts: 0,
-                sender: me.id,
-                ex: ex.clone(),
-            };
-            let event = self.ctx.store.append(Change::message(message)).await?;
-            // One clock: the relayed ts is the committed event's millisecond,
-            // so paging history by time agrees with what clients saw.
-            relay.ts = i64::try_from(event.hlc >> 16).ok();
+        if !self.keeps_history(&t) {
+            // Never stored: relay now, behind any kept message still committing.
+            if let Outcome::Close(r) = self.drain().await {
+                return Ok(Outcome::Close(r));
+            }
+            self.ctx
+                .presence
+                .deliver(t.members.iter(), &relay.to_line(), self.conn_id);
+            let (rid, ts) = (relay.id.unwrap_or_default(), relay.ts.unwrap_or_default());
+            return Ok(self.reply(reply::ack(id).with("id", rid).with("ts", ts)));
         }
-        relay.ex = ex;
-        let bytes = relay.to_line();
-        self.ctx
-            .presence
-            .deliver(t.members.iter(), &bytes, self.conn_id);
-        let (rid, ts) = (relay.id.unwrap_or_default(), relay.ts.unwrap_or_default());
-        Ok(self.reply(reply::ack(id).with("id", rid).with("ts", ts)))
+        let message = Message {
+            topic: t.id,
+            id: relay.id.clone().unwrap_or_default(),
+            ts: 0,
+            sender: me.id,
+            ex: relay.ex.clone(),
+        };
+        // Queue the commit and go on reading: the next sends join the same
+        // group commit. Relay and ack follow the commit, in request order.
+        let commit = self.ctx.store.enqueue(Change::message(message)).await?;
+        self.inflight.push_back(InFlight::Commit {
+            commit,
+            relay,
+            topic: t,
+            request_id: id.map(str::to_owned),
+        });
+        if self.inflight.len() >= MAX_INFLIGHT {
+            return Ok(self.complete_next().await);
+        }
+        Ok(Outcome::Continue)
+    }
+
+    /// Whether kept messages are waiting for their commit.
+    pub fn has_inflight(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+
+    /// Waits for the oldest in-flight entry: for a kept message, its commit,
+    /// then relays and acknowledges it; a ready reply goes out at once.
+    /// Cancel-safe: nothing is taken out until the commit is in.
+    pub async fn complete_next(&mut self) -> Outcome {
+        let result = match self.inflight.front_mut() {
+            None => return Outcome::Continue,
+            Some(InFlight::Ready(_)) => None,
+            Some(InFlight::Commit { commit, .. }) => Some(commit.committed().await),
+        };
+        let entry = self.inflight.pop_front();
+        match (entry, result) {
+            (Some(InFlight::Ready(p)), _) => self.push_now(p),
+            (
+                Some(InFlight::Commit {
+                    mut relay,
+                    topic,
+                    request_id,
+                    ..
+                }),
+                Some(result),
+            ) => {
+                let id = request_id.as_deref();
+                match result {
+                    Ok(event) => {
+                        // One clock: the relayed ts is the committed event's
+                        // millisecond, so paging history by time agrees.
+                        relay.ts = i64::try_from(event.hlc >> 16).ok();
+                        self.ctx.presence.deliver(
+                            topic.members.iter(),
+                            &relay.to_line(),
+                            self.conn_id,
+                        );
+                        let (rid, ts) =
+                            (relay.id.unwrap_or_default(), relay.ts.unwrap_or_default());
+                        self.push_now(reply::ack(id).with("id", rid).with("ts", ts))
+                    }
+                    Err(e) => self.push_now(Denied::from(e).into_packet(id)),
+                }
+            }
+            _ => Outcome::Continue,
+        }
+    }
+
+    /// At the end of a session: every queued message is committed and then
+    /// relayed to the other members, even if this client can no longer be
+    /// answered.
+    pub async fn finish(&mut self) {
+        while let Some(entry) = self.inflight.pop_front() {
+            if let InFlight::Commit {
+                commit,
+                mut relay,
+                topic,
+                ..
+            } = entry
+            {
+                if let Ok(event) = commit.wait().await {
+                    relay.ts = i64::try_from(event.hlc >> 16).ok();
+                    self.ctx
+                        .presence
+                        .deliver(topic.members.iter(), &relay.to_line(), self.conn_id);
+                }
+            }
+        }
+    }
+
+    /// Completes every in-flight message, in order.
+    pub async fn drain(&mut self) -> Outcome {
+        while self.has_inflight() {
+            if let Outcome::Close(r) = self.complete_next().await {
+                return Outcome::Close(r);
+            }
+        }
+        Outcome::Continue
     }
 
     fn keeps_history(&self, t: &TopicRecord) -> bool {

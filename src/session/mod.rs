@@ -169,6 +169,8 @@ pub struct Session<'a> {
     challenge: Option<keys::Challenge>,
     errors_in_row: u32,
     rate: RateLimit,
+    /// Kept messages waiting for their commit, oldest first.
+    inflight: std::collections::VecDeque<message::InFlight>,
 }
 
 impl Drop for Session<'_> {
@@ -243,6 +245,7 @@ impl<'a> Session<'a> {
             challenge: None,
             errors_in_row: 0,
             rate: RateLimit::new(ctx.packets_per_second, ctx.packet_burst),
+            inflight: std::collections::VecDeque::new(),
         }
     }
 
@@ -253,7 +256,21 @@ impl<'a> Session<'a> {
 
     /// Handles one line from the client.
     pub async fn handle_line(&mut self, line: &[u8]) -> Outcome {
-        let packet = match Packet::decode(line, self.ctx.max_json_depth) {
+        let decoded = Packet::decode(line, self.ctx.max_json_depth);
+        // A `send` joins the pipeline of messages still committing (bounded);
+        // anything else acts only once they are done, so effects keep order.
+        let is_send = decoded.as_ref().is_ok_and(|p| p.op == "send");
+        let outcome = if !is_send {
+            self.drain().await
+        } else if self.inflight.len() >= message::MAX_INFLIGHT {
+            self.complete_next().await
+        } else {
+            Outcome::Continue
+        };
+        if let Outcome::Close(r) = outcome {
+            return Outcome::Close(r);
+        }
+        let packet = match decoded {
             Ok(p) => p,
             Err(e) => return self.fail(e.id.as_deref(), e.code, e.message),
         };
@@ -385,7 +402,10 @@ impl<'a> Session<'a> {
     }
 
     /// Handles a line that was over the limit and discarded.
-    pub fn handle_too_long(&mut self) -> Outcome {
+    pub async fn handle_too_long(&mut self) -> Outcome {
+        if let Outcome::Close(r) = self.drain().await {
+            return Outcome::Close(r);
+        }
         let limit = self.ctx.max_line_bytes;
         self.fail(
             None,
@@ -412,7 +432,7 @@ impl<'a> Session<'a> {
         self.errors_in_row += 1;
         if self.errors_in_row >= self.ctx.max_protocol_errors {
             let max = self.ctx.max_protocol_errors;
-            let _ = self.out.push(&reply::bye(
+            let _ = self.reply(reply::bye(
                 ErrorCode::PacketTooManyErrors,
                 format!("{max} protocol errors in a row; closing"),
             ));
@@ -421,8 +441,18 @@ impl<'a> Session<'a> {
         Outcome::Continue
     }
 
-    /// Queues one packet; a full queue ends the session.
+    /// Queues one packet for the client, behind any kept message still
+    /// committing (replies keep request order); a full queue ends the session.
     fn reply(&mut self, packet: Packet) -> Outcome {
+        if self.has_inflight() {
+            self.inflight.push_back(message::InFlight::Ready(packet));
+            return Outcome::Continue;
+        }
+        self.push_now(packet)
+    }
+
+    /// Queues one packet on the connection now.
+    fn push_now(&mut self, packet: Packet) -> Outcome {
         match self.out.push(&packet) {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Close(CloseReason::SendqExceeded),

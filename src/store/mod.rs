@@ -292,6 +292,21 @@ fn commit_batch(db: &mut Db, batch: Vec<(Change, oneshot::Sender<Result<Event, E
     }
 }
 
+/// A queued change, not yet known to be committed.
+pub struct Pending(oneshot::Receiver<Result<Event, Error>>);
+
+impl Pending {
+    /// Waits for the commit. Cancel-safe only by dropping the whole value.
+    pub async fn wait(self) -> Result<Event, Error> {
+        self.0.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Waits for the commit without consuming (for `select!` loops).
+    pub async fn committed(&mut self) -> Result<Event, Error> {
+        (&mut self.0).await.map_err(|_| Error::Closed)?
+    }
+}
+
 /// The daemon's handle on the store thread; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -371,12 +386,19 @@ impl Store {
     /// Appends a change to the log, committed together with whatever
     /// other appends are waiting (group commit); returns once it is durable.
     pub async fn append(&self, change: Change) -> Result<Event, Error> {
+        self.enqueue(change).await?.wait().await
+    }
+
+    /// Queues a change for the next group commit and returns at once; the
+    /// [`Pending`] resolves when it is durable. Lets one connection have
+    /// many changes in one batch.
+    pub async fn enqueue(&self, change: Change) -> Result<Pending, Error> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Msg::Append(change, tx))
             .await
             .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        Ok(Pending(rx))
     }
 
     /// Runs the queued jobs, closes the database and joins its thread; later
