@@ -1,5 +1,5 @@
-//! `tenthbit`: the client. For now it connects, sends each line typed on
-//! stdin as it is, and prints every packet the server sends.
+//! `tenthbit`: the client. `connect` sends each line typed on stdin as it
+//! is and prints every packet the server sends; `bench` measures a server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
