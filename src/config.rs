@@ -245,6 +245,10 @@ pub struct Limits {
     pub packets_per_second: u32,
     /// Packets a connection may send at once before the rate applies.
     pub packet_burst: u32,
+    /// Topics one account may be a member of.
+    pub max_topics_per_account: usize,
+    /// Members one topic may have.
+    pub max_members_per_topic: usize,
     /// Metadata keys per account (or topic).
     pub max_meta_keys: usize,
     /// Largest metadata value, as JSON bytes.
@@ -276,6 +280,8 @@ impl Default for Limits {
             max_sendq_packets: 4096,
             packets_per_second: 50,
             packet_burst: 200,
+            max_topics_per_account: 1000,
+            max_members_per_topic: 10_000,
             max_meta_keys: 64,
             max_meta_value_bytes: 4096,
             max_connections: 50_000,
@@ -461,6 +467,12 @@ impl Config {
             return Err(invalid(
                 "limits.packets_per_second",
                 "the packet rate and burst must be at least 1",
+            ));
+        }
+        if l.max_topics_per_account == 0 || l.max_members_per_topic == 0 {
+            return Err(invalid(
+                "limits.max_topics_per_account",
+                "topic and member limits must be at least 1",
             ));
         }
         if l.max_meta_keys == 0 {

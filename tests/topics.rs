@@ -665,3 +665,32 @@ async fn a_message_whose_relay_would_not_fit_a_line_is_refused() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn member_and_topic_limits() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_members_per_topic = 2;
+        c.limits.max_topics_per_account = 2;
+    })
+    .await;
+    let (mut dan, mut bob, mut amy) = three(&server).await;
+    let first = create(&mut dan, "first").await;
+    assert_eq!(join(&mut bob, &first).await.op, "meta");
+    // Two members: full.
+    assert_eq!(code(&join(&mut amy, &first).await), Some("topic/full"));
+    // dan is in "first"; one more topic is his limit.
+    create(&mut dan, "second").await;
+    let p = request(&mut dan, Packet::request("create").with("name", "third")).await;
+    assert_eq!(code(&p), Some("account/too-many-topics"));
+    let third = create(&mut amy, "third").await;
+    assert_eq!(
+        code(&join(&mut dan, &third).await),
+        Some("account/too-many-topics")
+    );
+    // Leaving makes room on both counts.
+    request(&mut bob, on("leave", &first)).await;
+    assert_eq!(join(&mut amy, &first).await.op, "meta");
+    request(&mut dan, on("leave", &first)).await;
+    assert_eq!(join(&mut dan, &third).await.op, "meta");
+    server.stop().await;
+}

@@ -64,6 +64,10 @@ pub enum ErrorCode {
     TopicInvalidName,
     /// The op needs membership of the topic.
     TopicNotMember,
+    /// The topic has as many members as it may.
+    TopicFull,
+    /// The account is in as many topics as it may be.
+    AccountTooManyTopics,
     /// The topic's ACL does not allow it.
     AclDenied,
     /// The session did not log in before the login deadline.
@@ -86,7 +90,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 38] = [
+    pub const ALL: [ErrorCode; 40] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -116,6 +120,8 @@ impl ErrorCode {
         ErrorCode::TopicNameTaken,
         ErrorCode::TopicInvalidName,
         ErrorCode::TopicNotMember,
+        ErrorCode::TopicFull,
+        ErrorCode::AccountTooManyTopics,
         ErrorCode::AclDenied,
         ErrorCode::SessionLoginTimeout,
         ErrorCode::SessionIdleTimeout,
@@ -159,6 +165,8 @@ impl ErrorCode {
             ErrorCode::TopicNameTaken => "topic/name-taken",
             ErrorCode::TopicInvalidName => "topic/invalid-name",
             ErrorCode::TopicNotMember => "topic/not-member",
+            ErrorCode::TopicFull => "topic/full",
+            ErrorCode::AccountTooManyTopics => "account/too-many-topics",
             ErrorCode::AclDenied => "acl/denied",
             ErrorCode::SessionLoginTimeout => "session/login-timeout",
             ErrorCode::SessionIdleTimeout => "session/idle-timeout",

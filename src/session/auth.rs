@@ -166,7 +166,10 @@ impl Session<'_> {
             else {
                 continue;
             };
-            if !autojoin || t.members.contains(&me.id) || !t.acl.allows(self.actor(me), Flag::Read)
+            if !autojoin
+                || t.members.contains(&me.id)
+                || !t.acl.allows(self.actor(me), Flag::Read)
+                || self.may_join(me, &t).is_err()
             {
                 continue;
             }

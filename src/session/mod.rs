@@ -85,6 +85,10 @@ pub struct Context {
     pub max_line_bytes: usize,
     /// Metadata keys per account.
     pub max_meta_keys: usize,
+    /// Topics one account may be a member of.
+    pub max_topics_per_account: usize,
+    /// Members one topic may have.
+    pub max_members_per_topic: usize,
     /// Packet rate per connection.
     pub packets_per_second: u32,
     /// Packet burst per connection.
@@ -130,6 +134,8 @@ impl Context {
             max_protocol_errors: config.limits.max_protocol_errors,
             max_line_bytes: config.limits.max_line_bytes,
             max_meta_keys: config.limits.max_meta_keys,
+            max_topics_per_account: config.limits.max_topics_per_account,
+            max_members_per_topic: config.limits.max_members_per_topic,
             packets_per_second: config.limits.packets_per_second,
             packet_burst: config.limits.packet_burst,
             max_meta_value_bytes: config.limits.max_meta_value_bytes,

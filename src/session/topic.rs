@@ -59,6 +59,31 @@ impl Session<'_> {
         }
     }
 
+    /// Whether `me` may become a member of `t`: the topic's member limit and
+    /// the account's topic limit.
+    pub(super) fn may_join(&self, me: &LoggedIn, t: &TopicRecord) -> Result<(), Denied> {
+        if t.members.len() >= self.ctx.max_members_per_topic {
+            return Err(Denied::new(
+                ErrorCode::TopicFull,
+                format!("the topic has {} members, its limit", t.members.len()),
+            ));
+        }
+        let mine = self
+            .ctx
+            .topics
+            .all()
+            .iter()
+            .filter(|t| t.members.contains(&me.id))
+            .count();
+        if mine >= self.ctx.max_topics_per_account {
+            return Err(Denied::new(
+                ErrorCode::AccountTooManyTopics,
+                format!("you are in {mine} topics, the limit; leave one first"),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn resolve(&self, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
         self.ctx.topics.resolve(topic).ok_or_else(not_found)
     }
@@ -154,6 +179,20 @@ impl Session<'_> {
         }
         check_topic_name(&name).map_err(|m| Denied::new(ErrorCode::TopicInvalidName, m))?;
         check_reserved(&meta)?;
+        // The creator becomes a member of the new (empty) topic.
+        let mine = self
+            .ctx
+            .topics
+            .all()
+            .iter()
+            .filter(|t| t.members.contains(&me.id))
+            .count();
+        if mine >= self.ctx.max_topics_per_account {
+            return Err(Denied::new(
+                ErrorCode::AccountTooManyTopics,
+                format!("you are in {mine} topics, the limit; leave one first"),
+            ));
+        }
         self.check_meta(&meta)?;
         let creator = me.id;
         let record = self
@@ -182,6 +221,7 @@ impl Session<'_> {
         let record = if t.members.contains(&me.id) {
             (*t).clone()
         } else {
+            self.may_join(me, &t)?;
             let (tid, account) = (t.id, me.id);
             self.ctx
                 .store
