@@ -9,6 +9,8 @@
 //! Latency is measured in this process: a sender stamps each message with
 //! the time since the run began, the receiver subtracts it from its own.
 
+pub mod nats;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -123,7 +125,7 @@ fn client_err(what: impl Into<String>) -> impl FnOnce(Error) -> BenchError {
     move |cause| BenchError::Client { what, cause }
 }
 
-fn tag() -> String {
+pub(crate) fn tag() -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
     id.get(id.len() - 8..).unwrap_or("x").to_owned()
 }
@@ -174,7 +176,7 @@ async fn user(t: &Target, name: &str) -> Result<Client, BenchError> {
     Ok(c)
 }
 
-fn percentile(sorted: &[u64], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

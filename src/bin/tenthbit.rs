@@ -101,6 +101,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Speak NATS's text protocol to a nats-server instead (fanout and
+        /// pairs), for side-by-side runs.
+        #[arg(long)]
+        nats: bool,
         #[command(subcommand)]
         workload: Workload,
     },
@@ -167,8 +171,9 @@ async fn run(cli: Cli) -> Result<()> {
             server,
             server_pid,
             json,
+            nats,
             workload,
-        } => bench(&target, &server, server_pid, json, workload).await,
+        } => bench(&target, &server, server_pid, json, nats, workload).await,
     }
 }
 
@@ -199,6 +204,7 @@ async fn bench(
     server: &ServerArgs,
     server_pid: Option<u32>,
     json: bool,
+    nats: bool,
     workload: Workload,
 ) -> Result<()> {
     use tenthbit::bench;
@@ -223,7 +229,11 @@ async fn bench(
                 rate,
                 history,
             };
-            bench::fanout(&t, subscribers, publishers, load).await?
+            if nats {
+                bench::nats::fanout(&t, subscribers, publishers, load).await?
+            } else {
+                bench::fanout(&t, subscribers, publishers, load).await?
+            }
         }
         Workload::Pairs {
             pairs,
@@ -237,7 +247,14 @@ async fn bench(
                 rate: None,
                 history,
             };
-            bench::pairs(&t, pairs, load).await?
+            if nats {
+                bench::nats::pairs(&t, pairs, load).await?
+            } else {
+                bench::pairs(&t, pairs, load).await?
+            }
+        }
+        Workload::Idle { .. } | Workload::Login { .. } if nats => {
+            bail!("--nats runs the fanout and pairs workloads only")
         }
         Workload::Idle {
             connections,

@@ -1,0 +1,281 @@
+//! The same fanout and pairs workloads against nats-server, over TLS with
+//! NATS's text protocol (`CONNECT` with echo off, `SUB`, `PUB`, `MSG`), so
+//! `bench/compare.sh` can put both servers side by side in one run.
+//!
+//! nats-server 2.9 sends `INFO` in plain text before TLS; the client reads it,
+//! then upgrades the connection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::{BenchError, Load, Report, Target, percentile, tag};
+use crate::procfs as proc;
+use crate::tls;
+
+const DRAIN: Duration = Duration::from_secs(10);
+const BATCH: usize = 32;
+
+type Reader = BufReader<ReadHalf<TlsStream<TcpStream>>>;
+type Writer = WriteHalf<TlsStream<TcpStream>>;
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
+    move |e| BenchError::Refused(format!("nats {what}: {e}"))
+}
+
+/// Connects, upgrades to TLS after `INFO`, sends `CONNECT`, and waits for
+/// the `PONG` that follows it.
+async fn connect(t: &Target) -> Result<(Reader, Writer), BenchError> {
+    let mut tcp = TcpStream::connect(&t.addr).await.map_err(io("connect"))?;
+    let _ = tcp.set_nodelay(true);
+    // INFO {...}\r\n arrives before TLS.
+    let mut info = Vec::new();
+    let mut byte = [0u8; 1];
+    while !info.ends_with(b"\r\n") {
+        tcp.read_exact(&mut byte)
+            .await
+            .map_err(io("reading INFO"))?;
+        info.push(byte[0]);
+        if info.len() > 64 * 1024 {
+            return Err(BenchError::Refused("nats INFO too long".into()));
+        }
+    }
+    let config = tls::client_config(&t.options.trust, &[])
+        .map_err(|e| BenchError::Refused(e.to_string()))?;
+    let name = ServerName::try_from(t.options.server_name.clone())
+        .map_err(|_| BenchError::Refused("bad server name".into()))?;
+    let stream = TlsConnector::from(Arc::clone(&config))
+        .connect(name, tcp)
+        .await
+        .map_err(io("TLS"))?;
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut rd = BufReader::new(rd);
+    wr.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false,\"tls_required\":true}\r\nPING\r\n")
+        .await
+        .map_err(io("CONNECT"))?;
+    wr.flush().await.map_err(io("CONNECT"))?;
+    wait_pong(&mut rd).await?;
+    Ok((rd, wr))
+}
+
+async fn wait_pong(rd: &mut Reader) -> Result<(), BenchError> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = tokio::time::timeout(DRAIN, rd.read_line(&mut line))
+            .await
+            .map_err(|_| BenchError::Refused("nats: no PONG".into()))?
+            .map_err(io("reading"))?;
+        if n == 0 {
+            return Err(BenchError::Refused("nats closed the connection".into()));
+        }
+        if line.starts_with("PONG") {
+            return Ok(());
+        }
+        if line.starts_with("-ERR") {
+            return Err(BenchError::Refused(format!("nats: {}", line.trim())));
+        }
+    }
+}
+
+/// Counts `MSG`s until `expected` or a quiet `DRAIN`, answering server PINGs.
+async fn receive(
+    mut rd: Reader,
+    mut wr: Writer,
+    expected: u64,
+    epoch: Instant,
+) -> (u64, Vec<u64>, Duration) {
+    let mut count = 0;
+    let mut lat = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    let mut last = epoch.elapsed();
+    let mut line = String::new();
+    let mut payload = Vec::new();
+    while count < expected {
+        line.clear();
+        match tokio::time::timeout(DRAIN, rd.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+        if line.starts_with("PING") {
+            let _ = wr.write_all(b"PONG\r\n").await;
+            continue;
+        }
+        // MSG <subject> <sid> <bytes>\r\n<payload>\r\n
+        let Some(len) = line
+            .strip_prefix("MSG ")
+            .and_then(|rest| rest.split_whitespace().last())
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        payload.resize(len + 2, 0);
+        if rd.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        let now = epoch.elapsed();
+        let stamp = payload
+            .split(|&b| b == b' ')
+            .next()
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .and_then(|t| t.parse::<u64>().ok());
+        if let Some(sent) = stamp {
+            lat.push(
+                u64::try_from(now.as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .saturating_sub(sent),
+            );
+        }
+        count += 1;
+        last = now;
+    }
+    (count, lat, last)
+}
+
+/// Publishes `load.messages` messages of `load.size` bytes on `subject`.
+async fn publish(mut wr: Writer, subject: String, load: Load, epoch: Instant) {
+    let pad = "x".repeat(load.size.saturating_sub(21));
+    let line = |epoch: Instant| {
+        let t = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let body = format!("{t:020} {pad}");
+        format!("PUB {subject} {}\r\n{body}\r\n", body.len())
+    };
+    let mut sent = 0;
+    let mut buf = String::new();
+    match load.rate {
+        None => {
+            while sent < load.messages {
+                buf.clear();
+                for _ in 0..BATCH.min(usize::try_from(load.messages - sent).unwrap_or(BATCH)) {
+                    buf.push_str(&line(epoch));
+                    sent += 1;
+                }
+                if wr.write_all(buf.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+        Some(rate) => {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let begin = Instant::now();
+            while sent < load.messages {
+                tick.tick().await;
+                let due = (begin.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+                buf.clear();
+                while sent < due.min(load.messages) {
+                    buf.push_str(&line(epoch));
+                    sent += 1;
+                }
+                if !buf.is_empty() && wr.write_all(buf.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = wr.flush().await;
+    // Hold the connection open until the run aborts this task.
+    std::future::pending::<()>().await;
+}
+
+/// Groups of (subject, publishers, subscribers), run at once.
+async fn run(
+    t: &Target,
+    name: String,
+    groups: Vec<(usize, usize)>,
+    load: Load,
+) -> Result<Report, BenchError> {
+    let tag = tag();
+    let epoch = Instant::now();
+    let mut receivers = Vec::new();
+    let mut publishers = Vec::new();
+    let mut expected = 0;
+    for (g, (pubs, subs)) in groups.into_iter().enumerate() {
+        let subject = format!("bench.{tag}.{g}");
+        let per = load.messages * pubs as u64;
+        expected += per * subs as u64;
+        for sid in 0..subs {
+            let (mut rd, mut wr) = connect(t).await?;
+            wr.write_all(format!("SUB {subject} {sid}\r\nPING\r\n").as_bytes())
+                .await
+                .map_err(io("SUB"))?;
+            wait_pong(&mut rd).await?;
+            receivers.push(tokio::spawn(receive(rd, wr, per, epoch)));
+        }
+        for _ in 0..pubs {
+            let (_rd, wr) = connect(t).await?;
+            publishers.push((subject.clone(), wr));
+        }
+    }
+    let before = t.server_pid.and_then(proc::sample);
+    let start = epoch.elapsed();
+    let mut pub_tasks = Vec::new();
+    for (subject, wr) in publishers {
+        pub_tasks.push(tokio::spawn(publish(wr, subject, load, epoch)));
+    }
+    let mut latencies = Vec::new();
+    let mut deliveries = 0;
+    let mut last = start;
+    for r in receivers {
+        let (count, lat, at) = r.await.unwrap_or_default();
+        deliveries += count;
+        latencies.extend(lat);
+        last = last.max(at);
+    }
+    let after = t.server_pid.and_then(proc::sample);
+    for p in pub_tasks {
+        p.abort();
+    }
+    latencies.sort_unstable();
+    let seconds = last.saturating_sub(start).as_secs_f64().max(1e-9);
+    let cpu = before
+        .zip(after)
+        .map(|(b, a)| a.cpu_seconds - b.cpu_seconds);
+    Ok(Report {
+        workload: name,
+        deliveries,
+        expected,
+        lost: expected.saturating_sub(deliveries),
+        seconds,
+        deliveries_per_second: deliveries as f64 / seconds,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(0) as f64 / 1e6,
+        server_cpu_seconds: cpu,
+        deliveries_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| deliveries as f64 / c),
+        server_rss_kib: after.map(|a| a.rss_kib),
+        notes: Vec::new(),
+    })
+}
+
+/// Fanout against nats-server.
+pub async fn fanout(
+    t: &Target,
+    subscribers: usize,
+    publishers: usize,
+    load: Load,
+) -> Result<Report, BenchError> {
+    let name = format!(
+        "nats fanout: {subscribers} subscribers, {} publisher(s), {} messages of {} bytes each, {}",
+        publishers.max(1),
+        load.messages,
+        load.size,
+        load.rate.map_or("unthrottled".to_owned(), |r| format!(
+            "{r} msg/s per publisher"
+        ))
+    );
+    run(t, name, vec![(publishers.max(1), subscribers)], load).await
+}
+
+/// Pairs against nats-server.
+pub async fn pairs(t: &Target, pairs: usize, load: Load) -> Result<Report, BenchError> {
+    let name = format!(
+        "nats pairs: {pairs} pairs, {} messages of {} bytes each, unthrottled",
+        load.messages, load.size
+    );
+    run(t, name, vec![(1, 1); pairs], Load { rate: None, ..load }).await
+}
