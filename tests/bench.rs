@@ -77,3 +77,107 @@ async fn idle_and_login_report() {
     );
     server.stop().await;
 }
+
+/// A minimal NATS-speaking server for the `--nats` workloads: INFO in plain
+/// text, then TLS; CONNECT, PING, SUB and PUB (fanned out as MSG).
+mod mini_nats {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    type Subs = Arc<Mutex<HashMap<String, Vec<(String, mpsc::UnboundedSender<Vec<u8>>)>>>>;
+
+    pub async fn start(config: Arc<rustls::ServerConfig>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let subs: Subs = Arc::default();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let (acceptor, subs) = (acceptor.clone(), subs.clone());
+                tokio::spawn(async move {
+                    tcp.write_all(b"INFO {\"tls_required\":true}\r\n")
+                        .await
+                        .ok()?;
+                    let tls = acceptor.accept(tcp).await.ok()?;
+                    let (rd, mut wr) = tokio::io::split(tls);
+                    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+                    tokio::spawn(async move {
+                        while let Some(bytes) = rx.recv().await {
+                            if wr.write_all(&bytes).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut rd = BufReader::new(rd);
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if rd.read_line(&mut line).await.ok()? == 0 {
+                            return Some(());
+                        }
+                        let words: Vec<String> =
+                            line.split_whitespace().map(str::to_owned).collect();
+                        match words.first().map(String::as_str) {
+                            Some("PING") => tx.send(b"PONG\r\n".to_vec()).ok()?,
+                            Some("SUB") => subs
+                                .lock()
+                                .unwrap()
+                                .entry(words[1].clone())
+                                .or_default()
+                                .push((words[2].clone(), tx.clone())),
+                            Some("PUB") => {
+                                let n: usize = words[2].parse().ok()?;
+                                let mut payload = vec![0u8; n + 2];
+                                rd.read_exact(&mut payload).await.ok()?;
+                                for (sid, sub) in
+                                    subs.lock().unwrap().get(&words[1]).into_iter().flatten()
+                                {
+                                    let mut msg =
+                                        format!("MSG {} {sid} {n}\r\n", words[1]).into_bytes();
+                                    msg.extend_from_slice(&payload);
+                                    let _ = sub.send(msg);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_mode_speaks_the_nats_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tenthbit::config::TlsConfig {
+        cert_file: dir.path().join("c.crt"),
+        key_file: dir.path().join("c.key"),
+        ..Default::default()
+    };
+    let server_tls = tenthbit::tls::server_config(&cfg, "localhost").unwrap();
+    let mut plain = (*server_tls.config).clone();
+    plain.alpn_protocols.clear();
+    let addr = mini_nats::start(std::sync::Arc::new(plain)).await;
+    let t = Target {
+        addr: addr.to_string(),
+        options: tenthbit::client::Options::pinned(server_tls.fingerprint),
+        server_pid: None,
+    };
+    let load = Load {
+        messages: 40,
+        size: 100,
+        rate: None,
+        history: false,
+    };
+    let r = bench::nats::fanout(&t, 4, 1, load).await.unwrap();
+    assert_eq!((r.expected, r.deliveries, r.lost), (160, 160, 0), "{r}");
+    assert!(r.max_ms > 0.0);
+    let r = bench::nats::pairs(&t, 3, load).await.unwrap();
+    assert_eq!((r.expected, r.deliveries, r.lost), (120, 120, 0), "{r}");
+}
