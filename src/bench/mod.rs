@@ -72,6 +72,47 @@ pub struct Report {
     pub notes: Vec<(String, String)>,
 }
 
+/// What a delivery workload observed, before it becomes a [`Report`].
+pub(crate) struct Observed {
+    pub name: String,
+    pub deliveries: u64,
+    pub expected: u64,
+    /// Latencies in ns, any order.
+    pub latencies: Vec<u64>,
+    /// Wall time from the first send to the last delivery.
+    pub elapsed: Duration,
+    pub before: Option<proc::Sample>,
+    pub after: Option<proc::Sample>,
+    pub notes: Vec<(String, String)>,
+}
+
+impl Report {
+    /// Computes rates and percentiles from what a delivery workload saw.
+    pub(crate) fn from_observed(mut o: Observed) -> Report {
+        o.latencies.sort_unstable();
+        let seconds = o.elapsed.as_secs_f64().max(1e-9);
+        let cpu = o
+            .before
+            .zip(o.after)
+            .map(|(b, a)| a.cpu_seconds - b.cpu_seconds);
+        Report {
+            workload: o.name,
+            deliveries: o.deliveries,
+            expected: o.expected,
+            lost: o.expected.saturating_sub(o.deliveries),
+            seconds,
+            deliveries_per_second: o.deliveries as f64 / seconds,
+            p50_ms: percentile(&o.latencies, 0.50),
+            p99_ms: percentile(&o.latencies, 0.99),
+            max_ms: o.latencies.last().copied().unwrap_or(0) as f64 / 1e6,
+            server_cpu_seconds: cpu,
+            deliveries_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| o.deliveries as f64 / c),
+            server_rss_kib: o.after.map(|a| a.rss_kib),
+            notes: o.notes,
+        }
+    }
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{}", self.workload)?;
@@ -298,31 +339,21 @@ async fn run_groups(
         let _ = s.await;
     }
     let after = t.server_pid.and_then(proc::sample);
-    latencies.sort_unstable();
-    let seconds = last.saturating_sub(start).as_secs_f64().max(1e-9);
-    let cpu = before
-        .zip(after)
-        .map(|(b, a)| a.cpu_seconds - b.cpu_seconds);
     let mut notes = Vec::new();
     let refused = errors.load(Ordering::Relaxed);
     if refused > 0 {
         notes.push(("sends refused by the server".into(), refused.to_string()));
     }
-    Ok(Report {
-        workload: name,
+    Ok(Report::from_observed(Observed {
+        name,
         deliveries,
         expected,
-        lost: expected.saturating_sub(deliveries),
-        seconds,
-        deliveries_per_second: deliveries as f64 / seconds,
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
-        max_ms: latencies.last().copied().unwrap_or(0) as f64 / 1e6,
-        server_cpu_seconds: cpu,
-        deliveries_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| deliveries as f64 / c),
-        server_rss_kib: after.map(|a| a.rss_kib),
+        latencies,
+        elapsed: last.saturating_sub(start),
+        before,
+        after,
         notes,
-    })
+    }))
 }
 
 /// Counts `send` packets until `expected` or a quiet `DRAIN`; returns the

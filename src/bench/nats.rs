@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::{BenchError, Load, Report, Target, percentile, tag};
+use super::{BenchError, Load, Observed, Report, Target, tag};
 use crate::procfs as proc;
 use crate::tls;
 
@@ -230,26 +230,16 @@ async fn run(
     for p in pub_tasks {
         p.abort();
     }
-    latencies.sort_unstable();
-    let seconds = last.saturating_sub(start).as_secs_f64().max(1e-9);
-    let cpu = before
-        .zip(after)
-        .map(|(b, a)| a.cpu_seconds - b.cpu_seconds);
-    Ok(Report {
-        workload: name,
+    Ok(Report::from_observed(Observed {
+        name,
         deliveries,
         expected,
-        lost: expected.saturating_sub(deliveries),
-        seconds,
-        deliveries_per_second: deliveries as f64 / seconds,
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
-        max_ms: latencies.last().copied().unwrap_or(0) as f64 / 1e6,
-        server_cpu_seconds: cpu,
-        deliveries_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| deliveries as f64 / c),
-        server_rss_kib: after.map(|a| a.rss_kib),
+        latencies,
+        elapsed: last.saturating_sub(start),
+        before,
+        after,
         notes: Vec::new(),
-    })
+    }))
 }
 
 /// Fanout against nats-server.

@@ -33,6 +33,18 @@ impl TestServer {
     /// A server whose configuration `tweak` adjusts.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        Self::launch(dir, tweak).await
+    }
+
+    /// Restarts on the same data directory and certificate (a new port).
+    pub async fn restart(self, tweak: impl FnOnce(&mut Config)) -> Self {
+        let TestServer { handle, dir, .. } = self;
+        handle.shutdown().await;
+        Self::launch(dir, tweak).await
+    }
+
+    /// Starts a server whose state and certificate live in `dir`.
+    async fn launch(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::default();
         config.server.data_dir = dir.path().join("data");
         config.tls.cert_file = dir.path().join("certs/server.crt");
@@ -46,29 +58,6 @@ impl TestServer {
         let handle = tenthbit::start_on(config, vec![listener])
             .await
             .expect("server starts");
-        TestServer {
-            addr: handle.local_addr(),
-            fingerprint: handle.fingerprint(),
-            handle,
-            dir,
-        }
-    }
-
-    /// Restarts on the same data directory and certificate (a new port).
-    pub async fn restart(self, tweak: impl FnOnce(&mut Config)) -> Self {
-        let TestServer { handle, dir, .. } = self;
-        handle.shutdown().await;
-        let mut config = Config::default();
-        config.server.data_dir = dir.path().join("data");
-        config.tls.cert_file = dir.path().join("certs/server.crt");
-        config.tls.key_file = dir.path().join("certs/server.key");
-        config.auth.argon2_memory_kib = 64;
-        config.auth.argon2_iterations = 1;
-        tweak(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let handle = tenthbit::start_on(config, vec![listener])
-            .await
-            .expect("server restarts");
         TestServer {
             addr: handle.local_addr(),
             fingerprint: handle.fingerprint(),
