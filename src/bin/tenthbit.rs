@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use tenthbit::client::known::{KnownServers, Trusted};
 use tenthbit::client::{Client, Options};
-use tenthbit::tls::pin::parse_fingerprint;
+use tenthbit::tls::pin::{format_fingerprint, parse_fingerprint};
 use tenthbit::tls::{Alpn, Trust};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -23,7 +24,9 @@ struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 struct ServerArgs {
     /// Trust the server whose certificate has this SHA-256 fingerprint
-    /// (as tenthbitd prints it at start).
+    /// (as tenthbitd prints it at start). Without this or --ca: trust on
+    /// first use, remembered in ~/.config/tenthbit/known_servers
+    /// (or $TENTHBIT_KNOWN_SERVERS).
     #[arg(long, conflicts_with = "ca")]
     fingerprint: Option<String>,
     /// Trust servers whose certificate chains to the CA(s) in this PEM file.
@@ -112,19 +115,8 @@ enum Command {
     Connect {
         /// HOST[:PORT] (port 10817 by default).
         target: String,
-        /// Negotiate `10bit-gzip/0.1`.
-        #[arg(long)]
-        gzip: bool,
-        /// Trust the server whose certificate has this SHA-256 fingerprint
-        /// (as tenthbitd prints it at start).
-        #[arg(long, conflicts_with = "ca")]
-        fingerprint: Option<String>,
-        /// Trust servers whose certificate chains to the CA(s) in this PEM file.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Name to verify and send as SNI (defaults to the host).
-        #[arg(long)]
-        server_name: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -151,21 +143,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Connect {
-            target,
-            gzip,
-            fingerprint,
-            ca,
-            server_name,
-        } => {
-            let server = ServerArgs {
-                fingerprint,
-                ca,
-                server_name,
-                gzip,
-            };
-            connect(&target, &server).await
-        }
+        Command::Connect { target, server } => connect(&target, &server).await,
         Command::Bench {
             target,
             server,
@@ -177,17 +155,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn options(target: &str, server: &ServerArgs) -> Result<(String, Options)> {
-    let trust = match (&server.fingerprint, &server.ca) {
-        (Some(fp), _) => Trust::Fingerprint(
-            parse_fingerprint(fp).context("--fingerprint must be 64 hex digits, colons allowed")?,
-        ),
-        (None, Some(ca)) => Trust::CaFile(ca.clone()),
-        (None, None) => bail!("say how to trust the server: --fingerprint SHA256 or --ca FILE"),
-    };
+/// Where to connect and how to trust the server. Without `--fingerprint`
+/// or `--ca`, trust on first use: the certificate remembered for the server
+/// in the known-servers file, or on first contact whatever it presents (which
+/// is then remembered, and said on stderr).
+async fn options(target: &str, server: &ServerArgs) -> Result<(String, Options)> {
     let (host, addr) = split_target(target);
-    let opts = Options {
-        trust,
+    let mut opts = Options {
+        trust: Trust::Fingerprint([0; 32]),
         alpn: if server.gzip {
             vec![Alpn::Gzip]
         } else {
@@ -195,6 +170,34 @@ fn options(target: &str, server: &ServerArgs) -> Result<(String, Options)> {
         },
         server_name: server.server_name.clone().unwrap_or(host),
         max_line_bytes: 16 * 1024 * 1024,
+    };
+    opts.trust = match (&server.fingerprint, &server.ca) {
+        (Some(fp), _) => Trust::Fingerprint(
+            parse_fingerprint(fp).context("--fingerprint must be 64 hex digits, colons allowed")?,
+        ),
+        (None, Some(ca)) => Trust::CaFile(ca.clone()),
+        (None, None) => {
+            let path = KnownServers::default_path().context(
+                "no known-servers file: set HOME or TENTHBIT_KNOWN_SERVERS, or pass --fingerprint",
+            )?;
+            let known = KnownServers::at(path);
+            let (_probe, trusted) = known.connect(&addr, &opts).await?;
+            let fp = match trusted {
+                Trusted::Known => known
+                    .lookup(&addr)
+                    .context("known-servers entry vanished")?,
+                Trusted::FirstUse(fp) => {
+                    eprintln!(
+                        "tenthbit: first connection to {addr}: trusting its certificate, SHA-256 {}\n\
+                         tenthbit: remembered in {}; a different certificate will be refused",
+                        format_fingerprint(&fp),
+                        known.path().display()
+                    );
+                    fp
+                }
+            };
+            Trust::Fingerprint(fp)
+        }
     };
     Ok((addr, opts))
 }
@@ -208,7 +211,7 @@ async fn bench(
     workload: Workload,
 ) -> Result<()> {
     use tenthbit::bench;
-    let (addr, options) = options(target, server)?;
+    let (addr, options) = options(target, server).await?;
     let t = bench::Target {
         addr,
         options,
@@ -274,7 +277,7 @@ async fn bench(
 }
 
 async fn connect(target: &str, server: &ServerArgs) -> Result<()> {
-    let (addr, opts) = options(target, server)?;
+    let (addr, opts) = options(target, server).await?;
     let mut client = Client::connect(&addr, &opts)
         .await
         .with_context(|| format!("connecting to {addr}"))?;

@@ -2,6 +2,8 @@
 //! and wait for the reply to a request. The `tenthbit` binary, the tests and
 //! the benchmark all use it.
 
+pub mod known;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +52,22 @@ pub enum Error {
     /// Nothing came in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The server's certificate is not the one remembered for it.
+    #[error(
+        "THE CERTIFICATE OF {target} HAS CHANGED. Remembered: {known}. Presented now: {presented}. \
+         This may be an attack. If the change is expected, remove the line for {target} from {}.",
+        file.display()
+    )]
+    CertificateChanged {
+        /// `host:port`.
+        target: String,
+        /// The remembered fingerprint.
+        known: String,
+        /// What the server presented.
+        presented: String,
+        /// The known-servers file.
+        file: std::path::PathBuf,
+    },
 }
 
 // Plain conversions: each message above carries its cause already.

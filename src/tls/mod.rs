@@ -171,6 +171,10 @@ pub enum Trust {
     Fingerprint([u8; 32]),
     /// Certificates chaining to the CA certificates in this PEM file.
     CaFile(PathBuf),
+    /// Any certificate (trust on first use): handshake signatures are still
+    /// verified, and the certificate's fingerprint is recorded in the slot
+    /// so the caller can remember it.
+    FirstUse(Arc<std::sync::Mutex<Option<[u8; 32]>>>),
 }
 
 /// A client configuration offering `alpn` (or no ALPN at all when `None`).
@@ -184,6 +188,13 @@ pub fn client_config(trust: &Trust, alpn: &[Alpn]) -> Result<Arc<ClientConfig>, 
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(pin::PinnedServerVerifier::new(
                 *fp, &provider,
+            )))
+            .with_no_client_auth(),
+        Trust::FirstUse(slot) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(pin::FirstUseVerifier::new(
+                slot.clone(),
+                &provider,
             )))
             .with_no_client_auth(),
         Trust::CaFile(path) => {

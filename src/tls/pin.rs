@@ -103,6 +103,66 @@ impl ServerCertVerifier for PinnedServerVerifier {
     }
 }
 
+/// Accepts whatever certificate the server presents (still checking the
+/// handshake signatures against it) and records its fingerprint: the first
+/// contact of trust-on-first-use.
+#[derive(Debug)]
+pub struct FirstUseVerifier {
+    seen: Arc<std::sync::Mutex<Option<[u8; 32]>>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl FirstUseVerifier {
+    /// Records into `seen`, verifying signatures with `provider`.
+    pub fn new(
+        seen: Arc<std::sync::Mutex<Option<[u8; 32]>>>,
+        provider: &Arc<CryptoProvider>,
+    ) -> Self {
+        Self {
+            seen,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for FirstUseVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(fingerprint(end_entity));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
