@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tenthbit::client::known::{KnownServers, Trusted};
 use tenthbit::client::{Client, Options};
+use tenthbit::proto::Packet;
 use tenthbit::tls::pin::{format_fingerprint, parse_fingerprint};
 use tenthbit::tls::{Alpn, Trust};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -111,7 +112,35 @@ enum Command {
         #[command(subcommand)]
         workload: Workload,
     },
-    /// Connect, send stdin lines as packets, print the server's packets.
+    /// Send one message to a topic and exit: 0 sent, 2 could not connect,
+    /// 3 login failed, 4 the server refused (its error code on stderr).
+    /// The password comes from $TENTHBIT_PASSWORD or --password-file.
+    Send {
+        /// HOST[:PORT] (port 10817 by default).
+        target: String,
+        /// The topic's name or UUID (joined first if need be).
+        topic: String,
+        /// The message text (sent as `ex.body`).
+        message: String,
+        /// Account name.
+        #[arg(long, short)]
+        user: String,
+        /// Read the password from the first line of this file.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// JSON lines on stdin are sent as they are; every packet the server
+    /// sends is printed, one per line.
+    Raw {
+        /// HOST[:PORT] (port 10817 by default).
+        target: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Connect, send stdin lines as packets, print the server's packets
+    /// (today the same as `raw`).
     Connect {
         /// HOST[:PORT] (port 10817 by default).
         target: String,
@@ -133,7 +162,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("tenthbit: {e:#}");
             ExitCode::FAILURE
@@ -141,9 +170,29 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Connect { target, server } => connect(&target, &server).await,
+        Command::Connect { target, server } | Command::Raw { target, server } => {
+            connect(&target, &server).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Send {
+            target,
+            topic,
+            message,
+            user,
+            password_file,
+            server,
+        } => {
+            send(
+                &target,
+                &server,
+                &user,
+                password_file.as_deref(),
+                &topic,
+                &message,
+            )
+            .await
+        }
         Command::Bench {
             target,
             server,
@@ -151,7 +200,9 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             nats,
             workload,
-        } => bench(&target, &server, server_pid, json, nats, workload).await,
+        } => bench(&target, &server, server_pid, json, nats, workload)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -309,6 +360,76 @@ async fn connect(target: &str, server: &ServerArgs) -> Result<()> {
             },
         }
     }
+}
+
+/// Exit codes of `tenthbit send`, for scripts.
+const EXIT_CONNECT: u8 = 2;
+const EXIT_LOGIN: u8 = 3;
+const EXIT_REFUSED: u8 = 4;
+
+async fn send(
+    target: &str,
+    server: &ServerArgs,
+    user: &str,
+    password_file: Option<&std::path::Path>,
+    topic: &str,
+    message: &str,
+) -> Result<ExitCode> {
+    let password = match password_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        None => std::env::var("TENTHBIT_PASSWORD")
+            .context("set TENTHBIT_PASSWORD or pass --password-file (never the password itself)")?,
+    };
+    let wait = std::time::Duration::from_secs(30);
+    let refused = |p: &Packet, code: u8| {
+        eprintln!(
+            "tenthbit: {}: {}",
+            p.ex_str("code").unwrap_or("error"),
+            p.ex_str("message").unwrap_or("")
+        );
+        Ok(ExitCode::from(code))
+    };
+    let connected = async {
+        let (addr, opts) = options(target, server).await?;
+        let mut c = Client::connect(&addr, &opts).await?;
+        c.recv_timeout(wait).await?;
+        anyhow::Ok(c)
+    };
+    let mut c = match connected.await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tenthbit: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONNECT));
+        }
+    };
+    let auth = Packet::request("auth")
+        .with("method", "password")
+        .with("username", user)
+        .with("password", password);
+    let p = c.request(auth, wait).await?;
+    if p.op != "ack" {
+        return refused(&p, EXIT_LOGIN);
+    }
+    let mut join = Packet::request("join");
+    join.topic = Some(topic.to_owned());
+    let p = c.request(join, wait).await?;
+    if p.op != "meta" {
+        return refused(&p, EXIT_REFUSED);
+    }
+    let mut msg = Packet::request("send").with("body", message);
+    msg.topic = p.topic.clone();
+    let p = c.request(msg, wait).await?;
+    if p.op != "ack" {
+        return refused(&p, EXIT_REFUSED);
+    }
+    println!("{}", p.ex_str("id").unwrap_or_default());
+    let _ = c.request(Packet::request("quit"), wait).await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `host[:port]` → (host for SNI, address to dial).
