@@ -275,3 +275,56 @@ async fn pipelined_sends_keep_their_order() {
     assert_eq!(kept, acked[..200]);
     server.stop().await;
 }
+
+/// A session closed while messages are still committing (here: too many bad
+/// sends right behind good ones) still answers everything, in order, then
+/// says bye; the good messages are relayed.
+#[tokio::test]
+async fn closing_with_messages_in_flight_answers_everything() {
+    let server = TestServer::start_with(|c| c.limits.max_protocol_errors = 2).await;
+    server.register("dan", "hellosecret").await;
+    server.register("bob", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let mut bob = server.login("bob", "hellosecret").await;
+    let topic = request(&mut dan, Packet::request("create").with("name", "late"))
+        .await
+        .topic
+        .unwrap();
+    request(&mut bob, on("join", &topic)).await;
+    expect_op(&mut dan, "join").await;
+    let mut batch = Vec::new();
+    for n in 0..50 {
+        batch.extend_from_slice(
+            &on("send", &topic)
+                .with_id(format!("s{n}"))
+                .with("n", n)
+                .to_line(),
+        );
+    }
+    // `send` without a topic: request/invalid, a protocol error; two in a row close.
+    batch.extend_from_slice(
+        b"{\"id\":\"bad1\",\"op\":\"send\"}\n{\"id\":\"bad2\",\"op\":\"send\"}\n",
+    );
+    dan.send_raw(&batch).await.unwrap();
+    for n in 0..50 {
+        let p = expect_op(&mut dan, "ack").await;
+        assert_eq!(p.ex_str("for"), Some(format!("s{n}").as_str()));
+    }
+    for id in ["bad1", "bad2"] {
+        let p = expect_error(&mut dan, "request/invalid").await;
+        assert_eq!(p.ex_str("for"), Some(id));
+    }
+    expect_bye(&mut dan, "packet/too-many-errors").await;
+    expect_clean_close(&mut dan).await;
+    for n in 0..50u64 {
+        assert_eq!(
+            expect_op(&mut bob, "send")
+                .await
+                .ex
+                .get("n")
+                .and_then(Value::as_u64),
+            Some(n)
+        );
+    }
+    server.stop().await;
+}

@@ -153,23 +153,42 @@ impl Session<'_> {
     }
 
     /// At the end of a session: every queued message is committed and then
-    /// relayed to the other members, even if this client can no longer be
-    /// answered.
+    /// relayed to the other members, and every queued reply (acks, errors,
+    /// a final `bye`) is still offered to this client, in order, even when
+    /// it can no longer take them.
     pub async fn finish(&mut self) {
         while let Some(entry) = self.inflight.pop_front() {
-            if let InFlight::Commit {
-                commit,
-                mut relay,
-                topic,
-                ..
-            } = entry
-            {
-                if let Ok(event) = commit.wait().await {
-                    relay.ts = i64::try_from(event.hlc >> 16).ok();
-                    self.ctx
-                        .presence
-                        .deliver(topic.members.iter(), &relay.to_line(), self.conn_id);
+            match entry {
+                InFlight::Ready(p) => {
+                    let _ = self.out.push(&p);
                 }
+                InFlight::Commit {
+                    commit,
+                    mut relay,
+                    topic,
+                    request_id,
+                } => match commit.wait().await {
+                    Ok(event) => {
+                        relay.ts = i64::try_from(event.hlc >> 16).ok();
+                        self.ctx.presence.deliver(
+                            topic.members.iter(),
+                            &relay.to_line(),
+                            self.conn_id,
+                        );
+                        let (rid, ts) =
+                            (relay.id.unwrap_or_default(), relay.ts.unwrap_or_default());
+                        let _ = self.out.push(
+                            &reply::ack(request_id.as_deref())
+                                .with("id", rid)
+                                .with("ts", ts),
+                        );
+                    }
+                    Err(e) => {
+                        let _ = self
+                            .out
+                            .push(&Denied::from(e).into_packet(request_id.as_deref()));
+                    }
+                },
             }
         }
     }
