@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tenthbit::client::known::{KnownServers, Trusted};
@@ -139,8 +141,8 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Connect, send stdin lines as packets, print the server's packets
-    /// (today the same as `raw`).
+    /// The interactive client (line editing, history, slash commands;
+    /// /help lists them). With stdin not a terminal, the same as `raw`.
     Connect {
         /// HOST[:PORT] (port 10817 by default).
         target: String,
@@ -172,8 +174,19 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Connect { target, server } | Command::Raw { target, server } => {
+        Command::Raw { target, server } => {
             connect(&target, &server).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Connect { target, server } => {
+            // A person at a terminal gets the interactive client; a pipe
+            // gets raw JSON lines.
+            if std::io::stdin().is_terminal() {
+                interactive(&target, &server)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            } else {
+                connect(&target, &server).await.map(|()| ExitCode::SUCCESS)
+            }
         }
         Command::Send {
             target,
@@ -360,6 +373,152 @@ async fn connect(target: &str, server: &ServerArgs) -> Result<()> {
             },
         }
     }
+}
+
+/// What the line-editor thread hands over.
+enum Input {
+    Line(String),
+    /// A `/login` or `/register` line, and the password read for it
+    /// without echo.
+    WithPassword(String, String),
+    End,
+}
+
+/// `HH:MM:SS` (UTC) of a packet's `ts`.
+fn clock(ts: Option<i64>) -> String {
+    let secs = ts.unwrap_or_default().div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+async fn interactive(target: &str, server: &ServerArgs) -> Result<()> {
+    use tenthbit::client::cli::{Action, State};
+    let (addr, opts) = options(target, server).await?;
+    let client = Client::connect(&addr, &opts)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let (mut rd, mut wr) = client.into_split();
+    let color = std::io::stdout().is_terminal();
+    let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
+    let history = KnownServers::default_path().and_then(|p| p.parent().map(|d| d.join("history")));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    let mut printer = editor
+        .create_external_printer()
+        .context("starting the line editor")?;
+    let (tx, mut inputs) = tokio::sync::mpsc::channel::<Input>(16);
+    let prompt = format!("{addr}> ");
+    let editor_thread = std::thread::spawn(move || {
+        loop {
+            let input = match editor.readline(&prompt) {
+                Ok(line) => {
+                    let _ = editor.add_history_entry(line.as_str());
+                    if line.starts_with("/login ") || line.starts_with("/register ") {
+                        match rpassword::prompt_password("password: ") {
+                            Ok(pw) => Input::WithPassword(line, pw),
+                            Err(_) => Input::End,
+                        }
+                    } else {
+                        Input::Line(line)
+                    }
+                }
+                Err(_) => Input::End,
+            };
+            // After /quit (or end of input) this thread stops reading, so the
+            // terminal is restored and the program can exit at once.
+            let end = match &input {
+                Input::End => true,
+                Input::Line(l) => matches!(l.trim(), "/quit" | "/exit"),
+                Input::WithPassword(..) => false,
+            };
+            if tx.blocking_send(input).is_err() || end {
+                break;
+            }
+        }
+        if let Some(h) = &history {
+            let _ = editor.save_history(h);
+        }
+    });
+    let mut state = State::default();
+    let paint = |line: String, code: &str| {
+        if color {
+            format!("\x1b[{code}m{line}\x1b[0m")
+        } else {
+            line
+        }
+    };
+    use rustyline::ExternalPrinter as _;
+    let _ = printer.print("connected; /help lists the commands".to_owned());
+    // Whether the user ended the session (the editor thread then stops by
+    // itself) or the server did (the editor still waits for a line).
+    let mut user_ended = false;
+    loop {
+        tokio::select! {
+            packet = rd.recv() => match packet? {
+                Some(p) => {
+                    if p.op == "ping" {
+                        let pong = Packet::request("pong").with("for", p.id.clone().unwrap_or_default());
+                        wr.send(&pong).await?;
+                        continue;
+                    }
+                    let line = state.render(&p, &clock(p.ts));
+                    let code = match p.op.as_str() {
+                        "error" | "bye" => "31",
+                        "join" | "leave" | "delete" => "2",
+                        _ => "0",
+                    };
+                    let _ = printer.print(paint(line, code));
+                }
+                None => break,
+            },
+            input = inputs.recv() => {
+                let (line, password) = match input {
+                    Some(Input::Line(l)) => (l, None),
+                    Some(Input::WithPassword(l, pw)) => (l, Some(pw)),
+                    Some(Input::End) | None => {
+                        user_ended = true;
+                        let _ = wr.send(&Packet::request("quit")).await;
+                        break;
+                    }
+                };
+                match state.parse(&line) {
+                    Ok(Action::Send(p)) => {
+                        if p.op == "join" {
+                            // Plain lines go to the topic joined last.
+                            state.current = None;
+                        }
+                        wr.send(&p).await?;
+                    }
+                    Ok(Action::AskPassword { op, username }) => {
+                        let mut p = Packet::request(op).with("username", username);
+                        if op == "auth" {
+                            p = p.with("method", "password");
+                        }
+                        wr.send(&p.with("password", password.unwrap_or_default())).await?;
+                    }
+                    Ok(Action::Say(text)) if !text.is_empty() => {
+                        let _ = printer.print(text);
+                    }
+                    Ok(Action::Say(_)) => {}
+                    Ok(Action::Quit) => {
+                        user_ended = true;
+                        let _ = wr.send(&Packet::request("quit")).await;
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = printer.print(paint(e, "33"));
+                    }
+                }
+            }
+        }
+    }
+    if !user_ended {
+        // The server ended the session while the editor waits for a line.
+        let _ = printer.print("connection closed; press Enter to leave".to_owned());
+    }
+    drop(inputs);
+    let _ = tokio::task::spawn_blocking(move || editor_thread.join()).await;
+    Ok(())
 }
 
 /// Exit codes of `tenthbit send`, for scripts.

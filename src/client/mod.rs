@@ -2,6 +2,7 @@
 //! and wait for the reply to a request. The `tenthbit` binary, the tests and
 //! the benchmark all use it.
 
+pub mod cli;
 pub mod known;
 
 use std::collections::VecDeque;
