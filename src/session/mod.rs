@@ -276,11 +276,12 @@ impl<'a> Session<'a> {
         if let Outcome::Close(r) = outcome {
             return Outcome::Close(r);
         }
-        let packet = match decoded {
+        let mut packet = match decoded {
             Ok(p) => p,
             Err(e) => return self.fail(e.id.as_deref(), e.code, e.message),
         };
-        let id = packet.id.as_deref();
+        let request_id = packet.id.take();
+        let id = request_id.as_deref();
         // `pong` gets no reply and `quit` only ends the session: neither is
         // worth refusing, and refusing `pong` would break the reply rule.
         let exempt = matches!(packet.op.as_str(), "pong" | "quit");
@@ -300,7 +301,7 @@ impl<'a> Session<'a> {
                 "log in first (op \"auth\")",
             ));
         }
-        let request = match Request::parse(&packet) {
+        let request = match Request::parse(&mut packet) {
             Ok(r) => r,
             Err(e) => return self.fail(id, e.code, e.message),
         };
