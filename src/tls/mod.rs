@@ -177,6 +177,18 @@ pub enum Trust {
     FirstUse(Arc<std::sync::Mutex<Option<[u8; 32]>>>),
 }
 
+/// A client configuration trusting by certificate fingerprint.
+fn by_fingerprint(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>,
+    expect: pin::Expect,
+    provider: &Arc<CryptoProvider>,
+) -> ClientConfig {
+    builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(pin::FingerprintVerifier::new(expect, provider)))
+        .with_no_client_auth()
+}
+
 /// A client configuration offering `alpn` (or no ALPN at all when `None`).
 pub fn client_config(trust: &Trust, alpn: &[Alpn]) -> Result<Arc<ClientConfig>, Error> {
     let provider = provider();
@@ -184,19 +196,10 @@ pub fn client_config(trust: &Trust, alpn: &[Alpn]) -> Result<Arc<ClientConfig>, 
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::Trust(e.to_string()))?;
     let mut config = match trust {
-        Trust::Fingerprint(fp) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(pin::PinnedServerVerifier::new(
-                *fp, &provider,
-            )))
-            .with_no_client_auth(),
-        Trust::FirstUse(slot) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(pin::FirstUseVerifier::new(
-                slot.clone(),
-                &provider,
-            )))
-            .with_no_client_auth(),
+        Trust::Fingerprint(fp) => by_fingerprint(builder, pin::Expect::Pinned(*fp), &provider),
+        Trust::FirstUse(slot) => {
+            by_fingerprint(builder, pin::Expect::FirstUse(slot.clone()), &provider)
+        }
         Trust::CaFile(path) => {
             let mut roots = RootCertStore::empty();
             for cert in load_certs(path)? {

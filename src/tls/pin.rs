@@ -44,25 +44,36 @@ pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Accepts a server whose end-entity certificate has the pinned fingerprint;
-/// handshake signatures are still verified with the provider's algorithms.
+/// What a [`FingerprintVerifier`] accepts.
 #[derive(Debug)]
-pub struct PinnedServerVerifier {
-    fingerprint: [u8; 32],
+pub enum Expect {
+    /// Only the certificate with this SHA-256 fingerprint.
+    Pinned([u8; 32]),
+    /// Whatever the server presents, recording its fingerprint here: the
+    /// first contact of trust-on-first-use.
+    FirstUse(Arc<std::sync::Mutex<Option<[u8; 32]>>>),
+}
+
+/// Trusts a server by its end-entity certificate's fingerprint rather than
+/// a CA chain; handshake signatures are still verified with the provider's
+/// algorithms, so the peer must hold the certificate's key.
+#[derive(Debug)]
+pub struct FingerprintVerifier {
+    expect: Expect,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl PinnedServerVerifier {
-    /// Pins `fingerprint`, verifying signatures with `provider`.
-    pub fn new(fingerprint: [u8; 32], provider: &Arc<CryptoProvider>) -> Self {
+impl FingerprintVerifier {
+    /// Accepts what `expect` says, verifying signatures with `provider`.
+    pub fn new(expect: Expect, provider: &Arc<CryptoProvider>) -> Self {
         Self {
-            fingerprint,
+            expect,
             algorithms: provider.signature_verification_algorithms,
         }
     }
 }
 
-impl ServerCertVerifier for PinnedServerVerifier {
+impl ServerCertVerifier for FingerprintVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -71,73 +82,19 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity) == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
+        let presented = fingerprint(end_entity);
+        match &self.expect {
+            Expect::Pinned(fp) if *fp == presented => Ok(ServerCertVerified::assertion()),
+            Expect::Pinned(_) => Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
-            ))
+            )),
+            Expect::FirstUse(seen) => {
+                if let Ok(mut seen) = seen.lock() {
+                    *seen = Some(presented);
+                }
+                Ok(ServerCertVerified::assertion())
+            }
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Accepts whatever certificate the server presents (still checking the
-/// handshake signatures against it) and records its fingerprint: the first
-/// contact of trust-on-first-use.
-#[derive(Debug)]
-pub struct FirstUseVerifier {
-    seen: Arc<std::sync::Mutex<Option<[u8; 32]>>>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl FirstUseVerifier {
-    /// Records into `seen`, verifying signatures with `provider`.
-    pub fn new(
-        seen: Arc<std::sync::Mutex<Option<[u8; 32]>>>,
-        provider: &Arc<CryptoProvider>,
-    ) -> Self {
-        Self {
-            seen,
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for FirstUseVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut seen) = self.seen.lock() {
-            *seen = Some(fingerprint(end_entity));
-        }
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
