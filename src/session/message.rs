@@ -6,6 +6,7 @@
 //! history, the message is committed (group commit) before anyone sees it
 //! and before the `ack`; where it does not, it never touches the store.
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::{Denied, LoggedIn, Outcome, Session};
@@ -13,7 +14,7 @@ use crate::change::{Change, Message};
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::acl::Flag;
-use crate::store::{Pending, TopicRecord};
+use crate::store::{Event, Pending, TopicRecord};
 
 /// Kept messages one connection may have waiting for their commit.
 pub(super) const MAX_INFLIGHT: usize = 256;
@@ -61,7 +62,8 @@ impl Session<'_> {
         relay.ex = ex;
         // The relay adds id, ts, topic and from: it must still fit a line,
         // or receivers that enforce the same limit would refuse it.
-        let size = relay.to_line().len() - 1;
+        let line = relay.to_line();
+        let size = line.len() - 1;
         if size > self.ctx.max_line_bytes {
             return Err(Denied::new(
                 ErrorCode::PacketTooLarge,
@@ -76,11 +78,8 @@ impl Session<'_> {
             if let Outcome::Close(r) = self.drain().await {
                 return Ok(Outcome::Close(r));
             }
-            self.ctx
-                .presence
-                .deliver(t.members.iter(), &relay.to_line(), self.conn_id);
-            let (rid, ts) = (relay.id.unwrap_or_default(), relay.ts.unwrap_or_default());
-            return Ok(self.reply(reply::ack(id).with("id", rid).with("ts", ts)));
+            let ack = self.relay(&relay, &line, &t, id);
+            return Ok(self.reply(ack));
         }
         let message = Message {
             topic: t.id,
@@ -123,30 +122,15 @@ impl Session<'_> {
             (Some(InFlight::Ready(p)), _) => self.push_now(p),
             (
                 Some(InFlight::Commit {
-                    mut relay,
+                    relay,
                     topic,
                     request_id,
                     ..
                 }),
                 Some(result),
             ) => {
-                let id = request_id.as_deref();
-                match result {
-                    Ok(event) => {
-                        // One clock: the relayed ts is the committed event's
-                        // millisecond, so paging history by time agrees.
-                        relay.ts = i64::try_from(event.hlc >> 16).ok();
-                        self.ctx.presence.deliver(
-                            topic.members.iter(),
-                            &relay.to_line(),
-                            self.conn_id,
-                        );
-                        let (rid, ts) =
-                            (relay.id.unwrap_or_default(), relay.ts.unwrap_or_default());
-                        self.push_now(reply::ack(id).with("id", rid).with("ts", ts))
-                    }
-                    Err(e) => self.push_now(Denied::from(e).into_packet(id)),
-                }
+                let answer = self.committed(relay, &topic, request_id.as_deref(), result);
+                self.push_now(answer)
             }
             _ => Outcome::Continue,
         }
@@ -164,33 +148,54 @@ impl Session<'_> {
                 }
                 InFlight::Commit {
                     commit,
-                    mut relay,
+                    relay,
                     topic,
                     request_id,
-                } => match commit.wait().await {
-                    Ok(event) => {
-                        relay.ts = i64::try_from(event.hlc >> 16).ok();
-                        self.ctx.presence.deliver(
-                            topic.members.iter(),
-                            &relay.to_line(),
-                            self.conn_id,
-                        );
-                        let (rid, ts) =
-                            (relay.id.unwrap_or_default(), relay.ts.unwrap_or_default());
-                        let _ = self.out.push(
-                            &reply::ack(request_id.as_deref())
-                                .with("id", rid)
-                                .with("ts", ts),
-                        );
-                    }
-                    Err(e) => {
-                        let _ = self
-                            .out
-                            .push(&Denied::from(e).into_packet(request_id.as_deref()));
-                    }
-                },
+                } => {
+                    let result = commit.wait().await;
+                    let answer = self.committed(relay, &topic, request_id.as_deref(), result);
+                    let _ = self.out.push(&answer);
+                }
             }
         }
+    }
+
+    /// A kept message's commit is in: relay it stamped with the commit's
+    /// clock (so paging history by time agrees with what was seen) and
+    /// return the sender's ack; or return the error if it was not stored.
+    fn committed(
+        &self,
+        mut relay: Packet,
+        topic: &TopicRecord,
+        request_id: Option<&str>,
+        result: Result<Event, crate::store::Error>,
+    ) -> Packet {
+        match result {
+            Ok(event) => {
+                relay.ts = i64::try_from(event.hlc >> 16).ok();
+                let line = relay.to_line();
+                self.relay(&relay, &line, topic, request_id)
+            }
+            Err(e) => Denied::from(e).into_packet(request_id),
+        }
+    }
+
+    /// Delivers a relayed message (`line`, serialized once) to every
+    /// connection of the topic's members but this one, and returns the
+    /// sender's ack carrying the relay's id and ts.
+    fn relay(
+        &self,
+        relay: &Packet,
+        line: &Bytes,
+        topic: &TopicRecord,
+        request_id: Option<&str>,
+    ) -> Packet {
+        self.ctx
+            .presence
+            .deliver(topic.members.iter(), line, self.conn_id);
+        reply::ack(request_id)
+            .with("id", relay.id.clone().unwrap_or_default())
+            .with("ts", relay.ts.unwrap_or_default())
     }
 
     /// Completes every in-flight message, in order.
