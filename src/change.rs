@@ -115,6 +115,18 @@ impl Change {
         }
     }
 
+    /// Adds one write per metadata key (`meta:<key>`), builder style.
+    pub fn set_meta(mut self, entity: Entity, values: &serde_json::Map<String, Value>) -> Self {
+        for (key, value) in values {
+            self = self.set(
+                entity,
+                &format!("{}{key}", field::META_PREFIX),
+                value.clone(),
+            );
+        }
+        self
+    }
+
     /// Adds a write, builder style.
     pub fn set(mut self, entity: Entity, field: &str, value: impl Into<Value>) -> Self {
         self.writes.push(Write {

@@ -144,23 +144,8 @@ impl Db {
         max_keys: usize,
     ) -> Result<(), Error> {
         let current = self.account(id)?.ok_or(Error::NotFound)?;
-        let mut keys: std::collections::BTreeSet<&str> =
-            current.meta.keys().map(String::as_str).collect();
-        for (key, value) in values {
-            if value.is_null() {
-                keys.remove(key.as_str());
-            } else {
-                keys.insert(key);
-            }
-        }
-        if keys.len() > max_keys {
-            return Err(Error::TooManyKeys { max: max_keys });
-        }
-        let e = Entity::Account(id);
-        let mut change = Change::new("account.meta");
-        for (key, value) in values {
-            change = change.set(e, &format!("{}{key}", field::META_PREFIX), value.clone());
-        }
+        super::check_key_count(&current.meta, values, max_keys)?;
+        let change = Change::new("account.meta").set_meta(Entity::Account(id), values);
         self.change_existing(id, change)
     }
 

@@ -206,6 +206,27 @@ fn parse_entity(prefix: &str, entity: &str) -> Option<uuid::Uuid> {
         .and_then(|s| uuid::Uuid::parse_str(s).ok())
 }
 
+/// Refuses an update of metadata `current` by `update` (`null` removes a
+/// key) that would leave more than `max` keys.
+fn check_key_count(
+    current: &serde_json::Map<String, serde_json::Value>,
+    update: &serde_json::Map<String, serde_json::Value>,
+    max: usize,
+) -> Result<(), Error> {
+    let mut keys: std::collections::BTreeSet<&str> = current.keys().map(String::as_str).collect();
+    for (key, value) in update {
+        if value.is_null() {
+            keys.remove(key.as_str());
+        } else {
+            keys.insert(key);
+        }
+    }
+    if keys.len() > max {
+        return Err(Error::TooManyKeys { max });
+    }
+    Ok(())
+}
+
 /// How a later claimant of a taken name is shown: `name~<6 hex of its id>`.
 fn clash_name(name: &str, id: uuid::Uuid) -> String {
     let hex = id.simple().to_string();

@@ -49,15 +49,13 @@ impl Db {
                 return Err(Error::NameTaken);
             }
             let e = Entity::Topic(id);
-            let mut change = Change::new("topic.create")
+            let change = Change::new("topic.create")
                 .set(e, field::NAME, name)
                 .set(e, &acl_field(&Subject::Account(creator), Flag::Owner), true)
                 .set(e, &acl_field(&Subject::Everyone, Flag::Read), true)
                 .set(e, &acl_field(&Subject::Everyone, Flag::Write), true)
-                .set(e, &format!("{}{creator}", field::MEMBER_PREFIX), true);
-            for (k, v) in meta {
-                change = change.set(e, &format!("{}{k}", field::META_PREFIX), v.clone());
-            }
+                .set(e, &format!("{}{creator}", field::MEMBER_PREFIX), true)
+                .set_meta(e, meta);
             log::append(tx, origin, change)?;
             Ok(())
         })?;
@@ -100,17 +98,7 @@ impl Db {
         max_keys: usize,
     ) -> Result<(), Error> {
         let current = self.topic(id)?.ok_or(Error::NotFound)?;
-        let mut keys: BTreeSet<&str> = current.meta.keys().map(String::as_str).collect();
-        for (k, v) in values {
-            if v.is_null() {
-                keys.remove(k.as_str());
-            } else {
-                keys.insert(k);
-            }
-        }
-        if keys.len() > max_keys {
-            return Err(Error::TooManyKeys { max: max_keys });
-        }
+        super::check_key_count(&current.meta, values, max_keys)?;
         let e = Entity::Topic(id);
         self.write(|tx, origin| {
             let mut change = Change::new(if name.is_some() {
@@ -125,10 +113,7 @@ impl Db {
                 }
                 change = change.set(e, field::NAME, n);
             }
-            for (k, v) in values {
-                change = change.set(e, &format!("{}{k}", field::META_PREFIX), v.clone());
-            }
-            log::append(tx, origin, change)?;
+            log::append(tx, origin, change.set_meta(e, values))?;
             Ok(())
         })
     }
