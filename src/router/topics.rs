@@ -66,6 +66,17 @@ impl Topics {
         t.by_id.insert(record.id, Arc::new(record));
     }
 
+    /// The live topics `account` is a member of, by name.
+    pub fn member_of(&self, account: Uuid) -> Vec<Arc<TopicRecord>> {
+        let mut mine: Vec<_> = self
+            .all()
+            .into_iter()
+            .filter(|t| t.members.contains(&account))
+            .collect();
+        mine.sort_by_key(|t| t.name.to_lowercase());
+        mine
+    }
+
     /// Every live topic, for searches.
     pub fn all(&self) -> Vec<Arc<TopicRecord>> {
         self.table

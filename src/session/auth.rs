@@ -149,7 +149,7 @@ impl Session<'_> {
         &self,
         me: &LoggedIn,
         favorites: Option<&Value>,
-    ) -> Result<Vec<TopicRecord>, Denied> {
+    ) -> Result<Vec<std::sync::Arc<TopicRecord>>, Denied> {
         let wanted = favorites
             .and_then(Value::as_array)
             .map(Vec::as_slice)
@@ -173,28 +173,9 @@ impl Session<'_> {
             {
                 continue;
             }
-            let (tid, account) = (t.id, me.id);
-            self.ctx
-                .store
-                .call(move |db| db.set_member(tid, account, true))
-                .await?;
-            let record = self.reload(tid).await?;
-            let mut join = Packet::server("join").with_from(me.name.as_str());
-            join.topic = Some(record.id.to_string());
-            self.ctx
-                .presence
-                .deliver(record.members.iter(), &join.to_line(), self.conn_id);
+            self.set_membership(me, &t, true).await?;
         }
-        let mut mine: Vec<TopicRecord> = self
-            .ctx
-            .topics
-            .all()
-            .into_iter()
-            .filter(|t| t.members.contains(&me.id))
-            .map(|t| (*t).clone())
-            .collect();
-        mine.sort_by_key(|t| t.name.to_lowercase());
-        Ok(mine)
+        Ok(self.ctx.topics.member_of(me.id))
     }
 
     pub(super) async fn handle_register(

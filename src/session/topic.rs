@@ -68,13 +68,12 @@ impl Session<'_> {
                 format!("the topic has {} members, its limit", t.members.len()),
             ));
         }
-        let mine = self
-            .ctx
-            .topics
-            .all()
-            .iter()
-            .filter(|t| t.members.contains(&me.id))
-            .count();
+        self.may_enter_another(me)
+    }
+
+    /// Whether `me` may become a member of one more topic.
+    pub(super) fn may_enter_another(&self, me: &LoggedIn) -> Result<(), Denied> {
+        let mine = self.ctx.topics.member_of(me.id).len();
         if mine >= self.ctx.max_topics_per_account {
             return Err(Denied::new(
                 ErrorCode::AccountTooManyTopics,
@@ -82,6 +81,25 @@ impl Session<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// Commits `me` joining or leaving `t`, reloads the topic, and tells its
+    /// members and the account's other connections.
+    pub(super) async fn set_membership(
+        &self,
+        me: &LoggedIn,
+        t: &TopicRecord,
+        member: bool,
+    ) -> Result<TopicRecord, Denied> {
+        let (tid, account) = (t.id, me.id);
+        self.ctx
+            .store
+            .call(move |db| db.set_member(tid, account, member))
+            .await?;
+        let record = self.reload(tid).await?;
+        let op = if member { "join" } else { "leave" };
+        self.announce(&record, &[me.id], &self.event(op, &record, &me.name));
+        Ok(record)
     }
 
     pub(super) fn resolve(&self, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
@@ -180,19 +198,7 @@ impl Session<'_> {
         check_topic_name(&name).map_err(|m| Denied::new(ErrorCode::TopicInvalidName, m))?;
         check_reserved(&meta)?;
         // The creator becomes a member of the new (empty) topic.
-        let mine = self
-            .ctx
-            .topics
-            .all()
-            .iter()
-            .filter(|t| t.members.contains(&me.id))
-            .count();
-        if mine >= self.ctx.max_topics_per_account {
-            return Err(Denied::new(
-                ErrorCode::AccountTooManyTopics,
-                format!("you are in {mine} topics, the limit; leave one first"),
-            ));
-        }
+        self.may_enter_another(me)?;
         self.check_meta(&meta)?;
         let creator = me.id;
         let record = self
@@ -222,14 +228,7 @@ impl Session<'_> {
             (*t).clone()
         } else {
             self.may_join(me, &t)?;
-            let (tid, account) = (t.id, me.id);
-            self.ctx
-                .store
-                .call(move |db| db.set_member(tid, account, true))
-                .await?;
-            let record = self.reload(tid).await?;
-            self.announce(&record, &[], &self.event("join", &record, &me.name));
-            record
+            self.set_membership(me, &t, true).await?
         };
         let mut p = self.topic_meta(&record, &me.name).await?;
         p = p.answering(id);
@@ -249,14 +248,7 @@ impl Session<'_> {
                 "you are not a member of that topic",
             ));
         }
-        let (tid, account) = (t.id, me.id);
-        self.ctx
-            .store
-            .call(move |db| db.set_member(tid, account, false))
-            .await?;
-        let record = self.reload(tid).await?;
-        // The account's other connections learn it left, too.
-        self.announce(&record, &[me.id], &self.event("leave", &record, &me.name));
+        self.set_membership(me, &t, false).await?;
         Ok(self.reply(reply::ack(id)))
     }
 
