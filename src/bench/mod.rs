@@ -171,12 +171,11 @@ pub(crate) fn tag() -> String {
     id.get(id.len() - 8..).unwrap_or("x").to_owned()
 }
 
-/// Connects, registers `name` if needed, logs in, and reads the login
-/// sequence's first two packets.
-async fn user(t: &Target, name: &str) -> Result<Client, BenchError> {
+/// Connects and reads `welcome`.
+async fn welcomed(t: &Target) -> Result<Client, BenchError> {
     let mut c = Client::connect(&t.addr, &t.options)
         .await
-        .map_err(client_err(format!("connecting as {name}")))?;
+        .map_err(client_err("connecting"))?;
     let w = c
         .recv_timeout(DRAIN)
         .await
@@ -187,6 +186,28 @@ async fn user(t: &Target, name: &str) -> Result<Client, BenchError> {
             w.op
         )));
     }
+    Ok(c)
+}
+
+/// Sends `auth` and requires its `ack`.
+async fn log_in(c: &mut Client, auth: Packet, who: &str) -> Result<(), BenchError> {
+    let a = c
+        .request(auth, DRAIN)
+        .await
+        .map_err(client_err("logging in"))?;
+    if a.op != "ack" {
+        return Err(BenchError::Refused(format!(
+            "login {who}: {:?}",
+            a.ex_str("code")
+        )));
+    }
+    Ok(())
+}
+
+/// Connects, registers `name` if needed, and logs in (the login sequence's
+/// packets stay queued in the client).
+async fn user(t: &Target, name: &str) -> Result<Client, BenchError> {
+    let mut c = welcomed(t).await?;
     let reg = Packet::request("register")
         .with("username", name)
         .with("password", PASSWORD);
@@ -204,16 +225,7 @@ async fn user(t: &Target, name: &str) -> Result<Client, BenchError> {
         .with("method", "password")
         .with("username", name)
         .with("password", PASSWORD);
-    let a = c
-        .request(auth, DRAIN)
-        .await
-        .map_err(client_err("logging in"))?;
-    if a.op != "ack" {
-        return Err(BenchError::Refused(format!(
-            "login {name}: {:?}",
-            a.ex_str("code")
-        )));
-    }
+    log_in(&mut c, auth, name).await?;
     Ok(c)
 }
 
@@ -356,6 +368,56 @@ async fn run_groups(
     }))
 }
 
+/// Paces a sender: batches of `BATCH` lines as fast as the socket takes
+/// them, or, with a rate, what the rate allows by each millisecond tick.
+pub(crate) struct Pacer {
+    messages: u64,
+    sent: u64,
+    rate: Option<(u32, tokio::time::Interval, Instant)>,
+}
+
+impl Pacer {
+    /// For `load.messages` messages at `load.rate`.
+    pub(crate) fn new(load: &Load) -> Self {
+        let rate = load.rate.map(|r| {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            (r, tick, Instant::now())
+        });
+        Self {
+            messages: load.messages,
+            sent: 0,
+            rate,
+        }
+    }
+
+    /// Fills `buf` with the next batch, calling `line` once per message;
+    /// `false` once everything was sent. A paced batch may be empty.
+    pub(crate) async fn next_batch(
+        &mut self,
+        buf: &mut String,
+        mut line: impl FnMut(&mut String),
+    ) -> bool {
+        if self.sent >= self.messages {
+            return false;
+        }
+        buf.clear();
+        let until = match &mut self.rate {
+            None => self.messages.min(self.sent + BATCH as u64),
+            Some((rate, tick, begin)) => {
+                tick.tick().await;
+                let due = (begin.elapsed().as_secs_f64() * f64::from(*rate)) as u64;
+                due.min(self.messages)
+            }
+        };
+        while self.sent < until {
+            line(buf);
+            self.sent += 1;
+        }
+        true
+    }
+}
+
 /// Counts `send` packets until `expected` or a quiet `DRAIN`; returns the
 /// count, each latency in ns, and when the last one came (since `epoch`).
 async fn receive(c: Client, expected: u64, epoch: Instant) -> (u64, Vec<u64>, Duration) {
@@ -422,38 +484,14 @@ async fn send(
             "{{\"op\":\"send\",\"topic\":\"{topic}\",\"ex\":{{\"t\":{t},\"d\":\"{payload}\"}}}}\n"
         )
     };
-    let mut sent = 0;
+    let mut pacer = Pacer::new(&load);
     let mut buf = String::new();
-    match load.rate {
-        None => {
-            while sent < messages {
-                buf.clear();
-                for _ in 0..BATCH.min(usize::try_from(messages - sent).unwrap_or(BATCH)) {
-                    buf.push_str(&line(epoch));
-                    sent += 1;
-                }
-                if wr.send_raw(buf.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
-        }
-        Some(rate) => {
-            // Ticks every millisecond; each sends what the rate allows by then.
-            let mut tick = tokio::time::interval(Duration::from_millis(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let begin = Instant::now();
-            while sent < messages {
-                tick.tick().await;
-                let due = (begin.elapsed().as_secs_f64() * f64::from(rate)) as u64;
-                buf.clear();
-                while sent < due.min(messages) {
-                    buf.push_str(&line(epoch));
-                    sent += 1;
-                }
-                if !buf.is_empty() && wr.send_raw(buf.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
+    while pacer
+        .next_batch(&mut buf, |b| b.push_str(&line(epoch)))
+        .await
+    {
+        if !buf.is_empty() && wr.send_raw(buf.as_bytes()).await.is_err() {
+            break;
         }
     }
     let _ = acks.await;
@@ -499,26 +537,12 @@ pub async fn pairs(t: &Target, pairs: usize, load: Load) -> Result<Report, Bench
 
 /// Connects and logs in with a ticket (no password hashing).
 async fn ticket_user(t: &Target, ticket: String, server: &str) -> Result<Client, BenchError> {
-    let mut c = Client::connect(&t.addr, &t.options)
-        .await
-        .map_err(client_err("connecting"))?;
-    c.recv_timeout(DRAIN)
-        .await
-        .map_err(client_err("waiting for welcome"))?;
+    let mut c = welcomed(t).await?;
     let auth = Packet::request("auth")
         .with("method", "ticket")
         .with("ticket", ticket)
         .with("server", server);
-    let a = c
-        .request(auth, DRAIN)
-        .await
-        .map_err(client_err("logging in"))?;
-    if a.op != "ack" {
-        return Err(BenchError::Refused(format!(
-            "ticket login: {:?}",
-            a.ex_str("code")
-        )));
-    }
+    log_in(&mut c, auth, "with a ticket").await?;
     Ok(c)
 }
 

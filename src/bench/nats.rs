@@ -14,12 +14,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::{BenchError, Load, Observed, Report, Target, tag};
+use super::{BenchError, Load, Observed, Pacer, Report, Target, tag};
 use crate::procfs as proc;
 use crate::tls;
 
 const DRAIN: Duration = Duration::from_secs(10);
-const BATCH: usize = 32;
 
 type Reader = BufReader<ReadHalf<TlsStream<TcpStream>>>;
 type Writer = WriteHalf<TlsStream<TcpStream>>;
@@ -144,37 +143,14 @@ async fn publish(mut wr: Writer, subject: String, load: Load, epoch: Instant) {
         let body = format!("{t:020} {pad}");
         format!("PUB {subject} {}\r\n{body}\r\n", body.len())
     };
-    let mut sent = 0;
+    let mut pacer = Pacer::new(&load);
     let mut buf = String::new();
-    match load.rate {
-        None => {
-            while sent < load.messages {
-                buf.clear();
-                for _ in 0..BATCH.min(usize::try_from(load.messages - sent).unwrap_or(BATCH)) {
-                    buf.push_str(&line(epoch));
-                    sent += 1;
-                }
-                if wr.write_all(buf.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        }
-        Some(rate) => {
-            let mut tick = tokio::time::interval(Duration::from_millis(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let begin = Instant::now();
-            while sent < load.messages {
-                tick.tick().await;
-                let due = (begin.elapsed().as_secs_f64() * f64::from(rate)) as u64;
-                buf.clear();
-                while sent < due.min(load.messages) {
-                    buf.push_str(&line(epoch));
-                    sent += 1;
-                }
-                if !buf.is_empty() && wr.write_all(buf.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
+    while pacer
+        .next_batch(&mut buf, |b| b.push_str(&line(epoch)))
+        .await
+    {
+        if !buf.is_empty() && wr.write_all(buf.as_bytes()).await.is_err() {
+            return;
         }
     }
     let _ = wr.flush().await;
