@@ -102,6 +102,18 @@ fn drain_log(log: &mpsc::Receiver<String>) -> Vec<String> {
     }
 }
 
+/// A config file in `dir` with cheap password hashing (the suite stays
+/// fast; production defaults stay strong); returns its path.
+fn cheap_config(dir: &Path) -> String {
+    let path = dir.join("tenthbitd.toml");
+    std::fs::write(
+        &path,
+        "[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
 fn sigterm(d: &Daemon) {
     let child = d.child.as_ref().expect("daemon still owned");
     let pid = libc::pid_t::try_from(child.id()).unwrap();
@@ -277,14 +289,8 @@ async fn restart_keeps_accounts_and_logs_hold_no_secret() {
     use tenthbit::proto::Packet;
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tenthbitd.toml");
-    std::fs::write(
-        &config,
-        "[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
-    )
-    .unwrap();
-    let config_arg = config.to_str().unwrap();
-    let args = ["--config", config_arg];
+    let config = cheap_config(dir.path());
+    let args = ["--config", config.as_str()];
     let password = "pw-SECRET-d4e5f6";
     let wrong = "pw-WRONG-a1b2c3";
     let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
@@ -389,13 +395,8 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
     use tenthbit::proto::Packet;
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tenthbitd.toml");
-    std::fs::write(
-        &config,
-        "[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
-    )
-    .unwrap();
-    let args = ["--config", config.to_str().unwrap()];
+    let config = cheap_config(dir.path());
+    let args = ["--config", config.as_str()];
     let mut d = spawn_daemon_with(dir.path(), &args, None);
     let opts = Options::pinned(d.fingerprint);
 
