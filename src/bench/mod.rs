@@ -418,39 +418,59 @@ impl Pacer {
     }
 }
 
+/// What a receiver counted: deliveries, each one's latency (ns) and when
+/// the last came, all measured from the run's `epoch`.
+pub(crate) struct Tally {
+    epoch: Instant,
+    pub(crate) count: u64,
+    latencies: Vec<u64>,
+    last: Duration,
+}
+
+impl Tally {
+    pub(crate) fn new(epoch: Instant, expected: u64) -> Self {
+        Self {
+            epoch,
+            count: 0,
+            latencies: Vec::with_capacity(usize::try_from(expected).unwrap_or(0)),
+            last: epoch.elapsed(),
+        }
+    }
+
+    /// Counts a delivery stamped `sent` (ns since the epoch) by its sender.
+    pub(crate) fn delivered(&mut self, sent: Option<u64>) {
+        let now = self.epoch.elapsed();
+        if let Some(sent) = sent {
+            let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+            self.latencies.push(now_ns.saturating_sub(sent));
+        }
+        self.count += 1;
+        self.last = now;
+    }
+
+    pub(crate) fn finish(self) -> (u64, Vec<u64>, Duration) {
+        (self.count, self.latencies, self.last)
+    }
+}
+
 /// Counts `send` packets until `expected` or a quiet `DRAIN`; returns the
 /// count, each latency in ns, and when the last one came (since `epoch`).
 async fn receive(c: Client, expected: u64, epoch: Instant) -> (u64, Vec<u64>, Duration) {
     let (mut rd, _wr) = c.into_split();
-    let mut count = 0;
-    let mut lat = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
-    let mut last = epoch.elapsed();
-    while count < expected {
-        let Ok(line) = tokio::time::timeout(DRAIN, rd.recv_line()).await else {
+    let mut tally = Tally::new(epoch, expected);
+    while tally.count < expected {
+        let Ok(Ok(Some(line))) = tokio::time::timeout(DRAIN, rd.recv_line()).await else {
             break;
         };
-        let Ok(Some(line)) = line else {
-            break;
-        };
-        // Only relayed messages carry "t"; skip everything else cheaply.
-        let Ok(p) = Packet::decode(&line, 8) else {
-            continue;
-        };
-        if p.op != "send" {
-            continue;
+        // Only relayed messages carry "t"; skip everything else.
+        match Packet::decode(&line, 8) {
+            Ok(p) if p.op == "send" => {
+                tally.delivered(p.ex.get("t").and_then(serde_json::Value::as_u64))
+            }
+            _ => {}
         }
-        let now = epoch.elapsed();
-        if let Some(sent) = p.ex.get("t").and_then(serde_json::Value::as_u64) {
-            lat.push(
-                u64::try_from(now.as_nanos())
-                    .unwrap_or(u64::MAX)
-                    .saturating_sub(sent),
-            );
-        }
-        count += 1;
-        last = now;
     }
-    (count, lat, last)
+    tally.finish()
 }
 
 /// Sends `load.messages` messages, reading acks on the side.

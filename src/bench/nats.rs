@@ -14,11 +14,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::{BenchError, Load, Observed, Pacer, Report, Target, tag};
+use super::{BenchError, Load, Observed, Pacer, Report, Tally, Target, tag};
 use crate::procfs as proc;
 use crate::tls;
 
 const DRAIN: Duration = Duration::from_secs(10);
+/// Largest message payload accepted (nats-server's default max_payload is 1 MiB).
+const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
 
 type Reader = BufReader<ReadHalf<TlsStream<TcpStream>>>;
 type Writer = WriteHalf<TlsStream<TcpStream>>;
@@ -89,12 +91,10 @@ async fn receive(
     expected: u64,
     epoch: Instant,
 ) -> (u64, Vec<u64>, Duration) {
-    let mut count = 0;
-    let mut lat = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
-    let mut last = epoch.elapsed();
+    let mut tally = Tally::new(epoch, expected);
     let mut line = String::new();
     let mut payload = Vec::new();
-    while count < expected {
+    while tally.count < expected {
         line.clear();
         match tokio::time::timeout(DRAIN, rd.read_line(&mut line)).await {
             Ok(Ok(n)) if n > 0 => {}
@@ -112,27 +112,22 @@ async fn receive(
         else {
             continue;
         };
+        // The length comes off the wire: bound it before allocating.
+        if len > MAX_PAYLOAD {
+            break;
+        }
         payload.resize(len + 2, 0);
         if rd.read_exact(&mut payload).await.is_err() {
             break;
         }
-        let now = epoch.elapsed();
         let stamp = payload
             .split(|&b| b == b' ')
             .next()
             .and_then(|t| std::str::from_utf8(t).ok())
             .and_then(|t| t.parse::<u64>().ok());
-        if let Some(sent) = stamp {
-            lat.push(
-                u64::try_from(now.as_nanos())
-                    .unwrap_or(u64::MAX)
-                    .saturating_sub(sent),
-            );
-        }
-        count += 1;
-        last = now;
+        tally.delivered(stamp);
     }
-    (count, lat, last)
+    tally.finish()
 }
 
 /// Publishes `load.messages` messages of `load.size` bytes on `subject`.
