@@ -9,6 +9,24 @@ use super::{Client, Error, Options};
 use crate::tls::Trust;
 use crate::tls::pin::{format_fingerprint, parse_fingerprint};
 
+/// Whether the handshake failed because the pinned fingerprint did not
+/// match (the error our fingerprint verifier gives), not for another reason.
+fn refused_by_pin(e: &Error) -> bool {
+    let Error::Io(io) = e else {
+        return false;
+    };
+    io.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure
+                )
+            )
+        })
+}
+
 /// The file of remembered servers: one `host:port FINGERPRINT` per line.
 #[derive(Debug, Clone)]
 pub struct KnownServers {
@@ -80,7 +98,7 @@ impl KnownServers {
             };
             return match Client::connect(addr, &pinned).await {
                 Ok(c) => Ok((c, Trusted::Known)),
-                Err(e) if e.to_string().contains("ApplicationVerificationFailure") => {
+                Err(e) if refused_by_pin(&e) => {
                     // Learn what it presents now, to say so; never trust it.
                     let seen = Arc::new(Mutex::new(None));
                     let probe = Options {
