@@ -15,6 +15,11 @@ use tenthbit::tls::pin::{format_fingerprint, parse_fingerprint};
 use tenthbit::tls::{Alpn, Trust};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+// The same allocator as the daemon: `tenthbit bench` is a load generator
+// whose receivers allocate per packet, and it should not be the bottleneck.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Tenthbit client.
 #[derive(Parser, Debug)]
 #[command(version, about)]
