@@ -110,6 +110,20 @@ impl fmt::Display for Flag {
     }
 }
 
+/// A set of flags, one bit each.
+#[derive(Debug, Clone, Copy, Default)]
+struct FlagSet(u8);
+
+impl FlagSet {
+    fn insert(&mut self, flag: Flag) {
+        self.0 |= 1 << flag as u8;
+    }
+
+    fn contains(self, flag: Flag) -> bool {
+        self.0 & (1 << flag as u8) != 0
+    }
+}
+
 /// An ACL: the grants in force.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Acl {
@@ -142,20 +156,27 @@ impl Acl {
 
     /// The flags that apply to `actor`, through its own entries, its
     /// server's and `*`'s, before implications.
-    fn raw(&self, actor: Actor<'_>) -> BTreeSet<Flag> {
-        let server = Subject::Server(format!("@{}", actor.server));
-        let me = Subject::Account(actor.account);
-        self.grants
-            .iter()
-            .filter(|(s, _)| *s == me || *s == server || *s == Subject::Everyone)
-            .map(|(_, f)| *f)
-            .collect()
+    /// Checked on every `send`, so it allocates nothing.
+    fn raw(&self, actor: Actor<'_>) -> FlagSet {
+        let mut flags = FlagSet::default();
+        for (subject, flag) in &self.grants {
+            let applies = match subject {
+                Subject::Account(id) => *id == actor.account,
+                Subject::Server(at) => at.strip_prefix('@') == Some(actor.server),
+                Subject::Everyone => true,
+                Subject::Remote(_) => false,
+            };
+            if applies {
+                flags.insert(*flag);
+            }
+        }
+        flags
     }
 
     /// Whether `actor` is banned. Only a ban on the actor itself or its
     /// server counts; `*` banned would ban everyone and is refused when set.
     pub fn banned(&self, actor: Actor<'_>) -> bool {
-        self.raw(actor).contains(&Flag::Ban) && !self.is_owner(actor)
+        self.raw(actor).contains(Flag::Ban) && !self.is_owner(actor)
     }
 
     /// Whether `actor` holds `owner` directly (owners cannot be banned).
@@ -170,9 +191,9 @@ impl Acl {
             return false;
         }
         let raw = self.raw(actor);
-        raw.contains(&Flag::Owner)
-            || raw.contains(&flag)
-            || (raw.contains(&Flag::Op) && matches!(flag, Flag::Read | Flag::Write))
+        raw.contains(Flag::Owner)
+            || raw.contains(flag)
+            || (raw.contains(Flag::Op) && matches!(flag, Flag::Read | Flag::Write))
     }
 
     /// The ACL in the wire shape `[[subject, [flags…]], …]`, subjects
