@@ -53,6 +53,21 @@ impl LineDecoder {
         &mut self.buf
     }
 
+    /// Frees the buffer when it holds nothing, so a connection waiting for
+    /// its next packet keeps no read buffer (the read wants room again only
+    /// once bytes have arrived).
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+            self.scanned = 0;
+        }
+    }
+
+    /// Bytes of buffer held, used or not (for tests of the memory bound).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Bytes currently held (for tests of the memory bound).
     pub fn buffered(&self) -> usize {
         self.buf.len()

@@ -10,8 +10,10 @@ pub mod writer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
+use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::proto::{ErrorCode, reply};
@@ -47,26 +49,11 @@ async fn serve(
 ) {
     let limits = &shared.config.limits;
     let _ = tcp.set_nodelay(true);
-    let tls =
-        match tokio::time::timeout(limits.handshake_timeout(), shared.acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                info!(reason = "tls handshake failed", error = %e, "connection closed");
-                return;
-            }
-            Err(_) => {
-                info!(reason = "tls handshake timeout", "connection closed");
-                return;
-            }
-        };
-    // rustls already refused offers we do not speak, so this is always Some.
-    let Some(alpn) = Alpn::from_negotiated(tls.get_ref().1.alpn_protocol()) else {
-        info!(reason = "unknown alpn", "connection closed");
+    // Boxed, like every large and rare step: a task is as big as its largest
+    // state for its whole life, and most connections spend it idle.
+    let Some((alpn, rd, wr)) = Box::pin(handshake(&shared, tcp)).await else {
         return;
     };
-    tracing::Span::current().record("alpn", alpn.name());
-
-    let (rd, wr) = tokio::io::split(tls);
     let (out, rx, closer) = Outbound::channel(limits.max_sendq_packets);
     let writer_cfg = WriterConfig {
         gzip_level: (alpn == Alpn::Gzip).then_some(shared.config.tls.gzip_level),
@@ -102,6 +89,39 @@ async fn serve(
     };
     let writer = ended.map_or("panicked", writer::Ended::as_str);
     info!(reason = %reason, writer, "connection closed");
+}
+
+/// TLS and ALPN under the handshake deadline; the stream comes back split
+/// (the whole TLS state moves into the halves' shared allocation), or `None`
+/// once the failure is logged.
+async fn handshake(
+    shared: &Shared,
+    tcp: TcpStream,
+) -> Option<(
+    Alpn,
+    ReadHalf<TlsStream<TcpStream>>,
+    WriteHalf<TlsStream<TcpStream>>,
+)> {
+    let deadline = shared.config.limits.handshake_timeout();
+    let tls = match tokio::time::timeout(deadline, shared.acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            info!(reason = "tls handshake failed", error = %e, "connection closed");
+            return None;
+        }
+        Err(_) => {
+            info!(reason = "tls handshake timeout", "connection closed");
+            return None;
+        }
+    };
+    // rustls already refused offers we do not speak, so this is always Some.
+    let Some(alpn) = Alpn::from_negotiated(tls.get_ref().1.alpn_protocol()) else {
+        info!(reason = "unknown alpn", "connection closed");
+        return None;
+    };
+    tracing::Span::current().record("alpn", alpn.name());
+    let (rd, wr) = tokio::io::split(tls);
+    Some((alpn, rd, wr))
 }
 
 fn refusal_message(code: ErrorCode) -> &'static str {
@@ -190,12 +210,14 @@ where
                 last_rx = Instant::now();
                 pinged = false;
                 debug!(bytes = line.len(), "packet in");
-                session.handle_line(&line).await
+                // Boxed: see `serve`. One allocation per packet, against
+                // 4 KiB less held by every connection.
+                Box::pin(session.handle_line(&line)).await
             }
             Ok(Some(Frame::TooLong)) => {
                 last_rx = Instant::now();
                 pinged = false;
-                session.handle_too_long().await
+                Box::pin(session.handle_too_long()).await
             }
             Ok(None) => return "client closed".into(),
             Err(reader::Error::Gzip(e)) => {

@@ -4,7 +4,10 @@
 //! struct), so the connection loop can `select!` it against timers and
 //! shutdown. The client library reads with the same type.
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncRead;
 
 use super::framing::{Frame, LineDecoder};
 use super::gzip::{self, GzipDecoder};
@@ -77,19 +80,73 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     continue;
                 }
             }
-            // Socket bytes go straight into the buffer that consumes them.
-            let target = match self.gzip.as_mut() {
-                Some(z) => z.input_target(READ_ROOM),
-                None => self.lines.read_target(READ_ROOM),
-            };
-            if self.rd.read_buf(target).await? == 0 {
+            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
                 return Ok(None);
             }
         }
     }
 
+    /// One read, straight into the buffer that consumes the bytes. When
+    /// nothing is there to read, the plain line buffer is freed if empty:
+    /// an idle connection then holds no read buffer at all (it cost 4 KiB
+    /// each), and a busy one allocates once per burst it drains.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let target = match self.gzip.as_mut() {
+            Some(z) => z.input_target(READ_ROOM),
+            None => self.lines.read_target(READ_ROOM),
+        };
+        let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.rd), cx, target);
+        if polled.is_pending() && self.gzip.is_none() {
+            self.lines.release_if_empty();
+        }
+        polled
+    }
+
+    /// Bytes of line buffer held (for tests of what an idle reader keeps).
+    pub fn buffer_capacity(&self) -> usize {
+        self.lines.capacity()
+    }
+
     /// The underlying reader.
     pub fn get_ref(&self) -> &R {
         &self.rd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use tokio::io::AsyncWriteExt;
+
+    /// Polls `next_frame` once; true if it had to wait for the peer.
+    async fn waits<R: AsyncRead + Unpin>(frames: &mut FrameReader<R>) -> bool {
+        let mut next = Box::pin(frames.next_frame());
+        std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_pending())).await
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_holds_no_buffer() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 16);
+        let mut frames = FrameReader::new(ours, false, 1024);
+        peer.write_all(b"{\"op\":\"ping\"}\n{\"op\":")
+            .await
+            .unwrap();
+        let first = frames.next_frame().await.unwrap();
+        assert_eq!(first, Some(Frame::Line(b"{\"op\":\"ping\"}"[..].into())));
+        // Half a packet is buffered: the buffer stays while waiting.
+        assert!(waits(&mut frames).await);
+        assert!(frames.buffer_capacity() > 0);
+        peer.write_all(b"\"pong\"}\n").await.unwrap();
+        let second = frames.next_frame().await.unwrap();
+        assert_eq!(second, Some(Frame::Line(b"{\"op\":\"pong\"}"[..].into())));
+        // Nothing buffered: waiting for the next packet holds no buffer.
+        assert!(waits(&mut frames).await);
+        assert_eq!(frames.buffer_capacity(), 0);
+        peer.write_all(b"{\"op\":\"quit\"}\n").await.unwrap();
+        drop(peer);
+        let third = frames.next_frame().await.unwrap();
+        assert_eq!(third, Some(Frame::Line(b"{\"op\":\"quit\"}"[..].into())));
+        assert_eq!(frames.next_frame().await.unwrap(), None);
     }
 }

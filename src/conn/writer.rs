@@ -65,7 +65,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
     cfg: WriterConfig,
 ) -> Ended {
     let mut gzip = cfg.gzip_level.map(GzipEncoder::new);
-    // Grows to the largest batch; an idle connection keeps it small.
     let mut buf: Vec<u8> = Vec::new();
     let ended = loop {
         let first = tokio::select! {
@@ -78,6 +77,10 @@ pub async fn run<W: AsyncWrite + Unpin>(
             break Ended::Orphaned;
         };
         buf.clear();
+        // Room for what is queued now, assuming packets like the first: a
+        // burst is gathered without regrowing the buffer.
+        let queued = first.len().saturating_mul(rx.len() + 1);
+        buf.reserve(queued.min(BATCH_BYTES + first.len()));
         let mut close = encode(first, gzip.as_mut(), &mut buf);
         while !close && buf.len() < BATCH_BYTES {
             match rx.try_recv() {
@@ -109,6 +112,10 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
         if close {
             break Ended::Drained;
+        }
+        if rx.is_empty() {
+            // Nothing waiting: an idle connection keeps no write buffer.
+            buf = Vec::new();
         }
     };
     if ended == Ended::Forced {

@@ -30,6 +30,21 @@ pub enum OutFrame {
     Close,
 }
 
+impl OutFrame {
+    /// Bytes this frame puts on the wire before compression.
+    pub fn len(&self) -> usize {
+        match self {
+            OutFrame::Packet { bytes, .. } => bytes.len(),
+            OutFrame::Close => 0,
+        }
+    }
+
+    /// Whether the frame carries no bytes (`Close`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Why a push failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
