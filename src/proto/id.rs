@@ -4,7 +4,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A new time-ordered id, as sent in a packet's `id`.
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    new_uuid().to_string()
+}
+
+/// A new time-ordered id, unformatted.
+pub fn new_uuid() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).

@@ -121,14 +121,7 @@ impl Packet {
     /// Serializes once into a newline-terminated line, ready to be shared by
     /// every recipient.
     pub fn to_line(&self) -> Bytes {
-        let mut buf = Vec::with_capacity(128);
-        // Serializing strings, integers and JSON values into a Vec cannot fail.
-        if serde_json::to_writer(&mut buf, self).is_err() {
-            buf.clear();
-            buf.extend_from_slice(br#"{"op":"error"}"#);
-        }
-        buf.push(b'\n');
-        Bytes::from(buf)
+        encode_line(self)
     }
 
     /// Decodes one line (without its newline) from a peer.
@@ -202,6 +195,19 @@ impl Packet {
             ex,
         })
     }
+}
+
+/// Serializes any packet shape into one newline-terminated line.
+pub(crate) fn encode_line<T: Serialize>(packet: &T) -> Bytes {
+    // Room for a relayed chat message without regrowing.
+    let mut buf = Vec::with_capacity(320);
+    // Serializing strings, integers and JSON values into a Vec cannot fail.
+    if serde_json::to_writer(&mut buf, packet).is_err() {
+        buf.clear();
+        buf.extend_from_slice(br#"{"op":"error"}"#);
+    }
+    buf.push(b'\n');
+    Bytes::from(buf)
 }
 
 fn bad_field(field: &str, expected: &str) -> DecodeError {
@@ -368,21 +374,27 @@ fn classify(e: &serde_json::Error) -> &'static str {
 pub fn json_depth(bytes: &[u8]) -> usize {
     let mut depth = 0usize;
     let mut max = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            // Skip a string whole: jump from quote or backslash to the next
+            // (memchr), so the usual packet, mostly string bytes, is scanned
+            // a vector at a time.
+            b'"' => loop {
+                let Some(at) = bytes
+                    .get(i..)
+                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                else {
+                    return max;
+                };
+                let found = bytes.get(i + at).copied();
+                // A backslash escapes the byte after it, whatever it is.
+                i += at + if found == Some(b'\\') { 2 } else { 1 };
+                if found == Some(b'"') {
+                    break;
+                }
+            },
             b'{' | b'[' => {
                 depth += 1;
                 max = max.max(depth);
@@ -501,6 +513,52 @@ mod tests {
                 Packet::decode(text.as_bytes(), 32),
                 Packet::decode(canonical.as_bytes(), 32)
             );
+        }
+    }
+
+    /// The byte-at-a-time scan `json_depth` replaced, as its oracle.
+    fn depth_reference(bytes: &[u8]) -> usize {
+        let (mut depth, mut max) = (0usize, 0usize);
+        let (mut in_string, mut escaped) = (false, false);
+        for &b in bytes {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        max
+    }
+
+    proptest! {
+        #[test]
+        fn depth_scan_matches_the_plain_scan(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), Just(b'{'), Just(b'['), Just(b'}'), Just(b']'), any::<u8>()],
+                0..256,
+            )
+        ) {
+            prop_assert_eq!(json_depth(&bytes), depth_reference(&bytes));
+        }
+
+        #[test]
+        fn depth_of_json_matches_the_plain_scan(value in arb_json()) {
+            let text = value.to_string();
+            prop_assert_eq!(json_depth(text.as_bytes()), depth_reference(text.as_bytes()));
         }
     }
 

@@ -3,10 +3,13 @@
 //!
 //! A reply to a request carries `ex.for` with the request's `id` when it had one.
 
+use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::code::ErrorCode;
-use super::packet::Packet;
+use super::id;
+use super::packet::{Packet, encode_line};
 
 /// Every op the server sends, as `protocol.md` documents them.
 pub const SERVER_OPS: [&str; 18] = [
@@ -54,6 +57,37 @@ pub fn ack(for_id: Option<&str>) -> Packet {
     answer("ack", for_id)
 }
 
+/// The `ack` of a `send`, already encoded: `ex` carries the relayed
+/// message's `id` and `ts`. The same packet as `ack(for_id).with("id", …)
+/// .with("ts", …)`, written from borrowed fields, since every message has one.
+pub fn send_ack(for_id: Option<&str>, message_id: &str, message_ts: i64) -> Bytes {
+    #[derive(Serialize)]
+    struct Ex<'a> {
+        #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
+        for_id: Option<&'a str>,
+        id: &'a str,
+        ts: i64,
+    }
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        id: &'a str,
+        ts: i64,
+        op: &'static str,
+        ex: Ex<'a>,
+    }
+    let mut own = uuid::Uuid::encode_buffer();
+    encode_line(&Ack {
+        id: id::new_uuid().hyphenated().encode_lower(&mut own),
+        ts: id::now_ms(),
+        op: "ack",
+        ex: Ex {
+            for_id,
+            id: message_id,
+            ts: message_ts,
+        },
+    })
+}
+
 /// `error` for a request (or, with no `for`, for a line that had no id).
 pub fn error(for_id: Option<&str>, code: ErrorCode, message: impl Into<String>) -> Packet {
     answer("error", for_id)
@@ -76,4 +110,22 @@ pub fn bye(code: ErrorCode, message: impl Into<String>) -> Packet {
     Packet::server("bye")
         .with("code", code.as_str())
         .with("message", Value::String(message.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_ack_is_the_ack_packet() {
+        for for_id in [Some("r\"1"), None] {
+            let line = send_ack(for_id, "0190-abc", 42);
+            let got = Packet::decode(line.strip_suffix(b"\n").unwrap(), 8).unwrap();
+            let mut want = ack(for_id).with("id", "0190-abc").with("ts", 42);
+            want.id.clone_from(&got.id);
+            want.ts = got.ts;
+            assert_eq!(got, want);
+            assert_eq!(got.id.as_deref().map(str::len), Some(36));
+        }
+    }
 }

@@ -28,8 +28,8 @@ pub(super) enum InFlight {
         topic: std::sync::Arc<TopicRecord>,
         request_id: Option<String>,
     },
-    /// A reply that must not overtake the commits queued before it.
-    Ready(Packet),
+    /// A reply, encoded, that must not overtake the commits queued before it.
+    Ready(Bytes),
 }
 use crate::store::history::Cursor;
 
@@ -79,7 +79,7 @@ impl Session<'_> {
                 return Ok(Outcome::Close(r));
             }
             let ack = self.relay(&relay, &line, &t, id);
-            return Ok(self.reply(ack));
+            return Ok(self.reply_line(ack));
         }
         let message = Message {
             topic: t.id,
@@ -143,8 +143,8 @@ impl Session<'_> {
     pub async fn finish(&mut self) {
         while let Some(entry) = self.inflight.pop_front() {
             match entry {
-                InFlight::Ready(p) => {
-                    let _ = self.out.push(&p);
+                InFlight::Ready(line) => {
+                    let _ = self.out.push_bytes(line, false);
                 }
                 InFlight::Commit {
                     commit,
@@ -154,7 +154,7 @@ impl Session<'_> {
                 } => {
                     let result = commit.wait().await;
                     let answer = self.committed(relay, &topic, request_id.as_deref(), result);
-                    let _ = self.out.push(&answer);
+                    let _ = self.out.push_bytes(answer, false);
                 }
             }
         }
@@ -169,14 +169,14 @@ impl Session<'_> {
         topic: &TopicRecord,
         request_id: Option<&str>,
         result: Result<Event, crate::store::Error>,
-    ) -> Packet {
+    ) -> Bytes {
         match result {
             Ok(event) => {
                 relay.ts = i64::try_from(event.hlc >> 16).ok();
                 let line = relay.to_line();
                 self.relay(&relay, &line, topic, request_id)
             }
-            Err(e) => Denied::from(e).into_packet(request_id),
+            Err(e) => Denied::from(e).into_packet(request_id).to_line(),
         }
     }
 
@@ -189,13 +189,15 @@ impl Session<'_> {
         line: &Bytes,
         topic: &TopicRecord,
         request_id: Option<&str>,
-    ) -> Packet {
+    ) -> Bytes {
         self.ctx
             .presence
             .deliver(topic.members.iter(), line, self.conn_id);
-        reply::ack(request_id)
-            .with("id", relay.id.clone().unwrap_or_default())
-            .with("ts", relay.ts.unwrap_or_default())
+        reply::send_ack(
+            request_id,
+            relay.id.as_deref().unwrap_or_default(),
+            relay.ts.unwrap_or_default(),
+        )
     }
 
     /// Completes every in-flight message, in order.

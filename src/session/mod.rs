@@ -20,6 +20,8 @@ pub use ticket::node_code;
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
+
 use tracing::error;
 use uuid::Uuid;
 
@@ -451,16 +453,21 @@ impl<'a> Session<'a> {
     /// Queues one packet for the client, behind any kept message still
     /// committing (replies keep request order); a full queue ends the session.
     fn reply(&mut self, packet: Packet) -> Outcome {
-        if self.has_inflight() {
-            self.inflight.push_back(message::InFlight::Ready(packet));
-            return Outcome::Continue;
-        }
-        self.push_now(packet)
+        self.reply_line(packet.to_line())
     }
 
-    /// Queues one packet on the connection now.
-    fn push_now(&mut self, packet: Packet) -> Outcome {
-        match self.out.push(&packet) {
+    /// [`Session::reply`] for a packet already encoded.
+    fn reply_line(&mut self, line: Bytes) -> Outcome {
+        if self.has_inflight() {
+            self.inflight.push_back(message::InFlight::Ready(line));
+            return Outcome::Continue;
+        }
+        self.push_now(line)
+    }
+
+    /// Queues one encoded packet on the connection now.
+    fn push_now(&mut self, line: Bytes) -> Outcome {
+        match self.out.push_bytes(line, false) {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Close(CloseReason::SendqExceeded),
         }
