@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::gzip::{Flush, GzipEncoder};
 use crate::proto::reply;
-use crate::router::{Closer, OutFrame};
+use crate::router::{Closer, OutFrame, Receiver};
 
 /// Most bytes gathered into one write.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -59,7 +58,7 @@ pub struct WriterConfig {
 /// Drains `rx` into `wr` until a `Close` frame, a forced close or a hard stop.
 pub async fn run<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::Receiver<OutFrame>,
+    mut rx: Receiver,
     closer: Arc<Closer>,
     hard_stop: CancellationToken,
     cfg: WriterConfig,
@@ -84,8 +83,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
         let mut close = encode(first, gzip.as_mut(), &mut buf);
         while !close && buf.len() < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(frame) => close = encode(frame, gzip.as_mut(), &mut buf),
-                Err(_) => break,
+                Some(frame) => close = encode(frame, gzip.as_mut(), &mut buf),
+                None => break,
             }
         }
         if let Some(z) = gzip.as_mut() {
@@ -116,6 +115,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         if rx.is_empty() {
             // Nothing waiting: an idle connection keeps no write buffer.
             buf = Vec::new();
+            rx.shrink();
         }
     };
     if ended == Ended::Forced {

@@ -8,6 +8,6 @@ pub mod outbound;
 pub mod presence;
 pub mod topics;
 
-pub use outbound::{Closer, OutFrame, Outbound, PushError};
+pub use outbound::{Closer, OutFrame, Outbound, PushError, Receiver};
 pub use presence::Presence;
 pub use topics::Topics;
