@@ -2,8 +2,11 @@
 //! the connection's outbound queue in batches (one syscall and, for gzip, one
 //! sync flush per batch), and ends with the gzip trailer and TLS close_notify.
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -64,7 +67,11 @@ pub async fn run<W: AsyncWrite + Unpin>(
     cfg: WriterConfig,
 ) -> Ended {
     let mut gzip = cfg.gzip_level.map(GzipEncoder::new);
+    // A gzip batch is compressed into `buf`; a plain one is the queued
+    // packets themselves, handed to TLS as they are (one copy fewer: TLS
+    // copies them into its records anyway).
     let mut buf: Vec<u8> = Vec::new();
+    let mut frames: Vec<Bytes> = Vec::new();
     let ended = loop {
         let first = tokio::select! {
             biased;
@@ -76,15 +83,28 @@ pub async fn run<W: AsyncWrite + Unpin>(
             break Ended::Orphaned;
         };
         buf.clear();
-        // Room for what is queued now, assuming packets like the first: a
-        // burst is gathered without regrowing the buffer.
-        let queued = first.len().saturating_mul(rx.len() + 1);
-        buf.reserve(queued.min(BATCH_BYTES + first.len()));
-        let mut close = encode(first, gzip.as_mut(), &mut buf);
-        while !close && buf.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Some(frame) => close = encode(frame, gzip.as_mut(), &mut buf),
-                None => break,
+        frames.clear();
+        if gzip.is_some() {
+            // Room for what is queued now, assuming packets like the first:
+            // a burst is gathered without regrowing the buffer.
+            let queued = first.len().saturating_mul(rx.len() + 1);
+            buf.reserve(queued.min(BATCH_BYTES + first.len()));
+        }
+        let mut close = false;
+        let mut size = 0;
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            let OutFrame::Packet { bytes, secret } = frame else {
+                close = true;
+                break;
+            };
+            size += bytes.len();
+            match gzip.as_mut() {
+                Some(z) => compress(z, &bytes, secret, &mut buf),
+                None => frames.push(bytes),
+            }
+            if size < BATCH_BYTES {
+                next = rx.try_recv();
             }
         }
         if let Some(z) = gzip.as_mut() {
@@ -95,7 +115,10 @@ pub async fn run<W: AsyncWrite + Unpin>(
             }
         }
         let write = async {
-            wr.write_all(&buf).await?;
+            match gzip {
+                Some(_) => wr.write_all(&buf).await?,
+                None => write_frames(&mut wr, &frames).await?,
+            }
             wr.flush().await
         };
         let ok = tokio::select! {
@@ -113,8 +136,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
             break Ended::Drained;
         }
         if rx.is_empty() {
-            // Nothing waiting: an idle connection keeps no write buffer.
+            // Nothing waiting: an idle connection keeps no write buffers.
             buf = Vec::new();
+            frames = Vec::new();
             rx.shrink();
         }
     };
@@ -140,23 +164,31 @@ pub async fn run<W: AsyncWrite + Unpin>(
     ended
 }
 
-/// Appends a frame to the batch; returns true for `Close`.
-fn encode(frame: OutFrame, gzip: Option<&mut GzipEncoder>, buf: &mut Vec<u8>) -> bool {
-    match frame {
-        OutFrame::Close => true,
-        OutFrame::Packet { bytes, secret } => {
-            match gzip {
-                Some(z) if secret => {
-                    z.flush(Flush::Full, buf);
-                    z.write(&bytes, buf);
-                    z.flush(Flush::Full, buf);
-                }
-                Some(z) => z.write(&bytes, buf),
-                None => buf.extend_from_slice(&bytes),
-            }
-            false
-        }
+/// Compresses one packet into the batch; a secret is isolated from the
+/// compression window by full flushes on both sides.
+fn compress(z: &mut GzipEncoder, bytes: &[u8], secret: bool, buf: &mut Vec<u8>) {
+    if secret {
+        z.flush(Flush::Full, buf);
+        z.write(bytes, buf);
+        z.flush(Flush::Full, buf);
+    } else {
+        z.write(bytes, buf);
     }
+}
+
+/// Writes the packets of a plain batch with vectored writes: TLS gathers
+/// them into records without an intermediate buffer.
+async fn write_frames<W: AsyncWrite + Unpin>(wr: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = wr.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
