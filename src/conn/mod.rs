@@ -164,6 +164,14 @@ where
     let login_deadline = Instant::now() + limits.login_timeout();
     let mut last_rx = Instant::now();
     let mut pinged = false;
+    // Made once, not per packet: a timer registered and a token waited on
+    // anew for every packet were a tenth of the pairs profile. The timer
+    // is only moved earlier; when it fires, the deadlines are checked
+    // against the latest packet and it is re-armed.
+    let closed = out.closer().closed();
+    let shutdown = shared.shutdown.cancelled();
+    let timer = sleep_until(login_deadline);
+    tokio::pin!(closed, shutdown, timer);
     loop {
         let idle_at = last_rx + limits.idle_timeout();
         let ping_at = last_rx + limits.keepalive_interval();
@@ -174,14 +182,17 @@ where
         if session.account().is_none() {
             wake = wake.min(login_deadline);
         }
+        if wake < timer.deadline() || timer.is_elapsed() {
+            timer.as_mut().reset(wake);
+        }
         let frame = tokio::select! {
             biased;
-            _ = out.closer().closed() => return "forced close".into(),
-            _ = shared.shutdown.cancelled() => {
+            _ = &mut closed => return "forced close".into(),
+            _ = &mut shutdown => {
                 let _ = out.push(&reply::bye(ErrorCode::ServerShutdown, "the server is shutting down"));
                 return "server shutdown".into();
             }
-            _ = sleep_until(wake) => {
+            _ = &mut timer => {
                 let now = Instant::now();
                 if session.account().is_none() && now >= login_deadline {
                     let _ = out.push(&reply::bye(ErrorCode::SessionLoginTimeout, "no login before the deadline"));
