@@ -99,6 +99,9 @@ struct Chan {
     wake: Notify,
     capacity: usize,
     senders: AtomicUsize,
+    /// Frames the writer has taken out but not yet handed on: they still
+    /// count against the capacity, so a slow reader's memory stays bounded.
+    taken: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +156,7 @@ impl Outbound {
             wake: Notify::new(),
             capacity: capacity.max(1),
             senders: AtomicUsize::new(1),
+            taken: AtomicUsize::new(0),
         });
         let closer = Arc::new(Closer::default());
         let rx = Receiver {
@@ -195,7 +199,8 @@ impl Outbound {
         if q.receiver_gone {
             return Err(PushError::Closed);
         }
-        if q.frames.len() >= self.chan.capacity {
+        let held = q.frames.len() + self.chan.taken.load(Ordering::Relaxed);
+        if held >= self.chan.capacity {
             drop(q);
             self.closer.close(
                 ErrorCode::SessionSendqExceeded,
@@ -249,8 +254,11 @@ impl Receiver {
         if self.taken.is_empty() {
             let mut q = self.chan.lock();
             std::mem::swap(&mut q.frames, &mut self.taken);
+            self.chan.taken.store(self.taken.len(), Ordering::Relaxed);
         }
-        self.taken.pop_front()
+        let frame = self.taken.pop_front()?;
+        self.chan.taken.fetch_sub(1, Ordering::Relaxed);
+        Some(frame)
     }
 
     /// Frames waiting, taken or not.
@@ -316,6 +324,24 @@ mod tests {
         drop(rx);
         assert_eq!(out.push(&Packet::server("ping")), Err(PushError::Closed));
         assert!(closer.reason().is_none(), "not a slow consumer");
+    }
+
+    #[test]
+    fn frames_the_writer_holds_count_against_the_capacity() {
+        let (out, mut rx, closer) = Outbound::channel(4);
+        let p = Packet::server("ping");
+        for _ in 0..4 {
+            out.push(&p).unwrap();
+        }
+        // The writer takes all four in one swap and hands one on: three
+        // are still held, so one more fits, as in a channel of four.
+        assert!(rx.try_recv().is_some());
+        assert_eq!(out.push(&p), Ok(()));
+        assert_eq!(out.push(&p), Err(PushError::Full));
+        assert_eq!(
+            closer.reason().map(|r| r.0),
+            Some(ErrorCode::SessionSendqExceeded)
+        );
     }
 
     #[test]
