@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::code::ErrorCode;
@@ -285,7 +285,7 @@ impl<'de> Visitor<'de> for WireVisitor {
                 Key::From => &mut fields.from,
                 Key::Ex => &mut fields.ex,
                 Key::Other => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Checked>()?;
                     continue;
                 }
             };
@@ -295,7 +295,7 @@ impl<'de> Visitor<'de> for WireVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Wire, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Checked>()?.is_some() {}
         Ok(Wire::Other)
     }
 
@@ -321,6 +321,62 @@ impl<'de> Visitor<'de> for WireVisitor {
 
     fn visit_unit<E>(self) -> Result<Wire, E> {
         Ok(Wire::Other)
+    }
+}
+
+/// A value that is read and dropped, but checked as strictly as a parsed
+/// `Value` would be: serde_json's `IgnoredAny` skips strings and numbers
+/// without rejecting lone surrogates (`"\udc00"`) or numbers out of range
+/// (`1e400`), which must stay `packet/malformed` wherever they appear.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
     }
 }
 
@@ -443,6 +499,29 @@ mod tests {
         assert_eq!(code(r#"{"op":"ping","id":7}"#), ErrorCode::PacketBadField);
         assert_eq!(code(r#"{"id":"x"}"#), ErrorCode::PacketMissingOp);
         assert_eq!(code(r#"{"op":""}"#), ErrorCode::PacketMissingOp);
+        // Bad strings and numbers are malformed wherever they are, as in a
+        // full parse: in unknown keys, in `ex`, and in a non-object.
+        for bad in [
+            r#""\udc00""#,
+            r#""\ud800x""#,
+            "1e400",
+            r#"{"k":"\udc00"}"#,
+            "[1e400]",
+        ] {
+            assert_eq!(
+                code(&format!(r#"{{"op":"ping","x":{bad}}}"#)),
+                ErrorCode::PacketMalformed
+            );
+            assert_eq!(
+                code(&format!(r#"{{"op":"ping","ex":{{"x":{bad}}}}}"#)),
+                ErrorCode::PacketMalformed
+            );
+            assert_eq!(code(&format!("[{bad}]")), ErrorCode::PacketMalformed);
+        }
+        assert_eq!(
+            code(r#"{"op":"ping","\udc00":1}"#),
+            ErrorCode::PacketMalformed
+        );
         let deep = format!(
             "{{\"op\":\"ping\",\"ex\":{{\"a\":{}{}}}}}",
             "[".repeat(40),
@@ -583,6 +662,8 @@ mod tests {
                 .prop_filter("finite", |f| f.is_finite())
                 .prop_map(Value::from),
             "[a-z]{0,8}".prop_map(Value::from),
+            // Escapes and non-ASCII, so the skipped-value path meets them.
+            "[a-z\\\\\"\u{e9}\u{1F600}\u{0001}]{0,6}".prop_map(Value::from),
             prop_oneof![
                 Just("op"),
                 Just("id"),
