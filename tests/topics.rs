@@ -694,3 +694,69 @@ async fn member_and_topic_limits() {
     assert_eq!(join(&mut dan, &third).await.op, "meta");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_not_kept_is_relayed_as_sent() {
+    // Not kept: the relay carries `ex` as the sender wrote it.
+    let server = TestServer::start_with(|c| {
+        c.history.enabled = false;
+        c.limits.max_line_bytes = 4096;
+    })
+    .await;
+    let (mut dan, mut bob, _amy) = three(&server).await;
+    let topic = create(&mut dan, "plain").await;
+    join(&mut bob, &topic).await;
+    expect_op(&mut dan, "join").await;
+
+    // Spacing, escapes, nesting and key order: the same JSON arrives.
+    let line = format!(
+        r#"{{"op":"send","id":"r1","topic":"{topic}","ex":{{ "b" : [1, 2.5, {{"x":null}}], "a":"caf\u00e9 \"q\"" }}}}"#
+    );
+    bob.send_raw(format!("{line}\n").as_bytes()).await.unwrap();
+    let ack = expect_op(&mut bob, "ack").await;
+    assert_eq!(ack.ex_str("for"), Some("r1"));
+    let got = expect_op(&mut dan, "send").await;
+    assert_eq!(got.from.as_deref(), Some("bob"));
+    assert_eq!(got.topic.as_deref(), Some(topic.as_str()));
+    assert_eq!(
+        Value::Object(got.ex.clone()),
+        json!({"b": [1, 2.5, {"x": null}], "a": "café \"q\""})
+    );
+    assert_eq!(got.ex.keys().collect::<Vec<_>>(), ["b", "a"]);
+    assert_eq!(ack.ex_str("id"), got.id.as_deref());
+    assert_eq!(ack.ex.get("ts").and_then(Value::as_i64), got.ts);
+
+    // `for` is still the server's.
+    let msg = on("send", &topic).with("for", "spoof").with("data", "hi");
+    assert_eq!(request(&mut bob, msg).await.op, "ack");
+    let got = expect_op(&mut dan, "send").await;
+    assert_eq!(Value::Object(got.ex), json!({"data": "hi"}));
+
+    // An empty `ex` is left out, as on every packet.
+    assert_eq!(
+        request(&mut bob, on("send", &topic).with_id("r2")).await.op,
+        "ack"
+    );
+    let got = expect_op(&mut dan, "send").await;
+    assert!(got.ex.is_empty());
+
+    // A lone surrogate in `ex` is malformed, and nothing is relayed.
+    let bad = format!(r#"{{"op":"send","id":"r3","topic":"{topic}","ex":{{"a":"\udc00"}}}}"#);
+    bob.send_raw(format!("{bad}\n").as_bytes()).await.unwrap();
+    let e = expect_error(&mut bob, "packet/malformed").await;
+    assert_eq!(e.ex_str("for"), Some("r3"));
+
+    // Written as sent, the relay must still fit a line.
+    let shell = on("send", &topic).with_id("r4").with("data", "");
+    let data = "x".repeat(4096 - (shell.to_line().len() - 1));
+    let req = on("send", &topic).with_id("r4").with("data", data.as_str());
+    assert_eq!(req.to_line().len() - 1, 4096);
+    let p = request(&mut bob, req).await;
+    assert_eq!(code(&p), Some("packet/too-large"));
+    // Neither refused message reached dan: his next packet is the pong.
+    dan.send(&Packet::request("ping").with_id("p1"))
+        .await
+        .unwrap();
+    assert_eq!(expect_op(&mut dan, "pong").await.ex_str("for"), Some("p1"));
+    server.stop().await;
+}

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::code::ErrorCode;
@@ -126,6 +127,13 @@ impl Packet {
 
     /// Decodes one line (without its newline) from a peer.
     pub fn decode(line: &[u8], max_depth: usize) -> Result<Packet, DecodeError> {
+        Packet::decode_lazy(line, max_depth)?.into_packet()
+    }
+
+    /// Decodes one line like [`Packet::decode`], every check included, but
+    /// leaves a non-empty `ex` object as the JSON text it arrived as: a
+    /// relayed message can carry it on without building it as a map.
+    pub fn decode_lazy(line: &[u8], max_depth: usize) -> Result<Lazy<'_>, DecodeError> {
         let text = std::str::from_utf8(line).map_err(|e| {
             DecodeError::new(
                 ErrorCode::PacketBadUtf8,
@@ -139,17 +147,7 @@ impl Packet {
                 format!("JSON nests {depth} levels deep; the limit is {max_depth}"),
             ));
         }
-        let wire: Wire = serde_json::from_str(text).map_err(|e| {
-            DecodeError::new(
-                ErrorCode::PacketMalformed,
-                format!(
-                    "invalid JSON at line {} column {}: {}",
-                    e.line(),
-                    e.column(),
-                    classify(&e)
-                ),
-            )
-        })?;
+        let wire: Wire = serde_json::from_str(text).map_err(|e| malformed(&e))?;
         let Wire::Object(mut obj) = wire else {
             return Err(DecodeError::new(
                 ErrorCode::PacketNotObject,
@@ -173,9 +171,14 @@ impl Packet {
         let topic = take_string(obj.topic.take(), "topic", MAX_NAME_CHARS).map_err(with_id)?;
         let from = take_string(obj.from.take(), "from", MAX_NAME_CHARS).map_err(with_id)?;
         let ex = match obj.ex.take() {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m,
-            Some(_) => return Err(with_id(bad_field("ex", "an object"))),
+            None => None,
+            Some(raw) => {
+                match serde_json::from_str(raw.get()).map_err(|e| with_id(malformed(&e)))? {
+                    ExShape::Null | ExShape::Object { keys: 0, .. } => None,
+                    ExShape::Object { has_for, .. } => Some((raw, has_for)),
+                    ExShape::Other => return Err(with_id(bad_field("ex", "an object"))),
+                }
+            }
         };
         let op = match take_string(obj.op.take(), "op", MAX_OP_CHARS).map_err(with_id)? {
             Some(op) if !op.is_empty() => op,
@@ -186,15 +189,97 @@ impl Packet {
                 )));
             }
         };
-        Ok(Packet {
-            id,
-            ts,
-            topic,
-            op,
-            from,
+        Ok(Lazy {
+            packet: Packet {
+                id,
+                ts,
+                topic,
+                op,
+                from,
+                ex: Map::new(),
+            },
             ex,
         })
     }
+}
+
+/// A decoded packet whose `ex`, when a non-empty object, is still JSON text
+/// borrowed from the line (already checked: an object of valid JSON).
+#[derive(Debug)]
+pub struct Lazy<'a> {
+    packet: Packet,
+    /// The `ex` text, and whether it has a `for` key.
+    ex: Option<(&'a RawValue, bool)>,
+}
+
+impl<'a> Lazy<'a> {
+    /// The op.
+    pub fn op(&self) -> &str {
+        &self.packet.op
+    }
+
+    /// The packet with `ex` built as a map.
+    pub fn into_packet(self) -> Result<Packet, DecodeError> {
+        let mut packet = self.packet;
+        if let Some((raw, _)) = self.ex {
+            packet.ex = parse_ex(raw).map_err(|mut e| {
+                e.id.clone_from(&packet.id);
+                e
+            })?;
+        }
+        Ok(packet)
+    }
+
+    /// The packet without `ex`, and `ex` as sent, when it can be relayed
+    /// as it is (a non-empty object without `for`, which is the server's);
+    /// otherwise the packet with `ex` built as a map, and `None`.
+    pub fn into_relayable(self) -> Result<(Packet, Option<&'a RawValue>), DecodeError> {
+        match self.ex {
+            Some((raw, false)) => Ok((self.packet, Some(raw))),
+            _ => Ok((self.into_packet()?, None)),
+        }
+    }
+}
+
+/// Builds an `ex` kept as text into a map (for the ops that read it, and
+/// for messages kept in history).
+pub fn parse_ex(raw: &RawValue) -> Result<Map<String, Value>, DecodeError> {
+    serde_json::from_str(raw.get()).map_err(|e| malformed(&e))
+}
+
+/// The relayed `send` of a message whose `ex` is carried as sent: the same
+/// envelope as `Packet::server("send")` with `topic`, `from` and `ex`, in
+/// the same field order, written in one pass.
+pub fn encode_relay(id: &str, ts: i64, topic: &str, from: &str, ex: &RawValue) -> Bytes {
+    #[derive(Serialize)]
+    struct Relay<'a> {
+        id: &'a str,
+        ts: i64,
+        topic: &'a str,
+        op: &'static str,
+        from: &'a str,
+        ex: &'a RawValue,
+    }
+    encode_line(&Relay {
+        id,
+        ts,
+        topic,
+        op: "send",
+        from,
+        ex,
+    })
+}
+
+fn malformed(e: &serde_json::Error) -> DecodeError {
+    DecodeError::new(
+        ErrorCode::PacketMalformed,
+        format!(
+            "invalid JSON at line {} column {}: {}",
+            e.line(),
+            e.column(),
+            classify(e)
+        ),
+    )
 }
 
 /// Serializes any packet shape into one newline-terminated line.
@@ -233,6 +318,33 @@ fn take_string(
     }
 }
 
+/// The visitor methods for JSON's scalars (booleans, numbers, strings),
+/// each answering `$value`: what a visitor that only cares about objects
+/// and arrays makes of everything else.
+macro_rules! scalars_are {
+    ($value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
 /// A line as read from the wire: the envelope's fields, still untyped, or
 /// the fact that it was valid JSON but not an object. Read field by field,
 /// so the top-level object is never built as a map (the per-message path
@@ -241,25 +353,26 @@ fn take_string(
 // Lives on the stack for one decode; boxing the fields would bring back an
 // allocation per packet.
 #[allow(clippy::large_enum_variant)]
-enum Wire {
+enum Wire<'a> {
     /// A JSON object.
-    Object(Fields),
+    Object(Fields<'a>),
     /// Any other JSON value.
     Other,
 }
 
 /// The envelope fields of an object, each as the JSON value it held.
 #[derive(Default)]
-struct Fields {
+struct Fields<'a> {
     id: Option<Value>,
     ts: Option<Value>,
     topic: Option<Value>,
     op: Option<Value>,
     from: Option<Value>,
-    ex: Option<Value>,
+    /// Kept as text; its shape is checked once the envelope is read.
+    ex: Option<&'a RawValue>,
 }
 
-impl<'de> Deserialize<'de> for Wire {
+impl<'de> Deserialize<'de> for Wire<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(WireVisitor)
     }
@@ -268,13 +381,13 @@ impl<'de> Deserialize<'de> for Wire {
 struct WireVisitor;
 
 impl<'de> Visitor<'de> for WireVisitor {
-    type Value = Wire;
+    type Value = Wire<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Wire, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Wire<'de>, A::Error> {
         let mut fields = Fields::default();
         while let Some(key) = map.next_key::<Key>()? {
             let slot = match key {
@@ -283,7 +396,10 @@ impl<'de> Visitor<'de> for WireVisitor {
                 Key::Topic => &mut fields.topic,
                 Key::Op => &mut fields.op,
                 Key::From => &mut fields.from,
-                Key::Ex => &mut fields.ex,
+                Key::Ex => {
+                    fields.ex = Some(map.next_value()?);
+                    continue;
+                }
                 Key::Other => {
                     map.next_value::<Checked>()?;
                     continue;
@@ -294,32 +410,14 @@ impl<'de> Visitor<'de> for WireVisitor {
         Ok(Wire::Object(fields))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Wire, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Wire<'de>, A::Error> {
         while seq.next_element::<Checked>()?.is_some() {}
         Ok(Wire::Other)
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Wire, E> {
-        Ok(Wire::Other)
-    }
+    scalars_are!(Wire::Other);
 
-    fn visit_i64<E>(self, _: i64) -> Result<Wire, E> {
-        Ok(Wire::Other)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Wire, E> {
-        Ok(Wire::Other)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Wire, E> {
-        Ok(Wire::Other)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Wire, E> {
-        Ok(Wire::Other)
-    }
-
-    fn visit_unit<E>(self) -> Result<Wire, E> {
+    fn visit_unit<E>(self) -> Result<Wire<'de>, E> {
         Ok(Wire::Other)
     }
 }
@@ -355,28 +453,68 @@ impl<'de> Visitor<'de> for CheckedVisitor {
         Ok(Checked)
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
-        Ok(Checked)
-    }
+    scalars_are!(Checked);
 
     fn visit_unit<E>(self) -> Result<Checked, E> {
         Ok(Checked)
+    }
+}
+
+/// What `ex` is, read from its text without building it: null, an object
+/// (how many keys, whether one is `for`), or anything else. Values are
+/// checked as strictly as a full parse ([`Checked`]).
+enum ExShape {
+    Null,
+    Object { keys: usize, has_for: bool },
+    Other,
+}
+
+impl<'de> Deserialize<'de> for ExShape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ShapeVisitor;
+        impl<'de> Visitor<'de> for ShapeVisitor {
+            type Value = ExShape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ExShape, A::Error> {
+                let (mut keys, mut has_for) = (0, false);
+                while let Some(key) = map.next_key::<ForKey>()? {
+                    map.next_value::<Checked>()?;
+                    keys += 1;
+                    has_for |= key.0;
+                }
+                Ok(ExShape::Object { keys, has_for })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ExShape, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(ExShape::Other)
+            }
+            fn visit_unit<E>(self) -> Result<ExShape, E> {
+                Ok(ExShape::Null)
+            }
+            scalars_are!(ExShape::Other);
+        }
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
+/// An `ex` key: whether it is `for`.
+struct ForKey(bool);
+
+impl<'de> Deserialize<'de> for ForKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ForVisitor;
+        impl Visitor<'_> for ForVisitor {
+            type Value = ForKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<ForKey, E> {
+                Ok(ForKey(key == "for"))
+            }
+        }
+        d.deserialize_str(ForVisitor)
     }
 }
 
@@ -530,6 +668,48 @@ mod tests {
         assert_eq!(code(&deep), ErrorCode::PacketTooDeep);
         let err = Packet::decode(b"{\"op\":\"x\xff\"}", 32).unwrap_err();
         assert_eq!(err.code, ErrorCode::PacketBadUtf8);
+    }
+
+    #[test]
+    fn a_relay_written_from_parts_is_the_packet() {
+        let ex = r#"{"data":"caf\u00e9 \"q\"","n":[1,2.5,null],"o":{"x":true}}"#;
+        let raw: Box<RawValue> = serde_json::from_str(ex).unwrap();
+        let line = encode_relay("0190-id", 42, "0190-topic", "dan", &raw);
+        let mut p = Packet::server("send").with_from("dan");
+        p.id = Some("0190-id".into());
+        p.ts = Some(42);
+        p.topic = Some("0190-topic".into());
+        p.ex = serde_json::from_str(ex).unwrap();
+        // The same JSON value, fields in the same order.
+        let back = Packet::decode(line.strip_suffix(b"\n").unwrap(), 8).unwrap();
+        assert_eq!(back, p);
+        let order = |l: &[u8]| {
+            let v: Map<String, Value> = serde_json::from_slice(l).unwrap();
+            v.keys().cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(order(&line), order(&p.to_line()));
+    }
+
+    #[test]
+    fn a_lazy_ex_is_kept_only_when_it_can_be_relayed() {
+        let relayable = |line: &str| {
+            let (p, raw) = Packet::decode_lazy(line.as_bytes(), 8)
+                .unwrap()
+                .into_relayable()
+                .unwrap();
+            (p.ex.len(), raw.map(|r| r.get().to_owned()))
+        };
+        assert_eq!(
+            relayable(r#"{"op":"send","ex":{ "a" : 1 }}"#),
+            (0, Some(r#"{ "a" : 1 }"#.into()))
+        );
+        assert_eq!(
+            relayable(r#"{"op":"send","ex":{"a":1,"for":"x"}}"#),
+            (2, None)
+        );
+        assert_eq!(relayable(r#"{"op":"send","ex":{}}"#), (0, None));
+        assert_eq!(relayable(r#"{"op":"send","ex":null}"#), (0, None));
+        assert_eq!(relayable(r#"{"op":"send"}"#), (0, None));
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! and before the `ack`; where it does not, it never touches the store.
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, Message};
+use crate::proto::packet::{encode_relay, parse_ex};
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::acl::Flag;
@@ -40,6 +42,7 @@ impl Session<'_> {
         me: &LoggedIn,
         topic: &str,
         mut ex: Map<String, Value>,
+        raw_ex: Option<&RawValue>,
     ) -> Result<Outcome, Denied> {
         let t = self.resolve(topic)?;
         if !t.members.contains(&me.id) {
@@ -54,32 +57,24 @@ impl Session<'_> {
                 "the topic's ACL does not let you send to it",
             ));
         }
+        if let Some(raw) = raw_ex {
+            if !self.keeps_history(&t) {
+                return self.send_as_sent(id, me, &t, raw).await;
+            }
+            // A kept message is stored as a map.
+            ex = parse_ex(raw).map_err(|e| Denied::new(e.code, e.message))?;
+        }
         // `ex.for` is the server's: a relayed packet must not look like a
         // reply to one of the recipients' requests.
         ex.remove("for");
         let mut relay = Packet::server("send").with_from(me.name.as_str());
         relay.topic = Some(t.id.to_string());
         relay.ex = ex;
-        // The relay adds id, ts, topic and from: it must still fit a line,
-        // or receivers that enforce the same limit would refuse it.
         let line = relay.to_line();
-        let size = line.len() - 1;
-        if size > self.ctx.max_line_bytes {
-            return Err(Denied::new(
-                ErrorCode::PacketTooLarge,
-                format!(
-                    "relayed, this message would be {size} bytes; the line limit is {}",
-                    self.ctx.max_line_bytes
-                ),
-            ));
-        }
+        self.check_relay_size(&line)?;
         if !self.keeps_history(&t) {
-            // Never stored: relay now, behind any kept message still committing.
-            if let Outcome::Close(r) = self.drain().await {
-                return Ok(Outcome::Close(r));
-            }
-            let ack = self.relay(&relay, &line, &t, id);
-            return Ok(self.reply_line(ack));
+            let (message_id, ts) = relay_stamp(&relay);
+            return self.relay_now(id, (&message_id, ts), &line, &t).await;
         }
         let message = Message {
             topic: t.id,
@@ -101,6 +96,59 @@ impl Session<'_> {
             return Ok(self.complete_next().await);
         }
         Ok(Outcome::Continue)
+    }
+
+    /// A message not kept, whose `ex` (no `for` in it) is relayed as the
+    /// sender wrote it: the relay is written in one pass from its parts.
+    async fn send_as_sent(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        t: &TopicRecord,
+        ex: &RawValue,
+    ) -> Result<Outcome, Denied> {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let message_id: &str = crate::proto::id::new_uuid()
+            .hyphenated()
+            .encode_lower(&mut buf);
+        let ts = crate::proto::id::now_ms();
+        let mut topic = uuid::Uuid::encode_buffer();
+        let topic = t.id.hyphenated().encode_lower(&mut topic);
+        let line = encode_relay(message_id, ts, topic, &me.name, ex);
+        self.check_relay_size(&line)?;
+        self.relay_now(id, (message_id, ts), &line, t).await
+    }
+
+    /// The relay adds id, ts, topic and from: it must still fit a line, or
+    /// receivers that enforce the same limit would refuse it.
+    fn check_relay_size(&self, line: &Bytes) -> Result<(), Denied> {
+        let size = line.len().saturating_sub(1);
+        if size > self.ctx.max_line_bytes {
+            return Err(Denied::new(
+                ErrorCode::PacketTooLarge,
+                format!(
+                    "relayed, this message would be {size} bytes; the line limit is {}",
+                    self.ctx.max_line_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A message never stored: relayed now, behind any kept message still
+    /// committing, and acknowledged.
+    async fn relay_now(
+        &mut self,
+        id: Option<&str>,
+        (message_id, ts): (&str, i64),
+        line: &Bytes,
+        t: &TopicRecord,
+    ) -> Result<Outcome, Denied> {
+        if let Outcome::Close(r) = self.drain().await {
+            return Ok(Outcome::Close(r));
+        }
+        let ack = self.relay(message_id, ts, line, t, id);
+        Ok(self.reply_line(ack))
     }
 
     /// Whether kept messages are waiting for their commit.
@@ -174,7 +222,8 @@ impl Session<'_> {
             Ok(event) => {
                 relay.ts = i64::try_from(event.hlc >> 16).ok();
                 let line = relay.to_line();
-                self.relay(&relay, &line, topic, request_id)
+                let (message_id, ts) = relay_stamp(&relay);
+                self.relay(&message_id, ts, &line, topic, request_id)
             }
             Err(e) => Denied::from(e).into_packet(request_id).to_line(),
         }
@@ -185,7 +234,8 @@ impl Session<'_> {
     /// sender's ack carrying the relay's id and ts.
     fn relay(
         &self,
-        relay: &Packet,
+        message_id: &str,
+        ts: i64,
         line: &Bytes,
         topic: &TopicRecord,
         request_id: Option<&str>,
@@ -193,11 +243,7 @@ impl Session<'_> {
         self.ctx
             .presence
             .deliver(topic.members.iter(), line, self.conn_id);
-        reply::send_ack(
-            request_id,
-            relay.id.as_deref().unwrap_or_default(),
-            relay.ts.unwrap_or_default(),
-        )
+        reply::send_ack(request_id, message_id, ts)
     }
 
     /// Completes every in-flight message, in order.
@@ -290,4 +336,12 @@ impl Session<'_> {
         answer = answer.answering(id);
         Ok(self.reply(answer))
     }
+}
+
+/// The id and ts a relay was stamped with, for its ack.
+fn relay_stamp(relay: &Packet) -> (String, i64) {
+    (
+        relay.id.clone().unwrap_or_default(),
+        relay.ts.unwrap_or_default(),
+    )
 }

@@ -264,10 +264,10 @@ impl<'a> Session<'a> {
 
     /// Handles one line from the client.
     pub async fn handle_line(&mut self, line: &[u8]) -> Outcome {
-        let decoded = Packet::decode(line, self.ctx.max_json_depth);
+        let decoded = Packet::decode_lazy(line, self.ctx.max_json_depth);
         // A `send` joins the pipeline of messages still committing (bounded);
         // anything else acts only once they are done, so effects keep order.
-        let is_send = decoded.as_ref().is_ok_and(|p| p.op == "send");
+        let is_send = decoded.as_ref().is_ok_and(|p| p.op() == "send");
         let outcome = if !is_send {
             self.drain().await
         } else if self.inflight.len() >= message::MAX_INFLIGHT {
@@ -278,8 +278,13 @@ impl<'a> Session<'a> {
         if let Outcome::Close(r) = outcome {
             return Outcome::Close(r);
         }
-        let mut packet = match decoded {
-            Ok(p) => p,
+        // A message's `ex` stays text when it can be relayed as sent.
+        let decoded = decoded.and_then(|d| match is_send {
+            true => d.into_relayable(),
+            false => d.into_packet().map(|p| (p, None)),
+        });
+        let (mut packet, raw_ex) = match decoded {
+            Ok(d) => d,
             Err(e) => return self.fail(e.id.as_deref(), e.code, e.message),
         };
         let request_id = packet.id.take();
@@ -359,7 +364,7 @@ impl<'a> Session<'a> {
                 Err(d) => Err(d),
             },
             Request::Send { topic, ex } => match self.logged_in() {
-                Ok(me) => self.handle_send(id, &me, &topic, ex).await,
+                Ok(me) => self.handle_send(id, &me, &topic, ex, raw_ex).await,
                 Err(d) => Err(d),
             },
             Request::Acl {
