@@ -127,13 +127,20 @@ impl Packet {
 
     /// Decodes one line (without its newline) from a peer.
     pub fn decode(line: &[u8], max_depth: usize) -> Result<Packet, DecodeError> {
-        Packet::decode_lazy(line, max_depth)?.into_packet()
+        Packet::decode_with(line, max_depth, false)?.into_packet()
     }
 
     /// Decodes one line like [`Packet::decode`], every check included, but
-    /// leaves a non-empty `ex` object as the JSON text it arrived as: a
-    /// relayed message can carry it on without building it as a map.
+    /// for a `send` (the one op whose `ex` the server passes on rather than
+    /// reads) leaves a non-empty `ex` object as the JSON text it arrived as:
+    /// the relay can carry it on without building it as a map.
     pub fn decode_lazy(line: &[u8], max_depth: usize) -> Result<Lazy<'_>, DecodeError> {
+        Packet::decode_with(line, max_depth, true)
+    }
+
+    /// The decoder; `lazy` keeps a `send`'s `ex` as text. Any other `ex` is
+    /// built in the same pass that checks it.
+    fn decode_with(line: &[u8], max_depth: usize, lazy: bool) -> Result<Lazy<'_>, DecodeError> {
         let text = std::str::from_utf8(line).map_err(|e| {
             DecodeError::new(
                 ErrorCode::PacketBadUtf8,
@@ -170,13 +177,22 @@ impl Packet {
         };
         let topic = take_string(obj.topic.take(), "topic", MAX_NAME_CHARS).map_err(with_id)?;
         let from = take_string(obj.from.take(), "from", MAX_NAME_CHARS).map_err(with_id)?;
-        let ex = match obj.ex.take() {
-            None => None,
+        let keep_text = lazy && matches!(&obj.op, Some(Value::String(op)) if op == "send");
+        let not_object = || with_id(bad_field("ex", "an object"));
+        let (ex, text) = match obj.ex.take() {
+            None => (Map::new(), None),
+            Some(raw) if keep_text => {
+                match serde_json::from_str(raw.get()).map_err(|e| with_id(malformed(&e)))? {
+                    ExShape::Null | ExShape::Object { keys: 0, .. } => (Map::new(), None),
+                    ExShape::Object { has_for, .. } => (Map::new(), Some((raw, has_for))),
+                    ExShape::Other => return Err(not_object()),
+                }
+            }
             Some(raw) => {
                 match serde_json::from_str(raw.get()).map_err(|e| with_id(malformed(&e)))? {
-                    ExShape::Null | ExShape::Object { keys: 0, .. } => None,
-                    ExShape::Object { has_for, .. } => Some((raw, has_for)),
-                    ExShape::Other => return Err(with_id(bad_field("ex", "an object"))),
+                    Value::Null => (Map::new(), None),
+                    Value::Object(m) => (m, None),
+                    _ => return Err(not_object()),
                 }
             }
         };
@@ -196,20 +212,20 @@ impl Packet {
                 topic,
                 op,
                 from,
-                ex: Map::new(),
+                ex,
             },
-            ex,
+            text,
         })
     }
 }
 
-/// A decoded packet whose `ex`, when a non-empty object, is still JSON text
-/// borrowed from the line (already checked: an object of valid JSON).
+/// A decoded packet; a `send`'s non-empty `ex` object may still be JSON
+/// text borrowed from the line (already checked: an object of valid JSON).
 #[derive(Debug)]
 pub struct Lazy<'a> {
     packet: Packet,
-    /// The `ex` text, and whether it has a `for` key.
-    ex: Option<(&'a RawValue, bool)>,
+    /// `ex` as text, when it was kept so, and whether it has a `for` key.
+    text: Option<(&'a RawValue, bool)>,
 }
 
 impl<'a> Lazy<'a> {
@@ -221,7 +237,7 @@ impl<'a> Lazy<'a> {
     /// The packet with `ex` built as a map.
     pub fn into_packet(self) -> Result<Packet, DecodeError> {
         let mut packet = self.packet;
-        if let Some((raw, _)) = self.ex {
+        if let Some((raw, _)) = self.text {
             packet.ex = parse_ex(raw).map_err(|mut e| {
                 e.id.clone_from(&packet.id);
                 e
@@ -234,7 +250,7 @@ impl<'a> Lazy<'a> {
     /// as it is (a non-empty object without `for`, which is the server's);
     /// otherwise the packet with `ex` built as a map, and `None`.
     pub fn into_relayable(self) -> Result<(Packet, Option<&'a RawValue>), DecodeError> {
-        match self.ex {
+        match self.text {
             Some((raw, false)) => Ok((self.packet, Some(raw))),
             _ => Ok((self.into_packet()?, None)),
         }
@@ -710,6 +726,8 @@ mod tests {
         assert_eq!(relayable(r#"{"op":"send","ex":{}}"#), (0, None));
         assert_eq!(relayable(r#"{"op":"send","ex":null}"#), (0, None));
         assert_eq!(relayable(r#"{"op":"send"}"#), (0, None));
+        // Only a `send` passes `ex` on; any other op reads it as a map.
+        assert_eq!(relayable(r#"{"ex":{"a":1},"op":"meta"}"#), (1, None));
     }
 
     #[test]
