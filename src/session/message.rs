@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, Message};
+use crate::proto::id::{new_uuid, now_ms};
 use crate::proto::packet::{encode_relay, parse_ex};
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet, reply};
@@ -57,8 +58,9 @@ impl Session<'_> {
                 "the topic's ACL does not let you send to it",
             ));
         }
+        let kept = self.keeps_history(&t);
         if let Some(raw) = raw_ex {
-            if !self.keeps_history(&t) {
+            if !kept {
                 return self.send_as_sent(id, me, &t, raw).await;
             }
             // A kept message is stored as a map.
@@ -72,9 +74,8 @@ impl Session<'_> {
         relay.ex = ex;
         let line = relay.to_line();
         self.check_relay_size(&line)?;
-        if !self.keeps_history(&t) {
-            let (message_id, ts) = relay_stamp(&relay);
-            return self.relay_now(id, (&message_id, ts), &line, &t).await;
+        if !kept {
+            return self.relay_now(id, relay_stamp(&relay), &line, &t).await;
         }
         let message = Message {
             topic: t.id,
@@ -108,10 +109,8 @@ impl Session<'_> {
         ex: &RawValue,
     ) -> Result<Outcome, Denied> {
         let mut buf = uuid::Uuid::encode_buffer();
-        let message_id: &str = crate::proto::id::new_uuid()
-            .hyphenated()
-            .encode_lower(&mut buf);
-        let ts = crate::proto::id::now_ms();
+        let message_id: &str = new_uuid().hyphenated().encode_lower(&mut buf);
+        let ts = now_ms();
         let mut topic = uuid::Uuid::encode_buffer();
         let topic = t.id.hyphenated().encode_lower(&mut topic);
         let line = encode_relay(message_id, ts, topic, &me.name, ex);
@@ -223,7 +222,7 @@ impl Session<'_> {
                 relay.ts = i64::try_from(event.hlc >> 16).ok();
                 let line = relay.to_line();
                 let (message_id, ts) = relay_stamp(&relay);
-                self.relay(&message_id, ts, &line, topic, request_id)
+                self.relay(message_id, ts, &line, topic, request_id)
             }
             Err(e) => Denied::from(e).into_packet(request_id).to_line(),
         }
@@ -339,9 +338,9 @@ impl Session<'_> {
 }
 
 /// The id and ts a relay was stamped with, for its ack.
-fn relay_stamp(relay: &Packet) -> (String, i64) {
+fn relay_stamp(relay: &Packet) -> (&str, i64) {
     (
-        relay.id.clone().unwrap_or_default(),
+        relay.id.as_deref().unwrap_or_default(),
         relay.ts.unwrap_or_default(),
     )
 }
