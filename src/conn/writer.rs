@@ -84,12 +84,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
         };
         buf.clear();
         frames.clear();
-        if gzip.is_some() {
-            // Room for what is queued now, assuming packets like the first:
-            // a burst is gathered without regrowing the buffer.
-            let queued = first.len().saturating_mul(rx.len() + 1);
-            buf.reserve(queued.min(BATCH_BYTES + first.len()));
-        }
         let mut close = false;
         let mut size = 0;
         let mut next = Some(first);
@@ -135,11 +129,10 @@ pub async fn run<W: AsyncWrite + Unpin>(
         if close {
             break Ended::Drained;
         }
-        if rx.is_empty() {
+        if rx.shrink_if_idle() {
             // Nothing waiting: an idle connection keeps no write buffers.
             buf = Vec::new();
             frames = Vec::new();
-            rx.shrink();
         }
     };
     if ended == Ended::Forced {

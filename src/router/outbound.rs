@@ -38,21 +38,6 @@ pub enum OutFrame {
     Close,
 }
 
-impl OutFrame {
-    /// Bytes this frame puts on the wire before compression.
-    pub fn len(&self) -> usize {
-        match self {
-            OutFrame::Packet { bytes, .. } => bytes.len(),
-            OutFrame::Close => 0,
-        }
-    }
-
-    /// Whether the frame carries no bytes (`Close`).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Why a push failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
@@ -101,7 +86,7 @@ struct Chan {
     senders: AtomicUsize,
     /// Frames the writer has taken out but not yet handed on: they still
     /// count against the capacity, so a slow reader's memory stays bounded.
-    taken: AtomicUsize,
+    held_by_writer: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -156,7 +141,7 @@ impl Outbound {
             wake: Notify::new(),
             capacity: capacity.max(1),
             senders: AtomicUsize::new(1),
-            taken: AtomicUsize::new(0),
+            held_by_writer: AtomicUsize::new(0),
         });
         let closer = Arc::new(Closer::default());
         let rx = Receiver {
@@ -199,7 +184,7 @@ impl Outbound {
         if q.receiver_gone {
             return Err(PushError::Closed);
         }
-        let held = q.frames.len() + self.chan.taken.load(Ordering::Relaxed);
+        let held = q.frames.len() + self.chan.held_by_writer.load(Ordering::Relaxed);
         if held >= self.chan.capacity {
             drop(q);
             self.closer.close(
@@ -254,27 +239,29 @@ impl Receiver {
         if self.taken.is_empty() {
             let mut q = self.chan.lock();
             std::mem::swap(&mut q.frames, &mut self.taken);
-            self.chan.taken.store(self.taken.len(), Ordering::Relaxed);
+            self.chan
+                .held_by_writer
+                .store(self.taken.len(), Ordering::Relaxed);
         }
         let frame = self.taken.pop_front()?;
-        self.chan.taken.fetch_sub(1, Ordering::Relaxed);
+        self.chan.held_by_writer.fetch_sub(1, Ordering::Relaxed);
         Some(frame)
     }
 
-    /// Frames waiting, taken or not.
-    pub fn len(&self) -> usize {
-        self.taken.len() + self.chan.lock().frames.len()
-    }
-
-    /// Whether no frame is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Gives back the room a burst left in the (empty) queue.
-    pub fn shrink(&mut self) {
+    /// When no frame is waiting, gives back the room a burst left in the
+    /// queue and returns true (the writer then frees its buffers too).
+    pub fn shrink_if_idle(&mut self) -> bool {
+        if !self.taken.is_empty() {
+            return false;
+        }
+        let mut q = self.chan.lock();
+        if !q.frames.is_empty() {
+            return false;
+        }
+        q.frames.shrink_to(KEEP_ROOM);
+        drop(q);
         self.taken.shrink_to(KEEP_ROOM);
-        self.chan.lock().frames.shrink_to(KEEP_ROOM);
+        true
     }
 }
 
