@@ -635,6 +635,18 @@ async fn a_rename_with_bad_metadata_changes_nothing() {
     server.stop().await;
 }
 
+/// A `send` exactly at the 4,096-byte line limit is refused: the relay,
+/// with the id, ts, topic and from the server adds, would not fit.
+async fn send_at_the_limit_is_refused(c: &mut Client, topic: &str, id: &str) {
+    let shell = on("send", topic).with_id(id).with("data", "");
+    let data = "x".repeat(4096 - (shell.to_line().len() - 1));
+    let req = on("send", topic).with_id(id).with("data", data.as_str());
+    assert_eq!(req.to_line().len() - 1, 4096);
+    let p = request(c, req).await;
+    assert_eq!(code(&p), Some("packet/too-large"));
+    assert_eq!(p.ex_str("for"), Some(id));
+}
+
 #[tokio::test]
 async fn a_message_whose_relay_would_not_fit_a_line_is_refused() {
     let server = TestServer::start_with(|c| c.limits.max_line_bytes = 4096).await;
@@ -642,15 +654,7 @@ async fn a_message_whose_relay_would_not_fit_a_line_is_refused() {
     let topic = create(&mut dan, "big").await;
     join(&mut bob, &topic).await;
     expect_op(&mut dan, "join").await;
-    // The request is exactly at the limit; the relay, with id, ts, topic
-    // and from, would not be.
-    let shell = on("send", &topic).with_id("r1").with("data", "");
-    let data = "x".repeat(4096 - (shell.to_line().len() - 1));
-    let req = on("send", &topic).with_id("r1").with("data", data.as_str());
-    assert_eq!(req.to_line().len() - 1, 4096);
-    let p = request(&mut dan, req).await;
-    assert_eq!(code(&p), Some("packet/too-large"));
-    assert_eq!(p.ex_str("for"), Some("r1"));
+    send_at_the_limit_is_refused(&mut dan, &topic, "r1").await;
     // A message that fits is relayed whole.
     let data = "x".repeat(4096 - 300);
     assert_eq!(
@@ -747,12 +751,7 @@ async fn a_message_not_kept_is_relayed_as_sent() {
     assert_eq!(e.ex_str("for"), Some("r3"));
 
     // Written as sent, the relay must still fit a line.
-    let shell = on("send", &topic).with_id("r4").with("data", "");
-    let data = "x".repeat(4096 - (shell.to_line().len() - 1));
-    let req = on("send", &topic).with_id("r4").with("data", data.as_str());
-    assert_eq!(req.to_line().len() - 1, 4096);
-    let p = request(&mut bob, req).await;
-    assert_eq!(code(&p), Some("packet/too-large"));
+    send_at_the_limit_is_refused(&mut bob, &topic, "r4").await;
     // Neither refused message reached dan: his next packet is the pong.
     dan.send(&Packet::request("ping").with_id("p1"))
         .await
