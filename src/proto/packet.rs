@@ -334,11 +334,16 @@ fn take_string(
     }
 }
 
-/// The visitor methods for JSON's scalars (booleans, numbers, strings),
-/// each answering `$value`: what a visitor that only cares about objects
-/// and arrays makes of everything else.
-macro_rules! scalars_are {
+/// The visitor methods for arrays (each element read as [`Checked`]) and
+/// JSON's scalars (booleans, numbers, strings), each answering `$value`:
+/// what a visitor that only cares about objects makes of everything else.
+macro_rules! non_objects_are {
     ($value:expr) => {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<Checked>()?.is_some() {}
+            Ok($value)
+        }
+
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
             Ok($value)
         }
@@ -426,12 +431,7 @@ impl<'de> Visitor<'de> for WireVisitor {
         Ok(Wire::Object(fields))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Wire<'de>, A::Error> {
-        while seq.next_element::<Checked>()?.is_some() {}
-        Ok(Wire::Other)
-    }
-
-    scalars_are!(Wire::Other);
+    non_objects_are!(Wire::Other);
 
     fn visit_unit<E>(self) -> Result<Wire<'de>, E> {
         Ok(Wire::Other)
@@ -464,12 +464,7 @@ impl<'de> Visitor<'de> for CheckedVisitor {
         Ok(Checked)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-        while seq.next_element::<Checked>()?.is_some() {}
-        Ok(Checked)
-    }
-
-    scalars_are!(Checked);
+    non_objects_are!(Checked);
 
     fn visit_unit<E>(self) -> Result<Checked, E> {
         Ok(Checked)
@@ -502,14 +497,10 @@ impl<'de> Deserialize<'de> for ExShape {
                 }
                 Ok(ExShape::Object { keys, has_for })
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ExShape, A::Error> {
-                while seq.next_element::<Checked>()?.is_some() {}
-                Ok(ExShape::Other)
-            }
             fn visit_unit<E>(self) -> Result<ExShape, E> {
                 Ok(ExShape::Null)
             }
-            scalars_are!(ExShape::Other);
+            non_objects_are!(ExShape::Other);
         }
         d.deserialize_any(ShapeVisitor)
     }
