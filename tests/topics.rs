@@ -759,3 +759,81 @@ async fn a_message_not_kept_is_relayed_as_sent() {
     assert_eq!(expect_op(&mut dan, "pong").await.ex_str("for"), Some("p1"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_sends_keeps_request_and_relay_order() {
+    // One write holds sends to a topic not kept and to a kept one, a
+    // refused send and a ping: the sender's replies come in request order
+    // and each member sees its topics' messages in the order sent.
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, mut amy) = three(&server).await;
+    let plain = request(
+        &mut dan,
+        Packet::request("create")
+            .with("name", "plain")
+            .with("history", false),
+    )
+    .await
+    .topic
+    .unwrap();
+    let kept = create(&mut dan, "kept").await;
+    for t in [&plain, &kept] {
+        join(&mut bob, t).await;
+        expect_op(&mut dan, "join").await;
+    }
+    join(&mut amy, &plain).await;
+    expect_op(&mut dan, "join").await;
+    expect_op(&mut bob, "join").await;
+
+    let script = [
+        ("p1", plain.as_str()),
+        ("p2", plain.as_str()),
+        ("k1", kept.as_str()),
+        ("p3", plain.as_str()),
+        ("x1", "no-such-topic"),
+        ("k2", kept.as_str()),
+        ("p4", plain.as_str()),
+        ("p5", plain.as_str()),
+    ];
+    let mut burst = Vec::new();
+    for (id, topic) in script {
+        let line = on("send", topic).with_id(id).with("data", id).to_line();
+        burst.extend_from_slice(&line);
+    }
+    burst.extend_from_slice(&Packet::request("ping").with_id("z").to_line());
+    bob.send_raw(&burst).await.unwrap();
+
+    let mut acked = Vec::new();
+    for (id, _) in script {
+        let reply = bob
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(reply.ex_str("for"), Some(id), "{reply:?}");
+        let want = if id == "x1" { "error" } else { "ack" };
+        assert_eq!(reply.op, want, "{reply:?}");
+        if want == "ack" {
+            acked.push((id, reply.ex_str("id").unwrap().to_owned()));
+        }
+    }
+    assert_eq!(expect_op(&mut bob, "pong").await.ex_str("for"), Some("z"));
+
+    // dan is in both topics: everything, in order, with the acked ids.
+    for (id, message_id) in &acked {
+        let got = expect_op(&mut dan, "send").await;
+        assert_eq!(got.ex_str("data"), Some(*id));
+        assert_eq!(got.id.as_deref(), Some(message_id.as_str()));
+    }
+    // amy is only in the plain topic.
+    for (id, _) in acked.iter().filter(|(id, _)| id.starts_with('p')) {
+        let got = expect_op(&mut amy, "send").await;
+        assert_eq!(got.ex_str("data"), Some(*id));
+    }
+    for c in [&mut dan, &mut amy] {
+        c.send(&Packet::request("ping").with_id("after"))
+            .await
+            .unwrap();
+        assert_eq!(expect_op(c, "pong").await.ex_str("for"), Some("after"));
+    }
+    server.stop().await;
+}

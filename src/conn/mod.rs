@@ -173,48 +173,59 @@ where
     let timer = sleep_until(login_deadline);
     tokio::pin!(closed, shutdown, timer);
     loop {
-        let idle_at = last_rx + limits.idle_timeout();
-        let ping_at = last_rx + limits.keepalive_interval();
-        let mut wake = idle_at;
-        if !pinged {
-            wake = wake.min(ping_at);
-        }
-        if session.account().is_none() {
-            wake = wake.min(login_deadline);
-        }
-        if wake < timer.deadline() || timer.is_elapsed() {
-            timer.as_mut().reset(wake);
-        }
-        let frame = tokio::select! {
-            biased;
-            _ = &mut closed => return "forced close".into(),
-            _ = &mut shutdown => {
-                let _ = out.push(&reply::bye(ErrorCode::ServerShutdown, "the server is shutting down"));
-                return "server shutdown".into();
-            }
-            _ = &mut timer => {
-                let now = Instant::now();
-                if session.account().is_none() && now >= login_deadline {
-                    let _ = out.push(&reply::bye(ErrorCode::SessionLoginTimeout, "no login before the deadline"));
-                    return "login timeout".into();
-                }
-                if now >= idle_at {
-                    let _ = out.push(&reply::bye(ErrorCode::SessionIdleTimeout, "no packet from the client for too long"));
-                    return "idle timeout".into();
-                }
-                if !pinged && now >= ping_at {
-                    pinged = true;
-                    let _ = out.push(&reply::ping());
-                }
-                continue;
-            }
-            outcome = session.complete_next(), if session.has_inflight() => {
-                if let Outcome::Close(reason) = outcome {
+        // Lines already read are handled without waiting; only when the
+        // input runs dry does the loop deliver what the burst gathered and
+        // wait for the peer, the timers and the closers.
+        let frame = match frames.buffered_frame() {
+            Some(frame) => Ok(Some(frame)),
+            None => {
+                if let Outcome::Close(reason) = session.flush_burst() {
                     return reason.as_str().into();
                 }
-                continue;
+                let idle_at = last_rx + limits.idle_timeout();
+                let ping_at = last_rx + limits.keepalive_interval();
+                let mut wake = idle_at;
+                if !pinged {
+                    wake = wake.min(ping_at);
+                }
+                if session.account().is_none() {
+                    wake = wake.min(login_deadline);
+                }
+                if wake < timer.deadline() || timer.is_elapsed() {
+                    timer.as_mut().reset(wake);
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut closed => return "forced close".into(),
+                    _ = &mut shutdown => {
+                        let _ = out.push(&reply::bye(ErrorCode::ServerShutdown, "the server is shutting down"));
+                        return "server shutdown".into();
+                    }
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        if session.account().is_none() && now >= login_deadline {
+                            let _ = out.push(&reply::bye(ErrorCode::SessionLoginTimeout, "no login before the deadline"));
+                            return "login timeout".into();
+                        }
+                        if now >= idle_at {
+                            let _ = out.push(&reply::bye(ErrorCode::SessionIdleTimeout, "no packet from the client for too long"));
+                            return "idle timeout".into();
+                        }
+                        if !pinged && now >= ping_at {
+                            pinged = true;
+                            let _ = out.push(&reply::ping());
+                        }
+                        continue;
+                    }
+                    outcome = session.complete_next(), if session.has_inflight() => {
+                        if let Outcome::Close(reason) = outcome {
+                            return reason.as_str().into();
+                        }
+                        continue;
+                    }
+                    frame = frames.next_frame() => frame,
+                }
             }
-            frame = frames.next_frame() => frame,
         };
         let outcome = match frame {
             Ok(Some(Frame::Line(line))) => {

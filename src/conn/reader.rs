@@ -86,6 +86,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The next frame if the bytes already read hold one; never reads.
+    /// `None` means [`FrameReader::next_frame`] may have to wait.
+    pub fn buffered_frame(&mut self) -> Option<Frame> {
+        self.lines.next_frame()
+    }
+
     /// One read, straight into the buffer that consumes the bytes. When
     /// nothing is there to read, the plain line buffer is freed if empty:
     /// an idle connection then holds no read buffer at all (it cost 4 KiB

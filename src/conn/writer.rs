@@ -88,7 +88,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         let mut size = 0;
         let mut next = Some(first);
         while let Some(frame) = next.take() {
-            let OutFrame::Packet { bytes, secret } = frame else {
+            let OutFrame::Lines { bytes, secret, .. } = frame else {
                 close = true;
                 break;
             };

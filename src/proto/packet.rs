@@ -65,9 +65,10 @@ impl DecodeError {
 impl Packet {
     /// A packet the server originates: fresh id and timestamp.
     pub fn server(op: &str) -> Self {
+        let ts = id::now_ms();
         Self {
-            id: Some(id::new_id()),
-            ts: Some(id::now_ms()),
+            id: Some(id::uuid_at(ts).to_string()),
+            ts: Some(ts),
             topic: None,
             op: op.to_owned(),
             from: None,
@@ -263,27 +264,43 @@ pub fn parse_ex(raw: &RawValue) -> Result<Map<String, Value>, DecodeError> {
     serde_json::from_str(raw.get()).map_err(|e| malformed(&e))
 }
 
-/// The relayed `send` of a message whose `ex` is carried as sent: the same
-/// envelope as `Packet::server("send")` with `topic`, `from` and `ex`, in
-/// the same field order, written in one pass.
-pub fn encode_relay(id: &str, ts: i64, topic: &str, from: &str, ex: &RawValue) -> Bytes {
-    #[derive(Serialize)]
-    struct Relay<'a> {
-        id: &'a str,
-        ts: i64,
-        topic: &'a str,
-        op: &'static str,
-        from: &'a str,
-        ex: &'a RawValue,
-    }
-    encode_line(&Relay {
-        id,
-        ts,
-        topic,
-        op: "send",
-        from,
-        ex,
-    })
+/// Appends the relayed `send` of a message whose `ex` is carried as sent:
+/// the same envelope as `Packet::server("send")` with `topic`, `from` and
+/// `ex`, in the same field order, written in one pass. The ids are typed:
+/// a formatted UUID never needs escaping.
+pub fn write_relay(
+    buf: &mut Vec<u8>,
+    id: uuid::Uuid,
+    ts: i64,
+    topic: uuid::Uuid,
+    from: &str,
+    ex: &RawValue,
+) {
+    buf.extend_from_slice(b"{\"id\":");
+    write_uuid(buf, id);
+    buf.extend_from_slice(b",\"ts\":");
+    buf.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
+    buf.extend_from_slice(b",\"topic\":");
+    write_uuid(buf, topic);
+    buf.extend_from_slice(b",\"op\":\"send\",\"from\":");
+    write_str(buf, from);
+    buf.extend_from_slice(b",\"ex\":");
+    buf.extend_from_slice(ex.get().as_bytes());
+    buf.extend_from_slice(b"}\n");
+}
+
+/// Appends a UUID as a JSON string.
+pub(crate) fn write_uuid(buf: &mut Vec<u8>, id: uuid::Uuid) {
+    let mut text = uuid::Uuid::encode_buffer();
+    buf.push(b'"');
+    buf.extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
+    buf.push(b'"');
+}
+
+/// Appends any text as a JSON string, escaped.
+pub(crate) fn write_str(buf: &mut Vec<u8>, text: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(buf, text);
 }
 
 fn malformed(e: &serde_json::Error) -> DecodeError {
@@ -302,13 +319,19 @@ fn malformed(e: &serde_json::Error) -> DecodeError {
 pub(crate) fn encode_line<T: Serialize>(packet: &T) -> Bytes {
     // Room for a relayed chat message without regrowing.
     let mut buf = Vec::with_capacity(320);
+    write_line(&mut buf, packet);
+    Bytes::from(buf)
+}
+
+/// Appends any packet shape as one newline-terminated line.
+pub(crate) fn write_line<T: Serialize>(buf: &mut Vec<u8>, packet: &T) {
+    let start = buf.len();
     // Serializing strings, integers and JSON values into a Vec cannot fail.
-    if serde_json::to_writer(&mut buf, packet).is_err() {
-        buf.clear();
+    if serde_json::to_writer(&mut *buf, packet).is_err() {
+        buf.truncate(start);
         buf.extend_from_slice(br#"{"op":"error"}"#);
     }
     buf.push(b'\n');
-    Bytes::from(buf)
 }
 
 fn bad_field(field: &str, expected: &str) -> DecodeError {
@@ -681,11 +704,13 @@ mod tests {
     fn a_relay_written_from_parts_is_the_packet() {
         let ex = r#"{"data":"caf\u00e9 \"q\"","n":[1,2.5,null],"o":{"x":true}}"#;
         let raw: Box<RawValue> = serde_json::from_str(ex).unwrap();
-        let line = encode_relay("0190-id", 42, "0190-topic", "dan", &raw);
-        let mut p = Packet::server("send").with_from("dan");
-        p.id = Some("0190-id".into());
-        p.ts = Some(42);
-        p.topic = Some("0190-topic".into());
+        let (id, topic) = (crate::proto::id::new_uuid(), crate::proto::id::new_uuid());
+        let mut line = Vec::new();
+        write_relay(&mut line, id, -42, topic, "d\"an\u{e9}", &raw);
+        let mut p = Packet::server("send").with_from("d\"an\u{e9}");
+        p.id = Some(id.to_string());
+        p.ts = Some(-42);
+        p.topic = Some(topic.to_string());
         p.ex = serde_json::from_str(ex).unwrap();
         // The same JSON value, fields in the same order.
         let back = Packet::decode(line.strip_suffix(b"\n").unwrap(), 8).unwrap();

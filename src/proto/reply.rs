@@ -3,13 +3,11 @@
 //!
 //! A reply to a request carries `ex.for` with the request's `id` when it had one.
 
-use bytes::Bytes;
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::code::ErrorCode;
 use super::id;
-use super::packet::{Packet, encode_line};
+use super::packet::{Packet, write_str, write_uuid};
 
 /// Every op the server sends, as `protocol.md` documents them.
 pub const SERVER_OPS: [&str; 18] = [
@@ -57,35 +55,33 @@ pub fn ack(for_id: Option<&str>) -> Packet {
     answer("ack", for_id)
 }
 
-/// The `ack` of a `send`, already encoded: `ex` carries the relayed
-/// message's `id` and `ts`. The same packet as `ack(for_id).with("id", …)
-/// .with("ts", …)`, written from borrowed fields, since every message has one.
-pub fn send_ack(for_id: Option<&str>, message_id: &str, message_ts: i64) -> Bytes {
-    #[derive(Serialize)]
-    struct Ex<'a> {
-        #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
-        for_id: Option<&'a str>,
-        id: &'a str,
-        ts: i64,
+/// Appends the `ack` of a `send`: `ex` carries the relayed message's `id`
+/// and `ts`. The same packet as `ack(for_id).with("id", …).with("ts", …)`,
+/// written in one pass, since every message has one. `now` is the clock
+/// reading the message was stamped with: the ack was made at the same time.
+pub fn write_send_ack(
+    buf: &mut Vec<u8>,
+    for_id: Option<&str>,
+    now: i64,
+    message_id: &str,
+    message_ts: i64,
+) {
+    let mut number = itoa::Buffer::new();
+    buf.extend_from_slice(b"{\"id\":");
+    write_uuid(buf, id::uuid_at(now));
+    buf.extend_from_slice(b",\"ts\":");
+    buf.extend_from_slice(number.format(now).as_bytes());
+    buf.extend_from_slice(b",\"op\":\"ack\",\"ex\":{");
+    if let Some(for_id) = for_id {
+        buf.extend_from_slice(b"\"for\":");
+        write_str(buf, for_id);
+        buf.push(b',');
     }
-    #[derive(Serialize)]
-    struct Ack<'a> {
-        id: &'a str,
-        ts: i64,
-        op: &'static str,
-        ex: Ex<'a>,
-    }
-    let mut own = uuid::Uuid::encode_buffer();
-    encode_line(&Ack {
-        id: id::new_uuid().hyphenated().encode_lower(&mut own),
-        ts: id::now_ms(),
-        op: "ack",
-        ex: Ex {
-            for_id,
-            id: message_id,
-            ts: message_ts,
-        },
-    })
+    buf.extend_from_slice(b"\"id\":");
+    write_str(buf, message_id);
+    buf.extend_from_slice(b",\"ts\":");
+    buf.extend_from_slice(number.format(message_ts).as_bytes());
+    buf.extend_from_slice(b"}}\n");
 }
 
 /// `error` for a request (or, with no `for`, for a line that had no id).
@@ -119,12 +115,15 @@ mod tests {
     #[test]
     fn send_ack_is_the_ack_packet() {
         for for_id in [Some("r\"1"), None] {
-            let line = send_ack(for_id, "0190-abc", 42);
+            let mut line = Vec::new();
+            write_send_ack(&mut line, for_id, 7, "0190-\"abc", 42);
             let got = Packet::decode(line.strip_suffix(b"\n").unwrap(), 8).unwrap();
-            let mut want = ack(for_id).with("id", "0190-abc").with("ts", 42);
+            let mut want = ack(for_id).with("id", "0190-\"abc").with("ts", 42);
             want.id.clone_from(&got.id);
-            want.ts = got.ts;
+            want.ts = Some(7);
             assert_eq!(got, want);
+            // Field order too, as a packet would be written.
+            assert_eq!(line, want.to_line());
             assert_eq!(got.id.as_deref().map(str::len), Some(36));
         }
     }

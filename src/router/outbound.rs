@@ -25,17 +25,31 @@ use crate::proto::{ErrorCode, Packet};
 /// One item for a writer.
 #[derive(Debug)]
 pub enum OutFrame {
-    /// An encoded packet line. `secret` packets are isolated from the
-    /// compression window (full flush before and after).
-    Packet {
-        /// The line, `\n` included.
+    /// Encoded packet lines, back to back. Usually one packet; a burst of
+    /// one sender's messages to one topic is several, one frame shared by
+    /// every recipient. `secret` packets (always alone) are isolated from
+    /// the compression window (full flush before and after).
+    Lines {
+        /// The lines, each `\n`-terminated.
         bytes: Bytes,
+        /// How many packets `bytes` holds.
+        count: usize,
         /// Carries a secret (ticket, challenge).
         secret: bool,
     },
     /// Everything before this is the last the connection will send: flush,
     /// end the stream and close.
     Close,
+}
+
+impl OutFrame {
+    /// What the frame counts against the queue's capacity.
+    fn packets(&self) -> usize {
+        match self {
+            OutFrame::Lines { count, .. } => *count,
+            OutFrame::Close => 1,
+        }
+    }
 }
 
 /// Why a push failed.
@@ -84,7 +98,7 @@ struct Chan {
     wake: Notify,
     capacity: usize,
     senders: AtomicUsize,
-    /// Frames the writer has taken out but not yet handed on: they still
+    /// Packets the writer has taken out but not yet handed on: they still
     /// count against the capacity, so a slow reader's memory stays bounded.
     held_by_writer: AtomicUsize,
 }
@@ -92,6 +106,8 @@ struct Chan {
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<OutFrame>,
+    /// Packets in `frames`.
+    packets: usize,
     /// The writer is gone: pushes fail as `Closed`.
     receiver_gone: bool,
 }
@@ -134,7 +150,7 @@ impl Drop for Outbound {
 }
 
 impl Outbound {
-    /// A queue holding at most `capacity` frames, and its receiving end.
+    /// A queue holding at most `capacity` packets, and its receiving end.
     pub fn channel(capacity: usize) -> (Outbound, Receiver, Arc<Closer>) {
         let chan = Arc::new(Chan {
             queue: Mutex::new(Queue::default()),
@@ -161,7 +177,22 @@ impl Outbound {
     /// Queues already-encoded bytes (shared between recipients). A full queue
     /// closes the destination as a slow consumer.
     pub fn push_bytes(&self, bytes: Bytes, secret: bool) -> Result<(), PushError> {
-        self.push_frame(OutFrame::Packet { bytes, secret })
+        self.push_frame(OutFrame::Lines {
+            bytes,
+            count: 1,
+            secret,
+        })
+    }
+
+    /// Queues `count` encoded packets, back to back in `bytes`, as one frame
+    /// (shared between recipients); they count as `count` against the
+    /// capacity, as if pushed one by one.
+    pub fn push_lines(&self, bytes: Bytes, count: usize) -> Result<(), PushError> {
+        self.push_frame(OutFrame::Lines {
+            bytes,
+            count,
+            secret: false,
+        })
     }
 
     /// Encodes and queues one packet.
@@ -184,8 +215,9 @@ impl Outbound {
         if q.receiver_gone {
             return Err(PushError::Closed);
         }
-        let held = q.frames.len() + self.chan.held_by_writer.load(Ordering::Relaxed);
-        if held >= self.chan.capacity {
+        let held = q.packets + self.chan.held_by_writer.load(Ordering::Relaxed);
+        let packets = frame.packets();
+        if held + packets > self.chan.capacity {
             drop(q);
             self.closer.close(
                 ErrorCode::SessionSendqExceeded,
@@ -195,6 +227,7 @@ impl Outbound {
         }
         let was_empty = q.frames.is_empty();
         q.frames.push_back(frame);
+        q.packets += packets;
         drop(q);
         // A non-empty queue has a wake-up pending already; the writer takes
         // all of it in one go.
@@ -239,12 +272,13 @@ impl Receiver {
         if self.taken.is_empty() {
             let mut q = self.chan.lock();
             std::mem::swap(&mut q.frames, &mut self.taken);
-            self.chan
-                .held_by_writer
-                .store(self.taken.len(), Ordering::Relaxed);
+            let packets = std::mem::take(&mut q.packets);
+            self.chan.held_by_writer.store(packets, Ordering::Relaxed);
         }
         let frame = self.taken.pop_front()?;
-        self.chan.held_by_writer.fetch_sub(1, Ordering::Relaxed);
+        self.chan
+            .held_by_writer
+            .fetch_sub(frame.packets(), Ordering::Relaxed);
         Some(frame)
     }
 
@@ -271,6 +305,7 @@ impl Drop for Receiver {
         q.receiver_gone = true;
         // Queued packets die with the connection, as they did in the channel.
         q.frames = VecDeque::new();
+        q.packets = 0;
     }
 }
 
@@ -286,7 +321,7 @@ mod tests {
             let mut ops = Vec::new();
             while let Some(frame) = rx.recv().await {
                 ops.push(match frame {
-                    OutFrame::Packet { bytes, .. } => {
+                    OutFrame::Lines { bytes, .. } => {
                         Packet::decode(bytes.strip_suffix(b"\n").unwrap(), 8)
                             .unwrap()
                             .op
@@ -338,6 +373,27 @@ mod tests {
         assert_eq!(out.push(&p), Ok(()));
         assert_eq!(out.push(&p), Ok(()));
         assert_eq!(out.push(&p), Err(PushError::Full));
+        assert_eq!(
+            closer.reason().map(|r| r.0),
+            Some(ErrorCode::SessionSendqExceeded)
+        );
+    }
+
+    #[test]
+    fn a_burst_counts_as_its_packets() {
+        let (out, mut rx, closer) = Outbound::channel(4);
+        let three = Bytes::from_static(b"{\"op\":\"a\"}\n{\"op\":\"b\"}\n{\"op\":\"c\"}\n");
+        assert_eq!(out.push_lines(three.clone(), 3), Ok(()));
+        assert_eq!(out.push_lines(three.slice(..11), 1), Ok(()));
+        // The writer takes both frames and hands on the burst: the one
+        // packet it still holds and the two queued next make three.
+        assert!(matches!(
+            rx.try_recv(),
+            Some(OutFrame::Lines { count: 3, .. })
+        ));
+        assert_eq!(out.push_lines(three.slice(..22), 2), Ok(()));
+        assert!(closer.reason().is_none());
+        assert_eq!(out.push_lines(three.slice(..22), 2), Err(PushError::Full));
         assert_eq!(
             closer.reason().map(|r| r.0),
             Some(ErrorCode::SessionSendqExceeded)

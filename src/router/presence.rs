@@ -43,14 +43,15 @@ impl Presence {
             .unwrap_or(0)
     }
 
-    /// Queues `bytes` for every connection of each account in `accounts`
-    /// but `except`: the packet was serialized once and is shared. A
+    /// Queues `bytes`, `count` packets, for every connection of each account
+    /// in `accounts` but `except`: serialized once and shared. A
     /// connection whose queue is full is cut as a slow consumer by its
     /// [`Outbound`]; nobody else waits for it.
     pub fn deliver<'a>(
         &self,
         accounts: impl IntoIterator<Item = &'a Uuid>,
         bytes: &bytes::Bytes,
+        count: usize,
         except: u64,
     ) -> usize {
         let Ok(s) = self.sessions.lock() else {
@@ -59,7 +60,7 @@ impl Presence {
         let mut delivered = 0;
         for account in accounts {
             for (conn, out) in s.get(account).map(Vec::as_slice).unwrap_or_default() {
-                if *conn != except && out.push_bytes(bytes.clone(), false).is_ok() {
+                if *conn != except && out.push_lines(bytes.clone(), count).is_ok() {
                     delivered += 1;
                 }
             }

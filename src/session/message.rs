@@ -6,21 +6,27 @@
 //! history, the message is committed (group commit) before anyone sees it
 //! and before the `ack`; where it does not, it never touches the store.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{Denied, LoggedIn, Outcome, Session};
+use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, Message};
-use crate::proto::id::{new_uuid, now_ms};
-use crate::proto::packet::{encode_relay, parse_ex};
+use crate::proto::id::{now_ms, uuid_at};
+use crate::proto::packet::{parse_ex, write_relay};
+use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
-use crate::proto::{ErrorCode, Packet, reply};
+use crate::proto::{ErrorCode, Packet};
 use crate::router::acl::Flag;
 use crate::store::{Event, Pending, TopicRecord};
 
 /// Kept messages one connection may have waiting for their commit.
 pub(super) const MAX_INFLIGHT: usize = 256;
+
+/// Relay bytes a burst gathers at most before it is delivered.
+const BURST_BYTES: usize = 64 * 1024;
 
 /// What waits in a session's pipeline, in request order.
 pub(super) enum InFlight {
@@ -28,13 +34,30 @@ pub(super) enum InFlight {
     Commit {
         commit: Pending,
         relay: Packet,
-        topic: std::sync::Arc<TopicRecord>,
+        topic: Arc<TopicRecord>,
         request_id: Option<String>,
     },
     /// A reply, encoded, that must not overtake the commits queued before it.
     Ready(Bytes),
 }
 use crate::store::history::Cursor;
+
+/// Messages not kept that a session relayed from one burst of its client's
+/// input, all to one topic, and their acks: delivered together, so each
+/// recipient's queue takes one shared frame per burst, not one push per
+/// message. The session delivers it before it waits for anything, replies
+/// anything else or acts on another topic, so nothing overtakes it and it
+/// never waits on anyone.
+#[derive(Default)]
+pub(super) struct Burst {
+    /// The topic record the relays were sent under: its members get them.
+    topic: Option<Arc<TopicRecord>>,
+    relays: Vec<u8>,
+    relay_count: usize,
+    /// The acks, in request order, for the sender.
+    acks: Vec<u8>,
+    ack_count: usize,
+}
 
 impl Session<'_> {
     pub(super) async fn handle_send(
@@ -61,7 +84,7 @@ impl Session<'_> {
         let kept = self.keeps_history(&t);
         if let Some(raw) = raw_ex {
             if !kept {
-                return self.send_as_sent(id, me, &t, raw).await;
+                return self.send_now(id, me, &t, raw).await;
             }
             // A kept message is stored as a map.
             ex = parse_ex(raw).map_err(|e| Denied::new(e.code, e.message))?;
@@ -69,14 +92,20 @@ impl Session<'_> {
         // `ex.for` is the server's: a relayed packet must not look like a
         // reply to one of the recipients' requests.
         ex.remove("for");
+        if !kept {
+            let raw = serde_json::value::to_raw_value(&ex).map_err(|_| {
+                Denied::new(
+                    ErrorCode::ServerInternal,
+                    "the message could not be encoded",
+                )
+            })?;
+            return self.send_now(id, me, &t, &raw).await;
+        }
         let mut relay = Packet::server("send").with_from(me.name.as_str());
         relay.topic = Some(t.id.to_string());
         relay.ex = ex;
         let line = relay.to_line();
-        self.check_relay_size(&line)?;
-        if !kept {
-            return self.relay_now(id, relay_stamp(&relay), &line, &t).await;
-        }
+        self.check_relay_size(line.len().saturating_sub(1))?;
         let message = Message {
             topic: t.id,
             id: relay.id.clone().unwrap_or_default(),
@@ -86,7 +115,8 @@ impl Session<'_> {
         };
         // Queue the commit and go on reading: the next sends join the same
         // group commit. Relay and ack follow the commit, in request order.
-        let commit = self.ctx.store.enqueue(Change::message(message)).await?;
+        // Boxed, like the waits below: only kept messages pay for them.
+        let commit = Box::pin(self.ctx.store.enqueue(Change::message(message))).await?;
         self.inflight.push_back(InFlight::Commit {
             commit,
             relay,
@@ -94,34 +124,89 @@ impl Session<'_> {
             request_id: id.map(str::to_owned),
         });
         if self.inflight.len() >= MAX_INFLIGHT {
-            return Ok(self.complete_next().await);
+            return Ok(Box::pin(self.complete_next()).await);
         }
         Ok(Outcome::Continue)
     }
 
-    /// A message not kept, whose `ex` (no `for` in it) is relayed as the
-    /// sender wrote it: the relay is written in one pass from its parts.
-    async fn send_as_sent(
+    /// A message not kept: relayed behind any kept message still committing,
+    /// with its `ex` as the sender wrote it, and acknowledged, both by way
+    /// of the burst.
+    async fn send_now(
         &mut self,
         id: Option<&str>,
         me: &LoggedIn,
-        t: &TopicRecord,
+        t: &Arc<TopicRecord>,
         ex: &RawValue,
     ) -> Result<Outcome, Denied> {
-        let mut buf = uuid::Uuid::encode_buffer();
-        let message_id: &str = new_uuid().hyphenated().encode_lower(&mut buf);
+        if let Outcome::Close(r) = self.drain().await {
+            return Ok(Outcome::Close(r));
+        }
+        // Another topic (or this one since a member came or went) starts a
+        // burst of its own.
+        if self
+            .burst
+            .topic
+            .as_ref()
+            .is_some_and(|b| !Arc::ptr_eq(b, t))
+        {
+            if let Outcome::Close(r) = self.flush_burst() {
+                return Ok(Outcome::Close(r));
+            }
+        }
+        // One clock reading stamps the message and its ack.
         let ts = now_ms();
-        let mut topic = uuid::Uuid::encode_buffer();
-        let topic = t.id.hyphenated().encode_lower(&mut topic);
-        let line = encode_relay(message_id, ts, topic, &me.name, ex);
-        self.check_relay_size(&line)?;
-        self.relay_now(id, (message_id, ts), &line, t).await
+        let message_id = uuid_at(ts);
+        let burst = &mut self.burst;
+        if burst.relays.is_empty() {
+            burst.relays.reserve(320);
+            burst.acks.reserve(160);
+        }
+        let start = burst.relays.len();
+        write_relay(&mut burst.relays, message_id, ts, t.id, &me.name, ex);
+        let size = burst.relays.len().saturating_sub(start + 1);
+        if let Err(d) = self.check_relay_size(size) {
+            self.burst.relays.truncate(start);
+            return Err(d);
+        }
+        let burst = &mut self.burst;
+        let mut text = uuid::Uuid::encode_buffer();
+        let message_id = message_id.hyphenated().encode_lower(&mut text);
+        write_send_ack(&mut burst.acks, id, ts, message_id, ts);
+        burst.topic = Some(t.clone());
+        burst.relay_count += 1;
+        burst.ack_count += 1;
+        if burst.relays.len() >= BURST_BYTES {
+            return Ok(self.flush_burst());
+        }
+        Ok(Outcome::Continue)
+    }
+
+    /// Delivers the burst: its relays to the topic's members' connections
+    /// but this one, then its acks to this client.
+    pub fn flush_burst(&mut self) -> Outcome {
+        let Some(topic) = self.burst.topic.take() else {
+            return Outcome::Continue;
+        };
+        let burst = std::mem::take(&mut self.burst);
+        self.ctx.presence.deliver(
+            topic.members.iter(),
+            &Bytes::from(burst.relays),
+            burst.relay_count,
+            self.conn_id,
+        );
+        match self
+            .out
+            .push_lines(Bytes::from(burst.acks), burst.ack_count)
+        {
+            Ok(()) => Outcome::Continue,
+            Err(_) => Outcome::Close(CloseReason::SendqExceeded),
+        }
     }
 
     /// The relay adds id, ts, topic and from: it must still fit a line, or
     /// receivers that enforce the same limit would refuse it.
-    fn check_relay_size(&self, line: &Bytes) -> Result<(), Denied> {
-        let size = line.len().saturating_sub(1);
+    fn check_relay_size(&self, size: usize) -> Result<(), Denied> {
         if size > self.ctx.max_line_bytes {
             return Err(Denied::new(
                 ErrorCode::PacketTooLarge,
@@ -134,22 +219,6 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// A message never stored: relayed now, behind any kept message still
-    /// committing, and acknowledged.
-    async fn relay_now(
-        &mut self,
-        id: Option<&str>,
-        (message_id, ts): (&str, i64),
-        line: &Bytes,
-        t: &TopicRecord,
-    ) -> Result<Outcome, Denied> {
-        if let Outcome::Close(r) = self.drain().await {
-            return Ok(Outcome::Close(r));
-        }
-        let ack = self.relay(message_id, ts, line, t, id);
-        Ok(self.reply_line(ack))
-    }
-
     /// Whether kept messages are waiting for their commit.
     pub fn has_inflight(&self) -> bool {
         !self.inflight.is_empty()
@@ -159,6 +228,10 @@ impl Session<'_> {
     /// then relays and acknowledges it; a ready reply goes out at once.
     /// Cancel-safe: nothing is taken out until the commit is in.
     pub async fn complete_next(&mut self) -> Outcome {
+        // What the burst holds came first.
+        if let Outcome::Close(r) = self.flush_burst() {
+            return Outcome::Close(r);
+        }
         let result = match self.inflight.front_mut() {
             None => return Outcome::Continue,
             Some(InFlight::Ready(_)) => None,
@@ -188,6 +261,7 @@ impl Session<'_> {
     /// a final `bye`) is still offered to this client, in order, even when
     /// it can no longer take them.
     pub async fn finish(&mut self) {
+        let _ = self.flush_burst();
         while let Some(entry) = self.inflight.pop_front() {
             match entry {
                 InFlight::Ready(line) => {
@@ -208,8 +282,9 @@ impl Session<'_> {
     }
 
     /// A kept message's commit is in: relay it stamped with the commit's
-    /// clock (so paging history by time agrees with what was seen) and
-    /// return the sender's ack; or return the error if it was not stored.
+    /// clock (so paging history by time agrees with what was seen) to every
+    /// connection of the topic's members but this one, and return the
+    /// sender's ack; or return the error if it was not stored.
     fn committed(
         &self,
         mut relay: Packet,
@@ -219,40 +294,37 @@ impl Session<'_> {
     ) -> Bytes {
         match result {
             Ok(event) => {
-                relay.ts = i64::try_from(event.hlc >> 16).ok();
+                let ts = i64::try_from(event.hlc >> 16).unwrap_or_default();
+                relay.ts = Some(ts);
                 let line = relay.to_line();
-                let (message_id, ts) = relay_stamp(&relay);
-                self.relay(message_id, ts, &line, topic, request_id)
+                self.ctx
+                    .presence
+                    .deliver(topic.members.iter(), &line, 1, self.conn_id);
+                let message_id = relay.id.as_deref().unwrap_or_default();
+                let mut ack = Vec::with_capacity(160);
+                write_send_ack(&mut ack, request_id, now_ms(), message_id, ts);
+                Bytes::from(ack)
             }
             Err(e) => Denied::from(e).into_packet(request_id).to_line(),
         }
     }
 
-    /// Delivers a relayed message (`line`, serialized once) to every
-    /// connection of the topic's members but this one, and returns the
-    /// sender's ack carrying the relay's id and ts.
-    fn relay(
-        &self,
-        message_id: &str,
-        ts: i64,
-        line: &Bytes,
-        topic: &TopicRecord,
-        request_id: Option<&str>,
-    ) -> Bytes {
-        self.ctx
-            .presence
-            .deliver(topic.members.iter(), line, self.conn_id);
-        reply::send_ack(request_id, message_id, ts)
-    }
-
     /// Completes every in-flight message, in order.
     pub async fn drain(&mut self) -> Outcome {
-        while self.has_inflight() {
-            if let Outcome::Close(r) = self.complete_next().await {
-                return Outcome::Close(r);
-            }
+        if !self.has_inflight() {
+            return Outcome::Continue;
         }
-        Outcome::Continue
+        // Boxed: waiting for a commit is a large state that the common case
+        // (nothing in flight) should not carry in every packet's future.
+        Box::pin(async {
+            while self.has_inflight() {
+                if let Outcome::Close(r) = self.complete_next().await {
+                    return Outcome::Close(r);
+                }
+            }
+            Outcome::Continue
+        })
+        .await
     }
 
     fn keeps_history(&self, t: &TopicRecord) -> bool {
@@ -335,12 +407,4 @@ impl Session<'_> {
         answer = answer.answering(id);
         Ok(self.reply(answer))
     }
-}
-
-/// The id and ts a relay was stamped with, for its ack.
-fn relay_stamp(relay: &Packet) -> (&str, i64) {
-    (
-        relay.id.as_deref().unwrap_or_default(),
-        relay.ts.unwrap_or_default(),
-    )
 }

@@ -179,6 +179,8 @@ pub struct Session<'a> {
     rate: RateLimit,
     /// Kept messages waiting for their commit, oldest first.
     inflight: std::collections::VecDeque<message::InFlight>,
+    /// Messages not kept, relayed from the current burst of input.
+    burst: message::Burst,
 }
 
 impl Drop for Session<'_> {
@@ -254,6 +256,7 @@ impl<'a> Session<'a> {
             errors_in_row: 0,
             rate: RateLimit::new(ctx.packets_per_second, ctx.packet_burst),
             inflight: std::collections::VecDeque::new(),
+            burst: message::Burst::default(),
         }
     }
 
@@ -269,9 +272,12 @@ impl<'a> Session<'a> {
         // anything else acts only once they are done, so effects keep order.
         let is_send = decoded.as_ref().is_ok_and(|p| p.op() == "send");
         let outcome = if !is_send {
-            self.drain().await
+            match self.flush_burst() {
+                Outcome::Continue => self.drain().await,
+                closed => closed,
+            }
         } else if self.inflight.len() >= message::MAX_INFLIGHT {
-            self.complete_next().await
+            Box::pin(self.complete_next()).await
         } else {
             Outcome::Continue
         };
@@ -322,45 +328,45 @@ impl<'a> Session<'a> {
                     closed => closed,
                 };
             }
-            Request::Auth(a) => self.handle_auth(id, a).await,
+            Request::Auth(a) => Box::pin(self.handle_auth(id, a)).await,
             Request::Register { username, password } => {
-                self.handle_register(id, username, password).await
+                Box::pin(self.handle_register(id, username, password)).await
             }
             Request::Meta { topic, values } => match self.logged_in() {
-                Ok(me) => self.handle_meta(id, &me, topic, values).await,
+                Ok(me) => Box::pin(self.handle_meta(id, &me, topic, values)).await,
                 Err(d) => Err(d),
             },
             Request::Whoami => return self.handle_whoami(id),
             Request::Ticket { server } => match self.logged_in() {
-                Ok(me) => self.handle_ticket(id, &me, server).await,
+                Ok(me) => Box::pin(self.handle_ticket(id, &me, server)).await,
                 Err(d) => Err(d),
             },
             Request::KeyAdd { key } => match self.logged_in() {
-                Ok(me) => self.handle_key_add(id, &me, &key).await,
+                Ok(me) => Box::pin(self.handle_key_add(id, &me, &key)).await,
                 Err(d) => Err(d),
             },
             Request::KeyRemove { key } => match self.logged_in() {
-                Ok(me) => self.handle_key_remove(id, &me, &key).await,
+                Ok(me) => Box::pin(self.handle_key_remove(id, &me, &key)).await,
                 Err(d) => Err(d),
             },
             Request::KeyList => match self.logged_in() {
-                Ok(me) => self.handle_key_list(id, &me).await,
+                Ok(me) => Box::pin(self.handle_key_list(id, &me)).await,
                 Err(d) => Err(d),
             },
             Request::DeleteAccount { password } => match self.logged_in() {
-                Ok(me) => self.handle_delete_account(id, &me, password).await,
+                Ok(me) => Box::pin(self.handle_delete_account(id, &me, password)).await,
                 Err(d) => Err(d),
             },
             Request::Create { name, meta } => match self.logged_in() {
-                Ok(me) => self.handle_create(id, &me, name, meta).await,
+                Ok(me) => Box::pin(self.handle_create(id, &me, name, meta)).await,
                 Err(d) => Err(d),
             },
             Request::Join { topic } => match self.logged_in() {
-                Ok(me) => self.handle_join(id, &me, &topic).await,
+                Ok(me) => Box::pin(self.handle_join(id, &me, &topic)).await,
                 Err(d) => Err(d),
             },
             Request::Leave { topic } => match self.logged_in() {
-                Ok(me) => self.handle_leave(id, &me, &topic).await,
+                Ok(me) => Box::pin(self.handle_leave(id, &me, &topic)).await,
                 Err(d) => Err(d),
             },
             Request::Send { topic, ex } => match self.logged_in() {
@@ -373,10 +379,7 @@ impl<'a> Session<'a> {
                 grant,
                 revoke,
             } => match self.logged_in() {
-                Ok(me) => {
-                    self.handle_acl(id, &me, &topic, subject, grant, revoke)
-                        .await
-                }
+                Ok(me) => Box::pin(self.handle_acl(id, &me, &topic, subject, grant, revoke)).await,
                 Err(d) => Err(d),
             },
             Request::History {
@@ -386,13 +389,12 @@ impl<'a> Session<'a> {
                 limit,
             } => match self.logged_in() {
                 Ok(me) => {
-                    self.handle_history(id, &me, &topic, before, after, limit)
-                        .await
+                    Box::pin(self.handle_history(id, &me, &topic, before, after, limit)).await
                 }
                 Err(d) => Err(d),
             },
             Request::Delete { topic } => match self.logged_in() {
-                Ok(me) => self.handle_delete(id, &me, &topic).await,
+                Ok(me) => Box::pin(self.handle_delete(id, &me, &topic)).await,
                 Err(d) => Err(d),
             },
             Request::Find {
@@ -403,8 +405,7 @@ impl<'a> Session<'a> {
                 cursor,
             } => match self.logged_in() {
                 Ok(me) => {
-                    self.handle_find(id, &me, kind, name, meta, limit, cursor)
-                        .await
+                    Box::pin(self.handle_find(id, &me, kind, name, meta, limit, cursor)).await
                 }
                 Err(d) => Err(d),
             },
@@ -470,8 +471,12 @@ impl<'a> Session<'a> {
         self.push_now(line)
     }
 
-    /// Queues one encoded packet on the connection now.
+    /// Queues one encoded packet on the connection now, after the burst's
+    /// acks (which answer earlier requests).
     fn push_now(&mut self, line: Bytes) -> Outcome {
+        if let Outcome::Close(r) = self.flush_burst() {
+            return Outcome::Close(r);
+        }
         match self.out.push_bytes(line, false) {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Close(CloseReason::SendqExceeded),
@@ -480,6 +485,9 @@ impl<'a> Session<'a> {
 
     /// Queues a packet carrying a secret (isolated from gzip's window).
     fn reply_secret(&mut self, packet: Packet) -> Outcome {
+        if let Outcome::Close(r) = self.flush_burst() {
+            return Outcome::Close(r);
+        }
         match self.out.push_secret(&packet) {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Close(CloseReason::SendqExceeded),

@@ -171,7 +171,7 @@ impl Session<'_> {
             .iter()
             .chain(extra.iter().filter(|a| !t.members.contains(a)))
             .collect();
-        self.ctx.presence.deliver(accounts, &bytes, self.conn_id);
+        self.ctx.presence.deliver(accounts, &bytes, 1, self.conn_id);
     }
 
     fn event(&self, op: &str, t: &TopicRecord, from: &str) -> Packet {
