@@ -12,8 +12,10 @@ use tokio::io::AsyncRead;
 use super::framing::{Frame, LineDecoder};
 use super::gzip::{self, GzipDecoder};
 
-/// Free room ensured before each socket read.
-const READ_ROOM: usize = 4 * 1024;
+/// Free room ensured before each socket read: a full TLS record's worth, so
+/// a client's burst of messages is read, and relayed, as one burst. The
+/// buffer is freed whenever the connection waits with nothing in it.
+const READ_ROOM: usize = 16 * 1024;
 /// Bytes decompressed per step (bounded, so a bomb never lands at once).
 const CHUNK: usize = 16 * 1024;
 
