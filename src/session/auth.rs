@@ -129,7 +129,7 @@ impl Session<'_> {
         for t in &topics {
             packets.push(self.topic_meta(t, &me.name).await?);
         }
-        self.account = Some(me);
+        self.account = Some(std::sync::Arc::new(me));
         for p in packets {
             if let Outcome::Close(r) = self.reply(p) {
                 return Ok(Outcome::Close(r));

@@ -60,6 +60,8 @@ pub(super) struct Burst {
 }
 
 impl Session<'_> {
+    /// A message, when it may have to wait: kept (its commit is queued), or
+    /// behind kept messages still committing.
     pub(super) async fn handle_send(
         &mut self,
         id: Option<&str>,
@@ -68,39 +70,21 @@ impl Session<'_> {
         mut ex: Map<String, Value>,
         raw_ex: Option<&RawValue>,
     ) -> Result<Outcome, Denied> {
-        let t = self.resolve(topic)?;
-        if !t.members.contains(&me.id) {
-            return Err(Denied::new(
-                ErrorCode::TopicNotMember,
-                "join the topic before sending to it",
-            ));
-        }
-        if !t.acl.allows(self.actor(me), Flag::Write) {
-            return Err(Denied::new(
-                ErrorCode::AclDenied,
-                "the topic's ACL does not let you send to it",
-            ));
-        }
-        let kept = self.keeps_history(&t);
-        if let Some(raw) = raw_ex {
-            if !kept {
-                return self.send_now(id, me, &t, raw).await;
+        let t = self.sendable(me, topic)?;
+        if !self.keeps_history(&t) {
+            // Relays keep request order: kept messages ahead go first.
+            if let Outcome::Close(r) = self.drain().await {
+                return Ok(Outcome::Close(r));
             }
+            return self.send_now(id, me, &t, &ex, raw_ex);
+        }
+        if let Some(raw) = raw_ex {
             // A kept message is stored as a map.
             ex = parse_ex(raw).map_err(|e| Denied::new(e.code, e.message))?;
         }
         // `ex.for` is the server's: a relayed packet must not look like a
         // reply to one of the recipients' requests.
         ex.remove("for");
-        if !kept {
-            let raw = serde_json::value::to_raw_value(&ex).map_err(|_| {
-                Denied::new(
-                    ErrorCode::ServerInternal,
-                    "the message could not be encoded",
-                )
-            })?;
-            return self.send_now(id, me, &t, &raw).await;
-        }
         let mut relay = Packet::server("send").with_from(me.name.as_str());
         relay.topic = Some(t.id.to_string());
         relay.ex = ex;
@@ -129,19 +113,77 @@ impl Session<'_> {
         Ok(Outcome::Continue)
     }
 
-    /// A message not kept: relayed behind any kept message still committing,
-    /// with its `ex` as the sender wrote it, and acknowledged, both by way
-    /// of the burst.
-    async fn send_now(
+    /// A message handled without waiting, which is most of them: not kept,
+    /// with no kept message still committing. `None` leaves it to
+    /// [`Session::handle_send`].
+    pub(super) fn try_send_now(
+        &mut self,
+        id: Option<&str>,
+        topic: &str,
+        ex: &Map<String, Value>,
+        raw_ex: Option<&RawValue>,
+    ) -> Option<Outcome> {
+        if self.has_inflight() {
+            return None;
+        }
+        let me = self.account.clone()?;
+        let sent = self.sendable(&me, topic).and_then(|t| {
+            if self.keeps_history(&t) {
+                return Ok(None);
+            }
+            self.send_now(id, &me, &t, ex, raw_ex).map(Some)
+        });
+        match sent {
+            Ok(outcome) => outcome,
+            Err(d) => Some(self.reply(d.into_packet(id))),
+        }
+    }
+
+    /// The topic, if `me` may send to it: a member, with the write flag.
+    fn sendable(&self, me: &LoggedIn, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
+        let t = self.resolve(topic)?;
+        if !t.members.contains(&me.id) {
+            return Err(Denied::new(
+                ErrorCode::TopicNotMember,
+                "join the topic before sending to it",
+            ));
+        }
+        if !t.acl.allows(self.actor(me), Flag::Write) {
+            return Err(Denied::new(
+                ErrorCode::AclDenied,
+                "the topic's ACL does not let you send to it",
+            ));
+        }
+        Ok(t)
+    }
+
+    /// A message not kept, with nothing in flight: relayed with its `ex` as
+    /// the sender wrote it (`raw_ex`; else `ex`, without `for`) and
+    /// acknowledged, both by way of the burst.
+    fn send_now(
         &mut self,
         id: Option<&str>,
         me: &LoggedIn,
         t: &Arc<TopicRecord>,
-        ex: &RawValue,
+        ex: &Map<String, Value>,
+        raw_ex: Option<&RawValue>,
     ) -> Result<Outcome, Denied> {
-        if let Outcome::Close(r) = self.drain().await {
-            return Ok(Outcome::Close(r));
-        }
+        let built;
+        let ex = match raw_ex {
+            Some(raw) => raw,
+            None => {
+                // Rare: an empty `ex`, or one with `for` (the server's).
+                let mut ex = ex.clone();
+                ex.remove("for");
+                built = serde_json::value::to_raw_value(&ex).map_err(|_| {
+                    Denied::new(
+                        ErrorCode::ServerInternal,
+                        "the message could not be encoded",
+                    )
+                })?;
+                &*built
+            }
+        };
         // Another topic (or this one since a member came or went) starts a
         // burst of its own.
         if self

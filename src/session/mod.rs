@@ -158,6 +158,18 @@ impl Context {
     }
 }
 
+/// What [`Session::begin`] leaves for the handler that may wait.
+enum Next<'l> {
+    /// The line is fully handled.
+    Done(Outcome),
+    /// A request for [`Session::run`].
+    Run {
+        id: Option<String>,
+        request: Request,
+        raw_ex: Option<&'l serde_json::value::RawValue>,
+    },
+}
+
 /// The account a session is logged in as.
 #[derive(Debug, Clone)]
 pub struct LoggedIn {
@@ -173,7 +185,8 @@ pub struct Session<'a> {
     out: Outbound,
     conn_id: u64,
     peer_ip: IpAddr,
-    account: Option<LoggedIn>,
+    /// Shared, so a handler holds it for one refcount, not a copy.
+    account: Option<std::sync::Arc<LoggedIn>>,
     challenge: Option<keys::Challenge>,
     errors_in_row: u32,
     rate: RateLimit,
@@ -267,22 +280,30 @@ impl<'a> Session<'a> {
 
     /// Handles one line from the client.
     pub async fn handle_line(&mut self, line: &[u8]) -> Outcome {
+        match self.begin(line) {
+            Next::Done(outcome) => outcome,
+            // Boxed: the handlers' states are large, and the common packet,
+            // a message not kept, never gets here.
+            Next::Run {
+                id,
+                request,
+                raw_ex,
+            } => Box::pin(self.run(id, request, raw_ex)).await,
+        }
+    }
+
+    /// Everything about a line that needs no waiting: decoding, the rate
+    /// limit, the login gate, parsing, and the whole of a message not kept
+    /// when no kept message is still committing. Replies made here queue
+    /// behind the commits in flight, so they keep request order.
+    fn begin<'l>(&mut self, line: &'l [u8]) -> Next<'l> {
         let decoded = Packet::decode_lazy(line, self.ctx.max_json_depth);
-        // A `send` joins the pipeline of messages still committing (bounded);
-        // anything else acts only once they are done, so effects keep order.
         let is_send = decoded.as_ref().is_ok_and(|p| p.op() == "send");
-        let outcome = if !is_send {
-            match self.flush_burst() {
-                Outcome::Continue => self.drain().await,
-                closed => closed,
+        // Anything but a message acts after the burst is out.
+        if !is_send {
+            if let Outcome::Close(r) = self.flush_burst() {
+                return Next::Done(Outcome::Close(r));
             }
-        } else if self.inflight.len() >= message::MAX_INFLIGHT {
-            Box::pin(self.complete_next()).await
-        } else {
-            Outcome::Continue
-        };
-        if let Outcome::Close(r) = outcome {
-            return Outcome::Close(r);
         }
         // A message's `ex` stays text when it can be relayed as sent.
         let decoded = decoded.and_then(|d| match is_send {
@@ -291,7 +312,7 @@ impl<'a> Session<'a> {
         });
         let (mut packet, raw_ex) = match decoded {
             Ok(d) => d,
-            Err(e) => return self.fail(e.id.as_deref(), e.code, e.message),
+            Err(e) => return Next::Done(self.fail(e.id.as_deref(), e.code, e.message)),
         };
         let request_id = packet.id.take();
         let id = request_id.as_deref();
@@ -302,23 +323,55 @@ impl<'a> Session<'a> {
             let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
             let e =
                 Denied::new(ErrorCode::RateLimited, "too many packets; slow down").with_retry(ms);
-            return self.reply(e.into_packet(id));
+            return Next::Done(self.reply(e.into_packet(id)));
         }
         // The login gate comes before field checks: nothing is validated for
         // a session that may not use the op at all.
         if self.account.is_none() && crate::proto::request::needs_login(&packet.op) {
             self.errors_in_row = 0;
-            return self.reply(reply::error(
+            return Next::Done(self.reply(reply::error(
                 id,
                 ErrorCode::AuthRequired,
                 "log in first (op \"auth\")",
-            ));
+            )));
         }
         let request = match Request::parse(&mut packet) {
             Ok(r) => r,
-            Err(e) => return self.fail(id, e.code, e.message),
+            Err(e) => return Next::Done(self.fail(id, e.code, e.message)),
         };
         self.errors_in_row = 0;
+        if let Request::Send { topic, ex } = &request {
+            if let Some(outcome) = self.try_send_now(id, topic, ex, raw_ex) {
+                return Next::Done(outcome);
+            }
+        }
+        Next::Run {
+            id: request_id,
+            request,
+            raw_ex,
+        }
+    }
+
+    /// The rest of a request: after the commits in flight (all of them, or
+    /// for a message, enough to stay within the pipeline's bound), its
+    /// handler, which may wait for the store.
+    async fn run(
+        &mut self,
+        request_id: Option<String>,
+        request: Request,
+        raw_ex: Option<&serde_json::value::RawValue>,
+    ) -> Outcome {
+        let id = request_id.as_deref();
+        let outcome = if !matches!(request, Request::Send { .. }) {
+            self.drain().await
+        } else if self.inflight.len() >= message::MAX_INFLIGHT {
+            Box::pin(self.complete_next()).await
+        } else {
+            Outcome::Continue
+        };
+        if let Outcome::Close(r) = outcome {
+            return Outcome::Close(r);
+        }
         let result = match request {
             Request::Ping => return self.reply(reply::pong(id)),
             Request::Pong => return Outcome::Continue,
@@ -429,7 +482,7 @@ impl<'a> Session<'a> {
         )
     }
 
-    fn logged_in(&self) -> Result<LoggedIn, Denied> {
+    fn logged_in(&self) -> Result<std::sync::Arc<LoggedIn>, Denied> {
         self.account
             .clone()
             .ok_or_else(|| Denied::new(ErrorCode::AuthRequired, "log in first (op \"auth\")"))
