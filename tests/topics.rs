@@ -310,9 +310,16 @@ async fn ban_removes_a_member_at_once() {
     let topic = create(&mut dan, "bans").await;
     join(&mut bob, &topic).await;
     expect_op(&mut dan, "join").await;
+    // Both send before the membership changes: what a sender remembers of
+    // the topic must not outlive the change.
+    request(&mut dan, on("send", &topic).with("data", "early")).await;
+    expect_op(&mut bob, "send").await;
     join(&mut amy, &topic).await;
     expect_op(&mut dan, "join").await;
     expect_op(&mut bob, "join").await;
+    request(&mut bob, on("send", &topic).with("data", "before the ban")).await;
+    expect_op(&mut dan, "send").await;
+    expect_op(&mut amy, "send").await;
     assert_eq!(acl(&mut dan, &topic, "bob", &["ban"], &[]).await.op, "ack");
     // bob is told, and is out (so the ACL update itself is not his to see):
     // no more messages, no rejoin.

@@ -163,6 +163,9 @@ where
     let limits = &shared.config.limits;
     let login_deadline = Instant::now() + limits.login_timeout();
     let mut last_rx = Instant::now();
+    // A packet came in since the loop last waited: `last_rx` is set when
+    // the input runs dry, one clock read per burst rather than per packet.
+    let mut heard = false;
     let mut pinged = false;
     // Made once, not per packet: a timer registered and a token waited on
     // anew for every packet were a tenth of the pairs profile. The timer
@@ -181,6 +184,9 @@ where
             None => {
                 if let Outcome::Close(reason) = session.flush_burst() {
                     return reason.as_str().into();
+                }
+                if std::mem::take(&mut heard) {
+                    last_rx = Instant::now();
                 }
                 let idle_at = last_rx + limits.idle_timeout();
                 let ping_at = last_rx + limits.keepalive_interval();
@@ -229,7 +235,7 @@ where
         };
         let outcome = match frame {
             Ok(Some(Frame::Line(line))) => {
-                last_rx = Instant::now();
+                heard = true;
                 pinged = false;
                 debug!(bytes = line.len(), "packet in");
                 // Not boxed: `handle_line` boxes the large handler states
@@ -237,7 +243,7 @@ where
                 session.handle_line(&line).await
             }
             Ok(Some(Frame::TooLong)) => {
-                last_rx = Instant::now();
+                heard = true;
                 pinged = false;
                 Box::pin(session.handle_too_long()).await
             }

@@ -50,6 +50,31 @@ pub fn uuid_at(ms: i64) -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(stamp >> COUNTER_BITS, &bytes).into_uuid()
 }
 
+/// A UUID formatted once (hyphenated, lower case), to be written many
+/// times: always ASCII hex and hyphens, so it never needs JSON escaping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UuidText([u8; 36]);
+
+impl UuidText {
+    /// Formats `id`.
+    pub fn new(id: uuid::Uuid) -> Self {
+        let mut text = [0u8; 36];
+        id.hyphenated().encode_lower(&mut text);
+        Self(text)
+    }
+
+    /// The text's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Always ASCII: `new` is the only way in.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -83,6 +108,12 @@ mod tests {
         };
         assert!(unix_ms(&ids[0]) >= u64::try_from(ms).unwrap());
         assert!(unix_ms(&ids[9_999]) <= after + 3);
+    }
+
+    #[test]
+    fn uuid_text_is_the_usual_form() {
+        let id = new_uuid();
+        assert_eq!(UuidText::new(id).as_str(), id.to_string());
     }
 
     #[test]

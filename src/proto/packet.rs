@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::code::ErrorCode;
 use super::id;
+use super::id::UuidText;
 
 /// Longest `id` a client may send; it is echoed back in `ex.for`.
 pub const MAX_ID_CHARS: usize = 128;
@@ -270,9 +271,9 @@ pub fn parse_ex(raw: &RawValue) -> Result<Map<String, Value>, DecodeError> {
 /// a formatted UUID never needs escaping.
 pub fn write_relay(
     buf: &mut Vec<u8>,
-    id: uuid::Uuid,
+    id: &UuidText,
     ts: i64,
-    topic: uuid::Uuid,
+    topic: &UuidText,
     from: &str,
     ex: &RawValue,
 ) {
@@ -290,10 +291,9 @@ pub fn write_relay(
 }
 
 /// Appends a UUID as a JSON string.
-pub(crate) fn write_uuid(buf: &mut Vec<u8>, id: uuid::Uuid) {
-    let mut text = uuid::Uuid::encode_buffer();
+pub(crate) fn write_uuid(buf: &mut Vec<u8>, id: &UuidText) {
     buf.push(b'"');
-    buf.extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
+    buf.extend_from_slice(id.as_bytes());
     buf.push(b'"');
 }
 
@@ -706,7 +706,8 @@ mod tests {
         let raw: Box<RawValue> = serde_json::from_str(ex).unwrap();
         let (id, topic) = (crate::proto::id::new_uuid(), crate::proto::id::new_uuid());
         let mut line = Vec::new();
-        write_relay(&mut line, id, -42, topic, "d\"an\u{e9}", &raw);
+        let (id_text, topic_text) = (UuidText::new(id), UuidText::new(topic));
+        write_relay(&mut line, &id_text, -42, &topic_text, "d\"an\u{e9}", &raw);
         let mut p = Packet::server("send").with_from("d\"an\u{e9}");
         p.id = Some(id.to_string());
         p.ts = Some(-42);

@@ -68,7 +68,7 @@ pub fn write_send_ack(
 ) {
     let mut number = itoa::Buffer::new();
     buf.extend_from_slice(b"{\"id\":");
-    write_uuid(buf, id::uuid_at(now));
+    write_uuid(buf, &id::UuidText::new(id::uuid_at(now)));
     buf.extend_from_slice(b",\"ts\":");
     buf.extend_from_slice(number.format(now).as_bytes());
     buf.extend_from_slice(b",\"op\":\"ack\",\"ex\":{");

@@ -5,6 +5,7 @@
 //! truth.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
@@ -21,6 +22,9 @@ struct Table {
 #[derive(Default)]
 pub struct Topics {
     table: RwLock<Table>,
+    /// Bumped by every change: a lookup made at an unchanged version is
+    /// still what a lookup now would give.
+    version: AtomicU64,
 }
 
 impl Topics {
@@ -48,11 +52,19 @@ impl Topics {
         t.by_id.get(&id).cloned()
     }
 
+    /// The table's version: it changes whenever any topic does.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
     /// Replaces the cached copy of a topic (removes it if deleted).
     pub fn put(&self, record: TopicRecord) {
         let Ok(mut t) = self.table.write() else {
             return;
         };
+        // Bumped before the change, under the lock: whoever reads the
+        // table after this sees a new version too.
+        self.version.fetch_add(1, Ordering::AcqRel);
         if let Some(old) = t.by_id.remove(&record.id) {
             let key = old.name.to_lowercase();
             if t.by_name.get(&key) == Some(&old.id) {

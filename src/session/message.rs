@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, Message};
-use crate::proto::id::{now_ms, uuid_at};
+use crate::proto::id::{UuidText, now_ms, uuid_at};
 use crate::proto::packet::{parse_ex, write_relay};
 use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
@@ -41,6 +41,17 @@ pub(super) enum InFlight {
     Ready(Bytes),
 }
 use crate::store::history::Cursor;
+
+/// The topic a session last sent to, as resolved at a version of the
+/// topic table.
+pub(super) struct LastTopic {
+    /// The topic as the client named it.
+    asked: String,
+    version: u64,
+    record: Arc<TopicRecord>,
+    /// Its id, formatted.
+    text: UuidText,
+}
 
 /// Messages not kept that a session relayed from one burst of its client's
 /// input, all to one topic, and their acks: delivered together, so each
@@ -140,8 +151,8 @@ impl Session<'_> {
     }
 
     /// The topic, if `me` may send to it: a member, with the write flag.
-    fn sendable(&self, me: &LoggedIn, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
-        let t = self.resolve(topic)?;
+    fn sendable(&mut self, me: &LoggedIn, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
+        let t = self.resolve_for_send(topic)?;
         if !t.members.contains(&me.id) {
             return Err(Denied::new(
                 ErrorCode::TopicNotMember,
@@ -155,6 +166,26 @@ impl Session<'_> {
             ));
         }
         Ok(t)
+    }
+
+    /// [`Session::resolve`], remembered while the topic table is unchanged:
+    /// a client sending to one topic resolves it once.
+    fn resolve_for_send(&mut self, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
+        // Read before resolving: a change made meanwhile makes it stale.
+        let version = self.ctx.topics.version();
+        if let Some(last) = &self.last_topic {
+            if last.version == version && last.asked == topic {
+                return Ok(last.record.clone());
+            }
+        }
+        let record = self.resolve(topic)?;
+        self.last_topic = Some(LastTopic {
+            asked: topic.to_owned(),
+            version,
+            text: UuidText::new(record.id),
+            record: record.clone(),
+        });
+        Ok(record)
     }
 
     /// A message not kept, with nothing in flight: relayed with its `ex` as
@@ -196,25 +227,34 @@ impl Session<'_> {
                 return Ok(Outcome::Close(r));
             }
         }
-        // One clock reading stamps the message and its ack.
-        let ts = now_ms();
-        let message_id = uuid_at(ts);
+        // The burst's clock reading stamps the message and its ack.
+        let ts = self.clock.unix_ms();
+        let message_id = UuidText::new(uuid_at(ts));
+        let topic_text = match &self.last_topic {
+            Some(last) if Arc::ptr_eq(&last.record, t) => last.text,
+            _ => UuidText::new(t.id),
+        };
         let burst = &mut self.burst;
         if burst.relays.is_empty() {
             burst.relays.reserve(320);
             burst.acks.reserve(160);
         }
         let start = burst.relays.len();
-        write_relay(&mut burst.relays, message_id, ts, t.id, &me.name, ex);
+        write_relay(
+            &mut burst.relays,
+            &message_id,
+            ts,
+            &topic_text,
+            &me.name,
+            ex,
+        );
         let size = burst.relays.len().saturating_sub(start + 1);
         if let Err(d) = self.check_relay_size(size) {
             self.burst.relays.truncate(start);
             return Err(d);
         }
         let burst = &mut self.burst;
-        let mut text = uuid::Uuid::encode_buffer();
-        let message_id = message_id.hyphenated().encode_lower(&mut text);
-        write_send_ack(&mut burst.acks, id, ts, message_id, ts);
+        write_send_ack(&mut burst.acks, id, ts, message_id.as_str(), ts);
         burst.topic = Some(t.clone());
         burst.relay_count += 1;
         burst.ack_count += 1;
@@ -227,6 +267,8 @@ impl Session<'_> {
     /// Delivers the burst: its relays to the topic's members' connections
     /// but this one, then its acks to this client.
     pub fn flush_burst(&mut self) -> Outcome {
+        // The burst ends here, and with it its clock reading.
+        self.clock = super::BurstClock::default();
         let Some(topic) = self.burst.topic.take() else {
             return Outcome::Continue;
         };
