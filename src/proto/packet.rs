@@ -149,12 +149,17 @@ impl Packet {
                 format!("invalid UTF-8 at byte {}", e.valid_up_to()),
             )
         })?;
-        let depth = json_depth(line);
-        if depth > max_depth {
-            return Err(DecodeError::new(
-                ErrorCode::PacketTooDeep,
-                format!("JSON nests {depth} levels deep; the limit is {max_depth}"),
-            ));
+        // Each level opens with a bracket: a line with few brackets (every
+        // usual packet) cannot be too deep, and counting them is a vector
+        // scan where the exact depth is a byte-by-byte one.
+        if memchr::memchr2_iter(b'{', b'[', line).count() > max_depth {
+            let depth = json_depth(line);
+            if depth > max_depth {
+                return Err(DecodeError::new(
+                    ErrorCode::PacketTooDeep,
+                    format!("JSON nests {depth} levels deep; the limit is {max_depth}"),
+                ));
+            }
         }
         let wire: Wire = serde_json::from_str(text).map_err(|e| malformed(&e))?;
         let Wire::Object(mut obj) = wire else {
@@ -170,16 +175,13 @@ impl Packet {
             e
         };
         let ts = match obj.ts.take() {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(v) => Some(v),
-                None => return Err(with_id(bad_field("ts", "an integer (Unix milliseconds)"))),
-            },
+            None | Some(Field::Null) => None,
+            Some(Field::Int(v)) => Some(v),
             Some(_) => return Err(with_id(bad_field("ts", "an integer (Unix milliseconds)"))),
         };
         let topic = take_string(obj.topic.take(), "topic", MAX_NAME_CHARS).map_err(with_id)?;
         let from = take_string(obj.from.take(), "from", MAX_NAME_CHARS).map_err(with_id)?;
-        let keep_text = lazy && matches!(&obj.op, Some(Value::String(op)) if op == "send");
+        let keep_text = lazy && matches!(&obj.op, Some(Field::Str(op)) if op == "send");
         let not_object = || with_id(bad_field("ex", "an object"));
         let (ex, text) = match obj.ex.take() {
             None => (Map::new(), None),
@@ -342,14 +344,17 @@ fn bad_field(field: &str, expected: &str) -> DecodeError {
 }
 
 fn take_string(
-    value: Option<Value>,
+    value: Option<Field<'_>>,
     field: &str,
     max_chars: usize,
 ) -> Result<Option<String>, DecodeError> {
     match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s)),
-        Some(Value::String(_)) => Err(bad_field(
+        None | Some(Field::Null) => Ok(None),
+        // Under the limit in bytes is under it in characters.
+        Some(Field::Str(s)) if s.len() <= max_chars || s.chars().count() <= max_chars => {
+            Ok(Some(s.into_owned()))
+        }
+        Some(Field::Str(_)) => Err(bad_field(
             field,
             &format!("a string of at most {max_chars} characters"),
         )),
@@ -404,14 +409,14 @@ enum Wire<'a> {
     Other,
 }
 
-/// The envelope fields of an object, each as the JSON value it held.
+/// The envelope fields of an object, each as read.
 #[derive(Default)]
 struct Fields<'a> {
-    id: Option<Value>,
-    ts: Option<Value>,
-    topic: Option<Value>,
-    op: Option<Value>,
-    from: Option<Value>,
+    id: Option<Field<'a>>,
+    ts: Option<Field<'a>>,
+    topic: Option<Field<'a>>,
+    op: Option<Field<'a>>,
+    from: Option<Field<'a>>,
     /// Kept as text; its shape is checked once the envelope is read.
     ex: Option<&'a RawValue>,
 }
@@ -491,6 +496,76 @@ impl<'de> Visitor<'de> for CheckedVisitor {
 
     fn visit_unit<E>(self) -> Result<Checked, E> {
         Ok(Checked)
+    }
+}
+
+/// An envelope field's value, as much of it as the checks need: text kept
+/// borrowed from the line when it has no escapes, and everything that is
+/// neither text, an integer nor null checked as strictly as a full parse
+/// ([`Checked`]) and dropped. Much smaller than a `Value`, and never a map.
+enum Field<'a> {
+    Null,
+    Str(std::borrow::Cow<'a, str>),
+    /// An integer that fits an `i64`.
+    Int(i64),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'de>, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Field::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'de>, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Field::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Field<'de>, E> {
+        Ok(Field::Other)
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Field<'de>, E> {
+        Ok(Field::Int(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Field<'de>, E> {
+        Ok(i64::try_from(v).map_or(Field::Other, Field::Int))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Field<'de>, E> {
+        Ok(Field::Other)
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Field<'de>, E> {
+        Ok(Field::Str(std::borrow::Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Field<'de>, E> {
+        Ok(Field::Str(std::borrow::Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Field<'de>, E> {
+        Ok(Field::Str(std::borrow::Cow::Owned(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Field<'de>, E> {
+        Ok(Field::Null)
     }
 }
 
