@@ -33,21 +33,36 @@ pub fn new_uuid() -> uuid::Uuid {
 /// A new time-ordered id for a clock reading of `ms` (Unix milliseconds)
 /// the caller already made.
 pub fn uuid_at(ms: i64) -> uuid::Uuid {
+    let [id] = uuids_at(ms);
+    id
+}
+
+/// `N` new time-ordered ids, in order, for one clock reading: one atomic
+/// step and one draw of random bits for all of them (a message and its
+/// ack).
+pub fn uuids_at<const N: usize>(ms: i64) -> [uuid::Uuid; N] {
     let floor = u64::try_from(ms).unwrap_or(0).min(MAX_MS) << COUNTER_BITS;
-    let next = |last: u64| last.saturating_add(1).max(floor);
-    // `fetch_update` returns the value it replaced; ours is the step after.
-    let stamp = match LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(next(l))) {
-        Ok(last) | Err(last) => next(last),
+    let first_after = |last: u64| last.saturating_add(1).max(floor);
+    let run = N.saturating_sub(1) as u64;
+    // `fetch_update` returns the value it replaced; the run starts after it.
+    let first = match LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+        Some(first_after(l).saturating_add(run))
+    }) {
+        Ok(last) | Err(last) => first_after(last),
     };
-    let counter = (stamp & ((1 << COUNTER_BITS) - 1)) as u16;
-    let mut bytes = [0u8; 10];
-    let [hi, lo] = counter.to_be_bytes();
-    bytes[0] = hi;
-    bytes[1] = lo;
-    bytes[2..].copy_from_slice(&rand::random::<[u8; 8]>());
-    // The builder keeps the low 12 bits of the first two bytes (version
-    // nibble) and the low 62 of the rest (variant bits).
-    uuid::Builder::from_unix_timestamp_millis(stamp >> COUNTER_BITS, &bytes).into_uuid()
+    let random: [u64; N] = rand::random();
+    std::array::from_fn(|i| {
+        let stamp = first.saturating_add(i as u64);
+        let counter = (stamp & ((1 << COUNTER_BITS) - 1)) as u16;
+        let mut bytes = [0u8; 10];
+        let [hi, lo] = counter.to_be_bytes();
+        bytes[0] = hi;
+        bytes[1] = lo;
+        bytes[2..].copy_from_slice(&random.get(i).copied().unwrap_or_default().to_be_bytes());
+        // The builder keeps the low 12 bits of the first two bytes (version
+        // nibble) and the low 62 of the rest (variant bits).
+        uuid::Builder::from_unix_timestamp_millis(stamp >> COUNTER_BITS, &bytes).into_uuid()
+    })
 }
 
 /// A UUID formatted once (hyphenated, lower case), to be written many
@@ -114,6 +129,15 @@ mod tests {
     fn uuid_text_is_the_usual_form() {
         let id = new_uuid();
         assert_eq!(UuidText::new(id).as_str(), id.to_string());
+    }
+
+    #[test]
+    fn a_run_of_ids_is_in_order_and_before_the_next() {
+        let ms = now_ms();
+        let [a, b, c] = uuids_at(ms);
+        let d = uuid_at(ms);
+        assert!(a < b && b < c && c < d);
+        assert_ne!(a.as_bytes()[8..], b.as_bytes()[8..], "random bits differ");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 use serde_json::{Value, json};
 
 use super::code::ErrorCode;
-use super::id;
+
+use super::id::UuidText;
 use super::packet::{Packet, write_str, write_uuid};
 
 /// Every op the server sends, as `protocol.md` documents them.
@@ -57,18 +58,19 @@ pub fn ack(for_id: Option<&str>) -> Packet {
 
 /// Appends the `ack` of a `send`: `ex` carries the relayed message's `id`
 /// and `ts`. The same packet as `ack(for_id).with("id", …).with("ts", …)`,
-/// written in one pass, since every message has one. `now` is the clock
-/// reading the message was stamped with: the ack was made at the same time.
+/// written in one pass, since every message has one: `ack_id` and `now`
+/// are the ack's own id and ts.
 pub fn write_send_ack(
     buf: &mut Vec<u8>,
     for_id: Option<&str>,
     now: i64,
-    message_id: &str,
+    ack_id: &UuidText,
+    message_id: &UuidText,
     message_ts: i64,
 ) {
     let mut number = itoa::Buffer::new();
     buf.extend_from_slice(b"{\"id\":");
-    write_uuid(buf, &id::UuidText::new(id::uuid_at(now)));
+    write_uuid(buf, ack_id);
     buf.extend_from_slice(b",\"ts\":");
     buf.extend_from_slice(number.format(now).as_bytes());
     buf.extend_from_slice(b",\"op\":\"ack\",\"ex\":{");
@@ -78,7 +80,7 @@ pub fn write_send_ack(
         buf.push(b',');
     }
     buf.extend_from_slice(b"\"id\":");
-    write_str(buf, message_id);
+    write_uuid(buf, message_id);
     buf.extend_from_slice(b",\"ts\":");
     buf.extend_from_slice(number.format(message_ts).as_bytes());
     buf.extend_from_slice(b"}}\n");
@@ -116,10 +118,12 @@ mod tests {
     fn send_ack_is_the_ack_packet() {
         for for_id in [Some("r\"1"), None] {
             let mut line = Vec::new();
-            write_send_ack(&mut line, for_id, 7, "0190-\"abc", 42);
+            let (own, message) = (crate::proto::id::new_uuid(), crate::proto::id::new_uuid());
+            let texts = (UuidText::new(own), UuidText::new(message));
+            write_send_ack(&mut line, for_id, 7, &texts.0, &texts.1, 42);
             let got = Packet::decode(line.strip_suffix(b"\n").unwrap(), 8).unwrap();
-            let mut want = ack(for_id).with("id", "0190-\"abc").with("ts", 42);
-            want.id.clone_from(&got.id);
+            let mut want = ack(for_id).with("id", message.to_string()).with("ts", 42);
+            want.id = Some(own.to_string());
             want.ts = Some(7);
             assert_eq!(got, want);
             // Field order too, as a packet would be written.

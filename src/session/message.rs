@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, Message};
-use crate::proto::id::{UuidText, now_ms, uuid_at};
+use crate::proto::id::{UuidText, new_uuid, now_ms, uuid_at, uuids_at};
 use crate::proto::packet::{parse_ex, write_relay};
 use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
@@ -33,6 +33,8 @@ pub(super) enum InFlight {
     /// A kept message queued for commit, with what to do once it is durable.
     Commit {
         commit: Pending,
+        /// The relay's id, as in `relay`.
+        message_id: uuid::Uuid,
         relay: Packet,
         topic: Arc<TopicRecord>,
         request_id: Option<String>,
@@ -97,6 +99,8 @@ impl Session<'_> {
         // reply to one of the recipients' requests.
         ex.remove("for");
         let mut relay = Packet::server("send").with_from(me.name.as_str());
+        let message_id = new_uuid();
+        relay.id = Some(message_id.to_string());
         relay.topic = Some(t.id.to_string());
         relay.ex = ex;
         let line = relay.to_line();
@@ -114,6 +118,7 @@ impl Session<'_> {
         let commit = Box::pin(self.ctx.store.enqueue(Change::message(message))).await?;
         self.inflight.push_back(InFlight::Commit {
             commit,
+            message_id,
             relay,
             topic: t,
             request_id: id.map(str::to_owned),
@@ -229,7 +234,7 @@ impl Session<'_> {
         }
         // The burst's clock reading stamps the message and its ack.
         let ts = self.clock.unix_ms();
-        let message_id = UuidText::new(uuid_at(ts));
+        let [message_id, ack_id] = uuids_at(ts).map(UuidText::new);
         let topic_text = match &self.last_topic {
             Some(last) if Arc::ptr_eq(&last.record, t) => last.text,
             _ => UuidText::new(t.id),
@@ -254,7 +259,7 @@ impl Session<'_> {
             return Err(d);
         }
         let burst = &mut self.burst;
-        write_send_ack(&mut burst.acks, id, ts, message_id.as_str(), ts);
+        write_send_ack(&mut burst.acks, id, ts, &ack_id, &message_id, ts);
         burst.topic = Some(t.clone());
         burst.relay_count += 1;
         burst.ack_count += 1;
@@ -326,6 +331,7 @@ impl Session<'_> {
             (Some(InFlight::Ready(p)), _) => self.push_now(p),
             (
                 Some(InFlight::Commit {
+                    message_id,
                     relay,
                     topic,
                     request_id,
@@ -333,7 +339,8 @@ impl Session<'_> {
                 }),
                 Some(result),
             ) => {
-                let answer = self.committed(relay, &topic, request_id.as_deref(), result);
+                let answer =
+                    self.committed(message_id, relay, &topic, request_id.as_deref(), result);
                 self.push_now(answer)
             }
             _ => Outcome::Continue,
@@ -353,12 +360,14 @@ impl Session<'_> {
                 }
                 InFlight::Commit {
                     commit,
+                    message_id,
                     relay,
                     topic,
                     request_id,
                 } => {
                     let result = commit.wait().await;
-                    let answer = self.committed(relay, &topic, request_id.as_deref(), result);
+                    let answer =
+                        self.committed(message_id, relay, &topic, request_id.as_deref(), result);
                     let _ = self.out.push_bytes(answer, false);
                 }
             }
@@ -371,6 +380,7 @@ impl Session<'_> {
     /// sender's ack; or return the error if it was not stored.
     fn committed(
         &self,
+        message_id: uuid::Uuid,
         mut relay: Packet,
         topic: &TopicRecord,
         request_id: Option<&str>,
@@ -384,9 +394,10 @@ impl Session<'_> {
                 self.ctx
                     .presence
                     .deliver(topic.members.iter(), &line, 1, self.conn_id);
-                let message_id = relay.id.as_deref().unwrap_or_default();
+                let now = now_ms();
                 let mut ack = Vec::with_capacity(160);
-                write_send_ack(&mut ack, request_id, now_ms(), message_id, ts);
+                let (ack_id, message_id) = (UuidText::new(uuid_at(now)), UuidText::new(message_id));
+                write_send_ack(&mut ack, request_id, now, &ack_id, &message_id, ts);
                 Bytes::from(ack)
             }
             Err(e) => Denied::from(e).into_packet(request_id).to_line(),
