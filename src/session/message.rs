@@ -29,6 +29,9 @@ pub(super) const MAX_INFLIGHT: usize = 256;
 const BURST_BYTES: usize = 64 * 1024;
 
 /// What waits in a session's pipeline, in request order.
+// At most MAX_INFLIGHT of these, and only while kept messages commit:
+// boxing the large variant would cost an allocation per kept message.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum InFlight {
     /// A kept message queued for commit, with what to do once it is durable.
     Commit {
