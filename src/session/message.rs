@@ -73,6 +73,23 @@ pub(super) struct Burst {
     /// The acks, in request order, for the sender.
     acks: Vec<u8>,
     ack_count: usize,
+    /// Room to reserve for the next burst's relays and acks: a little more
+    /// than this one took, so a steady sender's buffers are allocated once
+    /// per burst and never regrown.
+    hint: (usize, usize),
+}
+
+/// Room a burst reserves at least, for relays and for acks.
+const BURST_ROOM: (usize, usize) = (320, 160);
+
+/// Gives a frame back what it does not use when that is much: a frame may
+/// wait in a slow reader's queue, and should not hold a burst's room for
+/// one message.
+fn trimmed(mut lines: Vec<u8>) -> Bytes {
+    if lines.capacity() > 2 * lines.len() + 4096 {
+        lines.shrink_to_fit();
+    }
+    Bytes::from(lines)
 }
 
 impl Session<'_> {
@@ -244,8 +261,8 @@ impl Session<'_> {
         };
         let burst = &mut self.burst;
         if burst.relays.is_empty() {
-            burst.relays.reserve(320);
-            burst.acks.reserve(160);
+            burst.relays.reserve(burst.hint.0.max(BURST_ROOM.0));
+            burst.acks.reserve(burst.hint.1.max(BURST_ROOM.1));
         }
         let start = burst.relays.len();
         write_relay(
@@ -281,16 +298,15 @@ impl Session<'_> {
             return Outcome::Continue;
         };
         let burst = std::mem::take(&mut self.burst);
+        let more = |n: usize| n + n / 4;
+        self.burst.hint = (more(burst.relays.len()), more(burst.acks.len()));
         self.ctx.presence.deliver(
             topic.members.iter(),
-            &Bytes::from(burst.relays),
+            &trimmed(burst.relays),
             burst.relay_count,
             self.conn_id,
         );
-        match self
-            .out
-            .push_lines(Bytes::from(burst.acks), burst.ack_count)
-        {
+        match self.out.push_lines(trimmed(burst.acks), burst.ack_count) {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Close(CloseReason::SendqExceeded),
         }
