@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::client::{Client, Error, Options};
+use bytes::Bytes;
+
+use crate::client::{Client, ClientReader, Error, Options};
 use crate::procfs as proc;
 use crate::proto::Packet;
 
@@ -421,7 +423,6 @@ impl Pacer {
 /// What a receiver counted: deliveries, each one's latency (ns) and when
 /// the last came, all measured from the run's `epoch`.
 pub(crate) struct Tally {
-    epoch: Instant,
     pub(crate) count: u64,
     latencies: Vec<u64>,
     last: Duration,
@@ -430,16 +431,15 @@ pub(crate) struct Tally {
 impl Tally {
     pub(crate) fn new(epoch: Instant, expected: u64) -> Self {
         Self {
-            epoch,
             count: 0,
             latencies: Vec::with_capacity(usize::try_from(expected).unwrap_or(0)),
             last: epoch.elapsed(),
         }
     }
 
-    /// Counts a delivery stamped `sent` (ns since the epoch) by its sender.
-    pub(crate) fn delivered(&mut self, sent: Option<u64>) {
-        let now = self.epoch.elapsed();
+    /// Counts a delivery stamped `sent` (ns since the epoch) by its sender,
+    /// that arrived at `now` (since the epoch).
+    pub(crate) fn delivered(&mut self, sent: Option<u64>, now: Duration) {
         if let Some(sent) = sent {
             let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
             self.latencies.push(now_ns.saturating_sub(sent));
@@ -471,9 +471,46 @@ struct Stamp {
 }
 
 /// The op and stamp of a line, if it is a packet with a plain op string.
+/// The server writes compact JSON, `op` before `ex`, and relays `ex` as
+/// the sender wrote it (`{"t":…`): the op and stamp are found by a search
+/// where they are where they should be, and by a parse where not.
 fn glance(line: &[u8]) -> Option<(&str, Option<u64>)> {
-    let g: Glance = serde_json::from_slice(line).ok()?;
-    Some((g.op, g.ex.t))
+    static OP: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#","op":""#));
+    static STAMP: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#","ex":{"t":"#));
+    let quick = || {
+        let at = OP.find(line)? + OP.needle().len();
+        let rest = line.get(at..)?;
+        let op = std::str::from_utf8(rest.get(..memchr::memchr(b'"', rest)?)?).ok()?;
+        if op != "send" {
+            return Some((op, None));
+        }
+        let at = STAMP.find(rest)? + STAMP.needle().len();
+        let digits = rest.get(at..)?;
+        let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+        let t = std::str::from_utf8(digits.get(..end)?).ok()?.parse().ok()?;
+        Some((op, Some(t)))
+    };
+    quick().or_else(|| {
+        let g: Glance = serde_json::from_slice(line).ok()?;
+        Some((g.op, g.ex.t))
+    })
+}
+
+/// The next line: at once if already read, else waiting at most `DRAIN`.
+/// `arrived` is set to when the bytes came: lines read together arrived
+/// together, so the clock is read once per read, not once per line.
+async fn next_line(rd: &mut ClientReader, epoch: Instant, arrived: &mut Duration) -> Option<Bytes> {
+    if let Some(line) = rd.buffered_line() {
+        return line.ok();
+    }
+    let line = tokio::time::timeout(DRAIN, rd.recv_line())
+        .await
+        .ok()?
+        .ok()??;
+    *arrived = epoch.elapsed();
+    Some(line)
 }
 
 /// Counts `send` packets until `expected` or a quiet `DRAIN`; returns the
@@ -481,13 +518,14 @@ fn glance(line: &[u8]) -> Option<(&str, Option<u64>)> {
 async fn receive(c: Client, expected: u64, epoch: Instant) -> (u64, Vec<u64>, Duration) {
     let (mut rd, _wr) = c.into_split();
     let mut tally = Tally::new(epoch, expected);
+    let mut arrived = Duration::ZERO;
     while tally.count < expected {
-        let Ok(Ok(Some(line))) = tokio::time::timeout(DRAIN, rd.recv_line()).await else {
+        let Some(line) = next_line(&mut rd, epoch, &mut arrived).await else {
             break;
         };
         // Only relayed messages carry "t"; skip everything else.
         if let Some(("send", t)) = glance(&line) {
-            tally.delivered(t);
+            tally.delivered(t, arrived);
         }
     }
     tally.finish()
@@ -505,9 +543,9 @@ async fn send(
     let (mut rd, mut wr) = c.into_split();
     let messages = load.messages;
     let acks = tokio::spawn(async move {
-        let mut acked = 0;
+        let (mut acked, mut arrived) = (0, Duration::ZERO);
         while acked < messages {
-            let Ok(Ok(Some(line))) = tokio::time::timeout(DRAIN, rd.recv_line()).await else {
+            let Some(line) = next_line(&mut rd, epoch, &mut arrived).await else {
                 break;
             };
             match glance(&line) {
@@ -732,4 +770,39 @@ pub async fn login(t: &Target, logins: usize, concurrency: usize) -> Result<Repo
         ],
         ..Report::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::id::{UuidText, new_uuid};
+    use crate::proto::packet::write_relay;
+
+    #[test]
+    fn a_glance_reads_what_a_parse_would() {
+        let raw: Box<serde_json::value::RawValue> =
+            serde_json::from_str(r#"{"t":1234567,"d":"xx\"op\":\"no\""}"#).unwrap();
+        let (id, topic) = (UuidText::new(new_uuid()), UuidText::new(new_uuid()));
+        let mut relay = Vec::new();
+        write_relay(&mut relay, &id, 5, &topic, "d\"an", &raw);
+        let ack = crate::proto::reply::ack(Some("r1")).to_line();
+        let error =
+            crate::proto::reply::error(None, crate::proto::ErrorCode::AclDenied, "no").to_line();
+        // Not as the server writes it: the parse answers.
+        let spaced = br#"{ "op" : "send", "ex" : { "d" : "x", "t" : 42 } }"#;
+        let no_stamp = br#"{"id":"x","op":"send","ex":{"d":"x"}}"#;
+        type Seen<'a> = Option<(&'a str, Option<u64>)>;
+        let cases: [(&[u8], Seen); 6] = [
+            (&relay, Some(("send", Some(1234567)))),
+            (&ack, Some(("ack", None))),
+            (&error, Some(("error", None))),
+            (spaced, Some(("send", Some(42)))),
+            (no_stamp, Some(("send", None))),
+            (b"not json", None),
+        ];
+        for (line, want) in cases {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            assert_eq!(glance(line), want, "{}", String::from_utf8_lossy(line));
+        }
+    }
 }

@@ -94,11 +94,22 @@ async fn receive(
     let mut tally = Tally::new(epoch, expected);
     let mut line = String::new();
     let mut payload = Vec::new();
+    // As for tenthbit's receivers: the clock is read when bytes arrive, not
+    // for every message that arrived with them.
+    let mut arrived = Duration::ZERO;
     while tally.count < expected {
         line.clear();
-        match tokio::time::timeout(DRAIN, rd.read_line(&mut line)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => break,
+        if rd.buffer().contains(&b'\n') {
+            match rd.read_line(&mut line).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        } else {
+            match tokio::time::timeout(DRAIN, rd.read_line(&mut line)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+            arrived = epoch.elapsed();
         }
         if line.starts_with("PING") {
             let _ = wr.write_all(b"PONG\r\n").await;
@@ -117,15 +128,19 @@ async fn receive(
             break;
         }
         payload.resize(len + 2, 0);
+        let waits = rd.buffer().len() < payload.len();
         if rd.read_exact(&mut payload).await.is_err() {
             break;
+        }
+        if waits {
+            arrived = epoch.elapsed();
         }
         let stamp = payload
             .split(|&b| b == b' ')
             .next()
             .and_then(|t| std::str::from_utf8(t).ok())
             .and_then(|t| t.parse::<u64>().ok());
-        tally.delivered(stamp);
+        tally.delivered(stamp, arrived);
     }
     tally.finish()
 }
