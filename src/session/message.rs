@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::topic::not_found;
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, Message};
 use crate::proto::id::{UuidText, new_uuid, now_ms, uuid_at, uuids_at};
@@ -109,7 +110,7 @@ impl Session<'_> {
             if let Outcome::Close(r) = self.drain().await {
                 return Ok(Outcome::Close(r));
             }
-            return self.send_now(id, me, &t, &ex, raw_ex);
+            return self.send_now(id, me, &t, &UuidText::new(t.id), &ex, raw_ex);
         }
         if let Some(raw) = raw_ex {
             // A kept message is stored as a map.
@@ -163,24 +164,45 @@ impl Session<'_> {
             return None;
         }
         // Lent out for the message rather than cloned: nothing on this path
-        // reads `self.account`, and two atomic steps per message add up.
+        // reads `self.account` or `self.last_topic`, and the atomic steps of
+        // two clones and two drops per message add up.
+        if let Err(d) = self.resolve_for_send(topic) {
+            return Some(self.reply(d.into_packet(id)));
+        }
         let me = self.account.take()?;
-        let sent = self.sendable(&me, topic).and_then(|t| {
-            if self.keeps_history(&t) {
+        let Some(last) = self.last_topic.take() else {
+            self.account = Some(me);
+            return None;
+        };
+        let t = &last.record;
+        let sent = self.may_send(&me, t).and_then(|()| {
+            if self.keeps_history(t) {
                 return Ok(None);
             }
-            self.send_now(id, &me, &t, ex, raw_ex).map(Some)
+            self.send_now(id, &me, t, &last.text, ex, raw_ex).map(Some)
         });
         self.account = Some(me);
+        self.last_topic = Some(last);
         match sent {
             Ok(outcome) => outcome,
             Err(d) => Some(self.reply(d.into_packet(id))),
         }
     }
 
-    /// The topic, if `me` may send to it: a member, with the write flag.
+    /// The topic, if `me` may send to it.
     fn sendable(&mut self, me: &LoggedIn, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
-        let t = self.resolve_for_send(topic)?;
+        self.resolve_for_send(topic)?;
+        let t = self
+            .last_topic
+            .as_ref()
+            .map(|last| last.record.clone())
+            .ok_or_else(not_found)?;
+        self.may_send(me, &t)?;
+        Ok(t)
+    }
+
+    /// Whether `me` may send to `t`: a member, with the write flag.
+    fn may_send(&self, me: &LoggedIn, t: &TopicRecord) -> Result<(), Denied> {
         if !t.members.contains(&me.id) {
             return Err(Denied::new(
                 ErrorCode::TopicNotMember,
@@ -193,17 +215,17 @@ impl Session<'_> {
                 "the topic's ACL does not let you send to it",
             ));
         }
-        Ok(t)
+        Ok(())
     }
 
-    /// [`Session::resolve`], remembered while the topic table is unchanged:
-    /// a client sending to one topic resolves it once.
-    fn resolve_for_send(&mut self, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
+    /// [`Session::resolve`] into `last_topic`, remembered while the topic
+    /// table is unchanged: a client sending to one topic resolves it once.
+    fn resolve_for_send(&mut self, topic: &str) -> Result<(), Denied> {
         // Read before resolving: a change made meanwhile makes it stale.
         let version = self.ctx.topics.version();
         if let Some(last) = &self.last_topic {
             if last.version == version && last.asked == topic {
-                return Ok(last.record.clone());
+                return Ok(());
             }
         }
         let record = self.resolve(topic)?;
@@ -211,9 +233,9 @@ impl Session<'_> {
             asked: topic.to_owned(),
             version,
             text: UuidText::new(record.id),
-            record: record.clone(),
+            record,
         });
-        Ok(record)
+        Ok(())
     }
 
     /// A message not kept, with nothing in flight: relayed with its `ex` as
@@ -224,6 +246,7 @@ impl Session<'_> {
         id: Option<&str>,
         me: &LoggedIn,
         t: &Arc<TopicRecord>,
+        topic_text: &UuidText,
         ex: &Map<String, Value>,
         raw_ex: Option<&RawValue>,
     ) -> Result<Outcome, Denied> {
@@ -258,10 +281,6 @@ impl Session<'_> {
         // The burst's clock reading stamps the message and its ack.
         let ts = self.clock.unix_ms();
         let [message_id, ack_id] = uuids_at(ts).map(UuidText::new);
-        let topic_text = match &self.last_topic {
-            Some(last) if Arc::ptr_eq(&last.record, t) => last.text,
-            _ => UuidText::new(t.id),
-        };
         let burst = &mut self.burst;
         if burst.relays.is_empty() {
             burst.relays.reserve(burst.hint.0.max(BURST_ROOM.0));
