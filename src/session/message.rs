@@ -287,14 +287,7 @@ impl Session<'_> {
             burst.acks.reserve(burst.hint.1.max(BURST_ROOM.1));
         }
         let start = burst.relays.len();
-        write_relay(
-            &mut burst.relays,
-            &message_id,
-            ts,
-            &topic_text,
-            &me.name,
-            ex,
-        );
+        write_relay(&mut burst.relays, &message_id, ts, topic_text, &me.name, ex);
         let size = burst.relays.len().saturating_sub(start + 1);
         if let Err(d) = self.check_relay_size(size) {
             self.burst.relays.truncate(start);
