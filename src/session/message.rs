@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 use super::topic::not_found;
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, Message};
-use crate::proto::id::{UuidText, new_uuid, now_ms, uuid_at, uuids_at};
-use crate::proto::packet::{parse_ex, write_relay};
+use crate::proto::id::{UuidText, new_uuid, uuid_at, uuids_at};
+use crate::proto::packet::{parse_ex, write_line, write_relay};
 use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet};
@@ -266,26 +266,13 @@ impl Session<'_> {
                 &*built
             }
         };
-        // Another topic (or this one since a member came or went) starts a
-        // burst of its own.
-        if self
-            .burst
-            .topic
-            .as_ref()
-            .is_some_and(|b| !Arc::ptr_eq(b, t))
-        {
-            if let Outcome::Close(r) = self.flush_burst() {
-                return Ok(Outcome::Close(r));
-            }
+        if let Outcome::Close(r) = self.open_burst(t) {
+            return Ok(Outcome::Close(r));
         }
         // The burst's clock reading stamps the message and its ack.
         let ts = self.clock.unix_ms();
         let [message_id, ack_id] = uuids_at(ts).map(UuidText::new);
         let burst = &mut self.burst;
-        if burst.relays.is_empty() {
-            burst.relays.reserve(burst.hint.0.max(BURST_ROOM.0));
-            burst.acks.reserve(burst.hint.1.max(BURST_ROOM.1));
-        }
         let start = burst.relays.len();
         write_relay(&mut burst.relays, &message_id, ts, topic_text, &me.name, ex);
         let size = burst.relays.len().saturating_sub(start + 1);
@@ -293,17 +280,44 @@ impl Session<'_> {
             self.burst.relays.truncate(start);
             return Err(d);
         }
+        write_send_ack(&mut self.burst.acks, id, ts, &ack_id, &message_id, ts);
+        Ok(self.close_message(t))
+    }
+
+    /// Readies the burst for a message to `t`: another topic (or this one
+    /// since a member came or went) starts a burst of its own.
+    fn open_burst(&mut self, t: &Arc<TopicRecord>) -> Outcome {
+        if self
+            .burst
+            .topic
+            .as_ref()
+            .is_some_and(|b| !Arc::ptr_eq(b, t))
+        {
+            if let Outcome::Close(r) = self.flush_burst() {
+                return Outcome::Close(r);
+            }
+        }
         let burst = &mut self.burst;
-        write_send_ack(&mut burst.acks, id, ts, &ack_id, &message_id, ts);
+        if burst.relays.is_empty() {
+            burst.relays.reserve(burst.hint.0.max(BURST_ROOM.0));
+            burst.acks.reserve(burst.hint.1.max(BURST_ROOM.1));
+        }
+        Outcome::Continue
+    }
+
+    /// Counts the relay and ack just written into the burst; a full burst
+    /// is delivered.
+    fn close_message(&mut self, t: &Arc<TopicRecord>) -> Outcome {
+        let burst = &mut self.burst;
         if burst.topic.is_none() {
             burst.topic = Some(t.clone());
         }
         burst.relay_count += 1;
         burst.ack_count += 1;
         if burst.relays.len() >= BURST_BYTES {
-            return Ok(self.flush_burst());
+            return self.flush_burst();
         }
-        Ok(Outcome::Continue)
+        Outcome::Continue
     }
 
     /// Delivers the burst: its relays to the topic's members' connections
@@ -349,37 +363,53 @@ impl Session<'_> {
         !self.inflight.is_empty()
     }
 
-    /// Waits for the oldest in-flight entry: for a kept message, its commit,
-    /// then relays and acknowledges it; a ready reply goes out at once.
-    /// Cancel-safe: nothing is taken out until the commit is in.
+    /// Completes the oldest in-flight entry, waiting for its commit if need
+    /// be, then every following one that needs no wait: a group commit's
+    /// messages are relayed as one burst. A kept message is relayed and
+    /// acknowledged by way of the burst; a ready reply goes out at once.
+    /// Cancel-safe: nothing is taken out until its commit is in.
     pub async fn complete_next(&mut self) -> Outcome {
-        // What the burst holds came first.
-        if let Outcome::Close(r) = self.flush_burst() {
-            return Outcome::Close(r);
-        }
-        let result = match self.inflight.front_mut() {
-            None => return Outcome::Continue,
-            Some(InFlight::Ready(_)) => None,
-            Some(InFlight::Commit { commit, .. }) => Some(commit.committed().await),
-        };
-        let entry = self.inflight.pop_front();
-        match (entry, result) {
-            (Some(InFlight::Ready(p)), _) => self.push_now(p),
-            (
-                Some(InFlight::Commit {
-                    message_id,
-                    relay,
-                    topic,
-                    request_id,
-                    ..
-                }),
-                Some(result),
-            ) => {
-                let answer =
-                    self.committed(message_id, relay, &topic, request_id.as_deref(), result);
-                self.push_now(answer)
+        let mut took_one = false;
+        loop {
+            // `Some(None)`: a ready reply; `Some(Some(_))`: a commit's result;
+            // `None`: a commit still in progress.
+            let done = match self.inflight.front_mut() {
+                None => return Outcome::Continue,
+                Some(InFlight::Ready(_)) => Some(None),
+                Some(InFlight::Commit { commit, .. }) => commit.try_committed().map(Some),
+            };
+            let result = match done {
+                Some(result) => result,
+                None if took_one => return Outcome::Continue,
+                None => {
+                    // About to wait: what the burst holds goes first.
+                    if let Outcome::Close(r) = self.flush_burst() {
+                        return Outcome::Close(r);
+                    }
+                    match self.inflight.front_mut() {
+                        Some(InFlight::Commit { commit, .. }) => Some(commit.committed().await),
+                        _ => None,
+                    }
+                }
+            };
+            took_one = true;
+            let outcome = match (self.inflight.pop_front(), result) {
+                (Some(InFlight::Ready(p)), _) => self.push_now(p),
+                (
+                    Some(InFlight::Commit {
+                        message_id,
+                        relay,
+                        topic,
+                        request_id,
+                        ..
+                    }),
+                    Some(result),
+                ) => self.committed(message_id, relay, &topic, request_id.as_deref(), result),
+                _ => Outcome::Continue,
+            };
+            if let Outcome::Close(r) = outcome {
+                return Outcome::Close(r);
             }
-            _ => Outcome::Continue,
         }
     }
 
@@ -388,12 +418,10 @@ impl Session<'_> {
     /// a final `bye`) is still offered to this client, in order, even when
     /// it can no longer take them.
     pub async fn finish(&mut self) {
-        let _ = self.flush_burst();
         while let Some(entry) = self.inflight.pop_front() {
-            match entry {
-                InFlight::Ready(line) => {
-                    let _ = self.out.push_bytes(line, false);
-                }
+            // Sendq overflows are ignored: everything is still offered.
+            let _ = match entry {
+                InFlight::Ready(line) => self.push_now(line),
                 InFlight::Commit {
                     commit,
                     message_id,
@@ -402,42 +430,46 @@ impl Session<'_> {
                     request_id,
                 } => {
                     let result = commit.wait().await;
-                    let answer =
-                        self.committed(message_id, relay, &topic, request_id.as_deref(), result);
-                    let _ = self.out.push_bytes(answer, false);
+                    self.committed(message_id, relay, &topic, request_id.as_deref(), result)
                 }
-            }
+            };
         }
+        let _ = self.flush_burst();
     }
 
-    /// A kept message's commit is in: relay it stamped with the commit's
-    /// clock (so paging history by time agrees with what was seen) to every
-    /// connection of the topic's members but this one, and return the
-    /// sender's ack; or return the error if it was not stored.
+    /// A kept message's commit is in: its relay, stamped with the commit's
+    /// clock (so paging history by time agrees with what was seen), and the
+    /// sender's ack join the burst; or the error is replied if it was not
+    /// stored.
     fn committed(
-        &self,
+        &mut self,
         message_id: uuid::Uuid,
         mut relay: Packet,
-        topic: &TopicRecord,
+        topic: &Arc<TopicRecord>,
         request_id: Option<&str>,
         result: Result<Event, crate::store::Error>,
-    ) -> Bytes {
-        match result {
-            Ok(event) => {
-                let ts = i64::try_from(event.hlc >> 16).unwrap_or_default();
-                relay.ts = Some(ts);
-                let line = relay.to_line();
-                self.ctx
-                    .presence
-                    .deliver(topic.members.iter(), &line, 1, self.conn_id);
-                let now = now_ms();
-                let mut ack = Vec::with_capacity(160);
-                let (ack_id, message_id) = (UuidText::new(uuid_at(now)), UuidText::new(message_id));
-                write_send_ack(&mut ack, request_id, now, &ack_id, &message_id, ts);
-                Bytes::from(ack)
-            }
-            Err(e) => Denied::from(e).into_packet(request_id).to_line(),
+    ) -> Outcome {
+        let event = match result {
+            Ok(event) => event,
+            Err(e) => return self.push_now(Denied::from(e).into_packet(request_id).to_line()),
+        };
+        if let Outcome::Close(r) = self.open_burst(topic) {
+            return Outcome::Close(r);
         }
+        let ts = i64::try_from(event.hlc >> 16).unwrap_or_default();
+        relay.ts = Some(ts);
+        write_line(&mut self.burst.relays, &relay);
+        let now = self.clock.unix_ms();
+        let (ack_id, message_id) = (UuidText::new(uuid_at(now)), UuidText::new(message_id));
+        write_send_ack(
+            &mut self.burst.acks,
+            request_id,
+            now,
+            &ack_id,
+            &message_id,
+            ts,
+        );
+        self.close_message(topic)
     }
 
     /// Completes every in-flight message, in order.

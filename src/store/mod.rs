@@ -322,6 +322,15 @@ impl Pending {
         self.0.await.map_err(|_| Error::Closed)?
     }
 
+    /// The commit's result if it is already known, without waiting.
+    pub fn try_committed(&mut self) -> Option<Result<Event, Error>> {
+        match self.0.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::Closed)),
+        }
+    }
+
     /// Waits for the commit without consuming (for `select!` loops).
     pub async fn committed(&mut self) -> Result<Event, Error> {
         (&mut self.0).await.map_err(|_| Error::Closed)?
