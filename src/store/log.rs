@@ -53,38 +53,75 @@ pub fn next_hlc(last: u64, now_ms: u64) -> u64 {
 /// Appends a local change: assigns seq and clock, records the event and
 /// applies it, all inside `tx`.
 pub fn append(tx: &Transaction<'_>, origin: &Origin, change: Change) -> Result<Event, Error> {
-    let last_seq: i64 = tx
-        .prepare_cached(
-            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE origin = ?1 AND incarnation = ?2",
+    let mut log = Appender::open(tx, origin)?;
+    let event = log.append(tx, origin, change)?;
+    log.close(tx)?;
+    Ok(event)
+}
+
+/// Appends a run of local changes inside one transaction (a group commit):
+/// the log's last seq and clock are read once when it opens and the clock
+/// is written back once when it closes, not three statements per change.
+pub struct Appender {
+    seq: u64,
+    hlc: u64,
+}
+
+impl Appender {
+    /// Reads where `origin`'s log stands.
+    pub fn open(tx: &Transaction<'_>, origin: &Origin) -> Result<Self, Error> {
+        let last_seq: i64 = tx
+            .prepare_cached(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE origin = ?1 AND incarnation = ?2",
+            )?
+            .query_row(params![origin.node, origin.incarnation], |r| r.get(0))?;
+        let last_hlc: Option<String> = tx
+            .prepare_cached("SELECT value FROM node WHERE key = 'hlc'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        Ok(Self {
+            seq: u64::try_from(last_seq).unwrap_or(0),
+            hlc: last_hlc.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
+        })
+    }
+
+    /// Records and applies one change: the next seq, the next clock value.
+    /// A change that fails leaves the position as it was.
+    pub fn append(
+        &mut self,
+        tx: &Transaction<'_>,
+        origin: &Origin,
+        change: Change,
+    ) -> Result<Event, Error> {
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        let hlc = next_hlc(self.hlc, now);
+        let seq = self.seq + 1;
+        let body = serde_json::to_string(&change).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let topic = change.message.as_ref().map(|m| m.topic.to_string());
+        tx.prepare_cached(
+            "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
-        .query_row(params![origin.node, origin.incarnation], |r| r.get(0))?;
-    let last_hlc: Option<String> = tx
-        .prepare_cached("SELECT value FROM node WHERE key = 'hlc'")?
-        .query_row([], |r| r.get(0))
-        .optional()?;
-    let last_hlc = last_hlc.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    let now = u64::try_from(now_ms()).unwrap_or(0);
-    let hlc = next_hlc(last_hlc, now);
-    tx.prepare_cached(
-        "INSERT INTO node (key, value) VALUES ('hlc', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute(params![hlc.to_string()])?;
-    let seq = u64::try_from(last_seq).unwrap_or(0) + 1;
-    let body = serde_json::to_string(&change).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let topic = change.message.as_ref().map(|m| m.topic.to_string());
-    tx.prepare_cached(
-        "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![origin.node, origin.incarnation, seq as i64, hlc as i64, change.kind, body, topic])?;
-    apply(tx, &origin.key(), hlc, &change)?;
-    Ok(Event {
-        node: origin.node.clone(),
-        incarnation: origin.incarnation.clone(),
-        seq,
-        hlc,
-        change,
-    })
+        .execute(params![origin.node, origin.incarnation, seq as i64, hlc as i64, change.kind, body, topic])?;
+        apply(tx, &origin.key(), hlc, &change)?;
+        (self.seq, self.hlc) = (seq, hlc);
+        Ok(Event {
+            node: origin.node.clone(),
+            incarnation: origin.incarnation.clone(),
+            seq,
+            hlc,
+            change,
+        })
+    }
+
+    /// Writes the clock back.
+    pub fn close(self, tx: &Transaction<'_>) -> Result<(), Error> {
+        tx.prepare_cached(
+            "INSERT INTO node (key, value) VALUES ('hlc', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute(params![self.hlc.to_string()])?;
+        Ok(())
+    }
 }
 
 /// Folds a change's writes into the registers: each write wins only if its

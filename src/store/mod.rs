@@ -298,18 +298,28 @@ const MAX_BATCH: usize = 512;
 
 /// Appends a batch of changes in one transaction and answers each caller.
 fn commit_batch(db: &mut Db, batch: Vec<(Change, oneshot::Sender<Result<Event, Error>>)>) {
-    let mut results = Vec::with_capacity(batch.len());
+    let (changes, replies): (Vec<Change>, Vec<_>) = batch.into_iter().unzip();
     let outcome = db.write(|tx, origin| {
-        for (change, _) in &batch {
-            results.push(log::append(tx, origin, change.clone()));
-        }
-        Ok(())
+        let mut log = log::Appender::open(tx, origin)?;
+        // One change failing fails only its own request.
+        let results: Vec<_> = changes
+            .into_iter()
+            .map(|change| log.append(tx, origin, change))
+            .collect();
+        log.close(tx)?;
+        Ok(results)
     });
-    for ((_, reply), result) in batch.into_iter().zip(results) {
-        let _ = reply.send(match &outcome {
-            Ok(()) => result,
-            Err(e) => Err(Error::Corrupt(format!("batch not committed: {e}"))),
-        });
+    match outcome {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(Error::Corrupt(format!("batch not committed: {e}"))));
+            }
+        }
     }
 }
 
@@ -442,5 +452,49 @@ impl Store {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::Message;
+
+    #[test]
+    fn a_group_commit_is_gapless_and_the_clock_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        let message = |n: usize| {
+            Change::message(Message {
+                topic: uuid::Uuid::nil(),
+                id: format!("m{n}"),
+                ts: 0,
+                sender: uuid::Uuid::nil(),
+                ex: serde_json::Map::new(),
+            })
+        };
+        let (batch, waiting): (Vec<_>, Vec<_>) = (0..5)
+            .map(|n| {
+                let (tx, rx) = oneshot::channel();
+                ((message(n), tx), rx)
+            })
+            .unzip();
+        commit_batch(&mut db, batch);
+        let committed: Vec<Event> = waiting
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap().unwrap())
+            .collect();
+        // After the seed event, one seq each, in order, clocks rising.
+        let seqs: Vec<u64> = committed.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3, 4, 5, 6]);
+        assert!(committed.windows(2).all(|w| w[0].hlc < w[1].hlc));
+        // The next transaction starts after the batch, seq and clock.
+        db.create_account("a", "h").unwrap();
+        drop(db);
+        let db = Db::open(dir.path(), "n1").unwrap();
+        let events = db.events().unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7]);
+        assert!(events.windows(2).all(|w| w[0].hlc < w[1].hlc));
     }
 }
