@@ -844,3 +844,37 @@ async fn a_burst_of_sends_keeps_request_and_relay_order() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_kept_message_reaches_members_before_its_senders_next_act() {
+    // bob pipelines a kept message and a `leave`: the others see the
+    // message, then the leave, never the other way round.
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, mut amy) = three(&server).await;
+    let topic = create(&mut dan, "kept").await;
+    join(&mut bob, &topic).await;
+    expect_op(&mut dan, "join").await;
+    join(&mut amy, &topic).await;
+    expect_op(&mut dan, "join").await;
+    expect_op(&mut bob, "join").await;
+    let mut burst = on("send", &topic)
+        .with_id("m1")
+        .with("data", "last words")
+        .to_line()
+        .to_vec();
+    burst.extend_from_slice(&on("leave", &topic).with_id("l1").to_line());
+    bob.send_raw(&burst).await.unwrap();
+    assert_eq!(expect_op(&mut bob, "ack").await.ex_str("for"), Some("m1"));
+    assert_eq!(expect_op(&mut bob, "ack").await.ex_str("for"), Some("l1"));
+    for c in [&mut dan, &mut amy] {
+        let first = c
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(first.op, "send", "{first:?}");
+        assert_eq!(first.ex_str("data"), Some("last words"));
+        let second = expect_op(c, "leave").await;
+        assert_eq!(second.from.as_deref(), Some("bob"));
+    }
+    server.stop().await;
+}

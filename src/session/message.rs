@@ -119,11 +119,16 @@ impl Session<'_> {
         // `ex.for` is the server's: a relayed packet must not look like a
         // reply to one of the recipients' requests.
         ex.remove("for");
-        let mut relay = Packet::server("send").with_from(me.name.as_str());
+        // Stamped again at its commit; `ts` here sizes the line.
         let message_id = new_uuid();
-        relay.id = Some(message_id.to_string());
-        relay.topic = Some(t.id.to_string());
-        relay.ex = ex;
+        let relay = Packet {
+            id: Some(message_id.to_string()),
+            ts: Some(self.clock.unix_ms()),
+            topic: Some(t.id.to_string()),
+            op: "send".to_owned(),
+            from: Some(me.name.clone()),
+            ex,
+        };
         let line = relay.to_line();
         self.check_relay_size(line.len().saturating_sub(1))?;
         let message = Message {
@@ -135,7 +140,11 @@ impl Session<'_> {
         };
         // Queue the commit and go on reading: the next sends join the same
         // group commit. Relay and ack follow the commit, in request order.
-        // Boxed, like the waits below: only kept messages pay for them.
+        // The store's queue may make this wait: what the burst holds goes
+        // first. Boxed, like the waits below: only kept messages pay for them.
+        if let Outcome::Close(r) = self.flush_burst() {
+            return Ok(Outcome::Close(r));
+        }
         let commit = Box::pin(self.ctx.store.enqueue(Change::message(message))).await?;
         self.inflight.push_back(InFlight::Commit {
             commit,
@@ -266,9 +275,7 @@ impl Session<'_> {
                 &*built
             }
         };
-        if let Outcome::Close(r) = self.open_burst(t) {
-            return Ok(Outcome::Close(r));
-        }
+        let opened = self.open_burst(t);
         // The burst's clock reading stamps the message and its ack.
         let ts = self.clock.unix_ms();
         let [message_id, ack_id] = uuids_at(ts).map(UuidText::new);
@@ -278,46 +285,59 @@ impl Session<'_> {
         let size = burst.relays.len().saturating_sub(start + 1);
         if let Err(d) = self.check_relay_size(size) {
             self.burst.relays.truncate(start);
+            if let Outcome::Close(r) = opened {
+                return Ok(Outcome::Close(r));
+            }
             return Err(d);
         }
         write_send_ack(&mut self.burst.acks, id, ts, &ack_id, &message_id, ts);
-        Ok(self.close_message(t))
+        Ok(self.close_message(t, opened))
     }
 
     /// Readies the burst for a message to `t`: another topic (or this one
-    /// since a member came or went) starts a burst of its own.
+    /// since a member came or went) starts a burst of its own. The message
+    /// is relayed whatever this returns: a `Close` (this client's own queue
+    /// is full or gone) only ends the session once the message is out.
     fn open_burst(&mut self, t: &Arc<TopicRecord>) -> Outcome {
+        let mut outcome = Outcome::Continue;
         if self
             .burst
             .topic
             .as_ref()
             .is_some_and(|b| !Arc::ptr_eq(b, t))
         {
-            if let Outcome::Close(r) = self.flush_burst() {
-                return Outcome::Close(r);
-            }
+            outcome = self.flush_burst();
         }
         let burst = &mut self.burst;
         if burst.relays.is_empty() {
             burst.relays.reserve(burst.hint.0.max(BURST_ROOM.0));
             burst.acks.reserve(burst.hint.1.max(BURST_ROOM.1));
         }
-        Outcome::Continue
+        outcome
     }
 
     /// Counts the relay and ack just written into the burst; a full burst
-    /// is delivered.
-    fn close_message(&mut self, t: &Arc<TopicRecord>) -> Outcome {
+    /// (in bytes, or in packets: a frame is taken whole or not at all, so
+    /// it must stay well within any connection's queue) is delivered.
+    /// `opened` is what [`Session::open_burst`] said.
+    fn close_message(&mut self, t: &Arc<TopicRecord>, opened: Outcome) -> Outcome {
         let burst = &mut self.burst;
         if burst.topic.is_none() {
             burst.topic = Some(t.clone());
         }
         burst.relay_count += 1;
         burst.ack_count += 1;
-        if burst.relays.len() >= BURST_BYTES {
-            return self.flush_burst();
+        let full =
+            burst.relays.len() >= BURST_BYTES || burst.relay_count >= self.ctx.max_burst_packets;
+        let flushed = if full {
+            self.flush_burst()
+        } else {
+            Outcome::Continue
+        };
+        match opened {
+            Outcome::Close(r) => Outcome::Close(r),
+            Outcome::Continue => flushed,
         }
-        Outcome::Continue
     }
 
     /// Delivers the burst: its relays to the topic's members' connections
@@ -430,6 +450,7 @@ impl Session<'_> {
                     request_id,
                 } => {
                     let result = commit.wait().await;
+                    self.clock = super::BurstClock::default();
                     self.committed(message_id, relay, &topic, request_id.as_deref(), result)
                 }
             };
@@ -453,9 +474,7 @@ impl Session<'_> {
             Ok(event) => event,
             Err(e) => return self.push_now(Denied::from(e).into_packet(request_id).to_line()),
         };
-        if let Outcome::Close(r) = self.open_burst(topic) {
-            return Outcome::Close(r);
-        }
+        let opened = self.open_burst(topic);
         let ts = i64::try_from(event.hlc >> 16).unwrap_or_default();
         relay.ts = Some(ts);
         write_line(&mut self.burst.relays, &relay);
@@ -469,7 +488,7 @@ impl Session<'_> {
             &message_id,
             ts,
         );
-        self.close_message(topic)
+        self.close_message(topic, opened)
     }
 
     /// Completes every in-flight message, in order.
@@ -485,7 +504,9 @@ impl Session<'_> {
                     return Outcome::Close(r);
                 }
             }
-            Outcome::Continue
+            // What the commits relayed goes out before the request that
+            // waited for them acts (a `leave` must not overtake them).
+            self.flush_burst()
         })
         .await
     }

@@ -85,6 +85,9 @@ pub struct Context {
     pub max_protocol_errors: u32,
     /// Line limit, for messages.
     pub max_line_bytes: usize,
+    /// Most messages one burst gathers: a quarter of a connection's queue,
+    /// since a burst is queued whole or not at all.
+    pub max_burst_packets: usize,
     /// Metadata keys per account.
     pub max_meta_keys: usize,
     /// Topics one account may be a member of.
@@ -135,6 +138,7 @@ impl Context {
             max_json_depth: config.limits.max_json_depth,
             max_protocol_errors: config.limits.max_protocol_errors,
             max_line_bytes: config.limits.max_line_bytes,
+            max_burst_packets: (config.limits.max_sendq_packets / 4).max(1),
             max_meta_keys: config.limits.max_meta_keys,
             max_topics_per_account: config.limits.max_topics_per_account,
             max_members_per_topic: config.limits.max_members_per_topic,

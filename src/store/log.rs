@@ -102,8 +102,10 @@ impl Appender {
             "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![origin.node, origin.incarnation, seq as i64, hlc as i64, change.kind, body, topic])?;
-        apply(tx, &origin.key(), hlc, &change)?;
+        // The event is in the log from here on: the next one follows it
+        // even if applying this one fails.
         (self.seq, self.hlc) = (seq, hlc);
+        apply(tx, &origin.key(), hlc, &change)?;
         Ok(Event {
             node: origin.node.clone(),
             incarnation: origin.incarnation.clone(),
