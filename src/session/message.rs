@@ -12,7 +12,6 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::topic::not_found;
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, Message};
 use crate::proto::id::{UuidText, new_uuid, uuid_at, uuids_at};
@@ -200,12 +199,7 @@ impl Session<'_> {
 
     /// The topic, if `me` may send to it.
     fn sendable(&mut self, me: &LoggedIn, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
-        self.resolve_for_send(topic)?;
-        let t = self
-            .last_topic
-            .as_ref()
-            .map(|last| last.record.clone())
-            .ok_or_else(not_found)?;
+        let t = self.resolve_for_send(topic)?.record.clone();
         self.may_send(me, &t)?;
         Ok(t)
     }
@@ -229,22 +223,23 @@ impl Session<'_> {
 
     /// [`Session::resolve`] into `last_topic`, remembered while the topic
     /// table is unchanged: a client sending to one topic resolves it once.
-    fn resolve_for_send(&mut self, topic: &str) -> Result<(), Denied> {
+    fn resolve_for_send(&mut self, topic: &str) -> Result<&LastTopic, Denied> {
         // Read before resolving: a change made meanwhile makes it stale.
         let version = self.ctx.topics.version();
-        if let Some(last) = &self.last_topic {
-            if last.version == version && last.asked == topic {
-                return Ok(());
+        let fresh = |last: &LastTopic| last.version == version && last.asked == topic;
+        let last = match self.last_topic.take() {
+            Some(last) if fresh(&last) => last,
+            _ => {
+                let record = self.resolve(topic)?;
+                LastTopic {
+                    asked: topic.to_owned(),
+                    version,
+                    text: UuidText::new(record.id),
+                    record,
+                }
             }
-        }
-        let record = self.resolve(topic)?;
-        self.last_topic = Some(LastTopic {
-            asked: topic.to_owned(),
-            version,
-            text: UuidText::new(record.id),
-            record,
-        });
-        Ok(())
+        };
+        Ok(self.last_topic.insert(last))
     }
 
     /// A message not kept, with nothing in flight: relayed with its `ex` as

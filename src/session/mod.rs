@@ -410,7 +410,9 @@ impl<'a> Session<'a> {
         outcome
     }
 
-    /// Dispatches a request to its handler.
+    /// Dispatches a request to its handler. Every handler but `send`'s runs
+    /// boxed, so this future (boxed once in `handle_line`) is only as large
+    /// as the send path, which a kept message takes for each message.
     async fn handle(
         &mut self,
         id: Option<&str>,

@@ -18,7 +18,7 @@ use crate::store::{self, TopicRecord};
 /// Flags a topic ACL may hold.
 const TOPIC_FLAGS: [Flag; 5] = [Flag::Owner, Flag::Op, Flag::Read, Flag::Write, Flag::Ban];
 
-pub(super) fn not_found() -> Denied {
+fn not_found() -> Denied {
     Denied::new(ErrorCode::TopicNotFound, "no such topic")
 }
 
