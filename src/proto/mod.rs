@@ -9,6 +9,7 @@ pub mod name;
 pub mod packet;
 pub mod reply;
 pub mod request;
+pub mod scan;
 
 pub use code::ErrorCode;
 pub use packet::{DecodeError, Packet};

@@ -242,7 +242,7 @@ impl<'a> Lazy<'a> {
     pub fn into_packet(self) -> Result<Packet, DecodeError> {
         let mut packet = self.packet;
         if let Some((raw, _)) = self.text {
-            packet.ex = parse_ex(raw).map_err(|mut e| {
+            packet.ex = parse_ex(ExText(raw.get())).map_err(|mut e| {
                 e.id.clone_from(&packet.id);
                 e
             })?;
@@ -253,17 +253,35 @@ impl<'a> Lazy<'a> {
     /// The packet without `ex`, and `ex` as sent, when it can be relayed
     /// as it is (a non-empty object without `for`, which is the server's);
     /// otherwise the packet with `ex` built as a map, and `None`.
-    pub fn into_relayable(self) -> Result<(Packet, Option<&'a RawValue>), DecodeError> {
+    pub fn into_relayable(self) -> Result<(Packet, Option<ExText<'a>>), DecodeError> {
         match self.text {
-            Some((raw, false)) => Ok((self.packet, Some(raw))),
+            Some((raw, false)) => Ok((self.packet, Some(ExText(raw.get())))),
             _ => Ok((self.into_packet()?, None)),
         }
     }
 }
 
+/// A message's `ex` as the sender wrote it, relayed unchanged: JSON text
+/// already checked to be an object, non-empty and without a `for` key.
+/// Only the decoders make one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExText<'a>(&'a str);
+
+impl<'a> ExText<'a> {
+    /// Text the caller has checked as [`ExText`] requires.
+    pub(super) fn checked(text: &'a str) -> Self {
+        ExText(text)
+    }
+
+    /// The JSON text.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+}
+
 /// Builds an `ex` kept as text into a map (for the ops that read it, and
 /// for messages kept in history).
-pub fn parse_ex(raw: &RawValue) -> Result<Map<String, Value>, DecodeError> {
+pub fn parse_ex(raw: ExText<'_>) -> Result<Map<String, Value>, DecodeError> {
     serde_json::from_str(raw.get()).map_err(|e| malformed(&e))
 }
 
@@ -277,7 +295,7 @@ pub fn write_relay(
     ts: i64,
     topic: &UuidText,
     from: &str,
-    ex: &RawValue,
+    ex: &str,
 ) {
     buf.extend_from_slice(b"{\"id\":");
     write_uuid(buf, id);
@@ -288,7 +306,7 @@ pub fn write_relay(
     buf.extend_from_slice(b",\"op\":\"send\",\"from\":");
     write_str(buf, from);
     buf.extend_from_slice(b",\"ex\":");
-    buf.extend_from_slice(ex.get().as_bytes());
+    buf.extend_from_slice(ex.as_bytes());
     buf.extend_from_slice(b"}\n");
 }
 
@@ -850,7 +868,14 @@ mod tests {
         let (id, topic) = (crate::proto::id::new_uuid(), crate::proto::id::new_uuid());
         let mut line = Vec::new();
         let (id_text, topic_text) = (UuidText::new(id), UuidText::new(topic));
-        write_relay(&mut line, &id_text, -42, &topic_text, "d\"an\u{e9}", &raw);
+        write_relay(
+            &mut line,
+            &id_text,
+            -42,
+            &topic_text,
+            "d\"an\u{e9}",
+            raw.get(),
+        );
         let mut p = Packet::server("send").with_from("d\"an\u{e9}");
         p.id = Some(id.to_string());
         p.ts = Some(-42);

@@ -9,13 +9,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, Message};
 use crate::proto::id::{UuidText, new_uuid, uuid_at, uuids_at};
-use crate::proto::packet::{parse_ex, write_line, write_relay};
+use crate::proto::packet::{ExText, parse_ex, write_line, write_relay};
 use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet};
@@ -101,7 +100,7 @@ impl Session<'_> {
         me: &LoggedIn,
         topic: &str,
         mut ex: Map<String, Value>,
-        raw_ex: Option<&RawValue>,
+        raw_ex: Option<ExText<'_>>,
     ) -> Result<Outcome, Denied> {
         let t = self.sendable(me, topic)?;
         if !self.keeps_history(&t) {
@@ -166,7 +165,7 @@ impl Session<'_> {
         id: Option<&str>,
         topic: &str,
         ex: &Map<String, Value>,
-        raw_ex: Option<&RawValue>,
+        raw_ex: Option<ExText<'_>>,
     ) -> Option<Outcome> {
         if self.has_inflight() {
             return None;
@@ -252,22 +251,22 @@ impl Session<'_> {
         t: &Arc<TopicRecord>,
         topic_text: &UuidText,
         ex: &Map<String, Value>,
-        raw_ex: Option<&RawValue>,
+        raw_ex: Option<ExText<'_>>,
     ) -> Result<Outcome, Denied> {
         let built;
         let ex = match raw_ex {
-            Some(raw) => raw,
+            Some(raw) => raw.get(),
             None => {
                 // Rare: an empty `ex`, or one with `for` (the server's).
                 let mut ex = ex.clone();
                 ex.remove("for");
-                built = serde_json::value::to_raw_value(&ex).map_err(|_| {
+                built = serde_json::to_string(&ex).map_err(|_| {
                     Denied::new(
                         ErrorCode::ServerInternal,
                         "the message could not be encoded",
                     )
                 })?;
-                &*built
+                built.as_str()
             }
         };
         let opened = self.open_burst(t);

@@ -27,10 +27,13 @@ use uuid::Uuid;
 
 use crate::config::{Config, Registration};
 use crate::password::Passwords;
+use crate::proto::packet::ExText;
 use crate::proto::request::Request;
+use crate::proto::scan::{self, PlainSend};
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::{Outbound, Presence, Topics};
 use crate::store::Store;
+use serde_json::Map;
 use throttle::{LoginThrottle, RateLimit};
 
 /// What the connection should do after a packet.
@@ -170,7 +173,7 @@ enum Next<'l> {
     Run {
         id: Option<String>,
         request: Request,
-        raw_ex: Option<&'l serde_json::value::RawValue>,
+        raw_ex: Option<ExText<'l>>,
     },
 }
 
@@ -329,6 +332,11 @@ impl<'a> Session<'a> {
     /// when no kept message is still committing. Replies made here queue
     /// behind the commits in flight, so they keep request order.
     fn begin<'l>(&mut self, line: &'l [u8]) -> Next<'l> {
+        // The usual message is read in one pass; anything else, anything
+        // unusual and anything wrong goes through the full decoder.
+        if let Some(send) = scan::plain_send(line, self.ctx.max_json_depth) {
+            return self.begin_send(send);
+        }
         let decoded = Packet::decode_lazy(line, self.ctx.max_json_depth);
         let is_send = decoded.as_ref().is_ok_and(|p| p.op() == "send");
         // Anything but a message acts after the burst is out.
@@ -348,24 +356,8 @@ impl<'a> Session<'a> {
         };
         let request_id = packet.id.take();
         let id = request_id.as_deref();
-        // `pong` gets no reply and `quit` only ends the session: neither is
-        // worth refusing, and refusing `pong` would break the reply rule.
-        let exempt = matches!(packet.op.as_str(), "pong" | "quit");
-        if let (false, Err(wait)) = (exempt, self.rate.take(self.clock.instant())) {
-            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            let e =
-                Denied::new(ErrorCode::RateLimited, "too many packets; slow down").with_retry(ms);
-            return Next::Done(self.reply(e.into_packet(id)));
-        }
-        // The login gate comes before field checks: nothing is validated for
-        // a session that may not use the op at all.
-        if self.account.is_none() && crate::proto::request::needs_login(&packet.op) {
-            self.errors_in_row = 0;
-            return Next::Done(self.reply(reply::error(
-                id,
-                ErrorCode::AuthRequired,
-                "log in first (op \"auth\")",
-            )));
+        if let Err(outcome) = self.admit(&packet.op, id) {
+            return Next::Done(outcome);
         }
         let request = match Request::parse(&mut packet) {
             Ok(r) => r,
@@ -384,6 +376,51 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// A message read by [`scan::plain_send`]: the same steps as any
+    /// request, without building a packet.
+    fn begin_send<'l>(&mut self, send: PlainSend<'l>) -> Next<'l> {
+        if let Err(outcome) = self.admit("send", send.id) {
+            return Next::Done(outcome);
+        }
+        self.errors_in_row = 0;
+        if let Some(outcome) = self.try_send_now(send.id, send.topic, &Map::new(), Some(send.ex)) {
+            return Next::Done(outcome);
+        }
+        Next::Run {
+            id: send.id.map(str::to_owned),
+            request: Request::Send {
+                topic: send.topic.to_owned(),
+                ex: Map::new(),
+            },
+            raw_ex: Some(send.ex),
+        }
+    }
+
+    /// The checks every well-formed request passes first: the rate limit,
+    /// then the login gate. `Err` holds the outcome of the refusal.
+    fn admit(&mut self, op: &str, id: Option<&str>) -> Result<(), Outcome> {
+        // `pong` gets no reply and `quit` only ends the session: neither is
+        // worth refusing, and refusing `pong` would break the reply rule.
+        let exempt = matches!(op, "pong" | "quit");
+        if let (false, Err(wait)) = (exempt, self.rate.take(self.clock.instant())) {
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            let e =
+                Denied::new(ErrorCode::RateLimited, "too many packets; slow down").with_retry(ms);
+            return Err(self.reply(e.into_packet(id)));
+        }
+        // The login gate comes before field checks: nothing is validated for
+        // a session that may not use the op at all.
+        if self.account.is_none() && crate::proto::request::needs_login(op) {
+            self.errors_in_row = 0;
+            return Err(self.reply(reply::error(
+                id,
+                ErrorCode::AuthRequired,
+                "log in first (op \"auth\")",
+            )));
+        }
+        Ok(())
+    }
+
     /// The rest of a request: after the commits in flight (all of them, or
     /// for a message, enough to stay within the pipeline's bound), its
     /// handler, which may wait for the store.
@@ -391,7 +428,7 @@ impl<'a> Session<'a> {
         &mut self,
         request_id: Option<String>,
         request: Request,
-        raw_ex: Option<&serde_json::value::RawValue>,
+        raw_ex: Option<ExText<'_>>,
     ) -> Outcome {
         let id = request_id.as_deref();
         let outcome = if !matches!(request, Request::Send { .. }) {
@@ -417,7 +454,7 @@ impl<'a> Session<'a> {
         &mut self,
         id: Option<&str>,
         request: Request,
-        raw_ex: Option<&serde_json::value::RawValue>,
+        raw_ex: Option<ExText<'_>>,
     ) -> Outcome {
         let result = match request {
             Request::Ping => return self.reply(reply::pong(id)),
