@@ -242,7 +242,7 @@ impl<'a> Lazy<'a> {
     pub fn into_packet(self) -> Result<Packet, DecodeError> {
         let mut packet = self.packet;
         if let Some((raw, _)) = self.text {
-            packet.ex = parse_ex(ExText(raw.get())).map_err(|mut e| {
+            packet.ex = parse_ex(ExText(raw.get().as_bytes())).map_err(|mut e| {
                 e.id.clone_from(&packet.id);
                 e
             })?;
@@ -255,7 +255,7 @@ impl<'a> Lazy<'a> {
     /// otherwise the packet with `ex` built as a map, and `None`.
     pub fn into_relayable(self) -> Result<(Packet, Option<ExText<'a>>), DecodeError> {
         match self.text {
-            Some((raw, false)) => Ok((self.packet, Some(ExText(raw.get())))),
+            Some((raw, false)) => Ok((self.packet, Some(ExText(raw.get().as_bytes())))),
             _ => Ok((self.into_packet()?, None)),
         }
     }
@@ -265,16 +265,16 @@ impl<'a> Lazy<'a> {
 /// already checked to be an object, non-empty and without a `for` key.
 /// Only the decoders make one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExText<'a>(&'a str);
+pub struct ExText<'a>(&'a [u8]);
 
 impl<'a> ExText<'a> {
     /// Text the caller has checked as [`ExText`] requires.
-    pub(super) fn checked(text: &'a str) -> Self {
+    pub(super) fn checked(text: &'a [u8]) -> Self {
         ExText(text)
     }
 
-    /// The JSON text.
-    pub fn get(self) -> &'a str {
+    /// The JSON text, UTF-8.
+    pub fn get(self) -> &'a [u8] {
         self.0
     }
 }
@@ -282,7 +282,7 @@ impl<'a> ExText<'a> {
 /// Builds an `ex` kept as text into a map (for the ops that read it, and
 /// for messages kept in history).
 pub fn parse_ex(raw: ExText<'_>) -> Result<Map<String, Value>, DecodeError> {
-    serde_json::from_str(raw.get()).map_err(|e| malformed(&e))
+    serde_json::from_slice(raw.get()).map_err(|e| malformed(&e))
 }
 
 /// Appends the relayed `send` of a message whose `ex` is carried as sent:
@@ -295,7 +295,7 @@ pub fn write_relay(
     ts: i64,
     topic: &UuidText,
     from: &str,
-    ex: &str,
+    ex: &[u8],
 ) {
     buf.extend_from_slice(b"{\"id\":");
     write_uuid(buf, id);
@@ -306,7 +306,7 @@ pub fn write_relay(
     buf.extend_from_slice(b",\"op\":\"send\",\"from\":");
     write_str(buf, from);
     buf.extend_from_slice(b",\"ex\":");
-    buf.extend_from_slice(ex.as_bytes());
+    buf.extend_from_slice(ex);
     buf.extend_from_slice(b"}\n");
 }
 
@@ -874,7 +874,7 @@ mod tests {
             -42,
             &topic_text,
             "d\"an\u{e9}",
-            raw.get(),
+            raw.get().as_bytes(),
         );
         let mut p = Packet::server("send").with_from("d\"an\u{e9}");
         p.id = Some(id.to_string());

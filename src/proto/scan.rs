@@ -34,38 +34,46 @@ const MAX_DIGITS: usize = 300;
 /// `for`, nested at most `max_depth` deep, with no backslash and no byte
 /// below 0x20 anywhere. `None` otherwise, and for anything that is not
 /// valid: the full decoder then reads it.
-pub fn plain_send(line: &[u8], max_depth: usize) -> Option<PlainSend<'_>> {
+pub fn plain_send<'a>(line: &'a [u8], max_depth: usize) -> Option<PlainSend<'a>> {
     // Folded, not `any`: a branch-free pass the compiler vectorises.
-    let unplain = line
-        .iter()
-        .fold(false, |seen, &b| seen | (b < 0x20) | (b == b'\\'));
-    if unplain {
+    let (unplain, wide) = line.iter().fold((false, false), |(unplain, wide), &b| {
+        (unplain | (b < 0x20) | (b == b'\\'), wide | (b >= 0x80))
+    });
+    // All ASCII is UTF-8: only a line with wider characters is checked.
+    if unplain || (wide && std::str::from_utf8(line).is_err()) {
         return None;
     }
-    let text = std::str::from_utf8(line).ok()?;
     let mut s = Scanner {
-        text,
+        bytes: line,
         at: 0,
         depth: 0,
         max_depth,
     };
     let envelope = s.envelope()?;
     s.space();
-    if s.at != text.len() {
+    if s.at != line.len() {
         return None;
     }
+    // The line is UTF-8 and every string ends at an ASCII quote: each is
+    // UTF-8 too (checked again here, which costs little on short text).
+    let text = |s: Option<&'a [u8]>| s.map(std::str::from_utf8).transpose().ok();
+    let (id, topic, from) = (
+        text(envelope.id)?,
+        text(envelope.topic)?,
+        text(envelope.from)?,
+    );
     let fits =
         |s: Option<&str>, max: usize| s.is_none_or(|s| s.len() <= max || s.chars().count() <= max);
     let ex = envelope.ex?;
-    let plain = envelope.op == Some("send")
-        && fits(envelope.id, MAX_ID_CHARS)
-        && fits(envelope.topic, MAX_NAME_CHARS)
-        && fits(envelope.from, MAX_NAME_CHARS)
+    let plain = envelope.op == Some(b"send".as_slice())
+        && fits(id, MAX_ID_CHARS)
+        && fits(topic, MAX_NAME_CHARS)
+        && fits(from, MAX_NAME_CHARS)
         && !ex.empty
         && !ex.has_for;
     plain.then_some(PlainSend {
-        id: envelope.id,
-        topic: envelope.topic?,
+        id,
+        topic: topic?,
         ex: ExText::checked(ex.text),
     })
 }
@@ -74,16 +82,16 @@ pub fn plain_send(line: &[u8], max_depth: usize) -> Option<PlainSend<'_>> {
 /// the full decoder. `null` reads as absent.
 #[derive(Default)]
 struct Envelope<'a> {
-    id: Option<&'a str>,
-    topic: Option<&'a str>,
-    op: Option<&'a str>,
-    from: Option<&'a str>,
+    id: Option<&'a [u8]>,
+    topic: Option<&'a [u8]>,
+    op: Option<&'a [u8]>,
+    from: Option<&'a [u8]>,
     ex: Option<Object<'a>>,
 }
 
 /// An object's text and what the send path needs to know of its keys.
 struct Object<'a> {
-    text: &'a str,
+    text: &'a [u8],
     empty: bool,
     has_for: bool,
 }
@@ -91,7 +99,7 @@ struct Object<'a> {
 /// A cursor over text known to be UTF-8 with no backslash and no control
 /// byte. Every method returns `None` at the first thing it is unsure of.
 struct Scanner<'a> {
-    text: &'a str,
+    bytes: &'a [u8],
     at: usize,
     depth: usize,
     max_depth: usize,
@@ -99,7 +107,7 @@ struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     fn peek(&self) -> Option<u8> {
-        self.text.as_bytes().get(self.at).copied()
+        self.bytes.get(self.at).copied()
     }
 
     /// Skips whitespace: only spaces can be left in plain text.
@@ -117,19 +125,24 @@ impl<'a> Scanner<'a> {
         found
     }
 
-    fn word(&mut self, word: &str) -> Option<()> {
+    fn word(&mut self, word: &[u8]) -> Option<()> {
         let end = self.at.checked_add(word.len())?;
-        (self.text.get(self.at..end)? == word).then(|| self.at = end)
+        (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
     }
 
     /// A string's contents: with no escapes, the text up to the next quote.
-    fn string(&mut self) -> Option<&'a str> {
+    fn string(&mut self) -> Option<&'a [u8]> {
         if !self.eat(b'"') {
             return None;
         }
-        let rest = self.text.as_bytes().get(self.at..)?;
-        let len = memchr::memchr(b'"', rest)?;
-        let s = self.text.get(self.at..self.at + len)?;
+        let rest = self.bytes.get(self.at..)?;
+        // Most strings are short keys, where a plain loop beats memchr's
+        // setup; longer ones are searched a vector at a time.
+        let len = match rest.iter().take(16).position(|&b| b == b'"') {
+            Some(len) => len,
+            None => memchr::memchr(b'"', rest)?,
+        };
+        let s = rest.get(..len)?;
         self.at += len + 1;
         Some(s)
     }
@@ -137,7 +150,7 @@ impl<'a> Scanner<'a> {
     /// A number in JSON's grammar; `None` for an exponent or a great many
     /// digits (the full decoder judges whether it is in range). Returns
     /// whether it was an integer, and its text.
-    fn number(&mut self) -> Option<(bool, &'a str)> {
+    fn number(&mut self) -> Option<(bool, &'a [u8])> {
         let start = self.at;
         self.eat(b'-');
         match self.peek()? {
@@ -156,7 +169,7 @@ impl<'a> Scanner<'a> {
         if matches!(self.peek(), Some(b'e' | b'E')) || self.at - start > MAX_DIGITS {
             return None;
         }
-        Some((integer, self.text.get(start..self.at)?))
+        Some((integer, self.bytes.get(start..self.at)?))
     }
 
     fn digits(&mut self) {
@@ -171,9 +184,9 @@ impl<'a> Scanner<'a> {
             b'{' => self.object().map(drop),
             b'[' => self.array(),
             b'"' => self.string().map(drop),
-            b't' => self.word("true"),
-            b'f' => self.word("false"),
-            b'n' => self.word("null"),
+            b't' => self.word(b"true"),
+            b'f' => self.word(b"false"),
+            b'n' => self.word(b"null"),
             _ => self.number().map(drop),
         }
     }
@@ -221,18 +234,18 @@ impl<'a> Scanner<'a> {
         let (mut empty, mut has_for) = (true, false);
         self.members(|s, key| {
             empty = false;
-            has_for |= key == "for";
+            has_for |= key == b"for";
             s.value()
         })?;
         Some(Object {
-            text: self.text.get(start..self.at)?,
+            text: self.bytes.get(start..self.at)?,
             empty,
             has_for,
         })
     }
 
     /// An object's members, each value read by `member` given its key.
-    fn members(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    fn members(&mut self, mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
         self.items(b'{', b'}', |s| {
             let key = s.string()?;
             s.space();
@@ -245,9 +258,9 @@ impl<'a> Scanner<'a> {
     }
 
     /// `null` (as `None`) or a string.
-    fn text_or_null(&mut self) -> Option<Option<&'a str>> {
+    fn text_or_null(&mut self) -> Option<Option<&'a [u8]>> {
         match self.peek()? {
-            b'n' => self.word("null").map(|()| None),
+            b'n' => self.word(b"null").map(|()| None),
             _ => self.string().map(Some),
         }
     }
@@ -258,22 +271,24 @@ impl<'a> Scanner<'a> {
         let mut e = Envelope::default();
         self.members(|s, key| {
             match key {
-                "id" => e.id = s.text_or_null()?,
-                "topic" => e.topic = s.text_or_null()?,
-                "op" => e.op = s.text_or_null()?,
-                "from" => e.from = s.text_or_null()?,
+                b"id" => e.id = s.text_or_null()?,
+                b"topic" => e.topic = s.text_or_null()?,
+                b"op" => e.op = s.text_or_null()?,
+                b"from" => e.from = s.text_or_null()?,
                 // Type-checked only: an integer that fits an `i64`. `-0`
                 // is not one to serde_json, which reads it as a float.
-                "ts" => match s.peek()? {
-                    b'n' => s.word("null")?,
+                b"ts" => match s.peek()? {
+                    b'n' => s.word(b"null")?,
                     _ => match s.number()? {
-                        (true, digits) if digits != "-0" => drop(digits.parse::<i64>().ok()?),
+                        (true, digits) if digits != b"-0" => {
+                            std::str::from_utf8(digits).ok()?.parse::<i64>().ok()?;
+                        }
                         _ => return None,
                     },
                 },
-                "ex" => {
+                b"ex" => {
                     e.ex = match s.peek()? {
-                        b'n' => s.word("null").map(|()| None)?,
+                        b'n' => s.word(b"null").map(|()| None)?,
                         _ => Some(s.object()?),
                     }
                 }
@@ -299,7 +314,7 @@ mod tests {
 
     /// What the full decoder makes of `line`, in the reader's terms:
     /// `None` unless it is a send whose `ex` is relayed as sent.
-    fn full(line: &str) -> Option<(Option<String>, Option<String>, String)> {
+    fn full(line: &str) -> Option<(Option<String>, Option<String>, Vec<u8>)> {
         let lazy = Packet::decode_lazy(line.as_bytes(), DEPTH).ok()?;
         if lazy.op() != "send" {
             return None;
@@ -331,13 +346,16 @@ mod tests {
         assert_eq!(s.topic, "lobby");
         assert_eq!(
             s.ex.get(),
-            r#"{"body":"hi","n":[1,-2.5,{"x":null}],"ok":true}"#
+            br#"{"body":"hi","n":[1,-2.5,{"x":null}],"ok":true}"#
         );
         agree(line);
         // Spacing, unknown keys, ts and from, duplicates (the last wins).
         let line = r#" { "id" : "a" , "x" : [ ] , "ts" : -5 , "from" : "me" , "op" : "send" , "topic" : "t" , "ex" : { "a" : 1 } , "id" : null } "#;
         let s = read(line).unwrap();
-        assert_eq!((s.id, s.topic, s.ex.get()), (None, "t", r#"{ "a" : 1 }"#));
+        assert_eq!(
+            (s.id, s.topic, s.ex.get()),
+            (None, "t", br#"{ "a" : 1 }"#.as_slice())
+        );
         agree(line);
     }
 
@@ -371,6 +389,13 @@ mod tests {
         ] {
             assert_eq!(read(line), None, "{line}");
         }
+        // Not UTF-8 (the full decoder says `packet/bad-utf8`); wider
+        // characters that are UTF-8 are read.
+        let bad = b"{\"op\":\"send\",\"topic\":\"caf\xe9\",\"ex\":{\"a\":1}}";
+        assert_eq!(plain_send(bad, DEPTH), None);
+        let wide = r#"{"op":"send","topic":"café","ex":{"a":"é"}}"#;
+        assert_eq!(read(wide).map(|s| s.topic), Some("café"));
+        agree(wide);
         let deep = format!(
             r#"{{"op":"send","topic":"t","ex":{{"a":{}1{}}}}}"#,
             "[".repeat(DEPTH),

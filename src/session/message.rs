@@ -266,7 +266,7 @@ impl Session<'_> {
                         "the message could not be encoded",
                     )
                 })?;
-                built.as_str()
+                built.as_bytes()
             }
         };
         let opened = self.open_burst(t);

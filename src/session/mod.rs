@@ -356,7 +356,8 @@ impl<'a> Session<'a> {
         };
         let request_id = packet.id.take();
         let id = request_id.as_deref();
-        if let Err(outcome) = self.admit(&packet.op, id) {
+        let needs_login = crate::proto::request::needs_login(&packet.op);
+        if let Err(outcome) = self.admit(&packet.op, needs_login, id) {
             return Next::Done(outcome);
         }
         let request = match Request::parse(&mut packet) {
@@ -379,7 +380,7 @@ impl<'a> Session<'a> {
     /// A message read by [`scan::plain_send`]: the same steps as any
     /// request, without building a packet.
     fn begin_send<'l>(&mut self, send: PlainSend<'l>) -> Next<'l> {
-        if let Err(outcome) = self.admit("send", send.id) {
+        if let Err(outcome) = self.admit("send", true, send.id) {
             return Next::Done(outcome);
         }
         self.errors_in_row = 0;
@@ -397,8 +398,9 @@ impl<'a> Session<'a> {
     }
 
     /// The checks every well-formed request passes first: the rate limit,
-    /// then the login gate. `Err` holds the outcome of the refusal.
-    fn admit(&mut self, op: &str, id: Option<&str>) -> Result<(), Outcome> {
+    /// then the login gate (for an op that `needs_login`). `Err` holds the
+    /// outcome of the refusal.
+    fn admit(&mut self, op: &str, needs_login: bool, id: Option<&str>) -> Result<(), Outcome> {
         // `pong` gets no reply and `quit` only ends the session: neither is
         // worth refusing, and refusing `pong` would break the reply rule.
         let exempt = matches!(op, "pong" | "quit");
@@ -410,7 +412,7 @@ impl<'a> Session<'a> {
         }
         // The login gate comes before field checks: nothing is validated for
         // a session that may not use the op at all.
-        if self.account.is_none() && crate::proto::request::needs_login(op) {
+        if self.account.is_none() && needs_login {
             self.errors_in_row = 0;
             return Err(self.reply(reply::error(
                 id,

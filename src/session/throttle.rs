@@ -171,6 +171,11 @@ impl RateLimit {
 
     /// Takes a token at `now`; `Err(wait)` when none is left.
     pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        // Packets of one burst share a clock reading: nothing to refill.
+        if now == self.at && self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
         self.at = now;
