@@ -4,6 +4,7 @@
 
 pub mod framing;
 pub mod gzip;
+pub mod readahead;
 pub mod reader;
 pub mod writer;
 
@@ -22,6 +23,7 @@ use crate::server::Shared;
 use crate::session::{Outcome, Session};
 use crate::tls::Alpn;
 use framing::Frame;
+use readahead::ReadAhead;
 use reader::FrameReader;
 use writer::WriterConfig;
 
@@ -99,21 +101,22 @@ async fn handshake(
     tcp: TcpStream,
 ) -> Option<(
     Alpn,
-    ReadHalf<TlsStream<TcpStream>>,
-    WriteHalf<TlsStream<TcpStream>>,
+    ReadHalf<TlsStream<ReadAhead<TcpStream>>>,
+    WriteHalf<TlsStream<ReadAhead<TcpStream>>>,
 )> {
     let deadline = shared.config.limits.handshake_timeout();
-    let tls = match tokio::time::timeout(deadline, shared.acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            info!(reason = "tls handshake failed", error = %e, "connection closed");
-            return None;
-        }
-        Err(_) => {
-            info!(reason = "tls handshake timeout", "connection closed");
-            return None;
-        }
-    };
+    let tls =
+        match tokio::time::timeout(deadline, shared.acceptor.accept(ReadAhead::new(tcp))).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                info!(reason = "tls handshake failed", error = %e, "connection closed");
+                return None;
+            }
+            Err(_) => {
+                info!(reason = "tls handshake timeout", "connection closed");
+                return None;
+            }
+        };
     // rustls already refused offers we do not speak, so this is always Some.
     let Some(alpn) = Alpn::from_negotiated(tls.get_ref().1.alpn_protocol()) else {
         info!(reason = "unknown alpn", "connection closed");
