@@ -784,7 +784,14 @@ mod tests {
             serde_json::from_str(r#"{"t":1234567,"d":"xx\"op\":\"no\""}"#).unwrap();
         let (id, topic) = (UuidText::new(new_uuid()), UuidText::new(new_uuid()));
         let mut relay = Vec::new();
-        write_relay(&mut relay, &id, 5, &topic, "d\"an", raw.get().as_bytes());
+        write_relay(
+            &mut relay,
+            &id,
+            5,
+            &topic,
+            r#""d\"an""#,
+            raw.get().as_bytes(),
+        );
         let ack = crate::proto::reply::ack(Some("r1")).to_line();
         let error =
             crate::proto::reply::error(None, crate::proto::ErrorCode::AclDenied, "no").to_line();

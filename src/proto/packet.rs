@@ -288,13 +288,14 @@ pub fn parse_ex(raw: ExText<'_>) -> Result<Map<String, Value>, DecodeError> {
 /// Appends the relayed `send` of a message whose `ex` is carried as sent:
 /// the same envelope as `Packet::server("send")` with `topic`, `from` and
 /// `ex`, in the same field order, written in one pass. The ids are typed:
-/// a formatted UUID never needs escaping.
+/// a formatted UUID never needs escaping. `from_json` is the sender's name
+/// already written as a JSON string (once per login, not per message).
 pub fn write_relay(
     buf: &mut Vec<u8>,
     id: &UuidText,
     ts: i64,
     topic: &UuidText,
-    from: &str,
+    from_json: &str,
     ex: &[u8],
 ) {
     buf.extend_from_slice(b"{\"id\":");
@@ -304,7 +305,7 @@ pub fn write_relay(
     buf.extend_from_slice(b",\"topic\":");
     write_uuid(buf, topic);
     buf.extend_from_slice(b",\"op\":\"send\",\"from\":");
-    write_str(buf, from);
+    buf.extend_from_slice(from_json.as_bytes());
     buf.extend_from_slice(b",\"ex\":");
     buf.extend_from_slice(ex);
     buf.extend_from_slice(b"}\n");
@@ -873,7 +874,7 @@ mod tests {
             &id_text,
             -42,
             &topic_text,
-            "d\"an\u{e9}",
+            r#""d\"an\u00e9""#,
             raw.get().as_bytes(),
         );
         let mut p = Packet::server("send").with_from("d\"an\u{e9}");

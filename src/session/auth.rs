@@ -95,10 +95,7 @@ impl Session<'_> {
         // a wrong password, and get the same answer.
         let matched = self.ctx.passwords.verify(password, phc).await;
         match usable {
-            Some(a) if matched => Ok(LoggedIn {
-                id: a.id,
-                name: a.name,
-            }),
+            Some(a) if matched => Ok(LoggedIn::new(a.id, a.name)),
             _ => Err(Denied::new(ErrorCode::AuthFailed, "login failed")),
         }
     }

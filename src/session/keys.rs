@@ -173,10 +173,7 @@ impl Session<'_> {
                 .iter()
                 .filter_map(|k| parse_key(k).ok())
                 .any(|(key, _)| key.verify_strict(message.as_bytes(), &sig).is_ok())
-                .then_some(LoggedIn {
-                    id: a.id,
-                    name: a.name,
-                }),
+                .then_some(LoggedIn::new(a.id, a.name)),
             _ => None,
         };
         verified.ok_or_else(|| Denied::new(ErrorCode::AuthFailed, "login failed"))

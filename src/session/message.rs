@@ -55,6 +55,12 @@ pub(super) struct LastTopic {
     record: Arc<TopicRecord>,
     /// Its id, formatted.
     text: UuidText,
+    /// Whether it keeps history.
+    kept: bool,
+    /// The account found to be allowed to send to it, once checked. A
+    /// record never changes (a change makes a new one, at a new version),
+    /// so neither does the verdict.
+    may_send: Option<uuid::Uuid>,
 }
 
 /// Messages not kept that a session relayed from one burst of its client's
@@ -177,16 +183,24 @@ impl Session<'_> {
             return Some(self.reply(d.into_packet(id)));
         }
         let me = self.account.take()?;
-        let Some(last) = self.last_topic.take() else {
+        let Some(mut last) = self.last_topic.take() else {
             self.account = Some(me);
             return None;
         };
-        let t = &last.record;
-        let sent = self.may_send(&me, t).and_then(|()| {
-            if self.keeps_history(t) {
+        // The verdict holds as long as the record: it is remembered.
+        let allowed = match last.may_send == Some(me.id) {
+            true => Ok(()),
+            false => self.may_send(&me, &last.record),
+        };
+        if allowed.is_ok() {
+            last.may_send = Some(me.id);
+        }
+        let sent = allowed.and_then(|()| {
+            if last.kept {
                 return Ok(None);
             }
-            self.send_now(id, &me, t, &last.text, ex, raw_ex).map(Some)
+            self.send_now(id, &me, &last.record, &last.text, ex, raw_ex)
+                .map(Some)
         });
         self.account = Some(me);
         self.last_topic = Some(last);
@@ -234,6 +248,8 @@ impl Session<'_> {
                     asked: topic.to_owned(),
                     version,
                     text: UuidText::new(record.id),
+                    kept: self.keeps_history(&record),
+                    may_send: None,
                     record,
                 }
             }
@@ -275,7 +291,14 @@ impl Session<'_> {
         let [message_id, ack_id] = uuids_at(ts).map(UuidText::new);
         let burst = &mut self.burst;
         let start = burst.relays.len();
-        write_relay(&mut burst.relays, &message_id, ts, topic_text, &me.name, ex);
+        write_relay(
+            &mut burst.relays,
+            &message_id,
+            ts,
+            topic_text,
+            &me.name_json,
+            ex,
+        );
         let size = burst.relays.len().saturating_sub(start + 1);
         if let Err(d) = self.check_relay_size(size) {
             self.burst.relays.truncate(start);

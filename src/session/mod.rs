@@ -184,6 +184,20 @@ pub struct LoggedIn {
     pub id: Uuid,
     /// Account name, as shown.
     pub name: String,
+    /// `name` as a JSON string, quotes included: written into every relay.
+    name_json: String,
+}
+
+impl LoggedIn {
+    /// The account `id`, named `name`.
+    pub fn new(id: Uuid, name: String) -> Self {
+        let name_json = serde_json::Value::from(name.as_str()).to_string();
+        Self {
+            id,
+            name,
+            name_json,
+        }
+    }
 }
 
 /// One connection's session state.

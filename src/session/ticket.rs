@@ -119,10 +119,7 @@ impl Session<'_> {
             .call(move |db| db.account(found.account))
             .await?;
         match account {
-            Some(a) if !a.deleted && !a.disabled => Ok(LoggedIn {
-                id: a.id,
-                name: a.name,
-            }),
+            Some(a) if !a.deleted && !a.disabled => Ok(LoggedIn::new(a.id, a.name)),
             _ => Err(invalid()),
         }
     }
