@@ -454,8 +454,10 @@ impl Config {
         if !(1024..=16 * 1024 * 1024).contains(&l.max_line_bytes) {
             return Err(invalid("limits.max_line_bytes", "must be 1024 to 16777216"));
         }
-        if !(2..=128).contains(&l.max_json_depth) {
-            return Err(invalid("limits.max_json_depth", "must be 2 to 128"));
+        // 127 at most: serde_json stops at 128 levels, so a deeper limit
+        // would let through lines the decoder then calls malformed.
+        if !(2..=crate::proto::packet::MAX_JSON_DEPTH).contains(&l.max_json_depth) {
+            return Err(invalid("limits.max_json_depth", "must be 2 to 127"));
         }
         if l.max_protocol_errors == 0 {
             return Err(invalid("limits.max_protocol_errors", "must be at least 1"));
@@ -549,6 +551,10 @@ mod tests {
     fn out_of_range_value_is_named() {
         let err = Config::from_toml("[limits]\nmax_line_bytes = 5\n").unwrap_err();
         assert!(err.to_string().contains("limits.max_line_bytes"), "{err}");
+        // serde_json stops at 128 levels: 127 is the deepest limit.
+        let err = Config::from_toml("[limits]\nmax_json_depth = 128\n").unwrap_err();
+        assert!(err.to_string().contains("must be 2 to 127"), "{err}");
+        assert!(Config::from_toml("[limits]\nmax_json_depth = 127\n").is_ok());
     }
 
     #[test]

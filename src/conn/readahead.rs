@@ -58,18 +58,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // No room asked for: nothing to read (a read here would look like
+        // the end of the stream).
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         if this.buf.is_empty() {
             this.buf.reserve(READ_AHEAD);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {
-                Poll::Pending => {
-                    // Nothing waiting: the buffer goes until bytes come.
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf);
+            match read {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                // Nothing waiting, the end of the stream or an error: the
+                // buffer goes until bytes come. At the end nothing is put
+                // in `out`.
+                other => {
                     this.buf = BytesMut::new();
-                    return Poll::Pending;
+                    return other.map_ok(drop);
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                // End of stream: nothing is put in `out`.
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(_)) => {}
             }
         }
         let n = out.remaining().min(this.buf.len());
@@ -150,7 +155,10 @@ mod tests {
         let mut back = [0u8; 4];
         peer.read_exact(&mut back).await.unwrap();
         assert_eq!(&back, b"pong");
+        assert_eq!(r.read(&mut []).await.unwrap(), 0);
+        assert_eq!(r.buffer_capacity(), 0, "an empty read reads nothing");
         drop(peer);
         assert_eq!(r.read(&mut one).await.unwrap(), 0);
+        assert_eq!(r.buffer_capacity(), 0);
     }
 }

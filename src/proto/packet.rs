@@ -17,6 +17,9 @@ pub const MAX_ID_CHARS: usize = 128;
 pub const MAX_OP_CHARS: usize = 64;
 /// Longest `topic` or `from` string in an envelope.
 pub const MAX_NAME_CHARS: usize = 320;
+/// The deepest nesting `limits.max_json_depth` may allow: serde_json refuses
+/// to go 128 levels deep.
+pub const MAX_JSON_DEPTH: usize = 127;
 
 /// One packet: the envelope fields and the op-specific `ex` object.
 #[derive(Debug, Clone, PartialEq, Serialize)]

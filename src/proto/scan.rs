@@ -409,6 +409,42 @@ mod tests {
         assert_eq!(read(&long_id), None);
     }
 
+    /// At the deepest limit the configuration allows, both readers take a
+    /// line nested exactly that deep (under `ex` or an unknown key), and
+    /// one level more is the full decoder's `packet/too-deep`.
+    #[test]
+    fn nesting_at_the_deepest_limit_agrees() {
+        use crate::proto::packet::MAX_JSON_DEPTH;
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        for (levels, ok) in [(MAX_JSON_DEPTH - 1, true), (MAX_JSON_DEPTH, false)] {
+            // The packet is level 1: `levels` brackets inside it.
+            let under_key = format!(
+                r#"{{"op":"send","topic":"t","ex":{{"a":1}},"x":{}}}"#,
+                nested(levels)
+            );
+            let under_ex = format!(
+                r#"{{"op":"send","topic":"t","ex":{{"a":{}}}}}"#,
+                nested(levels - 1)
+            );
+            for line in [under_key, under_ex] {
+                let fast = plain_send(line.as_bytes(), MAX_JSON_DEPTH);
+                let full = Packet::decode_lazy(line.as_bytes(), MAX_JSON_DEPTH)
+                    .and_then(|l| l.into_relayable());
+                assert_eq!(fast.is_some(), ok, "{line}");
+                match full {
+                    Ok((_, ex)) => {
+                        assert!(ok, "{line}");
+                        assert_eq!(fast.map(|s| s.ex), ex);
+                    }
+                    Err(e) => {
+                        assert!(!ok, "{line}");
+                        assert_eq!(e.code, crate::proto::ErrorCode::PacketTooDeep);
+                    }
+                }
+            }
+        }
+    }
+
     /// Pieces of JSON, valid and not, from which lines are put together.
     fn piece() -> impl Strategy<Value = &'static str> {
         prop::sample::select(vec![

@@ -189,7 +189,8 @@ pub struct LoggedIn {
 }
 
 impl LoggedIn {
-    /// The account `id`, named `name`.
+    /// The account `id`, named `name`. `name` is never changed afterwards:
+    /// its JSON form is made here, once.
     pub fn new(id: Uuid, name: String) -> Self {
         let name_json = serde_json::Value::from(name.as_str()).to_string();
         Self {
@@ -655,5 +656,18 @@ impl<'a> Session<'a> {
             format!("too many failed logins; retry in {ms} ms"),
         )
         .with_retry(ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_written_as_serde_writes_it() {
+        for name in ["dan", "d\"an\\\u{e9}\u{1}", "\u{540d}\u{524d}"] {
+            let me = LoggedIn::new(Uuid::nil(), name.to_owned());
+            assert_eq!(me.name_json, serde_json::to_string(name).unwrap());
+        }
     }
 }
