@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use bytes::Bytes;
-
 use crate::client::{Client, ClientReader, Error, Options};
+use crate::conn::framing::Span;
 use crate::procfs as proc;
 use crate::proto::Packet;
 
@@ -498,19 +497,30 @@ fn glance(line: &[u8]) -> Option<(&str, Option<u64>)> {
     })
 }
 
-/// The next line: at once if already read, else waiting at most `DRAIN`.
-/// `arrived` is set to when the bytes came: lines read together arrived
-/// together, so the clock is read once per read, not once per line.
-async fn next_line(rd: &mut ClientReader, epoch: Instant, arrived: &mut Duration) -> Option<Bytes> {
-    if let Some(line) = rd.buffered_line() {
-        return line.ok();
+/// The next line, lent (its bytes are `rd.line(range)`): at once if already
+/// read, else waiting at most `DRAIN`. `arrived` is set to when the bytes
+/// came: lines read together arrived together, so the clock is read once
+/// per read, not once per line.
+async fn next_line(
+    rd: &mut ClientReader,
+    epoch: Instant,
+    arrived: &mut Duration,
+) -> Option<std::ops::Range<usize>> {
+    let span = match rd.buffered_span() {
+        Some(span) => span,
+        None => {
+            let span = tokio::time::timeout(DRAIN, rd.next_span())
+                .await
+                .ok()?
+                .ok()??;
+            *arrived = epoch.elapsed();
+            span
+        }
+    };
+    match span {
+        Span::Line(range) => Some(range),
+        Span::TooLong => None,
     }
-    let line = tokio::time::timeout(DRAIN, rd.recv_line())
-        .await
-        .ok()?
-        .ok()??;
-    *arrived = epoch.elapsed();
-    Some(line)
 }
 
 /// Counts `send` packets until `expected` or a quiet `DRAIN`; returns the
@@ -524,7 +534,7 @@ async fn receive(c: Client, expected: u64, epoch: Instant) -> (u64, Vec<u64>, Du
             break;
         };
         // Only relayed messages carry "t"; skip everything else.
-        if let Some(("send", t)) = glance(&line) {
+        if let Some(("send", t)) = glance(rd.line(line)) {
             tally.delivered(t, arrived);
         }
     }
@@ -548,7 +558,7 @@ async fn send(
             let Some(line) = next_line(&mut rd, epoch, &mut arrived).await else {
                 break;
             };
-            match glance(&line) {
+            match glance(rd.line(line)) {
                 Some(("ack", _)) => acked += 1,
                 Some(("error", _)) => {
                     acked += 1;

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::conn::framing::Frame;
+use crate::conn::framing::{Frame, Span};
 use crate::conn::gzip::{Flush, GzipEncoder};
 use crate::conn::reader::{self, FrameReader};
 use crate::proto::packet::DecodeError;
@@ -234,6 +234,25 @@ impl Client {
 }
 
 impl ClientReader {
+    /// The next line if the bytes already read hold one, lent: its bytes
+    /// are [`ClientReader::line`] until the reader is next used. Never
+    /// waits. For readers of many lines, which then allocate nothing per line.
+    pub fn buffered_span(&mut self) -> Option<Span> {
+        self.reader.buffered_span()
+    }
+
+    /// The next line, lent as by [`ClientReader::buffered_span`]; `None`
+    /// when the server closed. Cancel-safe.
+    pub async fn next_span(&mut self) -> Result<Option<Span>, Error> {
+        Ok(self.reader.next_span().await?)
+    }
+
+    /// The bytes of a line lent by [`ClientReader::buffered_span`] or
+    /// [`ClientReader::next_span`].
+    pub fn line(&self, range: std::ops::Range<usize>) -> &[u8] {
+        self.reader.line(range)
+    }
+
     /// The next line if the bytes already read hold one; never waits.
     pub fn buffered_line(&mut self) -> Option<Result<Bytes, Error>> {
         match self.reader.buffered_frame()? {

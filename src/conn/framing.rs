@@ -14,6 +14,16 @@ pub enum Frame {
     TooLong,
 }
 
+/// A frame lent by [`LineDecoder::next_span`]: a line is
+/// [`LineDecoder::line`] of the range, until the decoder is next changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Span {
+    /// Where a complete line is, without its `\n` or `\r\n`, never blank.
+    Line(std::ops::Range<usize>),
+    /// As [`Frame::TooLong`].
+    TooLong,
+}
+
 /// Incremental line splitter with a hard size bound.
 ///
 /// Feed bytes with [`LineDecoder::feed`], then drain with
@@ -27,6 +37,10 @@ pub struct LineDecoder {
     scanned: usize,
     /// Inside an over-long line: drop bytes up to the next `\n`.
     discarding: bool,
+    /// Bytes at the front of `buf` that belong to the line last lent;
+    /// dropped when the decoder is next changed (a cursor step, where
+    /// splitting the line off cost two atomic steps per line).
+    lent: usize,
 }
 
 impl LineDecoder {
@@ -38,17 +52,25 @@ impl LineDecoder {
             max_line,
             scanned: 0,
             discarding: false,
+            lent: 0,
         }
+    }
+
+    /// Drops the line last lent.
+    fn settle(&mut self) {
+        self.buf.advance(std::mem::take(&mut self.lent));
     }
 
     /// Appends bytes read from the peer.
     pub fn feed(&mut self, data: &[u8]) {
+        self.settle();
         self.buf.extend_from_slice(data);
     }
 
     /// The buffer to read socket bytes into directly (no copy), with at
     /// least `room` bytes free.
     pub fn read_target(&mut self, room: usize) -> &mut BytesMut {
+        self.settle();
         self.buf.reserve(room);
         &mut self.buf
     }
@@ -57,6 +79,7 @@ impl LineDecoder {
     /// its next packet keeps no read buffer (the read wants room again only
     /// once bytes have arrived).
     pub fn release_if_empty(&mut self) {
+        self.settle();
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
             self.scanned = 0;
@@ -70,33 +93,61 @@ impl LineDecoder {
 
     /// Bytes currently held (for tests of the memory bound).
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.lent
     }
 
     /// The next frame, or `None` when more bytes are needed.
     pub fn next_frame(&mut self) -> Option<Frame> {
+        let span = self.next_span()?;
+        Some(self.own(span))
+    }
+
+    /// The span just lent, as a frame that owns its bytes.
+    pub fn own(&mut self, span: Span) -> Frame {
+        match span {
+            Span::Line(range) => {
+                let line = self.buf.split_to(std::mem::take(&mut self.lent));
+                Frame::Line(line.freeze().slice(range))
+            }
+            Span::TooLong => Frame::TooLong,
+        }
+    }
+
+    /// A line lent by [`LineDecoder::next_span`]: empty for a range that is
+    /// not one (a span kept past the next change of the decoder).
+    pub fn line(&self, range: std::ops::Range<usize>) -> &[u8] {
+        self.buf.get(range).unwrap_or_default()
+    }
+
+    /// The next frame, lent, or `None` when more bytes are needed.
+    pub fn next_span(&mut self) -> Option<Span> {
+        self.settle();
         loop {
             let found = memchr(&self.buf[self.scanned..]).map(|i| self.scanned + i);
             match found {
                 Some(nl) => {
-                    let mut line = self.buf.split_to(nl + 1);
                     self.scanned = 0;
                     if self.discarding {
                         self.discarding = false;
+                        self.buf.advance(nl + 1);
                         continue;
                     }
-                    line.truncate(nl);
-                    if line.last() == Some(&b'\r') {
-                        line.truncate(nl - 1);
+                    let mut end = nl;
+                    if nl > 0 && self.buf.get(nl - 1) == Some(&b'\r') {
+                        end = nl - 1;
                     }
+                    let line = self.buf.get(..end).unwrap_or_default();
                     if line.len() > self.max_line {
                         // Arrived complete in one chunk, already over the limit.
-                        return Some(Frame::TooLong);
+                        self.buf.advance(nl + 1);
+                        return Some(Span::TooLong);
                     }
                     if line.iter().all(u8::is_ascii_whitespace) {
+                        self.buf.advance(nl + 1);
                         continue;
                     }
-                    return Some(Frame::Line(line.freeze()));
+                    self.lent = nl + 1;
+                    return Some(Span::Line(0..end));
                 }
                 None => {
                     if self.discarding {
@@ -109,7 +160,7 @@ impl LineDecoder {
                         self.buf.clear();
                         self.scanned = 0;
                         self.discarding = true;
-                        return Some(Frame::TooLong);
+                        return Some(Span::TooLong);
                     }
                     self.scanned = self.buf.len();
                     return None;
@@ -120,6 +171,7 @@ impl LineDecoder {
 
     /// Drops everything buffered (used when a stream is abandoned).
     pub fn clear(&mut self) {
+        self.lent = 0;
         self.buf.advance(self.buf.len());
         self.scanned = 0;
         self.discarding = false;
@@ -141,7 +193,11 @@ mod tests {
     }
 
     fn line(s: &str) -> Frame {
-        Frame::Line(Bytes::copy_from_slice(s.as_bytes()))
+        line_of(s.as_bytes())
+    }
+
+    fn line_of(bytes: &[u8]) -> Frame {
+        Frame::Line(Bytes::copy_from_slice(bytes))
     }
 
     #[test]
@@ -183,13 +239,25 @@ mod tests {
         ) {
             let mut d = LineDecoder::new(max);
             let mut got = Vec::new();
+            // The same input through the lending path.
+            let mut lender = LineDecoder::new(max);
+            let mut lent = Vec::new();
             for part in data.chunks(chunk) {
                 d.feed(part);
                 while let Some(f) = d.next_frame() {
                     got.push(f);
                 }
                 prop_assert!(d.buffered() <= max + 1 + chunk);
+                lender.feed(part);
+                while let Some(span) = lender.next_span() {
+                    lent.push(match span {
+                        Span::Line(range) => line_of(lender.line(range)),
+                        Span::TooLong => Frame::TooLong,
+                    });
+                }
+                prop_assert!(lender.buffered() <= max + 1 + chunk);
             }
+            prop_assert_eq!(&lent, &got);
             // Reference: split the whole input at '\n' (the last, unterminated
             // piece is still pending unless it is already too long).
             let mut want = Vec::new();

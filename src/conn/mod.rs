@@ -22,7 +22,7 @@ use crate::router::Outbound;
 use crate::server::Shared;
 use crate::session::{Outcome, Session};
 use crate::tls::Alpn;
-use framing::Frame;
+use framing::Span;
 use readahead::ReadAhead;
 use reader::FrameReader;
 use writer::WriterConfig;
@@ -182,8 +182,10 @@ where
         // Lines already read are handled without waiting; only when the
         // input runs dry does the loop deliver what the burst gathered and
         // wait for the peer, the timers and the closers.
-        let frame = match frames.buffered_frame() {
-            Some(frame) => Ok(Some(frame)),
+        // Lines are lent by the reader: the loop holds where a line is, and
+        // reads its bytes from the reader until the next read.
+        let frame = match frames.buffered_span() {
+            Some(span) => Ok(Some(span)),
             None => {
                 if let Outcome::Close(reason) = session.flush_burst() {
                     return reason.as_str().into();
@@ -232,20 +234,21 @@ where
                         }
                         continue;
                     }
-                    frame = frames.next_frame() => frame,
+                    frame = frames.next_span() => frame,
                 }
             }
         };
         let outcome = match frame {
-            Ok(Some(Frame::Line(line))) => {
+            Ok(Some(Span::Line(range))) => {
                 heard = true;
                 pinged = false;
+                let line = frames.line(range);
                 debug!(bytes = line.len(), "packet in");
                 // Not boxed: `handle_line` boxes the large handler states
                 // itself, so what it adds to every connection is small.
-                session.handle_line(&line).await
+                session.handle_line(line).await
             }
-            Ok(Some(Frame::TooLong)) => {
+            Ok(Some(Span::TooLong)) => {
                 heard = true;
                 pinged = false;
                 Box::pin(session.handle_too_long()).await

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::AsyncRead;
 
-use super::framing::{Frame, LineDecoder};
+use super::framing::{Frame, LineDecoder, Span};
 use super::gzip::{self, GzipDecoder};
 
 /// Free room ensured before each socket read: a full TLS record's worth, so
@@ -69,9 +69,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next frame; `Ok(None)` at a clean end of stream.
     pub async fn next_frame(&mut self) -> Result<Option<Frame>, Error> {
+        Ok(match self.next_span().await? {
+            None => None,
+            Some(span) => Some(self.lines.own(span)),
+        })
+    }
+
+    /// The next frame, lent ([`FrameReader::line`] reads a line's bytes
+    /// until the reader is next used); `Ok(None)` at a clean end of stream.
+    pub async fn next_span(&mut self) -> Result<Option<Span>, Error> {
         loop {
-            if let Some(frame) = self.lines.next_frame() {
-                return Ok(Some(frame));
+            if let Some(span) = self.lines.next_span() {
+                return Ok(Some(span));
             }
             // Decompress one bounded chunk at a time, draining lines in
             // between, so the decompressed bytes held never exceed the limit.
@@ -92,6 +101,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `None` means [`FrameReader::next_frame`] may have to wait.
     pub fn buffered_frame(&mut self) -> Option<Frame> {
         self.lines.next_frame()
+    }
+
+    /// [`FrameReader::buffered_frame`], lent.
+    pub fn buffered_span(&mut self) -> Option<Span> {
+        self.lines.next_span()
+    }
+
+    /// The bytes of a line lent by [`FrameReader::next_span`] or
+    /// [`FrameReader::buffered_span`].
+    pub fn line(&self, range: std::ops::Range<usize>) -> &[u8] {
+        self.lines.line(range)
     }
 
     /// One read, straight into the buffer that consumes the bytes. When
