@@ -235,8 +235,11 @@ impl Client {
 
 impl ClientReader {
     /// The next line if the bytes already read hold one, lent: its bytes
-    /// are [`ClientReader::line`] until the reader is next used. Never
-    /// waits. For readers of many lines, which then allocate nothing per line.
+    /// are [`ClientReader::line`] until the reader is next used (read them
+    /// first: a range kept longer reads a later line). Never waits. For
+    /// readers of many lines, which then allocate nothing per line. Like
+    /// the other line readers, it skips packets kept aside by
+    /// [`Client::request`].
     pub fn buffered_span(&mut self) -> Option<Span> {
         self.reader.buffered_span()
     }

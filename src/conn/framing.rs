@@ -91,7 +91,8 @@ impl LineDecoder {
         self.buf.capacity()
     }
 
-    /// Bytes currently held (for tests of the memory bound).
+    /// Bytes held and not yet handed out (for tests of the memory bound);
+    /// the line last lent is not counted.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.lent
     }
@@ -102,8 +103,9 @@ impl LineDecoder {
         Some(self.own(span))
     }
 
-    /// The span just lent, as a frame that owns its bytes.
-    pub fn own(&mut self, span: Span) -> Frame {
+    /// The span just lent, as a frame that owns its bytes. Only for the
+    /// span [`LineDecoder::next_span`] has just returned.
+    pub(crate) fn own(&mut self, span: Span) -> Frame {
         match span {
             Span::Line(range) => {
                 let line = self.buf.split_to(std::mem::take(&mut self.lent));
@@ -113,8 +115,9 @@ impl LineDecoder {
         }
     }
 
-    /// A line lent by [`LineDecoder::next_span`]: empty for a range that is
-    /// not one (a span kept past the next change of the decoder).
+    /// A line lent by [`LineDecoder::next_span`]. Read it before the
+    /// decoder is used again: a range kept past that reads whatever is
+    /// there by then (a later line's bytes), or nothing.
     pub fn line(&self, range: std::ops::Range<usize>) -> &[u8] {
         self.buf.get(range).unwrap_or_default()
     }
@@ -207,6 +210,29 @@ mod tests {
         assert_eq!(drain(&mut d), vec![line("a"), line("bc")]);
         d.feed(b"e\n");
         assert_eq!(drain(&mut d), vec![line("de")]);
+    }
+
+    /// Feeding or reading more while a line is lent drops that line first,
+    /// and nothing else.
+    #[test]
+    fn a_lent_line_goes_when_the_decoder_takes_more() {
+        let mut d = LineDecoder::new(16);
+        d.feed(b"ab\r\ncd");
+        let Some(Span::Line(r)) = d.next_span() else {
+            panic!("a line")
+        };
+        assert_eq!(d.line(r), b"ab");
+        assert_eq!(d.buffered(), 2);
+        d.feed(b"\nef");
+        let Some(Span::Line(r)) = d.next_span() else {
+            panic!("a line")
+        };
+        assert_eq!(d.line(r), b"cd");
+        d.read_target(8).extend_from_slice(b"\n");
+        assert_eq!(d.next_frame(), Some(line("ef")));
+        assert_eq!(d.buffered(), 0);
+        d.release_if_empty();
+        assert_eq!(d.capacity(), 0);
     }
 
     #[test]

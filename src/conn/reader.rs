@@ -1,6 +1,7 @@
 //! The read side of a connection: socket bytes → (gunzip) → lines.
 //!
-//! [`FrameReader::next_frame`] is cancel-safe (partial input lives in the
+//! [`FrameReader::next_frame`] and [`FrameReader::next_span`] are
+//! cancel-safe (partial input lives in the
 //! struct), so the connection loop can `select!` it against timers and
 //! shutdown. The client library reads with the same type.
 
