@@ -189,7 +189,7 @@ impl Packet {
         let (ex, text) = match obj.ex.take() {
             None => (Map::new(), None),
             Some(raw) if keep_text => {
-                match ExShape::of(raw).map_err(|e| with_id(malformed(&e)))? {
+                match serde_json::from_str(raw.get()).map_err(|e| with_id(malformed(&e)))? {
                     ExShape::Null | ExShape::Object { empty: true, .. } => (Map::new(), None),
                     ExShape::Object { has_for, .. } => (Map::new(), Some((raw, has_for))),
                     ExShape::Other => return Err(not_object()),
@@ -521,27 +521,6 @@ impl<'de> Visitor<'de> for CheckedVisitor {
     }
 }
 
-/// Whether `bytes` holds enough digits for a number out of an `f64`'s
-/// range (309 or more before the point); counted only in text long enough.
-fn too_many_digits(bytes: &[u8]) -> bool {
-    const MAX_DIGITS: usize = 300;
-    if bytes.len() <= MAX_DIGITS {
-        return false;
-    }
-    // Counted in byte-wide lanes, a chunk at a time (a plain count runs in
-    // 64-bit lanes, eight times slower).
-    let digits: usize = bytes
-        .chunks(255)
-        .map(|chunk| {
-            let n = chunk
-                .iter()
-                .fold(0u8, |n, b| n + u8::from(b.is_ascii_digit()));
-            usize::from(n)
-        })
-        .sum();
-    digits > MAX_DIGITS
-}
-
 /// An envelope field's value, as much of it as the checks need: text kept
 /// borrowed from the line when it has no escapes, and everything that is
 /// neither text, an integer nor null checked as strictly as a full parse
@@ -620,52 +599,6 @@ enum ExShape {
     Null,
     Object { empty: bool, has_for: bool },
     Other,
-}
-
-impl ExShape {
-    /// The shape of `raw`, text that already passed serde_json's skipping
-    /// parse (a `RawValue`): read strictly, or at a glance where the glance
-    /// is sure to agree.
-    fn of(raw: &RawValue) -> Result<ExShape, serde_json::Error> {
-        match ExShape::at_a_glance(raw.get()) {
-            Some(shape) => Ok(shape),
-            None => serde_json::from_str(raw.get()),
-        }
-    }
-
-    /// The shape of a usual message's `ex` without reading it again: an
-    /// object with no backslash (so no `\u` escape, lone surrogates
-    /// included), no `"for"` anywhere, no exponent and too few digits for a
-    /// number out of range. Skipping already checked everything else the
-    /// strict read would: syntax, control characters, UTF-8. `None` when
-    /// unsure.
-    fn at_a_glance(raw: &str) -> Option<ExShape> {
-        let bytes = raw.as_bytes();
-        let inside = bytes.strip_prefix(b"{")?;
-        // Built once: a searcher made per call cost more than the search.
-        static FOR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"for\""));
-        if memchr::memchr(b'\\', bytes).is_some()
-            || FOR.find(bytes).is_some()
-            || too_many_digits(bytes)
-        {
-            return None;
-        }
-        // An exponent follows a digit: `1e400` is out of range.
-        let exponent = memchr::memchr2_iter(b'e', b'E', bytes).any(|at| {
-            at.checked_sub(1)
-                .and_then(|before| bytes.get(before))
-                .is_some_and(|b| b.is_ascii_digit() || *b == b'.')
-        });
-        if exponent {
-            return None;
-        }
-        let empty = inside.trim_ascii_start().starts_with(b"}");
-        Some(ExShape::Object {
-            empty,
-            has_for: false,
-        })
-    }
 }
 
 impl<'de> Deserialize<'de> for ExShape {
@@ -979,45 +912,6 @@ mod tests {
                 Packet::decode(text.as_bytes(), 32),
                 Packet::decode(canonical.as_bytes(), 32)
             );
-        }
-    }
-
-    /// Values for `ex` objects that the glance must not get wrong.
-    fn arb_ex_value() -> impl Strategy<Value = String> {
-        prop_oneof![
-            arb_json().prop_map(|v| v.to_string()),
-            Just(r#""\udc00""#.to_owned()),
-            Just(r#""caf\u00e9""#.to_owned()),
-            Just("1e400".to_owned()),
-            Just("-2.5E+3".to_owned()),
-            Just(format!("1{}", "0".repeat(320))),
-            Just(r#""for""#.to_owned()),
-            Just(r#""the 1e400 in a string""#.to_owned()),
-            Just("{ }".to_owned()),
-        ]
-    }
-
-    proptest! {
-        /// Where the glance answers, a strict read answers the same.
-        #[test]
-        fn a_glance_agrees_with_a_strict_read(
-            pairs in proptest::collection::vec(
-                (prop_oneof![arb_key(), Just("for".to_owned())], arb_ex_value()),
-                0..6,
-            ),
-            spaced in any::<bool>(),
-        ) {
-            let gap = if spaced { " " } else { "" };
-            let body: Vec<String> = pairs
-                .iter()
-                .map(|(k, v)| format!("{}:{gap}{v}", Value::from(k.as_str())))
-                .collect();
-            let text = format!("{{{gap}{}{gap}}}", body.join(","));
-            let raw: Box<RawValue> = serde_json::from_str(&text).unwrap();
-            let strict = serde_json::from_str::<ExShape>(raw.get()).ok();
-            if let Some(glance) = ExShape::at_a_glance(raw.get()) {
-                prop_assert_eq!(Some(glance), strict, "{}", text);
-            }
         }
     }
 
