@@ -108,13 +108,15 @@ impl Session<'_> {
         mut ex: Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Outcome, Denied> {
-        let t = self.sendable(me, topic)?;
-        if !self.keeps_history(&t) {
+        let last = self.sendable(me, topic)?;
+        let (t, text, kept) = (last.record.clone(), last.text, last.kept);
+        self.last_topic = Some(last);
+        if !kept {
             // Relays keep request order: kept messages ahead go first.
             if let Outcome::Close(r) = self.drain().await {
                 return Ok(Outcome::Close(r));
             }
-            return self.send_now(id, me, &t, &UuidText::new(t.id), &ex, raw_ex);
+            return self.send_now(id, me, &t, &text, &ex, raw_ex);
         }
         if let Some(raw) = raw_ex {
             // A kept message is stored as a map.
@@ -179,42 +181,53 @@ impl Session<'_> {
         // Lent out for the message rather than cloned: nothing on this path
         // reads `self.account` or `self.last_topic`, and the atomic steps of
         // two clones and two drops per message add up.
-        if let Err(d) = self.resolve_for_send(topic) {
-            return Some(self.reply(d.into_packet(id)));
-        }
         let me = self.account.take()?;
-        let Some(mut last) = self.last_topic.take() else {
-            self.account = Some(me);
-            return None;
-        };
-        // The verdict holds as long as the record: it is remembered.
-        let allowed = match last.may_send == Some(me.id) {
-            true => Ok(()),
-            false => self.may_send(&me, &last.record),
-        };
-        if allowed.is_ok() {
-            last.may_send = Some(me.id);
-        }
-        let sent = allowed.and_then(|()| {
-            if last.kept {
-                return Ok(None);
-            }
-            self.send_now(id, &me, &last.record, &last.text, ex, raw_ex)
-                .map(Some)
+        let sent = self.sendable(&me, topic).and_then(|last| {
+            let sent = match last.kept {
+                true => Ok(None),
+                false => self
+                    .send_now(id, &me, &last.record, &last.text, ex, raw_ex)
+                    .map(Some),
+            };
+            self.last_topic = Some(last);
+            sent
         });
         self.account = Some(me);
-        self.last_topic = Some(last);
         match sent {
             Ok(outcome) => outcome,
             Err(d) => Some(self.reply(d.into_packet(id))),
         }
     }
 
-    /// The topic, if `me` may send to it.
-    fn sendable(&mut self, me: &LoggedIn, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
-        let t = self.resolve_for_send(topic)?.record.clone();
-        self.may_send(me, &t)?;
-        Ok(t)
+    /// The topic named `topic`, if `me` may send to it: resolved and
+    /// checked once per version of the topic table (a record never changes:
+    /// a change makes a new one, at a new version). Lent: taken out of
+    /// `self.last_topic`, for the caller to put back once done with it.
+    fn sendable(&mut self, me: &LoggedIn, topic: &str) -> Result<LastTopic, Denied> {
+        // Read before resolving: a change made meanwhile makes it stale.
+        let version = self.ctx.topics.version();
+        let mut last = match self.last_topic.take() {
+            Some(last) if last.version == version && last.asked == topic => last,
+            _ => {
+                let record = self.resolve(topic)?;
+                LastTopic {
+                    asked: topic.to_owned(),
+                    version,
+                    text: UuidText::new(record.id),
+                    kept: self.keeps_history(&record),
+                    may_send: None,
+                    record,
+                }
+            }
+        };
+        if last.may_send != Some(me.id) {
+            if let Err(d) = self.may_send(me, &last.record) {
+                self.last_topic = Some(last);
+                return Err(d);
+            }
+            last.may_send = Some(me.id);
+        }
+        Ok(last)
     }
 
     /// Whether `me` may send to `t`: a member, with the write flag.
@@ -232,29 +245,6 @@ impl Session<'_> {
             ));
         }
         Ok(())
-    }
-
-    /// [`Session::resolve`] into `last_topic`, remembered while the topic
-    /// table is unchanged: a client sending to one topic resolves it once.
-    fn resolve_for_send(&mut self, topic: &str) -> Result<&LastTopic, Denied> {
-        // Read before resolving: a change made meanwhile makes it stale.
-        let version = self.ctx.topics.version();
-        let fresh = |last: &LastTopic| last.version == version && last.asked == topic;
-        let last = match self.last_topic.take() {
-            Some(last) if fresh(&last) => last,
-            _ => {
-                let record = self.resolve(topic)?;
-                LastTopic {
-                    asked: topic.to_owned(),
-                    version,
-                    text: UuidText::new(record.id),
-                    kept: self.keeps_history(&record),
-                    may_send: None,
-                    record,
-                }
-            }
-        };
-        Ok(self.last_topic.insert(last))
     }
 
     /// A message not kept, with nothing in flight: relayed with its `ex` as
