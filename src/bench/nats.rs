@@ -99,16 +99,19 @@ async fn receive(
     let mut arrived = Duration::ZERO;
     while tally.count < expected {
         line.clear();
-        if rd.buffer().contains(&b'\n') {
-            match rd.read_line(&mut line).await {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
-        } else {
-            match tokio::time::timeout(DRAIN, rd.read_line(&mut line)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => break,
-            }
+        // Wait (at most DRAIN) only when no whole line is buffered.
+        let buffered = rd.buffer().contains(&b'\n');
+        let read = match buffered {
+            true => rd.read_line(&mut line).await.ok(),
+            false => tokio::time::timeout(DRAIN, rd.read_line(&mut line))
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        if read.is_none_or(|n| n == 0) {
+            break;
+        }
+        if !buffered {
             arrived = epoch.elapsed();
         }
         if line.starts_with("PING") {

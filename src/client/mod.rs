@@ -256,14 +256,6 @@ impl ClientReader {
         self.reader.line(range)
     }
 
-    /// The next line if the bytes already read hold one; never waits.
-    pub fn buffered_line(&mut self) -> Option<Result<Bytes, Error>> {
-        match self.reader.buffered_frame()? {
-            Frame::Line(line) => Some(Ok(line)),
-            Frame::TooLong => Some(Err(Error::TooLong)),
-        }
-    }
-
     /// The next line from the server, undecoded; `None` when it closed.
     /// Cancel-safe.
     pub async fn recv_line(&mut self) -> Result<Option<Bytes>, Error> {

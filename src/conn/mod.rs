@@ -181,9 +181,8 @@ where
     loop {
         // Lines already read are handled without waiting; only when the
         // input runs dry does the loop deliver what the burst gathered and
-        // wait for the peer, the timers and the closers.
-        // Lines are lent by the reader: the loop holds where a line is, and
-        // reads its bytes from the reader until the next read.
+        // wait for the peer, the timers and the closers. Lines are lent: the
+        // loop holds where a line is and reads it from the reader.
         let frame = match frames.buffered_span() {
             Some(span) => Ok(Some(span)),
             None => {

@@ -98,13 +98,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// The next frame if the bytes already read hold one; never reads.
-    /// `None` means [`FrameReader::next_frame`] may have to wait.
-    pub fn buffered_frame(&mut self) -> Option<Frame> {
-        self.lines.next_frame()
-    }
-
-    /// [`FrameReader::buffered_frame`], lent.
+    /// The next frame, lent, if the bytes already read hold one; never
+    /// reads. `None` means [`FrameReader::next_span`] may have to wait.
     pub fn buffered_span(&mut self) -> Option<Span> {
         self.lines.next_span()
     }
