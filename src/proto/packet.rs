@@ -365,6 +365,12 @@ fn bad_field(field: &str, expected: &str) -> DecodeError {
     )
 }
 
+/// Whether `s` has at most `max` characters, as envelope bounds count.
+pub(crate) fn within_chars(s: &str, max: usize) -> bool {
+    // Under the limit in bytes is under it in characters.
+    s.len() <= max || s.chars().count() <= max
+}
+
 fn take_string(
     value: Option<Field<'_>>,
     field: &str,
@@ -372,10 +378,7 @@ fn take_string(
 ) -> Result<Option<String>, DecodeError> {
     match value {
         None | Some(Field::Null) => Ok(None),
-        // Under the limit in bytes is under it in characters.
-        Some(Field::Str(s)) if s.len() <= max_chars || s.chars().count() <= max_chars => {
-            Ok(Some(s.into_owned()))
-        }
+        Some(Field::Str(s)) if within_chars(&s, max_chars) => Ok(Some(s.into_owned())),
         Some(Field::Str(_)) => Err(bad_field(
             field,
             &format!("a string of at most {max_chars} characters"),

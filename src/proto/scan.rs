@@ -11,7 +11,7 @@
 //!
 //! [`Packet::decode_lazy`]: super::Packet::decode_lazy
 
-use super::packet::{ExText, MAX_ID_CHARS, MAX_NAME_CHARS};
+use super::packet::{ExText, MAX_ID_CHARS, MAX_NAME_CHARS, within_chars};
 
 /// A `send` read by [`plain_send`]: its correlation id, its topic as given,
 /// and its `ex`, to be relayed as sent.
@@ -62,8 +62,7 @@ pub fn plain_send<'a>(line: &'a [u8], max_depth: usize) -> Option<PlainSend<'a>>
         text(envelope.topic)?,
         text(envelope.from)?,
     );
-    let fits =
-        |s: Option<&str>, max: usize| s.is_none_or(|s| s.len() <= max || s.chars().count() <= max);
+    let fits = |s: Option<&str>, max: usize| s.is_none_or(|s| within_chars(s, max));
     let ex = envelope.ex?;
     let plain = envelope.op == Some(b"send".as_slice())
         && fits(id, MAX_ID_CHARS)
