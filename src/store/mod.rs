@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod history;
 pub mod log;
 pub mod migrate;
+pub mod replica;
 pub mod tickets;
 pub mod topics;
 
@@ -22,6 +23,7 @@ use crate::change::Change;
 
 pub use accounts::Account;
 pub use log::{Event, Origin};
+pub use replica::{Incoming, Received, VersionVector};
 pub use topics::TopicRecord;
 
 /// File name of the database inside the data directory.
@@ -306,7 +308,7 @@ fn commit_batch(db: &mut Db, batch: Vec<(Change, oneshot::Sender<Result<Event, E
             .into_iter()
             .map(|change| log.append(tx, origin, change))
             .collect();
-        log.close(tx)?;
+        log.close(tx, origin)?;
         Ok(results)
     });
     match outcome {
@@ -352,6 +354,9 @@ impl Pending {
 pub struct Store {
     jobs: mpsc::Sender<Msg>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Bumped after every step of the store thread that may have added to
+    /// the log: mesh links wake on it to send what is new.
+    log_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -359,11 +364,16 @@ impl Store {
     pub fn open(data_dir: &Path, node: &str) -> Result<Store, Error> {
         let mut db = Db::open(data_dir, node)?;
         let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let changed = log_changed.clone();
         let thread = std::thread::Builder::new()
             .name("tenthbit-store".into())
             .spawn(move || {
                 let mut next = None;
                 while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
+                    if !matches!(msg, Msg::Close(_)) {
+                        changed.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                     match msg {
                         Msg::Job(job) => job(&mut db),
                         Msg::Append(change, reply) => {
@@ -403,7 +413,13 @@ impl Store {
         Ok(Store {
             jobs,
             thread: Arc::new(Mutex::new(Some(thread))),
+            log_changed,
         })
+    }
+
+    /// A receiver that sees a change whenever the log may have grown.
+    pub fn watch_log(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.log_changed.subscribe()
     }
 
     /// Runs `f` on the store thread and returns its result.
