@@ -193,6 +193,36 @@ fn name_holder(conn: &Connection, prefix: &str, lookup: &str) -> Result<Option<u
     Ok(entity.as_deref().and_then(|e| parse_entity(prefix, e)))
 }
 
+/// The entity of kind `prefix` shown as `name~<6 hex>`: a later claimant
+/// of a name (DESIGN.md §4a), found by its base name and the end of its id.
+fn later_claimant(
+    conn: &Connection,
+    prefix: &str,
+    shown: &str,
+) -> Result<Option<uuid::Uuid>, Error> {
+    let Some((base, hex)) = shown.rsplit_once('~') else {
+        return Ok(None);
+    };
+    if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let hex = hex.to_ascii_lowercase();
+    let mut stmt = conn.prepare_cached(
+        "SELECT entity FROM registers WHERE field = 'name' AND lookup = ?1 AND entity LIKE ?2",
+    )?;
+    let rows = stmt.query_map(params![base.to_lowercase(), format!("{prefix}%")], |r| {
+        r.get::<_, String>(0)
+    })?;
+    for row in rows {
+        if let Some(id) = parse_entity(prefix, &row?) {
+            if id.simple().to_string().ends_with(&hex) {
+                return Ok(Some(id));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Every entity of kind `prefix` that has a name, in id (creation) order.
 fn entities_with_name(conn: &Connection, prefix: &str) -> Result<Vec<String>, Error> {
     let mut stmt = conn.prepare(
