@@ -197,6 +197,7 @@ impl Db {
         }
         log::write_clock(&tx, clock)?;
         tx.commit()?;
+        self.commits += 1;
         Ok(out)
     }
 
