@@ -96,12 +96,7 @@ impl Appender {
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let hlc = next_hlc(self.hlc, now);
         let seq = self.seq + 1;
-        let body = serde_json::to_string(&change).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let topic = change.message.as_ref().map(|m| m.topic.to_string());
-        tx.prepare_cached(
-            "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![origin.node, origin.incarnation, seq as i64, hlc as i64, change.kind, body, topic])?;
+        record(tx, &origin.node, &origin.incarnation, seq, hlc, &change)?;
         // The event is in the log from here on: the next one follows it
         // even if applying this one fails.
         (self.seq, self.hlc) = (seq, hlc);
@@ -126,8 +121,43 @@ impl Appender {
     }
 }
 
+/// Stores an event (local or replicated) in the log, before [`apply`]:
+/// a message's topic and id go in their own indexed columns too.
+pub fn record(
+    tx: &Transaction<'_>,
+    node: &str,
+    incarnation: &str,
+    seq: u64,
+    hlc: u64,
+    change: &Change,
+) -> Result<(), Error> {
+    let body = serde_json::to_string(change).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let (topic, message_id) = match &change.message {
+        Some(m) => (Some(m.topic.to_string()), Some(m.id.as_str())),
+        None => (None, None),
+    };
+    tx.prepare_cached(
+        "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic, message_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        node,
+        incarnation,
+        seq as i64,
+        hlc as i64,
+        change.kind,
+        body,
+        topic,
+        message_id
+    ])?;
+    Ok(())
+}
+
 /// Folds a change's writes into the registers: each write wins only if its
-/// `(hlc, origin)` is larger than the register's.
+/// `(hlc, origin)` is larger than the register's. Then, for a deleted
+/// account the change touched (by this change or an earlier one, in
+/// whatever order they arrived), removes its secrets from the log and the
+/// registers (see [`super::redact`]).
 pub fn apply(
     tx: &Transaction<'_>,
     origin_key: &str,
@@ -151,7 +181,7 @@ pub fn apply(
             origin_key
         ])?;
     }
-    Ok(())
+    super::redact::after_apply(tx, change)
 }
 
 /// The case-folded lookup key of fields that are searched by value (names).
