@@ -446,7 +446,13 @@ impl Session<'_> {
                         ..
                     }),
                     Some(result),
-                ) => self.committed(message_id, &from_json, &topic, request_id.as_deref(), result),
+                ) => self.committed(
+                    message_id,
+                    &from_json,
+                    &topic,
+                    request_id.as_deref(),
+                    result,
+                ),
                 _ => Outcome::Continue,
             };
             if let Outcome::Close(r) = outcome {
@@ -473,7 +479,13 @@ impl Session<'_> {
                 } => {
                     let result = commit.wait().await;
                     self.clock = super::BurstClock::default();
-                    self.committed(message_id, &from_json, &topic, request_id.as_deref(), result)
+                    self.committed(
+                        message_id,
+                        &from_json,
+                        &topic,
+                        request_id.as_deref(),
+                        result,
+                    )
                 }
             };
         }

@@ -383,9 +383,7 @@ type ReadJob = Box<dyn FnOnce(&Db) + Send>;
 
 /// Starts the thread that owns the read-only connection; it runs read jobs
 /// until every sender is dropped.
-fn spawn_reader(
-    db: Db,
-) -> Result<(mpsc::Sender<ReadJob>, std::thread::JoinHandle<()>), Error> {
+fn spawn_reader(db: Db) -> Result<(mpsc::Sender<ReadJob>, std::thread::JoinHandle<()>), Error> {
     let (reads, mut rx) = mpsc::channel::<ReadJob>(QUEUE);
     let thread = std::thread::Builder::new()
         .name("tenthbit-store-read".into())
@@ -602,10 +600,7 @@ mod tests {
         release.send(()).unwrap();
         writer.await.unwrap().unwrap();
         store.close().await;
-        assert!(matches!(
-            store.read(|_| Ok(())).await,
-            Err(Error::Closed)
-        ));
+        assert!(matches!(store.read(|_| Ok(())).await, Err(Error::Closed)));
     }
 
     #[test]

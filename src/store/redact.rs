@@ -131,7 +131,9 @@ mod tests {
     fn a_delete_removes_the_hash_and_keys_from_events_and_registers() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(dir.path(), "n1").unwrap();
-        let a = db.create_account("alice", "$argon2id$SECRET-HASH-1").unwrap();
+        let a = db
+            .create_account("alice", "$argon2id$SECRET-HASH-1")
+            .unwrap();
         db.set_password(a.id, "$argon2id$SECRET-HASH-2").unwrap();
         db.set_key(a.id, "PUBKEY-ONE", true).unwrap();
         db.set_key(a.id, "PUBKEY-TWO", true).unwrap();
