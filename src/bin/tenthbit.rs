@@ -424,6 +424,22 @@ async fn interactive(target: &str, server: &ServerArgs) -> Result<()> {
     let client = prepared.client().await?;
     let (mut rd, mut wr) = client.into_split();
     let color = std::io::stdout().is_terminal();
+    let mut state = State::default();
+    let paint = |line: String, code: &str| {
+        if color {
+            format!("\x1b[{code}m{line}\x1b[0m")
+        } else {
+            line
+        }
+    };
+    // The first packet (`welcome`), then the hint, printed before the line
+    // editor starts: printed through it, the two raced, and the hint could
+    // land inside the welcome line or be lost.
+    match rd.recv_timeout(std::time::Duration::from_secs(30)).await {
+        Ok(p) => println!("{}", paint(state.render(&p, &clock(p.ts)), "0")),
+        Err(e) => return Err(e).context("waiting for the server's welcome"),
+    }
+    println!("connected; /help lists the commands");
     let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
     let history = KnownServers::default_path().and_then(|p| p.parent().map(|d| d.join("history")));
     if let Some(h) = &history {
@@ -467,16 +483,7 @@ async fn interactive(target: &str, server: &ServerArgs) -> Result<()> {
             let _ = editor.append_history(h);
         }
     });
-    let mut state = State::default();
-    let paint = |line: String, code: &str| {
-        if color {
-            format!("\x1b[{code}m{line}\x1b[0m")
-        } else {
-            line
-        }
-    };
     use rustyline::ExternalPrinter as _;
-    let _ = printer.print("connected; /help lists the commands".to_owned());
     // Whether the user ended the session (the editor thread then stops by
     // itself) or the server did (the editor still waits for a line).
     let mut user_ended = false;
