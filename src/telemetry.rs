@@ -47,7 +47,10 @@ mod tests {
         let f = filter("info").unwrap().to_string();
         assert!(f.contains("rustls=error"), "{f}");
         let f = filter("info,rustls=debug").unwrap().to_string();
-        assert!(f.contains("rustls=debug") && !f.contains("rustls=error"), "{f}");
+        assert!(
+            f.contains("rustls=debug") && !f.contains("rustls=error"),
+            "{f}"
+        );
         assert!(filter("info,=bogus[").is_err());
     }
 }

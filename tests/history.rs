@@ -380,7 +380,11 @@ async fn numbers_come_back_from_history_as_sent() {
         .unwrap();
     dan.send_raw(b"\n").await.unwrap();
     let history = line_with_op(&mut dan, "history").await;
-    assert_eq!(history.matches(&format!(r#""ex":{ex}"#)).count(), 2, "{history}");
+    assert_eq!(
+        history.matches(&format!(r#""ex":{ex}"#)).count(),
+        2,
+        "{history}"
+    );
     // And it is still one valid packet, answering the request.
     let p = Packet::decode(history.as_bytes(), 64).unwrap();
     assert_eq!(p.ex_str("for"), Some("h"));

@@ -351,7 +351,11 @@ async fn a_deleted_accounts_hash_and_keys_leave_the_store() {
     request(&mut a, Packet::request("key-add").with("key", public(&k))).await;
     let old = key(5);
     request(&mut a, Packet::request("key-add").with("key", public(&old))).await;
-    request(&mut a, Packet::request("key-remove").with("key", public(&old))).await;
+    request(
+        &mut a,
+        Packet::request("key-remove").with("key", public(&old)),
+    )
+    .await;
     let p = request(
         &mut a,
         Packet::request("delete-account").with("password", "hellosecret"),
