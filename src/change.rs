@@ -35,7 +35,8 @@ impl Entity {
 pub mod field {
     /// The account's name (display case kept; unique case-insensitively).
     pub const NAME: &str = "name";
-    /// argon2id PHC string.
+    /// argon2id PHC string. Redacted from every event when the account is
+    /// deleted, with the `key:` fields (see `store::redact`).
     pub const PASSWORD: &str = "password";
     /// `true` when an admin disabled the account.
     pub const DISABLED: &str = "disabled";
