@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, ExJson, Message};
 use crate::proto::id::{UuidText, new_uuid, uuid_at, uuids_at};
-use crate::proto::packet::{ExText, encode_line, write_relay};
+use crate::proto::packet::{ExText, KeptSend, encode_line, write_relay};
 use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet};
@@ -617,14 +617,7 @@ impl Session<'_> {
             };
             // Each message as the relay was, `ex` as stored: its text, so
             // numbers come back with every digit they were sent with.
-            let kept = KeptMessage {
-                id: &m.id,
-                ts: m.ts,
-                topic: &topic_text,
-                op: "send",
-                from: &from,
-                ex: (!m.ex.is_empty()).then(|| m.ex.raw()),
-            };
+            let kept = KeptSend::new(m, m.ts, &topic_text, &from);
             let Ok(text) = serde_json::value::to_raw_value(&kept) else {
                 continue;
             };
@@ -653,18 +646,6 @@ impl Session<'_> {
         });
         Ok(self.reply_line(line))
     }
-}
-
-/// A kept message in a `history` answer: the relay's envelope.
-#[derive(serde::Serialize)]
-struct KeptMessage<'a> {
-    id: &'a str,
-    ts: i64,
-    topic: &'a str,
-    op: &'static str,
-    from: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ex: Option<&'a RawValue>,
 }
 
 /// The `history` answer, in `Packet`'s field order, with the messages as

@@ -43,7 +43,18 @@ const MIGRATIONS: &[&str] = &[
     // topic, in history order.
     "ALTER TABLE events ADD COLUMN topic TEXT;
      CREATE INDEX events_topic ON events (topic, hlc, origin, incarnation, seq) WHERE topic IS NOT NULL;",
-    // v4: a message's id in its own indexed column, filled for the messages
+    // v4: the version vector: the highest seq held of each origin, apart
+    // from the events so that pruning history never lowers it (mesh links
+    // are cursors over it, and a node's own next seq comes from it).
+    "CREATE TABLE vv (
+        origin      TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        PRIMARY KEY (origin, incarnation)
+     ) STRICT, WITHOUT ROWID;
+     INSERT INTO vv (origin, incarnation, seq)
+        SELECT origin, incarnation, MAX(seq) FROM events GROUP BY origin, incarnation;",
+    // v5: a message's id in its own indexed column, filled for the messages
     // already kept, so an id cursor is one index lookup instead of a scan of
     // the topic's bodies; and an index of the events that are not messages
     // (state changes, a few per account or topic), which redaction reads.
@@ -84,21 +95,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn v4_fills_the_message_id_of_messages_already_kept() {
+    fn v5_fills_the_message_id_of_messages_already_kept() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
-        // A store as version 3 left it, with one message and one state event.
-        for sql in &MIGRATIONS[..3] {
+        // A store as version 4 left it, with one message and one state event.
+        for sql in &MIGRATIONS[..4] {
             conn.execute_batch(sql).unwrap();
         }
-        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.pragma_update(None, "user_version", 4).unwrap();
         conn.execute_batch(
             r#"INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES
                  ('n', 'i', 1, 1, 'account.create', '{"kind":"account.create","writes":[]}', NULL),
                  ('n', 'i', 2, 2, 'message', '{"kind":"message","writes":[],"message":{"topic":"t","id":"abc","ts":0,"sender":"s","ex":{}}}', 't');"#,
         )
         .unwrap();
-        assert_eq!(migrate(&mut conn).unwrap(), 3);
+        assert_eq!(migrate(&mut conn).unwrap(), 4);
         let ids: Vec<Option<String>> = conn
             .prepare("SELECT message_id FROM events ORDER BY seq")
             .unwrap()

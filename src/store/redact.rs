@@ -177,7 +177,14 @@ mod tests {
             let tx = db.conn.unchecked_transaction().unwrap();
             for i in order {
                 let (seq, hlc, change) = &events[i];
-                log::record(&tx, "peer", "inc", *seq, *hlc << 16, change).unwrap();
+                let event = log::Event {
+                    node: "peer".into(),
+                    incarnation: "inc".into(),
+                    seq: *seq,
+                    hlc: *hlc << 16,
+                    change: change.clone(),
+                };
+                log::insert(&tx, &event).unwrap();
                 log::apply(&tx, "peer/inc", *hlc << 16, change).unwrap();
             }
             tx.commit().unwrap();
