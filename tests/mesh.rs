@@ -620,3 +620,99 @@ async fn a_wrong_certificate_is_refused() {
     }
     assert_eq!(c.nodes[0].status().await.links[0].state, "down");
 }
+
+/// Every text of a node's events and registers, read from its database
+/// file beside the running server (WAL lets a reader in).
+fn store_text(node: &cluster::Node) -> String {
+    let path = node.server().dir.path().join("data/tenthbit.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut out = String::new();
+    for sql in [
+        "SELECT body FROM events",
+        "SELECT entity || ' ' || field || ' ' || value FROM registers",
+    ] {
+        let mut stmt = conn.prepare(sql).unwrap();
+        for row in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+            out.push_str(&row.unwrap());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// An account deleted on one node leaves no password hash and no public
+/// key in the other node's store either: the redaction is in the apply
+/// path that replicated events take too.
+#[tokio::test]
+async fn a_deleted_accounts_secrets_leave_every_node() {
+    let c = Cluster::start(2, &[(0, 1)]).await;
+    c.nodes[0].server().register("dan", PW).await;
+    let mut dan = c.nodes[0].server().login("dan", PW).await;
+    let key = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    let p = request(&mut dan, Packet::request("key-add").with("key", key)).await;
+    assert_eq!(p.op, "ack", "{p:?}");
+    c.converged(&[0, 1]).await;
+    let before = store_text(&c.nodes[1]);
+    assert!(before.contains("$argon2") && before.contains(key));
+    let p = request(
+        &mut dan,
+        Packet::request("delete-account").with("password", PW),
+    )
+    .await;
+    assert_eq!(p.op, "export", "{p:?}");
+    c.converged(&[0, 1]).await;
+    for node in &c.nodes {
+        let text = store_text(node);
+        assert!(!text.contains("$argon2"), "{}: {text}", node.name);
+        assert!(!text.contains(key), "{}: {text}", node.name);
+        assert!(text.contains("account.delete"), "{}: {text}", node.name);
+    }
+}
+
+/// A kept message's numbers reach members on another node, and that
+/// node's history, with every digit.
+#[tokio::test]
+async fn numbers_cross_the_mesh_as_sent() {
+    let c = Cluster::start(2, &[(0, 1)]).await;
+    c.nodes[0].server().register("dan", PW).await;
+    c.nodes[0].server().register("bob", PW).await;
+    let mut dan = c.nodes[0].server().login("dan", PW).await;
+    let topic = create(&mut dan, "nums").await;
+    c.converged(&[0, 1]).await;
+    let mut bob = c.nodes[1].server().login("bob", PW).await;
+    assert_eq!(request(&mut bob, on("join", &topic)).await.op, "meta");
+    c.converged(&[0, 1]).await;
+    let ex = r#"{"big":18446744073709551617,"pi":3.14159265358979323846264338327950288}"#;
+    let line = format!(r#"{{"op":"send","id":"s1","topic":"{topic}","ex":{ex}}}"#);
+    dan.send_raw(format!("{line}\n").as_bytes()).await.unwrap();
+    let wanted = format!(r#","ex":{ex}}}"#);
+    let relay = loop {
+        let line = tokio::time::timeout(WAIT, bob.recv_line())
+            .await
+            .expect("the relay arrives")
+            .unwrap()
+            .expect("open");
+        let text = String::from_utf8(line.to_vec()).unwrap();
+        if text.contains(r#""op":"send""#) {
+            break text;
+        }
+    };
+    assert!(relay.ends_with(&wanted), "{relay}");
+    bob.send_raw(format!("{{\"op\":\"history\",\"id\":\"h\",\"topic\":\"{topic}\"}}\n").as_bytes())
+        .await
+        .unwrap();
+    let history = loop {
+        let line = tokio::time::timeout(WAIT, bob.recv_line())
+            .await
+            .expect("history answers")
+            .unwrap()
+            .expect("open");
+        let text = String::from_utf8(line.to_vec()).unwrap();
+        if text.contains(r#""op":"history""#) {
+            break text;
+        }
+    };
+    assert!(history.contains(&format!(r#""ex":{ex}"#)), "{history}");
+}
