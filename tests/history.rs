@@ -329,22 +329,6 @@ async fn closing_with_messages_in_flight_answers_everything() {
     server.stop().await;
 }
 
-/// The next line (raw text) whose op is `op`, skipping others.
-async fn line_with_op(c: &mut Client, op: &str) -> String {
-    let wanted = format!("\"op\":\"{op}\"");
-    loop {
-        let line = tokio::time::timeout(WAIT, c.recv_line())
-            .await
-            .unwrap_or_else(|_| panic!("waiting for {op}"))
-            .expect("read")
-            .unwrap_or_else(|| panic!("closed waiting for {op}"));
-        let text = String::from_utf8(line.to_vec()).expect("UTF-8");
-        if text.contains(&wanted) {
-            return text;
-        }
-    }
-}
-
 #[tokio::test]
 async fn numbers_come_back_from_history_as_sent() {
     let server = TestServer::start().await;

@@ -362,25 +362,10 @@ async fn a_deleted_accounts_hash_and_keys_leave_the_store() {
     )
     .await;
     assert_eq!(p.op, "export", "{p:?}");
-    let dump = |path: &std::path::Path| {
-        let conn = rusqlite::Connection::open(path.join("tenthbit.db")).unwrap();
-        let mut out = String::new();
-        for sql in [
-            "SELECT body FROM events",
-            "SELECT entity || ' ' || field || ' ' || value FROM registers",
-        ] {
-            let mut stmt = conn.prepare(sql).unwrap();
-            for row in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
-                out.push_str(&row.unwrap());
-                out.push('\n');
-            }
-        }
-        out
-    };
     // Stopped, the data directory kept: what is on disk.
     let TestServer { handle, dir, .. } = server;
     handle.shutdown().await;
-    let text = dump(&dir.path().join("data"));
+    let text = store_text(&dir.path().join("data"));
     // The store holds no other account: no argon2 hash is left at all.
     assert!(!text.contains("$argon2"), "{text}");
     for k in [&k, &old] {

@@ -621,25 +621,9 @@ async fn a_wrong_certificate_is_refused() {
     assert_eq!(c.nodes[0].status().await.links[0].state, "down");
 }
 
-/// Every text of a node's events and registers, read from its database
-/// file beside the running server (WAL lets a reader in).
-fn store_text(node: &cluster::Node) -> String {
-    let path = node.server().dir.path().join("data/tenthbit.db");
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let mut out = String::new();
-    for sql in [
-        "SELECT body FROM events",
-        "SELECT entity || ' ' || field || ' ' || value FROM registers",
-    ] {
-        let mut stmt = conn.prepare(sql).unwrap();
-        for row in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
-            out.push_str(&row.unwrap());
-            out.push('\n');
-        }
-    }
-    out
+/// Every text of a node's events and registers.
+fn node_store(node: &cluster::Node) -> String {
+    store_text(&node.server().dir.path().join("data"))
 }
 
 /// An account deleted on one node leaves no password hash and no public
@@ -654,7 +638,7 @@ async fn a_deleted_accounts_secrets_leave_every_node() {
     let p = request(&mut dan, Packet::request("key-add").with("key", key)).await;
     assert_eq!(p.op, "ack", "{p:?}");
     c.converged(&[0, 1]).await;
-    let before = store_text(&c.nodes[1]);
+    let before = node_store(&c.nodes[1]);
     assert!(before.contains("$argon2") && before.contains(key));
     let p = request(
         &mut dan,
@@ -664,7 +648,7 @@ async fn a_deleted_accounts_secrets_leave_every_node() {
     assert_eq!(p.op, "export", "{p:?}");
     c.converged(&[0, 1]).await;
     for node in &c.nodes {
-        let text = store_text(node);
+        let text = node_store(node);
         assert!(!text.contains("$argon2"), "{}: {text}", node.name);
         assert!(!text.contains(key), "{}: {text}", node.name);
         assert!(text.contains("account.delete"), "{}: {text}", node.name);
@@ -688,31 +672,11 @@ async fn numbers_cross_the_mesh_as_sent() {
     let line = format!(r#"{{"op":"send","id":"s1","topic":"{topic}","ex":{ex}}}"#);
     dan.send_raw(format!("{line}\n").as_bytes()).await.unwrap();
     let wanted = format!(r#","ex":{ex}}}"#);
-    let relay = loop {
-        let line = tokio::time::timeout(WAIT, bob.recv_line())
-            .await
-            .expect("the relay arrives")
-            .unwrap()
-            .expect("open");
-        let text = String::from_utf8(line.to_vec()).unwrap();
-        if text.contains(r#""op":"send""#) {
-            break text;
-        }
-    };
+    let relay = line_with_op(&mut bob, "send").await;
     assert!(relay.ends_with(&wanted), "{relay}");
     bob.send_raw(format!("{{\"op\":\"history\",\"id\":\"h\",\"topic\":\"{topic}\"}}\n").as_bytes())
         .await
         .unwrap();
-    let history = loop {
-        let line = tokio::time::timeout(WAIT, bob.recv_line())
-            .await
-            .expect("history answers")
-            .unwrap()
-            .expect("open");
-        let text = String::from_utf8(line.to_vec()).unwrap();
-        if text.contains(r#""op":"history""#) {
-            break text;
-        }
-    };
+    let history = line_with_op(&mut bob, "history").await;
     assert!(history.contains(&format!(r#""ex":{ex}"#)), "{history}");
 }
