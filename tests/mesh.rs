@@ -101,7 +101,22 @@ async fn replicates_over_a_barbell() {
 /// the other end, the same packet as on the sender's node, in order.
 #[tokio::test]
 async fn kept_messages_reach_members_on_other_nodes_in_order() {
-    let c = Cluster::start(3, LINE3).await;
+    // Short keepalives: a link that stopped sending them would be dropped
+    // (and replaced) within the test.
+    let c = Cluster::start_with(3, LINE3, |_, cfg| {
+        cfg.mesh.keepalive_interval_ms = 50;
+        cfg.mesh.idle_timeout_ms = 400;
+    })
+    .await;
+    for i in 0..3 {
+        c.links_up(i, &neighbours(i, LINE3)).await;
+    }
+    let links = |s: Vec<tenthbit::mesh::status::Status>| -> Vec<Option<u64>> {
+        s.iter()
+            .flat_map(|s| s.links.iter().map(|l| l.link))
+            .collect()
+    };
+    let before = links(c.statuses(&[0, 1, 2]).await);
     c.nodes[0].server().register("dan", PW).await;
     c.nodes[0].server().register("bob", PW).await;
     let mut dan = c.nodes[0].server().login("dan", PW).await;
@@ -124,6 +139,8 @@ async fn kept_messages_reach_members_on_other_nodes_in_order() {
         assert_eq!(far, near, "the relay is the same on every node");
         assert_eq!(far.from.as_deref(), Some("dan"));
     }
+    // Busy links keep sending keepalives: none was dropped.
+    assert_eq!(links(c.statuses(&[0, 1, 2]).await), before);
 }
 
 fn ticket_auth(ticket: &str) -> Packet {
@@ -679,4 +696,19 @@ async fn numbers_cross_the_mesh_as_sent() {
         .unwrap();
     let history = line_with_op(&mut bob, "history").await;
     assert!(history.contains(&format!(r#""ex":{ex}"#)), "{history}");
+}
+
+/// The mesh benchmark's workloads run end to end (small sizes; the
+/// figures are measured in release builds, never asserted).
+#[tokio::test]
+async fn mesh_benchmark_workloads_run() {
+    let heal = tenthbit::bench::mesh::heal(1, 200).await.expect("heal");
+    assert!(
+        heal.notes.iter().any(|(k, _)| k.contains("p50")),
+        "{heal:?}"
+    );
+    let catchup = tenthbit::bench::mesh::catchup(2_000)
+        .await
+        .expect("catchup");
+    assert!(catchup.seconds > 0.0, "{catchup:?}");
 }

@@ -201,3 +201,45 @@ impl MeshConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn check(toml: &str) -> String {
+        Config::from_toml(toml)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_bad_peer_entry_is_named() {
+        let fp = "AB:".repeat(31) + "AB";
+        assert_eq!(
+            check(&format!(
+                "[mesh]\nenabled = true\n[[mesh.peer]]\nnode = \"n2\"\naddr = \"127.0.0.1:1\"\nfingerprint = \"{fp}\"\n"
+            )),
+            ""
+        );
+        let err = check("[[mesh.peer]]\nnode = \"n2\"\nfingerprint = \"zz\"\n");
+        assert!(
+            err.contains("mesh.peer") && err.contains("entry 1") && err.contains("fingerprint"),
+            "{err}"
+        );
+        let err = check(&format!(
+            "[[mesh.peer]]\nnode = \"node1\"\nfingerprint = \"{fp}\"\n"
+        ));
+        assert!(err.contains("names this node itself"), "{err}");
+        let err = check("[[mesh.peer]]\nnode = \"n2\"\n");
+        assert!(err.contains("needs fingerprint or ca_file"), "{err}");
+        let err = check(&format!(
+            "[[mesh.peer]]\nnode = \"n2\"\nfingerprint = \"{fp}\"\n[[mesh.peer]]\nnode = \"n2\"\nfingerprint = \"{fp}\"\n"
+        ));
+        assert!(err.contains("entry 2") && err.contains("twice"), "{err}");
+        let err = check("[[mesh.peer]]\nnode = \"n2\"\nfingerprnt = \"x\"\n");
+        assert!(err.contains("fingerprnt"), "{err}");
+        let err = check("[mesh]\nkeepalive_interval_ms = 5000\nidle_timeout_ms = 5000\n");
+        assert!(err.contains("mesh.idle_timeout_ms"), "{err}");
+    }
+}

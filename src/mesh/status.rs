@@ -50,6 +50,8 @@ pub struct LinkStatus {
     pub peer: String,
     /// `up` or `down`.
     pub state: String,
+    /// The link in use (a new number for every link this process makes).
+    pub link: Option<u64>,
     /// We dialled the link in use.
     pub dialed: Option<bool>,
     /// How long the link has been up.
@@ -89,6 +91,7 @@ pub(super) async fn collect(inner: &Arc<Inner>) -> Result<Status, crate::store::
                 LinkStatus {
                     peer: p.node.clone(),
                     state: "up".into(),
+                    link: Some(l.id),
                     dialed: Some(l.dialed),
                     up_ms: Some(u64::try_from(l.since.elapsed().as_millis()).unwrap_or(u64::MAX)),
                     peer_lacks: vv.ahead_of(&acked),
@@ -102,6 +105,7 @@ pub(super) async fn collect(inner: &Arc<Inner>) -> Result<Status, crate::store::
             None => LinkStatus {
                 peer: p.node.clone(),
                 state: "down".into(),
+                link: None,
                 dialed: None,
                 up_ms: None,
                 peer_lacks: 0,
