@@ -7,6 +7,8 @@
 //!   self-signed default certificate, client trust (fingerprint pinning).
 //! - [`conn`]: one connection: handshake deadline, [`conn::framing`] (lines),
 //!   [`conn::gzip`] (the compressed transport), [`conn::reader`], [`conn::writer`].
+//! - [`web`]: ALPN `http/1.1` on the client port: the web client's page and
+//!   WebSocket sessions handed to the same session code.
 //! - [`proto`]: the wire format, no I/O: envelope, requests, replies, error codes.
 //! - [`session`]: login state and the one-reply-per-request rule.
 //! - [`router`]: destinations and their bounded outbound queues.
@@ -32,6 +34,7 @@ pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod web;
 
 pub use config::Config;
 pub use server::{ServerHandle, start, start_on};

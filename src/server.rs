@@ -73,6 +73,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Cancelled when the grace period is over: close whatever is left.
     pub hard_stop: CancellationToken,
+    /// Which browser origins may open a WebSocket.
+    pub web_origins: crate::web::origin::Policy,
     counts: Mutex<ConnCounts>,
     next_conn_id: AtomicU64,
 }
@@ -221,7 +223,7 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
         path: data_dir.clone(),
         cause,
     })?;
-    let server_tls = tls::server_config(&config.tls, &config.server.name)?;
+    let server_tls = tls::server_config(&config.tls, &config.server.name, config.web.enabled)?;
     let passwords = Passwords::new(config.auth.cost(), config.auth.concurrent_hashes())?;
     let store = Store::open(&data_dir, &config.server.node)?;
     let topics = store.call(|db| db.all_topics()).await?;
@@ -239,6 +241,7 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
     let shared = Arc::new(Shared {
         session_ctx: session::Context::new(&config, store.clone(), passwords, topics),
         acceptor: TlsAcceptor::from(server_tls.config),
+        web_origins: crate::web::origin::Policy::new(&config.web.allowed_origins),
         config,
         shutdown: CancellationToken::new(),
         hard_stop: CancellationToken::new(),

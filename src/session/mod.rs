@@ -572,15 +572,19 @@ impl<'a> Session<'a> {
 
     /// Handles a line that was over the limit and discarded.
     pub async fn handle_too_long(&mut self) -> Outcome {
+        let limit = self.ctx.max_line_bytes;
+        let message = format!("line longer than {limit} bytes; discarded");
+        self.handle_refused(ErrorCode::PacketTooLarge, message)
+            .await
+    }
+
+    /// Handles input that is not a packet (an over-long line, a WebSocket
+    /// binary message): one error reply, in request order.
+    pub async fn handle_refused(&mut self, code: ErrorCode, message: String) -> Outcome {
         if let Outcome::Close(r) = self.drain().await {
             return Outcome::Close(r);
         }
-        let limit = self.ctx.max_line_bytes;
-        self.fail(
-            None,
-            ErrorCode::PacketTooLarge,
-            format!("line longer than {limit} bytes; discarded"),
-        )
+        self.fail(None, code, message)
     }
 
     fn logged_in(&self) -> Result<std::sync::Arc<LoggedIn>, Denied> {
