@@ -43,8 +43,27 @@ impl TestServer {
         Self::launch(dir, tweak).await
     }
 
+    /// Restarts on the same data directory, certificate and port (for
+    /// clients that reconnect to the address they know, like the web page).
+    pub async fn restart_same_port(self, tweak: impl FnOnce(&mut Config)) -> Self {
+        let TestServer {
+            handle, dir, addr, ..
+        } = self;
+        handle.shutdown().await;
+        Self::launch_at(dir, tweak, addr).await
+    }
+
     /// Starts a server whose state and certificate live in `dir`.
     async fn launch(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::launch_at(dir, tweak, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// [`TestServer::launch`] on `addr`.
+    async fn launch_at(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Config),
+        addr: SocketAddr,
+    ) -> Self {
         let mut config = Config::default();
         config.server.data_dir = dir.path().join("data");
         config.tls.cert_file = dir.path().join("certs/server.crt");
@@ -54,7 +73,7 @@ impl TestServer {
         config.auth.argon2_iterations = 1;
         tweak(&mut config);
         config.validate().expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let handle = tenthbit::start_on(config, vec![listener])
             .await
             .expect("server starts");
