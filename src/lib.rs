@@ -17,6 +17,7 @@
 //! - [`client`]: the client library used by the `tenthbit` binary, tests and benchmark.
 //! - [`bench`]: the benchmark workloads behind `tenthbit bench`.
 //! - [`admin`]: the admin CLI's operations on the store.
+//! - [`ops`]: the operator's listener (`/metrics`, `/healthz`) and the metrics.
 //! - [`config`], [`telemetry`]: settings and logging.
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod change;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod ops;
 pub mod password;
 pub mod procfs;
 pub mod proto;

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::conn;
+use crate::ops::Metrics;
 use crate::password::Passwords;
 use crate::proto::ErrorCode;
 use crate::session;
@@ -145,6 +146,7 @@ fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<(Admission, Option<ErrorCod
 /// A running server.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
+    ops_addr: Option<SocketAddr>,
     fingerprint: [u8; 32],
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -160,6 +162,11 @@ impl ServerHandle {
     /// Every bound address, in config order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The operator's listener's address, when `ops.enabled`.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
     }
 
     /// SHA-256 of the server certificate.
@@ -225,7 +232,11 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
     })?;
     let server_tls = tls::server_config(&config.tls, &config.server.name, config.web.enabled)?;
     let passwords = Passwords::new(config.auth.cost(), config.auth.concurrent_hashes())?;
-    let store = Store::open(&data_dir, &config.server.node)?;
+    let metrics = Arc::new(Metrics::new());
+    let observer = metrics.clone();
+    let store = Store::open_observed(&data_dir, &config.server.node, move |took| {
+        observer.commit(took)
+    })?;
     let topics = store.call(|db| db.all_topics()).await?;
     if server_tls.generated {
         info!(cert = %config.tls.cert_file.display(), key = %config.tls.key_file.display(), "generated a self-signed certificate");
@@ -238,8 +249,22 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
         })?;
         addrs.push(addr);
     }
+    let ops = match config.ops.enabled {
+        true => {
+            let addr = config.ops.listen;
+            let l = bind(addr).map_err(|cause| Error::Bind { addr, cause })?;
+            let bound = l
+                .local_addr()
+                .map_err(|cause| Error::Bind { addr, cause })?;
+            Some((l, bound))
+        }
+        false => None,
+    };
     let shared = Arc::new(Shared {
-        session_ctx: session::Context::new(&config, store.clone(), passwords, topics),
+        session_ctx: session::Context {
+            metrics: metrics.clone(),
+            ..session::Context::new(&config, store.clone(), passwords, topics)
+        },
         acceptor: TlsAcceptor::from(server_tls.config),
         web_origins: crate::web::origin::Policy::new(&config.web.allowed_origins),
         config,
@@ -254,9 +279,21 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
         tracker.spawn(accept_loop(shared.clone(), listener, tracker.clone()));
     }
     tracker.spawn(prune_loop(shared.clone()));
+    let ops_addr = ops.as_ref().map(|(_, a)| *a);
+    if let Some((listener, addr)) = ops {
+        info!(%addr, "operator's listener (metrics, health)");
+        tracker.spawn(crate::ops::serve(
+            listener,
+            metrics.clone(),
+            shared.shutdown.clone(),
+        ));
+    }
+    // The store is open and every listener is bound.
+    metrics.set_ready(true);
     let shutdown = shared.shutdown.clone();
     let task = tokio::spawn(async move {
         shared.shutdown.cancelled().await;
+        metrics.set_ready(false);
         info!("shutting down: no new connections, telling clients");
         tracker.close();
         let grace = shared.config.limits.shutdown_grace();
@@ -273,6 +310,7 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
     });
     Ok(ServerHandle {
         addrs,
+        ops_addr,
         fingerprint: server_tls.fingerprint,
         shutdown,
         task,

@@ -77,7 +77,10 @@ impl Script {
             },
             Ok(Ok(None)) => self.fail(&format!("the script ended before {word}")).await,
             Ok(Err(e)) => self.fail(&format!("reading the script: {e}")).await,
-            Err(_) => self.fail(&format!("no {word} from the script in time")).await,
+            Err(_) => {
+                self.fail(&format!("no {word} from the script in time"))
+                    .await
+            }
         }
     }
 
@@ -99,7 +102,9 @@ impl Script {
         } else {
             ""
         };
-        panic!("browser test: {what}; script exit: {status:?}\n--- script stderr ---\n{stderr}{hint}");
+        panic!(
+            "browser test: {what}; script exit: {status:?}\n--- script stderr ---\n{stderr}{hint}"
+        );
     }
 }
 

@@ -63,11 +63,13 @@ async fn serve(
     let writer_cfg = WriterConfig {
         gzip_level: (alpn == Alpn::Gzip).then_some(shared.config.tls.gzip_level),
         write_timeout: limits.write_timeout(),
+        packets_out: shared.session_ctx.metrics.packets_out.clone(),
     };
     let hard_stop = shared.hard_stop.clone();
     let frames = FrameReader::new(rd, alpn == Alpn::Gzip, limits.max_line_bytes);
     let session = Transport {
         protocol: alpn.name(),
+        label: alpn.name(),
         conn_id,
         peer_ip: peer.ip(),
         refusal,
@@ -82,6 +84,8 @@ async fn serve(
 pub(crate) struct Transport {
     /// The protocol named in `welcome`.
     pub protocol: &'static str,
+    /// The transport's label in the metrics.
+    pub label: &'static str,
     /// The connection's id.
     pub conn_id: u64,
     /// The client's address.
@@ -102,6 +106,8 @@ pub(crate) async fn run_session<I, W>(
     I: Input,
     W: Future<Output = writer::Ended> + Send + 'static,
 {
+    let metrics = &shared.session_ctx.metrics;
+    let _open = metrics.connection(transport.label);
     let (out, rx, closer) = Outbound::channel(shared.config.limits.max_sendq_packets);
     let writer = tokio::spawn(writer(rx, closer.clone()).instrument(tracing::Span::current()));
     let reason = if let Some(code) = transport.refusal {
@@ -124,7 +130,12 @@ pub(crate) async fn run_session<I, W>(
     drop(out);
     let ended = writer.await.ok();
     let reason = match closer.reason() {
-        Some((code, _)) => code.as_str().to_owned(),
+        Some((code, _)) => {
+            if *code == ErrorCode::SessionSendqExceeded {
+                metrics.slow_consumer();
+            }
+            code.as_str().to_owned()
+        }
         None => reason,
     };
     let writer = ended.map_or("panicked", writer::Ended::as_str);
@@ -242,6 +253,7 @@ async fn serve_session<I: Input>(
     session: &mut Session<'_>,
 ) -> String {
     let limits = &shared.config.limits;
+    let packets_in = &shared.session_ctx.metrics.packets_in;
     let login_deadline = Instant::now() + limits.login_timeout();
     let mut last_rx = Instant::now();
     // A packet came in since the loop last waited: `last_rx` is set when
@@ -317,6 +329,7 @@ async fn serve_session<I: Input>(
         };
         let outcome = match frame {
             Ok(Some(Item::Span(Span::Line(range)))) => {
+                packets_in.inc();
                 heard = true;
                 pinged = false;
                 let line = frames.line(range);
@@ -326,11 +339,13 @@ async fn serve_session<I: Input>(
                 session.handle_line(line).await
             }
             Ok(Some(Item::Span(Span::TooLong))) => {
+                packets_in.inc();
                 heard = true;
                 pinged = false;
                 Box::pin(session.handle_too_long()).await
             }
             Ok(Some(Item::Refused(code, message))) => {
+                packets_in.inc();
                 heard = true;
                 pinged = false;
                 Box::pin(session.handle_refused(code, message)).await

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::gzip::{Flush, GzipEncoder};
 use crate::proto::reply;
 use crate::router::{Closer, OutFrame, Receiver};
+use prometheus_client::metrics::counter::Counter;
 
 /// Most bytes gathered into one write.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -50,12 +51,14 @@ impl Ended {
 }
 
 /// Writer settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// `Some(level)` for a gzip session.
     pub gzip_level: Option<u32>,
     /// Longest a single socket write may take.
     pub write_timeout: Duration,
+    /// Counts the packets written.
+    pub packets_out: Counter,
 }
 
 /// Drains `rx` into `wr` until a `Close` frame, a forced close or a hard stop.
@@ -86,13 +89,20 @@ pub async fn run<W: AsyncWrite + Unpin>(
         frames.clear();
         let mut close = false;
         let mut size = 0;
+        let mut packets = 0;
         let mut next = Some(first);
         while let Some(frame) = next.take() {
-            let OutFrame::Lines { bytes, secret, .. } = frame else {
+            let OutFrame::Lines {
+                bytes,
+                secret,
+                count,
+            } = frame
+            else {
                 close = true;
                 break;
             };
             size += bytes.len();
+            packets += count;
             match gzip.as_mut() {
                 Some(z) => compress(z, &bytes, secret, &mut buf),
                 None => frames.push(bytes),
@@ -126,6 +136,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         if !ok {
             break Ended::WriteFailed;
         }
+        cfg.packets_out.inc_by(packets as u64);
         if close {
             break Ended::Drained;
         }
@@ -204,6 +215,7 @@ mod tests {
         let cfg = WriterConfig {
             gzip_level: Some(6),
             write_timeout: Duration::from_secs(5),
+            packets_out: Counter::default(),
         };
         let ended = run(server, rx, closer, CancellationToken::new(), cfg).await;
         assert_eq!(ended, Ended::Drained);
@@ -233,6 +245,7 @@ mod tests {
         let cfg = WriterConfig {
             gzip_level: None,
             write_timeout: Duration::from_secs(5),
+            packets_out: Counter::default(),
         };
         let ended = run(server, rx, closer, CancellationToken::new(), cfg).await;
         assert_eq!(ended, Ended::Forced);

@@ -358,12 +358,13 @@ impl Session<'_> {
         let burst = std::mem::take(&mut self.burst);
         let more = |n: usize| n + n / 4;
         self.burst.hint = (more(burst.relays.len()), more(burst.acks.len()));
-        self.ctx.presence.deliver(
+        let connections = self.ctx.presence.deliver(
             topic.members.iter(),
             &trimmed(burst.relays),
             burst.relay_count,
             self.conn_id,
         );
+        self.ctx.metrics.delivered(connections * burst.relay_count);
         match self.out.push_lines(trimmed(burst.acks), burst.ack_count) {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Close(CloseReason::SendqExceeded),
@@ -481,6 +482,7 @@ impl Session<'_> {
             Ok(event) => event,
             Err(e) => return self.push_now(Denied::from(e).into_packet(request_id).to_line()),
         };
+        self.ctx.metrics.kept();
         let opened = self.open_burst(topic);
         let ts = i64::try_from(event.hlc >> 16).unwrap_or_default();
         relay.ts = Some(ts);

@@ -121,6 +121,8 @@ pub struct Context {
     pub topics: Topics,
     /// History settings.
     pub history: crate::config::HistoryConfig,
+    /// The server's metrics.
+    pub metrics: std::sync::Arc<crate::ops::Metrics>,
 }
 
 impl Context {
@@ -161,6 +163,7 @@ impl Context {
             presence: Presence::default(),
             topics: Topics::load(topics),
             history: config.history.clone(),
+            metrics: std::sync::Arc::default(),
         }
     }
 }
@@ -617,6 +620,7 @@ impl<'a> Session<'a> {
     /// Queues one packet for the client, behind any kept message still
     /// committing (replies keep request order); a full queue ends the session.
     fn reply(&mut self, packet: Packet) -> Outcome {
+        self.ctx.metrics.reply(&packet);
         self.reply_line(packet.to_line())
     }
 

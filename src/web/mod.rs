@@ -39,6 +39,7 @@ pub(crate) async fn serve(
     conn_id: u64,
     refusal: Option<ErrorCode>,
 ) {
+    let counted = shared.session_ctx.metrics.connection("http");
     // The service leaves a pending upgrade here; hyper hands the connection
     // over to it once the response is written.
     let upgrade: Arc<Mutex<Option<routes::Pending>>> = Arc::default();
@@ -85,6 +86,7 @@ pub(crate) async fn serve(
         info!(reason = "http done", "connection closed");
         return;
     };
+    drop(counted);
     match pending.on.await {
         Ok(upgraded) if pending.accepted => {
             Box::pin(socket::run(&shared, upgraded, peer, conn_id)).await;

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -18,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::framing::Span;
-use crate::conn::writer::Ended;
+use crate::conn::writer::{Ended, WriterConfig};
 use crate::conn::{self, Input, Item, Stop, Transport};
 use crate::proto::{ErrorCode, reply};
 use crate::router::{Closer, OutFrame, Receiver};
@@ -50,14 +49,19 @@ pub(super) async fn run(shared: &Shared, upgraded: Upgraded, peer: SocketAddr, c
     };
     let transport = Transport {
         protocol: Alpn::Plain.name(),
+        label: "websocket",
         conn_id,
         peer_ip: peer.ip(),
         refusal: None,
     };
     let hard_stop = shared.hard_stop.clone();
-    let write_timeout = shared.config.limits.write_timeout();
+    let cfg = WriterConfig {
+        gzip_level: None,
+        write_timeout: shared.config.limits.write_timeout(),
+        packets_out: shared.session_ctx.metrics.packets_out.clone(),
+    };
     conn::run_session(shared, input, transport, move |rx, closer| {
-        write(sink, rx, closer, hard_stop, write_timeout)
+        write(sink, rx, closer, hard_stop, cfg)
     })
     .await;
 }
@@ -136,8 +140,9 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     mut rx: Receiver,
     closer: Arc<Closer>,
     hard_stop: CancellationToken,
-    write_timeout: Duration,
+    cfg: WriterConfig,
 ) -> Ended {
+    let write_timeout = cfg.write_timeout;
     let mut batch: Vec<Message> = Vec::new();
     let ended = loop {
         let first = tokio::select! {
@@ -152,13 +157,15 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
         batch.clear();
         let mut close = false;
         let mut size = 0;
+        let mut packets = 0;
         let mut next = Some(first);
         while let Some(frame) = next.take() {
-            let OutFrame::Lines { bytes, .. } = frame else {
+            let OutFrame::Lines { bytes, count, .. } = frame else {
                 close = true;
                 break;
             };
             size += bytes.len();
+            packets += count;
             split_lines(bytes, &mut batch);
             if size < BATCH_BYTES {
                 next = rx.try_recv();
@@ -182,6 +189,7 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
         if !ok {
             break Ended::WriteFailed;
         }
+        cfg.packets_out.inc_by(packets as u64);
         if close {
             break Ended::Drained;
         }

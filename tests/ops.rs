@@ -1,0 +1,117 @@
+//! The operator's listener: `/healthz` and a `/metrics` scrape whose figures
+//! move with traffic (connections, logins, packets, deliveries, kept
+//! messages, rate-limited packets, errors by code, store commits).
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use tenthbit::proto::Packet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `GET path` on the operator's listener: status and body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, body.to_owned())
+}
+
+/// The value of the sample named exactly `series` (name and labels).
+fn value(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic_and_health_says_ready() {
+    let server = TestServer::start_with(|c| {
+        c.ops.enabled = true;
+        c.ops.listen = "127.0.0.1:0".parse().expect("addr");
+        c.limits.packet_burst = 5;
+        c.limits.packets_per_second = 1;
+    })
+    .await;
+    let ops = server.handle.ops_addr().expect("ops listener bound");
+    assert_eq!(get(ops, "/healthz").await, (200, "ok\n".into()));
+    let (status, before) = get(ops, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(before.ends_with("# EOF\n"), "{before}");
+
+    server.register("dan", "hellosecret").await;
+    server.register("bob", "bobsecret1").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let mut bob = server.login("bob", "bobsecret1").await;
+    let mut bad = server.client().await;
+    let refused = request(&mut bad, password_auth("dan", "wrongwrong")).await;
+    assert_eq!(refused.ex_str("code"), Some("auth/failed"));
+    let created = request(&mut dan, Packet::request("create").with("name", "lobby")).await;
+    let topic = created.topic.expect("topic");
+    let joined = request(&mut bob, Packet::request("join").with("name", "lobby")).await;
+    assert_eq!(joined.op, "meta");
+    expect_op(&mut dan, "join").await;
+    let mut send = Packet::request("send").with("body", "counted");
+    send.topic = Some(topic);
+    assert_eq!(request(&mut dan, send).await.op, "ack");
+    expect_op(&mut bob, "send").await;
+    // Past the burst, packets are refused (the rate is 1 a second).
+    let mut limited = false;
+    for i in 0..10 {
+        let p = request(&mut bad, Packet::request("ping").with_id(format!("p{i}"))).await;
+        limited |= p.ex_str("code") == Some("rate/limited");
+    }
+    assert!(limited, "the rate limit never applied");
+
+    let (_, after) = get(ops, "/metrics").await;
+    for series in [
+        "tenthbit_connections_total{transport=\"10bit/0.1\"}",
+        "tenthbit_logins_total{method=\"password\",result=\"ok\"}",
+        "tenthbit_logins_total{method=\"password\",result=\"failed\"}",
+        "tenthbit_packets_in_total",
+        "tenthbit_packets_out_total",
+        "tenthbit_deliveries_total",
+        "tenthbit_messages_kept_total",
+        "tenthbit_rate_limited_packets_total",
+        "tenthbit_errors_total{code=\"auth/failed\"}",
+        "tenthbit_errors_total{code=\"rate/limited\"}",
+        "tenthbit_store_commit_seconds_count",
+    ] {
+        assert!(
+            value(&after, series) > value(&before, series),
+            "{series} did not move:\n{after}"
+        );
+    }
+    assert!(
+        value(&after, "tenthbit_connections_open{transport=\"10bit/0.1\"}") >= 3.0,
+        "{after}"
+    );
+    assert!(after.contains("tenthbit_slow_consumers_total 0"), "{after}");
+    assert_eq!(get(ops, "/nothing").await.0, 404);
+    server.stop().await;
+    // Stopped: the operator's listener is gone with the server.
+    assert!(TcpStream::connect(ops).await.is_err());
+}
+
+#[tokio::test]
+async fn the_operators_listener_is_off_by_default() {
+    let server = TestServer::start().await;
+    assert_eq!(server.handle.ops_addr(), None);
+    server.stop().await;
+}
