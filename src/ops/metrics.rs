@@ -123,7 +123,7 @@ impl Metrics {
         );
         r.register(
             "store_commit_seconds",
-            "Time to commit one group of changes to the store",
+            "Time to commit one group of kept messages to the store (group commit)",
             m.commit_seconds.clone(),
         );
         r.register(
