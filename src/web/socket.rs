@@ -17,17 +17,18 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::framing::Span;
-use crate::conn::writer::{Ended, WriterConfig};
+use crate::conn::writer::{Batch, Ended, WriterConfig, guarded, next_batch};
 use crate::conn::{self, Input, Item, Stop, Transport};
 use crate::proto::{ErrorCode, reply};
-use crate::router::{Closer, OutFrame, Receiver};
+use crate::router::{Closer, Receiver};
 use crate::server::Shared;
 use crate::tls::Alpn;
 
 /// Read buffer per WebSocket (tungstenite allocates it up front; its
 /// default, 128 KiB, would be most of an idle session's memory).
 const READ_BUFFER: usize = 8 * 1024;
-/// Most bytes gathered before one flush, as the 10bit writer does.
+/// tungstenite's write buffer: a batch (at most 64 KiB, as the 10bit
+/// writer gathers) is flushed once.
 const BATCH_BYTES: usize = 64 * 1024;
 
 /// Runs a WebSocket session on an upgraded connection to its end.
@@ -145,32 +146,14 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     let write_timeout = cfg.write_timeout;
     let mut batch: Vec<Message> = Vec::new();
     let ended = loop {
-        let first = tokio::select! {
-            biased;
-            _ = hard_stop.cancelled() => break Ended::Aborted,
-            _ = closer.closed() => break Ended::Forced,
-            f = rx.recv() => f,
-        };
-        let Some(first) = first else {
-            break Ended::Orphaned;
-        };
         batch.clear();
-        let mut close = false;
-        let mut size = 0;
-        let mut packets = 0;
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            let OutFrame::Lines { bytes, count, .. } = frame else {
-                close = true;
-                break;
-            };
-            size += bytes.len();
-            packets += count;
-            split_lines(bytes, &mut batch);
-            if size < BATCH_BYTES {
-                next = rx.try_recv();
-            }
-        }
+        let taken = next_batch(&mut rx, &closer, &hard_stop, |bytes, _| {
+            split_lines(bytes, &mut batch)
+        });
+        let Batch { packets, close } = match taken.await {
+            Ok(b) => b,
+            Err(ended) => break ended,
+        };
         let write = async {
             for message in batch.drain(..) {
                 sink.feed(message).await?;
@@ -180,14 +163,8 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
                 false => sink.flush().await,
             }
         };
-        let ok = tokio::select! {
-            biased;
-            _ = hard_stop.cancelled() => break Ended::Aborted,
-            _ = closer.closed() => break Ended::Cut,
-            r = tokio::time::timeout(write_timeout, write) => matches!(r, Ok(Ok(()))),
-        };
-        if !ok {
-            break Ended::WriteFailed;
+        if let Err(ended) = guarded(&closer, &hard_stop, write_timeout, write).await {
+            break ended;
         }
         cfg.packets_out.inc_by(packets as u64);
         if close {
