@@ -4,41 +4,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::*;
 use tenthbit::proto::Packet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// `GET path` on the operator's listener: status and body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let text = String::from_utf8(raw).expect("utf-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (status, body.to_owned())
-}
-
-/// The value of the sample named exactly `series` (name and labels).
-fn value(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.split(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test]
 async fn metrics_move_with_traffic_and_health_says_ready() {
@@ -50,8 +18,8 @@ async fn metrics_move_with_traffic_and_health_says_ready() {
     })
     .await;
     let ops = server.handle.ops_addr().expect("ops listener bound");
-    assert_eq!(get(ops, "/healthz").await, (200, "ok\n".into()));
-    let (status, before) = get(ops, "/metrics").await;
+    assert_eq!(plain_get(ops, "/healthz").await, (200, "ok\n".into()));
+    let (status, before) = plain_get(ops, "/metrics").await;
     assert_eq!(status, 200);
     assert!(before.ends_with("# EOF\n"), "{before}");
 
@@ -79,7 +47,7 @@ async fn metrics_move_with_traffic_and_health_says_ready() {
     }
     assert!(limited, "the rate limit never applied");
 
-    let (_, after) = get(ops, "/metrics").await;
+    let (_, after) = plain_get(ops, "/metrics").await;
     for series in [
         "tenthbit_connections_total{transport=\"10bit/0.1\"}",
         "tenthbit_logins_total{method=\"password\",result=\"ok\"}",
@@ -94,16 +62,16 @@ async fn metrics_move_with_traffic_and_health_says_ready() {
         "tenthbit_store_commit_seconds_count",
     ] {
         assert!(
-            value(&after, series) > value(&before, series),
+            sample(&after, series) > sample(&before, series),
             "{series} did not move:\n{after}"
         );
     }
     assert!(
-        value(&after, "tenthbit_connections_open{transport=\"10bit/0.1\"}") >= 3.0,
+        sample(&after, "tenthbit_connections_open{transport=\"10bit/0.1\"}") >= 3.0,
         "{after}"
     );
     assert!(after.contains("tenthbit_slow_consumers_total 0"), "{after}");
-    assert_eq!(get(ops, "/nothing").await.0, 404);
+    assert_eq!(plain_get(ops, "/nothing").await.0, 404);
     server.stop().await;
     // Stopped: the operator's listener is gone with the server.
     assert!(TcpStream::connect(ops).await.is_err());

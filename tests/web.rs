@@ -326,3 +326,58 @@ async fn web_clients_count_against_connection_limits() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn web_traffic_shows_in_the_metrics() {
+    let server = TestServer::start_with(|c| {
+        c.ops.enabled = true;
+        c.ops.listen = "127.0.0.1:0".parse().expect("addr");
+    })
+    .await;
+    let ops = server.handle.ops_addr().expect("ops listener");
+    let mut ws = websocket(&server, None).await;
+    assert_eq!(
+        ws_request(&mut ws, "p", Packet::request("ping")).await.op,
+        "pong"
+    );
+    ws.send(Message::binary(vec![0u8])).await.expect("send");
+    ws_expect(&mut ws, "error").await;
+    assert_eq!(
+        http(&server, "GET /nothing HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .0,
+        404
+    );
+    let (_, scrape) = plain_get(ops, "/metrics").await;
+    for (series, expected) in [
+        ("tenthbit_connections_total{transport=\"websocket\"}", 1.0),
+        ("tenthbit_connections_open{transport=\"websocket\"}", 1.0),
+        ("tenthbit_connections_total{transport=\"http\"}", 2.0),
+        (
+            "tenthbit_errors_total{code=\"transport/binary-frame\"}",
+            1.0,
+        ),
+        ("tenthbit_errors_total{code=\"http/not-found\"}", 1.0),
+        ("tenthbit_packets_in_total", 2.0),
+    ] {
+        assert_eq!(sample(&scrape, series), expected, "{series}:\n{scrape}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http_is_not_offered_when_disabled() {
+    let server = TestServer::start_with(|c| c.web.enabled = false).await;
+    let config = tls::client_config(&Trust::Fingerprint(server.fingerprint), &[Alpn::Http])
+        .expect("client config");
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let refused = TlsConnector::from(config).connect(name, tcp).await;
+    assert!(
+        refused.is_err(),
+        "the handshake offering only http/1.1 must fail"
+    );
+    let mut c = server.connect_alpn(vec![]).await;
+    expect_op(&mut c, "welcome").await;
+    server.stop().await;
+}

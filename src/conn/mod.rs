@@ -111,7 +111,7 @@ pub(crate) async fn run_session<I, W>(
     let (out, rx, closer) = Outbound::channel(shared.config.limits.max_sendq_packets);
     let writer = tokio::spawn(writer(rx, closer.clone()).instrument(tracing::Span::current()));
     let reason = if let Some(code) = transport.refusal {
-        let _ = out.push(&reply::bye(code, refusal_message(code)));
+        bye(shared, &out, code, refusal_message(code));
         let _ = out.push_close();
         code.as_str().to_owned()
     } else {
@@ -131,6 +131,8 @@ pub(crate) async fn run_session<I, W>(
     let ended = writer.await.ok();
     let reason = match closer.reason() {
         Some((code, _)) => {
+            // The writer said `bye` with this code.
+            metrics.error(*code);
             if *code == ErrorCode::SessionSendqExceeded {
                 metrics.slow_consumer();
             }
@@ -168,6 +170,12 @@ async fn handshake(
     };
     tracing::Span::current().record("alpn", alpn.name());
     Some((alpn, tls))
+}
+
+/// Queues the connection's last word, counted by code.
+fn bye(shared: &Shared, out: &Outbound, code: ErrorCode, message: impl Into<String>) {
+    shared.session_ctx.metrics.error(code);
+    let _ = out.push(&reply::bye(code, message));
 }
 
 fn refusal_message(code: ErrorCode) -> &'static str {
@@ -298,17 +306,17 @@ async fn serve_session<I: Input>(
                     biased;
                     _ = &mut closed => return "forced close".into(),
                     _ = &mut shutdown => {
-                        let _ = out.push(&reply::bye(ErrorCode::ServerShutdown, "the server is shutting down"));
+                        bye(shared, out, ErrorCode::ServerShutdown, "the server is shutting down");
                         return "server shutdown".into();
                     }
                     _ = &mut timer => {
                         let now = Instant::now();
                         if session.account().is_none() && now >= login_deadline {
-                            let _ = out.push(&reply::bye(ErrorCode::SessionLoginTimeout, "no login before the deadline"));
+                            bye(shared, out, ErrorCode::SessionLoginTimeout, "no login before the deadline");
                             return "login timeout".into();
                         }
                         if now >= idle_at {
-                            let _ = out.push(&reply::bye(ErrorCode::SessionIdleTimeout, "no packet from the client for too long"));
+                            bye(shared, out, ErrorCode::SessionIdleTimeout, "no packet from the client for too long");
                             return "idle timeout".into();
                         }
                         if !pinged && now >= ping_at {
@@ -353,7 +361,7 @@ async fn serve_session<I: Input>(
             Ok(None) => return "client closed".into(),
             Err(stop) => {
                 if let Some((code, message)) = stop.bye {
-                    let _ = out.push(&reply::bye(code, message));
+                    bye(shared, out, code, message);
                 }
                 return stop.reason;
             }

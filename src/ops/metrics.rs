@@ -187,15 +187,20 @@ impl Metrics {
         };
         // Only known codes become labels: the set stays bounded.
         if let Some(known) = ErrorCode::ALL.iter().find(|c| c.as_str() == code) {
-            if *known == ErrorCode::RateLimited {
-                self.rate_limited.inc();
-            }
-            self.errors
-                .get_or_create(&Code {
-                    code: known.as_str(),
-                })
-                .inc();
+            self.error(*known);
         }
+    }
+
+    /// An `error` or `bye` with `code` was sent.
+    pub fn error(&self, code: ErrorCode) {
+        if code == ErrorCode::RateLimited {
+            self.rate_limited.inc();
+        }
+        self.errors
+            .get_or_create(&Code {
+                code: code.as_str(),
+            })
+            .inc();
     }
 
     /// Marks the server ready (store open, listeners bound) or not.

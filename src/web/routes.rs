@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::debug;
 
 use super::assets;
+use crate::ops::Metrics;
 use crate::proto::ErrorCode;
 use crate::server::Shared;
 
@@ -37,8 +38,10 @@ pub(super) fn respond(
     mut req: Request<Incoming>,
 ) -> Reply {
     debug!(method = %req.method(), path = req.uri().path(), "http request");
+    let m = &shared.session_ctx.metrics;
     if let Some(code) = refusal {
         return error(
+            m,
             StatusCode::SERVICE_UNAVAILABLE,
             code,
             "over a connection limit",
@@ -46,6 +49,7 @@ pub(super) fn respond(
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return error(
+            m,
             StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::HttpMethodNotAllowed,
             "only GET and HEAD",
@@ -63,6 +67,7 @@ pub(super) fn respond(
     match assets::find(req.uri().path()) {
         Some(asset) => page(asset),
         None => error(
+            m,
             StatusCode::NOT_FOUND,
             ErrorCode::HttpNotFound,
             "no such page",
@@ -101,6 +106,7 @@ fn page(asset: &assets::Asset) -> Reply {
 /// then `101 Switching Protocols`. No extension is ever accepted (no
 /// compression), and no subprotocol is chosen.
 fn websocket(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    let m = &shared.session_ctx.metrics;
     let headers = req.headers();
     let origin = text(headers, header::ORIGIN);
     let host = text(headers, header::HOST);
@@ -110,6 +116,7 @@ fn websocket(shared: &Shared, req: &Request<Incoming>) -> Reply {
             "websocket origin refused"
         );
         return error(
+            m,
             StatusCode::FORBIDDEN,
             ErrorCode::HttpForbiddenOrigin,
             "this origin may not open a WebSocket here",
@@ -120,6 +127,7 @@ fn websocket(shared: &Shared, req: &Request<Incoming>) -> Reply {
     let key = text(headers, header::SEC_WEBSOCKET_KEY).filter(|k| valid_key(k));
     let (true, Some(key)) = (upgrading, key) else {
         return error(
+            m,
             StatusCode::BAD_REQUEST,
             ErrorCode::HttpBadUpgrade,
             "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key)",
@@ -127,6 +135,7 @@ fn websocket(shared: &Shared, req: &Request<Incoming>) -> Reply {
     };
     if text(headers, header::SEC_WEBSOCKET_VERSION) != Some("13") {
         let mut r = error(
+            m,
             StatusCode::UPGRADE_REQUIRED,
             ErrorCode::HttpBadUpgrade,
             "only WebSocket version 13",
@@ -140,6 +149,7 @@ fn websocket(shared: &Shared, req: &Request<Incoming>) -> Reply {
     let accept = derive_accept_key(key.as_bytes());
     let Ok(accept) = HeaderValue::from_str(&accept) else {
         return error(
+            m,
             StatusCode::BAD_REQUEST,
             ErrorCode::HttpBadUpgrade,
             "bad key",
@@ -177,8 +187,10 @@ fn valid_key(key: &str) -> bool {
         .is_ok_and(|k| k.len() == 16)
 }
 
-/// An error status; the body is the stable code, a space, and a human text.
-fn error(status: StatusCode, code: ErrorCode, message: &str) -> Reply {
+/// An error status, counted by code; the body is the stable code, a space,
+/// and a human text.
+fn error(metrics: &Metrics, status: StatusCode, code: ErrorCode, message: &str) -> Reply {
+    metrics.error(code);
     let body = format!("{code} {message}\n");
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
