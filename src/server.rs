@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::conn;
+use crate::mesh::Mesh;
 use crate::ops::Metrics;
 use crate::password::Passwords;
 use crate::proto::ErrorCode;
@@ -49,6 +50,9 @@ pub enum Error {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// The mesh could not start.
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::Error),
     /// The password hasher's parameters are unusable.
     #[error(transparent)]
     Password(#[from] crate::password::Error),
@@ -68,8 +72,8 @@ pub struct Shared {
     pub config: Config,
     /// Accepts TLS with our certificate and ALPN list.
     pub acceptor: TlsAcceptor,
-    /// What sessions need from the config.
-    pub session_ctx: session::Context,
+    /// What sessions need from the config (the mesh shares it).
+    pub session_ctx: Arc<session::Context>,
     /// Cancelled when shutdown begins: stop accepting, say goodbye.
     pub shutdown: CancellationToken,
     /// Cancelled when the grace period is over: close whatever is left.
@@ -147,6 +151,7 @@ fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<(Admission, Option<ErrorCod
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     ops_addr: Option<SocketAddr>,
+    mesh: Option<Mesh>,
     fingerprint: [u8; 32],
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -172,6 +177,11 @@ impl ServerHandle {
     /// SHA-256 of the server certificate.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.fingerprint
+    }
+
+    /// The mesh, when `mesh.enabled`.
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
     }
 
     /// A token that begins shutdown when cancelled (for signal handlers).
@@ -217,8 +227,19 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Starts the server on already-bound listeners.
+/// Starts the server on already-bound listeners; the mesh listener, when
+/// the mesh is enabled, is bound from `mesh.listen`.
 pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<ServerHandle, Error> {
+    start_with_mesh(config, listeners, None).await
+}
+
+/// Starts the server on already-bound client listeners and, when the mesh
+/// is enabled, on `mesh_listener` (bound from `mesh.listen` when `None`).
+pub async fn start_with_mesh(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    mesh_listener: Option<TcpListener>,
+) -> Result<ServerHandle, Error> {
     if listeners.is_empty() {
         return Err(Error::Bind {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -260,15 +281,41 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
         }
         false => None,
     };
+    let session_ctx = Arc::new(session::Context {
+        metrics: metrics.clone(),
+        ..session::Context::new(&config, store.clone(), passwords, topics)
+    });
+    let shutdown_token = CancellationToken::new();
+    let mesh = if config.mesh.enabled {
+        let listener = match mesh_listener {
+            Some(l) => l,
+            None => bind(config.mesh.listen).map_err(|cause| Error::Bind {
+                addr: config.mesh.listen,
+                cause,
+            })?,
+        };
+        Some(
+            Mesh::start(
+                config.mesh.clone(),
+                &config.server.name,
+                &config.server.node,
+                config.tls.self_signed,
+                session_ctx.clone(),
+                listener,
+                Some(data_dir.join(crate::mesh::status::SOCKET)),
+                shutdown_token.child_token(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
-        session_ctx: session::Context {
-            metrics: metrics.clone(),
-            ..session::Context::new(&config, store.clone(), passwords, topics)
-        },
+        session_ctx,
         acceptor: TlsAcceptor::from(server_tls.config),
         web_origins: crate::web::origin::Policy::new(&config.web.allowed_origins),
         config,
-        shutdown: CancellationToken::new(),
+        shutdown: shutdown_token,
         hard_stop: CancellationToken::new(),
         counts: Mutex::new(ConnCounts::default()),
         next_conn_id: AtomicU64::new(1),
@@ -291,6 +338,7 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
     // The store is open and every listener is bound.
     metrics.set_ready(true);
     let shutdown = shared.shutdown.clone();
+    let mesh_task = mesh.clone();
     let task = tokio::spawn(async move {
         shared.shutdown.cancelled().await;
         metrics.set_ready(false);
@@ -305,12 +353,16 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
             shared.hard_stop.cancel();
             tracker.wait().await;
         }
+        if let Some(m) = mesh_task {
+            m.wait().await;
+        }
         store.close().await;
         info!("server stopped");
     });
     Ok(ServerHandle {
         addrs,
         ops_addr,
+        mesh,
         fingerprint: server_tls.fingerprint,
         shutdown,
         task,

@@ -16,7 +16,7 @@ mod ticket;
 mod topic;
 
 pub use keys::signed_message;
-pub use ticket::node_code;
+pub use ticket::{TicketRelay, Unavailable, node_code, redeem_here};
 
 use std::net::IpAddr;
 
@@ -123,6 +123,9 @@ pub struct Context {
     pub history: crate::config::HistoryConfig,
     /// The server's metrics.
     pub metrics: std::sync::Arc<crate::ops::Metrics>,
+    /// Redeems other nodes' tickets at their issuer (set when the mesh
+    /// starts; without it such tickets are invalid here).
+    pub ticket_relay: std::sync::OnceLock<std::sync::Arc<dyn TicketRelay>>,
 }
 
 impl Context {
@@ -164,6 +167,7 @@ impl Context {
             topics: Topics::load(topics),
             history: config.history.clone(),
             metrics: std::sync::Arc::default(),
+            ticket_relay: std::sync::OnceLock::new(),
         }
     }
 }

@@ -50,17 +50,34 @@ impl TestServer {
             handle, dir, addr, ..
         } = self;
         handle.shutdown().await;
-        Self::launch_at(dir, tweak, addr).await
+        Self::launch_on(dir, None, tweak, addr).await
+    }
+
+    /// Starts a mesh node whose state and certificates live in `dir`, its
+    /// mesh on `mesh_listener`.
+    pub async fn launch_mesh(
+        dir: tempfile::TempDir,
+        mesh_listener: TcpListener,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::launch_on(
+            dir,
+            Some(mesh_listener),
+            tweak,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await
     }
 
     /// Starts a server whose state and certificate live in `dir`.
     async fn launch(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
-        Self::launch_at(dir, tweak, SocketAddr::from(([127, 0, 0, 1], 0))).await
+        Self::launch_on(dir, None, tweak, SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
-    /// [`TestServer::launch`] on `addr`.
-    async fn launch_at(
+    /// Starts a server on `addr`, its mesh (if any) on `mesh_listener`.
+    async fn launch_on(
         dir: tempfile::TempDir,
+        mesh_listener: Option<TcpListener>,
         tweak: impl FnOnce(&mut Config),
         addr: SocketAddr,
     ) -> Self {
@@ -74,7 +91,7 @@ impl TestServer {
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind(addr).await.expect("bind");
-        let handle = tenthbit::start_on(config, vec![listener])
+        let handle = tenthbit::start_with_mesh(config, vec![listener], mesh_listener)
             .await
             .expect("server starts");
         TestServer {
