@@ -172,6 +172,35 @@ async fn handshake(
     Some((alpn, tls))
 }
 
+/// A count kept locally and added to a shared counter in one step: at
+/// [`Tally::flush`] and when dropped.
+struct Tally<'a> {
+    counter: &'a prometheus_client::metrics::counter::Counter,
+    n: u64,
+}
+
+impl<'a> Tally<'a> {
+    fn new(counter: &'a prometheus_client::metrics::counter::Counter) -> Self {
+        Self { counter, n: 0 }
+    }
+
+    fn add(&mut self) {
+        self.n += 1;
+    }
+
+    fn flush(&mut self) {
+        if self.n > 0 {
+            self.counter.inc_by(std::mem::take(&mut self.n));
+        }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// Queues the connection's last word, counted by code.
 fn bye(shared: &Shared, out: &Outbound, code: ErrorCode, message: impl Into<String>) {
     shared.session_ctx.metrics.error(code);
@@ -261,7 +290,9 @@ async fn serve_session<I: Input>(
     session: &mut Session<'_>,
 ) -> String {
     let limits = &shared.config.limits;
-    let packets_in = &shared.session_ctx.metrics.packets_in;
+    // Counted per burst, not per packet: one shared counter touched by
+    // every connection for every packet would be a contended cache line.
+    let mut packets_in = Tally::new(&shared.session_ctx.metrics.packets_in);
     let login_deadline = Instant::now() + limits.login_timeout();
     let mut last_rx = Instant::now();
     // A packet came in since the loop last waited: `last_rx` is set when
@@ -284,6 +315,7 @@ async fn serve_session<I: Input>(
         let frame = match frames.buffered() {
             Some(item) => Ok(Some(item)),
             None => {
+                packets_in.flush();
                 if let Outcome::Close(reason) = session.flush_burst() {
                     return reason.as_str().into();
                 }
@@ -337,7 +369,7 @@ async fn serve_session<I: Input>(
         };
         let outcome = match frame {
             Ok(Some(Item::Span(Span::Line(range)))) => {
-                packets_in.inc();
+                packets_in.add();
                 heard = true;
                 pinged = false;
                 let line = frames.line(range);
@@ -347,13 +379,13 @@ async fn serve_session<I: Input>(
                 session.handle_line(line).await
             }
             Ok(Some(Item::Span(Span::TooLong))) => {
-                packets_in.inc();
+                packets_in.add();
                 heard = true;
                 pinged = false;
                 Box::pin(session.handle_too_long()).await
             }
             Ok(Some(Item::Refused(code, message))) => {
-                packets_in.inc();
+                packets_in.add();
                 heard = true;
                 pinged = false;
                 Box::pin(session.handle_refused(code, message)).await
