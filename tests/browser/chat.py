@@ -84,6 +84,9 @@ def main():
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=driver_bin), options=options)
     os.makedirs(shots, exist_ok=True)
+    for old in ("chat.png", "failure.png", "failure.html"):
+        if os.path.exists(os.path.join(shots, old)):
+            os.remove(os.path.join(shots, old))
     try:
         run(driver, url, user, password, topic)
         driver.save_screenshot(os.path.join(shots, "chat.png"))
@@ -104,10 +107,21 @@ def main():
 def run(driver, url, user, password, topic):
     wait = WebDriverWait(driver, WAIT_S)
     driver.get(url)
-    # Log in through the form, with the keyboard.
+    # A wrong password: the error is shown as text, with its code.
     wait.until(EC.visibility_of_element_located((By.ID, "username"))).send_keys(user)
-    driver.find_element(By.ID, "password").send_keys(password + Keys.ENTER)
+    driver.find_element(By.ID, "password").send_keys("not-the-password" + Keys.ENTER)
+    wait.until(EC.text_to_be_present_in_element((By.ID, "error"), "(auth/failed)"))
+    # Log in through the form, with the keyboard.
+    box = driver.find_element(By.ID, "password")
+    box.clear()
+    box.send_keys(password + Keys.ENTER)
     wait.until(EC.text_to_be_present_in_element((By.ID, "status"), f"Logged in as {user}"))
+    wait.until(EC.invisibility_of_element_located((By.ID, "error")))
+
+    # Create a topic of our own: it opens, with us as its member.
+    driver.find_element(By.ID, "create-name").send_keys("garden" + Keys.ENTER)
+    wait.until(EC.text_to_be_present_in_element((By.ID, "topic-title"), "#garden"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "topics"), "#garden"))
 
     # Find the topic and join it.
     driver.find_element(By.ID, "find-name").send_keys(topic + Keys.ENTER)
