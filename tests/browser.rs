@@ -1,8 +1,9 @@
 //! The web client in a real browser: headless Chromium (Debian's `chromium`
 //! and `chromium-driver`) driven by Selenium (`tests/browser/chat.py`),
-//! against a real daemon in this process. The page logs in, joins a topic
-//! and chats with a 10bit client over TLS both ways, then reconnects by
-//! itself after the server restarts. `.ci/run` installs what it needs; a
+//! against a real daemon in this process. The page shows a failed login's
+//! error, logs in, creates a topic, finds and joins another, scrolls back
+//! through its history, chats with a 10bit client over TLS both ways, then
+//! reconnects by itself after the server restarts. `.ci/run` installs what it needs; a
 //! missing piece fails the test with what to install, never skips it.
 //!
 //! Alone: `cargo test --test browser`.
@@ -126,6 +127,12 @@ async fn the_web_client_chats_with_a_tls_client_in_chromium() {
     let mut dan = server.login("dan", "dansecret1").await;
     let created = request(&mut dan, Packet::request("create").with("name", "lobby")).await;
     let topic = created.topic.expect("topic id");
+    // More than the page's first history page (50), to scroll back through.
+    for i in 0..55 {
+        let mut old = Packet::request("send").with("body", format!("old {i}"));
+        old.topic = Some(topic.clone());
+        assert_eq!(request(&mut dan, old).await.op, "ack");
+    }
 
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
     let url = format!("https://127.0.0.1:{}/", server.addr.port());

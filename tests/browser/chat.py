@@ -130,6 +130,10 @@ def run(driver, url, user, password, topic):
     join.click()
     wait.until(EC.text_to_be_present_in_element((By.ID, "topic-title"), f"#{topic}"))
     wait.until(EC.text_to_be_present_in_element((By.ID, "members"), user))
+    # History: the newest page first, then scrolling back.
+    wait.until(EC.text_to_be_present_in_element((By.ID, "messages"), "old 54"))
+    wait.until(EC.element_to_be_clickable((By.ID, "earlier"))).click()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "messages"), "old 0"))
 
     text = "hello from chromium"
     send(driver, wait, text)
