@@ -159,7 +159,7 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
                 sink.feed(message).await?;
             }
             match close {
-                true => sink.close().await,
+                true => closed_ok(sink.close().await),
                 false => sink.flush().await,
             }
         };
@@ -189,6 +189,15 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     ended
+}
+
+/// A close that found the WebSocket already closing (the client closed
+/// first: tungstenite has answered its close message) is a clean end.
+fn closed_ok(r: Result<(), WsError>) -> Result<(), WsError> {
+    match r {
+        Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Ok(()),
+        other => other,
+    }
 }
 
 /// Appends one text message per `\n`-terminated packet in `bytes` (the
