@@ -82,6 +82,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Input for Messages<S> {
     }
 
     async fn next(&mut self) -> Result<Option<Item>, Stop> {
+        // The last message has been handled: an idle session keeps none.
+        self.current = Utf8Bytes::default();
         loop {
             let message = match self.stream.next().await {
                 None => return Ok(None),
