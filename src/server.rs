@@ -152,6 +152,7 @@ pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     ops_addr: Option<SocketAddr>,
     mesh: Option<Mesh>,
+    store: Store,
     fingerprint: [u8; 32],
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -177,6 +178,11 @@ impl ServerHandle {
     /// SHA-256 of the server certificate.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.fingerprint
+    }
+
+    /// The store (benchmarks write to it directly).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The mesh, when `mesh.enabled`.
@@ -339,6 +345,7 @@ pub async fn start_with_mesh(
     metrics.set_ready(true);
     let shutdown = shared.shutdown.clone();
     let mesh_task = mesh.clone();
+    let store_handle = store.clone();
     let task = tokio::spawn(async move {
         shared.shutdown.cancelled().await;
         metrics.set_ready(false);
@@ -363,6 +370,7 @@ pub async fn start_with_mesh(
         addrs,
         ops_addr,
         mesh,
+        store: store_handle,
         fingerprint: server_tls.fingerprint,
         shutdown,
         task,

@@ -84,6 +84,9 @@ impl From<rusqlite::Error> for Error {
 pub struct Db {
     conn: Connection,
     origin: Origin,
+    /// Write transactions committed through this handle: the store thread
+    /// wakes mesh links when it moves.
+    commits: u64,
 }
 
 impl Db {
@@ -108,6 +111,7 @@ impl Db {
                 node: node.to_owned(),
                 incarnation,
             },
+            commits: 0,
         };
         seed(&mut db)?;
         Ok(db)
@@ -128,6 +132,7 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx, &self.origin)?;
         tx.commit()?;
+        self.commits += 1;
         Ok(out)
     }
 
@@ -409,10 +414,8 @@ impl Store {
             .name("tenthbit-store".into())
             .spawn(move || {
                 let mut next = None;
+                let mut published = db.commits;
                 while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
-                    if !matches!(msg, Msg::Close(_)) {
-                        changed.send_modify(|n| *n = n.wrapping_add(1));
-                    }
                     match msg {
                         Msg::Job(job) => job(&mut db),
                         Msg::Append(change, reply) => {
@@ -447,6 +450,11 @@ impl Store {
                             let _ = done.send(());
                             return;
                         }
+                    }
+                    // Something was committed: mesh links have news.
+                    if db.commits != published {
+                        published = db.commits;
+                        changed.send_modify(|n| *n = n.wrapping_add(1));
                     }
                 }
             })
