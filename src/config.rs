@@ -75,6 +75,9 @@ pub struct HistoryConfig {
     pub prune_interval_ms: u64,
     /// Most messages in one `history` answer.
     pub max_page: usize,
+    /// Unread messages counted per topic for read markers; a count this
+    /// high means "at least".
+    pub max_unread: usize,
 }
 
 impl Default for HistoryConfig {
@@ -85,6 +88,7 @@ impl Default for HistoryConfig {
             max_messages_per_topic: 100_000,
             prune_interval_ms: 60_000,
             max_page: 200,
+            max_unread: 100,
         }
     }
 }
@@ -449,6 +453,9 @@ impl Config {
         }
         if !(1..=1000).contains(&h.max_page) {
             return Err(invalid("history.max_page", "must be 1 to 1000"));
+        }
+        if !(1..=10_000).contains(&h.max_unread) {
+            return Err(invalid("history.max_unread", "must be 1 to 10000"));
         }
         let l = &self.limits;
         if !(1024..=16 * 1024 * 1024).contains(&l.max_line_bytes) {

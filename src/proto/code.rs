@@ -86,11 +86,13 @@ pub enum ErrorCode {
     ServerFull,
     /// The client's address holds as many connections as it may.
     ServerPerIpLimit,
+    /// The topic keeps no message with that id (never kept, or dropped).
+    MessageNotFound,
 }
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 41] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -131,6 +133,7 @@ impl ErrorCode {
         ErrorCode::ServerShutdown,
         ErrorCode::ServerFull,
         ErrorCode::ServerPerIpLimit,
+        ErrorCode::MessageNotFound,
     ];
 
     /// The code as it appears on the wire.
@@ -176,6 +179,7 @@ impl ErrorCode {
             ErrorCode::ServerShutdown => "server/shutdown",
             ErrorCode::ServerFull => "server/full",
             ErrorCode::ServerPerIpLimit => "server/per-ip-limit",
+            ErrorCode::MessageNotFound => "message/not-found",
         }
     }
 

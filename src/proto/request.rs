@@ -180,6 +180,13 @@ pub enum Request {
         /// Continue after this name (the previous page's `cursor`).
         cursor: Option<String>,
     },
+    /// Read (no `id`) or move one's read marker in a topic.
+    Mark {
+        /// UUID or name.
+        topic: String,
+        /// The id of the last message read.
+        id: Option<String>,
+    },
 }
 
 /// What `find` searches.
@@ -217,7 +224,7 @@ fn invalid(message: impl Into<String>) -> RequestError {
 }
 
 /// Every op a client may send, as `protocol.md` documents them.
-pub const CLIENT_OPS: [&str; 20] = [
+pub const CLIENT_OPS: [&str; 21] = [
     "auth",
     "register",
     "ping",
@@ -238,6 +245,7 @@ pub const CLIENT_OPS: [&str; 20] = [
     "history",
     "find",
     "whoami",
+    "mark",
 ];
 
 /// Ops a session may send before logging in.
@@ -345,6 +353,13 @@ impl Request {
                 cursor: match p.ex.get("cursor") {
                     None => None,
                     Some(_) => Some(field(p, "cursor", 256)?.to_owned()),
+                },
+            },
+            "mark" => Request::Mark {
+                topic: topic(p)?,
+                id: match p.ex.get("id") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(_) => Some(field(p, "id", 128)?.to_owned()),
                 },
             },
             _ => {

@@ -518,7 +518,7 @@ impl Session<'_> {
         .await
     }
 
-    fn keeps_history(&self, t: &TopicRecord) -> bool {
+    pub(super) fn keeps_history(&self, t: &TopicRecord) -> bool {
         self.ctx.history.enabled && t.meta.get("history") != Some(&Value::Bool(false))
     }
 

@@ -9,6 +9,7 @@ mod account;
 mod auth;
 mod find;
 mod keys;
+mod marker;
 mod message;
 mod meta;
 pub mod throttle;
@@ -561,6 +562,10 @@ impl<'a> Session<'a> {
                 Ok(me) => {
                     Box::pin(self.handle_find(id, &me, kind, name, meta, limit, cursor)).await
                 }
+                Err(d) => Err(d),
+            },
+            Request::Mark { topic, id: message } => match self.logged_in() {
+                Ok(me) => Box::pin(self.handle_mark(id, &me, &topic, message)).await,
                 Err(d) => Err(d),
             },
         };

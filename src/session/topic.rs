@@ -29,9 +29,10 @@ fn denied(what: &str) -> Denied {
     )
 }
 
-/// `members` and `acl` are the server's to say, never metadata.
+/// `members` and `acl` are the server's to say, never metadata; so are
+/// the read-marker keys a topic's `meta` carries at login.
 fn check_reserved(values: &Map<String, Value>) -> Result<(), Denied> {
-    for reserved in ["members", "acl"] {
+    for reserved in ["members", "acl", "read", "unread", "unread_more"] {
         if values.contains_key(reserved) {
             return Err(Denied::new(
                 ErrorCode::MetaInvalid,

@@ -95,8 +95,9 @@ impl Db {
         )
     }
 
-    /// Marks an account deleted and clears its password, metadata and keys;
-    /// the name stays reserved so nobody can take over its identity.
+    /// Marks an account deleted and clears its password, metadata, keys and
+    /// read markers; the name stays reserved so nobody can take over its
+    /// identity.
     pub fn delete_account(&mut self, id: Uuid) -> Result<(), Error> {
         let account = self.account(id)?.ok_or(Error::NotFound)?;
         let e = Entity::Account(id);
@@ -108,6 +109,9 @@ impl Db {
         }
         for key in &account.keys {
             change = change.set(e, &format!("{}{key}", field::KEY_PREFIX), Value::Null);
+        }
+        for (topic, _) in self.markers(id)? {
+            change = change.set(e, &format!("{}{topic}", field::READ_PREFIX), Value::Null);
         }
         self.change_existing(id, change)?;
         self.drop_tickets(id)

@@ -8,6 +8,8 @@
 pub mod accounts;
 pub mod history;
 pub mod log;
+pub mod marker;
+pub mod message;
 pub mod migrate;
 pub mod tickets;
 pub mod topics;
