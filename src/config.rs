@@ -78,6 +78,8 @@ pub struct HistoryConfig {
     /// Unread messages counted per topic for read markers; a count this
     /// high means "at least".
     pub max_unread: usize,
+    /// How long after sending a message its sender may edit it; 0: never.
+    pub edit_window_ms: u64,
 }
 
 impl Default for HistoryConfig {
@@ -89,6 +91,7 @@ impl Default for HistoryConfig {
             prune_interval_ms: 60_000,
             max_page: 200,
             max_unread: 100,
+            edit_window_ms: 3_600_000,
         }
     }
 }

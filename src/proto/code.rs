@@ -88,11 +88,13 @@ pub enum ErrorCode {
     ServerPerIpLimit,
     /// The topic keeps no message with that id (never kept, or dropped).
     MessageNotFound,
+    /// The message is older than the edit window.
+    MessageTooOld,
 }
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 41] = [
+    pub const ALL: [ErrorCode; 42] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -134,6 +136,7 @@ impl ErrorCode {
         ErrorCode::ServerFull,
         ErrorCode::ServerPerIpLimit,
         ErrorCode::MessageNotFound,
+        ErrorCode::MessageTooOld,
     ];
 
     /// The code as it appears on the wire.
@@ -180,6 +183,7 @@ impl ErrorCode {
             ErrorCode::ServerFull => "server/full",
             ErrorCode::ServerPerIpLimit => "server/per-ip-limit",
             ErrorCode::MessageNotFound => "message/not-found",
+            ErrorCode::MessageTooOld => "message/too-old",
         }
     }
 

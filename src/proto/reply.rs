@@ -11,7 +11,7 @@ use super::id::UuidText;
 use super::packet::{Packet, write_str, write_uuid};
 
 /// Every op the server sends, as `protocol.md` documents them.
-pub const SERVER_OPS: [&str; 19] = [
+pub const SERVER_OPS: [&str; 21] = [
     "welcome",
     "ack",
     "error",
@@ -31,6 +31,8 @@ pub const SERVER_OPS: [&str; 19] = [
     "history",
     "found",
     "mark",
+    "edit",
+    "redact",
 ];
 
 /// The software string in `welcome`.

@@ -187,6 +187,22 @@ pub enum Request {
         /// The id of the last message read.
         id: Option<String>,
     },
+    /// Replace the text of one's own kept message.
+    Edit {
+        /// UUID or name.
+        topic: String,
+        /// The message's id.
+        id: String,
+        /// The new `ex` (the request's, without `id`).
+        ex: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Redact a kept message: one's own, or any as the topic's op or owner.
+    Redact {
+        /// UUID or name.
+        topic: String,
+        /// The message's id.
+        id: String,
+    },
 }
 
 /// What `find` searches.
@@ -224,7 +240,7 @@ fn invalid(message: impl Into<String>) -> RequestError {
 }
 
 /// Every op a client may send, as `protocol.md` documents them.
-pub const CLIENT_OPS: [&str; 21] = [
+pub const CLIENT_OPS: [&str; 23] = [
     "auth",
     "register",
     "ping",
@@ -246,6 +262,8 @@ pub const CLIENT_OPS: [&str; 21] = [
     "find",
     "whoami",
     "mark",
+    "edit",
+    "redact",
 ];
 
 /// Ops a session may send before logging in.
@@ -361,6 +379,16 @@ impl Request {
                     None | Some(serde_json::Value::Null) => None,
                     Some(_) => Some(field(p, "id", 128)?.to_owned()),
                 },
+            },
+            "edit" => {
+                let (topic, id) = (topic(p)?, field(p, "id", 128)?.to_owned());
+                let mut ex = std::mem::take(&mut p.ex);
+                ex.remove("id");
+                Request::Edit { topic, id, ex }
+            }
+            "redact" => Request::Redact {
+                topic: topic(p)?,
+                id: field(p, "id", 128)?.to_owned(),
             },
             _ => {
                 return Err(RequestError {

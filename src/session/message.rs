@@ -231,7 +231,7 @@ impl Session<'_> {
     }
 
     /// Whether `me` may send to `t`: a member, with the write flag.
-    fn may_send(&self, me: &LoggedIn, t: &TopicRecord) -> Result<(), Denied> {
+    pub(super) fn may_send(&self, me: &LoggedIn, t: &TopicRecord) -> Result<(), Denied> {
         if !t.members.contains(&me.id) {
             return Err(Denied::new(
                 ErrorCode::TopicNotMember,
@@ -372,7 +372,7 @@ impl Session<'_> {
 
     /// The relay adds id, ts, topic and from: it must still fit a line, or
     /// receivers that enforce the same limit would refuse it.
-    fn check_relay_size(&self, size: usize) -> Result<(), Denied> {
+    pub(super) fn check_relay_size(&self, size: usize) -> Result<(), Denied> {
         if size > self.ctx.max_line_bytes {
             return Err(Denied::new(
                 ErrorCode::PacketTooLarge,
@@ -551,7 +551,8 @@ impl Session<'_> {
             .ctx
             .store
             .call(move |db| {
-                let page = db.history(tid, before.as_ref(), after.as_ref(), limit)?;
+                let mut page = db.history(tid, before.as_ref(), after.as_ref(), limit)?;
+                db.current_text(&mut page.messages)?;
                 let senders: Vec<uuid::Uuid> = page.messages.iter().map(|m| m.sender).collect();
                 let names = db.account_names(&senders)?;
                 Ok((page, names))

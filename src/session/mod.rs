@@ -7,6 +7,7 @@
 
 mod account;
 mod auth;
+mod edit;
 mod find;
 mod keys;
 mod marker;
@@ -566,6 +567,18 @@ impl<'a> Session<'a> {
             },
             Request::Mark { topic, id: message } => match self.logged_in() {
                 Ok(me) => Box::pin(self.handle_mark(id, &me, &topic, message)).await,
+                Err(d) => Err(d),
+            },
+            Request::Edit {
+                topic,
+                id: message,
+                ex,
+            } => match self.logged_in() {
+                Ok(me) => Box::pin(self.handle_edit(id, &me, &topic, message, ex)).await,
+                Err(d) => Err(d),
+            },
+            Request::Redact { topic, id: message } => match self.logged_in() {
+                Ok(me) => Box::pin(self.handle_redact(id, &me, &topic, message)).await,
                 Err(d) => Err(d),
             },
         };

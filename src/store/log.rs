@@ -151,7 +151,7 @@ pub fn apply(
             origin_key
         ])?;
     }
-    Ok(())
+    super::edit::settle(tx, change)
 }
 
 /// The case-folded lookup key of fields that are searched by value (names).

@@ -43,6 +43,8 @@ const MIGRATIONS: &[&str] = &[
     // topic, in history order.
     "ALTER TABLE events ADD COLUMN topic TEXT;
      CREATE INDEX events_topic ON events (topic, hlc, origin, incarnation, seq) WHERE topic IS NOT NULL;",
+    // Message edits: a redaction finds the edits' events to erase their text.
+    "CREATE INDEX events_edits ON events (kind) WHERE kind = 'message.edit';",
 ];
 
 /// The schema version this build writes.

@@ -6,6 +6,7 @@
 //! runs jobs from a bounded queue, so async workers never block on disk.
 
 pub mod accounts;
+pub mod edit;
 pub mod history;
 pub mod log;
 pub mod marker;
