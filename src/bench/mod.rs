@@ -4,12 +4,14 @@
 //! - fanout: S subscribers on one topic, P publishers, M messages each;
 //! - pairs: K topics, each with one sender and one receiver;
 //! - idle: C logged-in connections held open (memory per connection);
-//! - login: a storm of password logins while a logged-in user pings.
+//! - login: a storm of password logins while a logged-in user pings;
+//! - search: a store filled directly (no server) and timed queries.
 //!
 //! Latency is measured in this process: a sender stamps each message with
 //! the time since the run began, the receiver subtracts it from its own.
 
 pub mod nats;
+pub mod search;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,6 +162,9 @@ pub enum BenchError {
     /// The server refused something the benchmark needs.
     #[error("{0}")]
     Refused(String),
+    /// The store of a workload that runs without a server failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::Error),
 }
 
 fn client_err(what: impl Into<String>) -> impl FnOnce(Error) -> BenchError {

@@ -11,7 +11,7 @@ use super::id::UuidText;
 use super::packet::{Packet, write_str, write_uuid};
 
 /// Every op the server sends, as `protocol.md` documents them.
-pub const SERVER_OPS: [&str; 21] = [
+pub const SERVER_OPS: [&str; 22] = [
     "welcome",
     "ack",
     "error",
@@ -33,6 +33,7 @@ pub const SERVER_OPS: [&str; 21] = [
     "mark",
     "edit",
     "redact",
+    "search",
 ];
 
 /// The software string in `welcome`.

@@ -558,37 +558,12 @@ impl Session<'_> {
                 Ok((page, names))
             })
             .await?;
-        // One answer within the line limit: when the page would not fit,
-        // keep the messages nearest the cursor and say there is more.
-        let budget = self.ctx.max_line_bytes.saturating_sub(1024);
-        let mut used = 0;
-        let mut more = page.more;
         let mut items: Vec<&Message> = page.messages.iter().collect();
         if backwards {
             items.reverse();
         }
-        let mut rendered = Vec::with_capacity(items.len());
-        for m in items {
-            let mut p = Packet::request("send");
-            p.id = Some(m.id.clone());
-            p.ts = Some(m.ts);
-            p.topic = Some(t.id.to_string());
-            p.from = Some(
-                names
-                    .get(&m.sender)
-                    .cloned()
-                    .unwrap_or_else(|| format!("account:{}", m.sender)),
-            );
-            p.ex = m.ex.clone();
-            let v = serde_json::to_value(&p).unwrap_or(Value::Null);
-            let size = v.to_string().len() + 1;
-            if used + size > budget {
-                more = true;
-                break;
-            }
-            used += size;
-            rendered.push(v);
-        }
+        let (mut rendered, cut) = render_messages(items, &names, self.ctx.max_line_bytes);
+        let more = page.more || cut;
         if backwards {
             rendered.reverse();
         }
@@ -599,4 +574,39 @@ impl Session<'_> {
         answer = answer.answering(id);
         Ok(self.reply(answer))
     }
+}
+
+/// Messages as the `send` packets they were relayed as, senders named by
+/// `names`, for one answer within the line limit `max_line_bytes`: when
+/// they would not all fit, the first ones (those nearest the cursor) are
+/// kept, and the flag says some were cut.
+pub(super) fn render_messages<'m>(
+    items: impl IntoIterator<Item = &'m Message>,
+    names: &std::collections::HashMap<uuid::Uuid, String>,
+    max_line_bytes: usize,
+) -> (Vec<Value>, bool) {
+    let budget = max_line_bytes.saturating_sub(1024);
+    let mut used = 0;
+    let mut rendered = Vec::new();
+    for m in items {
+        let mut p = Packet::request("send");
+        p.id = Some(m.id.clone());
+        p.ts = Some(m.ts);
+        p.topic = Some(m.topic.to_string());
+        p.from = Some(
+            names
+                .get(&m.sender)
+                .cloned()
+                .unwrap_or_else(|| format!("account:{}", m.sender)),
+        );
+        p.ex = m.ex.clone();
+        let v = serde_json::to_value(&p).unwrap_or(Value::Null);
+        let size = v.to_string().len() + 1;
+        if used + size > budget {
+            return (rendered, true);
+        }
+        used += size;
+        rendered.push(v);
+    }
+    (rendered, false)
 }

@@ -13,6 +13,7 @@ mod keys;
 mod marker;
 mod message;
 mod meta;
+mod search;
 pub mod throttle;
 mod ticket;
 mod topic;
@@ -579,6 +580,28 @@ impl<'a> Session<'a> {
             },
             Request::Redact { topic, id: message } => match self.logged_in() {
                 Ok(me) => Box::pin(self.handle_redact(id, &me, &topic, message)).await,
+                Err(d) => Err(d),
+            },
+            Request::Search {
+                topic,
+                q,
+                from,
+                before,
+                after,
+                limit,
+                cursor,
+            } => match self.logged_in() {
+                Ok(me) => {
+                    let filters = search::Filters {
+                        topic,
+                        from,
+                        before,
+                        after,
+                        limit,
+                        cursor,
+                    };
+                    Box::pin(self.handle_search(id, &me, &q, filters)).await
+                }
                 Err(d) => Err(d),
             },
         };

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{Db, Error, Event, log};
+use super::{Db, Error, Event, log, search};
 use crate::change::{Change, Message, Write};
 
 /// Event kind of an edit.
@@ -132,65 +132,97 @@ fn register<T: for<'de> Deserialize<'de>>(
 }
 
 /// After an event's writes are folded: a redacted message keeps no text,
-/// whichever of the message, its edits and its redaction came first.
-pub(super) fn settle(tx: &Transaction<'_>, change: &Change) -> Result<(), Error> {
+/// whichever of the message, its edits and its redaction came first, and
+/// the search index holds each other message's current text.
+pub(super) fn settle(
+    tx: &Transaction<'_>,
+    origin_key: &str,
+    hlc: u64,
+    change: &Change,
+) -> Result<(), Error> {
     match change.kind.as_str() {
         "message" => {
-            if let Some(m) = &change.message {
-                let e = entity(m.topic, &m.id);
-                if register::<Redaction>(tx, &e, REDACTED)?.is_some() {
-                    erase(tx, &e)?;
-                }
+            let Some(m) = &change.message else {
+                return Ok(());
+            };
+            let e = entity(m.topic, &m.id);
+            if register::<Redaction>(tx, &e, REDACTED)?.is_some() {
+                return erase(tx, &e);
+            }
+            let Some(rowid) = search::event_rowid(tx, origin_key, hlc)? else {
+                return Ok(());
+            };
+            // A message that arrives after its edit is found under its text
+            // as edited.
+            match register::<Revision>(tx, &e, EDIT)? {
+                Some(r) => search::index(tx, rowid, m, &r.ex),
+                None => search::index(tx, rowid, m, &m.ex),
             }
         }
         KIND_EDIT | KIND_REDACT => {
             for w in &change.writes {
                 if register::<Redaction>(tx, &w.entity, REDACTED)?.is_some() {
                     erase(tx, &w.entity)?;
+                } else if let Some(r) = register::<Revision>(tx, &w.entity, EDIT)? {
+                    // The edit that won, which need not be this one.
+                    if let Some((topic, id)) = parse_entity(&w.entity) {
+                        for (rowid, change) in message_rows(tx, topic, id)? {
+                            if let Some(m) = &change.message {
+                                search::unindex(tx, rowid)?;
+                                search::index(tx, rowid, m, &r.ex)?;
+                            }
+                        }
+                    }
                 }
             }
+            Ok(())
         }
-        _ => {}
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// LIKE with `\` escaping, so an id may hold any character.
+fn like(needle: &str) -> String {
+    let mut out = String::from("%");
+    for c in needle.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// The event (rowid, change) of message `id` of `topic`: found by topic,
+/// then by its id in the body.
+fn message_rows(tx: &Transaction<'_>, topic: Uuid, id: &str) -> Result<Vec<(i64, Change)>, Error> {
+    let quoted = serde_json::to_string(id).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let mut rows = bodies(
+        tx,
+        "SELECT rowid, body FROM events
+         WHERE topic = ?1 AND kind = 'message' AND body LIKE ?2 ESCAPE '\\'",
+        params![topic.to_string(), like(&format!("\"id\":{quoted}"))],
+    )?;
+    rows.retain(|(_, c)| c.message.as_ref().is_some_and(|m| m.id == id));
+    Ok(rows)
 }
 
 /// Removes every stored copy of a redacted message's text: the message's
 /// event keeps its envelope with an empty `ex`, its edits' events and its
 /// `edit` register keep their clocks (so later writes still order) with
-/// null values.
+/// null values; the search index forgets it.
 fn erase(tx: &Transaction<'_>, entity: &str) -> Result<(), Error> {
     let Some((topic, id)) = parse_entity(entity) else {
         return Ok(());
     };
     tx.prepare_cached("UPDATE registers SET value = 'null' WHERE entity = ?1 AND field = ?2")?
         .execute(params![entity, EDIT])?;
-    // LIKE with `\` escaping, so an id may hold any character.
-    let like = |needle: &str| {
-        let mut out = String::from("%");
-        for c in needle.chars() {
-            if matches!(c, '%' | '_' | '\\') {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('%');
-        out
-    };
-    // The message's event: found by topic, then by its id in the body.
-    let quoted = serde_json::to_string(id).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let rows = bodies(
-        tx,
-        "SELECT rowid, body FROM events
-         WHERE topic = ?1 AND kind = 'message' AND body LIKE ?2 ESCAPE '\\'",
-        params![topic.to_string(), like(&format!("\"id\":{quoted}"))],
-    )?;
-    for (rowid, mut change) in rows {
-        if let Some(m) = change.message.as_mut().filter(|m| m.id == id) {
-            if !m.ex.is_empty() {
-                m.ex = Map::new();
-                store_body(tx, rowid, &change)?;
-            }
+    for (rowid, mut change) in message_rows(tx, topic, id)? {
+        search::unindex(tx, rowid)?;
+        if let Some(m) = change.message.as_mut().filter(|m| !m.ex.is_empty()) {
+            m.ex = Map::new();
+            store_body(tx, rowid, &change)?;
         }
     }
     // The edits' events (a partial index holds just these).

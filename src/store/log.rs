@@ -151,7 +151,7 @@ pub fn apply(
             origin_key
         ])?;
     }
-    super::edit::settle(tx, change)
+    super::edit::settle(tx, origin_key, hlc, change)
 }
 
 /// The case-folded lookup key of fields that are searched by value (names).

@@ -12,6 +12,7 @@ pub mod log;
 pub mod marker;
 pub mod message;
 pub mod migrate;
+pub mod search;
 pub mod tickets;
 pub mod topics;
 
@@ -130,6 +131,20 @@ impl Db {
         let out = f(&tx, &self.origin)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Appends local changes in one transaction (for bulk loads: tools and
+    /// benchmarks that fill a store without a server).
+    pub fn append_all(&mut self, changes: Vec<Change>) -> Result<usize, Error> {
+        self.write(|tx, origin| {
+            let mut log = log::Appender::open(tx, origin)?;
+            let n = changes.len();
+            for change in changes {
+                log.append(tx, origin, change)?;
+            }
+            log.close(tx)?;
+            Ok(n)
+        })
     }
 
     /// Every event, in log order per origin (for tests and, later, catch-up).
