@@ -76,11 +76,11 @@ async fn finds_words_and_phrases_with_filters_and_pages() {
     let (ids, ..) = search(&mut dan, on("search", "ops").with("q", "deploy")).await;
     assert_eq!(ids, [m3.clone(), m2.clone()]);
     let (ids, ..) = search(&mut dan, q("deploy").with("from", "bob")).await;
-    assert_eq!(ids, [m2.clone()]);
+    assert_eq!(ids, [m2.as_str()]);
     let (ids, ..) = search(&mut dan, q("deploy").with("from", "nobody")).await;
     assert!(ids.is_empty());
     let (ids, ..) = search(&mut dan, q("deploy").with("before", t2)).await;
-    assert_eq!(ids, [m1.clone()]);
+    assert_eq!(ids, [m1.as_str()]);
     let (ids, ..) = search(&mut dan, q("deploy").with("after", t2)).await;
     assert_eq!(ids, [m3.clone(), m2.clone()]);
 
@@ -89,7 +89,7 @@ async fn finds_words_and_phrases_with_filters_and_pages() {
     assert_eq!(ids, [m3.clone(), m2.clone()]);
     let cursor = cursor.expect("a cursor");
     let (ids, _, _) = search(&mut dan, q("fine").with("limit", 2).with("cursor", cursor)).await;
-    assert_eq!(ids, [m1.clone()]);
+    assert_eq!(ids, [m1.as_str()]);
 
     // A result opens in history: the messages around it.
     let around = request(&mut dan, on("history", &ops).with("after", m2.as_str())).await;
@@ -105,14 +105,14 @@ async fn finds_words_and_phrases_with_filters_and_pages() {
     .await;
     assert_eq!(ack.op, "ack", "{ack:?}");
     let (ids, _, answer) = search(&mut dan, q("rollout")).await;
-    assert_eq!(ids, [m1.clone()]);
+    assert_eq!(ids, [m1.as_str()]);
     assert!(answer.ex["messages"][0]["ex"]["edited"].is_i64());
     let (ids, ..) = search(&mut dan, q("deploy")).await;
     assert_eq!(ids, [m3.clone(), m2.clone()]);
     let ack = request(&mut bob, on("redact", &ops).with("id", m2.as_str())).await;
     assert_eq!(ack.op, "ack", "{ack:?}");
     let (ids, ..) = search(&mut dan, q("deploy")).await;
-    assert_eq!(ids, [m3.clone()]);
+    assert_eq!(ids, [m3.as_str()]);
     drop((dan, bob));
 
     // The index survives a restart.
@@ -163,7 +163,7 @@ async fn only_readable_topics_and_never_binary_ones() {
     let p = request(&mut eve, on("search", &secret).with("q", "launch")).await;
     assert_eq!(p.ex_str("code"), Some("acl/denied"), "{p:?}");
     let (ids, ..) = search(&mut eve, q("launch")).await;
-    assert_eq!(ids, [visible.clone()]);
+    assert_eq!(ids, [visible.as_str()]);
     // Its owner finds the secret, but nothing in the binary topic.
     let (ids, ..) = search(&mut dan, q("launch")).await;
     assert_eq!(ids, [visible, hidden]);

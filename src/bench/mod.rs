@@ -162,9 +162,6 @@ pub enum BenchError {
     /// The server refused something the benchmark needs.
     #[error("{0}")]
     Refused(String),
-    /// The store of a workload that runs without a server failed.
-    #[error("store: {0}")]
-    Store(#[from] crate::store::Error),
 }
 
 fn client_err(what: impl Into<String>) -> impl FnOnce(Error) -> BenchError {

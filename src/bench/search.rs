@@ -10,10 +10,10 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{BenchError, Report, percentile};
+use super::{Report, percentile};
 use crate::change::{Change, Message};
-use crate::store::Db;
 use crate::store::search::Query;
+use crate::store::{Db, Error};
 
 /// Messages per transaction while filling.
 const FILL_BATCH: usize = 10_000;
@@ -75,7 +75,7 @@ fn word(i: usize) -> String {
 }
 
 /// Fills `db` with one topic of `load.messages` messages; returns the topic.
-fn fill(db: &mut Db, load: &SearchLoad, rng: &mut Rng) -> Result<Uuid, BenchError> {
+fn fill(db: &mut Db, load: &SearchLoad, rng: &mut Rng) -> Result<Uuid, Error> {
     let topic = Uuid::now_v7();
     let senders: Vec<Uuid> = (0..SENDERS).map(|_| Uuid::now_v7()).collect();
     let mut left = load.messages;
@@ -106,7 +106,7 @@ fn fill(db: &mut Db, load: &SearchLoad, rng: &mut Rng) -> Result<Uuid, BenchErro
 
 /// Runs the workload in `dir`: fills it unless it already holds a topic
 /// with history (from an earlier run), then times the queries.
-pub fn search(dir: &Path, load: SearchLoad) -> Result<Report, BenchError> {
+pub fn search(dir: &Path, load: SearchLoad) -> Result<Report, Error> {
     let mut db = Db::open(dir, "bench")?;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let started = Instant::now();
@@ -148,7 +148,7 @@ pub fn search(dir: &Path, load: SearchLoad) -> Result<Report, BenchError> {
         let took = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
         times.push(took);
         slowest.push((took, shown, found.messages.len()));
-        slowest.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        slowest.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
         slowest.truncate(3);
         results += found.messages.len();
         empty += usize::from(found.messages.is_empty());

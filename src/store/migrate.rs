@@ -49,7 +49,7 @@ const MIGRATIONS: &[&str] = &[
     // message events' rowids, negated; retention's deletes reach it by
     // trigger.
     "CREATE VIRTUAL TABLE search USING fts5(
-        text, topic, sender,
+        text,
         content = '', contentless_delete = 1,
         tokenize = 'unicode61 remove_diacritics 2'
      );

@@ -54,28 +54,17 @@ pub struct Found {
     pub cursor: Option<i64>,
 }
 
-/// The index column a topic or sender filter matches: its id as hex.
-fn token(id: Uuid) -> String {
-    id.simple().to_string()
-}
-
 /// A string as an FTS5 string literal (a phrase).
 fn quoted(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// The FTS5 expression: every term in `text`, and the sender. A topic is
-/// filtered while reading the matches: as a column of the index, a topic
-/// as large as the index costs a walk of its whole doclist per query.
+/// The FTS5 expression: every term, as a phrase. Topic and sender are
+/// filtered while reading the matches, not in the index: a topic as large
+/// as the index would cost a walk of its whole doclist per query, and a
+/// column filter makes every term read its positions.
 fn expression(q: &Query) -> String {
-    let mut parts: Vec<String> = q
-        .terms
-        .iter()
-        .map(|t| format!("text : {}", quoted(t)))
-        .collect();
-    if let Some(s) = q.sender {
-        parts.push(format!("sender : {}", quoted(&token(s))));
-    }
+    let parts: Vec<String> = q.terms.iter().map(|t| quoted(t)).collect();
     parts.join(" AND ")
 }
 
@@ -107,13 +96,8 @@ pub(super) fn index(
     if is_binary(tx, message.topic)? {
         return Ok(());
     }
-    tx.prepare_cached("INSERT INTO search (rowid, text, topic, sender) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            rowid.saturating_neg(),
-            text(ex),
-            token(message.topic),
-            token(message.sender)
-        ])?;
+    tx.prepare_cached("INSERT INTO search (rowid, text) VALUES (?1, ?2)")?
+        .execute(params![rowid.saturating_neg(), text(ex)])?;
     Ok(())
 }
 
@@ -190,7 +174,8 @@ impl Db {
             }
             let change: Change =
                 serde_json::from_str(&body).map_err(|e| Error::Corrupt(e.to_string()))?;
-            if let Some(mut m) = change.message {
+            let wanted = |m: &Message| q.sender.is_none_or(|s| s == m.sender);
+            if let Some(mut m) = change.message.filter(wanted) {
                 m.ts = hlc >> 16;
                 messages.push(m);
                 positions.push(rowid);
