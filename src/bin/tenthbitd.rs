@@ -67,6 +67,23 @@ enum Command {
     /// Manage the server's ACL: who administers the server.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Inspect the mesh of nodes this node belongs to.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum MeshCommand {
+    /// This node's version vector, state digest and links (from the running
+    /// daemon; from the store alone when it is not running).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this node's mesh certificate fingerprint (what its peers pin),
+    /// generating the certificate first if it is missing and allowed.
+    Fingerprint,
 }
 
 /// Passwords come from $TENTHBIT_PASSWORD, a prompt on a terminal, or the
@@ -152,6 +169,8 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => check_config(&cli),
         Some(Command::Account(ref cmd)) => account(&cli, cmd),
         Some(Command::Admin(ref cmd)) => admin(&cli, cmd),
+        Some(Command::Mesh(MeshCommand::Status { json })) => mesh_status(&cli, json),
+        Some(Command::Mesh(MeshCommand::Fingerprint)) => mesh_fingerprint(&cli),
         Some(Command::Run) | None => run(&cli),
     };
     match result {
@@ -221,6 +240,48 @@ fn admin(cli: &Cli, cmd: &AdminCommand) -> Result<()> {
             for (a, flags) in admin.list()? {
                 if !flags.is_empty() && !a.deleted {
                     println!("{}\t{}", a.name, names(&flags));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mesh_fingerprint(cli: &Cli) -> Result<()> {
+    let config = load_config(cli)?;
+    let m = &config.mesh;
+    let id = tenthbit::tls::load_identity(
+        &m.cert_file,
+        &m.key_file,
+        config.tls.self_signed,
+        &config.server.node,
+    )?;
+    println!("{}", format_fingerprint(&id.fingerprint));
+    Ok(())
+}
+
+fn mesh_status(cli: &Cli, json: bool) -> Result<()> {
+    let config = load_config(cli)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match runtime.block_on(tenthbit::mesh::status::query(&config.server.data_dir)) {
+        Ok(status) if json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Ok(status) => print!("{}", tenthbit::mesh::status::render(&status)),
+        Err(e) => {
+            // Not running (or the mesh is off): what the store alone says.
+            let admin = Admin::open(&config)?;
+            let (vv, digest) = admin.replica_state()?;
+            if json {
+                let v = serde_json::json!({"node": config.server.node, "running": false, "vv": vv, "digest": digest});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("node {} (daemon not answering: {e})", config.server.node);
+                println!("state digest {digest}");
+                println!("version vector:");
+                for (origin, seq) in &vv.0 {
+                    println!("  {origin:<40} {seq}");
                 }
             }
         }

@@ -13,6 +13,7 @@ pub mod marker;
 pub mod message;
 pub mod migrate;
 pub mod search;
+pub mod replica;
 pub mod tickets;
 pub mod topics;
 
@@ -26,6 +27,7 @@ use crate::change::Change;
 
 pub use accounts::Account;
 pub use log::{Event, Origin};
+pub use replica::{Incoming, Received, VersionVector};
 pub use topics::TopicRecord;
 
 /// File name of the database inside the data directory.
@@ -86,6 +88,9 @@ impl From<rusqlite::Error> for Error {
 pub struct Db {
     conn: Connection,
     origin: Origin,
+    /// Write transactions committed through this handle: the store thread
+    /// wakes mesh links when it moves.
+    commits: u64,
 }
 
 impl Db {
@@ -110,6 +115,7 @@ impl Db {
                 node: node.to_owned(),
                 incarnation,
             },
+            commits: 0,
         };
         seed(&mut db)?;
         Ok(db)
@@ -130,6 +136,7 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx, &self.origin)?;
         tx.commit()?;
+        self.commits += 1;
         Ok(out)
     }
 
@@ -207,6 +214,36 @@ fn name_holder(conn: &Connection, prefix: &str, lookup: &str) -> Result<Option<u
         )
         .optional()?;
     Ok(entity.as_deref().and_then(|e| parse_entity(prefix, e)))
+}
+
+/// The entity of kind `prefix` shown as `name~<6 hex>`: a later claimant
+/// of a name (DESIGN.md §4a), found by its base name and the end of its id.
+fn later_claimant(
+    conn: &Connection,
+    prefix: &str,
+    shown: &str,
+) -> Result<Option<uuid::Uuid>, Error> {
+    let Some((base, hex)) = shown.rsplit_once('~') else {
+        return Ok(None);
+    };
+    if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let hex = hex.to_ascii_lowercase();
+    let mut stmt = conn.prepare_cached(
+        "SELECT entity FROM registers WHERE field = 'name' AND lookup = ?1 AND entity LIKE ?2",
+    )?;
+    let rows = stmt.query_map(params![base.to_lowercase(), format!("{prefix}%")], |r| {
+        r.get::<_, String>(0)
+    })?;
+    for row in rows {
+        if let Some(id) = parse_entity(prefix, &row?) {
+            if id.simple().to_string().ends_with(&hex) {
+                return Ok(Some(id));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Every entity of kind `prefix` that has a name, in id (creation) order.
@@ -324,7 +361,7 @@ fn commit_batch(db: &mut Db, batch: Vec<(Change, oneshot::Sender<Result<Event, E
             .into_iter()
             .map(|change| log.append(tx, origin, change))
             .collect();
-        log.close(tx)?;
+        log.close(tx, origin)?;
         Ok(results)
     });
     match outcome {
@@ -370,6 +407,9 @@ impl Pending {
 pub struct Store {
     jobs: mpsc::Sender<Msg>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Bumped after every step of the store thread that may have added to
+    /// the log: mesh links wake on it to send what is new.
+    log_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -377,10 +417,13 @@ impl Store {
     pub fn open(data_dir: &Path, node: &str) -> Result<Store, Error> {
         let mut db = Db::open(data_dir, node)?;
         let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let changed = log_changed.clone();
         let thread = std::thread::Builder::new()
             .name("tenthbit-store".into())
             .spawn(move || {
                 let mut next = None;
+                let mut published = db.commits;
                 while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
                     match msg {
                         Msg::Job(job) => job(&mut db),
@@ -415,13 +458,24 @@ impl Store {
                             return;
                         }
                     }
+                    // Something was committed: mesh links have news.
+                    if db.commits != published {
+                        published = db.commits;
+                        changed.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                 }
             })
             .map_err(|e| Error::Corrupt(format!("cannot start the store thread: {e}")))?;
         Ok(Store {
             jobs,
             thread: Arc::new(Mutex::new(Some(thread))),
+            log_changed,
         })
+    }
+
+    /// A receiver that sees a change whenever the log may have grown.
+    pub fn watch_log(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.log_changed.subscribe()
     }
 
     /// Runs `f` on the store thread and returns its result.
