@@ -8,12 +8,6 @@ use serde_json::{Value, json};
 use tenthbit::client::Client;
 use tenthbit::proto::Packet;
 
-fn on(op: &str, topic: &str) -> Packet {
-    let mut p = Packet::request(op);
-    p.topic = Some(topic.to_owned());
-    p
-}
-
 /// dan owns `lobby`, bob is a member; returns the topic.
 async fn setup(server: &TestServer) -> (Client, Client, String) {
     server.register("dan", "hellosecret").await;

@@ -9,12 +9,6 @@ use serde_json::{Value, json};
 use tenthbit::client::Client;
 use tenthbit::proto::Packet;
 
-fn on(op: &str, topic: &str) -> Packet {
-    let mut p = Packet::request(op);
-    p.topic = Some(topic.to_owned());
-    p
-}
-
 /// `bob` says `n` things in `topic`; their ids and times.
 async fn chatter(bob: &mut Client, topic: &str, n: usize) -> Vec<(String, i64)> {
     let mut sent = Vec::new();

@@ -9,12 +9,6 @@ use serde_json::{Value, json};
 use tenthbit::client::Client;
 use tenthbit::proto::Packet;
 
-fn on(op: &str, topic: &str) -> Packet {
-    let mut p = Packet::request(op);
-    p.topic = Some(topic.to_owned());
-    p
-}
-
 async fn create(c: &mut Client, name: &str) -> String {
     let p = request(c, Packet::request("create").with("name", name)).await;
     assert_eq!(p.op, "meta", "{p:?}");

@@ -17,6 +17,7 @@
 pub mod config;
 mod effects;
 mod link;
+mod messages;
 pub mod seen;
 pub mod status;
 mod tickets;

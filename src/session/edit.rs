@@ -66,12 +66,9 @@ impl Session<'_> {
             .ctx
             .store
             .call(move |db| {
-                let Some(kept) = db.kept_message(tid, &target)? else {
+                let Some(kept) = db.live_message(tid, &target)? else {
                     return Ok(Checked::NotFound);
                 };
-                if db.redaction(tid, &target)?.is_some() {
-                    return Ok(Checked::NotFound);
-                }
                 if kept.sender != account {
                     return Ok(Checked::NotYours);
                 }
@@ -120,26 +117,16 @@ impl Session<'_> {
         topic: &str,
         message: String,
     ) -> Result<Outcome, Denied> {
-        let t = self.resolve(topic)?;
-        let actor = self.actor(me);
-        if !t.acl.allows(actor, Flag::Read) {
-            return Err(Denied::new(
-                ErrorCode::AclDenied,
-                "the topic's ACL does not let you read it",
-            ));
-        }
-        let moderator = t.acl.allows(actor, Flag::Op);
+        let t = self.readable(me, topic)?;
+        let moderator = t.acl.allows(self.actor(me), Flag::Op);
         let (tid, account, target) = (t.id, me.id, message.clone());
         let checked = self
             .ctx
             .store
             .call(move |db| {
-                let Some(kept) = db.kept_message(tid, &target)? else {
+                let Some(kept) = db.live_message(tid, &target)? else {
                     return Ok(Checked::NotFound);
                 };
-                if db.redaction(tid, &target)?.is_some() {
-                    return Ok(Checked::NotFound);
-                }
                 if kept.sender != account && !moderator {
                     return Ok(Checked::NotYours);
                 }

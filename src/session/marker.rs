@@ -10,7 +10,6 @@ use uuid::Uuid;
 
 use super::{Denied, LoggedIn, Outcome, Session};
 use crate::proto::{ErrorCode, Packet, reply};
-use crate::router::acl::Flag;
 use crate::store::TopicRecord;
 use crate::store::marker::{Marker, Unread};
 
@@ -50,13 +49,7 @@ impl Session<'_> {
         topic: &str,
         message: Option<String>,
     ) -> Result<Outcome, Denied> {
-        let t = self.resolve(topic)?;
-        if !t.acl.allows(self.actor(me), Flag::Read) {
-            return Err(Denied::new(
-                ErrorCode::AclDenied,
-                "the topic's ACL does not let you read it",
-            ));
-        }
+        let t = self.readable(me, topic)?;
         let (tid, account, cap) = (t.id, me.id, self.ctx.history.max_unread);
         let Some(message) = message else {
             let state = self

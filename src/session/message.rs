@@ -531,13 +531,7 @@ impl Session<'_> {
         after: Option<Bound>,
         limit: Option<usize>,
     ) -> Result<Outcome, Denied> {
-        let t = self.resolve(topic)?;
-        if !t.acl.allows(self.actor(me), Flag::Read) {
-            return Err(Denied::new(
-                ErrorCode::AclDenied,
-                "the topic's ACL does not let you read it",
-            ));
-        }
+        let t = self.readable(me, topic)?;
         let limit = limit.unwrap_or(50).min(self.ctx.history.max_page);
         let cursor = |b: Bound| match b {
             Bound::Id(s) => Cursor::Id(s),

@@ -89,20 +89,11 @@ impl Session<'_> {
             ),
             None => None,
         };
-        let actor = self.actor(me);
         let topic = match &filters.topic {
-            Some(name) => {
-                let t = self.resolve(name)?;
-                if !t.acl.allows(actor, Flag::Read) {
-                    return Err(Denied::new(
-                        ErrorCode::AclDenied,
-                        "the topic's ACL does not let you read it",
-                    ));
-                }
-                Some(t)
-            }
+            Some(name) => Some(self.readable(me, name)?),
             None => None,
         };
+        let actor = self.actor(me);
         // What may be searched: live topics the asker may read, whose
         // messages are not binary.
         let topics: HashSet<uuid::Uuid> = match &topic {

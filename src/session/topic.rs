@@ -107,6 +107,15 @@ impl Session<'_> {
         self.ctx.topics.resolve(topic).ok_or_else(not_found)
     }
 
+    /// The topic named `topic`, if `me` may read it (`acl/denied` if not).
+    pub(super) fn readable(&self, me: &LoggedIn, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
+        let t = self.resolve(topic)?;
+        if !t.acl.allows(self.actor(me), Flag::Read) {
+            return Err(denied("read it"));
+        }
+        Ok(t)
+    }
+
     /// Reloads a topic from the store into the cache after a change.
     pub(super) async fn reload(&self, id: Uuid) -> Result<TopicRecord, Denied> {
         let record = self

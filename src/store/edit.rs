@@ -73,9 +73,7 @@ impl Db {
         id: &str,
         revision: &Revision,
     ) -> Result<Event, Error> {
-        let mut change = Change::new(KIND_EDIT);
-        change.writes.push(write(topic, id, EDIT, revision)?);
-        self.write(|tx, origin| log::append(tx, origin, change))
+        self.record(KIND_EDIT, write(topic, id, EDIT, revision)?)
     }
 
     /// Records the redaction of message `id` of `topic`, removing its text.
@@ -85,9 +83,22 @@ impl Db {
         id: &str,
         redaction: &Redaction,
     ) -> Result<Event, Error> {
-        let mut change = Change::new(KIND_REDACT);
-        change.writes.push(write(topic, id, REDACTED, redaction)?);
+        self.record(KIND_REDACT, write(topic, id, REDACTED, redaction)?)
+    }
+
+    /// Appends an event of `kind` holding the one register write `w`.
+    fn record(&mut self, kind: &str, w: Write) -> Result<Event, Error> {
+        let mut change = Change::new(kind);
+        change.writes.push(w);
         self.write(|tx, origin| log::append(tx, origin, change))
+    }
+
+    /// The kept message `id` of `topic`, unless it was redacted.
+    pub fn live_message(&self, topic: Uuid, id: &str) -> Result<Option<Message>, Error> {
+        if self.redaction(topic, id)?.is_some() {
+            return Ok(None);
+        }
+        self.kept_message(topic, id)
     }
 
     /// The redaction of message `id` of `topic`, if it was redacted.
@@ -307,6 +318,23 @@ mod tests {
         c
     }
 
+    /// Records and applies an event of `origin` (`node/incarnation`) as
+    /// one from a peer is.
+    fn deliver(db: &mut Db, origin: &str, seq: u64, hlc: u64, change: &Change) {
+        let (node, incarnation) = origin.split_once('/').unwrap();
+        let event = Event {
+            node: node.to_owned(),
+            incarnation: incarnation.to_owned(),
+            seq,
+            hlc,
+            change: change.clone(),
+        };
+        let tx = db.conn.transaction().unwrap();
+        log::insert(&tx, &event).unwrap();
+        log::apply(&tx, origin, hlc, change).unwrap();
+        tx.commit().unwrap();
+    }
+
     /// Every event body and register value, as text.
     fn stored(db: &Db) -> String {
         let mut out = String::new();
@@ -345,21 +373,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(dir.path(), "n1").unwrap();
         for (n, (origin, hlc, change)) in events.iter().enumerate() {
-            let tx = db.conn.transaction().unwrap();
-            tx.execute(
-                "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, '1', ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    origin,
-                    n as i64,
-                    *hlc as i64,
-                    change.kind,
-                    serde_json::to_string(change).unwrap(),
-                    change.message.as_ref().map(|m| m.topic.to_string())
-                ],
-            )
-            .unwrap();
-            log::apply(&tx, origin, *hlc, change).unwrap();
-            tx.commit().unwrap();
+            deliver(&mut db, origin, n as u64 + 1, *hlc, change);
             let ex = seen(&db, t, "m1");
             match n {
                 0 => assert_eq!(ex["body"], "secret"),
@@ -381,21 +395,7 @@ mod tests {
         let mut db = Db::open(dir.path(), "n1").unwrap();
         for (n, i) in [3usize, 2, 0, 1].into_iter().enumerate() {
             let (origin, hlc, change) = &events[i];
-            let tx = db.conn.transaction().unwrap();
-            tx.execute(
-                "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, '1', ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    origin,
-                    n as i64 + 10,
-                    *hlc as i64,
-                    change.kind,
-                    serde_json::to_string(change).unwrap(),
-                    change.message.as_ref().map(|m| m.topic.to_string())
-                ],
-            )
-            .unwrap();
-            log::apply(&tx, origin, *hlc, change).unwrap();
-            tx.commit().unwrap();
+            deliver(&mut db, origin, n as u64 + 1, *hlc, change);
         }
         assert_eq!(
             Value::Object(seen(&db, t, "m1")),

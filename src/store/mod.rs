@@ -12,8 +12,8 @@ pub mod log;
 pub mod marker;
 pub mod message;
 pub mod migrate;
-pub mod search;
 pub mod replica;
+pub mod search;
 pub mod tickets;
 pub mod topics;
 
@@ -149,7 +149,7 @@ impl Db {
             for change in changes {
                 log.append(tx, origin, change)?;
             }
-            log.close(tx)?;
+            log.close(tx, origin)?;
             Ok(n)
         })
     }

@@ -190,3 +190,10 @@ pub fn password_auth(name: &str, password: &str) -> Packet {
         .with("username", name)
         .with("password", password)
 }
+
+/// A request `op` about `topic` (a UUID or a name).
+pub fn on(op: &str, topic: &str) -> Packet {
+    let mut p = Packet::request(op);
+    p.topic = Some(topic.to_owned());
+    p
+}
