@@ -42,6 +42,16 @@ pub struct MeshConfig {
     pub batch_events: usize,
     /// How long a ticket forwarded to its issuing node may take.
     pub ticket_timeout_ms: u64,
+    /// How long the ids of flooded messages are remembered: a message
+    /// delayed longer on some path is dropped there (counted), never
+    /// delivered twice.
+    pub seen_ttl_ms: u64,
+    /// Most ids remembered; under heavy traffic the window shrinks to what
+    /// fits.
+    pub seen_capacity: usize,
+    /// How long a relayed message that arrives ahead of an earlier one of
+    /// the same origin waits for it before the gap is given up.
+    pub reorder_wait_ms: u64,
     /// The nodes this node dials (and accepts).
     #[serde(rename = "peer")]
     pub peers: Vec<PeerConfig>,
@@ -81,6 +91,9 @@ impl Default for MeshConfig {
             max_packet_bytes: 1024 * 1024,
             batch_events: 512,
             ticket_timeout_ms: 3_000,
+            seen_ttl_ms: 60_000,
+            seen_capacity: 262_144,
+            reorder_wait_ms: 1_000,
             peers: Vec::new(),
         }
     }
@@ -138,6 +151,8 @@ impl MeshConfig {
             ("mesh.handshake_timeout_ms", self.handshake_timeout_ms),
             ("mesh.redial_min_ms", self.redial_min_ms),
             ("mesh.ticket_timeout_ms", self.ticket_timeout_ms),
+            ("mesh.seen_ttl_ms", self.seen_ttl_ms),
+            ("mesh.reorder_wait_ms", self.reorder_wait_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
@@ -160,6 +175,9 @@ impl MeshConfig {
                 "mesh.max_packet_bytes",
                 "must be 65536 to 67108864",
             ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.seen_capacity) {
+            return Err(invalid("mesh.seen_capacity", "must be 1024 to 16777216"));
         }
         if !(1..=10_000).contains(&self.batch_events) {
             return Err(invalid("mesh.batch_events", "must be 1 to 10000"));

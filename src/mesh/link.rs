@@ -38,7 +38,7 @@ pub(super) struct Link {
     pub dialed: bool,
     /// When hello finished.
     pub since: Instant,
-    control: mpsc::Sender<Packet>,
+    control: mpsc::Sender<Out>,
     /// What the peer holds, as far as we know: its hello, what it sent us,
     /// and what we sent it. The cursor sends what this lacks.
     sent: Mutex<VersionVector>,
@@ -75,10 +75,24 @@ impl Link {
 
     /// Queues a packet for the writer; dropped when the queue is full.
     pub fn send(&self, p: Packet) {
-        if self.control.try_send(p).is_err() {
+        if self.control.try_send(Out::Packet(Box::new(p))).is_err() {
             debug!(peer = %self.peer, "mesh: control queue full, packet dropped");
         }
     }
+
+    /// Queues an encoded line (newline included) for the writer; false
+    /// when the queue is full and it was dropped.
+    pub fn send_raw(&self, line: bytes::Bytes) -> bool {
+        self.control.try_send(Out::Raw(line)).is_ok()
+    }
+}
+
+/// What waits for a link's writer.
+pub(super) enum Out {
+    /// A packet to encode.
+    Packet(Box<Packet>),
+    /// A line already encoded (a relay, shared by every link).
+    Raw(bytes::Bytes),
 }
 
 /// How a link ended, for the log line.
@@ -233,7 +247,7 @@ async fn handshake(
         vv,
         now_ms: now_ms(),
     });
-    write_packets(wr, &[ours], &inner.cfg)
+    write_packets(wr, &[Out::Packet(Box::new(ours))], &inner.cfg)
         .await
         .map_err(End::Closed)?;
     let packet = tokio::time::timeout(inner.cfg.handshake_timeout(), read_packet(reader))
@@ -388,6 +402,10 @@ fn on_packet(inner: &Arc<Inner>, link: &Arc<Link>, p: Packet) -> Option<End> {
             inner.on_routed(r, link.id);
             None
         }
+        Packet::Relay(r) => {
+            super::relay::on_relay(inner, link.id, r);
+            None
+        }
         Packet::Error(r) => Some(End::PeerSaid(r.code, r.message)),
         Packet::Hello(_) => Some(End::Refuse(Code::Malformed, "a second mesh.hello".into())),
         Packet::Event(_) => None,
@@ -417,6 +435,7 @@ async fn receive(
             Incoming { event, prev }
         })
         .collect();
+    let _in_order = inner.applying.lock().await;
     let results = match inner.store.call(move |db| db.receive(batch)).await {
         Ok(r) => r,
         Err(e) => return Some(End::Refuse(Code::Internal, format!("store: {e}"))),
@@ -464,7 +483,7 @@ async fn write_loop(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
     wr: &mut WriteHalf<Stream>,
-    mut control: mpsc::Receiver<Packet>,
+    mut control: mpsc::Receiver<Out>,
 ) -> Option<End> {
     let end = write_until_end(inner, link, wr, &mut control).await;
     link.close.cancel();
@@ -475,7 +494,7 @@ async fn write_until_end(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
     wr: &mut WriteHalf<Stream>,
-    control: &mut mpsc::Receiver<Packet>,
+    control: &mut mpsc::Receiver<Out>,
 ) -> Option<End> {
     let mut log = inner.store.watch_log();
     let mut tick = tokio::time::interval(inner.cfg.keepalive_interval());
@@ -492,14 +511,16 @@ async fn write_until_end(
                     Err(e) => return Some(End::Refuse(Code::Internal, format!("store: {e}"))),
                 };
             held = now_held;
-            let mut packets: Vec<Packet> = Vec::with_capacity(batch.len() + 4);
+            let mut packets: Vec<Out> = Vec::with_capacity(batch.len() + 4);
             if let Ok(mut sent) = link.sent.lock() {
                 for (event, prev) in &batch {
                     sent.raise(
                         &crate::store::replica::origin_key(&event.node, &event.incarnation),
                         event.seq,
                     );
-                    packets.push(Packet::Event(wire::WireEvent::new(event, *prev)));
+                    packets.push(Out::Packet(Box::new(Packet::Event(wire::WireEvent::new(
+                        event, *prev,
+                    )))));
                 }
             }
             let n = batch.len() as u64;
@@ -533,7 +554,7 @@ async fn write_until_end(
                 }
             }
             _ = tick.tick() => {
-                let ack = Packet::Ack(wire::Ack { vv: held.clone() });
+                let ack = Out::Packet(Box::new(Packet::Ack(wire::Ack { vv: held.clone() })));
                 if let Err(e) = write_packets(wr, &[ack], &inner.cfg).await {
                     return Some(End::Closed(e));
                 }
@@ -546,12 +567,15 @@ async fn write_until_end(
 /// reading for that long is dropped; it catches up when it comes back).
 async fn write_packets(
     wr: &mut WriteHalf<Stream>,
-    packets: &[Packet],
+    packets: &[Out],
     cfg: &super::config::MeshConfig,
 ) -> Result<(), String> {
     let mut buf = Vec::new();
     for p in packets {
-        wire::encode(p, &mut buf);
+        match p {
+            Out::Packet(p) => wire::encode(p, &mut buf),
+            Out::Raw(line) => buf.extend_from_slice(line),
+        }
     }
     let write = async {
         wr.write_all(&buf).await?;

@@ -84,6 +84,14 @@ pub(super) struct Burst {
     hint: (usize, usize),
 }
 
+/// Carries relayed messages of topics that keep no history to the other
+/// nodes of the mesh (the mesh implements it; sessions do not know links).
+pub trait EphemeralRelay: Send + Sync {
+    /// Hands relayed `send` lines (each ending in a newline) of `topic` to
+    /// every link; never waits.
+    fn publish(&self, topic: uuid::Uuid, lines: &Bytes);
+}
+
 /// Room a burst reserves at least, for relays and for acks.
 const BURST_ROOM: (usize, usize) = (320, 160);
 
@@ -358,12 +366,20 @@ impl Session<'_> {
         let burst = std::mem::take(&mut self.burst);
         let more = |n: usize| n + n / 4;
         self.burst.hint = (more(burst.relays.len()), more(burst.acks.len()));
+        let relays = trimmed(burst.relays);
         self.ctx.presence.deliver(
             topic.members.iter(),
-            &trimmed(burst.relays),
+            &relays,
             burst.relay_count,
             self.conn_id,
         );
+        // Other nodes' members: kept messages go there by the log, the
+        // others now, before the sender's ack.
+        if let Some(mesh) = self.ctx.ephemeral_relay.get() {
+            if !self.keeps_history(&topic) {
+                mesh.publish(topic.id, &relays);
+            }
+        }
         match self.out.push_lines(trimmed(burst.acks), burst.ack_count) {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Close(CloseReason::SendqExceeded),

@@ -19,6 +19,7 @@ mod ticket;
 mod topic;
 
 pub use keys::signed_message;
+pub use message::EphemeralRelay;
 pub use ticket::{TicketRelay, Unavailable, node_code, redeem_here};
 
 use std::net::IpAddr;
@@ -127,6 +128,9 @@ pub struct Context {
     /// Redeems other nodes' tickets at their issuer (set when the mesh
     /// starts; without it such tickets are invalid here).
     pub ticket_relay: std::sync::OnceLock<std::sync::Arc<dyn TicketRelay>>,
+    /// Carries messages of topics without history to other nodes (set when
+    /// the mesh starts).
+    pub ephemeral_relay: std::sync::OnceLock<std::sync::Arc<dyn EphemeralRelay>>,
 }
 
 impl Context {
@@ -168,6 +172,7 @@ impl Context {
             topics: Topics::load(topics),
             history: config.history.clone(),
             ticket_relay: std::sync::OnceLock::new(),
+            ephemeral_relay: std::sync::OnceLock::new(),
         }
     }
 }
