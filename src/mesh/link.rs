@@ -428,13 +428,14 @@ async fn receive(
             sent.raise(&crate::store::replica::origin_key(&e.o, &e.i), e.s);
         }
     }
-    let batch: Vec<Incoming> = events
+    let batch: Vec<Incoming> = match events
         .into_iter()
-        .map(|e| {
-            let (event, prev) = e.into_event();
-            Incoming { event, prev }
-        })
-        .collect();
+        .map(wire::WireEvent::into_incoming)
+        .collect::<Result<_, _>>()
+    {
+        Ok(b) => b,
+        Err(e) => return Some(End::Refuse(Code::Malformed, format!("bad change: {e}"))),
+    };
     let _in_order = inner.applying.lock().await;
     let results = match inner.store.call(move |db| db.receive(batch)).await {
         Ok(r) => r,
@@ -511,17 +512,20 @@ async fn write_until_end(
                     Err(e) => return Some(End::Refuse(Code::Internal, format!("store: {e}"))),
                 };
             held = now_held;
-            let mut packets: Vec<Out> = Vec::with_capacity(batch.len() + 4);
-            if let Ok(mut sent) = link.sent.lock() {
-                for (event, prev) in &batch {
-                    sent.raise(
-                        &crate::store::replica::origin_key(&event.node, &event.incarnation),
-                        event.seq,
-                    );
-                    packets.push(Out::Packet(Box::new(Packet::Event(wire::WireEvent::new(
-                        event, *prev,
-                    )))));
+            let mut packets: Vec<Out> = Vec::with_capacity(4);
+            if !batch.is_empty() {
+                let mut lines =
+                    Vec::with_capacity(batch.iter().map(|(e, _)| e.body.len() + 128).sum());
+                if let Ok(mut sent) = link.sent.lock() {
+                    for (event, prev) in &batch {
+                        sent.raise(
+                            &crate::store::replica::origin_key(&event.node, &event.incarnation),
+                            event.seq,
+                        );
+                        wire::write_event(&mut lines, event, *prev);
+                    }
                 }
+                packets.push(Out::Raw(bytes::Bytes::from(lines)));
             }
             let n = batch.len() as u64;
             // Routed packets are not starved by a long catch-up.

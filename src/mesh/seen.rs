@@ -101,8 +101,15 @@ impl Seen {
 mod tests {
     use super::*;
 
+    /// A v7 id at `ms` (not from the process-wide generator, which must
+    /// never be moved into the future).
     fn at(ms: u64) -> Uuid {
-        crate::proto::id::uuid_at(i64::try_from(ms).unwrap())
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ms / 1000,
+            ((ms % 1000) * 1_000_000) as u32,
+        );
+        Uuid::new_v7(ts)
     }
 
     #[test]

@@ -6,8 +6,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::change::Change;
-use crate::store::{Event, VersionVector};
+use crate::store::{Event, Incoming, RawEvent, VersionVector};
 
 /// The link protocol version this build speaks.
 pub const PROTO: u32 = 1;
@@ -55,7 +54,7 @@ pub struct Hello {
 }
 
 /// `mesh.event`: an event and the seq before it in the sender's log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireEvent {
     /// Origin node.
@@ -68,36 +67,46 @@ pub struct WireEvent {
     pub p: u64,
     /// Hybrid logical clock.
     pub h: u64,
-    /// The change.
-    pub c: Change,
+    /// The change, as the log holds it.
+    pub c: Box<serde_json::value::RawValue>,
 }
 
 impl WireEvent {
-    /// The wire form of `event`, following `prev`.
-    pub fn new(event: &Event, prev: u64) -> Self {
-        Self {
-            o: event.node.clone(),
-            i: event.incarnation.clone(),
-            s: event.seq,
-            p: prev,
-            h: event.hlc,
-            c: event.change.clone(),
-        }
-    }
-
-    /// The event, and the seq before it.
-    pub fn into_event(self) -> (Event, u64) {
-        (
-            Event {
+    /// The event for the store: its change decoded, and kept as it came.
+    pub fn into_incoming(self) -> Result<Incoming, serde_json::Error> {
+        let change = serde_json::from_str(self.c.get())?;
+        Ok(Incoming {
+            event: Event {
                 node: self.o,
                 incarnation: self.i,
                 seq: self.s,
                 hlc: self.h,
-                change: self.c,
+                change,
             },
-            self.p,
-        )
+            prev: self.p,
+            body: self.c.get().to_owned(),
+        })
     }
+}
+
+/// Appends the `mesh.event` line of `event`, following `prev`, without
+/// decoding its change.
+pub fn write_event(out: &mut Vec<u8>, event: &RawEvent, prev: u64) {
+    out.extend_from_slice(b"{\"op\":\"mesh.event\",\"ex\":{\"o\":");
+    let _ = serde_json::to_writer(&mut *out, &event.node);
+    out.extend_from_slice(b",\"i\":");
+    let _ = serde_json::to_writer(&mut *out, &event.incarnation);
+    for (key, n) in [
+        (&b",\"s\":"[..], event.seq),
+        (b",\"p\":", prev),
+        (b",\"h\":", event.hlc),
+    ] {
+        out.extend_from_slice(key);
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+    out.extend_from_slice(b",\"c\":");
+    out.extend_from_slice(event.body.as_bytes());
+    out.extend_from_slice(b"}}\n");
 }
 
 /// `mesh.ack`.
@@ -308,6 +317,34 @@ mod tests {
         assert!(decode(br#"{"op":"mesh.ack","ex":{"vv":{},"x":1}}"#).is_err());
         assert!(decode(br#"{"op":"mesh.nope","ex":{}}"#).is_err());
         assert!(decode(br#"{"op":"mesh.ack","ex":{"vv":{"a/b":-1}}}"#).is_err());
+    }
+
+    #[test]
+    fn event_lines_carry_the_change_as_stored() {
+        let raw = RawEvent {
+            node: "n\"1".into(),
+            incarnation: "ab".into(),
+            seq: 7,
+            hlc: 1 << 40,
+            body: r#"{"kind":"x","writes":[{"e":"server","f":"meta:n","v":1.50}]}"#.into(),
+        };
+        let mut line = Vec::new();
+        write_event(&mut line, &raw, 5);
+        let Packet::Event(e) = decode(line.trim_ascii_end()).unwrap() else {
+            panic!("not an event");
+        };
+        let inc = e.into_incoming().unwrap();
+        assert_eq!(
+            (
+                inc.event.node.as_str(),
+                inc.event.seq,
+                inc.prev,
+                inc.event.hlc
+            ),
+            ("n\"1", 7, 5, 1 << 40)
+        );
+        assert_eq!(inc.body, raw.body, "stored as it came, byte for byte");
+        assert_eq!(inc.event.change.kind, "x");
     }
 
     #[test]

@@ -112,6 +112,12 @@ impl Appender {
 /// Records an event in the log (not applying it).
 pub fn insert(tx: &Transaction<'_>, event: &Event) -> Result<(), Error> {
     let body = serde_json::to_string(&event.change).map_err(|e| Error::Corrupt(e.to_string()))?;
+    insert_body(tx, event, &body)
+}
+
+/// Records an event whose change is already encoded as `body` (an event
+/// from a peer is stored as it came).
+pub fn insert_body(tx: &Transaction<'_>, event: &Event, body: &str) -> Result<(), Error> {
     let topic = event.change.message.as_ref().map(|m| m.topic.to_string());
     tx.prepare_cached(
         "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

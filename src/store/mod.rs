@@ -27,7 +27,7 @@ use crate::change::Change;
 
 pub use accounts::Account;
 pub use log::{Event, Origin};
-pub use replica::{Incoming, Received, VersionVector};
+pub use replica::{Incoming, RawEvent, Received, VersionVector};
 pub use topics::TopicRecord;
 
 /// File name of the database inside the data directory.

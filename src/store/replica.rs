@@ -58,6 +58,24 @@ pub struct Incoming {
     pub event: Event,
     /// The seq before it in the sender's log (0: the origin's first).
     pub prev: u64,
+    /// The change as it came, stored as is.
+    pub body: String,
+}
+
+/// An event as the log holds it, its change still encoded: what a link
+/// sends without decoding it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEvent {
+    /// Origin node.
+    pub node: String,
+    /// Origin incarnation.
+    pub incarnation: String,
+    /// Seq in the origin's log.
+    pub seq: u64,
+    /// Hybrid logical clock.
+    pub hlc: u64,
+    /// The change, JSON.
+    pub body: String,
 }
 
 /// What became of an incoming event.
@@ -109,7 +127,7 @@ impl Db {
         origin: &str,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Event>, Error> {
+    ) -> Result<Vec<RawEvent>, Error> {
         let Some((node, inc)) = split_origin(origin) else {
             return Ok(Vec::new());
         };
@@ -132,16 +150,16 @@ impl Db {
                 ))
             },
         )?;
-        let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
+        let corrupt = |e: std::num::TryFromIntError| Error::Corrupt(e.to_string());
         let mut out = Vec::new();
         for row in rows {
             let (seq, hlc, body) = row?;
-            out.push(Event {
+            out.push(RawEvent {
                 node: node.to_owned(),
                 incarnation: inc.to_owned(),
-                seq: u64::try_from(seq).map_err(|e| corrupt(&e))?,
-                hlc: u64::try_from(hlc).map_err(|e| corrupt(&e))?,
-                change: serde_json::from_str(&body).map_err(|e| corrupt(&e))?,
+                seq: u64::try_from(seq).map_err(corrupt)?,
+                hlc: u64::try_from(hlc).map_err(corrupt)?,
+                body,
             });
         }
         Ok(out)
@@ -158,7 +176,7 @@ impl Db {
         let mut clock = log::read_clock(&tx)?;
         let mut held: BTreeMap<String, u64> = BTreeMap::new();
         let mut out = Vec::with_capacity(batch.len());
-        for Incoming { event, prev } in batch {
+        for Incoming { event, prev, body } in batch {
             let key = origin_key(&event.node, &event.incarnation);
             let have = match held.get(&key) {
                 Some(h) => *h,
@@ -184,7 +202,7 @@ impl Db {
                 });
                 continue;
             }
-            log::insert(&tx, &event)?;
+            log::insert_body(&tx, &event, &body)?;
             log::apply(&tx, &key, event.hlc, &event.change)?;
             clock = clock.max(event.hlc);
             held.insert(key, event.seq);
@@ -249,7 +267,7 @@ impl Db {
         &self,
         sent: &VersionVector,
         limit: usize,
-    ) -> Result<(VersionVector, Vec<(Event, u64)>), Error> {
+    ) -> Result<(VersionVector, Vec<(RawEvent, u64)>), Error> {
         let held = self.version_vector()?;
         let mut out = Vec::new();
         for (origin, have) in &held.0 {
@@ -334,7 +352,17 @@ mod tests {
         }
         let incoming = batch
             .into_iter()
-            .map(|(event, prev)| Incoming { event, prev })
+            .map(|(raw, prev)| Incoming {
+                event: Event {
+                    node: raw.node,
+                    incarnation: raw.incarnation,
+                    seq: raw.seq,
+                    hlc: raw.hlc,
+                    change: serde_json::from_str(&raw.body).unwrap(),
+                },
+                prev,
+                body: raw.body,
+            })
             .collect();
         for r in dbs[to].receive(incoming).unwrap() {
             assert!(
