@@ -344,12 +344,20 @@ impl Limits {
 pub struct LogConfig {
     /// EnvFilter directives.
     pub level: String,
+    /// Refused connections from one address log one warning per interval,
+    /// with their count.
+    pub refused_interval_ms: u64,
+    /// Addresses whose refusals are counted apart; refusals from more are
+    /// counted together.
+    pub refused_max_addresses: usize,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
+            refused_interval_ms: 10_000,
+            refused_max_addresses: 1024,
         }
     }
 }
@@ -447,6 +455,12 @@ impl Config {
             return Err(invalid(
                 "auth.max_failures_per_account",
                 "failure allowances must be at least 1",
+            ));
+        }
+        if self.log.refused_interval_ms == 0 || self.log.refused_max_addresses == 0 {
+            return Err(invalid(
+                "log",
+                "refused_interval_ms and refused_max_addresses must be at least 1",
             ));
         }
         let h = &self.history;

@@ -2,7 +2,8 @@
 //!
 //! The modules follow a packet's path through the daemon:
 //!
-//! - [`server`]: bind, accept under connection limits, spawn a task per connection, shut down.
+//! - [`server`]: bind, accept under connection limits, spawn a task per connection, shut down;
+//!   [`refusals`]: refused connections logged once per address and interval.
 //! - [`tls`]: rustls server config (TLS 1.2/1.3, ALPN `10bit/0.1`, `10bit-gzip/0.1`),
 //!   self-signed default certificate, client trust (fingerprint pinning).
 //! - [`conn`]: one connection: handshake deadline, [`conn::framing`] (lines),
@@ -28,6 +29,7 @@ pub mod mesh;
 pub mod password;
 pub mod procfs;
 pub mod proto;
+pub mod refusals;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -24,6 +24,7 @@ use crate::conn;
 use crate::mesh::Mesh;
 use crate::password::Passwords;
 use crate::proto::ErrorCode;
+use crate::refusals::RefusalLog;
 use crate::session;
 use crate::store::Store;
 use crate::tls;
@@ -79,6 +80,7 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     counts: Mutex<ConnCounts>,
     next_conn_id: AtomicU64,
+    refusals: RefusalLog,
 }
 
 #[derive(Default)]
@@ -297,6 +299,10 @@ pub async fn start_with_mesh(
     let shared = Arc::new(Shared {
         session_ctx,
         acceptor: TlsAcceptor::from(server_tls.config),
+        refusals: RefusalLog::new(
+            Duration::from_millis(config.log.refused_interval_ms),
+            config.log.refused_max_addresses,
+        ),
         config,
         shutdown: shutdown_token,
         hard_stop: CancellationToken::new(),
@@ -309,6 +315,7 @@ pub async fn start_with_mesh(
         tracker.spawn(accept_loop(shared.clone(), listener, tracker.clone()));
     }
     tracker.spawn(prune_loop(shared.clone()));
+    tracker.spawn(refusal_report_loop(shared.clone()));
     let shutdown = shared.shutdown.clone();
     let mesh_task = mesh.clone();
     let store_handle = store.clone();
@@ -365,11 +372,18 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTr
             }
         };
         let Some((admission, refusal)) = admit(&shared, peer.ip()) else {
-            warn!(%peer, "connection dropped: over the limit and too many refusals in flight");
+            let report = shared
+                .refusals
+                .refused(peer.ip(), DROPPED, std::time::Instant::now());
+            log_refusals(report);
             continue;
         };
         if let Some(code) = refusal {
-            warn!(%peer, reason = %code, "connection refused: over a connection limit");
+            let report =
+                shared
+                    .refusals
+                    .refused(peer.ip(), code.as_str(), std::time::Instant::now());
+            log_refusals(report);
         }
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
@@ -378,6 +392,43 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTr
             conn::run(shared, tcp, peer, id, refusal).await;
         });
     }
+}
+
+/// The reason logged for a connection dropped without a refusal: over a
+/// limit, with too many refusals already in flight.
+const DROPPED: &str = "dropped";
+
+/// Logs refused connections, one line per address and interval.
+fn log_refusals(reports: impl IntoIterator<Item = crate::refusals::Report>) {
+    for r in reports {
+        match r.ip {
+            Some(ip) => warn!(
+                %ip,
+                count = r.count,
+                reason = r.reason,
+                "connections refused: over a connection limit"
+            ),
+            None => warn!(
+                count = r.count,
+                reason = r.reason,
+                "connections refused: over a connection limit, from addresses not counted apart"
+            ),
+        }
+    }
+}
+
+/// Logs the refusals counted but not yet logged, once per interval.
+async fn refusal_report_loop(shared: Arc<Shared>) {
+    let every = shared.refusals.interval();
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        log_refusals(shared.refusals.due(std::time::Instant::now()));
+    }
+    // What the last interval counted is still said.
+    log_refusals(shared.refusals.due(std::time::Instant::now() + every));
 }
 
 /// Applies history retention every `history.prune_interval_ms`, per topic,

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{Report, percentile};
-use crate::change::{Change, Message};
+use crate::change::{Change, ExJson, Message};
 use crate::store::search::Query;
 use crate::store::{Db, Error};
 
@@ -89,15 +89,16 @@ fn fill(db: &mut Db, load: &SearchLoad, rng: &mut Rng) -> Result<Uuid, Error> {
                 let body: Vec<String> = (0..words)
                     .map(|_| word(rng.rank(load.vocabulary)))
                     .collect();
-                Change::message(Message {
+                let ex = Map::from_iter([("body".to_owned(), Value::from(body.join(" ")))]);
+                Ok(Change::message(Message {
                     topic,
                     id: format!("bench-{n}"),
                     ts: 0,
                     sender: senders[(rng.next() % SENDERS as u64) as usize],
-                    ex: Map::from_iter([("body".to_owned(), Value::from(body.join(" ")))]),
-                })
+                    ex: ExJson::from_map(&ex).map_err(|e| Error::Corrupt(e.to_string()))?,
+                }))
             })
-            .collect();
+            .collect::<Result<Vec<_>, Error>>()?;
         db.append_all(changes)?;
         left -= batch;
     }

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::message::render_messages;
 use super::{Denied, LoggedIn, Outcome, Session};
+use crate::proto::packet::{KeptSend, encode_line};
 use crate::proto::{ErrorCode, Packet};
 use crate::router::acl::Flag;
 use crate::store::TopicRecord;
@@ -141,7 +141,29 @@ impl Session<'_> {
                 Ok((found, names))
             })
             .await?;
-        let (rendered, cut) = render_messages(&found.messages, &names, self.ctx.max_line_bytes);
+        // One answer within the line limit, each message as `history`
+        // shows it (its `ex` as stored text).
+        let budget = self.ctx.max_line_bytes.saturating_sub(1024);
+        let (mut used, mut cut) = (0, false);
+        let mut rendered = Vec::with_capacity(found.messages.len());
+        for m in &found.messages {
+            let from = match names.get(&m.sender) {
+                Some(name) => name.clone(),
+                None => format!("account:{}", m.sender),
+            };
+            let topic = m.topic.to_string();
+            let Ok(text) = serde_json::value::to_raw_value(&KeptSend::new(m, m.ts, &topic, &from))
+            else {
+                continue;
+            };
+            let size = text.get().len() + 1;
+            if used + size > budget {
+                cut = true;
+                break;
+            }
+            used += size;
+            rendered.push(text);
+        }
         // Cut short to fit a line: go on after the last message shown (or
         // after the first, when even that one does not fit an answer).
         let cursor = match cut {
@@ -152,12 +174,40 @@ impl Session<'_> {
                 .or(found.cursor),
             false => found.cursor,
         };
-        let mut answer = Packet::server("search").with("messages", Value::Array(rendered));
-        if let Some(c) = cursor {
-            answer = answer.with("cursor", c.to_string());
-        }
-        Ok(self.reply(answer.answering(id)))
+        let answer = Packet::server("search");
+        let line = encode_line(&SearchAnswer {
+            id: answer.id.as_deref(),
+            ts: answer.ts,
+            op: "search",
+            ex: SearchEx {
+                messages: rendered,
+                cursor: cursor.map(|c| c.to_string()),
+                r#for: id,
+            },
+        });
+        Ok(self.reply_line(line))
     }
+}
+
+/// The `search` answer, in `Packet`'s field order, with the messages as
+/// text.
+#[derive(serde::Serialize)]
+struct SearchAnswer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<i64>,
+    op: &'static str,
+    ex: SearchEx<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct SearchEx<'a> {
+    messages: Vec<Box<serde_json::value::RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    r#for: Option<&'a str>,
 }
 
 #[cfg(test)]

@@ -102,9 +102,12 @@ impl Db {
         )
     }
 
-    /// Marks an account deleted and clears its password, metadata, keys and
-    /// read markers; the name stays reserved so nobody can take over its
-    /// identity.
+    /// Marks an account deleted and clears its password, metadata, keys
+    /// and read markers;
+    /// the name stays reserved so nobody can take over its identity. The
+    /// password hash and public keys also leave every earlier event: the
+    /// apply path redacts them (see [`super::redact`]), here and on every
+    /// node the delete replicates to.
     pub fn delete_account(&mut self, id: Uuid) -> Result<(), Error> {
         let account = self.account(id)?.ok_or(Error::NotFound)?;
         let e = Entity::Account(id);
@@ -113,9 +116,6 @@ impl Db {
             .set(e, field::PASSWORD, Value::Null);
         for key in account.meta.keys() {
             change = change.set(e, &format!("{}{key}", field::META_PREFIX), Value::Null);
-        }
-        for key in &account.keys {
-            change = change.set(e, &format!("{}{key}", field::KEY_PREFIX), Value::Null);
         }
         for (topic, _) in self.markers(id)? {
             change = change.set(e, &format!("{}{topic}", field::READ_PREFIX), Value::Null);

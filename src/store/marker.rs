@@ -111,7 +111,7 @@ mod tests {
             id: format!("m{n}"),
             ts: 0,
             sender,
-            ex: serde_json::Map::new(),
+            ex: crate::change::ExJson::empty(),
         };
         let event = db
             .write(|tx, origin| log::append(tx, origin, Change::message(message)))

@@ -334,7 +334,7 @@ mod tests {
                 id: uuid::Uuid::now_v7().to_string(),
                 ts: 0,
                 sender: uuid::Uuid::nil(),
-                ex: serde_json::Map::new(),
+                ex: crate::change::ExJson::empty(),
             });
         }
         c

@@ -207,7 +207,11 @@ mod tests {
             id: id.to_owned(),
             ts: 0,
             sender,
-            ex: Map::from_iter([("body".to_owned(), Value::from(body))]),
+            ex: crate::change::ExJson::from_map(&Map::from_iter([(
+                "body".to_owned(),
+                Value::from(body),
+            )]))
+            .unwrap(),
         };
         db.write(|tx, origin| log::append(tx, origin, Change::message(m)))
             .unwrap();

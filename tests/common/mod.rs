@@ -191,6 +191,45 @@ pub fn password_auth(name: &str, password: &str) -> Packet {
         .with("password", password)
 }
 
+/// The next line (raw text) whose op is `op`, skipping others.
+pub async fn line_with_op(c: &mut Client, op: &str) -> String {
+    let wanted = format!("\"op\":\"{op}\"");
+    loop {
+        let line = tokio::time::timeout(WAIT, c.recv_line())
+            .await
+            .unwrap_or_else(|_| panic!("waiting for {op}"))
+            .expect("read")
+            .unwrap_or_else(|| panic!("closed waiting for {op}"));
+        let text = String::from_utf8(line.to_vec()).expect("UTF-8");
+        if text.contains(&wanted) {
+            return text;
+        }
+    }
+}
+
+/// Every text of the events and registers of the store in `data_dir`
+/// (read-only, so it may be read beside a running server: WAL lets a
+/// reader in), for searching.
+pub fn store_text(data_dir: &std::path::Path) -> String {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("tenthbit.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the store");
+    let mut out = String::new();
+    for sql in [
+        "SELECT body FROM events",
+        "SELECT entity || ' ' || field || ' ' || value FROM registers",
+    ] {
+        let mut stmt = conn.prepare(sql).expect("query");
+        for row in stmt.query_map([], |r| r.get::<_, String>(0)).expect("rows") {
+            out.push_str(&row.expect("row"));
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// A request `op` about `topic` (a UUID or a name).
 pub fn on(op: &str, topic: &str) -> Packet {
     let mut p = Packet::request(op);
