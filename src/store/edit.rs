@@ -206,28 +206,14 @@ pub(super) fn settle(
     }
 }
 
-/// LIKE with `\` escaping, so an id may hold any character.
-fn like(needle: &str) -> String {
-    let mut out = String::from("%");
-    for c in needle.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
-}
-
-/// The event (rowid, change) of message `id` of `topic`: found by topic,
-/// then by its id in the body.
+/// The event (rowid, change) of message `id` of `topic`, by the indexed
+/// message id.
 fn message_rows(tx: &Transaction<'_>, topic: Uuid, id: &str) -> Result<Vec<(i64, Change)>, Error> {
-    let quoted = serde_json::to_string(id).map_err(|e| Error::Corrupt(e.to_string()))?;
     let mut rows = bodies(
         tx,
         "SELECT rowid, body FROM events
-         WHERE topic = ?1 AND kind = 'message' AND body LIKE ?2 ESCAPE '\\'",
-        params![topic.to_string(), like(&format!("\"id\":{quoted}"))],
+         WHERE topic = ?1 AND message_id = ?2 AND kind = 'message'",
+        params![topic.to_string(), id],
     )?;
     rows.retain(|(_, c)| c.message.as_ref().is_some_and(|m| m.id == id));
     Ok(rows)
@@ -254,8 +240,8 @@ fn erase(tx: &Transaction<'_>, entity: &str) -> Result<(), Error> {
     let quoted = serde_json::to_string(entity).map_err(|e| Error::Corrupt(e.to_string()))?;
     let rows = bodies(
         tx,
-        "SELECT rowid, body FROM events WHERE kind = 'message.edit' AND body LIKE ?1 ESCAPE '\\'",
-        params![like(&quoted)],
+        "SELECT rowid, body FROM events WHERE kind = 'message.edit' AND instr(body, ?1) > 0",
+        params![quoted],
     )?;
     for (rowid, mut change) in rows {
         let mut changed = false;
