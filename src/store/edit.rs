@@ -353,17 +353,7 @@ mod tests {
     }
 
     fn seen(db: &Db, topic: Uuid, id: &str) -> Map<String, Value> {
-        let mut m = vec![Message {
-            topic,
-            id: id.to_owned(),
-            ts: 0,
-            sender: Uuid::nil(),
-            ex: ExJson::from_map(&Map::from_iter([(
-                "body".to_owned(),
-                Value::from("secret"),
-            )]))
-            .unwrap(),
-        }];
+        let mut m = vec![message(topic, id).message.unwrap()];
         db.current_text(&mut m).unwrap();
         serde_json::from_str(m.remove(0).ex.get()).unwrap()
     }
