@@ -317,7 +317,7 @@ fn check_config(cli: &Cli) -> Result<()> {
         // Load (never generate) the pair, so a bad file fails here, not at start.
         let mut tls = config.tls.clone();
         tls.self_signed = false;
-        tenthbit::tls::server_config(&tls, &config.server.name)?;
+        tenthbit::tls::server_config(&tls, &config.server.name, config.web.enabled)?;
     }
     println!("configuration ok");
     Ok(())

@@ -356,20 +356,21 @@ async fn read_until_end(
                 Packet::Event(e) => {
                     events.push(e);
                     if events.len() < batch_max {
-                        next = match reader.buffered_span() {
-                            Some(crate::conn::framing::Span::Line(r)) => {
-                                match decode(reader.line(r)) {
-                                    Ok(p) => Some(p),
-                                    Err(e) => return Some(e),
-                                }
-                            }
-                            Some(crate::conn::framing::Span::TooLong) => {
+                        // What has arrived already joins the batch (one
+                        // transaction in the store), waiting for nothing.
+                        use futures_util::FutureExt;
+                        next = match reader.next_frame().now_or_never() {
+                            Some(Ok(Some(Frame::Line(line)))) => match decode(&line) {
+                                Ok(p) => Some(p),
+                                Err(e) => return Some(e),
+                            },
+                            Some(Ok(Some(Frame::TooLong))) => {
                                 return Some(End::Refuse(
                                     Code::TooLarge,
                                     "a packet is longer than mesh.max_packet_bytes".into(),
                                 ));
                             }
-                            None => None,
+                            Some(Ok(None)) | Some(Err(_)) | None => None,
                         };
                     }
                 }

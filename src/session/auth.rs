@@ -69,6 +69,7 @@ impl Session<'_> {
         account: Option<&str>,
         method: &'static str,
     ) -> Result<LoggedIn, Denied> {
+        self.ctx.metrics.login(method, result.is_ok());
         if let Err(d) = &result {
             if matches!(d.code, ErrorCode::AuthFailed | ErrorCode::TicketInvalid) {
                 self.ctx.throttle.failed(account, self.peer_ip);

@@ -382,12 +382,13 @@ impl Session<'_> {
         let more = |n: usize| n + n / 4;
         self.burst.hint = (more(burst.relays.len()), more(burst.acks.len()));
         let relays = trimmed(burst.relays);
-        self.ctx.presence.deliver(
+        let connections = self.ctx.presence.deliver(
             topic.members.iter(),
             &relays,
             burst.relay_count,
             self.conn_id,
         );
+        self.ctx.metrics.delivered(connections * burst.relay_count);
         // Other nodes' members: kept messages go there by the log, the
         // others now, before the sender's ack.
         if let Some(mesh) = self.ctx.ephemeral_relay.get() {
@@ -531,6 +532,7 @@ impl Session<'_> {
                     .to_line(),
             );
         };
+        self.ctx.metrics.kept();
         let opened = self.open_burst(topic);
         let ts = i64::try_from(event.hlc >> 16).unwrap_or_default();
         let (message_id, now) = (UuidText::new(message_id), self.clock.unix_ms());

@@ -469,6 +469,15 @@ pub struct Store {
 impl Store {
     /// Opens the database and starts its threads.
     pub fn open(data_dir: &Path, node: &str) -> Result<Store, Error> {
+        Self::open_observed(data_dir, node, |_| {})
+    }
+
+    /// [`Store::open`], calling `on_commit` with how long each group commit took.
+    pub fn open_observed(
+        data_dir: &Path,
+        node: &str,
+        on_commit: impl Fn(std::time::Duration) + Send + 'static,
+    ) -> Result<Store, Error> {
         let mut db = Db::open(data_dir, node)?;
         let (reads, read_thread) = spawn_reader(Db::open_reader(data_dir, node)?)?;
         let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
@@ -495,7 +504,9 @@ impl Store {
                                     Err(_) => break,
                                 }
                             }
+                            let started = std::time::Instant::now();
                             commit_batch(&mut db, batch);
+                            on_commit(started.elapsed());
                         }
                         Msg::Close(done) => {
                             rx.close();

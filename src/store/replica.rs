@@ -169,6 +169,16 @@ impl Db {
     /// through the one apply path; the node's clock moves past every clock
     /// it sees, so a later local change wins over what it has seen.
     pub fn receive(&mut self, batch: Vec<Incoming>) -> Result<Vec<Received>, Error> {
+        // Events from peers need no sync of their own: lost to a power cut,
+        // they are sent again (the version vector rolls back with them), and
+        // the next local commit, synced, carries them to disk in WAL order.
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let out = self.receive_batch(batch);
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        out
+    }
+
+    fn receive_batch(&mut self, batch: Vec<Incoming>) -> Result<Vec<Received>, Error> {
         let own = (self.origin.node.clone(), self.origin.incarnation.clone());
         let tx = self
             .conn

@@ -43,6 +43,16 @@ impl TestServer {
         Self::launch(dir, tweak).await
     }
 
+    /// Restarts on the same data directory, certificate and port (for
+    /// clients that reconnect to the address they know, like the web page).
+    pub async fn restart_same_port(self, tweak: impl FnOnce(&mut Config)) -> Self {
+        let TestServer {
+            handle, dir, addr, ..
+        } = self;
+        handle.shutdown().await;
+        Self::launch_on(dir, None, tweak, addr).await
+    }
+
     /// Starts a mesh node whose state and certificates live in `dir`, its
     /// mesh on `mesh_listener`.
     pub async fn launch_mesh(
@@ -50,18 +60,26 @@ impl TestServer {
         mesh_listener: TcpListener,
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
-        Self::launch_on(dir, Some(mesh_listener), tweak).await
+        Self::launch_on(
+            dir,
+            Some(mesh_listener),
+            tweak,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await
     }
 
     /// Starts a server whose state and certificate live in `dir`.
     async fn launch(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
-        Self::launch_on(dir, None, tweak).await
+        Self::launch_on(dir, None, tweak, SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
+    /// Starts a server on `addr`, its mesh (if any) on `mesh_listener`.
     async fn launch_on(
         dir: tempfile::TempDir,
         mesh_listener: Option<TcpListener>,
         tweak: impl FnOnce(&mut Config),
+        addr: SocketAddr,
     ) -> Self {
         let mut config = Config::default();
         config.server.data_dir = dir.path().join("data");
@@ -72,7 +90,7 @@ impl TestServer {
         config.auth.argon2_iterations = 1;
         tweak(&mut config);
         config.validate().expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let handle = tenthbit::start_with_mesh(config, vec![listener], mesh_listener)
             .await
             .expect("server starts");
@@ -228,6 +246,37 @@ pub fn store_text(data_dir: &std::path::Path) -> String {
         }
     }
     out
+}
+
+/// `GET path` over plain HTTP (the operator's listener): status and body.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, body.to_owned())
+}
+
+/// The value of the metrics sample named exactly `series` (name and
+/// labels) in a scrape; 0 when absent.
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A request `op` about `topic` (a UUID or a name).
