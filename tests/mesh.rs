@@ -15,12 +15,6 @@ use tenthbit::proto::Packet;
 
 const PW: &str = "hellosecret";
 
-fn on(op: &str, topic: &str) -> Packet {
-    let mut p = Packet::request(op);
-    p.topic = Some(topic.to_owned());
-    p
-}
-
 async fn create(c: &mut Client, name: &str) -> String {
     let p = request(c, Packet::request("create").with("name", name)).await;
     assert_eq!(p.op, "meta", "{p:?}");
