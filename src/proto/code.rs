@@ -181,6 +181,9 @@ impl ErrorCode {
 
     /// True for the protocol errors that count towards
     /// `limits.max_protocol_errors` (a client that cannot frame or encode).
+    /// `op/unknown` is not one: a well-formed packet with an op this server
+    /// does not know is likely a newer client's, and the rate limit covers
+    /// floods of them.
     pub const fn is_protocol_error(self) -> bool {
         matches!(
             self,
@@ -191,7 +194,6 @@ impl ErrorCode {
                 | ErrorCode::PacketTooDeep
                 | ErrorCode::PacketTooLarge
                 | ErrorCode::PacketMissingOp
-                | ErrorCode::OpUnknown
                 | ErrorCode::RequestInvalid
         )
     }

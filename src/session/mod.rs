@@ -418,12 +418,15 @@ impl<'a> Session<'a> {
     fn admit(&mut self, op: &str, needs_login: bool, id: Option<&str>) -> Result<(), Outcome> {
         // `pong` gets no reply and `quit` only ends the session: neither is
         // worth refusing, and refusing `pong` would break the reply rule.
+        // They take no token either (protocol.md 9.5), so checked first.
         let exempt = matches!(op, "pong" | "quit");
-        if let (false, Err(wait)) = (exempt, self.rate.take(self.clock.instant())) {
-            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            let e =
-                Denied::new(ErrorCode::RateLimited, "too many packets; slow down").with_retry(ms);
-            return Err(self.reply(e.into_packet(id)));
+        if !exempt {
+            if let Err(wait) = self.rate.take(self.clock.instant()) {
+                let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                let e = Denied::new(ErrorCode::RateLimited, "too many packets; slow down")
+                    .with_retry(ms);
+                return Err(self.reply(e.into_packet(id)));
+            }
         }
         // The login gate comes before field checks: nothing is validated for
         // a session that may not use the op at all.
