@@ -241,6 +241,8 @@ pub struct Limits {
     pub max_protocol_errors: u32,
     /// Outbound queue length per connection.
     pub max_sendq_packets: usize,
+    /// Outbound queue size per connection, in bytes of encoded packets.
+    pub max_sendq_bytes: usize,
     /// Packets a connection may send per second, sustained.
     pub packets_per_second: u32,
     /// Packets a connection may send at once before the rate applies.
@@ -278,6 +280,7 @@ impl Default for Limits {
             max_json_depth: 32,
             max_protocol_errors: 10,
             max_sendq_packets: 4096,
+            max_sendq_bytes: 4 * 1024 * 1024,
             packets_per_second: 50,
             packet_burst: 200,
             max_topics_per_account: 1000,
@@ -464,6 +467,14 @@ impl Config {
         }
         if l.max_sendq_packets < 16 {
             return Err(invalid("limits.max_sendq_packets", "must be at least 16"));
+        }
+        // Room for several of the largest packets and for a sender's burst
+        // (a frame of up to 64 KiB plus a line, queued whole or not at all).
+        if l.max_sendq_bytes < (4 * l.max_line_bytes).max(256 * 1024) {
+            return Err(invalid(
+                "limits.max_sendq_bytes",
+                "must be at least 262144 and 4 × limits.max_line_bytes",
+            ));
         }
         if l.packets_per_second == 0 || l.packet_burst == 0 {
             return Err(invalid(

@@ -56,7 +56,7 @@ async fn serve(
     let Some((alpn, rd, wr)) = Box::pin(handshake(&shared, tcp)).await else {
         return;
     };
-    let (out, rx, closer) = Outbound::channel(limits.max_sendq_packets);
+    let (out, rx, closer) = Outbound::channel(limits.max_sendq_packets, limits.max_sendq_bytes);
     let writer_cfg = WriterConfig {
         gzip_level: (alpn == Alpn::Gzip).then_some(shared.config.tls.gzip_level),
         write_timeout: limits.write_timeout(),
