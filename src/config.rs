@@ -247,6 +247,11 @@ pub struct Limits {
     pub packets_per_second: u32,
     /// Packets a connection may send at once before the rate applies.
     pub packet_burst: u32,
+    /// Bytes of input that needs no reply (blank lines, `pong`) a
+    /// connection may send per second, sustained.
+    pub silent_bytes_per_second: u32,
+    /// The same, at once, before the rate applies.
+    pub silent_burst_bytes: u32,
     /// Topics one account may be a member of.
     pub max_topics_per_account: usize,
     /// Members one topic may have.
@@ -283,6 +288,8 @@ impl Default for Limits {
             max_sendq_bytes: 4 * 1024 * 1024,
             packets_per_second: 50,
             packet_burst: 200,
+            silent_bytes_per_second: 1024,
+            silent_burst_bytes: 64 * 1024,
             max_topics_per_account: 1000,
             max_members_per_topic: 10_000,
             max_meta_keys: 64,
@@ -480,6 +487,12 @@ impl Config {
             return Err(invalid(
                 "limits.packets_per_second",
                 "the packet rate and burst must be at least 1",
+            ));
+        }
+        if l.silent_bytes_per_second == 0 || l.silent_burst_bytes < 1024 {
+            return Err(invalid(
+                "limits.silent_bytes_per_second",
+                "the silent input rate must be at least 1 and its burst at least 1024",
             ));
         }
         if l.max_topics_per_account == 0 || l.max_members_per_topic == 0 {

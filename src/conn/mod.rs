@@ -78,7 +78,8 @@ async fn serve(
             &ctx.auth_methods,
             alpn.name(),
         ));
-        let mut frames = FrameReader::new(rd, alpn == Alpn::Gzip, limits.max_line_bytes);
+        let mut frames = FrameReader::new(rd, alpn == Alpn::Gzip, limits.max_line_bytes)
+            .limit_silent(limits.silent_bytes_per_second, limits.silent_burst_bytes);
         let reason = read_loop(&shared, &mut frames, &out, conn_id, peer.ip()).await;
         let _ = out.push_close();
         reason
@@ -125,6 +126,15 @@ async fn handshake(
     tracing::Span::current().record("alpn", alpn.name());
     let (rd, wr) = tokio::io::split(tls);
     Some((alpn, rd, wr))
+}
+
+/// Ends a session that sent too much input needing no reply.
+fn silent_input(out: &Outbound) -> String {
+    let _ = out.push(&reply::bye(
+        ErrorCode::RateSilentInput,
+        "too much input that needs no reply (blank lines, pong)",
+    ));
+    "too much silent input".into()
 }
 
 fn refusal_message(code: ErrorCode) -> &'static str {
@@ -242,10 +252,15 @@ where
                 heard = true;
                 pinged = false;
                 let line = frames.line(range);
-                debug!(bytes = line.len(), "packet in");
+                let len = line.len();
+                debug!(bytes = len, "packet in");
                 // Not boxed: `handle_line` boxes the large handler states
                 // itself, so what it adds to every connection is small.
-                session.handle_line(line).await
+                let outcome = session.handle_line(line).await;
+                if outcome == Outcome::Silent && frames.charge_silent(len + 1).is_err() {
+                    return silent_input(out);
+                }
+                outcome
             }
             Ok(Some(Span::TooLong)) => {
                 heard = true;
@@ -258,6 +273,7 @@ where
                 return "bad gzip stream".into();
             }
             Err(reader::Error::Io(e)) => return format!("read error: {e}"),
+            Err(reader::Error::Silent) => return silent_input(out),
         };
         if let Outcome::Close(reason) = outcome {
             return reason.as_str().into();

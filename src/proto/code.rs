@@ -28,6 +28,9 @@ pub enum ErrorCode {
     RequestInvalid,
     /// The connection sends packets faster than its rate; see `retry_after_ms`.
     RateLimited,
+    /// In `bye`: the client sent more input that needs no reply (blank
+    /// lines, `pong`) than its allowance.
+    RateSilentInput,
     /// The op needs a logged-in session.
     AuthRequired,
     /// Login failed (unknown account or wrong credentials; never says which).
@@ -90,7 +93,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 41] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -102,6 +105,7 @@ impl ErrorCode {
         ErrorCode::OpUnknown,
         ErrorCode::RequestInvalid,
         ErrorCode::RateLimited,
+        ErrorCode::RateSilentInput,
         ErrorCode::AuthRequired,
         ErrorCode::AuthFailed,
         ErrorCode::AuthUnsupportedMethod,
@@ -147,6 +151,7 @@ impl ErrorCode {
             ErrorCode::OpUnknown => "op/unknown",
             ErrorCode::RequestInvalid => "request/invalid",
             ErrorCode::RateLimited => "rate/limited",
+            ErrorCode::RateSilentInput => "rate/silent-input",
             ErrorCode::AuthRequired => "auth/required",
             ErrorCode::AuthFailed => "auth/failed",
             ErrorCode::AuthUnsupportedMethod => "auth/unsupported-method",

@@ -41,6 +41,9 @@ use throttle::{LoginThrottle, RateLimit};
 pub enum Outcome {
     /// Keep reading.
     Continue,
+    /// Keep reading; the packet (a `pong`) got no reply and did nothing,
+    /// so the connection charges its bytes as silent input.
+    Silent,
     /// The final packets are queued: close the connection.
     Close(CloseReason),
 }
@@ -478,7 +481,7 @@ impl<'a> Session<'a> {
     ) -> Outcome {
         let result = match request {
             Request::Ping => return self.reply(reply::pong(id)),
-            Request::Pong => return Outcome::Continue,
+            Request::Pong => return Outcome::Silent,
             Request::Quit => {
                 return match self.reply(reply::ack(id)) {
                     Outcome::Continue => Outcome::Close(CloseReason::Quit),

@@ -232,6 +232,22 @@ impl RateLimit {
     }
 }
 
+impl RateLimit {
+    /// Spends `cost` tokens at `now` (a budget of bytes, say), even more
+    /// than are left: one large cost runs the bucket into debt rather than
+    /// passing for free. `Err(wait)` while the bucket is in debt.
+    pub fn spend(&mut self, now: Instant, cost: f64) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst) - cost;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(-self.tokens / self.per_second))
+        }
+    }
+}
+
 #[cfg(test)]
 mod rate_tests {
     use super::*;
@@ -247,5 +263,18 @@ mod rate_tests {
         assert!(wait <= Duration::from_millis(100));
         assert!(r.take(start + Duration::from_millis(100)).is_ok());
         assert!(r.take(start + Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn spending_runs_into_debt() {
+        let start = Instant::now();
+        let mut r = RateLimit::new(100, 1000);
+        assert!(r.spend(start, 600.0).is_ok());
+        assert!(r.spend(start, 400.0).is_ok());
+        // Past the bucket, however large the cost: in debt until refilled.
+        let wait = r.spend(start, 2000.0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(20));
+        assert!(r.spend(start + Duration::from_secs(10), 0.0).is_err());
+        assert!(r.spend(start + Duration::from_secs(20), 0.0).is_ok());
     }
 }
