@@ -64,6 +64,12 @@ impl Admin {
         })
     }
 
+    /// The store's version vector and state digest (as `mesh status` shows
+    /// them), for when the daemon is not running.
+    pub fn replica_state(&self) -> Result<(crate::store::VersionVector, String), Error> {
+        Ok((self.db.version_vector()?, self.db.state_digest()?))
+    }
+
     fn find(&self, name: &str) -> Result<Account, Error> {
         self.db
             .account_by_name(name)?

@@ -58,6 +58,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Links to the other nodes of this server.
+    pub mesh: crate::mesh::config::MeshConfig,
 }
 
 /// `[history]`: what topics remember. A topic's metadata may override it:
@@ -390,13 +392,7 @@ impl Config {
                 "must be a host name: letters, digits, '-' and '.', 1 to 253 characters",
             ));
         }
-        if s.node.is_empty()
-            || s.node.len() > 64
-            || !s
-                .node
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !valid_node_name(&s.node) {
             return Err(invalid(
                 "server.node",
                 "must be 1 to 64 letters, digits, '-' or '_'",
@@ -536,8 +532,17 @@ impl Config {
                 "must be longer than limits.keepalive_interval_ms",
             ));
         }
-        Ok(())
+        self.mesh.validate(&s.node)
     }
+}
+
+/// A node name: 1 to 64 letters, digits, '-' or '_'.
+pub fn valid_node_name(node: &str) -> bool {
+    !node.is_empty()
+        && node.len() <= 64
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A DNS-style host name: labels of letters, digits and '-', joined by '.'.

@@ -12,6 +12,7 @@
 //! - [`router`]: destinations and their bounded outbound queues.
 //! - [`password`]: argon2id off the async workers, bounded.
 //! - [`change`], [`store`]: every change of state as data, the event log, and SQLite.
+//! - [`mesh`]: links to the other nodes of this server, replicating the event log.
 //! - [`client`]: the client library used by the `tenthbit` binary, tests and benchmark.
 //! - [`bench`]: the benchmark workloads behind `tenthbit bench`.
 //! - [`admin`]: the admin CLI's operations on the store.
@@ -23,6 +24,7 @@ pub mod change;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod mesh;
 pub mod password;
 pub mod procfs;
 pub mod proto;
@@ -34,4 +36,4 @@ pub mod telemetry;
 pub mod tls;
 
 pub use config::Config;
-pub use server::{ServerHandle, start, start_on};
+pub use server::{ServerHandle, start, start_on, start_with_mesh};

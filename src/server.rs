@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::conn;
+use crate::mesh::Mesh;
 use crate::password::Passwords;
 use crate::proto::ErrorCode;
 use crate::session;
@@ -48,6 +49,9 @@ pub enum Error {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// The mesh could not start.
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::Error),
     /// The password hasher's parameters are unusable.
     #[error(transparent)]
     Password(#[from] crate::password::Error),
@@ -67,8 +71,8 @@ pub struct Shared {
     pub config: Config,
     /// Accepts TLS with our certificate and ALPN list.
     pub acceptor: TlsAcceptor,
-    /// What sessions need from the config.
-    pub session_ctx: session::Context,
+    /// What sessions need from the config (the mesh shares it).
+    pub session_ctx: Arc<session::Context>,
     /// Cancelled when shutdown begins: stop accepting, say goodbye.
     pub shutdown: CancellationToken,
     /// Cancelled when the grace period is over: close whatever is left.
@@ -143,6 +147,7 @@ fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<(Admission, Option<ErrorCod
 /// A running server.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
+    mesh: Option<Mesh>,
     fingerprint: [u8; 32],
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -163,6 +168,11 @@ impl ServerHandle {
     /// SHA-256 of the server certificate.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.fingerprint
+    }
+
+    /// The mesh, when `mesh.enabled`.
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
     }
 
     /// A token that begins shutdown when cancelled (for signal handlers).
@@ -208,8 +218,19 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Starts the server on already-bound listeners.
+/// Starts the server on already-bound listeners; the mesh listener, when
+/// the mesh is enabled, is bound from `mesh.listen`.
 pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<ServerHandle, Error> {
+    start_with_mesh(config, listeners, None).await
+}
+
+/// Starts the server on already-bound client listeners and, when the mesh
+/// is enabled, on `mesh_listener` (bound from `mesh.listen` when `None`).
+pub async fn start_with_mesh(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    mesh_listener: Option<TcpListener>,
+) -> Result<ServerHandle, Error> {
     if listeners.is_empty() {
         return Err(Error::Bind {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -236,11 +257,42 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
         })?;
         addrs.push(addr);
     }
+    let session_ctx = Arc::new(session::Context::new(
+        &config,
+        store.clone(),
+        passwords,
+        topics,
+    ));
+    let shutdown_token = CancellationToken::new();
+    let mesh = if config.mesh.enabled {
+        let listener = match mesh_listener {
+            Some(l) => l,
+            None => bind(config.mesh.listen).map_err(|cause| Error::Bind {
+                addr: config.mesh.listen,
+                cause,
+            })?,
+        };
+        Some(
+            Mesh::start(
+                config.mesh.clone(),
+                &config.server.name,
+                &config.server.node,
+                config.tls.self_signed,
+                session_ctx.clone(),
+                listener,
+                Some(data_dir.join(crate::mesh::status::SOCKET)),
+                shutdown_token.child_token(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
-        session_ctx: session::Context::new(&config, store.clone(), passwords, topics),
+        session_ctx,
         acceptor: TlsAcceptor::from(server_tls.config),
         config,
-        shutdown: CancellationToken::new(),
+        shutdown: shutdown_token,
         hard_stop: CancellationToken::new(),
         counts: Mutex::new(ConnCounts::default()),
         next_conn_id: AtomicU64::new(1),
@@ -252,6 +304,7 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
     }
     tracker.spawn(prune_loop(shared.clone()));
     let shutdown = shared.shutdown.clone();
+    let mesh_task = mesh.clone();
     let task = tokio::spawn(async move {
         shared.shutdown.cancelled().await;
         info!("shutting down: no new connections, telling clients");
@@ -265,11 +318,15 @@ pub async fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Ser
             shared.hard_stop.cancel();
             tracker.wait().await;
         }
+        if let Some(m) = mesh_task {
+            m.wait().await;
+        }
         store.close().await;
         info!("server stopped");
     });
     Ok(ServerHandle {
         addrs,
+        mesh,
         fingerprint: server_tls.fingerprint,
         shutdown,
         task,

@@ -67,6 +67,20 @@ enum Command {
     /// Manage the server's ACL: who administers the server.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Inspect the mesh of nodes this node belongs to.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum MeshCommand {
+    /// This node's version vector, state digest and links (from the running
+    /// daemon; from the store alone when it is not running).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Passwords come from $TENTHBIT_PASSWORD, a prompt on a terminal, or the
@@ -152,6 +166,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => check_config(&cli),
         Some(Command::Account(ref cmd)) => account(&cli, cmd),
         Some(Command::Admin(ref cmd)) => admin(&cli, cmd),
+        Some(Command::Mesh(MeshCommand::Status { json })) => mesh_status(&cli, json),
         Some(Command::Run) | None => run(&cli),
     };
     match result {
@@ -221,6 +236,35 @@ fn admin(cli: &Cli, cmd: &AdminCommand) -> Result<()> {
             for (a, flags) in admin.list()? {
                 if !flags.is_empty() && !a.deleted {
                     println!("{}\t{}", a.name, names(&flags));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mesh_status(cli: &Cli, json: bool) -> Result<()> {
+    let config = load_config(cli)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match runtime.block_on(tenthbit::mesh::status::query(&config.server.data_dir)) {
+        Ok(status) if json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Ok(status) => print!("{}", tenthbit::mesh::status::render(&status)),
+        Err(e) => {
+            // Not running (or the mesh is off): what the store alone says.
+            let admin = Admin::open(&config)?;
+            let (vv, digest) = admin.replica_state()?;
+            if json {
+                let v = serde_json::json!({"node": config.server.node, "running": false, "vv": vv, "digest": digest});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("node {} (daemon not answering: {e})", config.server.node);
+                println!("state digest {digest}");
+                println!("version vector:");
+                for (origin, seq) in &vv.0 {
+                    println!("  {origin:<40} {seq}");
                 }
             }
         }

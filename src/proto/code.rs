@@ -47,6 +47,9 @@ pub enum ErrorCode {
     AuthChallengeExpired,
     /// The ticket is unknown, used, expired, or bound to another server.
     TicketInvalid,
+    /// The node that issued the ticket cannot be reached now; the ticket is
+    /// not spent, try again later.
+    TicketUnavailable,
     /// The public key is not a base64 Ed25519 key.
     KeyInvalid,
     /// The account was deleted; its sessions end.
@@ -93,7 +96,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 41] = [
+    pub const ALL: [ErrorCode; 42] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -114,6 +117,7 @@ impl ErrorCode {
         ErrorCode::AuthThrottled,
         ErrorCode::AuthChallengeExpired,
         ErrorCode::TicketInvalid,
+        ErrorCode::TicketUnavailable,
         ErrorCode::KeyInvalid,
         ErrorCode::AccountDeleted,
         ErrorCode::AccountNameTaken,
@@ -160,6 +164,7 @@ impl ErrorCode {
             ErrorCode::AuthThrottled => "auth/throttled",
             ErrorCode::AuthChallengeExpired => "auth/challenge-expired",
             ErrorCode::TicketInvalid => "ticket/invalid",
+            ErrorCode::TicketUnavailable => "ticket/unavailable",
             ErrorCode::KeyInvalid => "key/invalid",
             ErrorCode::AccountDeleted => "account/deleted",
             ErrorCode::AccountNameTaken => "account/name-taken",

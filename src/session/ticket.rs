@@ -8,6 +8,8 @@ use super::{Denied, LoggedIn, Outcome, Session};
 use crate::config::valid_server_name;
 use crate::proto::id::now_ms;
 use crate::proto::{ErrorCode, Packet};
+use crate::store::Store;
+use uuid::Uuid;
 
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 /// Length of the node code at the start of a ticket.
@@ -85,44 +87,83 @@ impl Session<'_> {
         Ok(self.reply_secret(p))
     }
 
-    /// Redeems a ticket issued by this node; any attempt consumes it.
+    /// Redeems a ticket: here when this node issued it, else at its issuer
+    /// through the mesh. Any attempt consumes it.
     pub(super) async fn redeem_ticket(
         &mut self,
         ticket: &str,
         server: &str,
     ) -> Result<LoggedIn, Denied> {
-        if !server.eq_ignore_ascii_case(&self.ctx.server_name)
-            || ticket.get(..NODE_CODE_CHARS) != Some(node_code(&self.ctx.node).as_str())
-        {
-            // Foreign tickets need server-to-server redemption, which this
-            // release does not do; other nodes' tickets need the mesh.
+        if !server.eq_ignore_ascii_case(&self.ctx.server_name) {
+            // Foreign tickets need server-to-server redemption (federation).
             return Err(invalid());
         }
-        let t = ticket.to_owned();
-        let taken = self.ctx.store.call(move |db| db.take_ticket(&t)).await?;
-        let Some(found) = taken else {
-            return Err(invalid());
+        let code = ticket.get(..NODE_CODE_CHARS).unwrap_or_default();
+        let account = if code == node_code(&self.ctx.node) {
+            redeem_here(&self.ctx.store, &self.ctx.server_name, ticket).await?
+        } else {
+            let relay = self.ctx.ticket_relay.get().ok_or_else(invalid)?;
+            let issuer = relay.issuer(code).ok_or_else(invalid)?;
+            relay
+                .redeem(issuer, ticket.to_owned())
+                .await
+                .map_err(|Unavailable| {
+                    Denied::new(
+                        ErrorCode::TicketUnavailable,
+                        "the node that issued this ticket cannot be reached; try again later",
+                    )
+                })?
         };
-        if found.expires_ms <= now_ms() {
-            return Err(invalid());
-        }
-        if found
-            .bound_to
-            .as_deref()
-            .is_some_and(|b| !b.eq_ignore_ascii_case(&self.ctx.server_name))
-        {
-            return Err(invalid());
-        }
-        let account = self
-            .ctx
-            .store
-            .call(move |db| db.account(found.account))
-            .await?;
+        let id = account.ok_or_else(invalid)?;
+        let account = self.ctx.store.call(move |db| db.account(id)).await?;
         match account {
             Some(a) if !a.deleted && !a.disabled => Ok(LoggedIn::new(a.id, a.name)),
             _ => Err(invalid()),
         }
     }
+}
+
+/// Redeems a ticket this node issued, for a login on `server_name` (here
+/// or at another node of this server): the account it logs in, or `None`
+/// when it is unknown, used, expired or bound to another server. Any
+/// attempt uses it up.
+pub async fn redeem_here(
+    store: &Store,
+    server_name: &str,
+    ticket: &str,
+) -> Result<Option<Uuid>, crate::store::Error> {
+    let t = ticket.to_owned();
+    let Some(found) = store.call(move |db| db.take_ticket(&t)).await? else {
+        return Ok(None);
+    };
+    if found.expires_ms <= now_ms()
+        || found
+            .bound_to
+            .as_deref()
+            .is_some_and(|b| !b.eq_ignore_ascii_case(server_name))
+    {
+        return Ok(None);
+    }
+    Ok(Some(found.account))
+}
+
+/// The issuer of a ticket could not be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// Redeems tickets at the node that issued them (the mesh implements it;
+/// the session does not know links).
+pub trait TicketRelay: Send + Sync {
+    /// The node whose tickets begin with `code`, if it is a known node.
+    fn issuer(&self, code: &str) -> Option<String>;
+
+    /// Asks `node` to redeem `ticket`: the account, `None` for a bad
+    /// ticket, or [`Unavailable`] when the node does not answer in time.
+    fn redeem(
+        &self,
+        node: String,
+        ticket: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<Uuid>, Unavailable>> + Send>>;
 }
 
 #[cfg(test)]

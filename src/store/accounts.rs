@@ -48,8 +48,15 @@ const PREFIX: &str = "account:";
 impl Db {
     /// The account holding `name` (case-insensitive), if any.
     pub fn account_by_name(&self, name: &str) -> Result<Option<Account>, Error> {
-        match name_holder(&self.conn, &name.to_lowercase())? {
-            Some(id) => load(&self.conn, id),
+        let holder = match name_holder(&self.conn, &name.to_lowercase())? {
+            Some(id) => Some(id),
+            None => super::later_claimant(&self.conn, PREFIX, name)?,
+        };
+        match holder {
+            // A later claimant answers only to its `~` name.
+            Some(id) => {
+                Ok(load(&self.conn, id)?.filter(|a| a.name.to_lowercase() == name.to_lowercase()))
+            }
             None => Ok(None),
         }
     }

@@ -55,7 +55,7 @@ pub fn next_hlc(last: u64, now_ms: u64) -> u64 {
 pub fn append(tx: &Transaction<'_>, origin: &Origin, change: Change) -> Result<Event, Error> {
     let mut log = Appender::open(tx, origin)?;
     let event = log.append(tx, origin, change)?;
-    log.close(tx)?;
+    log.close(tx, origin)?;
     Ok(event)
 }
 
@@ -70,18 +70,9 @@ pub struct Appender {
 impl Appender {
     /// Reads where `origin`'s log stands.
     pub fn open(tx: &Transaction<'_>, origin: &Origin) -> Result<Self, Error> {
-        let last_seq: i64 = tx
-            .prepare_cached(
-                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE origin = ?1 AND incarnation = ?2",
-            )?
-            .query_row(params![origin.node, origin.incarnation], |r| r.get(0))?;
-        let last_hlc: Option<String> = tx
-            .prepare_cached("SELECT value FROM node WHERE key = 'hlc'")?
-            .query_row([], |r| r.get(0))
-            .optional()?;
         Ok(Self {
-            seq: u64::try_from(last_seq).unwrap_or(0),
-            hlc: last_hlc.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
+            seq: seen_seq(tx, &origin.node, &origin.incarnation)?,
+            hlc: read_clock(tx)?,
         })
     }
 
@@ -96,34 +87,93 @@ impl Appender {
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let hlc = next_hlc(self.hlc, now);
         let seq = self.seq + 1;
-        let body = serde_json::to_string(&change).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let topic = change.message.as_ref().map(|m| m.topic.to_string());
-        tx.prepare_cached(
-            "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![origin.node, origin.incarnation, seq as i64, hlc as i64, change.kind, body, topic])?;
-        // The event is in the log from here on: the next one follows it
-        // even if applying this one fails.
-        (self.seq, self.hlc) = (seq, hlc);
-        apply(tx, &origin.key(), hlc, &change)?;
-        Ok(Event {
+        let event = Event {
             node: origin.node.clone(),
             incarnation: origin.incarnation.clone(),
             seq,
             hlc,
             change,
-        })
+        };
+        insert(tx, &event)?;
+        // The event is in the log from here on: the next one follows it
+        // even if applying this one fails.
+        (self.seq, self.hlc) = (seq, hlc);
+        apply(tx, &origin.key(), hlc, &event.change)?;
+        Ok(event)
     }
 
-    /// Writes the clock back.
-    pub fn close(self, tx: &Transaction<'_>) -> Result<(), Error> {
-        tx.prepare_cached(
-            "INSERT INTO node (key, value) VALUES ('hlc', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )?
-        .execute(params![self.hlc.to_string()])?;
-        Ok(())
+    /// Writes the clock and this origin's position back.
+    pub fn close(self, tx: &Transaction<'_>, origin: &Origin) -> Result<(), Error> {
+        write_clock(tx, self.hlc)?;
+        set_seen_seq(tx, &origin.node, &origin.incarnation, self.seq)
     }
+}
+
+/// Records an event in the log (not applying it).
+pub fn insert(tx: &Transaction<'_>, event: &Event) -> Result<(), Error> {
+    let body = serde_json::to_string(&event.change).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let topic = event.change.message.as_ref().map(|m| m.topic.to_string());
+    tx.prepare_cached(
+        "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        event.node,
+        event.incarnation,
+        event.seq as i64,
+        event.hlc as i64,
+        event.change.kind,
+        body,
+        topic
+    ])?;
+    Ok(())
+}
+
+/// The node's clock as last persisted.
+pub fn read_clock(tx: &Transaction<'_>) -> Result<u64, Error> {
+    let last: Option<String> = tx
+        .prepare_cached("SELECT value FROM node WHERE key = 'hlc'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(last.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0))
+}
+
+/// Persists the node's clock.
+pub fn write_clock(tx: &Transaction<'_>, hlc: u64) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT INTO node (key, value) VALUES ('hlc', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![hlc.to_string()])?;
+    Ok(())
+}
+
+/// The highest seq of an origin this store holds or held: the version
+/// vector entry, kept apart from the events so that pruning history never
+/// moves it back (a reused seq would be taken for a duplicate by peers).
+pub fn seen_seq(tx: &Transaction<'_>, node: &str, incarnation: &str) -> Result<u64, Error> {
+    let seq: Option<i64> = tx
+        .prepare_cached("SELECT seq FROM vv WHERE origin = ?1 AND incarnation = ?2")?
+        .query_row(params![node, incarnation], |r| r.get(0))
+        .optional()?;
+    Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+}
+
+/// Raises an origin's version vector entry to `seq`.
+pub fn set_seen_seq(
+    tx: &Transaction<'_>,
+    node: &str,
+    incarnation: &str,
+    seq: u64,
+) -> Result<(), Error> {
+    if seq == 0 {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO vv (origin, incarnation, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (origin, incarnation) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+    )?
+    .execute(params![node, incarnation, seq as i64])?;
+    Ok(())
 }
 
 /// Folds a change's writes into the registers: each write wins only if its

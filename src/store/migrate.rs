@@ -43,6 +43,17 @@ const MIGRATIONS: &[&str] = &[
     // topic, in history order.
     "ALTER TABLE events ADD COLUMN topic TEXT;
      CREATE INDEX events_topic ON events (topic, hlc, origin, incarnation, seq) WHERE topic IS NOT NULL;",
+    // v4: the version vector: the highest seq held of each origin, apart
+    // from the events so that pruning history never lowers it (mesh links
+    // are cursors over it, and a node's own next seq comes from it).
+    "CREATE TABLE vv (
+        origin      TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        PRIMARY KEY (origin, incarnation)
+     ) STRICT, WITHOUT ROWID;
+     INSERT INTO vv (origin, incarnation, seq)
+        SELECT origin, incarnation, MAX(seq) FROM events GROUP BY origin, incarnation;",
 ];
 
 /// The schema version this build writes.

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod history;
 pub mod log;
 pub mod migrate;
+pub mod replica;
 pub mod tickets;
 pub mod topics;
 
@@ -22,6 +23,7 @@ use crate::change::Change;
 
 pub use accounts::Account;
 pub use log::{Event, Origin};
+pub use replica::{Incoming, Received, VersionVector};
 pub use topics::TopicRecord;
 
 /// File name of the database inside the data directory.
@@ -191,6 +193,36 @@ fn name_holder(conn: &Connection, prefix: &str, lookup: &str) -> Result<Option<u
     Ok(entity.as_deref().and_then(|e| parse_entity(prefix, e)))
 }
 
+/// The entity of kind `prefix` shown as `name~<6 hex>`: a later claimant
+/// of a name (DESIGN.md §4a), found by its base name and the end of its id.
+fn later_claimant(
+    conn: &Connection,
+    prefix: &str,
+    shown: &str,
+) -> Result<Option<uuid::Uuid>, Error> {
+    let Some((base, hex)) = shown.rsplit_once('~') else {
+        return Ok(None);
+    };
+    if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let hex = hex.to_ascii_lowercase();
+    let mut stmt = conn.prepare_cached(
+        "SELECT entity FROM registers WHERE field = 'name' AND lookup = ?1 AND entity LIKE ?2",
+    )?;
+    let rows = stmt.query_map(params![base.to_lowercase(), format!("{prefix}%")], |r| {
+        r.get::<_, String>(0)
+    })?;
+    for row in rows {
+        if let Some(id) = parse_entity(prefix, &row?) {
+            if id.simple().to_string().ends_with(&hex) {
+                return Ok(Some(id));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Every entity of kind `prefix` that has a name, in id (creation) order.
 fn entities_with_name(conn: &Connection, prefix: &str) -> Result<Vec<String>, Error> {
     let mut stmt = conn.prepare(
@@ -306,7 +338,7 @@ fn commit_batch(db: &mut Db, batch: Vec<(Change, oneshot::Sender<Result<Event, E
             .into_iter()
             .map(|change| log.append(tx, origin, change))
             .collect();
-        log.close(tx)?;
+        log.close(tx, origin)?;
         Ok(results)
     });
     match outcome {
@@ -352,6 +384,9 @@ impl Pending {
 pub struct Store {
     jobs: mpsc::Sender<Msg>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Bumped after every step of the store thread that may have added to
+    /// the log: mesh links wake on it to send what is new.
+    log_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -359,11 +394,16 @@ impl Store {
     pub fn open(data_dir: &Path, node: &str) -> Result<Store, Error> {
         let mut db = Db::open(data_dir, node)?;
         let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let changed = log_changed.clone();
         let thread = std::thread::Builder::new()
             .name("tenthbit-store".into())
             .spawn(move || {
                 let mut next = None;
                 while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
+                    if !matches!(msg, Msg::Close(_)) {
+                        changed.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                     match msg {
                         Msg::Job(job) => job(&mut db),
                         Msg::Append(change, reply) => {
@@ -403,7 +443,13 @@ impl Store {
         Ok(Store {
             jobs,
             thread: Arc::new(Mutex::new(Some(thread))),
+            log_changed,
         })
+    }
+
+    /// A receiver that sees a change whenever the log may have grown.
+    pub fn watch_log(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.log_changed.subscribe()
     }
 
     /// Runs `f` on the store thread and returns its result.

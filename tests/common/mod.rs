@@ -43,8 +43,26 @@ impl TestServer {
         Self::launch(dir, tweak).await
     }
 
+    /// Starts a mesh node whose state and certificates live in `dir`, its
+    /// mesh on `mesh_listener`.
+    pub async fn launch_mesh(
+        dir: tempfile::TempDir,
+        mesh_listener: TcpListener,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::launch_on(dir, Some(mesh_listener), tweak).await
+    }
+
     /// Starts a server whose state and certificate live in `dir`.
     async fn launch(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::launch_on(dir, None, tweak).await
+    }
+
+    async fn launch_on(
+        dir: tempfile::TempDir,
+        mesh_listener: Option<TcpListener>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config::default();
         config.server.data_dir = dir.path().join("data");
         config.tls.cert_file = dir.path().join("certs/server.crt");
@@ -55,7 +73,7 @@ impl TestServer {
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let handle = tenthbit::start_on(config, vec![listener])
+        let handle = tenthbit::start_with_mesh(config, vec![listener], mesh_listener)
             .await
             .expect("server starts");
         TestServer {

@@ -1,0 +1,203 @@
+//! `[mesh]` and `[[mesh.peer]]`: how this node links to the other nodes of
+//! its server. Parsed as part of [`crate::Config`]; validated here so that
+//! `tenthbitd check-config` names the bad entry.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::Error;
+use crate::tls::pin::parse_fingerprint;
+
+/// `[mesh]`. Off by default: a node with no peers is a mesh of one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Accept and dial mesh links.
+    pub enabled: bool,
+    /// The mesh listener (mutual TLS, ALPN `10bit-mesh/0.1`).
+    pub listen: SocketAddr,
+    /// This node's mesh certificate and key (PEM); generated like the
+    /// client one when both are absent and `tls.self_signed` is on.
+    pub cert_file: PathBuf,
+    /// See `cert_file`.
+    pub key_file: PathBuf,
+    /// Largest clock difference accepted from a peer at hello.
+    pub max_skew_ms: u64,
+    /// A link sends `mesh.ack` this often (and so is never silent longer).
+    pub keepalive_interval_ms: u64,
+    /// A link silent this long is dropped and redialled.
+    pub idle_timeout_ms: u64,
+    /// Dial and hello must finish within this.
+    pub handshake_timeout_ms: u64,
+    /// First and longest wait between failed dials (doubling in between).
+    pub redial_min_ms: u64,
+    /// See `redial_min_ms`.
+    pub redial_max_ms: u64,
+    /// Largest mesh packet (one line of JSON), in bytes.
+    pub max_packet_bytes: usize,
+    /// Events read from the log per step of a link's cursor.
+    pub batch_events: usize,
+    /// How long a ticket forwarded to its issuing node may take.
+    pub ticket_timeout_ms: u64,
+    /// The nodes this node dials (and accepts).
+    #[serde(rename = "peer")]
+    pub peers: Vec<PeerConfig>,
+}
+
+/// `[[mesh.peer]]`: one node of this server to link with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its `server.node` name.
+    pub node: String,
+    /// Its mesh listener. Without it this node only accepts that peer.
+    #[serde(default)]
+    pub addr: Option<SocketAddr>,
+    /// SHA-256 of its mesh certificate (`AB:CD:…`, as `mesh status` prints).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// Or: a CA file its certificate must chain to, for a certificate that
+    /// names the node (DNS name = node name).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 10818)),
+            cert_file: "certs/mesh.crt".into(),
+            key_file: "certs/mesh.key".into(),
+            max_skew_ms: 5_000,
+            keepalive_interval_ms: 2_000,
+            idle_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
+            redial_min_ms: 100,
+            redial_max_ms: 5_000,
+            max_packet_bytes: 1024 * 1024,
+            batch_events: 512,
+            ticket_timeout_ms: 3_000,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// A configured peer, checked: its trust is one of two kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerTrust {
+    /// Exactly this certificate.
+    Fingerprint([u8; 32]),
+    /// A certificate for the node's name from this CA.
+    Ca(PathBuf),
+}
+
+impl PeerConfig {
+    /// How this peer's certificate is checked (validated config only).
+    pub fn trust(&self) -> Option<PeerTrust> {
+        match (&self.fingerprint, &self.ca_file) {
+            (Some(fp), None) => parse_fingerprint(fp).map(PeerTrust::Fingerprint),
+            (None, Some(ca)) => Some(PeerTrust::Ca(ca.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl MeshConfig {
+    /// `keepalive_interval_ms` as a Duration.
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval_ms)
+    }
+    /// `idle_timeout_ms` as a Duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// `handshake_timeout_ms` as a Duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// `ticket_timeout_ms` as a Duration.
+    pub fn ticket_timeout(&self) -> Duration {
+        Duration::from_millis(self.ticket_timeout_ms)
+    }
+
+    /// Checks the section; `node` is this node's own name.
+    pub fn validate(&self, node: &str) -> Result<(), Error> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
+            Error::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        for (key, v) in [
+            ("mesh.max_skew_ms", self.max_skew_ms),
+            ("mesh.keepalive_interval_ms", self.keepalive_interval_ms),
+            ("mesh.handshake_timeout_ms", self.handshake_timeout_ms),
+            ("mesh.redial_min_ms", self.redial_min_ms),
+            ("mesh.ticket_timeout_ms", self.ticket_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.idle_timeout_ms <= self.keepalive_interval_ms {
+            return Err(invalid(
+                "mesh.idle_timeout_ms",
+                "must be longer than mesh.keepalive_interval_ms",
+            ));
+        }
+        if self.redial_max_ms < self.redial_min_ms {
+            return Err(invalid(
+                "mesh.redial_max_ms",
+                "must be at least mesh.redial_min_ms",
+            ));
+        }
+        if !(64 * 1024..=64 * 1024 * 1024).contains(&self.max_packet_bytes) {
+            return Err(invalid(
+                "mesh.max_packet_bytes",
+                "must be 65536 to 67108864",
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_events) {
+            return Err(invalid("mesh.batch_events", "must be 1 to 10000"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let bad = |reason: String| {
+                invalid(
+                    "mesh.peer",
+                    format!("entry {} ({:?}): {reason}", i + 1, p.node),
+                )
+            };
+            if !crate::config::valid_node_name(&p.node) {
+                return Err(bad(
+                    "node must be 1 to 64 letters, digits, '-' or '_'".into()
+                ));
+            }
+            if p.node == node {
+                return Err(bad("names this node itself (server.node)".into()));
+            }
+            if !seen.insert(p.node.clone()) {
+                return Err(bad("names a node listed twice".into()));
+            }
+            match (&p.fingerprint, &p.ca_file) {
+                (Some(fp), None) if parse_fingerprint(fp).is_none() => {
+                    return Err(bad(
+                        "fingerprint must be 64 hex digits (colons allowed)".into()
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(bad("give fingerprint or ca_file, not both".into()));
+                }
+                (None, None) => {
+                    return Err(bad("needs fingerprint or ca_file".into()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,571 @@
+//! One mesh link: `mesh.hello` both ways, then a reader (events, acks,
+//! routed packets from the peer) and a writer (the cursor over our log,
+//! keepalive acks, routed packets for the peer) until either ends.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::wire::{self, Code, Packet};
+use super::{Inner, effects};
+use crate::conn::framing::Frame;
+use crate::conn::reader::FrameReader;
+use crate::proto::id::now_ms;
+use crate::store::{Incoming, Received, VersionVector};
+
+type Stream = TlsStream<TcpStream>;
+
+/// Routed and control packets waiting for a link's writer; beyond this a
+/// routed packet is dropped (its sender times out), never queued unbounded.
+const CONTROL_QUEUE: usize = 1024;
+
+/// A link as the rest of the mesh sees it.
+pub(super) struct Link {
+    /// Unique in this process.
+    pub id: u64,
+    /// The peer's node name.
+    pub peer: String,
+    /// Dialled by the node with the smaller name (the link kept of two).
+    pub preferred: bool,
+    /// We dialled it.
+    pub dialed: bool,
+    /// When hello finished.
+    pub since: Instant,
+    control: mpsc::Sender<Packet>,
+    /// What the peer holds, as far as we know: its hello, what it sent us,
+    /// and what we sent it. The cursor sends what this lacks.
+    sent: Mutex<VersionVector>,
+    /// The peer's version vector from its last `mesh.ack`.
+    pub acked: Mutex<VersionVector>,
+    last_heard: Mutex<Instant>,
+    /// Cancelled to end the link; `farewell` says what to tell the peer.
+    close: CancellationToken,
+    farewell: Mutex<Option<(Code, String)>>,
+    /// Events sent, events received and applied, events received again.
+    pub events_out: AtomicU64,
+    /// See `events_out`.
+    pub events_in: AtomicU64,
+    /// See `events_out`.
+    pub duplicates_in: AtomicU64,
+}
+
+impl Link {
+    /// How long since the peer last sent anything.
+    pub fn silent_for(&self) -> Duration {
+        self.last_heard
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// Ends the link, telling the peer why.
+    pub fn end(&self, code: Code, message: &str) {
+        if let Ok(mut f) = self.farewell.lock() {
+            f.get_or_insert((code, message.to_owned()));
+        }
+        self.close.cancel();
+    }
+
+    /// Queues a packet for the writer; dropped when the queue is full.
+    pub fn send(&self, p: Packet) {
+        if self.control.try_send(p).is_err() {
+            debug!(peer = %self.peer, "mesh: control queue full, packet dropped");
+        }
+    }
+}
+
+/// How a link ended, for the log line.
+enum End {
+    /// We end it for this reason (told to the peer).
+    Refuse(Code, String),
+    /// The peer said why in `mesh.error`.
+    PeerSaid(String, String),
+    /// The connection closed or failed.
+    Closed(String),
+}
+
+/// Runs a link over an established TLS stream to `peer` (the node its
+/// certificate names) until it ends.
+pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed: bool) {
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(rd, false, inner.cfg.max_packet_bytes);
+    let hello = match handshake(&inner, &mut reader, &mut wr, &peer).await {
+        Ok(h) => h,
+        Err(End::Refuse(code, message)) => {
+            warn!(%peer, %code, reason = %message, "mesh: link refused");
+            inner.note_error(&peer, format!("{code}: {message}"));
+            farewell(&mut wr, code, &message).await;
+            return;
+        }
+        Err(End::PeerSaid(code, message)) => {
+            warn!(%peer, %code, reason = %message, "mesh: peer refused the link");
+            inner.note_error(&peer, format!("peer said {code}: {message}"));
+            return;
+        }
+        Err(End::Closed(why)) => {
+            debug!(%peer, reason = %why, "mesh: link closed during hello");
+            inner.note_error(&peer, why);
+            return;
+        }
+    };
+    let dialer_smaller = if dialed {
+        inner.node < peer
+    } else {
+        peer < inner.node
+    };
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let link = Arc::new(Link {
+        id: inner.next_link.fetch_add(1, Ordering::Relaxed),
+        peer: peer.clone(),
+        preferred: dialer_smaller,
+        dialed,
+        since: Instant::now(),
+        control,
+        sent: Mutex::new(hello.vv.clone()),
+        acked: Mutex::new(hello.vv.clone()),
+        last_heard: Mutex::new(Instant::now()),
+        close: inner.shutdown.child_token(),
+        farewell: Mutex::new(None),
+        events_out: AtomicU64::new(0),
+        events_in: AtomicU64::new(0),
+        duplicates_in: AtomicU64::new(0),
+    });
+    if !inner.register(&link) {
+        debug!(%peer, "mesh: a link to this node is already up; closing the new one");
+        farewell(
+            &mut wr,
+            Code::Duplicate,
+            "another link to this node is kept",
+        )
+        .await;
+        return;
+    }
+    inner.learn_node(&peer);
+    let behind = {
+        let mine = inner
+            .store
+            .call(|db| db.version_vector())
+            .await
+            .unwrap_or_default();
+        (mine.ahead_of(&hello.vv), hello.vv.ahead_of(&mine))
+    };
+    info!(
+        %peer,
+        link = link.id,
+        dialed,
+        peer_lacks = behind.0,
+        we_lack = behind.1,
+        "mesh: link up"
+    );
+    let (read_end, write_end) = tokio::join!(
+        read_loop(&inner, &link, &mut reader),
+        write_loop(&inner, &link, &mut wr, control_rx),
+    );
+    let end = read_end.or(write_end);
+    let (reason, code) = match &end {
+        Some(End::Refuse(code, m)) => (m.clone(), Some(*code)),
+        Some(End::PeerSaid(code, m)) => (format!("peer said {code}: {m}"), None),
+        Some(End::Closed(why)) => (why.clone(), None),
+        None => ("closed".to_owned(), None),
+    };
+    let told = link
+        .farewell
+        .lock()
+        .ok()
+        .and_then(|mut f| f.take())
+        .or_else(|| {
+            inner
+                .shutdown
+                .is_cancelled()
+                .then(|| (Code::Shutdown, "the node is shutting down".to_owned()))
+        });
+    let said = code.map(|c| (c, reason.clone())).or(told);
+    if let Some((c, m)) = &said {
+        farewell(&mut wr, *c, m).await;
+    } else {
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    }
+    inner.unregister(&link);
+    match said {
+        Some((c, m)) if c != Code::Shutdown && c != Code::Duplicate => {
+            warn!(%peer, link = link.id, code = %c, reason = %m, "mesh: link down");
+            inner.note_error(&peer, format!("{c}: {m}"));
+        }
+        _ => {
+            info!(%peer, link = link.id, reason = %reason, "mesh: link down");
+            inner.note_error(&peer, reason);
+        }
+    }
+}
+
+/// Sends our hello, reads and checks the peer's.
+async fn handshake(
+    inner: &Inner,
+    reader: &mut FrameReader<ReadHalf<Stream>>,
+    wr: &mut WriteHalf<Stream>,
+    peer: &str,
+) -> Result<wire::Hello, End> {
+    let vv = inner
+        .store
+        .call(|db| db.version_vector())
+        .await
+        .map_err(|e| End::Refuse(Code::Internal, e.to_string()))?;
+    let ours = Packet::Hello(wire::Hello {
+        server: inner.server.clone(),
+        node: inner.node.clone(),
+        incarnation: inner.incarnation.clone(),
+        proto: wire::PROTO,
+        vv,
+        now_ms: now_ms(),
+    });
+    write_packets(wr, &[ours], &inner.cfg)
+        .await
+        .map_err(End::Closed)?;
+    let packet = tokio::time::timeout(inner.cfg.handshake_timeout(), read_packet(reader))
+        .await
+        .map_err(|_| End::Closed("no hello in time".into()))??;
+    let hello = match packet {
+        Packet::Hello(h) => h,
+        Packet::Error(r) => return Err(End::PeerSaid(r.code, r.message)),
+        _ => {
+            return Err(End::Refuse(
+                Code::Malformed,
+                "the first packet must be mesh.hello".into(),
+            ));
+        }
+    };
+    if hello.proto != wire::PROTO {
+        return Err(End::Refuse(
+            Code::Proto,
+            format!("link protocol {} is not {}", hello.proto, wire::PROTO),
+        ));
+    }
+    if !hello.server.eq_ignore_ascii_case(&inner.server) {
+        return Err(End::Refuse(
+            Code::ServerMismatch,
+            format!("this node serves {}, not {}", inner.server, hello.server),
+        ));
+    }
+    if hello.node != peer {
+        return Err(End::Refuse(
+            Code::NodeMismatch,
+            format!(
+                "hello says {:?} but the certificate is {peer:?}'s",
+                hello.node
+            ),
+        ));
+    }
+    let skew = hello.now_ms.abs_diff(now_ms());
+    if skew > inner.cfg.max_skew_ms {
+        return Err(End::Refuse(
+            Code::ClockSkew,
+            format!(
+                "clocks differ by {skew} ms; at most {} allowed",
+                inner.cfg.max_skew_ms
+            ),
+        ));
+    }
+    Ok(hello)
+}
+
+/// Reads one packet.
+async fn read_packet(reader: &mut FrameReader<ReadHalf<Stream>>) -> Result<Packet, End> {
+    match reader.next_frame().await {
+        Ok(Some(Frame::Line(line))) => decode(&line),
+        Ok(Some(Frame::TooLong)) => Err(End::Refuse(
+            Code::TooLarge,
+            "a packet is longer than mesh.max_packet_bytes".into(),
+        )),
+        Ok(None) => Err(End::Closed("closed by the peer".into())),
+        Err(e) => Err(End::Closed(e.to_string())),
+    }
+}
+
+fn decode(line: &[u8]) -> Result<Packet, End> {
+    wire::decode(line).map_err(|e| End::Refuse(Code::Malformed, format!("bad packet: {e}")))
+}
+
+/// Reads until the link ends: events go to the store in batches of what
+/// arrived together.
+async fn read_loop(
+    inner: &Arc<Inner>,
+    link: &Arc<Link>,
+    reader: &mut FrameReader<ReadHalf<Stream>>,
+) -> Option<End> {
+    let end = read_until_end(inner, link, reader).await;
+    if let Some(End::Refuse(code, m)) = &end {
+        link.end(*code, m);
+    } else {
+        link.close.cancel();
+    }
+    end
+}
+
+async fn read_until_end(
+    inner: &Arc<Inner>,
+    link: &Arc<Link>,
+    reader: &mut FrameReader<ReadHalf<Stream>>,
+) -> Option<End> {
+    let idle = inner.cfg.idle_timeout();
+    let batch_max = inner.cfg.batch_events;
+    loop {
+        let first = tokio::select! {
+            _ = link.close.cancelled() => return None,
+            r = tokio::time::timeout(idle, read_packet(reader)) => match r {
+                Err(_) => return Some(End::Refuse(Code::Idle, format!("nothing heard for {} ms", idle.as_millis()))),
+                Ok(Err(e)) => return Some(e),
+                Ok(Ok(p)) => p,
+            },
+        };
+        if let Ok(mut t) = link.last_heard.lock() {
+            *t = Instant::now();
+        }
+        let mut events = Vec::new();
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            match p {
+                Packet::Event(e) => {
+                    events.push(e);
+                    if events.len() < batch_max {
+                        next = match reader.buffered_span() {
+                            Some(crate::conn::framing::Span::Line(r)) => {
+                                match decode(reader.line(r)) {
+                                    Ok(p) => Some(p),
+                                    Err(e) => return Some(e),
+                                }
+                            }
+                            Some(crate::conn::framing::Span::TooLong) => {
+                                return Some(End::Refuse(
+                                    Code::TooLarge,
+                                    "a packet is longer than mesh.max_packet_bytes".into(),
+                                ));
+                            }
+                            None => None,
+                        };
+                    }
+                }
+                other => {
+                    if let Some(end) = receive(inner, link, std::mem::take(&mut events)).await {
+                        return Some(end);
+                    }
+                    if let Some(end) = on_packet(inner, link, other) {
+                        return Some(end);
+                    }
+                }
+            }
+        }
+        if let Some(end) = receive(inner, link, events).await {
+            return Some(end);
+        }
+    }
+}
+
+/// A packet other than an event.
+fn on_packet(inner: &Arc<Inner>, link: &Arc<Link>, p: Packet) -> Option<End> {
+    match p {
+        Packet::Ack(a) => {
+            if let Ok(mut acked) = link.acked.lock() {
+                *acked = a.vv;
+            }
+            None
+        }
+        Packet::Route(r) => {
+            inner.on_routed(r, link.id);
+            None
+        }
+        Packet::Error(r) => Some(End::PeerSaid(r.code, r.message)),
+        Packet::Hello(_) => Some(End::Refuse(Code::Malformed, "a second mesh.hello".into())),
+        Packet::Event(_) => None,
+    }
+}
+
+/// Hands a batch of events to the store and what they change to this node.
+async fn receive(
+    inner: &Arc<Inner>,
+    link: &Arc<Link>,
+    events: Vec<wire::WireEvent>,
+) -> Option<End> {
+    if events.is_empty() {
+        return None;
+    }
+    // The peer holds what it sent: never send it back (before the store
+    // call, since the commit wakes our writer).
+    if let Ok(mut sent) = link.sent.lock() {
+        for e in &events {
+            sent.raise(&crate::store::replica::origin_key(&e.o, &e.i), e.s);
+        }
+    }
+    let batch: Vec<Incoming> = events
+        .into_iter()
+        .map(|e| {
+            let (event, prev) = e.into_event();
+            Incoming { event, prev }
+        })
+        .collect();
+    let results = match inner.store.call(move |db| db.receive(batch)).await {
+        Ok(r) => r,
+        Err(e) => return Some(End::Refuse(Code::Internal, format!("store: {e}"))),
+    };
+    let mut applied = Vec::new();
+    let mut end = None;
+    for r in results {
+        match r {
+            Received::Applied(e) => applied.push(*e),
+            Received::Duplicate => {
+                link.duplicates_in.fetch_add(1, Ordering::Relaxed);
+            }
+            Received::Gap { origin, have, prev } => {
+                end.get_or_insert(End::Refuse(
+                    Code::Gap,
+                    format!(
+                        "an event of {origin} follows seq {prev}, but this node holds up to {have}"
+                    ),
+                ));
+            }
+            Received::OwnOrigin => {
+                end.get_or_insert(End::Refuse(
+                    Code::OwnOrigin,
+                    "an event claims this node's own origin".into(),
+                ));
+            }
+        }
+    }
+    link.events_in
+        .fetch_add(applied.len() as u64, Ordering::Relaxed);
+    for e in &applied {
+        inner.learn_node(&e.node);
+    }
+    if !applied.is_empty() {
+        effects::apply(&inner.ctx, &applied).await;
+    }
+    end
+}
+
+/// Sends what the peer lacks, then each new event, keepalive acks and
+/// queued packets, until the link ends.
+async fn write_loop(
+    inner: &Arc<Inner>,
+    link: &Arc<Link>,
+    wr: &mut WriteHalf<Stream>,
+    mut control: mpsc::Receiver<Packet>,
+) -> Option<End> {
+    let end = write_until_end(inner, link, wr, &mut control).await;
+    link.close.cancel();
+    end
+}
+
+async fn write_until_end(
+    inner: &Arc<Inner>,
+    link: &Arc<Link>,
+    wr: &mut WriteHalf<Stream>,
+    control: &mut mpsc::Receiver<Packet>,
+) -> Option<End> {
+    let mut log = inner.store.watch_log();
+    let mut tick = tokio::time::interval(inner.cfg.keepalive_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut held;
+    loop {
+        // Catch up: everything the peer lacks, a batch at a time.
+        loop {
+            let sent = link.sent.lock().map(|s| s.clone()).unwrap_or_default();
+            let limit = inner.cfg.batch_events;
+            let (now_held, batch) =
+                match inner.store.call(move |db| db.catch_up(&sent, limit)).await {
+                    Ok(r) => r,
+                    Err(e) => return Some(End::Refuse(Code::Internal, format!("store: {e}"))),
+                };
+            held = now_held;
+            let mut packets: Vec<Packet> = Vec::with_capacity(batch.len() + 4);
+            if let Ok(mut sent) = link.sent.lock() {
+                for (event, prev) in &batch {
+                    sent.raise(
+                        &crate::store::replica::origin_key(&event.node, &event.incarnation),
+                        event.seq,
+                    );
+                    packets.push(Packet::Event(wire::WireEvent::new(event, *prev)));
+                }
+            }
+            let n = batch.len() as u64;
+            // Routed packets are not starved by a long catch-up.
+            while let Ok(p) = control.try_recv() {
+                packets.push(p);
+            }
+            if packets.is_empty() {
+                break;
+            }
+            if let Err(e) = write_packets(wr, &packets, &inner.cfg).await {
+                return Some(End::Closed(e));
+            }
+            link.events_out.fetch_add(n, Ordering::Relaxed);
+            if n == 0 {
+                break;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = link.close.cancelled() => return None,
+            p = control.recv() => {
+                let p = p?;
+                if let Err(e) = write_packets(wr, &[p], &inner.cfg).await {
+                    return Some(End::Closed(e));
+                }
+            }
+            changed = log.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
+            _ = tick.tick() => {
+                let ack = Packet::Ack(wire::Ack { vv: held.clone() });
+                if let Err(e) = write_packets(wr, &[ack], &inner.cfg).await {
+                    return Some(End::Closed(e));
+                }
+            }
+        }
+    }
+}
+
+/// Writes packets as lines, under the idle deadline (a peer that stops
+/// reading for that long is dropped; it catches up when it comes back).
+async fn write_packets(
+    wr: &mut WriteHalf<Stream>,
+    packets: &[Packet],
+    cfg: &super::config::MeshConfig,
+) -> Result<(), String> {
+    let mut buf = Vec::new();
+    for p in packets {
+        wire::encode(p, &mut buf);
+    }
+    let write = async {
+        wr.write_all(&buf).await?;
+        wr.flush().await
+    };
+    match tokio::time::timeout(cfg.idle_timeout(), write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write failed: {e}")),
+        Err(_) => Err("the peer stopped reading".into()),
+    }
+}
+
+/// Tells the peer why the link ends, then closes it (bounded in time).
+async fn farewell(wr: &mut WriteHalf<Stream>, code: Code, message: &str) {
+    let p = Packet::Error(wire::Refusal {
+        code: code.as_str().to_owned(),
+        message: message.to_owned(),
+    });
+    let mut buf = Vec::new();
+    wire::encode(&p, &mut buf);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        wr.write_all(&buf).await?;
+        wr.flush().await?;
+        wr.shutdown().await
+    })
+    .await;
+}

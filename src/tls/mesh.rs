@@ -1,0 +1,208 @@
+//! Mutual TLS for mesh links: TLS 1.3 only, ALPN `10bit-mesh/0.1`, each side
+//! presenting its node certificate and checking the other's against the
+//! configured peers (a pinned SHA-256 fingerprint, or a CA plus the node's
+//! name). The client port never asks for a client certificate; this is a
+//! listener of its own.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
+
+use super::pin::{self, Expect, FingerprintVerifier};
+use super::{Error, Identity, load_certs, provider};
+
+/// The mesh link's ALPN protocol.
+pub const ALPN: &[u8] = b"10bit-mesh/0.1";
+
+/// How one peer node's certificate is recognised.
+#[derive(Debug, Clone)]
+pub enum PeerCert {
+    /// Exactly this certificate.
+    Fingerprint([u8; 32]),
+    /// A certificate from this CA (PEM file) valid for the node's name.
+    Ca(PathBuf),
+}
+
+/// A peer node as TLS knows it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its node name.
+    pub node: String,
+    /// How its certificate is checked.
+    pub cert: PeerCert,
+}
+
+fn roots(path: &std::path::Path) -> Result<Arc<RootCertStore>, Error> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| Error::Trust(format!("{}: {e}", path.display())))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Whether `cert` is valid for the DNS name `node` (the CA chain is checked
+/// separately by the verifier that trusts the CA).
+fn names_node(cert: &CertificateDer<'_>, node: &str) -> bool {
+    let Ok(name) = ServerName::try_from(node) else {
+        return false;
+    };
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    ee.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// Which configured peer a verified certificate belongs to.
+pub fn identify<'p>(peers: &'p [Peer], cert: &CertificateDer<'_>) -> Option<&'p Peer> {
+    let fp = pin::fingerprint(cert);
+    peers.iter().find(|p| match &p.cert {
+        PeerCert::Fingerprint(want) => *want == fp,
+        PeerCert::Ca(_) => names_node(cert, &p.node),
+    })
+}
+
+/// Accepts a client certificate that some configured peer's rule accepts.
+#[derive(Debug)]
+struct PeersVerifier {
+    peers: Vec<Peer>,
+    /// One WebPKI verifier per CA file, with the peers it vouches for.
+    cas: Vec<(Arc<dyn ClientCertVerifier>, Vec<String>)>,
+    schemes: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertVerifier for PeersVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let fp = pin::fingerprint(end_entity);
+        let pinned = self
+            .peers
+            .iter()
+            .any(|p| matches!(p.cert, PeerCert::Fingerprint(want) if want == fp));
+        if pinned {
+            return Ok(ClientCertVerified::assertion());
+        }
+        for (verifier, nodes) in &self.cas {
+            if verifier
+                .verify_client_cert(end_entity, intermediates, now)
+                .is_ok()
+                && nodes.iter().any(|n| names_node(end_entity, n))
+            {
+                return Ok(ClientCertVerified::assertion());
+            }
+        }
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.schemes.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.schemes.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The mesh listener's configuration: our node certificate, client
+/// certificates required and checked against `peers`.
+pub fn acceptor_config(identity: &Identity, peers: &[Peer]) -> Result<Arc<ServerConfig>, Error> {
+    let provider = provider();
+    let mut cas: Vec<(Arc<dyn ClientCertVerifier>, Vec<String>)> = Vec::new();
+    for p in peers {
+        if let PeerCert::Ca(path) = &p.cert {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots(path)?, provider.clone())
+                    .build()
+                    .map_err(|e| Error::Trust(format!("{}: {e}", path.display())))?;
+            cas.push((verifier, vec![p.node.clone()]));
+        }
+    }
+    let verifier = Arc::new(PeersVerifier {
+        peers: peers.to_vec(),
+        cas,
+        schemes: provider.clone(),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Trust(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.certs.clone(), identity.key.clone_key())
+        .map_err(|e| Error::Trust(format!("mesh certificate: {e}")))?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The configuration for dialling `peer`: its certificate checked by its
+/// rule, ours presented.
+pub fn dialer_config(identity: &Identity, peer: &Peer) -> Result<Arc<ClientConfig>, Error> {
+    let provider = provider();
+    let verifier: Arc<dyn ServerCertVerifier> = match &peer.cert {
+        PeerCert::Fingerprint(fp) => {
+            Arc::new(FingerprintVerifier::new(Expect::Pinned(*fp), &provider))
+        }
+        PeerCert::Ca(path) => {
+            WebPkiServerVerifier::builder_with_provider(roots(path)?, provider.clone())
+                .build()
+                .map_err(|e| Error::Trust(format!("{}: {e}", path.display())))?
+        }
+    };
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Trust(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(identity.certs.clone(), identity.key.clone_key())
+        .map_err(|e| Error::Trust(format!("mesh certificate: {e}")))?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The name to dial `peer` by: its node name (what a CA-issued certificate
+/// names; a pinned certificate ignores it).
+pub fn dial_name(peer: &Peer) -> Result<ServerName<'static>, Error> {
+    ServerName::try_from(peer.node.clone())
+        .map_err(|_| Error::Trust(format!("node name {:?} is not a DNS name", peer.node)))
+}

@@ -1,0 +1,622 @@
+//! The mesh (DESIGN.md §8): nodes of one server in this process, every link
+//! through a proxy that cuts, holds and restores it. Replication over every
+//! shape, restarts, wiped stores, partitions that heal to one state, link
+//! rules, tickets across nodes.
+
+#[path = "common/mesh.rs"]
+mod cluster;
+mod common;
+
+use cluster::Cluster;
+use common::*;
+use serde_json::json;
+use tenthbit::client::Client;
+use tenthbit::proto::Packet;
+
+const PW: &str = "hellosecret";
+
+fn on(op: &str, topic: &str) -> Packet {
+    let mut p = Packet::request(op);
+    p.topic = Some(topic.to_owned());
+    p
+}
+
+async fn create(c: &mut Client, name: &str) -> String {
+    let p = request(c, Packet::request("create").with("name", name)).await;
+    assert_eq!(p.op, "meta", "{p:?}");
+    p.topic.clone().unwrap()
+}
+
+/// Line-3 … barbell: what is done on any node is on every node.
+async fn replicates_over(n: usize, edges: &[(usize, usize)]) {
+    let c = Cluster::start(n, edges).await;
+    let all: Vec<usize> = (0..n).collect();
+    for i in 0..n {
+        c.nodes[i].server().register(&format!("user{i}"), PW).await;
+    }
+    let mut owner = c.nodes[0].server().login("user0", PW).await;
+    let topic = create(&mut owner, "hall").await;
+    c.converged(&all).await;
+    // Every account logs in on every node, and the topic is known there.
+    for i in 0..n {
+        let j = (i + 1) % n;
+        let mut u = c.nodes[j].server().login(&format!("user{i}"), PW).await;
+        let p = request(&mut u, on("join", &topic)).await;
+        assert_eq!(p.op, "meta", "node {j}: {p:?}");
+    }
+    c.converged(&all).await;
+    for i in 0..n {
+        c.links_up(i, &neighbours(i, edges)).await;
+    }
+}
+
+fn neighbours(i: usize, edges: &[(usize, usize)]) -> Vec<usize> {
+    edges
+        .iter()
+        .filter_map(|&(a, b)| {
+            if a == i {
+                Some(b)
+            } else if b == i {
+                Some(a)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+const LINE3: &[(usize, usize)] = &[(0, 1), (1, 2)];
+const TRIANGLE: &[(usize, usize)] = &[(0, 1), (1, 2), (2, 0)];
+const STAR4: &[(usize, usize)] = &[(0, 1), (0, 2), (0, 3)];
+const RING5: &[(usize, usize)] = &[(0, 1), (1, 2), (2, 3), (3, 4), (4, 0)];
+/// Two triangles joined by the bridge 2–3.
+const BARBELL: &[(usize, usize)] = &[(0, 1), (1, 2), (2, 0), (2, 3), (3, 4), (4, 5), (5, 3)];
+
+#[tokio::test]
+async fn replicates_over_a_line() {
+    replicates_over(3, LINE3).await;
+}
+
+#[tokio::test]
+async fn replicates_over_a_triangle() {
+    replicates_over(3, TRIANGLE).await;
+}
+
+#[tokio::test]
+async fn replicates_over_a_star() {
+    replicates_over(4, STAR4).await;
+}
+
+#[tokio::test]
+async fn replicates_over_a_ring() {
+    replicates_over(5, RING5).await;
+}
+
+#[tokio::test]
+async fn replicates_over_a_barbell() {
+    replicates_over(6, BARBELL).await;
+}
+
+/// A kept message sent on one end of a line reaches a member connected to
+/// the other end, the same packet as on the sender's node, in order.
+#[tokio::test]
+async fn kept_messages_reach_members_on_other_nodes_in_order() {
+    let c = Cluster::start(3, LINE3).await;
+    c.nodes[0].server().register("dan", PW).await;
+    c.nodes[0].server().register("bob", PW).await;
+    let mut dan = c.nodes[0].server().login("dan", PW).await;
+    let topic = create(&mut dan, "hall").await;
+    c.converged(&[0, 1, 2]).await;
+    let mut bob_far = c.nodes[2].server().login("bob", PW).await;
+    assert_eq!(request(&mut bob_far, on("join", &topic)).await.op, "meta");
+    // The join is an event too: node 0 knows bob is a member once it has it.
+    c.converged(&[0, 1, 2]).await;
+    let mut bob_near = c.nodes[0].server().login("bob", PW).await;
+    expect_op(&mut bob_near, "meta").await; // the topic, at login
+    for n in 0..50 {
+        let ack = request(&mut dan, on("send", &topic).with("data", n)).await;
+        assert_eq!(ack.op, "ack", "{ack:?}");
+    }
+    for n in 0..50 {
+        let far = expect_op(&mut bob_far, "send").await;
+        let near = expect_op(&mut bob_near, "send").await;
+        assert_eq!(far.ex.get("data"), Some(&json!(n)));
+        assert_eq!(far, near, "the relay is the same on every node");
+        assert_eq!(far.from.as_deref(), Some("dan"));
+    }
+}
+
+fn ticket_auth(ticket: &str) -> Packet {
+    Packet::request("auth")
+        .with("method", "ticket")
+        .with("ticket", ticket)
+        .with("server", "mesh.test")
+}
+
+async fn ticket(c: &mut Client) -> String {
+    let p = request(c, Packet::request("ticket")).await;
+    assert_eq!(p.op, "ticket", "{p:?}");
+    p.ex_str("ticket").unwrap().to_owned()
+}
+
+async fn history_data(c: &mut Client, topic: &str) -> Vec<serde_json::Value> {
+    let h = request(c, on("history", topic).with("limit", 200)).await;
+    assert_eq!(h.op, "history", "{h:?}");
+    h.ex["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ex"]["data"].clone())
+        .collect()
+}
+
+/// A node of a ring stops while the others go on; restarted, it catches up
+/// and every acknowledged change and kept message is there.
+#[tokio::test]
+async fn a_restarted_node_catches_up() {
+    let mut c = Cluster::start(5, RING5).await;
+    c.nodes[0].server().register("dan", PW).await;
+    let mut dan = c.nodes[0].server().login("dan", PW).await;
+    let topic = create(&mut dan, "hall").await;
+    c.converged(&[0, 1, 2, 3, 4]).await;
+    c.stop(2).await;
+    for n in 0..30 {
+        assert_eq!(
+            request(&mut dan, on("send", &topic).with("data", n))
+                .await
+                .op,
+            "ack"
+        );
+    }
+    c.nodes[4].server().register("late", PW).await;
+    c.launch(2, &|_, _| {}).await;
+    c.converged(&[0, 1, 2, 3, 4]).await;
+    let mut dan2 = c.nodes[2].server().login("dan", PW).await;
+    let expected: Vec<serde_json::Value> = (0..30).map(|n| json!(n)).collect();
+    assert_eq!(history_data(&mut dan2, &topic).await, expected);
+    c.nodes[2].server().login("late", PW).await;
+}
+
+/// A node whose store is wiped comes back as a new origin (a new
+/// incarnation): it gets everything, and its new events collide with none.
+#[tokio::test]
+async fn a_wiped_node_is_a_new_origin() {
+    let mut c = Cluster::start(3, TRIANGLE).await;
+    c.nodes[2].server().register("old", PW).await;
+    let before = c.converged(&[0, 1, 2]).await;
+    c.wipe(2).await;
+    c.launch(2, &|_, _| {}).await;
+    c.nodes[2].server().register("new", PW).await;
+    let after = c.converged(&[0, 1, 2]).await;
+    let n2: Vec<&String> = after.vv.0.keys().filter(|k| k.starts_with("n2/")).collect();
+    assert_eq!(n2.len(), 2, "two incarnations of n2: {:?}", after.vv);
+    assert!(before.vv.0.iter().all(|(k, v)| after.vv.get(k) >= *v));
+    for i in 0..3 {
+        c.nodes[i].server().login("old", PW).await;
+        c.nodes[i].server().login("new", PW).await;
+    }
+}
+
+/// Ring-5 split in two; both sides change the same things; healed, every
+/// node holds one state by the §4a rules.
+#[tokio::test]
+async fn a_healed_partition_converges() {
+    let c = Cluster::start(5, RING5).await;
+    let (a, b) = (c.nodes[0].server(), c.nodes[3].server());
+    a.register("dan", PW).await;
+    a.register("bob", PW).await;
+    let mut dan_a = a.login("dan", PW).await;
+    let topic = create(&mut dan_a, "hall").await;
+    let doomed = create(&mut dan_a, "doomed").await;
+    let mut bob_a = a.login("bob", PW).await;
+    assert_eq!(request(&mut bob_a, on("join", &topic)).await.op, "meta");
+    c.converged(&[0, 1, 2, 3, 4]).await;
+    let mut dan_b = b.login("dan", PW).await;
+
+    // Sides {0, 1} and {2, 3, 4}.
+    c.cut(1, 2);
+    c.cut(4, 0);
+    c.links_up(0, &[1]).await;
+    c.links_up(3, &[2, 4]).await;
+
+    a.register("eve", "passwordA").await;
+    b.register("eve", "passwordB").await;
+    let rename = |name: &str| on("meta", &topic).with("name", name);
+    assert_eq!(request(&mut dan_a, rename("alpha")).await.op, "ack");
+    assert_eq!(request(&mut dan_b, rename("beta")).await.op, "ack");
+    let describe = |d: &str| on("meta", &topic).with("description", d);
+    assert_eq!(request(&mut dan_a, describe("from a")).await.op, "ack");
+    assert_eq!(request(&mut dan_b, describe("from b")).await.op, "ack");
+    let acl = |flags: &str| {
+        on("acl", &topic)
+            .with("subject", "bob")
+            .with("grant", json!([flags]))
+    };
+    assert_eq!(request(&mut dan_a, acl("write")).await.op, "ack");
+    assert_eq!(request(&mut dan_b, acl("ban")).await.op, "ack");
+    assert_eq!(request(&mut dan_a, on("delete", &doomed)).await.op, "ack");
+    assert_eq!(
+        request(
+            &mut dan_b,
+            on("meta", &doomed).with("description", "still here?")
+        )
+        .await
+        .op,
+        "ack"
+    );
+    let mut eve_b = b.login("eve", "passwordB").await;
+    assert_eq!(request(&mut eve_b, on("join", &topic)).await.op, "meta");
+    for n in 0..5 {
+        assert_eq!(
+            request(&mut dan_a, on("send", &topic).with("data", format!("a{n}")))
+                .await
+                .op,
+            "ack"
+        );
+        assert_eq!(
+            request(&mut dan_b, on("send", &topic).with("data", format!("b{n}")))
+                .await
+                .op,
+            "ack"
+        );
+    }
+    assert_ne!(
+        c.nodes[0].status().await.digest,
+        c.nodes[3].status().await.digest
+    );
+
+    c.restore(1, 2);
+    c.restore(4, 0);
+    c.converged(&[0, 1, 2, 3, 4]).await;
+
+    // One name, one description, the ban wins, the delete holds, both
+    // sides' messages are kept, and the later "eve" is shown with a suffix.
+    let mut seen_meta = Vec::new();
+    for i in 0..5 {
+        let s = c.nodes[i].server();
+        let mut dan = s.login("dan", PW).await;
+        let m = request(&mut dan, on("meta", &topic)).await;
+        assert_eq!(m.op, "meta", "{m:?}");
+        seen_meta.push((
+            m.ex_str("name").map(str::to_owned),
+            m.ex_str("description").map(str::to_owned),
+        ));
+        let mut data = history_data(&mut dan, &topic).await;
+        data.sort_by_key(|v| v.to_string());
+        assert_eq!(data.len(), 10, "node {i}: {data:?}");
+        let gone = request(&mut dan, on("meta", &doomed)).await;
+        assert_eq!(gone.ex_str("code"), Some("topic/not-found"), "node {i}");
+        let mut bob = s.login("bob", PW).await;
+        // The ban also ended bob's membership; joining again is refused.
+        let denied = request(&mut bob, on("join", &topic)).await;
+        assert_eq!(
+            denied.ex_str("code"),
+            Some("acl/denied"),
+            "node {i}: {denied:?}"
+        );
+        let members: Vec<String> = m.ex["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        let later = members
+            .iter()
+            .find(|n| n.starts_with("eve~"))
+            .unwrap_or_else(|| panic!("node {i}: no eve~ member in {members:?}"));
+        s.login(later, "passwordB").await;
+        s.login("eve", "passwordA").await;
+    }
+    assert!(seen_meta.windows(2).all(|w| w[0] == w[1]), "{seen_meta:?}");
+    let (name, desc) = &seen_meta[0];
+    assert!(
+        matches!(name.as_deref(), Some("alpha" | "beta")),
+        "{name:?}"
+    );
+    assert!(
+        matches!(desc.as_deref(), Some("from a" | "from b")),
+        "{desc:?}"
+    );
+}
+
+/// A link that goes silent (both sockets open, nothing moving) is dropped
+/// and, once traffic flows again, replaced by exactly one new link.
+#[tokio::test]
+async fn a_silent_link_is_dropped_and_replaced_by_one() {
+    let c = Cluster::start(3, TRIANGLE).await;
+    for i in 0..3 {
+        c.links_up(i, &neighbours(i, TRIANGLE)).await;
+    }
+    c.hold(0, 1);
+    c.links_up(0, &[2]).await;
+    c.links_up(1, &[2]).await;
+    // Changes still reach both ends by the other path.
+    c.nodes[0].server().register("dan", PW).await;
+    c.converged(&[0, 1, 2]).await;
+    c.restore(0, 1);
+    for i in 0..3 {
+        c.links_up(i, &neighbours(i, TRIANGLE)).await;
+    }
+    c.nodes[1].server().register("bob", PW).await;
+    c.converged(&[0, 1, 2]).await;
+}
+
+/// A ticket is redeemed by the node that issued it, wherever it is
+/// presented; once only; `ticket/unavailable` while the issuer is gone.
+#[tokio::test]
+async fn tickets_are_redeemed_by_their_issuer() {
+    let mut c = Cluster::start(3, LINE3).await;
+    c.nodes[0].server().register("dan", PW).await;
+    c.converged(&[0, 1, 2]).await;
+    let mut home = c.nodes[0].server().login("dan", PW).await;
+
+    // Two hops away, and only once.
+    let t = ticket(&mut home).await;
+    let mut far = c.nodes[2].server().client().await;
+    let p = request(&mut far, ticket_auth(&t)).await;
+    assert_eq!(p.op, "ack", "{p:?}");
+    let mut again = c.nodes[1].server().client().await;
+    let p = request(&mut again, ticket_auth(&t)).await;
+    assert_eq!(p.ex_str("code"), Some("ticket/invalid"), "{p:?}");
+
+    // Presented at two nodes at once: one login at most.
+    let t = ticket(&mut home).await;
+    let mut x = c.nodes[1].server().client().await;
+    let mut y = c.nodes[2].server().client().await;
+    let (px, py) = tokio::join!(
+        request(&mut x, ticket_auth(&t)),
+        request(&mut y, ticket_auth(&t))
+    );
+    let oks = [&px, &py].iter().filter(|p| p.op == "ack").count();
+    assert_eq!(oks, 1, "{px:?} {py:?}");
+
+    // The issuer is gone: unavailable, and the ticket is not spent.
+    let t = ticket(&mut home).await;
+    drop(home);
+    c.stop(0).await;
+    let mut z = c.nodes[2].server().client().await;
+    let p = request(&mut z, ticket_auth(&t)).await;
+    assert_eq!(p.ex_str("code"), Some("ticket/unavailable"), "{p:?}");
+    c.launch(0, &|_, _| {}).await;
+    c.links_up(1, &[0, 2]).await;
+    let p = request(&mut z, ticket_auth(&t)).await;
+    assert_eq!(p.op, "ack", "{p:?}");
+}
+
+/// A test-made peer: its own certificate, speaking raw mesh lines.
+struct Fake {
+    identity: tenthbit::tls::Identity,
+    _dir: tempfile::TempDir,
+}
+
+impl Fake {
+    fn new(name: &str) -> Fake {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("f.crt"), dir.path().join("f.key"));
+        tenthbit::tls::selfsigned::generate(name, &cert, &key).unwrap();
+        let identity = tenthbit::tls::load_identity(&cert, &key, false, name).unwrap();
+        Fake {
+            identity,
+            _dir: dir,
+        }
+    }
+
+    fn peer_entry(&self, name: &str) -> tenthbit::mesh::config::PeerConfig {
+        tenthbit::mesh::config::PeerConfig {
+            node: name.into(),
+            addr: None,
+            fingerprint: Some(tenthbit::tls::pin::format_fingerprint(
+                &self.identity.fingerprint,
+            )),
+            ca_file: None,
+        }
+    }
+
+    /// Connects to `node`, reads its hello.
+    async fn dial(&self, node: &cluster::Node) -> (FakeLink, serde_json::Value) {
+        use tenthbit::tls::mesh::{Peer, PeerCert, dial_name, dialer_config};
+        let peer = Peer {
+            node: node.name.clone(),
+            cert: PeerCert::Fingerprint(node.mesh_fingerprint),
+        };
+        let connector =
+            tokio_rustls::TlsConnector::from(dialer_config(&self.identity, &peer).unwrap());
+        let tcp = tokio::net::TcpStream::connect(node.mesh_addr)
+            .await
+            .unwrap();
+        let tls = connector
+            .connect(dial_name(&peer).unwrap(), tcp)
+            .await
+            .unwrap();
+        let (rd, wr) = tokio::io::split(tls);
+        let mut link = FakeLink {
+            lines: tokio::io::BufReader::new(rd).lines(),
+            wr,
+        };
+        let hello = link.recv().await.expect("hello");
+        assert_eq!(hello["op"], "mesh.hello", "{hello}");
+        (link, hello)
+    }
+}
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+struct FakeLink {
+    lines: tokio::io::Lines<
+        tokio::io::BufReader<
+            tokio::io::ReadHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        >,
+    >,
+    wr: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+}
+
+impl FakeLink {
+    async fn send(&mut self, line: &str) {
+        self.wr.write_all(line.as_bytes()).await.unwrap();
+        self.wr.write_all(b"\n").await.unwrap();
+        self.wr.flush().await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Option<serde_json::Value> {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("a line in time")
+            .ok()??;
+        Some(serde_json::from_str(&line).expect("json"))
+    }
+
+    /// Reads until `mesh.error`, which must carry `code`; then the end.
+    async fn expect_refusal(&mut self, code: &str) {
+        loop {
+            let p = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("closed without {code}"));
+            if p["op"] == "mesh.error" {
+                assert_eq!(p["ex"]["code"], code, "{p}");
+                assert!(p["ex"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+                assert!(
+                    self.recv().await.is_none(),
+                    "the link ends after mesh.error"
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn hello(node: &str, server: &str, proto: u32, now_ms: i64) -> String {
+    json!({"op": "mesh.hello", "ex": {"server": server, "node": node, "incarnation": "feedfeedfeedfeed",
+        "proto": proto, "vv": {}, "now_ms": now_ms}})
+    .to_string()
+}
+
+fn event(o: &str, i: &str, s: u64, p: u64) -> String {
+    json!({"op": "mesh.event", "ex": {"o": o, "i": i, "s": s, "p": p, "h": 1u64 << 40,
+        "c": {"kind": "account.meta", "writes": [{"e": "server", "f": "meta:x", "v": 1}]}}})
+    .to_string()
+}
+
+/// Every kind of bad peer gets a stable code and nothing it sent is applied.
+#[tokio::test]
+async fn bad_peers_are_refused_with_stable_codes() {
+    let fake = Fake::new("n9");
+    let entry = fake.peer_entry("n9");
+    let c = Cluster::start_with(1, &[], move |_, cfg| {
+        cfg.mesh.peers.push(entry.clone());
+        cfg.mesh.max_packet_bytes = 64 * 1024;
+    })
+    .await;
+    let node = &c.nodes[0];
+    let now = tenthbit::proto::id::now_ms();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            hello("n9", "mesh.test", 1, now + 3_600_000),
+            "mesh/clock-skew",
+        ),
+        (hello("n9", "mesh.test", 99, now), "mesh/proto"),
+        (hello("n9", "other.test", 1, now), "mesh/server-mismatch"),
+        (hello("n7", "mesh.test", 1, now), "mesh/node-mismatch"),
+        ("{\"op\":\"mesh.event\",\"ex\":{}}".into(), "mesh/malformed"),
+        ("not json".into(), "mesh/malformed"),
+    ];
+    for (line, code) in cases {
+        let (mut link, _) = fake.dial(node).await;
+        link.send(&line).await;
+        link.expect_refusal(code).await;
+    }
+    // After a good hello: oversized, garbage, our own origin, a gap.
+    let (mut link, theirs) = fake.dial(node).await;
+    let own_inc = theirs["ex"]["incarnation"].as_str().unwrap().to_owned();
+    let own_seq = theirs["ex"]["vv"][format!("n0/{own_inc}")]
+        .as_u64()
+        .unwrap();
+    link.send(&hello("n9", "mesh.test", 1, now)).await;
+    link.send(&"x".repeat(100 * 1024)).await;
+    link.expect_refusal("mesh/too-large").await;
+    for (line, code) in [
+        (
+            "{\"op\":\"mesh.ack\",\"ex\":{\"vv\":[]}}".to_owned(),
+            "mesh/malformed",
+        ),
+        (
+            event("n0", &own_inc, own_seq + 1, own_seq),
+            "mesh/own-origin",
+        ),
+        (event("n9", "abcd", 5, 3), "mesh/gap"),
+        (hello("n9", "mesh.test", 1, now), "mesh/malformed"),
+    ] {
+        let (mut link, _) = fake.dial(node).await;
+        link.send(&hello("n9", "mesh.test", 1, now)).await;
+        link.send(&line).await;
+        link.expect_refusal(code).await;
+    }
+    let s = node.status().await;
+    assert!(
+        s.vv.0.keys().all(|k| k.starts_with("n0/")),
+        "nothing applied: {:?}",
+        s.vv
+    );
+
+    // A good event is applied, and an unknown certificate never gets in.
+    let (mut link, _) = fake.dial(node).await;
+    link.send(&hello("n9", "mesh.test", 1, now)).await;
+    link.send(&event("n9", "abcd", 1, 0)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node.status().await.vv.get("n9/abcd") != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the good event was not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let stranger = Fake::new("n9");
+    use tenthbit::tls::mesh::{Peer, PeerCert, dial_name, dialer_config};
+    let peer = Peer {
+        node: "n0".into(),
+        cert: PeerCert::Fingerprint(node.mesh_fingerprint),
+    };
+    let connector =
+        tokio_rustls::TlsConnector::from(dialer_config(&stranger.identity, &peer).unwrap());
+    let tcp = tokio::net::TcpStream::connect(node.mesh_addr)
+        .await
+        .unwrap();
+    let refused = match connector.connect(dial_name(&peer).unwrap(), tcp).await {
+        Err(_) => true,
+        // TLS 1.3: the client may finish before the server's verdict.
+        Ok(tls) => {
+            let mut lines = tokio::io::BufReader::new(tls).lines();
+            matches!(
+                tokio::time::timeout(WAIT, lines.next_line()).await,
+                Ok(Err(_) | Ok(None))
+            )
+        }
+    };
+    assert!(refused, "a certificate of no configured peer is refused");
+}
+
+/// A peer pinned with the wrong fingerprint never links, and says why.
+#[tokio::test]
+async fn a_wrong_certificate_is_refused() {
+    let c = Cluster::start_with(2, &[(0, 1)], |i, cfg| {
+        if i == 1 {
+            cfg.mesh.peers[0].fingerprint = Some("AB:".repeat(31) + "AB");
+        }
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = c.nodes[1].status().await;
+        let l = &s.links[0];
+        assert_eq!(l.state, "down");
+        if l.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("certificate"))
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", s.links);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.nodes[0].status().await.links[0].state, "down");
+}
