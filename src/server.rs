@@ -148,6 +148,7 @@ fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<(Admission, Option<ErrorCod
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     mesh: Option<Mesh>,
+    store: Store,
     fingerprint: [u8; 32],
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -168,6 +169,11 @@ impl ServerHandle {
     /// SHA-256 of the server certificate.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.fingerprint
+    }
+
+    /// The store (benchmarks write to it directly).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The mesh, when `mesh.enabled`.
@@ -305,6 +311,7 @@ pub async fn start_with_mesh(
     tracker.spawn(prune_loop(shared.clone()));
     let shutdown = shared.shutdown.clone();
     let mesh_task = mesh.clone();
+    let store_handle = store.clone();
     let task = tokio::spawn(async move {
         shared.shutdown.cancelled().await;
         info!("shutting down: no new connections, telling clients");
@@ -327,6 +334,7 @@ pub async fn start_with_mesh(
     Ok(ServerHandle {
         addrs,
         mesh,
+        store: store_handle,
         fingerprint: server_tls.fingerprint,
         shutdown,
         task,

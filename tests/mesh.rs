@@ -620,3 +620,18 @@ async fn a_wrong_certificate_is_refused() {
     }
     assert_eq!(c.nodes[0].status().await.links[0].state, "down");
 }
+
+/// The mesh benchmark's workloads run end to end (small sizes; the
+/// figures are measured in release builds, never asserted).
+#[tokio::test]
+async fn mesh_benchmark_workloads_run() {
+    let heal = tenthbit::bench::mesh::heal(1, 200).await.expect("heal");
+    assert!(
+        heal.notes.iter().any(|(k, _)| k.contains("p50")),
+        "{heal:?}"
+    );
+    let catchup = tenthbit::bench::mesh::catchup(2_000)
+        .await
+        .expect("catchup");
+    assert!(catchup.seconds > 0.0, "{catchup:?}");
+}

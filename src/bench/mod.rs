@@ -4,11 +4,15 @@
 //! - fanout: S subscribers on one topic, P publishers, M messages each;
 //! - pairs: K topics, each with one sender and one receiver;
 //! - idle: C logged-in connections held open (memory per connection);
-//! - login: a storm of password logins while a logged-in user pings.
+//! - login: a storm of password logins while a logged-in user pings;
+//! - mesh: nodes in this process ([`cluster`]): partition heal time and
+//!   catch-up speed ([`mesh`]).
 //!
 //! Latency is measured in this process: a sender stamps each message with
 //! the time since the run began, the receiver subtracts it from its own.
 
+pub mod cluster;
+pub mod mesh;
 pub mod nats;
 
 use std::sync::Arc;

@@ -98,8 +98,36 @@ enum Workload {
     },
 }
 
+/// Mesh workloads: nodes of one server started in this process.
+#[derive(Subcommand, Debug)]
+enum MeshWorkload {
+    /// Ring-5 split in two, events written on both sides, healed: time
+    /// until every node holds the same state.
+    Heal {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Events written on each side while split.
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+    },
+    /// A node restarted this many events behind: catch-up speed.
+    Catchup {
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Measure the mesh: nodes started in this process on loopback (no
+    /// running server needed).
+    BenchMesh {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        workload: MeshWorkload,
+    },
     /// Measure a running server over real TLS (see the README's Performance section).
     Bench {
         /// HOST[:PORT] (port 10817 by default).
@@ -210,6 +238,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 &message,
             )
             .await
+        }
+        Command::BenchMesh { json, workload } => {
+            let report = match workload {
+                MeshWorkload::Heal { runs, events } => {
+                    tenthbit::bench::mesh::heal(runs, events).await?
+                }
+                MeshWorkload::Catchup { events } => tenthbit::bench::mesh::catchup(events).await?,
+            };
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             target,

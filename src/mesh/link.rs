@@ -128,7 +128,15 @@ pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed:
         dialed,
         since: Instant::now(),
         control,
-        sent: Mutex::new(hello.vv.clone()),
+        sent: Mutex::new({
+            // The peer writes its own events: never send them back.
+            let mut sent = hello.vv.clone();
+            sent.raise(
+                &crate::store::replica::origin_key(&hello.node, &hello.incarnation),
+                u64::MAX,
+            );
+            sent
+        }),
         acked: Mutex::new(hello.vv.clone()),
         last_heard: Mutex::new(Instant::now()),
         close: inner.shutdown.child_token(),
