@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use tenthbit::client::Client;
+use tenthbit::config::Limits;
 use tenthbit::proto::Packet;
 
 fn on(op: &str, topic: &str) -> Packet {
@@ -519,12 +520,13 @@ async fn sendq_server(
 
 /// Large messages fill a member's queue by bytes long before its packet
 /// bound: a member that stops reading while 60 KB messages arrive is cut
-/// once `max_sendq_bytes` (plus what the sockets hold) is queued, not at
-/// 4,096 messages (240 MB).
+/// once the default `max_sendq_bytes` (4 MiB, plus what the sockets hold) is
+/// queued, not at 4,096 messages (240 MB).
 #[tokio::test]
 async fn a_member_not_reading_large_messages_is_cut_by_bytes() {
     const N: usize = 400;
-    let (server, (mut dan, mut bob, _amy)) = sendq_server(1 << 20, false).await;
+    let (server, (mut dan, mut bob, _amy)) =
+        sendq_server(Limits::default().max_sendq_bytes, false).await;
     let topic = create(&mut dan, "big").await;
     join(&mut bob, &topic).await;
     expect_op(&mut dan, "join").await;
