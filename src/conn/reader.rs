@@ -6,7 +6,7 @@
 //! shutdown. The client library reads with the same type.
 //!
 //! What one connection's input may cost everyone else is bounded twice: a
-//! reader yields to other tasks after [`WAKE_BUDGET`] bytes decoded in one
+//! reader yields to other tasks after [`WAKE_BUDGET`] bytes inflated in one
 //! go, and (on the server) input that yields no packet is charged to the
 //! connection's silent-input allowance ([`FrameReader::limit_silent`]).
 
@@ -26,10 +26,12 @@ use crate::session::throttle::RateLimit;
 const READ_ROOM: usize = 16 * 1024;
 /// Bytes decompressed per step (bounded, so a bomb never lands at once).
 const CHUNK: usize = 16 * 1024;
-/// Bytes decoded (inflated, or read as they are) before the reader lets
-/// other tasks run. A gzip stream inflates from input already buffered,
-/// never waiting for the socket (where tokio's own budget would make it
-/// yield): 1 MB inflating to 1 GB of blank lines held a worker for seconds.
+/// Bytes inflated before the reader lets other tasks run. A gzip stream
+/// inflates from input already buffered, never waiting for the socket
+/// (where tokio's own budget makes a task that keeps reading yield): 1 MB
+/// inflating to 1 GB of blank lines held a worker for seconds. Plain input
+/// needs no bound of its own: every byte of it is a socket read, paid for
+/// by the peer.
 pub const WAKE_BUDGET: usize = 16 * 1024;
 
 /// Why reading stopped.
@@ -67,7 +69,7 @@ pub struct FrameReader<R> {
     gzip: Option<GzipDecoder>,
     lines: LineDecoder,
     inflated: Box<[u8]>,
-    /// Bytes decoded since the reader last waited or yielded.
+    /// Bytes inflated since the reader last waited or yielded.
     since_yield: usize,
     /// Allowance for input that yields no packet, in bytes, if limited.
     silent: Option<RateLimit>,
@@ -128,9 +130,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if span.is_some() {
                 return Ok(span);
             }
-            // Checked once per chunk or read, never per line. The lines of
-            // the last chunk were handled before this call, so this bounds
-            // the connection's whole turn, not just the decoding.
+            // Checked once per chunk, never per line. The lines of the last
+            // chunk were handled before this call, so this bounds the
+            // connection's whole turn, not just the inflating.
             if self.since_yield >= WAKE_BUDGET {
                 self.since_yield = 0;
                 tokio::task::yield_now().await;
@@ -145,11 +147,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     continue;
                 }
             }
-            let n = std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
-            if n == 0 {
+            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
                 return Ok(None);
             }
-            self.since_yield += n;
         }
     }
 
