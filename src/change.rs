@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// The thing a register belongs to.
@@ -34,7 +35,8 @@ impl Entity {
 pub mod field {
     /// The account's name (display case kept; unique case-insensitively).
     pub const NAME: &str = "name";
-    /// argon2id PHC string.
+    /// argon2id PHC string. Redacted from every event when the account is
+    /// deleted, with the `key:` fields (see `store::redact`).
     pub const PASSWORD: &str = "password";
     /// `true` when an admin disabled the account.
     pub const DISABLED: &str = "disabled";
@@ -92,8 +94,59 @@ pub struct Message {
     pub ts: i64,
     /// The sending account.
     pub sender: Uuid,
-    /// `ex` as relayed.
-    pub ex: serde_json::Map<String, Value>,
+    /// `ex` as relayed: the JSON text, not a map, so that numbers come
+    /// back from history exactly as they were sent.
+    pub ex: ExJson,
+}
+
+/// A message's `ex` as JSON text, kept as the server checked it. A map of
+/// `Value`s would round an integer beyond 64 bits, or a long decimal, to
+/// the nearest `f64`; the text keeps every digit. Stored inline in the
+/// event body, so the log's JSON shape is the same as a map's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ExJson(Box<RawValue>);
+
+impl ExJson {
+    /// JSON text already checked to be an object (by the packet decoders);
+    /// checked again here only as JSON, which an object always is.
+    pub fn from_text(text: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text).map(ExJson)
+    }
+
+    /// An `ex` built as a map.
+    pub fn from_map(map: &serde_json::Map<String, Value>) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(map).map(ExJson)
+    }
+
+    /// `{}`.
+    pub fn empty() -> Self {
+        // Invariant: two bytes of valid JSON, not input.
+        Self::from_text("{}".to_owned()).expect("`{}` is JSON")
+    }
+
+    /// The JSON text, to be written as it is.
+    pub fn raw(&self) -> &RawValue {
+        &self.0
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Whether it is the empty object (left out of an envelope, like an
+    /// empty map).
+    pub fn is_empty(&self) -> bool {
+        let mut text = self.0.get().bytes().filter(|b| !b.is_ascii_whitespace());
+        text.next() == Some(b'{') && text.next() == Some(b'}') && text.next().is_none()
+    }
+}
+
+impl PartialEq for ExJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
 }
 
 impl Change {

@@ -58,8 +58,63 @@ pub struct Config {
     pub history: HistoryConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The web client and WebSocket sessions on the client port.
+    pub web: WebConfig,
+    /// The operator's listener (metrics, health).
+    pub ops: OpsConfig,
     /// Links to the other nodes of this server.
     pub mesh: crate::mesh::config::MeshConfig,
+}
+
+/// `[web]`: ALPN `http/1.1` on the client port (the page and WebSocket sessions).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Offer `http/1.1` by ALPN.
+    pub enabled: bool,
+    /// Origins allowed besides same-origin and none at all (`https://chat.example.org`).
+    pub allowed_origins: Vec<String>,
+    /// Deadline for a request's headers, from when the connection waits for one.
+    pub header_timeout_ms: u64,
+    /// Largest WebSocket message read at all; beyond it the connection is closed.
+    pub max_message_bytes: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allowed_origins: Vec::new(),
+            header_timeout_ms: 10_000,
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl WebConfig {
+    /// Header deadline as a `Duration`.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+}
+
+/// `[ops]`: the operator's listener, never on the client port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Serve `/metrics` and `/healthz`.
+    pub enabled: bool,
+    /// Where (plain HTTP: keep it on loopback or a private network).
+    pub listen: SocketAddr,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 10819)),
+        }
+    }
 }
 
 /// `[history]`: what topics remember. A topic's metadata may override it:
@@ -341,12 +396,20 @@ impl Limits {
 pub struct LogConfig {
     /// EnvFilter directives.
     pub level: String,
+    /// Refused connections from one address log one warning per interval,
+    /// with their count.
+    pub refused_interval_ms: u64,
+    /// Addresses whose refusals are counted apart; refusals from more are
+    /// counted together.
+    pub refused_max_addresses: usize,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
+            refused_interval_ms: 10_000,
+            refused_max_addresses: 1024,
         }
     }
 }
@@ -446,6 +509,12 @@ impl Config {
                 "failure allowances must be at least 1",
             ));
         }
+        if self.log.refused_interval_ms == 0 || self.log.refused_max_addresses == 0 {
+            return Err(invalid(
+                "log",
+                "refused_interval_ms and refused_max_addresses must be at least 1",
+            ));
+        }
         let h = &self.history;
         if h.max_age_ms == 0 || h.prune_interval_ms == 0 || h.max_messages_per_topic == 0 {
             return Err(invalid(
@@ -531,6 +600,24 @@ impl Config {
                 "limits.idle_timeout_ms",
                 "must be longer than limits.keepalive_interval_ms",
             ));
+        }
+        let w = &self.web;
+        if w.header_timeout_ms == 0 {
+            return Err(invalid("web.header_timeout_ms", "must be at least 1"));
+        }
+        if !(l.max_line_bytes..=64 * 1024 * 1024).contains(&w.max_message_bytes) {
+            return Err(invalid(
+                "web.max_message_bytes",
+                "must be limits.max_line_bytes to 67108864",
+            ));
+        }
+        for origin in &w.allowed_origins {
+            if crate::web::origin::Origin::parse(origin).is_none() {
+                return Err(invalid(
+                    "web.allowed_origins",
+                    format!("{origin:?} is not scheme://host or scheme://host:port"),
+                ));
+            }
         }
         self.mesh.validate(&s.node)
     }

@@ -22,8 +22,10 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::conn;
 use crate::mesh::Mesh;
+use crate::ops::Metrics;
 use crate::password::Passwords;
 use crate::proto::ErrorCode;
+use crate::refusals::RefusalLog;
 use crate::session;
 use crate::store::Store;
 use crate::tls;
@@ -77,8 +79,11 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Cancelled when the grace period is over: close whatever is left.
     pub hard_stop: CancellationToken,
+    /// Which browser origins may open a WebSocket.
+    pub web_origins: crate::web::origin::Policy,
     counts: Mutex<ConnCounts>,
     next_conn_id: AtomicU64,
+    refusals: RefusalLog,
 }
 
 #[derive(Default)]
@@ -147,6 +152,7 @@ fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<(Admission, Option<ErrorCod
 /// A running server.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
+    ops_addr: Option<SocketAddr>,
     mesh: Option<Mesh>,
     store: Store,
     fingerprint: [u8; 32],
@@ -164,6 +170,11 @@ impl ServerHandle {
     /// Every bound address, in config order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The operator's listener's address, when `ops.enabled`.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
     }
 
     /// SHA-256 of the server certificate.
@@ -248,9 +259,13 @@ pub async fn start_with_mesh(
         path: data_dir.clone(),
         cause,
     })?;
-    let server_tls = tls::server_config(&config.tls, &config.server.name)?;
+    let server_tls = tls::server_config(&config.tls, &config.server.name, config.web.enabled)?;
     let passwords = Passwords::new(config.auth.cost(), config.auth.concurrent_hashes())?;
-    let store = Store::open(&data_dir, &config.server.node)?;
+    let metrics = Arc::new(Metrics::new());
+    let observer = metrics.clone();
+    let store = Store::open_observed(&data_dir, &config.server.node, move |took| {
+        observer.commit(took)
+    })?;
     let topics = store.call(|db| db.all_topics()).await?;
     if server_tls.generated {
         info!(cert = %config.tls.cert_file.display(), key = %config.tls.key_file.display(), "generated a self-signed certificate");
@@ -263,12 +278,21 @@ pub async fn start_with_mesh(
         })?;
         addrs.push(addr);
     }
-    let session_ctx = Arc::new(session::Context::new(
-        &config,
-        store.clone(),
-        passwords,
-        topics,
-    ));
+    let ops = match config.ops.enabled {
+        true => {
+            let addr = config.ops.listen;
+            let l = bind(addr).map_err(|cause| Error::Bind { addr, cause })?;
+            let bound = l
+                .local_addr()
+                .map_err(|cause| Error::Bind { addr, cause })?;
+            Some((l, bound))
+        }
+        false => None,
+    };
+    let session_ctx = Arc::new(session::Context {
+        metrics: metrics.clone(),
+        ..session::Context::new(&config, store.clone(), passwords, topics)
+    });
     let shutdown_token = CancellationToken::new();
     let mesh = if config.mesh.enabled {
         let listener = match mesh_listener {
@@ -297,6 +321,11 @@ pub async fn start_with_mesh(
     let shared = Arc::new(Shared {
         session_ctx,
         acceptor: TlsAcceptor::from(server_tls.config),
+        refusals: RefusalLog::new(
+            Duration::from_millis(config.log.refused_interval_ms),
+            config.log.refused_max_addresses,
+        ),
+        web_origins: crate::web::origin::Policy::new(&config.web.allowed_origins),
         config,
         shutdown: shutdown_token,
         hard_stop: CancellationToken::new(),
@@ -309,11 +338,24 @@ pub async fn start_with_mesh(
         tracker.spawn(accept_loop(shared.clone(), listener, tracker.clone()));
     }
     tracker.spawn(prune_loop(shared.clone()));
+    tracker.spawn(refusal_report_loop(shared.clone()));
+    let ops_addr = ops.as_ref().map(|(_, a)| *a);
+    if let Some((listener, addr)) = ops {
+        info!(%addr, "operator's listener (metrics, health)");
+        tracker.spawn(crate::ops::serve(
+            listener,
+            metrics.clone(),
+            shared.shutdown.clone(),
+        ));
+    }
+    // The store is open and every listener is bound.
+    metrics.set_ready(true);
     let shutdown = shared.shutdown.clone();
     let mesh_task = mesh.clone();
     let store_handle = store.clone();
     let task = tokio::spawn(async move {
         shared.shutdown.cancelled().await;
+        metrics.set_ready(false);
         info!("shutting down: no new connections, telling clients");
         tracker.close();
         let grace = shared.config.limits.shutdown_grace();
@@ -333,6 +375,7 @@ pub async fn start_with_mesh(
     });
     Ok(ServerHandle {
         addrs,
+        ops_addr,
         mesh,
         store: store_handle,
         fingerprint: server_tls.fingerprint,
@@ -365,11 +408,18 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTr
             }
         };
         let Some((admission, refusal)) = admit(&shared, peer.ip()) else {
-            warn!(%peer, "connection dropped: over the limit and too many refusals in flight");
+            let report = shared
+                .refusals
+                .refused(peer.ip(), DROPPED, std::time::Instant::now());
+            log_refusals(report);
             continue;
         };
         if let Some(code) = refusal {
-            warn!(%peer, reason = %code, "connection refused: over a connection limit");
+            let report =
+                shared
+                    .refusals
+                    .refused(peer.ip(), code.as_str(), std::time::Instant::now());
+            log_refusals(report);
         }
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
@@ -378,6 +428,43 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTr
             conn::run(shared, tcp, peer, id, refusal).await;
         });
     }
+}
+
+/// The reason logged for a connection dropped without a refusal: over a
+/// limit, with too many refusals already in flight.
+const DROPPED: &str = "dropped";
+
+/// Logs refused connections, one line per address and interval.
+fn log_refusals(reports: impl IntoIterator<Item = crate::refusals::Report>) {
+    for r in reports {
+        match r.ip {
+            Some(ip) => warn!(
+                %ip,
+                count = r.count,
+                reason = r.reason,
+                "connections refused: over a connection limit"
+            ),
+            None => warn!(
+                count = r.count,
+                reason = r.reason,
+                "connections refused: over a connection limit, from addresses not counted apart"
+            ),
+        }
+    }
+}
+
+/// Logs the refusals counted but not yet logged, once per interval.
+async fn refusal_report_loop(shared: Arc<Shared>) {
+    let every = shared.refusals.interval();
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        log_refusals(shared.refusals.due(std::time::Instant::now()));
+    }
+    // What the last interval counted is still said.
+    log_refusals(shared.refusals.due(std::time::Instant::now() + every));
 }
 
 /// Applies history retention every `history.prune_interval_ms`, per topic,

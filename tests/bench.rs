@@ -160,7 +160,7 @@ async fn nats_mode_speaks_the_nats_protocol() {
         key_file: dir.path().join("c.key"),
         ..Default::default()
     };
-    let server_tls = tenthbit::tls::server_config(&cfg, "localhost").unwrap();
+    let server_tls = tenthbit::tls::server_config(&cfg, "localhost", false).unwrap();
     let mut plain = (*server_tls.config).clone();
     plain.alpn_protocols.clear();
     let addr = mini_nats::start(std::sync::Arc::new(plain)).await;

@@ -328,3 +328,50 @@ async fn closing_with_messages_in_flight_answers_everything() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn numbers_come_back_from_history_as_sent() {
+    let server = TestServer::start().await;
+    server.register("dan", "hellosecret").await;
+    server.register("bob", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let mut bob = server.login("bob", "hellosecret").await;
+    let topic = request(&mut dan, Packet::request("create").with("name", "nums"))
+        .await
+        .topic
+        .unwrap();
+    assert_eq!(request(&mut bob, on("join", &topic)).await.op, "meta");
+    let huge = format!("9{}", "0123456789".repeat(30).get(1..).unwrap());
+    assert_eq!(huge.len(), 300);
+    let ex = format!(
+        r#"{{"big":18446744073709551617,"huge":{huge},"neg":-{huge},"pi":3.14159265358979323846264338327950288,"small":1e-7}}"#
+    );
+    // Through the one-pass reader, and (with an escape) the full decoder.
+    let lines = [
+        format!(r#"{{"op":"send","id":"s1","topic":"{topic}","ex":{ex}}}"#),
+        format!(r#"{{"op":"send","id":"s2","topic":"{topic}","ex":{ex},"x":"\u0041"}}"#),
+    ];
+    for line in &lines {
+        dan.send_raw(format!("{line}\n").as_bytes()).await.unwrap();
+        let ack = line_with_op(&mut dan, "ack").await;
+        assert!(!ack.contains("error"), "{ack}");
+        // The relay to the other member carries the text too.
+        let relay = line_with_op(&mut bob, "send").await;
+        assert!(relay.ends_with(&format!(r#","ex":{ex}}}"#)), "{relay}");
+    }
+    dan.send_raw(format!(r#"{{"op":"history","id":"h","topic":"{topic}"}}"#).as_bytes())
+        .await
+        .unwrap();
+    dan.send_raw(b"\n").await.unwrap();
+    let history = line_with_op(&mut dan, "history").await;
+    assert_eq!(
+        history.matches(&format!(r#""ex":{ex}"#)).count(),
+        2,
+        "{history}"
+    );
+    // And it is still one valid packet, answering the request.
+    let p = Packet::decode(history.as_bytes(), 64).unwrap();
+    assert_eq!(p.ex_str("for"), Some("h"));
+    assert_eq!(ids(&p).len(), 2);
+    server.stop().await;
+}

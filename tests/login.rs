@@ -342,6 +342,38 @@ async fn deleting_an_account_exports_it_and_ends_its_sessions() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_deleted_accounts_hash_and_keys_leave_the_store() {
+    let server = TestServer::start().await;
+    server.register("dan", "hellosecret").await;
+    let mut a = server.login("dan", "hellosecret").await;
+    let k = key(4);
+    request(&mut a, Packet::request("key-add").with("key", public(&k))).await;
+    let old = key(5);
+    request(&mut a, Packet::request("key-add").with("key", public(&old))).await;
+    request(
+        &mut a,
+        Packet::request("key-remove").with("key", public(&old)),
+    )
+    .await;
+    let p = request(
+        &mut a,
+        Packet::request("delete-account").with("password", "hellosecret"),
+    )
+    .await;
+    assert_eq!(p.op, "export", "{p:?}");
+    // Stopped, the data directory kept: what is on disk.
+    let TestServer { handle, dir, .. } = server;
+    handle.shutdown().await;
+    let text = store_text(&dir.path().join("data"));
+    // The store holds no other account: no argon2 hash is left at all.
+    assert!(!text.contains("$argon2"), "{text}");
+    for k in [&k, &old] {
+        assert!(!text.contains(&public(k)), "{text}");
+    }
+    assert!(text.contains("account.delete") && text.contains("\"dan\""));
+}
+
 /// Wrong passwords sent at once over many connections from one address each
 /// take their token before the hash: at most the allowance are checked
 /// (`auth/failed`), the rest are `auth/throttled`. Checked before and

@@ -101,7 +101,22 @@ async fn replicates_over_a_barbell() {
 /// the other end, the same packet as on the sender's node, in order.
 #[tokio::test]
 async fn kept_messages_reach_members_on_other_nodes_in_order() {
-    let c = Cluster::start(3, LINE3).await;
+    // Short keepalives: a link that stopped sending them would be dropped
+    // (and replaced) within the test.
+    let c = Cluster::start_with(3, LINE3, |_, cfg| {
+        cfg.mesh.keepalive_interval_ms = 100;
+        cfg.mesh.idle_timeout_ms = 1_000;
+    })
+    .await;
+    for i in 0..3 {
+        c.links_up(i, &neighbours(i, LINE3)).await;
+    }
+    let links = |s: Vec<tenthbit::mesh::status::Status>| -> Vec<Option<u64>> {
+        s.iter()
+            .flat_map(|s| s.links.iter().map(|l| l.link))
+            .collect()
+    };
+    let before = links(c.statuses(&[0, 1, 2]).await);
     c.nodes[0].server().register("dan", PW).await;
     c.nodes[0].server().register("bob", PW).await;
     let mut dan = c.nodes[0].server().login("dan", PW).await;
@@ -113,17 +128,19 @@ async fn kept_messages_reach_members_on_other_nodes_in_order() {
     c.converged(&[0, 1, 2]).await;
     let mut bob_near = c.nodes[0].server().login("bob", PW).await;
     expect_op(&mut bob_near, "meta").await; // the topic, at login
-    for n in 0..50 {
+    for n in 0..150 {
         let ack = request(&mut dan, on("send", &topic).with("data", n)).await;
         assert_eq!(ack.op, "ack", "{ack:?}");
     }
-    for n in 0..50 {
+    for n in 0..150 {
         let far = expect_op(&mut bob_far, "send").await;
         let near = expect_op(&mut bob_near, "send").await;
         assert_eq!(far.ex.get("data"), Some(&json!(n)));
         assert_eq!(far, near, "the relay is the same on every node");
         assert_eq!(far.from.as_deref(), Some("dan"));
     }
+    // Busy links keep sending keepalives: none was dropped.
+    assert_eq!(links(c.statuses(&[0, 1, 2]).await), before);
 }
 
 fn ticket_auth(ticket: &str) -> Packet {
@@ -621,6 +638,66 @@ async fn a_wrong_certificate_is_refused() {
     assert_eq!(c.nodes[0].status().await.links[0].state, "down");
 }
 
+/// Every text of a node's events and registers.
+fn node_store(node: &cluster::Node) -> String {
+    store_text(&node.server().dir.path().join("data"))
+}
+
+/// An account deleted on one node leaves no password hash and no public
+/// key in the other node's store either: the redaction is in the apply
+/// path that replicated events take too.
+#[tokio::test]
+async fn a_deleted_accounts_secrets_leave_every_node() {
+    let c = Cluster::start(2, &[(0, 1)]).await;
+    c.nodes[0].server().register("dan", PW).await;
+    let mut dan = c.nodes[0].server().login("dan", PW).await;
+    let key = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    let p = request(&mut dan, Packet::request("key-add").with("key", key)).await;
+    assert_eq!(p.op, "ack", "{p:?}");
+    c.converged(&[0, 1]).await;
+    let before = node_store(&c.nodes[1]);
+    assert!(before.contains("$argon2") && before.contains(key));
+    let p = request(
+        &mut dan,
+        Packet::request("delete-account").with("password", PW),
+    )
+    .await;
+    assert_eq!(p.op, "export", "{p:?}");
+    c.converged(&[0, 1]).await;
+    for node in &c.nodes {
+        let text = node_store(node);
+        assert!(!text.contains("$argon2"), "{}: {text}", node.name);
+        assert!(!text.contains(key), "{}: {text}", node.name);
+        assert!(text.contains("account.delete"), "{}: {text}", node.name);
+    }
+}
+
+/// A kept message's numbers reach members on another node, and that
+/// node's history, with every digit.
+#[tokio::test]
+async fn numbers_cross_the_mesh_as_sent() {
+    let c = Cluster::start(2, &[(0, 1)]).await;
+    c.nodes[0].server().register("dan", PW).await;
+    c.nodes[0].server().register("bob", PW).await;
+    let mut dan = c.nodes[0].server().login("dan", PW).await;
+    let topic = create(&mut dan, "nums").await;
+    c.converged(&[0, 1]).await;
+    let mut bob = c.nodes[1].server().login("bob", PW).await;
+    assert_eq!(request(&mut bob, on("join", &topic)).await.op, "meta");
+    c.converged(&[0, 1]).await;
+    let ex = r#"{"big":18446744073709551617,"pi":3.14159265358979323846264338327950288}"#;
+    let line = format!(r#"{{"op":"send","id":"s1","topic":"{topic}","ex":{ex}}}"#);
+    dan.send_raw(format!("{line}\n").as_bytes()).await.unwrap();
+    let wanted = format!(r#","ex":{ex}}}"#);
+    let relay = line_with_op(&mut bob, "send").await;
+    assert!(relay.ends_with(&wanted), "{relay}");
+    bob.send_raw(format!("{{\"op\":\"history\",\"id\":\"h\",\"topic\":\"{topic}\"}}\n").as_bytes())
+        .await
+        .unwrap();
+    let history = line_with_op(&mut bob, "history").await;
+    assert!(history.contains(&format!(r#""ex":{ex}"#)), "{history}");
+}
+
 /// The mesh benchmark's workloads run end to end (small sizes; the
 /// figures are measured in release builds, never asserted).
 #[tokio::test]
@@ -634,4 +711,189 @@ async fn mesh_benchmark_workloads_run() {
         .await
         .expect("catchup");
     assert!(catchup.seconds > 0.0, "{catchup:?}");
+}
+
+/// Relayed packets one connection received, by sender, as `data` values.
+type Got = std::collections::BTreeMap<String, Vec<serde_json::Value>>;
+
+/// Reads `send` packets until `expected` arrived; the rest must be in order.
+async fn collect(c: &mut Client, expected: usize) -> Got {
+    let mut got = Got::new();
+    let mut n = 0;
+    while n < expected {
+        let p = c
+            .recv_timeout(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("after {n} of {expected}: {e}"));
+        if p.op == "send" {
+            got.entry(p.from.clone().unwrap())
+                .or_default()
+                .push(p.ex["data"].clone());
+            n += 1;
+        }
+    }
+    assert_alive(c).await;
+    got
+}
+
+/// Topics without history: members on every node, the same user on two
+/// nodes, random senders; every connection gets every other connection's
+/// messages once, in each sender's order.
+async fn ephemeral_over(n: usize, edges: &[(usize, usize)], per_sender: usize) {
+    let c = Cluster::start(n, edges).await;
+    let all: Vec<usize> = (0..n).collect();
+    for i in 0..n {
+        c.nodes[0].server().register(&format!("u{i}"), PW).await;
+    }
+    let mut owner = c.nodes[0].server().login("u0", PW).await;
+    let p = request(
+        &mut owner,
+        Packet::request("create")
+            .with("name", "chat")
+            .with("history", false),
+    )
+    .await;
+    let topic = p.topic.clone().unwrap();
+    c.converged(&all).await;
+    // u{i} on node i; u0 a second time on the last node.
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let mut u = c.nodes[i].server().login(&format!("u{i}"), PW).await;
+        assert_eq!(request(&mut u, on("join", &topic)).await.op, "meta");
+        conns.push((format!("u{i}"), u));
+    }
+    c.converged(&all).await;
+    let mut twin = c.nodes[n - 1].server().login("u0", PW).await;
+    expect_op(&mut twin, "meta").await;
+    drop(owner);
+    // Everyone sends at once; each waits for its own acks.
+    let sends = conns.iter_mut().map(|(name, u)| {
+        let topic = topic.clone();
+        let name = name.clone();
+        async move {
+            for k in 0..per_sender {
+                let ack = request(u, on("send", &topic).with("data", format!("{name}:{k}"))).await;
+                assert_eq!(ack.op, "ack", "{ack:?}");
+            }
+        }
+    });
+    futures_join(sends).await;
+    let want = |sender: &str| -> Vec<serde_json::Value> {
+        (0..per_sender)
+            .map(|k| json!(format!("{sender}:{k}")))
+            .collect()
+    };
+    for (name, u) in conns.iter_mut() {
+        let got = collect(u, (n - 1) * per_sender).await;
+        assert_eq!(got.len(), n - 1, "{name}: {:?}", got.keys());
+        for (sender, data) in &got {
+            assert_ne!(sender, name);
+            assert_eq!(data, &want(sender), "{name} from {sender}");
+        }
+    }
+    // The twin gets everything, its own other connection's messages too.
+    let got = collect(&mut twin, n * per_sender).await;
+    for (sender, data) in &got {
+        assert_eq!(data, &want(sender), "twin from {sender}");
+    }
+    let s = c.statuses(&all).await;
+    assert!(
+        s.iter().all(|s| s.relay_dropped == 0),
+        "{:?}",
+        s.iter().map(|s| s.relay_dropped).collect::<Vec<_>>()
+    );
+}
+
+/// Runs futures at once (tokio::join! for a list).
+async fn futures_join<F: std::future::Future<Output = ()>>(fs: impl Iterator<Item = F>) {
+    let mut set = Vec::new();
+    for f in fs {
+        set.push(f);
+    }
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = set.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        pinned.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if pinned.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ephemeral_messages_over_a_line() {
+    ephemeral_over(3, LINE3, 120).await;
+}
+
+#[tokio::test]
+async fn ephemeral_messages_over_a_ring() {
+    ephemeral_over(5, RING5, 60).await;
+}
+
+#[tokio::test]
+async fn ephemeral_messages_over_a_barbell() {
+    ephemeral_over(6, BARBELL, 40).await;
+}
+
+/// Kept messages stream round a ring while one of its links is cut and
+/// restored: the member on the far side of the cut gets every message
+/// once, in order.
+#[tokio::test]
+async fn cutting_a_ring_link_mid_stream_loses_and_duplicates_nothing() {
+    let c = Cluster::start(5, RING5).await;
+    c.nodes[0].server().register("dan", PW).await;
+    c.nodes[0].server().register("bob", PW).await;
+    let mut dan = c.nodes[0].server().login("dan", PW).await;
+    let topic = create(&mut dan, "hall").await;
+    let mut quiet = c.nodes[0].server().login("dan", PW).await;
+    let p = request(
+        &mut quiet,
+        Packet::request("create")
+            .with("name", "quiet")
+            .with("history", false),
+    )
+    .await;
+    let quiet_topic = p.topic.clone().unwrap();
+    c.converged(&[0, 1, 2, 3, 4]).await;
+    let mut bob = c.nodes[1].server().login("bob", PW).await;
+    assert_eq!(request(&mut bob, on("join", &topic)).await.op, "meta");
+    assert_eq!(request(&mut bob, on("join", &quiet_topic)).await.op, "meta");
+    c.converged(&[0, 1, 2, 3, 4]).await;
+    for n in 0..150 {
+        if n == 50 {
+            c.cut(0, 1);
+        }
+        if n == 100 {
+            c.restore(0, 1);
+        }
+        let ack = request(&mut dan, on("send", &topic).with("data", n)).await;
+        assert_eq!(ack.op, "ack");
+        let ack = request(&mut quiet, on("send", &quiet_topic).with("data", n)).await;
+        assert_eq!(ack.op, "ack");
+    }
+    let mut by_topic: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+        Default::default();
+    let mut n = 0;
+    while n < 300 {
+        let p = bob
+            .recv_timeout(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("after {n}: {e}"));
+        if p.op == "send" {
+            by_topic
+                .entry(p.topic.clone().unwrap())
+                .or_default()
+                .push(p.ex["data"].clone());
+            n += 1;
+        }
+    }
+    assert_alive(&mut bob).await;
+    let want: Vec<serde_json::Value> = (0..150).map(|n| json!(n)).collect();
+    assert_eq!(by_topic[&topic], want, "kept messages");
+    assert_eq!(by_topic[&quiet_topic], want, "messages without history");
+    c.converged(&[0, 1, 2, 3, 4]).await;
+    let mut bob2 = c.nodes[1].server().login("bob", PW).await;
+    assert_eq!(history_data(&mut bob2, &topic).await, want);
 }

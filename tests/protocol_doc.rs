@@ -295,3 +295,59 @@ fn limits_table_matches_the_default_config() {
         );
     }
 }
+
+/// The lines of every ```mesh block, with their line numbers.
+fn mesh_example_lines(doc: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for (i, line) in doc.lines().enumerate() {
+        let t = line.trim();
+        if t == "```mesh" {
+            inside = true;
+        } else if t.starts_with("```") {
+            inside = false;
+        } else if inside && !t.is_empty() {
+            out.push((i + 1, t.to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_mesh_example_is_a_mesh_packet() {
+    let doc = doc();
+    let lines = mesh_example_lines(&doc);
+    assert!(
+        lines.len() >= 5,
+        "expected mesh examples, found {}",
+        lines.len()
+    );
+    let codes: BTreeSet<&str> = tenthbit::mesh::wire::Code::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    for (n, line) in lines {
+        let p = tenthbit::mesh::wire::decode(line.as_bytes())
+            .unwrap_or_else(|e| panic!("protocol.md line {n}: not a mesh packet: {e}\n{line}"));
+        if let tenthbit::mesh::wire::Packet::Error(r) = p {
+            assert!(
+                codes.contains(r.code.as_str()),
+                "protocol.md line {n}: code {}",
+                r.code
+            );
+        }
+    }
+}
+
+#[test]
+fn mesh_code_table_lists_exactly_the_codes() {
+    let doc = doc();
+    let rows = table(&doc, &["mesh code", "meaning"]);
+    let listed = first_column(&rows, "mesh code");
+    let listed = unique(&listed, "mesh code");
+    let codes: BTreeSet<&str> = tenthbit::mesh::wire::Code::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(listed, codes);
+}

@@ -247,6 +247,9 @@ pub fn configure(node: &NodePlan, config: &mut Config) {
     m.redial_max_ms = 300;
     m.handshake_timeout_ms = 3_000;
     m.ticket_timeout_ms = 1_500;
+    // Loaded test machines can be slow: a gap waits long before it is
+    // given up.
+    m.reorder_wait_ms = 5_000;
 }
 
 /// Binds a planned node's mesh port again (or a fresh one if it was taken

@@ -266,11 +266,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Where to connect, how to trust the server, and the connection trust on
+/// first use already made (used first, so that finding out whom to trust
+/// does not cost the server a connection it logs as dropped).
+struct Prepared {
+    addr: String,
+    opts: Options,
+    probe: Option<Client>,
+}
+
+impl Prepared {
+    /// The connection made while deciding trust, else a new one.
+    async fn client(&mut self) -> Result<Client> {
+        match self.probe.take() {
+            Some(c) => Ok(c),
+            None => Client::connect(&self.addr, &self.opts)
+                .await
+                .with_context(|| format!("connecting to {}", self.addr)),
+        }
+    }
+
+    /// Where to connect and how, once any probe connection is closed cleanly.
+    async fn into_options(mut self) -> (String, Options) {
+        if let Some(c) = self.probe.take() {
+            c.close(std::time::Duration::from_secs(5)).await;
+        }
+        (self.addr, self.opts)
+    }
+}
+
 /// Where to connect and how to trust the server. Without `--fingerprint`
 /// or `--ca`, trust on first use: the certificate remembered for the server
 /// in the known-servers file, or on first contact whatever it presents (which
 /// is then remembered, and said on stderr).
-async fn options(target: &str, server: &ServerArgs) -> Result<(String, Options)> {
+async fn options(target: &str, server: &ServerArgs) -> Result<Prepared> {
     let (host, addr) = split_target(target);
     let mut opts = Options {
         trust: Trust::Fingerprint([0; 32]),
@@ -282,6 +311,7 @@ async fn options(target: &str, server: &ServerArgs) -> Result<(String, Options)>
         server_name: server.server_name.clone().unwrap_or(host),
         max_line_bytes: 16 * 1024 * 1024,
     };
+    let mut probe = None;
     opts.trust = match (&server.fingerprint, &server.ca) {
         (Some(fp), _) => Trust::Fingerprint(
             parse_fingerprint(fp).context("--fingerprint must be 64 hex digits, colons allowed")?,
@@ -292,7 +322,8 @@ async fn options(target: &str, server: &ServerArgs) -> Result<(String, Options)>
                 "no known-servers file: set HOME or TENTHBIT_KNOWN_SERVERS, or pass --fingerprint",
             )?;
             let known = KnownServers::at(path);
-            let (_probe, trusted) = known.connect(&addr, &opts).await?;
+            let (client, trusted) = known.connect(&addr, &opts).await?;
+            probe = Some(client);
             let fp = match trusted {
                 Trusted::Known => known
                     .lookup(&addr)
@@ -310,7 +341,7 @@ async fn options(target: &str, server: &ServerArgs) -> Result<(String, Options)>
             Trust::Fingerprint(fp)
         }
     };
-    Ok((addr, opts))
+    Ok(Prepared { addr, opts, probe })
 }
 
 async fn bench(
@@ -322,7 +353,7 @@ async fn bench(
     workload: Workload,
 ) -> Result<()> {
     use tenthbit::bench;
-    let (addr, options) = options(target, server).await?;
+    let (addr, options) = options(target, server).await?.into_options().await;
     let t = bench::Target {
         addr,
         options,
@@ -388,10 +419,7 @@ async fn bench(
 }
 
 async fn connect(target: &str, server: &ServerArgs) -> Result<()> {
-    let (addr, opts) = options(target, server).await?;
-    let mut client = Client::connect(&addr, &opts)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+    let mut client = options(target, server).await?.client().await?;
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     let mut stdin_open = true;
@@ -431,20 +459,29 @@ enum Input {
     End,
 }
 
-/// `HH:MM:SS` (UTC) of a packet's `ts`.
-fn clock(ts: Option<i64>) -> String {
-    let secs = ts.unwrap_or_default().div_euclid(1000).rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
-}
-
 async fn interactive(target: &str, server: &ServerArgs) -> Result<()> {
-    use tenthbit::client::cli::{Action, State};
-    let (addr, opts) = options(target, server).await?;
-    let client = Client::connect(&addr, &opts)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+    use tenthbit::client::cli::{Action, State, clock};
+    let mut prepared = options(target, server).await?;
+    let addr = prepared.addr.clone();
+    let client = prepared.client().await?;
     let (mut rd, mut wr) = client.into_split();
     let color = std::io::stdout().is_terminal();
+    let mut state = State::default();
+    let paint = |line: String, code: &str| {
+        if color {
+            format!("\x1b[{code}m{line}\x1b[0m")
+        } else {
+            line
+        }
+    };
+    // The first packet (`welcome`), then the hint, printed before the line
+    // editor starts: printed through it, the two raced, and the hint could
+    // land inside the welcome line or be lost.
+    match rd.recv_timeout(std::time::Duration::from_secs(30)).await {
+        Ok(p) => println!("{}", paint(state.render(&p, &clock(p.ts)), "0")),
+        Err(e) => return Err(e).context("waiting for the server's welcome"),
+    }
+    println!("connected; /help lists the commands");
     let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
     let history = KnownServers::default_path().and_then(|p| p.parent().map(|d| d.join("history")));
     if let Some(h) = &history {
@@ -482,20 +519,13 @@ async fn interactive(target: &str, server: &ServerArgs) -> Result<()> {
                 break;
             }
         }
+        // Appended, not saved over: several sessions at once each add their
+        // own lines instead of the last to exit replacing the others'.
         if let Some(h) = &history {
-            let _ = editor.save_history(h);
+            let _ = editor.append_history(h);
         }
     });
-    let mut state = State::default();
-    let paint = |line: String, code: &str| {
-        if color {
-            format!("\x1b[{code}m{line}\x1b[0m")
-        } else {
-            line
-        }
-    };
     use rustyline::ExternalPrinter as _;
-    let _ = printer.print("connected; /help lists the commands".to_owned());
     // Whether the user ended the session (the editor thread then stops by
     // itself) or the server did (the editor still waits for a line).
     let mut user_ended = false;
@@ -601,8 +631,7 @@ async fn send(
         Ok(ExitCode::from(code))
     };
     let connected = async {
-        let (addr, opts) = options(target, server).await?;
-        let mut c = Client::connect(&addr, &opts).await?;
+        let mut c = options(target, server).await?.client().await?;
         c.recv_timeout(wait).await?;
         anyhow::Ok(c)
     };

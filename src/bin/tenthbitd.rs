@@ -81,6 +81,9 @@ enum MeshCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print this node's mesh certificate fingerprint (what its peers pin),
+    /// generating the certificate first if it is missing and allowed.
+    Fingerprint,
 }
 
 /// Passwords come from $TENTHBIT_PASSWORD, a prompt on a terminal, or the
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
         Some(Command::Account(ref cmd)) => account(&cli, cmd),
         Some(Command::Admin(ref cmd)) => admin(&cli, cmd),
         Some(Command::Mesh(MeshCommand::Status { json })) => mesh_status(&cli, json),
+        Some(Command::Mesh(MeshCommand::Fingerprint)) => mesh_fingerprint(&cli),
         Some(Command::Run) | None => run(&cli),
     };
     match result {
@@ -243,6 +247,19 @@ fn admin(cli: &Cli, cmd: &AdminCommand) -> Result<()> {
     Ok(())
 }
 
+fn mesh_fingerprint(cli: &Cli) -> Result<()> {
+    let config = load_config(cli)?;
+    let m = &config.mesh;
+    let id = tenthbit::tls::load_identity(
+        &m.cert_file,
+        &m.key_file,
+        config.tls.self_signed,
+        &config.server.node,
+    )?;
+    println!("{}", format_fingerprint(&id.fingerprint));
+    Ok(())
+}
+
 fn mesh_status(cli: &Cli, json: bool) -> Result<()> {
     let config = load_config(cli)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -300,7 +317,7 @@ fn check_config(cli: &Cli) -> Result<()> {
         // Load (never generate) the pair, so a bad file fails here, not at start.
         let mut tls = config.tls.clone();
         tls.self_signed = false;
-        tenthbit::tls::server_config(&tls, &config.server.name)?;
+        tenthbit::tls::server_config(&tls, &config.server.name, config.web.enabled)?;
     }
     println!("configuration ok");
     Ok(())

@@ -259,14 +259,21 @@ impl State {
                         .into_iter()
                         .flatten()
                 {
+                    // Each message at the time it was sent, not when the
+                    // page arrived.
                     if let Ok(m) = serde_json::from_value::<RawMessage>(m.clone()) {
-                        out.push(format!("{topic} <{}> {}", m.from, text(&m.ex)));
+                        out.push(format!(
+                            "[{}] {topic} <{}> {}",
+                            clock(m.ts),
+                            m.from,
+                            text(&m.ex)
+                        ));
                     }
                 }
                 if out.is_empty() {
                     format!("{topic} (no history)")
                 } else {
-                    out.join("\n")
+                    return out.join("\n");
                 }
             }
             _ => {
@@ -286,8 +293,16 @@ impl State {
     }
 }
 
+/// `HH:MM:SS` (UTC) of a packet's `ts` (Unix ms).
+pub fn clock(ts: Option<i64>) -> String {
+    let secs = ts.unwrap_or_default().div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 #[derive(serde::Deserialize)]
 struct RawMessage {
+    #[serde(default)]
+    ts: Option<i64>,
     #[serde(default)]
     from: String,
     #[serde(default)]
@@ -367,5 +382,18 @@ mod tests {
             .with("code", "acl/denied")
             .with("message", "no");
         assert_eq!(s.render(&e, "12:00:02"), "[12:00:02] ! acl/denied: no");
+        // A history page: each message at its own time.
+        let mut h = Packet::server("history").with(
+            "messages",
+            serde_json::json!([
+                {"id": "a", "ts": 3_600_000 + 61_000, "op": "send", "from": "dan", "ex": {"body": "one"}},
+                {"id": "b", "ts": 86_400_000 + 7_322_000, "op": "send", "from": "bob", "ex": {"body": "two"}},
+            ]),
+        );
+        h.topic = m.topic.clone();
+        assert_eq!(
+            s.render(&h, "12:00:03"),
+            "[01:01:01] #lobby <dan> one\n[02:02:02] #lobby <bob> two"
+        );
     }
 }

@@ -105,7 +105,9 @@ impl KnownServers {
                         trust: Trust::FirstUse(seen.clone()),
                         ..opts.clone()
                     };
-                    let _ = Client::connect(addr, &probe).await;
+                    if let Ok(c) = Client::connect(addr, &probe).await {
+                        c.close(std::time::Duration::from_secs(5)).await;
+                    }
                     let now = seen.lock().ok().and_then(|s| *s);
                     Err(Error::CertificateChanged {
                         target: addr.to_owned(),

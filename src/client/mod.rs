@@ -231,6 +231,21 @@ impl Client {
     pub async fn finish(&mut self) -> Result<(), Error> {
         self.writer.finish().await
     }
+
+    /// Closes the connection cleanly: our side ends (TLS close_notify),
+    /// then whatever the server still sends is read and dropped until it
+    /// closes too, for at most `limit`. Dropping a connection with unread
+    /// data instead resets it, which the server sees (and logs) as a read
+    /// error.
+    pub async fn close(mut self, limit: Duration) {
+        if self.finish().await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, async {
+            while let Ok(Some(_)) = self.reader.recv_line().await {}
+        })
+        .await;
+    }
 }
 
 impl ClientReader {

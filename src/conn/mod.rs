@@ -11,14 +11,13 @@ pub mod writer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::proto::{ErrorCode, reply};
-use crate::router::Outbound;
+use crate::router::{Closer, Outbound, Receiver};
 use crate::server::Shared;
 use crate::session::{Outcome, Session};
 use crate::tls::Alpn;
@@ -53,21 +52,68 @@ async fn serve(
     let _ = tcp.set_nodelay(true);
     // Boxed, like every large and rare step: a task is as big as its largest
     // state for its whole life, and most connections spend it idle.
-    let Some((alpn, rd, wr)) = Box::pin(handshake(&shared, tcp)).await else {
+    let Some((alpn, tls)) = Box::pin(handshake(&shared, tcp)).await else {
         return;
     };
-    let (out, rx, closer) = Outbound::channel(limits.max_sendq_packets, limits.max_sendq_bytes);
+    if alpn == Alpn::Http {
+        return Box::pin(crate::web::serve(shared, tls, peer, conn_id, refusal)).await;
+    }
+    // The whole TLS state moves into the halves' shared allocation.
+    let (rd, wr) = tokio::io::split(tls);
     let writer_cfg = WriterConfig {
         gzip_level: (alpn == Alpn::Gzip).then_some(shared.config.tls.gzip_level),
         write_timeout: limits.write_timeout(),
+        packets_out: shared.session_ctx.metrics.packets_out.clone(),
     };
-    let writer = tokio::spawn(
-        writer::run(wr, rx, closer.clone(), shared.hard_stop.clone(), writer_cfg)
-            .instrument(tracing::Span::current()),
-    );
+    let hard_stop = shared.hard_stop.clone();
+    let frames = FrameReader::new(rd, alpn == Alpn::Gzip, limits.max_line_bytes)
+        .limit_silent(limits.silent_bytes_per_second, limits.silent_burst_bytes);
+    let session = Transport {
+        protocol: alpn.name(),
+        label: alpn.name(),
+        conn_id,
+        peer_ip: peer.ip(),
+        refusal,
+    };
+    run_session(&shared, frames, session, move |rx, closer| {
+        writer::run(wr, rx, closer, hard_stop, writer_cfg)
+    })
+    .await;
+}
 
-    let reason = if let Some(code) = refusal {
-        let _ = out.push(&reply::bye(code, refusal_message(code)));
+/// What [`run_session`] needs to know about the connection.
+pub(crate) struct Transport {
+    /// The protocol named in `welcome`.
+    pub protocol: &'static str,
+    /// The transport's label in the metrics.
+    pub label: &'static str,
+    /// The connection's id.
+    pub conn_id: u64,
+    /// The client's address.
+    pub peer_ip: std::net::IpAddr,
+    /// Over a connection limit: say so in a `bye` and close.
+    pub refusal: Option<ErrorCode>,
+}
+
+/// A session from `welcome` (or a refusal) to the close log line: reads
+/// packets from `input`, while the writer made by `writer` (spawned) drains
+/// the outbound queue to the client.
+pub(crate) async fn run_session<I, W>(
+    shared: &Shared,
+    mut input: I,
+    transport: Transport,
+    writer: impl FnOnce(Receiver, Arc<Closer>) -> W,
+) where
+    I: Input,
+    W: Future<Output = writer::Ended> + Send + 'static,
+{
+    let metrics = &shared.session_ctx.metrics;
+    let _open = metrics.connection(transport.label);
+    let limits = &shared.config.limits;
+    let (out, rx, closer) = Outbound::channel(limits.max_sendq_packets, limits.max_sendq_bytes);
+    let writer = tokio::spawn(writer(rx, closer.clone()).instrument(tracing::Span::current()));
+    let reason = if let Some(code) = transport.refusal {
+        bye(shared, &out, code, refusal_message(code));
         let _ = out.push_close();
         code.as_str().to_owned()
     } else {
@@ -76,35 +122,36 @@ async fn serve(
         let _ = out.push(&reply::welcome(
             &ctx.server_name,
             &ctx.auth_methods,
-            alpn.name(),
+            transport.protocol,
         ));
-        let mut frames = FrameReader::new(rd, alpn == Alpn::Gzip, limits.max_line_bytes)
-            .limit_silent(limits.silent_bytes_per_second, limits.silent_burst_bytes);
-        let reason = read_loop(&shared, &mut frames, &out, conn_id, peer.ip()).await;
+        let (id, ip) = (transport.conn_id, transport.peer_ip);
+        let reason = read_loop(shared, &mut input, &out, id, ip).await;
         let _ = out.push_close();
         reason
     };
     drop(out);
     let ended = writer.await.ok();
     let reason = match closer.reason() {
-        Some((code, _)) => code.as_str().to_owned(),
+        Some((code, _)) => {
+            // The writer said `bye` with this code.
+            metrics.error(*code);
+            if *code == ErrorCode::SessionSendqExceeded {
+                metrics.slow_consumer();
+            }
+            code.as_str().to_owned()
+        }
         None => reason,
     };
     let writer = ended.map_or("panicked", writer::Ended::as_str);
     info!(reason = %reason, writer, "connection closed");
 }
 
-/// TLS and ALPN under the handshake deadline; the stream comes back split
-/// (the whole TLS state moves into the halves' shared allocation), or `None`
-/// once the failure is logged.
+/// TLS and ALPN under the handshake deadline, or `None` once the failure
+/// is logged.
 async fn handshake(
     shared: &Shared,
     tcp: TcpStream,
-) -> Option<(
-    Alpn,
-    ReadHalf<TlsStream<ReadAhead<TcpStream>>>,
-    WriteHalf<TlsStream<ReadAhead<TcpStream>>>,
-)> {
+) -> Option<(Alpn, TlsStream<ReadAhead<TcpStream>>)> {
     let deadline = shared.config.limits.handshake_timeout();
     let tls =
         match tokio::time::timeout(deadline, shared.acceptor.accept(ReadAhead::new(tcp))).await {
@@ -124,17 +171,42 @@ async fn handshake(
         return None;
     };
     tracing::Span::current().record("alpn", alpn.name());
-    let (rd, wr) = tokio::io::split(tls);
-    Some((alpn, rd, wr))
+    Some((alpn, tls))
 }
 
-/// Ends a session that sent too much input needing no reply.
-fn silent_input(out: &Outbound) -> String {
-    let _ = out.push(&reply::bye(
-        ErrorCode::RateSilentInput,
-        "too much input that needs no reply (blank lines, pong)",
-    ));
-    "too much silent input".into()
+/// A count kept locally and added to a shared counter in one step: at
+/// [`Tally::flush`] and when dropped.
+struct Tally<'a> {
+    counter: &'a prometheus_client::metrics::counter::Counter,
+    n: u64,
+}
+
+impl<'a> Tally<'a> {
+    fn new(counter: &'a prometheus_client::metrics::counter::Counter) -> Self {
+        Self { counter, n: 0 }
+    }
+
+    fn add(&mut self) {
+        self.n += 1;
+    }
+
+    fn flush(&mut self) {
+        if self.n > 0 {
+            self.counter.inc_by(std::mem::take(&mut self.n));
+        }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Queues the connection's last word, counted by code.
+fn bye(shared: &Shared, out: &Outbound, code: ErrorCode, message: impl Into<String>) {
+    shared.session_ctx.metrics.error(code);
+    let _ = out.push(&reply::bye(code, message));
 }
 
 fn refusal_message(code: ErrorCode) -> &'static str {
@@ -144,17 +216,89 @@ fn refusal_message(code: ErrorCode) -> &'static str {
     }
 }
 
+/// Where a session's packets come from: lines of a 10bit stream
+/// ([`FrameReader`]) or WebSocket messages (`web`).
+pub(crate) trait Input {
+    /// A packet already read, if any; never waits.
+    fn buffered(&mut self) -> Option<Item>;
+    /// The next packet, waiting for it (cancel-safe); `Ok(None)` at a clean end.
+    fn next(&mut self) -> impl Future<Output = Result<Option<Item>, Stop>>;
+    /// The bytes of a line lent by [`Input::buffered`] or [`Input::next`].
+    fn line(&self, range: std::ops::Range<usize>) -> &[u8];
+    /// Charges `bytes` of a packet that needed no reply (a `pong`) to the
+    /// input's silent-input allowance, if it keeps one.
+    fn charge_silent(&mut self, bytes: usize) -> Result<(), Stop> {
+        let _ = bytes;
+        Ok(())
+    }
+}
+
+/// One thing read from an [`Input`].
+pub(crate) enum Item {
+    /// A line, or an over-long one discarded.
+    Span(Span),
+    /// Something that is not a packet (a WebSocket binary message): one
+    /// error reply with this code and message.
+    Refused(ErrorCode, String),
+}
+
+/// Why an [`Input`] cannot go on.
+pub(crate) struct Stop {
+    /// A last word for the client, if it can still be told.
+    pub bye: Option<(ErrorCode, String)>,
+    /// For the connection's close log line.
+    pub reason: String,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Input for FrameReader<R> {
+    fn buffered(&mut self) -> Option<Item> {
+        self.buffered_span().map(Item::Span)
+    }
+
+    async fn next(&mut self) -> Result<Option<Item>, Stop> {
+        match self.next_span().await {
+            Ok(span) => Ok(span.map(Item::Span)),
+            Err(reader::Error::Gzip(e)) => Err(Stop {
+                bye: Some((ErrorCode::TransportBadGzip, e.to_string())),
+                reason: "bad gzip stream".into(),
+            }),
+            Err(reader::Error::Io(e)) => Err(Stop {
+                bye: None,
+                reason: format!("read error: {e}"),
+            }),
+            Err(reader::Error::Silent) => Err(silent_input()),
+        }
+    }
+
+    fn line(&self, range: std::ops::Range<usize>) -> &[u8] {
+        FrameReader::line(self, range)
+    }
+
+    fn charge_silent(&mut self, bytes: usize) -> Result<(), Stop> {
+        FrameReader::charge_silent(self, bytes).map_err(|_| silent_input())
+    }
+}
+
+/// The end of a session that sent more input needing no reply (blank
+/// lines, `pong`) than its allowance.
+fn silent_input() -> Stop {
+    Stop {
+        bye: Some((
+            ErrorCode::RateSilentInput,
+            "too much input that needs no reply (blank lines, pong)".into(),
+        )),
+        reason: "too much silent input".into(),
+    }
+}
+
 /// Reads and handles packets until the session ends; returns the reason.
-async fn read_loop<R>(
+pub(crate) async fn read_loop<I: Input>(
     shared: &Shared,
-    frames: &mut FrameReader<R>,
+    frames: &mut I,
     out: &Outbound,
     conn_id: u64,
     peer_ip: std::net::IpAddr,
-) -> String
-where
-    R: tokio::io::AsyncRead + Unpin,
-{
+) -> String {
     let mut session = Session::new(&shared.session_ctx, out.clone(), conn_id, peer_ip);
     let reason = serve_session(shared, frames, out, &mut session).await;
     // Messages already committed are relayed whatever ended the session:
@@ -164,16 +308,16 @@ where
 }
 
 /// The session's read loop; returns why it ended.
-async fn serve_session<R>(
+async fn serve_session<I: Input>(
     shared: &Shared,
-    frames: &mut FrameReader<R>,
+    frames: &mut I,
     out: &Outbound,
     session: &mut Session<'_>,
-) -> String
-where
-    R: tokio::io::AsyncRead + Unpin,
-{
+) -> String {
     let limits = &shared.config.limits;
+    // Counted per burst, not per packet: one shared counter touched by
+    // every connection for every packet would be a contended cache line.
+    let mut packets_in = Tally::new(&shared.session_ctx.metrics.packets_in);
     let login_deadline = Instant::now() + limits.login_timeout();
     let mut last_rx = Instant::now();
     // A packet came in since the loop last waited: `last_rx` is set when
@@ -193,9 +337,10 @@ where
         // input runs dry does the loop deliver what the burst gathered and
         // wait for the peer, the timers and the closers. Lines are lent: the
         // loop holds where a line is and reads it from the reader.
-        let frame = match frames.buffered_span() {
-            Some(span) => Ok(Some(span)),
+        let frame = match frames.buffered() {
+            Some(item) => Ok(Some(item)),
             None => {
+                packets_in.flush();
                 if let Outcome::Close(reason) = session.flush_burst() {
                     return reason.as_str().into();
                 }
@@ -218,17 +363,17 @@ where
                     biased;
                     _ = &mut closed => return "forced close".into(),
                     _ = &mut shutdown => {
-                        let _ = out.push(&reply::bye(ErrorCode::ServerShutdown, "the server is shutting down"));
+                        bye(shared, out, ErrorCode::ServerShutdown, "the server is shutting down");
                         return "server shutdown".into();
                     }
                     _ = &mut timer => {
                         let now = Instant::now();
                         if session.account().is_none() && now >= login_deadline {
-                            let _ = out.push(&reply::bye(ErrorCode::SessionLoginTimeout, "no login before the deadline"));
+                            bye(shared, out, ErrorCode::SessionLoginTimeout, "no login before the deadline");
                             return "login timeout".into();
                         }
                         if now >= idle_at {
-                            let _ = out.push(&reply::bye(ErrorCode::SessionIdleTimeout, "no packet from the client for too long"));
+                            bye(shared, out, ErrorCode::SessionIdleTimeout, "no packet from the client for too long");
                             return "idle timeout".into();
                         }
                         if !pinged && now >= ping_at {
@@ -243,12 +388,13 @@ where
                         }
                         continue;
                     }
-                    frame = frames.next_span() => frame,
+                    frame = frames.next() => frame,
                 }
             }
         };
         let outcome = match frame {
-            Ok(Some(Span::Line(range))) => {
+            Ok(Some(Item::Span(Span::Line(range)))) => {
+                packets_in.add();
                 heard = true;
                 pinged = false;
                 let line = frames.line(range);
@@ -257,23 +403,35 @@ where
                 // Not boxed: `handle_line` boxes the large handler states
                 // itself, so what it adds to every connection is small.
                 let outcome = session.handle_line(line).await;
-                if outcome == Outcome::Silent && frames.charge_silent(len + 1).is_err() {
-                    return silent_input(out);
+                if outcome == Outcome::Silent {
+                    if let Err(stop) = frames.charge_silent(len + 1) {
+                        if let Some((code, message)) = stop.bye {
+                            bye(shared, out, code, message);
+                        }
+                        return stop.reason;
+                    }
                 }
                 outcome
             }
-            Ok(Some(Span::TooLong)) => {
+            Ok(Some(Item::Span(Span::TooLong))) => {
+                packets_in.add();
                 heard = true;
                 pinged = false;
                 Box::pin(session.handle_too_long()).await
             }
-            Ok(None) => return "client closed".into(),
-            Err(reader::Error::Gzip(e)) => {
-                let _ = out.push(&reply::bye(ErrorCode::TransportBadGzip, e.to_string()));
-                return "bad gzip stream".into();
+            Ok(Some(Item::Refused(code, message))) => {
+                packets_in.add();
+                heard = true;
+                pinged = false;
+                Box::pin(session.handle_refused(code, message)).await
             }
-            Err(reader::Error::Io(e)) => return format!("read error: {e}"),
-            Err(reader::Error::Silent) => return silent_input(out),
+            Ok(None) => return "client closed".into(),
+            Err(stop) => {
+                if let Some((code, message)) = stop.bye {
+                    bye(shared, out, code, message);
+                }
+                return stop.reason;
+            }
         };
         if let Outcome::Close(reason) = outcome {
             return reason.as_str().into();

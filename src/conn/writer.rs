@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::gzip::{Flush, GzipEncoder};
 use crate::proto::reply;
 use crate::router::{Closer, OutFrame, Receiver};
+use prometheus_client::metrics::counter::Counter;
 
 /// Most bytes gathered into one write.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -50,12 +51,14 @@ impl Ended {
 }
 
 /// Writer settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// `Some(level)` for a gzip session.
     pub gzip_level: Option<u32>,
     /// Longest a single socket write may take.
     pub write_timeout: Duration,
+    /// Counts the packets written.
+    pub packets_out: Counter,
 }
 
 /// Drains `rx` into `wr` until a `Close` frame, a forced close or a hard stop.
@@ -73,34 +76,18 @@ pub async fn run<W: AsyncWrite + Unpin>(
     let mut buf: Vec<u8> = Vec::new();
     let mut frames: Vec<Bytes> = Vec::new();
     let ended = loop {
-        let first = tokio::select! {
-            biased;
-            _ = hard_stop.cancelled() => break Ended::Aborted,
-            _ = closer.closed() => break Ended::Forced,
-            f = rx.recv() => f,
-        };
-        let Some(first) = first else {
-            break Ended::Orphaned;
-        };
         buf.clear();
         frames.clear();
-        let mut close = false;
-        let mut size = 0;
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            let OutFrame::Lines { bytes, secret, .. } = frame else {
-                close = true;
-                break;
-            };
-            size += bytes.len();
+        let taken = next_batch(&mut rx, &closer, &hard_stop, |bytes, secret| {
             match gzip.as_mut() {
                 Some(z) => compress(z, &bytes, secret, &mut buf),
                 None => frames.push(bytes),
             }
-            if size < BATCH_BYTES {
-                next = rx.try_recv();
-            }
-        }
+        });
+        let Batch { packets, close } = match taken.await {
+            Ok(batch) => batch,
+            Err(ended) => break ended,
+        };
         if let Some(z) = gzip.as_mut() {
             if close {
                 z.finish(&mut buf);
@@ -115,17 +102,10 @@ pub async fn run<W: AsyncWrite + Unpin>(
             }
             wr.flush().await
         };
-        let ok = tokio::select! {
-            biased;
-            _ = hard_stop.cancelled() => break Ended::Aborted,
-            // Cut while blocked mid-batch: a `bye` after half a batch would
-            // corrupt the stream, so go without one.
-            _ = closer.closed() => break Ended::Cut,
-            r = tokio::time::timeout(cfg.write_timeout, write) => matches!(r, Ok(Ok(()))),
-        };
-        if !ok {
-            break Ended::WriteFailed;
+        if let Err(ended) = guarded(&closer, &hard_stop, cfg.write_timeout, write).await {
+            break ended;
         }
+        cfg.packets_out.inc_by(packets as u64);
         if close {
             break Ended::Drained;
         }
@@ -155,6 +135,79 @@ pub async fn run<W: AsyncWrite + Unpin>(
         let _ = tokio::time::timeout(cfg.write_timeout, wr.shutdown()).await;
     }
     ended
+}
+
+/// What [`next_batch`] took from the queue.
+pub(crate) struct Batch {
+    /// Packets taken.
+    pub packets: usize,
+    /// A `Close` frame ended the batch: it is the last.
+    pub close: bool,
+}
+
+/// Waits for the next frames and hands each buffer of packets (and
+/// whether it holds a secret) to `take`, up to [`BATCH_BYTES`] at once;
+/// `Err` says how the writer ends instead.
+pub(crate) async fn next_batch(
+    rx: &mut Receiver,
+    closer: &Closer,
+    hard_stop: &CancellationToken,
+    mut take: impl FnMut(Bytes, bool),
+) -> Result<Batch, Ended> {
+    let first = tokio::select! {
+        biased;
+        _ = hard_stop.cancelled() => return Err(Ended::Aborted),
+        _ = closer.closed() => return Err(Ended::Forced),
+        f = rx.recv() => f,
+    };
+    let Some(first) = first else {
+        return Err(Ended::Orphaned);
+    };
+    let mut batch = Batch {
+        packets: 0,
+        close: false,
+    };
+    let mut size = 0;
+    let mut next = Some(first);
+    while let Some(frame) = next.take() {
+        let OutFrame::Lines {
+            bytes,
+            secret,
+            count,
+        } = frame
+        else {
+            batch.close = true;
+            break;
+        };
+        size += bytes.len();
+        batch.packets += count;
+        take(bytes, secret);
+        if size < BATCH_BYTES {
+            next = rx.try_recv();
+        }
+    }
+    Ok(batch)
+}
+
+/// Runs one batch's `write` under the write timeout, the forced close and
+/// the hard stop; `Err` says how the writer ends.
+pub(crate) async fn guarded<E>(
+    closer: &Closer,
+    hard_stop: &CancellationToken,
+    timeout: Duration,
+    write: impl Future<Output = Result<(), E>>,
+) -> Result<(), Ended> {
+    tokio::select! {
+        biased;
+        _ = hard_stop.cancelled() => Err(Ended::Aborted),
+        // Cut while blocked mid-batch: a `bye` after half a batch would
+        // corrupt the stream, so go without one.
+        _ = closer.closed() => Err(Ended::Cut),
+        r = tokio::time::timeout(timeout, write) => match r {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Ended::WriteFailed),
+        },
+    }
 }
 
 /// Compresses one packet into the batch; a secret is isolated from the
@@ -204,6 +257,7 @@ mod tests {
         let cfg = WriterConfig {
             gzip_level: Some(6),
             write_timeout: Duration::from_secs(5),
+            packets_out: Counter::default(),
         };
         let ended = run(server, rx, closer, CancellationToken::new(), cfg).await;
         assert_eq!(ended, Ended::Drained);
@@ -233,6 +287,7 @@ mod tests {
         let cfg = WriterConfig {
             gzip_level: None,
             write_timeout: Duration::from_secs(5),
+            packets_out: Counter::default(),
         };
         let ended = run(server, rx, closer, CancellationToken::new(), cfg).await;
         assert_eq!(ended, Ended::Forced);

@@ -42,6 +42,16 @@ pub struct MeshConfig {
     pub batch_events: usize,
     /// How long a ticket forwarded to its issuing node may take.
     pub ticket_timeout_ms: u64,
+    /// How long the ids of flooded messages are remembered: a message
+    /// delayed longer on some path is dropped there (counted), never
+    /// delivered twice.
+    pub seen_ttl_ms: u64,
+    /// Most ids remembered; under heavy traffic the window shrinks to what
+    /// fits.
+    pub seen_capacity: usize,
+    /// How long a relayed message that arrives ahead of an earlier one of
+    /// the same origin waits for it before the gap is given up.
+    pub reorder_wait_ms: u64,
     /// The nodes this node dials (and accepts).
     #[serde(rename = "peer")]
     pub peers: Vec<PeerConfig>,
@@ -79,8 +89,11 @@ impl Default for MeshConfig {
             redial_min_ms: 100,
             redial_max_ms: 5_000,
             max_packet_bytes: 1024 * 1024,
-            batch_events: 512,
+            batch_events: 1024,
             ticket_timeout_ms: 3_000,
+            seen_ttl_ms: 60_000,
+            seen_capacity: 262_144,
+            reorder_wait_ms: 1_000,
             peers: Vec::new(),
         }
     }
@@ -138,6 +151,8 @@ impl MeshConfig {
             ("mesh.handshake_timeout_ms", self.handshake_timeout_ms),
             ("mesh.redial_min_ms", self.redial_min_ms),
             ("mesh.ticket_timeout_ms", self.ticket_timeout_ms),
+            ("mesh.seen_ttl_ms", self.seen_ttl_ms),
+            ("mesh.reorder_wait_ms", self.reorder_wait_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
@@ -160,6 +175,9 @@ impl MeshConfig {
                 "mesh.max_packet_bytes",
                 "must be 65536 to 67108864",
             ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.seen_capacity) {
+            return Err(invalid("mesh.seen_capacity", "must be 1024 to 16777216"));
         }
         if !(1..=10_000).contains(&self.batch_events) {
             return Err(invalid("mesh.batch_events", "must be 1 to 10000"));
@@ -199,5 +217,47 @@ impl MeshConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn check(toml: &str) -> String {
+        Config::from_toml(toml)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_bad_peer_entry_is_named() {
+        let fp = "AB:".repeat(31) + "AB";
+        assert_eq!(
+            check(&format!(
+                "[mesh]\nenabled = true\n[[mesh.peer]]\nnode = \"n2\"\naddr = \"127.0.0.1:1\"\nfingerprint = \"{fp}\"\n"
+            )),
+            ""
+        );
+        let err = check("[[mesh.peer]]\nnode = \"n2\"\nfingerprint = \"zz\"\n");
+        assert!(
+            err.contains("mesh.peer") && err.contains("entry 1") && err.contains("fingerprint"),
+            "{err}"
+        );
+        let err = check(&format!(
+            "[[mesh.peer]]\nnode = \"node1\"\nfingerprint = \"{fp}\"\n"
+        ));
+        assert!(err.contains("names this node itself"), "{err}");
+        let err = check("[[mesh.peer]]\nnode = \"n2\"\n");
+        assert!(err.contains("needs fingerprint or ca_file"), "{err}");
+        let err = check(&format!(
+            "[[mesh.peer]]\nnode = \"n2\"\nfingerprint = \"{fp}\"\n[[mesh.peer]]\nnode = \"n2\"\nfingerprint = \"{fp}\"\n"
+        ));
+        assert!(err.contains("entry 2") && err.contains("twice"), "{err}");
+        let err = check("[[mesh.peer]]\nnode = \"n2\"\nfingerprnt = \"x\"\n");
+        assert!(err.contains("fingerprnt"), "{err}");
+        let err = check("[mesh]\nkeepalive_interval_ms = 5000\nidle_timeout_ms = 5000\n");
+        assert!(err.contains("mesh.idle_timeout_ms"), "{err}");
     }
 }

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::change::{Entity, field};
-use crate::proto::{ErrorCode, Packet};
+use crate::proto::ErrorCode;
+use crate::proto::packet::{KeptSend, write_line};
 use crate::session::Context;
 use crate::store::Event;
 
@@ -99,20 +100,16 @@ fn relay_messages(ctx: &Context, events: &[Event], names: &HashMap<Uuid, String>
             }
         }
         let (_, lines, n) = run.get_or_insert_with(|| (m.topic, Vec::new(), 0));
-        let p = Packet {
-            id: Some(m.id.clone()),
-            ts: Some(i64::try_from(e.hlc >> 16).unwrap_or_default()),
-            topic: Some(m.topic.to_string()),
-            op: "send".to_owned(),
-            from: Some(
-                names
-                    .get(&m.sender)
-                    .cloned()
-                    .unwrap_or_else(|| Entity::Account(m.sender).key()),
-            ),
-            ex: m.ex.clone(),
-        };
-        lines.extend_from_slice(&p.to_line());
+        let from = names
+            .get(&m.sender)
+            .cloned()
+            .unwrap_or_else(|| Entity::Account(m.sender).key());
+        let (ts, topic) = (
+            i64::try_from(e.hlc >> 16).unwrap_or_default(),
+            m.topic.to_string(),
+        );
+        // `ex` as stored: the text the sender's node checked, every digit kept.
+        write_line(lines, &KeptSend::new(m, ts, &topic, &from));
         *n += 1;
     }
     if let Some((t, lines, n)) = run {

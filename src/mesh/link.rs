@@ -38,7 +38,7 @@ pub(super) struct Link {
     pub dialed: bool,
     /// When hello finished.
     pub since: Instant,
-    control: mpsc::Sender<Packet>,
+    control: mpsc::Sender<Out>,
     /// What the peer holds, as far as we know: its hello, what it sent us,
     /// and what we sent it. The cursor sends what this lacks.
     sent: Mutex<VersionVector>,
@@ -75,10 +75,24 @@ impl Link {
 
     /// Queues a packet for the writer; dropped when the queue is full.
     pub fn send(&self, p: Packet) {
-        if self.control.try_send(p).is_err() {
+        if self.control.try_send(Out::Packet(Box::new(p))).is_err() {
             debug!(peer = %self.peer, "mesh: control queue full, packet dropped");
         }
     }
+
+    /// Queues an encoded line (newline included) for the writer; false
+    /// when the queue is full and it was dropped.
+    pub fn send_raw(&self, line: bytes::Bytes) -> bool {
+        self.control.try_send(Out::Raw(line)).is_ok()
+    }
+}
+
+/// What waits for a link's writer.
+pub(super) enum Out {
+    /// A packet to encode.
+    Packet(Box<Packet>),
+    /// A line already encoded (a relay, shared by every link).
+    Raw(bytes::Bytes),
 }
 
 /// How a link ended, for the log line.
@@ -233,7 +247,7 @@ async fn handshake(
         vv,
         now_ms: now_ms(),
     });
-    write_packets(wr, &[ours], &inner.cfg)
+    write_packets(wr, &[Out::Packet(Box::new(ours))], &inner.cfg)
         .await
         .map_err(End::Closed)?;
     let packet = tokio::time::timeout(inner.cfg.handshake_timeout(), read_packet(reader))
@@ -342,20 +356,21 @@ async fn read_until_end(
                 Packet::Event(e) => {
                     events.push(e);
                     if events.len() < batch_max {
-                        next = match reader.buffered_span() {
-                            Some(crate::conn::framing::Span::Line(r)) => {
-                                match decode(reader.line(r)) {
-                                    Ok(p) => Some(p),
-                                    Err(e) => return Some(e),
-                                }
-                            }
-                            Some(crate::conn::framing::Span::TooLong) => {
+                        // What has arrived already joins the batch (one
+                        // transaction in the store), waiting for nothing.
+                        use futures_util::FutureExt;
+                        next = match reader.next_frame().now_or_never() {
+                            Some(Ok(Some(Frame::Line(line)))) => match decode(&line) {
+                                Ok(p) => Some(p),
+                                Err(e) => return Some(e),
+                            },
+                            Some(Ok(Some(Frame::TooLong))) => {
                                 return Some(End::Refuse(
                                     Code::TooLarge,
                                     "a packet is longer than mesh.max_packet_bytes".into(),
                                 ));
                             }
-                            None => None,
+                            Some(Ok(None)) | Some(Err(_)) | None => None,
                         };
                     }
                 }
@@ -388,6 +403,10 @@ fn on_packet(inner: &Arc<Inner>, link: &Arc<Link>, p: Packet) -> Option<End> {
             inner.on_routed(r, link.id);
             None
         }
+        Packet::Relay(r) => {
+            super::relay::on_relay(inner, link.id, r);
+            None
+        }
         Packet::Error(r) => Some(End::PeerSaid(r.code, r.message)),
         Packet::Hello(_) => Some(End::Refuse(Code::Malformed, "a second mesh.hello".into())),
         Packet::Event(_) => None,
@@ -410,13 +429,15 @@ async fn receive(
             sent.raise(&crate::store::replica::origin_key(&e.o, &e.i), e.s);
         }
     }
-    let batch: Vec<Incoming> = events
+    let batch: Vec<Incoming> = match events
         .into_iter()
-        .map(|e| {
-            let (event, prev) = e.into_event();
-            Incoming { event, prev }
-        })
-        .collect();
+        .map(wire::WireEvent::into_incoming)
+        .collect::<Result<_, _>>()
+    {
+        Ok(b) => b,
+        Err(e) => return Some(End::Refuse(Code::Malformed, format!("bad change: {e}"))),
+    };
+    let _in_order = inner.applying.lock().await;
     let results = match inner.store.call(move |db| db.receive(batch)).await {
         Ok(r) => r,
         Err(e) => return Some(End::Refuse(Code::Internal, format!("store: {e}"))),
@@ -462,7 +483,7 @@ async fn write_loop(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
     wr: &mut WriteHalf<Stream>,
-    mut control: mpsc::Receiver<Packet>,
+    mut control: mpsc::Receiver<Out>,
 ) -> Option<End> {
     let end = write_until_end(inner, link, wr, &mut control).await;
     link.close.cancel();
@@ -473,7 +494,7 @@ async fn write_until_end(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
     wr: &mut WriteHalf<Stream>,
-    control: &mut mpsc::Receiver<Packet>,
+    control: &mut mpsc::Receiver<Out>,
 ) -> Option<End> {
     let mut log = inner.store.watch_log();
     let mut tick = tokio::time::interval(inner.cfg.keepalive_interval());
@@ -490,15 +511,20 @@ async fn write_until_end(
                     Err(e) => return Some(End::Refuse(Code::Internal, format!("store: {e}"))),
                 };
             held = now_held;
-            let mut packets: Vec<Packet> = Vec::with_capacity(batch.len() + 4);
-            if let Ok(mut sent) = link.sent.lock() {
-                for (event, prev) in &batch {
-                    sent.raise(
-                        &crate::store::replica::origin_key(&event.node, &event.incarnation),
-                        event.seq,
-                    );
-                    packets.push(Packet::Event(wire::WireEvent::new(event, *prev)));
+            let mut packets: Vec<Out> = Vec::with_capacity(4);
+            if !batch.is_empty() {
+                let mut lines =
+                    Vec::with_capacity(batch.iter().map(|(e, _)| e.body.len() + 128).sum());
+                if let Ok(mut sent) = link.sent.lock() {
+                    for (event, prev) in &batch {
+                        sent.raise(
+                            &crate::store::replica::origin_key(&event.node, &event.incarnation),
+                            event.seq,
+                        );
+                        wire::write_event(&mut lines, event, *prev);
+                    }
                 }
+                packets.push(Out::Raw(bytes::Bytes::from(lines)));
             }
             let n = batch.len() as u64;
             // Routed packets are not starved by a long catch-up.
@@ -531,7 +557,7 @@ async fn write_until_end(
                 }
             }
             _ = tick.tick() => {
-                let ack = Packet::Ack(wire::Ack { vv: held.clone() });
+                let ack = Out::Packet(Box::new(Packet::Ack(wire::Ack { vv: held.clone() })));
                 if let Err(e) = write_packets(wr, &[ack], &inner.cfg).await {
                     return Some(End::Closed(e));
                 }
@@ -544,12 +570,15 @@ async fn write_until_end(
 /// reading for that long is dropped; it catches up when it comes back).
 async fn write_packets(
     wr: &mut WriteHalf<Stream>,
-    packets: &[Packet],
+    packets: &[Out],
     cfg: &super::config::MeshConfig,
 ) -> Result<(), String> {
     let mut buf = Vec::new();
     for p in packets {
-        wire::encode(p, &mut buf);
+        match p {
+            Out::Packet(p) => wire::encode(p, &mut buf),
+            Out::Raw(line) => buf.extend_from_slice(line),
+        }
     }
     let write = async {
         wr.write_all(&buf).await?;

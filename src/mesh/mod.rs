@@ -17,6 +17,7 @@
 pub mod config;
 mod effects;
 mod link;
+mod relay;
 pub mod seen;
 pub mod status;
 mod tickets;
@@ -57,10 +58,6 @@ pub enum Error {
 
 /// Routed packets cross at most this many links.
 const MAX_HOPS: u8 = 32;
-/// How long a routed packet's id is remembered.
-const SEEN_TTL: Duration = Duration::from_secs(120);
-/// Most routed packet ids remembered.
-const SEEN_CAPACITY: usize = 65_536;
 
 /// A running mesh: a cheap handle.
 #[derive(Clone)]
@@ -94,6 +91,19 @@ struct Inner {
     last_error: Mutex<HashMap<String, String>>,
     next_link: AtomicU64,
     routed_duplicates: AtomicU64,
+    /// Relayed messages that came again by another path (the price of
+    /// flooding), and those dropped (too old or new for the seen-cache, or
+    /// a link's queue full).
+    relay_duplicates: AtomicU64,
+    relay_dropped: AtomicU64,
+    /// This run's name as a relay origin (`node/boot`), and its relay
+    /// counter (the lock also orders queueing).
+    relay_origin: String,
+    relay_seq: Mutex<u64>,
+    reorder: Mutex<relay::Reorder>,
+    /// Held from a batch's commit until its effects are done, so kept
+    /// messages that arrive on two links reach members in log order.
+    applying: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -156,11 +166,21 @@ impl Mesh {
             links: Mutex::new(HashMap::new()),
             link_gone: Notify::new(),
             known_nodes: Mutex::new(known),
-            seen: Mutex::new(Seen::new(SEEN_TTL, SEEN_CAPACITY)),
+            seen: Mutex::new(Seen::new(
+                cfg.seen_ttl_ms,
+                cfg.max_skew_ms,
+                cfg.seen_capacity,
+            )),
             waiting: Mutex::new(HashMap::new()),
             last_error: Mutex::new(HashMap::new()),
             next_link: AtomicU64::new(1),
             routed_duplicates: AtomicU64::new(0),
+            relay_duplicates: AtomicU64::new(0),
+            relay_dropped: AtomicU64::new(0),
+            relay_origin: format!("{node}/{}", Uuid::now_v7().simple()),
+            relay_seq: Mutex::new(0),
+            reorder: Mutex::new(relay::Reorder::default()),
+            applying: tokio::sync::Mutex::new(()),
             shutdown,
             tracker: TaskTracker::new(),
             peers,
@@ -174,6 +194,7 @@ impl Mesh {
             "mesh listening"
         );
         inner.tracker.spawn(accept_loop(inner.clone(), listener));
+        inner.tracker.spawn(relay::flush_loop(inner.clone()));
         if let Some(path) = status_socket {
             inner.tracker.spawn(status::serve(inner.clone(), path));
         }
@@ -191,6 +212,8 @@ impl Mesh {
         let mesh = Mesh { inner };
         let relay: Arc<dyn crate::session::TicketRelay> = Arc::new(mesh.clone());
         let _ = ctx.ticket_relay.set(relay);
+        let relay: Arc<dyn crate::session::EphemeralRelay> = Arc::new(mesh.clone());
+        let _ = ctx.ephemeral_relay.set(relay);
         Ok(mesh)
     }
 
@@ -304,7 +327,7 @@ impl Inner {
             body,
         };
         if let Ok(mut s) = self.seen.lock() {
-            s.insert(r.id, Instant::now());
+            s.check(r.id, now_ms());
         }
         self.forward(r, None);
     }
@@ -314,9 +337,9 @@ impl Inner {
         let fresh = self
             .seen
             .lock()
-            .map(|mut s| s.insert(r.id, Instant::now()))
-            .unwrap_or(false);
-        if !fresh {
+            .map(|mut s| s.check(r.id, now_ms()))
+            .unwrap_or(seen::Verdict::Duplicate);
+        if fresh != seen::Verdict::Fresh {
             self.routed_duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -326,6 +349,10 @@ impl Inner {
         }
         tickets::on_routed(self, r);
     }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(crate::proto::id::now_ms()).unwrap_or(0)
 }
 
 /// Accepts peers' links until shutdown.

@@ -39,6 +39,13 @@ pub struct Status {
     pub digest: String,
     /// Routed packets that came back by a second path and were dropped.
     pub routed_duplicates: u64,
+    /// Relayed messages (topics without history) that came again by a
+    /// second path and were dropped: the price of flooding.
+    pub relay_duplicates: u64,
+    /// Relays not queued to a link whose queue was full (that link only).
+    pub relay_dropped: u64,
+    /// Relays never received on any path, given up after the reorder wait.
+    pub relay_skipped: u64,
     /// One entry per configured peer.
     pub links: Vec<LinkStatus>,
 }
@@ -50,6 +57,8 @@ pub struct LinkStatus {
     pub peer: String,
     /// `up` or `down`.
     pub state: String,
+    /// The link in use (a new number for every link this process makes).
+    pub link: Option<u64>,
     /// We dialled the link in use.
     pub dialed: Option<bool>,
     /// How long the link has been up.
@@ -89,6 +98,7 @@ pub(super) async fn collect(inner: &Arc<Inner>) -> Result<Status, crate::store::
                 LinkStatus {
                     peer: p.node.clone(),
                     state: "up".into(),
+                    link: Some(l.id),
                     dialed: Some(l.dialed),
                     up_ms: Some(u64::try_from(l.since.elapsed().as_millis()).unwrap_or(u64::MAX)),
                     peer_lacks: vv.ahead_of(&acked),
@@ -102,6 +112,7 @@ pub(super) async fn collect(inner: &Arc<Inner>) -> Result<Status, crate::store::
             None => LinkStatus {
                 peer: p.node.clone(),
                 state: "down".into(),
+                link: None,
                 dialed: None,
                 up_ms: None,
                 peer_lacks: 0,
@@ -123,6 +134,9 @@ pub(super) async fn collect(inner: &Arc<Inner>) -> Result<Status, crate::store::
         vv,
         digest,
         routed_duplicates: inner.routed_duplicates.load(Ordering::Relaxed),
+        relay_duplicates: inner.relay_duplicates.load(Ordering::Relaxed),
+        relay_dropped: inner.relay_dropped.load(Ordering::Relaxed),
+        relay_skipped: inner.reorder.lock().map(|r| r.skipped).unwrap_or(0),
         links: out,
     })
 }

@@ -6,14 +6,13 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::change::Change;
-use crate::store::{Event, VersionVector};
+use crate::store::{Event, Incoming, RawEvent, VersionVector};
 
 /// The link protocol version this build speaks.
 pub const PROTO: u32 = 1;
 
 /// A mesh packet.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", content = "ex", deny_unknown_fields)]
 pub enum Packet {
     /// First packet each way.
@@ -28,6 +27,9 @@ pub enum Packet {
     /// A packet for one node, flooded until it gets there.
     #[serde(rename = "mesh.route")]
     Route(Routed),
+    /// Messages of a topic that keeps no history, flooded to every node.
+    #[serde(rename = "mesh.relay")]
+    Relay(Relay),
     /// The last packet before the sender closes the link.
     #[serde(rename = "mesh.error")]
     Error(Refusal),
@@ -52,7 +54,7 @@ pub struct Hello {
 }
 
 /// `mesh.event`: an event and the seq before it in the sender's log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireEvent {
     /// Origin node.
@@ -65,36 +67,46 @@ pub struct WireEvent {
     pub p: u64,
     /// Hybrid logical clock.
     pub h: u64,
-    /// The change.
-    pub c: Change,
+    /// The change, as the log holds it.
+    pub c: Box<serde_json::value::RawValue>,
 }
 
 impl WireEvent {
-    /// The wire form of `event`, following `prev`.
-    pub fn new(event: &Event, prev: u64) -> Self {
-        Self {
-            o: event.node.clone(),
-            i: event.incarnation.clone(),
-            s: event.seq,
-            p: prev,
-            h: event.hlc,
-            c: event.change.clone(),
-        }
-    }
-
-    /// The event, and the seq before it.
-    pub fn into_event(self) -> (Event, u64) {
-        (
-            Event {
+    /// The event for the store: its change decoded, and kept as it came.
+    pub fn into_incoming(self) -> Result<Incoming, serde_json::Error> {
+        let change = serde_json::from_str(self.c.get())?;
+        Ok(Incoming {
+            event: Event {
                 node: self.o,
                 incarnation: self.i,
                 seq: self.s,
                 hlc: self.h,
-                change: self.c,
+                change,
             },
-            self.p,
-        )
+            prev: self.p,
+            body: self.c.get().to_owned(),
+        })
     }
+}
+
+/// Appends the `mesh.event` line of `event`, following `prev`, without
+/// decoding its change.
+pub fn write_event(out: &mut Vec<u8>, event: &RawEvent, prev: u64) {
+    out.extend_from_slice(b"{\"op\":\"mesh.event\",\"ex\":{\"o\":");
+    let _ = serde_json::to_writer(&mut *out, &event.node);
+    out.extend_from_slice(b",\"i\":");
+    let _ = serde_json::to_writer(&mut *out, &event.incarnation);
+    for (key, n) in [
+        (&b",\"s\":"[..], event.seq),
+        (b",\"p\":", prev),
+        (b",\"h\":", event.hlc),
+    ] {
+        out.extend_from_slice(key);
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+    out.extend_from_slice(b",\"c\":");
+    out.extend_from_slice(event.body.as_bytes());
+    out.extend_from_slice(b"}}\n");
 }
 
 /// `mesh.ack`.
@@ -103,6 +115,49 @@ impl WireEvent {
 pub struct Ack {
     /// What the sender holds of each origin.
     pub vv: VersionVector,
+}
+
+/// `mesh.relay`: relayed `send` packets of one topic that keeps no
+/// history, exactly as its members receive them; flooded to every node and
+/// taken once per message id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// The node that relayed them first, and its run (`node/boot`).
+    pub o: String,
+    /// Numbers the origin's relays: receivers put them in this order.
+    pub s: u64,
+    /// The topic.
+    pub topic: Uuid,
+    /// The relayed packets, as sent to members.
+    pub packets: Vec<Box<serde_json::value::RawValue>>,
+}
+
+/// The `mesh.relay` line for relayed packets `lines` (each ending in a
+/// newline) of `topic`, built without parsing them.
+pub fn relay_line(origin: &str, seq: u64, topic: &Uuid, lines: &[u8]) -> Vec<u8> {
+    let body = lines.strip_suffix(b"\n").unwrap_or(lines);
+    let mut out = Vec::with_capacity(body.len() + 160);
+    out.extend_from_slice(b"{\"op\":\"mesh.relay\",\"ex\":{\"o\":");
+    let _ = serde_json::to_writer(&mut out, origin);
+    out.extend_from_slice(b",\"s\":");
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    out.extend_from_slice(b",\"topic\":\"");
+    out.extend_from_slice(
+        topic
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\",\"packets\":[");
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b"]}}\n");
+    out
 }
 
 /// `mesh.route`: flooded over every link but the one it came by, dropped
@@ -256,9 +311,56 @@ mod tests {
             line,
             b"{\"op\":\"mesh.ack\",\"ex\":{\"vv\":{\"n1/ab\":3}}}\n"
         );
-        assert_eq!(decode(line.trim_ascii_end()).unwrap(), p);
+        let mut again = Vec::new();
+        encode(&decode(line.trim_ascii_end()).unwrap(), &mut again);
+        assert_eq!(again, line);
         assert!(decode(br#"{"op":"mesh.ack","ex":{"vv":{},"x":1}}"#).is_err());
         assert!(decode(br#"{"op":"mesh.nope","ex":{}}"#).is_err());
         assert!(decode(br#"{"op":"mesh.ack","ex":{"vv":{"a/b":-1}}}"#).is_err());
+    }
+
+    #[test]
+    fn event_lines_carry_the_change_as_stored() {
+        let raw = RawEvent {
+            node: "n\"1".into(),
+            incarnation: "ab".into(),
+            seq: 7,
+            hlc: 1 << 40,
+            body: r#"{"kind":"x","writes":[{"e":"server","f":"meta:n","v":1.50}]}"#.into(),
+        };
+        let mut line = Vec::new();
+        write_event(&mut line, &raw, 5);
+        let Packet::Event(e) = decode(line.trim_ascii_end()).unwrap() else {
+            panic!("not an event");
+        };
+        let inc = e.into_incoming().unwrap();
+        assert_eq!(
+            (
+                inc.event.node.as_str(),
+                inc.event.seq,
+                inc.prev,
+                inc.event.hlc
+            ),
+            ("n\"1", 7, 5, 1 << 40)
+        );
+        assert_eq!(inc.body, raw.body, "stored as it came, byte for byte");
+        assert_eq!(inc.event.change.kind, "x");
+    }
+
+    #[test]
+    fn relay_lines_carry_packets_as_sent() {
+        let topic = Uuid::now_v7();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let lines = format!(
+            "{{\"id\":\"{a}\",\"ts\":1,\"op\":\"send\",\"ex\":{{\"n\":1.50}}}}\n{{\"ts\":2,\"id\":\"{b}\",\"op\":\"send\",\"ex\":{{}}}}\n"
+        );
+        let line = relay_line("n1/b00t", 7, &topic, lines.as_bytes());
+        let Packet::Relay(r) = decode(line.trim_ascii_end()).unwrap() else {
+            panic!("not a relay");
+        };
+        assert_eq!((r.o.as_str(), r.s, r.topic), ("n1/b00t", 7, topic));
+        let got: Vec<&str> = r.packets.iter().map(|p| p.get()).collect();
+        let want: Vec<&str> = lines.trim_end().split('\n').collect();
+        assert_eq!(got, want, "packets cross byte for byte");
     }
 }

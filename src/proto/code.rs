@@ -84,6 +84,16 @@ pub enum ErrorCode {
     SessionSendqExceeded,
     /// The gzip stream from the client is corrupt; the connection is closed.
     TransportBadGzip,
+    /// A WebSocket binary message: packets travel in text messages.
+    TransportBinaryFrame,
+    /// HTTP: the request's `Origin` may not open a WebSocket (status 403).
+    HttpForbiddenOrigin,
+    /// HTTP: `/ws` without a valid WebSocket upgrade (status 400 or 426).
+    HttpBadUpgrade,
+    /// HTTP: nothing is served at that path (status 404).
+    HttpNotFound,
+    /// HTTP: only `GET` and `HEAD` are served (status 405).
+    HttpMethodNotAllowed,
     /// The server failed to do what was asked (nothing was changed).
     ServerInternal,
     /// The server is shutting down.
@@ -96,7 +106,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 42] = [
+    pub const ALL: [ErrorCode; 47] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -135,6 +145,11 @@ impl ErrorCode {
         ErrorCode::SessionIdleTimeout,
         ErrorCode::SessionSendqExceeded,
         ErrorCode::TransportBadGzip,
+        ErrorCode::TransportBinaryFrame,
+        ErrorCode::HttpForbiddenOrigin,
+        ErrorCode::HttpBadUpgrade,
+        ErrorCode::HttpNotFound,
+        ErrorCode::HttpMethodNotAllowed,
         ErrorCode::ServerInternal,
         ErrorCode::ServerShutdown,
         ErrorCode::ServerFull,
@@ -182,6 +197,11 @@ impl ErrorCode {
             ErrorCode::SessionIdleTimeout => "session/idle-timeout",
             ErrorCode::SessionSendqExceeded => "session/sendq-exceeded",
             ErrorCode::TransportBadGzip => "transport/bad-gzip",
+            ErrorCode::TransportBinaryFrame => "transport/binary-frame",
+            ErrorCode::HttpForbiddenOrigin => "http/forbidden-origin",
+            ErrorCode::HttpBadUpgrade => "http/bad-upgrade",
+            ErrorCode::HttpNotFound => "http/not-found",
+            ErrorCode::HttpMethodNotAllowed => "http/method-not-allowed",
             ErrorCode::ServerInternal => "server/internal",
             ErrorCode::ServerShutdown => "server/shutdown",
             ErrorCode::ServerFull => "server/full",
@@ -204,6 +224,7 @@ impl ErrorCode {
                 | ErrorCode::PacketTooDeep
                 | ErrorCode::PacketTooLarge
                 | ErrorCode::PacketMissingOp
+                | ErrorCode::TransportBinaryFrame
                 | ErrorCode::RequestInvalid
         )
     }

@@ -314,6 +314,35 @@ pub fn write_relay(
     buf.extend_from_slice(b"}\n");
 }
 
+/// A kept message's relay, as members connected to another node get it and
+/// as `history` shows it: `Packet::server("send")`'s fields in its order,
+/// `ex` the stored JSON text, written as it is (numbers keep every digit).
+#[derive(Debug, Serialize)]
+pub struct KeptSend<'a> {
+    id: &'a str,
+    ts: i64,
+    topic: &'a str,
+    op: &'static str,
+    from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ex: Option<&'a RawValue>,
+}
+
+impl<'a> KeptSend<'a> {
+    /// The relay of `m`, stamped `ts`, in topic `topic` (its UUID, as
+    /// text), from `from` (the sender as shown).
+    pub fn new(m: &'a crate::change::Message, ts: i64, topic: &'a str, from: &'a str) -> Self {
+        Self {
+            id: &m.id,
+            ts,
+            topic,
+            op: "send",
+            from,
+            ex: (!m.ex.is_empty()).then(|| m.ex.raw()),
+        }
+    }
+}
+
 /// Appends a UUID as a JSON string.
 pub(crate) fn write_uuid(buf: &mut Vec<u8>, id: &UuidText) {
     buf.push(b'"');

@@ -74,6 +74,7 @@ impl Session<'_> {
         account: Option<&str>,
         method: &'static str,
     ) -> Result<LoggedIn, Denied> {
+        self.ctx.metrics.login(method, result.is_ok());
         match &result {
             Err(d) if matches!(d.code, ErrorCode::AuthFailed | ErrorCode::TicketInvalid) => {
                 warn!(username = account.unwrap_or("-"), method, peer = %self.peer_ip, "login failed");

@@ -9,12 +9,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
-use crate::change::{Change, Message};
+use crate::change::{Change, ExJson, Message};
 use crate::proto::id::{UuidText, new_uuid, uuid_at, uuids_at};
-use crate::proto::packet::{ExText, parse_ex, write_line, write_relay};
+use crate::proto::packet::{ExText, KeptSend, encode_line, write_relay};
 use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet};
@@ -35,9 +36,11 @@ pub(super) enum InFlight {
     /// A kept message queued for commit, with what to do once it is durable.
     Commit {
         commit: Pending,
-        /// The relay's id, as in `relay`.
+        /// The relay's id.
         message_id: uuid::Uuid,
-        relay: Packet,
+        /// The sender's name as a JSON string; the relay's `ex` is the
+        /// stored message's, so that it goes out as the store has it.
+        from_json: String,
         topic: Arc<TopicRecord>,
         request_id: Option<String>,
     },
@@ -84,6 +87,14 @@ pub(super) struct Burst {
     hint: (usize, usize),
 }
 
+/// Carries relayed messages of topics that keep no history to the other
+/// nodes of the mesh (the mesh implements it; sessions do not know links).
+pub trait EphemeralRelay: Send + Sync {
+    /// Hands relayed `send` lines (each ending in a newline) of `topic` to
+    /// every link; never waits.
+    fn publish(&self, topic: uuid::Uuid, lines: &Bytes);
+}
+
 /// Room a burst reserves at least, for relays and for acks.
 const BURST_ROOM: (usize, usize) = (320, 160);
 
@@ -118,31 +129,43 @@ impl Session<'_> {
             }
             return self.send_now(id, me, &t, &text, &ex, raw_ex);
         }
-        if let Some(raw) = raw_ex {
-            // A kept message is stored as a map.
-            ex = parse_ex(raw).map_err(|e| Denied::new(e.code, e.message))?;
+        // A kept message is stored with its `ex` as text: as sent when it
+        // could be relayed so (numbers keep every digit), else rebuilt from
+        // the map without `ex.for`, which is the server's (a relayed packet
+        // must not look like a reply to one of the recipients' requests).
+        let stored = match raw_ex {
+            Some(raw) => std::str::from_utf8(raw.get())
+                .map_err(|_| ())
+                .and_then(|text| ExJson::from_text(text.to_owned()).map_err(|_| ())),
+            None => {
+                ex.remove("for");
+                ExJson::from_map(&ex).map_err(|_| ())
+            }
         }
-        // `ex.for` is the server's: a relayed packet must not look like a
-        // reply to one of the recipients' requests.
-        ex.remove("for");
+        .map_err(|()| {
+            Denied::new(
+                ErrorCode::ServerInternal,
+                "the message could not be encoded",
+            )
+        })?;
         // Stamped again at its commit; `ts` here sizes the line.
         let message_id = new_uuid();
-        let relay = Packet {
-            id: Some(message_id.to_string()),
-            ts: Some(self.clock.unix_ms()),
-            topic: Some(t.id.to_string()),
-            op: "send".to_owned(),
-            from: Some(me.name.clone()),
-            ex,
-        };
-        let line = relay.to_line();
+        let mut line = Vec::new();
+        write_relay(
+            &mut line,
+            &UuidText::new(message_id),
+            self.clock.unix_ms(),
+            &text,
+            &me.name_json,
+            stored.get().as_bytes(),
+        );
         self.check_relay_size(line.len().saturating_sub(1))?;
         let message = Message {
             topic: t.id,
-            id: relay.id.clone().unwrap_or_default(),
+            id: message_id.to_string(),
             ts: 0,
             sender: me.id,
-            ex: relay.ex.clone(),
+            ex: stored,
         };
         // Queue the commit and go on reading: the next sends join the same
         // group commit. Relay and ack follow the commit, in request order.
@@ -155,7 +178,7 @@ impl Session<'_> {
         self.inflight.push_back(InFlight::Commit {
             commit,
             message_id,
-            relay,
+            from_json: me.name_json.clone(),
             topic: t,
             request_id: id.map(str::to_owned),
         });
@@ -358,12 +381,21 @@ impl Session<'_> {
         let burst = std::mem::take(&mut self.burst);
         let more = |n: usize| n + n / 4;
         self.burst.hint = (more(burst.relays.len()), more(burst.acks.len()));
-        self.ctx.presence.deliver(
+        let relays = trimmed(burst.relays);
+        let connections = self.ctx.presence.deliver(
             topic.members.iter(),
-            &trimmed(burst.relays),
+            &relays,
             burst.relay_count,
             self.conn_id,
         );
+        self.ctx.metrics.delivered(connections * burst.relay_count);
+        // Other nodes' members: kept messages go there by the log, the
+        // others now, before the sender's ack.
+        if let Some(mesh) = self.ctx.ephemeral_relay.get() {
+            if !self.keeps_history(&topic) {
+                mesh.publish(topic.id, &relays);
+            }
+        }
         match self.out.push_lines(trimmed(burst.acks), burst.ack_count) {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Close(CloseReason::SendqExceeded),
@@ -425,13 +457,19 @@ impl Session<'_> {
                 (
                     Some(InFlight::Commit {
                         message_id,
-                        relay,
+                        from_json,
                         topic,
                         request_id,
                         ..
                     }),
                     Some(result),
-                ) => self.committed(message_id, relay, &topic, request_id.as_deref(), result),
+                ) => self.committed(
+                    message_id,
+                    &from_json,
+                    &topic,
+                    request_id.as_deref(),
+                    result,
+                ),
                 _ => Outcome::Continue,
             };
             if let Outcome::Close(r) = outcome {
@@ -452,13 +490,19 @@ impl Session<'_> {
                 InFlight::Commit {
                     commit,
                     message_id,
-                    relay,
+                    from_json,
                     topic,
                     request_id,
                 } => {
                     let result = commit.wait().await;
                     self.clock = super::BurstClock::default();
-                    self.committed(message_id, relay, &topic, request_id.as_deref(), result)
+                    self.committed(
+                        message_id,
+                        &from_json,
+                        &topic,
+                        request_id.as_deref(),
+                        result,
+                    )
                 }
             };
         }
@@ -472,7 +516,7 @@ impl Session<'_> {
     fn committed(
         &mut self,
         message_id: uuid::Uuid,
-        mut relay: Packet,
+        from_json: &str,
         topic: &Arc<TopicRecord>,
         request_id: Option<&str>,
         result: Result<Event, crate::store::Error>,
@@ -481,12 +525,26 @@ impl Session<'_> {
             Ok(event) => event,
             Err(e) => return self.push_now(Denied::from(e).into_packet(request_id).to_line()),
         };
+        let Some(message) = event.change.message else {
+            return self.push_now(
+                Denied::new(ErrorCode::ServerInternal, "the message was not stored")
+                    .into_packet(request_id)
+                    .to_line(),
+            );
+        };
+        self.ctx.metrics.kept();
         let opened = self.open_burst(topic);
         let ts = i64::try_from(event.hlc >> 16).unwrap_or_default();
-        relay.ts = Some(ts);
-        write_line(&mut self.burst.relays, &relay);
-        let now = self.clock.unix_ms();
-        let (ack_id, message_id) = (UuidText::new(uuid_at(now)), UuidText::new(message_id));
+        let (message_id, now) = (UuidText::new(message_id), self.clock.unix_ms());
+        write_relay(
+            &mut self.burst.relays,
+            &message_id,
+            ts,
+            &UuidText::new(topic.id),
+            from_json,
+            message.ex.get().as_bytes(),
+        );
+        let ack_id = UuidText::new(uuid_at(now));
         write_send_ack(
             &mut self.burst.acks,
             request_id,
@@ -547,10 +605,12 @@ impl Session<'_> {
         let backwards = after.is_none();
         let (before, after) = (before.map(cursor), after.map(cursor));
         let tid = t.id;
+        // On the read-only connection: a page never waits for, nor delays,
+        // the commits on the store thread.
         let (page, names) = self
             .ctx
             .store
-            .call(move |db| {
+            .read(move |db| {
                 let page = db.history(tid, before.as_ref(), after.as_ref(), limit)?;
                 let senders: Vec<uuid::Uuid> = page.messages.iter().map(|m| m.sender).collect();
                 let names = db.account_names(&senders)?;
@@ -566,36 +626,63 @@ impl Session<'_> {
         if backwards {
             items.reverse();
         }
+        let topic_text = t.id.to_string();
         let mut rendered = Vec::with_capacity(items.len());
         for m in items {
-            let mut p = Packet::request("send");
-            p.id = Some(m.id.clone());
-            p.ts = Some(m.ts);
-            p.topic = Some(t.id.to_string());
-            p.from = Some(
-                names
-                    .get(&m.sender)
-                    .cloned()
-                    .unwrap_or_else(|| format!("account:{}", m.sender)),
-            );
-            p.ex = m.ex.clone();
-            let v = serde_json::to_value(&p).unwrap_or(Value::Null);
-            let size = v.to_string().len() + 1;
+            let from = match names.get(&m.sender) {
+                Some(name) => name.clone(),
+                None => format!("account:{}", m.sender),
+            };
+            // Each message as the relay was, `ex` as stored: its text, so
+            // numbers come back with every digit they were sent with.
+            let kept = KeptSend::new(m, m.ts, &topic_text, &from);
+            let Ok(text) = serde_json::value::to_raw_value(&kept) else {
+                continue;
+            };
+            let size = text.get().len() + 1;
             if used + size > budget {
                 more = true;
                 break;
             }
             used += size;
-            rendered.push(v);
+            rendered.push(text);
         }
         if backwards {
             rendered.reverse();
         }
-        let mut answer = Packet::server("history")
-            .with("messages", Value::Array(rendered))
-            .with("more", more);
-        answer.topic = Some(t.id.to_string());
-        answer = answer.answering(id);
-        Ok(self.reply(answer))
+        let answer = Packet::server("history");
+        let line = encode_line(&HistoryAnswer {
+            id: answer.id.as_deref(),
+            ts: answer.ts,
+            topic: &topic_text,
+            op: "history",
+            ex: HistoryEx {
+                messages: rendered,
+                more,
+                r#for: id,
+            },
+        });
+        Ok(self.reply_line(line))
     }
+}
+
+/// The `history` answer, in `Packet`'s field order, with the messages as
+/// text.
+#[derive(serde::Serialize)]
+struct HistoryAnswer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<i64>,
+    topic: &'a str,
+    op: &'static str,
+    ex: HistoryEx<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct HistoryEx<'a> {
+    messages: Vec<Box<RawValue>>,
+    more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    r#for: Option<&'a str>,
 }

@@ -16,6 +16,7 @@ mod ticket;
 mod topic;
 
 pub use keys::signed_message;
+pub use message::EphemeralRelay;
 pub use ticket::{TicketRelay, Unavailable, node_code, redeem_here};
 
 use std::net::IpAddr;
@@ -124,9 +125,14 @@ pub struct Context {
     pub topics: Topics,
     /// History settings.
     pub history: crate::config::HistoryConfig,
+    /// The server's metrics.
+    pub metrics: std::sync::Arc<crate::ops::Metrics>,
     /// Redeems other nodes' tickets at their issuer (set when the mesh
     /// starts; without it such tickets are invalid here).
     pub ticket_relay: std::sync::OnceLock<std::sync::Arc<dyn TicketRelay>>,
+    /// Carries messages of topics without history to other nodes (set when
+    /// the mesh starts).
+    pub ephemeral_relay: std::sync::OnceLock<std::sync::Arc<dyn EphemeralRelay>>,
 }
 
 impl Context {
@@ -167,7 +173,9 @@ impl Context {
             presence: Presence::default(),
             topics: Topics::load(topics),
             history: config.history.clone(),
+            metrics: std::sync::Arc::default(),
             ticket_relay: std::sync::OnceLock::new(),
+            ephemeral_relay: std::sync::OnceLock::new(),
         }
     }
 }
@@ -582,15 +590,19 @@ impl<'a> Session<'a> {
 
     /// Handles a line that was over the limit and discarded.
     pub async fn handle_too_long(&mut self) -> Outcome {
+        let limit = self.ctx.max_line_bytes;
+        let message = format!("line longer than {limit} bytes; discarded");
+        self.handle_refused(ErrorCode::PacketTooLarge, message)
+            .await
+    }
+
+    /// Handles input that is not a packet (an over-long line, a WebSocket
+    /// binary message): one error reply, in request order.
+    pub async fn handle_refused(&mut self, code: ErrorCode, message: String) -> Outcome {
         if let Outcome::Close(r) = self.drain().await {
             return Outcome::Close(r);
         }
-        let limit = self.ctx.max_line_bytes;
-        self.fail(
-            None,
-            ErrorCode::PacketTooLarge,
-            format!("line longer than {limit} bytes; discarded"),
-        )
+        self.fail(None, code, message)
     }
 
     fn logged_in(&self) -> Result<std::sync::Arc<LoggedIn>, Denied> {
@@ -623,6 +635,7 @@ impl<'a> Session<'a> {
     /// Queues one packet for the client, behind any kept message still
     /// committing (replies keep request order); a full queue ends the session.
     fn reply(&mut self, packet: Packet) -> Outcome {
+        self.ctx.metrics.reply(&packet);
         self.reply_line(packet.to_line())
     }
 

@@ -103,7 +103,10 @@ impl Db {
     }
 
     /// Marks an account deleted and clears its password, metadata and keys;
-    /// the name stays reserved so nobody can take over its identity.
+    /// the name stays reserved so nobody can take over its identity. The
+    /// password hash and public keys also leave every earlier event: the
+    /// apply path redacts them (see [`super::redact`]), here and on every
+    /// node the delete replicates to.
     pub fn delete_account(&mut self, id: Uuid) -> Result<(), Error> {
         let account = self.account(id)?.ok_or(Error::NotFound)?;
         let e = Entity::Account(id);
@@ -112,9 +115,6 @@ impl Db {
             .set(e, field::PASSWORD, Value::Null);
         for key in account.meta.keys() {
             change = change.set(e, &format!("{}{key}", field::META_PREFIX), Value::Null);
-        }
-        for key in &account.keys {
-            change = change.set(e, &format!("{}{key}", field::KEY_PREFIX), Value::Null);
         }
         self.change_existing(id, change)?;
         self.drop_tickets(id)

@@ -52,31 +52,16 @@ impl Db {
                     )
                 }))
             }
-            Cursor::Id(id) => {
-                let mut stmt = self.conn.prepare_cached(
-                    "SELECT hlc, origin, incarnation, seq, body FROM events
-                     WHERE topic = ?1 AND kind = 'message' AND body LIKE ?2",
-                )?;
-                let like = format!("%\"id\":\"{}\"%", id.replace(['%', '_', '"', '\\'], ""));
-                let rows = stmt.query_map(params![topic.to_string(), like], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get::<_, String>(4)?,
-                    ))
-                })?;
-                for row in rows {
-                    let (h, o, i, s, body) = row?;
-                    let change: Change =
-                        serde_json::from_str(&body).map_err(|e| Error::Corrupt(e.to_string()))?;
-                    if change.message.is_some_and(|m| m.id == *id) {
-                        return Ok(Some((h, o, i, s)));
-                    }
-                }
-                Ok(None)
-            }
+            Cursor::Id(id) => Ok(self
+                .conn
+                .prepare_cached(
+                    "SELECT hlc, origin, incarnation, seq FROM events
+                     WHERE topic = ?1 AND message_id = ?2 LIMIT 1",
+                )?
+                .query_row(params![topic.to_string(), id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()?),
         }
     }
 
@@ -220,7 +205,7 @@ mod tests {
             id: format!("m{n}"),
             ts: n,
             sender: Uuid::nil(),
-            ex: serde_json::Map::new(),
+            ex: crate::change::ExJson::empty(),
         }
     }
 
@@ -260,6 +245,16 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ids(&between), ["m2", "m3", "m4"]);
+        // An id is looked up in its own topic only, and exactly.
+        for stranger in ["m100", "m%", "m_", "\"m7"] {
+            assert!(
+                db.history(t, Some(&Cursor::Id(stranger.into())), None, 3)
+                    .unwrap()
+                    .messages
+                    .is_empty(),
+                "{stranger}"
+            );
+        }
         assert!(
             db.history(t, Some(&Cursor::Id("nope".into())), None, 3)
                 .unwrap()

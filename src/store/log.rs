@@ -109,21 +109,34 @@ impl Appender {
     }
 }
 
-/// Records an event in the log (not applying it).
+/// Records an event in the log (not applying it): a message's topic and
+/// id go in their own indexed columns too.
 pub fn insert(tx: &Transaction<'_>, event: &Event) -> Result<(), Error> {
     let body = serde_json::to_string(&event.change).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let topic = event.change.message.as_ref().map(|m| m.topic.to_string());
+    insert_body(tx, event, &body)
+}
+
+/// Records an event whose change is already encoded as `body` (an event
+/// from a peer is stored as it came).
+pub fn insert_body(tx: &Transaction<'_>, event: &Event, body: &str) -> Result<(), Error> {
+    let change = &event.change;
+    let (topic, message_id) = match &change.message {
+        Some(m) => (Some(m.topic.to_string()), Some(m.id.as_str())),
+        None => (None, None),
+    };
     tx.prepare_cached(
-        "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO events (origin, incarnation, seq, hlc, kind, body, topic, message_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         event.node,
         event.incarnation,
         event.seq as i64,
         event.hlc as i64,
-        event.change.kind,
+        change.kind,
         body,
-        topic
+        topic,
+        message_id
     ])?;
     Ok(())
 }
@@ -177,7 +190,10 @@ pub fn set_seen_seq(
 }
 
 /// Folds a change's writes into the registers: each write wins only if its
-/// `(hlc, origin)` is larger than the register's.
+/// `(hlc, origin)` is larger than the register's. Then, for a deleted
+/// account the change touched (by this change or an earlier one, in
+/// whatever order they arrived), removes its secrets from the log and the
+/// registers (see [`super::redact`]).
 pub fn apply(
     tx: &Transaction<'_>,
     origin_key: &str,
@@ -201,7 +217,7 @@ pub fn apply(
             origin_key
         ])?;
     }
-    Ok(())
+    super::redact::after_apply(tx, change)
 }
 
 /// The case-folded lookup key of fields that are searched by value (names).

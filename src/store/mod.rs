@@ -3,12 +3,16 @@
 //! [`Db`] is the synchronous store (used directly by the admin CLI, which may
 //! run beside the daemon: SQLite's locking keeps both consistent). [`Store`]
 //! is the daemon's async handle: one dedicated thread owns the connection and
-//! runs jobs from a bounded queue, so async workers never block on disk.
+//! runs jobs from a bounded queue, so async workers never block on disk. A
+//! second thread owns a read-only connection for long reads (history
+//! pages): WAL lets it read the last commit while the first one writes, so
+//! paging never delays a commit.
 
 pub mod accounts;
 pub mod history;
 pub mod log;
 pub mod migrate;
+pub mod redact;
 pub mod replica;
 pub mod tickets;
 pub mod topics;
@@ -23,7 +27,7 @@ use crate::change::Change;
 
 pub use accounts::Account;
 pub use log::{Event, Origin};
-pub use replica::{Incoming, Received, VersionVector};
+pub use replica::{Incoming, RawEvent, Received, VersionVector};
 pub use topics::TopicRecord;
 
 /// File name of the database inside the data directory.
@@ -84,6 +88,9 @@ impl From<rusqlite::Error> for Error {
 pub struct Db {
     conn: Connection,
     origin: Origin,
+    /// Write transactions committed through this handle: the store thread
+    /// wakes mesh links when it moves.
+    commits: u64,
 }
 
 impl Db {
@@ -108,9 +115,40 @@ impl Db {
                 node: node.to_owned(),
                 incarnation,
             },
+            commits: 0,
         };
         seed(&mut db)?;
         Ok(db)
+    }
+
+    /// Opens a read-only connection to the store `Db::open` made in
+    /// `data_dir`: for reads that should not queue behind commits.
+    fn open_reader(data_dir: &Path, node: &str) -> Result<Db, Error> {
+        use rusqlite::OpenFlags;
+        let path = data_dir.join(DB_FILE);
+        let open = |path: &Path| -> rusqlite::Result<Connection> {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(conn)
+        };
+        let conn = open(&path).map_err(|cause| Error::Open { path, cause })?;
+        let incarnation: String = conn.query_row(
+            "SELECT value FROM node WHERE key = 'incarnation'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(Db {
+            conn,
+            origin: Origin {
+                node: node.to_owned(),
+                incarnation,
+            },
+            // Never written through: a read-only connection commits nothing.
+            commits: 0,
+        })
     }
 
     /// This store's origin.
@@ -128,6 +166,7 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx, &self.origin)?;
         tx.commit()?;
+        self.commits += 1;
         Ok(out)
     }
 
@@ -379,20 +418,50 @@ impl Pending {
     }
 }
 
-/// The daemon's handle on the store thread; cheap to clone.
+type ReadJob = Box<dyn FnOnce(&Db) + Send>;
+
+/// Starts the thread that owns the read-only connection; it runs read jobs
+/// until every sender is dropped.
+fn spawn_reader(db: Db) -> Result<(mpsc::Sender<ReadJob>, std::thread::JoinHandle<()>), Error> {
+    let (reads, mut rx) = mpsc::channel::<ReadJob>(QUEUE);
+    let thread = std::thread::Builder::new()
+        .name("tenthbit-store-read".into())
+        .spawn(move || {
+            while let Some(job) = rx.blocking_recv() {
+                job(&db);
+            }
+        })
+        .map_err(|e| Error::Corrupt(format!("cannot start the store's read thread: {e}")))?;
+    Ok((reads, thread))
+}
+
+/// The daemon's handle on the store threads; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     jobs: mpsc::Sender<Msg>,
+    /// The read-only connection's queue; taken (closed) by [`Store::close`].
+    reads: Arc<Mutex<Option<mpsc::Sender<ReadJob>>>>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    read_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// Bumped after every step of the store thread that may have added to
     /// the log: mesh links wake on it to send what is new.
     log_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
-    /// Opens the database and starts its thread.
+    /// Opens the database and starts its threads.
     pub fn open(data_dir: &Path, node: &str) -> Result<Store, Error> {
+        Self::open_observed(data_dir, node, |_| {})
+    }
+
+    /// [`Store::open`], calling `on_commit` with how long each group commit took.
+    pub fn open_observed(
+        data_dir: &Path,
+        node: &str,
+        on_commit: impl Fn(std::time::Duration) + Send + 'static,
+    ) -> Result<Store, Error> {
         let mut db = Db::open(data_dir, node)?;
+        let (reads, read_thread) = spawn_reader(Db::open_reader(data_dir, node)?)?;
         let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let changed = log_changed.clone();
@@ -400,10 +469,8 @@ impl Store {
             .name("tenthbit-store".into())
             .spawn(move || {
                 let mut next = None;
+                let mut published = db.commits;
                 while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
-                    if !matches!(msg, Msg::Close(_)) {
-                        changed.send_modify(|n| *n = n.wrapping_add(1));
-                    }
                     match msg {
                         Msg::Job(job) => job(&mut db),
                         Msg::Append(change, reply) => {
@@ -419,7 +486,9 @@ impl Store {
                                     Err(_) => break,
                                 }
                             }
+                            let started = std::time::Instant::now();
                             commit_batch(&mut db, batch);
+                            on_commit(started.elapsed());
                         }
                         Msg::Close(done) => {
                             rx.close();
@@ -437,14 +506,43 @@ impl Store {
                             return;
                         }
                     }
+                    // Something was committed: mesh links have news.
+                    if db.commits != published {
+                        published = db.commits;
+                        changed.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                 }
             })
             .map_err(|e| Error::Corrupt(format!("cannot start the store thread: {e}")))?;
         Ok(Store {
             jobs,
+            reads: Arc::new(Mutex::new(Some(reads))),
             thread: Arc::new(Mutex::new(Some(thread))),
+            read_thread: Arc::new(Mutex::new(Some(read_thread))),
             log_changed,
         })
+    }
+
+    /// Runs `f` on the read-only connection's thread: a read that may be
+    /// long (a history page) and must not delay commits. It sees what was
+    /// committed before it started.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, Error> + Send + 'static,
+    {
+        let reads = self
+            .reads
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .ok_or(Error::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |db| {
+            let _ = tx.send(f(db));
+        });
+        reads.send(job).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
     }
 
     /// A receiver that sees a change whenever the log may have grown.
@@ -490,6 +588,7 @@ impl Store {
     /// Runs the queued jobs, closes the database and joins its thread; later
     /// calls on any clone fail with [`Error::Closed`].
     pub async fn close(&self) {
+        self.close_reader().await;
         let (tx, rx) = oneshot::channel();
         if self.jobs.send(Msg::Close(tx)).await.is_ok() {
             let _ = rx.await;
@@ -499,12 +598,77 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+
+    /// Closes the read-only connection: its thread ends once its queue's
+    /// last sender is gone (this one, and any a read in progress holds).
+    /// First, so that the writer's connection is the last one and its
+    /// close checkpoints the WAL.
+    async fn close_reader(&self) {
+        if let Ok(mut reads) = self.reads.lock() {
+            reads.take();
+        }
+        let handle = self.read_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::Message;
+    use crate::change::{ExJson, Message};
+
+    #[tokio::test]
+    async fn history_is_read_on_its_own_connection_while_the_store_thread_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1").unwrap();
+        let topic = uuid::Uuid::now_v7();
+        store
+            .append(Change::message(Message {
+                topic,
+                id: "m1".into(),
+                ts: 0,
+                sender: uuid::Uuid::nil(),
+                ex: ExJson::empty(),
+            }))
+            .await
+            .unwrap();
+        // Hold the store thread (the writer) until the read is answered.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, busy) = oneshot::channel();
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .call(move |_| {
+                        let _ = started.send(());
+                        let _ = held.recv();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        busy.await.unwrap();
+        let page = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            store.read(move |db| db.history(topic, None, None, 10)),
+        )
+        .await
+        .expect("a history read does not queue behind the store thread")
+        .unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(page.messages[0].id, "m1");
+        // That connection is read-only: a write through it fails.
+        let write = store
+            .read(|db| Ok(db.conn.execute("DELETE FROM events", [])?))
+            .await;
+        assert!(matches!(write, Err(Error::Sqlite(_))), "{write:?}");
+        release.send(()).unwrap();
+        writer.await.unwrap().unwrap();
+        store.close().await;
+        assert!(matches!(store.read(|_| Ok(())).await, Err(Error::Closed)));
+    }
 
     #[test]
     fn a_group_commit_is_gapless_and_the_clock_carries_on() {
@@ -516,7 +680,7 @@ mod tests {
                 id: format!("m{n}"),
                 ts: 0,
                 sender: uuid::Uuid::nil(),
-                ex: serde_json::Map::new(),
+                ex: ExJson::empty(),
             })
         };
         let (batch, waiting): (Vec<_>, Vec<_>) = (0..5)

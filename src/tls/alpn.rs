@@ -4,6 +4,8 @@
 pub const PLAIN: &[u8] = b"10bit/0.1";
 /// ALPN name of the gzip-compressed protocol.
 pub const GZIP: &[u8] = b"10bit-gzip/0.1";
+/// ALPN name of HTTP/1.1 (the web client and WebSocket sessions).
+pub const HTTP: &[u8] = b"http/1.1";
 
 /// The protocol a connection speaks after the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +14,8 @@ pub enum Alpn {
     Plain,
     /// `10bit-gzip/0.1`: JSON lines inside one gzip stream per direction.
     Gzip,
+    /// `http/1.1`: the web client's page and WebSocket sessions.
+    Http,
 }
 
 impl Alpn {
@@ -22,6 +26,7 @@ impl Alpn {
             None => Some(Alpn::Plain),
             Some(p) if p == PLAIN => Some(Alpn::Plain),
             Some(p) if p == GZIP => Some(Alpn::Gzip),
+            Some(p) if p == HTTP => Some(Alpn::Http),
             Some(_) => None,
         }
     }
@@ -31,6 +36,7 @@ impl Alpn {
         match self {
             Alpn::Plain => "10bit/0.1",
             Alpn::Gzip => "10bit-gzip/0.1",
+            Alpn::Http => "http/1.1",
         }
     }
 
@@ -39,6 +45,7 @@ impl Alpn {
         match self {
             Alpn::Plain => PLAIN,
             Alpn::Gzip => GZIP,
+            Alpn::Http => HTTP,
         }
     }
 }

@@ -146,8 +146,9 @@ pub fn load_identity(
 }
 
 /// Loads the certificate and key named in `cfg`, generating a self-signed
-/// pair for `server_name` first when allowed and neither file exists.
-pub fn server_config(cfg: &TlsConfig, server_name: &str) -> Result<ServerTls, Error> {
+/// pair for `server_name` first when allowed and neither file exists;
+/// `web` adds `http/1.1` to the ALPN list.
+pub fn server_config(cfg: &TlsConfig, server_name: &str, web: bool) -> Result<ServerTls, Error> {
     let (cert_path, key_path) = (&cfg.cert_file, &cfg.key_file);
     let Identity {
         certs,
@@ -166,18 +167,28 @@ pub fn server_config(cfg: &TlsConfig, server_name: &str) -> Result<ServerTls, Er
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(rustls_err)?;
-    // rustls picks the first of *our* list that the client offers: a client
-    // offering both gets gzip, since offering it means it can speak it.
-    config.alpn_protocols = if cfg.gzip {
-        vec![alpn::GZIP.to_vec(), alpn::PLAIN.to_vec()]
-    } else {
-        vec![alpn::PLAIN.to_vec()]
-    };
+    config.alpn_protocols = alpn_list(cfg.gzip, web);
     Ok(ServerTls {
         config: Arc::new(config),
         fingerprint,
         generated,
     })
+}
+
+/// The client port's ALPN list, in order of preference. rustls picks the
+/// first of *our* list that the client offers: a client offering both 10bit
+/// protocols gets gzip, since offering it means it can speak it; `http/1.1`
+/// comes last (never `h2`), so a client offering 10bit too gets 10bit.
+fn alpn_list(gzip: bool, web: bool) -> Vec<Vec<u8>> {
+    let mut list = Vec::with_capacity(3);
+    if gzip {
+        list.push(alpn::GZIP.to_vec());
+    }
+    list.push(alpn::PLAIN.to_vec());
+    if web {
+        list.push(alpn::HTTP.to_vec());
+    }
+    list
 }
 
 /// Reads every certificate in a PEM file.

@@ -43,6 +43,16 @@ impl TestServer {
         Self::launch(dir, tweak).await
     }
 
+    /// Restarts on the same data directory, certificate and port (for
+    /// clients that reconnect to the address they know, like the web page).
+    pub async fn restart_same_port(self, tweak: impl FnOnce(&mut Config)) -> Self {
+        let TestServer {
+            handle, dir, addr, ..
+        } = self;
+        handle.shutdown().await;
+        Self::launch_on(dir, None, tweak, addr).await
+    }
+
     /// Starts a mesh node whose state and certificates live in `dir`, its
     /// mesh on `mesh_listener`.
     pub async fn launch_mesh(
@@ -50,18 +60,26 @@ impl TestServer {
         mesh_listener: TcpListener,
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
-        Self::launch_on(dir, Some(mesh_listener), tweak).await
+        Self::launch_on(
+            dir,
+            Some(mesh_listener),
+            tweak,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await
     }
 
     /// Starts a server whose state and certificate live in `dir`.
     async fn launch(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
-        Self::launch_on(dir, None, tweak).await
+        Self::launch_on(dir, None, tweak, SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
+    /// Starts a server on `addr`, its mesh (if any) on `mesh_listener`.
     async fn launch_on(
         dir: tempfile::TempDir,
         mesh_listener: Option<TcpListener>,
         tweak: impl FnOnce(&mut Config),
+        addr: SocketAddr,
     ) -> Self {
         let mut config = Config::default();
         config.server.data_dir = dir.path().join("data");
@@ -72,7 +90,7 @@ impl TestServer {
         config.auth.argon2_iterations = 1;
         tweak(&mut config);
         config.validate().expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let handle = tenthbit::start_with_mesh(config, vec![listener], mesh_listener)
             .await
             .expect("server starts");
@@ -210,4 +228,74 @@ pub fn password_auth(name: &str, password: &str) -> Packet {
         .with("method", "password")
         .with("username", name)
         .with("password", password)
+}
+
+/// The next line (raw text) whose op is `op`, skipping others.
+pub async fn line_with_op(c: &mut Client, op: &str) -> String {
+    let wanted = format!("\"op\":\"{op}\"");
+    loop {
+        let line = tokio::time::timeout(WAIT, c.recv_line())
+            .await
+            .unwrap_or_else(|_| panic!("waiting for {op}"))
+            .expect("read")
+            .unwrap_or_else(|| panic!("closed waiting for {op}"));
+        let text = String::from_utf8(line.to_vec()).expect("UTF-8");
+        if text.contains(&wanted) {
+            return text;
+        }
+    }
+}
+
+/// Every text of the events and registers of the store in `data_dir`
+/// (read-only, so it may be read beside a running server: WAL lets a
+/// reader in), for searching.
+pub fn store_text(data_dir: &std::path::Path) -> String {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("tenthbit.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the store");
+    let mut out = String::new();
+    for sql in [
+        "SELECT body FROM events",
+        "SELECT entity || ' ' || field || ' ' || value FROM registers",
+    ] {
+        let mut stmt = conn.prepare(sql).expect("query");
+        for row in stmt.query_map([], |r| r.get::<_, String>(0)).expect("rows") {
+            out.push_str(&row.expect("row"));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `GET path` over plain HTTP (the operator's listener): status and body.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, body.to_owned())
+}
+
+/// The value of the metrics sample named exactly `series` (name and
+/// labels) in a scrape; 0 when absent.
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }

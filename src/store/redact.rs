@@ -1,0 +1,207 @@
+//! Redaction: a deleted account's secrets leave the store.
+//!
+//! Decision (issue 12, item 6): events keep carrying an account's password
+//! hash and public keys in clear while the account lives (login needs the
+//! hash, and a peer replicating the log needs both), and deleting the
+//! account redacts them. Redaction is part of [`super::log::apply`], the one
+//! path every event takes, local or replicated: whenever an applied event
+//! touches an account whose `deleted` register is `true` (the
+//! `account.delete` itself, or an older event of that account arriving
+//! after the delete), the account's earlier events are rewritten without
+//! their `password` and `key:<base64>` writes, and its `password` and
+//! `key:` registers are removed (a key's base64 is the register's *field
+//! name*, so clearing its value is not enough). Events keep their
+//! `(origin, incarnation, seq, hlc)` and kind: the log stays gapless, a
+//! redacted write simply is not there any more, and every node that applies
+//! the delete, in any order relative to the account's other events, ends
+//! with the same redacted log and registers.
+//!
+//! What redaction cannot reach: copies outside the store (backups, a peer
+//! that never receives the delete) and SQLite's free pages until they are
+//! reused.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::Error;
+use crate::change::{Change, field};
+
+/// Entity key prefix of accounts.
+const ACCOUNT: &str = "account:";
+
+/// After `change` was applied: redacts every account it touched that is now
+/// deleted.
+pub fn after_apply(tx: &Transaction<'_>, change: &Change) -> Result<(), Error> {
+    let mut done: Vec<&str> = Vec::new();
+    for w in &change.writes {
+        let entity = w.entity.as_str();
+        if !entity.starts_with(ACCOUNT) || done.contains(&entity) {
+            continue;
+        }
+        done.push(entity);
+        if is_deleted(tx, entity)? {
+            account(tx, entity)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the account's `deleted` register holds `true`.
+fn is_deleted(tx: &Transaction<'_>, entity: &str) -> Result<bool, Error> {
+    let value: Option<String> = tx
+        .prepare_cached("SELECT value FROM registers WHERE entity = ?1 AND field = ?2")?
+        .query_row(params![entity, field::DELETED], |r| r.get(0))
+        .optional()?;
+    Ok(value.as_deref() == Some("true"))
+}
+
+/// Whether a write holds a secret of the account: its password hash or
+/// one of its public keys (in the field name).
+fn is_secret(field_name: &str) -> bool {
+    field_name == field::PASSWORD || field_name.starts_with(field::KEY_PREFIX)
+}
+
+/// Removes `entity`'s secrets from its registers and from every event's
+/// body. State events are few (messages are indexed apart), and an account
+/// is deleted once, so reading them all is cheap.
+fn account(tx: &Transaction<'_>, entity: &str) -> Result<(), Error> {
+    tx.prepare_cached(
+        "DELETE FROM registers WHERE entity = ?1 AND (field = ?2 OR substr(field, 1, ?3) = ?4)",
+    )?
+    .execute(params![
+        entity,
+        field::PASSWORD,
+        field::KEY_PREFIX.len() as i64,
+        field::KEY_PREFIX
+    ])?;
+    let mut rewritten = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT rowid, body FROM events INDEXED BY events_state
+             WHERE topic IS NULL AND instr(body, ?1) > 0",
+        )?;
+        let rows = stmt.query_map(params![entity], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (rowid, body) = row?;
+            let mut change: Change =
+                serde_json::from_str(&body).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let before = change.writes.len();
+            change
+                .writes
+                .retain(|w| w.entity != entity || !is_secret(&w.field));
+            if change.writes.len() != before {
+                let body =
+                    serde_json::to_string(&change).map_err(|e| Error::Corrupt(e.to_string()))?;
+                rewritten.push((rowid, body));
+            }
+        }
+    }
+    let mut update = tx.prepare_cached("UPDATE events SET body = ?2 WHERE rowid = ?1")?;
+    for (rowid, body) in rewritten {
+        update.execute(params![rowid, body])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{Entity, Write};
+    use crate::store::{Db, log};
+
+    /// Every text of the events and registers tables, for searching.
+    fn all_text(db: &Db) -> String {
+        let mut out = String::new();
+        for sql in [
+            "SELECT body FROM events",
+            "SELECT entity || ' ' || field || ' ' || value FROM registers",
+        ] {
+            let mut stmt = db.conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+            for row in rows {
+                out.push_str(&row.unwrap());
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_delete_removes_the_hash_and_keys_from_events_and_registers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        let a = db
+            .create_account("alice", "$argon2id$SECRET-HASH-1")
+            .unwrap();
+        db.set_password(a.id, "$argon2id$SECRET-HASH-2").unwrap();
+        db.set_key(a.id, "PUBKEY-ONE", true).unwrap();
+        db.set_key(a.id, "PUBKEY-TWO", true).unwrap();
+        db.set_key(a.id, "PUBKEY-TWO", false).unwrap();
+        let b = db.create_account("bob", "$argon2id$BOB-HASH").unwrap();
+        db.set_key(b.id, "BOB-KEY", true).unwrap();
+        let text = all_text(&db);
+        assert!(text.contains("SECRET-HASH-1") && text.contains("PUBKEY-ONE"));
+
+        db.delete_account(a.id).unwrap();
+        let text = all_text(&db);
+        for secret in ["SECRET-HASH-1", "SECRET-HASH-2", "PUBKEY-ONE", "PUBKEY-TWO"] {
+            assert!(!text.contains(secret), "{secret} left in:\n{text}");
+        }
+        // Only that account's secrets: bob's stay, alice's name stays taken.
+        assert!(text.contains("BOB-HASH") && text.contains("BOB-KEY"));
+        let gone = db.account(a.id).unwrap().unwrap();
+        assert!(gone.deleted && gone.password.is_none() && gone.keys.is_empty());
+        assert_eq!(gone.name, "alice");
+        let seqs: Vec<u64> = db.events().unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_replicated_delete_redacts_in_either_order() {
+        let id = uuid::Uuid::now_v7();
+        let e = Entity::Account(id);
+        let create = Change::new("account.create")
+            .set(e, field::NAME, "carol")
+            .set(e, field::PASSWORD, "$argon2id$CAROL-HASH");
+        let key = Change::new("account.key.add").set(e, "key:CAROL-KEY", true);
+        let delete = Change::new("account.delete")
+            .set(e, field::DELETED, true)
+            .set(e, field::PASSWORD, serde_json::Value::Null);
+        let events = [(1, 10, create), (2, 11, key), (3, 12, delete)];
+        // The delete applied last (in order) and first (before the events it
+        // redacts arrive), as a peer's log might deliver them.
+        for order in [[0, 1, 2], [2, 0, 1]] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open(dir.path(), "n1").unwrap();
+            let tx = db.conn.unchecked_transaction().unwrap();
+            for i in order {
+                let (seq, hlc, change) = &events[i];
+                let event = log::Event {
+                    node: "peer".into(),
+                    incarnation: "inc".into(),
+                    seq: *seq,
+                    hlc: *hlc << 16,
+                    change: change.clone(),
+                };
+                log::insert(&tx, &event).unwrap();
+                log::apply(&tx, "peer/inc", *hlc << 16, change).unwrap();
+            }
+            tx.commit().unwrap();
+            let text = all_text(&db);
+            assert!(!text.contains("CAROL-HASH"), "{order:?}:\n{text}");
+            assert!(!text.contains("CAROL-KEY"), "{order:?}:\n{text}");
+            let events = db.events().unwrap();
+            assert_eq!(events.len(), 4, "{order:?}");
+            let create = events.iter().find(|e| e.seq == 1 && e.node == "peer");
+            assert_eq!(
+                create.unwrap().change.writes,
+                [Write {
+                    entity: e.key(),
+                    field: field::NAME.into(),
+                    value: "carol".into()
+                }]
+            );
+        }
+    }
+}

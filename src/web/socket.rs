@@ -1,0 +1,240 @@
+//! A WebSocket session: text messages in, each one 10bit packet, through the
+//! same session loop as a 10bit connection ([`conn::run_session`]); each
+//! outbound packet out as one text message.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::framing::Span;
+use crate::conn::writer::{Batch, Ended, WriterConfig, guarded, next_batch};
+use crate::conn::{self, Input, Item, Stop, Transport};
+use crate::proto::{ErrorCode, reply};
+use crate::router::{Closer, Receiver};
+use crate::server::Shared;
+use crate::tls::Alpn;
+
+/// Read buffer per WebSocket (tungstenite allocates it up front; its
+/// default, 128 KiB, would be most of an idle session's memory).
+const READ_BUFFER: usize = 8 * 1024;
+/// tungstenite's write buffer: a batch (at most 64 KiB, as the 10bit
+/// writer gathers) is flushed once.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Runs a WebSocket session on an upgraded connection to its end.
+pub(super) async fn run(shared: &Shared, upgraded: Upgraded, peer: SocketAddr, conn_id: u64) {
+    let web = &shared.config.web;
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(BATCH_BYTES)
+        .max_message_size(Some(web.max_message_bytes))
+        .max_frame_size(Some(web.max_message_bytes));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
+    let (sink, stream) = ws.split();
+    let input = Messages {
+        stream,
+        current: Utf8Bytes::default(),
+        max_line: shared.config.limits.max_line_bytes,
+        max_message: web.max_message_bytes,
+    };
+    let transport = Transport {
+        protocol: Alpn::Plain.name(),
+        label: "websocket",
+        conn_id,
+        peer_ip: peer.ip(),
+        refusal: None,
+    };
+    let hard_stop = shared.hard_stop.clone();
+    let cfg = WriterConfig {
+        gzip_level: None,
+        write_timeout: shared.config.limits.write_timeout(),
+        packets_out: shared.session_ctx.metrics.packets_out.clone(),
+    };
+    conn::run_session(shared, input, transport, move |rx, closer| {
+        write(sink, rx, closer, hard_stop, cfg)
+    })
+    .await;
+}
+
+/// The read side: one packet per text message.
+struct Messages<S> {
+    stream: SplitStream<WebSocketStream<S>>,
+    /// The message last read, lent to the session as a line.
+    current: Utf8Bytes,
+    max_line: usize,
+    max_message: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Input for Messages<S> {
+    fn buffered(&mut self) -> Option<Item> {
+        None
+    }
+
+    async fn next(&mut self) -> Result<Option<Item>, Stop> {
+        // The last message has been handled: an idle session keeps none.
+        self.current = Utf8Bytes::default();
+        loop {
+            let message = match self.stream.next().await {
+                None => return Ok(None),
+                Some(Ok(m)) => m,
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ok(None),
+                Some(Err(WsError::Capacity(_))) => {
+                    let max = self.max_message;
+                    return Err(Stop {
+                        bye: Some((
+                            ErrorCode::PacketTooLarge,
+                            format!("WebSocket message longer than {max} bytes; closing"),
+                        )),
+                        reason: "websocket message too large".into(),
+                    });
+                }
+                Some(Err(e)) => {
+                    return Err(Stop {
+                        bye: None,
+                        reason: format!("websocket error: {e}"),
+                    });
+                }
+            };
+            match message {
+                Message::Text(text) if text.len() > self.max_line => {
+                    return Ok(Some(Item::Span(Span::TooLong)));
+                }
+                // A blank message is skipped, as a blank line is.
+                Message::Text(text) if text.trim().is_empty() => {}
+                Message::Text(text) => {
+                    let len = text.len();
+                    self.current = text;
+                    return Ok(Some(Item::Span(Span::Line(0..len))));
+                }
+                Message::Binary(_) => {
+                    return Ok(Some(Item::Refused(
+                        ErrorCode::TransportBinaryFrame,
+                        "packets travel in text messages; binary message discarded".into(),
+                    )));
+                }
+                Message::Close(_) => return Ok(None),
+                // Pings are answered by tungstenite itself.
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    fn line(&self, range: std::ops::Range<usize>) -> &[u8] {
+        self.current.as_bytes().get(range).unwrap_or_default()
+    }
+}
+
+/// The write side, as [`conn::writer::run`] for a 10bit connection: drains
+/// the outbound queue in batches, one text message per packet, one flush
+/// per batch; ends with a close message.
+async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut rx: Receiver,
+    closer: Arc<Closer>,
+    hard_stop: CancellationToken,
+    cfg: WriterConfig,
+) -> Ended {
+    let write_timeout = cfg.write_timeout;
+    let mut batch: Vec<Message> = Vec::new();
+    let ended = loop {
+        batch.clear();
+        let taken = next_batch(&mut rx, &closer, &hard_stop, |bytes, _| {
+            split_lines(bytes, &mut batch)
+        });
+        let Batch { packets, close } = match taken.await {
+            Ok(b) => b,
+            Err(ended) => break ended,
+        };
+        let write = async {
+            for message in batch.drain(..) {
+                sink.feed(message).await?;
+            }
+            match close {
+                true => closed_ok(sink.close().await),
+                false => sink.flush().await,
+            }
+        };
+        if let Err(ended) = guarded(&closer, &hard_stop, write_timeout, write).await {
+            break ended;
+        }
+        cfg.packets_out.inc_by(packets as u64);
+        if close {
+            break Ended::Drained;
+        }
+        if rx.shrink_if_idle() {
+            batch = Vec::new();
+        }
+    };
+    if ended == Ended::Forced {
+        // Skip whatever is queued: tell the client why, then go.
+        if let Some((code, message)) = closer.reason() {
+            let mut bye = Vec::new();
+            split_lines(reply::bye(*code, message.clone()).to_line(), &mut bye);
+            let last = async {
+                for message in bye {
+                    sink.feed(message).await?;
+                }
+                sink.close().await
+            };
+            let _ = tokio::time::timeout(write_timeout, last).await;
+        }
+    }
+    ended
+}
+
+/// A close that found the WebSocket already closing (the client closed
+/// first: tungstenite has answered its close message) is a clean end.
+fn closed_ok(r: Result<(), WsError>) -> Result<(), WsError> {
+    match r {
+        Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Ok(()),
+        other => other,
+    }
+}
+
+/// Appends one text message per `\n`-terminated packet in `bytes` (the
+/// queue holds bursts of several packets in one buffer).
+fn split_lines(bytes: Bytes, into: &mut Vec<Message>) {
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', &bytes) {
+        if end > start {
+            // The server's own packets are JSON text: always UTF-8.
+            match Utf8Bytes::try_from(bytes.slice(start..end)) {
+                Ok(text) => into.push(Message::Text(text)),
+                Err(_) => tracing::error!("outbound packet is not UTF-8; dropped"),
+            }
+        }
+        start = end + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_becomes_one_message_per_packet() {
+        let mut out = Vec::new();
+        split_lines(
+            Bytes::from_static(b"{\"op\":\"a\"}\n{\"op\":\"b\"}\n"),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            [
+                Message::text("{\"op\":\"a\"}"),
+                Message::text("{\"op\":\"b\"}")
+            ]
+        );
+    }
+}
