@@ -52,6 +52,9 @@ pub mod field {
     /// Prefix of the account's Ed25519 public keys (`key:<base64>`), each
     /// its own register, `true` while present.
     pub const KEY_PREFIX: &str = "key:";
+    /// Prefix of the account's read markers: `read:<topic uuid>`, the last
+    /// message read there (`{"id", "ts"}`), one register per topic.
+    pub const READ_PREFIX: &str = "read:";
 }
 
 /// One last-writer-wins register write. `value` null clears the register.

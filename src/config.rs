@@ -132,6 +132,15 @@ pub struct HistoryConfig {
     pub prune_interval_ms: u64,
     /// Most messages in one `history` answer.
     pub max_page: usize,
+    /// Unread messages counted per topic for read markers; a count this
+    /// high means "at least".
+    pub max_unread: usize,
+    /// How long after sending a message its sender may edit it; 0: never.
+    pub edit_window_ms: u64,
+    /// Most results in one `search` answer.
+    pub max_search_page: usize,
+    /// Most index matches one `search` page examines (bounds its time).
+    pub search_scan: usize,
 }
 
 impl Default for HistoryConfig {
@@ -142,6 +151,10 @@ impl Default for HistoryConfig {
             max_messages_per_topic: 100_000,
             prune_interval_ms: 60_000,
             max_page: 200,
+            max_unread: 100,
+            edit_window_ms: 3_600_000,
+            max_search_page: 50,
+            search_scan: 5000,
         }
     }
 }
@@ -524,6 +537,18 @@ impl Config {
         }
         if !(1..=1000).contains(&h.max_page) {
             return Err(invalid("history.max_page", "must be 1 to 1000"));
+        }
+        if !(1..=10_000).contains(&h.max_unread) {
+            return Err(invalid("history.max_unread", "must be 1 to 10000"));
+        }
+        if !(1..=1000).contains(&h.max_search_page) {
+            return Err(invalid("history.max_search_page", "must be 1 to 1000"));
+        }
+        if h.search_scan < h.max_search_page {
+            return Err(invalid(
+                "history.search_scan",
+                "must be at least history.max_search_page",
+            ));
         }
         let l = &self.limits;
         if !(1024..=16 * 1024 * 1024).contains(&l.max_line_bytes) {

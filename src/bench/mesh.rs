@@ -244,13 +244,15 @@ pub async fn catchup(events: u64) -> Result<Report, BenchError> {
         write_events(&nodes, 0, events).await?;
         let start = Instant::now();
         nodes.launch(1).await?;
+        nodes.links(1, 1).await?;
+        let linked = Instant::now();
         nodes.converge(&[0, 1]).await?;
-        Ok::<_, Failed>(start.elapsed())
+        Ok::<_, Failed>((start.elapsed(), linked.elapsed()))
     }
     .await;
     nodes.shutdown().await;
-    let took = outcome.map_err(BenchError::Refused)?;
-    let rate = events as f64 / took.as_secs_f64().max(1e-9);
+    let (took, from_link) = outcome.map_err(BenchError::Refused)?;
+    let rate = events as f64 / from_link.as_secs_f64().max(1e-9);
     Ok(Report {
         workload: format!("mesh catch-up: a node restarted {events} events behind"),
         seconds: took.as_secs_f64(),
@@ -258,11 +260,15 @@ pub async fn catchup(events: u64) -> Result<Report, BenchError> {
             (
                 "caught up in".into(),
                 format!(
-                    "{:.0} ms (node start included)",
-                    took.as_secs_f64() * 1000.0
+                    "{:.0} ms from the node's start, {:.0} ms from its link up",
+                    took.as_secs_f64() * 1000.0,
+                    from_link.as_secs_f64() * 1000.0
                 ),
             ),
-            ("events per second".into(), format!("{rate:.0}")),
+            (
+                "events per second from link up".into(),
+                format!("{rate:.0}"),
+            ),
         ],
         ..Report::default()
     })

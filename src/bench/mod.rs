@@ -6,7 +6,8 @@
 //! - idle: C logged-in connections held open (memory per connection);
 //! - login: a storm of password logins while a logged-in user pings;
 //! - mesh: nodes in this process ([`cluster`]): partition heal time and
-//!   catch-up speed ([`mesh`]).
+//!   catch-up speed ([`mesh`]);
+//! - search: a store filled directly (no server) and timed queries.
 //!
 //! Latency is measured in this process: a sender stamps each message with
 //! the time since the run began, the receiver subtracts it from its own.
@@ -14,6 +15,7 @@
 pub mod cluster;
 pub mod mesh;
 pub mod nats;
+pub mod search;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

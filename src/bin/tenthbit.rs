@@ -182,6 +182,29 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Time message search on a store filled directly (no server): one
+    /// topic of N kept messages, Q two-word queries.
+    BenchSearch {
+        /// Directory of the store; filled on the first run, reused after.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 1_000)]
+        queries: usize,
+        /// Distinct words in the generated text.
+        #[arg(long, default_value_t = 20_000)]
+        vocabulary: usize,
+        /// Results per page.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Index matches examined per page (`history.search_scan`).
+        #[arg(long, default_value_t = 5_000)]
+        scan: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -263,6 +286,34 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => bench(&target, &server, server_pid, json, nats, workload)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::BenchSearch {
+            dir,
+            messages,
+            queries,
+            vocabulary,
+            limit,
+            scan,
+            json,
+        } => {
+            let load = tenthbit::bench::search::SearchLoad {
+                messages,
+                queries,
+                vocabulary: vocabulary.max(1),
+                limit: limit.max(1),
+                scan: scan.max(1),
+            };
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let report =
+                tokio::task::spawn_blocking(move || tenthbit::bench::search::search(&dir, load))
+                    .await??;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

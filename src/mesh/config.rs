@@ -89,7 +89,7 @@ impl Default for MeshConfig {
             redial_min_ms: 100,
             redial_max_ms: 5_000,
             max_packet_bytes: 1024 * 1024,
-            batch_events: 1024,
+            batch_events: 4096,
             ticket_timeout_ms: 3_000,
             seen_ttl_ms: 60_000,
             seen_capacity: 262_144,

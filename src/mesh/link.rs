@@ -473,6 +473,8 @@ async fn receive(
     }
     if !applied.is_empty() {
         effects::apply(&inner.ctx, &applied).await;
+        // After the messages they may name.
+        super::messages::relay(&inner.ctx, &applied).await;
     }
     end
 }

@@ -17,6 +17,7 @@
 pub mod config;
 mod effects;
 mod link;
+mod messages;
 mod relay;
 pub mod seen;
 pub mod status;

@@ -102,11 +102,15 @@ pub enum ErrorCode {
     ServerFull,
     /// The client's address holds as many connections as it may.
     ServerPerIpLimit,
+    /// The topic keeps no message with that id (never kept, or dropped).
+    MessageNotFound,
+    /// The message is older than the edit window.
+    MessageTooOld,
 }
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 47] = [
+    pub const ALL: [ErrorCode; 49] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -154,6 +158,8 @@ impl ErrorCode {
         ErrorCode::ServerShutdown,
         ErrorCode::ServerFull,
         ErrorCode::ServerPerIpLimit,
+        ErrorCode::MessageNotFound,
+        ErrorCode::MessageTooOld,
     ];
 
     /// The code as it appears on the wire.
@@ -206,6 +212,8 @@ impl ErrorCode {
             ErrorCode::ServerShutdown => "server/shutdown",
             ErrorCode::ServerFull => "server/full",
             ErrorCode::ServerPerIpLimit => "server/per-ip-limit",
+            ErrorCode::MessageNotFound => "message/not-found",
+            ErrorCode::MessageTooOld => "message/too-old",
         }
     }
 

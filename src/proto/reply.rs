@@ -11,7 +11,7 @@ use super::id::UuidText;
 use super::packet::{Packet, write_str, write_uuid};
 
 /// Every op the server sends, as `protocol.md` documents them.
-pub const SERVER_OPS: [&str; 18] = [
+pub const SERVER_OPS: [&str; 22] = [
     "welcome",
     "ack",
     "error",
@@ -30,6 +30,10 @@ pub const SERVER_OPS: [&str; 18] = [
     "delete",
     "history",
     "found",
+    "mark",
+    "edit",
+    "redact",
+    "search",
 ];
 
 /// The software string in `welcome`.

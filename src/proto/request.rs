@@ -180,6 +180,46 @@ pub enum Request {
         /// Continue after this name (the previous page's `cursor`).
         cursor: Option<String>,
     },
+    /// Read (no `id`) or move one's read marker in a topic.
+    Mark {
+        /// UUID or name.
+        topic: String,
+        /// The id of the last message read.
+        id: Option<String>,
+    },
+    /// Replace the text of one's own kept message.
+    Edit {
+        /// UUID or name.
+        topic: String,
+        /// The message's id.
+        id: String,
+        /// The new `ex` (the request's, without `id`).
+        ex: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Redact a kept message: one's own, or any as the topic's op or owner.
+    Redact {
+        /// UUID or name.
+        topic: String,
+        /// The message's id.
+        id: String,
+    },
+    /// Search the kept messages of the topics one may read.
+    Search {
+        /// Only this topic (UUID or name).
+        topic: Option<String>,
+        /// Words and "quoted phrases", all of which must occur.
+        q: String,
+        /// Only messages from this account (name).
+        from: Option<String>,
+        /// Only messages sent before this Unix ms.
+        before: Option<i64>,
+        /// Only messages sent at or after this Unix ms.
+        after: Option<i64>,
+        /// Most results.
+        limit: Option<usize>,
+        /// Continue from a previous page's `cursor`.
+        cursor: Option<String>,
+    },
 }
 
 /// What `find` searches.
@@ -217,7 +257,7 @@ fn invalid(message: impl Into<String>) -> RequestError {
 }
 
 /// Every op a client may send, as `protocol.md` documents them.
-pub const CLIENT_OPS: [&str; 20] = [
+pub const CLIENT_OPS: [&str; 24] = [
     "auth",
     "register",
     "ping",
@@ -238,6 +278,10 @@ pub const CLIENT_OPS: [&str; 20] = [
     "history",
     "find",
     "whoami",
+    "mark",
+    "edit",
+    "redact",
+    "search",
 ];
 
 /// Ops a session may send before logging in.
@@ -347,6 +391,38 @@ impl Request {
                     Some(_) => Some(field(p, "cursor", 256)?.to_owned()),
                 },
             },
+            "mark" => Request::Mark {
+                topic: topic(p)?,
+                id: match p.ex.get("id") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(_) => Some(field(p, "id", 128)?.to_owned()),
+                },
+            },
+            "edit" => {
+                let (topic, id) = (topic(p)?, field(p, "id", 128)?.to_owned());
+                let mut ex = std::mem::take(&mut p.ex);
+                ex.remove("id");
+                Request::Edit { topic, id, ex }
+            }
+            "redact" => Request::Redact {
+                topic: topic(p)?,
+                id: field(p, "id", 128)?.to_owned(),
+            },
+            "search" => Request::Search {
+                topic: p.topic.clone(),
+                q: field(p, "q", 256)?.to_owned(),
+                from: match p.ex.get("from") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(_) => Some(field(p, "from", 320)?.to_owned()),
+                },
+                before: time(p, "before")?,
+                after: time(p, "after")?,
+                limit: limit(p)?,
+                cursor: match p.ex.get("cursor") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(_) => Some(field(p, "cursor", 64)?.to_owned()),
+                },
+            },
             _ => {
                 return Err(RequestError {
                     code: ErrorCode::OpUnknown,
@@ -396,6 +472,16 @@ fn bound(p: &Packet, key: &str) -> Result<Option<Bound>, RequestError> {
             .as_i64()
             .map(|t| Some(Bound::Time(t)))
             .ok_or_else(|| invalid(format!("ex.{key} is a message id or a time in Unix ms"))),
+    }
+}
+
+fn time(p: &Packet, key: &str) -> Result<Option<i64>, RequestError> {
+    match p.ex.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| invalid(format!("ex.{key} is a time in Unix ms"))),
     }
 }
 

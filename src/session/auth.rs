@@ -129,8 +129,13 @@ impl Session<'_> {
         mine.ex = own;
         let topics = self.autojoin(&me, favorites.as_ref()).await?;
         let mut packets = vec![reply::ack(id), server, mine];
+        let read = self.read_states(&me, &topics).await?;
         for t in &topics {
-            packets.push(self.topic_meta(t, &me.name).await?);
+            let mut meta = self.topic_meta(t, &me.name).await?;
+            if let Some(state) = read.get(&t.id) {
+                state.write_into(&mut meta);
+            }
+            packets.push(meta);
         }
         self.account = Some(std::sync::Arc::new(me));
         for p in packets {

@@ -254,7 +254,7 @@ impl Session<'_> {
     }
 
     /// Whether `me` may send to `t`: a member, with the write flag.
-    fn may_send(&self, me: &LoggedIn, t: &TopicRecord) -> Result<(), Denied> {
+    pub(super) fn may_send(&self, me: &LoggedIn, t: &TopicRecord) -> Result<(), Denied> {
         if !t.members.contains(&me.id) {
             return Err(Denied::new(
                 ErrorCode::TopicNotMember,
@@ -404,7 +404,7 @@ impl Session<'_> {
 
     /// The relay adds id, ts, topic and from: it must still fit a line, or
     /// receivers that enforce the same limit would refuse it.
-    fn check_relay_size(&self, size: usize) -> Result<(), Denied> {
+    pub(super) fn check_relay_size(&self, size: usize) -> Result<(), Denied> {
         if size > self.ctx.max_line_bytes {
             return Err(Denied::new(
                 ErrorCode::PacketTooLarge,
@@ -576,7 +576,7 @@ impl Session<'_> {
         .await
     }
 
-    fn keeps_history(&self, t: &TopicRecord) -> bool {
+    pub(super) fn keeps_history(&self, t: &TopicRecord) -> bool {
         self.ctx.history.enabled && t.meta.get("history") != Some(&Value::Bool(false))
     }
 
@@ -589,13 +589,7 @@ impl Session<'_> {
         after: Option<Bound>,
         limit: Option<usize>,
     ) -> Result<Outcome, Denied> {
-        let t = self.resolve(topic)?;
-        if !t.acl.allows(self.actor(me), Flag::Read) {
-            return Err(Denied::new(
-                ErrorCode::AclDenied,
-                "the topic's ACL does not let you read it",
-            ));
-        }
+        let t = self.readable(me, topic)?;
         let limit = limit.unwrap_or(50).min(self.ctx.history.max_page);
         let cursor = |b: Bound| match b {
             Bound::Id(s) => Cursor::Id(s),
@@ -611,7 +605,8 @@ impl Session<'_> {
             .ctx
             .store
             .read(move |db| {
-                let page = db.history(tid, before.as_ref(), after.as_ref(), limit)?;
+                let mut page = db.history(tid, before.as_ref(), after.as_ref(), limit)?;
+                db.current_text(&mut page.messages)?;
                 let senders: Vec<uuid::Uuid> = page.messages.iter().map(|m| m.sender).collect();
                 let names = db.account_names(&senders)?;
                 Ok((page, names))

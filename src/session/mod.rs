@@ -7,10 +7,13 @@
 
 mod account;
 mod auth;
+mod edit;
 mod find;
 mod keys;
+mod marker;
 mod message;
 mod meta;
+mod search;
 pub mod throttle;
 mod ticket;
 mod topic;
@@ -578,6 +581,44 @@ impl<'a> Session<'a> {
             } => match self.logged_in() {
                 Ok(me) => {
                     Box::pin(self.handle_find(id, &me, kind, name, meta, limit, cursor)).await
+                }
+                Err(d) => Err(d),
+            },
+            Request::Mark { topic, id: message } => match self.logged_in() {
+                Ok(me) => Box::pin(self.handle_mark(id, &me, &topic, message)).await,
+                Err(d) => Err(d),
+            },
+            Request::Edit {
+                topic,
+                id: message,
+                ex,
+            } => match self.logged_in() {
+                Ok(me) => Box::pin(self.handle_edit(id, &me, &topic, message, ex)).await,
+                Err(d) => Err(d),
+            },
+            Request::Redact { topic, id: message } => match self.logged_in() {
+                Ok(me) => Box::pin(self.handle_redact(id, &me, &topic, message)).await,
+                Err(d) => Err(d),
+            },
+            Request::Search {
+                topic,
+                q,
+                from,
+                before,
+                after,
+                limit,
+                cursor,
+            } => match self.logged_in() {
+                Ok(me) => {
+                    let filters = search::Filters {
+                        topic,
+                        from,
+                        before,
+                        after,
+                        limit,
+                        cursor,
+                    };
+                    Box::pin(self.handle_search(id, &me, &q, filters)).await
                 }
                 Err(d) => Err(d),
             },

@@ -29,9 +29,10 @@ fn denied(what: &str) -> Denied {
     )
 }
 
-/// `members` and `acl` are the server's to say, never metadata.
+/// `members` and `acl` are the server's to say, never metadata; so are
+/// the read-marker keys a topic's `meta` carries at login.
 fn check_reserved(values: &Map<String, Value>) -> Result<(), Denied> {
-    for reserved in ["members", "acl"] {
+    for reserved in ["members", "acl", "read", "unread", "unread_more"] {
         if values.contains_key(reserved) {
             return Err(Denied::new(
                 ErrorCode::MetaInvalid,
@@ -104,6 +105,15 @@ impl Session<'_> {
 
     pub(super) fn resolve(&self, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
         self.ctx.topics.resolve(topic).ok_or_else(not_found)
+    }
+
+    /// The topic named `topic`, if `me` may read it (`acl/denied` if not).
+    pub(super) fn readable(&self, me: &LoggedIn, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
+        let t = self.resolve(topic)?;
+        if !t.acl.allows(self.actor(me), Flag::Read) {
+            return Err(denied("read it"));
+        }
+        Ok(t)
     }
 
     /// Reloads a topic from the store into the cache after a change.

@@ -102,7 +102,8 @@ impl Db {
         )
     }
 
-    /// Marks an account deleted and clears its password, metadata and keys;
+    /// Marks an account deleted and clears its password, metadata, keys
+    /// and read markers;
     /// the name stays reserved so nobody can take over its identity. The
     /// password hash and public keys also leave every earlier event: the
     /// apply path redacts them (see [`super::redact`]), here and on every
@@ -115,6 +116,9 @@ impl Db {
             .set(e, field::PASSWORD, Value::Null);
         for key in account.meta.keys() {
             change = change.set(e, &format!("{}{key}", field::META_PREFIX), Value::Null);
+        }
+        for (topic, _) in self.markers(id)? {
+            change = change.set(e, &format!("{}{topic}", field::READ_PREFIX), Value::Null);
         }
         self.change_existing(id, change)?;
         self.drop_tickets(id)

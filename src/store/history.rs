@@ -30,7 +30,9 @@ pub struct Page {
 type Position = (i64, String, String, i64);
 
 impl Db {
-    fn position(
+    /// Where a cursor lies in `topic`'s history; `None` for an id that names
+    /// no kept message.
+    pub(super) fn position(
         &self,
         topic: Uuid,
         cursor: &Cursor,

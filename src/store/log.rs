@@ -217,7 +217,8 @@ pub fn apply(
             origin_key
         ])?;
     }
-    super::redact::after_apply(tx, change)
+    super::redact::after_apply(tx, change)?;
+    super::edit::settle(tx, origin_key, hlc, change)
 }
 
 /// The case-folded lookup key of fields that are searched by value (names).

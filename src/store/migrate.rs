@@ -63,6 +63,20 @@ const MIGRATIONS: &[&str] = &[
         WHERE topic IS NOT NULL AND kind = 'message';
      CREATE INDEX events_message_id ON events (topic, message_id) WHERE message_id IS NOT NULL;
      CREATE INDEX events_state ON events (kind) WHERE topic IS NULL;",
+    // Message edits: a redaction finds the edits' events to erase their text.
+    "CREATE INDEX events_edits ON events (kind) WHERE kind = 'message.edit';",
+    // Message search (store/search.rs): an FTS5 index whose rows are the
+    // message events' rowids, negated; retention's deletes reach it by
+    // trigger.
+    "CREATE VIRTUAL TABLE search USING fts5(
+        text,
+        content = '', contentless_delete = 1,
+        tokenize = 'unicode61 remove_diacritics 2'
+     );
+     CREATE TRIGGER events_unsearch AFTER DELETE ON events WHEN old.kind = 'message'
+     BEGIN
+        DELETE FROM search WHERE rowid = -old.rowid;
+     END;",
 ];
 
 /// The schema version this build writes.

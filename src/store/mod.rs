@@ -9,11 +9,15 @@
 //! paging never delays a commit.
 
 pub mod accounts;
+pub mod edit;
 pub mod history;
 pub mod log;
+pub mod marker;
+pub mod message;
 pub mod migrate;
 pub mod redact;
 pub mod replica;
+pub mod search;
 pub mod tickets;
 pub mod topics;
 
@@ -168,6 +172,20 @@ impl Db {
         tx.commit()?;
         self.commits += 1;
         Ok(out)
+    }
+
+    /// Appends local changes in one transaction (for bulk loads: tools and
+    /// benchmarks that fill a store without a server).
+    pub fn append_all(&mut self, changes: Vec<Change>) -> Result<usize, Error> {
+        self.write(|tx, origin| {
+            let mut log = log::Appender::open(tx, origin)?;
+            let n = changes.len();
+            for change in changes {
+                log.append(tx, origin, change)?;
+            }
+            log.close(tx, origin)?;
+            Ok(n)
+        })
     }
 
     /// Every event, in log order per origin (for tests and, later, catch-up).

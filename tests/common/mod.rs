@@ -299,3 +299,10 @@ pub fn sample(scrape: &str, series: &str) -> f64 {
         .and_then(|v| v.split(' ').next()?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A request `op` about `topic` (a UUID or a name).
+pub fn on(op: &str, topic: &str) -> Packet {
+    let mut p = Packet::request(op);
+    p.topic = Some(topic.to_owned());
+    p
+}

@@ -1,0 +1,426 @@
+//! Edits and redactions of kept messages.
+//!
+//! A message event never changes on its own; what readers see of it is
+//! folded from two registers of the entity `message:<topic>/<id>`: `edit`
+//! (the current text, last writer wins) and `redacted`. Both are written by
+//! immutable events (`message.edit`, `message.redact`) like any register,
+//! so a mesh replicates them. A redaction also removes the text from every
+//! place it is stored: the message's event, the edits' events and the
+//! `edit` register. [`settle`] does that on the one apply path, whatever
+//! order the message, its edits and its redaction arrive in.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{Db, Error, Event, log, search};
+use crate::change::{Change, ExJson, Message, Write};
+
+/// Event kind of an edit.
+pub const KIND_EDIT: &str = "message.edit";
+/// Event kind of a redaction.
+pub const KIND_REDACT: &str = "message.redact";
+/// Register holding a message's current text.
+const EDIT: &str = "edit";
+/// Register set once a message is redacted.
+const REDACTED: &str = "redacted";
+
+/// A message's text as last edited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    /// The new `ex`.
+    pub ex: Map<String, Value>,
+    /// When it was edited, Unix ms.
+    pub ts: i64,
+    /// Who edited it (its sender).
+    pub by: Uuid,
+}
+
+/// A message's redaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Redaction {
+    /// When, Unix ms.
+    pub ts: i64,
+    /// Who: its sender, or an op or owner of the topic.
+    pub by: Uuid,
+}
+
+/// The register entity of a message.
+fn entity(topic: Uuid, id: &str) -> String {
+    format!("message:{topic}/{id}")
+}
+
+/// The topic and message id an entity names.
+fn parse_entity(entity: &str) -> Option<(Uuid, &str)> {
+    let (topic, id) = entity.strip_prefix("message:")?.split_once('/')?;
+    Some((Uuid::parse_str(topic).ok()?, id))
+}
+
+fn write(topic: Uuid, id: &str, field: &str, value: &impl Serialize) -> Result<Write, Error> {
+    Ok(Write {
+        entity: entity(topic, id),
+        field: field.to_owned(),
+        value: serde_json::to_value(value).map_err(|e| Error::Corrupt(e.to_string()))?,
+    })
+}
+
+impl Db {
+    /// Records an edit of message `id` of `topic`.
+    pub fn edit_message(
+        &mut self,
+        topic: Uuid,
+        id: &str,
+        revision: &Revision,
+    ) -> Result<Event, Error> {
+        self.record(KIND_EDIT, write(topic, id, EDIT, revision)?)
+    }
+
+    /// Records the redaction of message `id` of `topic`, removing its text.
+    pub fn redact_message(
+        &mut self,
+        topic: Uuid,
+        id: &str,
+        redaction: &Redaction,
+    ) -> Result<Event, Error> {
+        self.record(KIND_REDACT, write(topic, id, REDACTED, redaction)?)
+    }
+
+    /// Appends an event of `kind` holding the one register write `w`.
+    fn record(&mut self, kind: &str, w: Write) -> Result<Event, Error> {
+        let mut change = Change::new(kind);
+        change.writes.push(w);
+        self.write(|tx, origin| log::append(tx, origin, change))
+    }
+
+    /// The kept message `id` of `topic`, unless it was redacted.
+    pub fn live_message(&self, topic: Uuid, id: &str) -> Result<Option<Message>, Error> {
+        if self.redaction(topic, id)?.is_some() {
+            return Ok(None);
+        }
+        self.kept_message(topic, id)
+    }
+
+    /// The redaction of message `id` of `topic`, if it was redacted.
+    pub fn redaction(&self, topic: Uuid, id: &str) -> Result<Option<Redaction>, Error> {
+        register(&self.conn, &entity(topic, id), REDACTED)
+    }
+
+    /// Replaces each message's `ex` with what readers see now: the latest
+    /// edit's text marked `"edited": <ms>`, or `{"redacted": true}`. The
+    /// server's marks are taken out of what senders wrote.
+    pub fn current_text(&self, messages: &mut [Message]) -> Result<(), Error> {
+        let corrupt = |e: serde_json::Error| Error::Corrupt(e.to_string());
+        for m in messages {
+            let e = entity(m.topic, &m.id);
+            if register::<Redaction>(&self.conn, &e, REDACTED)?.is_some() {
+                let ex = Map::from_iter([(REDACTED.to_owned(), Value::Bool(true))]);
+                m.ex = ExJson::from_map(&ex).map_err(corrupt)?;
+                continue;
+            }
+            if let Some(mut revision) = register::<Revision>(&self.conn, &e, EDIT)? {
+                revision
+                    .ex
+                    .insert("edited".into(), Value::from(revision.ts));
+                m.ex = ExJson::from_map(&revision.ex).map_err(corrupt)?;
+            } else if m.ex.get().contains("\"edited\"") || m.ex.get().contains("\"redacted\"") {
+                // Rare: only then is the text read as a map (and written
+                // again without the marks).
+                let mut ex: Map<String, Value> =
+                    serde_json::from_str(m.ex.get()).map_err(corrupt)?;
+                let (a, b) = (ex.remove("edited"), ex.remove(REDACTED));
+                if a.is_some() || b.is_some() {
+                    m.ex = ExJson::from_map(&ex).map_err(corrupt)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One register's value, decoded; `None` when unset, null, or not of the
+/// expected shape.
+fn register<T: for<'de> Deserialize<'de>>(
+    conn: &rusqlite::Connection,
+    entity: &str,
+    field: &str,
+) -> Result<Option<T>, Error> {
+    let raw: Option<String> = conn
+        .prepare_cached("SELECT value FROM registers WHERE entity = ?1 AND field = ?2")?
+        .query_row(params![entity, field], |r| r.get(0))
+        .optional()?;
+    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+}
+
+/// After an event's writes are folded: a redacted message keeps no text,
+/// whichever of the message, its edits and its redaction came first, and
+/// the search index holds each other message's current text.
+pub(super) fn settle(
+    tx: &Transaction<'_>,
+    origin_key: &str,
+    hlc: u64,
+    change: &Change,
+) -> Result<(), Error> {
+    match change.kind.as_str() {
+        "message" => {
+            let Some(m) = &change.message else {
+                return Ok(());
+            };
+            let e = entity(m.topic, &m.id);
+            if register::<Redaction>(tx, &e, REDACTED)?.is_some() {
+                return erase(tx, &e);
+            }
+            let Some(rowid) = search::event_rowid(tx, origin_key, hlc)? else {
+                return Ok(());
+            };
+            // A message that arrives after its edit is found under its text
+            // as edited.
+            match register::<Revision>(tx, &e, EDIT)? {
+                Some(r) => search::index(tx, rowid, m, &r.ex),
+                None => {
+                    let ex = serde_json::from_str(m.ex.get())
+                        .map_err(|e| Error::Corrupt(e.to_string()))?;
+                    search::index(tx, rowid, m, &ex)
+                }
+            }
+        }
+        KIND_EDIT | KIND_REDACT => {
+            for w in &change.writes {
+                if register::<Redaction>(tx, &w.entity, REDACTED)?.is_some() {
+                    erase(tx, &w.entity)?;
+                } else if let Some(r) = register::<Revision>(tx, &w.entity, EDIT)? {
+                    // The edit that won, which need not be this one.
+                    if let Some((topic, id)) = parse_entity(&w.entity) {
+                        for (rowid, change) in message_rows(tx, topic, id)? {
+                            if let Some(m) = &change.message {
+                                search::unindex(tx, rowid)?;
+                                search::index(tx, rowid, m, &r.ex)?;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The event (rowid, change) of message `id` of `topic`, by the indexed
+/// message id.
+fn message_rows(tx: &Transaction<'_>, topic: Uuid, id: &str) -> Result<Vec<(i64, Change)>, Error> {
+    let mut rows = bodies(
+        tx,
+        "SELECT rowid, body FROM events
+         WHERE topic = ?1 AND message_id = ?2 AND kind = 'message'",
+        params![topic.to_string(), id],
+    )?;
+    rows.retain(|(_, c)| c.message.as_ref().is_some_and(|m| m.id == id));
+    Ok(rows)
+}
+
+/// Removes every stored copy of a redacted message's text: the message's
+/// event keeps its envelope with an empty `ex`, its edits' events and its
+/// `edit` register keep their clocks (so later writes still order) with
+/// null values; the search index forgets it.
+fn erase(tx: &Transaction<'_>, entity: &str) -> Result<(), Error> {
+    let Some((topic, id)) = parse_entity(entity) else {
+        return Ok(());
+    };
+    tx.prepare_cached("UPDATE registers SET value = 'null' WHERE entity = ?1 AND field = ?2")?
+        .execute(params![entity, EDIT])?;
+    for (rowid, mut change) in message_rows(tx, topic, id)? {
+        search::unindex(tx, rowid)?;
+        if let Some(m) = change.message.as_mut().filter(|m| !m.ex.is_empty()) {
+            m.ex = ExJson::empty();
+            store_body(tx, rowid, &change)?;
+        }
+    }
+    // The edits' events (a partial index holds just these).
+    let quoted = serde_json::to_string(entity).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let rows = bodies(
+        tx,
+        "SELECT rowid, body FROM events WHERE kind = 'message.edit' AND instr(body, ?1) > 0",
+        params![quoted],
+    )?;
+    for (rowid, mut change) in rows {
+        let mut changed = false;
+        for w in change.writes.iter_mut() {
+            if w.entity == entity && !w.value.is_null() {
+                w.value = Value::Null;
+                changed = true;
+            }
+        }
+        if changed {
+            store_body(tx, rowid, &change)?;
+        }
+    }
+    Ok(())
+}
+
+/// Events that `sql` selects as `(rowid, body)`, decoded.
+fn bodies(
+    tx: &Transaction<'_>,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<(i64, Change)>, Error> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let rows = stmt.query_map(args, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (rowid, body) = row?;
+        let change = serde_json::from_str(&body).map_err(|e| Error::Corrupt(e.to_string()))?;
+        out.push((rowid, change));
+    }
+    Ok(out)
+}
+
+/// Writes an event's redacted body back.
+fn store_body(tx: &Transaction<'_>, rowid: i64, change: &Change) -> Result<(), Error> {
+    let body = serde_json::to_string(change).map_err(|e| Error::Corrupt(e.to_string()))?;
+    tx.prepare_cached("UPDATE events SET body = ?1 WHERE rowid = ?2")?
+        .execute(params![body, rowid])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: Uuid, id: &str) -> Change {
+        Change::message(Message {
+            topic,
+            id: id.to_owned(),
+            ts: 0,
+            sender: Uuid::nil(),
+            ex: ExJson::from_map(&Map::from_iter([(
+                "body".to_owned(),
+                Value::from("secret"),
+            )]))
+            .unwrap(),
+        })
+    }
+
+    fn edit(topic: Uuid, id: &str, text: &str, ts: i64) -> Change {
+        let revision = Revision {
+            ex: Map::from_iter([("body".to_owned(), Value::from(text))]),
+            ts,
+            by: Uuid::nil(),
+        };
+        let mut c = Change::new(KIND_EDIT);
+        c.writes.push(write(topic, id, EDIT, &revision).unwrap());
+        c
+    }
+
+    fn redact(topic: Uuid, id: &str) -> Change {
+        let mut c = Change::new(KIND_REDACT);
+        let r = Redaction {
+            ts: 9,
+            by: Uuid::nil(),
+        };
+        c.writes.push(write(topic, id, REDACTED, &r).unwrap());
+        c
+    }
+
+    /// Records and applies an event of `origin` (`node/incarnation`) as
+    /// one from a peer is.
+    fn deliver(db: &mut Db, origin: &str, seq: u64, hlc: u64, change: &Change) {
+        let (node, incarnation) = origin.split_once('/').unwrap();
+        let event = Event {
+            node: node.to_owned(),
+            incarnation: incarnation.to_owned(),
+            seq,
+            hlc,
+            change: change.clone(),
+        };
+        let tx = db.conn.transaction().unwrap();
+        log::insert(&tx, &event).unwrap();
+        log::apply(&tx, origin, hlc, change).unwrap();
+        tx.commit().unwrap();
+    }
+
+    /// Every event body and register value, as text.
+    fn stored(db: &Db) -> String {
+        let mut out = String::new();
+        for e in db.events().unwrap() {
+            out.push_str(&serde_json::to_string(&e.change).unwrap());
+        }
+        let mut stmt = db.conn.prepare("SELECT value FROM registers").unwrap();
+        for v in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+            out.push_str(&v.unwrap());
+        }
+        out
+    }
+
+    fn seen(db: &Db, topic: Uuid, id: &str) -> Map<String, Value> {
+        let mut m = vec![message(topic, id).message.unwrap()];
+        db.current_text(&mut m).unwrap();
+        serde_json::from_str(m.remove(0).ex.get()).unwrap()
+    }
+
+    #[test]
+    fn an_edit_shows_and_a_redaction_erases_in_any_order() {
+        let t = Uuid::now_v7();
+        let events = [
+            ("a/1", 1u64, message(t, "m1")),
+            ("a/1", 2, edit(t, "m1", "first fix", 100)),
+            ("b/1", 3, edit(t, "m1", "second fix", 200)),
+            ("a/1", 4, redact(t, "m1")),
+        ];
+        // In order, step by step: the edit shows, the later edit wins.
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        for (n, (origin, hlc, change)) in events.iter().enumerate() {
+            deliver(&mut db, origin, n as u64 + 1, *hlc, change);
+            let ex = seen(&db, t, "m1");
+            match n {
+                0 => assert_eq!(ex["body"], "secret"),
+                1 => assert_eq!(
+                    (&ex["body"], &ex["edited"]),
+                    (&"first fix".into(), &100.into())
+                ),
+                2 => assert_eq!(ex["body"], "second fix"),
+                _ => assert_eq!(Value::Object(ex), serde_json::json!({"redacted": true})),
+            }
+        }
+        let text = stored(&db);
+        assert!(!text.contains("secret") && !text.contains("fix"), "{text}");
+        assert!(db.redaction(t, "m1").unwrap().is_some());
+
+        // Redaction first, message and edits after (as a mesh may deliver
+        // them): the same end, nothing of the text kept.
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        for (n, i) in [3usize, 2, 0, 1].into_iter().enumerate() {
+            let (origin, hlc, change) = &events[i];
+            deliver(&mut db, origin, n as u64 + 1, *hlc, change);
+        }
+        assert_eq!(
+            Value::Object(seen(&db, t, "m1")),
+            serde_json::json!({"redacted": true})
+        );
+        let text = stored(&db);
+        assert!(!text.contains("secret") && !text.contains("fix"), "{text}");
+    }
+
+    #[test]
+    fn marks_a_sender_wrote_are_not_the_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), "n1").unwrap();
+        let mut m = vec![Message {
+            topic: Uuid::nil(),
+            id: "x".into(),
+            ts: 0,
+            sender: Uuid::nil(),
+            ex: ExJson::from_map(&Map::from_iter([
+                ("edited".to_owned(), Value::from(1)),
+                ("redacted".to_owned(), Value::Bool(true)),
+                ("body".to_owned(), Value::from("hi")),
+            ]))
+            .unwrap(),
+        }];
+        db.current_text(&mut m).unwrap();
+        let ex: Value = serde_json::from_str(m.remove(0).ex.get()).unwrap();
+        assert_eq!(ex, serde_json::json!({"body": "hi"}));
+    }
+}

@@ -1,0 +1,312 @@
+//! Full-text search over kept messages: an FTS5 index (contentless, so the
+//! text is stored once, in the log) whose rows are the message events'
+//! rowids, negated: FTS5 walks a doclist in ascending order page by page,
+//! but loads it whole to walk it backwards, so newest first must be
+//! ascending for a common word to cost a page and not the whole list. The apply path keeps it current: a kept message is indexed when
+//! it is applied (unless its topic's format is `binary`), an edit replaces
+//! its text, a redaction removes it, and a trigger drops the row of any
+//! message event that retention deletes.
+//!
+//! The rowids tie the index to the events table, which has no INTEGER
+//! PRIMARY KEY: a VACUUM may renumber it, so the store never runs one.
+
+use std::collections::HashSet;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{Db, Error};
+use crate::change::{Change, Message};
+
+/// What to look for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Words and phrases, all of which must occur (each matched as a phrase
+    /// of one or more words).
+    pub terms: Vec<String>,
+    /// Topics the asker may search: a message elsewhere is never returned.
+    pub topics: HashSet<Uuid>,
+    /// Only this topic, when given (it must also be in `topics`).
+    pub topic: Option<Uuid>,
+    /// Only messages from this account.
+    pub sender: Option<Uuid>,
+    /// Only messages sent at or after this Unix ms.
+    pub since_ms: Option<i64>,
+    /// Only messages sent before this Unix ms.
+    pub until_ms: Option<i64>,
+    /// Continue below this position (a previous page's `cursor`).
+    pub cursor: Option<i64>,
+    /// Most results.
+    pub limit: usize,
+    /// Most index matches examined for one page.
+    pub scan: usize,
+}
+
+/// A page of results, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// The messages, `ts` filled in, `ex` as stored (not yet edited).
+    pub messages: Vec<Message>,
+    /// Each message's position: a cursor that goes on after it.
+    pub positions: Vec<i64>,
+    /// Where the next page starts, when there may be more.
+    pub cursor: Option<i64>,
+}
+
+/// A string as an FTS5 string literal (a phrase).
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The FTS5 expression: every term, as a phrase. Topic and sender are
+/// filtered while reading the matches, not in the index: a topic as large
+/// as the index would cost a walk of its whole doclist per query, and a
+/// column filter makes every term read its positions.
+fn expression(q: &Query) -> String {
+    let parts: Vec<String> = q.terms.iter().map(|t| quoted(t)).collect();
+    parts.join(" AND ")
+}
+
+/// The searchable text of a message: its `ex`'s top-level strings.
+fn text(ex: &Map<String, Value>) -> String {
+    let strings: Vec<&str> = ex.values().filter_map(Value::as_str).collect();
+    strings.join("\n")
+}
+
+/// Whether a topic's messages are `binary` (never inspected, never indexed).
+fn is_binary(tx: &Transaction<'_>, topic: Uuid) -> Result<bool, Error> {
+    let format: Option<String> = tx
+        .prepare_cached("SELECT value FROM registers WHERE entity = ?1 AND field = 'meta:format'")?
+        .query_row(params![format!("topic:{topic}")], |r| r.get(0))
+        .optional()?;
+    Ok(format
+        .and_then(|f| serde_json::from_str::<String>(&f).ok())
+        .is_some_and(|f| f == "binary" || f.starts_with("binary:")))
+}
+
+/// Indexes the message event at `rowid` with text from `ex` (a row not
+/// yet indexed: see [`unindex`]).
+pub(super) fn index(
+    tx: &Transaction<'_>,
+    rowid: i64,
+    message: &Message,
+    ex: &Map<String, Value>,
+) -> Result<(), Error> {
+    if is_binary(tx, message.topic)? {
+        return Ok(());
+    }
+    tx.prepare_cached("INSERT INTO search (rowid, text) VALUES (?1, ?2)")?
+        .execute(params![rowid.saturating_neg(), text(ex)])?;
+    Ok(())
+}
+
+/// Removes the message event at `rowid` from the index.
+pub(super) fn unindex(tx: &Transaction<'_>, rowid: i64) -> Result<(), Error> {
+    tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?
+        .execute(params![rowid.saturating_neg()])?;
+    Ok(())
+}
+
+/// The rowid of the message event just applied: the one at `hlc` from
+/// `origin_key` (`node/incarnation`).
+pub(super) fn event_rowid(
+    tx: &Transaction<'_>,
+    origin_key: &str,
+    hlc: u64,
+) -> Result<Option<i64>, Error> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT rowid FROM events WHERE hlc = ?1 AND kind = 'message'
+               AND origin || '/' || incarnation = ?2",
+        )?
+        .query_row(params![hlc as i64, origin_key], |r| r.get(0))
+        .optional()?)
+}
+
+impl Db {
+    /// Kept messages matching `q`, newest first (in the order this store
+    /// took them in). At most `q.scan` matches are examined: a page may
+    /// hold fewer than `q.limit` messages and still have a cursor.
+    pub fn search(&self, q: &Query) -> Result<Found, Error> {
+        if q.terms.is_empty() || q.limit == 0 {
+            return Ok(Found {
+                messages: Vec::new(),
+                positions: Vec::new(),
+                cursor: None,
+            });
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT -s.rowid, e.topic, e.hlc, e.body FROM search s JOIN events e ON e.rowid = -s.rowid
+             WHERE search MATCH ?1 AND s.rowid > ?2 AND e.hlc >= ?3 AND e.hlc < ?4
+             ORDER BY s.rowid ASC LIMIT ?5",
+        )?;
+        let since = q.since_ms.map_or(i64::MIN, |ms| ms.saturating_mul(1 << 16));
+        let until = q.until_ms.map_or(i64::MAX, |ms| ms.saturating_mul(1 << 16));
+        let rows = stmt.query_map(
+            params![
+                expression(q),
+                q.cursor.map_or(i64::MIN, i64::saturating_neg),
+                since,
+                until,
+                i64::try_from(q.scan).unwrap_or(i64::MAX)
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            },
+        )?;
+        let (mut messages, mut positions) = (Vec::new(), Vec::new());
+        let (mut examined, mut last) = (0, None);
+        for row in rows {
+            let (rowid, topic, hlc, body) = row?;
+            examined += 1;
+            last = Some(rowid);
+            let readable = topic
+                .and_then(|t| Uuid::parse_str(&t).ok())
+                .is_some_and(|t| q.topics.contains(&t) && q.topic.is_none_or(|only| only == t));
+            if !readable {
+                continue;
+            }
+            let change: Change =
+                serde_json::from_str(&body).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let wanted = |m: &Message| q.sender.is_none_or(|s| s == m.sender);
+            if let Some(mut m) = change.message.filter(wanted) {
+                m.ts = hlc >> 16;
+                messages.push(m);
+                positions.push(rowid);
+                if messages.len() == q.limit {
+                    break;
+                }
+            }
+        }
+        // More may follow when the page filled up or the scan ran out.
+        let cursor = (messages.len() == q.limit || examined == q.scan)
+            .then_some(last)
+            .flatten();
+        Ok(Found {
+            messages,
+            positions,
+            cursor,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::log;
+
+    fn send(db: &mut Db, topic: Uuid, sender: Uuid, id: &str, body: &str) {
+        let m = Message {
+            topic,
+            id: id.to_owned(),
+            ts: 0,
+            sender,
+            ex: crate::change::ExJson::from_map(&Map::from_iter([(
+                "body".to_owned(),
+                Value::from(body),
+            )]))
+            .unwrap(),
+        };
+        db.write(|tx, origin| log::append(tx, origin, Change::message(m)))
+            .unwrap();
+    }
+
+    fn query(terms: &[&str], topics: &[Uuid]) -> Query {
+        Query {
+            terms: terms.iter().map(|t| (*t).to_owned()).collect(),
+            topics: topics.iter().copied().collect(),
+            topic: None,
+            sender: None,
+            since_ms: None,
+            until_ms: None,
+            cursor: None,
+            limit: 10,
+            scan: 1000,
+        }
+    }
+
+    fn ids(f: &Found) -> Vec<&str> {
+        f.messages.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[test]
+    fn words_phrases_filters_and_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        let (t, other, hidden) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (dan, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        send(&mut db, t, dan, "m1", "the quick brown fox");
+        send(&mut db, t, bob, "m2", "a brown quick dog");
+        send(&mut db, other, dan, "m3", "Quick, brown café");
+        send(&mut db, hidden, dan, "m4", "quick brown secret");
+        let all = [t, other];
+
+        let both = db.search(&query(&["quick", "brown"], &all)).unwrap();
+        assert_eq!(ids(&both), ["m3", "m2", "m1"]);
+        assert_eq!(both.cursor, None);
+        let phrase = db.search(&query(&["quick brown"], &all)).unwrap();
+        assert_eq!(ids(&phrase), ["m3", "m1"]);
+        let accents = db.search(&query(&["cafe"], &all)).unwrap();
+        assert_eq!(ids(&accents), ["m3"]);
+        // Quotes and operators in a term are only text.
+        let odd = db.search(&query(&["\"quick\" OR NOT", "*"], &all)).unwrap();
+        assert!(odd.messages.is_empty());
+
+        let mut q = query(&["brown"], &all);
+        q.topic = Some(t);
+        assert_eq!(ids(&db.search(&q).unwrap()), ["m2", "m1"]);
+        q.sender = Some(dan);
+        assert_eq!(ids(&db.search(&q).unwrap()), ["m1"]);
+
+        let mut q = query(&["brown"], &all);
+        q.limit = 2;
+        let first = db.search(&q).unwrap();
+        assert_eq!(ids(&first), ["m3", "m2"]);
+        q.cursor = first.cursor;
+        let second = db.search(&q).unwrap();
+        assert_eq!(ids(&second), ["m1"]);
+        assert_eq!(second.cursor, None);
+
+        // A scan that runs out still says where to go on.
+        let mut q = query(&["brown"], &[t]);
+        q.scan = 1;
+        let page = db.search(&q).unwrap();
+        assert!(page.messages.is_empty(), "m4 and m3 are not readable");
+        assert!(page.cursor.is_some());
+
+        // An edit is found by its new text only; a redaction by nothing.
+        let revision = crate::store::edit::Revision {
+            ex: Map::from_iter([("body".to_owned(), Value::from("a lazy cat"))]),
+            ts: 1,
+            by: bob,
+        };
+        db.edit_message(t, "m2", &revision).unwrap();
+        assert_eq!(ids(&db.search(&query(&["lazy"], &all)).unwrap()), ["m2"]);
+        assert_eq!(
+            ids(&db.search(&query(&["brown"], &all)).unwrap()),
+            ["m3", "m1"]
+        );
+        let redaction = crate::store::edit::Redaction { ts: 2, by: dan };
+        db.redact_message(other, "m3", &redaction).unwrap();
+        assert_eq!(ids(&db.search(&query(&["brown"], &all)).unwrap()), ["m1"]);
+        db.redact_message(t, "m2", &redaction).unwrap();
+        assert!(
+            db.search(&query(&["lazy"], &all))
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+
+        // Retention drops a message: the index forgets it too.
+        send(&mut db, t, bob, "m5", "brown again");
+        assert_eq!(db.prune_history(t, 0, i64::MAX / 2, 1).unwrap(), 2);
+        let q = query(&["brown"], &all);
+        assert_eq!(ids(&db.search(&q).unwrap()), ["m5"]);
+    }
+}
