@@ -536,27 +536,6 @@ async fn a_member_not_reading_large_messages_is_cut_by_bytes() {
     server.stop().await;
 }
 
-/// `history` answers count against the queue's bytes like any packet: a
-/// client asking for a thousand pages of a large message at once is cut.
-/// It reads them as they come, but the server makes them faster than a
-/// client parses them, and 256 KiB holds four.
-#[tokio::test]
-async fn a_client_not_reading_history_pages_is_cut_by_bytes() {
-    const PAGES: usize = 1000;
-    let (server, (mut dan, mut bob, _amy)) = sendq_server(256 * 1024, true).await;
-    let topic = create(&mut dan, "kept").await;
-    let ack = request(
-        &mut dan,
-        on("send", &topic).with("data", "m".repeat(60_000)),
-    )
-    .await;
-    assert_eq!(ack.op, "ack");
-    let page = on("history", &topic).with("limit", 1).to_line();
-    bob.send_raw(&page.repeat(PAGES)).await.unwrap();
-    expect_cut_before_all(&mut bob, "history", PAGES).await;
-    server.stop().await;
-}
-
 #[tokio::test]
 async fn find_topics_and_users() {
     let server = TestServer::start().await;
