@@ -311,10 +311,17 @@ pub struct Limits {
     pub max_protocol_errors: u32,
     /// Outbound queue length per connection.
     pub max_sendq_packets: usize,
+    /// Outbound queue size per connection, in bytes of encoded packets.
+    pub max_sendq_bytes: usize,
     /// Packets a connection may send per second, sustained.
     pub packets_per_second: u32,
     /// Packets a connection may send at once before the rate applies.
     pub packet_burst: u32,
+    /// Bytes of input that needs no reply (blank lines, `pong`) a
+    /// connection may send per second, sustained.
+    pub silent_bytes_per_second: u32,
+    /// The same, at once, before the rate applies.
+    pub silent_burst_bytes: u32,
     /// Topics one account may be a member of.
     pub max_topics_per_account: usize,
     /// Members one topic may have.
@@ -348,8 +355,11 @@ impl Default for Limits {
             max_json_depth: 32,
             max_protocol_errors: 10,
             max_sendq_packets: 4096,
+            max_sendq_bytes: 4 * 1024 * 1024,
             packets_per_second: 50,
             packet_burst: 200,
+            silent_bytes_per_second: 1024,
+            silent_burst_bytes: 64 * 1024,
             max_topics_per_account: 1000,
             max_members_per_topic: 10_000,
             max_meta_keys: 64,
@@ -555,10 +565,24 @@ impl Config {
         if l.max_sendq_packets < 16 {
             return Err(invalid("limits.max_sendq_packets", "must be at least 16"));
         }
+        // Room for several of the largest packets and for a sender's burst
+        // (a frame of up to 64 KiB plus a line, queued whole or not at all).
+        if l.max_sendq_bytes < (4 * l.max_line_bytes).max(256 * 1024) {
+            return Err(invalid(
+                "limits.max_sendq_bytes",
+                "must be at least 262144 and 4 × limits.max_line_bytes",
+            ));
+        }
         if l.packets_per_second == 0 || l.packet_burst == 0 {
             return Err(invalid(
                 "limits.packets_per_second",
                 "the packet rate and burst must be at least 1",
+            ));
+        }
+        if l.silent_bytes_per_second == 0 || l.silent_burst_bytes < 1024 {
+            return Err(invalid(
+                "limits.silent_bytes_per_second",
+                "the silent input rate must be at least 1 and its burst at least 1024",
             ));
         }
         if l.max_topics_per_account == 0 || l.max_members_per_topic == 0 {

@@ -6,6 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
 use tenthbit::proto::Packet;
@@ -37,6 +38,16 @@ async fn read_lines(
     decoder: &mut flate2::write::GzDecoder<Vec<u8>>,
     n: usize,
 ) -> Vec<Packet> {
+    read_lines_within(stream, decoder, n, WAIT).await
+}
+
+/// [`read_lines`], allowing `limit` for each read.
+async fn read_lines_within(
+    stream: &mut TlsStream<TcpStream>,
+    decoder: &mut flate2::write::GzDecoder<Vec<u8>>,
+    n: usize,
+    limit: std::time::Duration,
+) -> Vec<Packet> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let text = decoder.get_ref().clone();
@@ -55,7 +66,7 @@ async fn read_lines(
             decoder.get_mut().drain(..consumed);
             return lines;
         }
-        let got = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        let got = tokio::time::timeout(limit, stream.read(&mut buf))
             .await
             .expect("server answers in time")
             .unwrap();
@@ -189,4 +200,96 @@ async fn corrupt_gzip_from_client_gets_bye_and_close() {
     let bye = read_lines(&mut stream, &mut decoder, 1).await;
     assert_eq!(bye[0].ex_str("code"), Some("transport/bad-gzip"));
     server.stop().await;
+}
+
+/// Connections that send a gzip bomb as many as the runtime has workers.
+const BOMBS: usize = 2;
+
+/// What `z` (a gzip stream) makes of `unit` repeated to `size` bytes, then
+/// a ping with id `end`, sync-flushed: about a thousandth of `size`.
+fn bomb(z: &mut flate2::write::GzEncoder<Vec<u8>>, unit: &[u8], size: usize) -> Vec<u8> {
+    let block = unit.repeat((1 << 20) / unit.len());
+    let mut written = 0;
+    while written < size {
+        z.write_all(&block).unwrap();
+        written += block.len();
+    }
+    z.write_all(b"{\"id\":\"end\",\"op\":\"ping\"}\n").unwrap();
+    z.flush().unwrap();
+    std::mem::take(z.get_mut())
+}
+
+/// Sends a bomb of `unit`s on `BOMBS` gzip connections (logged in first
+/// when `login`), then pings on another connection while they inflate. The
+/// pings are all answered before the bombs are done with (a bomb's
+/// connection answers nothing until then), and each bomb's connection is
+/// then cut with `rate/silent-input`, never reaching the ping behind it.
+///
+/// The order, not a time, is the claim: a bomb that held its worker until
+/// it was all inflated (1 GB of blank lines took 15 to 55 s) held the pings
+/// until then too. The worst ping round trip is printed, not asserted.
+async fn bombs_do_not_hold_up_others(unit: &[u8], size: usize, login: bool, pings: usize) {
+    let server = TestServer::start_with(|c| {
+        // Room for half the bomb, so its connection is still busy while the
+        // pings go round, and cut all the same.
+        c.limits.silent_burst_bytes = u32::try_from(size / 2).unwrap();
+    })
+    .await;
+    let mut user = server.client().await;
+    let started = std::time::Instant::now();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut bombers = Vec::new();
+    for b in 0..BOMBS {
+        let mut stream = raw_gzip(&server).await;
+        let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+        read_lines(&mut stream, &mut decoder, 1).await;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        if login {
+            let name = format!("bomber{b}");
+            server.register(&name, "hellosecret").await;
+            z.write_all(&password_auth(&name, "hellosecret").to_line())
+                .unwrap();
+            z.flush().unwrap();
+            stream
+                .write_all(&std::mem::take(z.get_mut()))
+                .await
+                .unwrap();
+            let ack = read_lines(&mut stream, &mut decoder, 3).await;
+            assert_eq!(ack[0].op, "ack", "{:?}", ack[0]);
+        }
+        stream.write_all(&bomb(&mut z, unit, size)).await.unwrap();
+        let answered = answered.clone();
+        bombers.push(tokio::spawn(async move {
+            // A debug build inflates and handles the bomb slowly, the more
+            // so on a busy machine: its verdict may take a while.
+            let first = read_lines_within(&mut stream, &mut decoder, 1, 6 * WAIT).await;
+            answered.fetch_add(1, Ordering::SeqCst);
+            first.into_iter().next().unwrap()
+        }));
+    }
+    let sent = started.elapsed();
+    let worst = ping_round_trips(&mut user, pings).await;
+    let done_when_pings_finished = answered.load(Ordering::SeqCst);
+    eprintln!(
+        "bombs sent in {sent:?}; pings done at {:?}, worst round trip {worst:?}; bombs answered by then: {done_when_pings_finished}/{BOMBS}",
+        started.elapsed()
+    );
+    assert_eq!(done_when_pings_finished, 0, "the pings waited for a bomb");
+    for b in bombers {
+        let p = b.await.unwrap();
+        assert_eq!(p.op, "bye", "{p:?}");
+        assert_eq!(p.ex_str("code"), Some("rate/silent-input"), "{p:?}");
+    }
+    eprintln!("bombs cut at {:?}", started.elapsed());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_of_blank_lines_holds_up_no_one_and_is_cut() {
+    bombs_do_not_hold_up_others(b"\n", 8 << 20, false, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_of_pongs_holds_up_no_one_and_is_cut() {
+    bombs_do_not_hold_up_others(b"{\"op\":\"pong\"}\n", 4 << 20, true, 10).await;
 }

@@ -373,3 +373,53 @@ async fn a_deleted_accounts_hash_and_keys_leave_the_store() {
     }
     assert!(text.contains("account.delete") && text.contains("\"dan\""));
 }
+
+/// Wrong passwords sent at once over many connections from one address each
+/// take their token before the hash: at most the allowance are checked
+/// (`auth/failed`), the rest are `auth/throttled`. Checked before and
+/// charged after the hash, every attempt in flight passed the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_passwords_cannot_outrun_the_throttle() {
+    const CONNS: usize = 24;
+    const SAME_ACCOUNT: usize = 8;
+    let server = TestServer::start_with(|c| {
+        // Every attempt is in flight at once.
+        slow_hashes(c);
+        c.auth.max_failures_per_account = 3;
+        c.auth.max_failures_per_ip = 10;
+        c.auth.failure_window_ms = 3_600_000;
+    })
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        conns.push(server.client().await);
+    }
+    // The first connections all guess dan's password, the rest other names'.
+    let name = |i: usize| match i < SAME_ACCOUNT {
+        true => "dan".to_owned(),
+        false => format!("user{i}"),
+    };
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.send(&password_auth(&name(i), "wrong-password").with_id(format!("a{i}")))
+            .await
+            .unwrap();
+    }
+    let (mut failed_dan, mut failed, mut throttled) = (0, 0, 0);
+    for (i, c) in conns.iter_mut().enumerate() {
+        let p = expect_op(c, "error").await;
+        match p.ex_str("code") {
+            Some("auth/failed") if i < SAME_ACCOUNT => failed_dan += 1,
+            Some("auth/failed") => failed += 1,
+            Some("auth/throttled") => throttled += 1,
+            _ => panic!("{p:?}"),
+        }
+    }
+    assert!(
+        failed_dan <= 3,
+        "{failed_dan} of dan's checked, allowance 3"
+    );
+    // Every token of the address was there to take, and no more.
+    assert_eq!(failed_dan + failed, 10, "checked, allowance 10");
+    assert_eq!(throttled, CONNS - 10);
+    server.stop().await;
+}

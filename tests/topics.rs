@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use tenthbit::client::Client;
+use tenthbit::config::Limits;
 use tenthbit::proto::Packet;
 
 fn on(op: &str, topic: &str) -> Packet {
@@ -466,29 +467,72 @@ async fn slow_member_is_cut_and_others_get_everything() {
         }
         got
     });
-    for n in 0..N {
-        let ack = request(
-            &mut dan,
-            on("send", &topic).with("data", body.as_str()).with("n", n),
-        )
-        .await;
+    send_numbered(&mut dan, &topic, &body, N).await;
+    assert_eq!(reader.await.unwrap(), N);
+    // bob was cut before all N arrived.
+    expect_cut_before_all(&mut bob, "send", N).await;
+    server.stop().await;
+}
+
+/// Sends `n` messages of `body` to `topic`, numbered in `ex.n`, each acked.
+async fn send_numbered(c: &mut Client, topic: &str, body: &str, n: usize) {
+    for i in 0..n {
+        let ack = request(c, on("send", topic).with("data", body).with("n", i)).await;
         assert_eq!(ack.op, "ack");
     }
-    assert_eq!(reader.await.unwrap(), N);
-    // bob was cut: the stream ends (with the slow-consumer bye when there
-    // was room to write it) before all N arrived.
+}
+
+/// Reads what reached a client that stopped reading while `sent` packets
+/// of `op` were made for it: fewer than `sent` (printed), then the end (a
+/// `bye`, which must be the slow-consumer one, or the stream cut mid-write).
+async fn expect_cut_before_all(c: &mut Client, op: &str, sent: usize) {
     let mut received = 0;
     loop {
-        match bob.recv_timeout(WAIT).await {
-            Ok(p) if p.op == "send" => received += 1,
+        match c.recv_timeout(WAIT).await {
+            Ok(p) if p.op == op => received += 1,
             Ok(p) => {
-                assert_eq!(p.op, "bye");
-                assert_eq!(p.ex_str("code"), Some("session/sendq-exceeded"));
+                assert_eq!(p.op, "bye", "{p:?}");
+                assert_eq!(code(&p), Some("session/sendq-exceeded"));
             }
             Err(_) => break,
         }
     }
-    assert!(received < N, "bob got {received} of {N}");
+    eprintln!("got {received} of {sent} {op} packets before the cut");
+    assert!(received < sent, "got all {sent}: never cut");
+}
+
+/// A server whose queues hold `max_sendq_bytes`, with no packet rate to
+/// speak of, and dan, bob and amy logged in.
+async fn sendq_server(
+    max_sendq_bytes: usize,
+    history: bool,
+) -> (TestServer, (Client, Client, Client)) {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_sendq_bytes = max_sendq_bytes;
+        c.limits.packets_per_second = 100_000;
+        c.limits.packet_burst = 100_000;
+        c.history.enabled = history;
+    })
+    .await;
+    let users = three(&server).await;
+    (server, users)
+}
+
+/// Large messages fill a member's queue by bytes long before its packet
+/// bound: a member that stops reading while 60 KB messages arrive is cut
+/// once the default `max_sendq_bytes` (4 MiB, plus what the sockets hold) is
+/// queued, not at 4,096 messages (240 MB).
+#[tokio::test]
+async fn a_member_not_reading_large_messages_is_cut_by_bytes() {
+    const N: usize = 400;
+    let (server, (mut dan, mut bob, _amy)) =
+        sendq_server(Limits::default().max_sendq_bytes, false).await;
+    let topic = create(&mut dan, "big").await;
+    join(&mut bob, &topic).await;
+    expect_op(&mut dan, "join").await;
+    // bob reads nothing from here on, until dan is done.
+    send_numbered(&mut dan, &topic, &"m".repeat(60_000), N).await;
+    expect_cut_before_all(&mut bob, "send", N).await;
     server.stop().await;
 }
 

@@ -246,10 +246,8 @@ async fn too_many_errors_in_a_row_closes_with_a_final_error() {
         expect_error(&mut c, "packet/malformed").await;
     }
     // The third in a row: its error, then the final bye, then close.
-    c.send_raw(b"{\"id\":\"last\",\"op\":\"dance\"}\n")
-        .await
-        .unwrap();
-    let e = expect_error(&mut c, "op/unknown").await;
+    c.send_raw(b"{\"id\":\"last\"}\n").await.unwrap();
+    let e = expect_error(&mut c, "packet/missing-op").await;
     assert_eq!(e.ex_str("for"), Some("last"));
     expect_bye(&mut c, "packet/too-many-errors").await;
     expect_clean_close(&mut c).await;
@@ -362,5 +360,47 @@ async fn packets_over_the_rate_are_refused_not_acted_on() {
     let p = expect_op(&mut c, "ack").await;
     assert_eq!(p.ex_str("for"), Some("q"));
     expect_clean_close(&mut c).await;
+    server.stop().await;
+}
+
+/// `pong` and `quit` take no rate token (protocol.md 9.5): a thousand pongs,
+/// five times the burst, leave the token for the next ping.
+#[tokio::test]
+async fn pongs_spend_no_rate_tokens() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let pongs = b"{\"op\":\"pong\"}\n".repeat(1000);
+    c.send_raw(&pongs).await.unwrap();
+    let p = request(&mut c, Packet::request("ping").with_id("after-pongs")).await;
+    assert_eq!(p.op, "pong", "{p:?}");
+    server.stop().await;
+}
+
+/// A well-formed packet with an op the server does not know is answered
+/// `op/unknown` and is not a protocol error: a newer client trying twice
+/// `max_protocol_errors` ops this server lacks keeps its session.
+#[tokio::test]
+async fn unknown_ops_are_answered_and_do_not_count_as_protocol_errors() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    for i in 0..20 {
+        let p = request(&mut c, Packet::request(&format!("future-{i}"))).await;
+        assert_eq!(p.ex_str("code"), Some("op/unknown"), "{p:?}");
+    }
+    assert_alive(&mut c).await;
+    server.stop().await;
+
+    // Like any good packet, it resets the count of protocol errors.
+    let server = TestServer::start_with(|c| c.limits.max_protocol_errors = 3).await;
+    let mut c = server.client().await;
+    for _ in 0..2 {
+        c.send_raw(b"nope\n").await.unwrap();
+        expect_error(&mut c, "packet/malformed").await;
+        let p = request(&mut c, Packet::request("dance")).await;
+        assert_eq!(p.ex_str("code"), Some("op/unknown"), "{p:?}");
+    }
+    c.send_raw(b"nope\n").await.unwrap();
+    expect_error(&mut c, "packet/malformed").await;
+    assert_alive(&mut c).await;
     server.stop().await;
 }

@@ -41,6 +41,9 @@ pub struct LineDecoder {
     /// dropped when the decoder is next changed (a cursor step, where
     /// splitting the line off cost two atomic steps per line).
     lent: usize,
+    /// Bytes of blank lines skipped since [`LineDecoder::take_blank`]: input
+    /// that yields nothing, which the reader charges to the peer.
+    blank: usize,
 }
 
 impl LineDecoder {
@@ -53,7 +56,13 @@ impl LineDecoder {
             scanned: 0,
             discarding: false,
             lent: 0,
+            blank: 0,
         }
+    }
+
+    /// Bytes of blank lines skipped since the last call.
+    pub fn take_blank(&mut self) -> usize {
+        std::mem::take(&mut self.blank)
     }
 
     /// Drops the line last lent.
@@ -147,6 +156,7 @@ impl LineDecoder {
                     }
                     if line.iter().all(u8::is_ascii_whitespace) {
                         self.buf.advance(nl + 1);
+                        self.blank += nl + 1;
                         continue;
                     }
                     self.lent = nl + 1;
@@ -233,6 +243,15 @@ mod tests {
         assert_eq!(d.buffered(), 0);
         d.release_if_empty();
         assert_eq!(d.capacity(), 0);
+    }
+
+    #[test]
+    fn blank_lines_are_counted() {
+        let mut d = LineDecoder::new(16);
+        d.feed(b"\n \r\nab\n\t\n");
+        assert_eq!(drain(&mut d), vec![line("ab")]);
+        assert_eq!(d.take_blank(), 6);
+        assert_eq!(d.take_blank(), 0);
     }
 
     #[test]

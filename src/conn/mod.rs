@@ -66,7 +66,8 @@ async fn serve(
         packets_out: shared.session_ctx.metrics.packets_out.clone(),
     };
     let hard_stop = shared.hard_stop.clone();
-    let frames = FrameReader::new(rd, alpn == Alpn::Gzip, limits.max_line_bytes);
+    let frames = FrameReader::new(rd, alpn == Alpn::Gzip, limits.max_line_bytes)
+        .limit_silent(limits.silent_bytes_per_second, limits.silent_burst_bytes);
     let session = Transport {
         protocol: alpn.name(),
         label: alpn.name(),
@@ -108,7 +109,8 @@ pub(crate) async fn run_session<I, W>(
 {
     let metrics = &shared.session_ctx.metrics;
     let _open = metrics.connection(transport.label);
-    let (out, rx, closer) = Outbound::channel(shared.config.limits.max_sendq_packets);
+    let limits = &shared.config.limits;
+    let (out, rx, closer) = Outbound::channel(limits.max_sendq_packets, limits.max_sendq_bytes);
     let writer = tokio::spawn(writer(rx, closer.clone()).instrument(tracing::Span::current()));
     let reason = if let Some(code) = transport.refusal {
         bye(shared, &out, code, refusal_message(code));
@@ -223,6 +225,12 @@ pub(crate) trait Input {
     fn next(&mut self) -> impl Future<Output = Result<Option<Item>, Stop>>;
     /// The bytes of a line lent by [`Input::buffered`] or [`Input::next`].
     fn line(&self, range: std::ops::Range<usize>) -> &[u8];
+    /// Charges `bytes` of a packet that needed no reply (a `pong`) to the
+    /// input's silent-input allowance, if it keeps one.
+    fn charge_silent(&mut self, bytes: usize) -> Result<(), Stop> {
+        let _ = bytes;
+        Ok(())
+    }
 }
 
 /// One thing read from an [`Input`].
@@ -258,11 +266,28 @@ impl<R: tokio::io::AsyncRead + Unpin> Input for FrameReader<R> {
                 bye: None,
                 reason: format!("read error: {e}"),
             }),
+            Err(reader::Error::Silent) => Err(silent_input()),
         }
     }
 
     fn line(&self, range: std::ops::Range<usize>) -> &[u8] {
         FrameReader::line(self, range)
+    }
+
+    fn charge_silent(&mut self, bytes: usize) -> Result<(), Stop> {
+        FrameReader::charge_silent(self, bytes).map_err(|_| silent_input())
+    }
+}
+
+/// The end of a session that sent more input needing no reply (blank
+/// lines, `pong`) than its allowance.
+fn silent_input() -> Stop {
+    Stop {
+        bye: Some((
+            ErrorCode::RateSilentInput,
+            "too much input that needs no reply (blank lines, pong)".into(),
+        )),
+        reason: "too much silent input".into(),
     }
 }
 
@@ -373,10 +398,20 @@ async fn serve_session<I: Input>(
                 heard = true;
                 pinged = false;
                 let line = frames.line(range);
-                debug!(bytes = line.len(), "packet in");
+                let len = line.len();
+                debug!(bytes = len, "packet in");
                 // Not boxed: `handle_line` boxes the large handler states
                 // itself, so what it adds to every connection is small.
-                session.handle_line(line).await
+                let outcome = session.handle_line(line).await;
+                if outcome == Outcome::Silent {
+                    if let Err(stop) = frames.charge_silent(len + 1) {
+                        if let Some((code, message)) = stop.bye {
+                            bye(shared, out, code, message);
+                        }
+                        return stop.reason;
+                    }
+                }
+                outcome
             }
             Ok(Some(Item::Span(Span::TooLong))) => {
                 packets_in.add();

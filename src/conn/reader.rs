@@ -4,14 +4,21 @@
 //! cancel-safe (partial input lives in the
 //! struct), so the connection loop can `select!` it against timers and
 //! shutdown. The client library reads with the same type.
+//!
+//! What one connection's input may cost everyone else is bounded twice: a
+//! reader yields to other tasks after [`WAKE_BUDGET`] bytes inflated in one
+//! go, and (on the server) input that yields no packet is charged to the
+//! connection's silent-input allowance ([`FrameReader::limit_silent`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use tokio::io::AsyncRead;
 
 use super::framing::{Frame, LineDecoder, Span};
 use super::gzip::{self, GzipDecoder};
+use crate::session::throttle::RateLimit;
 
 /// Free room ensured before each socket read: a full TLS record's worth, so
 /// a client's burst of messages is read, and relayed, as one burst. The
@@ -19,6 +26,13 @@ use super::gzip::{self, GzipDecoder};
 const READ_ROOM: usize = 16 * 1024;
 /// Bytes decompressed per step (bounded, so a bomb never lands at once).
 const CHUNK: usize = 16 * 1024;
+/// Bytes inflated before the reader lets other tasks run. A gzip stream
+/// inflates from input already buffered, never waiting for the socket
+/// (where tokio's own budget makes a task that keeps reading yield): 1 MB
+/// inflating to 1 GB of blank lines held a worker for seconds. Plain input
+/// needs no bound of its own: every byte of it is a socket read, paid for
+/// by the peer.
+pub const WAKE_BUDGET: usize = 16 * 1024;
 
 /// Why reading stopped.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +43,10 @@ pub enum Error {
     /// The peer's gzip stream is corrupt.
     #[error("bad gzip stream: {0}")]
     Gzip(gzip::Error),
+    /// The peer sent more input that yields no packet (blank lines,
+    /// `pong`) than its allowance.
+    #[error("too much input that needs no reply")]
+    Silent,
 }
 
 // Plain conversions, not `#[from]`: the message above already carries the
@@ -51,6 +69,10 @@ pub struct FrameReader<R> {
     gzip: Option<GzipDecoder>,
     lines: LineDecoder,
     inflated: Box<[u8]>,
+    /// Bytes inflated since the reader last waited or yielded.
+    since_yield: usize,
+    /// Allowance for input that yields no packet, in bytes, if limited.
+    silent: Option<RateLimit>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -65,6 +87,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             } else {
                 Box::default()
             },
+            since_yield: 0,
+            silent: None,
+        }
+    }
+
+    /// Limits input that yields no packet (blank lines, and whatever the
+    /// caller charges with [`FrameReader::charge_silent`]) to `burst` bytes,
+    /// refilled at `per_second`; past it, reading fails with
+    /// [`Error::Silent`]. Such input costs the server work and the peer
+    /// nothing, and over gzip a little of it inflates to gigabytes.
+    pub fn limit_silent(mut self, per_second: u32, burst: u32) -> Self {
+        self.silent = Some(RateLimit::new(per_second, burst));
+        self
+    }
+
+    /// Charges `bytes` of input that yielded no packet to the allowance.
+    pub fn charge_silent(&mut self, bytes: usize) -> Result<(), Error> {
+        match self.silent.as_mut() {
+            Some(allowance) if bytes > 0 => allowance
+                .spend(Instant::now(), bytes as f64)
+                .map_err(|_| Error::Silent),
+            _ => Ok(()),
         }
     }
 
@@ -80,14 +124,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// until the reader is next used); `Ok(None)` at a clean end of stream.
     pub async fn next_span(&mut self) -> Result<Option<Span>, Error> {
         loop {
-            if let Some(span) = self.lines.next_span() {
-                return Ok(Some(span));
+            let span = self.lines.next_span();
+            let blank = self.lines.take_blank();
+            self.charge_silent(blank)?;
+            if span.is_some() {
+                return Ok(span);
+            }
+            // Checked once per chunk, never per line. The lines of the last
+            // chunk were handled before this call, so this bounds the
+            // connection's whole turn, not just the inflating.
+            if self.since_yield >= WAKE_BUDGET {
+                self.since_yield = 0;
+                tokio::task::yield_now().await;
             }
             // Decompress one bounded chunk at a time, draining lines in
             // between, so the decompressed bytes held never exceed the limit.
             if let Some(z) = self.gzip.as_mut() {
                 let n = z.read(&mut self.inflated)?;
                 if n > 0 {
+                    self.since_yield += n;
                     self.lines.feed(self.inflated.get(..n).unwrap_or_default());
                     continue;
                 }
@@ -120,8 +175,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             None => self.lines.read_target(READ_ROOM),
         };
         let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.rd), cx, target);
-        if polled.is_pending() && self.gzip.is_none() {
-            self.lines.release_if_empty();
+        if polled.is_pending() {
+            // Waiting lets everyone else run: the turn starts afresh.
+            self.since_yield = 0;
+            if self.gzip.is_none() {
+                self.lines.release_if_empty();
+            }
         }
         polled
     }

@@ -248,7 +248,7 @@ mod tests {
     #[tokio::test]
     async fn batches_secrets_and_close_make_one_valid_gzip_stream() {
         let (client, server) = tokio::io::duplex(1 << 20);
-        let (out, rx, closer) = Outbound::channel(64);
+        let (out, rx, closer) = Outbound::channel(64, 1 << 20);
         out.push(&Packet::server("ping")).unwrap();
         out.push_secret(&Packet::server("ack").with("ticket", "OHMY"))
             .unwrap();
@@ -277,7 +277,7 @@ mod tests {
     #[tokio::test]
     async fn forced_close_skips_the_queue_and_says_why() {
         let (client, server) = tokio::io::duplex(1 << 20);
-        let (out, rx, closer) = Outbound::channel(16);
+        let (out, rx, closer) = Outbound::channel(16, 1 << 20);
         // Fill the queue past its bound: the destination is cut.
         let mut overflowed = false;
         for _ in 0..17 {

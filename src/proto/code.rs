@@ -28,6 +28,9 @@ pub enum ErrorCode {
     RequestInvalid,
     /// The connection sends packets faster than its rate; see `retry_after_ms`.
     RateLimited,
+    /// In `bye`: the client sent more input that needs no reply (blank
+    /// lines, `pong`) than its allowance.
+    RateSilentInput,
     /// The op needs a logged-in session.
     AuthRequired,
     /// Login failed (unknown account or wrong credentials; never says which).
@@ -107,7 +110,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 48] = [
+    pub const ALL: [ErrorCode; 49] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -119,6 +122,7 @@ impl ErrorCode {
         ErrorCode::OpUnknown,
         ErrorCode::RequestInvalid,
         ErrorCode::RateLimited,
+        ErrorCode::RateSilentInput,
         ErrorCode::AuthRequired,
         ErrorCode::AuthFailed,
         ErrorCode::AuthUnsupportedMethod,
@@ -172,6 +176,7 @@ impl ErrorCode {
             ErrorCode::OpUnknown => "op/unknown",
             ErrorCode::RequestInvalid => "request/invalid",
             ErrorCode::RateLimited => "rate/limited",
+            ErrorCode::RateSilentInput => "rate/silent-input",
             ErrorCode::AuthRequired => "auth/required",
             ErrorCode::AuthFailed => "auth/failed",
             ErrorCode::AuthUnsupportedMethod => "auth/unsupported-method",
@@ -214,6 +219,9 @@ impl ErrorCode {
 
     /// True for the protocol errors that count towards
     /// `limits.max_protocol_errors` (a client that cannot frame or encode).
+    /// `op/unknown` is not one: a well-formed packet with an op this server
+    /// does not know is likely a newer client's, and the rate limit covers
+    /// floods of them.
     pub const fn is_protocol_error(self) -> bool {
         matches!(
             self,
@@ -225,7 +233,6 @@ impl ErrorCode {
                 | ErrorCode::PacketTooLarge
                 | ErrorCode::PacketMissingOp
                 | ErrorCode::TransportBinaryFrame
-                | ErrorCode::OpUnknown
                 | ErrorCode::RequestInvalid
         )
     }

@@ -11,6 +11,9 @@
 //! [`Outbound::push`] and move on. A destination whose queue is full has
 //! stopped reading; it is closed with `session/sendq-exceeded` (the IRC
 //! "SendQ exceeded" / NATS "slow consumer" rule), so nobody else slows down.
+//! The queue is bounded twice: in packets, and in bytes (NATS's
+//! `max_pending`), since a packet may be anything up to the line limit and
+//! 4,096 large ones held a quarter of a gigabyte for one client.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,11 +46,19 @@ pub enum OutFrame {
 }
 
 impl OutFrame {
-    /// What the frame counts against the queue's capacity.
+    /// What the frame counts against the queue's capacity in packets.
     fn packets(&self) -> usize {
         match self {
             OutFrame::Lines { count, .. } => *count,
             OutFrame::Close => 1,
+        }
+    }
+
+    /// What the frame counts against the queue's capacity in bytes.
+    fn bytes(&self) -> usize {
+        match self {
+            OutFrame::Lines { bytes, .. } => bytes.len(),
+            OutFrame::Close => 0,
         }
     }
 }
@@ -97,10 +108,14 @@ struct Chan {
     /// last sender goes, and never needed otherwise.
     wake: Notify,
     capacity: usize,
+    /// Most bytes queued, as [`Chan::capacity`] is most packets.
+    capacity_bytes: usize,
     senders: AtomicUsize,
     /// Packets the writer has taken out but not yet handed on: they still
     /// count against the capacity, so a slow reader's memory stays bounded.
     held_by_writer: AtomicUsize,
+    /// The same in bytes.
+    bytes_held_by_writer: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +123,8 @@ struct Queue {
     frames: VecDeque<OutFrame>,
     /// Packets in `frames`.
     packets: usize,
+    /// Bytes in `frames`.
+    bytes: usize,
     /// The writer is gone: pushes fail as `Closed`.
     receiver_gone: bool,
 }
@@ -150,14 +167,17 @@ impl Drop for Outbound {
 }
 
 impl Outbound {
-    /// A queue holding at most `capacity` packets, and its receiving end.
-    pub fn channel(capacity: usize) -> (Outbound, Receiver, Arc<Closer>) {
+    /// A queue holding at most `capacity` packets and `capacity_bytes`
+    /// bytes of them, and its receiving end.
+    pub fn channel(capacity: usize, capacity_bytes: usize) -> (Outbound, Receiver, Arc<Closer>) {
         let chan = Arc::new(Chan {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             capacity: capacity.max(1),
+            capacity_bytes: capacity_bytes.max(1),
             senders: AtomicUsize::new(1),
             held_by_writer: AtomicUsize::new(0),
+            bytes_held_by_writer: AtomicUsize::new(0),
         });
         let closer = Arc::new(Closer::default());
         let rx = Receiver {
@@ -216,8 +236,9 @@ impl Outbound {
             return Err(PushError::Closed);
         }
         let held = q.packets + self.chan.held_by_writer.load(Ordering::Relaxed);
-        let packets = frame.packets();
-        if held + packets > self.chan.capacity {
+        let held_bytes = q.bytes + self.chan.bytes_held_by_writer.load(Ordering::Relaxed);
+        let (packets, bytes) = (frame.packets(), frame.bytes());
+        if held + packets > self.chan.capacity || held_bytes + bytes > self.chan.capacity_bytes {
             drop(q);
             self.closer.close(
                 ErrorCode::SessionSendqExceeded,
@@ -228,6 +249,7 @@ impl Outbound {
         let was_empty = q.frames.is_empty();
         q.frames.push_back(frame);
         q.packets += packets;
+        q.bytes += bytes;
         drop(q);
         // A non-empty queue has a wake-up pending already; the writer takes
         // all of it in one go.
@@ -240,6 +262,16 @@ impl Outbound {
     /// The destination's closer.
     pub fn closer(&self) -> &Arc<Closer> {
         &self.closer
+    }
+
+    /// Packets and bytes queued and not yet handed to the writer (for tests
+    /// and metrics of what a destination holds).
+    pub fn queued(&self) -> (usize, usize) {
+        let q = self.chan.lock();
+        (
+            q.packets + self.chan.held_by_writer.load(Ordering::Relaxed),
+            q.bytes + self.chan.bytes_held_by_writer.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -274,11 +306,18 @@ impl Receiver {
             std::mem::swap(&mut q.frames, &mut self.taken);
             let packets = std::mem::take(&mut q.packets);
             self.chan.held_by_writer.store(packets, Ordering::Relaxed);
+            let bytes = std::mem::take(&mut q.bytes);
+            self.chan
+                .bytes_held_by_writer
+                .store(bytes, Ordering::Relaxed);
         }
         let frame = self.taken.pop_front()?;
         self.chan
             .held_by_writer
             .fetch_sub(frame.packets(), Ordering::Relaxed);
+        self.chan
+            .bytes_held_by_writer
+            .fetch_sub(frame.bytes(), Ordering::Relaxed);
         Some(frame)
     }
 
@@ -306,6 +345,7 @@ impl Drop for Receiver {
         // Queued packets die with the connection, as they did in the channel.
         q.frames = VecDeque::new();
         q.packets = 0;
+        q.bytes = 0;
     }
 }
 
@@ -315,7 +355,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_come_out_in_order_then_none_when_senders_are_gone() {
-        let (out, mut rx, _closer) = Outbound::channel(8);
+        let (out, mut rx, _closer) = Outbound::channel(8, 1 << 20);
         let other = out.clone();
         let waiting = tokio::spawn(async move {
             let mut ops = Vec::new();
@@ -341,7 +381,7 @@ mod tests {
 
     #[test]
     fn pushes_after_the_writer_is_gone_fail_as_closed() {
-        let (out, rx, closer) = Outbound::channel(8);
+        let (out, rx, closer) = Outbound::channel(8, 1 << 20);
         out.push(&Packet::server("ping")).unwrap();
         drop(rx);
         assert_eq!(out.push(&Packet::server("ping")), Err(PushError::Closed));
@@ -350,7 +390,7 @@ mod tests {
 
     #[test]
     fn frames_the_writer_holds_count_against_the_capacity() {
-        let (out, mut rx, closer) = Outbound::channel(4);
+        let (out, mut rx, closer) = Outbound::channel(4, 1 << 20);
         let p = Packet::server("ping");
         for _ in 0..4 {
             out.push(&p).unwrap();
@@ -368,7 +408,7 @@ mod tests {
 
     #[test]
     fn full_queue_closes_as_slow_consumer() {
-        let (out, _rx, closer) = Outbound::channel(2);
+        let (out, _rx, closer) = Outbound::channel(2, 1 << 20);
         let p = Packet::server("ping");
         assert_eq!(out.push(&p), Ok(()));
         assert_eq!(out.push(&p), Ok(()));
@@ -381,7 +421,7 @@ mod tests {
 
     #[test]
     fn a_burst_counts_as_its_packets() {
-        let (out, mut rx, closer) = Outbound::channel(4);
+        let (out, mut rx, closer) = Outbound::channel(4, 1 << 20);
         let three = Bytes::from_static(b"{\"op\":\"a\"}\n{\"op\":\"b\"}\n{\"op\":\"c\"}\n");
         assert_eq!(out.push_lines(three.clone(), 3), Ok(()));
         assert_eq!(out.push_lines(three.slice(..11), 1), Ok(()));
@@ -394,6 +434,28 @@ mod tests {
         assert_eq!(out.push_lines(three.slice(..22), 2), Ok(()));
         assert!(closer.reason().is_none());
         assert_eq!(out.push_lines(three.slice(..22), 2), Err(PushError::Full));
+        assert_eq!(
+            closer.reason().map(|r| r.0),
+            Some(ErrorCode::SessionSendqExceeded)
+        );
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let (out, mut rx, closer) = Outbound::channel(100, 1000);
+        let big = Bytes::from(vec![b'x'; 400]);
+        assert_eq!(out.push_bytes(big.clone(), false), Ok(()));
+        assert_eq!(out.push_bytes(big.clone(), false), Ok(()));
+        assert_eq!(out.queued(), (2, 800));
+        // Bytes the writer took and holds still count, as packets do.
+        assert!(rx.try_recv().is_some());
+        assert_eq!(out.queued(), (1, 400));
+        assert_eq!(out.push_bytes(big.slice(..300), false), Ok(()));
+        assert!(closer.reason().is_none());
+        assert_eq!(
+            out.push_bytes(big.slice(..301), false),
+            Err(PushError::Full)
+        );
         assert_eq!(
             closer.reason().map(|r| r.0),
             Some(ErrorCode::SessionSendqExceeded)

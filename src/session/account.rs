@@ -30,9 +30,6 @@ impl Session<'_> {
         me: &LoggedIn,
         password: Secret,
     ) -> Result<Outcome, Denied> {
-        if let Some(wait) = self.ctx.throttle.check(Some(&me.name), self.peer_ip) {
-            return Err(self.throttled(wait));
-        }
         let account_id = me.id;
         let account = self
             .ctx
@@ -40,16 +37,18 @@ impl Session<'_> {
             .call(move |db| db.account(account_id))
             .await?
             .ok_or_else(|| Denied::new(ErrorCode::AccountDeleted, "the account is gone"))?;
+        // A failed login's token is taken before the hash, as for `auth`.
+        self.reserve_failure(Some(&me.name))?;
         if !self
             .ctx
             .passwords
             .verify(password, account.password.clone())
             .await
         {
-            self.ctx.throttle.failed(Some(&me.name), self.peer_ip);
             warn!(account = %me.name, "account deletion refused: wrong password");
             return Err(Denied::new(ErrorCode::AuthFailed, "wrong password"));
         }
+        self.ctx.throttle.refund(Some(&me.name), self.peer_ip);
         let is_admin = self
             .ctx
             .store

@@ -28,16 +28,12 @@ impl Session<'_> {
         }
         let me = match auth {
             AuthRequest::Password { username, password } => {
-                if let Some(wait) = self.ctx.throttle.check(Some(&username), self.peer_ip) {
-                    return Err(self.throttled(wait));
-                }
+                self.reserve_failure(Some(&username))?;
                 let result = self.check_password(&username, password).await;
                 self.note_failure(result, Some(&username), "password")?
             }
             AuthRequest::Ticket { ticket, server } => {
-                if let Some(wait) = self.ctx.throttle.check(None, self.peer_ip) {
-                    return Err(self.throttled(wait));
-                }
+                self.reserve_failure(None)?;
                 let result = self.redeem_ticket(ticket.expose(), &server).await;
                 self.note_failure(result, None, "ticket")?
             }
@@ -52,9 +48,7 @@ impl Session<'_> {
                 username,
                 signature: Some(signature),
             } => {
-                if let Some(wait) = self.ctx.throttle.check(Some(&username), self.peer_ip) {
-                    return Err(self.throttled(wait));
-                }
+                self.reserve_failure(Some(&username))?;
                 let result = self.check_signature(&username, &signature).await;
                 self.note_failure(result, Some(&username), "pubkey")?
             }
@@ -62,7 +56,18 @@ impl Session<'_> {
         self.logged_in_as(id, me).await
     }
 
-    /// Counts a failed login against the account (if named) and address.
+    /// Takes a failed login's token from the account's (if named) and the
+    /// address's allowance before anything is checked, so concurrent
+    /// attempts each pay; `auth/throttled` when one is used up.
+    pub(super) fn reserve_failure(&self, account: Option<&str>) -> Result<(), Denied> {
+        self.ctx
+            .throttle
+            .reserve(account, self.peer_ip)
+            .map_err(|wait| self.throttled(wait))
+    }
+
+    /// Keeps the token [`Session::reserve_failure`] took for a failed login
+    /// (and logs it); gives it back for any other outcome.
     fn note_failure(
         &self,
         result: Result<LoggedIn, Denied>,
@@ -70,11 +75,11 @@ impl Session<'_> {
         method: &'static str,
     ) -> Result<LoggedIn, Denied> {
         self.ctx.metrics.login(method, result.is_ok());
-        if let Err(d) = &result {
-            if matches!(d.code, ErrorCode::AuthFailed | ErrorCode::TicketInvalid) {
-                self.ctx.throttle.failed(account, self.peer_ip);
+        match &result {
+            Err(d) if matches!(d.code, ErrorCode::AuthFailed | ErrorCode::TicketInvalid) => {
                 warn!(username = account.unwrap_or("-"), method, peer = %self.peer_ip, "login failed");
             }
+            _ => self.ctx.throttle.refund(account, self.peer_ip),
         }
         result
     }

@@ -366,7 +366,7 @@ impl Session<'_> {
         };
         match opened {
             Outcome::Close(r) => Outcome::Close(r),
-            Outcome::Continue => flushed,
+            Outcome::Continue | Outcome::Silent => flushed,
         }
     }
 

@@ -45,6 +45,9 @@ use throttle::{LoginThrottle, RateLimit};
 pub enum Outcome {
     /// Keep reading.
     Continue,
+    /// Keep reading; the packet (a `pong`) got no reply and did nothing,
+    /// so the connection charges its bytes as silent input.
+    Silent,
     /// The final packets are queued: close the connection.
     Close(CloseReason),
 }
@@ -433,12 +436,15 @@ impl<'a> Session<'a> {
     fn admit(&mut self, op: &str, needs_login: bool, id: Option<&str>) -> Result<(), Outcome> {
         // `pong` gets no reply and `quit` only ends the session: neither is
         // worth refusing, and refusing `pong` would break the reply rule.
+        // They take no token either (protocol.md 9.5), so checked first.
         let exempt = matches!(op, "pong" | "quit");
-        if let (false, Err(wait)) = (exempt, self.rate.take(self.clock.instant())) {
-            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            let e =
-                Denied::new(ErrorCode::RateLimited, "too many packets; slow down").with_retry(ms);
-            return Err(self.reply(e.into_packet(id)));
+        if !exempt {
+            if let Err(wait) = self.rate.take(self.clock.instant()) {
+                let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                let e = Denied::new(ErrorCode::RateLimited, "too many packets; slow down")
+                    .with_retry(ms);
+                return Err(self.reply(e.into_packet(id)));
+            }
         }
         // The login gate comes before field checks: nothing is validated for
         // a session that may not use the op at all.
@@ -490,7 +496,7 @@ impl<'a> Session<'a> {
     ) -> Outcome {
         let result = match request {
             Request::Ping => return self.reply(reply::pong(id)),
-            Request::Pong => return Outcome::Continue,
+            Request::Pong => return Outcome::Silent,
             Request::Quit => {
                 return match self.reply(reply::ack(id)) {
                     Outcome::Continue => Outcome::Close(CloseReason::Quit),

@@ -2,10 +2,13 @@
 //! connection's packet rate.
 //!
 //! Failed logins: each key has a bucket of `burst` failures that refills evenly over
-//! `window`. A login is refused (before any hashing) while either bucket is
-//! empty, with the time until a failure is allowed again. Successful logins
-//! do not spend tokens. Memory is bounded: full buckets carry no information
-//! and are dropped when the table grows.
+//! `window`. A login takes its failure token from both buckets before any
+//! hashing, and is refused while either is empty, with the time until a
+//! failure is allowed again; a login that did not fail gets its token back.
+//! Charging first makes N concurrent attempts cost N tokens (checked before
+//! and charged after the hash, every attempt in flight passed the check).
+//! Memory is bounded: full buckets carry no information and are dropped
+//! when the table grows.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -53,6 +56,17 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
         }
     }
 
+    /// Gives back a token [`Buckets::spend`] took; a bucket that is full
+    /// again is forgotten.
+    fn refund(&mut self, key: &K, now: Instant) {
+        let level = self.level(key, now) + 1.0;
+        if level >= self.burst {
+            self.map.remove(key);
+        } else {
+            self.map.insert(key.clone(), (level, now));
+        }
+    }
+
     fn spend(&mut self, key: &K, now: Instant) {
         let level = self.level(key, now);
         if self.map.len() >= SWEEP_AT {
@@ -80,37 +94,47 @@ impl LoginThrottle {
         }
     }
 
-    /// `Some(retry_after)` when a login for `account` (none for tickets)
-    /// from `ip` must wait.
-    pub fn check(&self, account: Option<&str>, ip: IpAddr) -> Option<Duration> {
+    /// Takes one failure token for a login for `account` (none for
+    /// tickets) from `ip`, before the credentials are checked;
+    /// `Err(retry_after)`, taking nothing, while either allowance is used
+    /// up. Give it back with [`LoginThrottle::refund`] when the login does
+    /// not fail.
+    pub fn reserve(&self, account: Option<&str>, ip: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
-        let a = match account {
-            Some(name) => self
-                .accounts
-                .lock()
-                .map(|b| b.wait(&name.to_lowercase(), now))
-                .unwrap_or_default(),
-            None => Duration::ZERO,
-        };
-        let i = self
-            .addresses
-            .lock()
-            .map(|b| b.wait(&ip, now))
-            .unwrap_or_default();
-        let wait = a.max(i);
-        (wait > Duration::ZERO).then_some(wait)
+        let key = account.map(str::to_lowercase);
+        // Both tables at once (always accounts first): checking and taking
+        // from both is one step, or two racing logins could both pass the
+        // check for the last token.
+        let mut accounts = lock(&self.accounts);
+        let mut addresses = lock(&self.addresses);
+        let by_account = key
+            .as_ref()
+            .map_or(Duration::ZERO, |k| accounts.wait(k, now));
+        let wait = by_account.max(addresses.wait(&ip, now));
+        if wait > Duration::ZERO {
+            return Err(wait);
+        }
+        if let Some(k) = &key {
+            accounts.spend(k, now);
+        }
+        addresses.spend(&ip, now);
+        Ok(())
     }
 
-    /// Records a failed login.
-    pub fn failed(&self, account: Option<&str>, ip: IpAddr) {
+    /// Gives back the token [`LoginThrottle::reserve`] took, for a login
+    /// that did not fail.
+    pub fn refund(&self, account: Option<&str>, ip: IpAddr) {
         let now = Instant::now();
-        if let (Some(name), Ok(mut b)) = (account, self.accounts.lock()) {
-            b.spend(&name.to_lowercase(), now);
+        if let Some(name) = account {
+            lock(&self.accounts).refund(&name.to_lowercase(), now);
         }
-        if let Ok(mut b) = self.addresses.lock() {
-            b.spend(&ip, now);
-        }
+        lock(&self.addresses).refund(&ip, now);
     }
+}
+
+/// A table's lock; a panic elsewhere while holding it leaves valid buckets.
+fn lock<K>(m: &Mutex<Buckets<K>>) -> std::sync::MutexGuard<'_, Buckets<K>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -122,13 +146,12 @@ mod tests {
         let ip: IpAddr = [10, 0, 0, 1].into();
         let t = LoginThrottle::new(3, 100, Duration::from_secs(30));
         for _ in 0..3 {
-            assert_eq!(t.check(Some("dan"), ip), None);
-            t.failed(Some("Dan"), ip);
+            assert_eq!(t.reserve(Some("Dan"), ip), Ok(()));
         }
-        let wait = t.check(Some("DAN"), ip).expect("throttled");
+        let wait = t.reserve(Some("DAN"), ip).expect_err("throttled");
         assert!(wait <= Duration::from_secs(10), "{wait:?}");
         // Another account from the same address is not affected.
-        assert_eq!(t.check(Some("alice"), ip), None);
+        assert_eq!(t.reserve(Some("alice"), ip), Ok(()));
         // Refill, computed from a later instant.
         let b = t.accounts.lock().unwrap();
         assert_eq!(
@@ -141,10 +164,29 @@ mod tests {
     fn per_address_bucket() {
         let ip: IpAddr = [10, 0, 0, 2].into();
         let t = LoginThrottle::new(100, 2, Duration::from_secs(30));
-        t.failed(Some("a"), ip);
-        t.failed(None, ip);
-        assert!(t.check(Some("c"), ip).is_some());
-        assert_eq!(t.check(Some("c"), [10, 0, 0, 3].into()), None);
+        assert_eq!(t.reserve(Some("a"), ip), Ok(()));
+        assert_eq!(t.reserve(None, ip), Ok(()));
+        assert!(t.reserve(Some("c"), ip).is_err());
+        assert_eq!(t.reserve(Some("c"), [10, 0, 0, 3].into()), Ok(()));
+    }
+
+    /// A refused reservation takes nothing; a refund gives a token back, up
+    /// to the full bucket (which is then forgotten).
+    #[test]
+    fn refunds_give_back_what_was_taken() {
+        let ip: IpAddr = [10, 0, 0, 4].into();
+        let t = LoginThrottle::new(2, 100, Duration::from_secs(3600));
+        assert_eq!(t.reserve(Some("dan"), ip), Ok(()));
+        assert_eq!(t.reserve(Some("dan"), ip), Ok(()));
+        assert!(t.reserve(Some("dan"), ip).is_err());
+        t.refund(Some("dan"), ip);
+        assert_eq!(t.reserve(Some("dan"), ip), Ok(()));
+        assert!(t.reserve(Some("dan"), ip).is_err());
+        t.refund(Some("dan"), ip);
+        t.refund(Some("dan"), ip);
+        t.refund(Some("dan"), ip);
+        assert!(t.accounts.lock().unwrap().map.is_empty());
+        assert!(t.addresses.lock().unwrap().map.is_empty());
     }
 }
 
@@ -190,6 +232,22 @@ impl RateLimit {
     }
 }
 
+impl RateLimit {
+    /// Spends `cost` tokens at `now` (a budget of bytes, say), even more
+    /// than are left: one large cost runs the bucket into debt rather than
+    /// passing for free. `Err(wait)` while the bucket is in debt.
+    pub fn spend(&mut self, now: Instant, cost: f64) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst) - cost;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(-self.tokens / self.per_second))
+        }
+    }
+}
+
 #[cfg(test)]
 mod rate_tests {
     use super::*;
@@ -205,5 +263,18 @@ mod rate_tests {
         assert!(wait <= Duration::from_millis(100));
         assert!(r.take(start + Duration::from_millis(100)).is_ok());
         assert!(r.take(start + Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn spending_runs_into_debt() {
+        let start = Instant::now();
+        let mut r = RateLimit::new(100, 1000);
+        assert!(r.spend(start, 600.0).is_ok());
+        assert!(r.spend(start, 400.0).is_ok());
+        // Past the bucket, however large the cost: in debt until refilled.
+        let wait = r.spend(start, 2000.0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(20));
+        assert!(r.spend(start + Duration::from_secs(10), 0.0).is_err());
+        assert!(r.spend(start + Duration::from_secs(20), 0.0).is_ok());
     }
 }

@@ -201,6 +201,27 @@ pub async fn assert_alive(c: &mut Client) {
     assert_eq!(reply.ex_str("for"), Some(id.as_str()));
 }
 
+/// argon2 made costly enough that hashes, one at a time, take a while (so
+/// logins pile up in flight), and cheap enough for CI.
+pub fn slow_hashes(config: &mut Config) {
+    config.auth.argon2_memory_kib = 8 * 1024;
+    config.auth.argon2_iterations = 2;
+    config.auth.max_concurrent_hashes = 1;
+}
+
+/// `n` ping round trips, one after another; returns the slowest (for a
+/// test to print, never to assert: timings are the benchmark's job).
+pub async fn ping_round_trips(c: &mut Client, n: usize) -> Duration {
+    let mut worst = Duration::ZERO;
+    for i in 0..n {
+        let start = std::time::Instant::now();
+        let p = request(c, Packet::request("ping").with_id(format!("p{i}"))).await;
+        assert_eq!(p.op, "pong");
+        worst = worst.max(start.elapsed());
+    }
+    worst
+}
+
 /// A password `auth` request.
 pub fn password_auth(name: &str, password: &str) -> Packet {
     Packet::request("auth")
