@@ -1040,3 +1040,63 @@ async fn a_peer_that_stops_reading_catches_up_on_kept_messages() {
         "in order, once: {live_got:?}"
     );
 }
+
+/// The next packet with `op`, skipping others (relays, other events).
+async fn next_op(c: &mut Client, op: &str) -> Packet {
+    loop {
+        let p = c
+            .recv_timeout(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("waiting for {op}: {e}"));
+        if p.op == op {
+            return p;
+        }
+    }
+}
+
+/// Members on other nodes are told of joins, leaves, metadata and ACL
+/// changes and deletion as members on the node where they happened are.
+#[tokio::test]
+async fn topic_events_reach_members_on_other_nodes() {
+    let c = Cluster::start(3, LINE3).await;
+    for name in ["dan", "amy", "bob"] {
+        c.nodes[0].server().register(name, PW).await;
+    }
+    let mut dan = c.nodes[0].server().login("dan", PW).await;
+    let topic = create(&mut dan, "hall").await;
+    c.converged(&[0, 1, 2]).await;
+    let mut amy = c.nodes[2].server().login("amy", PW).await;
+    assert_eq!(request(&mut amy, on("join", &topic)).await.op, "meta");
+    let j = next_op(&mut dan, "join").await;
+    assert_eq!(j.from.as_deref(), Some("amy"));
+    let mut bob = c.nodes[1].server().login("bob", PW).await;
+    assert_eq!(request(&mut bob, on("join", &topic)).await.op, "meta");
+    for member in [&mut dan, &mut amy] {
+        let j = next_op(member, "join").await;
+        assert_eq!(j.from.as_deref(), Some("bob"));
+        assert_eq!(j.topic.as_deref(), Some(topic.as_str()));
+    }
+    let ack = request(&mut dan, on("meta", &topic).with("description", "the hall")).await;
+    assert_eq!(ack.op, "ack");
+    let m = next_op(&mut amy, "meta").await;
+    assert_eq!(m.ex_str("description"), Some("the hall"));
+    assert_eq!(m.from.as_deref(), Some("@mesh.test"));
+    let ack = request(
+        &mut dan,
+        on("acl", &topic)
+            .with("subject", "bob")
+            .with("grant", json!(["op"])),
+    )
+    .await;
+    assert_eq!(ack.op, "ack");
+    let a = next_op(&mut amy, "acl").await;
+    assert!(a.ex["acl"].to_string().contains("\"bob\""), "{a:?}");
+    assert_eq!(request(&mut bob, on("leave", &topic)).await.op, "ack");
+    for member in [&mut dan, &mut amy] {
+        let l = next_op(member, "leave").await;
+        assert_eq!(l.from.as_deref(), Some("bob"));
+    }
+    assert_eq!(request(&mut dan, on("delete", &topic)).await.op, "ack");
+    let d = next_op(&mut amy, "delete").await;
+    assert_eq!(d.topic.as_deref(), Some(topic.as_str()));
+}

@@ -8,10 +8,11 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::change::{Entity, field};
-use crate::proto::ErrorCode;
 use crate::proto::packet::{KeptSend, write_line};
-use crate::session::Context;
+use crate::proto::{ErrorCode, Packet};
+use crate::session::{Context, acl_value, meta_packet, topic_event, topic_names};
 use crate::store::Event;
+use crate::store::TopicRecord;
 
 /// No connection is excluded from a delivery (connection ids start at 1).
 const NOBODY: u64 = 0;
@@ -51,6 +52,9 @@ pub async fn apply(ctx: &Context, events: &[Event]) {
         {
             Ok(records) => {
                 for r in records {
+                    if let Some(old) = ctx.topics.get(r.id) {
+                        announce(ctx, &old, &r).await;
+                    }
                     ctx.topics.put(r);
                 }
             }
@@ -121,6 +125,63 @@ fn deliver(ctx: &Context, topic: Uuid, lines: Vec<u8>, count: usize) {
     if let Some(t) = ctx.topics.get(topic) {
         ctx.presence
             .deliver(t.members.iter(), &Bytes::from(lines), count, NOBODY);
+    }
+}
+
+/// Tells the members connected here what changed in a topic elsewhere, as
+/// its node told its own: `join`, `leave`, `acl`, the new `meta`,
+/// `delete`. What the actor was is not in the change, so events that name
+/// one on its node come `from` this server (`@name`) here.
+async fn announce(ctx: &Context, old: &TopicRecord, new: &TopicRecord) {
+    let server = format!("@{}", ctx.server_name);
+    let to = |extra: &[Uuid], p: &Packet| {
+        let accounts: Vec<&Uuid> = new
+            .members
+            .iter()
+            .chain(extra.iter().filter(|a| !new.members.contains(a)))
+            .collect();
+        ctx.presence.deliver(accounts, &p.to_line(), 1, NOBODY);
+    };
+    if new.deleted {
+        let accounts: Vec<&Uuid> = old.members.iter().collect();
+        let p = topic_event("delete", old, &server);
+        ctx.presence.deliver(accounts, &p.to_line(), 1, NOBODY);
+        return;
+    }
+    let added: Vec<Uuid> = new.members.difference(&old.members).copied().collect();
+    let removed: Vec<Uuid> = old.members.difference(&new.members).copied().collect();
+    let meta_changed = old.name != new.name || old.meta != new.meta;
+    let acl_changed = old.acl != new.acl;
+    if added.is_empty() && removed.is_empty() && !meta_changed && !acl_changed {
+        return;
+    }
+    let names = match topic_names(ctx, new, &removed).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "mesh: cannot name a topic's members");
+            return;
+        }
+    };
+    let name = |a: &Uuid| {
+        names
+            .get(a)
+            .cloned()
+            .unwrap_or_else(|| Entity::Account(*a).key())
+    };
+    for a in &added {
+        to(&[*a], &topic_event("join", new, &name(a)));
+    }
+    for a in &removed {
+        to(&[*a], &topic_event("leave", new, &name(a)));
+    }
+    if acl_changed {
+        to(
+            &[],
+            &topic_event("acl", new, &server).with("acl", acl_value(new, &names)),
+        );
+    }
+    if meta_changed {
+        to(&[], &meta_packet(new, &names, &server));
     }
 }
 

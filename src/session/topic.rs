@@ -130,46 +130,17 @@ impl Session<'_> {
 
     /// Account names for rendering members and ACL subjects.
     async fn names(&self, t: &TopicRecord) -> Result<HashMap<Uuid, String>, Denied> {
-        let mut ids: Vec<Uuid> = t.members.iter().copied().collect();
-        ids.extend(t.acl.grants().filter_map(|(s, _)| match s {
-            Subject::Account(id) => Some(*id),
-            _ => None,
-        }));
-        Ok(self
-            .ctx
-            .store
-            .call(move |db| db.account_names(&ids))
-            .await?)
+        Ok(topic_names(self.ctx, t, &[]).await?)
     }
 
     /// The topic's `meta`: its name, metadata, members and ACL.
     pub(super) async fn topic_meta(&self, t: &TopicRecord, from: &str) -> Result<Packet, Denied> {
         let names = self.names(t).await?;
-        let mut p = Packet::server("meta").with_from(from);
-        p.topic = Some(t.id.to_string());
-        p.ex.insert("name".into(), Value::from(t.name.as_str()));
-        for (k, v) in &t.meta {
-            p.ex.insert(k.clone(), v.clone());
-        }
-        let members: Vec<Value> = t
-            .members
-            .iter()
-            .filter_map(|m| names.get(m))
-            .map(|n| Value::from(n.as_str()))
-            .collect();
-        p.ex.insert("members".into(), Value::Array(members));
-        p.ex.insert("acl".into(), self.render_acl(t, &names));
-        Ok(p)
+        Ok(meta_packet(t, &names, from))
     }
 
     fn render_acl(&self, t: &TopicRecord, names: &HashMap<Uuid, String>) -> Value {
-        t.acl.to_wire(|s| match s {
-            Subject::Account(id) => names
-                .get(id)
-                .cloned()
-                .unwrap_or_else(|| format!("account:{id}")),
-            other => other.key(),
-        })
+        acl_value(t, names)
     }
 
     /// Sends `packet` to every connection of the topic's members (and of
@@ -185,9 +156,7 @@ impl Session<'_> {
     }
 
     fn event(&self, op: &str, t: &TopicRecord, from: &str) -> Packet {
-        let mut p = Packet::server(op).with_from(from);
-        p.topic = Some(t.id.to_string());
-        p
+        topic_event(op, t, from)
     }
 
     pub(super) async fn handle_create(
@@ -477,4 +446,56 @@ impl Session<'_> {
         self.announce(&t, &[], &self.event("delete", &t, &me.name));
         Ok(self.reply(reply::ack(id)))
     }
+}
+
+/// Names of a topic's members and ACL subjects, and of `more` accounts.
+pub(crate) async fn topic_names(
+    ctx: &super::Context,
+    t: &TopicRecord,
+    more: &[Uuid],
+) -> Result<HashMap<Uuid, String>, store::Error> {
+    let mut ids: Vec<Uuid> = t.members.iter().copied().collect();
+    ids.extend(t.acl.grants().filter_map(|(s, _)| match s {
+        Subject::Account(id) => Some(*id),
+        _ => None,
+    }));
+    ids.extend_from_slice(more);
+    ctx.store.call(move |db| db.account_names(&ids)).await
+}
+
+/// A topic's `meta` packet: its name, metadata, members and ACL.
+pub(crate) fn meta_packet(t: &TopicRecord, names: &HashMap<Uuid, String>, from: &str) -> Packet {
+    let mut p = Packet::server("meta").with_from(from);
+    p.topic = Some(t.id.to_string());
+    p.ex.insert("name".into(), Value::from(t.name.as_str()));
+    for (k, v) in &t.meta {
+        p.ex.insert(k.clone(), v.clone());
+    }
+    let members: Vec<Value> = t
+        .members
+        .iter()
+        .filter_map(|m| names.get(m))
+        .map(|n| Value::from(n.as_str()))
+        .collect();
+    p.ex.insert("members".into(), Value::Array(members));
+    p.ex.insert("acl".into(), acl_value(t, names));
+    p
+}
+
+/// A topic's ACL as the wire shows it, accounts by name.
+pub(crate) fn acl_value(t: &TopicRecord, names: &HashMap<Uuid, String>) -> Value {
+    t.acl.to_wire(|s| match s {
+        Subject::Account(id) => names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("account:{id}")),
+        other => other.key(),
+    })
+}
+
+/// An event about a topic (`join`, `leave`, `acl`, `delete`) from `from`.
+pub(crate) fn topic_event(op: &str, t: &TopicRecord, from: &str) -> Packet {
+    let mut p = Packet::server(op).with_from(from);
+    p.topic = Some(t.id.to_string());
+    p
 }
