@@ -7,15 +7,15 @@ use std::collections::{BTreeSet, HashMap};
 use bytes::Bytes;
 use uuid::Uuid;
 
+use super::NOBODY;
 use crate::change::{Entity, field};
 use crate::proto::packet::{KeptSend, write_line};
 use crate::proto::{ErrorCode, Packet};
-use crate::session::{Context, acl_value, meta_packet, topic_event, topic_names};
+use crate::session::{
+    Context, acl_value, announce_to_topic, meta_packet, topic_event, topic_names,
+};
 use crate::store::Event;
 use crate::store::TopicRecord;
-
-/// No connection is excluded from a delivery (connection ids start at 1).
-const NOBODY: u64 = 0;
 
 /// Brings this node's caches and connections up to date with `events`,
 /// just applied to the store, in log order.
@@ -25,9 +25,9 @@ pub async fn apply(ctx: &Context, events: &[Event]) {
     let mut senders = BTreeSet::new();
     for e in events {
         for w in &e.change.writes {
-            if let Some(id) = parse(&w.entity, "topic:") {
+            if let Some(id) = crate::store::parse_entity("topic:", &w.entity) {
                 topics.insert(id);
-            } else if let Some(id) = parse(&w.entity, "account:") {
+            } else if let Some(id) = crate::store::parse_entity("account:", &w.entity) {
                 let ends = (w.field == field::DELETED || w.field == field::DISABLED)
                     && w.value == serde_json::Value::Bool(true);
                 if ends {
@@ -134,18 +134,10 @@ fn deliver(ctx: &Context, topic: Uuid, lines: Vec<u8>, count: usize) {
 /// one on its node come `from` this server (`@name`) here.
 async fn announce(ctx: &Context, old: &TopicRecord, new: &TopicRecord) {
     let server = format!("@{}", ctx.server_name);
-    let to = |extra: &[Uuid], p: &Packet| {
-        let accounts: Vec<&Uuid> = new
-            .members
-            .iter()
-            .chain(extra.iter().filter(|a| !new.members.contains(a)))
-            .collect();
-        ctx.presence.deliver(accounts, &p.to_line(), 1, NOBODY);
-    };
+    let to = |extra: &[Uuid], p: &Packet| announce_to_topic(ctx, new, extra, p, NOBODY);
     if new.deleted {
-        let accounts: Vec<&Uuid> = old.members.iter().collect();
         let p = topic_event("delete", old, &server);
-        ctx.presence.deliver(accounts, &p.to_line(), 1, NOBODY);
+        announce_to_topic(ctx, old, &[], &p, NOBODY);
         return;
     }
     let added: Vec<Uuid> = new.members.difference(&old.members).copied().collect();
@@ -183,10 +175,4 @@ async fn announce(ctx: &Context, old: &TopicRecord, new: &TopicRecord) {
     if meta_changed {
         to(&[], &meta_packet(new, &names, &server));
     }
-}
-
-fn parse(entity: &str, prefix: &str) -> Option<Uuid> {
-    entity
-        .strip_prefix(prefix)
-        .and_then(|s| Uuid::parse_str(s).ok())
 }

@@ -57,6 +57,9 @@ pub enum Error {
     Store(#[from] crate::store::Error),
 }
 
+/// Deliveries from the mesh exclude no connection (connection ids start at 1).
+const NOBODY: u64 = 0;
+
 /// Routed packets cross at most this many links.
 const MAX_HOPS: u8 = 32;
 

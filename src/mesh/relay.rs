@@ -16,10 +16,8 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::wire::{self, Relay};
-use super::{Inner, Mesh};
+use super::{Inner, Mesh, NOBODY};
 
-/// No connection is excluded from a delivery (connection ids start at 1).
-const NOBODY: u64 = 0;
 /// Relays of one origin held back at most; past it, the gap is skipped.
 const MAX_PENDING: usize = 4096;
 /// An origin unheard of this long is forgotten.

@@ -21,7 +21,7 @@ mod topic;
 pub use keys::signed_message;
 pub use message::EphemeralRelay;
 pub use ticket::{TicketRelay, Unavailable, node_code, redeem_here};
-pub(crate) use topic::{acl_value, meta_packet, topic_event, topic_names};
+pub(crate) use topic::{acl_value, announce_to_topic, meta_packet, topic_event, topic_names};
 
 use std::net::IpAddr;
 

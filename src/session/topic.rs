@@ -146,13 +146,7 @@ impl Session<'_> {
     /// Sends `packet` to every connection of the topic's members (and of
     /// `extra` accounts) except this one: serialized once, shared.
     fn announce(&self, t: &TopicRecord, extra: &[Uuid], packet: &Packet) {
-        let bytes = packet.to_line();
-        let accounts: Vec<&Uuid> = t
-            .members
-            .iter()
-            .chain(extra.iter().filter(|a| !t.members.contains(a)))
-            .collect();
-        self.ctx.presence.deliver(accounts, &bytes, 1, self.conn_id);
+        announce_to_topic(self.ctx, t, extra, packet, self.conn_id);
     }
 
     fn event(&self, op: &str, t: &TopicRecord, from: &str) -> Packet {
@@ -498,4 +492,22 @@ pub(crate) fn topic_event(op: &str, t: &TopicRecord, from: &str) -> Packet {
     let mut p = Packet::server(op).with_from(from);
     p.topic = Some(t.id.to_string());
     p
+}
+
+/// Sends `packet` to every connection of the topic's members (and of
+/// `extra` accounts) but connection `except`: serialized once, shared.
+pub(crate) fn announce_to_topic(
+    ctx: &super::Context,
+    t: &TopicRecord,
+    extra: &[Uuid],
+    packet: &Packet,
+    except: u64,
+) {
+    let bytes = packet.to_line();
+    let accounts: Vec<&Uuid> = t
+        .members
+        .iter()
+        .chain(extra.iter().filter(|a| !t.members.contains(a)))
+        .collect();
+    ctx.presence.deliver(accounts, &bytes, 1, except);
 }

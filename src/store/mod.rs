@@ -289,7 +289,8 @@ fn entities_with_name(conn: &Connection, prefix: &str) -> Result<Vec<String>, Er
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn parse_entity(prefix: &str, entity: &str) -> Option<uuid::Uuid> {
+/// The id in an entity key of kind `prefix` (`topic:`, `account:`).
+pub(crate) fn parse_entity(prefix: &str, entity: &str) -> Option<uuid::Uuid> {
     entity
         .strip_prefix(prefix)
         .and_then(|s| uuid::Uuid::parse_str(s).ok())
