@@ -339,6 +339,7 @@ pub async fn start_with_mesh(
     }
     tracker.spawn(prune_loop(shared.clone()));
     tracker.spawn(join_request_loop(shared.clone()));
+    tracker.spawn(presence_loop(shared.clone()));
     tracker.spawn(refusal_report_loop(shared.clone()));
     let ops_addr = ops.as_ref().map(|(_, a)| *a);
     if let Some((listener, addr)) = ops {
@@ -486,6 +487,27 @@ async fn join_request_loop(shared: Arc<Shared>) {
             _ = tokio::time::sleep(wait) => {}
         }
         session::expire_join_requests(ctx, crate::proto::id::now_ms());
+    }
+}
+
+/// How long presence changes are gathered before they are sent: a burst
+/// of logins, or a node of the mesh falling silent, is one event per
+/// watcher.
+const PRESENCE_GATHER: Duration = Duration::from_millis(100);
+
+/// Sends `presence` events when accounts come online or go offline.
+async fn presence_loop(shared: Arc<Shared>) {
+    let ctx = &shared.session_ctx;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = ctx.presence.online.changed.notified() => {}
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PRESENCE_GATHER) => {}
+        }
+        session::announce_presence(ctx).await;
     }
 }
 

@@ -14,6 +14,7 @@ mod keys;
 mod marker;
 mod message;
 mod meta;
+mod presence;
 mod search;
 pub mod throttle;
 mod ticket;
@@ -22,6 +23,7 @@ mod topic;
 pub use admission::expire_join_requests;
 pub use keys::signed_message;
 pub use message::EphemeralRelay;
+pub use presence::announce_presence;
 pub use ticket::{TicketRelay, Unavailable, node_code, redeem_here};
 pub(crate) use topic::{acl_value, announce_to_topic, meta_packet, topic_event, topic_names};
 
@@ -648,6 +650,10 @@ impl<'a> Session<'a> {
                     };
                     Box::pin(self.handle_search(id, &me, &q, filters)).await
                 }
+                Err(d) => Err(d),
+            },
+            Request::Presence { watch } => match self.logged_in() {
+                Ok(me) => Box::pin(self.handle_presence(id, &me, watch)).await,
                 Err(d) => Err(d),
             },
         };
