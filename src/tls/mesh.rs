@@ -149,6 +149,16 @@ impl ClientCertVerifier for PeersVerifier {
 /// The mesh listener's configuration: our node certificate, client
 /// certificates required and checked against `peers`.
 pub fn acceptor_config(identity: &Identity, peers: &[Peer]) -> Result<Arc<ServerConfig>, Error> {
+    acceptor_config_for(identity, peers, ALPN)
+}
+
+/// [`acceptor_config`] offering `alpn` (federation uses the same mutual
+/// TLS with its own protocol name and its own peers).
+pub fn acceptor_config_for(
+    identity: &Identity,
+    peers: &[Peer],
+    alpn: &[u8],
+) -> Result<Arc<ServerConfig>, Error> {
     let provider = provider();
     let mut cas: Vec<(Arc<dyn ClientCertVerifier>, Vec<String>)> = Vec::new();
     for p in peers {
@@ -170,14 +180,23 @@ pub fn acceptor_config(identity: &Identity, peers: &[Peer]) -> Result<Arc<Server
         .map_err(|e| Error::Trust(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())
-        .map_err(|e| Error::Trust(format!("mesh certificate: {e}")))?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+        .map_err(|e| Error::Trust(format!("certificate: {e}")))?;
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 
 /// The configuration for dialling `peer`: its certificate checked by its
 /// rule, ours presented.
 pub fn dialer_config(identity: &Identity, peer: &Peer) -> Result<Arc<ClientConfig>, Error> {
+    dialer_config_for(identity, peer, ALPN)
+}
+
+/// [`dialer_config`] offering `alpn`.
+pub fn dialer_config_for(
+    identity: &Identity,
+    peer: &Peer,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, Error> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match &peer.cert {
         PeerCert::Fingerprint(fp) => {
@@ -195,8 +214,8 @@ pub fn dialer_config(identity: &Identity, peer: &Peer) -> Result<Arc<ClientConfi
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(identity.certs.clone(), identity.key.clone_key())
-        .map_err(|e| Error::Trust(format!("mesh certificate: {e}")))?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+        .map_err(|e| Error::Trust(format!("certificate: {e}")))?;
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 
