@@ -328,6 +328,12 @@ pub struct Limits {
     pub max_topics_per_account: usize,
     /// Members one topic may have.
     pub max_members_per_topic: usize,
+    /// How long a join request waits for an admitter before it expires.
+    pub join_request_ttl_ms: u64,
+    /// Join requests pending in one topic at once.
+    pub max_join_requests_per_topic: usize,
+    /// Join requests one account may have pending at once.
+    pub max_join_requests_per_account: usize,
     /// Metadata keys per account (or topic).
     pub max_meta_keys: usize,
     /// Largest metadata value, as JSON bytes.
@@ -364,6 +370,9 @@ impl Default for Limits {
             silent_burst_bytes: 64 * 1024,
             max_topics_per_account: 1000,
             max_members_per_topic: 10_000,
+            join_request_ttl_ms: 600_000,
+            max_join_requests_per_topic: 100,
+            max_join_requests_per_account: 10,
             max_meta_keys: 64,
             max_meta_value_bytes: 4096,
             max_connections: 50_000,
@@ -585,6 +594,15 @@ impl Config {
             return Err(invalid(
                 "limits.silent_bytes_per_second",
                 "the silent input rate must be at least 1 and its burst at least 1024",
+            ));
+        }
+        if l.join_request_ttl_ms == 0
+            || l.max_join_requests_per_topic == 0
+            || l.max_join_requests_per_account == 0
+        {
+            return Err(invalid(
+                "limits.join_request_ttl_ms",
+                "the join request lifetime and bounds must be at least 1",
             ));
         }
         if l.max_topics_per_account == 0 || l.max_members_per_topic == 0 {

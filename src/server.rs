@@ -362,6 +362,7 @@ pub async fn start_with_mesh(
         tracker.spawn(accept_loop(shared.clone(), listener, tracker.clone()));
     }
     tracker.spawn(prune_loop(shared.clone()));
+    tracker.spawn(join_request_loop(shared.clone()));
     tracker.spawn(refusal_report_loop(shared.clone()));
     let ops_addr = ops.as_ref().map(|(_, a)| *a);
     if let Some((listener, addr)) = ops {
@@ -494,6 +495,27 @@ async fn refusal_report_loop(shared: Arc<Shared>) {
     }
     // What the last interval counted is still said.
     log_refusals(shared.refusals.due(std::time::Instant::now() + every));
+}
+
+/// Ends join requests when their time is up: sleeps until the earliest
+/// deadline, or until a request is added (it may be earlier).
+async fn join_request_loop(shared: Arc<Shared>) {
+    let ctx = &shared.session_ctx;
+    loop {
+        let wait = match ctx.join_requests.next_expiry() {
+            Some(at) => {
+                let ms = at.saturating_sub(crate::proto::id::now_ms()).max(0);
+                Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+            }
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = ctx.join_requests.added() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        session::expire_join_requests(ctx, crate::proto::id::now_ms());
+    }
 }
 
 /// Applies history retention every `history.prune_interval_ms`, per topic,

@@ -892,6 +892,73 @@ async fn cutting_a_ring_link_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(history_data(&mut bob2, &topic).await, want);
 }
 
+/// A barbell with its bridge cut: each half goes on talking (with and
+/// without history); healed, the kept messages of both halves are on
+/// every node.
+#[tokio::test]
+async fn a_barbell_cut_at_its_bridge_keeps_both_halves_talking() {
+    let c = Cluster::start(6, BARBELL).await;
+    for name in ["west", "west2", "east", "east2"] {
+        c.nodes[0].server().register(name, PW).await;
+    }
+    let mut owner = c.nodes[0].server().login("west", PW).await;
+    let kept = create(&mut owner, "kept").await;
+    let p = request(
+        &mut owner,
+        Packet::request("create")
+            .with("name", "live")
+            .with("history", false),
+    )
+    .await;
+    let live = p.topic.clone().unwrap();
+    let all = [0, 1, 2, 3, 4, 5];
+    c.converged(&all).await;
+    // Two members on each side, on different nodes of their triangle.
+    let mut conns = Vec::new();
+    for (name, node) in [("west", 1), ("west2", 2), ("east", 4), ("east2", 5)] {
+        let mut u = c.nodes[node].server().login(name, PW).await;
+        if name != "west" {
+            // west created both topics; others join them.
+            assert_eq!(request(&mut u, on("join", &kept)).await.op, "meta");
+            assert_eq!(request(&mut u, on("join", &live)).await.op, "meta");
+        } else {
+            expect_op(&mut u, "meta").await;
+            expect_op(&mut u, "meta").await;
+        }
+        conns.push(u);
+    }
+    c.converged(&all).await;
+    c.cut(2, 3);
+    c.links_up(2, &[0, 1]).await;
+    c.links_up(3, &[4, 5]).await;
+    // Each side talks within itself.
+    for (from, to) in [(0, 1), (2, 3)] {
+        for n in 0..20 {
+            for topic in [&kept, &live] {
+                let ack = request(&mut conns[from], on("send", topic).with("data", n)).await;
+                assert_eq!(ack.op, "ack");
+            }
+        }
+        let mut got = Vec::new();
+        while got.len() < 40 {
+            let Ok(p) = conns[to].recv_timeout(WAIT).await else {
+                let st = c.statuses(&all).await;
+                panic!("conn {to} got only {got:?}; statuses: {st:#?}");
+            };
+            if p.op == "send" {
+                got.push((p.topic.clone(), p.ex.clone()));
+            }
+        }
+    }
+    c.restore(2, 3);
+    c.converged(&all).await;
+    for node in all {
+        let mut u = c.nodes[node].server().login("west2", PW).await;
+        let data = history_data(&mut u, &kept).await;
+        assert_eq!(data.len(), 40, "node {node}: {data:?}");
+    }
+}
+
 /// A peer that stops reading: the node's own members are not held up, the
 /// link is dropped when it goes silent, and once the peer reads again it
 /// gets every kept message it missed; of messages without history it may

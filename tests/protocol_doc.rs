@@ -362,12 +362,21 @@ fn every_federation_example_is_a_federation_packet() {
     use tenthbit::federation::wire::Packet;
     let doc = doc();
     let lines = fenced_lines(&doc, "```fed");
-    assert!(lines.len() >= 4, "expected federation examples, found {}", lines.len());
+    assert!(
+        lines.len() >= 4,
+        "expected federation examples, found {}",
+        lines.len()
+    );
     for (n, line) in lines {
-        let p = Packet::decode(line.as_bytes())
-            .unwrap_or_else(|e| panic!("protocol.md line {n}: not a federation packet: {e}\n{line}"));
+        let p = Packet::decode(line.as_bytes()).unwrap_or_else(|e| {
+            panic!("protocol.md line {n}: not a federation packet: {e}\n{line}")
+        });
         // Every packet round-trips to the same line.
-        assert_eq!(p.to_line(), format!("{line}\n").into_bytes(), "protocol.md line {n}");
+        assert_eq!(
+            p.to_line(),
+            format!("{line}\n").into_bytes(),
+            "protocol.md line {n}"
+        );
     }
 }
 

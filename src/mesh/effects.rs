@@ -11,6 +11,7 @@ use super::NOBODY;
 use crate::change::{Entity, field};
 use crate::proto::packet::{KeptSend, write_line};
 use crate::proto::{ErrorCode, Packet};
+use crate::router::topics::Put;
 use crate::session::{
     Context, acl_value, announce_to_topic, meta_packet, topic_event, topic_names,
 };
@@ -52,10 +53,13 @@ pub async fn apply(ctx: &Context, events: &[Event]) {
         {
             Ok(records) => {
                 for r in records {
-                    if let Some(old) = ctx.topics.get(r.id) {
-                        announce(ctx, &old, &r).await;
+                    // Announced against the copy it replaces, and only if
+                    // it is newer: a session may have put a later copy
+                    // meanwhile.
+                    let new = r.clone();
+                    if let Put::Taken(Some(old)) = ctx.topics.put(r) {
+                        announce(ctx, &old, &new).await;
                     }
-                    ctx.topics.put(r);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "mesh: cannot reload topics"),

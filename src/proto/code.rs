@@ -115,11 +115,16 @@ pub enum ErrorCode {
     MessageNotFound,
     /// The message is older than the edit window.
     MessageTooOld,
+    /// `admit`: that account has no join request pending in the topic.
+    AdmissionNotPending,
+    /// `join`: the topic, or the account, has as many join requests
+    /// pending as it may.
+    AdmissionTooMany,
 }
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 52] = [
+    pub const ALL: [ErrorCode; 54] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -172,6 +177,8 @@ impl ErrorCode {
         ErrorCode::ServerPerIpLimit,
         ErrorCode::MessageNotFound,
         ErrorCode::MessageTooOld,
+        ErrorCode::AdmissionNotPending,
+        ErrorCode::AdmissionTooMany,
     ];
 
     /// The code as it appears on the wire.
@@ -229,6 +236,8 @@ impl ErrorCode {
             ErrorCode::ServerPerIpLimit => "server/per-ip-limit",
             ErrorCode::MessageNotFound => "message/not-found",
             ErrorCode::MessageTooOld => "message/too-old",
+            ErrorCode::AdmissionNotPending => "admission/not-pending",
+            ErrorCode::AdmissionTooMany => "admission/too-many",
         }
     }
 

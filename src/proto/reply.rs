@@ -11,7 +11,7 @@ use super::id::UuidText;
 use super::packet::{Packet, write_str, write_uuid};
 
 /// Every op the server sends, as `protocol.md` documents them.
-pub const SERVER_OPS: [&str; 22] = [
+pub const SERVER_OPS: [&str; 24] = [
     "welcome",
     "ack",
     "error",
@@ -34,6 +34,8 @@ pub const SERVER_OPS: [&str; 22] = [
     "edit",
     "redact",
     "search",
+    "join-request",
+    "admit",
 ];
 
 /// The software string in `welcome`.

@@ -123,10 +123,28 @@ pub enum Request {
         /// Initial metadata.
         meta: serde_json::Map<String, serde_json::Value>,
     },
-    /// Enter a topic (by `topic` UUID, or `ex.name`).
+    /// Enter a topic (by `topic` UUID, or `ex.name`), or ask to, where
+    /// its members admit newcomers.
     Join {
         /// UUID or name.
         topic: String,
+        /// For the admitters, where the join becomes a request.
+        note: Option<String>,
+        /// Opaque key material for the admitters (end-to-end encryption).
+        key: Option<String>,
+    },
+    /// Admit or decline a pending join request.
+    Admit {
+        /// UUID or name.
+        topic: String,
+        /// The requesting account's name.
+        user: String,
+        /// Admit (`true`) or decline.
+        accept: bool,
+        /// For the requester.
+        note: Option<String>,
+        /// Opaque key material for the requester (end-to-end encryption).
+        key: Option<String>,
     },
     /// Leave a topic.
     Leave {
@@ -257,7 +275,7 @@ fn invalid(message: impl Into<String>) -> RequestError {
 }
 
 /// Every op a client may send, as `protocol.md` documents them.
-pub const CLIENT_OPS: [&str; 24] = [
+pub const CLIENT_OPS: [&str; 25] = [
     "auth",
     "register",
     "ping",
@@ -282,6 +300,7 @@ pub const CLIENT_OPS: [&str; 24] = [
     "edit",
     "redact",
     "search",
+    "admit",
 ];
 
 /// Ops a session may send before logging in.
@@ -294,6 +313,11 @@ pub fn needs_login(op: &str) -> bool {
 
 /// Longest username accepted in a login request.
 const MAX_USERNAME_CHARS: usize = 64;
+/// Longest `note` of a join request or an admission, in bytes.
+pub const MAX_NOTE_BYTES: usize = 1024;
+/// Longest `key` (end-to-end key material) of a join request or an
+/// admission, in bytes.
+pub const MAX_KEY_BYTES: usize = 8192;
 /// Longest secret accepted in a login request.
 const MAX_SECRET_BYTES: usize = 1024;
 
@@ -320,6 +344,19 @@ impl Request {
                         .map_err(|_| invalid("`topic` (a topic's UUID) or ex.name is required"))?
                         .to_owned(),
                 },
+                note: optional(p, "note", MAX_NOTE_BYTES)?,
+                key: optional(p, "key", MAX_KEY_BYTES)?,
+            },
+            "admit" => Request::Admit {
+                topic: topic(p)?,
+                user: field(p, "user", 320)?.to_owned(),
+                accept: match p.ex.get("accept") {
+                    Some(serde_json::Value::Bool(b)) => *b,
+                    None => return Err(invalid("ex.accept is required")),
+                    Some(_) => return Err(invalid("ex.accept must be true or false")),
+                },
+                note: optional(p, "note", MAX_NOTE_BYTES)?,
+                key: optional(p, "key", MAX_KEY_BYTES)?,
             },
             "leave" => Request::Leave { topic: topic(p)? },
             "send" => Request::Send {
@@ -441,6 +478,14 @@ fn field<'a>(p: &'a Packet, key: &str, max: usize) -> Result<&'a str, RequestErr
             Some(_) => Err(invalid(format!("ex.{key} must be 1 to {max} bytes"))),
             None => Err(invalid(format!("ex.{key} must be a string"))),
         },
+    }
+}
+
+/// An optional string field: absent or `null` is `None`, else as [`field`].
+fn optional(p: &Packet, key: &str, max: usize) -> Result<Option<String>, RequestError> {
+    match p.ex.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(_) => Ok(Some(field(p, key, max)?.to_owned())),
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! An ACL is a set of `(subject, flag)` grants. Subjects: a local account
 //! (by id), `user@server`, `@server`, and `*` (every logged-in user). A ban
-//! beats every grant; `owner` implies every other flag; `op` implies `read`
-//! and `write`.
+//! beats every grant; `owner` implies every other flag; `op` implies `read`,
+//! `write` and `admit`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -71,11 +71,14 @@ pub enum Flag {
     Admin,
     /// Server ACL: create topics.
     Create,
+    /// Admit or decline join requests in a topic whose `admission` is
+    /// `members` (owners and ops hold it too).
+    Admit,
 }
 
 impl Flag {
     /// Every flag, in wire order.
-    pub const ALL: [Flag; 7] = [
+    pub const ALL: [Flag; 8] = [
         Flag::Owner,
         Flag::Op,
         Flag::Read,
@@ -83,6 +86,7 @@ impl Flag {
         Flag::Ban,
         Flag::Admin,
         Flag::Create,
+        Flag::Admit,
     ];
 
     /// The wire name.
@@ -95,6 +99,7 @@ impl Flag {
             Flag::Ban => "ban",
             Flag::Admin => "admin",
             Flag::Create => "create",
+            Flag::Admit => "admit",
         }
     }
 
@@ -213,7 +218,7 @@ impl Acl {
         let raw = self.raw(actor);
         raw.contains(Flag::Owner)
             || raw.contains(flag)
-            || (raw.contains(Flag::Op) && matches!(flag, Flag::Read | Flag::Write))
+            || (raw.contains(Flag::Op) && matches!(flag, Flag::Read | Flag::Write | Flag::Admit))
     }
 
     /// The ACL in the wire shape `[[subject, [flags…]], …]`, subjects

@@ -4,10 +4,12 @@
 //! socket or knows SQL.
 
 pub mod acl;
+pub mod admission;
 pub mod outbound;
 pub mod presence;
 pub mod topics;
 
+pub use admission::JoinRequests;
 pub use outbound::{Closer, OutFrame, Outbound, PushError, Receiver};
 pub use presence::Presence;
 pub use topics::Topics;

@@ -16,6 +16,18 @@ use crate::store::TopicRecord;
 struct Table {
     by_id: HashMap<Uuid, Arc<TopicRecord>>,
     by_name: HashMap<String, Uuid>,
+    /// Deleted topics and the commit count they were read at, so that a
+    /// copy read before the deletion cannot bring one back.
+    deleted: HashMap<Uuid, u64>,
+}
+
+/// What [`Topics::put`] did.
+#[derive(Debug)]
+pub enum Put {
+    /// The copy is in (or the topic removed); the copy it replaced, if any.
+    Taken(Option<Arc<TopicRecord>>),
+    /// The cache holds a copy read later; nothing changed.
+    Stale,
 }
 
 /// Every live topic.
@@ -57,25 +69,41 @@ impl Topics {
         self.version.load(Ordering::Acquire)
     }
 
-    /// Replaces the cached copy of a topic (removes it if deleted).
-    pub fn put(&self, record: TopicRecord) {
+    /// Replaces the cached copy of a topic (removes it if deleted), unless
+    /// the cache holds a copy read later: sessions and the mesh reload
+    /// topics concurrently, and the last to finish is not always the
+    /// newest. Answers whether `record` was taken, and the copy it
+    /// replaced.
+    pub fn put(&self, record: TopicRecord) -> Put {
         let Ok(mut t) = self.table.write() else {
-            return;
+            return Put::Stale;
         };
+        let newer = t
+            .by_id
+            .get(&record.id)
+            .map(|old| old.as_of)
+            .or_else(|| t.deleted.get(&record.id).copied())
+            .is_some_and(|as_of| as_of > record.as_of);
+        if newer {
+            return Put::Stale;
+        }
         // Bumped before the change, under the lock: whoever reads the
         // table after this sees a new version too.
         self.version.fetch_add(1, Ordering::AcqRel);
-        if let Some(old) = t.by_id.remove(&record.id) {
+        let old = t.by_id.remove(&record.id);
+        if let Some(old) = &old {
             let key = old.name.to_lowercase();
             if t.by_name.get(&key) == Some(&old.id) {
                 t.by_name.remove(&key);
             }
         }
         if record.deleted {
-            return;
+            t.deleted.insert(record.id, record.as_of);
+        } else {
+            t.by_name.insert(record.name.to_lowercase(), record.id);
+            t.by_id.insert(record.id, Arc::new(record));
         }
-        t.by_name.insert(record.name.to_lowercase(), record.id);
-        t.by_id.insert(record.id, Arc::new(record));
+        Put::Taken(old)
     }
 
     /// The live topics `account` is a member of, by name.
@@ -95,5 +123,53 @@ impl Topics {
             .read()
             .map(|t| t.by_id.values().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: Uuid, as_of: u64, members: &[Uuid], deleted: bool) -> TopicRecord {
+        TopicRecord {
+            id,
+            name: "lobby".into(),
+            deleted,
+            meta: Default::default(),
+            acl: Default::default(),
+            members: members.iter().copied().collect(),
+            as_of,
+        }
+    }
+
+    #[test]
+    fn a_copy_read_earlier_never_overwrites_one_read_later() {
+        let (id, dan, bob) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let topics = Topics::default();
+        assert!(matches!(
+            topics.put(record(id, 5, &[dan, bob], false)),
+            Put::Taken(None)
+        ));
+        // A reload that started before bob joined finishes last.
+        assert!(matches!(
+            topics.put(record(id, 4, &[dan], false)),
+            Put::Stale
+        ));
+        assert!(topics.get(id).is_some_and(|t| t.members.contains(&bob)));
+        // The same read again, or a later one, is taken.
+        assert!(matches!(
+            topics.put(record(id, 5, &[dan, bob], false)),
+            Put::Taken(Some(_))
+        ));
+        // Deleted; a copy read before the deletion cannot bring it back.
+        assert!(matches!(
+            topics.put(record(id, 7, &[], true)),
+            Put::Taken(Some(_))
+        ));
+        assert!(matches!(
+            topics.put(record(id, 6, &[dan], false)),
+            Put::Stale
+        ));
+        assert!(topics.get(id).is_none() && topics.resolve("lobby").is_none());
     }
 }

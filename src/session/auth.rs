@@ -137,6 +137,7 @@ impl Session<'_> {
             }
             packets.push(meta);
         }
+        packets.extend(self.pending_for(&me, &topics));
         self.account = Some(std::sync::Arc::new(me));
         for p in packets {
             if let Outcome::Close(r) = self.reply(p) {
@@ -177,7 +178,8 @@ impl Session<'_> {
             if !autojoin
                 || t.members.contains(&me.id)
                 || !t.acl.allows(self.actor(me), Flag::Read)
-                || self.may_join(me, &t).is_err()
+                || super::admission::members_only(&t)
+                || self.may_join(me.id, &t).is_err()
             {
                 continue;
             }

@@ -60,6 +60,12 @@ impl Session<'_> {
             if key == "favorites" && !value.is_null() {
                 check_favorites(value).map_err(|m| invalid(format!("\"favorites\": {m}")))?;
             }
+            if key == "admission"
+                && !value.is_null()
+                && !matches!(value.as_str(), Some("open" | "members"))
+            {
+                return Err(invalid("\"admission\": \"open\" or \"members\"".to_owned()));
+            }
             if key == "format" && !value.is_null() {
                 check_format(value).map_err(|m| invalid(format!("\"format\": {m}")))?;
             }

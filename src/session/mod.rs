@@ -6,6 +6,7 @@
 //! in one file per family: [`auth`] (login, registration), [`meta`].
 
 mod account;
+mod admission;
 mod auth;
 mod edit;
 mod federated;
@@ -19,6 +20,7 @@ pub mod throttle;
 mod ticket;
 mod topic;
 
+pub use admission::expire_join_requests;
 pub use federated::{Abroad, AbroadError, RedeemedAbroad};
 pub use keys::signed_message;
 pub use message::EphemeralRelay;
@@ -108,6 +110,14 @@ pub struct Context {
     pub max_topics_per_account: usize,
     /// Members one topic may have.
     pub max_members_per_topic: usize,
+    /// How long a join request waits for an admitter.
+    pub join_request_ttl_ms: u64,
+    /// Join requests pending in one topic at once.
+    pub max_join_requests_per_topic: usize,
+    /// Join requests one account may have pending at once.
+    pub max_join_requests_per_account: usize,
+    /// Join requests pending on this node (soft state).
+    pub join_requests: crate::router::JoinRequests,
     /// Packet rate per connection.
     pub packets_per_second: u32,
     /// Packet burst per connection.
@@ -171,6 +181,10 @@ impl Context {
             max_meta_keys: config.limits.max_meta_keys,
             max_topics_per_account: config.limits.max_topics_per_account,
             max_members_per_topic: config.limits.max_members_per_topic,
+            join_request_ttl_ms: config.limits.join_request_ttl_ms,
+            max_join_requests_per_topic: config.limits.max_join_requests_per_topic,
+            max_join_requests_per_account: config.limits.max_join_requests_per_account,
+            join_requests: crate::router::JoinRequests::default(),
             packets_per_second: config.limits.packets_per_second,
             packet_burst: config.limits.packet_burst,
             max_meta_value_bytes: config.limits.max_meta_value_bytes,
@@ -582,8 +596,21 @@ impl<'a> Session<'a> {
                 Ok(me) => Box::pin(self.handle_create(id, &me, name, meta)).await,
                 Err(d) => Err(d),
             },
-            Request::Join { topic } => match self.logged_in() {
-                Ok(me) => Box::pin(self.handle_join(id, &me, &topic)).await,
+            Request::Join { topic, note, key } => match self.logged_in() {
+                Ok(me) => Box::pin(self.handle_join(id, &me, &topic, note, key)).await,
+                Err(d) => Err(d),
+            },
+            Request::Admit {
+                topic,
+                user,
+                accept,
+                note,
+                key,
+            } => match self.logged_in() {
+                Ok(me) => {
+                    let decision = admission::Decision { accept, note, key };
+                    Box::pin(self.handle_admit(id, &me, &topic, &user, decision)).await
+                }
                 Err(d) => Err(d),
             },
             Request::Leave { topic } => match self.logged_in() {

@@ -101,7 +101,12 @@ impl Session<'_> {
             None => self.ctx.topics.all(),
         }
         .iter()
-        .filter(|t| !t.deleted && !is_binary(t) && t.acl.allows(actor, Flag::Read))
+        .filter(|t| {
+            !t.deleted
+                && !is_binary(t)
+                && t.acl.allows(actor, Flag::Read)
+                && (!super::admission::members_only(t) || t.members.contains(&me.id))
+        })
         .map(|t| t.id)
         .collect();
         let limit = filters

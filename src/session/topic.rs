@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use tracing::info;
 use uuid::Uuid;
 
+use super::admission::members_only;
 use super::{Denied, LoggedIn, Outcome, Session};
 use crate::proto::name::{check_topic_name, check_username};
 use crate::proto::{ErrorCode, Packet, reply};
@@ -16,7 +17,14 @@ use crate::router::acl::{Actor, Flag, Subject};
 use crate::store::{self, TopicRecord};
 
 /// Flags a topic ACL may hold.
-const TOPIC_FLAGS: [Flag; 5] = [Flag::Owner, Flag::Op, Flag::Read, Flag::Write, Flag::Ban];
+const TOPIC_FLAGS: [Flag; 6] = [
+    Flag::Owner,
+    Flag::Op,
+    Flag::Read,
+    Flag::Write,
+    Flag::Ban,
+    Flag::Admit,
+];
 
 fn not_found() -> Denied {
     Denied::new(ErrorCode::TopicNotFound, "no such topic")
@@ -68,25 +76,25 @@ impl Session<'_> {
         }
     }
 
-    /// Whether `me` may become a member of `t`: the topic's member limit and
-    /// the account's topic limit.
-    pub(super) fn may_join(&self, me: &LoggedIn, t: &TopicRecord) -> Result<(), Denied> {
+    /// Whether `account` may become a member of `t`: the topic's member
+    /// limit and the account's topic limit.
+    pub(super) fn may_join(&self, account: Uuid, t: &TopicRecord) -> Result<(), Denied> {
         if t.members.len() >= self.ctx.max_members_per_topic {
             return Err(Denied::new(
                 ErrorCode::TopicFull,
                 format!("the topic has {} members, its limit", t.members.len()),
             ));
         }
-        self.may_enter_another(me)
+        self.may_enter_another(account)
     }
 
-    /// Whether `me` may become a member of one more topic.
-    pub(super) fn may_enter_another(&self, me: &LoggedIn) -> Result<(), Denied> {
-        let mine = self.ctx.topics.member_of(me.id).len();
+    /// Whether `account` may become a member of one more topic.
+    pub(super) fn may_enter_another(&self, account: Uuid) -> Result<(), Denied> {
+        let mine = self.ctx.topics.member_of(account).len();
         if mine >= self.ctx.max_topics_per_account {
             return Err(Denied::new(
                 ErrorCode::AccountTooManyTopics,
-                format!("you are in {mine} topics, the limit; leave one first"),
+                format!("{mine} topics, the limit for one account; leave one first"),
             ));
         }
         Ok(())
@@ -100,15 +108,38 @@ impl Session<'_> {
         t: &TopicRecord,
         member: bool,
     ) -> Result<TopicRecord, Denied> {
-        let (tid, account) = (t.id, me.id);
+        let record = self.commit_membership(me.id, t, member).await?;
+        self.announce_membership(&record, me.id, &me.name, member);
+        Ok(record)
+    }
+
+    /// Commits `account` joining or leaving `t` (one replicated register)
+    /// and reloads the topic.
+    pub(super) async fn commit_membership(
+        &self,
+        account: Uuid,
+        t: &TopicRecord,
+        member: bool,
+    ) -> Result<TopicRecord, Denied> {
+        let tid = t.id;
         self.ctx
             .store
             .call(move |db| db.set_member(tid, account, member))
             .await?;
-        let record = self.reload(tid).await?;
+        self.reload(tid).await
+    }
+
+    /// Tells the topic's members, and the account's connections, that
+    /// `account` (named `name`) joined or left.
+    pub(super) fn announce_membership(
+        &self,
+        record: &TopicRecord,
+        account: Uuid,
+        name: &str,
+        member: bool,
+    ) {
         let op = if member { "join" } else { "leave" };
-        self.announce(&record, &[me.id], &self.event(op, &record, &me.name));
-        Ok(record)
+        self.announce(record, &[account], &self.event(op, record, name));
     }
 
     pub(super) fn resolve(&self, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
@@ -118,10 +149,23 @@ impl Session<'_> {
     /// The topic named `topic`, if `me` may read it (`acl/denied` if not).
     pub(super) fn readable(&self, me: &LoggedIn, topic: &str) -> Result<Arc<TopicRecord>, Denied> {
         let t = self.resolve(topic)?;
+        self.check_read(me, &t)?;
+        Ok(t)
+    }
+
+    /// Whether `me` may read `t`: the `read` flag, and membership where the
+    /// topic's members admit newcomers.
+    pub(super) fn check_read(&self, me: &LoggedIn, t: &TopicRecord) -> Result<(), Denied> {
         if !t.acl.allows(self.actor(me), Flag::Read) {
             return Err(denied("read it"));
         }
-        Ok(t)
+        if members_only(t) && !t.members.contains(&me.id) {
+            return Err(Denied::new(
+                ErrorCode::TopicNotMember,
+                "the topic shows itself to its members only; ask to join",
+            ));
+        }
+        Ok(())
     }
 
     /// Reloads a topic from the store into the cache after a change.
@@ -179,7 +223,7 @@ impl Session<'_> {
         check_topic_name(&name).map_err(|m| Denied::new(ErrorCode::TopicInvalidName, m))?;
         check_reserved(&meta)?;
         // The creator becomes a member of the new (empty) topic.
-        self.may_enter_another(me)?;
+        self.may_enter_another(me.id)?;
         self.check_meta(&meta)?;
         let creator = me.id;
         let record = self
@@ -200,6 +244,8 @@ impl Session<'_> {
         id: Option<&str>,
         me: &LoggedIn,
         topic: &str,
+        note: Option<String>,
+        key: Option<String>,
     ) -> Result<Outcome, Denied> {
         let t = self.resolve(topic)?;
         if !t.acl.allows(self.actor(me), Flag::Read) {
@@ -207,8 +253,10 @@ impl Session<'_> {
         }
         let record = if t.members.contains(&me.id) {
             (*t).clone()
+        } else if members_only(&t) {
+            return self.request_join(id, me, &t, note, key);
         } else {
-            self.may_join(me, &t)?;
+            self.may_join(me.id, &t)?;
             self.set_membership(me, &t, true).await?
         };
         let mut p = self.topic_meta(&record, &me.name).await?;
@@ -224,6 +272,9 @@ impl Session<'_> {
     ) -> Result<Outcome, Denied> {
         let t = self.resolve(topic)?;
         if !t.members.contains(&me.id) {
+            if self.withdraw_join(me, &t) {
+                return Ok(self.reply(reply::ack(id)));
+            }
             return Err(Denied::new(
                 ErrorCode::TopicNotMember,
                 "you are not a member of that topic",
@@ -242,9 +293,7 @@ impl Session<'_> {
     ) -> Result<Outcome, Denied> {
         let t = self.resolve(topic)?;
         if values.is_empty() {
-            if !t.acl.allows(self.actor(me), Flag::Read) {
-                return Err(denied("read it"));
-            }
+            self.check_read(me, &t)?;
             let mut p = self.topic_meta(&t, &me.name).await?;
             p = p.answering(id);
             return Ok(self.reply(p));
@@ -325,9 +374,7 @@ impl Session<'_> {
         let t = self.resolve(topic)?;
         let actor = self.actor(me);
         let Some(subject_text) = subject else {
-            if !t.acl.allows(actor, Flag::Read) {
-                return Err(denied("read it"));
-            }
+            self.check_read(me, &t)?;
             let names = self.names(&t).await?;
             let mut p = self
                 .event("acl", &t, &me.name)

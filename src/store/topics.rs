@@ -28,6 +28,10 @@ pub struct TopicRecord {
     pub acl: Acl,
     /// Member accounts.
     pub members: BTreeSet<Uuid>,
+    /// The store's commit count when this copy was read: of two copies,
+    /// the one read later is at least as new, so a cache never lets an
+    /// older read overwrite a newer one.
+    pub as_of: u64,
 }
 
 fn acl_field(subject: &Subject, flag: Flag) -> String {
@@ -64,13 +68,13 @@ impl Db {
 
     /// The topic with `id`, deleted or not.
     pub fn topic(&self, id: Uuid) -> Result<Option<TopicRecord>, Error> {
-        load(&self.conn, id)
+        load(&self.conn, id, self.commits)
     }
 
     /// The live topic named `name` (case-insensitive).
     pub fn topic_by_name(&self, name: &str) -> Result<Option<TopicRecord>, Error> {
         match super::name_holder(&self.conn, PREFIX, &name.to_lowercase())? {
-            Some(id) => Ok(load(&self.conn, id)?.filter(|t| !t.deleted)),
+            Some(id) => Ok(load(&self.conn, id, self.commits)?.filter(|t| !t.deleted)),
             None => Ok(None),
         }
     }
@@ -80,7 +84,7 @@ impl Db {
         let mut out = Vec::new();
         for entity in super::entities_with_name(&self.conn, PREFIX)? {
             if let Some(id) = super::parse_entity(PREFIX, &entity) {
-                if let Some(t) = load(&self.conn, id)? {
+                if let Some(t) = load(&self.conn, id, self.commits)? {
                     out.push(t);
                 }
             }
@@ -186,7 +190,7 @@ impl Db {
     }
 }
 
-fn load(conn: &Connection, id: Uuid) -> Result<Option<TopicRecord>, Error> {
+fn load(conn: &Connection, id: Uuid, as_of: u64) -> Result<Option<TopicRecord>, Error> {
     let rows = super::load_registers(conn, &Entity::Topic(id).key())?;
     if rows.is_empty() {
         return Ok(None);
@@ -198,6 +202,7 @@ fn load(conn: &Connection, id: Uuid) -> Result<Option<TopicRecord>, Error> {
         meta: Map::new(),
         acl: Acl::default(),
         members: BTreeSet::new(),
+        as_of,
     };
     for (f, value) in rows {
         if f == field::NAME {
