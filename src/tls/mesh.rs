@@ -2,7 +2,8 @@
 //! presenting its node certificate and checking the other's against the
 //! configured peers (a pinned SHA-256 fingerprint, or a CA plus the node's
 //! name). The client port never asks for a client certificate; this is a
-//! listener of its own.
+//! listener of its own. Federation uses the same verifier with its own ALPN
+//! and its own list of peers (other servers, by server name).
 
 use std::path::PathBuf;
 use std::sync::Arc;
