@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::conn;
+use crate::federation::Federation;
 use crate::mesh::Mesh;
 use crate::ops::Metrics;
 use crate::password::Passwords;
@@ -54,6 +55,9 @@ pub enum Error {
     /// The mesh could not start.
     #[error(transparent)]
     Mesh(#[from] crate::mesh::Error),
+    /// Federation could not start.
+    #[error(transparent)]
+    Federation(#[from] crate::federation::Error),
     /// The password hasher's parameters are unusable.
     #[error(transparent)]
     Password(#[from] crate::password::Error),
@@ -154,6 +158,7 @@ pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     ops_addr: Option<SocketAddr>,
     mesh: Option<Mesh>,
+    federation: Option<Federation>,
     store: Store,
     fingerprint: [u8; 32],
     shutdown: CancellationToken,
@@ -190,6 +195,11 @@ impl ServerHandle {
     /// The mesh, when `mesh.enabled`.
     pub fn mesh(&self) -> Option<&Mesh> {
         self.mesh.as_ref()
+    }
+
+    /// Federation, when `federation.enabled`.
+    pub fn federation(&self) -> Option<&Federation> {
+        self.federation.as_ref()
     }
 
     /// A token that begins shutdown when cancelled (for signal handlers).
@@ -318,6 +328,20 @@ pub async fn start_with_mesh(
     } else {
         None
     };
+    let federation = if config.federation.enabled {
+        let addr = config.federation.listen;
+        let listener = bind(addr).map_err(|cause| Error::Bind { addr, cause })?;
+        Some(Federation::start(
+            config.federation.clone(),
+            &config.server.name,
+            (&config.tls.cert_file, &config.tls.key_file),
+            session_ctx.clone(),
+            listener,
+            shutdown_token.child_token(),
+        )?)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         session_ctx,
         acceptor: TlsAcceptor::from(server_tls.config),
@@ -354,6 +378,7 @@ pub async fn start_with_mesh(
     metrics.set_ready(true);
     let shutdown = shared.shutdown.clone();
     let mesh_task = mesh.clone();
+    let federation_task = federation.clone();
     let store_handle = store.clone();
     let task = tokio::spawn(async move {
         shared.shutdown.cancelled().await;
@@ -372,6 +397,9 @@ pub async fn start_with_mesh(
         if let Some(m) = mesh_task {
             m.wait().await;
         }
+        if let Some(f) = federation_task {
+            f.wait().await;
+        }
         store.close().await;
         info!("server stopped");
     });
@@ -379,6 +407,7 @@ pub async fn start_with_mesh(
         addrs,
         ops_addr,
         mesh,
+        federation,
         store: store_handle,
         fingerprint: server_tls.fingerprint,
         shutdown,
