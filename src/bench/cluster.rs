@@ -250,6 +250,10 @@ pub fn configure(node: &NodePlan, config: &mut Config) {
     // Loaded test machines can be slow: a gap waits long before it is
     // given up.
     m.reorder_wait_ms = 5_000;
+    // Presence heartbeats often, so a silent node shows quickly; the
+    // timeout leaves room for a loaded machine.
+    m.presence_interval_ms = 100;
+    m.presence_timeout_ms = 2_000;
 }
 
 /// Binds a planned node's mesh port again (or a fresh one if it was taken

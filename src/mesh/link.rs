@@ -170,6 +170,7 @@ pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed:
         return;
     }
     inner.learn_node(&peer);
+    super::presence::on_link_up(&inner, &link);
     let behind = {
         let mine = inner
             .store
@@ -405,6 +406,10 @@ fn on_packet(inner: &Arc<Inner>, link: &Arc<Link>, p: Packet) -> Option<End> {
         }
         Packet::Relay(r) => {
             super::relay::on_relay(inner, link.id, r);
+            None
+        }
+        Packet::Presence(p) => {
+            super::presence::on_presence(inner, link.id, p);
             None
         }
         Packet::Error(r) => Some(End::PeerSaid(r.code, r.message)),

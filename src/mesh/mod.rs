@@ -18,6 +18,7 @@ pub mod config;
 mod effects;
 mod link;
 mod messages;
+pub mod presence;
 mod relay;
 pub mod seen;
 pub mod status;
@@ -104,6 +105,10 @@ struct Inner {
     /// counter (the lock also orders queueing).
     relay_origin: String,
     relay_seq: Mutex<u64>,
+    /// This run of the node (a UUIDv7: later runs sort later).
+    boot: String,
+    /// Other nodes' connected accounts.
+    presence: Mutex<presence::Table>,
     reorder: Mutex<relay::Reorder>,
     /// Held from a batch's commit until its effects are done, so kept
     /// messages that arrive on two links reach members in log order.
@@ -158,6 +163,7 @@ impl Mesh {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let boot = Uuid::now_v7().simple().to_string();
         let inner = Arc::new(Inner {
             server: server.to_owned(),
             node: node.to_owned(),
@@ -181,8 +187,10 @@ impl Mesh {
             routed_duplicates: AtomicU64::new(0),
             relay_duplicates: AtomicU64::new(0),
             relay_dropped: AtomicU64::new(0),
-            relay_origin: format!("{node}/{}", Uuid::now_v7().simple()),
+            relay_origin: format!("{node}/{boot}"),
             relay_seq: Mutex::new(0),
+            boot,
+            presence: Mutex::new(presence::Table::default()),
             reorder: Mutex::new(relay::Reorder::default()),
             applying: tokio::sync::Mutex::new(()),
             shutdown,
@@ -199,6 +207,7 @@ impl Mesh {
         );
         inner.tracker.spawn(accept_loop(inner.clone(), listener));
         inner.tracker.spawn(relay::flush_loop(inner.clone()));
+        inner.tracker.spawn(presence::presence_loop(inner.clone()));
         if let Some(path) = status_socket {
             inner.tracker.spawn(status::serve(inner.clone(), path));
         }

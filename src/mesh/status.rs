@@ -46,6 +46,16 @@ pub struct Status {
     pub relay_dropped: u64,
     /// Relays never received on any path, given up after the reorder wait.
     pub relay_skipped: u64,
+    /// Presence packets that came again by a second path and were dropped.
+    #[serde(default)]
+    pub presence_duplicates: u64,
+    /// Presence packets never received on any path (the next full list
+    /// repairs what they said).
+    #[serde(default)]
+    pub presence_skipped: u64,
+    /// Every other node this one hears presence from.
+    #[serde(default)]
+    pub presence: Vec<super::presence::OriginStatus>,
     /// One entry per configured peer.
     pub links: Vec<LinkStatus>,
 }
@@ -89,6 +99,7 @@ pub(super) async fn collect(inner: &Arc<Inner>) -> Result<Status, crate::store::
         .lock()
         .map(|e| e.clone())
         .unwrap_or_default();
+    let (presence, presence_duplicates, presence_skipped) = super::presence::status(inner);
     let mut out = Vec::new();
     for p in &inner.peers {
         let last_error = errors.get(&p.node).cloned();
@@ -137,6 +148,9 @@ pub(super) async fn collect(inner: &Arc<Inner>) -> Result<Status, crate::store::
         relay_duplicates: inner.relay_duplicates.load(Ordering::Relaxed),
         relay_dropped: inner.relay_dropped.load(Ordering::Relaxed),
         relay_skipped: inner.reorder.lock().map(|r| r.skipped).unwrap_or(0),
+        presence_duplicates,
+        presence_skipped,
+        presence,
         links: out,
     })
 }
@@ -175,10 +189,28 @@ pub fn render(s: &Status) -> String {
         }
         out.push('\n');
     }
+    let _ = writeln!(out, "presence:");
+    for p in &s.presence {
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<8} {} users, heard {} ms ago",
+            p.node,
+            if p.live { "online" } else { "silent" },
+            p.users,
+            p.heard_ms
+        );
+    }
     let _ = writeln!(
         out,
-        "routed packets dropped as seen: {}",
-        s.routed_duplicates
+        "flooding: routed packets dropped as seen {}; relayed messages taken twice {}, \
+         not queued to a full link {}, lost on every path {}; presence packets taken twice {}, \
+         lost on every path {}",
+        s.routed_duplicates,
+        s.relay_duplicates,
+        s.relay_dropped,
+        s.relay_skipped,
+        s.presence_duplicates,
+        s.presence_skipped
     );
     out
 }

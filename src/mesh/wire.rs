@@ -30,6 +30,9 @@ pub enum Packet {
     /// Messages of a topic that keeps no history, flooded to every node.
     #[serde(rename = "mesh.relay")]
     Relay(Relay),
+    /// Who is connected to a node, flooded to every node.
+    #[serde(rename = "mesh.presence")]
+    Presence(Presence),
     /// The last packet before the sender closes the link.
     #[serde(rename = "mesh.error")]
     Error(Refusal),
@@ -131,6 +134,28 @@ pub struct Relay {
     pub topic: Uuid,
     /// The relayed packets, as sent to members.
     pub packets: Vec<Box<serde_json::value::RawValue>>,
+}
+
+/// `mesh.presence`: the accounts that came to or left origin `o` since its
+/// packet `s - 1`, or (`full`) all of its accounts as of `s`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Presence {
+    /// The node whose connections these are.
+    pub o: String,
+    /// Its run: a later run's list replaces an earlier one's.
+    pub b: String,
+    /// Numbers the origin's presence packets, per run.
+    pub s: u64,
+    /// `on` is the whole list, not a change.
+    #[serde(default)]
+    pub full: bool,
+    /// Accounts connected (now, or since the last packet).
+    #[serde(default)]
+    pub on: Vec<Uuid>,
+    /// Accounts no longer connected since the last packet.
+    #[serde(default)]
+    pub off: Vec<Uuid>,
 }
 
 /// The `mesh.relay` line for relayed packets `lines` (each ending in a

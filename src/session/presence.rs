@@ -19,12 +19,15 @@ impl Session<'_> {
         me: &LoggedIn,
         watch: bool,
     ) -> Result<Outcome, Denied> {
-        // Watching before the list is made: a change in between is in the
-        // list or in an event after it (or both; either says the same).
+        // Watching before the list is made, and gathered changes sent
+        // first: events are news relative to the last announcement, so the
+        // list must not be older than it (a login and logout in between
+        // would otherwise say nothing, after a list that showed the login).
         self.ctx.presence.watch(me.id, self.conn_id, watch);
         if !watch {
             return Ok(self.reply(reply::ack(id)));
         }
+        announce_presence(self.ctx).await;
         let online = &self.ctx.presence.online;
         let peers: Vec<Uuid> = self
             .ctx
