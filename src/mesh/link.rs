@@ -170,6 +170,7 @@ pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed:
         return;
     }
     inner.learn_node(&peer);
+    super::admission::on_link_up(&inner, &link);
     let behind = {
         let mine = inner
             .store

@@ -12,8 +12,9 @@
 //!
 //! Files, in a link's order: [`config`] (settings), `dial`/`accept` here,
 //! [`link`] (hello, the two loops), [`wire`] (packets), [`effects`],
-//! [`tickets`], [`status`].
+//! [`tickets`], [`admission`], [`status`].
 
+mod admission;
 pub mod config;
 mod effects;
 mod link;
@@ -218,6 +219,8 @@ impl Mesh {
         let _ = ctx.ticket_relay.set(relay);
         let relay: Arc<dyn crate::session::EphemeralRelay> = Arc::new(mesh.clone());
         let _ = ctx.ephemeral_relay.set(relay);
+        let relay: Arc<dyn crate::session::AdmissionRelay> = Arc::new(mesh.clone());
+        let _ = ctx.admission_relay.set(relay);
         Ok(mesh)
     }
 
@@ -345,6 +348,10 @@ impl Inner {
             .unwrap_or(seen::Verdict::Duplicate);
         if fresh != seen::Verdict::Fresh {
             self.routed_duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if r.to == wire::BROADCAST {
+            admission::on_broadcast(self, r, came_by);
             return;
         }
         if r.to != self.node {

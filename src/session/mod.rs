@@ -19,7 +19,9 @@ pub mod throttle;
 mod ticket;
 mod topic;
 
-pub use admission::expire_join_requests;
+pub use admission::{
+    AdmissionRelay, JoinEnded, end_join_request, expire_join_requests, mirror_join_request,
+};
 pub use keys::signed_message;
 pub use message::EphemeralRelay;
 pub use ticket::{TicketRelay, Unavailable, node_code, redeem_here};
@@ -147,6 +149,9 @@ pub struct Context {
     /// Carries messages of topics without history to other nodes (set when
     /// the mesh starts).
     pub ephemeral_relay: std::sync::OnceLock<std::sync::Arc<dyn EphemeralRelay>>,
+    /// Carries join requests and their ends to other nodes (set when the
+    /// mesh starts).
+    pub admission_relay: std::sync::OnceLock<std::sync::Arc<dyn AdmissionRelay>>,
 }
 
 impl Context {
@@ -194,6 +199,7 @@ impl Context {
             metrics: std::sync::Arc::default(),
             ticket_relay: std::sync::OnceLock::new(),
             ephemeral_relay: std::sync::OnceLock::new(),
+            admission_relay: std::sync::OnceLock::new(),
         }
     }
 }
