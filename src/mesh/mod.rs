@@ -7,8 +7,9 @@
 //! received from another link. Events from a peer go through the store's
 //! one apply path; what they change outside the store (the topic table,
 //! kept messages for members connected here) follows in [`effects`].
-//! Packets for one node (ticket redemption) are flooded with an id and
-//! dropped where seen before ([`seen`]).
+//! Packets for one node (ticket redemption) or for every node (join
+//! requests, [`admission`]) are flooded with an id and dropped where seen
+//! before ([`seen`]).
 //!
 //! Files, in a link's order: [`config`] (settings), `dial`/`accept` here,
 //! [`link`] (hello, the two loops), [`wire`] (packets), [`effects`],
