@@ -64,6 +64,8 @@ pub struct Config {
     pub ops: OpsConfig,
     /// Links to the other nodes of this server.
     pub mesh: crate::mesh::config::MeshConfig,
+    /// Ticket logins with other servers.
+    pub federation: crate::federation::config::FederationConfig,
 }
 
 /// `[web]`: ALPN `http/1.1` on the client port (the page and WebSocket sessions).
@@ -662,7 +664,8 @@ impl Config {
                 ));
             }
         }
-        self.mesh.validate(&s.node)
+        self.mesh.validate(&s.node)?;
+        self.federation.validate(&s.name)
     }
 }
 

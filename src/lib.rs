@@ -16,6 +16,7 @@
 //! - [`password`]: argon2id off the async workers, bounded.
 //! - [`change`], [`store`]: every change of state as data, the event log, and SQLite.
 //! - [`mesh`]: links to the other nodes of this server, replicating the event log.
+//! - [`federation`]: ticket logins between different servers (asking and answering).
 //! - [`client`]: the client library used by the `tenthbit` binary, tests and benchmark.
 //! - [`bench`]: the benchmark workloads behind `tenthbit bench`.
 //! - [`admin`]: the admin CLI's operations on the store.
@@ -28,6 +29,7 @@ pub mod change;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod federation;
 pub mod mesh;
 pub mod ops;
 pub mod password;

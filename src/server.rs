@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::conn;
+use crate::federation::Federation;
 use crate::mesh::Mesh;
 use crate::ops::Metrics;
 use crate::password::Passwords;
@@ -54,6 +55,9 @@ pub enum Error {
     /// The mesh could not start.
     #[error(transparent)]
     Mesh(#[from] crate::mesh::Error),
+    /// Federation could not start.
+    #[error(transparent)]
+    Federation(#[from] crate::federation::Error),
     /// The password hasher's parameters are unusable.
     #[error(transparent)]
     Password(#[from] crate::password::Error),
@@ -154,6 +158,7 @@ pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     ops_addr: Option<SocketAddr>,
     mesh: Option<Mesh>,
+    federation: Option<Federation>,
     store: Store,
     fingerprint: [u8; 32],
     shutdown: CancellationToken,
@@ -190,6 +195,11 @@ impl ServerHandle {
     /// The mesh, when `mesh.enabled`.
     pub fn mesh(&self) -> Option<&Mesh> {
         self.mesh.as_ref()
+    }
+
+    /// Federation, when `federation.enabled`.
+    pub fn federation(&self) -> Option<&Federation> {
+        self.federation.as_ref()
     }
 
     /// A token that begins shutdown when cancelled (for signal handlers).
@@ -318,6 +328,20 @@ pub async fn start_with_mesh(
     } else {
         None
     };
+    let federation = if config.federation.enabled {
+        let addr = config.federation.listen;
+        let listener = bind(addr).map_err(|cause| Error::Bind { addr, cause })?;
+        Some(Federation::start(
+            config.federation.clone(),
+            &config.server.name,
+            (&config.tls.cert_file, &config.tls.key_file),
+            session_ctx.clone(),
+            listener,
+            shutdown_token.child_token(),
+        )?)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         session_ctx,
         acceptor: TlsAcceptor::from(server_tls.config),
@@ -339,6 +363,7 @@ pub async fn start_with_mesh(
     }
     tracker.spawn(prune_loop(shared.clone()));
     tracker.spawn(join_request_loop(shared.clone()));
+    tracker.spawn(presence_loop(shared.clone()));
     tracker.spawn(refusal_report_loop(shared.clone()));
     let ops_addr = ops.as_ref().map(|(_, a)| *a);
     if let Some((listener, addr)) = ops {
@@ -353,6 +378,7 @@ pub async fn start_with_mesh(
     metrics.set_ready(true);
     let shutdown = shared.shutdown.clone();
     let mesh_task = mesh.clone();
+    let federation_task = federation.clone();
     let store_handle = store.clone();
     let task = tokio::spawn(async move {
         shared.shutdown.cancelled().await;
@@ -371,6 +397,9 @@ pub async fn start_with_mesh(
         if let Some(m) = mesh_task {
             m.wait().await;
         }
+        if let Some(f) = federation_task {
+            f.wait().await;
+        }
         store.close().await;
         info!("server stopped");
     });
@@ -378,6 +407,7 @@ pub async fn start_with_mesh(
         addrs,
         ops_addr,
         mesh,
+        federation,
         store: store_handle,
         fingerprint: server_tls.fingerprint,
         shutdown,
@@ -486,6 +516,27 @@ async fn join_request_loop(shared: Arc<Shared>) {
             _ = tokio::time::sleep(wait) => {}
         }
         session::expire_join_requests(ctx, crate::proto::id::now_ms());
+    }
+}
+
+/// How long presence changes are gathered before they are sent: a burst
+/// of logins, or a node of the mesh falling silent, is one event per
+/// watcher.
+const PRESENCE_GATHER: Duration = Duration::from_millis(100);
+
+/// Sends `presence` events when accounts come online or go offline.
+async fn presence_loop(shared: Arc<Shared>) {
+    let ctx = &shared.session_ctx;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = ctx.presence.online.changed.notified() => {}
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PRESENCE_GATHER) => {}
+        }
+        session::announce_presence(ctx).await;
     }
 }
 

@@ -298,11 +298,16 @@ fn limits_table_matches_the_default_config() {
 
 /// The lines of every ```mesh block, with their line numbers.
 fn mesh_example_lines(doc: &str) -> Vec<(usize, String)> {
+    fenced_lines(doc, "```mesh")
+}
+
+/// The lines of every block opened by `fence`, with their line numbers.
+fn fenced_lines(doc: &str, fence: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let mut inside = false;
     for (i, line) in doc.lines().enumerate() {
         let t = line.trim();
-        if t == "```mesh" {
+        if t == fence {
             inside = true;
         } else if t.starts_with("```") {
             inside = false;
@@ -346,6 +351,42 @@ fn mesh_code_table_lists_exactly_the_codes() {
     let listed = first_column(&rows, "mesh code");
     let listed = unique(&listed, "mesh code");
     let codes: BTreeSet<&str> = tenthbit::mesh::wire::Code::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(listed, codes);
+}
+
+#[test]
+fn every_federation_example_is_a_federation_packet() {
+    use tenthbit::federation::wire::Packet;
+    let doc = doc();
+    let lines = fenced_lines(&doc, "```fed");
+    assert!(
+        lines.len() >= 4,
+        "expected federation examples, found {}",
+        lines.len()
+    );
+    for (n, line) in lines {
+        let p = Packet::decode(line.as_bytes()).unwrap_or_else(|e| {
+            panic!("protocol.md line {n}: not a federation packet: {e}\n{line}")
+        });
+        // Every packet round-trips to the same line.
+        assert_eq!(
+            p.to_line(),
+            format!("{line}\n").into_bytes(),
+            "protocol.md line {n}"
+        );
+    }
+}
+
+#[test]
+fn federation_code_table_lists_exactly_the_codes() {
+    let doc = doc();
+    let rows = table(&doc, &["fed code", "meaning"]);
+    let listed = first_column(&rows, "fed code");
+    let listed = unique(&listed, "fed code");
+    let codes: BTreeSet<&str> = tenthbit::federation::wire::Code::ALL
         .iter()
         .map(|c| c.as_str())
         .collect();

@@ -52,6 +52,15 @@ pub struct MeshConfig {
     /// How long a relayed message that arrives ahead of an earlier one of
     /// the same origin waits for it before the gap is given up.
     pub reorder_wait_ms: u64,
+    /// How often this node tells the mesh who is connected to it (a
+    /// heartbeat when nobody came or went).
+    pub presence_interval_ms: u64,
+    /// A node not heard from this long has its users shown offline (they
+    /// stay members of their topics); heard again, they are online again.
+    pub presence_timeout_ms: u64,
+    /// How often the heartbeat is a full list rather than the changes (it
+    /// repairs a view that missed a change).
+    pub presence_full_interval_ms: u64,
     /// The nodes this node dials (and accepts).
     #[serde(rename = "peer")]
     pub peers: Vec<PeerConfig>,
@@ -94,6 +103,9 @@ impl Default for MeshConfig {
             seen_ttl_ms: 60_000,
             seen_capacity: 262_144,
             reorder_wait_ms: 1_000,
+            presence_interval_ms: 1_000,
+            presence_timeout_ms: 10_000,
+            presence_full_interval_ms: 30_000,
             peers: Vec::new(),
         }
     }
@@ -153,10 +165,21 @@ impl MeshConfig {
             ("mesh.ticket_timeout_ms", self.ticket_timeout_ms),
             ("mesh.seen_ttl_ms", self.seen_ttl_ms),
             ("mesh.reorder_wait_ms", self.reorder_wait_ms),
+            ("mesh.presence_interval_ms", self.presence_interval_ms),
+            (
+                "mesh.presence_full_interval_ms",
+                self.presence_full_interval_ms,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if self.presence_timeout_ms <= self.presence_interval_ms {
+            return Err(invalid(
+                "mesh.presence_timeout_ms",
+                "must be longer than mesh.presence_interval_ms",
+            ));
         }
         if self.idle_timeout_ms <= self.keepalive_interval_ms {
             return Err(invalid(

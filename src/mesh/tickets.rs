@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::wire::{RouteBody, Routed};
 use super::{Inner, Mesh};
-use crate::session::{TicketRelay, Unavailable, node_code, redeem_here};
+use crate::session::{Redeemer, TicketRelay, Unavailable, node_code, redeem_here};
 
 impl TicketRelay for Mesh {
     fn issuer(&self, code: &str) -> Option<String> {
@@ -23,6 +23,7 @@ impl TicketRelay for Mesh {
         &self,
         node: String,
         ticket: String,
+        abroad: Option<String>,
     ) -> Pin<Box<dyn Future<Output = Result<Option<Uuid>, Unavailable>> + Send>> {
         let inner = self.inner.clone();
         Box::pin(async move {
@@ -34,7 +35,14 @@ impl TicketRelay for Mesh {
             if let Ok(mut w) = inner.waiting.lock() {
                 w.insert(request, tx);
             }
-            inner.route(&node, RouteBody::TicketRedeem { request, ticket });
+            inner.route(
+                &node,
+                RouteBody::TicketRedeem {
+                    request,
+                    ticket,
+                    abroad,
+                },
+            );
             let answer = tokio::time::timeout(inner.cfg.ticket_timeout(), rx).await;
             if let Ok(mut w) = inner.waiting.lock() {
                 w.remove(&request);
@@ -53,11 +61,19 @@ impl TicketRelay for Mesh {
 /// A routed packet for this node.
 pub(super) fn on_routed(inner: &Arc<Inner>, r: Routed) {
     match r.body {
-        RouteBody::TicketRedeem { request, ticket } => {
+        RouteBody::TicketRedeem {
+            request,
+            ticket,
+            abroad,
+        } => {
             let inner = inner.clone();
             let from = r.from;
             inner.clone().tracker.spawn(async move {
-                let account = redeem_here(&inner.store, &inner.server, &ticket)
+                let redeemer = match &abroad {
+                    Some(server) => Redeemer::Abroad(server),
+                    None => Redeemer::Here(&inner.server),
+                };
+                let account = redeem_here(&inner.store, redeemer, &ticket)
                     .await
                     .unwrap_or_else(|e| {
                         debug!(error = %e, "mesh: ticket redemption failed in the store");

@@ -191,6 +191,11 @@ pub enum RouteBody {
         request: Uuid,
         /// The ticket.
         ticket: String,
+        /// For a login on another server (federation): that server, the
+        /// only one a ticket may then be bound to. Absent: a login on this
+        /// server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        abroad: Option<String>,
     },
     /// The issuer's answer: the account logged in, or none (unknown, used,
     /// expired, bound elsewhere: one answer for all, as to clients).

@@ -50,6 +50,15 @@ pub enum ErrorCode {
     /// The node that issued the ticket cannot be reached now; the ticket is
     /// not spent, try again later.
     TicketUnavailable,
+    /// The ticket's `server` is another server that this one does not
+    /// federate with.
+    TicketUnknownServer,
+    /// The ticket's home server answered with something this server cannot
+    /// accept (an account of another server); the ticket may be spent.
+    TicketBadAnswer,
+    /// The op is for the account's home server: a federated user's account
+    /// here has no password, keys or tickets of its own.
+    AccountFederated,
     /// The public key is not a base64 Ed25519 key.
     KeyInvalid,
     /// The account was deleted; its sessions end.
@@ -115,7 +124,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 51] = [
+    pub const ALL: [ErrorCode; 54] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -137,11 +146,14 @@ impl ErrorCode {
         ErrorCode::AuthChallengeExpired,
         ErrorCode::TicketInvalid,
         ErrorCode::TicketUnavailable,
+        ErrorCode::TicketUnknownServer,
+        ErrorCode::TicketBadAnswer,
         ErrorCode::KeyInvalid,
         ErrorCode::AccountDeleted,
         ErrorCode::AccountNameTaken,
         ErrorCode::AccountInvalidName,
         ErrorCode::AccountInvalidPassword,
+        ErrorCode::AccountFederated,
         ErrorCode::MetaInvalid,
         ErrorCode::TopicNotFound,
         ErrorCode::TopicNameTaken,
@@ -193,6 +205,9 @@ impl ErrorCode {
             ErrorCode::AuthChallengeExpired => "auth/challenge-expired",
             ErrorCode::TicketInvalid => "ticket/invalid",
             ErrorCode::TicketUnavailable => "ticket/unavailable",
+            ErrorCode::TicketUnknownServer => "ticket/unknown-server",
+            ErrorCode::TicketBadAnswer => "ticket/bad-answer",
+            ErrorCode::AccountFederated => "account/federated",
             ErrorCode::KeyInvalid => "key/invalid",
             ErrorCode::AccountDeleted => "account/deleted",
             ErrorCode::AccountNameTaken => "account/name-taken",

@@ -238,6 +238,12 @@ pub enum Request {
         /// Continue from a previous page's `cursor`.
         cursor: Option<String>,
     },
+    /// Who of the accounts one shares a topic with is online; `watch`
+    /// starts (or stops) `presence` events on this connection.
+    Presence {
+        /// Events from now on (`true`, the default) or no more.
+        watch: bool,
+    },
 }
 
 /// What `find` searches.
@@ -275,7 +281,7 @@ fn invalid(message: impl Into<String>) -> RequestError {
 }
 
 /// Every op a client may send, as `protocol.md` documents them.
-pub const CLIENT_OPS: [&str; 25] = [
+pub const CLIENT_OPS: [&str; 26] = [
     "auth",
     "register",
     "ping",
@@ -301,6 +307,7 @@ pub const CLIENT_OPS: [&str; 25] = [
     "redact",
     "search",
     "admit",
+    "presence",
 ];
 
 /// Ops a session may send before logging in.
@@ -458,6 +465,13 @@ impl Request {
                 cursor: match p.ex.get("cursor") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(_) => Some(field(p, "cursor", 64)?.to_owned()),
+                },
+            },
+            "presence" => Request::Presence {
+                watch: match p.ex.get("watch") {
+                    None => true,
+                    Some(serde_json::Value::Bool(b)) => *b,
+                    Some(_) => return Err(invalid("ex.watch must be true or false")),
                 },
             },
             _ => {

@@ -138,10 +138,30 @@ pub struct Acl {
 /// The actor an ACL is evaluated for.
 #[derive(Debug, Clone, Copy)]
 pub struct Actor<'a> {
-    /// The local account.
+    /// The account (for a user of another server, the account standing
+    /// for it here).
     pub account: Uuid,
-    /// Its server's name (lowercase), for `@server` entries.
+    /// Its server's name (lowercase), for `@server` entries: this server's,
+    /// or a federated user's home server's.
     pub server: &'a str,
+    /// A federated user's `user@home` (lowercase), for `user@server`
+    /// entries; `None` for a local account.
+    pub remote: Option<&'a str>,
+    /// Whether `*` entries apply (false only for a federated user when the
+    /// operator keeps `*` to local accounts).
+    pub everyone: bool,
+}
+
+impl<'a> Actor<'a> {
+    /// A local account of the server named `server` (lowercase).
+    pub fn local(account: Uuid, server: &'a str) -> Self {
+        Self {
+            account,
+            server,
+            remote: None,
+            everyone: true,
+        }
+    }
 }
 
 impl Acl {
@@ -168,8 +188,8 @@ impl Acl {
             let applies = match subject {
                 Subject::Account(id) => *id == actor.account,
                 Subject::Server(at) => at.strip_prefix('@') == Some(actor.server),
-                Subject::Everyone => true,
-                Subject::Remote(_) => false,
+                Subject::Everyone => actor.everyone,
+                Subject::Remote(name) => actor.remote == Some(name.as_str()),
             };
             if applies {
                 flags.insert(*flag);
@@ -230,10 +250,40 @@ mod tests {
     use super::*;
 
     fn actor(id: Uuid) -> Actor<'static> {
-        Actor {
-            account: id,
-            server: "10b.it",
-        }
+        Actor::local(id, "10b.it")
+    }
+
+    #[test]
+    fn federated_users_match_their_own_entries() {
+        let (owner, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        let fed = |everyone| Actor {
+            account: dan,
+            server: "first.example",
+            remote: Some("dan@first.example"),
+            everyone,
+        };
+        let mut acl = Acl::default();
+        acl.set(Subject::Account(owner), Flag::Owner, true);
+        acl.set(Subject::Everyone, Flag::Read, true);
+        assert!(acl.allows(fed(true), Flag::Read));
+        assert!(!acl.allows(fed(false), Flag::Read));
+        // By name, by home server, and a ban of either.
+        acl.set(
+            Subject::Remote("dan@first.example".into()),
+            Flag::Write,
+            true,
+        );
+        assert!(acl.allows(fed(false), Flag::Write));
+        assert!(!acl.allows(actor(dan), Flag::Write));
+        acl.set(Subject::Server("@first.example".into()), Flag::Op, true);
+        assert!(acl.allows(fed(false), Flag::Op));
+        acl.set(Subject::Server("@first.example".into()), Flag::Ban, true);
+        assert!(!acl.allows(fed(true), Flag::Read));
+        acl.set(Subject::Server("@first.example".into()), Flag::Ban, false);
+        acl.set(Subject::Remote("dan@first.example".into()), Flag::Ban, true);
+        assert!(!acl.allows(fed(true), Flag::Read));
+        // A local account is not `@first.example`.
+        assert!(acl.allows(actor(owner), Flag::Read));
     }
 
     #[test]

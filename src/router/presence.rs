@@ -1,5 +1,6 @@
 //! Which connections each account has. An account is present while any of
-//! its connections is; each connection is logged in on its own.
+//! its connections is; each connection is logged in on its own. The
+//! [`Online`] view beside it says who is online anywhere in the mesh.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,19 +8,38 @@ use std::sync::Mutex;
 use uuid::Uuid;
 
 use super::Outbound;
+use super::online::Online;
 use crate::proto::ErrorCode;
+
+/// One logged-in connection.
+struct Conn {
+    id: u64,
+    out: Outbound,
+    /// It asked for `presence` events.
+    watching: bool,
+}
 
 /// Account → its live connections.
 #[derive(Default)]
 pub struct Presence {
-    sessions: Mutex<HashMap<Uuid, Vec<(u64, Outbound)>>>,
+    sessions: Mutex<HashMap<Uuid, Vec<Conn>>>,
+    /// Who is online here and on the other nodes.
+    pub online: Online,
 }
 
 impl Presence {
     /// Records a logged-in connection.
     pub fn add(&self, account: Uuid, conn: u64, out: Outbound) {
         if let Ok(mut s) = self.sessions.lock() {
-            s.entry(account).or_default().push((conn, out));
+            let list = s.entry(account).or_default();
+            list.push(Conn {
+                id: conn,
+                out,
+                watching: false,
+            });
+            if list.len() == 1 {
+                self.online.set_local(account, true);
+            }
         }
     }
 
@@ -27,10 +47,47 @@ impl Presence {
     pub fn remove(&self, account: Uuid, conn: u64) {
         if let Ok(mut s) = self.sessions.lock() {
             if let Some(list) = s.get_mut(&account) {
-                list.retain(|(c, _)| *c != conn);
+                list.retain(|c| c.id != conn);
                 if list.is_empty() {
                     s.remove(&account);
+                    self.online.set_local(account, false);
                 }
+            }
+        }
+    }
+
+    /// Starts or stops `presence` events for one connection.
+    pub fn watch(&self, account: Uuid, conn: u64, on: bool) {
+        if let Ok(mut s) = self.sessions.lock() {
+            for c in s.get_mut(&account).into_iter().flatten() {
+                if c.id == conn {
+                    c.watching = on;
+                }
+            }
+        }
+    }
+
+    /// Of `accounts`, those with a connection that watches presence.
+    pub fn watchers<'a>(&self, accounts: impl IntoIterator<Item = &'a Uuid>) -> Vec<Uuid> {
+        let Ok(s) = self.sessions.lock() else {
+            return Vec::new();
+        };
+        accounts
+            .into_iter()
+            .filter(|a| s.get(a).is_some_and(|l| l.iter().any(|c| c.watching)))
+            .copied()
+            .collect()
+    }
+
+    /// Queues `bytes` (one packet) for every connection of `account` that
+    /// watches presence.
+    pub fn deliver_to_watchers(&self, account: Uuid, bytes: &bytes::Bytes) {
+        let Ok(s) = self.sessions.lock() else {
+            return;
+        };
+        for c in s.get(&account).map(Vec::as_slice).unwrap_or_default() {
+            if c.watching {
+                let _ = c.out.push_lines(bytes.clone(), 1);
             }
         }
     }
@@ -59,8 +116,8 @@ impl Presence {
         };
         let mut delivered = 0;
         for account in accounts {
-            for (conn, out) in s.get(account).map(Vec::as_slice).unwrap_or_default() {
-                if *conn != except && out.push_lines(bytes.clone(), count).is_ok() {
+            for c in s.get(account).map(Vec::as_slice).unwrap_or_default() {
+                if c.id != except && c.out.push_lines(bytes.clone(), count).is_ok() {
                     delivered += 1;
                 }
             }
@@ -77,8 +134,8 @@ impl Presence {
                 s.get(&account)
                     .map(|l| {
                         l.iter()
-                            .filter(|(c, _)| *c != except)
-                            .map(|(_, o)| o.clone())
+                            .filter(|c| c.id != except)
+                            .map(|c| c.out.clone())
                             .collect()
                     })
                     .unwrap_or_default()

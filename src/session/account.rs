@@ -30,6 +30,7 @@ impl Session<'_> {
         me: &LoggedIn,
         password: Secret,
     ) -> Result<Outcome, Denied> {
+        super::federated::refuse_federated(me, "deleting the account")?;
         let account_id = me.id;
         let account = self
             .ctx

@@ -157,10 +157,7 @@ fn admitters(ctx: &Context, t: &TopicRecord) -> Vec<Uuid> {
         .iter()
         .copied()
         .filter(|m| {
-            let actor = Actor {
-                account: *m,
-                server: &ctx.server_name_lower,
-            };
+            let actor = Actor::local(*m, &ctx.server_name_lower);
             t.acl.allows(actor, Flag::Admit)
         })
         .collect()
@@ -345,10 +342,7 @@ impl Session<'_> {
         }
         if decision.accept {
             // A ban since the request, or a limit reached, leaves it pending.
-            let requester = Actor {
-                account: pending.account,
-                server: &self.ctx.server_name_lower,
-            };
+            let requester = Actor::local(pending.account, &self.ctx.server_name_lower);
             if !t.acl.allows(requester, Flag::Read) {
                 return Err(Denied::new(
                     ErrorCode::AclDenied,

@@ -57,6 +57,7 @@ impl Session<'_> {
         me: &LoggedIn,
         key: &str,
     ) -> Result<Outcome, Denied> {
+        super::federated::refuse_federated(me, "managing keys")?;
         let (_, canonical) = parse_key(key)?;
         let account = me.id;
         let full = self
@@ -89,6 +90,7 @@ impl Session<'_> {
         me: &LoggedIn,
         key: &str,
     ) -> Result<Outcome, Denied> {
+        super::federated::refuse_federated(me, "managing keys")?;
         let (_, canonical) = parse_key(key)?;
         let account = me.id;
         self.ctx

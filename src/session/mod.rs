@@ -9,11 +9,13 @@ mod account;
 mod admission;
 mod auth;
 mod edit;
+mod federated;
 mod find;
 mod keys;
 mod marker;
 mod message;
 mod meta;
+mod presence;
 mod search;
 pub mod throttle;
 mod ticket;
@@ -22,9 +24,12 @@ mod topic;
 pub use admission::{
     AdmissionRelay, JoinEnded, end_join_request, expire_join_requests, mirror_join_request,
 };
+pub use federated::{Abroad, AbroadError, RedeemedAbroad};
 pub use keys::signed_message;
 pub use message::EphemeralRelay;
-pub use ticket::{TicketRelay, Unavailable, node_code, redeem_here};
+pub use presence::announce_presence;
+pub(crate) use ticket::redeem_anywhere;
+pub use ticket::{Redeemer, TicketRelay, Unavailable, node_code, redeem_here};
 pub(crate) use topic::{acl_value, announce_to_topic, meta_packet, topic_event, topic_names};
 
 use std::net::IpAddr;
@@ -152,6 +157,13 @@ pub struct Context {
     /// Carries join requests and their ends to other nodes (set when the
     /// mesh starts).
     pub admission_relay: std::sync::OnceLock<std::sync::Arc<dyn AdmissionRelay>>,
+    /// Redeems other servers' tickets at those servers (set when
+    /// federation starts; without it such tickets are of an unknown server).
+    pub abroad: std::sync::OnceLock<std::sync::Arc<dyn Abroad>>,
+    /// Whether `*` in ACLs includes users of other servers.
+    pub star_includes_foreign: bool,
+    /// Federated logins one connection may attempt per minute.
+    pub fed_attempts_per_minute: u32,
 }
 
 impl Context {
@@ -200,6 +212,9 @@ impl Context {
             ticket_relay: std::sync::OnceLock::new(),
             ephemeral_relay: std::sync::OnceLock::new(),
             admission_relay: std::sync::OnceLock::new(),
+            abroad: std::sync::OnceLock::new(),
+            star_includes_foreign: config.federation.star_includes_foreign,
+            fed_attempts_per_minute: config.federation.client_attempts_per_minute,
         }
     }
 }
@@ -225,6 +240,16 @@ pub struct LoggedIn {
     pub name: String,
     /// `name` as a JSON string, quotes included: written into every relay.
     name_json: String,
+    /// For a user of another server (logged in by federation, `name` is
+    /// `user@home`): `home` and `name`, lowercased, for ACL subjects.
+    federated: Option<Federated>,
+}
+
+/// What sets a federated user apart in ACLs.
+#[derive(Debug, Clone)]
+struct Federated {
+    home_lower: String,
+    name_lower: String,
 }
 
 impl LoggedIn {
@@ -236,7 +261,26 @@ impl LoggedIn {
             id,
             name,
             name_json,
+            federated: None,
         }
+    }
+
+    /// The account `id` standing for a user of server `home`, named
+    /// `user@home`.
+    pub fn federated(id: Uuid, name: String, home: &str) -> Self {
+        let federated = Some(Federated {
+            home_lower: home.to_lowercase(),
+            name_lower: name.to_lowercase(),
+        });
+        Self {
+            federated,
+            ..Self::new(id, name)
+        }
+    }
+
+    /// The home server of a federated user; `None` for a local account.
+    pub fn home(&self) -> Option<&str> {
+        self.federated.as_ref().map(|f| f.home_lower.as_str())
     }
 }
 
@@ -251,6 +295,8 @@ pub struct Session<'a> {
     challenge: Option<keys::Challenge>,
     errors_in_row: u32,
     rate: RateLimit,
+    /// Federated logins this connection may still attempt.
+    fed_attempts: RateLimit,
     /// Kept messages waiting for their commit, oldest first.
     inflight: std::collections::VecDeque<message::InFlight>,
     /// Messages not kept, relayed from the current burst of input.
@@ -355,6 +401,7 @@ impl<'a> Session<'a> {
             challenge: None,
             errors_in_row: 0,
             rate: RateLimit::new(ctx.packets_per_second, ctx.packet_burst),
+            fed_attempts: RateLimit::per_minute(ctx.fed_attempts_per_minute),
             inflight: std::collections::VecDeque::new(),
             burst: message::Burst::default(),
             clock: BurstClock::default(),
@@ -654,6 +701,10 @@ impl<'a> Session<'a> {
                     };
                     Box::pin(self.handle_search(id, &me, &q, filters)).await
                 }
+                Err(d) => Err(d),
+            },
+            Request::Presence { watch } => match self.logged_in() {
+                Ok(me) => Box::pin(self.handle_presence(id, &me, watch)).await,
                 Err(d) => Err(d),
             },
         };

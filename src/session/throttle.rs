@@ -211,6 +211,17 @@ impl RateLimit {
         }
     }
 
+    /// `per_minute` sustained, as many at once.
+    pub fn per_minute(per_minute: u32) -> Self {
+        let burst = f64::from(per_minute.max(1));
+        Self {
+            per_second: burst / 60.0,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
     /// Takes a token at `now`; `Err(wait)` when none is left.
     pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
         // Packets of one burst share a clock reading: nothing to refill.

@@ -45,7 +45,7 @@ pub fn new_ticket(node: &str) -> Option<String> {
     Some(out)
 }
 
-fn invalid() -> Denied {
+pub(super) fn invalid() -> Denied {
     Denied::new(
         ErrorCode::TicketInvalid,
         "ticket is unknown, used, expired or not for this server",
@@ -59,6 +59,7 @@ impl Session<'_> {
         me: &LoggedIn,
         server: Option<String>,
     ) -> Result<Outcome, Denied> {
+        super::federated::refuse_federated(me, "issuing tickets")?;
         if let Some(s) = &server {
             if !valid_server_name(s) {
                 return Err(Denied::new(
@@ -87,61 +88,106 @@ impl Session<'_> {
         Ok(self.reply_secret(p))
     }
 
-    /// Redeems a ticket: here when this node issued it, else at its issuer
-    /// through the mesh. Any attempt consumes it.
+    /// Redeems a ticket for a login here: this server's own at the node
+    /// that issued it ([`redeem_anywhere`]); another server's at that
+    /// server, by federation. Any attempt consumes it.
     pub(super) async fn redeem_ticket(
         &mut self,
         ticket: &str,
         server: &str,
     ) -> Result<LoggedIn, Denied> {
         if !server.eq_ignore_ascii_case(&self.ctx.server_name) {
-            // Foreign tickets need server-to-server redemption (federation).
-            return Err(invalid());
+            return self.redeem_abroad(ticket, server).await;
         }
-        let code = ticket.get(..NODE_CODE_CHARS).unwrap_or_default();
-        let account = if code == node_code(&self.ctx.node) {
-            redeem_here(&self.ctx.store, &self.ctx.server_name, ticket).await?
-        } else {
-            let relay = self.ctx.ticket_relay.get().ok_or_else(invalid)?;
-            let issuer = relay.issuer(code).ok_or_else(invalid)?;
-            relay
-                .redeem(issuer, ticket.to_owned())
-                .await
-                .map_err(|Unavailable| {
-                    Denied::new(
-                        ErrorCode::TicketUnavailable,
-                        "the node that issued this ticket cannot be reached; try again later",
-                    )
-                })?
-        };
-        let id = account.ok_or_else(invalid)?;
-        let account = self.ctx.store.call(move |db| db.account(id)).await?;
-        match account {
-            Some(a) if !a.deleted && !a.disabled => Ok(LoggedIn::new(a.id, a.name)),
-            _ => Err(invalid()),
+        let account = redeem_anywhere(self.ctx, Redeemer::Here(&self.ctx.server_name), ticket)
+            .await?
+            .map_err(|Unavailable| unavailable())?;
+        let account = account.ok_or_else(invalid)?;
+        Ok(LoggedIn::new(account.id, account.name))
+    }
+}
+
+/// `ticket/unavailable`: the ticket was not spent.
+pub(super) fn unavailable() -> Denied {
+    Denied::new(
+        ErrorCode::TicketUnavailable,
+        "the server that must redeem this ticket cannot be reached; try again later",
+    )
+}
+
+/// Who a ticket is redeemed for, which decides whether its binding fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redeemer<'a> {
+    /// A login on this server (`server.name`): unbound tickets and tickets
+    /// bound to this server.
+    Here(&'a str),
+    /// A login on another server, asking by federation: only tickets bound
+    /// to exactly that server (an unbound ticket is never used abroad).
+    Abroad(&'a str),
+}
+
+impl Redeemer<'_> {
+    /// Whether a ticket bound to `bound_to` may log in for this redeemer.
+    pub fn fits(self, bound_to: Option<&str>) -> bool {
+        match (self, bound_to) {
+            (Redeemer::Here(_), None) => true,
+            (Redeemer::Here(me), Some(b)) | (Redeemer::Abroad(me), Some(b)) => {
+                b.eq_ignore_ascii_case(me)
+            }
+            (Redeemer::Abroad(_), None) => false,
         }
     }
 }
 
-/// Redeems a ticket this node issued, for a login on `server_name` (here
-/// or at another node of this server): the account it logs in, or `None`
-/// when it is unknown, used, expired or bound to another server. Any
-/// attempt uses it up.
+/// Redeems a ticket of this server at the node that issued it (here, or
+/// over the mesh): the live account it logs in, `None` when it is unknown,
+/// used, expired, bound elsewhere or its account is gone (one answer for
+/// all), [`Unavailable`] when the issuing node cannot be asked now.
+pub(crate) async fn redeem_anywhere(
+    ctx: &super::Context,
+    redeemer: Redeemer<'_>,
+    ticket: &str,
+) -> Result<Result<Option<crate::store::Account>, Unavailable>, crate::store::Error> {
+    let code = ticket.get(..NODE_CODE_CHARS).unwrap_or_default();
+    let id = if code == node_code(&ctx.node) {
+        redeem_here(&ctx.store, redeemer, ticket).await?
+    } else {
+        let Some(relay) = ctx.ticket_relay.get() else {
+            return Ok(Ok(None));
+        };
+        let Some(issuer) = relay.issuer(code) else {
+            return Ok(Ok(None));
+        };
+        let abroad = match redeemer {
+            Redeemer::Here(_) => None,
+            Redeemer::Abroad(s) => Some(s.to_owned()),
+        };
+        match relay.redeem(issuer, ticket.to_owned(), abroad).await {
+            Ok(id) => id,
+            Err(Unavailable) => return Ok(Err(Unavailable)),
+        }
+    };
+    let Some(id) = id else {
+        return Ok(Ok(None));
+    };
+    let account = ctx.store.call(move |db| db.account(id)).await?;
+    Ok(Ok(account.filter(|a| !a.deleted && !a.disabled)))
+}
+
+/// Redeems a ticket this node issued, for `redeemer` (a login here, at
+/// another node of this server, or at another server): the account it
+/// logs in, or `None` when it is unknown, used, expired or bound to
+/// another server. Any attempt uses it up.
 pub async fn redeem_here(
     store: &Store,
-    server_name: &str,
+    redeemer: Redeemer<'_>,
     ticket: &str,
 ) -> Result<Option<Uuid>, crate::store::Error> {
     let t = ticket.to_owned();
     let Some(found) = store.call(move |db| db.take_ticket(&t)).await? else {
         return Ok(None);
     };
-    if found.expires_ms <= now_ms()
-        || found
-            .bound_to
-            .as_deref()
-            .is_some_and(|b| !b.eq_ignore_ascii_case(server_name))
-    {
+    if found.expires_ms <= now_ms() || !redeemer.fits(found.bound_to.as_deref()) {
         return Ok(None);
     }
     Ok(Some(found.account))
@@ -157,18 +203,33 @@ pub trait TicketRelay: Send + Sync {
     /// The node whose tickets begin with `code`, if it is a known node.
     fn issuer(&self, code: &str) -> Option<String>;
 
-    /// Asks `node` to redeem `ticket`: the account, `None` for a bad
+    /// Asks `node` to redeem `ticket`, for a login on this server or, with
+    /// `abroad`, on that other server: the account, `None` for a bad
     /// ticket, or [`Unavailable`] when the node does not answer in time.
     fn redeem(
         &self,
         node: String,
         ticket: String,
+        abroad: Option<String>,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<Uuid>, Unavailable>> + Send>>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unbound_tickets_stay_home() {
+        let here = Redeemer::Here("first.example");
+        let abroad = Redeemer::Abroad("second.example");
+        assert!(here.fits(None));
+        assert!(here.fits(Some("FIRST.example")));
+        assert!(!here.fits(Some("second.example")));
+        assert!(!abroad.fits(None));
+        assert!(abroad.fits(Some("Second.Example")));
+        assert!(!abroad.fits(Some("third.example")));
+        assert!(!abroad.fits(Some("first.example")));
+    }
 
     #[test]
     fn tickets_are_alphanumeric_and_start_with_the_node_code() {

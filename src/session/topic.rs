@@ -61,10 +61,18 @@ fn name_error(e: store::Error) -> Denied {
 }
 
 impl Session<'_> {
-    pub(super) fn actor<'s>(&'s self, me: &LoggedIn) -> Actor<'s> {
-        Actor {
-            account: me.id,
-            server: &self.ctx.server_name_lower,
+    /// `me` as ACLs see it: a local account of this server, or a user of
+    /// another server (its `user@home`, its home's `@home`, and `*` as the
+    /// operator decides).
+    pub(super) fn actor<'s>(&'s self, me: &'s LoggedIn) -> Actor<'s> {
+        match &me.federated {
+            None => Actor::local(me.id, &self.ctx.server_name_lower),
+            Some(f) => Actor {
+                account: me.id,
+                server: &f.home_lower,
+                remote: Some(&f.name_lower),
+                everyone: self.ctx.star_includes_foreign,
+            },
         }
     }
 

@@ -86,6 +86,28 @@ impl Db {
         self.account(id)?.ok_or(Error::NotFound)
     }
 
+    /// The account standing for `name@server`, a user of another server
+    /// logged in here by federation, created on first use: no password,
+    /// no keys, so it logs in only by its home server's tickets. Its name
+    /// holds an `@`, which no local account name may, so the two never
+    /// clash.
+    pub fn federated_account(&mut self, name: &str) -> Result<Account, Error> {
+        if let Some(a) = self.account_by_name(name)? {
+            return Ok(a);
+        }
+        let id = Uuid::now_v7();
+        self.write(|tx, origin| {
+            if name_holder(tx, &name.to_lowercase())?.is_some() {
+                return Err(Error::NameTaken);
+            }
+            let change =
+                Change::new("account.federated").set(Entity::Account(id), field::NAME, name);
+            log::append(tx, origin, change)?;
+            Ok(())
+        })?;
+        self.account(id)?.ok_or(Error::NotFound)
+    }
+
     /// Replaces an account's password hash.
     pub fn set_password(&mut self, id: Uuid, password_phc: &str) -> Result<(), Error> {
         self.change_existing(

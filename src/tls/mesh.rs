@@ -2,7 +2,8 @@
 //! presenting its node certificate and checking the other's against the
 //! configured peers (a pinned SHA-256 fingerprint, or a CA plus the node's
 //! name). The client port never asks for a client certificate; this is a
-//! listener of its own.
+//! listener of its own. Federation uses the same verifier with its own ALPN
+//! and its own list of peers (other servers, by server name).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -149,6 +150,16 @@ impl ClientCertVerifier for PeersVerifier {
 /// The mesh listener's configuration: our node certificate, client
 /// certificates required and checked against `peers`.
 pub fn acceptor_config(identity: &Identity, peers: &[Peer]) -> Result<Arc<ServerConfig>, Error> {
+    acceptor_config_for(identity, peers, ALPN)
+}
+
+/// [`acceptor_config`] offering `alpn` (federation uses the same mutual
+/// TLS with its own protocol name and its own peers).
+pub fn acceptor_config_for(
+    identity: &Identity,
+    peers: &[Peer],
+    alpn: &[u8],
+) -> Result<Arc<ServerConfig>, Error> {
     let provider = provider();
     let mut cas: Vec<(Arc<dyn ClientCertVerifier>, Vec<String>)> = Vec::new();
     for p in peers {
@@ -170,14 +181,23 @@ pub fn acceptor_config(identity: &Identity, peers: &[Peer]) -> Result<Arc<Server
         .map_err(|e| Error::Trust(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())
-        .map_err(|e| Error::Trust(format!("mesh certificate: {e}")))?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+        .map_err(|e| Error::Trust(format!("certificate: {e}")))?;
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 
 /// The configuration for dialling `peer`: its certificate checked by its
 /// rule, ours presented.
 pub fn dialer_config(identity: &Identity, peer: &Peer) -> Result<Arc<ClientConfig>, Error> {
+    dialer_config_for(identity, peer, ALPN)
+}
+
+/// [`dialer_config`] offering `alpn`.
+pub fn dialer_config_for(
+    identity: &Identity,
+    peer: &Peer,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, Error> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match &peer.cert {
         PeerCert::Fingerprint(fp) => {
@@ -195,8 +215,8 @@ pub fn dialer_config(identity: &Identity, peer: &Peer) -> Result<Arc<ClientConfi
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(identity.certs.clone(), identity.key.clone_key())
-        .map_err(|e| Error::Trust(format!("mesh certificate: {e}")))?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+        .map_err(|e| Error::Trust(format!("certificate: {e}")))?;
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

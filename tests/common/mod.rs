@@ -36,6 +36,12 @@ impl TestServer {
         Self::launch(dir, tweak).await
     }
 
+    /// A server whose state and certificate live in `dir` (which may hold
+    /// a certificate made beforehand, at `certs/server.crt` and `.key`).
+    pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(dir, tweak).await
+    }
+
     /// Restarts on the same data directory and certificate (a new port).
     pub async fn restart(self, tweak: impl FnOnce(&mut Config)) -> Self {
         let TestServer { handle, dir, .. } = self;

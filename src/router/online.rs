@@ -1,0 +1,203 @@
+//! Who is online anywhere: an account is online while it has a connection
+//! on this node or on a node of the mesh heard from recently (DESIGN.md §8:
+//! presence is soft state owned by the node a session is on). Changes are
+//! gathered, not sent one by one: whoever drains them (the `presence`
+//! events, the mesh's presence packets) gets each account's net change
+//! since its last drain, so a reconnect or a flap in between says nothing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+#[derive(Default)]
+struct State {
+    /// Accounts with a connection here.
+    local: HashMap<Uuid, ()>,
+    /// Accounts connected on other live nodes: on how many.
+    remote: HashMap<Uuid, u32>,
+    /// For the `presence` events: the state each changed account had at
+    /// the last drain.
+    changed: HashMap<Uuid, bool>,
+    /// For the mesh: the local state each changed account had at the last
+    /// drain.
+    local_changed: HashMap<Uuid, bool>,
+}
+
+impl State {
+    fn online(&self, account: &Uuid) -> bool {
+        self.local.contains_key(account) || self.remote.contains_key(account)
+    }
+}
+
+/// The online view of this node.
+#[derive(Default)]
+pub struct Online {
+    state: Mutex<State>,
+    /// Woken when an account's online state may have changed.
+    pub changed: Notify,
+    /// Woken when an account's local state may have changed.
+    pub local_changed: Notify,
+}
+
+/// Net changes: accounts now online, accounts now offline.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Came online.
+    pub online: Vec<Uuid>,
+    /// Went offline.
+    pub offline: Vec<Uuid>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.online.is_empty() && self.offline.is_empty()
+    }
+}
+
+impl Online {
+    /// Whether `account` is online anywhere this node can see.
+    pub fn is_online(&self, account: &Uuid) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.online(account))
+            .unwrap_or(false)
+    }
+
+    /// Accounts connected here now (what a full presence packet lists).
+    pub fn local_accounts(&self) -> Vec<Uuid> {
+        self.state
+            .lock()
+            .map(|s| s.local.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// `account` got its first connection here (`true`) or lost its last.
+    /// Called under the connection table's lock, so calls for one account
+    /// come in the order its connections came and went.
+    pub fn set_local(&self, account: Uuid, connected: bool) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        let was = s.online(&account);
+        let was_local = s.local.contains_key(&account);
+        if connected {
+            s.local.insert(account, ());
+        } else {
+            s.local.remove(&account);
+        }
+        s.local_changed.entry(account).or_insert(was_local);
+        let now = s.online(&account);
+        if was != now {
+            s.changed.entry(account).or_insert(was);
+        }
+        drop(s);
+        self.local_changed.notify_one();
+        if was != now {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Accounts a live node of the mesh has connected (`up`) or no longer
+    /// has (a node that left, fell silent, or whose user went away).
+    pub fn set_remote(&self, accounts: &[Uuid], up: bool) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        let mut any = false;
+        for a in accounts {
+            let was = s.online(a);
+            if up {
+                *s.remote.entry(*a).or_insert(0) += 1;
+            } else if let Some(n) = s.remote.get_mut(a) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    s.remote.remove(a);
+                }
+            }
+            if was != s.online(a) {
+                s.changed.entry(*a).or_insert(was);
+                any = true;
+            }
+        }
+        drop(s);
+        if any {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Net online changes since the last call.
+    pub fn drain(&self) -> Changes {
+        let Ok(mut s) = self.state.lock() else {
+            return Changes::default();
+        };
+        let changed = std::mem::take(&mut s.changed);
+        split(changed, |a| s.online(a))
+    }
+
+    /// Net changes of the accounts connected here since the last call.
+    pub fn drain_local(&self) -> Changes {
+        let Ok(mut s) = self.state.lock() else {
+            return Changes::default();
+        };
+        let changed = std::mem::take(&mut s.local_changed);
+        split(changed, |a| s.local.contains_key(a))
+    }
+}
+
+fn split(changed: HashMap<Uuid, bool>, now: impl Fn(&Uuid) -> bool) -> Changes {
+    let mut c = Changes::default();
+    for (account, was) in changed {
+        match (was, now(&account)) {
+            (false, true) => c.online.push(account),
+            (true, false) => c.offline.push(account),
+            _ => {}
+        }
+    }
+    c.online.sort();
+    c.offline.sort();
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_changes_only_and_remote_nodes_count() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let o = Online::default();
+        o.set_local(a, true);
+        o.set_local(a, false);
+        o.set_local(a, true);
+        assert_eq!(
+            o.drain(),
+            Changes {
+                online: vec![a],
+                offline: vec![]
+            }
+        );
+        assert_eq!(o.drain_local().online, vec![a]);
+        // A flap between drains says nothing.
+        o.set_local(a, false);
+        o.set_local(a, true);
+        assert!(o.drain().is_empty());
+        // b on two other nodes: online until both are gone.
+        o.set_remote(&[b], true);
+        o.set_remote(&[b], true);
+        o.set_remote(&[b], false);
+        assert!(o.is_online(&b));
+        assert_eq!(o.drain().online, vec![b]);
+        o.set_remote(&[b], false);
+        assert_eq!(o.drain().offline, vec![b]);
+        // a also elsewhere: leaving here keeps it online, but the mesh is
+        // told it left this node.
+        o.set_remote(&[a], true);
+        o.set_local(a, false);
+        assert!(o.drain().is_empty());
+        let local = o.drain_local();
+        assert_eq!(local.offline, vec![a]);
+    }
+}

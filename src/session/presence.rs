@@ -1,0 +1,119 @@
+//! `presence`: who of the accounts one shares a topic with is online, on
+//! this node or any node of the mesh this one hears from, and `presence`
+//! events when that changes. Events go only to connections that asked
+//! (like IRCv3's `away-notify`): presence costs a packet per watcher per
+//! change, which clients that show no presence should not pay for.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Context, Denied, LoggedIn, Outcome, Session};
+use crate::proto::{Packet, reply};
+
+impl Session<'_> {
+    pub(super) async fn handle_presence(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        watch: bool,
+    ) -> Result<Outcome, Denied> {
+        // Watching before the list is made: a change in between is in the
+        // list or in an event after it (or both; either says the same).
+        self.ctx.presence.watch(me.id, self.conn_id, watch);
+        if !watch {
+            return Ok(self.reply(reply::ack(id)));
+        }
+        let online = &self.ctx.presence.online;
+        let peers: Vec<Uuid> = self
+            .ctx
+            .topics
+            .member_of(me.id)
+            .iter()
+            .flat_map(|t| t.members.iter().copied())
+            .filter(|m| *m != me.id && online.is_online(m))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let names = self
+            .ctx
+            .store
+            .call(move |db| db.account_names(&peers))
+            .await?;
+        let p = Packet::server("presence")
+            .with("online", sorted_names(names.values().cloned()))
+            .answering(id);
+        Ok(self.reply(p))
+    }
+}
+
+fn sorted_names(names: impl Iterator<Item = String>) -> Value {
+    let mut v: Vec<String> = names.collect();
+    v.sort_by_key(|n| n.to_lowercase());
+    Value::from(v)
+}
+
+/// Sends what changed since the last call to the watching connections of
+/// every account that shares a topic with an account that came online or
+/// went offline: one `presence` event per connection, however many
+/// changed (a node of the mesh that falls silent is one event, not a
+/// storm).
+pub async fn announce_presence(ctx: &Context) {
+    let changes = ctx.presence.online.drain();
+    if changes.is_empty() {
+        return;
+    }
+    let state: HashMap<Uuid, bool> = changes
+        .online
+        .iter()
+        .map(|a| (*a, true))
+        .chain(changes.offline.iter().map(|a| (*a, false)))
+        .collect();
+    // Watcher → (came online, went offline).
+    let mut per: HashMap<Uuid, (BTreeSet<Uuid>, BTreeSet<Uuid>)> = HashMap::new();
+    for t in ctx.topics.all() {
+        let changed: Vec<(Uuid, bool)> = t
+            .members
+            .iter()
+            .filter_map(|m| state.get(m).map(|up| (*m, *up)))
+            .collect();
+        if changed.is_empty() {
+            continue;
+        }
+        for w in ctx.presence.watchers(t.members.iter()) {
+            let entry = per.entry(w).or_default();
+            for (m, up) in &changed {
+                if *m != w {
+                    if *up { &mut entry.0 } else { &mut entry.1 }.insert(*m);
+                }
+            }
+        }
+    }
+    if per.is_empty() {
+        return;
+    }
+    let ids: Vec<Uuid> = state.keys().copied().collect();
+    let names = match ctx.store.call(move |db| db.account_names(&ids)).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "presence: cannot read account names");
+            return;
+        }
+    };
+    let named =
+        |set: &BTreeSet<Uuid>| sorted_names(set.iter().filter_map(|a| names.get(a).cloned()));
+    for (watcher, (up, down)) in per {
+        if up.is_empty() && down.is_empty() {
+            continue;
+        }
+        let mut p = Packet::server("presence");
+        if !up.is_empty() {
+            p = p.with("online", named(&up));
+        }
+        if !down.is_empty() {
+            p = p.with("offline", named(&down));
+        }
+        ctx.presence.deliver_to_watchers(watcher, &p.to_line());
+    }
+}
