@@ -171,6 +171,7 @@ pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed:
     }
     inner.learn_node(&peer);
     super::presence::on_link_up(&inner, &link);
+    super::admission::on_link_up(&inner, &link);
     let behind = {
         let mine = inner
             .store

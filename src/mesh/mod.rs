@@ -7,13 +7,15 @@
 //! received from another link. Events from a peer go through the store's
 //! one apply path; what they change outside the store (the topic table,
 //! kept messages for members connected here) follows in [`effects`].
-//! Packets for one node (ticket redemption) are flooded with an id and
-//! dropped where seen before ([`seen`]).
+//! Packets for one node (ticket redemption) or for every node (join
+//! requests, [`admission`]) are flooded with an id and dropped where seen
+//! before ([`seen`]).
 //!
 //! Files, in a link's order: [`config`] (settings), `dial`/`accept` here,
 //! [`link`] (hello, the two loops), [`wire`] (packets), [`effects`],
-//! [`tickets`], [`status`].
+//! [`tickets`], [`admission`], [`status`].
 
+mod admission;
 pub mod config;
 mod effects;
 mod link;
@@ -227,6 +229,8 @@ impl Mesh {
         let _ = ctx.ticket_relay.set(relay);
         let relay: Arc<dyn crate::session::EphemeralRelay> = Arc::new(mesh.clone());
         let _ = ctx.ephemeral_relay.set(relay);
+        let relay: Arc<dyn crate::session::AdmissionRelay> = Arc::new(mesh.clone());
+        let _ = ctx.admission_relay.set(relay);
         Ok(mesh)
     }
 
@@ -354,6 +358,10 @@ impl Inner {
             .unwrap_or(seen::Verdict::Duplicate);
         if fresh != seen::Verdict::Fresh {
             self.routed_duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if r.to == wire::BROADCAST {
+            admission::on_broadcast(self, r, came_by);
             return;
         }
         if r.to != self.node {

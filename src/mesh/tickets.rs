@@ -93,5 +93,8 @@ pub(super) fn on_routed(inner: &Arc<Inner>, r: Routed) {
                 let _ = tx.send(account);
             }
         }
+        RouteBody::JoinRequest { .. } | RouteBody::JoinEnded { .. } => {
+            debug!(from = %r.from, "mesh: an admission packet for one node; they are for every node");
+        }
     }
 }

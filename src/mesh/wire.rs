@@ -185,8 +185,12 @@ pub fn relay_line(origin: &str, seq: u64, topic: &Uuid, lines: &[u8]) -> Vec<u8>
     out
 }
 
+/// The `to` of a routed packet for every node: each takes it and passes it
+/// on.
+pub const BROADCAST: &str = "*";
+
 /// `mesh.route`: flooded over every link but the one it came by, dropped
-/// where seen before, until it reaches `to`.
+/// where seen before, until it reaches `to` ([`BROADCAST`]: every node).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Routed {
@@ -226,6 +230,59 @@ pub enum RouteBody {
         /// The account, when the ticket was good.
         account: Option<Uuid>,
     },
+    /// A join request made at `from` (protocol.md 11.22), for every node.
+    JoinRequest {
+        /// The request's id.
+        request: Uuid,
+        /// The topic.
+        topic: Uuid,
+        /// The requesting account.
+        account: Uuid,
+        /// Its name, as shown.
+        name: String,
+        /// Words for the admitters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+        /// Key material for the admitters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// Unix ms at which it expires (every node expires it itself).
+        expires: i64,
+    },
+    /// How a join request ended at `from`, for every node.
+    JoinEnded {
+        /// The request's id.
+        request: Uuid,
+        /// The topic.
+        topic: Uuid,
+        /// The requesting account.
+        account: Uuid,
+        /// The request's expiry (how long to remember that it ended).
+        expires: i64,
+        /// How it ended.
+        result: JoinResult,
+        /// The admitter, or the requester withdrawing.
+        by: String,
+        /// The admitter's words, for the requester.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+        /// The admitter's key material, for the requester.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+}
+
+/// How a join request ended, in [`RouteBody::JoinEnded`] (expiry is never
+/// sent: every node expires requests by their `expires`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinResult {
+    /// Admitted: the membership is committed at `from`.
+    Admitted,
+    /// Declined.
+    Declined,
+    /// Withdrawn by the requester.
+    Withdrawn,
 }
 
 /// `mesh.error`: why the sender closes the link.

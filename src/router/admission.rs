@@ -1,10 +1,13 @@
 //! Pending join requests of topics whose members admit newcomers
-//! (`admission: members`). Soft state, like presence: held by the node the
-//! requester is connected to, never written to the store, gone after a
-//! restart. What a decision changes (membership) is replicated; the request
+//! (`admission: members`). Soft state, like presence: never written to the
+//! store, gone after a restart. In a mesh every node mirrors every request
+//! (flooded by the mesh), so an admitter on any node sees it, and each node
+//! forgets one when it ends; ids of requests that ended are remembered until
+//! their own expiry, so a copy that comes late by another path is not taken
+//! again. What a decision changes (membership) is replicated; the request
 //! is not. Nothing here awaits a socket or knows SQL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -47,10 +50,82 @@ pub enum Asked {
     Already(JoinRequest),
 }
 
+/// How a request ended, as told in the `admit` event's `result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// An admitter admitted it: the account is a member.
+    Admitted,
+    /// An admitter declined it.
+    Declined,
+    /// The requester withdrew it (`leave`).
+    Withdrawn,
+    /// Nobody answered in time.
+    Expired,
+}
+
+impl Settled {
+    /// The `result` of the `admit` event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settled::Admitted => "admitted",
+            Settled::Declined => "declined",
+            Settled::Withdrawn => "withdrawn",
+            Settled::Expired => "expired",
+        }
+    }
+}
+
+/// What [`JoinRequests::mirror`] did with another node's request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mirrored {
+    /// Taken: admitters connected here are to be told.
+    New(JoinRequest),
+    /// Taken in place of a later request of the same account for the same
+    /// topic (made on another node at about the same time): the earlier
+    /// one stands everywhere. Nobody is told again.
+    Replaced,
+    /// The same request is already pending here.
+    Known,
+    /// Not taken: it ended here already, it is past its expiry, an earlier
+    /// request of the account stands, or the table is at its bound.
+    Dropped,
+}
+
+/// Ids of requests that ended here, each until the request's own expiry
+/// (after which any copy of it is refused as expired anyway).
+#[derive(Default)]
+struct Ended {
+    ids: HashSet<String>,
+    /// `(expires, id)`, in the order they ended.
+    order: VecDeque<(i64, String)>,
+}
+
+/// At most this many ended ids are remembered; the oldest go first. A copy
+/// of a request comes late only by racing its outcome over another path
+/// (milliseconds), so losing an old id costs nothing in practice.
+const MAX_ENDED: usize = 16_384;
+
+impl Ended {
+    fn add(&mut self, id: &str, expires: i64, now_ms: i64) {
+        while let Some((at, old)) = self.order.front() {
+            if *at > now_ms && self.order.len() < MAX_ENDED {
+                break;
+            }
+            self.ids.remove(old);
+            self.order.pop_front();
+        }
+        if expires > now_ms && self.ids.insert(id.to_owned()) {
+            self.order.push_back((expires, id.to_owned()));
+        }
+    }
+}
+
 /// The pending requests, by `(topic, account)`: one each.
 #[derive(Default)]
 pub struct JoinRequests {
     pending: Mutex<HashMap<(Uuid, Uuid), JoinRequest>>,
+    /// Locked after `pending` when both are.
+    ended: Mutex<Ended>,
     /// Woken when a request is added, so the expiry loop rereads the
     /// earliest deadline.
     added: Notify,
@@ -87,7 +162,113 @@ impl JoinRequests {
 
     /// Removes and returns the account's pending request in the topic.
     pub fn take(&self, topic: Uuid, account: Uuid) -> Option<JoinRequest> {
-        self.pending.lock().ok()?.remove(&(topic, account))
+        let req = self.pending.lock().ok()?.remove(&(topic, account))?;
+        self.remember_ended(&req.id, req.expires);
+        Some(req)
+    }
+
+    /// Puts back a request [`take`](Self::take) removed (its decision could
+    /// not be committed), whatever the bounds.
+    pub fn put_back(&self, req: JoinRequest) {
+        if let Ok(mut ended) = self.ended.lock() {
+            if ended.ids.remove(&req.id) {
+                ended.order.retain(|(_, id)| *id != req.id);
+            }
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.entry((req.topic, req.account)).or_insert(req);
+        }
+        self.added.notify_one();
+    }
+
+    /// Takes a request made on another node, unless it ended here already
+    /// or expired, within `max_per_topic` and `max_per_account` (memory
+    /// bounds: the asking node checked the protocol's). Of two requests of
+    /// one account for one topic, the one with the smaller id (the earlier)
+    /// is kept, so every node keeps the same.
+    pub fn mirror(
+        &self,
+        req: JoinRequest,
+        now_ms: i64,
+        max_per_topic: usize,
+        max_per_account: usize,
+    ) -> Mirrored {
+        if req.expires <= now_ms || self.has_ended(&req.id) {
+            return Mirrored::Dropped;
+        }
+        let Ok(mut pending) = self.pending.lock() else {
+            return Mirrored::Dropped;
+        };
+        let key = (req.topic, req.account);
+        if let Some(old) = pending.get(&key) {
+            if old.id == req.id {
+                return Mirrored::Known;
+            }
+            let (loser, replace) = if req.id < old.id {
+                ((old.id.clone(), old.expires), true)
+            } else {
+                ((req.id.clone(), req.expires), false)
+            };
+            if replace {
+                pending.insert(key, req);
+            }
+            drop(pending);
+            self.remember_ended(&loser.0, loser.1);
+            if replace {
+                self.added.notify_one();
+                return Mirrored::Replaced;
+            }
+            return Mirrored::Dropped;
+        }
+        let in_topic = pending.keys().filter(|(t, _)| *t == req.topic).count();
+        let of_account = pending.keys().filter(|(_, a)| *a == req.account).count();
+        if in_topic >= max_per_topic || of_account >= max_per_account {
+            return Mirrored::Dropped;
+        }
+        pending.insert(key, req.clone());
+        drop(pending);
+        self.added.notify_one();
+        Mirrored::New(req)
+    }
+
+    /// Ends request `id` of `account` in `topic` as another node decided:
+    /// removes and returns it if pending here, and remembers the id either
+    /// way (until `expires`), so a copy of the request arriving later is
+    /// not taken.
+    pub fn end(&self, topic: Uuid, account: Uuid, id: &str, expires: i64) -> Option<JoinRequest> {
+        let taken = self.pending.lock().ok().and_then(|mut p| {
+            if p.get(&(topic, account)).is_some_and(|r| r.id == id) {
+                p.remove(&(topic, account))
+            } else {
+                None
+            }
+        });
+        self.remember_ended(id, expires);
+        taken
+    }
+
+    /// Every request pending, oldest first (for a node that links up).
+    pub fn all(&self) -> Vec<JoinRequest> {
+        let mut out: Vec<JoinRequest> = self
+            .pending
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn has_ended(&self, id: &str) -> bool {
+        self.ended
+            .lock()
+            .map(|e| e.ids.contains(id))
+            .unwrap_or(true)
+    }
+
+    fn remember_ended(&self, id: &str, expires: i64) {
+        if let Ok(mut e) = self.ended.lock() {
+            e.add(id, expires, crate::proto::id::now_ms());
+        }
     }
 
     /// The account's pending request in the topic, left in place.
@@ -179,5 +360,36 @@ mod tests {
         assert!(r.take(t, v).is_some());
         assert!(r.take(t, v).is_none());
         assert_eq!(r.next_expiry(), None);
+    }
+
+    #[test]
+    fn mirrored_requests_keep_the_earliest_and_ended_ones_stay_ended() {
+        let r = JoinRequests::default();
+        let now = crate::proto::id::now_ms();
+        let (t, u) = (Uuid::now_v7(), Uuid::now_v7());
+        let early = req(t, u, now + 60_000);
+        let late = req(t, u, now + 60_000);
+        assert!(early.id < late.id);
+        assert_eq!(
+            r.mirror(late.clone(), now, 9, 9),
+            Mirrored::New(late.clone())
+        );
+        assert_eq!(r.mirror(late.clone(), now, 9, 9), Mirrored::Known);
+        assert_eq!(r.mirror(early.clone(), now, 9, 9), Mirrored::Replaced);
+        assert_eq!(r.get(t, u), Some(early.clone()));
+        // The later one lost: it comes back no more.
+        assert_eq!(r.mirror(late.clone(), now, 9, 9), Mirrored::Dropped);
+        // An outcome for another id leaves the pending one alone.
+        assert_eq!(r.end(t, u, &late.id, late.expires), None);
+        assert_eq!(r.end(t, u, &early.id, early.expires), Some(early.clone()));
+        assert_eq!(r.mirror(early.clone(), now, 9, 9), Mirrored::Dropped);
+        // Expired copies and full tables are not taken.
+        assert_eq!(r.mirror(req(t, u, now), now, 9, 9), Mirrored::Dropped);
+        assert_eq!(r.mirror(req(t, u, now + 1), now, 0, 9), Mirrored::Dropped);
+        // An outcome that overtook its request is remembered.
+        let overtaken = req(t, u, now + 60_000);
+        assert_eq!(r.end(t, u, &overtaken.id, overtaken.expires), None);
+        assert_eq!(r.mirror(overtaken, now, 9, 9), Mirrored::Dropped);
+        assert!(r.all().is_empty());
     }
 }

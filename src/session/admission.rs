@@ -2,20 +2,138 @@
 //! "members"`, seed 002): a non-member's `join` becomes a pending request
 //! pushed to the members holding `admit`; one of them admits (the same
 //! replicated membership change `join` makes, announced as `join`) or
-//! declines, or the request expires. The request is soft state on the
-//! requester's node; the admission is a replicated register.
+//! declines, or the request expires. The request is soft state; the
+//! admission is a replicated register. In a mesh, an [`AdmissionRelay`]
+//! tells the other nodes of each request and of how it ended (by a decision
+//! or a withdrawal; each node expires requests itself), and
+//! [`mirror_join_request`] and [`end_join_request`] take theirs here.
 
 use std::sync::Arc;
 
 use serde_json::Value;
-use tracing::info;
+use tracing::{debug, info};
 use uuid::Uuid;
 
 use super::{Context, Denied, LoggedIn, Outcome, Session};
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::acl::{Actor, Flag};
-use crate::router::admission::{Asked, JoinRequest, TooMany};
+use crate::router::admission::{Asked, JoinRequest, Mirrored, Settled, TooMany};
 use crate::store::TopicRecord;
+
+/// Deliveries exclude no connection (connection ids start at 1).
+const NOBODY: u64 = 0;
+
+/// How a request ended on this node, for the other nodes.
+#[derive(Debug, Clone)]
+pub struct JoinEnded {
+    /// The request.
+    pub request: JoinRequest,
+    /// Admitted, declined or withdrawn (each node expires requests itself).
+    pub result: Settled,
+    /// Who ended it: the admitter, or the requester withdrawing.
+    pub by: String,
+    /// The admitter's words, for the requester only.
+    pub note: Option<String>,
+    /// The admitter's key material, for the requester only.
+    pub key: Option<String>,
+}
+
+/// Carries join requests and their ends to the other nodes of a mesh (set
+/// when the mesh starts; without it requests stay on this node). Never
+/// waits.
+pub trait AdmissionRelay: Send + Sync {
+    /// A request was made on this node.
+    fn requested(&self, req: &JoinRequest);
+    /// A request was decided or withdrawn on this node.
+    fn ended(&self, ended: &JoinEnded);
+}
+
+fn relay(ctx: &Context) -> Option<&dyn AdmissionRelay> {
+    ctx.admission_relay.get().map(|r| r.as_ref())
+}
+
+/// Bounds of the mirror of other nodes' requests: twice the protocol's,
+/// since nodes asked at once each check only what they have heard of.
+fn mirror_bounds(ctx: &Context) -> (usize, usize) {
+    (
+        ctx.max_join_requests_per_topic.saturating_mul(2),
+        ctx.max_join_requests_per_account.saturating_mul(2),
+    )
+}
+
+/// A request made on another node. Taken unless it ended here already,
+/// expired, or its account is a member by now; when new here, the
+/// admitters connected here get `join-request`. True if it was not pending
+/// here before (the mesh passes it on then).
+pub fn mirror_join_request(ctx: &Context, req: JoinRequest, now_ms: i64) -> bool {
+    let topic = ctx.topics.get(req.topic);
+    if topic
+        .as_ref()
+        .is_some_and(|t| t.members.contains(&req.account))
+    {
+        debug!(topic_id = %req.topic, account = %req.name, "join request of a member: not taken");
+        return true;
+    }
+    let (per_topic, per_account) = mirror_bounds(ctx);
+    match ctx
+        .join_requests
+        .mirror(req, now_ms, per_topic, per_account)
+    {
+        Mirrored::New(req) => {
+            info!(topic_id = %req.topic, account = %req.name, request = %req.id, "join request from another node");
+            if let Some(t) = topic {
+                deliver(ctx, &admitters(ctx, &t), &request_event(&req), NOBODY);
+            }
+            true
+        }
+        Mirrored::Replaced | Mirrored::Dropped => true,
+        Mirrored::Known => false,
+    }
+}
+
+/// A request decided or withdrawn on another node: if it is pending here,
+/// it ends, and the requester's and the admitters' connections here get
+/// `admit` (the requester's with the admitter's `note` and `key`). The
+/// first end a node hears of wins; a later one for the same request finds
+/// nothing pending and changes nothing.
+pub fn end_join_request(ctx: &Context, end: JoinEnded) {
+    let r = &end.request;
+    let Some(req) = ctx.join_requests.end(r.topic, r.account, &r.id, r.expires) else {
+        debug!(topic_id = %r.topic, request = %r.id, result = end.result.as_str(), "join request ended elsewhere, not pending here");
+        return;
+    };
+    info!(topic_id = %req.topic, account = %req.name, request = %req.id, by = %end.by, result = end.result.as_str(), "join request ended on another node");
+    tell_outcome(ctx, &req, &end.by, end.result, end.note, end.key, NOBODY);
+}
+
+/// Tells the requester's connections here (with `note` and `key`) and the
+/// other admitters' how `req` ended, but connection `except`.
+fn tell_outcome(
+    ctx: &Context,
+    req: &JoinRequest,
+    by: &str,
+    result: Settled,
+    note: Option<String>,
+    key: Option<String>,
+    except: u64,
+) {
+    let event = outcome_event(req, by, result.as_str());
+    if let Some(t) = ctx.topics.get(req.topic) {
+        let others: Vec<Uuid> = admitters(ctx, &t)
+            .into_iter()
+            .filter(|a| *a != req.account)
+            .collect();
+        deliver(ctx, &others, &event, except);
+    }
+    let mut to_requester = event;
+    if let Some(note) = note {
+        to_requester = to_requester.with("note", note);
+    }
+    if let Some(key) = key {
+        to_requester = to_requester.with("key", key);
+    }
+    deliver(ctx, &[req.account], &to_requester, except);
+}
 
 /// What an admitter decided, with what it says to the requester.
 pub(super) struct Decision {
@@ -85,12 +203,12 @@ pub fn expire_join_requests(ctx: &Context, now_ms: i64) {
     let server = format!("@{}", ctx.server_name);
     for req in ctx.join_requests.expire(now_ms) {
         info!(topic_id = %req.topic, account = %req.name, "join request expired");
-        let event = outcome_event(&req, &server, "expired");
+        let event = outcome_event(&req, &server, Settled::Expired.as_str());
         let mut told = vec![req.account];
         if let Some(t) = ctx.topics.get(req.topic) {
             told.extend(admitters(ctx, &t).into_iter().filter(|a| *a != req.account));
         }
-        deliver(ctx, &told, &event, 0);
+        deliver(ctx, &told, &event, NOBODY);
     }
 }
 
@@ -142,6 +260,9 @@ impl Session<'_> {
                     &request_event(&req),
                     self.conn_id,
                 );
+                if let Some(r) = relay(self.ctx) {
+                    r.requested(&req);
+                }
                 req
             }
             Asked::Already(req) => req,
@@ -165,9 +286,18 @@ impl Session<'_> {
         deliver(
             self.ctx,
             &told,
-            &outcome_event(&req, &me.name, "withdrawn"),
+            &outcome_event(&req, &me.name, Settled::Withdrawn.as_str()),
             self.conn_id,
         );
+        if let Some(r) = relay(self.ctx) {
+            r.ended(&JoinEnded {
+                request: req,
+                result: Settled::Withdrawn,
+                by: me.name.clone(),
+                note: None,
+                key: None,
+            });
+        }
         true
     }
 
@@ -204,6 +334,12 @@ impl Session<'_> {
         let pending = account
             .and_then(|a| self.ctx.join_requests.get(t.id, a))
             .ok_or_else(not_pending)?;
+        if t.members.contains(&pending.account) {
+            // Admitted on another node, whose word has not come yet (or
+            // was lost): settled.
+            self.ctx.join_requests.take(t.id, pending.account);
+            return Err(not_pending());
+        }
         if decision.accept {
             // A ban since the request, or a limit reached, leaves it pending.
             let requester = Actor::local(pending.account, &self.ctx.server_name_lower);
@@ -228,7 +364,7 @@ impl Session<'_> {
                 Ok(r) => r,
                 Err(e) => {
                     // Put back, so another answer may still come.
-                    let _ = self.ctx.join_requests.ask(req, usize::MAX, usize::MAX);
+                    self.ctx.join_requests.put_back(req);
                     return Err(e);
                 }
             }
@@ -236,27 +372,37 @@ impl Session<'_> {
             (*t).clone()
         };
         let result = if decision.accept {
-            "admitted"
+            Settled::Admitted
         } else {
-            "declined"
+            Settled::Declined
         };
-        info!(account = %req.name, by = %me.name, topic = %t.name, topic_id = %t.id, result, "join request decided");
-        let event = outcome_event(&req, &me.name, result);
-        // The other admitters learn it is settled; the requester also gets
-        // the admitter's note and key.
+        info!(account = %req.name, by = %me.name, topic = %t.name, topic_id = %t.id, result = result.as_str(), "join request decided");
+        // The other admitters learn it is settled (the admitters' list as
+        // it was before the decision); the requester also gets the
+        // admitter's note and key.
         let others: Vec<Uuid> = admitters(self.ctx, &t)
             .into_iter()
             .filter(|a| *a != req.account)
             .collect();
+        let event = outcome_event(&req, &me.name, result.as_str());
         deliver(self.ctx, &others, &event, self.conn_id);
         let mut to_requester = event;
-        if let Some(note) = decision.note {
-            to_requester = to_requester.with("note", note);
+        if let Some(note) = &decision.note {
+            to_requester = to_requester.with("note", note.as_str());
         }
-        if let Some(key) = decision.key {
-            to_requester = to_requester.with("key", key);
+        if let Some(key) = &decision.key {
+            to_requester = to_requester.with("key", key.as_str());
         }
         deliver(self.ctx, &[req.account], &to_requester, self.conn_id);
+        if let Some(r) = relay(self.ctx) {
+            r.ended(&JoinEnded {
+                request: req.clone(),
+                result,
+                by: me.name.clone(),
+                note: decision.note,
+                key: decision.key,
+            });
+        }
         if decision.accept {
             self.announce_membership(&record, req.account, &req.name, true);
         }
@@ -287,7 +433,13 @@ impl Session<'_> {
         topics
             .iter()
             .filter(|t| members_only(t) && t.acl.allows(self.actor(me), Flag::Admit))
-            .flat_map(|t| self.ctx.join_requests.in_topic(t.id))
+            .flat_map(|t| {
+                self.ctx
+                    .join_requests
+                    .in_topic(t.id)
+                    .into_iter()
+                    .filter(|r| !t.members.contains(&r.account))
+            })
             .map(|req| request_event(&req))
             .collect()
     }

@@ -21,7 +21,9 @@ pub mod throttle;
 mod ticket;
 mod topic;
 
-pub use admission::expire_join_requests;
+pub use admission::{
+    AdmissionRelay, JoinEnded, end_join_request, expire_join_requests, mirror_join_request,
+};
 pub use federated::{Abroad, AbroadError, RedeemedAbroad};
 pub use keys::signed_message;
 pub use message::EphemeralRelay;
@@ -152,6 +154,9 @@ pub struct Context {
     /// Carries messages of topics without history to other nodes (set when
     /// the mesh starts).
     pub ephemeral_relay: std::sync::OnceLock<std::sync::Arc<dyn EphemeralRelay>>,
+    /// Carries join requests and their ends to other nodes (set when the
+    /// mesh starts).
+    pub admission_relay: std::sync::OnceLock<std::sync::Arc<dyn AdmissionRelay>>,
     /// Redeems other servers' tickets at those servers (set when
     /// federation starts; without it such tickets are of an unknown server).
     pub abroad: std::sync::OnceLock<std::sync::Arc<dyn Abroad>>,
@@ -206,6 +211,7 @@ impl Context {
             metrics: std::sync::Arc::default(),
             ticket_relay: std::sync::OnceLock::new(),
             ephemeral_relay: std::sync::OnceLock::new(),
+            admission_relay: std::sync::OnceLock::new(),
             abroad: std::sync::OnceLock::new(),
             star_includes_foreign: config.federation.star_includes_foreign,
             fed_attempts_per_minute: config.federation.client_attempts_per_minute,
