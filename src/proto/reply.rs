@@ -11,7 +11,7 @@ use super::id::UuidText;
 use super::packet::{Packet, write_str, write_uuid};
 
 /// Every op the server sends, as `protocol.md` documents them.
-pub const SERVER_OPS: [&str; 24] = [
+pub const SERVER_OPS: [&str; 25] = [
     "welcome",
     "ack",
     "error",
@@ -36,6 +36,7 @@ pub const SERVER_OPS: [&str; 24] = [
     "search",
     "join-request",
     "admit",
+    "presence",
 ];
 
 /// The software string in `welcome`.
