@@ -21,6 +21,8 @@ fn target(server: &TestServer) -> Target {
         addr: server.addr.to_string(),
         options: server.options(vec![tenthbit::tls::Alpn::Plain]),
         server_pid: Some(std::process::id()),
+        spread: Vec::new(),
+        spread_pids: Vec::new(),
     }
 }
 
@@ -168,6 +170,8 @@ async fn nats_mode_speaks_the_nats_protocol() {
         addr: addr.to_string(),
         options: tenthbit::client::Options::pinned(server_tls.fingerprint),
         server_pid: None,
+        spread: Vec::new(),
+        spread_pids: Vec::new(),
     };
     let load = Load {
         messages: 40,

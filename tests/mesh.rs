@@ -707,6 +707,59 @@ async fn mesh_benchmark_workloads_run() {
     assert!(catchup.seconds > 0.0, "{catchup:?}");
 }
 
+/// `tenthbit bench --spread`: receivers on every node of a line (so half
+/// the traffic crosses two links), senders on the first; every message
+/// arrives once (small sizes: this checks the tool, it measures nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_spreads_receivers_over_the_nodes() {
+    // One client certificate for the whole server, as an operator would
+    // give its nodes, so one pin reaches every node.
+    let first = std::sync::Mutex::new(None);
+    let c = Cluster::start_with(3, LINE3, |_, cfg| {
+        let mut f = first.lock().unwrap();
+        match &*f {
+            None => *f = Some((cfg.tls.cert_file.clone(), cfg.tls.key_file.clone())),
+            Some((crt, key)) => {
+                cfg.tls.cert_file = crt.clone();
+                cfg.tls.key_file = key.clone();
+            }
+        }
+        cfg.limits.packets_per_second = 1_000_000;
+        cfg.limits.packet_burst = 1_000_000;
+        cfg.auth.max_failures_per_ip = 1_000_000;
+    })
+    .await;
+    let s = c.nodes[0].server();
+    let t = tenthbit::bench::Target {
+        addr: s.addr.to_string(),
+        options: s.options(vec![tenthbit::tls::Alpn::Plain]),
+        server_pid: Some(std::process::id()),
+        spread: vec![
+            c.nodes[1].server().addr.to_string(),
+            c.nodes[2].server().addr.to_string(),
+        ],
+        spread_pids: Vec::new(),
+    };
+    let load = tenthbit::bench::Load {
+        messages: 50,
+        size: 100,
+        rate: None,
+        history: false,
+    };
+    let duplicated = |r: &tenthbit::bench::Report| {
+        r.notes
+            .iter()
+            .find(|(k, _)| k == "duplicated")
+            .map(|(_, v)| v.clone())
+    };
+    let r = tenthbit::bench::fanout(&t, 6, 1, load).await.unwrap();
+    assert_eq!((r.expected, r.deliveries, r.lost), (300, 300, 0), "{r}");
+    assert_eq!(duplicated(&r).as_deref(), Some("0"), "{r}");
+    let r = tenthbit::bench::pairs(&t, 3, load).await.unwrap();
+    assert_eq!((r.expected, r.deliveries, r.lost), (150, 150, 0), "{r}");
+    assert_eq!(duplicated(&r).as_deref(), Some("0"), "{r}");
+}
+
 /// Relayed packets one connection received, by sender, as `data` values.
 type Got = std::collections::BTreeMap<String, Vec<serde_json::Value>>;
 

@@ -46,6 +46,45 @@ pub struct Target {
     pub options: Options,
     /// The server's pid, to read its CPU time and memory from /proc.
     pub server_pid: Option<u32>,
+    /// Other nodes of the same server (a mesh) or cluster: receivers are
+    /// spread over `addr` and these, round robin; senders stay on `addr`.
+    pub spread: Vec<String>,
+    /// Their pids: the server's CPU time and memory are the sums.
+    pub spread_pids: Vec<u32>,
+}
+
+impl Target {
+    /// Where receiver `i` connects.
+    pub fn addr_for(&self, i: usize) -> &str {
+        match i % (self.spread.len() + 1) {
+            0 => &self.addr,
+            k => self.spread.get(k - 1).map_or(&self.addr, String::as_str),
+        }
+    }
+
+    /// CPU time and memory of every process of the server, summed.
+    pub(crate) fn sample(&self) -> Option<proc::Sample> {
+        let first = proc::sample(self.server_pid?)?;
+        Some(
+            self.spread_pids
+                .iter()
+                .filter_map(|p| proc::sample(*p))
+                .fold(first, |a, b| proc::Sample {
+                    cpu_seconds: a.cpu_seconds + b.cpu_seconds,
+                    rss_kib: a.rss_kib + b.rss_kib,
+                }),
+        )
+    }
+
+    /// The same server, reached at receiver `i`'s node.
+    fn node_for(&self, i: usize) -> Target {
+        Target {
+            addr: self.addr_for(i).to_owned(),
+            spread: Vec::new(),
+            spread_pids: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// What a workload measured.
@@ -295,28 +334,43 @@ async fn make_group(
     }
     let mut receiver_list = Vec::with_capacity(receivers);
     for r in 0..receivers {
-        receiver_list.push(user(t, &format!("b{tag}g{g}r{r}")).await?);
+        // Receiver r of group g sits on node (g + r) mod nodes.
+        let node = t.node_for(g + r);
+        receiver_list.push(user(&node, &format!("b{tag}g{g}r{r}")).await?);
     }
     for c in sender_list
         .iter_mut()
         .skip(1)
         .chain(receiver_list.iter_mut())
     {
-        let mut join = Packet::request("join");
-        join.topic = Some(topic.clone());
-        let p = c
-            .request(join, DRAIN)
-            .await
-            .map_err(client_err("joining"))?;
-        if p.op != "meta" {
-            return Err(BenchError::Refused(format!("join: {:?}", p.ex_str("code"))));
-        }
+        join_when_known(c, &topic).await?;
     }
     Ok(Group {
         topic,
         senders: sender_list,
         receivers: receiver_list,
     })
+}
+
+/// Joins `topic`; on another node of a mesh the topic may not have arrived
+/// yet, so `topic/not-found` is asked again until [`DRAIN`] passes.
+async fn join_when_known(c: &mut Client, topic: &str) -> Result<(), BenchError> {
+    let deadline = Instant::now() + DRAIN;
+    loop {
+        let mut join = Packet::request("join");
+        join.topic = Some(topic.to_owned());
+        let p = c
+            .request(join, DRAIN)
+            .await
+            .map_err(client_err("joining"))?;
+        if p.op == "meta" {
+            return Ok(());
+        }
+        if p.ex_str("code") != Some("topic/not-found") || Instant::now() > deadline {
+            return Err(BenchError::Refused(format!("join: {:?}", p.ex_str("code"))));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs senders and receivers of every group at once and measures.
@@ -336,32 +390,38 @@ async fn run_groups(
         let per_receiver = load.messages * g.senders.len() as u64;
         expected += per_receiver * g.receivers.len() as u64;
         for c in g.receivers {
-            receivers.push(tokio::spawn(receive(c, per_receiver, epoch)));
+            let dedup = !t.spread.is_empty() && g.senders.len() == 1;
+            receivers.push(tokio::spawn(receive(c, per_receiver, epoch, dedup)));
         }
         for c in g.senders {
             let (topic, payload, errors) = (g.topic.clone(), payload.clone(), errors.clone());
             senders.push(tokio::spawn(send(c, topic, payload, load, epoch, errors)));
         }
     }
-    let before = t.server_pid.and_then(proc::sample);
+    let before = t.sample();
     let start = epoch.elapsed();
     let mut latencies = Vec::new();
     let mut deliveries = 0;
     let mut last = start;
+    let mut duplicates = 0;
     for r in receivers {
-        let (count, lat, at) = r.await.unwrap_or_default();
+        let (count, lat, at, dup) = r.await.unwrap_or_default();
         deliveries += count;
+        duplicates += dup;
         latencies.extend(lat);
         last = last.max(at);
     }
     for s in senders {
         let _ = s.await;
     }
-    let after = t.server_pid.and_then(proc::sample);
+    let after = t.sample();
     let mut notes = Vec::new();
     let refused = errors.load(Ordering::Relaxed);
     if refused > 0 {
         notes.push(("sends refused by the server".into(), refused.to_string()));
+    }
+    if !t.spread.is_empty() {
+        notes.push(("duplicated".into(), duplicates.to_string()));
     }
     Ok(Report::from_observed(Observed {
         name,
@@ -431,20 +491,37 @@ pub(crate) struct Tally {
     pub(crate) count: u64,
     latencies: Vec<u64>,
     last: Duration,
+    /// Stamps seen, where duplicates are looked for (a receiver with one
+    /// sender: its stamps are unique).
+    seen: Option<std::collections::HashSet<u64>>,
+    duplicates: u64,
 }
 
+/// What a receiver counted: deliveries, latencies (ns), when the last came,
+/// and duplicates (not in the deliveries).
+pub(crate) type Counted = (u64, Vec<u64>, Duration, u64);
+
 impl Tally {
-    pub(crate) fn new(epoch: Instant, expected: u64) -> Self {
+    pub(crate) fn new(epoch: Instant, expected: u64, dedup: bool) -> Self {
+        let capacity = usize::try_from(expected).unwrap_or(0);
         Self {
             count: 0,
-            latencies: Vec::with_capacity(usize::try_from(expected).unwrap_or(0)),
+            latencies: Vec::with_capacity(capacity),
             last: epoch.elapsed(),
+            seen: dedup.then(|| std::collections::HashSet::with_capacity(capacity)),
+            duplicates: 0,
         }
     }
 
     /// Counts a delivery stamped `sent` (ns since the epoch) by its sender,
     /// that arrived at `now` (since the epoch).
     pub(crate) fn delivered(&mut self, sent: Option<u64>, now: Duration) {
+        if let (Some(seen), Some(t)) = (&mut self.seen, sent) {
+            if !seen.insert(t) {
+                self.duplicates += 1;
+                return;
+            }
+        }
         if let Some(sent) = sent {
             let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
             self.latencies.push(now_ns.saturating_sub(sent));
@@ -453,8 +530,8 @@ impl Tally {
         self.last = now;
     }
 
-    pub(crate) fn finish(self) -> (u64, Vec<u64>, Duration) {
-        (self.count, self.latencies, self.last)
+    pub(crate) fn finish(self) -> Counted {
+        (self.count, self.latencies, self.last, self.duplicates)
     }
 }
 
@@ -531,9 +608,9 @@ async fn next_line(
 
 /// Counts `send` packets until `expected` or a quiet `DRAIN`; returns the
 /// count, each latency in ns, and when the last one came (since `epoch`).
-async fn receive(c: Client, expected: u64, epoch: Instant) -> (u64, Vec<u64>, Duration) {
+async fn receive(c: Client, expected: u64, epoch: Instant, dedup: bool) -> Counted {
     let (mut rd, _wr) = c.into_split();
-    let mut tally = Tally::new(epoch, expected);
+    let mut tally = Tally::new(epoch, expected, dedup);
     let mut arrived = Duration::ZERO;
     while tally.count < expected {
         let Some(line) = next_line(&mut rd, epoch, &mut arrived).await else {
@@ -677,7 +754,7 @@ pub async fn idle(
     if let Some(s) = w.ex_str("server") {
         server = s.to_owned();
     }
-    let before = t.server_pid.and_then(proc::sample);
+    let before = t.sample();
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(connections);
@@ -695,7 +772,7 @@ pub async fn idle(
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let after = t.server_pid.and_then(proc::sample);
+    let after = t.sample();
     let mut notes = vec![
         (
             "connections held".into(),
@@ -722,7 +799,7 @@ pub async fn idle(
 pub async fn login(t: &Target, logins: usize, concurrency: usize) -> Result<Report, BenchError> {
     let name = format!("b{}login", tag());
     let mut pinger = user(t, &name).await?;
-    let before = t.server_pid.and_then(proc::sample);
+    let before = t.sample();
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -755,7 +832,7 @@ pub async fn login(t: &Target, logins: usize, concurrency: usize) -> Result<Repo
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let after = t.server_pid.and_then(proc::sample);
+    let after = t.sample();
     rtts.sort_unstable();
     Ok(Report {
         workload: format!(

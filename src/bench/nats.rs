@@ -14,8 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::{BenchError, Load, Observed, Pacer, Report, Tally, Target, tag};
-use crate::procfs as proc;
+use super::{BenchError, Counted, Load, Observed, Pacer, Report, Tally, Target, tag};
 use crate::tls;
 
 const DRAIN: Duration = Duration::from_secs(10);
@@ -31,8 +30,8 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
 
 /// Connects, upgrades to TLS after `INFO`, sends `CONNECT`, and waits for
 /// the `PONG` that follows it.
-async fn connect(t: &Target) -> Result<(Reader, Writer), BenchError> {
-    let mut tcp = TcpStream::connect(&t.addr).await.map_err(io("connect"))?;
+async fn connect(t: &Target, addr: &str) -> Result<(Reader, Writer), BenchError> {
+    let mut tcp = TcpStream::connect(addr).await.map_err(io("connect"))?;
     let _ = tcp.set_nodelay(true);
     // INFO {...}\r\n arrives before TLS.
     let mut info = Vec::new();
@@ -90,8 +89,9 @@ async fn receive(
     mut wr: Writer,
     expected: u64,
     epoch: Instant,
-) -> (u64, Vec<u64>, Duration) {
-    let mut tally = Tally::new(epoch, expected);
+    dedup: bool,
+) -> Counted {
+    let mut tally = Tally::new(epoch, expected, dedup);
     let mut line = String::new();
     let mut payload = Vec::new();
     // As for tenthbit's receivers: the clock is read when bytes arrive, not
@@ -188,34 +188,41 @@ async fn run(
         let per = load.messages * pubs as u64;
         expected += per * subs as u64;
         for sid in 0..subs {
-            let (mut rd, mut wr) = connect(t).await?;
+            // Subscriber sid of group g sits on server (g + sid) mod servers.
+            let (mut rd, mut wr) = connect(t, t.addr_for(g + sid)).await?;
             wr.write_all(format!("SUB {subject} {sid}\r\nPING\r\n").as_bytes())
                 .await
                 .map_err(io("SUB"))?;
             wait_pong(&mut rd).await?;
-            receivers.push(tokio::spawn(receive(rd, wr, per, epoch)));
+            let dedup = !t.spread.is_empty() && pubs == 1;
+            receivers.push(tokio::spawn(receive(rd, wr, per, epoch, dedup)));
         }
         for _ in 0..pubs {
-            let (_rd, wr) = connect(t).await?;
+            let (_rd, wr) = connect(t, &t.addr).await?;
             publishers.push((subject.clone(), wr));
         }
     }
-    let before = t.server_pid.and_then(proc::sample);
+    let before = t.sample();
     let start = epoch.elapsed();
     let mut pub_tasks = Vec::new();
     for (subject, wr) in publishers {
         pub_tasks.push(tokio::spawn(publish(wr, subject, load, epoch)));
     }
     let mut latencies = Vec::new();
-    let mut deliveries = 0;
+    let (mut deliveries, mut duplicates) = (0, 0);
     let mut last = start;
     for r in receivers {
-        let (count, lat, at) = r.await.unwrap_or_default();
+        let (count, lat, at, dup) = r.await.unwrap_or_default();
         deliveries += count;
+        duplicates += dup;
         latencies.extend(lat);
         last = last.max(at);
     }
-    let after = t.server_pid.and_then(proc::sample);
+    let after = t.sample();
+    let mut notes = Vec::new();
+    if !t.spread.is_empty() {
+        notes.push(("duplicated".to_owned(), duplicates.to_string()));
+    }
     for p in pub_tasks {
         p.abort();
     }
@@ -227,7 +234,7 @@ async fn run(
         elapsed: last.saturating_sub(start),
         before,
         after,
-        notes: Vec::new(),
+        notes,
     }))
 }
 

@@ -137,6 +137,14 @@ enum Command {
         /// The server's pid, to report its CPU time and memory from /proc.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Other nodes of the server (a mesh, or a NATS cluster), HOST:PORT,
+        /// comma-separated: receivers are spread over all nodes, senders stay
+        /// on TARGET.
+        #[arg(long, value_delimiter = ',')]
+        spread: Vec<String>,
+        /// Their pids: CPU time and memory are summed over every node.
+        #[arg(long, value_delimiter = ',')]
+        spread_pids: Vec<u32>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -280,12 +288,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             target,
             server,
             server_pid,
+            spread,
+            spread_pids,
             json,
             nats,
             workload,
-        } => bench(&target, &server, server_pid, json, nats, workload)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        } => {
+            let pids = (server_pid, spread_pids);
+            bench(&target, &server, pids, spread, json, nats, workload).await
+        }
+        .map(|()| ExitCode::SUCCESS),
         Command::BenchSearch {
             dir,
             messages,
@@ -398,7 +410,8 @@ async fn options(target: &str, server: &ServerArgs) -> Result<Prepared> {
 async fn bench(
     target: &str,
     server: &ServerArgs,
-    server_pid: Option<u32>,
+    (server_pid, spread_pids): (Option<u32>, Vec<u32>),
+    spread: Vec<String>,
     json: bool,
     nats: bool,
     workload: Workload,
@@ -409,6 +422,8 @@ async fn bench(
         addr,
         options,
         server_pid,
+        spread,
+        spread_pids,
     };
     let report = match workload {
         Workload::Fanout {
