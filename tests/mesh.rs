@@ -869,19 +869,20 @@ async fn futures_join<F: std::future::Future<Output = ()>>(fs: impl Iterator<Ite
     .await;
 }
 
+// About 1,000 messages in each shape, every sender at once.
 #[tokio::test]
 async fn ephemeral_messages_over_a_line() {
-    ephemeral_over(3, LINE3, 120).await;
+    ephemeral_over(3, LINE3, 334).await;
 }
 
 #[tokio::test]
 async fn ephemeral_messages_over_a_ring() {
-    ephemeral_over(5, RING5, 60).await;
+    ephemeral_over(5, RING5, 200).await;
 }
 
 #[tokio::test]
 async fn ephemeral_messages_over_a_barbell() {
-    ephemeral_over(6, BARBELL, 40).await;
+    ephemeral_over(6, BARBELL, 167).await;
 }
 
 /// Kept messages stream round a ring while one of its links is cut and
