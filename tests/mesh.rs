@@ -787,7 +787,12 @@ async fn collect(c: &mut Client, expected: usize) -> Got {
 /// nodes, random senders; every connection gets every other connection's
 /// messages once, in each sender's order.
 async fn ephemeral_over(n: usize, edges: &[(usize, usize)], per_sender: usize) {
-    let c = Cluster::start(n, edges).await;
+    // Hundreds of sends per connection: above the default packet burst.
+    let c = Cluster::start_with(n, edges, |_, cfg| {
+        cfg.limits.packets_per_second = 100_000;
+        cfg.limits.packet_burst = 100_000;
+    })
+    .await;
     let all: Vec<usize> = (0..n).collect();
     for i in 0..n {
         c.nodes[0].server().register(&format!("u{i}"), PW).await;

@@ -140,6 +140,8 @@ async fn a_silent_node_shows_its_users_offline_and_back_without_leaves_or_joins(
     c.converged(&[0, 1, 2]).await;
     let mut bob = c.nodes[1].server().login("bob", PW).await;
     assert_eq!(request(&mut bob, on("join", &room)).await.op, "meta");
+    // bob's join is on node 2 before his second device logs in there.
+    c.converged(&[0, 1, 2]).await;
     let mut bob2 = c.nodes[2].server().login("bob", PW).await;
     expect_op(&mut bob2, "meta").await;
     let mut dave = c.nodes[2].server().login("dave", PW).await;

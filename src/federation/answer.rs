@@ -58,27 +58,16 @@ pub(super) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
 async fn serve(inner: Arc<Inner>, tcp: TcpStream, addr: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let deadline = inner.cfg.timeout();
-    let tls = match tokio::time::timeout(deadline, inner.acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            warn!(%addr, code = %Code::BadCertificate, error = %e, "federation: refused a server at TLS");
-            return;
-        }
-        Err(_) => {
+    let (tls, asker) = match mtls::accept_peer(&inner.acceptor, tcp, deadline, &inner.peers).await {
+        Ok((tls, peer)) => (tls, peer.node),
+        Err(mtls::Refused::Timeout) => {
             debug!(%addr, "federation: TLS handshake timed out");
             return;
         }
-    };
-    let asker = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| mtls::identify(&inner.peers, c))
-        .map(|p| p.node.clone());
-    let Some(asker) = asker else {
-        warn!(%addr, code = %Code::BadCertificate, "federation: certificate of no configured server");
-        return;
+        Err(e) => {
+            warn!(%addr, code = %Code::BadCertificate, error = %e, "federation: refused a server at TLS");
+            return;
+        }
     };
     let (rd, mut wr) = tokio::io::split(tls);
     let reply = match tokio::time::timeout(deadline, read_packet(rd)).await {

@@ -10,7 +10,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{Error, valid_server_name};
-use crate::tls::pin::parse_fingerprint;
 
 /// `[federation]`. Off by default: no other server is asked or answered.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -141,14 +140,8 @@ impl FederationConfig {
             if !seen.insert(s.name.to_lowercase()) {
                 return Err(bad("names a server listed twice"));
             }
-            match (&s.fingerprint, &s.ca_file) {
-                (Some(fp), None) if parse_fingerprint(fp).is_none() => {
-                    return Err(bad("fingerprint must be 64 hex digits (colons allowed)"));
-                }
-                (Some(_), Some(_)) => return Err(bad("give fingerprint or ca_file, not both")),
-                (None, None) => return Err(bad("needs fingerprint or ca_file")),
-                _ => {}
-            }
+            crate::mesh::config::check_trust(s.fingerprint.as_deref(), s.ca_file.as_deref())
+                .map_err(bad)?;
         }
         Ok(())
     }

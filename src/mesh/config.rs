@@ -224,22 +224,26 @@ impl MeshConfig {
             if !seen.insert(p.node.clone()) {
                 return Err(bad("names a node listed twice".into()));
             }
-            match (&p.fingerprint, &p.ca_file) {
-                (Some(fp), None) if parse_fingerprint(fp).is_none() => {
-                    return Err(bad(
-                        "fingerprint must be 64 hex digits (colons allowed)".into()
-                    ));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(bad("give fingerprint or ca_file, not both".into()));
-                }
-                (None, None) => {
-                    return Err(bad("needs fingerprint or ca_file".into()));
-                }
-                _ => {}
-            }
+            check_trust(p.fingerprint.as_deref(), p.ca_file.as_deref())
+                .map_err(|why| bad(why.into()))?;
         }
         Ok(())
+    }
+}
+
+/// Checks how a peer's certificate is to be trusted: exactly one of a
+/// pinned fingerprint or a CA file (mesh peers and federated servers).
+pub fn check_trust(
+    fingerprint: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<(), &'static str> {
+    match (fingerprint, ca_file) {
+        (Some(fp), None) if parse_fingerprint(fp).is_none() => {
+            Err("fingerprint must be 64 hex digits (colons allowed)")
+        }
+        (Some(_), Some(_)) => Err("give fingerprint or ca_file, not both"),
+        (None, None) => Err("needs fingerprint or ca_file"),
+        _ => Ok(()),
     }
 }
 

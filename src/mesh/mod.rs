@@ -397,28 +397,17 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         let inner2 = inner.clone();
         inner.tracker.spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let accept = inner2.acceptor.accept(tcp);
-            let tls = match tokio::time::timeout(inner2.cfg.handshake_timeout(), accept).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    warn!(%addr, code = %wire::Code::BadCertificate, error = %e, "mesh: refused a link at TLS");
-                    return;
-                }
-                Err(_) => {
+            let deadline = inner2.cfg.handshake_timeout();
+            let (tls, peer) = match mtls::accept_peer(&inner2.acceptor, tcp, deadline, &inner2.peers).await {
+                Ok((tls, peer)) => (tls, peer.node),
+                Err(mtls::Refused::Timeout) => {
                     debug!(%addr, "mesh: TLS handshake timed out");
                     return;
                 }
-            };
-            let peer = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| mtls::identify(&inner2.peers, c))
-                .map(|p| p.node.clone());
-            let Some(peer) = peer else {
-                warn!(%addr, code = %wire::Code::BadCertificate, "mesh: certificate of no configured peer");
-                return;
+                Err(e) => {
+                    warn!(%addr, code = %wire::Code::BadCertificate, error = %e, "mesh: refused a link at TLS");
+                    return;
+                }
             };
             link::run(inner2, tokio_rustls::TlsStream::Server(tls), peer, false).await;
         });

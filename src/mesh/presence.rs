@@ -277,18 +277,22 @@ pub(super) fn on_link_up(inner: &Inner, link: &Link) {
     let Ok(table) = inner.presence.lock() else {
         return;
     };
-    let own = Presence {
-        o: inner.node.clone(),
-        b: inner.boot.clone(),
-        s: table.own_seq,
-        full: true,
-        on: sorted(inner.ctx.presence.online.local_accounts().into_iter()),
-        off: Vec::new(),
-    };
-    for p in std::iter::once(own).chain(table.snapshot()) {
+    for p in std::iter::once(own_full(inner, table.own_seq)).chain(table.snapshot()) {
         if let Some(l) = line(&p) {
             link.send_raw(l);
         }
+    }
+}
+
+/// This node's full list, as packet `seq`.
+fn own_full(inner: &Inner, seq: u64) -> Presence {
+    Presence {
+        o: inner.node.clone(),
+        b: inner.boot.clone(),
+        s: seq,
+        full: true,
+        on: sorted(inner.ctx.presence.online.local_accounts().into_iter()),
+        off: Vec::new(),
     }
 }
 
@@ -306,14 +310,7 @@ fn announce(inner: &Inner, full: bool) {
     }
     table.own_seq += 1;
     let p = if full {
-        Presence {
-            o: inner.node.clone(),
-            b: inner.boot.clone(),
-            s: table.own_seq,
-            full: true,
-            on: sorted(inner.ctx.presence.online.local_accounts().into_iter()),
-            off: Vec::new(),
-        }
+        own_full(inner, table.own_seq)
     } else {
         Presence {
             o: inner.node.clone(),

@@ -226,3 +226,42 @@ pub fn dial_name(peer: &Peer) -> Result<ServerName<'static>, Error> {
     ServerName::try_from(peer.node.clone())
         .map_err(|_| Error::Trust(format!("node name {:?} is not a DNS name", peer.node)))
 }
+
+/// Why [`accept_peer`] turned a connection away.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// The TLS handshake failed (a certificate no verifier accepts among
+    /// the causes).
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    /// The handshake did not finish in time.
+    #[error("TLS handshake timed out")]
+    Timeout,
+    /// The certificate verified but is no configured peer's.
+    #[error("certificate of no configured peer")]
+    Unknown,
+}
+
+/// Accepts a mutual-TLS connection within `deadline` and names the
+/// configured peer its certificate belongs to (mesh links and federated
+/// servers alike).
+pub async fn accept_peer(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    deadline: std::time::Duration,
+    peers: &[Peer],
+) -> Result<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Peer), Refused> {
+    let tls = tokio::time::timeout(deadline, acceptor.accept(tcp))
+        .await
+        .map_err(|_| Refused::Timeout)?
+        .map_err(Refused::Tls)?;
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| identify(peers, c))
+        .cloned()
+        .ok_or(Refused::Unknown)?;
+    Ok((tls, peer))
+}
