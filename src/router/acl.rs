@@ -162,6 +162,27 @@ impl<'a> Actor<'a> {
             everyone: true,
         }
     }
+
+    /// The account named `name_lower` (lowercase): a user of another
+    /// server when the name is `user@home` (local names never hold `@`),
+    /// else an account of `local_server`. `star_includes_foreign` is the
+    /// operator's `federation.star_includes_foreign`.
+    pub fn named(
+        account: Uuid,
+        name_lower: &'a str,
+        local_server: &'a str,
+        star_includes_foreign: bool,
+    ) -> Self {
+        match name_lower.split_once('@') {
+            Some((_, home)) if !home.is_empty() => Self {
+                account,
+                server: home,
+                remote: Some(name_lower),
+                everyone: star_includes_foreign,
+            },
+            _ => Self::local(account, local_server),
+        }
+    }
 }
 
 impl Acl {
@@ -280,6 +301,14 @@ mod tests {
         acl.set(Subject::Server("@first.example".into()), Flag::Ban, true);
         assert!(!acl.allows(fed(true), Flag::Read));
         acl.set(Subject::Server("@first.example".into()), Flag::Ban, false);
+        // The same actor, made from the name alone.
+        let named = Actor::named(dan, "dan@first.example", "10b.it", false);
+        assert_eq!(
+            (named.server, named.remote, named.everyone),
+            ("first.example", Some("dan@first.example"), false)
+        );
+        assert!(acl.allows(named, Flag::Op));
+        assert_eq!(Actor::named(dan, "dan", "10b.it", false).server, "10b.it");
         acl.set(Subject::Remote("dan@first.example".into()), Flag::Ban, true);
         assert!(!acl.allows(fed(true), Flag::Read));
         // A local account is not `@first.example`.

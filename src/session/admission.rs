@@ -342,7 +342,13 @@ impl Session<'_> {
         }
         if decision.accept {
             // A ban since the request, or a limit reached, leaves it pending.
-            let requester = Actor::local(pending.account, &self.ctx.server_name_lower);
+            let name = pending.name.to_lowercase();
+            let requester = Actor::named(
+                pending.account,
+                &name,
+                &self.ctx.server_name_lower,
+                self.ctx.star_includes_foreign,
+            );
             if !t.acl.allows(requester, Flag::Read) {
                 return Err(Denied::new(
                     ErrorCode::AclDenied,
