@@ -63,13 +63,15 @@ async fn fanout_and_pairs_deliver_everything() {
 async fn idle_and_login_report() {
     let server = bench_server().await;
     let t = target(&server);
-    let r = bench::idle(&t, 20, 8).await.unwrap();
-    assert!(
-        r.notes
-            .iter()
-            .any(|(k, v)| k == "connections held" && v == "20 of 20"),
-        "{r}"
-    );
+    for distinct in [false, true] {
+        let r = bench::idle(&t, 20, 8, distinct).await.unwrap();
+        assert!(
+            r.notes
+                .iter()
+                .any(|(k, v)| k == "connections held" && v == "20 of 20"),
+            "{r}"
+        );
+    }
     let r = bench::login(&t, 5, 2).await.unwrap();
     assert!(
         r.notes

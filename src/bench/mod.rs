@@ -722,17 +722,21 @@ async fn ticket_user(t: &Target, ticket: String, server: &str) -> Result<Client,
 /// C logged-in connections held open: setup rate and server memory per
 /// connection. Each logs in with a ticket issued beforehand, so the setup
 /// rate is TLS and login, not password hashing.
+/// With `distinct`, each connection registers an account of its own and
+/// logs in with its password instead (chatbench's pattern: per-account
+/// state is then in the figure too).
 pub async fn idle(
     t: &Target,
     connections: usize,
     concurrency: usize,
+    distinct: bool,
 ) -> Result<Report, BenchError> {
     proc::raise_fd_limit();
     let name = format!("b{}idle", tag());
     let mut master = user(t, &name).await?;
     let mut tickets = Vec::with_capacity(connections);
     let mut server = String::new();
-    for _ in 0..connections {
+    for _ in 0..if distinct { 0 } else { connections } {
         let p = master
             .request(Packet::request("ticket"), DRAIN)
             .await
@@ -758,11 +762,16 @@ pub async fn idle(
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(connections);
-    for ticket in tickets {
+    for i in 0..connections {
         let (t, server, permits) = (t.clone(), server.clone(), permits.clone());
+        let ticket = tickets.pop();
+        let own = format!("{name}c{i}");
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.ok()?;
-            ticket_user(&t, ticket, &server).await.ok()
+            match ticket {
+                Some(ticket) => ticket_user(&t, ticket, &server).await.ok(),
+                None => user(&t, &own).await.ok(),
+            }
         }));
     }
     let mut held = Vec::with_capacity(connections);
@@ -779,7 +788,11 @@ pub async fn idle(
             format!("{} of {connections}", held.len()),
         ),
         (
-            "setups per second (TLS + ticket login)".into(),
+            if distinct {
+                "setups per second (TLS + register + password login)".into()
+            } else {
+                "setups per second (TLS + ticket login)".into()
+            },
             format!("{:.0}", held.len() as f64 / elapsed.max(1e-9)),
         ),
     ];
@@ -788,7 +801,14 @@ pub async fn idle(
         notes.push(("server rss per connection".into(), format!("{per:.1} KiB")));
     }
     Ok(Report {
-        workload: format!("idle: {connections} logged-in TLS connections"),
+        workload: format!(
+            "idle: {connections} logged-in TLS connections, {}",
+            if distinct {
+                "each its own account"
+            } else {
+                "one account"
+            }
+        ),
         server_rss_kib: after.map(|a| a.rss_kib),
         notes,
         ..Report::default()

@@ -88,6 +88,10 @@ enum Workload {
         /// Connections set up at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Each connection registers its own account and logs in with a
+        /// password (chatbench's pattern) instead of one account's tickets.
+        #[arg(long)]
+        distinct: bool,
     },
     /// A storm of password logins while one user pings.
     Login {
@@ -470,7 +474,8 @@ async fn bench(
         Workload::Idle {
             connections,
             concurrency,
-        } => bench::idle(&t, connections, concurrency).await?,
+            distinct,
+        } => bench::idle(&t, connections, concurrency, distinct).await?,
         Workload::Login {
             logins,
             concurrency,
