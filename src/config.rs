@@ -363,7 +363,7 @@ impl Default for Limits {
             max_json_depth: 32,
             max_protocol_errors: 10,
             max_sendq_packets: 4096,
-            max_sendq_bytes: 4 * 1024 * 1024,
+            max_sendq_bytes: 16 * 1024 * 1024,
             packets_per_second: 50,
             packet_burst: 200,
             silent_bytes_per_second: 1024,

@@ -520,11 +520,11 @@ async fn sendq_server(
 
 /// Large messages fill a member's queue by bytes long before its packet
 /// bound: a member that stops reading while 60 KB messages arrive is cut
-/// once the default `max_sendq_bytes` (4 MiB, plus what the sockets hold) is
-/// queued, not at 4,096 messages (240 MB).
+/// once the default `max_sendq_bytes` (16 MiB, plus what the sockets hold)
+/// is queued, not at 4,096 messages (240 MB).
 #[tokio::test]
 async fn a_member_not_reading_large_messages_is_cut_by_bytes() {
-    const N: usize = 400;
+    const N: usize = 800;
     let (server, (mut dan, mut bob, _amy)) =
         sendq_server(Limits::default().max_sendq_bytes, false).await;
     let topic = create(&mut dan, "big").await;
