@@ -23,6 +23,7 @@
 //! - [`ops`]: the operator's listener (`/metrics`, `/healthz`) and the metrics.
 //! - [`config`], [`telemetry`]: settings and logging.
 
+pub mod accept;
 pub mod admin;
 pub mod bench;
 pub mod change;

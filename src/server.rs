@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -416,28 +416,8 @@ pub async fn start_with_mesh(
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTracker) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let accepted: std::io::Result<(TcpStream, SocketAddr)> = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(10);
-                a
-            }
-            Err(e) => {
-                // Usually EMFILE: wait for descriptors to free up.
-                warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
-                tokio::select! {
-                    _ = shared.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let mut accepting = crate::accept::Accepting::new(&listener, &shared.shutdown, "client");
+    while let Some((tcp, peer)) = accepting.next().await {
         let Some((admission, refusal)) = admit(&shared, peer.ip()) else {
             let report = shared
                 .refusals

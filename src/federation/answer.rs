@@ -17,6 +17,7 @@ use crate::tls::mesh as mtls;
 
 /// Accepts asking servers until shutdown, at most `max_concurrent` at once.
 pub(super) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    let mut accepting = crate::accept::Accepting::new(&listener, &inner.shutdown, "federation");
     loop {
         let permit = tokio::select! {
             _ = inner.shutdown.cancelled() => return,
@@ -25,20 +26,8 @@ pub(super) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 Err(_) => return,
             },
         };
-        let accepted = tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (tcp, addr) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "federation: accept failed");
-                tokio::select! {
-                    _ = inner.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
-                }
-                continue;
-            }
+        let Some((tcp, addr)) = accepting.next().await else {
+            return;
         };
         let inner2 = inner.clone();
         inner.tracker.spawn(async move {

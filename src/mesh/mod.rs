@@ -378,22 +378,8 @@ fn now_ms() -> u64 {
 
 /// Accepts peers' links until shutdown.
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (tcp, addr) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "mesh: accept failed");
-                tokio::select! {
-                    _ = inner.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-                continue;
-            }
-        };
+    let mut accepting = crate::accept::Accepting::new(&listener, &inner.shutdown, "mesh");
+    while let Some((tcp, addr)) = accepting.next().await {
         let inner2 = inner.clone();
         inner.tracker.spawn(async move {
             let _ = tcp.set_nodelay(true);

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 pub use metrics::Metrics;
 
@@ -28,21 +28,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "ops accept failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                }
-            }
-        };
+    let mut accepting = crate::accept::Accepting::new(&listener, &shutdown, "ops");
+    while let Some((tcp, peer)) = accepting.next().await {
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
