@@ -5,7 +5,7 @@
 //! events, the mesh's presence packets) gets each account's net change
 //! since its last drain, so a reconnect or a flap in between says nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 #[derive(Default)]
 struct State {
     /// Accounts with a connection here.
-    local: HashMap<Uuid, ()>,
+    local: HashSet<Uuid>,
     /// Accounts connected on other live nodes: on how many.
     remote: HashMap<Uuid, u32>,
     /// For the `presence` events: the state each changed account had at
@@ -27,7 +27,7 @@ struct State {
 
 impl State {
     fn online(&self, account: &Uuid) -> bool {
-        self.local.contains_key(account) || self.remote.contains_key(account)
+        self.local.contains(account) || self.remote.contains_key(account)
     }
 }
 
@@ -70,7 +70,7 @@ impl Online {
     pub fn local_accounts(&self) -> Vec<Uuid> {
         self.state
             .lock()
-            .map(|s| s.local.keys().copied().collect())
+            .map(|s| s.local.iter().copied().collect())
             .unwrap_or_default()
     }
 
@@ -82,9 +82,9 @@ impl Online {
             return;
         };
         let was = s.online(&account);
-        let was_local = s.local.contains_key(&account);
+        let was_local = s.local.contains(&account);
         if connected {
-            s.local.insert(account, ());
+            s.local.insert(account);
         } else {
             s.local.remove(&account);
         }
@@ -143,7 +143,7 @@ impl Online {
             return Changes::default();
         };
         let changed = std::mem::take(&mut s.local_changed);
-        split(changed, |a| s.local.contains_key(a))
+        split(changed, |a| s.local.contains(a))
     }
 }
 
