@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::search::IndexQueue;
 use super::{Db, Error, Event, log, search};
 use crate::change::{Change, ExJson, Message, Write};
 
@@ -22,9 +23,9 @@ pub const KIND_EDIT: &str = "message.edit";
 /// Event kind of a redaction.
 pub const KIND_REDACT: &str = "message.redact";
 /// Register holding a message's current text.
-const EDIT: &str = "edit";
+pub(super) const EDIT: &str = "edit";
 /// Register set once a message is redacted.
-const REDACTED: &str = "redacted";
+pub(super) const REDACTED: &str = "redacted";
 
 /// A message's text as last edited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +58,12 @@ fn parse_entity(entity: &str) -> Option<(Uuid, &str)> {
     Some((Uuid::parse_str(topic).ok()?, id))
 }
 
-fn write(topic: Uuid, id: &str, field: &str, value: &impl Serialize) -> Result<Write, Error> {
+pub(super) fn write(
+    topic: Uuid,
+    id: &str,
+    field: &str,
+    value: &impl Serialize,
+) -> Result<Write, Error> {
     Ok(Write {
         entity: entity(topic, id),
         field: field.to_owned(),
@@ -154,47 +160,30 @@ fn register<T: for<'de> Deserialize<'de>>(
 
 /// After an event's writes are folded: a redacted message keeps no text,
 /// whichever of the message, its edits and its redaction came first, and
-/// the search index holds each other message's current text.
+/// the search index holds each other message's current text. `rowid` is
+/// the event's own row.
 pub(super) fn settle(
     tx: &Transaction<'_>,
-    origin_key: &str,
-    hlc: u64,
+    queue: &mut IndexQueue,
+    rowid: i64,
     change: &Change,
 ) -> Result<(), Error> {
     match change.kind.as_str() {
-        "message" => {
-            let Some(m) = &change.message else {
-                return Ok(());
-            };
-            let e = entity(m.topic, &m.id);
-            if register::<Redaction>(tx, &e, REDACTED)?.is_some() {
-                return erase(tx, &e);
-            }
-            let Some(rowid) = search::event_rowid(tx, origin_key, hlc)? else {
-                return Ok(());
-            };
-            // A message that arrives after its edit is found under its text
-            // as edited.
-            match register::<Revision>(tx, &e, EDIT)? {
-                Some(r) => search::index(tx, rowid, m, &r.ex),
-                None => {
-                    let ex = serde_json::from_str(m.ex.get())
-                        .map_err(|e| Error::Corrupt(e.to_string()))?;
-                    search::index(tx, rowid, m, &ex)
-                }
-            }
-        }
+        "message" => match &change.message {
+            Some(m) => index_message(tx, queue, rowid, m),
+            None => Ok(()),
+        },
         KIND_EDIT | KIND_REDACT => {
             for w in &change.writes {
                 if register::<Redaction>(tx, &w.entity, REDACTED)?.is_some() {
-                    erase(tx, &w.entity)?;
+                    erase(tx, queue, &w.entity)?;
                 } else if let Some(r) = register::<Revision>(tx, &w.entity, EDIT)? {
                     // The edit that won, which need not be this one.
                     if let Some((topic, id)) = parse_entity(&w.entity) {
                         for (rowid, change) in message_rows(tx, topic, id)? {
                             if let Some(m) = &change.message {
-                                search::unindex(tx, rowid)?;
-                                search::index(tx, rowid, m, &r.ex)?;
+                                search::unindex(tx, queue, rowid)?;
+                                search::index(tx, queue, rowid, m, &r.ex)?;
                             }
                         }
                     }
@@ -203,6 +192,28 @@ pub(super) fn settle(
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// Indexes the message event at `rowid` (not yet indexed) under its current
+/// text: as last edited, if an edit came first; not at all, and erased, if
+/// it is redacted.
+fn index_message(
+    tx: &Transaction<'_>,
+    queue: &mut IndexQueue,
+    rowid: i64,
+    m: &Message,
+) -> Result<(), Error> {
+    let e = entity(m.topic, &m.id);
+    if register::<Redaction>(tx, &e, REDACTED)?.is_some() {
+        return erase(tx, queue, &e);
+    }
+    match register::<Revision>(tx, &e, EDIT)? {
+        Some(r) => search::index(tx, queue, rowid, m, &r.ex),
+        None => {
+            let ex = serde_json::from_str(m.ex.get()).map_err(|e| Error::Corrupt(e.to_string()))?;
+            search::index(tx, queue, rowid, m, &ex)
+        }
     }
 }
 
@@ -223,14 +234,14 @@ fn message_rows(tx: &Transaction<'_>, topic: Uuid, id: &str) -> Result<Vec<(i64,
 /// event keeps its envelope with an empty `ex`, its edits' events and its
 /// `edit` register keep their clocks (so later writes still order) with
 /// null values; the search index forgets it.
-fn erase(tx: &Transaction<'_>, entity: &str) -> Result<(), Error> {
+fn erase(tx: &Transaction<'_>, queue: &mut IndexQueue, entity: &str) -> Result<(), Error> {
     let Some((topic, id)) = parse_entity(entity) else {
         return Ok(());
     };
     tx.prepare_cached("UPDATE registers SET value = 'null' WHERE entity = ?1 AND field = ?2")?
         .execute(params![entity, EDIT])?;
     for (rowid, mut change) in message_rows(tx, topic, id)? {
-        search::unindex(tx, rowid)?;
+        search::unindex(tx, queue, rowid)?;
         if let Some(m) = change.message.as_mut().filter(|m| !m.ex.is_empty()) {
             m.ex = ExJson::empty();
             store_body(tx, rowid, &change)?;
@@ -334,8 +345,10 @@ mod tests {
             change: change.clone(),
         };
         let tx = db.conn.transaction().unwrap();
-        log::insert(&tx, &event).unwrap();
-        log::apply(&tx, origin, hlc, change).unwrap();
+        let rowid = log::insert(&tx, &event).unwrap();
+        let mut index = crate::store::search::IndexQueue::default();
+        log::apply(&tx, &mut index, rowid, origin, hlc, change).unwrap();
+        index.flush(&tx).unwrap();
         tx.commit().unwrap();
     }
 

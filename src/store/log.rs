@@ -10,6 +10,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::Error;
+use super::search::IndexQueue;
 use crate::change::{Change, field};
 use crate::proto::id::now_ms;
 
@@ -65,6 +66,8 @@ pub fn append(tx: &Transaction<'_>, origin: &Origin, change: Change) -> Result<E
 pub struct Appender {
     seq: u64,
     hlc: u64,
+    /// Search rows of the run, written when it closes.
+    index: IndexQueue,
 }
 
 impl Appender {
@@ -73,6 +76,7 @@ impl Appender {
         Ok(Self {
             seq: seen_seq(tx, &origin.node, &origin.incarnation)?,
             hlc: read_clock(tx)?,
+            index: IndexQueue::default(),
         })
     }
 
@@ -94,31 +98,39 @@ impl Appender {
             hlc,
             change,
         };
-        insert(tx, &event)?;
+        let rowid = insert(tx, &event)?;
         // The event is in the log from here on: the next one follows it
         // even if applying this one fails.
         (self.seq, self.hlc) = (seq, hlc);
-        apply(tx, &origin.key(), hlc, &event.change)?;
+        apply(
+            tx,
+            &mut self.index,
+            rowid,
+            &origin.key(),
+            hlc,
+            &event.change,
+        )?;
         Ok(event)
     }
 
-    /// Writes the clock and this origin's position back.
-    pub fn close(self, tx: &Transaction<'_>, origin: &Origin) -> Result<(), Error> {
+    /// Writes the search rows, the clock and this origin's position.
+    pub fn close(mut self, tx: &Transaction<'_>, origin: &Origin) -> Result<(), Error> {
+        self.index.flush(tx)?;
         write_clock(tx, self.hlc)?;
         set_seen_seq(tx, &origin.node, &origin.incarnation, self.seq)
     }
 }
 
 /// Records an event in the log (not applying it): a message's topic and
-/// id go in their own indexed columns too.
-pub fn insert(tx: &Transaction<'_>, event: &Event) -> Result<(), Error> {
+/// id go in their own indexed columns too. Returns the event's rowid.
+pub fn insert(tx: &Transaction<'_>, event: &Event) -> Result<i64, Error> {
     let body = serde_json::to_string(&event.change).map_err(|e| Error::Corrupt(e.to_string()))?;
     insert_body(tx, event, &body)
 }
 
 /// Records an event whose change is already encoded as `body` (an event
-/// from a peer is stored as it came).
-pub fn insert_body(tx: &Transaction<'_>, event: &Event, body: &str) -> Result<(), Error> {
+/// from a peer is stored as it came). Returns the event's rowid.
+pub fn insert_body(tx: &Transaction<'_>, event: &Event, body: &str) -> Result<i64, Error> {
     let change = &event.change;
     let (topic, message_id) = match &change.message {
         Some(m) => (Some(m.topic.to_string()), Some(m.id.as_str())),
@@ -138,7 +150,7 @@ pub fn insert_body(tx: &Transaction<'_>, event: &Event, body: &str) -> Result<()
         topic,
         message_id
     ])?;
-    Ok(())
+    Ok(tx.last_insert_rowid())
 }
 
 /// The node's clock as last persisted.
@@ -193,9 +205,13 @@ pub fn set_seen_seq(
 /// `(hlc, origin)` is larger than the register's. Then, for a deleted
 /// account the change touched (by this change or an earlier one, in
 /// whatever order they arrived), removes its secrets from the log and the
-/// registers (see [`super::redact`]).
+/// registers (see [`super::redact`]). `rowid` is the event's own row, as
+/// [`insert`] returned it; search rows go to `index`, which the caller
+/// flushes before it commits.
 pub fn apply(
     tx: &Transaction<'_>,
+    index: &mut IndexQueue,
+    rowid: i64,
     origin_key: &str,
     hlc: u64,
     change: &Change,
@@ -218,7 +234,7 @@ pub fn apply(
         ])?;
     }
     super::redact::after_apply(tx, change)?;
-    super::edit::settle(tx, origin_key, hlc, change)
+    super::edit::settle(tx, index, rowid, change)
 }
 
 /// The case-folded lookup key of fields that are searched by value (names).
@@ -312,9 +328,11 @@ mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let mut db = crate::store::Db::open(dir.path(), "t").unwrap();
                 let tx = db.conn.transaction().unwrap();
-                for (origin, hlc, change) in order.iter() {
-                    apply(&tx, origin, *hlc, change).unwrap();
+                let mut index = IndexQueue::default();
+                for (rowid, (origin, hlc, change)) in order.iter().enumerate() {
+                    apply(&tx, &mut index, rowid as i64, origin, *hlc, change).unwrap();
                 }
+                index.flush(&tx).unwrap();
                 tx.commit().unwrap();
                 states.push(registers(&db.conn));
             }

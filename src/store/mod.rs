@@ -36,8 +36,10 @@ pub use topics::TopicRecord;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "tenthbit.db";
-/// Jobs waiting for the store thread before callers wait for room.
-const QUEUE: usize = 1024;
+/// Jobs waiting for the store thread before callers wait for room. A
+/// session waiting for room reads no more from its client: this bounds
+/// what piles up in memory ahead of the disk. As large as a group commit.
+const QUEUE: usize = MAX_BATCH;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -383,8 +385,11 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
-/// Most changes committed in one transaction (group commit).
-const MAX_BATCH: usize = 512;
+/// Most changes committed in one transaction (group commit). Groups form
+/// from whatever queued while the last commit ran (nothing waits to fill
+/// one), so under load they are large: a kept message's share of a commit
+/// (its pages, the sync) shrinks as the group grows.
+const MAX_BATCH: usize = 4096;
 
 /// Appends a batch of changes in one transaction and answers each caller.
 fn commit_batch(db: &mut Db, batch: Vec<(Change, oneshot::Sender<Result<Event, Error>>)>) {

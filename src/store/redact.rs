@@ -184,8 +184,10 @@ mod tests {
                     hlc: *hlc << 16,
                     change: change.clone(),
                 };
-                log::insert(&tx, &event).unwrap();
-                log::apply(&tx, "peer/inc", *hlc << 16, change).unwrap();
+                let rowid = log::insert(&tx, &event).unwrap();
+                let mut index = crate::store::search::IndexQueue::default();
+                log::apply(&tx, &mut index, rowid, "peer/inc", *hlc << 16, change).unwrap();
+                index.flush(&tx).unwrap();
             }
             tx.commit().unwrap();
             let text = all_text(&db);

@@ -13,6 +13,7 @@ use rusqlite::{TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use super::log::{self, Event};
+use super::search::IndexQueue;
 use super::{Db, Error};
 
 /// The highest seq held of each origin, keyed `node/incarnation`.
@@ -186,6 +187,7 @@ impl Db {
         let mut clock = log::read_clock(&tx)?;
         let mut held: BTreeMap<String, u64> = BTreeMap::new();
         let mut out = Vec::with_capacity(batch.len());
+        let mut index = IndexQueue::default();
         for Incoming { event, prev, body } in batch {
             let key = origin_key(&event.node, &event.incarnation);
             let have = match held.get(&key) {
@@ -212,8 +214,8 @@ impl Db {
                 });
                 continue;
             }
-            log::insert_body(&tx, &event, &body)?;
-            log::apply(&tx, &key, event.hlc, &event.change)?;
+            let rowid = log::insert_body(&tx, &event, &body)?;
+            log::apply(&tx, &mut index, rowid, &key, event.hlc, &event.change)?;
             clock = clock.max(event.hlc);
             held.insert(key, event.seq);
             out.push(Received::Applied(Box::new(event)));
@@ -223,6 +225,7 @@ impl Db {
                 log::set_seen_seq(&tx, node, inc, *seq)?;
             }
         }
+        index.flush(&tx)?;
         log::write_clock(&tx, clock)?;
         tx.commit()?;
         self.commits += 1;
