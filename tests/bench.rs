@@ -35,6 +35,7 @@ async fn fanout_and_pairs_deliver_everything() {
         size: 100,
         rate: None,
         history: false,
+        batch_bytes: 0,
     };
     let r = bench::fanout(&t, 5, 2, load).await.unwrap();
     assert_eq!((r.expected, r.deliveries, r.lost), (500, 500, 0), "{r}");
@@ -53,9 +54,19 @@ async fn fanout_and_pairs_deliver_everything() {
     .await
     .unwrap();
     assert_eq!((r.deliveries, r.lost), (150, 0), "{r}");
-    let r = bench::pairs(&t, 4, load).await.unwrap();
+    let r = bench::pairs(&t, 4, load, false).await.unwrap();
     assert_eq!((r.expected, r.deliveries, r.lost), (200, 200, 0), "{r}");
     assert!(r.to_string().contains("deliveries 200 of 200"));
+    // chatbench's pattern: both members send and receive on one
+    // connection, in writes of at least 16 KiB.
+    let both = Load {
+        batch_bytes: 16 * 1024,
+        messages: 300,
+        ..load
+    };
+    let r = bench::pairs(&t, 4, both, true).await.unwrap();
+    assert_eq!((r.expected, r.deliveries, r.lost), (2400, 2400, 0), "{r}");
+    assert!(r.workload.contains("both ways"), "{r}");
     server.stop().await;
 }
 
@@ -180,6 +191,7 @@ async fn nats_mode_speaks_the_nats_protocol() {
         size: 100,
         rate: None,
         history: false,
+        batch_bytes: 0,
     };
     let r = bench::nats::fanout(&t, 4, 1, load).await.unwrap();
     assert_eq!((r.expected, r.deliveries, r.lost), (160, 160, 0), "{r}");

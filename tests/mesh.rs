@@ -745,6 +745,7 @@ async fn the_benchmark_spreads_receivers_over_the_nodes() {
         size: 100,
         rate: None,
         history: false,
+        batch_bytes: 0,
     };
     let duplicated = |r: &tenthbit::bench::Report| {
         r.notes
@@ -755,7 +756,7 @@ async fn the_benchmark_spreads_receivers_over_the_nodes() {
     let r = tenthbit::bench::fanout(&t, 6, 1, load).await.unwrap();
     assert_eq!((r.expected, r.deliveries, r.lost), (300, 300, 0), "{r}");
     assert_eq!(duplicated(&r).as_deref(), Some("0"), "{r}");
-    let r = tenthbit::bench::pairs(&t, 3, load).await.unwrap();
+    let r = tenthbit::bench::pairs(&t, 3, load, false).await.unwrap();
     assert_eq!((r.expected, r.deliveries, r.lost), (150, 150, 0), "{r}");
     assert_eq!(duplicated(&r).as_deref(), Some("0"), "{r}");
 }

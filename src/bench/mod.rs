@@ -288,6 +288,9 @@ struct Group {
     topic: String,
     senders: Vec<Client>,
     receivers: Vec<Client>,
+    /// Senders also count what the others send, on the same connection
+    /// (chatbench's pairs); otherwise senders only read their acks.
+    senders_receive: bool,
 }
 
 /// How senders pace themselves.
@@ -301,6 +304,9 @@ pub struct Load {
     pub rate: Option<u32>,
     /// Whether the topics keep history.
     pub history: bool,
+    /// Bytes each unthrottled write holds at least (chatbench writes
+    /// 16 KiB); 0 writes [`BATCH`] lines at a time.
+    pub batch_bytes: usize,
 }
 
 async fn make_group(
@@ -349,6 +355,7 @@ async fn make_group(
         topic,
         senders: sender_list,
         receivers: receiver_list,
+        senders_receive: false,
     })
 }
 
@@ -383,8 +390,9 @@ async fn run_groups(
     let epoch = Instant::now();
     let payload = "x".repeat(load.size);
     let mut expected = 0u64;
+    // Senders are counted as receivers too (of what others send, when
+    // they listen): every task ends in a count.
     let mut receivers = Vec::new();
-    let mut senders = Vec::new();
     let errors = Arc::new(AtomicU64::new(0));
     for g in groups {
         let per_receiver = load.messages * g.senders.len() as u64;
@@ -393,9 +401,16 @@ async fn run_groups(
             let dedup = !t.spread.is_empty() && g.senders.len() == 1;
             receivers.push(tokio::spawn(receive(c, per_receiver, epoch, dedup)));
         }
+        // What each sender hears from the others, when it listens.
+        let from_others = match g.senders_receive {
+            true => load.messages * (g.senders.len() as u64).saturating_sub(1),
+            false => 0,
+        };
         for c in g.senders {
+            expected += from_others;
             let (topic, payload, errors) = (g.topic.clone(), payload.clone(), errors.clone());
-            senders.push(tokio::spawn(send(c, topic, payload, load, epoch, errors)));
+            let sending = send(c, topic, payload, load, epoch, errors, from_others);
+            receivers.push(tokio::spawn(sending));
         }
     }
     let before = t.sample();
@@ -410,9 +425,6 @@ async fn run_groups(
         duplicates += dup;
         latencies.extend(lat);
         last = last.max(at);
-    }
-    for s in senders {
-        let _ = s.await;
     }
     let after = t.sample();
     let mut notes = Vec::new();
@@ -440,6 +452,7 @@ async fn run_groups(
 pub(crate) struct Pacer {
     messages: u64,
     sent: u64,
+    batch_bytes: usize,
     rate: Option<(u32, tokio::time::Interval, Instant)>,
 }
 
@@ -455,6 +468,7 @@ impl Pacer {
             messages: load.messages,
             sent: 0,
             rate,
+            batch_bytes: load.batch_bytes,
         }
     }
 
@@ -470,6 +484,13 @@ impl Pacer {
         }
         buf.clear();
         let until = match &mut self.rate {
+            None if self.batch_bytes > 0 => {
+                while self.sent < self.messages && buf.len() < self.batch_bytes {
+                    line(buf);
+                    self.sent += 1;
+                }
+                return true;
+            }
             None => self.messages.min(self.sent + BATCH as u64),
             Some((rate, tick, begin)) => {
                 tick.tick().await;
@@ -624,7 +645,8 @@ async fn receive(c: Client, expected: u64, epoch: Instant, dedup: bool) -> Count
     tally.finish()
 }
 
-/// Sends `load.messages` messages, reading acks on the side.
+/// Sends `load.messages` messages, reading acks on the side and counting
+/// `from_others` messages relayed from the topic's other senders.
 async fn send(
     c: Client,
     topic: String,
@@ -632,12 +654,14 @@ async fn send(
     load: Load,
     epoch: Instant,
     errors: Arc<AtomicU64>,
-) {
+    from_others: u64,
+) -> Counted {
     let (mut rd, mut wr) = c.into_split();
     let messages = load.messages;
-    let acks = tokio::spawn(async move {
+    let reading = tokio::spawn(async move {
+        let mut tally = Tally::new(epoch, from_others, false);
         let (mut acked, mut arrived) = (0, Duration::ZERO);
-        while acked < messages {
+        while acked < messages || tally.count < from_others {
             let Some(line) = next_line(&mut rd, epoch, &mut arrived).await else {
                 break;
             };
@@ -647,9 +671,11 @@ async fn send(
                     acked += 1;
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
+                Some(("send", t)) if from_others > 0 => tally.delivered(t, arrived),
                 _ => {}
             }
         }
+        tally.finish()
     });
     let line = |epoch: Instant| {
         let t = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -667,7 +693,7 @@ async fn send(
             break;
         }
     }
-    let _ = acks.await;
+    reading.await.unwrap_or_default()
 }
 
 /// S subscribers on one topic, P publishers.
@@ -692,15 +718,28 @@ pub async fn fanout(
     run_groups(t, name, vec![group], load).await
 }
 
-/// K topics, one sender and one receiver each, all at once.
-pub async fn pairs(t: &Target, pairs: usize, load: Load) -> Result<Report, BenchError> {
+/// K topics, one sender and one receiver each, all at once; or, both ways,
+/// two members each sending and receiving on one connection (chatbench's
+/// pairs).
+pub async fn pairs(
+    t: &Target,
+    pairs: usize,
+    load: Load,
+    both_ways: bool,
+) -> Result<Report, BenchError> {
     let tag = tag();
     let mut groups = Vec::with_capacity(pairs);
     for g in 0..pairs {
-        groups.push(make_group(t, &tag, g, 1, 1, load.history).await?);
+        let mut group = match both_ways {
+            true => make_group(t, &tag, g, 2, 0, load.history).await?,
+            false => make_group(t, &tag, g, 1, 1, load.history).await?,
+        };
+        group.senders_receive = both_ways;
+        groups.push(group);
     }
     let name = format!(
-        "pairs: {pairs} pairs, {} messages of {} bytes each, unthrottled, history {}",
+        "pairs: {pairs} pairs{}, {} messages of {} bytes each, unthrottled, history {}",
+        if both_ways { " sending both ways" } else { "" },
         load.messages,
         load.size,
         if load.history { "on" } else { "off" }

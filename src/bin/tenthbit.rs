@@ -80,6 +80,13 @@ enum Workload {
         size: usize,
         #[arg(long)]
         history: bool,
+        /// Both members of a pair send and receive on one connection, as
+        /// chatbench's pairs do (otherwise one sends, the other receives).
+        #[arg(long)]
+        both_ways: bool,
+        /// Bytes per write, at least (chatbench: 16384); 0: 32 messages.
+        #[arg(long, default_value_t = 0)]
+        batch_bytes: usize,
     },
     /// C logged-in connections held open.
     Idle {
@@ -443,6 +450,7 @@ async fn bench(
                 size,
                 rate,
                 history,
+                batch_bytes: 0,
             };
             if nats {
                 bench::nats::fanout(&t, subscribers, publishers, load).await?
@@ -455,17 +463,22 @@ async fn bench(
             messages,
             size,
             history,
+            both_ways,
+            batch_bytes,
         } => {
             let load = bench::Load {
                 messages,
                 size,
                 rate: None,
                 history,
+                batch_bytes,
             };
-            if nats {
+            if nats && both_ways {
+                bail!("--both-ways is for tenthbit only")
+            } else if nats {
                 bench::nats::pairs(&t, pairs, load).await?
             } else {
-                bench::pairs(&t, pairs, load).await?
+                bench::pairs(&t, pairs, load, both_ways).await?
             }
         }
         Workload::Idle { .. } | Workload::Login { .. } if nats => {
