@@ -5,6 +5,7 @@
 
 pub mod acl;
 pub mod admission;
+pub mod frame_pool;
 pub mod online;
 pub mod outbound;
 pub mod presence;

@@ -20,6 +20,7 @@ use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet};
 use crate::router::acl::Flag;
+use crate::router::frame_pool;
 use crate::store::{Event, Pending, TopicRecord};
 
 /// Kept messages one connection may have waiting for their commit.
@@ -98,14 +99,16 @@ pub trait EphemeralRelay: Send + Sync {
 /// Room a burst reserves at least, for relays and for acks.
 const BURST_ROOM: (usize, usize) = (320, 160);
 
-/// Gives a frame back what it does not use when that is much: a frame may
-/// wait in a slow reader's queue, and should not hold a burst's room for
-/// one message.
+/// A burst's buffer as a shared frame. It gives back what it does not use
+/// when that is much: a frame may wait in a slow reader's queue, and should
+/// not hold a burst's room for one message. Otherwise the buffer goes back
+/// to the pool when the last writer is done with it.
 fn trimmed(mut lines: Vec<u8>) -> Bytes {
     if lines.capacity() > 2 * lines.len() + 4096 {
         lines.shrink_to_fit();
+        return Bytes::from(lines);
     }
-    Bytes::from(lines)
+    frame_pool::frame(lines)
 }
 
 impl Session<'_> {
@@ -339,9 +342,9 @@ impl Session<'_> {
             outcome = self.flush_burst();
         }
         let burst = &mut self.burst;
-        if burst.relays.is_empty() {
-            burst.relays.reserve(burst.hint.0.max(BURST_ROOM.0));
-            burst.acks.reserve(burst.hint.1.max(BURST_ROOM.1));
+        if burst.relays.capacity() == 0 {
+            burst.relays = frame_pool::take(burst.hint.0.max(BURST_ROOM.0));
+            burst.acks = frame_pool::take(burst.hint.1.max(BURST_ROOM.1));
         }
         outcome
     }
