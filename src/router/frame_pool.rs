@@ -35,9 +35,12 @@ pub fn take(room: usize) -> Vec<u8> {
         p.bytes -= buf.capacity();
         Some(buf)
     });
-    let mut buf = recycled.unwrap_or_default();
-    buf.reserve(room);
-    buf
+    match recycled {
+        Some(buf) if buf.capacity() >= room => buf,
+        // Growing it would copy its whole old capacity (realloc does not
+        // know it is empty): a new one costs less.
+        _ => Vec::with_capacity(room),
+    }
 }
 
 /// `lines` as a shared frame whose buffer returns to the pool when the
