@@ -381,8 +381,29 @@ type Job = Box<dyn FnOnce(&mut Db) + Send>;
 enum Msg {
     Job(Job),
     /// A change to append; consecutive ones are committed together.
-    Append(Change, oneshot::Sender<Result<Event, Error>>),
+    Append(Append),
     Close(oneshot::Sender<()>),
+}
+
+/// A change queued for a group commit, with who waits for it and the room
+/// it takes in the queue (given back once it is committed).
+struct Append {
+    change: Change,
+    reply: oneshot::Sender<Result<Event, Error>>,
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Bytes of changes queued for the store at most, counted as a message's
+/// `ex` plus [`CHANGE_OVERHEAD`]: 4,096 queued messages of 64 KiB would
+/// otherwise hold 256 MiB. A session waiting for room reads no more.
+const QUEUED_BYTES: usize = 32 << 20;
+/// What a queued change is counted as besides its message's `ex`.
+const CHANGE_OVERHEAD: usize = 256;
+
+/// The room `change` takes in the queue.
+fn queued_bytes(change: &Change) -> u32 {
+    let ex = change.message.as_ref().map_or(0, |m| m.ex.get().len());
+    u32::try_from((ex + CHANGE_OVERHEAD).min(QUEUED_BYTES)).unwrap_or(u32::MAX)
 }
 
 /// Most changes committed in one transaction (group commit). Groups form
@@ -391,9 +412,18 @@ enum Msg {
 /// (its pages, the sync) shrinks as the group grows.
 const MAX_BATCH: usize = 4096;
 
-/// Appends a batch of changes in one transaction and answers each caller.
-fn commit_batch(db: &mut Db, batch: Vec<(Change, oneshot::Sender<Result<Event, Error>>)>) {
-    let (changes, replies): (Vec<Change>, Vec<_>) = batch.into_iter().unzip();
+/// Appends a batch of changes in one transaction and answers each caller;
+/// their room in the queue is given back after.
+fn commit_batch(db: &mut Db, batch: Vec<Append>) {
+    let mut changes = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    // Given back when this returns, after the replies.
+    let mut rooms = Vec::with_capacity(batch.len());
+    for a in batch {
+        changes.push(a.change);
+        replies.push(a.reply);
+        rooms.push(a._room);
+    }
     let outcome = db.write(|tx, origin| {
         let mut log = log::Appender::open(tx, origin)?;
         // One change failing fails only its own request.
@@ -470,6 +500,8 @@ pub struct Store {
     /// Bumped after every step of the store thread that may have added to
     /// the log: mesh links wake on it to send what is new.
     log_changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Room in the queue, in bytes (see [`QUEUED_BYTES`]).
+    room: Arc<tokio::sync::Semaphore>,
 }
 
 impl Store {
@@ -497,12 +529,12 @@ impl Store {
                 while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
                     match msg {
                         Msg::Job(job) => job(&mut db),
-                        Msg::Append(change, reply) => {
+                        Msg::Append(append) => {
                             // Group commit: take every append already queued.
-                            let mut batch = vec![(change, reply)];
+                            let mut batch = vec![append];
                             while batch.len() < MAX_BATCH {
                                 match rx.try_recv() {
-                                    Ok(Msg::Append(c, r)) => batch.push((c, r)),
+                                    Ok(Msg::Append(a)) => batch.push(a),
                                     Ok(other) => {
                                         next = Some(other);
                                         break;
@@ -520,7 +552,7 @@ impl Store {
                             while let Ok(msg) = rx.try_recv() {
                                 match msg {
                                     Msg::Job(job) => job(&mut db),
-                                    Msg::Append(c, r) => commit_batch(&mut db, vec![(c, r)]),
+                                    Msg::Append(a) => commit_batch(&mut db, vec![a]),
                                     Msg::Close(_) => {}
                                 }
                             }
@@ -544,6 +576,7 @@ impl Store {
             thread: Arc::new(Mutex::new(Some(thread))),
             read_thread: Arc::new(Mutex::new(Some(read_thread))),
             log_changed,
+            room: Arc::new(tokio::sync::Semaphore::new(QUEUED_BYTES)),
         })
     }
 
@@ -601,9 +634,20 @@ impl Store {
     /// [`Pending`] resolves when it is durable. Lets one connection have
     /// many changes in one batch.
     pub async fn enqueue(&self, change: Change) -> Result<Pending, Error> {
+        let room = self
+            .room
+            .clone()
+            .acquire_many_owned(queued_bytes(&change))
+            .await
+            .map_err(|_| Error::Closed)?;
         let (tx, rx) = oneshot::channel();
+        let append = Append {
+            change,
+            reply: tx,
+            _room: room,
+        };
         self.jobs
-            .send(Msg::Append(change, tx))
+            .send(Msg::Append(append))
             .await
             .map_err(|_| Error::Closed)?;
         Ok(Pending(rx))
@@ -694,6 +738,58 @@ mod tests {
         assert!(matches!(store.read(|_| Ok(())).await, Err(Error::Closed)));
     }
 
+    /// Queued messages take room by their size until they are committed:
+    /// what waits for the store is bounded in bytes, not only in count.
+    #[tokio::test]
+    async fn queued_messages_hold_room_until_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1").unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, busy) = oneshot::channel();
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .call(move |_| {
+                        let _ = started.send(());
+                        let _ = held.recv();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        busy.await.unwrap();
+        let body = "x".repeat(10_000);
+        let ex = ExJson::from_map(&serde_json::Map::from_iter([(
+            "body".to_owned(),
+            serde_json::Value::from(body),
+        )]))
+        .unwrap();
+        let size = ex.get().len() + CHANGE_OVERHEAD;
+        let mut pending = Vec::new();
+        for n in 0..3 {
+            let change = Change::message(Message {
+                topic: uuid::Uuid::now_v7(),
+                id: format!("m{n}"),
+                ts: 0,
+                sender: uuid::Uuid::nil(),
+                ex: ex.clone(),
+            });
+            pending.push(store.enqueue(change).await.unwrap());
+        }
+        assert_eq!(store.room.available_permits(), QUEUED_BYTES - 3 * size);
+        release.send(()).unwrap();
+        writer.await.unwrap().unwrap();
+        for p in pending {
+            p.wait().await.unwrap();
+        }
+        // Given back after the commit, before the answers are read: the
+        // store thread is done with the group once every reply is sent.
+        store.call(|_| Ok(())).await.unwrap();
+        assert_eq!(store.room.available_permits(), QUEUED_BYTES);
+        store.close().await;
+    }
+
     #[test]
     fn a_group_commit_is_gapless_and_the_clock_carries_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -707,10 +803,16 @@ mod tests {
                 ex: ExJson::empty(),
             })
         };
+        let room = Arc::new(tokio::sync::Semaphore::new(QUEUED_BYTES));
         let (batch, waiting): (Vec<_>, Vec<_>) = (0..5)
             .map(|n| {
                 let (tx, rx) = oneshot::channel();
-                ((message(n), tx), rx)
+                let append = Append {
+                    change: message(n),
+                    reply: tx,
+                    _room: room.clone().try_acquire_many_owned(1).unwrap(),
+                };
+                (append, rx)
             })
             .unzip();
         commit_batch(&mut db, batch);
