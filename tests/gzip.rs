@@ -286,10 +286,10 @@ async fn bombs_do_not_hold_up_others(unit: &[u8], size: usize, login: bool, ping
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gzip_bomb_of_blank_lines_holds_up_no_one_and_is_cut() {
-    bombs_do_not_hold_up_others(b"\n", 8 << 20, false, 10).await;
+    bombs_do_not_hold_up_others(b"\n", 16 << 20, false, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gzip_bomb_of_pongs_holds_up_no_one_and_is_cut() {
-    bombs_do_not_hold_up_others(b"{\"op\":\"pong\"}\n", 4 << 20, true, 10).await;
+    bombs_do_not_hold_up_others(b"{\"op\":\"pong\"}\n", 8 << 20, true, 10).await;
 }
