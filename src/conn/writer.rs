@@ -102,7 +102,10 @@ pub async fn run<W: AsyncWrite + Unpin>(
             }
             wr.flush().await
         };
-        if let Err(ended) = guarded(&closer, &hard_stop, cfg.write_timeout, write).await {
+        // Boxed: a task is as large as its largest state for its whole
+        // life, and a writer spends most of it waiting for the next batch.
+        let written = Box::pin(guarded(&closer, &hard_stop, cfg.write_timeout, write));
+        if let Err(ended) = written.await {
             break ended;
         }
         cfg.packets_out.inc_by(packets as u64);
