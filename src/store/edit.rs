@@ -23,9 +23,9 @@ pub const KIND_EDIT: &str = "message.edit";
 /// Event kind of a redaction.
 pub const KIND_REDACT: &str = "message.redact";
 /// Register holding a message's current text.
-pub(super) const EDIT: &str = "edit";
+const EDIT: &str = "edit";
 /// Register set once a message is redacted.
-pub(super) const REDACTED: &str = "redacted";
+const REDACTED: &str = "redacted";
 
 /// A message's text as last edited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,17 +58,32 @@ fn parse_entity(entity: &str) -> Option<(Uuid, &str)> {
     Some((Uuid::parse_str(topic).ok()?, id))
 }
 
-pub(super) fn write(
-    topic: Uuid,
-    id: &str,
-    field: &str,
-    value: &impl Serialize,
-) -> Result<Write, Error> {
+fn write(topic: Uuid, id: &str, field: &str, value: &impl Serialize) -> Result<Write, Error> {
     Ok(Write {
         entity: entity(topic, id),
         field: field.to_owned(),
         value: serde_json::to_value(value).map_err(|e| Error::Corrupt(e.to_string()))?,
     })
+}
+
+/// The change that edits message `id` of `topic` to `revision`.
+pub(super) fn edit_change(topic: Uuid, id: &str, revision: &Revision) -> Result<Change, Error> {
+    Ok(one_write(KIND_EDIT, write(topic, id, EDIT, revision)?))
+}
+
+/// The change that redacts message `id` of `topic`.
+pub(super) fn redact_change(topic: Uuid, id: &str, redaction: &Redaction) -> Result<Change, Error> {
+    Ok(one_write(
+        KIND_REDACT,
+        write(topic, id, REDACTED, redaction)?,
+    ))
+}
+
+/// A change of `kind` holding the one register write `w`.
+fn one_write(kind: &str, w: Write) -> Change {
+    let mut change = Change::new(kind);
+    change.writes.push(w);
+    change
 }
 
 impl Db {
@@ -79,7 +94,8 @@ impl Db {
         id: &str,
         revision: &Revision,
     ) -> Result<Event, Error> {
-        self.record(KIND_EDIT, write(topic, id, EDIT, revision)?)
+        let change = edit_change(topic, id, revision)?;
+        self.write(|tx, origin| log::append(tx, origin, change))
     }
 
     /// Records the redaction of message `id` of `topic`, removing its text.
@@ -89,13 +105,7 @@ impl Db {
         id: &str,
         redaction: &Redaction,
     ) -> Result<Event, Error> {
-        self.record(KIND_REDACT, write(topic, id, REDACTED, redaction)?)
-    }
-
-    /// Appends an event of `kind` holding the one register write `w`.
-    fn record(&mut self, kind: &str, w: Write) -> Result<Event, Error> {
-        let mut change = Change::new(kind);
-        change.writes.push(w);
+        let change = redact_change(topic, id, redaction)?;
         self.write(|tx, origin| log::append(tx, origin, change))
     }
 

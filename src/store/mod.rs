@@ -390,7 +390,7 @@ enum Msg {
 struct Append {
     change: Change,
     reply: oneshot::Sender<Result<Event, Error>>,
-    _room: tokio::sync::OwnedSemaphorePermit,
+    room: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Bytes of changes queued for the store at most, counted as a message's
@@ -422,7 +422,7 @@ fn commit_batch(db: &mut Db, batch: Vec<Append>) {
     for a in batch {
         changes.push(a.change);
         replies.push(a.reply);
-        rooms.push(a._room);
+        rooms.push(a.room);
     }
     let outcome = db.write(|tx, origin| {
         let mut log = log::Appender::open(tx, origin)?;
@@ -644,7 +644,7 @@ impl Store {
         let append = Append {
             change,
             reply: tx,
-            _room: room,
+            room,
         };
         self.jobs
             .send(Msg::Append(append))
@@ -687,6 +687,30 @@ mod tests {
     use super::*;
     use crate::change::{ExJson, Message};
 
+    /// Keeps the store thread busy with a job until the returned sender
+    /// says go; returns once the job has started.
+    async fn hold_store_thread(
+        store: &Store,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<(), Error>>,
+    ) {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, busy) = oneshot::channel();
+        let store = store.clone();
+        let writer = tokio::spawn(async move {
+            store
+                .call(move |_| {
+                    let _ = started.send(());
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+        });
+        busy.await.unwrap();
+        (release, writer)
+    }
+
     #[tokio::test]
     async fn history_is_read_on_its_own_connection_while_the_store_thread_is_busy() {
         let dir = tempfile::tempdir().unwrap();
@@ -703,21 +727,7 @@ mod tests {
             .await
             .unwrap();
         // Hold the store thread (the writer) until the read is answered.
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (started, busy) = oneshot::channel();
-        let writer = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .call(move |_| {
-                        let _ = started.send(());
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                    .await
-            })
-        };
-        busy.await.unwrap();
+        let (release, writer) = hold_store_thread(&store).await;
         let page = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             store.read(move |db| db.history(topic, None, None, 10)),
@@ -744,21 +754,7 @@ mod tests {
     async fn queued_messages_hold_room_until_committed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1").unwrap();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (started, busy) = oneshot::channel();
-        let writer = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .call(move |_| {
-                        let _ = started.send(());
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                    .await
-            })
-        };
-        busy.await.unwrap();
+        let (release, writer) = hold_store_thread(&store).await;
         let body = "x".repeat(10_000);
         let ex = ExJson::from_map(&serde_json::Map::from_iter([(
             "body".to_owned(),
@@ -810,7 +806,7 @@ mod tests {
                 let append = Append {
                     change: message(n),
                     reply: tx,
-                    _room: room.clone().try_acquire_many_owned(1).unwrap(),
+                    room: room.clone().try_acquire_many_owned(1).unwrap(),
                 };
                 (append, rx)
             })

@@ -357,15 +357,9 @@ mod tests {
             ts: 1,
             by: dan,
         };
-        let mut edit = Change::new(super::super::edit::KIND_EDIT);
-        edit.writes.push(
-            super::super::edit::write(t, "m10", super::super::edit::EDIT, &revision).unwrap(),
-        );
+        let edit = crate::store::edit::edit_change(t, "m10", &revision).unwrap();
         let redaction = crate::store::edit::Redaction { ts: 2, by: dan };
-        let mut redact = Change::new(super::super::edit::KIND_REDACT);
-        redact.writes.push(
-            super::super::edit::write(t, "m20", super::super::edit::REDACTED, &redaction).unwrap(),
-        );
+        let redact = crate::store::edit::redact_change(t, "m20", &redaction).unwrap();
         changes.push(edit);
         changes.push(redact);
         let before = db.conn.total_changes();
