@@ -33,7 +33,8 @@ const CHUNK: usize = 16 * 1024;
 /// needs no bound of its own: every byte of it is a socket read, paid for
 /// by the peer. 16 KiB cost gzip traffic a fifth to two-fifths more server
 /// CPU than 64 KiB (smaller turns, smaller output batches, more deflate
-/// flushes); a turn of 64 KiB inflated is well under a millisecond.
+/// flushes; `tenthbit bench --gzip pairs`, as chatbench speaks no gzip); a
+/// turn of 64 KiB inflated is well under a millisecond.
 pub const WAKE_BUDGET: usize = 64 * 1024;
 
 /// Why reading stopped.
