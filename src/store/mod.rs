@@ -779,8 +779,8 @@ mod tests {
         for p in pending {
             p.wait().await.unwrap();
         }
-        // Given back after the commit, before the answers are read: the
-        // store thread is done with the group once every reply is sent.
+        // Given back once the store thread is done with the group, which
+        // is after every reply is sent: a job queued behind it runs after.
         store.call(|_| Ok(())).await.unwrap();
         assert_eq!(store.room.available_permits(), QUEUED_BYTES);
         store.close().await;
