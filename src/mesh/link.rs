@@ -589,7 +589,7 @@ async fn write_packets(
         }
     }
     let write = async {
-        wr.write_all(&buf).await?;
+        crate::tls::plaintext::write_all(wr, [&buf[..]]).await?;
         wr.flush().await
     };
     match tokio::time::timeout(cfg.idle_timeout(), write).await {

@@ -5,6 +5,7 @@
 pub mod alpn;
 pub mod mesh;
 pub mod pin;
+pub mod plaintext;
 pub mod selfsigned;
 
 use std::path::{Path, PathBuf};
