@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -75,8 +74,9 @@ pub enum Error {
 pub struct Shared {
     /// The configuration the server started with.
     pub config: Config,
-    /// Accepts TLS with our certificate and ALPN list.
-    pub acceptor: TlsAcceptor,
+    /// TLS with our certificate and ALPN list, its cipher order chosen
+    /// per client.
+    pub tls: tls::CipherChoice,
     /// What sessions need from the config (the mesh shares it).
     pub session_ctx: Arc<session::Context>,
     /// Cancelled when shutdown begins: stop accepting, say goodbye.
@@ -344,7 +344,7 @@ pub async fn start_with_mesh(
     };
     let shared = Arc::new(Shared {
         session_ctx,
-        acceptor: TlsAcceptor::from(server_tls.config),
+        tls: server_tls.config,
         refusals: RefusalLog::new(
             Duration::from_millis(config.log.refused_interval_ms),
             config.log.refused_max_addresses,

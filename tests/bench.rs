@@ -176,7 +176,7 @@ async fn nats_mode_speaks_the_nats_protocol() {
         ..Default::default()
     };
     let server_tls = tenthbit::tls::server_config(&cfg, "localhost", false).unwrap();
-    let mut plain = (*server_tls.config).clone();
+    let mut plain = (*server_tls.config.preferred()).clone();
     plain.alpn_protocols.clear();
     let addr = mini_nats::start(std::sync::Arc::new(plain)).await;
     let t = Target {

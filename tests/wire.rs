@@ -74,6 +74,82 @@ async fn unknown_alpn_is_refused_in_the_handshake() {
     server.stop().await;
 }
 
+/// The suite the server picks for a client offering `suites`, in that
+/// order, over `version`.
+async fn negotiated(
+    server: &TestServer,
+    suites: &[rustls::SupportedCipherSuite],
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::CipherSuite {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = suites.to_vec();
+    let provider = std::sync::Arc::new(provider);
+    let verifier =
+        tls::pin::FingerprintVerifier::new(tls::pin::Expect::Pinned(server.fingerprint), &provider);
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"10bit/0.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+}
+
+#[tokio::test]
+async fn aes128_gcm_is_preferred_unless_the_client_puts_chacha_first() {
+    use rustls::CipherSuite as S;
+    use rustls::crypto::ring::cipher_suite as cs;
+    let server = TestServer::start().await;
+    let v13 = &rustls::version::TLS13;
+    // rustls's and most clients' order: AES-256 first. The server's wins.
+    let aes_first = [
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    assert_eq!(
+        negotiated(&server, &aes_first, v13).await,
+        S::TLS13_AES_128_GCM_SHA256
+    );
+    // A device without AES instructions lists ChaCha20 first: it gets it.
+    let chacha_first = [
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+    ];
+    assert_eq!(
+        negotiated(&server, &chacha_first, v13).await,
+        S::TLS13_CHACHA20_POLY1305_SHA256
+    );
+    // A client with AES-256 only still connects.
+    assert_eq!(
+        negotiated(&server, &[cs::TLS13_AES_256_GCM_SHA384], v13).await,
+        S::TLS13_AES_256_GCM_SHA384
+    );
+    // TLS 1.2, rustls's default order (AES-256 first for each key type).
+    let v12_suites: Vec<_> = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .into_iter()
+        .filter(|s| s.version() == &rustls::version::TLS12)
+        .collect();
+    let v12 = negotiated(&server, &v12_suites, &rustls::version::TLS12).await;
+    assert!(
+        matches!(
+            v12,
+            S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        ),
+        "{v12:?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn every_request_gets_one_reply_in_order() {
     let server = TestServer::start().await;

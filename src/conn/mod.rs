@@ -11,8 +11,10 @@ pub mod writer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustls::server::Acceptor;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, field, info, info_span};
 
@@ -153,18 +155,22 @@ async fn handshake(
     tcp: TcpStream,
 ) -> Option<(Alpn, TlsStream<ReadAhead<TcpStream>>)> {
     let deadline = shared.config.limits.handshake_timeout();
-    let tls =
-        match tokio::time::timeout(deadline, shared.acceptor.accept(ReadAhead::new(tcp))).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                info!(reason = "tls handshake failed", error = %e, "connection closed");
-                return None;
-            }
-            Err(_) => {
-                info!(reason = "tls handshake timeout", "connection closed");
-                return None;
-            }
-        };
+    let accept = async {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), ReadAhead::new(tcp)).await?;
+        let config = shared.tls.for_hello(&start.client_hello());
+        start.into_stream(config).await
+    };
+    let tls = match tokio::time::timeout(deadline, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            info!(reason = "tls handshake failed", error = %e, "connection closed");
+            return None;
+        }
+        Err(_) => {
+            info!(reason = "tls handshake timeout", "connection closed");
+            return None;
+        }
+    };
     // rustls already refused offers we do not speak, so this is always Some.
     let Some(alpn) = Alpn::from_negotiated(tls.get_ref().1.alpn_protocol()) else {
         info!(reason = "unknown alpn", "connection closed");
