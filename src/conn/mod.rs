@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use crate::tls::plaintext::SmallSlices;
 use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::proto::{ErrorCode, reply};
@@ -57,6 +59,7 @@ async fn serve(
     let Some((alpn, tls)) = Box::pin(handshake(&shared, tcp)).await else {
         return;
     };
+    let tls = SmallSlices::new(tls);
     if alpn == Alpn::Http {
         return Box::pin(crate::web::serve(shared, tls, peer, conn_id, refusal)).await;
     }

@@ -2,6 +2,7 @@
 //! the connection's outbound queue in batches (one syscall and, for gzip, one
 //! sync flush per batch), and ends with the gzip trailer and TLS close_notify.
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use super::gzip::{Flush, GzipEncoder};
 use crate::proto::reply;
 use crate::router::{Closer, OutFrame, Receiver};
-use crate::tls::plaintext;
 use prometheus_client::metrics::counter::Counter;
 
 /// Most bytes gathered into one write.
@@ -97,8 +97,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
         let write = async {
             match gzip {
-                Some(_) => plaintext::write_all(&mut wr, [&buf[..]]).await?,
-                None => plaintext::write_all(&mut wr, frames.iter().map(|f| &f[..])).await?,
+                Some(_) => wr.write_all(&buf).await?,
+                None => write_frames(&mut wr, &frames).await?,
             }
             wr.flush().await
         };
@@ -223,6 +223,21 @@ fn compress(z: &mut GzipEncoder, bytes: &[u8], secret: bool, buf: &mut Vec<u8>) 
     } else {
         z.write(bytes, buf);
     }
+}
+
+/// Writes the packets of a plain batch with vectored writes: TLS gathers
+/// them into records without an intermediate buffer.
+async fn write_frames<W: AsyncWrite + Unpin>(wr: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = wr.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

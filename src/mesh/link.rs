@@ -10,6 +10,8 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsStream;
+
+use crate::tls::plaintext::SmallSlices;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -21,6 +23,8 @@ use crate::proto::id::now_ms;
 use crate::store::{Incoming, Received, VersionVector};
 
 type Stream = TlsStream<TcpStream>;
+/// The link's stream as its halves see it.
+type Io = SmallSlices<Stream>;
 
 /// Routed and control packets waiting for a link's writer; beyond this a
 /// routed packet is dropped (its sender times out), never queued unbounded.
@@ -108,7 +112,7 @@ enum End {
 /// Runs a link over an established TLS stream to `peer` (the node its
 /// certificate names) until it ends.
 pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed: bool) {
-    let (rd, mut wr) = tokio::io::split(stream);
+    let (rd, mut wr) = tokio::io::split(SmallSlices::new(stream));
     let mut reader = FrameReader::new(rd, false, inner.cfg.max_packet_bytes);
     let hello = match handshake(&inner, &mut reader, &mut wr, &peer).await {
         Ok(h) => h,
@@ -232,8 +236,8 @@ pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed:
 /// Sends our hello, reads and checks the peer's.
 async fn handshake(
     inner: &Inner,
-    reader: &mut FrameReader<ReadHalf<Stream>>,
-    wr: &mut WriteHalf<Stream>,
+    reader: &mut FrameReader<ReadHalf<Io>>,
+    wr: &mut WriteHalf<Io>,
     peer: &str,
 ) -> Result<wire::Hello, End> {
     let vv = inner
@@ -300,7 +304,7 @@ async fn handshake(
 }
 
 /// Reads one packet.
-async fn read_packet(reader: &mut FrameReader<ReadHalf<Stream>>) -> Result<Packet, End> {
+async fn read_packet(reader: &mut FrameReader<ReadHalf<Io>>) -> Result<Packet, End> {
     match reader.next_frame().await {
         Ok(Some(Frame::Line(line))) => decode(&line),
         Ok(Some(Frame::TooLong)) => Err(End::Refuse(
@@ -321,7 +325,7 @@ fn decode(line: &[u8]) -> Result<Packet, End> {
 async fn read_loop(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
-    reader: &mut FrameReader<ReadHalf<Stream>>,
+    reader: &mut FrameReader<ReadHalf<Io>>,
 ) -> Option<End> {
     let end = read_until_end(inner, link, reader).await;
     if let Some(End::Refuse(code, m)) = &end {
@@ -335,7 +339,7 @@ async fn read_loop(
 async fn read_until_end(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
-    reader: &mut FrameReader<ReadHalf<Stream>>,
+    reader: &mut FrameReader<ReadHalf<Io>>,
 ) -> Option<End> {
     let idle = inner.cfg.idle_timeout();
     let batch_max = inner.cfg.batch_events;
@@ -490,7 +494,7 @@ async fn receive(
 async fn write_loop(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
-    wr: &mut WriteHalf<Stream>,
+    wr: &mut WriteHalf<Io>,
     mut control: mpsc::Receiver<Out>,
 ) -> Option<End> {
     let end = write_until_end(inner, link, wr, &mut control).await;
@@ -501,7 +505,7 @@ async fn write_loop(
 async fn write_until_end(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
-    wr: &mut WriteHalf<Stream>,
+    wr: &mut WriteHalf<Io>,
     control: &mut mpsc::Receiver<Out>,
 ) -> Option<End> {
     let mut log = inner.store.watch_log();
@@ -577,7 +581,7 @@ async fn write_until_end(
 /// Writes packets as lines, under the idle deadline (a peer that stops
 /// reading for that long is dropped; it catches up when it comes back).
 async fn write_packets(
-    wr: &mut WriteHalf<Stream>,
+    wr: &mut WriteHalf<Io>,
     packets: &[Out],
     cfg: &super::config::MeshConfig,
 ) -> Result<(), String> {
@@ -589,7 +593,7 @@ async fn write_packets(
         }
     }
     let write = async {
-        crate::tls::plaintext::write_all(wr, [&buf[..]]).await?;
+        wr.write_all(&buf).await?;
         wr.flush().await
     };
     match tokio::time::timeout(cfg.idle_timeout(), write).await {
@@ -600,7 +604,7 @@ async fn write_packets(
 }
 
 /// Tells the peer why the link ends, then closes it (bounded in time).
-async fn farewell(wr: &mut WriteHalf<Stream>, code: Code, message: &str) {
+async fn farewell(wr: &mut WriteHalf<Io>, code: Code, message: &str) {
     let p = Packet::Error(wire::Refusal {
         code: code.as_str().to_owned(),
         message: message.to_owned(),

@@ -24,6 +24,7 @@ use tracing::info;
 use crate::conn::readahead::ReadAhead;
 use crate::proto::ErrorCode;
 use crate::server::Shared;
+use crate::tls::plaintext::SmallSlices;
 
 /// Largest request head read (request line and headers): a browser's are
 /// a few KiB; hyper's floor is 8 KiB.
@@ -34,7 +35,7 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// its place in the connection limits). `refusal` answers every request 503.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    tls: TlsStream<ReadAhead<TcpStream>>,
+    tls: SmallSlices<TlsStream<ReadAhead<TcpStream>>>,
     peer: SocketAddr,
     conn_id: u64,
     refusal: Option<ErrorCode>,
