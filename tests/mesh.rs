@@ -439,6 +439,12 @@ impl Fake {
             .connect(dial_name(&peer).unwrap(), tcp)
             .await
             .unwrap();
+        // The listener's cipher order decides: AES-128-GCM, though rustls
+        // dialers list AES-256 first.
+        assert_eq!(
+            tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
         let (rd, wr) = tokio::io::split(tls);
         let mut link = FakeLink {
             lines: tokio::io::BufReader::new(rd).lines(),

@@ -160,7 +160,9 @@ pub fn acceptor_config_for(
     peers: &[Peer],
     alpn: &[u8],
 ) -> Result<Arc<ServerConfig>, Error> {
-    let provider = provider();
+    // Peers are servers with AES instructions, and rustls dialers list
+    // AES-256 first: our order decides (see `tls::server_config`).
+    let provider = Arc::new(super::aes128_first());
     let mut cas: Vec<(Arc<dyn ClientCertVerifier>, Vec<String>)> = Vec::new();
     for p in peers {
         if let PeerCert::Ca(path) = &p.cert {
@@ -183,6 +185,7 @@ pub fn acceptor_config_for(
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())
         .map_err(|e| Error::Trust(format!("certificate: {e}")))?;
     config.alpn_protocols = vec![alpn.to_vec()];
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

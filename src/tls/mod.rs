@@ -210,7 +210,7 @@ fn aead(suite: rustls::CipherSuite) -> Option<Aead> {
 /// the X25519 key exchange it follows and takes 10 AES rounds to
 /// AES-256's 14: encryption was a third of the server's CPU when fanning
 /// out (Go's crypto/tls, and so nats-server, prefer it the same way).
-fn aes128_first() -> CryptoProvider {
+pub(crate) fn aes128_first() -> CryptoProvider {
     let mut p = rustls::crypto::ring::default_provider();
     // Stable: rustls's order stays within each family; unknown suites last.
     p.cipher_suites
