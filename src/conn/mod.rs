@@ -16,8 +16,6 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
-
-use crate::tls::plaintext::SmallSlices;
 use tracing::{Instrument, debug, field, info, info_span};
 
 use crate::proto::{ErrorCode, reply};
@@ -25,6 +23,7 @@ use crate::router::{Closer, Outbound, Receiver};
 use crate::server::Shared;
 use crate::session::{Outcome, Session};
 use crate::tls::Alpn;
+use crate::tls::plaintext::SmallSlices;
 use framing::Span;
 use readahead::ReadAhead;
 use reader::FrameReader;
