@@ -413,8 +413,10 @@ fn queued_bytes(change: &Change) -> u32 {
 const MAX_BATCH: usize = 4096;
 
 /// Appends a batch of changes in one transaction and answers each caller;
-/// their room in the queue is given back after.
-fn commit_batch(db: &mut Db, batch: Vec<Append>) {
+/// their room in the queue is given back after. `observe` gets how long the
+/// commit took before anyone is answered, so that a client holding its ack
+/// finds the commit in the metrics.
+fn commit_batch(db: &mut Db, batch: Vec<Append>, observe: &dyn Fn(std::time::Duration)) {
     let mut changes = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     // Given back when this returns, after the replies.
@@ -424,6 +426,7 @@ fn commit_batch(db: &mut Db, batch: Vec<Append>) {
         replies.push(a.reply);
         rooms.push(a.room);
     }
+    let started = std::time::Instant::now();
     let outcome = db.write(|tx, origin| {
         let mut log = log::Appender::open(tx, origin)?;
         // One change failing fails only its own request.
@@ -434,6 +437,7 @@ fn commit_batch(db: &mut Db, batch: Vec<Append>) {
         log.close(tx, origin)?;
         Ok(results)
     });
+    observe(started.elapsed());
     match outcome {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
@@ -542,9 +546,7 @@ impl Store {
                                     Err(_) => break,
                                 }
                             }
-                            let started = std::time::Instant::now();
-                            commit_batch(&mut db, batch);
-                            on_commit(started.elapsed());
+                            commit_batch(&mut db, batch, &on_commit);
                         }
                         Msg::Close(done) => {
                             rx.close();
@@ -552,7 +554,7 @@ impl Store {
                             while let Ok(msg) = rx.try_recv() {
                                 match msg {
                                     Msg::Job(job) => job(&mut db),
-                                    Msg::Append(a) => commit_batch(&mut db, vec![a]),
+                                    Msg::Append(a) => commit_batch(&mut db, vec![a], &on_commit),
                                     Msg::Close(_) => {}
                                 }
                             }
@@ -811,7 +813,7 @@ mod tests {
                 (append, rx)
             })
             .unzip();
-        commit_batch(&mut db, batch);
+        commit_batch(&mut db, batch, &|_| {});
         let committed: Vec<Event> = waiting
             .into_iter()
             .map(|mut rx| rx.try_recv().unwrap().unwrap())
