@@ -80,6 +80,14 @@ const MIGRATIONS: &[&str] = &[
     // Nothing reads events by clock alone any more (an applied message's
     // row comes from its insert): one index less to write per kept message.
     "DROP INDEX events_hlc;",
+    // A message's id alone, not (topic, id): each node mints ids in time
+    // order, so a group commit's new entries go at the index's end (one
+    // place per origin) instead of one place per topic, the pages a group
+    // touches. Lookups by topic and id read the id's entries and check the
+    // topic. chatbench's pairs with history, 200 topics: 12% more kept
+    // messages a second.
+    "DROP INDEX events_message_id;
+     CREATE INDEX events_message_ids ON events (message_id) WHERE message_id IS NOT NULL;",
 ];
 
 /// The schema version this build writes.
@@ -149,6 +157,6 @@ mod tests {
                 |r| r.get(3),
             )
             .unwrap();
-        assert!(plan.contains("events_message_id"), "{plan}");
+        assert!(plan.contains("events_message_ids"), "{plan}");
     }
 }
