@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::log::Arrival;
 use super::search::IndexQueue;
 use super::{Db, Error, Event, log, search};
 use crate::change::{Change, ExJson, Message, Write};
@@ -177,10 +178,11 @@ pub(super) fn settle(
     queue: &mut IndexQueue,
     rowid: i64,
     change: &Change,
+    arrival: Arrival,
 ) -> Result<(), Error> {
     match change.kind.as_str() {
         "message" => match &change.message {
-            Some(m) => index_message(tx, queue, rowid, m),
+            Some(m) => index_message(tx, queue, rowid, m, arrival),
             None => Ok(()),
         },
         KIND_EDIT | KIND_REDACT => {
@@ -213,18 +215,20 @@ fn index_message(
     queue: &mut IndexQueue,
     rowid: i64,
     m: &Message,
+    arrival: Arrival,
 ) -> Result<(), Error> {
-    let e = entity(m.topic, &m.id);
-    if register::<Redaction>(tx, &e, REDACTED)?.is_some() {
-        return erase(tx, queue, &e);
-    }
-    match register::<Revision>(tx, &e, EDIT)? {
-        Some(r) => search::index(tx, queue, rowid, m, &r.ex),
-        None => {
-            let ex = serde_json::from_str(m.ex.get()).map_err(|e| Error::Corrupt(e.to_string()))?;
-            search::index(tx, queue, rowid, m, &ex)
+    // Just minted, no edit or redaction can name it yet.
+    if arrival == Arrival::Stored {
+        let e = entity(m.topic, &m.id);
+        if register::<Redaction>(tx, &e, REDACTED)?.is_some() {
+            return erase(tx, queue, &e);
+        }
+        if let Some(r) = register::<Revision>(tx, &e, EDIT)? {
+            return search::index(tx, queue, rowid, m, &r.ex);
         }
     }
+    let ex = serde_json::from_str(m.ex.get()).map_err(|e| Error::Corrupt(e.to_string()))?;
+    search::index(tx, queue, rowid, m, &ex)
 }
 
 /// The event (rowid, change) of message `id` of `topic`, by the indexed

@@ -102,13 +102,14 @@ impl Appender {
         // The event is in the log from here on: the next one follows it
         // even if applying this one fails.
         (self.seq, self.hlc) = (seq, hlc);
-        apply(
+        apply_as(
             tx,
             &mut self.index,
             rowid,
             &origin.key(),
             hlc,
             &event.change,
+            Arrival::Minted,
         )?;
         Ok(event)
     }
@@ -216,6 +217,46 @@ pub fn apply(
     hlc: u64,
     change: &Change,
 ) -> Result<(), Error> {
+    apply_as(tx, index, rowid, origin_key, hlc, change, Arrival::Stored)
+}
+
+/// How an event being applied reached this store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// Minted here, in this transaction: no other event can refer to it
+    /// yet (its message id is new and unguessable, and nobody has been
+    /// told it), so nothing about it needs looking up.
+    Minted,
+    /// From a peer, or replayed: events about it may have come first.
+    Stored,
+}
+
+/// [`apply`], told how the event arrived.
+pub(super) fn apply_as(
+    tx: &Transaction<'_>,
+    index: &mut IndexQueue,
+    rowid: i64,
+    origin_key: &str,
+    hlc: u64,
+    change: &Change,
+    arrival: Arrival,
+) -> Result<(), Error> {
+    if !change.writes.is_empty() {
+        write_registers(tx, origin_key, hlc, change)?;
+        // A write may change what the queue remembers (a topic's format).
+        index.forget_formats();
+    }
+    super::redact::after_apply(tx, change)?;
+    super::edit::settle(tx, index, rowid, change, arrival)
+}
+
+/// Folds `change`'s writes into the registers, last writer wins.
+fn write_registers(
+    tx: &Transaction<'_>,
+    origin_key: &str,
+    hlc: u64,
+    change: &Change,
+) -> Result<(), Error> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO registers (entity, field, value, lookup, hlc, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (entity, field) DO UPDATE SET
@@ -233,8 +274,7 @@ pub fn apply(
             origin_key
         ])?;
     }
-    super::redact::after_apply(tx, change)?;
-    super::edit::settle(tx, index, rowid, change)
+    Ok(())
 }
 
 /// The case-folded lookup key of fields that are searched by value (names).

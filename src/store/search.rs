@@ -13,7 +13,7 @@
 //! The rowids tie the index to the events table, which has no INTEGER
 //! PRIMARY KEY: a VACUUM may renumber it, so the store never runs one.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::{Map, Value};
@@ -98,9 +98,18 @@ fn is_binary(tx: &Transaction<'_>, topic: Uuid) -> Result<bool, Error> {
 pub struct IndexQueue {
     /// Event rowid to the text to index.
     rows: BTreeMap<i64, String>,
+    /// Whether each topic seen is `binary`, read once per transaction
+    /// until a change writes state (see [`IndexQueue::forget_formats`]).
+    formats: HashMap<Uuid, bool>,
 }
 
 impl IndexQueue {
+    /// Forgets the topics' formats read so far: a change that writes
+    /// state may have changed one.
+    pub(super) fn forget_formats(&mut self) {
+        self.formats.clear();
+    }
+
     /// Writes every queued row.
     pub(super) fn flush(&mut self, tx: &Transaction<'_>) -> Result<(), Error> {
         let mut stmt = tx.prepare_cached("INSERT INTO search (rowid, text) VALUES (?1, ?2)")?;
@@ -121,10 +130,17 @@ pub(super) fn index(
     message: &Message,
     ex: &Map<String, Value>,
 ) -> Result<(), Error> {
-    if is_binary(tx, message.topic)? {
-        return Ok(());
+    let binary = match queue.formats.get(&message.topic) {
+        Some(&binary) => binary,
+        None => {
+            let binary = is_binary(tx, message.topic)?;
+            queue.formats.insert(message.topic, binary);
+            binary
+        }
+    };
+    if !binary {
+        queue.rows.insert(rowid, text(ex));
     }
-    queue.rows.insert(rowid, text(ex));
     Ok(())
 }
 
@@ -394,5 +410,36 @@ mod tests {
         all.limit = 2000;
         all.scan = 2000;
         assert_eq!(db.search(&all).unwrap().messages.len(), 999);
+    }
+
+    /// A topic's format is read once per group commit, and read again
+    /// after a change in the group sets it: messages after the topic
+    /// turned `binary` are not indexed, those before it are.
+    #[test]
+    fn a_format_set_within_a_group_commit_holds_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        let message = |id: &str| {
+            Change::message(Message {
+                topic: t,
+                id: id.to_owned(),
+                ts: 0,
+                sender: dan,
+                ex: crate::change::ExJson::from_map(&Map::from_iter([(
+                    "body".to_owned(),
+                    Value::from(format!("word {id}")),
+                )]))
+                .unwrap(),
+            })
+        };
+        let binary =
+            Change::new("topic.meta").set(crate::change::Entity::Topic(t), "meta:format", "binary");
+        db.append_all(vec![message("before"), binary, message("after")])
+            .unwrap();
+        assert_eq!(
+            ids(&db.search(&query(&["word"], &[t])).unwrap()),
+            ["before"]
+        );
     }
 }
