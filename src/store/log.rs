@@ -81,12 +81,36 @@ impl Appender {
     }
 
     /// Records and applies one change: the next seq, the next clock value.
-    /// A change that fails leaves the position as it was.
+    /// A change that fails leaves the position as it was. A message is
+    /// applied as any stored one is (see [`Appender::append_new`]).
     pub fn append(
         &mut self,
         tx: &Transaction<'_>,
         origin: &Origin,
         change: Change,
+    ) -> Result<Event, Error> {
+        self.append_as(tx, origin, change, Arrival::Stored)
+    }
+
+    /// [`Appender::append`] for a change made just now by this node, whose
+    /// message (if any) has an id minted for it that nobody has seen yet:
+    /// nothing can refer to it, so nothing about it is looked up. For the
+    /// store thread's group commits of sessions' changes only.
+    pub(super) fn append_new(
+        &mut self,
+        tx: &Transaction<'_>,
+        origin: &Origin,
+        change: Change,
+    ) -> Result<Event, Error> {
+        self.append_as(tx, origin, change, Arrival::Minted)
+    }
+
+    fn append_as(
+        &mut self,
+        tx: &Transaction<'_>,
+        origin: &Origin,
+        change: Change,
+        arrival: Arrival,
     ) -> Result<Event, Error> {
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let hlc = next_hlc(self.hlc, now);
@@ -109,7 +133,7 @@ impl Appender {
             &origin.key(),
             hlc,
             &event.change,
-            Arrival::Minted,
+            arrival,
         )?;
         Ok(event)
     }
@@ -242,9 +266,10 @@ pub(super) fn apply_as(
     arrival: Arrival,
 ) -> Result<(), Error> {
     if !change.writes.is_empty() {
-        write_registers(tx, origin_key, hlc, change)?;
-        // A write may change what the queue remembers (a topic's format).
+        // A write may change what the queue remembers (a topic's format),
+        // even one that then fails half way.
         index.forget_formats();
+        write_registers(tx, origin_key, hlc, change)?;
     }
     super::redact::after_apply(tx, change)?;
     super::edit::settle(tx, index, rowid, change, arrival)

@@ -432,7 +432,7 @@ fn commit_batch(db: &mut Db, batch: Vec<Append>, observe: &dyn Fn(std::time::Dur
         // One change failing fails only its own request.
         let results: Vec<_> = changes
             .into_iter()
-            .map(|change| log.append(tx, origin, change))
+            .map(|change| log.append_new(tx, origin, change))
             .collect();
         log.close(tx, origin)?;
         Ok(results)
@@ -634,7 +634,9 @@ impl Store {
 
     /// Queues a change for the next group commit and returns at once; the
     /// [`Pending`] resolves when it is durable. Lets one connection have
-    /// many changes in one batch.
+    /// many changes in one batch. A message's id must be newly minted (no
+    /// edit or redaction is looked up for it): changes from elsewhere go
+    /// through the replica path.
     pub async fn enqueue(&self, change: Change) -> Result<Pending, Error> {
         let room = self
             .room

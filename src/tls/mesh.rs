@@ -150,7 +150,12 @@ impl ClientCertVerifier for PeersVerifier {
 /// The mesh listener's configuration: our node certificate, client
 /// certificates required and checked against `peers`.
 pub fn acceptor_config(identity: &Identity, peers: &[Peer]) -> Result<Arc<ServerConfig>, Error> {
-    acceptor_config_for(identity, peers, ALPN)
+    let mut config = Arc::unwrap_or_clone(acceptor_config_for(identity, peers, ALPN)?);
+    // Mesh peers are our own nodes, whose rustls lists AES-256 first: our
+    // order decides (see `tls::server_config`). Federation peers are other
+    // organisations' servers, and keep their own order.
+    config.ignore_client_order = true;
+    Ok(Arc::new(config))
 }
 
 /// [`acceptor_config`] offering `alpn` (federation uses the same mutual
@@ -160,8 +165,6 @@ pub fn acceptor_config_for(
     peers: &[Peer],
     alpn: &[u8],
 ) -> Result<Arc<ServerConfig>, Error> {
-    // Peers are servers with AES instructions, and rustls dialers list
-    // AES-256 first: our order decides (see `tls::server_config`).
     let provider = Arc::new(super::aes128_first());
     let mut cas: Vec<(Arc<dyn ClientCertVerifier>, Vec<String>)> = Vec::new();
     for p in peers {
@@ -185,7 +188,6 @@ pub fn acceptor_config_for(
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())
         .map_err(|e| Error::Trust(format!("certificate: {e}")))?;
     config.alpn_protocols = vec![alpn.to_vec()];
-    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
