@@ -10,8 +10,6 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsStream;
-
-use crate::tls::plaintext::SmallSlices;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -21,6 +19,7 @@ use crate::conn::framing::Frame;
 use crate::conn::reader::FrameReader;
 use crate::proto::id::now_ms;
 use crate::store::{Incoming, Received, VersionVector};
+use crate::tls::plaintext::SmallSlices;
 
 type Stream = TlsStream<TcpStream>;
 /// The link's stream as its halves see it.

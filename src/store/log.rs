@@ -68,49 +68,40 @@ pub struct Appender {
     hlc: u64,
     /// Search rows of the run, written when it closes.
     index: IndexQueue,
+    /// How the run's messages are applied (see [`Appender::open_new`]).
+    arrival: Arrival,
 }
 
 impl Appender {
-    /// Reads where `origin`'s log stands.
+    /// Reads where `origin`'s log stands. Its messages are applied as any
+    /// stored one is.
     pub fn open(tx: &Transaction<'_>, origin: &Origin) -> Result<Self, Error> {
         Ok(Self {
             seq: seen_seq(tx, &origin.node, &origin.incarnation)?,
             hlc: read_clock(tx)?,
             index: IndexQueue::default(),
+            arrival: Arrival::Stored,
+        })
+    }
+
+    /// [`Appender::open`] for changes made just now by this node, whose
+    /// messages have ids minted for them that nobody has seen yet: nothing
+    /// can refer to them, so nothing about them is looked up. For the store
+    /// thread's group commits of sessions' changes only.
+    pub(super) fn open_new(tx: &Transaction<'_>, origin: &Origin) -> Result<Self, Error> {
+        Ok(Self {
+            arrival: Arrival::Minted,
+            ..Self::open(tx, origin)?
         })
     }
 
     /// Records and applies one change: the next seq, the next clock value.
-    /// A change that fails leaves the position as it was. A message is
-    /// applied as any stored one is (see [`Appender::append_new`]).
+    /// A change that fails leaves the position as it was.
     pub fn append(
         &mut self,
         tx: &Transaction<'_>,
         origin: &Origin,
         change: Change,
-    ) -> Result<Event, Error> {
-        self.append_as(tx, origin, change, Arrival::Stored)
-    }
-
-    /// [`Appender::append`] for a change made just now by this node, whose
-    /// message (if any) has an id minted for it that nobody has seen yet:
-    /// nothing can refer to it, so nothing about it is looked up. For the
-    /// store thread's group commits of sessions' changes only.
-    pub(super) fn append_new(
-        &mut self,
-        tx: &Transaction<'_>,
-        origin: &Origin,
-        change: Change,
-    ) -> Result<Event, Error> {
-        self.append_as(tx, origin, change, Arrival::Minted)
-    }
-
-    fn append_as(
-        &mut self,
-        tx: &Transaction<'_>,
-        origin: &Origin,
-        change: Change,
-        arrival: Arrival,
     ) -> Result<Event, Error> {
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let hlc = next_hlc(self.hlc, now);
@@ -133,7 +124,7 @@ impl Appender {
             &origin.key(),
             hlc,
             &event.change,
-            arrival,
+            self.arrival,
         )?;
         Ok(event)
     }

@@ -432,11 +432,11 @@ fn commit_batch(db: &mut Db, batch: Vec<Append>, observe: &dyn Fn(std::time::Dur
     }
     let started = std::time::Instant::now();
     let outcome = db.write(|tx, origin| {
-        let mut log = log::Appender::open(tx, origin)?;
+        let mut log = log::Appender::open_new(tx, origin)?;
         // One change failing fails only its own request.
         let results: Vec<_> = changes
             .into_iter()
-            .map(|change| log.append_new(tx, origin, change))
+            .map(|change| log.append(tx, origin, change))
             .collect();
         log.close(tx, origin)?;
         Ok(results)

@@ -235,8 +235,9 @@ mod tests {
     use super::*;
     use crate::store::log;
 
-    fn send(db: &mut Db, topic: Uuid, sender: Uuid, id: &str, body: &str) {
-        let m = Message {
+    /// A message `id` of `topic` whose `ex` is `{"body": body}`.
+    fn message(topic: Uuid, sender: Uuid, id: &str, body: &str) -> Change {
+        Change::message(Message {
             topic,
             id: id.to_owned(),
             ts: 0,
@@ -246,9 +247,12 @@ mod tests {
                 Value::from(body),
             )]))
             .unwrap(),
-        };
-        db.write(|tx, origin| log::append(tx, origin, Change::message(m)))
-            .unwrap();
+        })
+    }
+
+    fn send(db: &mut Db, topic: Uuid, sender: Uuid, id: &str, body: &str) {
+        let m = message(topic, sender, id, body);
+        db.write(|tx, origin| log::append(tx, origin, m)).unwrap();
     }
 
     fn query(terms: &[&str], topics: &[Uuid]) -> Query {
@@ -354,19 +358,7 @@ mod tests {
         let mut db = Db::open(dir.path(), "n1").unwrap();
         let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
         let mut changes: Vec<Change> = (0..1000)
-            .map(|i| {
-                Change::message(Message {
-                    topic: t,
-                    id: format!("m{i}"),
-                    ts: 0,
-                    sender: dan,
-                    ex: crate::change::ExJson::from_map(&Map::from_iter([(
-                        "body".to_owned(),
-                        Value::from(format!("common unique{i}")),
-                    )]))
-                    .unwrap(),
-                })
-            })
+            .map(|i| message(t, dan, &format!("m{i}"), &format!("common unique{i}")))
             .collect();
         let revision = crate::store::edit::Revision {
             ex: Map::from_iter([("body".to_owned(), Value::from("common edited"))]),
@@ -420,23 +412,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(dir.path(), "n1").unwrap();
         let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
-        let message = |id: &str| {
-            Change::message(Message {
-                topic: t,
-                id: id.to_owned(),
-                ts: 0,
-                sender: dan,
-                ex: crate::change::ExJson::from_map(&Map::from_iter([(
-                    "body".to_owned(),
-                    Value::from(format!("word {id}")),
-                )]))
-                .unwrap(),
-            })
-        };
         let binary =
             Change::new("topic.meta").set(crate::change::Entity::Topic(t), "meta:format", "binary");
-        db.append_all(vec![message("before"), binary, message("after")])
-            .unwrap();
+        db.append_all(vec![
+            message(t, dan, "before", "word before"),
+            binary,
+            message(t, dan, "after", "word after"),
+        ])
+        .unwrap();
         assert_eq!(
             ids(&db.search(&query(&["word"], &[t])).unwrap()),
             ["before"]
