@@ -301,17 +301,38 @@ pub fn write_relay(
     from_json: &str,
     ex: &[u8],
 ) {
-    buf.extend_from_slice(b"{\"id\":");
+    let [open, ts_key, topic_key, from_key, ex_key, close] = RELAY_PIECES;
+    buf.reserve(relay_len(ts, from_json, ex));
+    buf.extend_from_slice(open);
     write_uuid(buf, id);
-    buf.extend_from_slice(b",\"ts\":");
+    buf.extend_from_slice(ts_key);
     buf.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
-    buf.extend_from_slice(b",\"topic\":");
+    buf.extend_from_slice(topic_key);
     write_uuid(buf, topic);
-    buf.extend_from_slice(b",\"op\":\"send\",\"from\":");
+    buf.extend_from_slice(from_key);
     buf.extend_from_slice(from_json.as_bytes());
-    buf.extend_from_slice(b",\"ex\":");
+    buf.extend_from_slice(ex_key);
     buf.extend_from_slice(ex);
-    buf.extend_from_slice(b"}\n");
+    buf.extend_from_slice(close);
+}
+
+/// The fixed text of a relay, between its fields ([`write_relay`]).
+const RELAY_PIECES: [&[u8]; 6] = [
+    b"{\"id\":",
+    b",\"ts\":",
+    b",\"topic\":",
+    b",\"op\":\"send\",\"from\":",
+    b",\"ex\":",
+    b"}\n",
+];
+
+/// The length of the line [`write_relay`] writes, newline included: a kept
+/// message's size is checked against the line limit before it is queued
+/// for commit, without writing a relay that would be thrown away.
+pub fn relay_len(ts: i64, from_json: &str, ex: &[u8]) -> usize {
+    // Two quoted UUIDs: 36 characters and two quotes each.
+    let fixed: usize = RELAY_PIECES.iter().map(|p| p.len()).sum::<usize>() + 2 * 38;
+    fixed + itoa::Buffer::new().format(ts).len() + from_json.len() + ex.len()
 }
 
 /// A kept message's relay, as members connected to another node get it and
@@ -858,6 +879,29 @@ mod tests {
             v.keys().cloned().collect::<Vec<_>>()
         };
         assert_eq!(order(&line), order(&p.to_line()));
+        assert_eq!(
+            line.len(),
+            relay_len(-42, r#""d\"an\u00e9""#, raw.get().as_bytes())
+        );
+    }
+
+    #[test]
+    fn a_relay_is_as_long_as_said() {
+        let (id, topic) = (UuidText::new(id::new_uuid()), UuidText::new(id::new_uuid()));
+        for ts in [0, 7, -1, 1_763_900_000_078, i64::MIN, i64::MAX] {
+            for (from, ex) in [
+                ("\"a\"", "{}"),
+                (r#""dan\u00e9""#, r#"{"m":"caf\u00e9 \"q\""}"#),
+            ] {
+                let mut line = b"already there".to_vec();
+                write_relay(&mut line, &id, ts, &topic, from, ex.as_bytes());
+                assert_eq!(
+                    line.len() - 13,
+                    relay_len(ts, from, ex.as_bytes()),
+                    "{ts} {from}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, ExJson, Message};
 use crate::proto::id::{UuidText, new_uuid, uuid_at, uuids_at};
-use crate::proto::packet::{ExText, KeptSend, encode_line, write_relay};
+use crate::proto::packet::{ExText, KeptSend, encode_line, relay_len, write_relay};
 use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet};
@@ -153,16 +153,8 @@ impl Session<'_> {
         })?;
         // Stamped again at its commit; `ts` here sizes the line.
         let message_id = new_uuid();
-        let mut line = Vec::new();
-        write_relay(
-            &mut line,
-            &UuidText::new(message_id),
-            self.clock.unix_ms(),
-            &text,
-            &me.name_json,
-            stored.get().as_bytes(),
-        );
-        self.check_relay_size(line.len().saturating_sub(1))?;
+        let line = relay_len(self.clock.unix_ms(), &me.name_json, stored.get().as_bytes());
+        self.check_relay_size(line.saturating_sub(1))?;
         let message = Message {
             topic: t.id,
             id: message_id.to_string(),
