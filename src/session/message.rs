@@ -119,7 +119,7 @@ impl Session<'_> {
         id: Option<&str>,
         me: &LoggedIn,
         topic: &str,
-        mut ex: Map<String, Value>,
+        ex: Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Outcome, Denied> {
         let last = self.sendable(me, topic)?;
@@ -132,6 +132,56 @@ impl Session<'_> {
             }
             return self.send_now(id, me, &t, &text, &ex, raw_ex);
         }
+        let (change, message_id) = self.kept_change(me, &t, &ex, raw_ex)?;
+        // Queue the commit and go on reading: the next sends join the same
+        // group commit. Relay and ack follow the commit, in request order.
+        // The store's queue may make this wait: what the burst holds goes
+        // first. Boxed, like the waits below: only kept messages pay for them.
+        if let Outcome::Close(r) = self.flush_burst() {
+            return Ok(Outcome::Close(r));
+        }
+        let commit = Box::pin(self.ctx.store.enqueue(change)).await?;
+        self.queued(commit, message_id, me, t, id);
+        if self.inflight.len() >= MAX_INFLIGHT {
+            return Ok(Box::pin(self.complete_next()).await);
+        }
+        Ok(Outcome::Continue)
+    }
+
+    /// A kept message queued for its commit without waiting, as most are:
+    /// the pipeline is within its bound and the store's queue has room.
+    /// `None` when either is full: [`Session::handle_send`] then waits for
+    /// room (and so stops reading this client).
+    fn keep_now(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        t: &Arc<TopicRecord>,
+        ex: &Map<String, Value>,
+        raw_ex: Option<ExText<'_>>,
+    ) -> Result<Option<Outcome>, Denied> {
+        if self.inflight.len() >= MAX_INFLIGHT {
+            return Ok(None);
+        }
+        let (change, message_id) = self.kept_change(me, t, ex, raw_ex)?;
+        if let Outcome::Close(r) = self.flush_burst() {
+            return Ok(Some(Outcome::Close(r)));
+        }
+        let Some(commit) = self.ctx.store.try_enqueue(change)? else {
+            return Ok(None);
+        };
+        self.queued(commit, message_id, me, t.clone(), id);
+        Ok(Some(Outcome::Continue))
+    }
+
+    /// The change that keeps a message to `t`, and the message's id.
+    fn kept_change(
+        &mut self,
+        me: &LoggedIn,
+        t: &TopicRecord,
+        ex: &Map<String, Value>,
+        raw_ex: Option<ExText<'_>>,
+    ) -> Result<(Change, uuid::Uuid), Denied> {
         // A kept message is stored with its `ex` as text: as sent when it
         // could be relayed so (numbers keep every digit), else rebuilt from
         // the map without `ex.for`, which is the server's (a relayed packet
@@ -141,6 +191,7 @@ impl Session<'_> {
                 .map_err(|_| ())
                 .and_then(|text| ExJson::from_text(text.to_owned()).map_err(|_| ())),
             None => {
+                let mut ex = ex.clone();
                 ex.remove("for");
                 ExJson::from_map(&ex).map_err(|_| ())
             }
@@ -162,29 +213,30 @@ impl Session<'_> {
             sender: me.id,
             ex: stored,
         };
-        // Queue the commit and go on reading: the next sends join the same
-        // group commit. Relay and ack follow the commit, in request order.
-        // The store's queue may make this wait: what the burst holds goes
-        // first. Boxed, like the waits below: only kept messages pay for them.
-        if let Outcome::Close(r) = self.flush_burst() {
-            return Ok(Outcome::Close(r));
-        }
-        let commit = Box::pin(self.ctx.store.enqueue(Change::message(message))).await?;
+        Ok((Change::message(message), message_id))
+    }
+
+    /// A kept message's commit is queued: what to do once it is in.
+    fn queued(
+        &mut self,
+        commit: Pending,
+        message_id: uuid::Uuid,
+        me: &LoggedIn,
+        topic: Arc<TopicRecord>,
+        id: Option<&str>,
+    ) {
         self.inflight.push_back(InFlight::Commit {
             commit,
             message_id,
             from_json: me.name_json.clone(),
-            topic: t,
+            topic,
             request_id: id.map(str::to_owned),
         });
-        if self.inflight.len() >= MAX_INFLIGHT {
-            return Ok(Box::pin(self.complete_next()).await);
-        }
-        Ok(Outcome::Continue)
     }
 
-    /// A message handled without waiting, which is most of them: not kept,
-    /// with no kept message still committing. `None` leaves it to
+    /// A message handled without waiting, which is most of them: one not
+    /// kept, with no kept message still committing, or a kept one whose
+    /// commit can be queued at once. `None` leaves it to
     /// [`Session::handle_send`].
     pub(super) fn try_send_now(
         &mut self,
@@ -193,16 +245,16 @@ impl Session<'_> {
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Option<Outcome> {
-        if self.has_inflight() {
-            return None;
-        }
         // Lent out for the message rather than cloned: nothing on this path
         // reads `self.account` or `self.last_topic`, and the atomic steps of
         // two clones and two drops per message add up.
         let me = self.account.take()?;
         let sent = self.sendable(&me, topic).and_then(|last| {
             let sent = match last.kept {
-                true => Ok(None),
+                true => self.keep_now(id, &me, &last.record, ex, raw_ex),
+                // Behind kept messages still committing: relays keep
+                // request order, so it waits for them.
+                false if self.has_inflight() => Ok(None),
                 false => self
                     .send_now(id, &me, &last.record, &last.text, ex, raw_ex)
                     .map(Some),

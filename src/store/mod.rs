@@ -661,6 +661,37 @@ impl Store {
         Ok(Pending(rx))
     }
 
+    /// [`Store::enqueue`] without waiting: `None`, with nothing queued, when
+    /// the queue has no room for `change` now (or others wait for room
+    /// first).
+    pub fn try_enqueue(&self, change: Change) -> Result<Option<Pending>, Error> {
+        use tokio::sync::TryAcquireError;
+        use tokio::sync::mpsc::error::TrySendError;
+        let room = match self
+            .room
+            .clone()
+            .try_acquire_many_owned(queued_bytes(&change))
+        {
+            Ok(room) => room,
+            Err(TryAcquireError::NoPermits) => return Ok(None),
+            Err(TryAcquireError::Closed) => return Err(Error::Closed),
+        };
+        // Reserved before anything is sent: a full queue gives the room
+        // back (dropped) and loses nothing.
+        let slot = match self.jobs.try_reserve() {
+            Ok(slot) => slot,
+            Err(TrySendError::Full(())) => return Ok(None),
+            Err(TrySendError::Closed(())) => return Err(Error::Closed),
+        };
+        let (tx, rx) = oneshot::channel();
+        slot.send(Msg::Append(Append {
+            change,
+            reply: tx,
+            room,
+        }));
+        Ok(Some(Pending(rx)))
+    }
+
     /// Runs the queued jobs, closes the database and joins its thread; later
     /// calls on any clone fail with [`Error::Closed`].
     pub async fn close(&self) {
@@ -791,6 +822,47 @@ mod tests {
         // is after every reply is sent: a job queued behind it runs after.
         store.call(|_| Ok(())).await.unwrap();
         assert_eq!(store.room.available_permits(), QUEUED_BYTES);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn try_enqueue_queues_only_what_has_room_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1").unwrap();
+        let (release, writer) = hold_store_thread(&store).await;
+        // Each takes more than half the queue's room: one fits at a time.
+        let ex = ExJson::from_map(&serde_json::Map::from_iter([(
+            "body".to_owned(),
+            serde_json::Value::from("x".repeat(QUEUED_BYTES / 2)),
+        )]))
+        .unwrap();
+        let change = |n: usize| {
+            Change::message(Message {
+                topic: uuid::Uuid::nil(),
+                id: format!("m{n}"),
+                ts: 0,
+                sender: uuid::Uuid::nil(),
+                ex: ex.clone(),
+            })
+        };
+        let first = store.try_enqueue(change(0)).unwrap().expect("room for one");
+        let left = store.room.available_permits();
+        assert!(store.try_enqueue(change(1)).unwrap().is_none());
+        // Refused, it took nothing.
+        assert_eq!(store.room.available_permits(), left);
+        release.send(()).unwrap();
+        writer.await.unwrap().unwrap();
+        first.wait().await.unwrap();
+        store.call(|_| Ok(())).await.unwrap();
+        assert_eq!(store.room.available_permits(), QUEUED_BYTES);
+        let again = store.try_enqueue(change(2)).unwrap().expect("room again");
+        again.wait().await.unwrap();
+        let kept = store
+            .call(|db| db.history(uuid::Uuid::nil(), None, None, 10))
+            .await
+            .unwrap();
+        let ids: Vec<_> = kept.messages.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["m0", "m2"]);
         store.close().await;
     }
 
