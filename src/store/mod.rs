@@ -750,21 +750,23 @@ mod tests {
         (release, writer)
     }
 
+    /// Message `m{n}` to `topic` from nobody, with `ex`, to keep.
+    fn kept(topic: uuid::Uuid, n: usize, ex: ExJson) -> Change {
+        Change::message(Message {
+            topic,
+            id: format!("m{n}"),
+            ts: 0,
+            sender: uuid::Uuid::nil(),
+            ex,
+        })
+    }
+
     #[tokio::test]
     async fn history_is_read_on_its_own_connection_while_the_store_thread_is_busy() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1").unwrap();
         let topic = uuid::Uuid::now_v7();
-        store
-            .append(Change::message(Message {
-                topic,
-                id: "m1".into(),
-                ts: 0,
-                sender: uuid::Uuid::nil(),
-                ex: ExJson::empty(),
-            }))
-            .await
-            .unwrap();
+        store.append(kept(topic, 1, ExJson::empty())).await.unwrap();
         // Hold the store thread (the writer) until the read is answered.
         let (release, writer) = hold_store_thread(&store).await;
         let page = tokio::time::timeout(
@@ -803,13 +805,7 @@ mod tests {
         let size = ex.get().len() + CHANGE_OVERHEAD;
         let mut pending = Vec::new();
         for n in 0..3 {
-            let change = Change::message(Message {
-                topic: uuid::Uuid::now_v7(),
-                id: format!("m{n}"),
-                ts: 0,
-                sender: uuid::Uuid::nil(),
-                ex: ex.clone(),
-            });
+            let change = kept(uuid::Uuid::now_v7(), n, ex.clone());
             pending.push(store.enqueue(change).await.unwrap());
         }
         assert_eq!(store.room.available_permits(), QUEUED_BYTES - 3 * size);
@@ -836,15 +832,7 @@ mod tests {
             serde_json::Value::from("x".repeat(QUEUED_BYTES / 2)),
         )]))
         .unwrap();
-        let change = |n: usize| {
-            Change::message(Message {
-                topic: uuid::Uuid::nil(),
-                id: format!("m{n}"),
-                ts: 0,
-                sender: uuid::Uuid::nil(),
-                ex: ex.clone(),
-            })
-        };
+        let change = |n: usize| kept(uuid::Uuid::nil(), n, ex.clone());
         let first = store.try_enqueue(change(0)).unwrap().expect("room for one");
         let left = store.room.available_permits();
         assert!(store.try_enqueue(change(1)).unwrap().is_none());
@@ -870,15 +858,7 @@ mod tests {
     fn a_group_commit_is_gapless_and_the_clock_carries_on() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(dir.path(), "n1").unwrap();
-        let message = |n: usize| {
-            Change::message(Message {
-                topic: uuid::Uuid::nil(),
-                id: format!("m{n}"),
-                ts: 0,
-                sender: uuid::Uuid::nil(),
-                ex: ExJson::empty(),
-            })
-        };
+        let message = |n: usize| kept(uuid::Uuid::nil(), n, ExJson::empty());
         let room = Arc::new(tokio::sync::Semaphore::new(QUEUED_BYTES));
         let (batch, waiting): (Vec<_>, Vec<_>) = (0..5)
             .map(|n| {
