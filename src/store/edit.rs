@@ -195,7 +195,7 @@ pub(super) fn settle(
                         for (rowid, change) in message_rows(tx, topic, id)? {
                             if let Some(m) = &change.message {
                                 search::unindex(tx, queue, rowid)?;
-                                search::index(tx, queue, rowid, m, &r.ex)?;
+                                search::index(tx, queue, rowid, m, Some(&r.ex))?;
                             }
                         }
                     }
@@ -224,11 +224,10 @@ fn index_message(
             return erase(tx, queue, &e);
         }
         if let Some(r) = register::<Revision>(tx, &e, EDIT)? {
-            return search::index(tx, queue, rowid, m, &r.ex);
+            return search::index(tx, queue, rowid, m, Some(&r.ex));
         }
     }
-    let ex = serde_json::from_str(m.ex.get()).map_err(|e| Error::Corrupt(e.to_string()))?;
-    search::index(tx, queue, rowid, m, &ex)
+    search::index(tx, queue, rowid, m, None)
 }
 
 /// The event (rowid, change) of message `id` of `topic`, by the indexed

@@ -77,6 +77,103 @@ fn text(ex: &Map<String, Value>) -> String {
     strings.join("\n")
 }
 
+/// [`text`] of a stored `ex` (JSON text), read in one pass that keeps only
+/// the top-level strings: nothing else is built, and a string without
+/// escapes is not copied until it is joined. As [`Map`] reads an object, a
+/// key met again keeps its first place and takes its last value.
+fn stored_text(ex: &str) -> Result<String, serde_json::Error> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::borrow::Cow;
+    use std::fmt;
+
+    /// A string, borrowed from the text when it has no escapes.
+    struct Text<'a>(Cow<'a, str>);
+    /// A string, or `None` for any other value (skipped, not built).
+    struct MaybeText<'a>(Option<Cow<'a, str>>);
+    struct TextVisitor;
+    struct AnyVisitor;
+    struct Strings;
+
+    impl<'de> Visitor<'de> for TextVisitor {
+        type Value = Text<'de>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Text(Cow::Borrowed(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Text(Cow::Owned(v.to_owned())))
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Text<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_str(TextVisitor)
+        }
+    }
+    impl<'de> Visitor<'de> for AnyVisitor {
+        type Value = MaybeText<'de>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(MaybeText(Some(Cow::Borrowed(v))))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(MaybeText(Some(Cow::Owned(v.to_owned()))))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(MaybeText(None))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(MaybeText(None))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(MaybeText(None))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(MaybeText(None))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(MaybeText(None))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            IgnoredAny.visit_seq(seq).map(|_| MaybeText(None))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            IgnoredAny.visit_map(map).map(|_| MaybeText(None))
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for MaybeText<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(AnyVisitor)
+        }
+    }
+    impl<'de> Visitor<'de> for Strings {
+        type Value = Vec<(Cow<'de, str>, Option<Cow<'de, str>>)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut members: Self::Value = Vec::new();
+            while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                let MaybeText(value) = map.next_value::<MaybeText<'de>>()?;
+                match members.iter_mut().find(|(k, _)| *k == key) {
+                    Some(member) => member.1 = value,
+                    None => members.push((key, value)),
+                }
+            }
+            Ok(members)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(ex);
+    let members = de.deserialize_map(Strings)?;
+    de.end()?;
+    let strings: Vec<&str> = members.iter().filter_map(|(_, v)| v.as_deref()).collect();
+    Ok(strings.join("\n"))
+}
+
 /// Whether a topic's messages are `binary` (never inspected, never indexed).
 fn is_binary(tx: &Transaction<'_>, topic: Uuid) -> Result<bool, Error> {
     let format: Option<String> = tx
@@ -121,14 +218,15 @@ impl IndexQueue {
     }
 }
 
-/// Queues the message event at `rowid` for indexing with text from `ex`
-/// (a row not yet indexed: see [`unindex`]).
+/// Queues the message event at `rowid` for indexing with text from `ex`,
+/// or from the message's own `ex` when `None` (a row not yet indexed: see
+/// [`unindex`]).
 pub(super) fn index(
     tx: &Transaction<'_>,
     queue: &mut IndexQueue,
     rowid: i64,
     message: &Message,
-    ex: &Map<String, Value>,
+    ex: Option<&Map<String, Value>>,
 ) -> Result<(), Error> {
     let binary = match queue.formats.get(&message.topic) {
         Some(&binary) => binary,
@@ -139,7 +237,11 @@ pub(super) fn index(
         }
     };
     if !binary {
-        queue.rows.insert(rowid, text(ex));
+        let text = match ex {
+            Some(ex) => text(ex),
+            None => stored_text(message.ex.get()).map_err(|e| Error::Corrupt(e.to_string()))?,
+        };
+        queue.rows.insert(rowid, text);
     }
     Ok(())
 }
@@ -234,6 +336,81 @@ impl Db {
 mod tests {
     use super::*;
     use crate::store::log;
+    use proptest::prelude::*;
+
+    /// A JSON value as text: strings with and without escapes, and the
+    /// other kinds, nested.
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            "[a-z ]{0,8}".prop_map(|s| format!("\"{s}\"")),
+            Just(r#""caf\u00e9 \"q\"\n""#.to_owned()),
+            Just(r#""\ud83d\ude00 ok""#.to_owned()),
+            Just("\"naïve\"".to_owned()),
+            Just("12".to_owned()),
+            Just("-1.5e3".to_owned()),
+            Just("true".to_owned()),
+            Just("null".to_owned()),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(("[ab]", inner), 0..4).prop_map(|m| {
+                    let members: Vec<String> = m
+                        .into_iter()
+                        .map(|(k, v)| format!("\"{k}\": {v}"))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    /// An object whose few keys repeat, some with escapes.
+    fn object() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("a"),
+            Just("b"),
+            Just("c"),
+            Just("\\u0061"),
+            Just("d\\n")
+        ];
+        prop::collection::vec((key, value()), 0..6).prop_map(|m| {
+            let members: Vec<String> = m.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!(" {{ {} }} ", members.join(" , "))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn stored_text_is_the_text_of_the_parsed_map(ex in object()) {
+            let map: Map<String, Value> = serde_json::from_str(&ex).unwrap();
+            prop_assert_eq!(stored_text(&ex).unwrap(), text(&map));
+        }
+    }
+
+    #[test]
+    fn stored_text_refuses_what_the_map_refuses() {
+        for bad in [
+            "[1]",
+            "\"s\"",
+            "{\"a\":1} x",
+            "{\"a\":}",
+            "{",
+            "",
+            "{\"a\":\"\\x\"}",
+        ] {
+            assert!(
+                serde_json::from_str::<Map<String, Value>>(bad).is_err(),
+                "{bad}"
+            );
+            assert!(stored_text(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            stored_text(r#"{"a":"x","n":{"a":"inner"},"a":"y","b":"z"}"#).unwrap(),
+            "y\nz"
+        );
+    }
 
     /// A message `id` of `topic` whose `ex` is `{"body": body}`.
     fn message(topic: Uuid, sender: Uuid, id: &str, body: &str) -> Change {
