@@ -302,7 +302,6 @@ pub fn write_relay(
     ex: &[u8],
 ) {
     let [open, ts_key, topic_key, from_key, ex_key, close] = RELAY_PIECES;
-    buf.reserve(relay_len(ts, from_json, ex));
     buf.extend_from_slice(open);
     write_uuid(buf, id);
     buf.extend_from_slice(ts_key);

@@ -119,7 +119,7 @@ impl Session<'_> {
         id: Option<&str>,
         me: &LoggedIn,
         topic: &str,
-        ex: Map<String, Value>,
+        ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Outcome, Denied> {
         let last = self.sendable(me, topic)?;
@@ -130,9 +130,9 @@ impl Session<'_> {
             if let Outcome::Close(r) = self.drain().await {
                 return Ok(Outcome::Close(r));
             }
-            return self.send_now(id, me, &t, &text, &ex, raw_ex);
+            return self.send_now(id, me, &t, &text, ex, raw_ex);
         }
-        let (change, message_id) = self.kept_change(me, &t, &ex, raw_ex)?;
+        let (change, message_id) = self.kept_change(me, &t, ex, raw_ex)?;
         // Queue the commit and go on reading: the next sends join the same
         // group commit. Relay and ack follow the commit, in request order.
         // The store's queue may make this wait: what the burst holds goes

@@ -626,7 +626,7 @@ impl<'a> Session<'a> {
                 Err(d) => Err(d),
             },
             Request::Send { topic, ex } => match self.logged_in() {
-                Ok(me) => self.handle_send(id, &me, &topic, ex, raw_ex).await,
+                Ok(me) => self.handle_send(id, &me, &topic, &ex, raw_ex).await,
                 Err(d) => Err(d),
             },
             Request::Acl {
