@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod mesh;
 pub mod nats;
 pub mod search;
+pub mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

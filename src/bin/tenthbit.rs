@@ -201,6 +201,24 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Time the store's group commits of kept messages, as chatbench's
+    /// pairs with history make them, on a new store (no server, no wire).
+    BenchStore {
+        /// Directory for the new store; must not hold one.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 400_000)]
+        messages: u64,
+        /// Topics, each with one sender.
+        #[arg(long, default_value_t = 200)]
+        topics: usize,
+        /// Changes per group commit.
+        #[arg(long, default_value_t = 16_384)]
+        group: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time message search on a store filled directly (no server): one
     /// topic of N kept messages, Q two-word queries.
     BenchSearch {
@@ -309,6 +327,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             bench(&target, &server, pids, spread, json, nats, workload).await
         }
         .map(|()| ExitCode::SUCCESS),
+        Command::BenchStore {
+            dir,
+            messages,
+            topics,
+            group,
+            json,
+        } => {
+            if dir.join(tenthbit::store::DB_FILE).exists() {
+                anyhow::bail!("{} already holds a store: give a new directory", dir.display());
+            }
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let load = tenthbit::bench::store::KeepLoad {
+                topics,
+                messages,
+                group,
+            };
+            let report =
+                tokio::task::spawn_blocking(move || tenthbit::bench::store::keep(&dir, load))
+                    .await??;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::BenchSearch {
             dir,
             messages,

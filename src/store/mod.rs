@@ -176,6 +176,25 @@ impl Db {
         Ok(out)
     }
 
+    /// The store thread's group commit: sessions' changes made just now,
+    /// appended in one transaction, each with its own outcome (one change
+    /// failing fails only its own request). Public for `tenthbit
+    /// bench-store`, which times it without a server.
+    pub fn commit_group(
+        &mut self,
+        changes: Vec<Change>,
+    ) -> Result<Vec<Result<Event, Error>>, Error> {
+        self.write(|tx, origin| {
+            let mut log = log::Appender::open_new(tx, origin)?;
+            let results: Vec<_> = changes
+                .into_iter()
+                .map(|change| log.append(tx, origin, change))
+                .collect();
+            log.close(tx, origin)?;
+            Ok(results)
+        })
+    }
+
     /// Appends local changes in one transaction (for bulk loads: tools and
     /// benchmarks that fill a store without a server).
     pub fn append_all(&mut self, changes: Vec<Change>) -> Result<usize, Error> {
@@ -431,16 +450,7 @@ fn commit_batch(db: &mut Db, batch: Vec<Append>, observe: &dyn Fn(std::time::Dur
         rooms.push(a.room);
     }
     let started = std::time::Instant::now();
-    let outcome = db.write(|tx, origin| {
-        let mut log = log::Appender::open_new(tx, origin)?;
-        // One change failing fails only its own request.
-        let results: Vec<_> = changes
-            .into_iter()
-            .map(|change| log.append(tx, origin, change))
-            .collect();
-        log.close(tx, origin)?;
-        Ok(results)
-    });
+    let outcome = db.commit_group(changes);
     observe(started.elapsed());
     match outcome {
         Ok(results) => {
