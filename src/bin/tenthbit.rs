@@ -335,7 +335,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             if dir.join(tenthbit::store::DB_FILE).exists() {
-                anyhow::bail!("{} already holds a store: give a new directory", dir.display());
+                anyhow::bail!(
+                    "{} already holds a store: give a new directory",
+                    dir.display()
+                );
             }
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;

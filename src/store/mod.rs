@@ -20,6 +20,7 @@ pub mod replica;
 pub mod search;
 pub mod tickets;
 pub mod topics;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -97,6 +98,10 @@ pub struct Db {
     /// Write transactions committed through this handle: the store thread
     /// wakes mesh links when it moves.
     commits: u64,
+    /// How far this node's own events are on disk, when its group commits
+    /// are synced behind (the daemon's store, [`Store`]): mesh links send
+    /// them no further. `None`: every commit here is synced as it ends.
+    durable: Option<wal::Durable>,
 }
 
 impl Db {
@@ -122,6 +127,7 @@ impl Db {
                 incarnation,
             },
             commits: 0,
+            durable: None,
         };
         seed(&mut db)?;
         Ok(db)
@@ -154,6 +160,7 @@ impl Db {
             },
             // Never written through: a read-only connection commits nothing.
             commits: 0,
+            durable: None,
         })
     }
 
@@ -193,6 +200,34 @@ impl Db {
             log.close(tx, origin)?;
             Ok(results)
         })
+    }
+
+    /// [`Db::commit_group`] with the WAL written but not synced (SQLite's
+    /// `synchronous = NORMAL`): the caller syncs it ([`wal::Syncer`])
+    /// before it tells anyone. Also returns this node's last seq.
+    fn commit_group_behind(
+        &mut self,
+        changes: Vec<Change>,
+    ) -> Result<(Vec<Result<Event, Error>>, u64), Error> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let results = self.commit_group(changes);
+        // Every other commit syncs as it ends.
+        if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
+            tracing::error!(error = %e, "cannot set the store back to syncing every commit");
+        }
+        Ok((results?, self.own_seq()?))
+    }
+
+    /// The last seq of this node's own origin.
+    fn own_seq(&self) -> Result<u64, Error> {
+        let seq: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM vv WHERE origin = ?1 AND incarnation = ?2")?
+            .query_row(params![self.origin.node, self.origin.incarnation], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
     }
 
     /// Appends local changes in one transaction (for bulk loads: tools and
@@ -412,6 +447,13 @@ struct Append {
     room: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// WAL pages past which the writer checkpoints itself (8 KiB pages: 320
+/// MiB): the checkpoint thread's checkpoints copy the WAL but cannot start
+/// it over while the writer commits group after group.
+const WRITER_CHECKPOINT_PAGES: i64 = 40_000;
+/// What the WAL file is cut back to once it starts over.
+const WAL_KEPT_BYTES: i64 = 64 << 20;
+
 /// Bytes of changes queued for the store at most, counted as a message's
 /// `ex` plus [`CHANGE_OVERHEAD`]: 4,096 queued messages of 64 KiB would
 /// otherwise hold 256 MiB. A session waiting for room reads no more.
@@ -435,14 +477,18 @@ fn queued_bytes(change: &Change) -> u32 {
 /// commits in a fraction of a second.
 const MAX_BATCH: usize = 16_384;
 
-/// Appends a batch of changes in one transaction and answers each caller;
-/// their room in the queue is given back after. `observe` gets how long the
-/// commit took before anyone is answered, so that a client holding its ack
-/// finds the commit in the metrics.
-fn commit_batch(db: &mut Db, batch: Vec<Append>, observe: &dyn Fn(std::time::Duration)) {
-    let mut changes = Vec::with_capacity(batch.len());
+/// Appends a batch of changes in one transaction and hands it to the
+/// [`wal::Syncer`], which answers each caller once the group is on disk and
+/// then gives back their room in the queue. `observe` gets how long the
+/// commit took (its sync not included).
+fn commit_batch(
+    db: &mut Db,
+    syncer: &wal::Syncer,
+    batch: Vec<Append>,
+    observe: &dyn Fn(std::time::Duration),
+) {
     let mut replies = Vec::with_capacity(batch.len());
-    // Given back when this returns, after the replies.
+    let mut changes = Vec::with_capacity(batch.len());
     let mut rooms = Vec::with_capacity(batch.len());
     for a in batch {
         changes.push(a.change);
@@ -450,12 +496,18 @@ fn commit_batch(db: &mut Db, batch: Vec<Append>, observe: &dyn Fn(std::time::Dur
         rooms.push(a.room);
     }
     let started = std::time::Instant::now();
-    let outcome = db.commit_group(changes);
+    let outcome = db.commit_group_behind(changes);
     observe(started.elapsed());
     match outcome {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
+        Ok((results, seq)) => {
+            let group = wal::Committed {
+                answers: replies.into_iter().zip(results).collect(),
+                rooms,
+                seq,
+            };
+            if syncer.send(group).is_err() {
+                // Its callers see the store closed, which it is.
+                tracing::error!("the store's sync thread is gone: a group commit is not answered");
             }
         }
         Err(e) => {
@@ -535,10 +587,29 @@ impl Store {
         on_commit: impl Fn(std::time::Duration) + Send + 'static,
     ) -> Result<Store, Error> {
         let mut db = Db::open(data_dir, node)?;
+        let path = data_dir.join(DB_FILE);
+        // What an earlier run left written but unsynced goes to disk before
+        // any of it is sent to a peer.
+        wal::sync_wal(&path).map_err(|e| Error::Corrupt(format!("cannot sync the store: {e}")))?;
+        let durable = wal::Durable::new(db.own_seq()?);
+        db.durable = Some(durable.clone());
+        // The checkpoint thread copies the WAL into the database; the writer
+        // does it only if the WAL outgrows this (a checkpoint can finish
+        // only between the writer's transactions), and the WAL file is then
+        // cut back to its limit.
+        db.conn
+            .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        db.conn
+            .pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
         let (reads, read_thread) = spawn_reader(Db::open_reader(data_dir, node)?)?;
         let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let changed = log_changed.clone();
+        let (checkpoints, checkpoint_thread) = wal::Checkpointer::start(path.clone())?;
+        let wake = log_changed.clone();
+        let syncer = wal::Syncer::start(path, durable.clone(), checkpoints, move || {
+            wake.send_modify(|n| *n = n.wrapping_add(1));
+        })?;
         let thread = std::thread::Builder::new()
             .name("tenthbit-store".into())
             .spawn(move || {
@@ -546,7 +617,26 @@ impl Store {
                 let mut published = db.commits;
                 while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
                     match msg {
-                        Msg::Job(job) => job(&mut db),
+                        Msg::Job(job) => {
+                            job(&mut db);
+                            // A job's own events (an edit, an admin's
+                            // change) are synced by its commit, unless it
+                            // came in behind a group still syncing: the
+                            // sync thread says when they are all down.
+                            if db.commits != published {
+                                match db.own_seq() {
+                                    Ok(seq) if seq > durable.get() => {
+                                        let _ = syncer.send(wal::Committed {
+                                            answers: Vec::new(),
+                                            rooms: Vec::new(),
+                                            seq,
+                                        });
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => tracing::error!(error = %e, "cannot read the log's position"),
+                                }
+                            }
+                        }
                         Msg::Append(append) => {
                             // Group commit: take every append already queued.
                             let mut batch = vec![append];
@@ -560,7 +650,9 @@ impl Store {
                                     Err(_) => break,
                                 }
                             }
-                            commit_batch(&mut db, batch, &on_commit);
+                            commit_batch(&mut db, &syncer, batch, &on_commit);
+                            // Mesh links hear of it once it is synced.
+                            published = db.commits;
                         }
                         Msg::Close(done) => {
                             rx.close();
@@ -568,11 +660,17 @@ impl Store {
                             while let Ok(msg) = rx.try_recv() {
                                 match msg {
                                     Msg::Job(job) => job(&mut db),
-                                    Msg::Append(a) => commit_batch(&mut db, vec![a], &on_commit),
+                                    Msg::Append(a) => {
+                                        commit_batch(&mut db, &syncer, vec![a], &on_commit)
+                                    }
                                     Msg::Close(_) => {}
                                 }
                             }
-                            // Dropping the connection checkpoints the WAL.
+                            // Every group synced and answered; then the
+                            // writer is the last connection, and dropping
+                            // it checkpoints the WAL.
+                            syncer.finish();
+                            let _ = checkpoint_thread.join();
                             drop(db);
                             let _ = done.send(());
                             return;
@@ -772,6 +870,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn own_changes_reach_mesh_links_once_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1").unwrap();
+        let mut log = store.watch_log();
+        let own = store.call(|db| Ok(db.origin().key())).await.unwrap();
+        let sendable = |store: &Store| {
+            let store = store.clone();
+            async move {
+                let (held, _) = store
+                    .call(|db| db.catch_up(&replica::VersionVector::default(), 100))
+                    .await
+                    .unwrap();
+                held
+            }
+        };
+        // A group commit answers once synced, and its events are sendable
+        // by then; links are told.
+        store
+            .append(kept(uuid::Uuid::nil(), 0, ExJson::empty()))
+            .await
+            .unwrap();
+        assert_eq!(sendable(&store).await.get(&own), 2);
+        assert!(log.has_changed().unwrap());
+        log.borrow_and_update();
+        // A job's change is synced by its own commit; links hear of it, and
+        // may send it, once the sync thread has seen it down too.
+        store
+            .call(|db| db.create_account("a", "h").map(|_| ()))
+            .await
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while sendable(&store).await.get(&own) < 3 {
+                log.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the account's event became sendable");
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn history_is_read_on_its_own_connection_while_the_store_thread_is_busy() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1").unwrap();
@@ -881,7 +1020,15 @@ mod tests {
                 (append, rx)
             })
             .unzip();
-        commit_batch(&mut db, batch, &|_| {});
+        let path = dir.path().join(DB_FILE);
+        let (checkpoints, checkpointing) = wal::Checkpointer::start(path.clone()).unwrap();
+        let durable = wal::Durable::new(1);
+        let syncer = wal::Syncer::start(path, durable.clone(), checkpoints, || {}).unwrap();
+        commit_batch(&mut db, &syncer, batch, &|_| {});
+        // Answered once synced: all of them when the sync thread ends.
+        syncer.finish();
+        checkpointing.join().unwrap();
+        assert_eq!(durable.get(), 6);
         let committed: Vec<Event> = waiting
             .into_iter()
             .map(|mut rx| rx.try_recv().unwrap().unwrap())

@@ -281,7 +281,17 @@ impl Db {
         sent: &VersionVector,
         limit: usize,
     ) -> Result<(VersionVector, Vec<(RawEvent, u64)>), Error> {
-        let held = self.version_vector()?;
+        let mut held = self.version_vector()?;
+        if let Some(durable) = &self.durable {
+            // This node's own events go out only once they are on disk: a
+            // power loss must not take back an event a peer holds (its seq
+            // would be minted again for another event).
+            let own = self.origin.key();
+            let on_disk = durable.get();
+            if held.get(&own) > on_disk {
+                held.0.insert(own, on_disk);
+            }
+        }
         let mut out = Vec::new();
         for (origin, have) in &held.0 {
             let room = limit.saturating_sub(out.len());
@@ -292,7 +302,8 @@ impl Db {
             if *have <= prev {
                 continue;
             }
-            for event in self.events_after(origin, prev, room)? {
+            let events = self.events_after(origin, prev, room)?;
+            for event in events.into_iter().take_while(|e| e.seq <= *have) {
                 let seq = event.seq;
                 out.push((event, prev));
                 prev = seq;
@@ -433,5 +444,32 @@ mod tests {
             prop_assert!(vvs.windows(2).all(|w| w[0] == w[1]), "{:?}", vvs);
             prop_assert!(digests.windows(2).all(|w| w[0] == w[1]), "{:?}", digests);
         }
+    }
+
+    #[test]
+    fn own_events_go_out_only_once_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n0").unwrap();
+        let first = db.own_seq().unwrap();
+        for _ in 0..3 {
+            db.write(|tx, origin| log::append(tx, origin, change(&[(0, 1, 1)], true)))
+                .unwrap();
+        }
+        let own = db.origin().key();
+        let sent = VersionVector::default();
+        // Synced behind: only what the sync thread has seen to disk goes.
+        let durable = crate::store::wal::Durable::new(first + 1);
+        db.durable = Some(durable.clone());
+        let (held, batch) = db.catch_up(&sent, 100).unwrap();
+        assert_eq!(held.get(&own), first + 1);
+        let seqs: Vec<u64> = batch.iter().map(|(e, _)| e.seq).collect();
+        assert_eq!(seqs, (1..=first + 1).collect::<Vec<_>>());
+        durable.reach(first + 3);
+        let (held, batch) = db.catch_up(&sent, 100).unwrap();
+        assert_eq!(held.get(&own), first + 3);
+        assert_eq!(batch.len() as u64, first + 3);
+        // A plain store (no sync behind) sends everything it holds.
+        db.durable = None;
+        assert_eq!(db.catch_up(&sent, 100).unwrap().1.len() as u64, first + 3);
     }
 }

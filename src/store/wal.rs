@@ -1,0 +1,251 @@
+//! Keeping the write-ahead log's disk waits off the store thread.
+//!
+//! A group commit of sessions' changes is written with SQLite's
+//! `synchronous = NORMAL` (the WAL is written, not synced), and the
+//! [`Syncer`] thread syncs the WAL file and only then answers the group's
+//! callers: an `ack` still means the change survives a power loss, but the
+//! store thread builds the next group while the disk flushes this one, and
+//! one sync covers every group that committed meanwhile. The [`Checkpointer`]
+//! thread copies the WAL into the database on a connection of its own
+//! (SQLite's passive checkpoint, which never blocks the writer), so the
+//! writer no longer stops for the copy and the database file's sync.
+//!
+//! Under chatbench's pairs with history the store thread had spent about a
+//! fifth of its time waiting for those syncs (bench/README.md, "Eighth
+//! round").
+//!
+//! What a change is visible as before its sync: committed rows are read by
+//! history and search at once, as before; but this node's own events reach
+//! mesh peers only once synced (see [`Durable`]), so a power loss can never
+//! take back an event a peer holds.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use super::{Error, Event};
+
+/// The highest seq of this node's own origin known to be on disk: mesh
+/// links send this node's events up to it and no further. Shared by the
+/// store thread (a change it committed with a sync of its own) and the
+/// [`Syncer`].
+#[derive(Debug, Clone, Default)]
+pub struct Durable(Arc<AtomicU64>);
+
+impl Durable {
+    /// Starts at `seq`.
+    pub fn new(seq: u64) -> Self {
+        Self(Arc::new(AtomicU64::new(seq)))
+    }
+
+    /// The highest own seq on disk.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Records that every own seq up to `seq` is on disk.
+    pub fn reach(&self, seq: u64) {
+        self.0.fetch_max(seq, Ordering::AcqRel);
+    }
+}
+
+/// The WAL file of the database at `db`.
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// Flushes the WAL file's written pages to the disk. The file is opened
+/// for each sync: SQLite keeps it (and its inode) while any connection is
+/// open, and removes it only when the last one closes, after copying it
+/// into the database; then the database file is what holds the data.
+pub fn sync_wal(db: &Path) -> std::io::Result<()> {
+    match File::open(wal_path(db)) {
+        Ok(wal) => wal.sync_data(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::open(db)?.sync_data(),
+        Err(e) => Err(e),
+    }
+}
+
+/// One change's outcome, with who waits for it.
+pub(super) type Answer = (oneshot::Sender<Result<Event, Error>>, Result<Event, Error>);
+
+/// A group commit whose callers wait for its sync.
+pub(super) struct Committed {
+    /// Each change's outcome, in order.
+    pub answers: Vec<Answer>,
+    /// The queue room the changes took, given back once they are answered.
+    pub rooms: Vec<OwnedSemaphorePermit>,
+    /// The highest own seq the group wrote.
+    pub seq: u64,
+}
+
+/// The thread that syncs group commits and then answers their callers, in
+/// commit order.
+pub(super) struct Syncer {
+    queue: mpsc::Sender<Committed>,
+    thread: JoinHandle<()>,
+}
+
+impl Syncer {
+    /// Starts the thread for the database at `db`. `synced` runs after each
+    /// sync that made some group durable (it wakes mesh links).
+    pub fn start(
+        db: PathBuf,
+        durable: Durable,
+        checkpoints: Checkpointer,
+        synced: impl Fn() + Send + 'static,
+    ) -> Result<Self, Error> {
+        let (queue, rx) = mpsc::channel::<Committed>();
+        let thread = std::thread::Builder::new()
+            .name("tenthbit-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    // Every group that committed while the last sync ran
+                    // shares this one.
+                    let groups: Vec<Committed> =
+                        std::iter::once(first).chain(rx.try_iter()).collect();
+                    let outcome = sync_wal(&db);
+                    if let Err(e) = &outcome {
+                        tracing::error!(error = %e, groups = groups.len(),
+                            "cannot sync the store's write-ahead log: its changes are refused");
+                    }
+                    if outcome.is_ok() {
+                        durable.reach(groups.iter().map(|g| g.seq).max().unwrap_or(0));
+                    }
+                    for group in groups {
+                        for (reply, result) in group.answers {
+                            let answer = match &outcome {
+                                Ok(()) => result,
+                                Err(e) => Err(Error::Corrupt(format!("not synced to disk: {e}"))),
+                            };
+                            let _ = reply.send(answer);
+                        }
+                        drop(group.rooms);
+                    }
+                    if outcome.is_ok() {
+                        synced();
+                        checkpoints.nudge();
+                    }
+                }
+            })
+            .map_err(|e| Error::Corrupt(format!("cannot start the store's sync thread: {e}")))?;
+        Ok(Self { queue, thread })
+    }
+
+    /// Hands a committed group over for its sync; gives it back if the
+    /// thread is gone.
+    pub fn send(&self, group: Committed) -> Result<(), Committed> {
+        self.queue.send(group).map_err(|e| e.0)
+    }
+
+    /// Syncs and answers everything handed over, then ends the thread.
+    pub fn finish(self) {
+        drop(self.queue);
+        let _ = self.thread.join();
+    }
+}
+
+/// Least time between two checkpoints: each copies every page the WAL
+/// changed since the last, once, however often the commits between them
+/// rewrote it (as the writer's own every 10,000 pages did).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// The thread that copies the WAL into the database, on its own connection.
+#[derive(Clone)]
+pub(super) struct Checkpointer {
+    nudge: SyncSender<()>,
+}
+
+impl Checkpointer {
+    /// Starts the thread for the database at `db`. It ends when every
+    /// handle on it is dropped.
+    pub fn start(db: PathBuf) -> Result<(Self, JoinHandle<()>), Error> {
+        let conn = rusqlite::Connection::open(&db).map_err(|cause| Error::Open {
+            path: db.clone(),
+            cause,
+        })?;
+        // A checkpoint waits for the writer's lock only in the modes that
+        // need it; a passive one takes what it can and returns.
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let (nudge, rx) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("tenthbit-checkpoint".into())
+            .spawn(move || checkpoints(&conn, &rx))
+            .map_err(|e| {
+                Error::Corrupt(format!("cannot start the store's checkpoint thread: {e}"))
+            })?;
+        Ok((Self { nudge }, thread))
+    }
+
+    /// Says the WAL has grown; many nudges before the thread wakes are one.
+    pub fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+}
+
+fn checkpoints(conn: &rusqlite::Connection, nudges: &Receiver<()>) {
+    let mut last: Option<Instant> = None;
+    while nudges.recv().is_ok() {
+        // Wait out the interval since the last checkpoint; nudges that come
+        // meanwhile are this one.
+        if let Some(due) = last.map(|t| t + CHECKPOINT_EVERY) {
+            while let Some(left) = due.checked_duration_since(Instant::now()) {
+                if let Err(RecvTimeoutError::Disconnected) = nudges.recv_timeout(left) {
+                    return;
+                }
+            }
+        }
+        let started = Instant::now();
+        let outcome: rusqlite::Result<(i64, i64, i64)> =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            });
+        match outcome {
+            Ok((busy, frames, copied)) => tracing::debug!(
+                busy,
+                frames,
+                copied,
+                took_ms = started.elapsed().as_millis() as u64,
+                "checkpoint"
+            ),
+            // The writer's own checkpoint (past its bound) holds the lock.
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                tracing::debug!("checkpoint skipped: another one is running");
+            }
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed; the next one retries"),
+        }
+        last = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_only_rises() {
+        let d = Durable::new(5);
+        d.reach(3);
+        assert_eq!(d.get(), 5);
+        d.reach(9);
+        assert_eq!(d.clone().get(), 9);
+    }
+
+    #[test]
+    fn the_wal_is_named_after_the_database() {
+        assert_eq!(
+            wal_path(Path::new("/d/tenthbit.db")),
+            PathBuf::from("/d/tenthbit.db-wal")
+        );
+    }
+}
