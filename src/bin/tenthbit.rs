@@ -306,11 +306,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 MeshWorkload::Catchup { events } => tenthbit::bench::mesh::catchup(events).await?,
             };
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{report}");
-            }
+            print_report(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -340,22 +336,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     dir.display()
                 );
             }
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
             let load = tenthbit::bench::store::KeepLoad {
                 topics,
                 messages,
                 group,
             };
-            let report =
-                tokio::task::spawn_blocking(move || tenthbit::bench::store::keep(&dir, load))
-                    .await??;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{report}");
-            }
-            Ok(ExitCode::SUCCESS)
+            store_bench(dir, json, move |dir| {
+                tenthbit::bench::store::keep(dir, load)
+            })
+            .await
         }
         Command::BenchSearch {
             dir,
@@ -373,17 +362,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 limit: limit.max(1),
                 scan: scan.max(1),
             };
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let report =
-                tokio::task::spawn_blocking(move || tenthbit::bench::search::search(&dir, load))
-                    .await??;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{report}");
-            }
-            Ok(ExitCode::SUCCESS)
+            store_bench(dir, json, move |dir| {
+                tenthbit::bench::search::search(dir, load)
+            })
+            .await
         }
     }
 }
@@ -542,12 +524,32 @@ async fn bench(
             concurrency,
         } => bench::login(&t, logins, concurrency).await?,
     };
+    print_report(&report, json)
+}
+
+/// Prints a workload's report, as text or as one line of JSON.
+fn print_report(report: &tenthbit::bench::Report, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", serde_json::to_string(report)?);
     } else {
         print!("{report}");
     }
     Ok(())
+}
+
+/// Runs a workload on a store in `dir` (made if missing), off the async
+/// runtime, and prints its report.
+async fn store_bench(
+    dir: PathBuf,
+    json: bool,
+    run: impl FnOnce(&std::path::Path) -> Result<tenthbit::bench::Report, tenthbit::store::Error>
+    + Send
+    + 'static,
+) -> Result<ExitCode> {
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let report = tokio::task::spawn_blocking(move || run(&dir)).await??;
+    print_report(&report, json)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn connect(target: &str, server: &ServerArgs) -> Result<()> {

@@ -93,6 +93,9 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// WAL pages past which a commit checkpoints the WAL (see [`migrate`]).
+pub const CHECKPOINT_PAGES: i64 = 10_000;
+
 /// The page size of a new database, in bytes.
 pub const PAGE_SIZE: i64 = 8192;
 
@@ -113,9 +116,9 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
     // history index: with SQLite's 2 MiB default the cache spilled in the
     // middle of a commit and read pages back. A bound, not an allocation.
     conn.pragma_update(None, "cache_size", -32_768)?;
-    // Checkpoint every 40 MiB of WAL rather than 4: pages rewritten by
+    // Checkpoint every 10,000 WAL pages rather than 1,000: pages rewritten by
     // consecutive commits are copied to the database once.
-    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+    conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in MIGRATIONS

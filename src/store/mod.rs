@@ -102,6 +102,10 @@ pub struct Db {
     /// are synced behind (the daemon's store, [`Store`]): mesh links send
     /// them no further. `None`: every commit here is synced as it ends.
     durable: Option<wal::Durable>,
+    /// `commits` as of the last commit that synced the WAL as it ended
+    /// (`synchronous = FULL`, as every commit but a group's or a peer
+    /// batch's): everything written before it is on disk.
+    synced_at: u64,
 }
 
 impl Db {
@@ -128,6 +132,7 @@ impl Db {
             },
             commits: 0,
             durable: None,
+            synced_at: 0,
         };
         seed(&mut db)?;
         Ok(db)
@@ -161,6 +166,7 @@ impl Db {
             // Never written through: a read-only connection commits nothing.
             commits: 0,
             durable: None,
+            synced_at: 0,
         })
     }
 
@@ -180,6 +186,7 @@ impl Db {
         let out = f(&tx, &self.origin)?;
         tx.commit()?;
         self.commits += 1;
+        self.synced_at = self.commits;
         Ok(out)
     }
 
@@ -209,10 +216,25 @@ impl Db {
         &mut self,
         changes: Vec<Change>,
     ) -> Result<(Vec<Result<Event, Error>>, u64), Error> {
+        // The checkpoint thread copies the WAL into the database while
+        // groups come; the writer does it itself only if the WAL outgrows
+        // this (a checkpoint can start the WAL over only between the
+        // writer's transactions).
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", GROUP_CHECKPOINT_PAGES)?;
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let synced_at = self.synced_at;
         let results = self.commit_group(changes);
-        // Every other commit syncs as it ends.
-        if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
+        self.synced_at = synced_at;
+        // Every other commit syncs as it ends, and checkpoints as before.
+        let restored = self
+            .conn
+            .pragma_update(None, "synchronous", "FULL")
+            .and_then(|()| {
+                self.conn
+                    .pragma_update(None, "wal_autocheckpoint", migrate::CHECKPOINT_PAGES)
+            });
+        if let Err(e) = restored {
             tracing::error!(error = %e, "cannot set the store back to syncing every commit");
         }
         Ok((results?, self.own_seq()?))
@@ -447,10 +469,10 @@ struct Append {
     room: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// WAL pages past which the writer checkpoints itself (8 KiB pages: 320
-/// MiB): the checkpoint thread's checkpoints copy the WAL but cannot start
-/// it over while the writer commits group after group.
-const WRITER_CHECKPOINT_PAGES: i64 = 40_000;
+/// WAL pages past which a group commit checkpoints the WAL itself (8 KiB
+/// pages: 320 MiB): the checkpoint thread's checkpoints copy the WAL but
+/// cannot start it over while the writer commits group after group.
+const GROUP_CHECKPOINT_PAGES: i64 = 40_000;
 /// What the WAL file is cut back to once it starts over.
 const WAL_KEPT_BYTES: i64 = 64 << 20;
 
@@ -478,8 +500,8 @@ fn queued_bytes(change: &Change) -> u32 {
 const MAX_BATCH: usize = 16_384;
 
 /// Appends a batch of changes in one transaction and hands it to the
-/// [`wal::Syncer`], which answers each caller once the group is on disk and
-/// then gives back their room in the queue. `observe` gets how long the
+/// [`wal::Syncer`], which gives back the changes' room in the queue once
+/// the group is on disk and then answers each caller. `observe` gets how long the
 /// commit took (its sync not included).
 fn commit_batch(
     db: &mut Db,
@@ -593,12 +615,7 @@ impl Store {
         wal::sync_wal(&path).map_err(|e| Error::Corrupt(format!("cannot sync the store: {e}")))?;
         let durable = wal::Durable::new(db.own_seq()?);
         db.durable = Some(durable.clone());
-        // The checkpoint thread copies the WAL into the database; the writer
-        // does it only if the WAL outgrows this (a checkpoint can finish
-        // only between the writer's transactions), and the WAL file is then
-        // cut back to its limit.
-        db.conn
-            .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        // Past a long burst of group commits the WAL file is cut back.
         db.conn
             .pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
         let (reads, read_thread) = spawn_reader(Db::open_reader(data_dir, node)?)?;
@@ -619,23 +636,18 @@ impl Store {
                     match msg {
                         Msg::Job(job) => {
                             job(&mut db);
-                            // A job's own events (an edit, an admin's
-                            // change) are synced by its commit, unless it
-                            // came in behind a group still syncing: the
-                            // sync thread says when they are all down.
-                            if db.commits != published {
+                            // A job's commit (an account, an edit, an
+                            // admin's change) syncs the WAL as it ends,
+                            // and with it every group still waiting for
+                            // the sync thread. A peer batch's does not,
+                            // but holds no event of this node's own.
+                            if db.commits != published && db.synced_at == db.commits {
                                 match db.own_seq() {
-                                    Ok(seq) if seq > durable.get() => {
-                                        let _ = syncer.send(wal::Committed {
-                                            answers: Vec::new(),
-                                            rooms: Vec::new(),
-                                            seq,
-                                        });
-                                    }
-                                    Ok(_) => {}
+                                    Ok(seq) => durable.reach(seq),
                                     Err(e) => tracing::error!(error = %e, "cannot read the log's position"),
                                 }
                             }
+
                         }
                         Msg::Append(append) => {
                             // Group commit: take every append already queued.
@@ -963,9 +975,7 @@ mod tests {
         for p in pending {
             p.wait().await.unwrap();
         }
-        // Given back once the store thread is done with the group, which
-        // is after every reply is sent: a job queued behind it runs after.
-        store.call(|_| Ok(())).await.unwrap();
+        // Given back once the group is synced, before its replies.
         assert_eq!(store.room.available_permits(), QUEUED_BYTES);
         store.close().await;
     }
@@ -990,7 +1000,6 @@ mod tests {
         release.send(()).unwrap();
         writer.await.unwrap().unwrap();
         first.wait().await.unwrap();
-        store.call(|_| Ok(())).await.unwrap();
         assert_eq!(store.room.available_permits(), QUEUED_BYTES);
         let again = store.try_enqueue(change(2)).unwrap().expect("room again");
         again.wait().await.unwrap();

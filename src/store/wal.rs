@@ -81,7 +81,7 @@ pub(super) type Answer = (oneshot::Sender<Result<Event, Error>>, Result<Event, E
 pub(super) struct Committed {
     /// Each change's outcome, in order.
     pub answers: Vec<Answer>,
-    /// The queue room the changes took, given back once they are answered.
+    /// The queue room the changes took, given back once they are synced.
     pub rooms: Vec<OwnedSemaphorePermit>,
     /// The highest own seq the group wrote.
     pub seq: u64,
@@ -121,6 +121,8 @@ impl Syncer {
                         durable.reach(groups.iter().map(|g| g.seq).max().unwrap_or(0));
                     }
                     for group in groups {
+                        // Room first: whoever hears back finds it free.
+                        drop(group.rooms);
                         for (reply, result) in group.answers {
                             let answer = match &outcome {
                                 Ok(()) => result,
@@ -128,7 +130,6 @@ impl Syncer {
                             };
                             let _ = reply.send(answer);
                         }
-                        drop(group.rooms);
                     }
                     if outcome.is_ok() {
                         synced();
