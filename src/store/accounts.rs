@@ -267,11 +267,10 @@ impl Db {
     fn change_existing(&mut self, id: Uuid, change: Change) -> Result<(), Error> {
         self.write(|tx, origin| {
             let exists: Option<i64> = tx
-                .query_row(
-                    "SELECT 1 FROM registers WHERE entity = ?1 AND field = ?2",
-                    params![Entity::Account(id).key(), field::NAME],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT 1 FROM registers WHERE entity = ?1 AND field = ?2")?
+                .query_row(params![Entity::Account(id).key(), field::NAME], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             if exists.is_none() {
                 return Err(Error::NotFound);

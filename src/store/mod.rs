@@ -318,12 +318,11 @@ fn load_registers(
 /// name: the earliest claim by `(hlc, origin, entity)` (DESIGN.md §4a).
 fn name_holder(conn: &Connection, prefix: &str, lookup: &str) -> Result<Option<uuid::Uuid>, Error> {
     let entity: Option<String> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT entity FROM registers WHERE field = 'name' AND lookup = ?1 AND entity LIKE ?2
              ORDER BY hlc, origin, entity LIMIT 1",
-            params![lookup, format!("{prefix}%")],
-            |r| r.get(0),
-        )
+        )?
+        .query_row(params![lookup, format!("{prefix}%")], |r| r.get(0))
         .optional()?;
     Ok(entity.as_deref().and_then(|e| parse_entity(prefix, e)))
 }

@@ -35,14 +35,17 @@ impl Db {
         now_ms: i64,
     ) -> Result<(), Error> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "DELETE FROM tickets WHERE expires_ms <= ?1",
-            params![now_ms],
-        )?;
-        tx.execute(
+        tx.prepare_cached("DELETE FROM tickets WHERE expires_ms <= ?1")?
+            .execute(params![now_ms])?;
+        tx.prepare_cached(
             "INSERT INTO tickets (hash, account, bound_to, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![digest(ticket), account.to_string(), bound_to, expires_ms],
-        )?;
+        )?
+        .execute(params![
+            digest(ticket),
+            account.to_string(),
+            bound_to,
+            expires_ms
+        ])?;
         tx.commit()?;
         Ok(())
     }
@@ -51,11 +54,12 @@ impl Db {
     pub fn take_ticket(&mut self, ticket: &str) -> Result<Option<Redeemed>, Error> {
         let row: Option<(String, Option<String>, i64)> = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "DELETE FROM tickets WHERE hash = ?1 RETURNING account, bound_to, expires_ms",
-                params![digest(ticket)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            )?
+            .query_row(params![digest(ticket)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         let Some((account, bound_to, expires_ms)) = row else {
             return Ok(None);
