@@ -2,8 +2,10 @@
 //! with history without a server or a wire. Messages of chatbench's shape
 //! (a stamp of their own, padded to 100 bytes, so each brings a new word
 //! to the search index) go to T topics in turn, one sender each, and are
-//! appended through the store thread's own group commit
-//! ([`Db::commit_group`]) in groups of G, as under load.
+//! appended as the store thread's group commits append them
+//! ([`Db::commit_group`], in groups of G, as under load), each synced as
+//! it commits: the daemon syncs behind the next commit instead
+//! (`store::wal`), which saves waiting, not instructions.
 //!
 //! Run under `valgrind --tool=cachegrind` it counts instructions, which
 //! this machine's noise does not move: run it for M and 2M messages and the

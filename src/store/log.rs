@@ -130,6 +130,11 @@ impl Appender {
         Ok(event)
     }
 
+    /// The seq of the last change appended (or of the log before it).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Writes the search rows, the clock and this origin's position.
     pub fn close(mut self, tx: &Transaction<'_>, origin: &Origin) -> Result<(), Error> {
         self.index.flush(tx)?;

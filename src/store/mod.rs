@@ -102,10 +102,13 @@ pub struct Db {
     /// are synced behind (the daemon's store, [`Store`]): mesh links send
     /// them no further. `None`: every commit here is synced as it ends.
     durable: Option<wal::Durable>,
-    /// `commits` as of the last commit that synced the WAL as it ended
-    /// (`synchronous = FULL`, as every commit but a group's or a peer
-    /// batch's): everything written before it is on disk.
+    /// `commits` as of the last commit that changed something with
+    /// `synchronous = FULL` in effect, and so synced the WAL as it ended:
+    /// everything written before it is on disk.
     synced_at: u64,
+    /// Whether `synchronous = FULL` is in effect (everything but a group
+    /// commit and a peer batch; see [`Db::sync_commits`]).
+    full: bool,
 }
 
 impl Db {
@@ -133,6 +136,8 @@ impl Db {
             commits: 0,
             durable: None,
             synced_at: 0,
+            // `migrate` set it.
+            full: true,
         };
         seed(&mut db)?;
         Ok(db)
@@ -167,6 +172,7 @@ impl Db {
             commits: 0,
             durable: None,
             synced_at: 0,
+            full: false,
         })
     }
 
@@ -183,11 +189,29 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.total_changes();
         let out = f(&tx, &self.origin)?;
+        // A transaction that wrote nothing commits without a sync.
+        let wrote = tx.total_changes() != changed;
         tx.commit()?;
         self.commits += 1;
-        self.synced_at = self.commits;
+        if self.full && wrote {
+            self.synced_at = self.commits;
+        }
         Ok(out)
+    }
+
+    /// Sets whether each commit syncs the WAL as it ends
+    /// (`synchronous = FULL`) or leaves it written for a later sync
+    /// (`NORMAL`).
+    fn sync_commits(&mut self, full: bool) -> Result<(), Error> {
+        // Not FULL from the moment a change is attempted, whatever the
+        // outcome: a commit only counts as synced when it surely was.
+        self.full = false;
+        self.conn
+            .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+        self.full = full;
+        Ok(())
     }
 
     /// The store thread's group commit: sessions' changes made just now,
@@ -198,14 +222,23 @@ impl Db {
         &mut self,
         changes: Vec<Change>,
     ) -> Result<Vec<Result<Event, Error>>, Error> {
+        Ok(self.commit_group_at(changes)?.0)
+    }
+
+    /// [`Db::commit_group`], also returning this node's last seq after it.
+    fn commit_group_at(
+        &mut self,
+        changes: Vec<Change>,
+    ) -> Result<(Vec<Result<Event, Error>>, u64), Error> {
         self.write(|tx, origin| {
             let mut log = log::Appender::open_new(tx, origin)?;
             let results: Vec<_> = changes
                 .into_iter()
                 .map(|change| log.append(tx, origin, change))
                 .collect();
+            let seq = log.seq();
             log.close(tx, origin)?;
-            Ok(results)
+            Ok((results, seq))
         })
     }
 
@@ -222,22 +255,19 @@ impl Db {
         // writer's transactions).
         self.conn
             .pragma_update(None, "wal_autocheckpoint", GROUP_CHECKPOINT_PAGES)?;
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let synced_at = self.synced_at;
-        let results = self.commit_group(changes);
-        self.synced_at = synced_at;
+        self.sync_commits(false)?;
+        let committed = self.commit_group_at(changes);
         // Every other commit syncs as it ends, and checkpoints as before.
-        let restored = self
-            .conn
-            .pragma_update(None, "synchronous", "FULL")
-            .and_then(|()| {
-                self.conn
-                    .pragma_update(None, "wal_autocheckpoint", migrate::CHECKPOINT_PAGES)
-            });
+        let restored = self.sync_commits(true).and_then(|()| {
+            Ok(self
+                .conn
+                .pragma_update(None, "wal_autocheckpoint", migrate::CHECKPOINT_PAGES)?)
+        });
         if let Err(e) = restored {
+            // Commits are then not counted as synced (`full` stays false).
             tracing::error!(error = %e, "cannot set the store back to syncing every commit");
         }
-        Ok((results?, self.own_seq()?))
+        committed
     }
 
     /// The last seq of this node's own origin.
@@ -608,10 +638,24 @@ impl Store {
         on_commit: impl Fn(std::time::Duration) + Send + 'static,
     ) -> Result<Store, Error> {
         let mut db = Db::open(data_dir, node)?;
-        let path = data_dir.join(DB_FILE);
-        // What an earlier run left written but unsynced goes to disk before
-        // any of it is sent to a peer.
-        wal::sync_wal(&path).map_err(|e| Error::Corrupt(format!("cannot sync the store: {e}")))?;
+        // The path SQLite resolved: a symlinked database has its WAL beside
+        // its target.
+        let path = db
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| data_dir.join(DB_FILE), PathBuf::from);
+        // What an earlier run left written but unsynced goes to disk (with
+        // the WAL's name in its directory) before any of it is sent to a
+        // peer.
+        let cannot_sync = |e: std::io::Error| Error::Corrupt(format!("cannot sync the store: {e}"));
+        let wal_file = wal::open_wal(&path).map_err(cannot_sync)?;
+        wal_file.sync_data().map_err(cannot_sync)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(cannot_sync)?;
+        }
         let durable = wal::Durable::new(db.own_seq()?);
         db.durable = Some(durable.clone());
         // Past a long burst of group commits the WAL file is cut back.
@@ -623,7 +667,7 @@ impl Store {
         let changed = log_changed.clone();
         let (checkpoints, checkpoint_thread) = wal::Checkpointer::start(path.clone())?;
         let wake = log_changed.clone();
-        let syncer = wal::Syncer::start(path, durable.clone(), checkpoints, move || {
+        let syncer = wal::Syncer::start(wal_file, durable.clone(), checkpoints, move || {
             wake.send_modify(|n| *n = n.wrapping_add(1));
         })?;
         let thread = std::thread::Builder::new()
@@ -881,6 +925,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_symlinked_database_is_synced_beside_its_target() {
+        let data = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("real.db");
+        std::os::unix::fs::symlink(&target, data.path().join(DB_FILE)).unwrap();
+        let store = Store::open(data.path(), "n1").unwrap();
+        // SQLite keeps the WAL beside the file the link names.
+        assert!(wal::wal_path(&target).exists());
+        assert!(!wal::wal_path(&data.path().join(DB_FILE)).exists());
+        store
+            .append(kept(uuid::Uuid::nil(), 0, ExJson::empty()))
+            .await
+            .unwrap();
+        let page = store
+            .read(|db| db.history(uuid::Uuid::nil(), None, None, 10))
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len(), 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn own_changes_reach_mesh_links_once_synced() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1").unwrap();
@@ -1031,7 +1097,8 @@ mod tests {
         let path = dir.path().join(DB_FILE);
         let (checkpoints, checkpointing) = wal::Checkpointer::start(path.clone()).unwrap();
         let durable = wal::Durable::new(1);
-        let syncer = wal::Syncer::start(path, durable.clone(), checkpoints, || {}).unwrap();
+        let wal_file = wal::open_wal(&path).unwrap();
+        let syncer = wal::Syncer::start(wal_file, durable.clone(), checkpoints, || {}).unwrap();
         commit_batch(&mut db, &syncer, batch, &|_| {});
         // Answered once synced: all of them when the sync thread ends.
         syncer.finish();

@@ -173,9 +173,9 @@ impl Db {
         // Events from peers need no sync of their own: lost to a power cut,
         // they are sent again (the version vector rolls back with them), and
         // the next local commit, synced, carries them to disk in WAL order.
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.sync_commits(false)?;
         let out = self.receive_batch(batch);
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.sync_commits(true)?;
         out
     }
 

@@ -15,14 +15,21 @@
 //! round").
 //!
 //! What a change is visible as before its sync: committed rows are read by
-//! history and search at once, as before; but this node's own events reach
-//! mesh peers only once synced (see [`Durable`]), so a power loss can never
-//! take back an event a peer holds.
+//! history and search at once (so for the few milliseconds of a sync a
+//! reader may see a message that a power loss would then take back, and
+//! that was never acknowledged); but this node's own events reach mesh
+//! peers only once synced (see [`Durable`]), so a power loss can never take
+//! back an event a peer holds.
+//!
+//! A sync that fails is final: the disk may have dropped what it reported
+//! written, and a later sync can succeed without having written it. From
+//! then on no group is acknowledged and nothing more is marked durable;
+//! the operator restarts the daemon once the disk is checked.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,44 +41,62 @@ use super::{Error, Event};
 /// The highest seq of this node's own origin known to be on disk: mesh
 /// links send this node's events up to it and no further. Shared by the
 /// store thread (a change it committed with a sync of its own) and the
-/// [`Syncer`].
+/// [`Syncer`]. It stops for good once a sync has failed.
 #[derive(Debug, Clone, Default)]
-pub struct Durable(Arc<AtomicU64>);
+pub struct Durable(Arc<DurableState>);
+
+#[derive(Debug, Default)]
+struct DurableState {
+    seq: AtomicU64,
+    failed: AtomicBool,
+}
 
 impl Durable {
     /// Starts at `seq`.
     pub fn new(seq: u64) -> Self {
-        Self(Arc::new(AtomicU64::new(seq)))
+        let d = Self::default();
+        d.0.seq.store(seq, Ordering::Release);
+        d
     }
 
     /// The highest own seq on disk.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.0.seq.load(Ordering::Acquire)
     }
 
-    /// Records that every own seq up to `seq` is on disk.
+    /// Records that every own seq up to `seq` is on disk, unless a sync
+    /// has failed.
     pub fn reach(&self, seq: u64) {
-        self.0.fetch_max(seq, Ordering::AcqRel);
+        if !self.failed() {
+            self.0.seq.fetch_max(seq, Ordering::AcqRel);
+        }
+    }
+
+    /// Records that a sync failed: nothing is marked durable from now on.
+    pub fn fail(&self) {
+        self.0.failed.store(true, Ordering::Release);
+    }
+
+    /// Whether a sync has failed.
+    pub fn failed(&self) -> bool {
+        self.0.failed.load(Ordering::Acquire)
     }
 }
 
-/// The WAL file of the database at `db`.
+/// The WAL file of the database at `db` (the path SQLite resolved, so a
+/// symlinked database finds its WAL beside its target).
 pub fn wal_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push("-wal");
     PathBuf::from(name)
 }
 
-/// Flushes the WAL file's written pages to the disk. The file is opened
-/// for each sync: SQLite keeps it (and its inode) while any connection is
-/// open, and removes it only when the last one closes, after copying it
-/// into the database; then the database file is what holds the data.
-pub fn sync_wal(db: &Path) -> std::io::Result<()> {
-    match File::open(wal_path(db)) {
-        Ok(wal) => wal.sync_data(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::open(db)?.sync_data(),
-        Err(e) => Err(e),
-    }
+/// Opens the WAL of the database at `db`, which an open connection in WAL
+/// mode keeps in place, for the life of the store: one handle sees every
+/// write error since it was opened, and a sync needs no file descriptor
+/// free at the time.
+pub fn open_wal(db: &Path) -> std::io::Result<File> {
+    File::open(wal_path(db))
 }
 
 /// One change's outcome, with who waits for it.
@@ -95,10 +120,10 @@ pub(super) struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the thread for the database at `db`. `synced` runs after each
-    /// sync that made some group durable (it wakes mesh links).
+    /// Starts the thread that syncs `wal` (see [`open_wal`]). `synced` runs
+    /// after each sync that made some group durable (it wakes mesh links).
     pub fn start(
-        db: PathBuf,
+        wal: File,
         durable: Durable,
         checkpoints: Checkpointer,
         synced: impl Fn() + Send + 'static,
@@ -112,13 +137,24 @@ impl Syncer {
                     // shares this one.
                     let groups: Vec<Committed> =
                         std::iter::once(first).chain(rx.try_iter()).collect();
-                    let outcome = sync_wal(&db);
-                    if let Err(e) = &outcome {
-                        tracing::error!(error = %e, groups = groups.len(),
-                            "cannot sync the store's write-ahead log: its changes are refused");
-                    }
-                    if outcome.is_ok() {
-                        durable.reach(groups.iter().map(|g| g.seq).max().unwrap_or(0));
+                    let outcome = if durable.failed() {
+                        Err("an earlier sync failed".to_owned())
+                    } else {
+                        wal.sync_data().map_err(|e| e.to_string())
+                    };
+                    match &outcome {
+                        Ok(()) => {
+                            durable.reach(groups.iter().map(|g| g.seq).max().unwrap_or(0));
+                            // Links first: they may send what is now down.
+                            synced();
+                            checkpoints.nudge();
+                        }
+                        Err(e) => {
+                            durable.fail();
+                            tracing::error!(error = %e, groups = groups.len(),
+                                "cannot sync the store's write-ahead log: no kept message is \
+                                 acknowledged until the daemon restarts (check the disk)");
+                        }
                     }
                     for group in groups {
                         // Room first: whoever hears back finds it free.
@@ -130,10 +166,6 @@ impl Syncer {
                             };
                             let _ = reply.send(answer);
                         }
-                    }
-                    if outcome.is_ok() {
-                        synced();
-                        checkpoints.nudge();
                     }
                 }
             })
@@ -234,12 +266,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durable_only_rises() {
+    fn durable_only_rises_and_stops_at_a_failed_sync() {
         let d = Durable::new(5);
         d.reach(3);
         assert_eq!(d.get(), 5);
         d.reach(9);
         assert_eq!(d.clone().get(), 9);
+        d.fail();
+        d.reach(12);
+        assert_eq!(d.get(), 9);
+    }
+
+    #[test]
+    fn after_a_failed_sync_no_group_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        std::fs::write(wal_path(&db), b"").unwrap();
+        let (checkpoints, checkpointing) = Checkpointer::start(db.clone()).unwrap();
+        let durable = Durable::new(1);
+        let syncer =
+            Syncer::start(open_wal(&db).unwrap(), durable.clone(), checkpoints, || {}).unwrap();
+        let group = |seq: u64| {
+            let (tx, rx) = oneshot::channel();
+            let event = Event {
+                node: "n".into(),
+                incarnation: "i".into(),
+                seq,
+                hlc: 0,
+                change: crate::change::Change::new("test"),
+            };
+            let committed = Committed {
+                answers: vec![(tx, Ok(event))],
+                rooms: Vec::new(),
+                seq,
+            };
+            (committed, rx)
+        };
+        let (g, answer) = group(2);
+        assert!(syncer.send(g).is_ok());
+        let (g, mut refused) = group(3);
+        // Synced in order: the first is answered before the failure.
+        assert_eq!(answer.blocking_recv().unwrap().unwrap().seq, 2);
+        assert_eq!(durable.get(), 2);
+        durable.fail();
+        assert!(syncer.send(g).is_ok());
+        syncer.finish();
+        checkpointing.join().unwrap();
+        assert!(refused.try_recv().unwrap().is_err());
+        assert_eq!(durable.get(), 2);
     }
 
     #[test]
