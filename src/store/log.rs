@@ -7,7 +7,7 @@
 //! [`apply`] folds an event's register writes into state, last writer wins by
 //! `(hlc, origin)`, so replicas that apply the same events in any order agree.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::Error;
 use super::search::IndexQueue;
@@ -225,8 +225,8 @@ pub fn write_clock(tx: &Transaction<'_>, hlc: u64) -> Result<(), Error> {
 /// The highest seq of an origin this store holds or held: the version
 /// vector entry, kept apart from the events so that pruning history never
 /// moves it back (a reused seq would be taken for a duplicate by peers).
-pub fn seen_seq(tx: &Transaction<'_>, node: &str, incarnation: &str) -> Result<u64, Error> {
-    let seq: Option<i64> = tx
+pub fn seen_seq(conn: &Connection, node: &str, incarnation: &str) -> Result<u64, Error> {
+    let seq: Option<i64> = conn
         .prepare_cached("SELECT seq FROM vv WHERE origin = ?1 AND incarnation = ?2")?
         .query_row(params![node, incarnation], |r| r.get(0))
         .optional()?;

@@ -272,14 +272,7 @@ impl Db {
 
     /// The last seq of this node's own origin.
     fn own_seq(&self) -> Result<u64, Error> {
-        let seq: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT seq FROM vv WHERE origin = ?1 AND incarnation = ?2")?
-            .query_row(params![self.origin.node, self.origin.incarnation], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+        log::seen_seq(&self.conn, &self.origin.node, &self.origin.incarnation)
     }
 
     /// Appends local changes in one transaction (for bulk loads: tools and
@@ -530,8 +523,8 @@ const MAX_BATCH: usize = 16_384;
 
 /// Appends a batch of changes in one transaction and hands it to the
 /// [`wal::Syncer`], which gives back the changes' room in the queue once
-/// the group is on disk and then answers each caller. `observe` gets how long the
-/// commit took (its sync not included).
+/// the group is on disk and then answers each caller. `observe` gets how
+/// long the commit took (its sync not included).
 fn commit_batch(
     db: &mut Db,
     syncer: &wal::Syncer,
@@ -690,7 +683,6 @@ impl Store {
                                     Err(e) => tracing::error!(error = %e, "cannot read the log's position"),
                                 }
                             }
-
                         }
                         Msg::Append(append) => {
                             // Group commit: take every append already queued.
@@ -971,8 +963,8 @@ mod tests {
         assert_eq!(sendable(&store).await.get(&own), 2);
         assert!(log.has_changed().unwrap());
         log.borrow_and_update();
-        // A job's change is synced by its own commit; links hear of it, and
-        // may send it, once the sync thread has seen it down too.
+        // A job's change is synced by its own commit, which marks it
+        // durable; links hear of it and may send it.
         store
             .call(|db| db.create_account("a", "h").map(|_| ()))
             .await
