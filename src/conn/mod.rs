@@ -24,6 +24,7 @@ use crate::server::Shared;
 use crate::session::{Outcome, Session};
 use crate::tls::Alpn;
 use crate::tls::plaintext::SmallSlices;
+use crate::tls::record::{RecordReader, RecordWriter};
 use framing::Span;
 use readahead::ReadAhead;
 use reader::FrameReader;
@@ -55,15 +56,18 @@ async fn serve(
     let _ = tcp.set_nodelay(true);
     // Boxed, like every large and rare step: a task is as big as its largest
     // state for its whole life, and most connections spend it idle.
-    let Some((alpn, tls)) = Box::pin(handshake(&shared, tcp)).await else {
+    let Some((alpn, mut tls)) = Box::pin(handshake(&shared, tcp)).await else {
         return;
     };
-    let tls = SmallSlices::new(tls);
     if alpn == Alpn::Http {
+        // hyper and WebSockets keep rustls's own stream.
+        tls.get_mut().0.any_bytes();
+        let tls = SmallSlices::new(tls);
         return Box::pin(crate::web::serve(shared, tls, peer, conn_id, refusal)).await;
     }
-    // The whole TLS state moves into the halves' shared allocation.
-    let (rd, wr) = tokio::io::split(tls);
+    let Some((rd, wr)) = records(tls) else {
+        return;
+    };
     let writer_cfg = WriterConfig {
         gzip_level: (alpn == Alpn::Gzip).then_some(shared.config.tls.gzip_level),
         write_timeout: limits.write_timeout(),
@@ -158,7 +162,10 @@ async fn handshake(
 ) -> Option<(Alpn, TlsStream<ReadAhead<TcpStream>>)> {
     let deadline = shared.config.limits.handshake_timeout();
     let accept = async {
-        let start = LazyConfigAcceptor::new(Acceptor::default(), ReadAhead::new(tcp)).await?;
+        // Whole records only, so that the record layer can take over where
+        // rustls's handshake ends.
+        let io = ReadAhead::whole_records(tcp);
+        let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
         let config = shared.tls.for_hello(&start.client_hello());
         start.into_stream(config).await
     };
@@ -180,6 +187,30 @@ async fn handshake(
     };
     tracing::Span::current().record("alpn", alpn.name());
     Some((alpn, tls))
+}
+
+/// A 10bit connection's TLS after its handshake: the record layer of
+/// [`crate::tls::record`], or `None` once the failure is logged.
+fn records(
+    tls: TlsStream<ReadAhead<TcpStream>>,
+) -> Option<(
+    RecordReader<tokio::net::tcp::OwnedReadHalf>,
+    RecordWriter<tokio::net::tcp::OwnedWriteHalf>,
+)> {
+    let (io, conn) = tls.into_inner();
+    if !io.at_record_boundary() {
+        // Cannot happen: rustls stops reading once it holds plaintext.
+        info!(reason = "tls hand-over failed", "connection closed");
+        return None;
+    }
+    let (tcp, unread) = io.into_parts();
+    match crate::tls::record::split(conn, tcp, unread) {
+        Ok(halves) => Some(halves),
+        Err(e) => {
+            info!(reason = "tls hand-over failed", error = %e, "connection closed");
+            None
+        }
+    }
 }
 
 /// A count kept locally and added to a shared counter in one step: at

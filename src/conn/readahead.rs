@@ -7,6 +7,11 @@
 //! serves rustls's small reads from memory. Its buffer exists only while
 //! bytes are waiting: once the socket has nothing more, it is freed, so an
 //! idle connection holds none. Writes pass straight through.
+//!
+//! During a TLS handshake it gives whole records only
+//! ([`ReadAhead::whole_records`]), so that when the handshake ends rustls
+//! holds no part of a record and the rest can move to
+//! [`crate::tls::record`].
 
 use std::io;
 use std::pin::Pin;
@@ -24,7 +29,17 @@ pub struct ReadAhead<T> {
     io: T,
     /// Bytes read and not yet taken; empty (no allocation) when idle.
     buf: BytesMut,
+    /// Hand over only whole TLS records, one a read.
+    whole_records: bool,
+    /// Bytes of the record being handed over still to give.
+    record_left: usize,
 }
+
+/// A TLS record's header: type, version, length.
+const RECORD_HEADER: usize = 5;
+/// The longest record TLS allows (TLS 1.2's: 2^14 bytes and 2,048 of
+/// expansion), with its header.
+const MAX_RECORD: usize = RECORD_HEADER + 16_384 + 2048;
 
 impl<T> ReadAhead<T> {
     /// Wraps `io`.
@@ -32,7 +47,57 @@ impl<T> ReadAhead<T> {
         Self {
             io,
             buf: BytesMut::new(),
+            whole_records: false,
+            record_left: 0,
         }
+    }
+
+    /// Wraps `io`, handing over whole TLS records only (for a handshake).
+    pub fn whole_records(io: T) -> Self {
+        Self {
+            whole_records: true,
+            ..Self::new(io)
+        }
+    }
+
+    /// Ends the whole-records mode (the handshake is over and rustls keeps
+    /// the connection).
+    pub fn any_bytes(&mut self) {
+        self.whole_records = false;
+    }
+
+    /// The transport and the bytes read from it and not yet taken. In the
+    /// whole-records mode these begin at a record's start, unless the
+    /// last read handed over only part of a record.
+    pub fn into_parts(self) -> (T, BytesMut) {
+        (self.io, self.buf)
+    }
+
+    /// Whether the last record is handed over whole.
+    pub fn at_record_boundary(&self) -> bool {
+        self.record_left == 0
+    }
+
+    /// In the whole-records mode, the bytes up to the end of a record now
+    /// in the buffer, or the bytes the buffer lacks for one.
+    fn whole_record(&mut self) -> Result<usize, usize> {
+        if self.record_left > 0 {
+            return Ok(self.record_left);
+        }
+        let Some(&[_, _, _, l0, l1]) = self.buf.get(..RECORD_HEADER) else {
+            return Err(RECORD_HEADER - self.buf.len());
+        };
+        let len = RECORD_HEADER + usize::from(u16::from_be_bytes([l0, l1]));
+        if len > MAX_RECORD {
+            // Longer than TLS allows: hand it over as it is, so rustls
+            // refuses it now rather than after 64 KiB.
+            return Ok(self.buf.len());
+        }
+        if self.buf.len() < len {
+            return Err(len - self.buf.len());
+        }
+        self.record_left = len;
+        Ok(len)
     }
 
     /// The transport.
@@ -63,25 +128,45 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
         if out.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if this.buf.is_empty() {
-            this.buf.reserve(READ_AHEAD);
+        let mut whole = out.remaining();
+        loop {
+            let lack = if this.whole_records {
+                match this.whole_record() {
+                    Ok(len) => {
+                        whole = whole.min(len);
+                        break;
+                    }
+                    Err(lack) => lack,
+                }
+            } else if this.buf.is_empty() {
+                1
+            } else {
+                break;
+            };
+            this.buf.reserve(READ_AHEAD.max(lack));
             let read = tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf);
             match read {
                 Poll::Ready(Ok(n)) if n > 0 => {}
-                // Nothing waiting, the end of the stream or an error: the
-                // buffer goes until bytes come. At the end nothing is put
-                // in `out`.
+                // Nothing waiting (or no whole record yet), the end of the
+                // stream or an error: an empty buffer goes until bytes
+                // come. At the end nothing is put in `out`; a part of a
+                // record there is the transport's end too.
                 other => {
-                    this.buf = BytesMut::new();
+                    if this.buf.is_empty() {
+                        this.buf = BytesMut::new();
+                    }
                     return other.map_ok(drop);
                 }
             }
         }
-        let n = out.remaining().min(this.buf.len());
+        let n = whole.min(this.buf.len());
         if let Some(bytes) = this.buf.get(..n) {
             out.put_slice(bytes);
         }
         this.buf.advance(n);
+        if this.whole_records {
+            this.record_left -= n.min(this.record_left);
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -160,5 +245,62 @@ mod tests {
         drop(peer);
         assert_eq!(r.read(&mut one).await.unwrap(), 0);
         assert_eq!(r.buffer_capacity(), 0);
+    }
+}
+
+#[cfg(test)]
+mod whole_records {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn record(len: usize, fill: u8) -> Vec<u8> {
+        let mut r = vec![22, 3, 3];
+        r.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+        r.extend(std::iter::repeat_n(fill, len));
+        r
+    }
+
+    #[tokio::test]
+    async fn reads_end_at_a_record_and_wait_for_a_whole_one() {
+        let (mut peer, io) = tokio::io::duplex(1 << 16);
+        let mut r = ReadAhead::whole_records(io);
+        let (a, b) = (record(300, 1), record(5000, 2));
+        // The first record and half of the second.
+        peer.write_all(&a).await.unwrap();
+        peer.write_all(&b[..2000]).await.unwrap();
+        let mut got = vec![0u8; 8192];
+        let n = r.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], &a[..]);
+        assert!(r.at_record_boundary());
+        // Half a record is not handed over: the read waits for the rest.
+        let waits = std::future::poll_fn(|cx| {
+            let mut out = ReadBuf::new(&mut got);
+            Poll::Ready(Pin::new(&mut r).poll_read(cx, &mut out).is_pending())
+        })
+        .await;
+        assert!(waits);
+        peer.write_all(&b[2000..]).await.unwrap();
+        peer.write_all(&a).await.unwrap();
+        // A small read takes part of a record; the next goes to its end.
+        let n = r.read(&mut got[..1000]).await.unwrap();
+        assert_eq!(n, 1000);
+        assert!(!r.at_record_boundary());
+        let m = r.read(&mut got[1000..]).await.unwrap();
+        assert_eq!(&got[..n + m], &b[..]);
+        assert!(r.at_record_boundary());
+        // What follows stays behind for whoever takes over.
+        r.any_bytes();
+        let (_, unread) = r.into_parts();
+        assert_eq!(&unread[..], &a[..]);
+    }
+
+    #[tokio::test]
+    async fn a_record_longer_than_tls_allows_is_handed_over_at_once() {
+        let (mut peer, io) = tokio::io::duplex(1 << 16);
+        let mut r = ReadAhead::whole_records(io);
+        peer.write_all(&[22, 3, 3, 0xff, 0xff, 1, 2]).await.unwrap();
+        let mut got = [0u8; 16];
+        let n = r.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], &[22, 3, 3, 0xff, 0xff, 1, 2]);
     }
 }

@@ -6,6 +6,7 @@ pub mod alpn;
 pub mod mesh;
 pub mod pin;
 pub mod plaintext;
+pub mod record;
 pub mod selfsigned;
 
 use std::path::{Path, PathBuf};
@@ -169,6 +170,9 @@ pub fn server_config(cfg: &TlsConfig, server_name: &str, web: bool) -> Result<Se
         .with_single_cert(certs, key)
         .map_err(rustls_err)?;
     config.alpn_protocols = alpn_list(cfg.gzip, web);
+    // A 10bit connection's records are moved by `record` after the
+    // handshake, with the keys rustls agreed.
+    config.enable_secret_extraction = true;
     let mut ours = config.clone();
     ours.ignore_client_order = true;
     Ok(ServerTls {
