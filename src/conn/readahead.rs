@@ -84,13 +84,18 @@ impl<T> ReadAhead<T> {
         if self.record_left > 0 {
             return Ok(self.record_left);
         }
-        let Some(&[_, _, _, l0, l1]) = self.buf.get(..RECORD_HEADER) else {
-            return Err(RECORD_HEADER - self.buf.len());
+        let Some(&[typ, major, _, l0, l1]) = self.buf.get(..RECORD_HEADER) else {
+            // Any first byte that no record starts with (plain HTTP, for
+            // one) goes to rustls at once, to be refused now.
+            return match self.buf.first() {
+                Some(typ) if !(20..=23).contains(typ) => Ok(self.buf.len()),
+                _ => Err(RECORD_HEADER - self.buf.len()),
+            };
         };
         let len = RECORD_HEADER + usize::from(u16::from_be_bytes([l0, l1]));
-        if len > MAX_RECORD {
-            // Longer than TLS allows: hand it over as it is, so rustls
-            // refuses it now rather than after 64 KiB.
+        if len > MAX_RECORD || !(20..=23).contains(&typ) || major != 3 {
+            // Not a TLS record, or longer than TLS allows: hand it over as
+            // it is, so rustls refuses it now rather than at the deadline.
             return Ok(self.buf.len());
         }
         if self.buf.len() < len {
@@ -292,6 +297,21 @@ mod whole_records {
         r.any_bytes();
         let (_, unread) = r.into_parts();
         assert_eq!(&unread[..], &a[..]);
+    }
+
+    #[tokio::test]
+    async fn what_is_not_a_tls_record_is_handed_over_at_once() {
+        let (mut peer, io) = tokio::io::duplex(1 << 16);
+        let mut r = ReadAhead::whole_records(io);
+        peer.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut got = [0u8; 64];
+        let n = r.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"GET / HTTP/1.1\r\n");
+        // Fewer bytes than a header, none of them a record's first.
+        let (mut peer, io) = tokio::io::duplex(1 << 16);
+        let mut r = ReadAhead::whole_records(io);
+        peer.write_all(b"G").await.unwrap();
+        assert_eq!(r.read(&mut got).await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -13,9 +13,15 @@
 //!
 //! What rustls's connection would do that this layer does not: a TLS 1.3
 //! `KeyUpdate` (or any other handshake message after the handshake) from
-//! the client ends the connection with an error, as does reaching the
-//! cipher's confidentiality limit either way (for AES-GCM, 2^24 records:
-//! at least 256 GiB of relays). The hand-over itself happens at a record
+//! the client ends the connection with an error. rustls's buffered API
+//! gives out the keys but not the secrets they come from, so there is
+//! nothing to update them from. For the same reason, when the server's
+//! own records reach the cipher's confidentiality limit (2^23 records for
+//! AES-GCM in TLS 1.3, 2^24 in TLS 1.2: a writer batch is one record or
+//! more), the server closes the connection with `close_notify`, which
+//! rustls does in TLS 1.2 too, where TLS 1.3 would update its keys.
+//!
+//! The hand-over itself happens at a record
 //! boundary: the socket's reader gives rustls whole records only during the
 //! handshake ([`crate::conn::readahead::ReadAhead::whole_records`]), so
 //! nothing rustls read is lost.
@@ -53,8 +59,12 @@ const MIN_SPARE: usize = 8 * 1024;
 /// Encrypted bytes a writer holds before a write waits for the socket.
 const MAX_UNSENT: usize = 256 * 1024;
 /// Most slices in one record: 16 KiB in pieces of at most [`SLICE_BYTES`],
-/// and a few more where the writer's buffers end.
-const MAX_CHUNKS: usize = 24;
+/// or a batch of small packets (a record per packet would cost an AEAD
+/// call and 22 bytes each).
+const MAX_CHUNKS: usize = 128;
+/// Empty records in a row past which a peer is only making work (rustls's
+/// own bound).
+const MAX_EMPTY_RECORDS: u32 = 32;
 
 /// Takes a finished handshake's record protection out of rustls: the
 /// reading and the writing half over `tcp`'s two halves. `unread` is what
@@ -102,12 +112,12 @@ fn split_io<R, W>(
     let secrets = conn.dangerous_extract_secrets().map_err(tls_error)?;
     let (rx_seq, rx) = secrets.rx;
     let (tx_seq, tx) = secrets.tx;
-    let limit = suite_limit(suite);
     let reader = RecordReader {
         io: rd,
         dec: decrypter(suite, rx)?,
         seq: rx_seq,
-        limit,
+        empty_in_a_row: 0,
+        failed: false,
         max_ciphertext: if tls13 {
             MAX_CIPHERTEXT_TLS13
         } else {
@@ -125,7 +135,8 @@ fn split_io<R, W>(
         io: wr,
         enc: encrypter(suite, tx)?,
         seq: tx_seq,
-        limit,
+        // One kept back for the close_notify at the limit.
+        limit: suite_limit(suite).saturating_sub(1),
         unsent: Vec::new(),
         first: 0,
         offset: 0,
@@ -207,8 +218,10 @@ pub struct RecordReader<R> {
     dec: Box<dyn MessageDecrypter>,
     /// The next record's sequence number.
     seq: u64,
-    /// Records past which the cipher is no longer safe to use.
-    limit: u64,
+    /// Empty records read in a row.
+    empty_in_a_row: u32,
+    /// A record was refused: every later read fails too.
+    failed: bool,
     max_ciphertext: usize,
     tls13: bool,
     /// Bytes from the socket not yet consumed; no allocation when idle.
@@ -250,9 +263,10 @@ impl<R> RecordReader<R> {
             self.buf.reserve(end - self.buf.len());
             return Ok(false);
         }
-        if self.seq >= self.limit {
-            return Err(invalid("TLS record limit reached"));
-        }
+        let next_seq = self
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| invalid("TLS sequence numbers used up"))?;
         let base = self.buf.as_ptr() as usize;
         let body = self
             .buf
@@ -260,23 +274,35 @@ impl<R> RecordReader<R> {
             .ok_or_else(|| invalid("TLS record out of bounds"))?;
         let msg = InboundOpaqueMessage::new(typ, version, body);
         let plain = self.dec.decrypt(msg, self.seq).map_err(tls_error)?;
-        self.seq += 1;
-        // The plaintext is a part of `buf`'s record: where it starts.
-        let start = (plain.payload.as_ptr() as usize).saturating_sub(base);
-        let range = start..start + plain.payload.len();
+        self.seq = next_seq;
+        // The plaintext is decrypted in place: a part of the record's body.
+        let start = (plain.payload.as_ptr() as usize).wrapping_sub(base);
+        let range = start..start.saturating_add(plain.payload.len());
+        if range.start < HEADER || range.end > end {
+            return Err(invalid("TLS plaintext outside its record"));
+        }
         match plain.typ {
             ContentType::ApplicationData => {
                 self.plain = range;
                 self.record_end = end;
             }
             ContentType::Alert => {
-                let desc = plain.payload.get(1).copied().map(AlertDescription::from);
-                if plain.payload.len() != 2 || desc != Some(AlertDescription::CloseNotify) {
-                    return Err(invalid("TLS alert from the client"));
+                let desc = match plain.payload {
+                    &[_, desc] => AlertDescription::from(desc),
+                    _ => return Err(invalid("malformed TLS alert")),
+                };
+                match desc {
+                    AlertDescription::CloseNotify => {
+                        self.eof = true;
+                        self.buf = BytesMut::new();
+                        return Ok(true);
+                    }
+                    // A client giving up says so, then close_notify
+                    // follows (RFC 8446 6.1); rustls ignores it too.
+                    AlertDescription::UserCanceled => self.record_end = end,
+                    _ => return Err(invalid("TLS alert from the client")),
                 }
-                self.eof = true;
-                self.buf = BytesMut::new();
-                return Ok(true);
+                self.plain = 0..0;
             }
             ContentType::Handshake => {
                 return Err(invalid(
@@ -286,7 +312,13 @@ impl<R> RecordReader<R> {
             _ => return Err(invalid("unexpected TLS record type")),
         }
         if self.plain.is_empty() {
+            self.empty_in_a_row += 1;
+            if self.empty_in_a_row > MAX_EMPTY_RECORDS {
+                return Err(invalid("too many empty TLS records"));
+            }
             self.consume_record();
+        } else {
+            self.empty_in_a_row = 0;
         }
         Ok(true)
     }
@@ -332,8 +364,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for RecordReader<R> {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            if this.next_record()? {
-                continue;
+            if this.failed {
+                return Poll::Ready(Err(invalid("TLS connection failed")));
+            }
+            match this.next_record() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    this.failed = true;
+                    return Poll::Ready(Err(e));
+                }
             }
             if this.buf.capacity() == 0 {
                 this.buf = BytesMut::with_capacity(READ_STEP);
@@ -388,7 +428,8 @@ impl<W> RecordWriter<W> {
     }
 
     fn seal(&mut self, typ: ContentType, chunks: &[&[u8]]) -> io::Result<()> {
-        if self.seq >= self.limit {
+        // Past the limit only the close_notify kept back for it.
+        if self.seq > self.limit || (self.seq == self.limit && typ != ContentType::Alert) {
             return Err(invalid("TLS record limit reached"));
         }
         let msg = OutboundPlainMessage {
@@ -444,6 +485,17 @@ impl<W> RecordWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> RecordWriter<W> {
+    /// Seals `close_notify` (once) and writes everything sealed, so the
+    /// client can tell a clean close from a cut.
+    fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.close_sent {
+            let alert = [1u8, u8::from(AlertDescription::CloseNotify)];
+            self.seal(ContentType::Alert, &[&alert])?;
+            self.close_sent = true;
+        }
+        self.poll_send(cx)
+    }
+
     /// Writes sealed records until none is left, or the socket is full.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.unsent_bytes > 0 {
@@ -504,6 +556,11 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for RecordWriter<W> {
         if this.unsent_bytes >= MAX_UNSENT {
             ready!(this.poll_send(cx))?;
         }
+        if this.seq >= this.limit {
+            // The cipher's limit: close as rustls does in TLS 1.2, cleanly.
+            ready!(this.poll_close_notify(cx))?;
+            return Poll::Ready(Err(invalid("TLS record limit reached: connection closed")));
+        }
         let taken = this.seal_from(bufs)?;
         // Start the write now; what the socket does not take waits for
         // the next write or the flush.
@@ -525,13 +582,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for RecordWriter<W> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.close_sent {
-            // close_notify, so the client can tell a clean close from a cut.
-            let alert = [1u8, u8::from(AlertDescription::CloseNotify)];
-            this.seal(ContentType::Alert, &[&alert])?;
-            this.close_sent = true;
-        }
-        ready!(this.poll_send(cx))?;
+        ready!(this.poll_close_notify(cx))?;
         match ready!(Pin::new(&mut this.io).poll_shutdown(cx)) {
             Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
             _ => Poll::Ready(Ok(())),
@@ -557,6 +608,7 @@ mod tests {
     fn configs(
         dir: &tempfile::TempDir,
         version: &'static rustls::SupportedProtocolVersion,
+        suite: Option<rustls::CipherSuite>,
     ) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         let cfg = crate::config::TlsConfig {
             cert_file: dir.path().join("cert.pem"),
@@ -564,7 +616,11 @@ mod tests {
             ..crate::config::TlsConfig::default()
         };
         let server = crate::tls::server_config(&cfg, "localhost", false).unwrap();
-        let provider = crate::tls::provider();
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(suite) = suite {
+            provider.cipher_suites.retain(|s| s.suite() == suite);
+        }
+        let provider = Arc::new(provider);
         let verifier = crate::tls::pin::FingerprintVerifier::new(
             crate::tls::pin::Expect::Pinned(server.fingerprint),
             &provider,
@@ -593,9 +649,10 @@ mod tests {
 
     async fn pair(
         version: &'static rustls::SupportedProtocolVersion,
+        suite: Option<rustls::CipherSuite>,
     ) -> (Halves, tokio_rustls::client::TlsStream<DuplexStream>) {
         let dir = tempfile::tempdir().unwrap();
-        let (server_config, client_config) = configs(&dir, version);
+        let (server_config, client_config) = configs(&dir, version, suite);
         let (c, s) = tokio::io::duplex(1 << 16);
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let connect = tokio_rustls::TlsConnector::from(client_config).connect(name, c);
@@ -605,7 +662,12 @@ mod tests {
 
     /// A rustls client driven by hand: its handshake, then `first` sent in
     /// the same write as its last handshake flight.
-    async fn by_hand(client: &mut rustls::ClientConnection, c: &mut DuplexStream, first: &[u8]) {
+    async fn by_hand(
+        client: &mut rustls::ClientConnection,
+        c: &mut DuplexStream,
+        first: &[u8],
+        close: bool,
+    ) {
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let mut out = Vec::new();
@@ -614,6 +676,9 @@ mod tests {
             }
             if !client.is_handshaking() {
                 client.writer().write_all(first).unwrap();
+                if close {
+                    client.send_close_notify();
+                }
                 while client.wants_write() {
                     client.write_tls(&mut out).unwrap();
                 }
@@ -628,15 +693,18 @@ mod tests {
         }
     }
 
-    async fn by_hand_pair(first: &[u8]) -> (Halves, rustls::ClientConnection, DuplexStream) {
+    async fn by_hand_pair(
+        first: &[u8],
+        close: bool,
+    ) -> (Halves, rustls::ClientConnection, DuplexStream) {
         let dir = tempfile::tempdir().unwrap();
-        let (server_config, client_config) = configs(&dir, &rustls::version::TLS13);
+        let (server_config, client_config) = configs(&dir, &rustls::version::TLS13, None);
         let (mut c, s) = tokio::io::duplex(1 << 16);
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
         let (server, ()) = tokio::join!(
             accept(server_config, s),
-            by_hand(&mut client, &mut c, first)
+            by_hand(&mut client, &mut c, first, close)
         );
         (server, client, c)
     }
@@ -651,8 +719,19 @@ mod tests {
         .await
     }
 
-    async fn both_ways(version: &'static rustls::SupportedProtocolVersion) {
-        let ((mut rd, mut wr), mut client) = pair(version).await;
+    async fn both_ways(
+        version: &'static rustls::SupportedProtocolVersion,
+        suite: Option<rustls::CipherSuite>,
+    ) {
+        let ((mut rd, mut wr), mut client) = pair(version, suite).await;
+        if let Some(suite) = suite {
+            let got = client
+                .get_ref()
+                .1
+                .negotiated_cipher_suite()
+                .map(|s| s.suite());
+            assert_eq!(got, Some(suite));
+        }
         // Many records each way, and a burst of small vectored writes.
         let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let small: Vec<Vec<u8>> = (0..500u32)
@@ -699,17 +778,71 @@ mod tests {
 
     #[tokio::test]
     async fn tls13_carries_records_both_ways_and_holds_no_buffers_when_idle() {
-        both_ways(&rustls::version::TLS13).await;
+        both_ways(&rustls::version::TLS13, None).await;
     }
 
     #[tokio::test]
     async fn tls12_carries_records_both_ways_and_holds_no_buffers_when_idle() {
-        both_ways(&rustls::version::TLS12).await;
+        both_ways(&rustls::version::TLS12, None).await;
+    }
+
+    #[tokio::test]
+    async fn every_cipher_suite_carries_records_both_ways() {
+        use rustls::CipherSuite as S;
+        for (version, suite) in [
+            (&rustls::version::TLS13, S::TLS13_AES_256_GCM_SHA384),
+            (&rustls::version::TLS13, S::TLS13_CHACHA20_POLY1305_SHA256),
+            (
+                &rustls::version::TLS12,
+                S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ),
+            (
+                &rustls::version::TLS12,
+                S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ),
+        ] {
+            both_ways(version, Some(suite)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_small_packets_goes_out_in_one_record() {
+        let ((_rd, mut wr), _client) = pair(&rustls::version::TLS13, None).await;
+        let lines: Vec<Vec<u8>> = (0..100u32)
+            .map(|i| format!("{i:099}\n").into_bytes())
+            .collect();
+        let slices: Vec<IoSlice<'_>> = lines.iter().map(|l| IoSlice::new(l)).collect();
+        let before = wr.seq;
+        let n = wr.write_vectored(&slices).await.unwrap();
+        assert_eq!(n, 10_000);
+        assert_eq!(wr.seq - before, 1);
+    }
+
+    #[tokio::test]
+    async fn at_the_record_limit_the_server_closes_cleanly() {
+        let ((_rd, mut wr), mut client) = pair(&rustls::version::TLS13, None).await;
+        // Two records' room, and the close_notify kept back.
+        wr.limit = wr.seq + 2;
+        wr.write_all(b"one\n").await.unwrap();
+        wr.write_all(b"two\n").await.unwrap();
+        let err = wr.write_all(b"three\n").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"one\ntwo\n");
+    }
+
+    #[tokio::test]
+    async fn a_close_notify_sent_with_the_handshake_ends_the_reads() {
+        let ((mut rd, _wr), _client, _c) = by_hand_pair(b"last\n", true).await;
+        let mut got = Vec::new();
+        rd.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last\n");
     }
 
     #[tokio::test]
     async fn a_request_sent_with_the_last_handshake_record_is_read_first() {
-        let ((mut rd, _wr), mut client, mut c) = by_hand_pair(b"first\n").await;
+        let ((mut rd, _wr), mut client, mut c) = by_hand_pair(b"first\n", false).await;
         // rustls had read and decrypted it during the handshake.
         assert_eq!(rd.early, b"first\n");
         client.writer().write_all(b"second\n").unwrap();
@@ -723,7 +856,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_update_from_the_client_ends_the_connection() {
-        let ((mut rd, _wr), mut client, mut c) = by_hand_pair(b"first\n").await;
+        let ((mut rd, _wr), mut client, mut c) = by_hand_pair(b"first\n", false).await;
         client.refresh_traffic_keys().unwrap();
         client.writer().write_all(b"after\n").unwrap();
         let mut out = Vec::new();
@@ -739,7 +872,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_forged_record_is_refused() {
-        let ((mut rd, _wr), mut client, mut c) = by_hand_pair(b"").await;
+        let ((mut rd, _wr), mut client, mut c) = by_hand_pair(b"", false).await;
         client.writer().write_all(b"hello\n").unwrap();
         let mut out = Vec::new();
         client.write_tls(&mut out).unwrap();
@@ -754,9 +887,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_overlong_record_is_refused_before_it_is_read() {
-        let ((mut rd, _wr), _client, mut c) = by_hand_pair(b"").await;
-        // A header announcing 65,535 bytes, and none of them.
-        c.write_all(&[23, 3, 3, 0xff, 0xff]).await.unwrap();
+        let ((mut rd, _wr), _client, mut c) = by_hand_pair(b"", false).await;
+        // A header announcing one byte more than TLS 1.3 allows, and none
+        // of them.
+        let len = u16::try_from(MAX_CIPHERTEXT_TLS13 + 1)
+            .unwrap()
+            .to_be_bytes();
+        c.write_all(&[23, 3, 3, len[0], len[1]]).await.unwrap();
         let mut got = [0u8; 1];
         let err = rd.read_exact(&mut got).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -764,7 +901,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_without_close_notify_is_an_error() {
-        let ((mut rd, _wr), client) = pair(&rustls::version::TLS13).await;
+        let ((mut rd, _wr), client) = pair(&rustls::version::TLS13, None).await;
         drop(client);
         let mut rest = Vec::new();
         let err = rd.read_to_end(&mut rest).await.unwrap_err();
