@@ -25,26 +25,35 @@ use tracing::{error, info};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 unsafe extern "C" {
-    /// mimalloc's: sets one of its options (`mi_option_t`, a C enum) while
-    /// running.
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    /// mimalloc's: collects the calling thread's heap; with `force`, also
+    /// purges (gives back to the system) every freed page of every thread
+    /// that is waiting for its purge delay.
+    fn mi_collect(force: bool);
 }
 
-/// `mi_option_purge_delay` in mimalloc's `mimalloc.h` (v2 and v3 alike).
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
-/// Freed memory goes back to the system at once, not 10 ms later: mimalloc
-/// purges a delayed page only when the thread that owns it allocates
-/// again, so a worker that went idle after a burst of TLS handshakes kept
-/// that burst's pages (chatbench's idle workload: 12.6-12.8 against
-/// 11.7-11.8 KiB per connection). The cost is a page fault when a page is
-/// used again: 39 K against 45 K faults in a pairs run of 2 M deliveries,
-/// well under 1% of its CPU. `MIMALLOC_PURGE_DELAY` in the environment
-/// still decides when set.
-fn purge_freed_memory_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: a plain setter of an integer option, valid at any time.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+/// Freed memory goes back to the system within about a second. mimalloc
+/// purges a freed page after a delay, but only when some thread next does
+/// an allocation that checks: runtime workers that went idle after a burst
+/// of TLS handshakes kept the burst's pages for as long as they stayed idle
+/// (chatbench's idle workload, alternating runs: 12.4-12.8 against 12.0 KiB
+/// per connection). A purge delay of 0 gave 11.7, but it also purged the
+/// pages busy connections use again at once, each then a page fault
+/// (fanout: 16 K faults a run against 8 K). One forced collect a second
+/// costs a busy server nothing it would notice.
+fn purge_freed_memory_every_second() {
+    let spawned = std::thread::Builder::new()
+        .name("tenthbit-purge".into())
+        .stack_size(64 * 1024)
+        .spawn(|| {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                // SAFETY: no arguments to check and no state of ours
+                // involved; mimalloc is the global allocator.
+                unsafe { mi_collect(true) };
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread to give freed memory back; going on without");
     }
 }
 
@@ -196,7 +205,7 @@ fn main() -> ExitCode {
         Some(Command::Mesh(MeshCommand::Status { json })) => mesh_status(&cli, json),
         Some(Command::Mesh(MeshCommand::Fingerprint)) => mesh_fingerprint(&cli),
         Some(Command::Run) | None => {
-            purge_freed_memory_at_once();
+            purge_freed_memory_every_second();
             run(&cli)
         }
     };

@@ -55,18 +55,13 @@ async fn serve(
     let limits = &shared.config.limits;
     let _ = tcp.set_nodelay(true);
     // Boxed, like every large and rare step: a task is as big as its largest
-    // state for its whole life, and most connections spend it idle.
-    let Some((alpn, mut tls)) = Box::pin(handshake(&shared, tcp)).await else {
-        return;
-    };
-    if alpn == Alpn::Http {
-        // hyper and WebSockets keep rustls's own stream.
-        tls.get_mut().0.any_bytes();
-        let tls = SmallSlices::new(tls);
-        return Box::pin(crate::web::serve(shared, tls, peer, conn_id, refusal)).await;
-    }
-    let Some((rd, wr)) = records(tls) else {
-        return;
+    // state for its whole life, and most connections spend it idle. What
+    // comes out is small: rustls's connection (kilobytes) never lives here.
+    let next = Box::pin(accept(&shared, tcp, peer, conn_id, refusal)).await;
+    let (alpn, rd, wr) = match next {
+        Some(Accepted::Web(web)) => return web.await,
+        Some(Accepted::Records(alpn, rd, wr)) => (alpn, rd, wr),
+        None => return,
     };
     let writer_cfg = WriterConfig {
         gzip_level: (alpn == Alpn::Gzip).then_some(shared.config.tls.gzip_level),
@@ -152,6 +147,43 @@ pub(crate) async fn run_session<I, W>(
     };
     let writer = ended.map_or("panicked", writer::Ended::as_str);
     info!(reason = %reason, writer, "connection closed");
+}
+
+/// A connection after its TLS handshake.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per connection and taken apart at once; boxing the halves costs an allocation"
+)]
+enum Accepted {
+    /// `http/1.1`: the web client's session, with rustls's own stream.
+    Web(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// 10bit: the record layer's halves.
+    Records(
+        Alpn,
+        RecordReader<tokio::net::tcp::OwnedReadHalf>,
+        RecordWriter<tokio::net::tcp::OwnedWriteHalf>,
+    ),
+}
+
+/// The handshake, then what the connection goes on with; `None` once a
+/// failure is logged.
+async fn accept(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    refusal: Option<ErrorCode>,
+) -> Option<Accepted> {
+    let (alpn, mut tls) = handshake(shared, tcp).await?;
+    if alpn == Alpn::Http {
+        // hyper and WebSockets keep rustls's own stream.
+        tls.get_mut().0.any_bytes();
+        let tls = SmallSlices::new(tls);
+        let web = crate::web::serve(shared.clone(), tls, peer, conn_id, refusal);
+        return Some(Accepted::Web(Box::pin(web)));
+    }
+    let (rd, wr) = records(tls)?;
+    Some(Accepted::Records(alpn, rd, wr))
 }
 
 /// TLS and ALPN under the handshake deadline, or `None` once the failure
