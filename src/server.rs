@@ -376,6 +376,7 @@ pub async fn start_with_mesh(
     }
     // The store is open and every listener is bound.
     metrics.set_ready(true);
+    tokio::spawn(tidy_store(store.clone(), shared.shutdown.clone()));
     let shutdown = shared.shutdown.clone();
     let mesh_task = mesh.clone();
     let federation_task = federation.clone();
@@ -438,6 +439,22 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTr
             let _admission = admission;
             conn::run(shared, tcp, peer, id, refusal).await;
         });
+    }
+}
+
+/// Ticks the store's tidying once a second (see [`Store::tidy`]) until
+/// shutdown or the store's close.
+async fn tidy_store(store: Store, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !store.tidy() {
+            return;
+        }
     }
 }
 

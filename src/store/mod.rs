@@ -23,6 +23,7 @@ pub mod topics;
 mod wal;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -478,6 +479,8 @@ type Job = Box<dyn FnOnce(&mut Db) + Send>;
 
 enum Msg {
     Job(Job),
+    /// A tick of [`Store::tidy`].
+    Tidy,
     /// A change to append; consecutive ones are committed together.
     Append(Append),
     Close(oneshot::Sender<()>),
@@ -588,15 +591,71 @@ impl Pending {
 
 type ReadJob = Box<dyn FnOnce(&Db) + Send>;
 
+/// What the read thread is sent.
+enum ReadMsg {
+    Job(ReadJob),
+    /// A tick of [`Store::tidy`].
+    Tidy,
+}
+
+/// Gives a connection's page cache back once a tick of [`Store::tidy`]
+/// passed with no work on either store thread: after a burst (a thousand
+/// registrations) the caches held about 1 KiB per connection of an idle
+/// server. Work that comes later reads its pages again from the system's
+/// file cache. Both threads count into one tally because SQLite's page
+/// caches may share their unused pages (one connection's release can free
+/// another's): a busy writer must not lose its cache to an idle reader.
+struct Tidy {
+    work: Arc<AtomicU64>,
+    seen: u64,
+    released: bool,
+}
+
+impl Tidy {
+    fn new(work: Arc<AtomicU64>) -> Self {
+        Self {
+            work,
+            seen: 0,
+            released: false,
+        }
+    }
+
+    fn worked(&self) {
+        self.work.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn tick(&mut self, conn: &Connection) {
+        let work = self.work.load(Ordering::Relaxed);
+        if work != self.seen {
+            self.seen = work;
+            self.released = false;
+        } else if !self.released {
+            self.released = true;
+            if let Err(e) = conn.release_memory() {
+                tracing::debug!(error = %e, "cannot release the store's page cache");
+            }
+        }
+    }
+}
+
 /// Starts the thread that owns the read-only connection; it runs read jobs
 /// until every sender is dropped.
-fn spawn_reader(db: Db) -> Result<(mpsc::Sender<ReadJob>, std::thread::JoinHandle<()>), Error> {
-    let (reads, mut rx) = mpsc::channel::<ReadJob>(QUEUE);
+fn spawn_reader(
+    db: Db,
+    mut tidy: Tidy,
+) -> Result<(mpsc::Sender<ReadMsg>, std::thread::JoinHandle<()>), Error> {
+    let (reads, mut rx) = mpsc::channel::<ReadMsg>(QUEUE);
     let thread = std::thread::Builder::new()
         .name("tenthbit-store-read".into())
         .spawn(move || {
-            while let Some(job) = rx.blocking_recv() {
-                job(&db);
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    ReadMsg::Job(job) => {
+                        job(&db);
+                        tidy.worked();
+                    }
+                    ReadMsg::Tidy => tidy.tick(&db.conn),
+                }
             }
         })
         .map_err(|e| Error::Corrupt(format!("cannot start the store's read thread: {e}")))?;
@@ -608,7 +667,7 @@ fn spawn_reader(db: Db) -> Result<(mpsc::Sender<ReadJob>, std::thread::JoinHandl
 pub struct Store {
     jobs: mpsc::Sender<Msg>,
     /// The read-only connection's queue; taken (closed) by [`Store::close`].
-    reads: Arc<Mutex<Option<mpsc::Sender<ReadJob>>>>,
+    reads: Arc<Mutex<Option<mpsc::Sender<ReadMsg>>>>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     read_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// Bumped after every step of the store thread that may have added to
@@ -654,7 +713,9 @@ impl Store {
         // Past a long burst of group commits the WAL file is cut back.
         db.conn
             .pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
-        let (reads, read_thread) = spawn_reader(Db::open_reader(data_dir, node)?)?;
+        let work = Arc::new(AtomicU64::new(0));
+        let reader = Db::open_reader(data_dir, node)?;
+        let (reads, read_thread) = spawn_reader(reader, Tidy::new(work.clone()))?;
         let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let changed = log_changed.clone();
@@ -668,9 +729,12 @@ impl Store {
             .spawn(move || {
                 let mut next = None;
                 let mut published = db.commits;
+                let mut tidy = Tidy::new(work);
                 while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
                     match msg {
+                        Msg::Tidy => tidy.tick(&db.conn),
                         Msg::Job(job) => {
+                            tidy.worked();
                             job(&mut db);
                             // A job's commit (an account, an edit, an
                             // admin's change) syncs the WAL as it ends,
@@ -685,6 +749,7 @@ impl Store {
                             }
                         }
                         Msg::Append(append) => {
+                            tidy.worked();
                             // Group commit: take every append already queued.
                             let mut batch = vec![append];
                             while batch.len() < MAX_BATCH {
@@ -710,7 +775,7 @@ impl Store {
                                     Msg::Append(a) => {
                                         commit_batch(&mut db, &syncer, vec![a], &on_commit)
                                     }
-                                    Msg::Close(_) => {}
+                                    Msg::Close(_) | Msg::Tidy => {}
                                 }
                             }
                             // Every group synced and answered; then the
@@ -759,8 +824,23 @@ impl Store {
         let job: ReadJob = Box::new(move |db| {
             let _ = tx.send(f(db));
         });
-        reads.send(job).await.map_err(|_| Error::Closed)?;
+        reads
+            .send(ReadMsg::Job(job))
+            .await
+            .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// One tick of the store's tidying, for a timer to call (the server
+    /// does every second): a store thread whose last tick passed with no
+    /// work gives its page cache back. False once the store is closed.
+    pub fn tidy(&self) -> bool {
+        use mpsc::error::TrySendError;
+        if let Some(reads) = self.reads.lock().ok().and_then(|r| r.clone()) {
+            // A full queue is a busy thread: nothing to give back.
+            let _ = reads.try_send(ReadMsg::Tidy);
+        }
+        !matches!(self.jobs.try_send(Msg::Tidy), Err(TrySendError::Closed(_)))
     }
 
     /// A receiver that sees a change whenever the log may have grown.
@@ -936,6 +1016,59 @@ mod tests {
             .unwrap();
         assert_eq!(page.messages.len(), 1);
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_quiet_tick_gives_the_page_caches_back() {
+        fn cache_used(conn: &Connection) -> i32 {
+            let (mut now, mut high) = (0, 0);
+            // SAFETY: the handle is the live connection's, and the status
+            // call only writes the two integers it is given.
+            let rc = unsafe {
+                rusqlite::ffi::sqlite3_db_status(
+                    conn.handle(),
+                    rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
+                    &mut now,
+                    &mut high,
+                    0,
+                )
+            };
+            assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+            now
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1").unwrap();
+        // A few megabytes of pages through the writer's cache.
+        store
+            .call(|db| {
+                db.conn.execute_batch(
+                    "CREATE TABLE filler(x);
+                     WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+                     INSERT INTO filler SELECT randomblob(400) FROM n;",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let cached = |store: &Store| {
+            let store = store.clone();
+            async move { store.call(|db| Ok(cache_used(&db.conn))).await.unwrap() }
+        };
+        let warm = cached(&store).await;
+        assert!(warm > 1 << 20, "{warm}");
+        // Work between two ticks: the cache stays.
+        assert!(store.tidy());
+        let still = cached(&store).await;
+        assert!(store.tidy());
+        let kept = cached(&store).await;
+        assert!(kept * 2 > still, "{still} -> {kept}");
+        // Two ticks with nothing between them: it goes.
+        assert!(store.tidy());
+        assert!(store.tidy());
+        let after = cached(&store).await;
+        assert!(after * 8 < warm, "{warm} -> {after}");
+        store.close().await;
+        assert!(!store.tidy());
     }
 
     #[tokio::test]
