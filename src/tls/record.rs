@@ -661,13 +661,15 @@ mod tests {
     }
 
     /// A rustls client driven by hand: its handshake, then `first` sent in
-    /// the same write as its last handshake flight.
+    /// the same write as its last handshake flight, with the first half of
+    /// `cut`'s record when there is one; returns the other half.
     async fn by_hand(
         client: &mut rustls::ClientConnection,
         c: &mut DuplexStream,
         first: &[u8],
         close: bool,
-    ) {
+        cut: Option<&[u8]>,
+    ) -> Vec<u8> {
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let mut out = Vec::new();
@@ -682,8 +684,14 @@ mod tests {
                 while client.wants_write() {
                     client.write_tls(&mut out).unwrap();
                 }
+                let mut rest = Vec::new();
+                if let Some(cut) = cut {
+                    client.writer().write_all(cut).unwrap();
+                    client.write_tls(&mut rest).unwrap();
+                    out.extend(rest.drain(..rest.len() / 2));
+                }
                 c.write_all(&out).await.unwrap();
-                return;
+                return rest;
             }
             c.write_all(&out).await.unwrap();
             let n = c.read(&mut buf).await.unwrap();
@@ -696,17 +704,18 @@ mod tests {
     async fn by_hand_pair(
         first: &[u8],
         close: bool,
-    ) -> (Halves, rustls::ClientConnection, DuplexStream) {
+        cut: Option<&[u8]>,
+    ) -> (Halves, rustls::ClientConnection, DuplexStream, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let (server_config, client_config) = configs(&dir, &rustls::version::TLS13, None);
         let (mut c, s) = tokio::io::duplex(1 << 16);
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
-        let (server, ()) = tokio::join!(
+        let (server, rest) = tokio::join!(
             accept(server_config, s),
-            by_hand(&mut client, &mut c, first, close)
+            by_hand(&mut client, &mut c, first, close, cut)
         );
-        (server, client, c)
+        (server, client, c, rest)
     }
 
     /// True if a read on `rd` has to wait for the peer.
@@ -834,7 +843,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_notify_sent_with_the_handshake_ends_the_reads() {
-        let ((mut rd, _wr), _client, _c) = by_hand_pair(b"last\n", true).await;
+        let ((mut rd, _wr), _client, _c, _) = by_hand_pair(b"last\n", true, None).await;
         let mut got = Vec::new();
         rd.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"last\n");
@@ -842,7 +851,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_sent_with_the_last_handshake_record_is_read_first() {
-        let ((mut rd, _wr), mut client, mut c) = by_hand_pair(b"first\n", false).await;
+        let ((mut rd, _wr), mut client, mut c, _) = by_hand_pair(b"first\n", false, None).await;
         // rustls had read and decrypted it during the handshake.
         assert_eq!(rd.early, b"first\n");
         client.writer().write_all(b"second\n").unwrap();
@@ -855,8 +864,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_record_cut_where_the_handshake_ends_is_read_whole() {
+        // The client's last flight, a request, and half of the next record
+        // arrive in one read: rustls must not take the half with it.
+        let ((mut rd, _wr), _client, mut c, rest) =
+            by_hand_pair(b"first\n", false, Some(b"second\n")).await;
+        assert!(!rest.is_empty());
+        c.write_all(&rest).await.unwrap();
+        let mut got = [0u8; 13];
+        rd.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"first\nsecond\n");
+    }
+
+    #[tokio::test]
     async fn a_key_update_from_the_client_ends_the_connection() {
-        let ((mut rd, _wr), mut client, mut c) = by_hand_pair(b"first\n", false).await;
+        let ((mut rd, _wr), mut client, mut c, _) = by_hand_pair(b"first\n", false, None).await;
         client.refresh_traffic_keys().unwrap();
         client.writer().write_all(b"after\n").unwrap();
         let mut out = Vec::new();
@@ -872,7 +894,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_forged_record_is_refused() {
-        let ((mut rd, _wr), mut client, mut c) = by_hand_pair(b"", false).await;
+        let ((mut rd, _wr), mut client, mut c, _) = by_hand_pair(b"", false, None).await;
         client.writer().write_all(b"hello\n").unwrap();
         let mut out = Vec::new();
         client.write_tls(&mut out).unwrap();
@@ -887,7 +909,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_overlong_record_is_refused_before_it_is_read() {
-        let ((mut rd, _wr), _client, mut c) = by_hand_pair(b"", false).await;
+        let ((mut rd, _wr), _client, mut c, _) = by_hand_pair(b"", false, None).await;
         // A header announcing one byte more than TLS 1.3 allows, and none
         // of them.
         let len = u16::try_from(MAX_CIPHERTEXT_TLS13 + 1)
