@@ -21,10 +21,10 @@
 //! more), the server closes the connection with `close_notify`, which
 //! rustls does in TLS 1.2 too, where TLS 1.3 would update its keys.
 //!
-//! The hand-over itself happens at a record
-//! boundary: the socket's reader gives rustls whole records only during the
-//! handshake ([`crate::conn::readahead::ReadAhead::whole_records`]), so
-//! nothing rustls read is lost.
+//! The hand-over itself happens at a record boundary: the socket's reader
+//! gives rustls whole records only during the handshake
+//! ([`crate::conn::readahead::ReadAhead::whole_records`]), so nothing rustls
+//! read is lost.
 
 use std::io::{self, IoSlice};
 use std::ops::Range;
