@@ -230,13 +230,14 @@ fn records(
     RecordWriter<tokio::net::tcp::OwnedWriteHalf>,
 )> {
     let (io, conn) = tls.into_inner();
-    if !io.at_record_boundary() {
+    let halves = if io.at_record_boundary() {
+        let (tcp, unread) = io.into_parts();
+        crate::tls::record::split(conn, tcp, unread)
+    } else {
         // Cannot happen: rustls stops reading once it holds plaintext.
-        info!(reason = "tls hand-over failed", "connection closed");
-        return None;
-    }
-    let (tcp, unread) = io.into_parts();
-    match crate::tls::record::split(conn, tcp, unread) {
+        Err(std::io::Error::other("part of a record left in rustls"))
+    };
+    match halves {
         Ok(halves) => Some(halves),
         Err(e) => {
             info!(reason = "tls hand-over failed", error = %e, "connection closed");

@@ -20,6 +20,8 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::tls::record::{HEADER as RECORD_HEADER, MAX_CIPHERTEXT_TLS12};
+
 /// Bytes asked of the socket in one read.
 pub const READ_AHEAD: usize = 64 * 1024;
 
@@ -35,11 +37,8 @@ pub struct ReadAhead<T> {
     record_left: usize,
 }
 
-/// A TLS record's header: type, version, length.
-const RECORD_HEADER: usize = 5;
-/// The longest record TLS allows (TLS 1.2's: 2^14 bytes and 2,048 of
-/// expansion), with its header.
-const MAX_RECORD: usize = RECORD_HEADER + 16_384 + 2048;
+/// The longest record TLS allows, with its header.
+const MAX_RECORD: usize = RECORD_HEADER + MAX_CIPHERTEXT_TLS12;
 
 impl<T> ReadAhead<T> {
     /// Wraps `io`.

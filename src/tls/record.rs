@@ -44,12 +44,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::plaintext::SLICE_BYTES;
 
 /// The record header: type, version, length.
-const HEADER: usize = 5;
+pub(crate) const HEADER: usize = 5;
 /// Most plaintext in one record (2^14).
 const MAX_FRAGMENT: usize = 16_384;
 /// Most ciphertext a record may carry: TLS 1.2 allows 2,048 bytes of
 /// expansion (RFC 5246 6.2.3), TLS 1.3 256 (RFC 8446 5.2).
-const MAX_CIPHERTEXT_TLS12: usize = MAX_FRAGMENT + 2048;
+pub(crate) const MAX_CIPHERTEXT_TLS12: usize = MAX_FRAGMENT + 2048;
 const MAX_CIPHERTEXT_TLS13: usize = MAX_FRAGMENT + 256;
 /// Bytes asked of the socket in one read (as `ReadAhead` does before the
 /// hand-over).
@@ -91,7 +91,7 @@ fn split_io<R, W>(
 ) -> io::Result<(RecordReader<R>, RecordWriter<W>)> {
     // What rustls read past the handshake and decrypted already: the
     // client may send its first request with its last handshake record.
-    let mut early = Vec::new();
+    let mut early = BytesMut::new();
     let mut closed = false;
     let mut chunk = [0u8; 4096];
     loop {
@@ -118,17 +118,11 @@ fn split_io<R, W>(
         seq: rx_seq,
         empty_in_a_row: 0,
         failed: false,
-        max_ciphertext: if tls13 {
-            MAX_CIPHERTEXT_TLS13
-        } else {
-            MAX_CIPHERTEXT_TLS12
-        },
         tls13,
         buf: unread,
         plain: 0..0,
         record_end: 0,
         early,
-        early_at: 0,
         eof: closed,
     };
     let writer = RecordWriter {
@@ -161,13 +155,9 @@ fn decrypter(
     Ok(match suite {
         SupportedCipherSuite::Tls13(s) => s.aead_alg.decrypter(key, iv),
         SupportedCipherSuite::Tls12(s) => {
-            // TLS 1.2 takes the fixed part of the nonce only; the rest
-            // comes with each record.
-            let fixed = s.aead_alg.key_block_shape().fixed_iv_len;
-            let salt = iv
-                .as_ref()
-                .get(..fixed)
-                .ok_or_else(|| invalid("short iv"))?;
+            // The decrypter takes the fixed part of the nonce only; the
+            // rest comes with each record.
+            let (salt, _) = tls12_iv(s, &iv)?;
             s.aead_alg.decrypter(key, salt)
         }
     })
@@ -181,16 +171,26 @@ fn encrypter(
     Ok(match suite {
         SupportedCipherSuite::Tls13(s) => s.aead_alg.encrypter(key, iv),
         SupportedCipherSuite::Tls12(s) => {
-            let shape = s.aead_alg.key_block_shape();
-            let (fixed, explicit) = (shape.fixed_iv_len, shape.explicit_nonce_len);
-            let iv = iv.as_ref();
-            let salt = iv.get(..fixed).ok_or_else(|| invalid("short iv"))?;
-            let extra = iv
-                .get(fixed..fixed + explicit)
-                .ok_or_else(|| invalid("short iv"))?;
+            let (salt, extra) = tls12_iv(s, &iv)?;
             s.aead_alg.encrypter(key, salt, extra)
         }
     })
+}
+
+/// A TLS 1.2 IV as rustls extracts it (fixed part, then the explicit
+/// nonce's start), cut where the suite's key block puts the line.
+fn tls12_iv<'a>(
+    suite: &rustls::Tls12CipherSuite,
+    iv: &'a rustls::crypto::cipher::Iv,
+) -> io::Result<(&'a [u8], &'a [u8])> {
+    let shape = suite.aead_alg.key_block_shape();
+    let (fixed, explicit) = (shape.fixed_iv_len, shape.explicit_nonce_len);
+    let iv = iv.as_ref();
+    let salt = iv.get(..fixed).ok_or_else(|| invalid("short iv"))?;
+    let extra = iv
+        .get(fixed..fixed + explicit)
+        .ok_or_else(|| invalid("short iv"))?;
+    Ok((salt, extra))
 }
 
 fn key_and_iv(
@@ -222,7 +222,6 @@ pub struct RecordReader<R> {
     empty_in_a_row: u32,
     /// A record was refused: every later read fails too.
     failed: bool,
-    max_ciphertext: usize,
     tls13: bool,
     /// Bytes from the socket not yet consumed; no allocation when idle.
     buf: BytesMut,
@@ -231,8 +230,7 @@ pub struct RecordReader<R> {
     /// Where the record holding `plain` ends in `buf`.
     record_end: usize,
     /// Plaintext rustls decrypted before the hand-over, handed out first.
-    early: Vec<u8>,
-    early_at: usize,
+    early: BytesMut,
     /// The client sent `close_notify`.
     eof: bool,
 }
@@ -252,7 +250,12 @@ impl<R> RecordReader<R> {
         let typ = ContentType::from(typ);
         let version = ProtocolVersion::from(u16::from_be_bytes([v0, v1]));
         let len = usize::from(u16::from_be_bytes([l0, l1]));
-        if len > self.max_ciphertext {
+        let max = if self.tls13 {
+            MAX_CIPHERTEXT_TLS13
+        } else {
+            MAX_CIPHERTEXT_TLS12
+        };
+        if len > max {
             return Err(invalid("TLS record too long"));
         }
         if self.tls13 && typ != ContentType::ApplicationData {
@@ -281,11 +284,9 @@ impl<R> RecordReader<R> {
         if range.start < HEADER || range.end > end {
             return Err(invalid("TLS plaintext outside its record"));
         }
+        self.record_end = end;
         match plain.typ {
-            ContentType::ApplicationData => {
-                self.plain = range;
-                self.record_end = end;
-            }
+            ContentType::ApplicationData => self.plain = range,
             ContentType::Alert => {
                 let desc = match plain.payload {
                     &[_, desc] => AlertDescription::from(desc),
@@ -299,10 +300,9 @@ impl<R> RecordReader<R> {
                     }
                     // A client giving up says so, then close_notify
                     // follows (RFC 8446 6.1); rustls ignores it too.
-                    AlertDescription::UserCanceled => self.record_end = end,
+                    AlertDescription::UserCanceled => {}
                     _ => return Err(invalid("TLS alert from the client")),
                 }
-                self.plain = 0..0;
             }
             ContentType::Handshake => {
                 return Err(invalid(
@@ -341,13 +341,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for RecordReader<R> {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if let Some(early) = this.early.get(this.early_at..).filter(|e| !e.is_empty()) {
-                let n = early.len().min(out.remaining());
-                out.put_slice(early.get(..n).unwrap_or_default());
-                this.early_at += n;
-                if this.early_at == this.early.len() {
-                    this.early = Vec::new();
-                    this.early_at = 0;
+            if !this.early.is_empty() {
+                let n = this.early.len().min(out.remaining());
+                out.put_slice(this.early.get(..n).unwrap_or_default());
+                this.early.advance(n);
+                if this.early.is_empty() {
+                    this.early = BytesMut::new();
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -621,16 +620,11 @@ mod tests {
             provider.cipher_suites.retain(|s| s.suite() == suite);
         }
         let provider = Arc::new(provider);
-        let verifier = crate::tls::pin::FingerprintVerifier::new(
-            crate::tls::pin::Expect::Pinned(server.fingerprint),
-            &provider,
-        );
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[version])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+            .unwrap();
+        let expect = crate::tls::pin::Expect::Pinned(server.fingerprint);
+        let mut client = super::super::by_fingerprint(builder, expect, &provider);
         client.alpn_protocols = vec![crate::tls::alpn::PLAIN.to_vec()];
         (server.config.preferred(), Arc::new(client))
     }
@@ -853,7 +847,7 @@ mod tests {
     async fn a_request_sent_with_the_last_handshake_record_is_read_first() {
         let ((mut rd, _wr), mut client, mut c, _) = by_hand_pair(b"first\n", false, None).await;
         // rustls had read and decrypted it during the handshake.
-        assert_eq!(rd.early, b"first\n");
+        assert_eq!(&rd.early[..], b"first\n");
         client.writer().write_all(b"second\n").unwrap();
         let mut out = Vec::new();
         client.write_tls(&mut out).unwrap();
