@@ -31,12 +31,11 @@ const CHUNK: usize = 16 * 1024;
 /// - A gzip stream inflates from input already buffered, never waiting for
 ///   the socket: 1 MB inflating to 1 GB of blank lines held a worker for
 ///   seconds.
-/// - Plain input was bounded by tokio's budget alone, up to 128 socket reads
-///   a turn. A flooding client's relays then waited in their receivers'
-///   queues until its turn ended. With turns of 64 KiB, chatbench's pairs
-///   peaked at 96–98 MB of server RSS instead of 153–161 MB, with half the
-///   minor faults (20–21 K against 33–44 K; fanout 2.2–2.7 K against
-///   7.7–8.0 K), for the same server CPU.
+/// - Plain input is checked between reads, so a turn is this much plus at
+///   most one read. Bounded by tokio's budget alone (128 socket reads a
+///   turn), a flooding client's relays waited in their receivers' queues
+///   until its turn ended: chatbench's pairs peaked at 153–161 MB of server
+///   RSS against 96–98 MB with this bound, for the same server CPU.
 /// - 16 KiB cost gzip traffic a fifth to two-fifths more server CPU than
 ///   64 KiB (smaller turns, smaller output batches, more deflate flushes;
 ///   `tenthbit bench --gzip pairs`), and chatbench's plain pairs a quarter
@@ -78,8 +77,12 @@ pub struct FrameReader<R> {
     gzip: Option<GzipDecoder>,
     lines: LineDecoder,
     inflated: Box<[u8]>,
-    /// Bytes read or inflated since the reader last waited or yielded.
+    /// Plain bytes read, or bytes inflated from gzip, since the reader last
+    /// waited or yielded.
     since_yield: usize,
+    /// Whether plain input counts toward [`WAKE_BUDGET`] (see
+    /// [`FrameReader::batching`]).
+    plain_turns: bool,
     /// Allowance for input that yields no packet, in bytes, if limited.
     silent: Option<RateLimit>,
 }
@@ -97,8 +100,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Box::default()
             },
             since_yield: 0,
+            plain_turns: true,
             silent: None,
         }
+    }
+
+    /// Plain input no longer ends a turn: for a reader that takes what has
+    /// arrived with one poll (`now_or_never`) to gather a batch, where a
+    /// yield would end the batch instead of letting anyone run (a mesh
+    /// link's events, each batch one store transaction). Gzip input still
+    /// yields.
+    pub fn batching(mut self) -> Self {
+        self.plain_turns = false;
+        self
     }
 
     /// Limits input that yields no packet (blank lines, and whatever the
@@ -185,7 +199,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.rd), cx, target);
         // Gzip input counts as it inflates.
-        if let (None, Poll::Ready(Ok(n))) = (&self.gzip, &polled) {
+        if let (None, true, Poll::Ready(Ok(n))) = (&self.gzip, self.plain_turns, &polled) {
             self.since_yield += n;
         }
         if polled.is_pending() {
@@ -246,30 +260,55 @@ mod tests {
         assert_eq!(frames.next_frame().await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn a_flood_of_plain_input_yields_every_turn() {
-        // A source that is always ready: only the reader's own budget can
-        // make it wait.
-        let line = b"{\"op\":\"send\",\"topic\":\"t\",\"ex\":{\"message\":\"hello\"}}\n";
-        let input = line.repeat(3 * WAKE_BUDGET / line.len() + 1);
-        let mut frames = FrameReader::new(&input[..], false, 1024);
-        let (mut lines, mut since, mut turns) = (0, 0, Vec::new());
+    /// Reads all of `input` (an always-ready source: only the reader's own
+    /// budget can make it wait), polling once per frame as a batching
+    /// caller does: the lines, and the bytes of lines read in each turn.
+    async fn turns_of(input: &[u8], batching: bool) -> (Vec<Vec<u8>>, Vec<usize>) {
+        let mut frames = FrameReader::new(input, false, 1024);
+        if batching {
+            frames = frames.batching();
+        }
+        let (mut lines, mut turns, mut bytes) = (Vec::new(), Vec::new(), 0);
         loop {
             let mut next = Box::pin(frames.next_frame());
-            let polled = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await;
-            match polled {
-                Poll::Pending => turns.push(std::mem::take(&mut since)),
-                Poll::Ready(Ok(Some(_))) => (lines, since) = (lines + 1, since + 1),
-                Poll::Ready(Ok(None)) => break,
+            match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+                Poll::Pending => turns.push(std::mem::take(&mut bytes)),
+                Poll::Ready(Ok(Some(Frame::Line(l)))) => {
+                    bytes += l.len() + 1;
+                    lines.push(l.to_vec());
+                }
+                Poll::Ready(Ok(Some(Frame::TooLong))) => panic!("a line too long"),
+                Poll::Ready(Ok(None)) => return (lines, turns),
                 Poll::Ready(Err(e)) => panic!("{e}"),
             }
         }
-        assert_eq!(lines * line.len(), input.len(), "every line, once");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_plain_input_yields_every_turn() {
+        let line = |n: usize| format!("{{\"op\":\"send\",\"ex\":{{\"message\":\"{n:08}\"}}}}");
+        let count = 3 * WAKE_BUDGET / line(0).len() + 1;
+        let sent: Vec<Vec<u8>> = (0..count).map(|n| line(n).into_bytes()).collect();
+        let input: Vec<u8> = sent
+            .iter()
+            .flat_map(|l| l.iter().chain(b"\n"))
+            .copied()
+            .collect();
+
+        let (lines, turns) = turns_of(&input, false).await;
+        assert!(lines == sent, "every line, once, in order");
         assert!(turns.len() >= 2, "{turns:?}");
-        for n in turns {
-            let bytes = n * line.len();
-            assert!(bytes + line.len() >= WAKE_BUDGET, "{bytes}");
-            assert!(bytes <= WAKE_BUDGET + 2 * READ_ROOM, "{bytes}");
+        for bytes in turns {
+            // Checked between reads: a turn is the budget and at most one
+            // read more (here a read is the buffer's spare room, well under
+            // another budget's worth).
+            assert!(bytes + line(0).len() >= WAKE_BUDGET, "{bytes}");
+            assert!(bytes < 2 * WAKE_BUDGET, "{bytes}");
         }
+
+        // A batching reader (a mesh link) takes it all in one turn.
+        let (lines, turns) = turns_of(&input, true).await;
+        assert!(lines == sent);
+        assert_eq!(turns, Vec::<usize>::new());
     }
 }

@@ -112,7 +112,9 @@ enum End {
 /// certificate names) until it ends.
 pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed: bool) {
     let (rd, mut wr) = tokio::io::split(SmallSlices::new(stream));
-    let mut reader = FrameReader::new(rd, false, inner.cfg.max_packet_bytes);
+    // Events that have arrived are gathered into one store transaction
+    // with `now_or_never`; a turn's yield would cut the batch short.
+    let mut reader = FrameReader::new(rd, false, inner.cfg.max_packet_bytes).batching();
     let hello = match handshake(&inner, &mut reader, &mut wr, &peer).await {
         Ok(h) => h,
         Err(End::Refuse(code, message)) => {
