@@ -145,6 +145,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next frame, lent ([`FrameReader::line`] reads a line's bytes
     /// until the reader is next used); `Ok(None)` at a clean end of stream.
+    /// It may wait with input at hand, to let other tasks run after
+    /// [`WAKE_BUDGET`] bytes: a caller that polls once to gather what has
+    /// arrived reads with [`FrameReader::batching`].
     pub async fn next_span(&mut self) -> Result<Option<Span>, Error> {
         loop {
             let span = self.lines.next_span();
