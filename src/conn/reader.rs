@@ -201,7 +201,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             None => self.lines.read_target(READ_ROOM),
         };
         let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.rd), cx, target);
-        // Gzip input counts as it inflates.
+        // Plain input counts as it is read (gzip input as it inflates).
         if let (None, true, Poll::Ready(Ok(n))) = (&self.gzip, self.plain_turns, &polled) {
             self.since_yield += n;
         }
