@@ -39,6 +39,9 @@ pub struct ReadAhead<T> {
 
 /// The longest record TLS allows, with its header.
 const MAX_RECORD: usize = RECORD_HEADER + MAX_CIPHERTEXT_TLS12;
+/// The first byte of a TLS record: its content type (change_cipher_spec,
+/// alert, handshake, application_data).
+const RECORD_TYPES: std::ops::RangeInclusive<u8> = 20..=23;
 
 impl<T> ReadAhead<T> {
     /// Wraps `io`.
@@ -87,12 +90,12 @@ impl<T> ReadAhead<T> {
             // Any first byte that no record starts with (plain HTTP, for
             // one) goes to rustls at once, to be refused now.
             return match self.buf.first() {
-                Some(typ) if !(20..=23).contains(typ) => Ok(self.buf.len()),
+                Some(typ) if !RECORD_TYPES.contains(typ) => Ok(self.buf.len()),
                 _ => Err(RECORD_HEADER - self.buf.len()),
             };
         };
         let len = RECORD_HEADER + usize::from(u16::from_be_bytes([l0, l1]));
-        if len > MAX_RECORD || !(20..=23).contains(&typ) || major != 3 {
+        if len > MAX_RECORD || !RECORD_TYPES.contains(&typ) || major != 3 {
             // Not a TLS record, or longer than TLS allows: hand it over as
             // it is, so rustls refuses it now rather than at the deadline.
             return Ok(self.buf.len());

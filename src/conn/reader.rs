@@ -34,12 +34,13 @@ const CHUNK: usize = 16 * 1024;
 /// - Plain input is checked between reads, so a turn is this much plus at
 ///   most one read. Bounded by tokio's budget alone (128 socket reads a
 ///   turn), a flooding client's relays waited in their receivers' queues
-///   until its turn ended: chatbench's pairs peaked at 153–161 MB of server
-///   RSS against 96–98 MB with this bound, for the same server CPU.
+///   until its turn ended: in chatbench's pairs (tenthbitd alone,
+///   alternating builds) the server peaked at 153–161 MB of RSS against
+///   96–98 MB with this bound, for the same server CPU.
 /// - 16 KiB cost gzip traffic a fifth to two-fifths more server CPU than
 ///   64 KiB (smaller turns, smaller output batches, more deflate flushes;
-///   `tenthbit bench --gzip pairs`), and chatbench's plain pairs a quarter
-///   more. A turn of 64 KiB is well under a millisecond.
+///   `tenthbit bench --gzip pairs`), and chatbench's plain pairs (tenthbitd
+///   alone) a quarter more. A turn of 64 KiB is well under a millisecond.
 pub const WAKE_BUDGET: usize = 64 * 1024;
 
 /// Why reading stopped.
