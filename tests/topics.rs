@@ -890,6 +890,75 @@ async fn a_burst_of_sends_keeps_request_and_relay_order() {
 }
 
 #[tokio::test]
+async fn a_send_without_an_id_gets_no_ack_but_its_refusal() {
+    // One write: sends without ids to a topic not kept and to a kept one,
+    // a refused one, then a send with an id and a ping. The sender's only
+    // replies are the refusal (without `for`), that one `ack` and the
+    // `pong`, in that order; the members get every message, in order.
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, _amy) = three(&server).await;
+    let plain = request(
+        &mut dan,
+        Packet::request("create")
+            .with("name", "plain")
+            .with("history", false),
+    )
+    .await
+    .topic
+    .unwrap();
+    let kept = create(&mut dan, "kept").await;
+    for t in [&plain, &kept] {
+        join(&mut bob, t).await;
+        expect_op(&mut dan, "join").await;
+    }
+    let script = [
+        ("a", plain.as_str()),
+        ("b", plain.as_str()),
+        ("c", kept.as_str()),
+        ("d", "no-such-topic"),
+        ("e", plain.as_str()),
+        ("f", kept.as_str()),
+    ];
+    let mut burst = Vec::new();
+    for (data, topic) in script {
+        burst.extend_from_slice(&on("send", topic).with("data", data).to_line());
+    }
+    let named = on("send", &plain).with_id("g1").with("data", "g");
+    burst.extend_from_slice(&named.to_line());
+    burst.extend_from_slice(&Packet::request("ping").with_id("z").to_line());
+    bob.send_raw(&burst).await.unwrap();
+
+    let wait = std::time::Duration::from_secs(10);
+    let refused = bob.recv_timeout(wait).await.unwrap();
+    assert_eq!(refused.op, "error", "{refused:?}");
+    assert_eq!(code(&refused), Some("topic/not-found"));
+    assert_eq!(refused.ex_str("for"), None);
+    let ack = bob.recv_timeout(wait).await.unwrap();
+    assert_eq!((ack.op.as_str(), ack.ex_str("for")), ("ack", Some("g1")));
+    let pong = bob.recv_timeout(wait).await.unwrap();
+    assert_eq!((pong.op.as_str(), pong.ex_str("for")), ("pong", Some("z")));
+
+    for want in ["a", "b", "c", "e", "f", "g"] {
+        let got = expect_op(&mut dan, "send").await;
+        assert_eq!(got.ex_str("data"), Some(want), "{got:?}");
+        if want == "g" {
+            assert_eq!(got.id.as_deref(), ack.ex_str("id"));
+        }
+    }
+    // Nothing else came to the sender meanwhile: its next reply is the
+    // next request's.
+    bob.send(&Packet::request("ping").with_id("after"))
+        .await
+        .unwrap();
+    let next = bob.recv_timeout(wait).await.unwrap();
+    assert_eq!(
+        (next.op.as_str(), next.ex_str("for")),
+        ("pong", Some("after"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_kept_message_reaches_members_before_its_senders_next_act() {
     // bob pipelines a kept message and a `leave`: the others see the
     // message, then the leave, never the other way round.

@@ -646,7 +646,13 @@ async fn receive(c: Client, expected: u64, epoch: Instant, dedup: bool) -> Count
     tally.finish()
 }
 
-/// Sends `load.messages` messages, reading acks on the side and counting
+/// The `id` of the `ping` a sender writes after its messages: sends
+/// without an `id` get no ack, and replies come in request order, so its
+/// `pong` says every message before it was handled (and any refusal read).
+const FENCE: &str = "bench-fence";
+
+/// Sends `load.messages` messages without ids (no acks, as chatbench sends
+/// them), then a `ping`; reads on the side until its `pong` and
 /// `from_others` messages relayed from the topic's other senders.
 async fn send(
     c: Client,
@@ -658,18 +664,16 @@ async fn send(
     from_others: u64,
 ) -> Counted {
     let (mut rd, mut wr) = c.into_split();
-    let messages = load.messages;
     let reading = tokio::spawn(async move {
         let mut tally = Tally::new(epoch, from_others, false);
-        let (mut acked, mut arrived) = (0, Duration::ZERO);
-        while acked < messages || tally.count < from_others {
+        let (mut fenced, mut arrived) = (false, Duration::ZERO);
+        while !fenced || tally.count < from_others {
             let Some(line) = next_line(&mut rd, epoch, &mut arrived).await else {
                 break;
             };
             match glance(rd.line(line)) {
-                Some(("ack", _)) => acked += 1,
+                Some(("pong", _)) => fenced = true,
                 Some(("error", _)) => {
-                    acked += 1;
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(("send", t)) if from_others > 0 => tally.delivered(t, arrived),
@@ -694,6 +698,8 @@ async fn send(
             break;
         }
     }
+    let fence = format!("{{\"op\":\"ping\",\"id\":\"{FENCE}\"}}\n");
+    let _ = wr.send_raw(fence.as_bytes()).await;
     reading.await.unwrap_or_default()
 }
 

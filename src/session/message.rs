@@ -1,7 +1,8 @@
 //! `send`: relay a message to every connection of every member of a topic,
 //! and `history`: page through what a topic kept.
 //!
-//! The relayed packet is serialized once; the sender's `ack` carries the
+//! The relayed packet is serialized once; the sender's `ack` (for a `send`
+//! with an `id`: one without is fire-and-forget) carries the
 //! server-assigned `id` and `ts` it was relayed with. Where the topic keeps
 //! history, the message is committed (group commit) before anyone sees it
 //! and before the `ack`; where it does not, it never touches the store.
@@ -86,6 +87,26 @@ pub(super) struct Burst {
     /// than this one took, so a steady sender's buffers are allocated once
     /// per burst and never regrown.
     hint: (usize, usize),
+}
+
+impl Burst {
+    /// Appends a `send`'s ack. Only a `send` with an `id` has one: one
+    /// without is fire-and-forget (protocol.md, 9.1), so that a client
+    /// that does not match replies to requests is not sent any.
+    fn ack(
+        &mut self,
+        for_id: Option<&str>,
+        now: i64,
+        ack_id: &UuidText,
+        message_id: &UuidText,
+        message_ts: i64,
+    ) {
+        if self.acks.capacity() == 0 {
+            self.acks = frame_pool::take(self.hint.1.max(BURST_ROOM.1));
+        }
+        write_send_ack(&mut self.acks, for_id, now, ack_id, message_id, message_ts);
+        self.ack_count += 1;
+    }
 }
 
 /// Carries relayed messages of topics that keep no history to the other
@@ -348,7 +369,13 @@ impl Session<'_> {
         let opened = self.open_burst(t);
         // The burst's clock reading stamps the message and its ack.
         let ts = self.clock.unix_ms();
-        let [message_id, ack_id] = uuids_at(ts).map(UuidText::new);
+        let (message_id, ack_id) = match id {
+            Some(_) => {
+                let [message, ack] = uuids_at(ts).map(UuidText::new);
+                (message, Some(ack))
+            }
+            None => (UuidText::new(uuid_at(ts)), None),
+        };
         let burst = &mut self.burst;
         let start = burst.relays.len();
         write_relay(
@@ -367,7 +394,9 @@ impl Session<'_> {
             }
             return Err(d);
         }
-        write_send_ack(&mut self.burst.acks, id, ts, &ack_id, &message_id, ts);
+        if let Some(ack_id) = ack_id {
+            self.burst.ack(id, ts, &ack_id, &message_id, ts);
+        }
         Ok(self.close_message(t, opened))
     }
 
@@ -388,7 +417,6 @@ impl Session<'_> {
         let burst = &mut self.burst;
         if burst.relays.capacity() == 0 {
             burst.relays = frame_pool::take(burst.hint.0.max(BURST_ROOM.0));
-            burst.acks = frame_pool::take(burst.hint.1.max(BURST_ROOM.1));
         }
         outcome
     }
@@ -403,7 +431,6 @@ impl Session<'_> {
             burst.topic = Some(t.clone());
         }
         burst.relay_count += 1;
-        burst.ack_count += 1;
         let full =
             burst.relays.len() >= BURST_BYTES || burst.relay_count >= self.ctx.max_burst_packets;
         let flushed = if full {
@@ -442,6 +469,10 @@ impl Session<'_> {
             if !self.keeps_history(&topic) {
                 mesh.publish(topic.id, &relays);
             }
+        }
+        if burst.ack_count == 0 {
+            // Every message was sent without an `id`: nothing to answer.
+            return Outcome::Continue;
         }
         match self.out.push_lines(trimmed(burst.acks), burst.ack_count) {
             Ok(()) => Outcome::Continue,
@@ -591,15 +622,10 @@ impl Session<'_> {
             from_json,
             message.ex.get().as_bytes(),
         );
-        let ack_id = UuidText::new(uuid_at(now));
-        write_send_ack(
-            &mut self.burst.acks,
-            request_id,
-            now,
-            &ack_id,
-            &message_id,
-            ts,
-        );
+        if request_id.is_some() {
+            let ack_id = UuidText::new(uuid_at(now));
+            self.burst.ack(request_id, now, &ack_id, &message_id, ts);
+        }
         self.close_message(topic, opened)
     }
 
