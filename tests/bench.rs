@@ -71,6 +71,39 @@ async fn fanout_and_pairs_deliver_everything() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_sends_are_counted_and_the_fence_is_not_one() {
+    // Sends without ids get no ack: what the rate limit refuses is counted
+    // from its errors, and the `ping` that follows the messages (refused
+    // too, the bucket being empty) ends the sender's reading without
+    // counting as a refused send.
+    let server = TestServer::start_with(|c| {
+        c.limits.packets_per_second = 1;
+        c.limits.packet_burst = 60;
+        c.limits.max_connections_per_ip = 10_000;
+    })
+    .await;
+    let t = target(&server);
+    let load = Load {
+        messages: 200,
+        size: 20,
+        rate: None,
+        history: false,
+        batch_bytes: 0,
+    };
+    let r = bench::fanout(&t, 1, 1, load).await.unwrap();
+    let refused: u64 = r
+        .notes
+        .iter()
+        .find(|(k, _)| k == "sends refused by the server")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or(0);
+    assert!(r.lost > 0, "{r}");
+    assert_eq!(refused, r.lost, "{r}");
+    assert_eq!(r.deliveries + refused, 200, "{r}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_login_report() {
     let server = bench_server().await;
     let t = target(&server);

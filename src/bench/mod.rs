@@ -19,7 +19,7 @@ pub mod search;
 pub mod store;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -290,7 +290,8 @@ struct Group {
     senders: Vec<Client>,
     receivers: Vec<Client>,
     /// Senders also count what the others send, on the same connection
-    /// (chatbench's pairs); otherwise senders only read their acks.
+    /// (chatbench's pairs); otherwise senders only read their refusals
+    /// and the reply to the `ping` that follows their messages.
     senders_receive: bool,
 }
 
@@ -603,24 +604,27 @@ fn glance(line: &[u8]) -> Option<(&str, Option<u64>)> {
 }
 
 /// The next line, lent (its bytes are `rd.line(range)`): at once if already
-/// read, else waiting at most `DRAIN`. `arrived` is set to when the bytes
-/// came: lines read together arrived together, so the clock is read once
-/// per read, not once per line.
+/// read, else waiting at most `DRAIN` once `patient` (if given) is false.
+/// `arrived` is set to when the bytes came: lines read together arrived
+/// together, so the clock is read once per read, not once per line.
 async fn next_line(
     rd: &mut ClientReader,
     epoch: Instant,
     arrived: &mut Duration,
+    patient: Option<&AtomicBool>,
 ) -> Option<std::ops::Range<usize>> {
     let span = match rd.buffered_span() {
         Some(span) => span,
-        None => {
-            let span = tokio::time::timeout(DRAIN, rd.next_span())
-                .await
-                .ok()?
-                .ok()??;
-            *arrived = epoch.elapsed();
-            span
-        }
+        None => loop {
+            match tokio::time::timeout(DRAIN, rd.next_span()).await {
+                Ok(read) => {
+                    *arrived = epoch.elapsed();
+                    break read.ok()??;
+                }
+                Err(_) if patient.is_some_and(|p| p.load(Ordering::Acquire)) => {}
+                Err(_) => return None,
+            }
+        },
     };
     match span {
         Span::Line(range) => Some(range),
@@ -635,7 +639,7 @@ async fn receive(c: Client, expected: u64, epoch: Instant, dedup: bool) -> Count
     let mut tally = Tally::new(epoch, expected, dedup);
     let mut arrived = Duration::ZERO;
     while tally.count < expected {
-        let Some(line) = next_line(&mut rd, epoch, &mut arrived).await else {
+        let Some(line) = next_line(&mut rd, epoch, &mut arrived, None).await else {
             break;
         };
         // Only relayed messages carry "t"; skip everything else.
@@ -648,8 +652,15 @@ async fn receive(c: Client, expected: u64, epoch: Instant, dedup: bool) -> Count
 
 /// The `id` of the `ping` a sender writes after its messages: sends
 /// without an `id` get no ack, and replies come in request order, so its
-/// `pong` says every message before it was handled (and any refusal read).
+/// reply says every message before it was handled (and any refusal read).
 const FENCE: &str = "bench-fence";
+
+/// The fence's reply, whether `pong` or a refusal (`rate/limited`).
+fn fences(line: &[u8]) -> bool {
+    static FOR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""for":"bench-fence""#));
+    FOR.find(line).is_some()
+}
 
 /// Sends `load.messages` messages without ids (no acks, as chatbench sends
 /// them), then a `ping`; reads on the side until its `pong` and
@@ -664,15 +675,21 @@ async fn send(
     from_others: u64,
 ) -> Counted {
     let (mut rd, mut wr) = c.into_split();
+    // While this sender still writes, its reader may get nothing for long
+    // (sends without ids get no acks): a quiet spell ends it only after.
+    let writing = Arc::new(AtomicBool::new(true));
+    let still_writing = writing.clone();
     let reading = tokio::spawn(async move {
         let mut tally = Tally::new(epoch, from_others, false);
         let (mut fenced, mut arrived) = (false, Duration::ZERO);
         while !fenced || tally.count < from_others {
-            let Some(line) = next_line(&mut rd, epoch, &mut arrived).await else {
+            let next = next_line(&mut rd, epoch, &mut arrived, Some(&still_writing));
+            let Some(line) = next.await else {
                 break;
             };
-            match glance(rd.line(line)) {
-                Some(("pong", _)) => fenced = true,
+            let line = rd.line(line);
+            match glance(line) {
+                Some(("pong" | "error", _)) if fences(line) => fenced = true,
                 Some(("error", _)) => {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -700,6 +717,7 @@ async fn send(
     }
     let fence = format!("{{\"op\":\"ping\",\"id\":\"{FENCE}\"}}\n");
     let _ = wr.send_raw(fence.as_bytes()).await;
+    writing.store(false, Ordering::Release);
     reading.await.unwrap_or_default()
 }
 

@@ -613,7 +613,7 @@ mod tests {
         #[test]
         fn quote_in_finds_the_first_quote(
             text in prop::collection::vec(
-                prop::sample::select(vec![b'"', b'#', b'!', 0xa2, 0x80, 0x22 ^ 0x80, 0x01, 0xff, b'a']),
+                prop::sample::select(vec![b'"', b'#', b'!', 0xa2, 0x80, 0x7f, 0x01, 0xff, b'a']),
                 0..40,
             ),
         ) {

@@ -421,7 +421,7 @@ impl Session<'_> {
         outcome
     }
 
-    /// Counts the relay and ack just written into the burst; a full burst
+    /// Counts the relay just written into the burst; a full burst
     /// (in bytes, or in packets: a frame is taken whole or not at all, so
     /// it must stay well within any connection's queue) is delivered.
     /// `opened` is what [`Session::open_burst`] said.

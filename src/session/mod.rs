@@ -2,7 +2,8 @@
 //!
 //! Every request gets exactly one reply (`ack`, `error`, or the answer that
 //! carries data), with `ex.for` set to the request's `id` when it had one,
-//! queued in request order on the connection's outbound queue. Handlers live
+//! queued in request order on the connection's outbound queue; but `pong`
+//! and an accepted `send` without an `id` get none. Handlers live
 //! in one file per family: [`auth`] (login, registration), [`meta`].
 
 mod account;
