@@ -811,15 +811,11 @@ async fn a_message_not_kept_is_relayed_as_sent() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_burst_of_sends_keeps_request_and_relay_order() {
-    // One write holds sends to a topic not kept and to a kept one, a
-    // refused send and a ping: the sender's replies come in request order
-    // and each member sees its topics' messages in the order sent.
-    let server = TestServer::start().await;
-    let (mut dan, mut bob, mut amy) = three(&server).await;
+/// `dan` creates a topic that keeps no history ("plain") and one that
+/// does ("kept"); `bob` joins both. Returns their ids.
+async fn plain_and_kept(dan: &mut Client, bob: &mut Client) -> (String, String) {
     let plain = request(
-        &mut dan,
+        dan,
         Packet::request("create")
             .with("name", "plain")
             .with("history", false),
@@ -827,11 +823,22 @@ async fn a_burst_of_sends_keeps_request_and_relay_order() {
     .await
     .topic
     .unwrap();
-    let kept = create(&mut dan, "kept").await;
+    let kept = create(dan, "kept").await;
     for t in [&plain, &kept] {
-        join(&mut bob, t).await;
-        expect_op(&mut dan, "join").await;
+        join(bob, t).await;
+        expect_op(dan, "join").await;
     }
+    (plain, kept)
+}
+
+#[tokio::test]
+async fn a_burst_of_sends_keeps_request_and_relay_order() {
+    // One write holds sends to a topic not kept and to a kept one, a
+    // refused send and a ping: the sender's replies come in request order
+    // and each member sees its topics' messages in the order sent.
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, mut amy) = three(&server).await;
+    let (plain, kept) = plain_and_kept(&mut dan, &mut bob).await;
     join(&mut amy, &plain).await;
     expect_op(&mut dan, "join").await;
     expect_op(&mut bob, "join").await;
@@ -897,20 +904,7 @@ async fn a_send_without_an_id_gets_no_ack_but_its_refusal() {
     // `pong`, in that order; the members get every message, in order.
     let server = TestServer::start().await;
     let (mut dan, mut bob, _amy) = three(&server).await;
-    let plain = request(
-        &mut dan,
-        Packet::request("create")
-            .with("name", "plain")
-            .with("history", false),
-    )
-    .await
-    .topic
-    .unwrap();
-    let kept = create(&mut dan, "kept").await;
-    for t in [&plain, &kept] {
-        join(&mut bob, t).await;
-        expect_op(&mut dan, "join").await;
-    }
+    let (plain, kept) = plain_and_kept(&mut dan, &mut bob).await;
     let script = [
         ("a", plain.as_str()),
         ("b", plain.as_str()),
