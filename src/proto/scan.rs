@@ -19,10 +19,21 @@ use super::packet::{ExText, MAX_ID_CHARS, MAX_NAME_CHARS, within_chars};
 pub struct PlainSend<'a> {
     /// The request's `id`.
     pub id: Option<&'a str>,
-    /// `topic`: a UUID or a name, as the client wrote it.
-    pub topic: &'a str,
+    /// `topic`: a UUID or a name, as the client wrote it. UTF-8, but not
+    /// made a `str` here: checking it again costs more than the rest of
+    /// the send's handling of it, where a session compares it with the
+    /// topic it sent to last ([`PlainSend::topic_text`] makes it one).
+    pub topic: &'a [u8],
     /// `ex`: a non-empty object without a `for` key.
     pub ex: ExText<'a>,
+}
+
+impl PlainSend<'_> {
+    /// `topic` as text. Exact: [`plain_send`] accepts only UTF-8 lines, and
+    /// the topic lies between two ASCII quotes of one.
+    pub fn topic_text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.topic)
+    }
 }
 
 /// Digits a number may have before the reader leaves it to the full
@@ -57,22 +68,22 @@ pub fn plain_send<'a>(line: &'a [u8], max_depth: usize) -> Option<PlainSend<'a>>
     // The line is UTF-8 and every string ends at an ASCII quote: each is
     // UTF-8 too (checked again here, which costs little on short text).
     let text = |s: Option<&'a [u8]>| s.map(std::str::from_utf8).transpose().ok();
-    let (id, topic, from) = (
-        text(envelope.id)?,
-        text(envelope.topic)?,
-        text(envelope.from)?,
-    );
+    let (id, from) = (text(envelope.id)?, text(envelope.from)?);
     let fits = |s: Option<&str>, max: usize| s.is_none_or(|s| within_chars(s, max));
+    let topic = envelope.topic?;
+    // Characters, counted on UTF-8 bytes: every byte but a continuation.
+    let topic_fits = topic.len() <= MAX_NAME_CHARS
+        || topic.iter().filter(|&&b| b & 0xc0 != 0x80).count() <= MAX_NAME_CHARS;
     let ex = envelope.ex?;
     let plain = envelope.op == Some(b"send".as_slice())
         && fits(id, MAX_ID_CHARS)
-        && fits(topic, MAX_NAME_CHARS)
+        && topic_fits
         && fits(from, MAX_NAME_CHARS)
         && !ex.empty
         && !ex.has_for;
     plain.then_some(PlainSend {
         id,
-        topic: topic?,
+        topic,
         ex: ExText::checked(ex.text),
     })
 }
@@ -345,7 +356,7 @@ mod tests {
             assert_eq!(
                 Some((
                     s.id.map(str::to_owned),
-                    Some(s.topic.to_owned()),
+                    Some(s.topic_text().into_owned()),
                     s.ex.get().to_owned()
                 )),
                 expected,
@@ -359,7 +370,7 @@ mod tests {
         let line = r#"{"op":"send","id":"c1","topic":"lobby","ex":{"body":"hi","n":[1,-2.5,{"x":null}],"ok":true}}"#;
         let s = read(line).unwrap();
         assert_eq!(s.id, Some("c1"));
-        assert_eq!(s.topic, "lobby");
+        assert_eq!(s.topic, b"lobby");
         assert_eq!(
             s.ex.get(),
             br#"{"body":"hi","n":[1,-2.5,{"x":null}],"ok":true}"#
@@ -370,7 +381,7 @@ mod tests {
         let s = read(line).unwrap();
         assert_eq!(
             (s.id, s.topic, s.ex.get()),
-            (None, "t", br#"{ "a" : 1 }"#.as_slice())
+            (None, b"t".as_slice(), br#"{ "a" : 1 }"#.as_slice())
         );
         agree(line);
     }
@@ -410,7 +421,7 @@ mod tests {
         let bad = b"{\"op\":\"send\",\"topic\":\"caf\xe9\",\"ex\":{\"a\":1}}";
         assert_eq!(plain_send(bad, DEPTH), None);
         let wide = r#"{"op":"send","topic":"café","ex":{"a":"é"}}"#;
-        assert_eq!(read(wide).map(|s| s.topic), Some("café"));
+        assert_eq!(read(wide).map(|s| s.topic), Some("café".as_bytes()));
         agree(wide);
         let deep = format!(
             r#"{{"op":"send","topic":"t","ex":{{"a":{}1{}}}}}"#,
@@ -423,6 +434,16 @@ mod tests {
             "i".repeat(MAX_ID_CHARS + 1)
         );
         assert_eq!(read(&long_id), None);
+        // A topic's limit is in characters, counted on its bytes: as many
+        // two-byte characters as the limit allows are read, one more not.
+        for (n, ok) in [(MAX_NAME_CHARS, true), (MAX_NAME_CHARS + 1, false)] {
+            let line = format!(
+                r#"{{"op":"send","topic":"{}","ex":{{"a":1}}}}"#,
+                "é".repeat(n)
+            );
+            assert_eq!(read(&line).is_some(), ok, "{n}");
+            agree(&line);
+        }
     }
 
     /// At the deepest limit the configuration allows, both readers take a

@@ -143,7 +143,7 @@ impl Session<'_> {
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Outcome, Denied> {
-        let last = self.sendable(me, topic)?;
+        let last = self.sendable(me, topic.as_bytes())?;
         let (t, text, kept) = (last.record.clone(), last.text, last.kept);
         self.last_topic = Some(last);
         if !kept {
@@ -262,7 +262,7 @@ impl Session<'_> {
     pub(super) fn try_send_now(
         &mut self,
         id: Option<&str>,
-        topic: &str,
+        topic: &[u8],
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Option<Outcome> {
@@ -290,19 +290,21 @@ impl Session<'_> {
         }
     }
 
-    /// The topic named `topic`, if `me` may send to it: resolved and
-    /// checked once per version of the topic table (a record never changes:
-    /// a change makes a new one, at a new version). Lent: taken out of
-    /// `self.last_topic`, for the caller to put back once done with it.
-    fn sendable(&mut self, me: &LoggedIn, topic: &str) -> Result<LastTopic, Denied> {
+    /// The topic named `topic` (UTF-8), if `me` may send to it: resolved
+    /// and checked once per version of the topic table (a record never
+    /// changes: a change makes a new one, at a new version). Lent: taken
+    /// out of `self.last_topic`, for the caller to put back once done.
+    fn sendable(&mut self, me: &LoggedIn, topic: &[u8]) -> Result<LastTopic, Denied> {
         // Read before resolving: a change made meanwhile makes it stale.
         let version = self.ctx.topics.version();
         let mut last = match self.last_topic.take() {
-            Some(last) if last.version == version && last.asked == topic => last,
+            Some(last) if last.version == version && last.asked.as_bytes() == topic => last,
             _ => {
-                let record = self.resolve(topic)?;
+                // Exact for UTF-8, which every caller's topic is.
+                let topic = String::from_utf8_lossy(topic);
+                let record = self.resolve(&topic)?;
                 LastTopic {
-                    asked: topic.to_owned(),
+                    asked: topic.into_owned(),
                     version,
                     text: UuidText::new(record.id),
                     kept: self.keeps_history(&record),

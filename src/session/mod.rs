@@ -468,7 +468,7 @@ impl<'a> Session<'a> {
         };
         self.errors_in_row = 0;
         if let Request::Send { topic, ex } = &request {
-            if let Some(outcome) = self.try_send_now(id, topic, ex, raw_ex) {
+            if let Some(outcome) = self.try_send_now(id, topic.as_bytes(), ex, raw_ex) {
                 return Next::Done(outcome);
             }
         }
@@ -492,7 +492,7 @@ impl<'a> Session<'a> {
         Next::Run {
             id: send.id.map(str::to_owned),
             request: Request::Send {
-                topic: send.topic.to_owned(),
+                topic: send.topic_text().into_owned(),
                 ex: Map::new(),
             },
             raw_ex: Some(send.ex),
