@@ -658,7 +658,9 @@ const FENCE: &str = "bench-fence";
 /// The fence's reply, whether `pong` or a refusal (`rate/limited`).
 fn fences(line: &[u8]) -> bool {
     static FOR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""for":"bench-fence""#));
+        std::sync::LazyLock::new(|| {
+            memchr::memmem::Finder::new(&format!(r#""for":"{FENCE}""#)).into_owned()
+        });
     FOR.find(line).is_some()
 }
 

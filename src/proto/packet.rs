@@ -416,8 +416,15 @@ fn bad_field(field: &str, expected: &str) -> DecodeError {
 
 /// Whether `s` has at most `max` characters, as envelope bounds count.
 pub(crate) fn within_chars(s: &str, max: usize) -> bool {
+    utf8_within_chars(s.as_bytes(), max)
+}
+
+/// [`within_chars`] for bytes known to be UTF-8 (a plain send's topic,
+/// not made a `str`): every byte but a continuation byte starts a
+/// character.
+pub(crate) fn utf8_within_chars(bytes: &[u8], max: usize) -> bool {
     // Under the limit in bytes is under it in characters.
-    s.len() <= max || s.chars().count() <= max
+    bytes.len() <= max || bytes.iter().filter(|&&b| b & 0xc0 != 0x80).count() <= max
 }
 
 fn take_string(

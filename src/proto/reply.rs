@@ -63,13 +63,13 @@ pub fn ack(for_id: Option<&str>) -> Packet {
     answer("ack", for_id)
 }
 
-/// Appends the `ack` of a `send`: `ex` carries the relayed message's `id`
-/// and `ts`. The same packet as `ack(for_id).with("id", …).with("ts", …)`,
-/// written in one pass, since every message has one: `ack_id` and `now`
-/// are the ack's own id and ts.
+/// Appends the `ack` of a `send` (only a `send` with an `id` has one):
+/// `ex` carries the relayed message's `id` and `ts`. The same packet as
+/// `ack(Some(for_id)).with("id", …).with("ts", …)`, written in one pass:
+/// `ack_id` and `now` are the ack's own id and ts.
 pub fn write_send_ack(
     buf: &mut Vec<u8>,
-    for_id: Option<&str>,
+    for_id: &str,
     now: i64,
     ack_id: &UuidText,
     message_id: &UuidText,
@@ -80,13 +80,9 @@ pub fn write_send_ack(
     write_uuid(buf, ack_id);
     buf.extend_from_slice(b",\"ts\":");
     buf.extend_from_slice(number.format(now).as_bytes());
-    buf.extend_from_slice(b",\"op\":\"ack\",\"ex\":{");
-    if let Some(for_id) = for_id {
-        buf.extend_from_slice(b"\"for\":");
-        write_str(buf, for_id);
-        buf.push(b',');
-    }
-    buf.extend_from_slice(b"\"id\":");
+    buf.extend_from_slice(b",\"op\":\"ack\",\"ex\":{\"for\":");
+    write_str(buf, for_id);
+    buf.extend_from_slice(b",\"id\":");
     write_uuid(buf, message_id);
     buf.extend_from_slice(b",\"ts\":");
     buf.extend_from_slice(number.format(message_ts).as_bytes());
@@ -123,13 +119,15 @@ mod tests {
 
     #[test]
     fn send_ack_is_the_ack_packet() {
-        for for_id in [Some("r\"1"), None] {
+        for for_id in ["r\"1", "r1"] {
             let mut line = Vec::new();
             let (own, message) = (crate::proto::id::new_uuid(), crate::proto::id::new_uuid());
             let texts = (UuidText::new(own), UuidText::new(message));
             write_send_ack(&mut line, for_id, 7, &texts.0, &texts.1, 42);
             let got = Packet::decode(line.strip_suffix(b"\n").unwrap(), 8).unwrap();
-            let mut want = ack(for_id).with("id", message.to_string()).with("ts", 42);
+            let mut want = ack(Some(for_id))
+                .with("id", message.to_string())
+                .with("ts", 42);
             want.id = Some(own.to_string());
             want.ts = Some(7);
             assert_eq!(got, want);

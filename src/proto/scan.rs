@@ -11,7 +11,7 @@
 //!
 //! [`Packet::decode_lazy`]: super::Packet::decode_lazy
 
-use super::packet::{ExText, MAX_ID_CHARS, MAX_NAME_CHARS, within_chars};
+use super::packet::{ExText, MAX_ID_CHARS, MAX_NAME_CHARS, utf8_within_chars, within_chars};
 
 /// A `send` read by [`plain_send`]: its correlation id, its topic as given,
 /// and its `ex`, to be relayed as sent.
@@ -71,13 +71,10 @@ pub fn plain_send<'a>(line: &'a [u8], max_depth: usize) -> Option<PlainSend<'a>>
     let (id, from) = (text(envelope.id)?, text(envelope.from)?);
     let fits = |s: Option<&str>, max: usize| s.is_none_or(|s| within_chars(s, max));
     let topic = envelope.topic?;
-    // Characters, counted on UTF-8 bytes: every byte but a continuation.
-    let topic_fits = topic.len() <= MAX_NAME_CHARS
-        || topic.iter().filter(|&&b| b & 0xc0 != 0x80).count() <= MAX_NAME_CHARS;
     let ex = envelope.ex?;
     let plain = envelope.op == Some(b"send".as_slice())
         && fits(id, MAX_ID_CHARS)
-        && topic_fits
+        && utf8_within_chars(topic, MAX_NAME_CHARS)
         && fits(from, MAX_NAME_CHARS)
         && !ex.empty
         && !ex.has_for;

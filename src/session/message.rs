@@ -90,12 +90,12 @@ pub(super) struct Burst {
 }
 
 impl Burst {
-    /// Appends a `send`'s ack. Only a `send` with an `id` has one: one
-    /// without is fire-and-forget (protocol.md, 9.1), so that a client
-    /// that does not match replies to requests is not sent any.
+    /// Appends the ack of the `send` whose `id` is `for_id`. One without an
+    /// `id` has none: it is fire-and-forget (protocol.md, 9.1), so that a
+    /// client that does not match replies to requests is not sent any.
     fn ack(
         &mut self,
-        for_id: Option<&str>,
+        for_id: &str,
         now: i64,
         ack_id: &UuidText,
         message_id: &UuidText,
@@ -371,10 +371,11 @@ impl Session<'_> {
         let opened = self.open_burst(t);
         // The burst's clock reading stamps the message and its ack.
         let ts = self.clock.unix_ms();
-        let (message_id, ack_id) = match id {
-            Some(_) => {
+        // With an ack, its id is minted with the message's, in one step.
+        let (message_id, ack) = match id {
+            Some(for_id) => {
                 let [message, ack] = uuids_at(ts).map(UuidText::new);
-                (message, Some(ack))
+                (message, Some((for_id, ack)))
             }
             None => (UuidText::new(uuid_at(ts)), None),
         };
@@ -396,8 +397,8 @@ impl Session<'_> {
             }
             return Err(d);
         }
-        if let Some(ack_id) = ack_id {
-            self.burst.ack(id, ts, &ack_id, &message_id, ts);
+        if let Some((for_id, ack_id)) = ack {
+            self.burst.ack(for_id, ts, &ack_id, &message_id, ts);
         }
         Ok(self.close_message(t, opened))
     }
@@ -624,9 +625,9 @@ impl Session<'_> {
             from_json,
             message.ex.get().as_bytes(),
         );
-        if request_id.is_some() {
+        if let Some(for_id) = request_id {
             let ack_id = UuidText::new(uuid_at(now));
-            self.burst.ack(request_id, now, &ack_id, &message_id, ts);
+            self.burst.ack(for_id, now, &ack_id, &message_id, ts);
         }
         self.close_message(topic, opened)
     }
