@@ -42,24 +42,30 @@ pub async fn apply(ctx: &Context, events: &[Event]) {
     }
     if !topics.is_empty() {
         let ids: Vec<Uuid> = topics.into_iter().collect();
+        let cache = ctx.topics.clone();
+        // Cached in the store's job, as sessions cache theirs: no job
+        // after this one answers ahead of the cache.
         match ctx
             .store
             .call(move |db| {
-                ids.iter()
-                    .filter_map(|id| db.topic(*id).transpose())
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await
-        {
-            Ok(records) => {
-                for r in records {
+                let mut changed = Vec::new();
+                for id in ids {
+                    let Some(r) = db.topic(id)? else { continue };
                     // Announced against the copy it replaces, and only if
                     // it is newer: a session may have put a later copy
                     // meanwhile.
                     let new = r.clone();
-                    if let Put::Taken(Some(old)) = ctx.topics.put(r) {
-                        announce(ctx, &old, &new).await;
+                    if let Put::Taken(Some(old)) = cache.put(r) {
+                        changed.push((old, new));
                     }
+                }
+                Ok(changed)
+            })
+            .await
+        {
+            Ok(changed) => {
+                for (old, new) in changed {
+                    announce(ctx, &old, &new).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "mesh: cannot reload topics"),

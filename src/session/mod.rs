@@ -143,8 +143,9 @@ pub struct Context {
     pub throttle: LoginThrottle,
     /// Which connections each account has.
     pub presence: Presence,
-    /// The topic table (a cache of the store's topics).
-    pub topics: Topics,
+    /// The topic table (a cache of the store's topics). Shared with store
+    /// jobs, so that a change can be cached in the job that commits it.
+    pub topics: std::sync::Arc<Topics>,
     /// History settings.
     pub history: crate::config::HistoryConfig,
     /// The server's metrics.
@@ -207,7 +208,7 @@ impl Context {
                 std::time::Duration::from_millis(config.auth.failure_window_ms),
             ),
             presence: Presence::default(),
-            topics: Topics::load(topics),
+            topics: std::sync::Arc::new(Topics::load(topics)),
             history: config.history.clone(),
             metrics: std::sync::Arc::default(),
             ticket_relay: std::sync::OnceLock::new(),

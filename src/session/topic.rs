@@ -13,6 +13,7 @@ use super::admission::members_only;
 use super::{Denied, LoggedIn, Outcome, Session};
 use crate::proto::name::{check_topic_name, check_username};
 use crate::proto::{ErrorCode, Packet, reply};
+use crate::router::Topics;
 use crate::router::acl::{Actor, Flag, Subject};
 use crate::store::{self, TopicRecord};
 
@@ -49,6 +50,27 @@ fn check_reserved(values: &Map<String, Value>) -> Result<(), Denied> {
         }
     }
     Ok(())
+}
+
+/// Creates a topic and caches it in the same store job. Cached after the
+/// job instead, a second client's `create` of the name could be refused as
+/// taken and its `join` then find no such topic, while the creator's task
+/// waited to run.
+async fn create_cached(
+    store: &store::Store,
+    topics: &Arc<Topics>,
+    name: String,
+    creator: Uuid,
+    meta: Map<String, Value>,
+) -> Result<TopicRecord, store::Error> {
+    let topics = topics.clone();
+    store
+        .call(move |db| {
+            let record = db.create_topic(&name, creator, &meta)?;
+            topics.put(record.clone());
+            Ok(record)
+        })
+        .await
 }
 
 fn name_error(e: store::Error) -> Denied {
@@ -169,14 +191,21 @@ impl Session<'_> {
     }
 
     /// Reloads a topic from the store into the cache after a change.
+    /// Cached in the store's job, as [`create_cached`] does.
     pub(super) async fn reload(&self, id: Uuid) -> Result<TopicRecord, Denied> {
+        let topics = self.ctx.topics.clone();
         let record = self
             .ctx
             .store
-            .call(move |db| db.topic(id))
+            .call(move |db| {
+                let record = db.topic(id)?;
+                if let Some(r) = &record {
+                    topics.put(r.clone());
+                }
+                Ok(record)
+            })
             .await?
             .ok_or_else(not_found)?;
-        self.ctx.topics.put(record.clone());
         Ok(record)
     }
 
@@ -225,14 +254,9 @@ impl Session<'_> {
         // The creator becomes a member of the new (empty) topic.
         self.may_enter_another(me.id)?;
         self.check_meta(&meta)?;
-        let creator = me.id;
-        let record = self
-            .ctx
-            .store
-            .call(move |db| db.create_topic(&name, creator, &meta))
+        let record = create_cached(&self.ctx.store, &self.ctx.topics, name, me.id, meta)
             .await
             .map_err(name_error)?;
-        self.ctx.topics.put(record.clone());
         info!(account = %me.name, topic = %record.name, topic_id = %record.id, "topic created");
         let mut p = self.topic_meta(&record, &me.name).await?;
         p = p.answering(id);
@@ -565,4 +589,36 @@ pub(crate) fn announce_to_topic(
         .chain(extra.iter().filter(|a| !t.members.contains(a)))
         .collect();
     ctx.presence.deliver(accounts, &bytes, 1, except);
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// The topic is in the cache once the store has run the job that
+    /// created it, whether or not the creator's task has run since.
+    #[tokio::test]
+    async fn a_created_topic_is_cached_by_the_job_that_commits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::Store::open(dir.path(), "node").unwrap();
+        let topics = Arc::new(Topics::default());
+        let mut create = Box::pin(create_cached(
+            &store,
+            &topics,
+            "lobby".into(),
+            Uuid::now_v7(),
+            Map::new(),
+        ));
+        // Polled once: the job is queued; the creator is not polled again.
+        assert!((&mut create).now_or_never().is_none());
+        // Jobs run in order: when this one has run, so has the create.
+        store.call(|_| Ok(())).await.unwrap();
+        let cached = topics.resolve("LOBBY").expect("cached by the create's job");
+        assert_eq!(cached.name, "lobby");
+        let record = create.await.unwrap();
+        assert_eq!(record.id, cached.id);
+        store.close().await;
+    }
 }
