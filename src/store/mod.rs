@@ -1056,8 +1056,12 @@ mod tests {
         };
         let warm = cached(&store).await;
         assert!(warm > 1 << 20, "{warm}");
-        // Work between two ticks: the cache stays.
+        // Work between two ticks: the cache stays. The reader thread takes
+        // its tick in its own time: this read, queued after it, makes sure
+        // the tick came before the work (else the reader would see no work
+        // between its two ticks and give back pages the writer shares).
         assert!(store.tidy());
+        store.read(|_| Ok(())).await.unwrap();
         let still = cached(&store).await;
         assert!(store.tidy());
         let kept = cached(&store).await;
