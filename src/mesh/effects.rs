@@ -3,6 +3,7 @@
 //! elsewhere, and kept messages relayed to the members connected here.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -11,24 +12,54 @@ use super::NOBODY;
 use crate::change::{Entity, field};
 use crate::proto::packet::{KeptSend, write_line};
 use crate::proto::{ErrorCode, Packet};
+use crate::router::Topics;
 use crate::router::topics::Put;
 use crate::session::{
     Context, acl_value, announce_to_topic, meta_packet, topic_event, topic_names,
 };
-use crate::store::Event;
 use crate::store::TopicRecord;
+use crate::store::{self, Db, Event};
 
-/// Brings this node's caches and connections up to date with `events`,
-/// just applied to the store, in log order.
-pub async fn apply(ctx: &Context, events: &[Event]) {
-    let mut topics = BTreeSet::new();
+/// Topics whose copies in the topic table changed with a batch of events:
+/// the copy replaced and the new one, for [`apply`] to announce.
+pub type Recached = Vec<(Arc<TopicRecord>, TopicRecord)>;
+
+/// Reads back every topic `events` wrote and puts it in `cache`. Called in
+/// the store job that applied the events, as sessions cache their own
+/// changes: no later job answers ahead of the cache (a local `create` of a
+/// name a peer's topic just took is refused, and the `join` after it finds
+/// that topic). The topics are all read before any is put, so a failed
+/// read leaves the table as it was.
+pub fn recache(db: &mut Db, cache: &Topics, events: &[&Event]) -> Result<Recached, store::Error> {
+    let ids: BTreeSet<Uuid> = events
+        .iter()
+        .flat_map(|e| &e.change.writes)
+        .filter_map(|w| crate::store::parse_entity("topic:", &w.entity))
+        .collect();
+    let records = ids
+        .into_iter()
+        .filter_map(|id| db.topic(id).transpose())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut changed = Vec::new();
+    for r in records {
+        // Announced against the copy it replaces, and only if newer.
+        let new = r.clone();
+        if let Put::Taken(Some(old)) = cache.put(r) {
+            changed.push((old, new));
+        }
+    }
+    Ok(changed)
+}
+
+/// Brings this node's connections up to date with `events`, just applied
+/// to the store, in log order; `recached` is what [`recache`] did to the
+/// topic table in the same store job.
+pub async fn apply(ctx: &Context, events: &[Event], recached: Recached) {
     let mut gone = BTreeSet::new();
     let mut senders = BTreeSet::new();
     for e in events {
         for w in &e.change.writes {
-            if let Some(id) = crate::store::parse_entity("topic:", &w.entity) {
-                topics.insert(id);
-            } else if let Some(id) = crate::store::parse_entity("account:", &w.entity) {
+            if let Some(id) = crate::store::parse_entity("account:", &w.entity) {
                 let ends = (w.field == field::DELETED || w.field == field::DISABLED)
                     && w.value == serde_json::Value::Bool(true);
                 if ends {
@@ -40,36 +71,8 @@ pub async fn apply(ctx: &Context, events: &[Event]) {
             senders.insert(m.sender);
         }
     }
-    if !topics.is_empty() {
-        let ids: Vec<Uuid> = topics.into_iter().collect();
-        let cache = ctx.topics.clone();
-        // Cached in the store's job, as sessions cache theirs: no job
-        // after this one answers ahead of the cache.
-        match ctx
-            .store
-            .call(move |db| {
-                let mut changed = Vec::new();
-                for id in ids {
-                    let Some(r) = db.topic(id)? else { continue };
-                    // Announced against the copy it replaces, and only if
-                    // it is newer: a session may have put a later copy
-                    // meanwhile.
-                    let new = r.clone();
-                    if let Put::Taken(Some(old)) = cache.put(r) {
-                        changed.push((old, new));
-                    }
-                }
-                Ok(changed)
-            })
-            .await
-        {
-            Ok(changed) => {
-                for (old, new) in changed {
-                    announce(ctx, &old, &new).await;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "mesh: cannot reload topics"),
-        }
+    for (old, new) in recached {
+        announce(ctx, &old, &new).await;
     }
     for account in gone {
         // The account may have been re-enabled since: ask the store.
@@ -184,5 +187,43 @@ async fn announce(ctx: &Context, old: &TopicRecord, new: &TopicRecord) {
     }
     if meta_changed {
         to(&[], &meta_packet(new, &names, &server));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events that write a topic put its copy as the store now has it, and
+    /// name the copy each replaced.
+    #[test]
+    fn recache_puts_the_topics_events_wrote_and_names_what_they_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "node").unwrap();
+        let topics = Topics::default();
+        let t = db
+            .create_topic("lobby", Uuid::now_v7(), &Default::default())
+            .unwrap();
+        let created = db.events().unwrap();
+        let refs: Vec<&Event> = created.iter().collect();
+        // New to the table: put, and nothing replaced to announce.
+        assert!(recache(&mut db, &topics, &refs).unwrap().is_empty());
+        assert_eq!(topics.resolve("lobby").map(|r| r.id), Some(t.id));
+
+        db.update_topic(t.id, Some("hall"), &Default::default(), 64)
+            .unwrap();
+        let all = db.events().unwrap();
+        let renamed: Vec<&Event> = all.iter().skip(created.len()).collect();
+        let changed = recache(&mut db, &topics, &renamed).unwrap();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            (changed[0].0.name.as_str(), changed[0].1.name.as_str()),
+            ("lobby", "hall")
+        );
+        assert!(topics.resolve("lobby").is_none());
+        assert_eq!(topics.resolve("hall").map(|r| r.id), Some(t.id));
+
+        // Events that write no topic change nothing.
+        assert!(recache(&mut db, &topics, &[]).unwrap().is_empty());
     }
 }

@@ -449,7 +449,25 @@ async fn receive(
         Err(e) => return Some(End::Refuse(Code::Malformed, format!("bad change: {e}"))),
     };
     let _in_order = inner.applying.lock().await;
-    let results = match inner.store.call(move |db| db.receive(batch)).await {
+    let cache = inner.ctx.topics.clone();
+    let received = inner.store.call(move |db| {
+        let results = db.receive(batch)?;
+        let applied: Vec<&crate::store::Event> = results
+            .iter()
+            .filter_map(|r| match r {
+                Received::Applied(e) => Some(&**e),
+                _ => None,
+            })
+            .collect();
+        // The events are in: a failed read leaves the topic table behind
+        // (as it was) rather than fail the batch.
+        let recached = effects::recache(db, &cache, &applied).unwrap_or_else(|e| {
+            warn!(error = %e, "mesh: cannot reload topics");
+            Vec::new()
+        });
+        Ok((results, recached))
+    });
+    let (results, recached) = match received.await {
         Ok(r) => r,
         Err(e) => return Some(End::Refuse(Code::Internal, format!("store: {e}"))),
     };
@@ -483,7 +501,7 @@ async fn receive(
         inner.learn_node(&e.node);
     }
     if !applied.is_empty() {
-        effects::apply(&inner.ctx, &applied).await;
+        effects::apply(&inner.ctx, &applied, recached).await;
         // After the messages they may name.
         super::messages::relay(&inner.ctx, &applied).await;
     }

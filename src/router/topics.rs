@@ -1,8 +1,9 @@
 //! The in-memory topic table: a cache of the store's topics (name ↔ id,
 //! metadata, ACL, members) that the hot path reads without touching SQLite.
-//! After every committed topic change the session reloads that topic from
-//! the store and [`Topics::put`]s it, so the store stays the one source of
-//! truth.
+//! Every committed topic change is read back and [`Topics::put`] here in
+//! the store job that commits it (a session's change, or a batch of a mesh
+//! peer's events), so the store stays the one source of truth and no later
+//! store job answers ahead of the table.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,10 +71,10 @@ impl Topics {
     }
 
     /// Replaces the cached copy of a topic (removes it if deleted), unless
-    /// the cache holds a copy read later: sessions and the mesh reload
-    /// topics concurrently, and the last to finish is not always the
-    /// newest. Answers whether `record` was taken, and the copy it
-    /// replaced.
+    /// the cache holds a copy read later. Puts come from store jobs, which
+    /// run one at a time, so they arrive in order; the check keeps it so
+    /// for any put made elsewhere. Answers whether `record` was taken, and
+    /// the copy it replaced.
     pub fn put(&self, record: TopicRecord) -> Put {
         let Ok(mut t) = self.table.write() else {
             return Put::Stale;

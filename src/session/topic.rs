@@ -15,7 +15,7 @@ use crate::proto::name::{check_topic_name, check_username};
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::Topics;
 use crate::router::acl::{Actor, Flag, Subject};
-use crate::store::{self, TopicRecord};
+use crate::store::{self, Db, TopicRecord};
 
 /// Flags a topic ACL may hold.
 const TOPIC_FLAGS: [Flag; 6] = [
@@ -68,6 +68,28 @@ async fn create_cached(
         .call(move |db| {
             let record = db.create_topic(&name, creator, &meta)?;
             topics.put(record.clone());
+            Ok(record)
+        })
+        .await
+}
+
+/// Runs `change` to topic `id`, reads the topic back and caches it, all in
+/// one store job, for the reason [`create_cached`] gives (a rename, too,
+/// frees one name and takes another). `None` if there is no such topic.
+async fn change_cached(
+    store: &store::Store,
+    topics: &Arc<Topics>,
+    id: Uuid,
+    change: impl FnOnce(&mut Db) -> Result<(), store::Error> + Send + 'static,
+) -> Result<Option<TopicRecord>, store::Error> {
+    let topics = topics.clone();
+    store
+        .call(move |db| {
+            change(db)?;
+            let record = db.topic(id)?;
+            if let Some(r) = &record {
+                topics.put(r.clone());
+            }
             Ok(record)
         })
         .await
@@ -144,11 +166,8 @@ impl Session<'_> {
         member: bool,
     ) -> Result<TopicRecord, Denied> {
         let tid = t.id;
-        self.ctx
-            .store
-            .call(move |db| db.set_member(tid, account, member))
-            .await?;
-        self.reload(tid).await
+        self.change_topic(tid, move |db| db.set_member(tid, account, member))
+            .await
     }
 
     /// Tells the topic's members, and the account's connections, that
@@ -190,23 +209,17 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Reloads a topic from the store into the cache after a change.
-    /// Cached in the store's job, as [`create_cached`] does.
-    pub(super) async fn reload(&self, id: Uuid) -> Result<TopicRecord, Denied> {
-        let topics = self.ctx.topics.clone();
-        let record = self
-            .ctx
-            .store
-            .call(move |db| {
-                let record = db.topic(id)?;
-                if let Some(r) = &record {
-                    topics.put(r.clone());
-                }
-                Ok(record)
-            })
-            .await?
-            .ok_or_else(not_found)?;
-        Ok(record)
+    /// Commits `change` to topic `id` and caches the topic as it then
+    /// stands, in one store job ([`change_cached`]).
+    pub(super) async fn change_topic(
+        &self,
+        id: Uuid,
+        change: impl FnOnce(&mut Db) -> Result<(), store::Error> + Send + 'static,
+    ) -> Result<TopicRecord, Denied> {
+        change_cached(&self.ctx.store, &self.ctx.topics, id, change)
+            .await
+            .map_err(name_error)?
+            .ok_or_else(not_found)
     }
 
     /// Account names for rendering members and ACL subjects.
@@ -341,12 +354,11 @@ impl Session<'_> {
         };
         self.check_meta(&values)?;
         let (tid, max) = (t.id, self.ctx.max_meta_keys);
-        self.ctx
-            .store
-            .call(move |db| db.update_topic(tid, rename.as_deref(), &values, max))
-            .await
-            .map_err(name_error)?;
-        let record = self.reload(tid).await?;
+        let record = self
+            .change_topic(tid, move |db| {
+                db.update_topic(tid, rename.as_deref(), &values, max)
+            })
+            .await?;
         let p = self.topic_meta(&record, &me.name).await?;
         self.announce(&record, &[], &p);
         Ok(self.reply(reply::ack(id)))
@@ -465,16 +477,14 @@ impl Session<'_> {
             .chain(revoke.iter().map(|f| (*f, false)))
             .collect();
         let s = subject.clone();
-        self.ctx
-            .store
-            .call(move |db| {
+        let record = self
+            .change_topic(tid, move |db| {
                 for (flag, granted) in changes {
                     db.set_topic_acl(tid, &s, flag, granted)?;
                 }
                 Ok(())
             })
             .await?;
-        let record = self.reload(tid).await?;
         let names = self.names(&record).await?;
         let acl_event = self
             .event("acl", &record, &me.name)
@@ -513,8 +523,8 @@ impl Session<'_> {
             return Err(denied("delete it"));
         }
         let tid = t.id;
-        self.ctx.store.call(move |db| db.delete_topic(tid)).await?;
-        self.reload(tid).await?;
+        self.change_topic(tid, move |db| db.delete_topic(tid))
+            .await?;
         info!(account = %me.name, topic = %t.name, topic_id = %t.id, "topic deleted");
         self.announce(&t, &[], &self.event("delete", &t, &me.name));
         Ok(self.reply(reply::ack(id)))
@@ -597,28 +607,73 @@ mod tests {
 
     use super::*;
 
-    /// The topic is in the cache once the store has run the job that
+    /// Holds the store thread in a job until the returned sender is used
+    /// or dropped: jobs queued meanwhile wait behind it.
+    async fn hold(store: &store::Store) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, busy) = tokio::sync::oneshot::channel();
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .call(move |_| {
+                    let _ = started.send(());
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+        });
+        busy.await.unwrap();
+        release
+    }
+
+    /// Runs `job` up to queuing its store job, lets the store thread run
+    /// that job and the next, and hands `job` back unfinished: what the
+    /// table holds then is what the store job did, not the caller.
+    async fn queued_and_run<F: Future + Unpin>(store: &store::Store, mut job: F) -> F {
+        let release = hold(store).await;
+        // The store thread is held: the job is queued and cannot be done.
+        assert!((&mut job).now_or_never().is_none());
+        drop(release);
+        // Jobs run in order: when this one has run, so has the job's.
+        store.call(|_| Ok(())).await.unwrap();
+        job
+    }
+
+    /// The topic is in the table once the store has run the job that
     /// created it, whether or not the creator's task has run since.
     #[tokio::test]
     async fn a_created_topic_is_cached_by_the_job_that_commits_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = store::Store::open(dir.path(), "node").unwrap();
         let topics = Arc::new(Topics::default());
-        let mut create = Box::pin(create_cached(
-            &store,
-            &topics,
-            "lobby".into(),
-            Uuid::now_v7(),
-            Map::new(),
-        ));
-        // Polled once: the job is queued; the creator is not polled again.
-        assert!((&mut create).now_or_never().is_none());
-        // Jobs run in order: when this one has run, so has the create.
-        store.call(|_| Ok(())).await.unwrap();
+        let creator = Uuid::now_v7();
+        let create = create_cached(&store, &topics, "lobby".into(), creator, Map::new());
+        let create = queued_and_run(&store, Box::pin(create)).await;
         let cached = topics.resolve("LOBBY").expect("cached by the create's job");
         assert_eq!(cached.name, "lobby");
-        let record = create.await.unwrap();
-        assert_eq!(record.id, cached.id);
+        assert_eq!(create.await.unwrap().id, cached.id);
+        store.close().await;
+    }
+
+    /// A rename frees the old name and takes the new one in the table in
+    /// the job that commits it.
+    #[tokio::test]
+    async fn a_renamed_topic_is_cached_by_the_job_that_commits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::Store::open(dir.path(), "node").unwrap();
+        let topics = Arc::new(Topics::default());
+        let creator = Uuid::now_v7();
+        let t = create_cached(&store, &topics, "lobby".into(), creator, Map::new())
+            .await
+            .unwrap();
+        let id = t.id;
+        let rename = change_cached(&store, &topics, id, move |db| {
+            db.update_topic(id, Some("hall"), &Map::new(), 64)
+        });
+        let rename = queued_and_run(&store, Box::pin(rename)).await;
+        assert_eq!(topics.resolve("hall").map(|r| r.id), Some(id));
+        assert!(topics.resolve("lobby").is_none());
+        assert_eq!(rename.await.unwrap().map(|r| r.name), Some("hall".into()));
         store.close().await;
     }
 }
