@@ -607,30 +607,18 @@ mod tests {
 
     use super::*;
 
-    /// Holds the store thread in a job until the returned sender is used
-    /// or dropped: jobs queued meanwhile wait behind it.
-    async fn hold(store: &store::Store) -> std::sync::mpsc::Sender<()> {
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (started, busy) = tokio::sync::oneshot::channel();
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .call(move |_| {
-                    let _ = started.send(());
-                    let _ = held.recv();
-                    Ok(())
-                })
-                .await
-        });
-        busy.await.unwrap();
-        release
+    /// A new store in a temporary directory, and an empty topic table.
+    fn store_and_table() -> (tempfile::TempDir, store::Store, Arc<Topics>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::Store::open(dir.path(), "node").unwrap();
+        (dir, store, Arc::new(Topics::default()))
     }
 
     /// Runs `job` up to queuing its store job, lets the store thread run
     /// that job and the next, and hands `job` back unfinished: what the
     /// table holds then is what the store job did, not the caller.
     async fn queued_and_run<F: Future + Unpin>(store: &store::Store, mut job: F) -> F {
-        let release = hold(store).await;
+        let (release, _held) = store::hold_store_thread(store).await;
         // The store thread is held: the job is queued and cannot be done.
         assert!((&mut job).now_or_never().is_none());
         drop(release);
@@ -643,11 +631,8 @@ mod tests {
     /// created it, whether or not the creator's task has run since.
     #[tokio::test]
     async fn a_created_topic_is_cached_by_the_job_that_commits_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store::Store::open(dir.path(), "node").unwrap();
-        let topics = Arc::new(Topics::default());
-        let creator = Uuid::now_v7();
-        let create = create_cached(&store, &topics, "lobby".into(), creator, Map::new());
+        let (_dir, store, topics) = store_and_table();
+        let create = create_cached(&store, &topics, "lobby".into(), Uuid::now_v7(), Map::new());
         let create = queued_and_run(&store, Box::pin(create)).await;
         let cached = topics.resolve("LOBBY").expect("cached by the create's job");
         assert_eq!(cached.name, "lobby");
@@ -659,11 +644,8 @@ mod tests {
     /// the job that commits it.
     #[tokio::test]
     async fn a_renamed_topic_is_cached_by_the_job_that_commits_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store::Store::open(dir.path(), "node").unwrap();
-        let topics = Arc::new(Topics::default());
-        let creator = Uuid::now_v7();
-        let t = create_cached(&store, &topics, "lobby".into(), creator, Map::new())
+        let (_dir, store, topics) = store_and_table();
+        let t = create_cached(&store, &topics, "lobby".into(), Uuid::now_v7(), Map::new())
             .await
             .unwrap();
         let id = t.id;

@@ -956,34 +956,35 @@ impl Store {
     }
 }
 
+/// For tests: keeps the store thread busy with a job until the returned
+/// sender says go (or is dropped); returns once the job has started.
+#[cfg(test)]
+pub(crate) async fn hold_store_thread(
+    store: &Store,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    tokio::task::JoinHandle<Result<(), Error>>,
+) {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (started, busy) = oneshot::channel();
+    let store = store.clone();
+    let writer = tokio::spawn(async move {
+        store
+            .call(move |_| {
+                let _ = started.send(());
+                let _ = held.recv();
+                Ok(())
+            })
+            .await
+    });
+    busy.await.unwrap();
+    (release, writer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::change::{ExJson, Message};
-
-    /// Keeps the store thread busy with a job until the returned sender
-    /// says go; returns once the job has started.
-    async fn hold_store_thread(
-        store: &Store,
-    ) -> (
-        std::sync::mpsc::Sender<()>,
-        tokio::task::JoinHandle<Result<(), Error>>,
-    ) {
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (started, busy) = oneshot::channel();
-        let store = store.clone();
-        let writer = tokio::spawn(async move {
-            store
-                .call(move |_| {
-                    let _ = started.send(());
-                    let _ = held.recv();
-                    Ok(())
-                })
-                .await
-        });
-        busy.await.unwrap();
-        (release, writer)
-    }
 
     /// Message `m{n}` to `topic` from nobody, with `ex`, to keep.
     fn kept(topic: uuid::Uuid, n: usize, ex: ExJson) -> Change {
