@@ -256,7 +256,7 @@ impl Session<'_> {
         let account = self
             .ctx
             .store
-            .call(move |db| db.create_account(&name, &phc))
+            .call_synced(move |db| db.create_account(&name, &phc))
             .await?;
         info!(account = %account.name, "account registered");
         Ok(self.reply(reply::ack(id).with("account", Value::String(account.name))))

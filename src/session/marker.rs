@@ -69,7 +69,7 @@ impl Session<'_> {
         let marked = self
             .ctx
             .store
-            .call(move |db| {
+            .call_synced(move |db| {
                 let Some(kept) = db.kept_message(tid, &message)? else {
                     return Ok(Marked::Unknown);
                 };

@@ -75,7 +75,7 @@ impl Session<'_> {
         let (t, account, bound) = (ticket.clone(), me.id, server.clone());
         self.ctx
             .store
-            .call(move |db| db.store_ticket(&t, account, bound.as_deref(), expires, now))
+            .call_synced(move |db| db.store_ticket(&t, account, bound.as_deref(), expires, now))
             .await?;
         info!(account = %me.name, bound_to = server.as_deref().unwrap_or("-"), "ticket issued");
         let mut p = Packet::server("ticket")
@@ -184,7 +184,7 @@ pub async fn redeem_here(
     ticket: &str,
 ) -> Result<Option<Uuid>, crate::store::Error> {
     let t = ticket.to_owned();
-    let Some(found) = store.call(move |db| db.take_ticket(&t)).await? else {
+    let Some(found) = store.call_synced(move |db| db.take_ticket(&t)).await? else {
         return Ok(None);
     };
     if found.expires_ms <= now_ms() || !redeemer.fits(found.bound_to.as_deref()) {

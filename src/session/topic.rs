@@ -65,7 +65,7 @@ async fn create_cached(
 ) -> Result<TopicRecord, store::Error> {
     let topics = topics.clone();
     store
-        .call(move |db| {
+        .call_synced(move |db| {
             let record = db.create_topic(&name, creator, &meta)?;
             topics.put(record.clone());
             Ok(record)
@@ -84,7 +84,7 @@ async fn change_cached(
 ) -> Result<Option<TopicRecord>, store::Error> {
     let topics = topics.clone();
     store
-        .call(move |db| {
+        .call_synced(move |db| {
             change(db)?;
             let record = db.topic(id)?;
             if let Some(r) = &record {

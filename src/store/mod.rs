@@ -477,8 +477,20 @@ fn seed(db: &mut Db) -> Result<(), Error> {
 
 type Job = Box<dyn FnOnce(&mut Db) + Send>;
 
+/// A job whose commits the sync thread syncs ([`Store::call_synced`]):
+/// it runs and hands back its answer, to be given once they are on disk
+/// (or with the sync's error).
+type SyncedJob = Box<dyn FnOnce(&mut Db) -> wal::Reply + Send>;
+
+/// Synced-later jobs run together at most: their answers wait for one
+/// sync.
+const MAX_SYNCED_RUN: usize = 1024;
+
 enum Msg {
     Job(Job),
+    /// A job answered once its commits are synced; consecutive ones share
+    /// a sync.
+    Synced(SyncedJob),
     /// A tick of [`Store::tidy`].
     Tidy,
     /// A change to append; consecutive ones are committed together.
@@ -549,6 +561,7 @@ fn commit_batch(
         Ok((results, seq)) => {
             let group = wal::Committed {
                 answers: replies.into_iter().zip(results).collect(),
+                replies: Vec::new(),
                 rooms,
                 seq,
             };
@@ -562,6 +575,47 @@ fn commit_batch(
                 let _ = reply.send(Err(Error::Corrupt(format!("batch not committed: {e}"))));
             }
         }
+    }
+}
+
+/// Runs synced-later jobs with their commits written but not synced, and
+/// hands their answers to the [`wal::Syncer`], which gives them once one
+/// sync has put every commit of the run on disk. A run that committed
+/// nothing is answered at once.
+fn run_synced(db: &mut Db, syncer: &wal::Syncer, run: Vec<SyncedJob>) {
+    let commits = db.commits;
+    if let Err(e) = db.sync_commits(false) {
+        // The commits then sync as they end; the answers still wait for
+        // the sync thread, so they mean the same.
+        tracing::error!(error = %e, "cannot defer the store's sync for a run of jobs");
+    }
+    let replies: Vec<wal::Reply> = run.into_iter().map(|job| job(db)).collect();
+    if let Err(e) = db.sync_commits(true) {
+        // Commits are then not counted as synced (`full` stays false).
+        tracing::error!(error = %e, "cannot set the store back to syncing every commit");
+    }
+    if db.commits == commits {
+        for reply in replies {
+            reply(Ok(()));
+        }
+        return;
+    }
+    let seq = match db.own_seq() {
+        Ok(seq) => seq,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the log's position");
+            0
+        }
+    };
+    let group = wal::Committed {
+        answers: Vec::new(),
+        replies,
+        rooms: Vec::new(),
+        seq,
+    };
+    if syncer.send(group).is_err() {
+        // Its callers see the store closed, which it is.
+        tracing::error!("the store's sync thread is gone: a run of jobs is not answered");
     }
 }
 
@@ -748,6 +802,25 @@ impl Store {
                                 }
                             }
                         }
+                        Msg::Synced(job) => {
+                            tidy.worked();
+                            // Every synced-later job already queued runs
+                            // now, and one sync covers them all.
+                            let mut run = vec![job];
+                            while run.len() < MAX_SYNCED_RUN {
+                                match rx.try_recv() {
+                                    Ok(Msg::Synced(j)) => run.push(j),
+                                    Ok(other) => {
+                                        next = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            run_synced(&mut db, &syncer, run);
+                            // Mesh links hear of it once it is synced.
+                            published = db.commits;
+                        }
                         Msg::Append(append) => {
                             tidy.worked();
                             // Group commit: take every append already queued.
@@ -772,6 +845,8 @@ impl Store {
                             while let Ok(msg) = rx.try_recv() {
                                 match msg {
                                     Msg::Job(job) => job(&mut db),
+                                    // Each commit syncs as it ends now.
+                                    Msg::Synced(job) => job(&mut db)(Ok(())),
                                     Msg::Append(a) => {
                                         commit_batch(&mut db, &syncer, vec![a], &on_commit)
                                     }
@@ -860,6 +935,31 @@ impl Store {
         });
         self.jobs
             .send(Msg::Job(job))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// [`Store::call`] for a job that writes and whose caller may wait for
+    /// the disk: its commits are written without a sync and its answer
+    /// given once the sync thread has synced them, with every other such
+    /// job queued meanwhile (one sync for a burst of registrations,
+    /// logins by ticket or topic changes, not one each). The answer means
+    /// what `call`'s does: what the job committed is on disk.
+    pub async fn call_synced<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<T, Error> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: SyncedJob = Box::new(move |db| {
+            let out = f(db);
+            Box::new(move |synced: Result<(), Error>| {
+                let _ = tx.send(synced.and(out));
+            })
+        });
+        self.jobs
+            .send(Msg::Synced(job))
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
@@ -1114,6 +1214,61 @@ mod tests {
         })
         .await
         .expect("the account's event became sendable");
+        // A synced-later job is answered once the sync thread has synced
+        // its commit, which marks it durable first: sendable by the answer.
+        store
+            .call_synced(|db| db.create_account("b", "h").map(|_| ()))
+            .await
+            .unwrap();
+        assert_eq!(sendable(&store).await.get(&own), 4);
+        store.close().await;
+    }
+
+    /// Synced-later jobs queued together run together, each answered with
+    /// its own outcome; one that commits nothing is answered too.
+    #[tokio::test]
+    async fn synced_jobs_queued_together_each_get_their_own_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1").unwrap();
+        let (release, _held) = hold_store_thread(&store).await;
+        let names = ["a", "b", "a", "c"];
+        let mut calls: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let store = store.clone();
+                let name = name.to_string();
+                tokio::spawn(async move {
+                    store
+                        .call_synced(move |db| db.create_account(&name, "h").map(|a| a.name))
+                        .await
+                })
+            })
+            .collect();
+        let read = {
+            let store = store.clone();
+            tokio::spawn(async move { store.call_synced(|_| Ok("read")).await })
+        };
+        // All five queued behind the held job before it ends.
+        let queued = store.clone();
+        tokio::time::timeout(std::time::Duration::from_secs(10), async move {
+            while queued.jobs.capacity() > QUEUE - 5 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the jobs were queued");
+        drop(release);
+        let mut outcomes = Vec::new();
+        for call in calls.drain(..) {
+            outcomes.push(call.await.unwrap().map_err(|e| e.to_string()));
+        }
+        // The two creates of `a` ran in the same run: one took the name.
+        let a: Vec<_> = [&outcomes[0], &outcomes[2]].map(|o| o.as_deref()).into();
+        assert!(a.contains(&Ok("a")), "{a:?}");
+        assert_eq!(a.iter().filter(|o| o.is_err()).count(), 1, "{a:?}");
+        assert_eq!(outcomes[1].as_deref(), Ok("b"));
+        assert_eq!(outcomes[3].as_deref(), Ok("c"));
+        assert_eq!(read.await.unwrap().unwrap(), "read");
         store.close().await;
     }
 

@@ -5,7 +5,9 @@
 //! [`Syncer`] thread syncs the WAL file and only then answers the group's
 //! callers: an `ack` still means the change survives a power loss, but the
 //! store thread builds the next group while the disk flushes this one, and
-//! one sync covers every group that committed meanwhile. The [`Checkpointer`]
+//! one sync covers every group that committed meanwhile. Jobs run with
+//! [`super::Store::call_synced`] (registrations, tickets, topic changes)
+//! are answered the same way, a run of them at a time. The [`Checkpointer`]
 //! thread copies the WAL into the database on a connection of its own
 //! (SQLite's passive checkpoint, which never blocks the writer), so the
 //! writer no longer stops for the copy and the database file's sync.
@@ -102,10 +104,16 @@ pub fn open_wal(db: &Path) -> std::io::Result<File> {
 /// One change's outcome, with who waits for it.
 pub(super) type Answer = (oneshot::Sender<Result<Event, Error>>, Result<Event, Error>);
 
-/// A group commit whose callers wait for its sync.
+/// A synced-later job's answer ([`super::Store::call_synced`]): given the
+/// sync's outcome, it answers the job's caller.
+pub(super) type Reply = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
+/// A group commit, or a run of jobs, whose callers wait for its sync.
 pub(super) struct Committed {
     /// Each change's outcome, in order.
     pub answers: Vec<Answer>,
+    /// Each job's answer, in order.
+    pub replies: Vec<Reply>,
     /// The queue room the changes took, given back once they are synced.
     pub rooms: Vec<OwnedSemaphorePermit>,
     /// The highest own seq the group wrote.
@@ -165,6 +173,12 @@ impl Syncer {
                                 Err(e) => Err(Error::Corrupt(format!("not synced to disk: {e}"))),
                             };
                             let _ = reply.send(answer);
+                        }
+                        for reply in group.replies {
+                            reply(match &outcome {
+                                Ok(()) => Ok(()),
+                                Err(e) => Err(Error::Corrupt(format!("not synced to disk: {e}"))),
+                            });
                         }
                     }
                 }
@@ -297,6 +311,7 @@ mod tests {
             };
             let committed = Committed {
                 answers: vec![(tx, Ok(event))],
+                replies: Vec::new(),
                 rooms: Vec::new(),
                 seq,
             };
@@ -310,9 +325,22 @@ mod tests {
         assert_eq!(durable.get(), 2);
         durable.fail();
         assert!(syncer.send(g).is_ok());
+        // A run of jobs after the failure: its answer carries the error.
+        let (tx, mut job_refused) = oneshot::channel();
+        let reply: Reply = Box::new(move |synced| {
+            let _ = tx.send(synced);
+        });
+        let jobs = Committed {
+            answers: Vec::new(),
+            replies: vec![reply],
+            rooms: Vec::new(),
+            seq: 4,
+        };
+        assert!(syncer.send(jobs).is_ok());
         syncer.finish();
         checkpointing.join().unwrap();
         assert!(refused.try_recv().unwrap().is_err());
+        assert!(job_refused.try_recv().unwrap().is_err());
         assert_eq!(durable.get(), 2);
     }
 
