@@ -583,7 +583,9 @@ fn commit_batch(
 /// sync has put every commit of the run on disk. A run that committed
 /// nothing is answered at once.
 fn run_synced(db: &mut Db, syncer: &wal::Syncer, run: Vec<SyncedJob>) {
-    let commits = db.commits;
+    // Not every commit goes through `Db::write` (tickets have their own
+    // statements): rows changed count too.
+    let (commits, changes) = (db.commits, db.conn.total_changes());
     if let Err(e) = db.sync_commits(false) {
         // The commits then sync as they end; the answers still wait for
         // the sync thread, so they mean the same.
@@ -594,7 +596,7 @@ fn run_synced(db: &mut Db, syncer: &wal::Syncer, run: Vec<SyncedJob>) {
         // Commits are then not counted as synced (`full` stays false).
         tracing::error!(error = %e, "cannot set the store back to syncing every commit");
     }
-    if db.commits == commits {
+    if db.commits == commits && db.conn.total_changes() == changes {
         for reply in replies {
             reply(Ok(()));
         }
@@ -729,6 +731,8 @@ pub struct Store {
     log_changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// Room in the queue, in bytes (see [`QUEUED_BYTES`]).
     room: Arc<tokio::sync::Semaphore>,
+    /// WAL syncs the sync thread has made.
+    syncs: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -775,7 +779,10 @@ impl Store {
         let changed = log_changed.clone();
         let (checkpoints, checkpoint_thread) = wal::Checkpointer::start(path.clone())?;
         let wake = log_changed.clone();
+        let syncs = Arc::new(AtomicU64::new(0));
+        let counted = syncs.clone();
         let syncer = wal::Syncer::start(wal_file, durable.clone(), checkpoints, move || {
+            counted.fetch_add(1, Ordering::AcqRel);
             wake.send_modify(|n| *n = n.wrapping_add(1));
         })?;
         let thread = std::thread::Builder::new()
@@ -845,8 +852,9 @@ impl Store {
                             while let Ok(msg) = rx.try_recv() {
                                 match msg {
                                     Msg::Job(job) => job(&mut db),
-                                    // Each commit syncs as it ends now.
-                                    Msg::Synced(job) => job(&mut db)(Ok(())),
+                                    // Answered by the sync thread, which
+                                    // ends after this loop.
+                                    Msg::Synced(job) => run_synced(&mut db, &syncer, vec![job]),
                                     Msg::Append(a) => {
                                         commit_batch(&mut db, &syncer, vec![a], &on_commit)
                                     }
@@ -878,6 +886,7 @@ impl Store {
             read_thread: Arc::new(Mutex::new(Some(read_thread))),
             log_changed,
             room: Arc::new(tokio::sync::Semaphore::new(QUEUED_BYTES)),
+            syncs,
         })
     }
 
@@ -938,6 +947,12 @@ impl Store {
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// How many times the sync thread has synced the WAL since the store
+    /// opened; each sync is counted before the answers it covers are given.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Acquire)
     }
 
     /// [`Store::call`] for a job that writes and whose caller may wait for
@@ -1221,6 +1236,37 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sendable(&store).await.get(&own), 4);
+        store.close().await;
+    }
+
+    /// A synced-later job that writes is answered only after a sync of the
+    /// sync thread, whether its commit went through `Db::write` (an
+    /// account) or not (a login ticket's own statements); one that writes
+    /// nothing is answered without one.
+    #[tokio::test]
+    async fn a_synced_job_that_writes_is_answered_after_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1").unwrap();
+        let account = store
+            .call_synced(|db| db.create_account("a", "h"))
+            .await
+            .unwrap();
+        let before = store.syncs();
+        let issued = store
+            .call_synced(move |db| db.store_ticket("t1", account.id, None, i64::MAX, 0))
+            .await;
+        assert!(issued.is_ok(), "{issued:?}");
+        let after_issue = store.syncs();
+        assert!(after_issue > before, "issued without a sync");
+        let taken = store.call_synced(|db| db.take_ticket("t1")).await.unwrap();
+        assert!(taken.is_some());
+        let after_take = store.syncs();
+        assert!(after_take > after_issue, "redeemed without a sync");
+        store
+            .call_synced(|db| db.account_by_name("a"))
+            .await
+            .unwrap();
+        assert_eq!(store.syncs(), after_take);
         store.close().await;
     }
 
