@@ -22,6 +22,7 @@ pub mod tickets;
 pub mod topics;
 mod wal;
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -578,6 +579,31 @@ fn commit_batch(
     }
 }
 
+/// `first` and every message of its kind already queued behind it, up to
+/// `max` in all (`alike` gives back one of another kind, which is kept in
+/// `next` for the store thread's loop): a group commit, or a run of
+/// synced-later jobs.
+fn queued_alike<T>(
+    first: T,
+    max: usize,
+    rx: &mut mpsc::Receiver<Msg>,
+    next: &mut Option<Msg>,
+    alike: impl Fn(Msg) -> ControlFlow<Msg, T>,
+) -> Vec<T> {
+    let mut run = vec![first];
+    while run.len() < max {
+        match rx.try_recv().map(&alike) {
+            Ok(ControlFlow::Continue(item)) => run.push(item),
+            Ok(ControlFlow::Break(other)) => {
+                *next = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    run
+}
+
 /// Runs synced-later jobs with their commits written but not synced, and
 /// hands their answers to the [`wal::Syncer`], which gives them once one
 /// sync has put every commit of the run on disk. A run that committed
@@ -813,17 +839,12 @@ impl Store {
                             tidy.worked();
                             // Every synced-later job already queued runs
                             // now, and one sync covers them all.
-                            let mut run = vec![job];
-                            while run.len() < MAX_SYNCED_RUN {
-                                match rx.try_recv() {
-                                    Ok(Msg::Synced(j)) => run.push(j),
-                                    Ok(other) => {
-                                        next = Some(other);
-                                        break;
-                                    }
-                                    Err(_) => break,
+                            let run = queued_alike(job, MAX_SYNCED_RUN, &mut rx, &mut next, |m| {
+                                match m {
+                                    Msg::Synced(j) => ControlFlow::Continue(j),
+                                    other => ControlFlow::Break(other),
                                 }
-                            }
+                            });
                             run_synced(&mut db, &syncer, run);
                             // Mesh links hear of it once it is synced.
                             published = db.commits;
@@ -831,17 +852,12 @@ impl Store {
                         Msg::Append(append) => {
                             tidy.worked();
                             // Group commit: take every append already queued.
-                            let mut batch = vec![append];
-                            while batch.len() < MAX_BATCH {
-                                match rx.try_recv() {
-                                    Ok(Msg::Append(a)) => batch.push(a),
-                                    Ok(other) => {
-                                        next = Some(other);
-                                        break;
-                                    }
-                                    Err(_) => break,
+                            let batch = queued_alike(append, MAX_BATCH, &mut rx, &mut next, |m| {
+                                match m {
+                                    Msg::Append(a) => ControlFlow::Continue(a),
+                                    other => ControlFlow::Break(other),
                                 }
-                            }
+                            });
                             commit_batch(&mut db, &syncer, batch, &on_commit);
                             // Mesh links hear of it once it is synced.
                             published = db.commits;
