@@ -69,7 +69,7 @@ impl Session<'_> {
             .collect();
         self.ctx
             .store
-            .call(move |db| db.delete_account(account_id))
+            .call_synced(move |db| db.delete_account(account_id))
             .await?;
         info!(account = %me.name, "account deleted");
         let mut export = Packet::server("export")

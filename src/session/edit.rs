@@ -65,7 +65,7 @@ impl Session<'_> {
         let checked = self
             .ctx
             .store
-            .call(move |db| {
+            .call_synced(move |db| {
                 let Some(kept) = db.live_message(tid, &target)? else {
                     return Ok(Checked::NotFound);
                 };
@@ -123,7 +123,7 @@ impl Session<'_> {
         let checked = self
             .ctx
             .store
-            .call(move |db| {
+            .call_synced(move |db| {
                 let Some(kept) = db.live_message(tid, &target)? else {
                     return Ok(Checked::NotFound);
                 };

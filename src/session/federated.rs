@@ -91,7 +91,7 @@ impl Session<'_> {
         let account = self
             .ctx
             .store
-            .call(move |db| db.federated_account(&lookup))
+            .call_synced(move |db| db.federated_account(&lookup))
             .await?;
         if account.disabled || account.deleted {
             warn!(account = %name, "federated login of a disabled account refused");

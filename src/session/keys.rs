@@ -63,7 +63,7 @@ impl Session<'_> {
         let full = self
             .ctx
             .store
-            .call(move |db| {
+            .call_synced(move |db| {
                 let a = db.account(account)?.ok_or(crate::store::Error::NotFound)?;
                 if a.keys.contains(&canonical) {
                     return Ok(false);
@@ -95,7 +95,7 @@ impl Session<'_> {
         let account = me.id;
         self.ctx
             .store
-            .call(move |db| db.set_key(account, &canonical, false))
+            .call_synced(move |db| db.set_key(account, &canonical, false))
             .await?;
         Ok(self.reply(reply::ack(id)))
     }

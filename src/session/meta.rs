@@ -33,7 +33,7 @@ impl Session<'_> {
         let max_keys = self.ctx.max_meta_keys;
         self.ctx
             .store
-            .call(move |db| db.set_account_meta(account_id, &values, max_keys))
+            .call_synced(move |db| db.set_account_meta(account_id, &values, max_keys))
             .await?;
         Ok(self.reply(reply::ack(id)))
     }

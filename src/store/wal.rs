@@ -6,8 +6,8 @@
 //! callers: an `ack` still means the change survives a power loss, but the
 //! store thread builds the next group while the disk flushes this one, and
 //! one sync covers every group that committed meanwhile. Jobs run with
-//! [`super::Store::call_synced`] (registrations, tickets, topic changes)
-//! are answered the same way, a run of them at a time. The [`Checkpointer`]
+//! [`super::Store::call_synced`] (the writes of clients' requests) are
+//! answered the same way, a run of them at a time. The [`Checkpointer`]
 //! thread copies the WAL into the database on a connection of its own
 //! (SQLite's passive checkpoint, which never blocks the writer), so the
 //! writer no longer stops for the copy and the database file's sync.
