@@ -1319,6 +1319,7 @@ mod tests {
         })
         .await
         .expect("the jobs were queued");
+        let syncs = store.syncs();
         drop(release);
         let mut outcomes = Vec::new();
         for call in calls.drain(..) {
@@ -1331,6 +1332,8 @@ mod tests {
         assert_eq!(outcomes[1].as_deref(), Ok("b"));
         assert_eq!(outcomes[3].as_deref(), Ok("c"));
         assert_eq!(read.await.unwrap().unwrap(), "read");
+        // One run, one sync.
+        assert_eq!(store.syncs(), syncs + 1);
         store.close().await;
     }
 

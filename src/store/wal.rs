@@ -164,21 +164,21 @@ impl Syncer {
                                  acknowledged until the daemon restarts (check the disk)");
                         }
                     }
+                    // What each caller hears of the sync.
+                    let synced = || {
+                        outcome
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| Error::Corrupt(format!("not synced to disk: {e}")))
+                    };
                     for group in groups {
                         // Room first: whoever hears back finds it free.
                         drop(group.rooms);
                         for (reply, result) in group.answers {
-                            let answer = match &outcome {
-                                Ok(()) => result,
-                                Err(e) => Err(Error::Corrupt(format!("not synced to disk: {e}"))),
-                            };
-                            let _ = reply.send(answer);
+                            let _ = reply.send(synced().and(result));
                         }
                         for reply in group.replies {
-                            reply(match &outcome {
-                                Ok(()) => Ok(()),
-                                Err(e) => Err(Error::Corrupt(format!("not synced to disk: {e}"))),
-                            });
+                            reply(synced());
                         }
                     }
                 }
