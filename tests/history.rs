@@ -276,6 +276,79 @@ async fn pipelined_sends_keep_their_order() {
     server.stop().await;
 }
 
+/// Kept sends to two topics, alternating within one write, go to the
+/// store as runs per topic: each is still answered in request order,
+/// relayed in order, and kept in its topic's history in the order sent.
+#[tokio::test]
+async fn alternating_kept_topics_keep_their_order() {
+    let server = TestServer::start_with(|c| {
+        c.limits.packets_per_second = 100_000;
+        c.limits.packet_burst = 100_000;
+    })
+    .await;
+    server.register("dan", "hellosecret").await;
+    server.register("bob", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let mut bob = server.login("bob", "hellosecret").await;
+    let mut topics = Vec::new();
+    for name in ["left", "right"] {
+        let t = request(&mut dan, Packet::request("create").with("name", name))
+            .await
+            .topic
+            .unwrap();
+        request(&mut bob, on("join", &t)).await;
+        expect_op(&mut dan, "join").await;
+        topics.push(t);
+    }
+    // Runs of one, of three and of many, to either topic, some with ids.
+    let pattern = [0, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0];
+    let mut batch = Vec::new();
+    let mut sent = Vec::new();
+    for n in 0..420usize {
+        let t = pattern[n % pattern.len()];
+        let mut p = on("send", &topics[t]).with("n", n);
+        if n % 3 != 1 {
+            p = p.with_id(format!("s{n}"));
+        }
+        batch.extend_from_slice(&p.to_line());
+        sent.push((t, n));
+    }
+    batch.extend_from_slice(&Packet::request("ping").with_id("last").to_line());
+    dan.send_raw(&batch).await.unwrap();
+
+    let mut acked = std::collections::HashMap::new();
+    for &(_, n) in sent.iter().filter(|(_, n)| n % 3 != 1) {
+        let p = expect_op(&mut dan, "ack").await;
+        assert_eq!(p.ex_str("for"), Some(format!("s{n}").as_str()));
+        acked.insert(n, p.ex_str("id").unwrap().to_owned());
+    }
+    assert_eq!(
+        expect_op(&mut dan, "pong").await.ex_str("for"),
+        Some("last")
+    );
+    let mut relayed = [Vec::new(), Vec::new()];
+    for &(t, n) in &sent {
+        let p = expect_op(&mut bob, "send").await;
+        assert_eq!(p.topic.as_deref(), Some(topics[t].as_str()));
+        assert_eq!(p.ex.get("n").and_then(Value::as_u64), Some(n as u64));
+        if let Some(id) = acked.get(&n) {
+            assert_eq!(p.id.as_deref(), Some(id.as_str()));
+        }
+        relayed[t].push(p.id.unwrap());
+    }
+    for (t, topic) in topics.iter().enumerate() {
+        let kept = ids(&request(
+            &mut dan,
+            on("history", topic).with("limit", 200).with("after", 0),
+        )
+        .await);
+        // A page holds 200 at most: the oldest, after 0.
+        let page = relayed[t].len().min(200);
+        assert_eq!(kept, relayed[t][..page]);
+    }
+    server.stop().await;
+}
+
 /// A session closed while messages are still committing (here: too many bad
 /// sends right behind good ones) still answers everything, in order, then
 /// says bye; the good messages are relayed.

@@ -165,15 +165,23 @@ async fn write_events(nodes: &Nodes, i: usize, n: u64) -> Result<(), Failed> {
     let mut pending = Vec::with_capacity(1024);
     for k in 0..n {
         let change = Change::new("bench").set(account, &format!("meta:k{}", k % 64), k);
-        pending.push(store.enqueue(change).await.map_err(failed)?);
+        pending.push(store.enqueue(vec![change]).await.map_err(failed)?);
         if pending.len() == 1024 {
             for p in pending.drain(..) {
-                p.wait().await.map_err(failed)?;
+                committed(p).await?;
             }
         }
     }
     for p in pending {
-        p.wait().await.map_err(failed)?;
+        committed(p).await?;
+    }
+    Ok(())
+}
+
+/// Waits for queued changes; the first that failed is the error.
+async fn committed(p: crate::store::Pending) -> Result<(), Failed> {
+    for outcome in p.wait().await {
+        outcome.map_err(failed)?;
     }
     Ok(())
 }

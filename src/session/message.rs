@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::kept::{InFlight, MAX_INFLIGHT, Run};
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, ExJson, Message};
 use crate::proto::id::{UuidText, new_uuid, uuid_at, uuids_at};
@@ -22,33 +23,11 @@ use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet};
 use crate::router::acl::Flag;
 use crate::router::frame_pool;
-use crate::store::{Event, Pending, TopicRecord};
-
-/// Kept messages one connection may have waiting for their commit.
-pub(super) const MAX_INFLIGHT: usize = 256;
+use crate::store::{Event, TopicRecord};
 
 /// Relay bytes a burst gathers at most before it is delivered.
 const BURST_BYTES: usize = 64 * 1024;
 
-/// What waits in a session's pipeline, in request order.
-// At most MAX_INFLIGHT of these, and only while kept messages commit:
-// boxing the large variant would cost an allocation per kept message.
-#[allow(clippy::large_enum_variant)]
-pub(super) enum InFlight {
-    /// A kept message queued for commit, with what to do once it is durable.
-    Commit {
-        commit: Pending,
-        /// The relay's id.
-        message_id: uuid::Uuid,
-        /// The sender's name as a JSON string; the relay's `ex` is the
-        /// stored message's, so that it goes out as the store has it.
-        from_json: String,
-        topic: Arc<TopicRecord>,
-        request_id: Option<String>,
-    },
-    /// A reply, encoded, that must not overtake the commits queued before it.
-    Ready(Bytes),
-}
 use crate::store::history::Cursor;
 
 /// The topic a session last sent to, as resolved at a version of the
@@ -154,25 +133,43 @@ impl Session<'_> {
             return self.send_now(id, me, &t, &text, ex, raw_ex);
         }
         let (change, message_id) = self.kept_change(me, &t, ex, raw_ex)?;
-        // Queue the commit and go on reading: the next sends join the same
-        // group commit. Relay and ack follow the commit, in request order.
-        // The store's queue may make this wait: what the burst holds goes
-        // first. Boxed, like the waits below: only kept messages pay for them.
-        if let Outcome::Close(r) = self.flush_burst() {
-            return Ok(Outcome::Close(r));
+        // The pipeline is full: the oldest entries complete first (waiting
+        // for room in the store's queue if need be), and this client is
+        // not read meanwhile. Boxed: only kept messages pay for the wait.
+        while self.pipeline.len() >= MAX_INFLIGHT {
+            if let Outcome::Close(r) = Box::pin(self.complete_next()).await {
+                return Ok(Outcome::Close(r));
+            }
         }
-        let commit = Box::pin(self.ctx.store.enqueue(change)).await?;
-        self.queued(commit, message_id, me, t, id);
-        if self.inflight.len() >= MAX_INFLIGHT {
-            return Ok(Box::pin(self.complete_next()).await);
-        }
-        Ok(Outcome::Continue)
+        Ok(self.keep(me, &t, change, message_id, id))
     }
 
-    /// A kept message queued for its commit without waiting, as most are:
-    /// the pipeline is within its bound and the store's queue has room.
-    /// `None` when either is full: [`Session::handle_send`] then waits for
-    /// room (and so stops reading this client).
+    /// Puts a kept message in the pipeline, where the next kept sends of
+    /// the burst to the same topic join it: they go to the store as one
+    /// entry. Relay and ack follow the commit, in request order.
+    fn keep(
+        &mut self,
+        me: &LoggedIn,
+        t: &Arc<TopicRecord>,
+        change: Change,
+        message_id: uuid::Uuid,
+        id: Option<&str>,
+    ) -> Outcome {
+        // Relays keep request order: what the burst holds goes first.
+        if let Outcome::Close(r) = self.flush_burst() {
+            return Outcome::Close(r);
+        }
+        self.pipeline
+            .push_kept(t, &me.name_json, change, message_id, id);
+        // A run that can take no more goes to the store now, while the next
+        // gathers.
+        self.pipeline.queue_sealed(&self.ctx.store);
+        Outcome::Continue
+    }
+
+    /// A kept message put in the pipeline without waiting, as most are.
+    /// `None` when the pipeline is full: [`Session::handle_send`] then
+    /// waits for its oldest entries (and so stops reading this client).
     fn keep_now(
         &mut self,
         id: Option<&str>,
@@ -181,18 +178,11 @@ impl Session<'_> {
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Option<Outcome>, Denied> {
-        if self.inflight.len() >= MAX_INFLIGHT {
+        if self.pipeline.len() >= MAX_INFLIGHT {
             return Ok(None);
         }
         let (change, message_id) = self.kept_change(me, t, ex, raw_ex)?;
-        if let Outcome::Close(r) = self.flush_burst() {
-            return Ok(Some(Outcome::Close(r)));
-        }
-        let Some(commit) = self.ctx.store.try_enqueue(change)? else {
-            return Ok(None);
-        };
-        self.queued(commit, message_id, me, t.clone(), id);
-        Ok(Some(Outcome::Continue))
+        Ok(Some(self.keep(me, t, change, message_id, id)))
     }
 
     /// The change that keeps a message to `t`, and the message's id.
@@ -235,24 +225,6 @@ impl Session<'_> {
             ex: stored,
         };
         Ok((Change::message(message), message_id))
-    }
-
-    /// A kept message's commit is queued: what to do once it is in.
-    fn queued(
-        &mut self,
-        commit: Pending,
-        message_id: uuid::Uuid,
-        me: &LoggedIn,
-        topic: Arc<TopicRecord>,
-        id: Option<&str>,
-    ) {
-        self.inflight.push_back(InFlight::Commit {
-            commit,
-            message_id,
-            from_json: me.name_json.clone(),
-            topic,
-            request_id: id.map(str::to_owned),
-        });
     }
 
     /// A message handled without waiting, which is most of them: one not
@@ -500,57 +472,43 @@ impl Session<'_> {
 
     /// Whether kept messages are waiting for their commit.
     pub fn has_inflight(&self) -> bool {
-        !self.inflight.is_empty()
+        !self.pipeline.is_empty()
     }
 
     /// Completes the oldest in-flight entry, waiting for its commit if need
     /// be, then every following one that needs no wait: a group commit's
-    /// messages are relayed as one burst. A kept message is relayed and
-    /// acknowledged by way of the burst; a ready reply goes out at once.
-    /// Cancel-safe: nothing is taken out until its commit is in.
+    /// messages are relayed as one burst. Runs not yet queued are queued
+    /// first, as far as the store has room (the oldest waits for room if it
+    /// has none). A kept message is relayed and acknowledged by way of the
+    /// burst; a ready reply goes out at once. Cancel-safe: nothing is taken
+    /// out until its commit is in.
     pub async fn complete_next(&mut self) -> Outcome {
+        let ctx = self.ctx;
+        self.pipeline.queue(&ctx.store);
         let mut took_one = false;
         loop {
-            // `Some(None)`: a ready reply; `Some(Some(_))`: a commit's result;
-            // `None`: a commit still in progress.
-            let done = match self.inflight.front_mut() {
+            // `Some(None)`: a ready reply; `Some(Some(_))`: a run's outcomes;
+            // `None`: a run still committing.
+            let done = match self.pipeline.front_mut() {
                 None => return Outcome::Continue,
                 Some(InFlight::Ready(_)) => Some(None),
-                Some(InFlight::Commit { commit, .. }) => commit.try_committed().map(Some),
+                Some(InFlight::Kept(run)) => run.try_committed().map(Some),
             };
-            let result = match done {
-                Some(result) => result,
+            let results = match done {
+                Some(results) => results,
                 None if took_one => return Outcome::Continue,
                 None => {
                     // About to wait: what the burst holds goes first.
                     if let Outcome::Close(r) = self.flush_burst() {
                         return Outcome::Close(r);
                     }
-                    match self.inflight.front_mut() {
-                        Some(InFlight::Commit { commit, .. }) => Some(commit.committed().await),
-                        _ => None,
-                    }
+                    self.pipeline.front_committed(&ctx.store).await
                 }
             };
             took_one = true;
-            let outcome = match (self.inflight.pop_front(), result) {
+            let outcome = match (self.pipeline.pop_front(), results) {
                 (Some(InFlight::Ready(p)), _) => self.push_now(p),
-                (
-                    Some(InFlight::Commit {
-                        message_id,
-                        from_json,
-                        topic,
-                        request_id,
-                        ..
-                    }),
-                    Some(result),
-                ) => self.committed(
-                    message_id,
-                    &from_json,
-                    &topic,
-                    request_id.as_deref(),
-                    result,
-                ),
+                (Some(InFlight::Kept(run)), Some(results)) => self.committed_run(run, results),
                 _ => Outcome::Continue,
             };
             if let Outcome::Close(r) = outcome {
@@ -564,30 +522,46 @@ impl Session<'_> {
     /// a final `bye`) is still offered to this client, in order, even when
     /// it can no longer take them.
     pub async fn finish(&mut self) {
-        while let Some(entry) = self.inflight.pop_front() {
+        let ctx = self.ctx;
+        while let Some(entry) = self.pipeline.pop_front() {
             // Sendq overflows are ignored: everything is still offered.
             let _ = match entry {
                 InFlight::Ready(line) => self.push_now(line),
-                InFlight::Commit {
-                    commit,
-                    message_id,
-                    from_json,
-                    topic,
-                    request_id,
-                } => {
-                    let result = commit.wait().await;
+                InFlight::Kept(mut run) => {
+                    run.queue(&ctx.store).await;
+                    let results = run.committed().await;
                     self.clock = super::BurstClock::default();
-                    self.committed(
-                        message_id,
-                        &from_json,
-                        &topic,
-                        request_id.as_deref(),
-                        result,
-                    )
+                    self.committed_run(run, results)
                 }
             };
         }
         let _ = self.flush_burst();
+    }
+
+    /// A run's commit is in: each message is relayed and acknowledged (or
+    /// its error replied) in order. Every relay goes out even when this
+    /// client's own queue is full: the first such `Close` is returned after.
+    fn committed_run(
+        &mut self,
+        run: Run,
+        results: Vec<Result<Event, crate::store::Error>>,
+    ) -> Outcome {
+        let mut results = results.into_iter();
+        let mut outcome = Outcome::Continue;
+        for (message_id, request_id) in run.sent {
+            let result = results.next().unwrap_or(Err(crate::store::Error::Closed));
+            let done = self.committed(
+                message_id,
+                &run.from_json,
+                &run.topic,
+                request_id.as_deref(),
+                result,
+            );
+            if let (Outcome::Continue | Outcome::Silent, Outcome::Close(r)) = (&outcome, done) {
+                outcome = Outcome::Close(r);
+            }
+        }
+        outcome
     }
 
     /// A kept message's commit is in: its relay, stamped with the commit's

@@ -12,6 +12,7 @@ mod auth;
 mod edit;
 mod federated;
 mod find;
+mod kept;
 mod keys;
 mod marker;
 mod message;
@@ -299,8 +300,9 @@ pub struct Session<'a> {
     rate: RateLimit,
     /// Federated logins this connection may still attempt.
     fed_attempts: RateLimit,
-    /// Kept messages waiting for their commit, oldest first.
-    inflight: std::collections::VecDeque<message::InFlight>,
+    /// Kept messages waiting for their commit, and the replies behind
+    /// them, oldest first.
+    pipeline: kept::Pipeline,
     /// Messages not kept, relayed from the current burst of input.
     burst: message::Burst,
     /// Clock readings for the current burst of input.
@@ -404,7 +406,7 @@ impl<'a> Session<'a> {
             errors_in_row: 0,
             rate: RateLimit::new(ctx.packets_per_second, ctx.packet_burst),
             fed_attempts: RateLimit::per_minute(ctx.fed_attempts_per_minute),
-            inflight: std::collections::VecDeque::new(),
+            pipeline: kept::Pipeline::default(),
             burst: message::Burst::default(),
             clock: BurstClock::default(),
             last_topic: None,
@@ -541,7 +543,7 @@ impl<'a> Session<'a> {
         let id = request_id.as_deref();
         let outcome = if !matches!(request, Request::Send { .. }) {
             self.drain().await
-        } else if self.inflight.len() >= message::MAX_INFLIGHT {
+        } else if self.pipeline.len() >= kept::MAX_INFLIGHT {
             Box::pin(self.complete_next()).await
         } else {
             Outcome::Continue
@@ -770,7 +772,7 @@ impl<'a> Session<'a> {
     /// [`Session::reply`] for a packet already encoded.
     fn reply_line(&mut self, line: Bytes) -> Outcome {
         if self.has_inflight() {
-            self.inflight.push_back(message::InFlight::Ready(line));
+            self.pipeline.push_ready(line);
             return Outcome::Continue;
         }
         self.push_now(line)

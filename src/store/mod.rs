@@ -494,16 +494,17 @@ enum Msg {
     Synced(SyncedJob),
     /// A tick of [`Store::tidy`].
     Tidy,
-    /// A change to append; consecutive ones are committed together.
+    /// Changes to append; consecutive appends are committed together.
     Append(Append),
     Close(oneshot::Sender<()>),
 }
 
-/// A change queued for a group commit, with who waits for it and the room
-/// it takes in the queue (given back once it is committed).
+/// Changes queued for a group commit as one entry (a session's kept
+/// messages of one burst to one topic), with who waits for them and the
+/// room they take in the queue (given back once they are committed).
 struct Append {
-    change: Change,
-    reply: oneshot::Sender<Result<Event, Error>>,
+    changes: Vec<Change>,
+    reply: oneshot::Sender<Vec<Result<Event, Error>>>,
     room: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -521,10 +522,13 @@ const QUEUED_BYTES: usize = 32 << 20;
 /// What a queued change is counted as besides its message's `ex`.
 const CHANGE_OVERHEAD: usize = 256;
 
-/// The room `change` takes in the queue.
-fn queued_bytes(change: &Change) -> u32 {
-    let ex = change.message.as_ref().map_or(0, |m| m.ex.get().len());
-    u32::try_from((ex + CHANGE_OVERHEAD).min(QUEUED_BYTES)).unwrap_or(u32::MAX)
+/// The room `changes` take in the queue.
+fn queued_bytes(changes: &[Change]) -> u32 {
+    let bytes: usize = changes
+        .iter()
+        .map(|c| c.message.as_ref().map_or(0, |m| m.ex.get().len()) + CHANGE_OVERHEAD)
+        .sum();
+    u32::try_from(bytes.min(QUEUED_BYTES)).unwrap_or(u32::MAX)
 }
 
 /// Most changes committed in one transaction (group commit). Groups form
@@ -548,11 +552,11 @@ fn commit_batch(
     observe: &dyn Fn(std::time::Duration),
 ) {
     let mut replies = Vec::with_capacity(batch.len());
-    let mut changes = Vec::with_capacity(batch.len());
+    let mut changes = Vec::with_capacity(batch.iter().map(|a| a.changes.len()).sum());
     let mut rooms = Vec::with_capacity(batch.len());
     for a in batch {
-        changes.push(a.change);
-        replies.push(a.reply);
+        replies.push((a.reply, a.changes.len()));
+        changes.extend(a.changes);
         rooms.push(a.room);
     }
     let started = std::time::Instant::now();
@@ -560,8 +564,14 @@ fn commit_batch(
     observe(started.elapsed());
     match outcome {
         Ok((results, seq)) => {
+            // Each entry's outcomes, in the order its changes came.
+            let mut results = results.into_iter();
+            let answers = replies
+                .into_iter()
+                .map(|(reply, n)| (reply, results.by_ref().take(n).collect()))
+                .collect();
             let group = wal::Committed {
-                answers: replies.into_iter().zip(results).collect(),
+                answers,
                 replies: Vec::new(),
                 rooms,
                 seq,
@@ -572,28 +582,36 @@ fn commit_batch(
             }
         }
         Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(Error::Corrupt(format!("batch not committed: {e}"))));
+            for (reply, n) in replies {
+                let failed = (0..n)
+                    .map(|_| Err(Error::Corrupt(format!("batch not committed: {e}"))))
+                    .collect();
+                let _ = reply.send(failed);
             }
         }
     }
 }
 
 /// `first` and every message of its kind already queued behind it, up to
-/// `max` in all (`alike` gives back one of another kind, which is kept in
-/// `next` for the store thread's loop): a group commit, or a run of
-/// synced-later jobs.
+/// `max` in all by `weight` (`alike` gives back one of another kind, which
+/// is kept in `next` for the store thread's loop): a group commit, or a run
+/// of synced-later jobs.
 fn queued_alike<T>(
     first: T,
     max: usize,
     rx: &mut mpsc::Receiver<Msg>,
     next: &mut Option<Msg>,
+    weight: impl Fn(&T) -> usize,
     alike: impl Fn(Msg) -> ControlFlow<Msg, T>,
 ) -> Vec<T> {
+    let mut taken = weight(&first);
     let mut run = vec![first];
-    while run.len() < max {
+    while taken < max {
         match rx.try_recv().map(&alike) {
-            Ok(ControlFlow::Continue(item)) => run.push(item),
+            Ok(ControlFlow::Continue(item)) => {
+                taken += weight(&item);
+                run.push(item);
+            }
             Ok(ControlFlow::Break(other)) => {
                 *next = Some(other);
                 break;
@@ -647,27 +665,63 @@ fn run_synced(db: &mut Db, syncer: &wal::Syncer, run: Vec<SyncedJob>) {
     }
 }
 
-/// A queued change, not yet known to be committed.
-pub struct Pending(oneshot::Receiver<Result<Event, Error>>);
+/// Changes queued together, not yet known to be committed. Each comes
+/// back as its event or its error, in the order they were queued.
+pub struct Pending {
+    answer: oneshot::Receiver<Vec<Result<Event, Error>>>,
+    changes: usize,
+}
 
 impl Pending {
     /// Waits for the commit. Cancel-safe only by dropping the whole value.
-    pub async fn wait(self) -> Result<Event, Error> {
-        self.0.await.map_err(|_| Error::Closed)?
+    pub async fn wait(mut self) -> Vec<Result<Event, Error>> {
+        self.committed().await
     }
 
-    /// The commit's result if it is already known, without waiting.
-    pub fn try_committed(&mut self) -> Option<Result<Event, Error>> {
-        match self.0.try_recv() {
-            Ok(result) => Some(result),
+    /// The commit's outcomes if they are already known, without waiting.
+    pub fn try_committed(&mut self) -> Option<Vec<Result<Event, Error>>> {
+        match self.answer.try_recv() {
+            Ok(results) => Some(results),
             Err(oneshot::error::TryRecvError::Empty) => None,
-            Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::Closed)),
+            Err(oneshot::error::TryRecvError::Closed) => Some(self.closed()),
         }
     }
 
     /// Waits for the commit without consuming (for `select!` loops).
-    pub async fn committed(&mut self) -> Result<Event, Error> {
-        (&mut self.0).await.map_err(|_| Error::Closed)?
+    pub async fn committed(&mut self) -> Vec<Result<Event, Error>> {
+        match (&mut self.answer).await {
+            Ok(results) => results,
+            Err(_) => self.closed(),
+        }
+    }
+
+    /// The outcomes when the store went away unanswered.
+    fn closed(&self) -> Vec<Result<Event, Error>> {
+        (0..self.changes).map(|_| Err(Error::Closed)).collect()
+    }
+}
+
+/// Room in the store's queue for changes, reserved: sending them cannot
+/// fail for want of room ([`Store::reserve`]).
+pub struct Slot<'a> {
+    room: tokio::sync::OwnedSemaphorePermit,
+    slot: mpsc::Permit<'a, Msg>,
+}
+
+impl Slot<'_> {
+    /// Queues `changes`, which must be those the room was reserved for.
+    pub fn send(self, changes: Vec<Change>) -> Pending {
+        let (tx, rx) = oneshot::channel();
+        let n = changes.len();
+        self.slot.send(Msg::Append(Append {
+            changes,
+            reply: tx,
+            room: self.room,
+        }));
+        Pending {
+            answer: rx,
+            changes: n,
+        }
     }
 }
 
@@ -839,7 +893,7 @@ impl Store {
                             tidy.worked();
                             // Every synced-later job already queued runs
                             // now, and one sync covers them all.
-                            let run = queued_alike(job, MAX_SYNCED_RUN, &mut rx, &mut next, |m| {
+                            let run = queued_alike(job, MAX_SYNCED_RUN, &mut rx, &mut next, |_| 1, |m| {
                                 match m {
                                     Msg::Synced(j) => ControlFlow::Continue(j),
                                     other => ControlFlow::Break(other),
@@ -852,7 +906,7 @@ impl Store {
                         Msg::Append(append) => {
                             tidy.worked();
                             // Group commit: take every append already queued.
-                            let batch = queued_alike(append, MAX_BATCH, &mut rx, &mut next, |m| {
+                            let batch = queued_alike(append, MAX_BATCH, &mut rx, &mut next, |a| a.changes.len(), |m| {
                                 match m {
                                     Msg::Append(a) => ControlFlow::Continue(a),
                                     other => ControlFlow::Break(other),
@@ -999,44 +1053,43 @@ impl Store {
     /// Appends a change to the log, committed together with whatever
     /// other appends are waiting (group commit); returns once it is durable.
     pub async fn append(&self, change: Change) -> Result<Event, Error> {
-        self.enqueue(change).await?.wait().await
+        let mut outcomes = self.enqueue(vec![change]).await?.wait().await;
+        outcomes.pop().unwrap_or(Err(Error::Closed))
     }
 
-    /// Queues a change for the next group commit and returns at once; the
-    /// [`Pending`] resolves when it is durable. Lets one connection have
-    /// many changes in one batch. A message's id must be newly minted (no
-    /// edit or redaction is looked up for it): changes from elsewhere go
-    /// through the replica path.
-    pub async fn enqueue(&self, change: Change) -> Result<Pending, Error> {
+    /// Queues changes for the next group commit, as one entry, and returns
+    /// at once; the [`Pending`] resolves when they are durable. Lets one
+    /// connection have many changes in one batch. A message's id must be
+    /// newly minted (no edit or redaction is looked up for it): changes
+    /// from elsewhere go through the replica path.
+    pub async fn enqueue(&self, changes: Vec<Change>) -> Result<Pending, Error> {
+        Ok(self.reserve(&changes).await?.send(changes))
+    }
+
+    /// Waits for room in the queue for `changes` and reserves it. Cancel-safe:
+    /// dropped while it waits, it holds nothing, and the caller still holds
+    /// the changes.
+    pub async fn reserve(&self, changes: &[Change]) -> Result<Slot<'_>, Error> {
         let room = self
             .room
             .clone()
-            .acquire_many_owned(queued_bytes(&change))
+            .acquire_many_owned(queued_bytes(changes))
             .await
             .map_err(|_| Error::Closed)?;
-        let (tx, rx) = oneshot::channel();
-        let append = Append {
-            change,
-            reply: tx,
-            room,
-        };
-        self.jobs
-            .send(Msg::Append(append))
-            .await
-            .map_err(|_| Error::Closed)?;
-        Ok(Pending(rx))
+        let slot = self.jobs.reserve().await.map_err(|_| Error::Closed)?;
+        Ok(Slot { room, slot })
     }
 
-    /// [`Store::enqueue`] without waiting: `None`, with nothing queued, when
-    /// the queue has no room for `change` now (or others wait for room
-    /// first).
-    pub fn try_enqueue(&self, change: Change) -> Result<Option<Pending>, Error> {
+    /// [`Store::reserve`] without waiting: `None`, with nothing reserved,
+    /// when the queue has no room for `changes` now (or others wait for
+    /// room first).
+    pub fn try_reserve(&self, changes: &[Change]) -> Result<Option<Slot<'_>>, Error> {
         use tokio::sync::TryAcquireError;
         use tokio::sync::mpsc::error::TrySendError;
         let room = match self
             .room
             .clone()
-            .try_acquire_many_owned(queued_bytes(&change))
+            .try_acquire_many_owned(queued_bytes(changes))
         {
             Ok(room) => room,
             Err(TryAcquireError::NoPermits) => return Ok(None),
@@ -1049,13 +1102,7 @@ impl Store {
             Err(TrySendError::Full(())) => return Ok(None),
             Err(TrySendError::Closed(())) => return Err(Error::Closed),
         };
-        let (tx, rx) = oneshot::channel();
-        slot.send(Msg::Append(Append {
-            change,
-            reply: tx,
-            room,
-        }));
-        Ok(Some(Pending(rx)))
+        Ok(Some(Slot { room, slot }))
     }
 
     /// Runs the queued jobs, closes the database and joins its thread; later
@@ -1382,13 +1429,15 @@ mod tests {
         let mut pending = Vec::new();
         for n in 0..3 {
             let change = kept(uuid::Uuid::now_v7(), n, ex.clone());
-            pending.push(store.enqueue(change).await.unwrap());
+            pending.push(store.enqueue(vec![change]).await.unwrap());
         }
         assert_eq!(store.room.available_permits(), QUEUED_BYTES - 3 * size);
         release.send(()).unwrap();
         writer.await.unwrap().unwrap();
         for p in pending {
-            p.wait().await.unwrap();
+            for outcome in p.wait().await {
+                outcome.unwrap();
+            }
         }
         // Given back once the group is synced, before its replies.
         assert_eq!(store.room.available_permits(), QUEUED_BYTES);
@@ -1396,7 +1445,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn try_enqueue_queues_only_what_has_room_now() {
+    async fn try_reserve_reserves_only_what_has_room_now() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1").unwrap();
         let (release, writer) = hold_store_thread(&store).await;
@@ -1407,23 +1456,39 @@ mod tests {
         )]))
         .unwrap();
         let change = |n: usize| kept(uuid::Uuid::nil(), n, ex.clone());
-        let first = store.try_enqueue(change(0)).unwrap().expect("room for one");
+        let one = vec![change(0)];
+        let first = store.try_reserve(&one).unwrap().expect("room for one");
+        let first = first.send(one);
         let left = store.room.available_permits();
-        assert!(store.try_enqueue(change(1)).unwrap().is_none());
+        assert!(store.try_reserve(&[change(1)]).unwrap().is_none());
         // Refused, it took nothing.
         assert_eq!(store.room.available_permits(), left);
         release.send(()).unwrap();
         writer.await.unwrap().unwrap();
-        first.wait().await.unwrap();
+        assert_eq!(first.wait().await.len(), 1);
         assert_eq!(store.room.available_permits(), QUEUED_BYTES);
-        let again = store.try_enqueue(change(2)).unwrap().expect("room again");
-        again.wait().await.unwrap();
+        // A reservation dropped unsent gives its room back.
+        let again = store
+            .try_reserve(&[change(2)])
+            .unwrap()
+            .expect("room again");
+        assert!(store.room.available_permits() < QUEUED_BYTES);
+        drop(again);
+        assert_eq!(store.room.available_permits(), QUEUED_BYTES);
+        // Changes queued as one entry are each answered, in order.
+        let small = |n: usize| kept(uuid::Uuid::nil(), n, ExJson::empty());
+        let run = vec![small(4), small(5), small(6)];
+        let queued = store.try_reserve(&run).unwrap().expect("room for a run");
+        let outcomes = queued.send(run).wait().await;
+        let seqs: Vec<u64> = outcomes.into_iter().map(|o| o.unwrap().seq).collect();
+        assert_eq!(seqs.len(), 3);
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
         let kept = store
             .call(|db| db.history(uuid::Uuid::nil(), None, None, 10))
             .await
             .unwrap();
         let ids: Vec<_> = kept.messages.iter().map(|m| m.id.as_str()).collect();
-        assert_eq!(ids, ["m0", "m2"]);
+        assert_eq!(ids, ["m0", "m4", "m5", "m6"]);
         store.close().await;
     }
 
@@ -1433,11 +1498,13 @@ mod tests {
         let mut db = Db::open(dir.path(), "n1").unwrap();
         let message = |n: usize| kept(uuid::Uuid::nil(), n, ExJson::empty());
         let room = Arc::new(tokio::sync::Semaphore::new(QUEUED_BYTES));
-        let (batch, waiting): (Vec<_>, Vec<_>) = (0..5)
-            .map(|n| {
+        // Entries of one change and of several: five changes in all.
+        let (batch, waiting): (Vec<_>, Vec<_>) = [0..1, 1..4, 4..5]
+            .into_iter()
+            .map(|ns| {
                 let (tx, rx) = oneshot::channel();
                 let append = Append {
-                    change: message(n),
+                    changes: ns.map(message).collect(),
                     reply: tx,
                     room: room.clone().try_acquire_many_owned(1).unwrap(),
                 };
@@ -1454,10 +1521,19 @@ mod tests {
         syncer.finish();
         checkpointing.join().unwrap();
         assert_eq!(durable.get(), 6);
-        let committed: Vec<Event> = waiting
+        let answers: Vec<Vec<Result<Event, Error>>> = waiting
             .into_iter()
-            .map(|mut rx| rx.try_recv().unwrap().unwrap())
+            .map(|mut rx| rx.try_recv().unwrap())
             .collect();
+        // Each entry hears of its own changes.
+        let sizes: Vec<usize> = answers.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 3, 1]);
+        let committed: Vec<Event> = answers.into_iter().flatten().map(Result::unwrap).collect();
+        let ids: Vec<String> = committed
+            .iter()
+            .map(|e| e.change.message.as_ref().unwrap().id.clone())
+            .collect();
+        assert_eq!(ids, ["m0", "m1", "m2", "m3", "m4"]);
         // After the seed event, one seq each, in order, clocks rising.
         let seqs: Vec<u64> = committed.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [2, 3, 4, 5, 6]);

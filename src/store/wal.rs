@@ -101,8 +101,11 @@ pub fn open_wal(db: &Path) -> std::io::Result<File> {
     File::open(wal_path(db))
 }
 
-/// One change's outcome, with who waits for it.
-pub(super) type Answer = (oneshot::Sender<Result<Event, Error>>, Result<Event, Error>);
+/// The outcomes of changes queued together, with who waits for them.
+pub(super) type Answer = (
+    oneshot::Sender<Vec<Result<Event, Error>>>,
+    Vec<Result<Event, Error>>,
+);
 
 /// A synced-later job's answer ([`super::Store::call_synced`]): given the
 /// sync's outcome, it answers the job's caller.
@@ -174,8 +177,9 @@ impl Syncer {
                     for group in groups {
                         // Room first: whoever hears back finds it free.
                         drop(group.rooms);
-                        for (reply, result) in group.answers {
-                            let _ = reply.send(synced().and(result));
+                        for (reply, results) in group.answers {
+                            let _ =
+                                reply.send(results.into_iter().map(|r| synced().and(r)).collect());
                         }
                         for reply in group.replies {
                             reply(synced());
@@ -310,7 +314,7 @@ mod tests {
                 change: crate::change::Change::new("test"),
             };
             let committed = Committed {
-                answers: vec![(tx, Ok(event))],
+                answers: vec![(tx, vec![Ok(event)])],
                 replies: Vec::new(),
                 rooms: Vec::new(),
                 seq,
@@ -321,7 +325,9 @@ mod tests {
         assert!(syncer.send(g).is_ok());
         let (g, mut refused) = group(3);
         // Synced in order: the first is answered before the failure.
-        assert_eq!(answer.blocking_recv().unwrap().unwrap().seq, 2);
+        let answered = answer.blocking_recv().unwrap();
+        assert_eq!(answered.len(), 1);
+        assert_eq!(answered[0].as_ref().unwrap().seq, 2);
         assert_eq!(durable.get(), 2);
         durable.fail();
         assert!(syncer.send(g).is_ok());
@@ -339,7 +345,9 @@ mod tests {
         assert!(syncer.send(jobs).is_ok());
         syncer.finish();
         checkpointing.join().unwrap();
-        assert!(refused.try_recv().unwrap().is_err());
+        let refused = refused.try_recv().unwrap();
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].is_err());
         assert!(job_refused.try_recv().unwrap().is_err());
         assert_eq!(durable.get(), 2);
     }
