@@ -155,8 +155,9 @@ impl Session<'_> {
         message_id: uuid::Uuid,
         id: Option<&str>,
     ) -> Outcome {
-        // Relays keep request order: what the burst holds goes first.
-        if let Outcome::Close(r) = self.flush_burst() {
+        // Relays keep request order: what the burst holds goes first. The
+        // burst of input goes on, and so does its clock reading.
+        if let Outcome::Close(r) = self.deliver_burst() {
             return Outcome::Close(r);
         }
         self.pipeline
@@ -424,6 +425,13 @@ impl Session<'_> {
     pub fn flush_burst(&mut self) -> Outcome {
         // The burst ends here, and with it its clock reading.
         self.clock = super::BurstClock::default();
+        self.deliver_burst()
+    }
+
+    /// [`Session::flush_burst`] within a burst of input, which goes on
+    /// with the same clock reading: before each kept message, two clock
+    /// reads a message were a twentieth of the network thread's time.
+    fn deliver_burst(&mut self) -> Outcome {
         let Some(topic) = self.burst.topic.take() else {
             return Outcome::Continue;
         };
