@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::kept::{InFlight, MAX_INFLIGHT, Run};
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, ExJson, Message};
-use crate::proto::id::{UuidText, new_uuid, uuid_at, uuids_at};
+use crate::proto::id::{UuidText, uuid_at, uuids_at};
 use crate::proto::packet::{ExText, KeptSend, encode_line, relay_len, write_relay};
 use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
@@ -214,9 +214,11 @@ impl Session<'_> {
                 "the message could not be encoded",
             )
         })?;
-        // Stamped again at its commit; `ts` here sizes the line.
-        let message_id = new_uuid();
-        let line = relay_len(self.clock.unix_ms(), &me.name_json, stored.get().as_bytes());
+        // Stamped again at its commit; `ts` here sizes the line, and the
+        // burst's clock reading mints the id.
+        let now = self.clock.unix_ms();
+        let message_id = uuid_at(now);
+        let line = relay_len(now, &me.name_json, stored.get().as_bytes());
         self.check_relay_size(line.saturating_sub(1))?;
         let message = Message {
             topic: t.id,
