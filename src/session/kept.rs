@@ -23,6 +23,11 @@ pub(super) const MAX_INFLIGHT: usize = 256;
 /// that runs keep the store busy while the next one gathers.
 const MAX_RUN: usize = MAX_INFLIGHT / 4;
 
+/// Bytes of `ex` past which a run takes no more messages: what a session
+/// holds outside the store's bounded queue ([`crate::store::QUEUED_BYTES`])
+/// is at most the run it gathers and one that waits for room.
+const MAX_RUN_BYTES: usize = 64 * 1024;
+
 /// What waits in a session's pipeline, in request order.
 pub(super) enum InFlight {
     /// Kept messages to one topic, queued for commit together (or not yet).
@@ -50,6 +55,8 @@ pub(super) struct Run {
     pub topic: Arc<TopicRecord>,
     /// The sender's name as a JSON string.
     pub from_json: String,
+    /// The messages' `ex` bytes.
+    bytes: usize,
     /// Each message's relay id and the id of the `send` that made it.
     pub sent: Vec<(uuid::Uuid, Option<String>)>,
 }
@@ -57,6 +64,11 @@ pub(super) struct Run {
 impl Run {
     fn unqueued(&self) -> bool {
         matches!(self.commit, Commit::Unqueued)
+    }
+
+    /// Not queued, and not full.
+    fn gathers(&self) -> bool {
+        self.unqueued() && self.sent.len() < MAX_RUN && self.bytes < MAX_RUN_BYTES
     }
 
     /// Queues the run if the store has room now. False when it has not.
@@ -143,9 +155,17 @@ impl Pipeline {
     /// not full.
     fn gathering(&mut self) -> Option<&mut Run> {
         match self.entries.back_mut() {
-            Some(InFlight::Kept(run)) if run.unqueued() && run.sent.len() < MAX_RUN => Some(run),
+            Some(InFlight::Kept(run)) if run.gathers() => Some(run),
             _ => None,
         }
+    }
+
+    /// Whether a run that takes no more messages waits for room in the
+    /// store's queue: the session then reads nothing more until it is
+    /// queued.
+    pub fn waiting_for_room(&self) -> bool {
+        let gathering = matches!(self.entries.back(), Some(InFlight::Kept(run)) if run.gathers());
+        self.unqueued > usize::from(gathering)
     }
 
     /// Adds a kept message to the run gathering at the back when it is to
@@ -160,9 +180,11 @@ impl Pipeline {
     ) {
         self.len += 1;
         let sent = (message_id, request_id.map(str::to_owned));
+        let bytes = change.message.as_ref().map_or(0, |m| m.ex.get().len());
         if let Some(run) = self.gathering().filter(|r| Arc::ptr_eq(&r.topic, topic)) {
             run.changes.push(change);
             run.sent.push(sent);
+            run.bytes += bytes;
             return;
         }
         let mut changes = Vec::with_capacity(MAX_RUN);
@@ -174,6 +196,7 @@ impl Pipeline {
             changes,
             topic: topic.clone(),
             from_json: from_json.to_owned(),
+            bytes,
             sent: messages,
         }));
         self.unqueued += 1;
@@ -267,12 +290,25 @@ mod tests {
     }
 
     fn message(topic: &TopicRecord, n: usize) -> Change {
+        sized(topic, n, 0)
+    }
+
+    /// A message whose `ex` holds `bytes` of text (and a few more).
+    fn sized(topic: &TopicRecord, n: usize, bytes: usize) -> Change {
+        let ex = match bytes {
+            0 => ExJson::empty(),
+            _ => ExJson::from_map(&serde_json::Map::from_iter([(
+                "b".to_owned(),
+                serde_json::Value::from("x".repeat(bytes)),
+            )]))
+            .unwrap(),
+        };
         Change::message(Message {
             topic: topic.id,
             id: format!("m{n}"),
             ts: 0,
             sender: uuid::Uuid::nil(),
-            ex: ExJson::empty(),
+            ex,
         })
     }
 
@@ -296,6 +332,16 @@ mod tests {
         assert_eq!(runs(&p), [MAX_RUN, 3]);
         assert_eq!(p.len(), MAX_RUN + 3);
         assert_eq!(p.unqueued, 2);
+        // Its bytes fill a run too.
+        p.push_kept(
+            &t,
+            "\"a\"",
+            sized(&t, 0, MAX_RUN_BYTES),
+            uuid::Uuid::now_v7(),
+            None,
+        );
+        p.push_kept(&t, "\"a\"", message(&t, 1), uuid::Uuid::now_v7(), None);
+        assert_eq!(runs(&p), [MAX_RUN, 4, 1]);
     }
 
     #[test]
@@ -350,6 +396,53 @@ mod tests {
             p.pop_front();
         }
         assert_eq!(answered, MAX_RUN + 2);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_run_without_room_holds_back_the_runs_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1").unwrap();
+        let (a, b) = (topic(), topic());
+        // Room is held for all but 80 KiB of the store's queue.
+        let hold = vec![sized(&a, 99, crate::store::QUEUED_BYTES - 80 * 1024)];
+        let held = store.try_reserve(&hold).unwrap().expect("room to hold");
+        let mut p = Pipeline::default();
+        let id = uuid::Uuid::now_v7;
+        // Too large for what is left, and full by its bytes.
+        p.push_kept(&a, "\"a\"", sized(&a, 0, MAX_RUN_BYTES * 2), id(), None);
+        // Small enough for what is left, but behind the first.
+        p.push_kept(&b, "\"a\"", message(&b, 1), id(), None);
+        p.push_kept(&a, "\"a\"", message(&a, 2), id(), None);
+        p.queue(&store);
+        assert_eq!(p.unqueued, 3, "a run never goes ahead of an older one");
+        assert!(p.waiting_for_room());
+        // A wait for room dropped unfinished, as `select!` drops it,
+        // changes nothing.
+        let dropped = tokio::select! {
+            biased;
+            _ = p.front_committed(&store) => false,
+            () = std::future::ready(()) => true,
+        };
+        assert!(dropped);
+        assert_eq!((p.unqueued, p.len()), (3, 3));
+        assert_eq!(runs(&p), [1, 1, 1]);
+        drop(held);
+        let mut committed = Vec::new();
+        while let Some(outcomes) = p.front_committed(&store).await {
+            for o in outcomes {
+                let event = o.unwrap();
+                committed.push((event.seq, event.change.message.unwrap().id));
+            }
+            p.pop_front();
+        }
+        assert!(!p.waiting_for_room());
+        assert!(
+            committed.windows(2).all(|w| w[0].0 < w[1].0),
+            "{committed:?}"
+        );
+        let ids: Vec<&str> = committed.iter().map(|c| c.1.as_str()).collect();
+        assert_eq!(ids, ["m0", "m1", "m2"]);
         store.close().await;
     }
 

@@ -133,10 +133,11 @@ impl Session<'_> {
             return self.send_now(id, me, &t, &text, ex, raw_ex);
         }
         let (change, message_id) = self.kept_change(me, &t, ex, raw_ex)?;
-        // The pipeline is full: the oldest entries complete first (waiting
-        // for room in the store's queue if need be), and this client is
-        // not read meanwhile. Boxed: only kept messages pay for the wait.
-        while self.pipeline.len() >= MAX_INFLIGHT {
+        // The pipeline is full, or the store's queue has no room for a run
+        // that takes no more: the oldest entries complete first (waiting for
+        // room if need be), and this client is not read meanwhile. Boxed:
+        // only kept messages pay for the wait.
+        while self.pipeline.len() >= MAX_INFLIGHT || self.pipeline.waiting_for_room() {
             if let Outcome::Close(r) = Box::pin(self.complete_next()).await {
                 return Ok(Outcome::Close(r));
             }
@@ -169,8 +170,9 @@ impl Session<'_> {
     }
 
     /// A kept message put in the pipeline without waiting, as most are.
-    /// `None` when the pipeline is full: [`Session::handle_send`] then
-    /// waits for its oldest entries (and so stops reading this client).
+    /// `None` when the pipeline is full or a run in it waits for room in
+    /// the store's queue: [`Session::handle_send`] then waits for its
+    /// oldest entries (and so stops reading this client).
     fn keep_now(
         &mut self,
         id: Option<&str>,
@@ -179,7 +181,7 @@ impl Session<'_> {
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Option<Outcome>, Denied> {
-        if self.pipeline.len() >= MAX_INFLIGHT {
+        if self.pipeline.len() >= MAX_INFLIGHT || self.pipeline.waiting_for_room() {
             return Ok(None);
         }
         let (change, message_id) = self.kept_change(me, t, ex, raw_ex)?;

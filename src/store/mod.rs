@@ -517,8 +517,9 @@ const WAL_KEPT_BYTES: i64 = 64 << 20;
 
 /// Bytes of changes queued for the store at most, counted as a message's
 /// `ex` plus [`CHANGE_OVERHEAD`]: 4,096 queued messages of 64 KiB would
-/// otherwise hold 256 MiB. A session waiting for room reads no more.
-const QUEUED_BYTES: usize = 32 << 20;
+/// otherwise hold 256 MiB. A session waiting for room reads no more (it
+/// holds at most a run of its own gathering meanwhile: session/kept.rs).
+pub(crate) const QUEUED_BYTES: usize = 32 << 20;
 /// What a queued change is counted as besides its message's `ex`.
 const CHANGE_OVERHEAD: usize = 256;
 
