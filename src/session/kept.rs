@@ -21,7 +21,7 @@ pub(super) const MAX_INFLIGHT: usize = 256;
 
 /// Kept messages queued as one entry at most: a quarter of the pipeline, so
 /// that runs keep the store busy while the next one gathers.
-const MAX_RUN: usize = MAX_INFLIGHT / 4;
+pub(super) const MAX_RUN: usize = MAX_INFLIGHT / 4;
 
 /// Bytes of `ex` past which a run takes no more messages: what a session
 /// holds outside the store's bounded queue ([`crate::store::QUEUED_BYTES`])

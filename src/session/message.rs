@@ -743,3 +743,134 @@ struct HistoryEx<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     r#for: Option<&'a str>,
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::super::kept::MAX_RUN;
+    use super::super::{Context, LoggedIn, Outcome, Session};
+    use super::*;
+    use crate::config::Config;
+    use crate::password::{Cost, Passwords};
+    use crate::router::Outbound;
+    use crate::store::{self, Store};
+
+    /// A session context over a new store, one account and a topic it
+    /// created (which keeps history).
+    async fn context() -> (tempfile::TempDir, Context, uuid::Uuid, uuid::Uuid) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1").unwrap();
+        let mut config = Config::default();
+        config.limits.packets_per_second = 1_000_000;
+        config.limits.packet_burst = 1_000_000;
+        let cheap = Cost {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let ctx = Context::new(
+            &config,
+            store,
+            Passwords::new(cheap, 1).unwrap(),
+            Vec::new(),
+        );
+        let me = uuid::Uuid::now_v7();
+        let topic = super::super::topic::create_cached(
+            &ctx.store,
+            &ctx.topics,
+            "kept".into(),
+            me,
+            Map::new(),
+        )
+        .await
+        .unwrap();
+        (dir, ctx, me, topic.id)
+    }
+
+    /// A session logged in as `me`, and the receiving end of its queue
+    /// (kept, so that replies can be queued).
+    fn session(ctx: &Context, me: uuid::Uuid) -> (Session<'_>, crate::router::outbound::Receiver) {
+        let (out, rx, _closer) = Outbound::channel(1 << 16, 1 << 30);
+        let mut s = Session::new(ctx, out, 1, std::net::Ipv4Addr::LOCALHOST.into());
+        s.account = Some(Arc::new(LoggedIn::new(me, "dan".into())));
+        (s, rx)
+    }
+
+    fn send(topic: &str, n: usize) -> Vec<u8> {
+        format!(r#"{{"op":"send","topic":"{topic}","ex":{{"message":"m{n}"}}}}"#).into_bytes()
+    }
+
+    /// A run that can take no more and finds the store's queue full stops
+    /// the session reading (its next send waits) until there is room.
+    #[tokio::test]
+    async fn a_run_without_room_stops_the_session_reading() {
+        let (_dir, ctx, me, topic) = context().await;
+        let topic = topic.to_string();
+        let (mut s, _rx) = session(&ctx, me);
+        // All but 8 KiB of the store's queue is held: less than a full run.
+        let ex = ExJson::from_map(&Map::from_iter([(
+            "b".to_owned(),
+            Value::from("x".repeat(store::QUEUED_BYTES - 8 * 1024)),
+        )]))
+        .unwrap();
+        let hold = vec![Change::message(Message {
+            topic: uuid::Uuid::nil(),
+            id: "held".into(),
+            ts: 0,
+            sender: me,
+            ex,
+        })];
+        let held = ctx.store.try_reserve(&hold).unwrap().expect("room to hold");
+        for n in 0..MAX_RUN {
+            let line = send(&topic, n);
+            assert_eq!(s.handle_line(&line).now_or_never(), Some(Outcome::Continue));
+        }
+        let line = send(&topic, MAX_RUN);
+        let mut next = Box::pin(s.handle_line(&line));
+        assert!((&mut next).now_or_never().is_none(), "read on without room");
+        drop(held);
+        assert_eq!(next.await, Outcome::Continue);
+        assert_eq!(s.drain().await, Outcome::Continue);
+        let id = uuid::Uuid::parse_str(&topic).unwrap();
+        let page = ctx
+            .store
+            .call(move |db| db.history(id, None, None, 100))
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len(), MAX_RUN + 1);
+        ctx.store.close().await;
+    }
+
+    /// Replies queued behind kept messages still committing count toward
+    /// the pipeline's bound: past it, the session is not read.
+    #[tokio::test]
+    async fn replies_behind_commits_count_toward_the_bound() {
+        let (_dir, ctx, me, topic) = context().await;
+        let topic = topic.to_string();
+        let (mut s, _rx) = session(&ctx, me);
+        let (release, writer) = store::hold_store_thread(&ctx.store).await;
+        for n in 0..MAX_INFLIGHT - 1 {
+            let line = send(&topic, n);
+            assert_eq!(s.handle_line(&line).now_or_never(), Some(Outcome::Continue));
+        }
+        // Refused (no such topic): its error waits behind the commits.
+        let refused = send("no-such-topic", 0);
+        assert_eq!(
+            s.handle_line(&refused).now_or_never(),
+            Some(Outcome::Continue)
+        );
+        assert_eq!(s.pipeline.len(), MAX_INFLIGHT);
+        let mut next = Box::pin(s.handle_line(&refused));
+        assert!(
+            (&mut next).now_or_never().is_none(),
+            "read on past the bound"
+        );
+        release.send(()).unwrap();
+        assert_eq!(next.await, Outcome::Continue);
+        writer.await.unwrap().unwrap();
+        assert!(s.pipeline.len() <= MAX_INFLIGHT);
+        assert_eq!(s.drain().await, Outcome::Continue);
+        ctx.store.close().await;
+    }
+}

@@ -420,7 +420,7 @@ impl<'a> Session<'a> {
 
     /// Handles one line from the client.
     pub async fn handle_line(&mut self, line: &[u8]) -> Outcome {
-        match self.begin(line) {
+        let outcome = match self.begin(line) {
             Next::Done(outcome) => outcome,
             // Boxed: the handlers' states are large, and the common packet,
             // a message not kept, never gets here.
@@ -429,7 +429,25 @@ impl<'a> Session<'a> {
                 request,
                 raw_ex,
             } => Box::pin(self.run(id, request, raw_ex)).await,
+        };
+        // Replies queued behind kept messages still committing (refusals,
+        // say) count toward the pipeline's bound too: past it, this client
+        // is not read until the oldest entries are done.
+        if self.pipeline.len() > kept::MAX_INFLIGHT && !matches!(outcome, Outcome::Close(_)) {
+            return Box::pin(self.within_bound(outcome)).await;
         }
+        outcome
+    }
+
+    /// Completes the pipeline's oldest entries until it is within its
+    /// bound; then `outcome`, unless that ended the session.
+    async fn within_bound(&mut self, outcome: Outcome) -> Outcome {
+        while self.pipeline.len() > kept::MAX_INFLIGHT {
+            if let Outcome::Close(r) = self.complete_next().await {
+                return Outcome::Close(r);
+            }
+        }
+        outcome
     }
 
     /// Everything about a line that needs no waiting: decoding, the rate

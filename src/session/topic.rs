@@ -56,7 +56,7 @@ fn check_reserved(values: &Map<String, Value>) -> Result<(), Denied> {
 /// job instead, a second client's `create` of the name could be refused as
 /// taken and its `join` then find no such topic, while the creator's task
 /// waited to run.
-async fn create_cached(
+pub(super) async fn create_cached(
     store: &store::Store,
     topics: &Arc<Topics>,
     name: String,
