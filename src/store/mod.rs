@@ -512,8 +512,12 @@ struct Append {
 /// pages: 320 MiB): the checkpoint thread's checkpoints copy the WAL but
 /// cannot start it over while the writer commits group after group.
 const GROUP_CHECKPOINT_PAGES: i64 = 40_000;
-/// What the WAL file is cut back to once it starts over.
-const WAL_KEPT_BYTES: i64 = 64 << 20;
+/// What the WAL file is cut back to once it starts over: more than it
+/// grows to under group commits (about [`GROUP_CHECKPOINT_PAGES`]), so it
+/// is reused, not cut and grown again: cut back to 64 MiB, each start-over
+/// dropped most of its pages from the system's cache, and the file system
+/// allocated them again as the WAL grew (bench/README.md, thirteenth round).
+const WAL_KEPT_BYTES: i64 = 512 << 20;
 
 /// Bytes of changes queued for the store at most, counted as a message's
 /// `ex` plus [`CHANGE_OVERHEAD`]: 4,096 queued messages of 64 KiB would
@@ -849,7 +853,8 @@ impl Store {
         }
         let durable = wal::Durable::new(db.own_seq()?);
         db.durable = Some(durable.clone());
-        // Past a long burst of group commits the WAL file is cut back.
+        // The WAL file is cut back only past what group commits let it
+        // grow to.
         db.conn
             .pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
         let work = Arc::new(AtomicU64::new(0));

@@ -206,8 +206,11 @@ impl Syncer {
 
 /// Least time between two checkpoints: each copies every page the WAL
 /// changed since the last, once, however often the commits between them
-/// rewrote it (as the writer's own every 10,000 pages did).
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// rewrote it (as the writer's own every 10,000 pages did). Every second,
+/// the thread took 0.9-1.1 s of CPU in a run of chatbench's pairs with
+/// history (about 6% of the server's), copying the same index pages again
+/// and again; every five, 0.2-0.4 s (bench/README.md, thirteenth round).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// The thread that copies the WAL into the database, on its own connection.
 #[derive(Clone)]
