@@ -209,11 +209,9 @@ async fn retention_follows_the_topic_override() {
     server.stop().await;
 }
 
-/// Pipelined sends to a topic that keeps history are committed together but
-/// answered in request order, relayed in order, and a reply to anything
-/// else (an error, a ping) never overtakes them.
-#[tokio::test]
-async fn pipelined_sends_keep_their_order() {
+/// A server that lets a client pipeline hundreds of packets at once, and
+/// two of its users logged in: dan and bob.
+async fn pipelining_pair() -> (TestServer, Client, Client) {
     let server = TestServer::start_with(|c| {
         c.limits.packets_per_second = 100_000;
         c.limits.packet_burst = 100_000;
@@ -221,8 +219,17 @@ async fn pipelined_sends_keep_their_order() {
     .await;
     server.register("dan", "hellosecret").await;
     server.register("bob", "hellosecret").await;
-    let mut dan = server.login("dan", "hellosecret").await;
-    let mut bob = server.login("bob", "hellosecret").await;
+    let dan = server.login("dan", "hellosecret").await;
+    let bob = server.login("bob", "hellosecret").await;
+    (server, dan, bob)
+}
+
+/// Pipelined sends to a topic that keeps history are committed together but
+/// answered in request order, relayed in order, and a reply to anything
+/// else (an error, a ping) never overtakes them.
+#[tokio::test]
+async fn pipelined_sends_keep_their_order() {
+    let (server, mut dan, mut bob) = pipelining_pair().await;
     let topic = request(&mut dan, Packet::request("create").with("name", "pipe"))
         .await
         .topic
@@ -281,15 +288,7 @@ async fn pipelined_sends_keep_their_order() {
 /// relayed in order, and kept in its topic's history in the order sent.
 #[tokio::test]
 async fn alternating_kept_topics_keep_their_order() {
-    let server = TestServer::start_with(|c| {
-        c.limits.packets_per_second = 100_000;
-        c.limits.packet_burst = 100_000;
-    })
-    .await;
-    server.register("dan", "hellosecret").await;
-    server.register("bob", "hellosecret").await;
-    let mut dan = server.login("dan", "hellosecret").await;
-    let mut bob = server.login("bob", "hellosecret").await;
+    let (server, mut dan, mut bob) = pipelining_pair().await;
     let mut topics = Vec::new();
     for name in ["left", "right"] {
         let t = request(&mut dan, Packet::request("create").with("name", name))
