@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::change::Change;
-use crate::store::{Error, Event, Pending, Store, TopicRecord};
+use crate::store::{Error, Event, Pending, Slot, Store, TopicRecord, closed_outcomes};
 
 /// Kept messages and replies one connection may have waiting for commits.
 pub(super) const MAX_INFLIGHT: usize = 256;
@@ -76,17 +76,21 @@ impl Run {
         if !self.unqueued() {
             return true;
         }
-        match store.try_reserve(&self.changes) {
-            Ok(Some(slot)) => {
-                self.commit = Commit::Queued(slot.send(std::mem::take(&mut self.changes)));
+        match store.try_reserve(&self.changes).transpose() {
+            Some(slot) => {
+                self.settle(slot);
                 true
             }
-            Ok(None) => false,
-            Err(_) => {
-                self.commit = Commit::Refused;
-                true
-            }
+            None => false,
         }
+    }
+
+    /// Queued with the room reserved for it, or refused by a closed store.
+    fn settle(&mut self, slot: Result<Slot<'_>, Error>) {
+        self.commit = match slot {
+            Ok(slot) => Commit::Queued(slot.send(std::mem::take(&mut self.changes))),
+            Err(_) => Commit::Refused,
+        };
     }
 
     /// The commit's outcomes if they are known, without waiting: one per
@@ -103,10 +107,8 @@ impl Run {
     /// while it waits, the run still holds its changes.
     pub async fn queue(&mut self, store: &Store) {
         if self.unqueued() {
-            self.commit = match store.reserve(&self.changes).await {
-                Ok(slot) => Commit::Queued(slot.send(std::mem::take(&mut self.changes))),
-                Err(_) => Commit::Refused,
-            };
+            let slot = store.reserve(&self.changes).await;
+            self.settle(slot);
         }
     }
 
@@ -120,7 +122,7 @@ impl Run {
     }
 
     fn refused(&self) -> Vec<Result<Event, Error>> {
-        self.sent.iter().map(|_| Err(Error::Closed)).collect()
+        closed_outcomes(self.sent.len())
     }
 }
 
@@ -160,12 +162,22 @@ impl Pipeline {
         }
     }
 
+    /// Whether the back entry is a run that may still take messages.
+    fn back_gathers(&self) -> bool {
+        matches!(self.entries.back(), Some(InFlight::Kept(run)) if run.gathers())
+    }
+
     /// Whether a run that takes no more messages waits for room in the
     /// store's queue: the session then reads nothing more until it is
     /// queued.
     pub fn waiting_for_room(&self) -> bool {
-        let gathering = matches!(self.entries.back(), Some(InFlight::Kept(run)) if run.gathers());
-        self.unqueued > usize::from(gathering)
+        self.unqueued > usize::from(self.back_gathers())
+    }
+
+    /// Whether the session must complete its oldest entries before it takes
+    /// another kept message: the pipeline is full, or a run waits for room.
+    pub fn must_wait(&self) -> bool {
+        self.len >= MAX_INFLIGHT || self.waiting_for_room()
     }
 
     /// Adds a kept message to the run gathering at the back when it is to
@@ -213,7 +225,7 @@ impl Pipeline {
     /// runs that can take no more messages (full, or followed by another
     /// entry) go to the store while the next one gathers.
     pub fn queue_sealed(&mut self, store: &Store) {
-        let gathering = usize::from(self.gathering().is_some());
+        let gathering = usize::from(self.back_gathers());
         self.queue_first(self.unqueued - gathering, store);
     }
 
@@ -243,8 +255,7 @@ impl Pipeline {
         let Some(InFlight::Kept(run)) = self.entries.front_mut() else {
             return None;
         };
-        let unqueued = run.unqueued();
-        if unqueued {
+        if run.unqueued() {
             run.queue(store).await;
             self.unqueued -= 1;
         }

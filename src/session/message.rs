@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::kept::{InFlight, MAX_INFLIGHT, Run};
+use super::kept::{InFlight, Run};
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, ExJson, Message};
 use crate::proto::id::{UuidText, uuid_at, uuids_at};
@@ -137,7 +137,7 @@ impl Session<'_> {
         // that takes no more: the oldest entries complete first (waiting for
         // room if need be), and this client is not read meanwhile. Boxed:
         // only kept messages pay for the wait.
-        while self.pipeline.len() >= MAX_INFLIGHT || self.pipeline.waiting_for_room() {
+        while self.pipeline.must_wait() {
             if let Outcome::Close(r) = Box::pin(self.complete_next()).await {
                 return Ok(Outcome::Close(r));
             }
@@ -181,7 +181,7 @@ impl Session<'_> {
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Option<Outcome>, Denied> {
-        if self.pipeline.len() >= MAX_INFLIGHT || self.pipeline.waiting_for_room() {
+        if self.pipeline.must_wait() {
             return Ok(None);
         }
         let (change, message_id) = self.kept_change(me, t, ex, raw_ex)?;
@@ -748,7 +748,7 @@ struct HistoryEx<'a> {
 mod tests {
     use futures_util::FutureExt;
 
-    use super::super::kept::MAX_RUN;
+    use super::super::kept::{MAX_INFLIGHT, MAX_RUN};
     use super::super::{Context, LoggedIn, Outcome, Session};
     use super::*;
     use crate::config::Config;

@@ -549,9 +549,9 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// The rest of a request: after the commits in flight (all of them, or
-    /// for a message, enough to stay within the pipeline's bound), its
-    /// handler, which may wait for the store.
+    /// The rest of a request: after the commits in flight (all of them; a
+    /// message's handler waits for as many as the pipeline's bound needs),
+    /// its handler, which may wait for the store.
     async fn run(
         &mut self,
         request_id: Option<String>,
@@ -559,15 +559,10 @@ impl<'a> Session<'a> {
         raw_ex: Option<ExText<'_>>,
     ) -> Outcome {
         let id = request_id.as_deref();
-        let outcome = if !matches!(request, Request::Send { .. }) {
-            self.drain().await
-        } else if self.pipeline.len() >= kept::MAX_INFLIGHT {
-            Box::pin(self.complete_next()).await
-        } else {
-            Outcome::Continue
-        };
-        if let Outcome::Close(r) = outcome {
-            return Outcome::Close(r);
+        if !matches!(request, Request::Send { .. }) {
+            if let Outcome::Close(r) = self.drain().await {
+                return Outcome::Close(r);
+            }
         }
         let outcome = self.handle(id, request, raw_ex).await;
         // The handler may have waited: the next packet reads the clock anew.

@@ -702,8 +702,13 @@ impl Pending {
 
     /// The outcomes when the store went away unanswered.
     fn closed(&self) -> Vec<Result<Event, Error>> {
-        (0..self.changes).map(|_| Err(Error::Closed)).collect()
+        closed_outcomes(self.changes)
     }
+}
+
+/// The outcomes of `n` changes the store never took: closed, each.
+pub fn closed_outcomes(n: usize) -> Vec<Result<Event, Error>> {
+    (0..n).map(|_| Err(Error::Closed)).collect()
 }
 
 /// Room in the store's queue for changes, reserved: sending them cannot
