@@ -9,6 +9,7 @@ mod common;
 
 use cluster::Cluster;
 use common::*;
+use futures_util::FutureExt;
 use serde_json::json;
 use tenthbit::client::Client;
 use tenthbit::proto::Packet;
@@ -357,6 +358,52 @@ async fn a_silent_link_is_dropped_and_replaced_by_one() {
     }
     c.nodes[1].server().register("bob", PW).await;
     c.converged(&[0, 1, 2]).await;
+}
+
+/// A store busy for longer than the idle timeout (a long commit, a slow
+/// disk) costs no link: the writer waiting on it for a catch-up read keeps
+/// sending keepalives.
+#[tokio::test]
+async fn a_busy_store_keeps_its_links() {
+    let c = Cluster::start_with(2, &[(0, 1)], |_, cfg| {
+        cfg.mesh.keepalive_interval_ms = 100;
+        cfg.mesh.idle_timeout_ms = 1_000;
+    })
+    .await;
+    c.links_up(0, &[1]).await;
+    c.links_up(1, &[0]).await;
+    // A round trip over the link: both ends' start-up dials are settled.
+    c.nodes[1].server().register("dan", PW).await;
+    c.converged(&[0, 1]).await;
+    let before = std::time::Instant::now();
+    // Node 0's store, in this order: an account, whose sync wakes the
+    // link's writer to read what node 1 lacks; then a job that holds the
+    // store thread, so that read waits behind it.
+    let store = c.nodes[0].handle().store();
+    let mut account = std::pin::pin!(store.call_synced(|db| db.create_account("kim", "x")));
+    assert!((&mut account).now_or_never().is_none(), "queued");
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let mut hold = std::pin::pin!(store.call(move |_| {
+        let _ = held.recv();
+        Ok(())
+    }));
+    assert!((&mut hold).now_or_never().is_none(), "queued");
+    account.await.expect("account synced");
+    // The stall itself, three idle timeouts long (not a wait for an event).
+    tokio::time::sleep(std::time::Duration::from_millis(3_000)).await;
+    release.send(()).expect("the hold is running");
+    hold.await.expect("hold released");
+    c.converged(&[0, 1]).await;
+    let stalled = u64::try_from(before.elapsed().as_millis()).expect("ms");
+    for s in c.statuses(&[0, 1]).await {
+        let l = s.links.first().expect("one link");
+        assert_eq!(l.state, "up", "{}: {l:?}", s.node);
+        assert!(
+            l.up_ms.unwrap_or_default() >= stalled,
+            "{}: the link was replaced during the stall: {l:?}",
+            s.node
+        );
+    }
 }
 
 /// A ticket is redeemed by the node that issued it, wherever it is

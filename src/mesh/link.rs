@@ -115,7 +115,7 @@ pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed:
     // Events that have arrived are gathered into one store transaction
     // with `now_or_never`; a turn's yield would cut the batch short.
     let mut reader = FrameReader::new(rd, false, inner.cfg.max_packet_bytes).batching();
-    let hello = match handshake(&inner, &mut reader, &mut wr, &peer).await {
+    let (hello, ours) = match handshake(&inner, &mut reader, &mut wr, &peer).await {
         Ok(h) => h,
         Err(End::Refuse(code, message)) => {
             warn!(%peer, %code, reason = %message, "mesh: link refused");
@@ -177,14 +177,9 @@ pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed:
     inner.learn_node(&peer);
     super::presence::on_link_up(&inner, &link);
     super::admission::on_link_up(&inner, &link);
-    let behind = {
-        let mine = inner
-            .store
-            .call(|db| db.version_vector())
-            .await
-            .unwrap_or_default();
-        (mine.ahead_of(&hello.vv), hello.vv.ahead_of(&mine))
-    };
+    // From the hellos: no store read between the handshake and the
+    // loops, where a busy store would keep the peer from hearing anything.
+    let behind = (ours.ahead_of(&hello.vv), hello.vv.ahead_of(&ours));
     info!(
         %peer,
         link = link.id,
@@ -195,7 +190,7 @@ pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed:
     );
     let (read_end, write_end) = tokio::join!(
         read_loop(&inner, &link, &mut reader),
-        write_loop(&inner, &link, &mut wr, control_rx),
+        write_loop(&inner, &link, &mut wr, control_rx, ours),
     );
     let end = read_end.or(write_end);
     let (reason, code) = match &end {
@@ -234,13 +229,14 @@ pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed:
     }
 }
 
-/// Sends our hello, reads and checks the peer's.
+/// Sends our hello, reads and checks the peer's; returns it and the
+/// version vector ours carried.
 async fn handshake(
     inner: &Inner,
     reader: &mut FrameReader<ReadHalf<Io>>,
     wr: &mut WriteHalf<Io>,
     peer: &str,
-) -> Result<wire::Hello, End> {
+) -> Result<(wire::Hello, VersionVector), End> {
     let vv = inner
         .store
         .call(|db| db.version_vector())
@@ -251,7 +247,7 @@ async fn handshake(
         node: inner.node.clone(),
         incarnation: inner.incarnation.clone(),
         proto: wire::PROTO,
-        vv,
+        vv: vv.clone(),
         now_ms: now_ms(),
     });
     write_packets(wr, &[Out::Packet(Box::new(ours))], &inner.cfg)
@@ -301,7 +297,7 @@ async fn handshake(
             ),
         ));
     }
-    Ok(hello)
+    Ok((hello, vv))
 }
 
 /// Reads one packet.
@@ -515,8 +511,9 @@ async fn write_loop(
     link: &Arc<Link>,
     wr: &mut WriteHalf<Io>,
     mut control: mpsc::Receiver<Out>,
+    held: VersionVector,
 ) -> Option<End> {
-    let end = write_until_end(inner, link, wr, &mut control).await;
+    let end = write_until_end(inner, link, wr, &mut control, held).await;
     link.close.cancel();
     end
 }
@@ -526,20 +523,25 @@ async fn write_until_end(
     link: &Arc<Link>,
     wr: &mut WriteHalf<Io>,
     control: &mut mpsc::Receiver<Out>,
+    // What this node holds, as last read (first, from its hello).
+    mut held: VersionVector,
 ) -> Option<End> {
     let mut log = inner.store.watch_log();
     let mut tick = tokio::time::interval(inner.cfg.keepalive_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut held;
     loop {
         // Catch up: everything the peer lacks, a batch at a time.
         loop {
             let sent = link.sent.lock().map(|s| s.clone()).unwrap_or_default();
             let limit = inner.cfg.batch_events;
+            let read = inner.store.call(move |db| db.catch_up(&sent, limit));
             let (now_held, batch) =
-                match inner.store.call(move |db| db.catch_up(&sent, limit)).await {
-                    Ok(r) => r,
-                    Err(e) => return Some(End::Refuse(Code::Internal, format!("store: {e}"))),
+                match keep_alive_while(read, link, wr, &mut tick, &held, &inner.cfg).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
+                        return Some(End::Refuse(Code::Internal, format!("store: {e}")));
+                    }
+                    Err(end) => return end,
                 };
             held = now_held;
             let mut packets: Vec<Out> = Vec::with_capacity(4);
@@ -588,13 +590,45 @@ async fn write_until_end(
                 }
             }
             _ = tick.tick() => {
-                let ack = Out::Packet(Box::new(Packet::Ack(wire::Ack { vv: held.clone() })));
-                if let Err(e) = write_packets(wr, &[ack], &inner.cfg).await {
-                    return Some(End::Closed(e));
+                if let Err(e) = write_ack(wr, &held, &inner.cfg).await {
+                    return Some(e);
                 }
             }
         }
     }
+}
+
+/// Awaits `work` (a read from the store), writing a keepalive ack at each
+/// tick meanwhile: a store busy for longer than the peer's idle timeout (a
+/// long group commit, a slow disk) must not cost the link. `Err` when the
+/// link ends first (`None`: closed here, without a reason to give).
+async fn keep_alive_while<T>(
+    work: impl std::future::Future<Output = T>,
+    link: &Link,
+    wr: &mut WriteHalf<Io>,
+    tick: &mut tokio::time::Interval,
+    held: &VersionVector,
+    cfg: &super::config::MeshConfig,
+) -> Result<T, Option<End>> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Ok(out),
+            _ = link.close.cancelled() => return Err(None),
+            _ = tick.tick() => write_ack(wr, held, cfg).await.map_err(Some)?,
+        }
+    }
+}
+
+/// Writes a keepalive: an ack of what this node holds.
+async fn write_ack(
+    wr: &mut WriteHalf<Io>,
+    held: &VersionVector,
+    cfg: &super::config::MeshConfig,
+) -> Result<(), End> {
+    let ack = Out::Packet(Box::new(Packet::Ack(wire::Ack { vv: held.clone() })));
+    write_packets(wr, &[ack], cfg).await.map_err(End::Closed)
 }
 
 /// Writes packets as lines, under the idle deadline (a peer that stops
