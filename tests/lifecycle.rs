@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::FutureExt;
 use tenthbit::client::Client;
 use tenthbit::proto::Packet;
 use tenthbit::tls::Alpn;
@@ -161,6 +162,70 @@ async fn shutdown_says_bye_to_every_client_and_stops_accepting() {
         .expect("shutdown completes")
         .unwrap();
     assert!(Client::connect(&addr.to_string(), &opts).await.is_err());
+}
+
+/// A shutdown while kept messages are still committing: the client gets
+/// their acks first and `bye` last, as its last word says.
+#[tokio::test]
+async fn shutdown_answers_what_is_committing_before_bye() {
+    let server = TestServer::start_with(|c| {
+        c.ops.enabled = true;
+        c.ops.listen = "127.0.0.1:0".parse().expect("addr");
+    })
+    .await;
+    server.register("dan", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let topic = request(&mut dan, Packet::request("create").with("name", "last"))
+        .await
+        .topic
+        .expect("topic");
+    let ops = server.handle.ops_addr().expect("ops listener");
+    let read_before = sample(
+        &plain_get(ops, "/metrics").await.1,
+        "tenthbit_packets_in_total",
+    );
+    {
+        // The store thread is held: the sends wait to commit.
+        let store = server.handle.store();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let mut hold = std::pin::pin!(store.call(move |_| {
+            let _ = held.recv();
+            Ok(())
+        }));
+        assert!((&mut hold).now_or_never().is_none(), "queued");
+        let mut batch = Vec::new();
+        for n in 0..20 {
+            batch.extend_from_slice(&on("send", &topic).with_id(format!("s{n}")).to_line());
+        }
+        dan.send_raw(&batch).await.expect("sent");
+        // Polling a condition: the server has read all twenty.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while sample(
+            &plain_get(ops, "/metrics").await.1,
+            "tenthbit_packets_in_total",
+        ) < read_before + 20.0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sends were not read"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The session sees the shutdown before the commits can be in.
+        server.handle.shutdown_token().cancel();
+        release.send(()).expect("the hold is running");
+        hold.await.expect("released");
+    }
+    for n in 0..20 {
+        let ack = expect_op(&mut dan, "ack").await;
+        assert_eq!(ack.ex_str("for"), Some(format!("s{n}").as_str()));
+    }
+    expect_bye(&mut dan, "server/shutdown").await;
+    expect_clean_close(&mut dan).await;
+    let _dir = server.dir;
+    tokio::time::timeout(WAIT, server.handle.wait())
+        .await
+        .expect("shutdown completes");
 }
 
 #[tokio::test]

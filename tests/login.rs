@@ -285,6 +285,39 @@ async fn failed_logins_are_throttled_per_account_and_address() {
     server.stop().await;
 }
 
+/// An account deleted behind sends still committing: their acks come
+/// first, then the export, then `bye`.
+#[tokio::test]
+async fn deleting_an_account_answers_its_earlier_sends_first() {
+    let server = TestServer::start().await;
+    server.register("dan", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let topic = request(&mut dan, Packet::request("create").with("name", "last"))
+        .await
+        .topic
+        .expect("topic");
+    let mut batch = Vec::new();
+    for n in 0..5 {
+        batch.extend_from_slice(&on("send", &topic).with_id(format!("s{n}")).to_line());
+    }
+    batch.extend_from_slice(
+        &Packet::request("delete-account")
+            .with("password", "hellosecret")
+            .with_id("gone")
+            .to_line(),
+    );
+    dan.send_raw(&batch).await.expect("sent");
+    for n in 0..5 {
+        let ack = expect_op(&mut dan, "ack").await;
+        assert_eq!(ack.ex_str("for"), Some(format!("s{n}").as_str()));
+    }
+    let export = expect_op(&mut dan, "export").await;
+    assert_eq!(export.ex_str("for"), Some("gone"));
+    expect_bye(&mut dan, "account/deleted").await;
+    expect_clean_close(&mut dan).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn deleting_an_account_exports_it_and_ends_its_sessions() {
     let server = TestServer::start().await;

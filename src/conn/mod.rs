@@ -372,20 +372,43 @@ pub(crate) async fn read_loop<I: Input>(
     peer_ip: std::net::IpAddr,
 ) -> String {
     let mut session = Session::new(&shared.session_ctx, out.clone(), conn_id, peer_ip);
-    let reason = serve_session(shared, frames, out, &mut session).await;
+    let stop = serve_session(shared, frames, out, &mut session).await;
     // Messages already committed are relayed whatever ended the session:
-    // others must see what the store kept.
+    // others must see what the store kept. Their acks and the replies
+    // queued behind them go before the `bye`, the connection's last word.
     session.finish().await;
-    reason
+    if let Some((code, message)) = stop.bye {
+        bye(shared, out, code, message);
+    }
+    stop.reason
 }
 
-/// The session's read loop; returns why it ended.
+impl Stop {
+    /// An end the session itself decided (its own `bye`, if any, queued).
+    fn quiet(reason: impl Into<String>) -> Stop {
+        Stop {
+            bye: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// An end the client is told of with `code`.
+    fn telling(code: ErrorCode, message: &str, reason: &str) -> Stop {
+        Stop {
+            bye: Some((code, message.to_owned())),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// The session's read loop; returns why it ended and what to tell the
+/// client once what it sent before is answered.
 async fn serve_session<I: Input>(
     shared: &Shared,
     frames: &mut I,
     out: &Outbound,
     session: &mut Session<'_>,
-) -> String {
+) -> Stop {
     let limits = &shared.config.limits;
     // Counted per burst, not per packet: one shared counter touched by
     // every connection for every packet would be a contended cache line.
@@ -414,7 +437,7 @@ async fn serve_session<I: Input>(
             None => {
                 packets_in.flush();
                 if let Outcome::Close(reason) = session.flush_burst() {
-                    return reason.as_str().into();
+                    return Stop::quiet(reason.as_str());
                 }
                 if std::mem::take(&mut heard) {
                     last_rx = Instant::now();
@@ -433,20 +456,17 @@ async fn serve_session<I: Input>(
                 }
                 tokio::select! {
                     biased;
-                    _ = &mut closed => return "forced close".into(),
+                    _ = &mut closed => return Stop::quiet("forced close"),
                     _ = &mut shutdown => {
-                        bye(shared, out, ErrorCode::ServerShutdown, "the server is shutting down");
-                        return "server shutdown".into();
+                        return Stop::telling(ErrorCode::ServerShutdown, "the server is shutting down", "server shutdown");
                     }
                     _ = &mut timer => {
                         let now = Instant::now();
                         if session.account().is_none() && now >= login_deadline {
-                            bye(shared, out, ErrorCode::SessionLoginTimeout, "no login before the deadline");
-                            return "login timeout".into();
+                            return Stop::telling(ErrorCode::SessionLoginTimeout, "no login before the deadline", "login timeout");
                         }
                         if now >= idle_at {
-                            bye(shared, out, ErrorCode::SessionIdleTimeout, "no packet from the client for too long");
-                            return "idle timeout".into();
+                            return Stop::telling(ErrorCode::SessionIdleTimeout, "no packet from the client for too long", "idle timeout");
                         }
                         if !pinged && now >= ping_at {
                             pinged = true;
@@ -456,7 +476,7 @@ async fn serve_session<I: Input>(
                     }
                     outcome = session.complete_next(), if session.has_inflight() => {
                         if let Outcome::Close(reason) = outcome {
-                            return reason.as_str().into();
+                            return Stop::quiet(reason.as_str());
                         }
                         continue;
                     }
@@ -477,10 +497,7 @@ async fn serve_session<I: Input>(
                 let outcome = session.handle_line(line).await;
                 if outcome == Outcome::Silent {
                     if let Err(stop) = frames.charge_silent(len + 1) {
-                        if let Some((code, message)) = stop.bye {
-                            bye(shared, out, code, message);
-                        }
-                        return stop.reason;
+                        return stop;
                     }
                 }
                 outcome
@@ -497,16 +514,11 @@ async fn serve_session<I: Input>(
                 pinged = false;
                 Box::pin(session.handle_refused(code, message)).await
             }
-            Ok(None) => return "client closed".into(),
-            Err(stop) => {
-                if let Some((code, message)) = stop.bye {
-                    bye(shared, out, code, message);
-                }
-                return stop.reason;
-            }
+            Ok(None) => return Stop::quiet("client closed"),
+            Err(stop) => return stop,
         };
         if let Outcome::Close(reason) = outcome {
-            return reason.as_str().into();
+            return Stop::quiet(reason.as_str());
         }
     }
 }

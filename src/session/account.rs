@@ -92,7 +92,9 @@ impl Session<'_> {
         if let Outcome::Close(r) = self.reply(export) {
             return Ok(Outcome::Close(r));
         }
-        let _ = self.out.push(&reply::bye(
+        // Behind what is still committing, like the export: the session's
+        // `finish` answers those first.
+        let _ = self.reply(reply::bye(
             ErrorCode::AccountDeleted,
             "the account was deleted",
         ));
