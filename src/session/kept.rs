@@ -199,17 +199,15 @@ impl Pipeline {
             run.bytes += bytes;
             return;
         }
-        let mut changes = Vec::with_capacity(MAX_RUN);
-        changes.push(change);
-        let mut messages = Vec::with_capacity(MAX_RUN);
-        messages.push(sent);
+        // Grown as messages join: a client that waits for each ack makes
+        // a run per message, and 64 slots would be about 10 KB each time.
         self.entries.push_back(InFlight::Kept(Run {
             commit: Commit::Unqueued,
-            changes,
+            changes: vec![change],
             topic: topic.clone(),
             from_json: from_json.to_owned(),
             bytes,
-            sent: messages,
+            sent: vec![sent],
         }));
         self.unqueued += 1;
     }
