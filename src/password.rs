@@ -1,8 +1,8 @@
-//! Password hashing: argon2id, PHC strings, run off the async workers on the
-//! blocking pool with a bound on how many run at once, so a login flood
+//! Password hashing: argon2id, PHC strings, run off the async workers on
+//! threads of their own, as many as may hash at once, so a login flood
 //! queues here instead of stalling message traffic.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -36,7 +36,10 @@ pub struct Cost {
 #[derive(Clone)]
 pub struct Passwords {
     argon2: Argon2<'static>,
+    /// One per hashing thread: a hash waits here (cancellable, in turn)
+    /// rather than in the threads' queue.
     permits: Arc<Semaphore>,
+    threads: Arc<Threads>,
     /// A hash of nothing, verified against when the account does not exist so
     /// that "no such user" takes as long as "wrong password".
     decoy: Arc<String>,
@@ -49,9 +52,11 @@ impl Passwords {
             .map_err(|e| Error::Params(e.to_string()))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let decoy = hash_with(&argon2, "decoy password, never matches")?;
+        let concurrent = concurrent.max(1);
         Ok(Self {
             argon2,
-            permits: Arc::new(Semaphore::new(concurrent.max(1))),
+            permits: Arc::new(Semaphore::new(concurrent)),
+            threads: Arc::new(Threads::start(concurrent)?),
             decoy: Arc::new(decoy),
         })
     }
@@ -62,7 +67,7 @@ impl Passwords {
         hash_with(&self.argon2, password)
     }
 
-    /// A PHC string for `password`, computed on the blocking pool.
+    /// A PHC string for `password`, computed on a hashing thread.
     pub async fn hash(&self, password: Secret) -> Result<String, Error> {
         let _permit = self
             .permits
@@ -70,9 +75,9 @@ impl Passwords {
             .await
             .map_err(|e| Error::Hash(e.to_string()))?;
         let argon2 = self.argon2.clone();
-        tokio::task::spawn_blocking(move || hash_with(&argon2, password.expose()))
-            .await
-            .map_err(|e| Error::Hash(e.to_string()))?
+        self.threads
+            .run(move || hash_with(&argon2, password.expose()))
+            .await?
     }
 
     /// Whether `password` matches `phc`; with no hash (unknown account,
@@ -84,18 +89,75 @@ impl Passwords {
         let argon2 = self.argon2.clone();
         let real = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.decoy.as_ref().clone());
-        let matched = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&phc)
-                .map(|parsed| {
-                    argon2
-                        .verify_password(password.expose().as_bytes(), &parsed)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let matched = self
+            .threads
+            .run(move || {
+                PasswordHash::new(&phc)
+                    .map(|parsed| {
+                        argon2
+                            .verify_password(password.expose().as_bytes(), &parsed)
+                            .is_ok()
+                    })
+                    .unwrap_or(false)
+            })
+            .await
+            .unwrap_or(false);
         real && matched
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The hashing threads, started with the server and kept for its life; they
+/// end when the last [`Passwords`] is dropped. Not tokio's blocking pool: a
+/// hash handed to it as the last one ended often found no thread idle yet,
+/// so a burst of 5,000 logins, one hash at a time, started 20 to 30 threads,
+/// each with a stack and an allocator heap of its own, and let them go a
+/// second later: about 1 KiB of memory per connection of the burst, and as
+/// much noise in what an idle server holds.
+struct Threads {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Threads {
+    fn start(n: usize) -> Result<Threads, Error> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..n {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name("tenthbit-hash".into())
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for a job.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        // A panic loses its one answer, not the thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .map_err(|e| Error::Hash(format!("cannot start a hashing thread: {e}")))?;
+        }
+        Ok(Threads { jobs })
+    }
+
+    /// Runs `f` on a hashing thread and returns what it returned.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::Hash("the hashing threads are gone".into()))?;
+        rx.await
+            .map_err(|_| Error::Hash("a hashing thread failed".into()))
     }
 }
 
@@ -139,5 +201,33 @@ mod tests {
             !p.verify(Secret::new("x".into()), Some("not a phc".into()))
                 .await
         );
+    }
+
+    /// A burst runs on the pool's own threads, never more of them.
+    #[tokio::test]
+    async fn a_burst_runs_on_the_pools_threads() {
+        let threads = Threads::start(2).unwrap();
+        let runs = (0..64).map(|_| {
+            threads.run(|| {
+                let t = std::thread::current();
+                (t.id(), t.name().map(str::to_owned))
+            })
+        });
+        let ran: Vec<_> = futures_util::future::join_all(runs).await;
+        let mut ids = std::collections::HashSet::new();
+        for r in ran {
+            let (id, name) = r.unwrap();
+            assert_eq!(name.as_deref(), Some("tenthbit-hash"));
+            ids.insert(id);
+        }
+        assert!(!ids.is_empty() && ids.len() <= 2, "{ids:?}");
+    }
+
+    /// A job that panics loses its answer, not the thread.
+    #[tokio::test]
+    async fn a_panic_costs_one_answer() {
+        let threads = Threads::start(1).unwrap();
+        assert!(threads.run(|| panic!("in a test")).await.is_err());
+        assert_eq!(threads.run(|| 7).await.unwrap(), 7);
     }
 }

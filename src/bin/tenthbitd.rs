@@ -367,10 +367,10 @@ fn run(cli: &Cli) -> Result<()> {
     tracing::debug!(open_files = fds, "open-file limit");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // Blocking threads (password hashing) end after a second idle, not
-        // tokio's ten: a burst of logins left a dozen of them, their stacks
-        // and allocator heaps (about 1 KiB per connection of the burst),
-        // for ten seconds. Starting one costs far less than one hash.
+        // Blocking threads (mesh dials' name lookups, file work) end after
+        // a second idle, not tokio's ten: what a burst starts, with stacks
+        // and allocator heaps, goes soon. Password hashes have threads of
+        // their own (`password.rs`).
         .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
         .context("starting the async runtime")?;
