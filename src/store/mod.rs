@@ -780,6 +780,16 @@ impl Tidy {
             if let Err(e) = conn.release_memory() {
                 tracing::debug!(error = %e, "cannot release the store's page cache");
             }
+            // SQLite allocates with the C library's malloc, not the Rust
+            // allocator, and glibc keeps what is freed in the middle of its
+            // heaps: without the trim, whether the pages went back depended
+            // on what happened to sit at a heap's top (chatbench idle, 5,000
+            // connections: 11.6-12.6 KiB each; with it, 11.3-11.4).
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: no arguments to check; glibc locks its arenas itself.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 }
@@ -997,7 +1007,7 @@ impl Store {
     }
 
     /// One tick of the store's tidying, for a timer to call (the server
-    /// does every second): a store thread whose last tick passed with no
+    /// does every 250 ms): a store thread whose last tick passed with no
     /// work gives its page cache back. False once the store is closed.
     pub fn tidy(&self) -> bool {
         use mpsc::error::TrySendError;
