@@ -381,3 +381,137 @@ async fn http_is_not_offered_when_disabled() {
     expect_op(&mut c, "welcome").await;
     server.stop().await;
 }
+
+/// Input that needs no reply (blank messages, `pong` packets, WebSocket
+/// ping frames) is charged to the silent-input allowance (protocol.md 9.6)
+/// as on a 10bit connection: past it, `bye` with `rate/silent-input`, and
+/// the `ping` behind it is never answered.
+#[tokio::test]
+async fn silent_input_on_a_websocket_is_limited() {
+    let kinds: [(&str, Message); 3] = [
+        ("blank messages", Message::text("                ")),
+        ("pong packets", Message::text("{\"op\":\"pong\"}")),
+        ("ping frames", Message::Ping(vec![7u8; 16].into())),
+    ];
+    for (kind, message) in kinds {
+        let server = TestServer::start_with(|c| c.limits.silent_burst_bytes = 4096).await;
+        let mut ws = websocket(&server, None).await;
+        // About 10 KB charged against 4 KiB.
+        for _ in 0..600 {
+            ws.feed(message.clone()).await.expect("feed");
+        }
+        ws.feed(Message::text("{\"op\":\"ping\",\"id\":\"after\"}"))
+            .await
+            .expect("feed");
+        ws.flush().await.expect("flush");
+        let p = ws_recv(&mut ws).await;
+        assert_eq!(p.op, "bye", "{kind}: {p:?}");
+        assert_eq!(p.ex_str("code"), Some("rate/silent-input"), "{kind}: {p:?}");
+        server.stop().await;
+    }
+}
+
+/// An `Origin` that is there but not visible ASCII is refused, not taken
+/// for a missing one.
+#[tokio::test]
+async fn an_unreadable_origin_is_refused() {
+    let server = TestServer::start().await;
+    let mut tls = https(&server).await;
+    let mut req = upgrade_head("").into_bytes();
+    req.extend_from_slice(b"Origin: https://evil.example\xc3\xa9\r\nConnection: close\r\n\r\n");
+    tls.write_all(&req).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
+        .await
+        .expect("in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(text.contains("http/forbidden-origin"), "{text}");
+    server.stop().await;
+}
+
+/// A client that sends requests and never reads the answers is cut after
+/// `write_timeout_ms`, freeing its place in the connection limits.
+#[tokio::test]
+async fn an_http_client_that_never_reads_is_cut() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_connections_per_ip = 1;
+        c.limits.write_timeout_ms = 300;
+    })
+    .await;
+    let config = tls::client_config(&Trust::Fingerprint(server.fingerprint), &[Alpn::Http])
+        .expect("client config");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket.connect(server.addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut stuck = TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("tls handshake");
+    // Far more answer than both sides' buffers hold; once the server's
+    // writes block it reads no more, so this write may never finish.
+    let requests = "GET /app.js HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(3000);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        stuck.write_all(requests.as_bytes()),
+    )
+    .await;
+    // Polling a condition: the one place this address has is free again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = server.connect().await;
+        let p = c.recv_timeout(WAIT).await.expect("welcome or bye");
+        if p.op == "welcome" {
+            break;
+        }
+        assert_eq!(p.ex_str("code"), Some("server/per-ip-limit"), "{p:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client that never reads still holds its place"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(stuck);
+    server.stop().await;
+}
+
+/// An HTTP connection that has not upgraded within the login timeout is
+/// closed, however often it asks for something.
+#[tokio::test]
+async fn an_http_connection_that_never_upgrades_ends_at_the_login_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.limits.login_timeout_ms = 500;
+        c.web.header_timeout_ms = 1_000;
+    })
+    .await;
+    let mut tls = https(&server).await;
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = loop {
+        // Requests well inside the header deadline, as a page's would be.
+        if tls
+            .write_all(b"GET /style.css HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .is_err()
+        {
+            break true;
+        }
+        match tokio::time::timeout(WAIT, tls.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("no answer and no close"),
+        }
+        if started.elapsed() > WAIT {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        closed,
+        "still served {:?} after the handshake",
+        started.elapsed()
+    );
+    server.stop().await;
+}

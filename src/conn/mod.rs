@@ -297,12 +297,9 @@ pub(crate) trait Input {
     fn next(&mut self) -> impl Future<Output = Result<Option<Item>, Stop>>;
     /// The bytes of a line lent by [`Input::buffered`] or [`Input::next`].
     fn line(&self, range: std::ops::Range<usize>) -> &[u8];
-    /// Charges `bytes` of a packet that needed no reply (a `pong`) to the
-    /// input's silent-input allowance, if it keeps one.
-    fn charge_silent(&mut self, bytes: usize) -> Result<(), Stop> {
-        let _ = bytes;
-        Ok(())
-    }
+    /// Charges `bytes` of a packet that needed no reply (a `pong`, its
+    /// newline counted) to the input's silent-input allowance.
+    fn charge_silent(&mut self, bytes: usize) -> Result<(), Stop>;
 }
 
 /// One thing read from an [`Input`].
@@ -353,7 +350,7 @@ impl<R: tokio::io::AsyncRead + Unpin> Input for FrameReader<R> {
 
 /// The end of a session that sent more input needing no reply (blank
 /// lines, `pong`) than its allowance.
-fn silent_input() -> Stop {
+pub(crate) fn silent_input() -> Stop {
     Stop {
         bye: Some((
             ErrorCode::RateSilentInput,

@@ -1,8 +1,8 @@
 //! HTTP/1.1 on the client port (ALPN `http/1.1`): the bundled web client at
 //! `/`, and WebSocket sessions at `/ws` that carry one 10bit packet per text
 //! message through the same session code as a 10bit connection
-//! ([`crate::conn::run_session`]). The origin policy and the header deadline
-//! live here; nothing in `session/` knows about HTTP.
+//! ([`crate::conn::run_session`]). The origin policy and the HTTP phase's
+//! deadlines live here; nothing in `session/` knows about HTTP.
 
 mod assets;
 pub mod origin;
@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::server::TlsStream;
 use tracing::info;
 
@@ -51,6 +52,12 @@ pub(crate) async fn serve(
             async move { Ok::<_, Infallible>(response) }
         })
     };
+    // hyper times only the wait for a request head: a client that sends
+    // requests and never reads the answers would hold its connection (and
+    // its place in the limits) forever, blocked in a write. Every write now
+    // has `write_timeout_ms`, as a 10bit connection's writer does.
+    let mut io = TimeoutStream::new(tls);
+    io.set_write_timeout(Some(shared.config.limits.write_timeout()));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -60,11 +67,23 @@ pub(crate) async fn serve(
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(refusal.is_none());
     let conn = builder
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(Box::pin(io)), service)
         .with_upgrades();
     tokio::pin!(conn);
+    // A connection that has not upgraded within the login timeout is
+    // closed, as a 10bit connection that has not logged in is: requests
+    // spaced under the header deadline would otherwise keep it forever.
+    let deadline = tokio::time::sleep(shared.config.limits.login_timeout());
+    tokio::pin!(deadline);
     let served = tokio::select! {
         r = conn.as_mut() => r,
+        _ = &mut deadline => {
+            conn.as_mut().graceful_shutdown();
+            let write_timeout = shared.config.limits.write_timeout();
+            let _ = tokio::time::timeout(write_timeout, conn.as_mut()).await;
+            info!(reason = "http login timeout", "connection closed");
+            return;
+        }
         _ = shared.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
@@ -76,6 +95,8 @@ pub(crate) async fn serve(
     if let Err(e) = served {
         let reason = if e.is_timeout() {
             "http header timeout"
+        } else if is_write_timeout(&e) {
+            "http write timeout"
         } else {
             "http error"
         };
@@ -101,4 +122,17 @@ pub(crate) async fn serve(
         }
         Err(e) => info!(reason = "websocket upgrade failed", error = %e, "connection closed"),
     }
+}
+
+/// True when hyper failed because a write outlasted `write_timeout_ms`
+/// (the I/O error [`TimeoutStream`] gives).
+fn is_write_timeout(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = err.source();
+    }
+    false
 }

@@ -108,9 +108,17 @@ fn page(asset: &assets::Asset) -> Reply {
 fn websocket(shared: &Shared, req: &Request<Incoming>) -> Reply {
     let m = &shared.session_ctx.metrics;
     let headers = req.headers();
-    let origin = text(headers, header::ORIGIN);
+    // An `Origin` that is there but not visible ASCII is refused, never
+    // taken for a missing one (which is allowed: not a browser).
+    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().ok());
     let host = text(headers, header::HOST);
-    if !shared.web_origins.allows(origin, host) {
+    let allowed = match origin {
+        None => shared.web_origins.allows(None, host),
+        Some(None) => false,
+        Some(Some(o)) => shared.web_origins.allows(Some(o), host),
+    };
+    if !allowed {
+        let origin = origin.flatten();
         debug!(
             origin = origin.unwrap_or_default(),
             "websocket origin refused"

@@ -22,6 +22,7 @@ use crate::conn::{self, Input, Item, Stop, Transport};
 use crate::proto::{ErrorCode, reply};
 use crate::router::{Closer, Receiver};
 use crate::server::Shared;
+use crate::session::throttle::RateLimit;
 use crate::tls::Alpn;
 
 /// Read buffer per WebSocket (tungstenite allocates it up front; its
@@ -42,11 +43,13 @@ pub(super) async fn run(shared: &Shared, upgraded: Upgraded, peer: SocketAddr, c
     let ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
     let (sink, stream) = ws.split();
+    let limits = &shared.config.limits;
     let input = Messages {
         stream,
         current: Utf8Bytes::default(),
-        max_line: shared.config.limits.max_line_bytes,
+        max_line: limits.max_line_bytes,
         max_message: web.max_message_bytes,
+        silent: RateLimit::new(limits.silent_bytes_per_second, limits.silent_burst_bytes),
     };
     let transport = Transport {
         protocol: Alpn::Plain.name(),
@@ -74,6 +77,21 @@ struct Messages<S> {
     current: Utf8Bytes,
     max_line: usize,
     max_message: usize,
+    /// The silent-input allowance (protocol.md 9.6), as a 10bit
+    /// connection's reader keeps one: blank messages, `pong` packets and
+    /// WebSocket ping and pong frames cost the server work (a ping, a
+    /// written pong) and the client nothing.
+    silent: RateLimit,
+}
+
+impl<S> Messages<S> {
+    /// Charges a message that yields no packet: its bytes and one for its
+    /// place, as a blank line's newline.
+    fn charge(&mut self, bytes: usize) -> Result<(), Stop> {
+        self.silent
+            .spend(std::time::Instant::now(), (bytes + 1) as f64)
+            .map_err(|_| conn::silent_input())
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Input for Messages<S> {
@@ -111,7 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Input for Messages<S> {
                     return Ok(Some(Item::Span(Span::TooLong)));
                 }
                 // A blank message is skipped, as a blank line is.
-                Message::Text(text) if text.trim().is_empty() => {}
+                Message::Text(text) if text.trim().is_empty() => self.charge(text.len())?,
                 Message::Text(text) => {
                     let len = text.len();
                     self.current = text;
@@ -125,13 +143,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Input for Messages<S> {
                 }
                 Message::Close(_) => return Ok(None),
                 // Pings are answered by tungstenite itself.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Message::Ping(b) | Message::Pong(b) => self.charge(b.len())?,
+                Message::Frame(_) => {}
             }
         }
     }
 
     fn line(&self, range: std::ops::Range<usize>) -> &[u8] {
         self.current.as_bytes().get(range).unwrap_or_default()
+    }
+
+    fn charge_silent(&mut self, bytes: usize) -> Result<(), Stop> {
+        // The packet's bytes; its message's place is counted here.
+        self.charge(bytes.saturating_sub(1))
     }
 }
 
