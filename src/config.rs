@@ -665,9 +665,22 @@ impl Config {
             }
         }
         self.mesh.validate(&s.node)?;
+        // An event carries a client's line and its wrapping (ids, sender,
+        // clock): a peer refuses a longer packet, and the link would start
+        // again at that same event every time.
+        let room = l.max_line_bytes.saturating_add(MESH_PACKET_MARGIN);
+        if self.mesh.enabled && self.mesh.max_packet_bytes < room {
+            return Err(invalid(
+                "mesh.max_packet_bytes",
+                format!("must be at least limits.max_line_bytes + {MESH_PACKET_MARGIN} ({room})"),
+            ));
+        }
         self.federation.validate(&s.name)
     }
 }
+
+/// What a mesh packet may add to the client line it carries.
+const MESH_PACKET_MARGIN: usize = 16 * 1024;
 
 /// A node name: 1 to 64 letters, digits, '-' or '_'.
 pub fn valid_node_name(node: &str) -> bool {
@@ -717,6 +730,20 @@ mod tests {
         let err = Config::from_toml("[limits]\nmax_json_depth = 128\n").unwrap_err();
         assert!(err.to_string().contains("must be 2 to 127"), "{err}");
         assert!(Config::from_toml("[limits]\nmax_json_depth = 127\n").is_ok());
+    }
+
+    #[test]
+    fn a_mesh_packet_has_room_for_a_client_line() {
+        let err = Config::from_toml("[limits]\nmax_line_bytes = 1048576\n[mesh]\nenabled = true\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("mesh.max_packet_bytes"), "{err}");
+        assert!(Config::from_toml("[limits]\nmax_line_bytes = 1048576\n").is_ok());
+        assert!(
+            Config::from_toml(
+                "[limits]\nmax_line_bytes = 1048576\n[mesh]\nenabled = true\nmax_packet_bytes = 1064960\n"
+            )
+            .is_ok()
+        );
     }
 
     #[test]

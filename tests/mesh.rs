@@ -576,6 +576,8 @@ async fn bad_peers_are_refused_with_stable_codes() {
     let c = Cluster::start_with(1, &[], move |_, cfg| {
         cfg.mesh.peers.push(entry.clone());
         cfg.mesh.max_packet_bytes = 64 * 1024;
+        // Room in a packet for a client's line (config validation).
+        cfg.limits.max_line_bytes = 32 * 1024;
     })
     .await;
     let node = &c.nodes[0];
@@ -616,6 +618,12 @@ async fn bad_peers_are_refused_with_stable_codes() {
         ),
         (event("n9", "abcd", 5, 3), "mesh/gap"),
         (hello("n9", "mesh.test", 1, now), "mesh/malformed"),
+        // A clock the store cannot hold as it is (it would come back
+        // negative, and every later change of this node would lose).
+        (
+            event("n9", "abcd", 1, 0).replace(&(1u64 << 40).to_string(), &u64::MAX.to_string()),
+            "mesh/malformed",
+        ),
     ] {
         let (mut link, _) = fake.dial(node).await;
         link.send(&hello("n9", "mesh.test", 1, now)).await;

@@ -442,7 +442,7 @@ async fn receive(
         .collect::<Result<_, _>>()
     {
         Ok(b) => b,
-        Err(e) => return Some(End::Refuse(Code::Malformed, format!("bad change: {e}"))),
+        Err(e) => return Some(End::Refuse(Code::Malformed, e)),
     };
     let _in_order = inner.applying.lock().await;
     let cache = inner.ctx.topics.clone();

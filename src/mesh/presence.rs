@@ -199,7 +199,9 @@ fn apply(st: &mut Origin, p: Presence, delta: &mut Delta) {
             }
         }
     }
-    st.next = p.s + 1;
+    // Wrapping: a lying peer's u64::MAX must not panic (and poison the
+    // lock) in a debug build.
+    st.next = p.s.wrapping_add(1);
 }
 
 fn drain(st: &mut Origin, delta: &mut Delta) {

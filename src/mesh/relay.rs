@@ -99,7 +99,7 @@ fn drain(st: &mut OriginState, ready: &mut Vec<Ready>) {
         }
         let (_, item) = entry.remove();
         ready.push(item);
-        st.next += 1;
+        st.next = st.next.wrapping_add(1);
     }
 }
 

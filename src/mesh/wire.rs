@@ -76,8 +76,18 @@ pub struct WireEvent {
 
 impl WireEvent {
     /// The event for the store: its change decoded, and kept as it came.
-    pub fn into_incoming(self) -> Result<Incoming, serde_json::Error> {
-        let change = serde_json::from_str(self.c.get())?;
+    /// Numbers past `i64::MAX` are refused: the store keeps them as SQLite
+    /// integers, and a clock read back negative would make every later
+    /// change of this node lose to older ones (and the peers it reaches).
+    pub fn into_incoming(self) -> Result<Incoming, String> {
+        const MAX: u64 = i64::MAX as u64;
+        if self.s > MAX || self.p > MAX || self.h > MAX {
+            return Err(format!(
+                "s, p and h are at most {MAX} (got {}, {}, {})",
+                self.s, self.p, self.h
+            ));
+        }
+        let change = serde_json::from_str(self.c.get()).map_err(|e| format!("bad change: {e}"))?;
         Ok(Incoming {
             event: Event {
                 node: self.o,
@@ -432,6 +442,26 @@ mod tests {
         );
         assert_eq!(inc.body, raw.body, "stored as it came, byte for byte");
         assert_eq!(inc.event.change.kind, "x");
+    }
+
+    #[test]
+    fn numbers_past_what_the_store_holds_are_refused() {
+        for (s, p, h) in [(1u64 << 63, 0, 1), (1, 1 << 63, 1), (1, 0, u64::MAX)] {
+            let raw = RawEvent {
+                node: "n1".into(),
+                incarnation: "ab".into(),
+                seq: s,
+                hlc: h,
+                body: r#"{"kind":"x","writes":[]}"#.into(),
+            };
+            let mut line = Vec::new();
+            write_event(&mut line, &raw, p);
+            let Packet::Event(e) = decode(line.trim_ascii_end()).unwrap() else {
+                panic!("not an event");
+            };
+            let why = e.into_incoming().unwrap_err();
+            assert!(why.contains("at most"), "{why}");
+        }
     }
 
     #[test]
