@@ -631,10 +631,16 @@ async fn write_ack(
     write_packets(wr, &[ack], cfg).await.map_err(End::Closed)
 }
 
-/// Writes packets as lines, under the idle deadline (a peer that stops
-/// reading for that long is dropped; it catches up when it comes back).
+/// How much of a write must go within the idle deadline: a catch-up batch
+/// (up to thousands of events) may take longer than that on a slow link,
+/// which is not a peer that stopped reading.
+const WRITE_PROGRESS_BYTES: usize = 64 * 1024;
+
+/// Writes packets as lines; each [`WRITE_PROGRESS_BYTES`] of them under the
+/// idle deadline (a peer that stops reading for that long is dropped; it
+/// catches up when it comes back).
 async fn write_packets(
-    wr: &mut WriteHalf<Io>,
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
     packets: &[Out],
     cfg: &super::config::MeshConfig,
 ) -> Result<(), String> {
@@ -645,14 +651,22 @@ async fn write_packets(
             Out::Raw(line) => buf.extend_from_slice(line),
         }
     }
-    let write = async {
-        wr.write_all(&buf).await?;
-        wr.flush().await
-    };
-    match tokio::time::timeout(cfg.idle_timeout(), write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("write failed: {e}")),
-        Err(_) => Err("the peer stopped reading".into()),
+    let idle = cfg.idle_timeout();
+    let mut pieces = buf.chunks(WRITE_PROGRESS_BYTES);
+    loop {
+        let piece = pieces.next();
+        let write = async {
+            match piece {
+                Some(piece) => wr.write_all(piece).await,
+                None => wr.flush().await,
+            }
+        };
+        match tokio::time::timeout(idle, write).await {
+            Ok(Ok(())) if piece.is_none() => return Ok(()),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("write failed: {e}")),
+            Err(_) => return Err("the peer stopped reading".into()),
+        }
     }
 }
 
@@ -670,4 +684,53 @@ async fn farewell(wr: &mut WriteHalf<Io>, code: Code, message: &str) {
         wr.shutdown().await
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A peer that reads slowly but steadily is not one that stopped
+    /// reading, however long the whole write takes.
+    #[tokio::test]
+    async fn a_slow_reader_that_keeps_reading_is_kept() {
+        let cfg = super::super::config::MeshConfig {
+            idle_timeout_ms: 2_000,
+            ..Default::default()
+        };
+        let (mut wr, mut rd) = tokio::io::duplex(WRITE_PROGRESS_BYTES);
+        let total = 12 * WRITE_PROGRESS_BYTES;
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = vec![0u8; WRITE_PROGRESS_BYTES];
+            while got < total {
+                // The peer's pace: a piece every quarter second, the whole
+                // write half again longer than the idle deadline.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            got
+        });
+        let line = bytes::Bytes::from(vec![b'x'; total]);
+        let wrote = write_packets(&mut wr, &[Out::Raw(line)], &cfg).await;
+        assert_eq!(wrote, Ok(()));
+        assert_eq!(reader.await.unwrap(), total);
+    }
+
+    /// A peer that stops reading is dropped after the idle deadline.
+    #[tokio::test]
+    async fn a_reader_that_stops_is_dropped() {
+        let cfg = super::super::config::MeshConfig {
+            idle_timeout_ms: 200,
+            ..Default::default()
+        };
+        let (mut wr, _rd) = tokio::io::duplex(1024);
+        let line = bytes::Bytes::from(vec![b'x'; 4096]);
+        let wrote = write_packets(&mut wr, &[Out::Raw(line)], &cfg).await;
+        assert_eq!(wrote, Err("the peer stopped reading".to_owned()));
+    }
 }
