@@ -199,6 +199,25 @@ async fn corrupt_gzip_from_client_gets_bye_and_close() {
     stream.write_all(&bad).await.unwrap();
     let bye = read_lines(&mut stream, &mut decoder, 1).await;
     assert_eq!(bye[0].ex_str("code"), Some("transport/bad-gzip"));
+
+    // A request sync-flushed, then garbage, in one write: the request
+    // decoded before the fault is answered, then `bye` (protocol.md 4).
+    let mut stream = raw_gzip(&server).await;
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    read_lines(&mut stream, &mut decoder, 1).await;
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(b"{\"op\":\"ping\",\"id\":\"p1\"}\n").unwrap();
+    z.flush().unwrap();
+    let mut wire = std::mem::take(z.get_mut());
+    wire.extend_from_slice(&[0xff; 8]);
+    stream.write_all(&wire).await.unwrap();
+    let got = read_lines(&mut stream, &mut decoder, 2).await;
+    assert_eq!(
+        (got[0].op.as_str(), got[0].ex_str("for")),
+        ("pong", Some("p1"))
+    );
+    assert_eq!(got[1].op, "bye");
+    assert_eq!(got[1].ex_str("code"), Some("transport/bad-gzip"));
     server.stop().await;
 }
 

@@ -128,6 +128,9 @@ enum State {
     Header,
     Body,
     Trailer,
+    /// The stream was corrupt after output already handed out: every read
+    /// from now on fails.
+    Corrupt,
 }
 
 /// Decompressing half: incremental, bounded output per call.
@@ -193,10 +196,26 @@ impl GzipDecoder {
                         return Ok(0);
                     }
                     let (in0, out0) = (self.inflate.total_in(), self.inflate.total_out());
-                    let status = self
-                        .inflate
-                        .decompress(&self.input, out, FlushDecompress::None)
-                        .map_err(|_| Error::Corrupt)?;
+                    let status =
+                        match self
+                            .inflate
+                            .decompress(&self.input, out, FlushDecompress::None)
+                        {
+                            Ok(status) => status,
+                            // What inflated before the fault in this same call
+                            // (a sync-flushed request, then garbage) is handed
+                            // out first: those lines get their replies
+                            // (protocol.md 4), and the next read fails.
+                            Err(_) => {
+                                self.state = State::Corrupt;
+                                let produced = usize::try_from(self.inflate.total_out() - out0)
+                                    .map_err(|_| Error::Corrupt)?;
+                                if produced == 0 {
+                                    return Err(Error::Corrupt);
+                                }
+                                return Ok(produced.min(out.len()));
+                            }
+                        };
                     let consumed = usize::try_from(self.inflate.total_in() - in0)
                         .map_err(|_| Error::Corrupt)?;
                     let produced = usize::try_from(self.inflate.total_out() - out0)
@@ -227,6 +246,7 @@ impl GzipDecoder {
                     // A peer may start a new member after finishing one.
                     self.state = State::Header;
                 }
+                State::Corrupt => return Err(Error::Corrupt),
             }
         }
     }
@@ -409,6 +429,24 @@ mod tests {
         dec.push(&HEADER);
         dec.push(&[0xff; 32]);
         assert_eq!(decode_all(&mut dec), Err(Error::Corrupt));
+    }
+
+    /// Lines inflated before a fault in the same input are handed out;
+    /// the read after them fails.
+    #[test]
+    fn what_inflated_before_a_fault_comes_out_first() {
+        let mut enc = GzipEncoder::new(6);
+        let mut wire = Vec::new();
+        enc.write(b"{\"op\":\"ping\",\"id\":\"p1\"}\n", &mut wire);
+        enc.flush(Flush::Sync, &mut wire);
+        wire.extend_from_slice(&[0xff; 8]);
+        let mut dec = GzipDecoder::new();
+        dec.push(&wire);
+        let mut out = [0u8; 256];
+        let n = dec.read(&mut out).unwrap();
+        assert_eq!(&out[..n], b"{\"op\":\"ping\",\"id\":\"p1\"}\n");
+        assert_eq!(dec.read(&mut out), Err(Error::Corrupt));
+        assert_eq!(dec.read(&mut out), Err(Error::Corrupt));
     }
 
     #[test]
