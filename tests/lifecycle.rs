@@ -143,6 +143,62 @@ async fn client_that_never_reads_is_cut_as_slow_consumer() {
     server.stop().await;
 }
 
+/// A client whose writer fails (it read nothing for the write timeout)
+/// is ended whole: its session does not live on, online, until the idle
+/// timeout just because it sends nothing that needs a reply.
+#[tokio::test]
+async fn a_session_whose_writes_time_out_ends() {
+    let server = TestServer::start_with(|c| {
+        c.ops.enabled = true;
+        c.ops.listen = "127.0.0.1:0".parse().expect("addr");
+        c.limits.write_timeout_ms = 300;
+        // Room to queue everything: the writer's failure ends it, not
+        // the send queue.
+        c.limits.max_sendq_packets = 100_000;
+        c.limits.max_sendq_bytes = 1 << 30;
+        c.limits.packets_per_second = 100_000;
+        c.limits.packet_burst = 100_000;
+    })
+    .await;
+    server.register("amy", "hellosecret").await;
+    server.register("bob", "hellosecret").await;
+    let mut amy = server.login("amy", "hellosecret").await;
+    let mut bob = server.login("bob", "hellosecret").await;
+    let topic = request(&mut bob, Packet::request("create").with("name", "big"))
+        .await
+        .topic
+        .expect("topic");
+    request(&mut amy, on("join", &topic)).await;
+    let ops = server.handle.ops_addr().expect("ops listener");
+    let open = || async {
+        sample(
+            &plain_get(ops, "/metrics").await.1,
+            "tenthbit_connections_open{transport=\"10bit/0.1\"}",
+        )
+    };
+    assert_eq!(open().await, 2.0);
+    // amy reads nothing from now on; bob sends far more than the sockets
+    // between the server and amy hold, without ids (nothing comes back).
+    let body = "x".repeat(60_000);
+    let mut batch = Vec::new();
+    for _ in 0..400 {
+        batch.extend_from_slice(&on("send", &topic).with("body", body.as_str()).to_line());
+    }
+    bob.send_raw(&batch).await.expect("sent");
+    // Polling a condition: amy's connection is gone; bob's is not.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while open().await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session of a client whose writes failed lives on"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_alive(&mut bob).await;
+    drop(amy);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_says_bye_to_every_client_and_stops_accepting() {
     let server = TestServer::start().await;

@@ -89,6 +89,12 @@ impl Closer {
         self.token.cancel();
     }
 
+    /// Ends the connection with nothing to tell: its writer is gone (a
+    /// write failed or timed out), so its reader must stop too.
+    pub fn end(&self) {
+        self.token.cancel();
+    }
+
     /// Resolves once the connection is being closed.
     pub async fn closed(&self) {
         self.token.cancelled().await;
