@@ -208,3 +208,35 @@ async fn searches_are_rate_limited_like_any_packet() {
     }
     server.stop().await;
 }
+
+/// Search and `find` of users read on the read-only connection: they are
+/// answered while the store's commit thread is busy, and do not hold it.
+#[tokio::test]
+async fn long_reads_do_not_wait_for_the_commit_thread() {
+    let server = TestServer::start().await;
+    server.register("dan", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let topic = create(&mut dan, "reads").await;
+    say(&mut dan, &topic, "a needle in the hay").await;
+    {
+        // The commit thread is held: a job queued now runs after it.
+        let store = server.handle.store();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let mut hold = std::pin::pin!(store.call(move |_| {
+            let _ = held.recv();
+            Ok(())
+        }));
+        assert!(
+            futures_util::FutureExt::now_or_never(&mut hold).is_none(),
+            "queued"
+        );
+        let (ids, _, _) = search(&mut dan, q("needle")).await;
+        assert_eq!(ids.len(), 1);
+        let found = request(&mut dan, Packet::request("find").with("kind", "users")).await;
+        assert_eq!(found.op, "found", "{found:?}");
+        assert_eq!(found.ex["users"], json!(["dan"]));
+        release.send(()).expect("the hold is running");
+        hold.await.expect("released");
+    }
+    server.stop().await;
+}

@@ -70,7 +70,9 @@ impl Session<'_> {
                         "ex.meta filters topics only",
                     ));
                 }
-                let accounts = self.ctx.store.call(|db| db.list_accounts()).await?;
+                // On the read-only connection: every account is read, which
+                // must not hold up the commits of everyone's messages.
+                let accounts = self.ctx.store.read(|db| db.list_accounts()).await?;
                 let mut names: Vec<String> = accounts
                     .into_iter()
                     .filter(|a| !a.deleted && !a.disabled && wanted(&a.name))

@@ -125,10 +125,12 @@ impl Session<'_> {
             scan: self.ctx.history.search_scan,
         };
         let from = filters.from;
+        // On the read-only connection, as history is: a page may scan
+        // thousands of matches, which must not hold up commits.
         let (found, names) = self
             .ctx
             .store
-            .call(move |db| {
+            .read(move |db| {
                 if let Some(name) = from {
                     match db.account_by_name(&name)? {
                         Some(a) => query.sender = Some(a.id),
