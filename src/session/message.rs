@@ -782,8 +782,10 @@ mod tests {
             "kept".into(),
             me,
             Map::new(),
+            1,
         )
         .await
+        .unwrap()
         .unwrap();
         (dir, ctx, me, topic.id)
     }

@@ -342,6 +342,7 @@ impl Drop for Session<'_> {
 }
 
 /// A handler's failure: becomes one `error` reply.
+#[derive(Debug)]
 pub(crate) struct Denied {
     code: ErrorCode,
     message: String,

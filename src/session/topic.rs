@@ -55,22 +55,92 @@ fn check_reserved(values: &Map<String, Value>) -> Result<(), Denied> {
 /// Creates a topic and caches it in the same store job. Cached after the
 /// job instead, a second client's `create` of the name could be refused as
 /// taken and its `join` then find no such topic, while the creator's task
-/// waited to run.
+/// waited to run. The creator may be a member of at most `max_topics`
+/// topics, checked in the job: its other connections may be joining or
+/// creating at the same moment.
 pub(super) async fn create_cached(
     store: &store::Store,
     topics: &Arc<Topics>,
     name: String,
     creator: Uuid,
     meta: Map<String, Value>,
-) -> Result<TopicRecord, store::Error> {
+    max_topics: usize,
+) -> Result<Result<TopicRecord, Denied>, store::Error> {
     let topics = topics.clone();
     store
         .call_synced(move |db| {
+            if let Err(d) = enter_another(&topics, creator, max_topics) {
+                return Ok(Err(d));
+            }
             let record = db.create_topic(&name, creator, &meta)?;
             topics.put(record.clone());
-            Ok(record)
+            Ok(Ok(record))
         })
         .await
+}
+
+/// Commits `account` joining topic `id` and caches the topic, in one store
+/// job that checks the limits once more ([`join_one`]): the check before it
+/// read the topic table while other joins (the account's other
+/// connections, others joining the topic) were committing; the job's table
+/// is the one those jobs keep. `None` if there is no such topic.
+async fn join_cached(
+    store: &store::Store,
+    topics: &Arc<Topics>,
+    id: Uuid,
+    account: Uuid,
+    max_members: usize,
+    max_topics: usize,
+) -> Result<Result<Option<TopicRecord>, Denied>, store::Error> {
+    let topics = topics.clone();
+    store
+        .call_synced(move |db| {
+            let Some(t) = topics.get(id) else {
+                return Ok(Ok(None));
+            };
+            if !t.members.contains(&account) {
+                if let Err(d) = join_one(&topics, &t, account, max_members, max_topics) {
+                    return Ok(Err(d));
+                }
+                db.set_member(id, account, true)?;
+            }
+            let record = db.topic(id)?;
+            if let Some(r) = &record {
+                topics.put(r.clone());
+            }
+            Ok(Ok(record))
+        })
+        .await
+}
+
+/// Whether `account` may become a member of `t`: the topic's room, then
+/// the account's ([`enter_another`]).
+fn join_one(
+    topics: &Topics,
+    t: &TopicRecord,
+    account: Uuid,
+    max_members: usize,
+    max_topics: usize,
+) -> Result<(), Denied> {
+    if t.members.len() >= max_members {
+        return Err(Denied::new(
+            ErrorCode::TopicFull,
+            format!("the topic has {} members, its limit", t.members.len()),
+        ));
+    }
+    enter_another(topics, account, max_topics)
+}
+
+/// Whether `account` may become a member of one more topic.
+fn enter_another(topics: &Topics, account: Uuid, max_topics: usize) -> Result<(), Denied> {
+    let mine = topics.member_of(account).len();
+    if mine >= max_topics {
+        return Err(Denied::new(
+            ErrorCode::AccountTooManyTopics,
+            format!("{mine} topics, the limit for one account; leave one first"),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `change` to topic `id`, reads the topic back and caches it, all in
@@ -123,25 +193,16 @@ impl Session<'_> {
     /// Whether `account` may become a member of `t`: the topic's member
     /// limit and the account's topic limit.
     pub(super) fn may_join(&self, account: Uuid, t: &TopicRecord) -> Result<(), Denied> {
-        if t.members.len() >= self.ctx.max_members_per_topic {
-            return Err(Denied::new(
-                ErrorCode::TopicFull,
-                format!("the topic has {} members, its limit", t.members.len()),
-            ));
-        }
-        self.may_enter_another(account)
+        let (members, topics) = (
+            self.ctx.max_members_per_topic,
+            self.ctx.max_topics_per_account,
+        );
+        join_one(&self.ctx.topics, t, account, members, topics)
     }
 
     /// Whether `account` may become a member of one more topic.
     pub(super) fn may_enter_another(&self, account: Uuid) -> Result<(), Denied> {
-        let mine = self.ctx.topics.member_of(account).len();
-        if mine >= self.ctx.max_topics_per_account {
-            return Err(Denied::new(
-                ErrorCode::AccountTooManyTopics,
-                format!("{mine} topics, the limit for one account; leave one first"),
-            ));
-        }
-        Ok(())
+        enter_another(&self.ctx.topics, account, self.ctx.max_topics_per_account)
     }
 
     /// Commits `me` joining or leaving `t`, reloads the topic, and tells its
@@ -166,8 +227,25 @@ impl Session<'_> {
         member: bool,
     ) -> Result<TopicRecord, Denied> {
         let tid = t.id;
-        self.change_topic(tid, move |db| db.set_member(tid, account, member))
-            .await
+        if !member {
+            return self
+                .change_topic(tid, move |db| db.set_member(tid, account, false))
+                .await;
+        }
+        let (members, topics) = (
+            self.ctx.max_members_per_topic,
+            self.ctx.max_topics_per_account,
+        );
+        join_cached(
+            &self.ctx.store,
+            &self.ctx.topics,
+            tid,
+            account,
+            members,
+            topics,
+        )
+        .await??
+        .ok_or_else(not_found)
     }
 
     /// Tells the topic's members, and the account's connections, that
@@ -267,9 +345,17 @@ impl Session<'_> {
         // The creator becomes a member of the new (empty) topic.
         self.may_enter_another(me.id)?;
         self.check_meta(&meta)?;
-        let record = create_cached(&self.ctx.store, &self.ctx.topics, name, me.id, meta)
-            .await
-            .map_err(name_error)?;
+        let max_topics = self.ctx.max_topics_per_account;
+        let record = create_cached(
+            &self.ctx.store,
+            &self.ctx.topics,
+            name,
+            me.id,
+            meta,
+            max_topics,
+        )
+        .await
+        .map_err(name_error)??;
         info!(account = %me.name, topic = %record.name, topic_id = %record.id, "topic created");
         let mut p = self.topic_meta(&record, &me.name).await?;
         p = p.answering(id);
@@ -632,11 +718,63 @@ mod tests {
     #[tokio::test]
     async fn a_created_topic_is_cached_by_the_job_that_commits_it() {
         let (_dir, store, topics) = store_and_table();
-        let create = create_cached(&store, &topics, "lobby".into(), Uuid::now_v7(), Map::new());
+        let create = create_cached(
+            &store,
+            &topics,
+            "lobby".into(),
+            Uuid::now_v7(),
+            Map::new(),
+            1,
+        );
         let create = queued_and_run(&store, Box::pin(create)).await;
         let cached = topics.resolve("LOBBY").expect("cached by the create's job");
         assert_eq!(cached.name, "lobby");
-        assert_eq!(create.await.unwrap().id, cached.id);
+        assert_eq!(create.await.unwrap().unwrap().id, cached.id);
+        store.close().await;
+    }
+
+    /// Joins that all passed the check before their jobs (three at once)
+    /// are held to the limits in the jobs: one account, one topic more;
+    /// one topic, one member more.
+    #[tokio::test]
+    async fn joins_at_once_are_held_to_the_limits_in_their_jobs() {
+        let (_dir, store, topics) = store_and_table();
+        let owner = Uuid::now_v7();
+        let mut ids = Vec::new();
+        for name in ["a", "b", "c", "d"] {
+            let t = create_cached(&store, &topics, name.into(), owner, Map::new(), usize::MAX)
+                .await
+                .unwrap()
+                .unwrap();
+            ids.push(t.id);
+        }
+        let amy = Uuid::now_v7();
+        let joins = ids[..3]
+            .iter()
+            .map(|id| join_cached(&store, &topics, *id, amy, usize::MAX, 1));
+        let joined = futures_util::future::join_all(joins).await;
+        let refused: Vec<_> = joined
+            .into_iter()
+            .filter_map(|r| r.unwrap().err())
+            .map(|d| d.code)
+            .collect();
+        assert_eq!(refused, [ErrorCode::AccountTooManyTopics; 2]);
+        assert_eq!(topics.member_of(amy).len(), 1);
+        // A create makes its creator a member: held to the same limit.
+        let created = create_cached(&store, &topics, "e".into(), amy, Map::new(), 1).await;
+        assert!(matches!(created, Ok(Err(d)) if d.code == ErrorCode::AccountTooManyTopics));
+        // The owner and one more: a topic of two.
+        let others = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
+        let joins = others
+            .iter()
+            .map(|who| join_cached(&store, &topics, ids[3], *who, 2, usize::MAX));
+        let joined = futures_util::future::join_all(joins).await;
+        let full = joined
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Err(d)) if d.code == ErrorCode::TopicFull))
+            .count();
+        assert_eq!(full, 2);
+        assert_eq!(topics.get(ids[3]).map(|t| t.members.len()), Some(2));
         store.close().await;
     }
 
@@ -645,9 +783,17 @@ mod tests {
     #[tokio::test]
     async fn a_renamed_topic_is_cached_by_the_job_that_commits_it() {
         let (_dir, store, topics) = store_and_table();
-        let t = create_cached(&store, &topics, "lobby".into(), Uuid::now_v7(), Map::new())
-            .await
-            .unwrap();
+        let t = create_cached(
+            &store,
+            &topics,
+            "lobby".into(),
+            Uuid::now_v7(),
+            Map::new(),
+            1,
+        )
+        .await
+        .unwrap()
+        .unwrap();
         let id = t.id;
         let rename = change_cached(&store, &topics, id, move |db| {
             db.update_topic(id, Some("hall"), &Map::new(), 64)
