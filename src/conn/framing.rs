@@ -41,9 +41,12 @@ pub struct LineDecoder {
     /// dropped when the decoder is next changed (a cursor step, where
     /// splitting the line off cost two atomic steps per line).
     lent: usize,
-    /// Bytes of blank lines skipped since [`LineDecoder::take_blank`]: input
-    /// that yields nothing, which the reader charges to the peer.
-    blank: usize,
+    /// Bytes skipped that yield nothing since [`LineDecoder::take_silent`]:
+    /// blank lines, and an over-long line's tail past [`FREE_TAIL`]. The
+    /// reader charges them to the peer's silent-input allowance.
+    silent: usize,
+    /// Bytes of the over-long line being discarded, since its `TooLong`.
+    tail: usize,
 }
 
 impl LineDecoder {
@@ -56,13 +59,22 @@ impl LineDecoder {
             scanned: 0,
             discarding: false,
             lent: 0,
-            blank: 0,
+            silent: 0,
+            tail: 0,
         }
     }
 
-    /// Bytes of blank lines skipped since the last call.
-    pub fn take_blank(&mut self) -> usize {
-        std::mem::take(&mut self.blank)
+    /// Bytes skipped that yield nothing since the last call.
+    pub fn take_silent(&mut self) -> usize {
+        std::mem::take(&mut self.silent)
+    }
+
+    /// Skips `n` bytes of an over-long line's tail, charging what is past
+    /// [`FREE_TAIL`].
+    fn skip_tail(&mut self, n: usize) {
+        let free = FREE_TAIL.saturating_sub(self.tail);
+        self.tail = self.tail.saturating_add(n);
+        self.silent += n.saturating_sub(free);
     }
 
     /// Drops the line last lent.
@@ -142,6 +154,7 @@ impl LineDecoder {
                     if self.discarding {
                         self.discarding = false;
                         self.buf.advance(nl + 1);
+                        self.skip_tail(nl + 1);
                         continue;
                     }
                     let mut end = nl;
@@ -156,7 +169,7 @@ impl LineDecoder {
                     }
                     if line.iter().all(u8::is_ascii_whitespace) {
                         self.buf.advance(nl + 1);
-                        self.blank += nl + 1;
+                        self.silent += nl + 1;
                         continue;
                     }
                     self.lent = nl + 1;
@@ -164,6 +177,7 @@ impl LineDecoder {
                 }
                 None => {
                     if self.discarding {
+                        self.skip_tail(self.buf.len());
                         self.buf.clear();
                         self.scanned = 0;
                         return None;
@@ -173,6 +187,7 @@ impl LineDecoder {
                         self.buf.clear();
                         self.scanned = 0;
                         self.discarding = true;
+                        self.tail = 0;
                         return Some(Span::TooLong);
                     }
                     self.scanned = self.buf.len();
@@ -190,6 +205,12 @@ impl LineDecoder {
         self.discarding = false;
     }
 }
+
+/// How much of an over-long line's tail (past its `packet/too-large`) is
+/// not silent input: a paste somewhat over the limit gets its error and
+/// the session goes on; a line of gigabytes, which over gzip takes a few
+/// KiB to send, is cut as blank lines are (protocol.md 9.6).
+const FREE_TAIL: usize = 1 << 20;
 
 /// The first `\n`, found a vector at a time (the memchr crate).
 fn memchr(haystack: &[u8]) -> Option<usize> {
@@ -250,8 +271,29 @@ mod tests {
         let mut d = LineDecoder::new(16);
         d.feed(b"\n \r\nab\n\t\n");
         assert_eq!(drain(&mut d), vec![line("ab")]);
-        assert_eq!(d.take_blank(), 6);
-        assert_eq!(d.take_blank(), 0);
+        assert_eq!(d.take_silent(), 6);
+        assert_eq!(d.take_silent(), 0);
+    }
+
+    /// What an over-long line sends past its `TooLong` and [`FREE_TAIL`]
+    /// more yields nothing, and counts as silent input.
+    #[test]
+    fn an_over_long_lines_tail_past_the_free_part_is_silent() {
+        let mut d = LineDecoder::new(4);
+        d.feed(b"abcdefg");
+        assert_eq!(drain(&mut d), vec![Frame::TooLong]);
+        d.feed(&vec![b'x'; FREE_TAIL - 2]);
+        assert_eq!(drain(&mut d), vec![]);
+        assert_eq!(d.take_silent(), 0);
+        d.feed(b"hijkl");
+        assert_eq!(drain(&mut d), vec![]);
+        d.feed(b"mn\nok\n");
+        assert_eq!(drain(&mut d), vec![line("ok")]);
+        assert_eq!(d.take_silent(), 5 + 3 - 2);
+        // The next over-long line has its own free part.
+        d.feed(b"abcdefg\n");
+        assert_eq!(drain(&mut d), vec![Frame::TooLong]);
+        assert_eq!(d.take_silent(), 0);
     }
 
     #[test]

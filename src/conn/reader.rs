@@ -152,8 +152,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next_span(&mut self) -> Result<Option<Span>, Error> {
         loop {
             let span = self.lines.next_span();
-            let blank = self.lines.take_blank();
-            self.charge_silent(blank)?;
+            let silent = self.lines.take_silent();
+            self.charge_silent(silent)?;
             if span.is_some() {
                 return Ok(span);
             }
