@@ -42,11 +42,14 @@ pub struct LineDecoder {
     /// splitting the line off cost two atomic steps per line).
     lent: usize,
     /// Bytes skipped that yield nothing since [`LineDecoder::take_silent`]:
-    /// blank lines, and an over-long line's tail past [`FREE_TAIL`]. The
-    /// reader charges them to the peer's silent-input allowance.
+    /// blank lines, and (see [`LineDecoder::tails_are_silent`]) an
+    /// over-long line's tail past [`FREE_TAIL`]. The reader charges them to
+    /// the peer's silent-input allowance.
     silent: usize,
     /// Bytes of the over-long line being discarded, since its `TooLong`.
     tail: usize,
+    /// Whether over-long lines' tails count as silent input.
+    silent_tails: bool,
 }
 
 impl LineDecoder {
@@ -61,6 +64,7 @@ impl LineDecoder {
             lent: 0,
             silent: 0,
             tail: 0,
+            silent_tails: false,
         }
     }
 
@@ -69,12 +73,22 @@ impl LineDecoder {
         std::mem::take(&mut self.silent)
     }
 
+    /// Counts over-long lines' tails past [`FREE_TAIL`] as silent input:
+    /// for inflated input, where a few KiB sent make gigabytes of a line.
+    /// Sent as it is read, a tail costs the peer what it costs the server.
+    pub fn tails_are_silent(mut self) -> Self {
+        self.silent_tails = true;
+        self
+    }
+
     /// Skips `n` bytes of an over-long line's tail, charging what is past
-    /// [`FREE_TAIL`].
+    /// [`FREE_TAIL`] when tails are silent input.
     fn skip_tail(&mut self, n: usize) {
         let free = FREE_TAIL.saturating_sub(self.tail);
         self.tail = self.tail.saturating_add(n);
-        self.silent += n.saturating_sub(free);
+        if self.silent_tails {
+            self.silent += n.saturating_sub(free);
+        }
     }
 
     /// Drops the line last lent.
@@ -207,8 +221,8 @@ impl LineDecoder {
 }
 
 /// How much of an over-long line's tail (past its `packet/too-large`) is
-/// not silent input: a paste somewhat over the limit gets its error and
-/// the session goes on; a line of gigabytes, which over gzip takes a few
+/// not silent input over gzip: a paste somewhat over the limit gets its
+/// error and the session goes on; a line of gigabytes, which takes a few
 /// KiB to send, is cut as blank lines are (protocol.md 9.6).
 const FREE_TAIL: usize = 1 << 20;
 
@@ -279,7 +293,7 @@ mod tests {
     /// more yields nothing, and counts as silent input.
     #[test]
     fn an_over_long_lines_tail_past_the_free_part_is_silent() {
-        let mut d = LineDecoder::new(4);
+        let mut d = LineDecoder::new(4).tails_are_silent();
         d.feed(b"abcdefg");
         assert_eq!(drain(&mut d), vec![Frame::TooLong]);
         d.feed(&vec![b'x'; FREE_TAIL - 2]);
@@ -293,6 +307,13 @@ mod tests {
         // The next over-long line has its own free part.
         d.feed(b"abcdefg\n");
         assert_eq!(drain(&mut d), vec![Frame::TooLong]);
+        assert_eq!(d.take_silent(), 0);
+        // Input read as it was sent: the peer pays for its tails.
+        let mut d = LineDecoder::new(4);
+        d.feed(b"abcdefg");
+        d.feed(&vec![b'x'; FREE_TAIL + 10]);
+        d.feed(b"\nok\n");
+        assert_eq!(drain(&mut d), vec![Frame::TooLong, line("ok")]);
         assert_eq!(d.take_silent(), 0);
     }
 
