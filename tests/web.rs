@@ -515,3 +515,29 @@ async fn an_http_connection_that_never_upgrades_ends_at_the_login_timeout() {
     );
     server.stop().await;
 }
+
+/// What the HTTP layer answers itself, before any route (protocol.md 4a):
+/// `400` for a request that does not parse, `431` for a head over 16 KiB,
+/// each without a body, and the connection closed.
+#[tokio::test]
+async fn unparsable_and_oversized_heads_get_400_and_431() {
+    let server = TestServer::start().await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(20 * 1024)
+    );
+    for (request, status) in [
+        ("NOT HTTP AT ALL\r\n\r\n".to_owned(), "HTTP/1.1 400"),
+        (big, "HTTP/1.1 431"),
+    ] {
+        let mut tls = https(&server).await;
+        let _ = tls.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed in time");
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        assert!(text.starts_with(status), "{status}: {text:?}");
+    }
+    server.stop().await;
+}
