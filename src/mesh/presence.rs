@@ -279,21 +279,25 @@ pub(super) fn on_link_up(inner: &Inner, link: &Link) {
     let Ok(table) = inner.presence.lock() else {
         return;
     };
-    for p in std::iter::once(own_full(inner, table.own_seq)).chain(table.snapshot()) {
+    // What the last packet told, under its seq; changes since go out with
+    // the next one (a list of now would hold changes that packet nets
+    // away, and they would stay until the next full list).
+    let told = inner.ctx.presence.online.announced_local();
+    for p in std::iter::once(own_full(inner, table.own_seq, told)).chain(table.snapshot()) {
         if let Some(l) = line(&p) {
             link.send_raw(l);
         }
     }
 }
 
-/// This node's full list, as packet `seq`.
-fn own_full(inner: &Inner, seq: u64) -> Presence {
+/// This node's full list of `accounts`, as packet `seq`.
+fn own_full(inner: &Inner, seq: u64, accounts: Vec<uuid::Uuid>) -> Presence {
     Presence {
         o: inner.node.clone(),
         b: inner.boot.clone(),
         s: seq,
         full: true,
-        on: sorted(inner.ctx.presence.online.local_accounts().into_iter()),
+        on: sorted(accounts.into_iter()),
         off: Vec::new(),
     }
 }
@@ -312,7 +316,11 @@ fn announce(inner: &Inner, full: bool) {
     }
     table.own_seq += 1;
     let p = if full {
-        own_full(inner, table.own_seq)
+        own_full(
+            inner,
+            table.own_seq,
+            inner.ctx.presence.online.local_accounts(),
+        )
     } else {
         Presence {
             o: inner.node.clone(),

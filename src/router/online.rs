@@ -100,6 +100,29 @@ impl Online {
         }
     }
 
+    /// The accounts connected here as of the last [`Online::drain_local`]:
+    /// what this node has told the mesh so far (a full list numbered with
+    /// the last packet's seq must not hold changes the next packet nets
+    /// away).
+    pub fn announced_local(&self) -> Vec<Uuid> {
+        let Ok(s) = self.state.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Uuid> = s
+            .local
+            .iter()
+            .filter(|a| s.local_changed.get(*a) != Some(&false))
+            .copied()
+            .collect();
+        out.extend(
+            s.local_changed
+                .iter()
+                .filter(|(a, was)| **was && !s.local.contains(*a))
+                .map(|(a, _)| *a),
+        );
+        out
+    }
+
     /// Accounts a live node of the mesh has connected (`up`) or no longer
     /// has (a node that left, fell silent, or whose user went away).
     pub fn set_remote(&self, accounts: &[Uuid], up: bool) {
@@ -199,5 +222,31 @@ mod tests {
         assert!(o.drain().is_empty());
         let local = o.drain_local();
         assert_eq!(local.offline, vec![a]);
+    }
+
+    #[test]
+    fn announced_local_is_as_of_the_last_drain() {
+        let (a, b, c, d) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let o = Online::default();
+        o.set_local(a, true);
+        o.set_local(b, true);
+        o.drain_local();
+        // c comes and goes, b goes, d comes, between drains: still a and b.
+        o.set_local(c, true);
+        o.set_local(c, false);
+        o.set_local(b, false);
+        o.set_local(d, true);
+        let sorted = |mut v: Vec<Uuid>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(o.announced_local()), sorted(vec![a, b]));
+        o.drain_local();
+        assert_eq!(sorted(o.announced_local()), sorted(vec![a, d]));
     }
 }
