@@ -623,3 +623,98 @@ async fn acls_grant_and_ban_federated_users_by_name_and_server() {
     )
     .await;
 }
+
+/// A server pinned by fingerprint whose certificate also names another
+/// server, one trusted through a CA, is identified as itself: it cannot
+/// redeem the other server's tickets. The CA-trusted server, its
+/// certificate from its own CA, is recognised and can.
+#[tokio::test]
+async fn a_server_is_identified_by_its_own_trust_rule() {
+    use tenthbit::tls::mesh::{Peer, PeerCert, dialer_config_for};
+    captured_logs();
+    let (d1, fp1) = cert_dir(FIRST);
+    // second.example is trusted through its operator's CA.
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_path = ca_dir.path().join("ca.pem");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    // evil.example is pinned; its self-signed certificate also names second.example.
+    let evil_dir = tempfile::tempdir().unwrap();
+    let (ecert, ekey) = (evil_dir.path().join("e.crt"), evil_dir.path().join("e.key"));
+    let params = rcgen::CertificateParams::new(vec![
+        "evil.example".to_string(),
+        "second.example".to_string(),
+    ])
+    .unwrap();
+    let k = rcgen::KeyPair::generate().unwrap();
+    let c = params.self_signed(&k).unwrap();
+    std::fs::write(&ecert, c.pem()).unwrap();
+    std::fs::write(&ekey, k.serialize_pem()).unwrap();
+    let evil = tls::load_identity(&ecert, &ekey, false, "evil.example").unwrap();
+    let ca_file = ca_path.clone();
+    let first = TestServer::start_in(d1, |c| {
+        federate(
+            c,
+            FIRST,
+            vec![
+                ServerEntry {
+                    name: SECOND.into(),
+                    addr: None,
+                    fingerprint: None,
+                    ca_file: Some(ca_file),
+                },
+                entry("evil.example", None, evil.fingerprint),
+            ],
+        );
+    })
+    .await;
+    register(&first, &["dan"]).await;
+    let mut dan = first.login("dan", &password("dan")).await;
+    let ticket = ticket_for(&mut dan, Some(SECOND)).await;
+    let peer = Peer {
+        node: FIRST.into(),
+        cert: PeerCert::Fingerprint(fp1),
+    };
+    // Asks `first` to redeem the ticket for second.example, as `identity`.
+    let redeem = |identity: tls::Identity| {
+        let cfg = dialer_config_for(&identity, &peer, tenthbit::federation::wire::ALPN).unwrap();
+        let (addr, ticket) = (fed_addr(&first), ticket.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(FIRST).unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let line = format!(
+                "{{\"op\":\"fed.redeem\",\"ex\":{{\"server\":\"second.example\",\"ticket\":\"{ticket}\"}}}}\n"
+            );
+            tls.write_all(line.as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            let mut answer = String::new();
+            BufReader::new(tls).read_line(&mut answer).await.unwrap();
+            answer
+        }
+    };
+    let answer = redeem(evil).await;
+    assert!(
+        answer.contains("fed/server-mismatch"),
+        "evil.example was taken for second.example: {answer}"
+    );
+    // The real second.example, its certificate from its CA, is recognised.
+    let (scert, skey) = (evil_dir.path().join("s.crt"), evil_dir.path().join("s.key"));
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let k = rcgen::KeyPair::generate().unwrap();
+    let c = rcgen::CertificateParams::new(vec![SECOND.to_string()])
+        .unwrap()
+        .signed_by(&k, &issuer)
+        .unwrap();
+    std::fs::write(&scert, c.pem()).unwrap();
+    std::fs::write(&skey, k.serialize_pem()).unwrap();
+    let real = tls::load_identity(&scert, &skey, false, SECOND).unwrap();
+    let answer = redeem(real).await;
+    assert!(answer.contains("dan@first.example"), "{answer}");
+}

@@ -61,13 +61,44 @@ fn names_node(cert: &CertificateDer<'_>, node: &str) -> bool {
     ee.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
-/// Which configured peer a verified certificate belongs to.
-pub fn identify<'p>(peers: &'p [Peer], cert: &CertificateDer<'_>) -> Option<&'p Peer> {
-    let fp = pin::fingerprint(cert);
+/// Which configured peer a verified certificate chain (end entity first)
+/// belongs to. A pinned certificate is its peer's, whatever names it holds;
+/// a peer trusted through a CA must be named by the certificate *and* be
+/// vouched for by that peer's own CA. Names alone would let a pinned server
+/// (or one trusted through its own CA) that put another server's name in
+/// its certificate be taken for that server, and redeem its tickets.
+pub fn identify<'p>(peers: &'p [Peer], chain: &[CertificateDer<'_>]) -> Option<&'p Peer> {
+    let (end_entity, intermediates) = chain.split_first()?;
+    let fp = pin::fingerprint(end_entity);
+    let pinned = peers
+        .iter()
+        .find(|p| matches!(p.cert, PeerCert::Fingerprint(want) if want == fp));
+    if pinned.is_some() {
+        return pinned;
+    }
+    let now = UnixTime::now();
     peers.iter().find(|p| match &p.cert {
-        PeerCert::Fingerprint(want) => *want == fp,
-        PeerCert::Ca(_) => names_node(cert, &p.node),
+        PeerCert::Fingerprint(_) => false,
+        PeerCert::Ca(path) => {
+            names_node(end_entity, &p.node) && chains_to(path, end_entity, intermediates, now)
+        }
     })
+}
+
+/// Whether `end_entity` chains to the CA in `path` (read again here: this
+/// runs once per accepted link or federation question).
+fn chains_to(
+    path: &std::path::Path,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> bool {
+    let Ok(roots) = roots(path) else {
+        return false;
+    };
+    WebPkiClientVerifier::builder_with_provider(roots, Arc::new(super::aes128_first()))
+        .build()
+        .is_ok_and(|v| v.verify_client_cert(end_entity, intermediates, now).is_ok())
 }
 
 /// Accepts a client certificate that some configured peer's rule accepts.
@@ -264,8 +295,7 @@ pub async fn accept_peer(
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| identify(peers, c))
+        .and_then(|chain| identify(peers, chain))
         .cloned()
         .ok_or(Refused::Unknown)?;
     Ok((tls, peer))
