@@ -718,3 +718,27 @@ async fn a_server_is_identified_by_its_own_trust_rule() {
     let answer = redeem(real).await;
     assert!(answer.contains("dan@first.example"), "{answer}");
 }
+
+/// Sockets that never speak TLS hold no place a configured server needs:
+/// its login goes through while 200 of them wait on the port.
+#[tokio::test]
+async fn idle_sockets_do_not_lock_out_configured_servers() {
+    let p = pair(|_| {}, |_| {}).await;
+    register(&p.first, &["dan"]).await;
+    let mut home = p.first.login("dan", &password("dan")).await;
+    let ticket = ticket_for(&mut home, Some(SECOND)).await;
+    // Anyone who can reach the listener: more sockets than
+    // `max_concurrent` (64), all connected before the real server asks.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(
+            tokio::net::TcpStream::connect(fed_addr(&p.first))
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut c = p.second.client().await;
+    let ack = request(&mut c, ticket_auth(&ticket, FIRST)).await;
+    assert_eq!(ack.op, "ack", "{ack:?}");
+    drop(idle);
+}

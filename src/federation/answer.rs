@@ -15,36 +15,46 @@ use super::wire::{Code, MAX_PACKET_BYTES, Packet};
 use crate::session::{Redeemer, redeem_anywhere};
 use crate::tls::mesh as mtls;
 
-/// Accepts asking servers until shutdown, at most `max_concurrent` at once.
+/// TLS handshakes in progress at most; past it a new connection is closed
+/// at once. Generous: a handshake holds no `max_concurrent` permit.
+const MAX_HANDSHAKES: usize = 4096;
+
+/// Accepts asking servers until shutdown: any number in their TLS
+/// handshake (up to [`MAX_HANDSHAKES`], each under the deadline), at most
+/// `max_concurrent` configured servers' requests at once. A permit taken
+/// before the handshake let anyone who reaches the port hold them all with
+/// sockets that never speak, and lock every configured server out.
 pub(super) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     let mut accepting = crate::accept::Accepting::new(&listener, &inner.shutdown, "federation");
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
-        let permit = tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            p = inner.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let Some((tcp, addr)) = accepting.next().await else {
             return;
         };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            debug!(%addr, "federation: too many TLS handshakes at once; closed");
+            continue;
+        };
         let inner2 = inner.clone();
         inner.tracker.spawn(async move {
-            let _permit = permit;
             let deadline = inner2.cfg.timeout();
             let shutdown = inner2.shutdown.clone();
             // Each phase has its deadline; shutdown ends whatever is left.
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = tokio::time::timeout(deadline * 3, serve(inner2, tcp, addr)) => {}
+                _ = tokio::time::timeout(deadline * 3, serve(inner2, tcp, addr, handshake)) => {}
             }
         });
     }
 }
 
 /// One asking server's connection: TLS, one request, one answer.
-async fn serve(inner: Arc<Inner>, tcp: TcpStream, addr: SocketAddr) {
+async fn serve(
+    inner: Arc<Inner>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) {
     let _ = tcp.set_nodelay(true);
     let deadline = inner.cfg.timeout();
     let (tls, asker) = match mtls::accept_peer(&inner.acceptor, tcp, deadline, &inner.peers).await {
@@ -57,6 +67,11 @@ async fn serve(inner: Arc<Inner>, tcp: TcpStream, addr: SocketAddr) {
             warn!(%addr, code = %Code::BadCertificate, error = %e, "federation: refused a server at TLS");
             return;
         }
+    };
+    drop(handshake);
+    // A configured server: one of `max_concurrent` requests at once.
+    let Ok(_permit) = inner.permits.clone().acquire_owned().await else {
+        return;
     };
     let (rd, mut wr) = tokio::io::split(tls);
     let reply = match tokio::time::timeout(deadline, read_packet(rd)).await {
