@@ -49,7 +49,7 @@ pub struct Redaction {
 }
 
 /// The register entity of a message.
-fn entity(topic: Uuid, id: &str) -> String {
+pub(super) fn entity(topic: Uuid, id: &str) -> String {
     format!("message:{topic}/{id}")
 }
 
@@ -251,8 +251,6 @@ fn erase(tx: &Transaction<'_>, queue: &mut IndexQueue, entity: &str) -> Result<(
     let Some((topic, id)) = parse_entity(entity) else {
         return Ok(());
     };
-    tx.prepare_cached("UPDATE registers SET value = 'null' WHERE entity = ?1 AND field = ?2")?
-        .execute(params![entity, EDIT])?;
     for (rowid, mut change) in message_rows(tx, topic, id)? {
         search::unindex(tx, queue, rowid)?;
         if let Some(m) = change.message.as_mut().filter(|m| !m.ex.is_empty()) {
@@ -260,6 +258,16 @@ fn erase(tx: &Transaction<'_>, queue: &mut IndexQueue, entity: &str) -> Result<(
             store_body(tx, rowid, &change)?;
         }
     }
+    erase_edits(tx, entity)
+}
+
+/// Nulls the text edits left of a message (`entity`): its `edit` register
+/// and its edits' events, whose clocks stay so that later writes still
+/// order. A redaction does it, and so does retention for a message it
+/// drops: an edited message's latest text must not outlive the message.
+pub(super) fn erase_edits(tx: &rusqlite::Connection, entity: &str) -> Result<(), Error> {
+    tx.prepare_cached("UPDATE registers SET value = 'null' WHERE entity = ?1 AND field = ?2")?
+        .execute(params![entity, EDIT])?;
     // The edits' events (a partial index holds just these).
     let quoted = serde_json::to_string(entity).map_err(|e| Error::Corrupt(e.to_string()))?;
     let rows = bodies(
@@ -284,7 +292,7 @@ fn erase(tx: &Transaction<'_>, queue: &mut IndexQueue, entity: &str) -> Result<(
 
 /// Events that `sql` selects as `(rowid, body)`, decoded.
 fn bodies(
-    tx: &Transaction<'_>,
+    tx: &rusqlite::Connection,
     sql: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<(i64, Change)>, Error> {
@@ -300,7 +308,7 @@ fn bodies(
 }
 
 /// Writes an event's redacted body back.
-fn store_body(tx: &Transaction<'_>, rowid: i64, change: &Change) -> Result<(), Error> {
+fn store_body(tx: &rusqlite::Connection, rowid: i64, change: &Change) -> Result<(), Error> {
     let body = serde_json::to_string(change).map_err(|e| Error::Corrupt(e.to_string()))?;
     tx.prepare_cached("UPDATE events SET body = ?1 WHERE rowid = ?2")?
         .execute(params![body, rowid])?;
@@ -382,6 +390,33 @@ mod tests {
         let mut m = vec![message(topic, id).message.unwrap()];
         db.current_text(&mut m).unwrap();
         serde_json::from_str(m.remove(0).ex.get()).unwrap()
+    }
+
+    /// Retention drops an edited message with the text its edits left:
+    /// nothing of it outlives the message. A message of another node with
+    /// the same clock as the one dropped by count is kept.
+    #[test]
+    fn retention_takes_an_edited_messages_text_with_it() {
+        let t = Uuid::now_v7();
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        deliver(&mut db, "a/1", 1, 10 << 16, &message(t, "m1"));
+        deliver(
+            &mut db,
+            "a/1",
+            2,
+            11 << 16,
+            &edit(t, "m1", "edited fix", 100),
+        );
+        deliver(&mut db, "b/1", 1, 20 << 16, &message(t, "m2"));
+        deliver(&mut db, "c/1", 1, 20 << 16, &message(t, "m3"));
+        // Keep one: m1 and m2 go (m2 sorts before m3 at the same clock).
+        assert_eq!(db.prune_history(t, 0, i64::MAX / 2, 1).unwrap(), 2);
+        let text = stored(&db);
+        assert!(!text.contains("fix"), "{text}");
+        let page = db.history(t, None, None, 10).unwrap();
+        let ids: Vec<_> = page.messages.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["m3"]);
     }
 
     #[test]

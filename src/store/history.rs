@@ -148,7 +148,8 @@ impl Db {
     }
 
     /// Drops a topic's messages older than `max_age_ms` (relative to
-    /// `now_ms`) or beyond the newest `max_messages`. Returns how many.
+    /// `now_ms`) or beyond the newest `max_messages`, with the text their
+    /// edits left. Returns how many.
     pub fn prune_history(
         &mut self,
         topic: Uuid,
@@ -158,25 +159,42 @@ impl Db {
     ) -> Result<usize, Error> {
         let t = topic.to_string();
         let cutoff = now_ms.saturating_sub(max_age_ms).saturating_mul(1 << 16);
-        let by_count: Option<i64> = self
+        // The newest message dropped by count, by its whole position:
+        // messages of other nodes may share its clock.
+        let boundary: Option<(i64, String, String, i64)> = self
             .conn
             .query_row(
-                "SELECT hlc FROM events WHERE topic = ?1 AND kind = 'message'
+                "SELECT hlc, origin, incarnation, seq FROM events WHERE topic = ?1 AND kind = 'message'
                  ORDER BY hlc DESC, origin DESC, incarnation DESC, seq DESC LIMIT 1 OFFSET ?2",
                 params![t, i64::try_from(max_messages).unwrap_or(i64::MAX)],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let mut removed = self.conn.execute(
-            "DELETE FROM events WHERE topic = ?1 AND kind = 'message' AND hlc < ?2",
-            params![t, cutoff],
-        )?;
-        if let Some(hlc) = by_count {
-            removed += self.conn.execute(
-                "DELETE FROM events WHERE topic = ?1 AND kind = 'message' AND hlc <= ?2",
-                params![t, hlc],
-            )?;
+        let (hlc, origin, incarnation, seq) =
+            boundary.unwrap_or((i64::MIN, String::new(), String::new(), i64::MIN));
+        const DOOMED: &str = "topic = ?1 AND kind = 'message'
+             AND (hlc < ?2 OR (hlc, origin, incarnation, seq) <= (?3, ?4, ?5, ?6))";
+        let tx = self.conn.transaction()?;
+        // Edited messages among them: the edits' text goes too.
+        let edited: Vec<String> = {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT message_id FROM events WHERE {DOOMED} AND message_id IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM registers r WHERE r.entity = 'message:' || ?1 || '/' || message_id
+                             AND r.field = 'edit' AND r.value != 'null')"
+            ))?;
+            let rows = stmt.query_map(params![t, cutoff, hlc, origin, incarnation, seq], |r| {
+                r.get::<_, String>(0)
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for id in &edited {
+            super::edit::erase_edits(&tx, &super::edit::entity(topic, id))?;
         }
+        let removed = tx.execute(
+            &format!("DELETE FROM events WHERE {DOOMED}"),
+            params![t, cutoff, hlc, origin, incarnation, seq],
+        )?;
+        tx.commit()?;
         Ok(removed)
     }
 
