@@ -447,3 +447,31 @@ async fn numbers_come_back_from_history_as_sent() {
     assert_eq!(ids(&p).len(), 2);
     server.stop().await;
 }
+
+/// A kept message must fit one `history` answer, not only a line: one in
+/// the line's last KiB (the answer's envelope) is refused when sent, so
+/// paging never meets a message it cannot show.
+#[tokio::test]
+async fn a_kept_message_fits_a_history_answer() {
+    let server = TestServer::start_with(|c| c.limits.max_line_bytes = 4096).await;
+    server.register("dan", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let topic = request(&mut dan, Packet::request("create").with("name", "big"))
+        .await
+        .topic
+        .expect("topic");
+    // About 3.5 KB relayed: within the line, not within a history answer.
+    let too_big = on("send", &topic).with("body", "x".repeat(3_300));
+    let refused = request(&mut dan, too_big).await;
+    assert_eq!(
+        refused.ex_str("code"),
+        Some("packet/too-large"),
+        "{refused:?}"
+    );
+    let fits = on("send", &topic).with("body", "y".repeat(2_700));
+    assert_eq!(request(&mut dan, fits).await.op, "ack");
+    let page = request(&mut dan, on("history", &topic)).await;
+    let messages = page.ex["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 1, "{page:?}");
+    server.stop().await;
+}

@@ -59,7 +59,7 @@ impl Session<'_> {
         event.ex.extend(ex.clone());
         event.ex.insert("edited".into(), Value::from(ts));
         let line = event.to_line();
-        self.check_relay_size(line.len().saturating_sub(1))?;
+        self.check_kept_size(line.len().saturating_sub(1))?;
         let window = i64::try_from(self.ctx.history.edit_window_ms).unwrap_or(i64::MAX);
         let (tid, account, target) = (t.id, me.id, message.clone());
         let checked = self

@@ -221,7 +221,7 @@ impl Session<'_> {
         let now = self.clock.unix_ms();
         let message_id = uuid_at(now);
         let line = relay_len(now, &me.name_json, stored.get().as_bytes());
-        self.check_relay_size(line.saturating_sub(1))?;
+        self.check_kept_size(line.saturating_sub(1))?;
         let message = Message {
             topic: t.id,
             id: message_id.to_string(),
@@ -467,6 +467,22 @@ impl Session<'_> {
         }
     }
 
+    /// A kept message (or an edit of one) must also fit one `history`
+    /// answer, whose envelope takes [`ANSWER_ENVELOPE`] of the line: one
+    /// that did not could never be paged past.
+    pub(super) fn check_kept_size(&self, size: usize) -> Result<(), Denied> {
+        let room = self.ctx.max_line_bytes.saturating_sub(ANSWER_ENVELOPE);
+        if size > room {
+            return Err(Denied::new(
+                ErrorCode::PacketTooLarge,
+                format!(
+                    "relayed, this message would be {size} bytes; a topic that keeps history takes {room} (the line limit less {ANSWER_ENVELOPE} for a history answer)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The relay adds id, ts, topic and from: it must still fit a line, or
     /// receivers that enforce the same limit would refuse it.
     pub(super) fn check_relay_size(&self, size: usize) -> Result<(), Denied> {
@@ -676,7 +692,7 @@ impl Session<'_> {
             .await?;
         // One answer within the line limit: when the page would not fit,
         // keep the messages nearest the cursor and say there is more.
-        let budget = self.ctx.max_line_bytes.saturating_sub(1024);
+        let budget = self.ctx.max_line_bytes.saturating_sub(ANSWER_ENVELOPE);
         let mut used = 0;
         let mut more = page.more;
         let mut items: Vec<&Message> = page.messages.iter().collect();
@@ -722,6 +738,10 @@ impl Session<'_> {
         Ok(self.reply_line(line))
     }
 }
+
+/// What a `history` or `search` answer keeps of the line for its envelope
+/// (id, ts, topic, op, `more`, `for`, cursor); its messages get the rest.
+pub(super) const ANSWER_ENVELOPE: usize = 1024;
 
 /// The `history` answer, in `Packet`'s field order, with the messages as
 /// text.

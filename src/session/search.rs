@@ -150,7 +150,10 @@ impl Session<'_> {
             .await?;
         // One answer within the line limit, each message as `history`
         // shows it (its `ex` as stored text).
-        let budget = self.ctx.max_line_bytes.saturating_sub(1024);
+        let budget = self
+            .ctx
+            .max_line_bytes
+            .saturating_sub(super::message::ANSWER_ENVELOPE);
         let (mut used, mut cut) = (0, false);
         let mut rendered = Vec::with_capacity(found.messages.len());
         for m in &found.messages {
