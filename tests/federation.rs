@@ -742,3 +742,42 @@ async fn idle_sockets_do_not_lock_out_configured_servers() {
     assert_eq!(ack.op, "ack", "{ack:?}");
     drop(idle);
 }
+
+/// A user of another server whose name only that server's rules allow
+/// (a clash's `~` suffix, up to 64 bytes) can be named in an ACL.
+#[tokio::test]
+async fn a_federated_user_with_a_clash_name_can_be_named_in_an_acl() {
+    captured_logs();
+    let (d2, fp2) = cert_dir(SECOND);
+    let (addr, fp, _dir) = fake_home(
+        fp2,
+        "{\"op\":\"fed.answer\",\"ex\":{\"account\":\"mallory~a1b2c3@first.example\"}}\n",
+    )
+    .await;
+    let second = TestServer::start_in(d2, |c| {
+        federate(c, SECOND, vec![entry(FIRST, Some(addr), fp)]);
+    })
+    .await;
+    register(&second, &["bob"]).await;
+    let mut bob = second.login("bob", &password("bob")).await;
+    ok(
+        &mut bob,
+        Packet::request("create").with("name", "open"),
+        "meta",
+    )
+    .await;
+    let mut m = second.client().await;
+    let ack = request(&mut m, ticket_auth("ANYTICKET", FIRST)).await;
+    assert_eq!(ack.op, "ack", "{ack:?}");
+    // Open to that user until the ban names it.
+    assert_eq!(request(&mut m, on("join", "open")).await.op, "meta");
+    assert_eq!(request(&mut m, on("leave", "open")).await.op, "ack");
+    ok(
+        &mut bob,
+        acl("open", "mallory~a1b2c3@first.example", &["ban"], &[]),
+        "ack",
+    )
+    .await;
+    let refused = request(&mut m, on("join", "open")).await;
+    assert_eq!(refused.ex_str("code"), Some("acl/denied"), "{refused:?}");
+}

@@ -164,12 +164,21 @@ pub fn account_of<'a>(account: &'a str, home: &str) -> Option<&'a str> {
         Some(_) => return None,
         None => account,
     };
+    is_remote_user(user).then_some(user)
+}
+
+/// Whether `user` is a name another server may give its account (18.3): a
+/// letter, then letters, digits, `_`, `-`, `.` or `~` (a clash's suffix), at
+/// most 64 bytes. Wider than a local name, so ACL subjects `user@server`
+/// are checked by this rule too.
+pub fn is_remote_user(user: &str) -> bool {
     let mut bytes = user.bytes();
-    let first = bytes.next()?;
-    let fits = first.is_ascii_alphabetic()
+    let Some(first) = bytes.next() else {
+        return false;
+    };
+    first.is_ascii_alphabetic()
         && user.len() <= 64
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'));
-    fits.then_some(user)
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::admission::members_only;
 use super::{Denied, LoggedIn, Outcome, Session};
-use crate::proto::name::{check_topic_name, check_username};
+use crate::proto::name::check_topic_name;
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::Topics;
 use crate::router::acl::{Actor, Flag, Subject};
@@ -465,7 +465,8 @@ impl Session<'_> {
         let local = match text.split_once('@') {
             Some((user, server)) if server.eq_ignore_ascii_case(&self.ctx.server_name) => user,
             Some((user, server)) => {
-                if check_username(user).is_err() || !crate::config::valid_server_name(server) {
+                let named = crate::federation::wire::is_remote_user(user);
+                if !named || !crate::config::valid_server_name(server) {
                     return Err(bad("a subject is name, name@server, @server or *"));
                 }
                 return Ok(Subject::Remote(text.to_lowercase()));
