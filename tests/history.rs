@@ -454,12 +454,7 @@ async fn numbers_come_back_from_history_as_sent() {
 #[tokio::test]
 async fn a_kept_message_fits_a_history_answer() {
     let server = TestServer::start_with(|c| c.limits.max_line_bytes = 4096).await;
-    server.register("dan", "hellosecret").await;
-    let mut dan = server.login("dan", "hellosecret").await;
-    let topic = request(&mut dan, Packet::request("create").with("name", "big"))
-        .await
-        .topic
-        .expect("topic");
+    let (mut dan, topic) = server.with_topic("dan", "big").await;
     // About 3.5 KB relayed: within the line, not within a history answer.
     let too_big = on("send", &topic).with("body", "x".repeat(3_300));
     let refused = request(&mut dan, too_big).await;

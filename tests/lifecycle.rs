@@ -229,12 +229,7 @@ async fn shutdown_answers_what_is_committing_before_bye() {
         c.ops.listen = "127.0.0.1:0".parse().expect("addr");
     })
     .await;
-    server.register("dan", "hellosecret").await;
-    let mut dan = server.login("dan", "hellosecret").await;
-    let topic = request(&mut dan, Packet::request("create").with("name", "last"))
-        .await
-        .topic
-        .expect("topic");
+    let (mut dan, topic) = server.with_topic("dan", "last").await;
     let ops = server.handle.ops_addr().expect("ops listener");
     let read_before = sample(
         &plain_get(ops, "/metrics").await.1,

@@ -290,12 +290,7 @@ async fn failed_logins_are_throttled_per_account_and_address() {
 #[tokio::test]
 async fn deleting_an_account_answers_its_earlier_sends_first() {
     let server = TestServer::start().await;
-    server.register("dan", "hellosecret").await;
-    let mut dan = server.login("dan", "hellosecret").await;
-    let topic = request(&mut dan, Packet::request("create").with("name", "last"))
-        .await
-        .topic
-        .expect("topic");
+    let (mut dan, topic) = server.with_topic("dan", "last").await;
     let mut batch = Vec::new();
     for n in 0..5 {
         batch.extend_from_slice(&on("send", &topic).with_id(format!("s{n}")).to_line());

@@ -131,6 +131,19 @@ impl TestServer {
         c
     }
 
+    /// `name` registered (password `hellosecret`) and logged in, with a
+    /// topic it created named `topic`: the client and the topic's id.
+    pub async fn with_topic(&self, name: &str, topic: &str) -> (Client, String) {
+        self.register(name, "hellosecret").await;
+        let mut c = self.login(name, "hellosecret").await;
+        let created = request(&mut c, Packet::request("create").with("name", topic)).await;
+        let id = created.topic.clone();
+        (
+            c,
+            id.unwrap_or_else(|| panic!("create {topic}: {created:?}")),
+        )
+    }
+
     /// Options trusting this server, offering `alpn`.
     pub fn options(&self, alpn: Vec<Alpn>) -> Options {
         Options::pinned(self.fingerprint).with_alpn(alpn)
