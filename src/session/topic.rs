@@ -577,23 +577,30 @@ impl Session<'_> {
             .event("acl", &record, &me.name)
             .with("acl", self.render_acl(&record, &names));
         self.announce(&record, &[], &acl_event);
-        // A ban takes effect at once: the banned account is out, and told.
-        if let Subject::Account(banned) = subject {
-            if grant.contains(&Flag::Ban)
-                && t.members.contains(&banned)
-                && !record.members.contains(&banned)
-            {
+        // A ban takes effect at once: the members it names are out, and
+        // told (an account, or another server's users it names).
+        if grant.contains(&Flag::Ban) {
+            let banned: Vec<Uuid> = t
+                .members
+                .iter()
+                .filter(|m| !record.members.contains(m))
+                .copied()
+                .collect();
+            if !banned.is_empty() {
+                let ids = banned.clone();
                 let who = self
                     .ctx
                     .store
-                    .call(move |db| db.account_names(&[banned]))
+                    .call(move |db| db.account_names(&ids))
                     .await?;
-                let name = who.get(&banned).cloned().unwrap_or_default();
-                let leave = self
-                    .event("leave", &record, &name)
-                    .with("reason", "banned")
-                    .with("by", me.name.as_str());
-                self.announce(&record, &[banned], &leave);
+                for account in banned {
+                    let name = who.get(&account).cloned().unwrap_or_default();
+                    let leave = self
+                        .event("leave", &record, &name)
+                        .with("reason", "banned")
+                        .with("by", me.name.as_str());
+                    self.announce(&record, &[account], &leave);
+                }
             }
         }
         Ok(self.reply(reply::ack(id)))

@@ -146,14 +146,45 @@ impl Db {
                 Value::Null
             },
         );
-        if let (Subject::Account(account), Flag::Ban, true) = (subject, flag, granted) {
-            change = change.set(
-                e,
-                &format!("{}{account}", field::MEMBER_PREFIX),
-                Value::Null,
-            );
+        if (flag, granted) == (Flag::Ban, true) {
+            // A ban puts the members it names out at once: an account, or
+            // the users of another server it names by `name@server` or
+            // `@server` (their accounts here are named so).
+            for account in self.members_named(id, subject)? {
+                change = change.set(
+                    e,
+                    &format!("{}{account}", field::MEMBER_PREFIX),
+                    Value::Null,
+                );
+            }
         }
         self.commit(change)
+    }
+
+    /// The members of topic `id` that `subject` names (an account, or
+    /// another server's users by their names here); none for `*`.
+    fn members_named(&self, id: Uuid, subject: &Subject) -> Result<Vec<Uuid>, Error> {
+        let members: Vec<Uuid> = match self.topic(id)? {
+            Some(t) => t.members.into_iter().collect(),
+            None => return Ok(Vec::new()),
+        };
+        let by_name = |matches: &dyn Fn(&str) -> bool| -> Result<Vec<Uuid>, Error> {
+            let names = self.account_names(&members)?;
+            Ok(members
+                .iter()
+                .filter(|m| names.get(m).is_some_and(|n| matches(&n.to_lowercase())))
+                .copied()
+                .collect())
+        };
+        match subject {
+            Subject::Account(a) => Ok(members.into_iter().filter(|m| m == a).collect()),
+            Subject::Remote(name) => by_name(&|n| n == name.to_lowercase()),
+            Subject::Server(server) => {
+                let suffix = server.to_lowercase();
+                by_name(&|n| n.contains('@') && n.ends_with(&suffix))
+            }
+            Subject::Everyone => Ok(Vec::new()),
+        }
     }
 
     /// Adds or removes a member.
