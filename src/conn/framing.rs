@@ -42,7 +42,7 @@ pub struct LineDecoder {
     /// splitting the line off cost two atomic steps per line).
     lent: usize,
     /// Bytes skipped that yield nothing since [`LineDecoder::take_silent`]:
-    /// blank lines, and (see [`LineDecoder::tails_are_silent`]) an
+    /// blank lines, and (see [`LineDecoder::silent_tails`]) an
     /// over-long line's tail past [`FREE_TAIL`]. The reader charges them to
     /// the peer's silent-input allowance.
     silent: usize,
@@ -73,11 +73,12 @@ impl LineDecoder {
         std::mem::take(&mut self.silent)
     }
 
-    /// Counts over-long lines' tails past [`FREE_TAIL`] as silent input:
-    /// for inflated input, where a few KiB sent make gigabytes of a line.
-    /// Sent as it is read, a tail costs the peer what it costs the server.
-    pub fn tails_are_silent(mut self) -> Self {
-        self.silent_tails = true;
+    /// Whether over-long lines' tails past [`FREE_TAIL`] count as silent
+    /// input: yes for inflated input, where a few KiB sent make gigabytes
+    /// of a line; input read as it was sent costs the peer what it costs
+    /// the server.
+    pub fn silent_tails(mut self, silent: bool) -> Self {
+        self.silent_tails = silent;
         self
     }
 
@@ -293,7 +294,7 @@ mod tests {
     /// more yields nothing, and counts as silent input.
     #[test]
     fn an_over_long_lines_tail_past_the_free_part_is_silent() {
-        let mut d = LineDecoder::new(4).tails_are_silent();
+        let mut d = LineDecoder::new(4).silent_tails(true);
         d.feed(b"abcdefg");
         assert_eq!(drain(&mut d), vec![Frame::TooLong]);
         d.feed(&vec![b'x'; FREE_TAIL - 2]);

@@ -94,11 +94,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Self {
             rd,
             gzip: gzip.then(GzipDecoder::new),
-            lines: if gzip {
-                LineDecoder::new(max_line).tails_are_silent()
-            } else {
-                LineDecoder::new(max_line)
-            },
+            lines: LineDecoder::new(max_line).silent_tails(gzip),
             inflated: if gzip {
                 vec![0u8; CHUNK].into_boxed_slice()
             } else {

@@ -104,13 +104,19 @@ async fn join_cached(
                 }
                 db.set_member(id, account, true)?;
             }
-            let record = db.topic(id)?;
-            if let Some(r) = &record {
-                topics.put(r.clone());
-            }
-            Ok(Ok(record))
+            recache(db, &topics, id).map(Ok)
         })
         .await
+}
+
+/// Reads topic `id` back as the job that changed it left it and puts it
+/// in the table; `None` if there is no such topic (deleted).
+fn recache(db: &Db, topics: &Topics, id: Uuid) -> Result<Option<TopicRecord>, store::Error> {
+    let record = db.topic(id)?;
+    if let Some(r) = &record {
+        topics.put(r.clone());
+    }
+    Ok(record)
 }
 
 /// Whether `account` may become a member of `t`: the topic's room, then
@@ -156,11 +162,7 @@ async fn change_cached(
     store
         .call_synced(move |db| {
             change(db)?;
-            let record = db.topic(id)?;
-            if let Some(r) = &record {
-                topics.put(r.clone());
-            }
-            Ok(record)
+            recache(db, &topics, id)
         })
         .await
 }

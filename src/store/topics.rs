@@ -178,10 +178,14 @@ impl Db {
         };
         match subject {
             Subject::Account(a) => Ok(members.into_iter().filter(|m| m == a).collect()),
-            Subject::Remote(name) => by_name(&|n| n == name.to_lowercase()),
+            Subject::Remote(name) => {
+                let name = name.to_lowercase();
+                by_name(&|n| n == name)
+            }
+            // `@server`: the suffix of its users' names here.
             Subject::Server(server) => {
                 let suffix = server.to_lowercase();
-                by_name(&|n| n.contains('@') && n.ends_with(&suffix))
+                by_name(&|n| n.ends_with(&suffix))
             }
             Subject::Everyone => Ok(Vec::new()),
         }
