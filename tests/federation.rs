@@ -788,3 +788,76 @@ async fn a_federated_user_with_a_clash_name_can_be_named_in_an_acl() {
     let refused = request(&mut m, on("join", "open")).await;
     assert_eq!(refused.ex_str("code"), Some("acl/denied"), "{refused:?}");
 }
+
+/// A federated member is asked about join requests as what it is: not
+/// under `*` where the operator keeps `*` to local accounts, but under an
+/// entry naming its server.
+#[tokio::test]
+async fn federated_admitters_are_judged_as_users_of_their_server() {
+    let p = pair(|_| {}, |c| c.federation.star_includes_foreign = false).await;
+    register(&p.first, &["dan"]).await;
+    register(&p.second, &["bob", "eve", "zed"]).await;
+    let mut bob = p.second.login("bob", &password("bob")).await;
+    let t = ok(
+        &mut bob,
+        Packet::request("create").with("name", "club"),
+        "meta",
+    )
+    .await;
+    let topic = t.topic.unwrap();
+    ok(
+        &mut bob,
+        acl("club", "dan@first.example", &["read"], &[]),
+        "ack",
+    )
+    .await;
+    let (mut dan, _) = federated_login(&p, "dan").await;
+    ok(&mut dan, on("join", &topic), "meta").await;
+    expect_op(&mut bob, "join").await;
+    ok(
+        &mut bob,
+        on("meta", &topic).with("admission", "members"),
+        "ack",
+    )
+    .await;
+    expect_op(&mut dan, "meta").await;
+
+    // `*` may admit, but here `*` is local accounts only: dan is not asked.
+    ok(&mut bob, acl("club", "*", &["admit"], &[]), "ack").await;
+    expect_op(&mut dan, "acl").await;
+    let mut eve = p.second.login("eve", &password("eve")).await;
+    let pending = request(&mut eve, on("join", &topic)).await;
+    assert_eq!(pending.ex.get("pending"), Some(&serde_json::json!(true)));
+    let asked = expect_op(&mut bob, "join-request").await;
+    assert_eq!(asked.from.as_deref(), Some("eve"));
+    ok(
+        &mut bob,
+        on("admit", &topic).with("user", "eve").with("accept", true),
+        "ack",
+    )
+    .await;
+    let joined = expect_op(&mut dan, "join").await;
+    assert_eq!(joined.from.as_deref(), Some("eve"));
+
+    // An entry naming dan's server makes him an admitter.
+    ok(
+        &mut bob,
+        acl("club", "@first.example", &["admit"], &[]),
+        "ack",
+    )
+    .await;
+    expect_op(&mut dan, "acl").await;
+    let mut zed = p.second.login("zed", &password("zed")).await;
+    let pending = request(&mut zed, on("join", &topic)).await;
+    assert_eq!(pending.ex.get("pending"), Some(&serde_json::json!(true)));
+    let asked = expect_op(&mut dan, "join-request").await;
+    assert_eq!(asked.from.as_deref(), Some("zed"));
+    ok(
+        &mut dan,
+        on("admit", &topic)
+            .with("user", "zed")
+            .with("accept", false),
+        "ack",
+    )
+    .await;
+}

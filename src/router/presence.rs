@@ -3,7 +3,7 @@
 //! [`Online`] view beside it says who is online anywhere in the mesh.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
@@ -17,6 +17,9 @@ struct Conn {
     out: Outbound,
     /// It asked for `presence` events.
     watching: bool,
+    /// For a user of another server: its `user@home`, lowercased (what
+    /// ACLs name it by).
+    remote: Option<Arc<str>>,
 }
 
 /// Account → its live connections.
@@ -28,14 +31,16 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// Records a logged-in connection.
-    pub fn add(&self, account: Uuid, conn: u64, out: Outbound) {
+    /// Records a logged-in connection; `remote` is a federated user's
+    /// `user@home`, lowercased (`None` for a local account).
+    pub fn add(&self, account: Uuid, conn: u64, out: Outbound, remote: Option<Arc<str>>) {
         if let Ok(mut s) = self.sessions.lock() {
             let list = s.entry(account).or_default();
             list.push(Conn {
                 id: conn,
                 out,
                 watching: false,
+                remote,
             });
             if list.len() == 1 {
                 self.online.set_local(account, true);
@@ -90,6 +95,25 @@ impl Presence {
                 let _ = c.out.push_lines(bytes.clone(), 1);
             }
         }
+    }
+
+    /// Of `accounts`, those with a connection here, each with its
+    /// federated `user@home` (`None` for a local account): what an ACL
+    /// needs to judge them.
+    pub fn connected<'a>(
+        &self,
+        accounts: impl IntoIterator<Item = &'a Uuid>,
+    ) -> Vec<(Uuid, Option<Arc<str>>)> {
+        let Ok(s) = self.sessions.lock() else {
+            return Vec::new();
+        };
+        accounts
+            .into_iter()
+            .filter_map(|a| {
+                let first = s.get(a)?.first()?;
+                Some((*a, first.remote.clone()))
+            })
+            .collect()
     }
 
     /// How many connections the account has.

@@ -150,16 +150,24 @@ pub(crate) fn members_only(t: &TopicRecord) -> bool {
     t.meta.get("admission").and_then(Value::as_str) == Some("members")
 }
 
-/// The members of `t` that may admit: those holding `admit` (owners and
-/// ops included).
+/// The members of `t` connected here that may admit: those holding `admit`
+/// (owners and ops included), each judged as what it is: a local account,
+/// or a user of another server (its `user@home`, `@home`, and `*` as the
+/// operator decides).
 fn admitters(ctx: &Context, t: &TopicRecord) -> Vec<Uuid> {
-    t.members
-        .iter()
-        .copied()
-        .filter(|m| {
-            let actor = Actor::local(*m, &ctx.server_name_lower);
+    ctx.presence
+        .connected(t.members.iter())
+        .into_iter()
+        .filter(|(m, remote)| {
+            let actor = match remote {
+                Some(name) => {
+                    Actor::named(*m, name, &ctx.server_name_lower, ctx.star_includes_foreign)
+                }
+                None => Actor::local(*m, &ctx.server_name_lower),
+            };
             t.acl.allows(actor, Flag::Admit)
         })
+        .map(|(m, _)| m)
         .collect()
 }
 

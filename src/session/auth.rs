@@ -147,7 +147,10 @@ impl Session<'_> {
         // Only now may topic traffic reach this connection: nothing overtakes
         // the login sequence.
         if let Some(me) = &self.account {
-            self.ctx.presence.add(me.id, self.conn_id, self.out.clone());
+            let remote = me.federated.as_ref().map(|f| f.name_lower.clone());
+            self.ctx
+                .presence
+                .add(me.id, self.conn_id, self.out.clone(), remote);
         }
         Ok(Outcome::Continue)
     }

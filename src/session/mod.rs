@@ -252,7 +252,8 @@ pub struct LoggedIn {
 #[derive(Debug, Clone)]
 struct Federated {
     home_lower: String,
-    name_lower: String,
+    /// Shared with the presence table, which judges who may admit by it.
+    name_lower: std::sync::Arc<str>,
 }
 
 impl LoggedIn {
@@ -273,7 +274,7 @@ impl LoggedIn {
     pub fn federated(id: Uuid, name: String, home: &str) -> Self {
         let federated = Some(Federated {
             home_lower: home.to_lowercase(),
-            name_lower: name.to_lowercase(),
+            name_lower: name.to_lowercase().into(),
         });
         Self {
             federated,
