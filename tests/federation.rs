@@ -861,3 +861,63 @@ async fn federated_admitters_are_judged_as_users_of_their_server() {
     )
     .await;
 }
+
+/// A user of another server who asks to join a topic whose members admit
+/// newcomers is admitted by its `user@home`; a ban of its server later
+/// puts it out, unless it is an owner.
+#[tokio::test]
+async fn a_federated_newcomer_is_admitted_and_a_server_ban_spares_owners() {
+    let p = pair(|_| {}, |_| {}).await;
+    register(&p.first, &["dan", "carol"]).await;
+    register(&p.second, &["bob"]).await;
+    let mut bob = p.second.login("bob", &password("bob")).await;
+    let t = ok(
+        &mut bob,
+        Packet::request("create")
+            .with("name", "club")
+            .with("admission", "members"),
+        "meta",
+    )
+    .await;
+    let topic = t.topic.unwrap();
+    let (mut dan, _) = federated_login(&p, "dan").await;
+    let asked = ok(&mut dan, on("join", &topic), "ack").await;
+    assert_eq!(asked.ex.get("pending"), Some(&serde_json::json!(true)));
+    expect_op(&mut bob, "join-request").await;
+    let admit = on("admit", &topic)
+        .with("user", "dan@first.example")
+        .with("accept", true);
+    ok(&mut bob, admit, "ack").await;
+    expect_op(&mut dan, "admit").await;
+    expect_op(&mut dan, "join").await;
+    // carol, an owner from the same server, and dan, a plain member.
+    ok(
+        &mut bob,
+        acl("club", "carol@first.example", &["owner"], &[]),
+        "ack",
+    )
+    .await;
+    expect_op(&mut dan, "acl").await;
+    let (mut carol, _) = federated_login(&p, "carol").await;
+    ok(&mut carol, on("join", &topic), "ack").await;
+    expect_op(&mut bob, "join-request").await;
+    let admit = on("admit", &topic)
+        .with("user", "carol@first.example")
+        .with("accept", true);
+    ok(&mut bob, admit, "ack").await;
+    expect_op(&mut dan, "join").await;
+    ok(
+        &mut bob,
+        acl("club", "@first.example", &["ban"], &[]),
+        "ack",
+    )
+    .await;
+    let out = expect_op(&mut dan, "leave").await;
+    assert_eq!(out.from.as_deref(), Some("dan@first.example"));
+    let meta = ok(&mut carol, on("meta", &topic), "meta").await;
+    let members = meta.ex["members"].to_string();
+    assert!(
+        members.contains("carol@first.example") && !members.contains("dan@"),
+        "{members}"
+    );
+}

@@ -350,6 +350,73 @@ async fn ban_removes_a_member_at_once() {
     server.stop().await;
 }
 
+/// A ban of a whole server (here this one, `@localhost`) puts out every
+/// member it bans, at once, and no owner; only owners ban servers (a
+/// server's ban would reach ops). An owner may take `owner` back from any
+/// subject while an owner is left.
+#[tokio::test]
+async fn a_server_ban_puts_out_whom_it_bans_and_spares_owners() {
+    let server = TestServer::start().await;
+    let (mut dan, mut bob, mut amy) = three(&server).await;
+    let topic = create(&mut dan, "club").await;
+    join(&mut bob, &topic).await;
+    expect_op(&mut dan, "join").await;
+    join(&mut amy, &topic).await;
+    expect_op(&mut dan, "join").await;
+    expect_op(&mut bob, "join").await;
+    assert_eq!(acl(&mut dan, &topic, "amy", &["op"], &[]).await.op, "ack");
+    assert_eq!(
+        acl(&mut dan, &topic, "bob", &["owner"], &[]).await.op,
+        "ack"
+    );
+    for c in [&mut bob, &mut amy] {
+        expect_op(c, "acl").await;
+        expect_op(c, "acl").await;
+    }
+    assert_eq!(
+        code(&acl(&mut amy, &topic, "@localhost", &["ban"], &[]).await),
+        Some("acl/denied")
+    );
+    assert_eq!(
+        code(&acl(&mut amy, &topic, "bob", &["ban"], &[]).await),
+        Some("acl/denied")
+    );
+    assert_eq!(
+        acl(&mut dan, &topic, "@localhost", &["ban"], &[]).await.op,
+        "ack"
+    );
+    let l = expect_op(&mut amy, "leave").await;
+    assert_eq!(l.from.as_deref(), Some("amy"));
+    assert_eq!(l.ex_str("reason"), Some("banned"));
+    let meta = request(&mut dan, on("meta", &topic)).await;
+    assert_eq!(meta.ex["members"], json!(["dan", "bob"]), "{meta:?}");
+    assert_eq!(
+        code(&request(&mut amy, on("send", &topic).with("data", "x")).await),
+        Some("topic/not-member")
+    );
+    assert_eq!(code(&join(&mut amy, &topic).await), Some("acl/denied"));
+    // `owner` given to a user of another server is taken back; bob's
+    // is too, and dan's then is the last.
+    let carol = "carol@other.example";
+    assert_eq!(
+        acl(&mut dan, &topic, carol, &["owner"], &[]).await.op,
+        "ack"
+    );
+    assert_eq!(
+        acl(&mut dan, &topic, carol, &[], &["owner"]).await.op,
+        "ack"
+    );
+    assert_eq!(
+        acl(&mut dan, &topic, "bob", &[], &["owner"]).await.op,
+        "ack"
+    );
+    assert_eq!(
+        code(&acl(&mut dan, &topic, "dan", &[], &["owner"]).await),
+        Some("request/invalid")
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn topic_metadata_and_rename() {
     let server = TestServer::start().await;

@@ -185,6 +185,39 @@ impl<'a> Actor<'a> {
     }
 }
 
+/// An [`Actor`] that owns its names: for a check made later, in a store
+/// job that runs after the request's own checks.
+#[derive(Debug, Clone)]
+pub struct OwnedActor {
+    account: Uuid,
+    server: String,
+    remote: Option<String>,
+    everyone: bool,
+}
+
+impl OwnedActor {
+    /// The actor to evaluate.
+    pub fn actor(&self) -> Actor<'_> {
+        Actor {
+            account: self.account,
+            server: &self.server,
+            remote: self.remote.as_deref(),
+            everyone: self.everyone,
+        }
+    }
+}
+
+impl From<Actor<'_>> for OwnedActor {
+    fn from(a: Actor<'_>) -> Self {
+        Self {
+            account: a.account,
+            server: a.server.to_owned(),
+            remote: a.remote.map(str::to_owned),
+            everyone: a.everyone,
+        }
+    }
+}
+
 impl Acl {
     /// Records a grant or its removal.
     pub fn set(&mut self, subject: Subject, flag: Flag, granted: bool) {
@@ -225,9 +258,17 @@ impl Acl {
         self.raw(actor).contains(Flag::Ban) && !self.is_owner(actor)
     }
 
-    /// Whether `actor` holds `owner` directly (owners cannot be banned).
+    /// Whether `actor` holds `owner`, through any entry that applies to it
+    /// (owners cannot be banned).
     pub fn is_owner(&self, actor: Actor<'_>) -> bool {
-        self.has_entry(&Subject::Account(actor.account), Flag::Owner)
+        self.raw(actor).contains(Flag::Owner)
+    }
+
+    /// Whether `actor` holds `owner` or `op` through any entry that applies
+    /// to it, bans aside: whom an op may neither ban nor unban.
+    pub fn is_privileged(&self, actor: Actor<'_>) -> bool {
+        let raw = self.raw(actor);
+        raw.contains(Flag::Owner) || raw.contains(Flag::Op)
     }
 
     /// Whether `actor` may do what `flag` allows, with implications and

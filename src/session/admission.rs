@@ -348,15 +348,15 @@ impl Session<'_> {
             self.ctx.join_requests.take(t.id, pending.account);
             return Err(not_pending());
         }
+        let name = pending.name.to_lowercase();
+        let requester = Actor::named(
+            pending.account,
+            &name,
+            &self.ctx.server_name_lower,
+            self.ctx.star_includes_foreign,
+        );
         if decision.accept {
             // A ban since the request, or a limit reached, leaves it pending.
-            let name = pending.name.to_lowercase();
-            let requester = Actor::named(
-                pending.account,
-                &name,
-                &self.ctx.server_name_lower,
-                self.ctx.star_includes_foreign,
-            );
             if !t.acl.allows(requester, Flag::Read) {
                 return Err(Denied::new(
                     ErrorCode::AclDenied,
@@ -374,7 +374,7 @@ impl Session<'_> {
             .filter(|r| r.id == pending.id)
             .ok_or_else(not_pending)?;
         let record = if decision.accept {
-            match self.commit_membership(req.account, &t, true).await {
+            match self.commit_membership(requester, &t, true).await {
                 Ok(r) => r,
                 Err(e) => {
                     // Put back, so another answer may still come.
@@ -423,15 +423,15 @@ impl Session<'_> {
         Ok(self.reply(reply::ack(id)))
     }
 
-    /// The account a `user` of `admit` names (a local account; this
-    /// server's `@name` suffix allowed), if any.
+    /// The account a `user` of `admit` names, if any: a local account (this
+    /// server's `@name` suffix allowed), or the account standing here for
+    /// a user of another server, named `user@home`.
     async fn requester(&self, user: &str) -> Result<Option<Uuid>, Denied> {
-        let local = match user.split_once('@') {
+        let name = match user.split_once('@') {
             Some((name, server)) if server.eq_ignore_ascii_case(&self.ctx.server_name) => name,
-            Some(_) => return Ok(None),
-            None => user,
-        };
-        let name = local.to_owned();
+            _ => user,
+        }
+        .to_owned();
         let account = self
             .ctx
             .store

@@ -769,32 +769,17 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::super::kept::{MAX_INFLIGHT, MAX_RUN};
-    use super::super::{Context, LoggedIn, Outcome, Session};
+    use super::super::{Context, Outcome, Session, testing};
     use super::*;
-    use crate::config::Config;
-    use crate::password::{Cost, Passwords};
-    use crate::router::Outbound;
-    use crate::store::{self, Store};
+    use crate::store;
 
     /// A session context over a new store, one account and a topic it
     /// created (which keeps history).
     async fn context() -> (tempfile::TempDir, Context, uuid::Uuid, uuid::Uuid) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), "n1").unwrap();
-        let mut config = Config::default();
-        config.limits.packets_per_second = 1_000_000;
-        config.limits.packet_burst = 1_000_000;
-        let cheap = Cost {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        };
-        let ctx = Context::new(
-            &config,
-            store,
-            Passwords::new(cheap, 1).unwrap(),
-            Vec::new(),
-        );
+        let (dir, ctx) = testing::context_with(|config| {
+            config.limits.packets_per_second = 1_000_000;
+            config.limits.packet_burst = 1_000_000;
+        });
         let me = uuid::Uuid::now_v7();
         let topic = super::super::topic::create_cached(
             &ctx.store,
@@ -813,10 +798,7 @@ mod tests {
     /// A session logged in as `me`, and the receiving end of its queue
     /// (kept, so that replies can be queued).
     fn session(ctx: &Context, me: uuid::Uuid) -> (Session<'_>, crate::router::outbound::Receiver) {
-        let (out, rx, _closer) = Outbound::channel(1 << 16, 1 << 30);
-        let mut s = Session::new(ctx, out, 1, std::net::Ipv4Addr::LOCALHOST.into());
-        s.account = Some(Arc::new(LoggedIn::new(me, "dan".into())));
-        (s, rx)
+        testing::session(ctx, me, "dan", 1)
     }
 
     fn send(topic: &str, n: usize) -> Vec<u8> {

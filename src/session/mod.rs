@@ -19,6 +19,8 @@ mod message;
 mod meta;
 mod presence;
 mod search;
+#[cfg(test)]
+mod testing;
 pub mod throttle;
 mod ticket;
 mod topic;

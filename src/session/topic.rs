@@ -14,7 +14,7 @@ use super::{Denied, LoggedIn, Outcome, Session};
 use crate::proto::name::check_topic_name;
 use crate::proto::{ErrorCode, Packet, reply};
 use crate::router::Topics;
-use crate::router::acl::{Actor, Flag, Subject};
+use crate::router::acl::{Acl, Actor, Flag, OwnedActor, Subject};
 use crate::store::{self, Db, TopicRecord};
 
 /// Flags a topic ACL may hold.
@@ -79,16 +79,17 @@ pub(super) async fn create_cached(
         .await
 }
 
-/// Commits `account` joining topic `id` and caches the topic, in one store
-/// job that checks the limits once more ([`join_one`]): the check before it
-/// read the topic table while other joins (the account's other
-/// connections, others joining the topic) were committing; the job's table
+/// Commits `who` joining topic `id` and caches the topic, in one store job
+/// that checks once more that the ACL lets it read (a ban committed while
+/// the join waited keeps it out) and the limits ([`join_one`]): the checks
+/// before it read the topic table while other jobs (a ban, the account's
+/// other joins, others joining the topic) were committing; the job's table
 /// is the one those jobs keep. `None` if there is no such topic.
 async fn join_cached(
     store: &store::Store,
     topics: &Arc<Topics>,
     id: Uuid,
-    account: Uuid,
+    who: OwnedActor,
     max_members: usize,
     max_topics: usize,
 ) -> Result<Result<Option<TopicRecord>, Denied>, store::Error> {
@@ -98,7 +99,11 @@ async fn join_cached(
             let Some(t) = topics.get(id) else {
                 return Ok(Ok(None));
             };
+            let account = who.actor().account;
             if !t.members.contains(&account) {
+                if !t.acl.allows(who.actor(), Flag::Read) {
+                    return Ok(Err(denied("join it")));
+                }
                 if let Err(d) = join_one(&topics, &t, account, max_members, max_topics) {
                     return Ok(Err(d));
                 }
@@ -110,13 +115,148 @@ async fn join_cached(
 }
 
 /// Reads topic `id` back as the job that changed it left it and puts it
-/// in the table; `None` if there is no such topic (deleted).
+/// in the table; `None` if there is no such topic (or it is deleted).
 fn recache(db: &Db, topics: &Topics, id: Uuid) -> Result<Option<TopicRecord>, store::Error> {
     let record = db.topic(id)?;
     if let Some(r) = &record {
         topics.put(r.clone());
     }
-    Ok(record)
+    Ok(record.filter(|r| !r.deleted))
+}
+
+/// How this server judges actors named in an ACL: its own name, and whether
+/// `*` includes other servers' users.
+#[derive(Debug, Clone)]
+struct AclView {
+    server_lower: String,
+    star_includes_foreign: bool,
+}
+
+impl AclView {
+    fn of(ctx: &super::Context) -> Self {
+        Self {
+            server_lower: ctx.server_name_lower.clone(),
+            star_includes_foreign: ctx.star_includes_foreign,
+        }
+    }
+
+    /// The account `account`, named `name_lower` here (`user@home` for a
+    /// user of another server).
+    fn named<'a>(&'a self, account: Uuid, name_lower: &'a str) -> Actor<'a> {
+        Actor::named(
+            account,
+            name_lower,
+            &self.server_lower,
+            self.star_includes_foreign,
+        )
+    }
+
+    /// The one user `subject` names (a local account, or `user@home`), as
+    /// an actor; `None` for `@server` and `*`.
+    fn user<'a>(&'a self, subject: &'a Subject) -> Option<Actor<'a>> {
+        match subject {
+            Subject::Account(a) => Some(Actor::local(*a, &self.server_lower)),
+            Subject::Remote(name) => Some(self.named(Uuid::nil(), name)),
+            Subject::Server(_) | Subject::Everyone => None,
+        }
+    }
+}
+
+/// One `acl` request's change: who asks, whose entries, which flags.
+struct AclChange {
+    by: OwnedActor,
+    subject: Subject,
+    changes: Vec<(Flag, bool)>,
+    view: AclView,
+}
+
+impl AclChange {
+    /// Whether the asker may make this change to `acl`. Owners change
+    /// anything; an op may only ban and unban one user (an account or
+    /// `user@server`) that holds neither `owner` nor `op` through any entry,
+    /// so no ban of a server or of `*` can reach another op.
+    fn allowed(&self, acl: &Acl) -> Result<(), Denied> {
+        let by = self.by.actor();
+        if acl.allows(by, Flag::Owner) {
+            return Ok(());
+        }
+        let only_bans = self.changes.iter().all(|(f, _)| *f == Flag::Ban);
+        let target_plain = self
+            .view
+            .user(&self.subject)
+            .is_some_and(|u| !acl.is_privileged(u));
+        if acl.allows(by, Flag::Op) && only_bans && target_plain {
+            Ok(())
+        } else {
+            Err(denied("change that"))
+        }
+    }
+}
+
+/// Commits an ACL change in one store job that judges it against the topic
+/// as the jobs before it left it: two owners revoking each other at once
+/// cannot both pass a check made before either committed. A ban ends the
+/// membership of every member the new ACL bans, in the same change. The
+/// topic before and after.
+async fn acl_cached(
+    store: &store::Store,
+    topics: &Arc<Topics>,
+    id: Uuid,
+    req: AclChange,
+) -> Result<Result<(Arc<TopicRecord>, TopicRecord), Denied>, Denied> {
+    let topics = topics.clone();
+    let done = store
+        .call_synced(move |db| {
+            let Some(t) = topics.get(id) else {
+                return Ok(Err(not_found()));
+            };
+            if let Err(d) = req.allowed(&t.acl) {
+                return Ok(Err(d));
+            }
+            let mut after = t.acl.clone();
+            for (flag, granted) in &req.changes {
+                after.set(req.subject.clone(), *flag, *granted);
+            }
+            if !after.grants().any(|(_, f)| *f == Flag::Owner) {
+                return Ok(Err(Denied::new(
+                    ErrorCode::RequestInvalid,
+                    "a topic keeps at least one owner",
+                )));
+            }
+            let ends = banned_members(db, &t, &after, &req.view)?;
+            for (i, (flag, granted)) in req.changes.iter().enumerate() {
+                let ends = if i == 0 { ends.as_slice() } else { &[] };
+                db.set_topic_acl(id, &req.subject, *flag, *granted, ends)?;
+            }
+            Ok(match recache(db, &topics, id)? {
+                Some(record) => Ok((t, record)),
+                None => Err(not_found()),
+            })
+        })
+        .await;
+    done.map_err(name_error)
+}
+
+/// The members of `t` that `acl` bans, each judged as what it is (a local
+/// account, or a user of another server by its name here).
+fn banned_members(
+    db: &Db,
+    t: &TopicRecord,
+    acl: &Acl,
+    view: &AclView,
+) -> Result<Vec<Uuid>, store::Error> {
+    if !acl.grants().any(|(_, f)| *f == Flag::Ban) {
+        return Ok(Vec::new());
+    }
+    let members: Vec<Uuid> = t.members.iter().copied().collect();
+    let names = db.account_names(&members)?;
+    Ok(members
+        .into_iter()
+        .filter(|m| {
+            let name = names.get(m).map(|n| n.to_lowercase()).unwrap_or_default();
+            acl.banned(view.named(*m, &name))
+        })
+        .collect())
 }
 
 /// Whether `account` may become a member of `t`: the topic's room, then
@@ -172,6 +312,8 @@ fn name_error(e: store::Error) -> Denied {
         store::Error::NameTaken => {
             Denied::new(ErrorCode::TopicNameTaken, "another topic has that name")
         }
+        // Deleted by a job that ran first.
+        store::Error::NotFound => not_found(),
         other => Denied::from(other),
     }
 }
@@ -215,20 +357,21 @@ impl Session<'_> {
         t: &TopicRecord,
         member: bool,
     ) -> Result<TopicRecord, Denied> {
-        let record = self.commit_membership(me.id, t, member).await?;
+        let record = self.commit_membership(self.actor(me), t, member).await?;
         self.announce_membership(&record, me.id, &me.name, member);
         Ok(record)
     }
 
-    /// Commits `account` joining or leaving `t` (one replicated register)
-    /// and reloads the topic.
+    /// Commits `who` joining or leaving `t` (one replicated register) and
+    /// reloads the topic.
     pub(super) async fn commit_membership(
         &self,
-        account: Uuid,
+        who: Actor<'_>,
         t: &TopicRecord,
         member: bool,
     ) -> Result<TopicRecord, Denied> {
         let tid = t.id;
+        let account = who.account;
         if !member {
             return self
                 .change_topic(tid, move |db| db.set_member(tid, account, false))
@@ -242,7 +385,7 @@ impl Session<'_> {
             &self.ctx.store,
             &self.ctx.topics,
             tid,
-            account,
+            who.into(),
             members,
             topics,
         )
@@ -535,45 +678,23 @@ impl Session<'_> {
                 "`*` cannot be banned; revoke its read instead",
             ));
         }
-        // Owners change anything. An op may only ban and unban subjects
-        // that are neither owner nor op.
-        let owner = t.acl.allows(actor, Flag::Owner);
-        if !owner {
-            let only_bans = grant.iter().chain(&revoke).all(|f| *f == Flag::Ban);
-            let target_privileged =
-                t.acl.has_entry(&subject, Flag::Owner) || t.acl.has_entry(&subject, Flag::Op);
-            if !(t.acl.allows(actor, Flag::Op) && only_bans && !target_privileged) {
-                return Err(denied("change that"));
-            }
-        }
-        if revoke.contains(&Flag::Owner) && t.acl.has_entry(&subject, Flag::Owner) {
-            let owners = t
-                .acl
-                .grants()
-                .filter(|(s, f)| *f == Flag::Owner && matches!(s, Subject::Account(_)))
-                .count();
-            if owners <= 1 {
-                return Err(Denied::new(
-                    ErrorCode::RequestInvalid,
-                    "a topic keeps at least one owner",
-                ));
-            }
-        }
-        let tid = t.id;
         let changes: Vec<(Flag, bool)> = grant
             .iter()
             .map(|f| (*f, true))
             .chain(revoke.iter().map(|f| (*f, false)))
             .collect();
-        let s = subject.clone();
-        let record = self
-            .change_topic(tid, move |db| {
-                for (flag, granted) in changes {
-                    db.set_topic_acl(tid, &s, flag, granted)?;
-                }
-                Ok(())
-            })
-            .await?;
+        let (before, record) = acl_cached(
+            &self.ctx.store,
+            &self.ctx.topics,
+            t.id,
+            AclChange {
+                by: actor.into(),
+                subject,
+                changes,
+                view: AclView::of(self.ctx),
+            },
+        )
+        .await??;
         let names = self.names(&record).await?;
         let acl_event = self
             .event("acl", &record, &me.name)
@@ -581,28 +702,26 @@ impl Session<'_> {
         self.announce(&record, &[], &acl_event);
         // A ban takes effect at once: the members it names are out, and
         // told (an account, or another server's users it names).
-        if grant.contains(&Flag::Ban) {
-            let banned: Vec<Uuid> = t
-                .members
-                .iter()
-                .filter(|m| !record.members.contains(m))
-                .copied()
-                .collect();
-            if !banned.is_empty() {
-                let ids = banned.clone();
-                let who = self
-                    .ctx
-                    .store
-                    .call(move |db| db.account_names(&ids))
-                    .await?;
-                for account in banned {
-                    let name = who.get(&account).cloned().unwrap_or_default();
-                    let leave = self
-                        .event("leave", &record, &name)
-                        .with("reason", "banned")
-                        .with("by", me.name.as_str());
-                    self.announce(&record, &[account], &leave);
-                }
+        let banned: Vec<Uuid> = before
+            .members
+            .iter()
+            .filter(|m| !record.members.contains(m))
+            .copied()
+            .collect();
+        if !banned.is_empty() {
+            let ids = banned.clone();
+            let who = self
+                .ctx
+                .store
+                .call(move |db| db.account_names(&ids))
+                .await?;
+            for account in banned {
+                let name = who.get(&account).cloned().unwrap_or_default();
+                let leave = self
+                    .event("leave", &record, &name)
+                    .with("reason", "banned")
+                    .with("by", me.name.as_str());
+                self.announce(&record, &[account], &leave);
             }
         }
         Ok(self.reply(reply::ack(id)))
@@ -619,8 +738,12 @@ impl Session<'_> {
             return Err(denied("delete it"));
         }
         let tid = t.id;
-        self.change_topic(tid, move |db| db.delete_topic(tid))
-            .await?;
+        // The topic is gone from the table afterwards: nothing to read back.
+        change_cached(&self.ctx.store, &self.ctx.topics, tid, move |db| {
+            db.delete_topic(tid)
+        })
+        .await
+        .map_err(name_error)?;
         info!(account = %me.name, topic = %t.name, topic_id = %t.id, "topic deleted");
         self.announce(&t, &[], &self.event("delete", &t, &me.name));
         Ok(self.reply(reply::ack(id)))
@@ -701,6 +824,7 @@ pub(crate) fn announce_to_topic(
 mod tests {
     use futures_util::FutureExt;
 
+    use super::super::testing;
     use super::*;
 
     /// A new store in a temporary directory, and an empty topic table.
@@ -708,6 +832,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store::Store::open(dir.path(), "node").unwrap();
         (dir, store, Arc::new(Topics::default()))
+    }
+
+    /// `account` as a local account of the tests' server.
+    fn local(account: Uuid) -> OwnedActor {
+        Actor::local(account, "localhost").into()
     }
 
     /// Runs `job` up to queuing its store job, lets the store thread run
@@ -761,7 +890,7 @@ mod tests {
         let amy = Uuid::now_v7();
         let joins = ids[..3]
             .iter()
-            .map(|id| join_cached(&store, &topics, *id, amy, usize::MAX, 1));
+            .map(|id| join_cached(&store, &topics, *id, local(amy), usize::MAX, 1));
         let joined = futures_util::future::join_all(joins).await;
         let refused: Vec<_> = joined
             .into_iter()
@@ -777,7 +906,7 @@ mod tests {
         let others = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
         let joins = others
             .iter()
-            .map(|who| join_cached(&store, &topics, ids[3], *who, 2, usize::MAX));
+            .map(|who| join_cached(&store, &topics, ids[3], local(*who), 2, usize::MAX));
         let joined = futures_util::future::join_all(joins).await;
         let full = joined
             .into_iter()
@@ -813,5 +942,142 @@ mod tests {
         assert!(topics.resolve("lobby").is_none());
         assert_eq!(rename.await.unwrap().map(|r| r.name), Some("hall".into()));
         store.close().await;
+    }
+
+    /// Accounts named `names` in the store of `ctx`.
+    async fn accounts(ctx: &super::super::Context, names: &[&'static str]) -> Vec<Uuid> {
+        let mut out = Vec::new();
+        for name in names.iter().copied() {
+            let a = ctx
+                .store
+                .call(move |db| db.create_account(name, "x"))
+                .await
+                .unwrap();
+            out.push(a.id);
+        }
+        out
+    }
+
+    /// `owner` creates topic `name` (open: `*` reads and writes).
+    async fn topic(ctx: &super::super::Context, owner: Uuid, name: &str) -> Uuid {
+        create_cached(&ctx.store, &ctx.topics, name.into(), owner, Map::new(), 10)
+            .await
+            .unwrap()
+            .unwrap()
+            .id
+    }
+
+    /// A ban committed while bob's `join` waits in the store's queue (it
+    /// passed its check on the table as it was) keeps bob out: the join's
+    /// store job judges the ACL as the ban left it.
+    #[tokio::test]
+    async fn a_ban_committed_while_a_join_waits_keeps_the_account_out() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let [dan, bob] = accounts(&ctx, &["dan", "bob"]).await[..] else {
+            unreachable!()
+        };
+        let tid = topic(&ctx, dan, "club").await;
+        let (mut sd, _rd) = testing::session(&ctx, dan, "dan", 1);
+        let (mut sb, mut rb) = testing::session(&ctx, bob, "bob", 2);
+        let ban = format!(
+            r#"{{"op":"acl","id":"a","topic":"{tid}","ex":{{"subject":"bob","grant":["ban"]}}}}"#
+        );
+        let join = format!(r#"{{"op":"join","id":"j","topic":"{tid}"}}"#);
+        // The ban looks bob up, then queues its change; bob's join, checked
+        // on the table before the ban, queues behind it.
+        let ban_job = queued_and_run(&ctx.store, Box::pin(sd.handle_line(ban.as_bytes()))).await;
+        let (release, held) = store::hold_store_thread(&ctx.store).await;
+        let mut ban_job = ban_job;
+        assert!((&mut ban_job).now_or_never().is_none());
+        let mut join_job = Box::pin(sb.handle_line(join.as_bytes()));
+        assert!((&mut join_job).now_or_never().is_none());
+        drop(release);
+        held.await.unwrap().unwrap();
+        ban_job.await;
+        join_job.await;
+        let now = ctx.topics.get(tid).unwrap();
+        assert!(!now.members.contains(&bob), "{:?}", now.members);
+        let answer = testing::replies(&mut rb);
+        assert!(answer.contains(r#""code":"acl/denied""#), "{answer}");
+        ctx.store.close().await;
+    }
+
+    /// Two owners revoking each other's `owner` at once: the second change
+    /// is judged on the ACL the first left, so one is refused and the topic
+    /// keeps an owner.
+    #[tokio::test]
+    async fn owners_revoking_each_other_at_once_leave_one_owner() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let [dan, bob] = accounts(&ctx, &["dan", "bob"]).await[..] else {
+            unreachable!()
+        };
+        let tid = topic(&ctx, dan, "club").await;
+        let co_owner = AclChange {
+            by: Actor::local(dan, "localhost").into(),
+            subject: Subject::Account(bob),
+            changes: vec![(Flag::Owner, true)],
+            view: AclView::of(&ctx),
+        };
+        acl_cached(&ctx.store, &ctx.topics, tid, co_owner)
+            .await
+            .unwrap()
+            .unwrap();
+        let (mut sd, mut rd) = testing::session(&ctx, dan, "dan", 1);
+        let (mut sb, mut rb) = testing::session(&ctx, bob, "bob", 2);
+        let revoke = |who: &str| {
+            format!(
+                r#"{{"op":"acl","id":"x","topic":"{tid}","ex":{{"subject":"{who}","revoke":["owner"]}}}}"#
+            )
+        };
+        let (of_bob, of_dan) = (revoke("bob"), revoke("dan"));
+        // Both look their subject up, then queue their changes together.
+        let (release, held) = store::hold_store_thread(&ctx.store).await;
+        let mut by_dan = Box::pin(sd.handle_line(of_bob.as_bytes()));
+        let mut by_bob = Box::pin(sb.handle_line(of_dan.as_bytes()));
+        assert!((&mut by_dan).now_or_never().is_none());
+        assert!((&mut by_bob).now_or_never().is_none());
+        drop(release);
+        held.await.unwrap().unwrap();
+        tokio::join!(by_dan, by_bob);
+        let (a, b) = (testing::replies(&mut rd), testing::replies(&mut rb));
+        let now = ctx.topics.get(tid).unwrap();
+        let owners = now.acl.grants().filter(|(_, f)| *f == Flag::Owner).count();
+        assert_eq!(owners, 1, "dan: {a} bob: {b}");
+        assert!(a.contains(r#""op":"ack""#), "{a}");
+        assert!(b.contains(r#""code":"acl/denied""#), "{b}");
+        ctx.store.close().await;
+    }
+
+    /// A rename queued behind a delete of its topic is answered
+    /// `topic/not-found`, and the name it asked for stays free.
+    #[tokio::test]
+    async fn a_rename_behind_a_delete_is_not_found_and_takes_no_name() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let [dan] = accounts(&ctx, &["dan"]).await[..] else {
+            unreachable!()
+        };
+        let tid = topic(&ctx, dan, "club").await;
+        let (mut s1, _r1) = testing::session(&ctx, dan, "dan", 1);
+        let (mut s2, mut r2) = testing::session(&ctx, dan, "dan", 2);
+        let delete = format!(r#"{{"op":"delete","id":"d","topic":"{tid}"}}"#);
+        let rename = format!(r#"{{"op":"meta","id":"m","topic":"{tid}","ex":{{"name":"hall"}}}}"#);
+        let (release, held) = store::hold_store_thread(&ctx.store).await;
+        let mut deleting = Box::pin(s1.handle_line(delete.as_bytes()));
+        assert!((&mut deleting).now_or_never().is_none());
+        let mut renaming = Box::pin(s2.handle_line(rename.as_bytes()));
+        assert!((&mut renaming).now_or_never().is_none());
+        drop(release);
+        held.await.unwrap().unwrap();
+        deleting.await;
+        renaming.await;
+        let answer = testing::replies(&mut r2);
+        assert!(answer.contains(r#""code":"topic/not-found""#), "{answer}");
+        let created = ctx
+            .store
+            .call(move |db| Ok(db.create_topic("hall", dan, &Map::new()).is_ok()))
+            .await
+            .unwrap();
+        assert!(created);
+        ctx.store.close().await;
     }
 }

@@ -289,7 +289,7 @@ fn parse_entity(entity: &str) -> Option<Uuid> {
 
 /// The account holding a (lowercased) name.
 fn name_holder(conn: &Connection, lookup: &str) -> Result<Option<Uuid>, Error> {
-    super::name_holder(conn, PREFIX, lookup)
+    super::name_holder(conn, PREFIX, lookup, false)
 }
 
 fn load(conn: &Connection, id: Uuid) -> Result<Option<Account>, Error> {

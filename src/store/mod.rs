@@ -341,13 +341,31 @@ fn load_registers(
 
 /// The entity of kind `prefix` (`account:`, `topic:`) holding a lowercased
 /// name: the earliest claim by `(hlc, origin, entity)` (DESIGN.md §4a).
-fn name_holder(conn: &Connection, prefix: &str, lookup: &str) -> Result<Option<uuid::Uuid>, Error> {
+/// With `skip_deleted`, entities whose `deleted` register holds `true` hold
+/// no name: a deleted topic's name is free even when a rename reached it
+/// after its delete (an account's name stays reserved when it is deleted).
+fn name_holder(
+    conn: &Connection,
+    prefix: &str,
+    lookup: &str,
+    skip_deleted: bool,
+) -> Result<Option<uuid::Uuid>, Error> {
     let entity: Option<String> = conn
         .prepare_cached(
-            "SELECT entity FROM registers WHERE field = 'name' AND lookup = ?1 AND entity LIKE ?2
+            "SELECT entity FROM registers r WHERE field = 'name' AND lookup = ?1 AND entity LIKE ?2
+               AND NOT (?3 AND EXISTS (SELECT 1 FROM registers d
+                    WHERE d.entity = r.entity AND d.field = ?4 AND d.value = 'true'))
              ORDER BY hlc, origin, entity LIMIT 1",
         )?
-        .query_row(params![lookup, format!("{prefix}%")], |r| r.get(0))
+        .query_row(
+            params![
+                lookup,
+                format!("{prefix}%"),
+                skip_deleted,
+                crate::change::field::DELETED
+            ],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(entity.as_deref().and_then(|e| parse_entity(prefix, e)))
 }

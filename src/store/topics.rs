@@ -49,7 +49,7 @@ impl Db {
     ) -> Result<TopicRecord, Error> {
         let id = Uuid::now_v7();
         self.write(|tx, origin| {
-            if super::name_holder(tx, PREFIX, &name.to_lowercase())?.is_some() {
+            if name_holder(tx, &name.to_lowercase())?.is_some() {
                 return Err(Error::NameTaken);
             }
             let e = Entity::Topic(id);
@@ -66,6 +66,13 @@ impl Db {
         self.topic(id)?.ok_or(Error::NotFound)
     }
 
+    /// The topic with `id`, not deleted: what a change may apply to.
+    fn live_topic(&self, id: Uuid) -> Result<TopicRecord, Error> {
+        self.topic(id)?
+            .filter(|t| !t.deleted)
+            .ok_or(Error::NotFound)
+    }
+
     /// The topic with `id`, deleted or not.
     pub fn topic(&self, id: Uuid) -> Result<Option<TopicRecord>, Error> {
         load(&self.conn, id, self.commits)
@@ -73,7 +80,7 @@ impl Db {
 
     /// The live topic named `name` (case-insensitive).
     pub fn topic_by_name(&self, name: &str) -> Result<Option<TopicRecord>, Error> {
-        match super::name_holder(&self.conn, PREFIX, &name.to_lowercase())? {
+        match name_holder(&self.conn, &name.to_lowercase())? {
             Some(id) => Ok(load(&self.conn, id, self.commits)?.filter(|t| !t.deleted)),
             None => Ok(None),
         }
@@ -101,7 +108,7 @@ impl Db {
         values: &Map<String, Value>,
         max_keys: usize,
     ) -> Result<(), Error> {
-        let current = self.topic(id)?.ok_or(Error::NotFound)?;
+        let current = self.live_topic(id)?;
         super::check_key_count(&current.meta, values, max_keys)?;
         let e = Entity::Topic(id);
         self.write(|tx, origin| {
@@ -111,7 +118,7 @@ impl Db {
                 "topic.meta"
             });
             if let Some(n) = name {
-                match super::name_holder(tx, PREFIX, &n.to_lowercase())? {
+                match name_holder(tx, &n.to_lowercase())? {
                     Some(holder) if holder != id => return Err(Error::NameTaken),
                     _ => {}
                 }
@@ -122,15 +129,18 @@ impl Db {
         })
     }
 
-    /// Grants or revokes one ACL entry. A ban also ends the subject's
-    /// membership, in the same change.
+    /// Grants or revokes one ACL entry, and ends the membership of `ends`
+    /// (the members a ban puts out, as the caller judged them) in the same
+    /// change.
     pub fn set_topic_acl(
         &mut self,
         id: Uuid,
         subject: &Subject,
         flag: Flag,
         granted: bool,
+        ends: &[Uuid],
     ) -> Result<(), Error> {
+        self.live_topic(id)?;
         let e = Entity::Topic(id);
         let mut change = Change::new(if granted {
             "topic.acl.grant"
@@ -146,53 +156,19 @@ impl Db {
                 Value::Null
             },
         );
-        if (flag, granted) == (Flag::Ban, true) {
-            // A ban puts the members it names out at once: an account, or
-            // the users of another server it names by `name@server` or
-            // `@server` (their accounts here are named so).
-            for account in self.members_named(id, subject)? {
-                change = change.set(
-                    e,
-                    &format!("{}{account}", field::MEMBER_PREFIX),
-                    Value::Null,
-                );
-            }
+        for account in ends {
+            change = change.set(
+                e,
+                &format!("{}{account}", field::MEMBER_PREFIX),
+                Value::Null,
+            );
         }
         self.commit(change)
     }
 
-    /// The members of topic `id` that `subject` names (an account, or
-    /// another server's users by their names here); none for `*`.
-    fn members_named(&self, id: Uuid, subject: &Subject) -> Result<Vec<Uuid>, Error> {
-        let members: Vec<Uuid> = match self.topic(id)? {
-            Some(t) => t.members.into_iter().collect(),
-            None => return Ok(Vec::new()),
-        };
-        let by_name = |matches: &dyn Fn(&str) -> bool| -> Result<Vec<Uuid>, Error> {
-            let names = self.account_names(&members)?;
-            Ok(members
-                .iter()
-                .filter(|m| names.get(m).is_some_and(|n| matches(&n.to_lowercase())))
-                .copied()
-                .collect())
-        };
-        match subject {
-            Subject::Account(a) => Ok(members.into_iter().filter(|m| m == a).collect()),
-            Subject::Remote(name) => {
-                let name = name.to_lowercase();
-                by_name(&|n| n == name)
-            }
-            // `@server`: the suffix of its users' names here.
-            Subject::Server(server) => {
-                let suffix = server.to_lowercase();
-                by_name(&|n| n.ends_with(&suffix))
-            }
-            Subject::Everyone => Ok(Vec::new()),
-        }
-    }
-
     /// Adds or removes a member.
     pub fn set_member(&mut self, id: Uuid, account: Uuid, member: bool) -> Result<(), Error> {
+        self.live_topic(id)?;
         self.commit(
             Change::new(if member { "topic.join" } else { "topic.leave" }).set(
                 Entity::Topic(id),
@@ -208,6 +184,7 @@ impl Db {
 
     /// Marks a topic deleted; its name becomes free.
     pub fn delete_topic(&mut self, id: Uuid) -> Result<(), Error> {
+        self.live_topic(id)?;
         let e = Entity::Topic(id);
         self.commit(
             Change::new("topic.delete")
@@ -223,6 +200,11 @@ impl Db {
             Ok(())
         })
     }
+}
+
+/// The live topic holding a lowercased name.
+fn name_holder(conn: &Connection, lookup: &str) -> Result<Option<Uuid>, Error> {
+    super::name_holder(conn, PREFIX, lookup, true)
 }
 
 fn load(conn: &Connection, id: Uuid, as_of: u64) -> Result<Option<TopicRecord>, Error> {
@@ -261,7 +243,7 @@ fn load(conn: &Connection, id: Uuid, as_of: u64) -> Result<Option<TopicRecord>, 
             }
         }
     }
-    if !t.deleted && super::name_holder(conn, PREFIX, &t.name.to_lowercase())? != Some(id) {
+    if !t.deleted && name_holder(conn, &t.name.to_lowercase())? != Some(id) {
         t.name = super::clash_name(&t.name, id);
     }
     Ok(Some(t))
@@ -290,13 +272,33 @@ mod tests {
         assert!(db.topic_by_name("lobby").unwrap().is_none());
         let bob = Uuid::now_v7();
         db.set_member(t.id, bob, true).unwrap();
-        db.set_topic_acl(t.id, &Subject::Account(bob), Flag::Ban, true)
+        db.set_topic_acl(t.id, &Subject::Account(bob), Flag::Ban, true, &[bob])
             .unwrap();
         let t2 = db.topic(t.id).unwrap().unwrap();
         assert!(!t2.members.contains(&bob));
         db.delete_topic(t.id).unwrap();
         assert!(db.topic_by_name("hall").unwrap().is_none());
         assert!(db.topic(t.id).unwrap().unwrap().deleted);
+        // A deleted topic takes no more changes.
+        let none = Map::new();
+        assert!(matches!(
+            db.update_topic(t.id, Some("Gone"), &none, 8),
+            Err(Error::NotFound)
+        ));
+        assert!(matches!(
+            db.set_topic_acl(t.id, &Subject::Everyone, Flag::Read, false, &[]),
+            Err(Error::NotFound)
+        ));
+        assert!(matches!(
+            db.set_member(t.id, bob, true),
+            Err(Error::NotFound)
+        ));
+        assert!(matches!(db.delete_topic(t.id), Err(Error::NotFound)));
         db.create_topic("Hall", dan, &Map::new()).unwrap();
+        // A rename that reaches it after its delete (another node's, applied
+        // later) holds no name.
+        db.commit(Change::new("topic.rename").set(Entity::Topic(t.id), field::NAME, "Gone"))
+            .unwrap();
+        db.create_topic("gone", dan, &Map::new()).unwrap();
     }
 }
