@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::change::Change;
-use crate::store::{Error, Event, Pending, Slot, Store, TopicRecord, closed_outcomes};
+use crate::store::{Error, Event, Guard, Pending, Slot, Store, TopicRecord, closed_outcomes};
 
 /// Kept messages and replies one connection may have waiting for commits.
 pub(super) const MAX_INFLIGHT: usize = 256;
@@ -51,6 +51,8 @@ pub(super) struct Run {
     commit: Commit,
     /// The changes, until they are queued.
     changes: Vec<Change>,
+    /// What the store checks before it commits them, until they are queued.
+    guard: Option<Guard>,
     /// The topic the messages were sent under: its members get the relays.
     pub topic: Arc<TopicRecord>,
     /// The sender's name as a JSON string.
@@ -88,7 +90,9 @@ impl Run {
     /// Queued with the room reserved for it, or refused by a closed store.
     fn settle(&mut self, slot: Result<Slot<'_>, Error>) {
         self.commit = match slot {
-            Ok(slot) => Commit::Queued(slot.send(std::mem::take(&mut self.changes))),
+            Ok(slot) => {
+                Commit::Queued(slot.send(std::mem::take(&mut self.changes), self.guard.take()))
+            }
             Err(_) => Commit::Refused,
         };
     }
@@ -181,7 +185,8 @@ impl Pipeline {
     }
 
     /// Adds a kept message to the run gathering at the back when it is to
-    /// the same topic, else to a new run.
+    /// the same topic, else to a new run, which the store commits only if
+    /// `guard` (made for it) still holds then.
     pub fn push_kept(
         &mut self,
         topic: &Arc<TopicRecord>,
@@ -189,6 +194,7 @@ impl Pipeline {
         change: Change,
         message_id: uuid::Uuid,
         request_id: Option<&str>,
+        guard: impl FnOnce() -> Guard,
     ) {
         self.len += 1;
         let sent = (message_id, request_id.map(str::to_owned));
@@ -204,6 +210,7 @@ impl Pipeline {
         self.entries.push_back(InFlight::Kept(Run {
             commit: Commit::Unqueued,
             changes: vec![change],
+            guard: Some(guard()),
             topic: topic.clone(),
             from_json: from_json.to_owned(),
             bytes,
@@ -284,6 +291,11 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A guard that always lets a run be written.
+    fn allow() -> Guard {
+        Box::new(|| true)
+    }
     use crate::change::{ExJson, Message};
 
     fn topic() -> Arc<TopicRecord> {
@@ -336,7 +348,14 @@ mod tests {
         let t = topic();
         let mut p = Pipeline::default();
         for n in 0..MAX_RUN + 3 {
-            p.push_kept(&t, "\"a\"", message(&t, n), uuid::Uuid::now_v7(), None);
+            p.push_kept(
+                &t,
+                "\"a\"",
+                message(&t, n),
+                uuid::Uuid::now_v7(),
+                None,
+                allow,
+            );
         }
         assert_eq!(runs(&p), [MAX_RUN, 3]);
         assert_eq!(p.len(), MAX_RUN + 3);
@@ -348,8 +367,16 @@ mod tests {
             sized(&t, 0, MAX_RUN_BYTES),
             uuid::Uuid::now_v7(),
             None,
+            allow,
         );
-        p.push_kept(&t, "\"a\"", message(&t, 1), uuid::Uuid::now_v7(), None);
+        p.push_kept(
+            &t,
+            "\"a\"",
+            message(&t, 1),
+            uuid::Uuid::now_v7(),
+            None,
+            allow,
+        );
         assert_eq!(runs(&p), [MAX_RUN, 4, 1]);
     }
 
@@ -358,11 +385,11 @@ mod tests {
         let (a, b) = (topic(), topic());
         let mut p = Pipeline::default();
         let id = uuid::Uuid::now_v7;
-        p.push_kept(&a, "\"a\"", message(&a, 0), id(), Some("r0"));
-        p.push_kept(&a, "\"a\"", message(&a, 1), id(), None);
-        p.push_kept(&b, "\"a\"", message(&b, 2), id(), None);
+        p.push_kept(&a, "\"a\"", message(&a, 0), id(), Some("r0"), allow);
+        p.push_kept(&a, "\"a\"", message(&a, 1), id(), None, allow);
+        p.push_kept(&b, "\"a\"", message(&b, 2), id(), None, allow);
         p.push_ready(Bytes::from_static(b"{}\n"));
-        p.push_kept(&b, "\"a\"", message(&b, 3), id(), None);
+        p.push_kept(&b, "\"a\"", message(&b, 3), id(), None, allow);
         assert_eq!(runs(&p), [2, 1, 0, 1]);
         assert_eq!(p.len(), 5);
         let Some(InFlight::Kept(first)) = p.pop_front() else {
@@ -380,22 +407,22 @@ mod tests {
         let (a, b) = (topic(), topic());
         let mut p = Pipeline::default();
         let id = uuid::Uuid::now_v7;
-        p.push_kept(&a, "\"a\"", message(&a, 0), id(), None);
+        p.push_kept(&a, "\"a\"", message(&a, 0), id(), None, allow);
         p.queue_sealed(&store);
         // One run, still gathering: nothing to queue yet.
         assert_eq!(p.unqueued, 1);
-        p.push_kept(&b, "\"a\"", message(&b, 1), id(), None);
+        p.push_kept(&b, "\"a\"", message(&b, 1), id(), None, allow);
         p.queue_sealed(&store);
         // The first can take no more: queued; the second gathers.
         assert_eq!(p.unqueued, 1);
         for n in 2..=MAX_RUN {
-            p.push_kept(&b, "\"a\"", message(&b, n), id(), None);
+            p.push_kept(&b, "\"a\"", message(&b, n), id(), None, allow);
         }
         p.queue_sealed(&store);
         // Full: queued too.
         assert_eq!(p.unqueued, 0);
         assert_eq!(runs(&p), [1, MAX_RUN]);
-        p.push_kept(&b, "\"a\"", message(&b, 99), id(), None);
+        p.push_kept(&b, "\"a\"", message(&b, 99), id(), None, allow);
         p.queue(&store);
         assert_eq!(p.unqueued, 0);
         assert_eq!(runs(&p), [1, MAX_RUN, 1]);
@@ -419,10 +446,17 @@ mod tests {
         let mut p = Pipeline::default();
         let id = uuid::Uuid::now_v7;
         // Too large for what is left, and full by its bytes.
-        p.push_kept(&a, "\"a\"", sized(&a, 0, MAX_RUN_BYTES * 2), id(), None);
+        p.push_kept(
+            &a,
+            "\"a\"",
+            sized(&a, 0, MAX_RUN_BYTES * 2),
+            id(),
+            None,
+            allow,
+        );
         // Small enough for what is left, but behind the first.
-        p.push_kept(&b, "\"a\"", message(&b, 1), id(), None);
-        p.push_kept(&a, "\"a\"", message(&a, 2), id(), None);
+        p.push_kept(&b, "\"a\"", message(&b, 1), id(), None, allow);
+        p.push_kept(&a, "\"a\"", message(&a, 2), id(), None, allow);
         p.queue(&store);
         assert_eq!(p.unqueued, 3, "a run never goes ahead of an older one");
         assert!(p.waiting_for_room());
@@ -463,7 +497,7 @@ mod tests {
         let mut p = Pipeline::default();
         for n in 0..3 {
             let t = if n == 1 { &b } else { &a };
-            p.push_kept(t, "\"a\"", message(t, n), uuid::Uuid::now_v7(), None);
+            p.push_kept(t, "\"a\"", message(t, n), uuid::Uuid::now_v7(), None, allow);
         }
         p.queue(&store);
         let mut seqs = Vec::new();
@@ -483,7 +517,14 @@ mod tests {
         store.close().await;
         // A closed store refuses a run: each message hears so.
         let mut p = Pipeline::default();
-        p.push_kept(&a, "\"a\"", message(&a, 9), uuid::Uuid::now_v7(), None);
+        p.push_kept(
+            &a,
+            "\"a\"",
+            message(&a, 9),
+            uuid::Uuid::now_v7(),
+            None,
+            allow,
+        );
         p.queue(&store);
         let Some(InFlight::Kept(mut run)) = p.pop_front() else {
             panic!("a run");

@@ -21,9 +21,9 @@ use crate::proto::packet::{ExText, KeptSend, encode_line, relay_len, write_relay
 use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet};
-use crate::router::acl::Flag;
+use crate::router::acl::{Actor, Flag, OwnedActor};
 use crate::router::frame_pool;
-use crate::store::{Event, TopicRecord};
+use crate::store::{self, Event, TopicRecord};
 
 /// Relay bytes a burst gathers at most before it is delivered.
 const BURST_BYTES: usize = 64 * 1024;
@@ -103,6 +103,36 @@ const BURST_ROOM: (usize, usize) = (320, 160);
 /// when that is much: a frame may wait in a slow reader's queue, and should
 /// not hold a burst's room for one message. Otherwise the buffer goes back
 /// to the pool when the last writer is done with it.
+/// What a run of `me`'s kept messages to `t` is committed on: that `me`
+/// may still send to it when the run's turn comes in the store, after a
+/// leave, ban or delete queued before it.
+fn still_may_send(ctx: &super::Context, me: &LoggedIn, t: &TopicRecord) -> store::Guard {
+    let (topics, id) = (ctx.topics.clone(), t.id);
+    let who = OwnedActor::from(me.actor(ctx));
+    Box::new(move || {
+        topics
+            .get(id)
+            .is_some_and(|t| may_send(&t, who.actor()).is_ok())
+    })
+}
+
+/// Whether `who` may send to `t`: a member, with the write flag.
+fn may_send(t: &TopicRecord, who: Actor<'_>) -> Result<(), Denied> {
+    if !t.members.contains(&who.account) {
+        return Err(Denied::new(
+            ErrorCode::TopicNotMember,
+            "join the topic before sending to it",
+        ));
+    }
+    if !t.acl.allows(who, Flag::Write) {
+        return Err(Denied::new(
+            ErrorCode::AclDenied,
+            "the topic's ACL does not let you send to it",
+        ));
+    }
+    Ok(())
+}
+
 fn trimmed(mut lines: Vec<u8>) -> Bytes {
     if lines.capacity() > 2 * lines.len() + 4096 {
         lines.shrink_to_fit();
@@ -161,8 +191,11 @@ impl Session<'_> {
         if let Outcome::Close(r) = self.deliver_burst() {
             return Outcome::Close(r);
         }
+        let ctx = self.ctx;
         self.pipeline
-            .push_kept(t, &me.name_json, change, message_id, id);
+            .push_kept(t, &me.name_json, change, message_id, id, || {
+                still_may_send(ctx, me, t)
+            });
         // A run that can take no more goes to the store now, while the next
         // gathers.
         self.pipeline.queue_sealed(&self.ctx.store);
@@ -302,19 +335,18 @@ impl Session<'_> {
 
     /// Whether `me` may send to `t`: a member, with the write flag.
     pub(super) fn may_send(&self, me: &LoggedIn, t: &TopicRecord) -> Result<(), Denied> {
-        if !t.members.contains(&me.id) {
-            return Err(Denied::new(
-                ErrorCode::TopicNotMember,
-                "join the topic before sending to it",
-            ));
+        may_send(t, self.actor(me))
+    }
+
+    /// Why a run was withdrawn by [`Session::still_may_send`]'s guard, as the
+    /// topic table says now.
+    fn withdrawn(&self, me: &LoggedIn, topic: uuid::Uuid) -> Denied {
+        match self.ctx.topics.get(topic) {
+            None => Denied::new(ErrorCode::TopicNotFound, "no such topic"),
+            Some(t) => may_send(&t, self.actor(me))
+                .err()
+                .unwrap_or_else(|| Denied::new(ErrorCode::AclDenied, "the topic changed")),
         }
-        if !t.acl.allows(self.actor(me), Flag::Write) {
-            return Err(Denied::new(
-                ErrorCode::AclDenied,
-                "the topic's ACL does not let you send to it",
-            ));
-        }
-        Ok(())
     }
 
     /// A message not kept, with nothing in flight: relayed with its `ex` as
@@ -576,12 +608,21 @@ impl Session<'_> {
     ) -> Outcome {
         let mut results = results.into_iter();
         let mut outcome = Outcome::Continue;
+        // Relayed to the members as the table says now, not as when the
+        // messages were read: one who left or was put out since, by a job
+        // the store ran before the commit or after it, gets no more of the
+        // topic; none get a message of a topic deleted meanwhile.
+        let topic = self.ctx.topics.get(run.topic.id).unwrap_or_else(|| {
+            let mut gone = TopicRecord::clone(&run.topic);
+            gone.members.clear();
+            Arc::new(gone)
+        });
         for (message_id, request_id) in run.sent {
             let result = results.next().unwrap_or(Err(crate::store::Error::Closed));
             let done = self.committed(
                 message_id,
                 &run.from_json,
-                &run.topic,
+                &topic,
                 request_id.as_deref(),
                 result,
             );
@@ -606,6 +647,13 @@ impl Session<'_> {
     ) -> Outcome {
         let event = match result {
             Ok(event) => event,
+            Err(crate::store::Error::Withdrawn) => {
+                let why = match self.account.clone() {
+                    Some(me) => self.withdrawn(&me, topic.id),
+                    None => Denied::new(ErrorCode::TopicNotMember, "not logged in"),
+                };
+                return self.push_now(why.into_packet(request_id).to_line());
+            }
             Err(e) => return self.push_now(Denied::from(e).into_packet(request_id).to_line()),
         };
         let Some(message) = event.change.message else {
@@ -771,7 +819,6 @@ mod tests {
     use super::super::kept::{MAX_INFLIGHT, MAX_RUN};
     use super::super::{Context, Outcome, Session, testing};
     use super::*;
-    use crate::store;
 
     /// A session context over a new store, one account and a topic it
     /// created (which keeps history).
@@ -875,6 +922,97 @@ mod tests {
         writer.await.unwrap().unwrap();
         assert!(s.pipeline.len() <= MAX_INFLIGHT);
         assert_eq!(s.drain().await, Outcome::Continue);
+        ctx.store.close().await;
+    }
+
+    /// A run queued behind a job that takes its sender out of the topic
+    /// (a leave, a ban) is not kept: the store's guard withdraws it, and
+    /// the sender is told why.
+    #[tokio::test]
+    async fn a_run_behind_its_senders_leave_is_not_kept() {
+        let (_dir, ctx, me, topic) = context().await;
+        let (mut s, mut rx) = session(&ctx, me);
+        let (release, writer) = store::hold_store_thread(&ctx.store).await;
+        let line = format!(r#"{{"op":"send","id":"k","topic":"{topic}","ex":{{"m":1}}}}"#);
+        assert_eq!(
+            s.handle_line(line.as_bytes()).now_or_never(),
+            Some(Outcome::Continue)
+        );
+        // The leave is queued first; the run goes to the store after it.
+        let topics = ctx.topics.clone();
+        let mut leave = Box::pin(ctx.store.call_synced(move |db| {
+            db.set_member(topic, me, false)?;
+            if let Some(t) = db.topic(topic)? {
+                topics.put(t);
+            }
+            Ok(())
+        }));
+        assert!((&mut leave).now_or_never().is_none());
+        let mut drained = Box::pin(s.drain());
+        assert!((&mut drained).now_or_never().is_none());
+        release.send(()).unwrap();
+        writer.await.unwrap().unwrap();
+        leave.await.unwrap();
+        assert_eq!(drained.await, Outcome::Continue);
+        drop(s);
+        let answer = testing::replies(&mut rx);
+        assert!(answer.contains(r#""code":"topic/not-member""#), "{answer}");
+        let page = ctx
+            .store
+            .call(move |db| db.history(topic, None, None, 10))
+            .await
+            .unwrap();
+        assert!(page.messages.is_empty());
+        ctx.store.close().await;
+    }
+
+    /// A member who leaves after a run is queued (so after it in the store)
+    /// gets none of its relays, sent once the run is durable: they go to
+    /// the members the table holds then.
+    #[tokio::test]
+    async fn relays_go_to_the_members_at_commit_not_at_read() {
+        let (_dir, ctx, me, topic) = context().await;
+        let bob = uuid::Uuid::now_v7();
+        let topics = ctx.topics.clone();
+        let joined = ctx.store.call_synced(move |db| {
+            db.set_member(topic, bob, true)?;
+            if let Some(t) = db.topic(topic)? {
+                topics.put(t);
+            }
+            Ok(())
+        });
+        joined.await.unwrap();
+        let (bob_out, mut bob_rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
+        ctx.presence.add(bob, 7, bob_out, None);
+        let (mut s, _rx) = session(&ctx, me);
+        let (release, writer) = store::hold_store_thread(&ctx.store).await;
+        let line = format!(r#"{{"op":"send","id":"k","topic":"{topic}","ex":{{"m":1}}}}"#);
+        assert_eq!(
+            s.handle_line(line.as_bytes()).now_or_never(),
+            Some(Outcome::Continue)
+        );
+        s.pipeline.queue(&ctx.store);
+        // bob leaves after the run is queued.
+        let topics = ctx.topics.clone();
+        let mut leave = Box::pin(ctx.store.call_synced(move |db| {
+            db.set_member(topic, bob, false)?;
+            if let Some(t) = db.topic(topic)? {
+                topics.put(t);
+            }
+            Ok(())
+        }));
+        assert!((&mut leave).now_or_never().is_none());
+        release.send(()).unwrap();
+        writer.await.unwrap().unwrap();
+        leave.await.unwrap();
+        assert_eq!(s.drain().await, Outcome::Continue);
+        assert_eq!(testing::replies(&mut bob_rx), "");
+        let page = ctx
+            .store
+            .call(move |db| db.history(topic, None, None, 10))
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len(), 1);
         ctx.store.close().await;
     }
 }

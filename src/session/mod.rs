@@ -284,6 +284,22 @@ impl LoggedIn {
         }
     }
 
+    /// This account as ACLs on this server see it: a local account, or a
+    /// user of another server (its `user@home`, its home's `@home`, and `*`
+    /// as the operator decides).
+    pub(super) fn actor<'s>(&'s self, ctx: &'s Context) -> crate::router::acl::Actor<'s> {
+        use crate::router::acl::Actor;
+        match &self.federated {
+            None => Actor::local(self.id, &ctx.server_name_lower),
+            Some(f) => Actor {
+                account: self.id,
+                server: &f.home_lower,
+                remote: Some(&f.name_lower),
+                everyone: ctx.star_includes_foreign,
+            },
+        }
+    }
+
     /// The home server of a federated user; `None` for a local account.
     pub fn home(&self) -> Option<&str> {
         self.federated.as_ref().map(|f| f.home_lower.as_str())

@@ -323,15 +323,7 @@ impl Session<'_> {
     /// another server (its `user@home`, its home's `@home`, and `*` as the
     /// operator decides).
     pub(super) fn actor<'s>(&'s self, me: &'s LoggedIn) -> Actor<'s> {
-        match &me.federated {
-            None => Actor::local(me.id, &self.ctx.server_name_lower),
-            Some(f) => Actor {
-                account: me.id,
-                server: &f.home_lower,
-                remote: Some(&f.name_lower),
-                everyone: self.ctx.star_includes_foreign,
-            },
-        }
+        me.actor(self.ctx)
     }
 
     /// Whether `account` may become a member of `t`: the topic's member

@@ -84,7 +84,17 @@ pub enum Error {
         /// The bound.
         max: usize,
     },
+    /// The append's [`Guard`] said its changes no longer apply: nothing
+    /// was written.
+    #[error("the change no longer applies")]
+    Withdrawn,
 }
+
+/// Checked on the store thread right before an append's changes are
+/// committed, after every job queued before it: false withdraws them
+/// ([`Error::Withdrawn`]). A kept message is written only if its sender may
+/// still send to its topic when its turn comes.
+pub type Guard = Box<dyn FnOnce() -> bool + Send + Sync>;
 
 // A plain conversion: the message carries SQLite's text already.
 impl From<rusqlite::Error> for Error {
@@ -524,6 +534,7 @@ struct Append {
     changes: Vec<Change>,
     reply: oneshot::Sender<Vec<Result<Event, Error>>>,
     room: tokio::sync::OwnedSemaphorePermit,
+    guard: Option<Guard>,
 }
 
 /// WAL pages past which a group commit checkpoints the WAL itself (8 KiB
@@ -578,9 +589,21 @@ fn commit_batch(
     let mut changes = Vec::with_capacity(batch.iter().map(|a| a.changes.len()).sum());
     let mut rooms = Vec::with_capacity(batch.len());
     for a in batch {
+        if a.guard.is_some_and(|allowed| !allowed()) {
+            // Nothing to sync: answered now, and its room given back.
+            let _ = a.reply.send(
+                (0..a.changes.len())
+                    .map(|_| Err(Error::Withdrawn))
+                    .collect(),
+            );
+            continue;
+        }
         replies.push((a.reply, a.changes.len()));
         changes.extend(a.changes);
         rooms.push(a.room);
+    }
+    if changes.is_empty() {
+        return;
     }
     let started = std::time::Instant::now();
     let outcome = db.commit_group_behind(changes);
@@ -737,14 +760,17 @@ pub struct Slot<'a> {
 }
 
 impl Slot<'_> {
-    /// Queues `changes`, which must be those the room was reserved for.
-    pub fn send(self, changes: Vec<Change>) -> Pending {
+    /// Queues `changes`, which must be those the room was reserved for;
+    /// with a `guard`, they are written only if it still holds when their
+    /// turn comes.
+    pub fn send(self, changes: Vec<Change>, guard: Option<Guard>) -> Pending {
         let (tx, rx) = oneshot::channel();
         let n = changes.len();
         self.slot.send(Msg::Append(Append {
             changes,
             reply: tx,
             room: self.room,
+            guard,
         }));
         Pending {
             answer: rx,
@@ -1102,7 +1128,7 @@ impl Store {
     /// newly minted (no edit or redaction is looked up for it): changes
     /// from elsewhere go through the replica path.
     pub async fn enqueue(&self, changes: Vec<Change>) -> Result<Pending, Error> {
-        Ok(self.reserve(&changes).await?.send(changes))
+        Ok(self.reserve(&changes).await?.send(changes, None))
     }
 
     /// Waits for room in the queue for `changes` and reserves it. Cancel-safe:
@@ -1497,7 +1523,7 @@ mod tests {
         let change = |n: usize| kept(uuid::Uuid::nil(), n, ex.clone());
         let one = vec![change(0)];
         let first = store.try_reserve(&one).unwrap().expect("room for one");
-        let first = first.send(one);
+        let first = first.send(one, None);
         let left = store.room.available_permits();
         assert!(store.try_reserve(&[change(1)]).unwrap().is_none());
         // Refused, it took nothing.
@@ -1518,7 +1544,7 @@ mod tests {
         let small = |n: usize| kept(uuid::Uuid::nil(), n, ExJson::empty());
         let run = vec![small(4), small(5), small(6)];
         let queued = store.try_reserve(&run).unwrap().expect("room for a run");
-        let outcomes = queued.send(run).wait().await;
+        let outcomes = queued.send(run, None).wait().await;
         let seqs: Vec<u64> = outcomes.into_iter().map(|o| o.unwrap().seq).collect();
         assert_eq!(seqs.len(), 3);
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
@@ -1528,6 +1554,22 @@ mod tests {
             .unwrap();
         let ids: Vec<_> = kept.messages.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["m0", "m4", "m5", "m6"]);
+        // A guard that no longer holds withdraws its entry: nothing of it is
+        // written, and its room comes back.
+        let run = vec![small(7), small(8)];
+        let queued = store.try_reserve(&run).unwrap().expect("room for a run");
+        let outcomes = queued.send(run, Some(Box::new(|| false))).wait().await;
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Err(Error::Withdrawn))),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes.len(), 2);
+        assert_eq!(store.room.available_permits(), QUEUED_BYTES);
+        let kept = store
+            .call(|db| db.history(uuid::Uuid::nil(), None, None, 10))
+            .await
+            .unwrap();
+        assert_eq!(kept.messages.len(), 4);
         store.close().await;
     }
 
@@ -1546,6 +1588,7 @@ mod tests {
                     changes: ns.map(message).collect(),
                     reply: tx,
                     room: room.clone().try_acquire_many_owned(1).unwrap(),
+                    guard: None,
                 };
                 (append, rx)
             })
