@@ -302,3 +302,28 @@ async fn shutdown_grace_closes_clients_that_do_not_read() {
         .await
         .expect("shutdown does not wait for a client that never reads");
 }
+
+/// A connection still in its TLS handshake does not hold shutdown up: it
+/// is dropped at once, not at its handshake deadline.
+#[tokio::test]
+async fn shutdown_drops_connections_still_in_their_handshake() {
+    let server = TestServer::start_with(|c| {
+        c.limits.handshake_timeout_ms = 600_000;
+        c.limits.shutdown_grace_ms = 100;
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Connections are accepted in order: once a later one is answered,
+    // the silent one is the server's.
+    let mut c = server.client().await;
+    assert_alive(&mut c).await;
+    let _dir = server.dir;
+    tokio::time::timeout(WAIT, server.handle.shutdown())
+        .await
+        .expect("shutdown does not wait for a handshake that never comes");
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(WAIT, silent.read(&mut buf))
+        .await
+        .expect("hang up");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}

@@ -1228,3 +1228,26 @@ async fn topic_events_reach_members_on_other_nodes() {
     let d = next_op(&mut amy, "delete").await;
     assert_eq!(d.topic.as_deref(), Some(topic.as_str()));
 }
+
+/// A link still in its TLS handshake does not hold a node's shutdown up.
+#[tokio::test]
+async fn shutdown_drops_links_still_in_their_handshake() {
+    let mut c = Cluster::start_with(1, &[], |_, cfg| {
+        cfg.mesh.handshake_timeout_ms = 600_000;
+        cfg.limits.shutdown_grace_ms = 100;
+    })
+    .await;
+    let addr = c.nodes[0].mesh_addr;
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Accepted in order: once a later connection's bad handshake is
+    // refused, the silent one is the node's.
+    let mut junk = tokio::net::TcpStream::connect(addr).await.unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut junk, &mut buf))
+        .await
+        .expect("a bad handshake is refused");
+    tokio::time::timeout(WAIT, c.stop(0))
+        .await
+        .expect("shutdown does not wait for a handshake that never comes");
+}

@@ -214,7 +214,16 @@ async fn handshake(
         let config = shared.tls.for_hello(&start.client_hello());
         start.into_stream(config).await
     };
-    let tls = match tokio::time::timeout(deadline, accept).await {
+    // A connection still in its handshake has nothing to finish: shutdown
+    // drops it at once instead of waiting out the deadline.
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(deadline, accept) => done,
+        () = shared.shutdown.cancelled() => {
+            info!(reason = "shutting down", "connection closed in its tls handshake");
+            return None;
+        }
+    };
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             info!(reason = "tls handshake failed", error = %e, "connection closed");

@@ -384,7 +384,13 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         inner.tracker.spawn(async move {
             let _ = tcp.set_nodelay(true);
             let deadline = inner2.cfg.handshake_timeout();
-            let (tls, peer) = match mtls::accept_peer(&inner2.acceptor, tcp, deadline, &inner2.peers).await {
+            let shutdown = inner2.shutdown.clone();
+            // A link still in its handshake does not hold shutdown up.
+            let accepted = tokio::select! {
+                a = mtls::accept_peer(&inner2.acceptor, tcp, deadline, &inner2.peers) => a,
+                () = shutdown.cancelled() => return,
+            };
+            let (tls, peer) = match accepted {
                 Ok((tls, peer)) => (tls, peer.node),
                 Err(mtls::Refused::Timeout) => {
                     debug!(%addr, "mesh: TLS handshake timed out");
