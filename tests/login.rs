@@ -452,3 +452,40 @@ async fn concurrent_wrong_passwords_cannot_outrun_the_throttle() {
     assert_eq!(throttled, CONNS - 10);
     server.stop().await;
 }
+
+/// A signature answered `auth/throttled` has still used its challenge up:
+/// once the allowance refills, the same answer finds no challenge.
+#[tokio::test]
+async fn a_throttled_signature_uses_its_challenge_up() {
+    let server = TestServer::start_with(|c| {
+        c.auth.max_failures_per_account = 1;
+        c.auth.failure_window_ms = 200;
+    })
+    .await;
+    server.register("dan", "hellosecret").await;
+    let mut home = server.login("dan", "hellosecret").await;
+    let k = key(7);
+    let added = request(
+        &mut home,
+        Packet::request("key-add").with("key", public(&k)),
+    )
+    .await;
+    assert_eq!(added.op, "ack", "{added:?}");
+    let mut c = server.client().await;
+    let ch = challenge(&mut c, "dan").await;
+    let s = B64.encode(
+        k.sign(signed_message("localhost", "dan", &ch).as_bytes())
+            .to_bytes(),
+    );
+    // Another connection spends dan's one failure.
+    let mut other = server.client().await;
+    let p = request(&mut other, password_auth("dan", "wrong-password")).await;
+    assert_eq!(p.ex_str("code"), Some("auth/failed"));
+    let p = request(&mut c, signature_auth("dan", &s)).await;
+    assert_eq!(p.ex_str("code"), Some("auth/throttled"), "{p:?}");
+    // Waiting for the allowance to refill is the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = request(&mut c, signature_auth("dan", &s)).await;
+    assert_eq!(p.ex_str("code"), Some("auth/challenge-expired"), "{p:?}");
+    server.stop().await;
+}

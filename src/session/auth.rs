@@ -3,7 +3,7 @@
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::{Denied, LoggedIn, Outcome, Session};
+use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::config::Registration;
 use crate::proto::name::{PASSWORD_BYTES, check_username};
 use crate::proto::request::{AuthRequest, Secret};
@@ -48,8 +48,10 @@ impl Session<'_> {
                 username,
                 signature: Some(signature),
             } => {
+                // Used up whatever the outcome, a throttled answer included.
+                let pending = self.challenge.take();
                 self.reserve_failure(Some(&username))?;
-                let result = self.check_signature(&username, &signature).await;
+                let result = self.check_signature(pending, &username, &signature).await;
                 self.note_failure(result, Some(&username), "pubkey")?
             }
         };
@@ -151,6 +153,36 @@ impl Session<'_> {
             self.ctx
                 .presence
                 .add(me.id, self.conn_id, self.out.clone(), remote);
+            // A delete or disable committed while this login went on closed
+            // the connections present then, not this one: read the account
+            // again now that a later one would close it too.
+            let account_id = me.id;
+            let now = self
+                .ctx
+                .store
+                .call(move |db| db.account(account_id))
+                .await?;
+            let deleted = (
+                ErrorCode::AccountDeleted,
+                "the account was deleted",
+                CloseReason::AccountDeleted,
+            );
+            let ended = match now {
+                Some(a) if a.deleted => Some(deleted),
+                Some(a) if a.disabled => Some((
+                    ErrorCode::AuthFailed,
+                    "the account was disabled",
+                    CloseReason::AccountDisabled,
+                )),
+                Some(_) => None,
+                None => Some(deleted),
+            };
+            if let Some((code, why, reason)) = ended {
+                info!(account = %me.name, reason = why, "logged out at once");
+                self.ctx.presence.remove(account_id, self.conn_id);
+                let _ = self.reply(reply::bye(code, why));
+                return Ok(Outcome::Close(reason));
+            }
         }
         Ok(Outcome::Continue)
     }
@@ -263,5 +295,50 @@ impl Session<'_> {
             .await?;
         info!(account = %account.name, "account registered");
         Ok(self.reply(reply::ack(id).with("account", Value::String(account.name))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::super::testing;
+    use super::*;
+    use crate::store;
+
+    /// A login that read its account before a delete committed, and goes
+    /// on after it (behind it in the store's queue), is closed with
+    /// `account/deleted` instead of staying logged in: the delete's
+    /// `close_all` ran before this connection was present.
+    #[tokio::test]
+    async fn a_login_overtaken_by_its_accounts_delete_is_closed() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let phc = ctx.passwords.hash_blocking("hellosecret").unwrap();
+        let victim = ctx
+            .store
+            .call(move |db| db.create_account("victim", &phc))
+            .await
+            .unwrap()
+            .id;
+        let (out, mut rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
+        let mut s = Session::new(&ctx, out, 9, std::net::Ipv4Addr::LOCALHOST.into());
+        let auth = br#"{"op":"auth","id":"a","ex":{"method":"password","username":"victim","password":"hellosecret"}}"#;
+        let mut login = Box::pin(s.handle_line(auth));
+        // The account's read runs first; the delete queues behind it, and
+        // the rest of the login behind the delete.
+        let (release, held) = store::hold_store_thread(&ctx.store).await;
+        assert!((&mut login).now_or_never().is_none());
+        let mut delete = Box::pin(ctx.store.call_synced(move |db| db.delete_account(victim)));
+        assert!((&mut delete).now_or_never().is_none());
+        drop(release);
+        held.await.unwrap().unwrap();
+        delete.await.unwrap();
+        let outcome = login.await;
+        assert_eq!(outcome, Outcome::Close(CloseReason::AccountDeleted));
+        drop(s);
+        let lines = testing::replies(&mut rx);
+        assert!(lines.contains(r#""code":"account/deleted""#), "{lines}");
+        assert_eq!(ctx.presence.connections(victim), 0);
+        ctx.store.close().await;
     }
 }

@@ -142,13 +142,14 @@ impl Session<'_> {
         Ok(self.reply_secret(p))
     }
 
-    /// Step two: the signature over the pending challenge.
+    /// Step two: the signature over `pending`, the challenge the connection
+    /// held (taken by the caller: used up whatever the outcome).
     pub(super) async fn check_signature(
         &mut self,
+        pending: Option<Challenge>,
         username: &str,
         signature: &Secret,
     ) -> Result<LoggedIn, Denied> {
-        let pending = self.challenge.take();
         let Some(c) =
             pending.filter(|c| c.expires > Instant::now() && c.username == username.to_lowercase())
         else {

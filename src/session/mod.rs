@@ -77,6 +77,8 @@ pub enum CloseReason {
     SendqExceeded,
     /// The account was deleted.
     AccountDeleted,
+    /// The account was disabled.
+    AccountDisabled,
 }
 
 impl CloseReason {
@@ -87,6 +89,7 @@ impl CloseReason {
             CloseReason::TooManyErrors => "too many protocol errors",
             CloseReason::SendqExceeded => "send queue exceeded",
             CloseReason::AccountDeleted => "account deleted",
+            CloseReason::AccountDisabled => "account disabled",
         }
     }
 }
