@@ -411,3 +411,28 @@ async fn binary_messages_travel_as_sent_and_are_never_searched() {
     let s = request(&mut dan, on("search", &topic).with("q", "c2VjcmV0IHBsYW5z")).await;
     assert_eq!(s.ex["messages"], json!([]), "{s:?}");
 }
+
+/// An outsider finds a topic whose members admit newcomers by its name,
+/// but cannot test the metadata it is not shown.
+#[tokio::test]
+async fn outsiders_cannot_probe_the_metadata_of_a_members_topic() {
+    let server = TestServer::start().await;
+    let (mut dan, _carol, mut bob, topic) = setup(&server).await;
+    let ack = request(&mut dan, on("meta", &topic).with("secret", "x25519")).await;
+    assert_eq!(ack.op, "ack", "{ack:?}");
+    let find = |meta: Value| {
+        Packet::request("find")
+            .with("name", "club")
+            .with("meta", meta)
+    };
+    let listed = |p: &Packet| p.ex["topics"].as_array().map_or(0, Vec::len);
+    let p = request(&mut bob, Packet::request("find").with("name", "club")).await;
+    assert_eq!(listed(&p), 1, "{p:?}");
+    for meta in [json!({"secret": "x25519"}), json!({"admission": "members"})] {
+        let p = request(&mut bob, find(meta.clone())).await;
+        assert_eq!(listed(&p), 0, "{meta}: {p:?}");
+        let p = request(&mut dan, find(meta.clone())).await;
+        assert_eq!(listed(&p), 1, "{meta}: {p:?}");
+    }
+    server.stop().await;
+}

@@ -240,3 +240,17 @@ async fn long_reads_do_not_wait_for_the_commit_thread() {
     }
     server.stop().await;
 }
+
+/// Control characters in a query separate words (a NUL once made SQLite
+/// fail the query: `server/internal`); a query of nothing else has no word.
+#[tokio::test]
+async fn control_characters_in_a_query_separate_words() {
+    let server = TestServer::start().await;
+    let (mut dan, topic) = server.with_topic("dan", "s").await;
+    let (id, _) = say(&mut dan, &topic, "hello world").await;
+    let (found, _, _) = search(&mut dan, q("hello\u{0}world")).await;
+    assert_eq!(found, [id]);
+    let p = request(&mut dan, q("\u{0}")).await;
+    assert_eq!(p.ex_str("code"), Some("request/invalid"), "{p:?}");
+    server.stop().await;
+}

@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::admission::members_only;
 use super::{Denied, LoggedIn, Outcome, Session};
 use crate::proto::request::FindKind;
 use crate::proto::{ErrorCode, Packet};
@@ -40,7 +41,14 @@ impl Session<'_> {
                     .all()
                     .into_iter()
                     .filter(|t| wanted(&t.name))
-                    .filter(|t| meta.iter().all(|(k, v)| t.meta.get(k) == Some(v)))
+                    .filter(|t| {
+                        // Of a topic that shows itself to its members only,
+                        // an outsider may match only what `find` shows.
+                        let sees_meta = !members_only(t) || t.members.contains(&me.id);
+                        meta.iter().all(|(k, v)| {
+                            (sees_meta || k == "description") && t.meta.get(k) == Some(v)
+                        })
+                    })
                     .filter(|t| t.acl.allows(actor, Flag::Read))
                     .collect();
                 found.sort_by_key(|t| t.name.to_lowercase());

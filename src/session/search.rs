@@ -19,8 +19,14 @@ const MAX_TERMS: usize = 16;
 const DEFAULT_LIMIT: usize = 20;
 
 /// The words and `"quoted phrases"` of a query; an unclosed quote runs to
-/// the end. Everything else is text: no operators.
+/// the end. Everything else is text: no operators. Control characters
+/// separate words, as the index's tokenizer reads them (SQLite refuses a
+/// NUL inside a query).
 fn terms(q: &str) -> Result<Vec<String>, String> {
+    let q: String = q
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let mut out = Vec::new();
     let mut rest = q.trim_start();
     while !rest.is_empty() {
@@ -234,5 +240,8 @@ mod tests {
         assert!(terms("  \"\"  ").is_err());
         assert!(terms(&"w ".repeat(17)).is_err());
         assert_eq!(terms(&"w ".repeat(16)).unwrap().len(), 16);
+        // Control characters separate words, in phrases too.
+        assert_eq!(terms("a\u{0}b \"c\u{1}d\"").unwrap(), ["a", "b", "c d"]);
+        assert!(terms("\u{0}\t\u{7f}").is_err());
     }
 }
