@@ -40,6 +40,7 @@ pub mod refusals;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

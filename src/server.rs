@@ -93,6 +93,7 @@ pub struct Shared {
 #[derive(Default)]
 struct ConnCounts {
     total: usize,
+    /// By [`crate::source::source_key`].
     per_ip: HashMap<IpAddr, usize>,
     refusals: usize,
 }
@@ -126,6 +127,7 @@ impl Drop for Admission {
 /// Admits a connection from `ip`, or says which limit it hit; `None` when
 /// even the refusal would be over its own bound (drop the socket).
 fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<(Admission, Option<ErrorCode>)> {
+    let ip = crate::source::source_key(ip);
     let limits = &shared.config.limits;
     let mut c = shared.counts.lock().ok()?;
     let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);

@@ -7,8 +7,11 @@
 //! failure is allowed again; a login that did not fail gets its token back.
 //! Charging first makes N concurrent attempts cost N tokens (checked before
 //! and charged after the hash, every attempt in flight passed the check).
-//! Memory is bounded: full buckets carry no information and are dropped
-//! when the table grows.
+//! Addresses count by [`crate::source::source_key`] (an IPv6 address by
+//! its /64). Memory is bounded: full buckets carry no information and are
+//! dropped when the table grows, a sweep at most each time it has doubled
+//! (so a login never pays for a scan of the table), and past
+//! [`MAX_KEYS`] the buckets touched longest ago are forgotten.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -16,23 +19,60 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Keys tracked per table before full buckets are swept.
+/// Keys tracked per table before the first sweep of full buckets.
 const SWEEP_AT: usize = 65_536;
+/// Keys tracked per table at most (a few tens of MiB with long names).
+const MAX_KEYS: usize = 262_144;
 
 struct Buckets<K> {
     burst: f64,
     per_token: Duration,
     map: HashMap<K, (f64, Instant)>,
+    /// The size at which the next sweep runs, and the first one.
+    sweep_at: usize,
+    first_sweep: usize,
+    /// The most keys kept.
+    max_keys: usize,
 }
 
 impl<K: Hash + Eq + Clone> Buckets<K> {
     fn new(burst: u32, window: Duration) -> Self {
+        Self::bounded(burst, window, SWEEP_AT, MAX_KEYS)
+    }
+
+    fn bounded(burst: u32, window: Duration, sweep_at: usize, max_keys: usize) -> Self {
         let burst = f64::from(burst.max(1));
         Self {
             burst,
             per_token: window.div_f64(burst),
             map: HashMap::new(),
+            sweep_at: sweep_at.min(max_keys),
+            first_sweep: sweep_at.min(max_keys),
+            max_keys,
         }
+    }
+
+    /// Drops the full buckets; past `max_keys`, the ones touched longest
+    /// ago too (a forgotten key may fail again at once: only under a flood
+    /// from more sources than the table holds). The next sweep waits until
+    /// the table has doubled, so sweeps cost O(1) a spend.
+    fn sweep(&mut self, now: Instant) {
+        let (burst, per) = (self.burst, self.per_token.as_secs_f64());
+        self.map.retain(|_, &mut (t, at)| {
+            t + now.saturating_duration_since(at).as_secs_f64() / per < burst
+        });
+        let keep = (self.max_keys / 2).max(1);
+        if self.map.len() > keep {
+            let mut touched: Vec<Instant> = self.map.values().map(|&(_, at)| at).collect();
+            let cut = touched.len() - keep;
+            let (_, &mut oldest_kept, _) = touched.select_nth_unstable(cut);
+            self.map.retain(|_, &mut (_, at)| at >= oldest_kept);
+            tracing::warn!(
+                kept = self.map.len(),
+                "failed-login table full: the oldest entries were forgotten"
+            );
+        }
+        self.sweep_at = (self.map.len() * 2).clamp(self.first_sweep, self.max_keys);
     }
 
     fn level(&self, key: &K, now: Instant) -> f64 {
@@ -69,11 +109,8 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 
     fn spend(&mut self, key: &K, now: Instant) {
         let level = self.level(key, now);
-        if self.map.len() >= SWEEP_AT {
-            let (burst, per) = (self.burst, self.per_token.as_secs_f64());
-            self.map.retain(|_, &mut (t, at)| {
-                t + now.saturating_duration_since(at).as_secs_f64() / per < burst
-            });
+        if self.map.len() >= self.sweep_at && !self.map.contains_key(key) {
+            self.sweep(now);
         }
         self.map.insert(key.clone(), ((level - 1.0).max(0.0), now));
     }
@@ -101,6 +138,7 @@ impl LoginThrottle {
     /// not fail.
     pub fn reserve(&self, account: Option<&str>, ip: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
+        let ip = crate::source::source_key(ip);
         let key = account.map(str::to_lowercase);
         // Both tables at once (always accounts first): checking and taking
         // from both is one step, or two racing logins could both pass the
@@ -125,6 +163,7 @@ impl LoginThrottle {
     /// that did not fail.
     pub fn refund(&self, account: Option<&str>, ip: IpAddr) {
         let now = Instant::now();
+        let ip = crate::source::source_key(ip);
         if let Some(name) = account {
             lock(&self.accounts).refund(&name.to_lowercase(), now);
         }
@@ -158,6 +197,42 @@ mod tests {
             b.wait(&"dan".to_string(), Instant::now() + Duration::from_secs(11)),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn the_table_is_swept_as_it_doubles_and_bounded() {
+        let now = Instant::now();
+        let mut b: Buckets<u32> = Buckets::bounded(5, Duration::from_secs(300), 100, 1000);
+        for k in 0..100 {
+            b.spend(&k, now);
+        }
+        assert_eq!(b.sweep_at, 100);
+        // The 101st key sweeps; nothing is full, so the next sweep waits
+        // until the table has doubled.
+        b.spend(&100, now);
+        assert_eq!((b.map.len(), b.sweep_at), (101, 200));
+        for k in 101..10_000 {
+            let at = now + Duration::from_millis(u64::from(k));
+            b.spend(&k, at);
+            assert!(b.map.len() <= 1000, "{} keys", b.map.len());
+        }
+        // The newest keys are kept, the oldest forgotten.
+        assert!(b.map.contains_key(&9_999));
+        assert!(!b.map.contains_key(&0));
+    }
+
+    #[test]
+    fn an_ipv6_address_counts_by_its_64() {
+        let t = LoginThrottle::new(100, 2, Duration::from_secs(30));
+        let a: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:0:1:ffff::2".parse().unwrap();
+        assert_eq!(t.reserve(None, a), Ok(()));
+        assert_eq!(t.reserve(None, b), Ok(()));
+        assert!(
+            t.reserve(None, "2001:db8:0:1::99".parse().unwrap())
+                .is_err()
+        );
+        assert_eq!(t.reserve(None, "2001:db8:0:2::1".parse().unwrap()), Ok(()));
     }
 
     #[test]
