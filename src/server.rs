@@ -301,10 +301,9 @@ pub async fn start_with_mesh(
         }
         false => None,
     };
-    let session_ctx = Arc::new(session::Context {
-        metrics: metrics.clone(),
-        ..session::Context::new(&config, store.clone(), passwords, topics)
-    });
+    let mut session_ctx = session::Context::new(&config, store.clone(), passwords, topics);
+    session_ctx.metrics = metrics.clone();
+    let session_ctx = Arc::new(session_ctx);
     let shutdown_token = CancellationToken::new();
     let mesh = if config.mesh.enabled {
         let listener = match mesh_listener {

@@ -88,7 +88,12 @@ impl Online {
         } else {
             s.local.remove(&account);
         }
-        s.local_changed.entry(account).or_insert(was_local);
+        // Net change since the last drain only: back where it was, the
+        // account leaves the map (which nothing drains without a mesh).
+        let at_drain = *s.local_changed.entry(account).or_insert(was_local);
+        if at_drain == connected {
+            s.local_changed.remove(&account);
+        }
         let now = s.online(&account);
         if was != now {
             s.changed.entry(account).or_insert(was);
@@ -187,6 +192,30 @@ fn split(changed: HashMap<Uuid, bool>, now: impl Fn(&Uuid) -> bool) -> Changes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without a mesh nothing drains the local changes: an account that
+    /// came and went leaves nothing behind.
+    #[test]
+    fn local_changes_that_net_to_nothing_are_not_kept() {
+        let o = Online::default();
+        for _ in 0..1000 {
+            let a = Uuid::now_v7();
+            o.set_local(a, true);
+            o.set_local(a, false);
+            o.drain();
+        }
+        let stay = Uuid::now_v7();
+        o.set_local(stay, true);
+        assert_eq!(o.state.lock().unwrap().local_changed.len(), 1);
+        assert_eq!(o.announced_local(), Vec::<Uuid>::new());
+        assert_eq!(o.drain_local().online, [stay]);
+        // Gone and back between drains: no change, still announced.
+        o.set_local(stay, false);
+        o.set_local(stay, true);
+        assert!(o.state.lock().unwrap().local_changed.is_empty());
+        assert_eq!(o.announced_local(), [stay]);
+        assert_eq!(o.drain_local(), Changes::default());
+    }
 
     #[test]
     fn net_changes_only_and_remote_nodes_count() {

@@ -149,6 +149,10 @@ pub struct Context {
     pub throttle: LoginThrottle,
     /// Which connections each account has.
     pub presence: Presence,
+    /// Held by [`announce_presence`] from drain to delivery: two at once
+    /// (the loop's and a `presence` request's) would deliver their changes
+    /// in either order, an account's going offline before its coming online.
+    announcing: tokio::sync::Mutex<()>,
     /// The topic table (a cache of the store's topics). Shared with store
     /// jobs, so that a change can be cached in the job that commits it.
     pub topics: std::sync::Arc<Topics>,
@@ -214,6 +218,7 @@ impl Context {
                 std::time::Duration::from_millis(config.auth.failure_window_ms),
             ),
             presence: Presence::default(),
+            announcing: tokio::sync::Mutex::new(()),
             topics: std::sync::Arc::new(Topics::load(topics)),
             history: config.history.clone(),
             metrics: std::sync::Arc::default(),

@@ -63,6 +63,7 @@ fn sorted_names(names: impl Iterator<Item = String>) -> Value {
 /// changed (a node of the mesh that falls silent is one event, not a
 /// storm).
 pub async fn announce_presence(ctx: &Context) {
+    let _turn = ctx.announcing.lock().await;
     let changes = ctx.presence.online.drain();
     if changes.is_empty() {
         return;
@@ -118,5 +119,68 @@ pub async fn announce_presence(ctx: &Context) {
             p = p.with("offline", named(&down));
         }
         ctx.presence.deliver_to_watchers(watcher, &p.to_line());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::super::testing;
+    use super::*;
+    use crate::store;
+
+    /// Two announcements at once (the loop's and a `presence` request's)
+    /// deliver in the order they drained: a watcher is told an account came
+    /// online, then that it went offline, never the other way round.
+    #[tokio::test]
+    async fn announcements_at_once_deliver_in_drain_order() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let (w, x) = (Uuid::now_v7(), Uuid::now_v7());
+        let t = super::super::topic::create_cached(
+            &ctx.store,
+            &ctx.topics,
+            "room".into(),
+            w,
+            serde_json::Map::new(),
+            10,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let topics = ctx.topics.clone();
+        ctx.store
+            .call_synced(move |db| {
+                db.set_member(t.id, x, true)?;
+                if let Some(r) = db.topic(t.id)? {
+                    topics.put(r);
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let (out, mut rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
+        ctx.presence.add(w, 1, out, None);
+        ctx.presence.watch(w, 1, true);
+        announce_presence(&ctx).await;
+        let _ = testing::replies(&mut rx);
+        let (release, held) = store::hold_store_thread(&ctx.store).await;
+        ctx.presence.online.set_local(x, true);
+        let mut first = Box::pin(announce_presence(&ctx));
+        assert!((&mut first).now_or_never().is_none());
+        ctx.presence.online.set_local(x, false);
+        let second = Box::pin(announce_presence(&ctx));
+        drop(release);
+        held.await.unwrap().unwrap();
+        // The later one polled first: it must still deliver second.
+        tokio::join!(second, first);
+        let events = testing::replies(&mut rx);
+        let online = events.find(r#""online""#);
+        let offline = events.find(r#""offline""#);
+        assert!(
+            online.is_some() && offline.is_some() && online < offline,
+            "{events}"
+        );
+        ctx.store.close().await;
     }
 }
