@@ -57,6 +57,10 @@ pub(super) struct LastTopic {
 pub(super) struct Burst {
     /// The topic record the relays were sent under: its members get them.
     topic: Option<Arc<TopicRecord>>,
+    /// The topic table's version when that record was read (or before):
+    /// if the table has changed since, the relays go to the members the
+    /// table holds when they are delivered.
+    version: u64,
     relays: Vec<u8>,
     relay_count: usize,
     /// The acks, in request order, for the sender.
@@ -153,14 +157,14 @@ impl Session<'_> {
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Outcome, Denied> {
         let last = self.sendable(me, topic.as_bytes())?;
-        let (t, text, kept) = (last.record.clone(), last.text, last.kept);
+        let (t, text, kept, version) = (last.record.clone(), last.text, last.kept, last.version);
         self.last_topic = Some(last);
         if !kept {
             // Relays keep request order: kept messages ahead go first.
             if let Outcome::Close(r) = self.drain().await {
                 return Ok(Outcome::Close(r));
             }
-            return self.send_now(id, me, &t, &text, ex, raw_ex);
+            return self.send_now(id, me, (&t, version), &text, ex, raw_ex);
         }
         let (change, message_id) = self.kept_change(me, &t, ex, raw_ex)?;
         // The pipeline is full, or the store's queue has no room for a run
@@ -287,7 +291,14 @@ impl Session<'_> {
                 // request order, so it waits for them.
                 false if self.has_inflight() => Ok(None),
                 false => self
-                    .send_now(id, &me, &last.record, &last.text, ex, raw_ex)
+                    .send_now(
+                        id,
+                        &me,
+                        (&last.record, last.version),
+                        &last.text,
+                        ex,
+                        raw_ex,
+                    )
                     .map(Some),
             };
             self.last_topic = Some(last);
@@ -351,12 +362,13 @@ impl Session<'_> {
 
     /// A message not kept, with nothing in flight: relayed with its `ex` as
     /// the sender wrote it (`raw_ex`; else `ex`, without `for`) and
-    /// acknowledged, both by way of the burst.
+    /// acknowledged, both by way of the burst. `t` is as the topic table
+    /// held it at `version`.
     fn send_now(
         &mut self,
         id: Option<&str>,
         me: &LoggedIn,
-        t: &Arc<TopicRecord>,
+        (t, version): (&Arc<TopicRecord>, u64),
         topic_text: &UuidText,
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
@@ -409,7 +421,7 @@ impl Session<'_> {
         if let Some((for_id, ack_id)) = ack {
             self.burst.ack(for_id, ts, &ack_id, &message_id, ts);
         }
-        Ok(self.close_message(t, opened))
+        Ok(self.close_message(t, version, opened))
     }
 
     /// Readies the burst for a message to `t`: another topic (or this one
@@ -437,10 +449,11 @@ impl Session<'_> {
     /// (in bytes, or in packets: a frame is taken whole or not at all, so
     /// it must stay well within any connection's queue) is delivered.
     /// `opened` is what [`Session::open_burst`] said.
-    fn close_message(&mut self, t: &Arc<TopicRecord>, opened: Outcome) -> Outcome {
+    fn close_message(&mut self, t: &Arc<TopicRecord>, version: u64, opened: Outcome) -> Outcome {
         let burst = &mut self.burst;
         if burst.topic.is_none() {
             burst.topic = Some(t.clone());
+            burst.version = version;
         }
         burst.relay_count += 1;
         let full =
@@ -468,9 +481,14 @@ impl Session<'_> {
     /// with the same clock reading: before each kept message, two clock
     /// reads a message were a twentieth of the network thread's time.
     fn deliver_burst(&mut self) -> Outcome {
-        let Some(topic) = self.burst.topic.take() else {
+        let Some(mut topic) = self.burst.topic.take() else {
             return Outcome::Continue;
         };
+        if self.ctx.topics.version() != self.burst.version {
+            // A leave, ban or delete may have committed since the record
+            // was read: its members now get the relays.
+            topic = self.current(&topic);
+        }
         let burst = std::mem::take(&mut self.burst);
         let more = |n: usize| n + n / 4;
         self.burst.hint = (more(burst.relays.len()), more(burst.acks.len()));
@@ -612,17 +630,14 @@ impl Session<'_> {
         // messages were read: one who left or was put out since, by a job
         // the store ran before the commit or after it, gets no more of the
         // topic; none get a message of a topic deleted meanwhile.
-        let topic = self.ctx.topics.get(run.topic.id).unwrap_or_else(|| {
-            let mut gone = TopicRecord::clone(&run.topic);
-            gone.members.clear();
-            Arc::new(gone)
-        });
+        let version = self.ctx.topics.version();
+        let topic = self.current(&run.topic);
         for (message_id, request_id) in run.sent {
             let result = results.next().unwrap_or(Err(crate::store::Error::Closed));
             let done = self.committed(
                 message_id,
                 &run.from_json,
-                &topic,
+                (&topic, version),
                 request_id.as_deref(),
                 result,
             );
@@ -641,7 +656,7 @@ impl Session<'_> {
         &mut self,
         message_id: uuid::Uuid,
         from_json: &str,
-        topic: &Arc<TopicRecord>,
+        (topic, version): (&Arc<TopicRecord>, u64),
         request_id: Option<&str>,
         result: Result<Event, crate::store::Error>,
     ) -> Outcome {
@@ -679,7 +694,17 @@ impl Session<'_> {
             let ack_id = UuidText::new(uuid_at(now));
             self.burst.ack(for_id, now, &ack_id, &message_id, ts);
         }
-        self.close_message(topic, opened)
+        self.close_message(topic, version, opened)
+    }
+
+    /// `t` as the topic table holds it now; without members if it was
+    /// deleted (nobody is to get its messages).
+    fn current(&self, t: &Arc<TopicRecord>) -> Arc<TopicRecord> {
+        self.ctx.topics.get(t.id).unwrap_or_else(|| {
+            let mut gone = TopicRecord::clone(t);
+            gone.members.clear();
+            Arc::new(gone)
+        })
     }
 
     /// Completes every in-flight message, in order.
@@ -1013,6 +1038,49 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(page.messages.len(), 1);
+        ctx.store.close().await;
+    }
+
+    /// Relays of messages not kept wait in the burst until the input runs
+    /// dry; a member who leaves meanwhile gets none of them.
+    #[tokio::test]
+    async fn a_burst_goes_to_the_members_when_it_is_delivered() {
+        let (_dir, ctx, me, _) = context().await;
+        let quiet = super::super::topic::create_cached(
+            &ctx.store,
+            &ctx.topics,
+            "quiet".into(),
+            me,
+            Map::from_iter([("history".to_owned(), Value::Bool(false))]),
+            2,
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+        let bob = uuid::Uuid::now_v7();
+        let membership = |member: bool| {
+            let topics = ctx.topics.clone();
+            ctx.store.call_synced(move |db| {
+                db.set_member(quiet, bob, member)?;
+                if let Some(t) = db.topic(quiet)? {
+                    topics.put(t);
+                }
+                Ok(())
+            })
+        };
+        membership(true).await.unwrap();
+        let (bob_out, mut bob_rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
+        ctx.presence.add(bob, 7, bob_out, None);
+        let (mut s, _rx) = session(&ctx, me);
+        let line = format!(r#"{{"op":"send","topic":"{quiet}","ex":{{"m":1}}}}"#);
+        assert_eq!(
+            s.handle_line(line.as_bytes()).now_or_never(),
+            Some(Outcome::Continue)
+        );
+        membership(false).await.unwrap();
+        assert_eq!(s.flush_burst(), Outcome::Continue);
+        assert_eq!(testing::replies(&mut bob_rx), "");
         ctx.store.close().await;
     }
 }
