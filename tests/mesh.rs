@@ -1251,3 +1251,28 @@ async fn shutdown_drops_links_still_in_their_handshake() {
         .await
         .expect("shutdown does not wait for a handshake that never comes");
 }
+
+/// Two accounts that claimed one name on the two sides of a partition:
+/// after the merge the later claim is shown as `name~<hex>`, so its
+/// sessions, which speak by the name, end with `account/renamed`; the
+/// earlier claim's go on.
+#[tokio::test]
+async fn a_merge_ends_the_sessions_of_a_names_later_claim() {
+    let c = Cluster::start(2, &[(0, 1)]).await;
+    c.converged(&[0, 1]).await;
+    c.cut(0, 1);
+    c.nodes[0].server().register("dan", "password-zero").await;
+    c.nodes[1].server().register("dan", "password-one").await;
+    let mut zero = c.nodes[0].server().login("dan", "password-zero").await;
+    let mut one = c.nodes[1].server().login("dan", "password-one").await;
+    c.restore(0, 1);
+    c.converged(&[0, 1]).await;
+    let (bye, kept) = tokio::select! {
+        p = zero.recv_timeout(WAIT) => (p.expect("bye"), &mut one),
+        p = one.recv_timeout(WAIT) => (p.expect("bye"), &mut zero),
+    };
+    assert_eq!(bye.op, "bye", "{bye:?}");
+    assert_eq!(bye.ex_str("code"), Some("account/renamed"), "{bye:?}");
+    let who = request(kept, Packet::request("whoami")).await;
+    assert_eq!(who.ex_str("account"), Some("dan"), "{who:?}");
+}

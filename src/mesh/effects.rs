@@ -1,11 +1,13 @@
 //! What events from other nodes change on this node beyond the store: the
 //! topic table the hot path reads, sessions of accounts deleted or disabled
-//! elsewhere, and kept messages relayed to the members connected here.
+//! elsewhere (or whose name a merge gave to an earlier claim), and kept
+//! messages relayed to the members connected here.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::NOBODY;
@@ -51,11 +53,38 @@ pub fn recache(db: &mut Db, cache: &Topics, events: &[&Event]) -> Result<Recache
     Ok(changed)
 }
 
+/// Ends the sessions here of the accounts that now claim `name` after
+/// another (a partition's merge): they logged in by the name, which is now
+/// shown as the earlier claim's, and would go on speaking by it. Sessions
+/// of an account already shown otherwise are ended too; they log in again
+/// by the same name.
+async fn end_later_claims(ctx: &Context, name: String) {
+    let later = match ctx.store.call(move |db| db.later_claims(&name)).await {
+        Ok(later) => later,
+        Err(e) => {
+            warn!(error = %e, "mesh: cannot read the claims of a name");
+            return;
+        }
+    };
+    for account in later {
+        if ctx.presence.connections(account) > 0 {
+            info!(%account, "a merge gave the account's name to an earlier claim; its sessions end");
+            ctx.presence.close_all(
+                account,
+                NOBODY,
+                ErrorCode::AccountRenamed,
+                "another account claimed the name first; log in again by the name shown now",
+            );
+        }
+    }
+}
+
 /// Brings this node's connections up to date with `events`, just applied
 /// to the store, in log order; `recached` is what [`recache`] did to the
 /// topic table in the same store job.
 pub async fn apply(ctx: &Context, events: &[Event], recached: Recached) {
     let mut gone = BTreeSet::new();
+    let mut claimed = BTreeSet::new();
     let mut senders = BTreeSet::new();
     for e in events {
         for w in &e.change.writes {
@@ -64,6 +93,11 @@ pub async fn apply(ctx: &Context, events: &[Event], recached: Recached) {
                     && w.value == serde_json::Value::Bool(true);
                 if ends {
                     gone.insert(id);
+                }
+                if w.field == field::NAME {
+                    if let Some(name) = w.value.as_str() {
+                        claimed.insert(name.to_lowercase());
+                    }
                 }
             }
         }
@@ -87,6 +121,9 @@ pub async fn apply(ctx: &Context, events: &[Event], recached: Recached) {
                 ctx.presence.close_all(account, NOBODY, code, why);
             }
         }
+    }
+    for name in claimed {
+        end_later_claims(ctx, name).await;
     }
     if senders.is_empty() {
         return;

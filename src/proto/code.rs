@@ -63,6 +63,9 @@ pub enum ErrorCode {
     KeyInvalid,
     /// The account was deleted; its sessions end.
     AccountDeleted,
+    /// The account's name is now shown otherwise (a partition's merge made
+    /// it a later claimant of its name): its sessions end.
+    AccountRenamed,
     /// The account name is held by another account.
     AccountNameTaken,
     /// The account name breaks the naming rules.
@@ -124,7 +127,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 54] = [
+    pub const ALL: [ErrorCode; 55] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -150,6 +153,7 @@ impl ErrorCode {
         ErrorCode::TicketBadAnswer,
         ErrorCode::KeyInvalid,
         ErrorCode::AccountDeleted,
+        ErrorCode::AccountRenamed,
         ErrorCode::AccountNameTaken,
         ErrorCode::AccountInvalidName,
         ErrorCode::AccountInvalidPassword,
@@ -210,6 +214,7 @@ impl ErrorCode {
             ErrorCode::AccountFederated => "account/federated",
             ErrorCode::KeyInvalid => "key/invalid",
             ErrorCode::AccountDeleted => "account/deleted",
+            ErrorCode::AccountRenamed => "account/renamed",
             ErrorCode::AccountNameTaken => "account/name-taken",
             ErrorCode::AccountInvalidName => "account/invalid-name",
             ErrorCode::AccountInvalidPassword => "account/invalid-password",

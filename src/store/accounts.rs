@@ -61,6 +61,28 @@ impl Db {
         }
     }
 
+    /// The accounts claiming `name` (case-insensitive) but its holder: the
+    /// later claims, shown as `name~<hex>` (DESIGN.md §4a).
+    pub fn later_claims(&self, name: &str) -> Result<Vec<Uuid>, Error> {
+        let lookup = name.to_lowercase();
+        let holder = name_holder(&self.conn, &lookup)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT entity FROM registers WHERE field = 'name' AND lookup = ?1 AND entity LIKE ?2",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![lookup, format!("{PREFIX}%")], |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut out = Vec::new();
+        for entity in rows {
+            if let Some(id) = super::parse_entity(PREFIX, &entity?) {
+                if Some(id) != holder {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The account with `id`, if any.
     pub fn account(&self, id: Uuid) -> Result<Option<Account>, Error> {
         load(&self.conn, id)
