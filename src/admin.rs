@@ -87,11 +87,13 @@ impl Admin {
         Ok(self.db.create_account(name, &phc)?)
     }
 
-    /// Sets an account's password.
+    /// Sets an account's password; its unredeemed login tickets end with
+    /// the old one.
     pub fn passwd(&mut self, name: &str, password: &str) -> Result<(), Error> {
         let account = self.find(name)?;
         let phc = self.hash(password)?;
-        Ok(self.db.set_password(account.id, &phc)?)
+        self.db.set_password(account.id, &phc)?;
+        Ok(self.db.drop_tickets(account.id)?)
     }
 
     /// Deletes an account (its name stays reserved).

@@ -365,6 +365,7 @@ pub async fn start_with_mesh(
     tracker.spawn(prune_loop(shared.clone()));
     tracker.spawn(join_request_loop(shared.clone()));
     tracker.spawn(presence_loop(shared.clone()));
+    tracker.spawn(outside_changes_loop(shared.clone()));
     tracker.spawn(refusal_report_loop(shared.clone()));
     let ops_addr = ops.as_ref().map(|(_, a)| *a);
     if let Some((listener, addr)) = ops {
@@ -519,6 +520,22 @@ async fn join_request_loop(shared: Arc<Shared>) {
             _ = tokio::time::sleep(wait) => {}
         }
         session::expire_join_requests(ctx, crate::proto::id::now_ms());
+    }
+}
+
+/// Acts on changes the admin CLI commits to the store beside the running
+/// daemon (found at the store's tidy ticks): the sessions of an account it
+/// deleted or disabled end, as they would for a change made here.
+async fn outside_changes_loop(shared: Arc<Shared>) {
+    let ctx = &shared.session_ctx;
+    let mut outside = ctx.store.watch_external();
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            changed = outside.changed() => if changed.is_err() { return },
+        }
+        info!("the store was changed from outside the daemon (the admin CLI)");
+        session::end_sessions_of_ended_accounts(ctx).await;
     }
 }
 

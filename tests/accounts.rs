@@ -267,3 +267,43 @@ async fn several_devices_log_in_independently() {
     assert_eq!(p.op, "meta");
     server.stop().await;
 }
+
+/// The admin CLI beside a running daemon: `account del` ends the deleted
+/// account's live sessions (the daemon notices the store changed at its
+/// next tidy tick), and `account passwd` ends the account's unredeemed
+/// login tickets.
+#[tokio::test]
+async fn the_cli_ends_what_it_takes_away_in_a_running_daemon() {
+    let server = TestServer::start().await;
+    let data = server.dir.path().join("data");
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tenthbitd"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("TENTHBIT_PASSWORD", "newpassword")
+            .output()
+            .unwrap()
+    };
+    server.register("dan", "hellosecret").await;
+    server.register("eve", "hellosecret").await;
+    let mut dan = server.login("dan", "hellosecret").await;
+    let mut eve = server.login("eve", "hellosecret").await;
+    let p = request(&mut eve, Packet::request("ticket")).await;
+    let ticket = p.ex_str("ticket").expect("ticket").to_owned();
+    assert!(cli(&["account", "passwd", "eve"]).status.success());
+    let mut c = server.client().await;
+    let p = request(
+        &mut c,
+        Packet::request("auth")
+            .with("method", "ticket")
+            .with("ticket", ticket.as_str())
+            .with("server", "localhost"),
+    )
+    .await;
+    assert_eq!(p.ex_str("code"), Some("ticket/invalid"), "{p:?}");
+    assert!(cli(&["account", "del", "dan"]).status.success());
+    expect_bye(&mut dan, "account/deleted").await;
+    assert_alive(&mut eve).await;
+    server.stop().await;
+}

@@ -101,3 +101,40 @@ impl Session<'_> {
         Ok(Outcome::Close(CloseReason::AccountDeleted))
     }
 }
+
+/// Ends every session here of an account that is now deleted or disabled
+/// in the store: for changes that did not go through a session (the admin
+/// CLI writing the store beside the daemon).
+pub async fn end_sessions_of_ended_accounts(ctx: &super::Context) {
+    let here = ctx.presence.online.local_accounts();
+    let ended = ctx
+        .store
+        .call(move |db| {
+            let mut out = Vec::new();
+            for id in here {
+                match db.account(id)? {
+                    Some(a) if a.deleted => out.push((id, a.name, true)),
+                    Some(a) if a.disabled => out.push((id, a.name, false)),
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+        .await;
+    let ended = match ended {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "cannot read the accounts of the sessions here");
+            return;
+        }
+    };
+    for (id, name, deleted) in ended {
+        let (code, why) = if deleted {
+            (ErrorCode::AccountDeleted, "the account was deleted")
+        } else {
+            (ErrorCode::AuthFailed, "the account was disabled")
+        };
+        info!(account = %name, reason = why, "its sessions end");
+        ctx.presence.close_all(id, 0, code, why);
+    }
+}

@@ -287,6 +287,14 @@ impl Db {
         log::seen_seq(&self.conn, &self.origin.node, &self.origin.incarnation)
     }
 
+    /// SQLite's `data_version` of this connection: it changes when another
+    /// connection (the admin CLI beside the daemon) commits.
+    fn data_version(&self) -> Result<i64, Error> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
     /// Appends local changes in one transaction (for bulk loads: tools and
     /// benchmarks that fill a store without a server).
     pub fn append_all(&mut self, changes: Vec<Change>) -> Result<usize, Error> {
@@ -873,6 +881,8 @@ pub struct Store {
     /// Bumped after every step of the store thread that may have added to
     /// the log: mesh links wake on it to send what is new.
     log_changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped when a tidy tick finds a commit by another connection.
+    external: Arc<tokio::sync::watch::Sender<u64>>,
     /// Room in the queue, in bytes (see [`QUEUED_BYTES`]).
     room: Arc<tokio::sync::Semaphore>,
     /// WAL syncs the sync thread has made.
@@ -922,6 +932,8 @@ impl Store {
         let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let changed = log_changed.clone();
+        let external = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let outside = external.clone();
         let (checkpoints, checkpoint_thread) = wal::Checkpointer::start(path.clone())?;
         let wake = log_changed.clone();
         let syncs = Arc::new(AtomicU64::new(0));
@@ -936,9 +948,27 @@ impl Store {
                 let mut next = None;
                 let mut published = db.commits;
                 let mut tidy = Tidy::new(work);
+                let mut version = db.data_version().unwrap_or_default();
                 while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
                     match msg {
-                        Msg::Tidy => tidy.tick(&db.conn),
+                        Msg::Tidy => {
+                            tidy.tick(&db.conn);
+                            // Committed by another connection: the admin
+                            // CLI's events are this node's, synced, and for
+                            // the mesh links and the sessions to hear of.
+                            match db.data_version() {
+                                Ok(v) if v != version => {
+                                    version = v;
+                                    if let Ok(seq) = db.own_seq() {
+                                        durable.reach(seq);
+                                    }
+                                    changed.send_modify(|n| *n = n.wrapping_add(1));
+                                    outside.send_modify(|n| *n = n.wrapping_add(1));
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, "cannot read the store's data version"),
+                            }
+                        }
                         Msg::Job(job) => {
                             tidy.worked();
                             job(&mut db);
@@ -1020,6 +1050,7 @@ impl Store {
             thread: Arc::new(Mutex::new(Some(thread))),
             read_thread: Arc::new(Mutex::new(Some(read_thread))),
             log_changed,
+            external,
             room: Arc::new(tokio::sync::Semaphore::new(QUEUED_BYTES)),
             syncs,
         })
@@ -1065,6 +1096,12 @@ impl Store {
     /// A receiver that sees a change whenever the log may have grown.
     pub fn watch_log(&self) -> tokio::sync::watch::Receiver<u64> {
         self.log_changed.subscribe()
+    }
+
+    /// A receiver that sees a change when another connection (the admin
+    /// CLI) has committed to the store, found at a tidy tick.
+    pub fn watch_external(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.external.subscribe()
     }
 
     /// Runs `f` on the store thread and returns its result.
