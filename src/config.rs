@@ -139,6 +139,9 @@ pub struct HistoryConfig {
     pub max_unread: usize,
     /// How long after sending a message its sender may edit it; 0: never.
     pub edit_window_ms: u64,
+    /// Most edits of one message: each keeps its text in the log until the
+    /// message leaves history.
+    pub max_edits_per_message: u32,
     /// Most results in one `search` answer.
     pub max_search_page: usize,
     /// Most index matches one `search` page examines (bounds its time).
@@ -155,6 +158,7 @@ impl Default for HistoryConfig {
             max_page: 200,
             max_unread: 100,
             edit_window_ms: 3_600_000,
+            max_edits_per_message: 100,
             max_search_page: 50,
             search_scan: 5000,
         }
@@ -551,6 +555,12 @@ impl Config {
         }
         if !(1..=10_000).contains(&h.max_unread) {
             return Err(invalid("history.max_unread", "must be 1 to 10000"));
+        }
+        if !(1..=10_000).contains(&h.max_edits_per_message) {
+            return Err(invalid(
+                "history.max_edits_per_message",
+                "must be 1 to 10000",
+            ));
         }
         if !(1..=1000).contains(&h.max_search_page) {
             return Err(invalid("history.max_search_page", "must be 1 to 1000"));

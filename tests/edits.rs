@@ -197,3 +197,27 @@ async fn edits_close_with_the_window_and_are_rate_limited() {
     }
     server.stop().await;
 }
+
+/// A message may be edited `history.max_edits_per_message` times: each
+/// edit keeps its text in the store's log until the message leaves history.
+#[tokio::test]
+async fn a_message_is_edited_at_most_so_many_times() {
+    let server = TestServer::start_with(|c| c.history.max_edits_per_message = 2).await;
+    let (mut dan, mut bob, topic) = setup(&server).await;
+    let id = say(&mut dan, &topic, "first").await;
+    expect_op(&mut bob, "send").await;
+    let edit = |body: &str| {
+        on("edit", &topic)
+            .with("id", id.as_str())
+            .with("body", body)
+    };
+    for body in ["second", "third"] {
+        let p = request(&mut dan, edit(body)).await;
+        assert_eq!(p.op, "ack", "{p:?}");
+        expect_op(&mut bob, "edit").await;
+    }
+    let p = request(&mut dan, edit("fourth")).await;
+    assert_eq!(p.ex_str("code"), Some("message/too-many-edits"), "{p:?}");
+    assert_eq!(history(&mut bob, &topic).await[0]["body"], json!("third"));
+    server.stop().await;
+}

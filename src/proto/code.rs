@@ -118,6 +118,8 @@ pub enum ErrorCode {
     MessageNotFound,
     /// The message is older than the edit window.
     MessageTooOld,
+    /// The message was edited `history.max_edits_per_message` times.
+    MessageTooManyEdits,
     /// `admit`: that account has no join request pending in the topic.
     AdmissionNotPending,
     /// `join`: the topic, or the account, has as many join requests
@@ -127,7 +129,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order `protocol.md` lists them.
-    pub const ALL: [ErrorCode; 55] = [
+    pub const ALL: [ErrorCode; 56] = [
         ErrorCode::PacketMalformed,
         ErrorCode::PacketBadUtf8,
         ErrorCode::PacketNotObject,
@@ -181,6 +183,7 @@ impl ErrorCode {
         ErrorCode::ServerPerIpLimit,
         ErrorCode::MessageNotFound,
         ErrorCode::MessageTooOld,
+        ErrorCode::MessageTooManyEdits,
         ErrorCode::AdmissionNotPending,
         ErrorCode::AdmissionTooMany,
     ];
@@ -241,6 +244,7 @@ impl ErrorCode {
             ErrorCode::ServerPerIpLimit => "server/per-ip-limit",
             ErrorCode::MessageNotFound => "message/not-found",
             ErrorCode::MessageTooOld => "message/too-old",
+            ErrorCode::MessageTooManyEdits => "message/too-many-edits",
             ErrorCode::AdmissionNotPending => "admission/not-pending",
             ErrorCode::AdmissionTooMany => "admission/too-many",
         }

@@ -19,6 +19,8 @@ enum Checked {
     NotYours,
     /// The edit window has passed.
     TooOld,
+    /// The message was edited as often as it may be.
+    TooMany,
     /// Committed.
     Done,
 }
@@ -61,6 +63,7 @@ impl Session<'_> {
         let line = event.to_line();
         self.check_kept_size(line.len().saturating_sub(1))?;
         let window = i64::try_from(self.ctx.history.edit_window_ms).unwrap_or(i64::MAX);
+        let max_edits = self.ctx.history.max_edits_per_message;
         let (tid, account, target) = (t.id, me.id, message.clone());
         let checked = self
             .ctx
@@ -75,10 +78,15 @@ impl Session<'_> {
                 if window == 0 || ts.saturating_sub(kept.ts) > window {
                     return Ok(Checked::TooOld);
                 }
+                let edits = db.revision(tid, &target)?.map_or(0, |r| r.n);
+                if edits >= max_edits {
+                    return Ok(Checked::TooMany);
+                }
                 let revision = Revision {
                     ex,
                     ts,
                     by: account,
+                    n: edits.saturating_add(1),
                 };
                 db.edit_message(tid, &target, &revision)?;
                 Ok(Checked::Done)
@@ -98,6 +106,15 @@ impl Session<'_> {
                     format!(
                         "messages may be edited for {} ms after they are sent",
                         self.ctx.history.edit_window_ms
+                    ),
+                ));
+            }
+            Checked::TooMany => {
+                return Err(Denied::new(
+                    ErrorCode::MessageTooManyEdits,
+                    format!(
+                        "a message may be edited {} times",
+                        self.ctx.history.max_edits_per_message
                     ),
                 ));
             }
@@ -140,7 +157,7 @@ impl Session<'_> {
             .await?;
         match checked {
             Checked::NotFound => return Err(not_found()),
-            Checked::NotYours | Checked::TooOld => {
+            Checked::NotYours | Checked::TooOld | Checked::TooMany => {
                 return Err(Denied::new(
                     ErrorCode::AclDenied,
                     "only its sender or the topic's ops may redact a message",

@@ -37,6 +37,10 @@ pub struct Revision {
     pub ts: i64,
     /// Who edited it (its sender).
     pub by: Uuid,
+    /// Which edit of the message this is, from 1 (0 in a revision stored
+    /// before edits were counted).
+    #[serde(default)]
+    pub n: u32,
 }
 
 /// A message's redaction.
@@ -116,6 +120,11 @@ impl Db {
             return Ok(None);
         }
         self.kept_message(topic, id)
+    }
+
+    /// The latest edit of message `id` of `topic`, if it was edited.
+    pub fn revision(&self, topic: Uuid, id: &str) -> Result<Option<Revision>, Error> {
+        register(&self.conn, &entity(topic, id), EDIT)
     }
 
     /// The redaction of message `id` of `topic`, if it was redacted.
@@ -338,6 +347,7 @@ mod tests {
             ex: Map::from_iter([("body".to_owned(), Value::from(text))]),
             ts,
             by: Uuid::nil(),
+            n: 1,
         };
         let mut c = Change::new(KIND_EDIT);
         c.writes.push(write(topic, id, EDIT, &revision).unwrap());

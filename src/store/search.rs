@@ -500,6 +500,7 @@ mod tests {
             ex: Map::from_iter([("body".to_owned(), Value::from("a lazy cat"))]),
             ts: 1,
             by: bob,
+            n: 1,
         };
         db.edit_message(t, "m2", &revision).unwrap();
         assert_eq!(ids(&db.search(&query(&["lazy"], &all)).unwrap()), ["m2"]);
@@ -541,6 +542,7 @@ mod tests {
             ex: Map::from_iter([("body".to_owned(), Value::from("common edited"))]),
             ts: 1,
             by: dan,
+            n: 1,
         };
         let edit = crate::store::edit::edit_change(t, "m10", &revision).unwrap();
         let redaction = crate::store::edit::Redaction { ts: 2, by: dan };
