@@ -105,20 +105,24 @@ async fn registration_rules() {
     closed.stop().await;
 }
 
+/// Runs the `tenthbitd` admin CLI on the store in `data`, with `password`
+/// for the commands that read one.
+fn admin_cli(data: &std::path::Path, password: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tenthbitd"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env("TENTHBIT_PASSWORD", password)
+        .output()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn only_admins_register_when_policy_says_so() {
     let server = TestServer::start_with(|c| c.auth.registration = Registration::Admins).await;
     let data = server.dir.path().join("data");
     // The admin CLI works on the store of the running server.
-    let cli = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tenthbitd"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .env("TENTHBIT_PASSWORD", "rootpassword")
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| admin_cli(&data, "rootpassword", args);
     for args in [
         &["account", "add", "root"][..],
         &["account", "add", "plain"],
@@ -162,12 +166,7 @@ async fn only_admins_register_when_policy_says_so() {
     server.login("eve", "password1").await;
 
     // passwd and del from the CLI take effect on the next login.
-    let out = Command::new(env!("CARGO_BIN_EXE_tenthbitd"))
-        .args(["account", "passwd", "plain", "--data-dir"])
-        .arg(&data)
-        .env("TENTHBIT_PASSWORD", "newpassword")
-        .output()
-        .unwrap();
+    let out = admin_cli(&data, "newpassword", &["account", "passwd", "plain"]);
     assert!(out.status.success());
     server.login("plain", "newpassword").await;
     assert!(cli(&["account", "del", "eve"]).status.success());
@@ -276,15 +275,7 @@ async fn several_devices_log_in_independently() {
 async fn the_cli_ends_what_it_takes_away_in_a_running_daemon() {
     let server = TestServer::start().await;
     let data = server.dir.path().join("data");
-    let cli = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tenthbitd"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .env("TENTHBIT_PASSWORD", "newpassword")
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| admin_cli(&data, "newpassword", args);
     server.register("dan", "hellosecret").await;
     server.register("eve", "hellosecret").await;
     let mut dan = server.login("dan", "hellosecret").await;

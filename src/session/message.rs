@@ -873,6 +873,24 @@ mod tests {
         testing::session(ctx, me, "dan", 1)
     }
 
+    /// Commits `account` joining or leaving `topic` and caches the topic,
+    /// as a session's store job does.
+    fn set_member(
+        ctx: &Context,
+        topic: uuid::Uuid,
+        account: uuid::Uuid,
+        member: bool,
+    ) -> impl Future<Output = Result<(), store::Error>> + '_ {
+        let topics = ctx.topics.clone();
+        ctx.store.call_synced(move |db| {
+            db.set_member(topic, account, member)?;
+            if let Some(t) = db.topic(topic)? {
+                topics.put(t);
+            }
+            Ok(())
+        })
+    }
+
     fn send(topic: &str, n: usize) -> Vec<u8> {
         format!(r#"{{"op":"send","topic":"{topic}","ex":{{"message":"m{n}"}}}}"#).into_bytes()
     }
@@ -964,14 +982,7 @@ mod tests {
             Some(Outcome::Continue)
         );
         // The leave is queued first; the run goes to the store after it.
-        let topics = ctx.topics.clone();
-        let mut leave = Box::pin(ctx.store.call_synced(move |db| {
-            db.set_member(topic, me, false)?;
-            if let Some(t) = db.topic(topic)? {
-                topics.put(t);
-            }
-            Ok(())
-        }));
+        let mut leave = Box::pin(set_member(&ctx, topic, me, false));
         assert!((&mut leave).now_or_never().is_none());
         let mut drained = Box::pin(s.drain());
         assert!((&mut drained).now_or_never().is_none());
@@ -998,15 +1009,7 @@ mod tests {
     async fn relays_go_to_the_members_at_commit_not_at_read() {
         let (_dir, ctx, me, topic) = context().await;
         let bob = uuid::Uuid::now_v7();
-        let topics = ctx.topics.clone();
-        let joined = ctx.store.call_synced(move |db| {
-            db.set_member(topic, bob, true)?;
-            if let Some(t) = db.topic(topic)? {
-                topics.put(t);
-            }
-            Ok(())
-        });
-        joined.await.unwrap();
+        set_member(&ctx, topic, bob, true).await.unwrap();
         let (bob_out, mut bob_rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
         ctx.presence.add(bob, 7, bob_out, None);
         let (mut s, _rx) = session(&ctx, me);
@@ -1018,14 +1021,7 @@ mod tests {
         );
         s.pipeline.queue(&ctx.store);
         // bob leaves after the run is queued.
-        let topics = ctx.topics.clone();
-        let mut leave = Box::pin(ctx.store.call_synced(move |db| {
-            db.set_member(topic, bob, false)?;
-            if let Some(t) = db.topic(topic)? {
-                topics.put(t);
-            }
-            Ok(())
-        }));
+        let mut leave = Box::pin(set_member(&ctx, topic, bob, false));
         assert!((&mut leave).now_or_never().is_none());
         release.send(()).unwrap();
         writer.await.unwrap().unwrap();
@@ -1059,17 +1055,7 @@ mod tests {
         .unwrap()
         .id;
         let bob = uuid::Uuid::now_v7();
-        let membership = |member: bool| {
-            let topics = ctx.topics.clone();
-            ctx.store.call_synced(move |db| {
-                db.set_member(quiet, bob, member)?;
-                if let Some(t) = db.topic(quiet)? {
-                    topics.put(t);
-                }
-                Ok(())
-            })
-        };
-        membership(true).await.unwrap();
+        set_member(&ctx, quiet, bob, true).await.unwrap();
         let (bob_out, mut bob_rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
         ctx.presence.add(bob, 7, bob_out, None);
         let (mut s, _rx) = session(&ctx, me);
@@ -1078,7 +1064,7 @@ mod tests {
             s.handle_line(line.as_bytes()).now_or_never(),
             Some(Outcome::Continue)
         );
-        membership(false).await.unwrap();
+        set_member(&ctx, quiet, bob, false).await.unwrap();
         assert_eq!(s.flush_burst(), Outcome::Continue);
         assert_eq!(testing::replies(&mut bob_rx), "");
         ctx.store.close().await;
