@@ -99,44 +99,12 @@ impl Session<'_> {
             .await?;
         let usable = account.filter(|a| !a.deleted && !a.disabled);
         let phc = usable.as_ref().and_then(|a| a.password.clone());
-        // A hash made at another cost is made again once the password is
-        // known to match (see `Passwords::is_current`).
-        let stale = phc
-            .as_deref()
-            .is_some_and(|p| !self.ctx.passwords.is_current(p));
-        let again = stale.then(|| password.clone());
         // Unknown, disabled and deleted accounts cost the same argon2 work as
         // a wrong password, and get the same answer.
         let matched = self.ctx.passwords.verify(password, phc).await;
         match usable {
-            Some(a) if matched => {
-                if let Some(password) = again {
-                    self.rehash(a.id, &a.name, password).await;
-                }
-                Ok(LoggedIn::new(a.id, a.name))
-            }
+            Some(a) if matched => Ok(LoggedIn::new(a.id, a.name)),
             _ => Err(Denied::new(ErrorCode::AuthFailed, "login failed")),
-        }
-    }
-
-    /// Stores `password` hashed at the configured cost for account `id`.
-    /// A failure is logged, not the login's: the old hash still works.
-    async fn rehash(&self, id: uuid::Uuid, name: &str, password: Secret) {
-        let phc = match self.ctx.passwords.hash(password).await {
-            Ok(phc) => phc,
-            Err(e) => {
-                warn!(account = %name, error = %e, "cannot hash a password again at the configured cost");
-                return;
-            }
-        };
-        let stored = self
-            .ctx
-            .store
-            .call_synced(move |db| db.set_password(id, &phc))
-            .await;
-        match stored {
-            Ok(()) => info!(account = %name, "password hashed again at the configured cost"),
-            Err(e) => warn!(account = %name, error = %e, "cannot store a password hashed again"),
         }
     }
 
