@@ -107,9 +107,11 @@ impl Session<'_> {
 /// CLI writing the store beside the daemon).
 pub async fn end_sessions_of_ended_accounts(ctx: &super::Context) {
     let here = ctx.presence.online.local_accounts();
+    // On the read-only connection: as many accounts as are connected here,
+    // which must not hold up the commits of everyone's messages.
     let ended = ctx
         .store
-        .call(move |db| {
+        .read(move |db| {
             let mut out = Vec::new();
             for id in here {
                 match db.account(id)? {

@@ -374,7 +374,7 @@ impl Session<'_> {
             .filter(|r| r.id == pending.id)
             .ok_or_else(not_pending)?;
         let record = if decision.accept {
-            match self.commit_membership(requester, &t, true).await {
+            match self.commit_membership(requester, &t, true, true).await {
                 Ok(r) => r,
                 Err(e) => {
                     // Put back, so another answer may still come.

@@ -157,11 +157,14 @@ impl Session<'_> {
             // the connections present then, not this one: read the account
             // again now that a later one would close it too.
             let account_id = me.id;
-            let now = self
-                .ctx
-                .store
-                .call(move |db| db.account(account_id))
-                .await?;
+            let now = match self.ctx.store.call(move |db| db.account(account_id)).await {
+                Ok(now) => now,
+                // The login stands: its answers are out.
+                Err(e) => {
+                    warn!(account = %me.name, error = %e, "cannot read the account again after its login");
+                    return Ok(Outcome::Continue);
+                }
+            };
             let deleted = (
                 ErrorCode::AccountDeleted,
                 "the account was deleted",
@@ -218,7 +221,13 @@ impl Session<'_> {
             {
                 continue;
             }
-            self.set_membership(me, &t, true).await?;
+            // Refused in the join's own store job (a ban or a limit that
+            // came meanwhile): the login goes on without it.
+            if let Err(d) = self.set_membership(me, &t, true).await {
+                if d.code == ErrorCode::ServerInternal {
+                    return Err(d);
+                }
+            }
         }
         Ok(self.ctx.topics.member_of(me.id))
     }

@@ -81,7 +81,8 @@ pub(super) async fn create_cached(
 
 /// Commits `who` joining topic `id` and caches the topic, in one store job
 /// that checks once more that the ACL lets it read (a ban committed while
-/// the join waited keeps it out) and the limits ([`join_one`]): the checks
+/// the join waited keeps it out), that it need not ask to join unless it
+/// was `admitted`, and the limits ([`join_one`]): the checks
 /// before it read the topic table while other jobs (a ban, the account's
 /// other joins, others joining the topic) were committing; the job's table
 /// is the one those jobs keep. `None` if there is no such topic.
@@ -89,7 +90,7 @@ async fn join_cached(
     store: &store::Store,
     topics: &Arc<Topics>,
     id: Uuid,
-    who: OwnedActor,
+    (who, admitted): (OwnedActor, bool),
     max_members: usize,
     max_topics: usize,
 ) -> Result<Result<Option<TopicRecord>, Denied>, store::Error> {
@@ -103,6 +104,12 @@ async fn join_cached(
             if !t.members.contains(&account) {
                 if !t.acl.allows(who.actor(), Flag::Read) {
                     return Ok(Err(denied("join it")));
+                }
+                if !admitted && members_only(&t) {
+                    return Ok(Err(Denied::new(
+                        ErrorCode::AclDenied,
+                        "the topic's members now admit newcomers; ask again to join",
+                    )));
                 }
                 if let Err(d) = join_one(&topics, &t, account, max_members, max_topics) {
                     return Ok(Err(d));
@@ -217,7 +224,11 @@ async fn acl_cached(
             for (flag, granted) in &req.changes {
                 after.set(req.subject.clone(), *flag, *granted);
             }
-            if !after.grants().any(|(_, f)| *f == Flag::Owner) {
+            // Only the change that takes the last owner entry away is
+            // refused: one a partition's merge left without an owner (two
+            // owners revoking each other on two nodes) still takes bans.
+            let has_owner = |acl: &Acl| acl.grants().any(|(_, f)| *f == Flag::Owner);
+            if has_owner(&t.acl) && !has_owner(&after) {
                 return Ok(Err(Denied::new(
                     ErrorCode::RequestInvalid,
                     "a topic keeps at least one owner",
@@ -349,7 +360,9 @@ impl Session<'_> {
         t: &TopicRecord,
         member: bool,
     ) -> Result<TopicRecord, Denied> {
-        let record = self.commit_membership(self.actor(me), t, member).await?;
+        let record = self
+            .commit_membership(self.actor(me), t, member, false)
+            .await?;
         self.announce_membership(&record, me.id, &me.name, member);
         Ok(record)
     }
@@ -361,6 +374,7 @@ impl Session<'_> {
         who: Actor<'_>,
         t: &TopicRecord,
         member: bool,
+        admitted: bool,
     ) -> Result<TopicRecord, Denied> {
         let tid = t.id;
         let account = who.account;
@@ -377,7 +391,7 @@ impl Session<'_> {
             &self.ctx.store,
             &self.ctx.topics,
             tid,
-            who.into(),
+            (who.into(), admitted),
             members,
             topics,
         )
@@ -882,7 +896,7 @@ mod tests {
         let amy = Uuid::now_v7();
         let joins = ids[..3]
             .iter()
-            .map(|id| join_cached(&store, &topics, *id, local(amy), usize::MAX, 1));
+            .map(|id| join_cached(&store, &topics, *id, (local(amy), false), usize::MAX, 1));
         let joined = futures_util::future::join_all(joins).await;
         let refused: Vec<_> = joined
             .into_iter()
@@ -898,7 +912,7 @@ mod tests {
         let others = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
         let joins = others
             .iter()
-            .map(|who| join_cached(&store, &topics, ids[3], local(*who), 2, usize::MAX));
+            .map(|who| join_cached(&store, &topics, ids[3], (local(*who), false), 2, usize::MAX));
         let joined = futures_util::future::join_all(joins).await;
         let full = joined
             .into_iter()
@@ -1070,6 +1084,71 @@ mod tests {
             .await
             .unwrap();
         assert!(created);
+        ctx.store.close().await;
+    }
+
+    /// A topic a partition's merge left without an owner (two owners
+    /// revoked each other on two nodes) still takes an op's bans: only a
+    /// change that takes the last owner entry away is refused.
+    #[tokio::test]
+    async fn an_op_bans_in_a_topic_a_merge_left_without_owner() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let [dan, amy, bob] = accounts(&ctx, &["dan", "amy", "bob"]).await[..] else {
+            unreachable!()
+        };
+        let tid = topic(&ctx, dan, "club").await;
+        let topics = ctx.topics.clone();
+        // amy an op, bob a member; then (as a merge would) dan's owner
+        // entry goes.
+        ctx.store
+            .call_synced(move |db| {
+                db.set_topic_acl(tid, &Subject::Account(amy), Flag::Op, true, &[])?;
+                db.set_member(tid, bob, true)?;
+                db.set_topic_acl(tid, &Subject::Account(dan), Flag::Owner, false, &[])?;
+                recache(db, &topics, tid).map(|_| ())
+            })
+            .await
+            .unwrap();
+        let ban = AclChange {
+            by: Actor::local(amy, "localhost").into(),
+            subject: Subject::Account(bob),
+            changes: vec![(Flag::Ban, true)],
+            view: AclView::of(&ctx),
+        };
+        let (_, after) = acl_cached(&ctx.store, &ctx.topics, tid, ban)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!after.members.contains(&bob));
+        ctx.store.close().await;
+    }
+
+    /// A join queued behind the change that makes a topic's members admit
+    /// newcomers does not walk in: its store job sees the change.
+    #[tokio::test]
+    async fn a_join_behind_a_switch_to_admission_does_not_walk_in() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let [dan, bob] = accounts(&ctx, &["dan", "bob"]).await[..] else {
+            unreachable!()
+        };
+        let tid = topic(&ctx, dan, "club").await;
+        let (mut sd, _rd) = testing::session(&ctx, dan, "dan", 1);
+        let (mut sb, mut rb) = testing::session(&ctx, bob, "bob", 2);
+        let meta =
+            format!(r#"{{"op":"meta","id":"m","topic":"{tid}","ex":{{"admission":"members"}}}}"#);
+        let join = format!(r#"{{"op":"join","id":"j","topic":"{tid}"}}"#);
+        let mut switching = Box::pin(sd.handle_line(meta.as_bytes()));
+        let (release, held) = store::hold_store_thread(&ctx.store).await;
+        assert!((&mut switching).now_or_never().is_none());
+        let mut joining = Box::pin(sb.handle_line(join.as_bytes()));
+        assert!((&mut joining).now_or_never().is_none());
+        drop(release);
+        held.await.unwrap().unwrap();
+        switching.await;
+        joining.await;
+        assert!(!ctx.topics.get(tid).unwrap().members.contains(&bob));
+        let answer = testing::replies(&mut rb);
+        assert!(answer.contains(r#""code":"acl/denied""#), "{answer}");
         ctx.store.close().await;
     }
 }

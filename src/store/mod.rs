@@ -954,15 +954,24 @@ impl Store {
                         Msg::Tidy => {
                             tidy.tick(&db.conn);
                             // Committed by another connection: the admin
-                            // CLI's events are this node's, synced, and for
-                            // the mesh links and the sessions to hear of.
+                            // CLI's events are this node's, for the mesh
+                            // links (once a sync of the sync thread's own
+                            // covers them, and the groups before them) and
+                            // the sessions to hear of.
                             match db.data_version() {
                                 Ok(v) if v != version => {
                                     version = v;
                                     if let Ok(seq) = db.own_seq() {
-                                        durable.reach(seq);
+                                        let synced = wal::Committed {
+                                            answers: Vec::new(),
+                                            replies: Vec::new(),
+                                            rooms: Vec::new(),
+                                            seq,
+                                        };
+                                        if syncer.send(synced).is_err() {
+                                            tracing::error!("the store's sync thread is gone");
+                                        }
                                     }
-                                    changed.send_modify(|n| *n = n.wrapping_add(1));
                                     outside.send_modify(|n| *n = n.wrapping_add(1));
                                 }
                                 Ok(_) => {}
