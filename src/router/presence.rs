@@ -104,12 +104,12 @@ impl Presence {
         &self,
         accounts: impl IntoIterator<Item = &'a Uuid>,
     ) -> Vec<(Uuid, Option<Arc<str>>)> {
-        let Ok(s) = self.sessions.lock() else {
-            return Vec::new();
-        };
+        // The lock once per account: a large topic's members must not hold
+        // up every delivery while they are looked up.
         accounts
             .into_iter()
             .filter_map(|a| {
+                let s = self.sessions.lock().ok()?;
                 let first = s.get(a)?.first()?;
                 Some((*a, first.remote.clone()))
             })

@@ -73,6 +73,27 @@ impl Db {
             .ok_or(Error::NotFound)
     }
 
+    /// [`Db::live_topic`]'s check alone: two register lookups, not a load
+    /// of every register (every member) of the topic.
+    fn check_live(&self, id: Uuid) -> Result<(), Error> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT field, value FROM registers WHERE entity = ?1 AND field IN (?2, ?3)",
+        )?;
+        let rows = stmt.query_map(
+            rusqlite::params![Entity::Topic(id).key(), field::NAME, field::DELETED],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        let mut exists = false;
+        for row in rows {
+            let (f, value) = row?;
+            if f == field::DELETED && value == "true" {
+                return Err(Error::NotFound);
+            }
+            exists = true;
+        }
+        if exists { Ok(()) } else { Err(Error::NotFound) }
+    }
+
     /// The topic with `id`, deleted or not.
     pub fn topic(&self, id: Uuid) -> Result<Option<TopicRecord>, Error> {
         load(&self.conn, id, self.commits)
@@ -140,7 +161,7 @@ impl Db {
         granted: bool,
         ends: &[Uuid],
     ) -> Result<(), Error> {
-        self.live_topic(id)?;
+        self.check_live(id)?;
         let e = Entity::Topic(id);
         let mut change = Change::new(if granted {
             "topic.acl.grant"
@@ -168,7 +189,7 @@ impl Db {
 
     /// Adds or removes a member.
     pub fn set_member(&mut self, id: Uuid, account: Uuid, member: bool) -> Result<(), Error> {
-        self.live_topic(id)?;
+        self.check_live(id)?;
         self.commit(
             Change::new(if member { "topic.join" } else { "topic.leave" }).set(
                 Entity::Topic(id),
@@ -184,7 +205,7 @@ impl Db {
 
     /// Marks a topic deleted; its name becomes free.
     pub fn delete_topic(&mut self, id: Uuid) -> Result<(), Error> {
-        self.live_topic(id)?;
+        self.check_live(id)?;
         let e = Entity::Topic(id);
         self.commit(
             Change::new("topic.delete")
@@ -294,6 +315,10 @@ mod tests {
             Err(Error::NotFound)
         ));
         assert!(matches!(db.delete_topic(t.id), Err(Error::NotFound)));
+        assert!(matches!(
+            db.set_member(Uuid::now_v7(), bob, true),
+            Err(Error::NotFound)
+        ));
         db.create_topic("Hall", dan, &Map::new()).unwrap();
         // A rename that reaches it after its delete (another node's, applied
         // later) holds no name.
