@@ -73,7 +73,7 @@ async fn end_later_claims(ctx: &Context, name: String) {
                 account,
                 NOBODY,
                 ErrorCode::AccountRenamed,
-                "another account claimed the name first; log in again by the name shown now",
+                "another account claimed the name first; log in again (by the name shown now, or by ticket for a user of another server)",
             );
         }
     }
