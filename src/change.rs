@@ -38,6 +38,12 @@ pub mod field {
     /// argon2id PHC string. Redacted from every event when the account is
     /// deleted, with the `key:` fields (see `store::redact`).
     pub const PASSWORD: &str = "password";
+    /// The password hashed again at the configured argon2 cost, bound to
+    /// the `password` it replaces: `{"of": <SHA-256 of that PHC string,
+    /// hex>, "phc": <new PHC string>}`. Used only while `password` still
+    /// holds that string, so it never beats a change of the password (on
+    /// this node or another). A secret, redacted like `password`.
+    pub const REHASHED: &str = "rehashed";
     /// `true` when an admin disabled the account.
     pub const DISABLED: &str = "disabled";
     /// `true` once the account (or topic) is deleted; an account's name

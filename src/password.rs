@@ -80,6 +80,22 @@ impl Passwords {
             .await?
     }
 
+    /// Whether `phc` was made with this hasher's algorithm and cost: an
+    /// account whose hash was not is verified at its own cost, which a
+    /// login's timing would tell apart from an unknown name's (checked at
+    /// this cost), so it is hashed again at its next login.
+    pub fn is_current(&self, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else {
+            return false;
+        };
+        let ours = self.argon2.params();
+        parsed.algorithm == Algorithm::Argon2id.ident()
+            && Params::try_from(&parsed).is_ok_and(|p| {
+                (p.m_cost(), p.t_cost(), p.p_cost())
+                    == (ours.m_cost(), ours.t_cost(), ours.p_cost())
+            })
+    }
+
     /// Whether `password` matches `phc`; with no hash (unknown account,
     /// deleted account) it does the same work and answers false.
     pub async fn verify(&self, password: Secret, phc: Option<String>) -> bool {
@@ -181,6 +197,26 @@ mod tests {
         iterations: 1,
         parallelism: 1,
     };
+
+    #[test]
+    fn a_hash_is_current_at_its_own_cost_only() {
+        let p = Passwords::new(CHEAP, 1).unwrap();
+        let phc = p.hash_blocking("hellosecret").unwrap();
+        assert!(p.is_current(&phc));
+        let dearer = Passwords::new(
+            Cost {
+                iterations: 2,
+                ..CHEAP
+            },
+            1,
+        )
+        .unwrap();
+        assert!(!dearer.is_current(&phc));
+        assert!(!p.is_current("not a phc"));
+        let argon2i =
+            "$argon2i$v=19$m=64,t=1,p=1$c29tZXNhbHQ$iWh06vD8Fy27wf9npn6FXWiCX4K6pW6Ue1Bnzz07Z8A";
+        assert!(!p.is_current(argon2i));
+    }
 
     #[tokio::test]
     async fn hash_and_verify() {

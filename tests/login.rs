@@ -489,3 +489,30 @@ async fn a_throttled_signature_uses_its_challenge_up() {
     assert_eq!(p.ex_str("code"), Some("auth/challenge-expired"), "{p:?}");
     server.stop().await;
 }
+
+/// After the operator changes the argon2 cost, an account's next login
+/// hashes its password again at the new cost: its logins then take what an
+/// unknown name's do.
+#[tokio::test]
+async fn a_login_hashes_a_password_again_at_a_new_cost() {
+    let server = TestServer::start().await;
+    server.register("dan", "hellosecret").await;
+    let data = server.dir.path().join("data");
+    assert!(store_text(&data).contains("$argon2id$v=19$m=64,t=1,p=1$"));
+    let server = server
+        .restart(|c| {
+            c.auth.argon2_memory_kib = 128;
+            c.auth.argon2_iterations = 2;
+        })
+        .await;
+    let mut c = server.client().await;
+    let p = request(&mut c, password_auth("dan", "wrong-password")).await;
+    assert_eq!(p.ex_str("code"), Some("auth/failed"));
+    assert!(!store_text(&data).contains("m=128,t=2"));
+    let mut dan = server.login("dan", "hellosecret").await;
+    assert_alive(&mut dan).await;
+    assert!(store_text(&data).contains("$argon2id$v=19$m=128,t=2,p=1$"));
+    let mut again = server.login("dan", "hellosecret").await;
+    assert_alive(&mut again).await;
+    server.stop().await;
+}

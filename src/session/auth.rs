@@ -99,12 +99,47 @@ impl Session<'_> {
             .await?;
         let usable = account.filter(|a| !a.deleted && !a.disabled);
         let phc = usable.as_ref().and_then(|a| a.password.clone());
+        // A hash made at another cost is made again once the password is
+        // known to match (see `Passwords::is_current`).
+        let again = match &phc {
+            Some(p) if !self.ctx.passwords.is_current(p) => Some((password.clone(), p.clone())),
+            _ => None,
+        };
         // Unknown, disabled and deleted accounts cost the same argon2 work as
         // a wrong password, and get the same answer.
         let matched = self.ctx.passwords.verify(password, phc).await;
         match usable {
-            Some(a) if matched => Ok(LoggedIn::new(a.id, a.name)),
+            Some(a) if matched => {
+                if let Some((password, verified)) = again {
+                    self.rehash(a.id, &a.name, password, verified).await;
+                }
+                Ok(LoggedIn::new(a.id, a.name))
+            }
             _ => Err(Denied::new(ErrorCode::AuthFailed, "login failed")),
+        }
+    }
+
+    /// Stores `password` hashed at the configured cost for account `id`,
+    /// bound to the hash `verified` it was checked against (a change of
+    /// the password meanwhile wins, here or on another node). A failure is
+    /// logged, not the login's: the old hash still works.
+    async fn rehash(&self, id: uuid::Uuid, name: &str, password: Secret, verified: String) {
+        let phc = match self.ctx.passwords.hash(password).await {
+            Ok(phc) => phc,
+            Err(e) => {
+                warn!(account = %name, error = %e, "cannot hash a password again at the configured cost");
+                return;
+            }
+        };
+        let stored = self
+            .ctx
+            .store
+            .call_synced(move |db| db.set_rehashed(id, &verified, &phc))
+            .await;
+        match stored {
+            Ok(true) => info!(account = %name, "password hashed again at the configured cost"),
+            Ok(false) => info!(account = %name, "password changed meanwhile: not hashed again"),
+            Err(e) => warn!(account = %name, error = %e, "cannot store a password hashed again"),
         }
     }
 
@@ -348,6 +383,50 @@ mod tests {
         let lines = testing::replies(&mut rx);
         assert!(lines.contains(r#""code":"account/deleted""#), "{lines}");
         assert_eq!(ctx.presence.connections(victim), 0);
+        ctx.store.close().await;
+    }
+
+    /// A login that checked a password hashed at an old cost hashes it
+    /// again, unless the password changed meanwhile: then the change
+    /// stands, and the old password does not come back.
+    #[tokio::test]
+    async fn a_password_changed_during_a_login_is_not_undone_by_its_rehash() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let dearer = crate::password::Passwords::new(
+            crate::password::Cost {
+                memory_kib: 64,
+                iterations: 2,
+                parallelism: 1,
+            },
+            1,
+        )
+        .unwrap();
+        let stale = dearer.hash_blocking("hellosecret").unwrap();
+        assert!(!ctx.passwords.is_current(&stale));
+        let changed = ctx.passwords.hash_blocking("changed-secret").unwrap();
+        let id = ctx
+            .store
+            .call(move |db| db.create_account("dan", &stale))
+            .await
+            .unwrap()
+            .id;
+        let (out, _rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
+        let mut s = Session::new(&ctx, out, 9, std::net::Ipv4Addr::LOCALHOST.into());
+        let auth = br#"{"op":"auth","id":"a","ex":{"method":"password","username":"dan","password":"hellosecret"}}"#;
+        let (release, held) = store::hold_store_thread(&ctx.store).await;
+        let mut login = Box::pin(s.handle_line(auth));
+        assert!((&mut login).now_or_never().is_none());
+        // The change commits after the login read the account, before its
+        // rehash.
+        let new = changed.clone();
+        let mut change = Box::pin(ctx.store.call_synced(move |db| db.set_password(id, &new)));
+        assert!((&mut change).now_or_never().is_none());
+        drop(release);
+        held.await.unwrap().unwrap();
+        change.await.unwrap();
+        assert_eq!(login.await, Outcome::Continue);
+        let now = ctx.store.call(move |db| db.account(id)).await.unwrap();
+        assert_eq!(now.and_then(|a| a.password), Some(changed));
         ctx.store.close().await;
     }
 }

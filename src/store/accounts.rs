@@ -45,6 +45,19 @@ impl std::fmt::Debug for Account {
 /// The entity key prefix of accounts.
 const PREFIX: &str = "account:";
 
+/// A password hashed again ([`field::REHASHED`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Rehashed {
+    of: String,
+    phc: String,
+}
+
+/// SHA-256 of a PHC string, hex: what a rehash is bound to.
+fn phc_digest(phc: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, phc.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Db {
     /// The account holding `name` (case-insensitive), if any.
     pub fn account_by_name(&self, name: &str) -> Result<Option<Account>, Error> {
@@ -81,6 +94,38 @@ impl Db {
             }
         }
         Ok(out)
+    }
+
+    /// Stores `phc`, the password hashed again at another cost, for account
+    /// `id`, whose password was just checked against `verified`: bound to
+    /// the password register as it is ([`field::REHASHED`]), and only if
+    /// the account still answers with `verified` (a change of the password
+    /// committed meanwhile wins: nothing is written, `false`).
+    pub fn set_rehashed(&mut self, id: Uuid, verified: &str, phc: &str) -> Result<bool, Error> {
+        self.write(|tx, origin| {
+            let current = load(tx, id)?;
+            if !current.is_some_and(|a| !a.deleted && a.password.as_deref() == Some(verified)) {
+                return Ok(false);
+            }
+            let raw: Option<String> = tx
+                .prepare_cached("SELECT value FROM registers WHERE entity = ?1 AND field = ?2")?
+                .query_row(params![Entity::Account(id).key(), field::PASSWORD], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(raw) = raw.and_then(|v| serde_json::from_str::<String>(&v).ok()) else {
+                return Ok(false);
+            };
+            let value = serde_json::to_value(Rehashed {
+                of: phc_digest(&raw),
+                phc: phc.to_owned(),
+            })
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+            let change =
+                Change::new("account.rehash").set(Entity::Account(id), field::REHASHED, value);
+            log::append(tx, origin, change)?;
+            Ok(true)
+        })
     }
 
     /// The account with `id`, if any.
@@ -326,6 +371,7 @@ fn load(conn: &Connection, id: Uuid) -> Result<Option<Account>, Error> {
         keys: Vec::new(),
     };
     let mut found = false;
+    let mut rehashed = None;
     for (f, value) in rows {
         match f.as_str() {
             field::NAME => {
@@ -333,6 +379,7 @@ fn load(conn: &Connection, id: Uuid) -> Result<Option<Account>, Error> {
                 account.name = value.as_str().unwrap_or_default().to_owned();
             }
             field::PASSWORD => account.password = value.as_str().map(str::to_owned),
+            field::REHASHED => rehashed = serde_json::from_value::<Rehashed>(value).ok(),
             field::DISABLED => account.disabled = value.as_bool().unwrap_or(false),
             field::DELETED => account.deleted = value.as_bool().unwrap_or(false),
             other => {
@@ -346,6 +393,12 @@ fn load(conn: &Connection, id: Uuid) -> Result<Option<Account>, Error> {
                     }
                 }
             }
+        }
+    }
+    // A rehash counts only while the password is still the one it replaced.
+    if let (Some(r), Some(current)) = (rehashed, &account.password) {
+        if r.of == phc_digest(current) {
+            account.password = Some(r.phc);
         }
     }
     if !found {
@@ -370,6 +423,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), "n1").unwrap();
         (dir, db)
+    }
+
+    /// A rehash answers for the password it was bound to, and only while
+    /// that is the password: a change of the password wins over it, and a
+    /// rehash checked against a hash that is no longer the account's is
+    /// not written. Deleting the account erases it.
+    #[test]
+    fn a_rehash_never_beats_a_change_of_the_password() {
+        let (dir, mut db) = db();
+        let a = db.create_account("dan", "$old").unwrap();
+        assert!(db.set_rehashed(a.id, "$old", "$old-again").unwrap());
+        assert_eq!(
+            db.account(a.id).unwrap().unwrap().password.as_deref(),
+            Some("$old-again")
+        );
+        // Checked against the first hash, now replaced: not written.
+        assert!(!db.set_rehashed(a.id, "$old", "$other").unwrap());
+        db.set_password(a.id, "$new").unwrap();
+        assert_eq!(
+            db.account(a.id).unwrap().unwrap().password.as_deref(),
+            Some("$new")
+        );
+        // A rehash of the old password that comes later (checked before the
+        // change) is not written either.
+        assert!(!db.set_rehashed(a.id, "$old-again", "$old-thrice").unwrap());
+        assert_eq!(
+            db.account(a.id).unwrap().unwrap().password.as_deref(),
+            Some("$new")
+        );
+        assert!(db.set_rehashed(a.id, "$new", "$new-again").unwrap());
+        db.delete_account(a.id).unwrap();
+        drop(db);
+        let conn = rusqlite::Connection::open(dir.path().join(super::super::DB_FILE)).unwrap();
+        let mut text = String::new();
+        for sql in ["SELECT body FROM events", "SELECT value FROM registers"] {
+            let mut stmt = conn.prepare(sql).unwrap();
+            for row in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+                text.push_str(&row.unwrap());
+            }
+        }
+        assert!(!text.contains("-again"), "{text}");
     }
 
     #[test]

@@ -57,7 +57,9 @@ fn is_deleted(tx: &Transaction<'_>, entity: &str) -> Result<bool, Error> {
 /// Whether a write holds a secret of the account: its password hash or
 /// one of its public keys (in the field name).
 fn is_secret(field_name: &str) -> bool {
-    field_name == field::PASSWORD || field_name.starts_with(field::KEY_PREFIX)
+    field_name == field::PASSWORD
+        || field_name == field::REHASHED
+        || field_name.starts_with(field::KEY_PREFIX)
 }
 
 /// Removes `entity`'s secrets from its registers and from every event's
@@ -65,13 +67,15 @@ fn is_secret(field_name: &str) -> bool {
 /// is deleted once, so reading them all is cheap.
 fn account(tx: &Transaction<'_>, entity: &str) -> Result<(), Error> {
     tx.prepare_cached(
-        "DELETE FROM registers WHERE entity = ?1 AND (field = ?2 OR substr(field, 1, ?3) = ?4)",
+        "DELETE FROM registers WHERE entity = ?1
+           AND (field IN (?2, ?5) OR substr(field, 1, ?3) = ?4)",
     )?
     .execute(params![
         entity,
         field::PASSWORD,
         field::KEY_PREFIX.len() as i64,
-        field::KEY_PREFIX
+        field::KEY_PREFIX,
+        field::REHASHED
     ])?;
     let mut rewritten = Vec::new();
     {
