@@ -964,6 +964,24 @@ mod tests {
         out
     }
 
+    /// Runs `first` and then `second` up to their store jobs while the
+    /// store thread is held, so `second`'s job queues behind `first`'s, then
+    /// lets the store run and finishes both (`second` polled first: it must
+    /// not need `first` to go on).
+    async fn both_queued<A: Future + Unpin, B: Future + Unpin>(
+        store: &store::Store,
+        mut first: A,
+        mut second: B,
+    ) -> (A::Output, B::Output) {
+        let (release, held) = store::hold_store_thread(store).await;
+        assert!((&mut first).now_or_never().is_none());
+        assert!((&mut second).now_or_never().is_none());
+        drop(release);
+        held.await.unwrap().unwrap();
+        let b = second.await;
+        (first.await, b)
+    }
+
     /// `owner` creates topic `name` (open: `*` reads and writes).
     async fn topic(ctx: &super::super::Context, owner: Uuid, name: &str) -> Uuid {
         create_cached(&ctx.store, &ctx.topics, name.into(), owner, Map::new(), 10)
@@ -992,15 +1010,8 @@ mod tests {
         // The ban looks bob up, then queues its change; bob's join, checked
         // on the table before the ban, queues behind it.
         let ban_job = queued_and_run(&ctx.store, Box::pin(sd.handle_line(ban.as_bytes()))).await;
-        let (release, held) = store::hold_store_thread(&ctx.store).await;
-        let mut ban_job = ban_job;
-        assert!((&mut ban_job).now_or_never().is_none());
-        let mut join_job = Box::pin(sb.handle_line(join.as_bytes()));
-        assert!((&mut join_job).now_or_never().is_none());
-        drop(release);
-        held.await.unwrap().unwrap();
-        ban_job.await;
-        join_job.await;
+        let join_job = Box::pin(sb.handle_line(join.as_bytes()));
+        both_queued(&ctx.store, ban_job, join_job).await;
         let now = ctx.topics.get(tid).unwrap();
         assert!(!now.members.contains(&bob), "{:?}", now.members);
         let answer = testing::replies(&mut rb);
@@ -1067,15 +1078,9 @@ mod tests {
         let (mut s2, mut r2) = testing::session(&ctx, dan, "dan", 2);
         let delete = format!(r#"{{"op":"delete","id":"d","topic":"{tid}"}}"#);
         let rename = format!(r#"{{"op":"meta","id":"m","topic":"{tid}","ex":{{"name":"hall"}}}}"#);
-        let (release, held) = store::hold_store_thread(&ctx.store).await;
-        let mut deleting = Box::pin(s1.handle_line(delete.as_bytes()));
-        assert!((&mut deleting).now_or_never().is_none());
-        let mut renaming = Box::pin(s2.handle_line(rename.as_bytes()));
-        assert!((&mut renaming).now_or_never().is_none());
-        drop(release);
-        held.await.unwrap().unwrap();
-        deleting.await;
-        renaming.await;
+        let deleting = Box::pin(s1.handle_line(delete.as_bytes()));
+        let renaming = Box::pin(s2.handle_line(rename.as_bytes()));
+        both_queued(&ctx.store, deleting, renaming).await;
         let answer = testing::replies(&mut r2);
         assert!(answer.contains(r#""code":"topic/not-found""#), "{answer}");
         let created = ctx
@@ -1137,15 +1142,9 @@ mod tests {
         let meta =
             format!(r#"{{"op":"meta","id":"m","topic":"{tid}","ex":{{"admission":"members"}}}}"#);
         let join = format!(r#"{{"op":"join","id":"j","topic":"{tid}"}}"#);
-        let mut switching = Box::pin(sd.handle_line(meta.as_bytes()));
-        let (release, held) = store::hold_store_thread(&ctx.store).await;
-        assert!((&mut switching).now_or_never().is_none());
-        let mut joining = Box::pin(sb.handle_line(join.as_bytes()));
-        assert!((&mut joining).now_or_never().is_none());
-        drop(release);
-        held.await.unwrap().unwrap();
-        switching.await;
-        joining.await;
+        let switching = Box::pin(sd.handle_line(meta.as_bytes()));
+        let joining = Box::pin(sb.handle_line(join.as_bytes()));
+        both_queued(&ctx.store, switching, joining).await;
         assert!(!ctx.topics.get(tid).unwrap().members.contains(&bob));
         let answer = testing::replies(&mut rb);
         assert!(answer.contains(r#""code":"acl/denied""#), "{answer}");
