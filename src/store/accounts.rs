@@ -107,13 +107,8 @@ impl Db {
             if !current.is_some_and(|a| !a.deleted && a.password.as_deref() == Some(verified)) {
                 return Ok(false);
             }
-            let raw: Option<String> = tx
-                .prepare_cached("SELECT value FROM registers WHERE entity = ?1 AND field = ?2")?
-                .query_row(params![Entity::Account(id).key(), field::PASSWORD], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            let Some(raw) = raw.and_then(|v| serde_json::from_str::<String>(&v).ok()) else {
+            let key = Entity::Account(id).key();
+            let Some(raw) = super::register::<String>(tx, &key, field::PASSWORD)? else {
                 return Ok(false);
             };
             let value = serde_json::to_value(Rehashed {

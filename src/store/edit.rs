@@ -9,7 +9,7 @@
 //! `edit` register. [`settle`] does that on the one apply path, whatever
 //! order the message, its edits and its redaction arrive in.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Transaction, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -124,12 +124,12 @@ impl Db {
 
     /// The latest edit of message `id` of `topic`, if it was edited.
     pub fn revision(&self, topic: Uuid, id: &str) -> Result<Option<Revision>, Error> {
-        register(&self.conn, &entity(topic, id), EDIT)
+        super::register(&self.conn, &entity(topic, id), EDIT)
     }
 
     /// The redaction of message `id` of `topic`, if it was redacted.
     pub fn redaction(&self, topic: Uuid, id: &str) -> Result<Option<Redaction>, Error> {
-        register(&self.conn, &entity(topic, id), REDACTED)
+        super::register(&self.conn, &entity(topic, id), REDACTED)
     }
 
     /// Replaces each message's `ex` with what readers see now: the latest
@@ -139,12 +139,12 @@ impl Db {
         let corrupt = |e: serde_json::Error| Error::Corrupt(e.to_string());
         for m in messages {
             let e = entity(m.topic, &m.id);
-            if register::<Redaction>(&self.conn, &e, REDACTED)?.is_some() {
+            if super::register::<Redaction>(&self.conn, &e, REDACTED)?.is_some() {
                 let ex = Map::from_iter([(REDACTED.to_owned(), Value::Bool(true))]);
                 m.ex = ExJson::from_map(&ex).map_err(corrupt)?;
                 continue;
             }
-            if let Some(mut revision) = register::<Revision>(&self.conn, &e, EDIT)? {
+            if let Some(mut revision) = super::register::<Revision>(&self.conn, &e, EDIT)? {
                 revision
                     .ex
                     .insert("edited".into(), Value::from(revision.ts));
@@ -162,20 +162,6 @@ impl Db {
         }
         Ok(())
     }
-}
-
-/// One register's value, decoded; `None` when unset, null, or not of the
-/// expected shape.
-fn register<T: for<'de> Deserialize<'de>>(
-    conn: &rusqlite::Connection,
-    entity: &str,
-    field: &str,
-) -> Result<Option<T>, Error> {
-    let raw: Option<String> = conn
-        .prepare_cached("SELECT value FROM registers WHERE entity = ?1 AND field = ?2")?
-        .query_row(params![entity, field], |r| r.get(0))
-        .optional()?;
-    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
 }
 
 /// After an event's writes are folded: a redacted message keeps no text,
@@ -196,9 +182,9 @@ pub(super) fn settle(
         },
         KIND_EDIT | KIND_REDACT => {
             for w in &change.writes {
-                if register::<Redaction>(tx, &w.entity, REDACTED)?.is_some() {
+                if super::register::<Redaction>(tx, &w.entity, REDACTED)?.is_some() {
                     erase(tx, queue, &w.entity)?;
-                } else if let Some(r) = register::<Revision>(tx, &w.entity, EDIT)? {
+                } else if let Some(r) = super::register::<Revision>(tx, &w.entity, EDIT)? {
                     // The edit that won, which need not be this one.
                     if let Some((topic, id)) = parse_entity(&w.entity) {
                         for (rowid, change) in message_rows(tx, topic, id)? {
@@ -229,10 +215,10 @@ fn index_message(
     // Just minted, no edit or redaction can name it yet.
     if arrival == Arrival::Stored {
         let e = entity(m.topic, &m.id);
-        if register::<Redaction>(tx, &e, REDACTED)?.is_some() {
+        if super::register::<Redaction>(tx, &e, REDACTED)?.is_some() {
             return erase(tx, queue, &e);
         }
-        if let Some(r) = register::<Revision>(tx, &e, EDIT)? {
+        if let Some(r) = super::register::<Revision>(tx, &e, EDIT)? {
             return search::index(tx, queue, rowid, m, Some(&r.ex));
         }
     }

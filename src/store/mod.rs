@@ -357,6 +357,20 @@ fn load_registers(
     Ok(out)
 }
 
+/// One register's value, decoded; `None` when unset or not a `T` (a null
+/// is `None` unless `T` takes it).
+fn register<T: for<'de> serde::Deserialize<'de>>(
+    conn: &Connection,
+    entity: &str,
+    field: &str,
+) -> Result<Option<T>, Error> {
+    let raw: Option<String> = conn
+        .prepare_cached("SELECT value FROM registers WHERE entity = ?1 AND field = ?2")?
+        .query_row(params![entity, field], |r| r.get(0))
+        .optional()?;
+    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+}
+
 /// The entity of kind `prefix` (`account:`, `topic:`) holding a lowercased
 /// name: the earliest claim by `(hlc, origin, entity)` (DESIGN.md §4a).
 /// With `skip_deleted`, entities whose `deleted` register holds `true` hold

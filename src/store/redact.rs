@@ -20,7 +20,7 @@
 //! that never receives the delete) and SQLite's free pages until they are
 //! reused.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Transaction, params};
 
 use super::Error;
 use crate::change::{Change, field};
@@ -47,11 +47,7 @@ pub fn after_apply(tx: &Transaction<'_>, change: &Change) -> Result<(), Error> {
 
 /// Whether the account's `deleted` register holds `true`.
 fn is_deleted(tx: &Transaction<'_>, entity: &str) -> Result<bool, Error> {
-    let value: Option<String> = tx
-        .prepare_cached("SELECT value FROM registers WHERE entity = ?1 AND field = ?2")?
-        .query_row(params![entity, field::DELETED], |r| r.get(0))
-        .optional()?;
-    Ok(value.as_deref() == Some("true"))
+    Ok(super::register::<bool>(tx, entity, field::DELETED)? == Some(true))
 }
 
 /// Whether a write holds a secret of the account: its password hash or

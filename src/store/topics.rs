@@ -76,22 +76,15 @@ impl Db {
     /// [`Db::live_topic`]'s check alone: two register lookups, not a load
     /// of every register (every member) of the topic.
     fn check_live(&self, id: Uuid) -> Result<(), Error> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT field, value FROM registers WHERE entity = ?1 AND field IN (?2, ?3)",
-        )?;
-        let rows = stmt.query_map(
-            rusqlite::params![Entity::Topic(id).key(), field::NAME, field::DELETED],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-        )?;
-        let mut exists = false;
-        for row in rows {
-            let (f, value) = row?;
-            if f == field::DELETED && value == "true" {
-                return Err(Error::NotFound);
-            }
-            exists = true;
+        let key = Entity::Topic(id).key();
+        // Every topic has a name register (null once deleted).
+        let exists = super::register::<Value>(&self.conn, &key, field::NAME)?.is_some();
+        let deleted = super::register::<bool>(&self.conn, &key, field::DELETED)? == Some(true);
+        if exists && !deleted {
+            Ok(())
+        } else {
+            Err(Error::NotFound)
         }
-        if exists { Ok(()) } else { Err(Error::NotFound) }
     }
 
     /// The topic with `id`, deleted or not.
