@@ -535,7 +535,8 @@ async fn outside_changes_loop(shared: Arc<Shared>) {
             changed = outside.changed() => if changed.is_err() { return },
         }
         info!("the store was changed from outside the daemon (the admin CLI)");
-        session::end_sessions_of_ended_accounts(ctx).await;
+        let here = ctx.presence.online.local_accounts();
+        session::end_sessions_of_ended(ctx, here).await;
     }
 }
 

@@ -17,7 +17,8 @@ use crate::proto::{ErrorCode, Packet};
 use crate::router::Topics;
 use crate::router::topics::Put;
 use crate::session::{
-    Context, acl_value, announce_to_topic, meta_packet, topic_event, topic_names,
+    Context, acl_value, announce_to_topic, end_sessions_of_ended, meta_packet, topic_event,
+    topic_names,
 };
 use crate::store::TopicRecord;
 use crate::store::{self, Db, Event};
@@ -108,19 +109,9 @@ pub async fn apply(ctx: &Context, events: &[Event], recached: Recached) {
     for (old, new) in recached {
         announce(ctx, &old, &new).await;
     }
-    for account in gone {
-        // The account may have been re-enabled since: ask the store.
-        let still = ctx.store.call(move |db| db.account(account)).await;
-        if let Ok(Some(a)) = still {
-            if a.deleted || a.disabled {
-                let (code, why) = if a.deleted {
-                    (ErrorCode::AccountDeleted, "the account was deleted")
-                } else {
-                    (ErrorCode::AuthFailed, "the account was disabled")
-                };
-                ctx.presence.close_all(account, NOBODY, code, why);
-            }
-        }
+    if !gone.is_empty() {
+        // The accounts may have been re-enabled since: the store says.
+        end_sessions_of_ended(ctx, gone.into_iter().collect()).await;
     }
     for name in claimed {
         end_later_claims(ctx, name).await;

@@ -7,6 +7,7 @@ use tracing::{info, warn};
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::proto::request::Secret;
 use crate::proto::{ErrorCode, Packet, reply};
+use crate::store::Account;
 
 impl Session<'_> {
     pub(super) fn handle_whoami(&mut self, id: Option<&str>) -> Outcome {
@@ -102,22 +103,42 @@ impl Session<'_> {
     }
 }
 
-/// Ends every session here of an account that is now deleted or disabled
-/// in the store: for changes that did not go through a session (the admin
-/// CLI writing the store beside the daemon).
-pub async fn end_sessions_of_ended_accounts(ctx: &super::Context) {
-    let here = ctx.presence.online.local_accounts();
-    // On the read-only connection: as many accounts as are connected here,
-    // which must not hold up the commits of everyone's messages.
+/// How the sessions of an account that can no longer log in end: the
+/// `bye` code, its words, and the reason the log gives. `None` for an
+/// account in use.
+pub(super) fn ending(a: &Account) -> Option<(ErrorCode, &'static str, CloseReason)> {
+    if a.deleted {
+        Some((
+            ErrorCode::AccountDeleted,
+            "the account was deleted",
+            CloseReason::AccountDeleted,
+        ))
+    } else if a.disabled {
+        Some((
+            ErrorCode::AuthFailed,
+            "the account was disabled",
+            CloseReason::AccountDisabled,
+        ))
+    } else {
+        None
+    }
+}
+
+/// Ends every session here of those of `accounts` that are now deleted or
+/// disabled in the store: for changes that did not go through a session
+/// here (another node's, or the admin CLI writing the store beside the
+/// daemon). Read on the read-only connection, which must not hold up the
+/// commits of everyone's messages.
+pub async fn end_sessions_of_ended(ctx: &super::Context, accounts: Vec<uuid::Uuid>) {
     let ended = ctx
         .store
         .read(move |db| {
             let mut out = Vec::new();
-            for id in here {
-                match db.account(id)? {
-                    Some(a) if a.deleted => out.push((id, a.name, true)),
-                    Some(a) if a.disabled => out.push((id, a.name, false)),
-                    _ => {}
+            for id in accounts {
+                if let Some(a) = db.account(id)? {
+                    if let Some((code, why, _)) = ending(&a) {
+                        out.push((id, a.name, code, why));
+                    }
                 }
             }
             Ok(out)
@@ -130,12 +151,7 @@ pub async fn end_sessions_of_ended_accounts(ctx: &super::Context) {
             return;
         }
     };
-    for (id, name, deleted) in ended {
-        let (code, why) = if deleted {
-            (ErrorCode::AccountDeleted, "the account was deleted")
-        } else {
-            (ErrorCode::AuthFailed, "the account was disabled")
-        };
+    for (id, name, code, why) in ended {
         info!(account = %name, reason = why, "its sessions end");
         ctx.presence.close_all(id, 0, code, why);
     }

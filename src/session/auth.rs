@@ -200,20 +200,13 @@ impl Session<'_> {
                     return Ok(Outcome::Continue);
                 }
             };
-            let deleted = (
-                ErrorCode::AccountDeleted,
-                "the account was deleted",
-                CloseReason::AccountDeleted,
-            );
             let ended = match now {
-                Some(a) if a.deleted => Some(deleted),
-                Some(a) if a.disabled => Some((
-                    ErrorCode::AuthFailed,
-                    "the account was disabled",
-                    CloseReason::AccountDisabled,
+                Some(a) => super::account::ending(&a),
+                None => Some((
+                    ErrorCode::AccountDeleted,
+                    "the account was deleted",
+                    CloseReason::AccountDeleted,
                 )),
-                Some(_) => None,
-                None => Some(deleted),
             };
             if let Some((code, why, reason)) = ended {
                 info!(account = %me.name, reason = why, "logged out at once");

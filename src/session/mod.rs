@@ -25,7 +25,7 @@ pub mod throttle;
 mod ticket;
 mod topic;
 
-pub use account::end_sessions_of_ended_accounts;
+pub use account::end_sessions_of_ended;
 pub use admission::{
     AdmissionRelay, JoinEnded, end_join_request, expire_join_requests, mirror_join_request,
 };
