@@ -353,7 +353,7 @@ impl Session<'_> {
     /// topic table says now.
     fn withdrawn(&self, me: &LoggedIn, topic: uuid::Uuid) -> Denied {
         match self.ctx.topics.get(topic) {
-            None => Denied::new(ErrorCode::TopicNotFound, "no such topic"),
+            None => super::topic::not_found(),
             Some(t) => may_send(&t, self.actor(me))
                 .err()
                 .unwrap_or_else(|| Denied::new(ErrorCode::AclDenied, "the topic changed")),
@@ -873,24 +873,6 @@ mod tests {
         testing::session(ctx, me, "dan", 1)
     }
 
-    /// Commits `account` joining or leaving `topic` and caches the topic,
-    /// as a session's store job does.
-    fn set_member(
-        ctx: &Context,
-        topic: uuid::Uuid,
-        account: uuid::Uuid,
-        member: bool,
-    ) -> impl Future<Output = Result<(), store::Error>> + '_ {
-        let topics = ctx.topics.clone();
-        ctx.store.call_synced(move |db| {
-            db.set_member(topic, account, member)?;
-            if let Some(t) = db.topic(topic)? {
-                topics.put(t);
-            }
-            Ok(())
-        })
-    }
-
     fn send(topic: &str, n: usize) -> Vec<u8> {
         format!(r#"{{"op":"send","topic":"{topic}","ex":{{"message":"m{n}"}}}}"#).into_bytes()
     }
@@ -982,7 +964,7 @@ mod tests {
             Some(Outcome::Continue)
         );
         // The leave is queued first; the run goes to the store after it.
-        let mut leave = Box::pin(set_member(&ctx, topic, me, false));
+        let mut leave = Box::pin(testing::set_member(&ctx, topic, me, false));
         assert!((&mut leave).now_or_never().is_none());
         let mut drained = Box::pin(s.drain());
         assert!((&mut drained).now_or_never().is_none());
@@ -1009,7 +991,7 @@ mod tests {
     async fn relays_go_to_the_members_at_commit_not_at_read() {
         let (_dir, ctx, me, topic) = context().await;
         let bob = uuid::Uuid::now_v7();
-        set_member(&ctx, topic, bob, true).await.unwrap();
+        testing::set_member(&ctx, topic, bob, true).await.unwrap();
         let (bob_out, mut bob_rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
         ctx.presence.add(bob, 7, bob_out, None);
         let (mut s, _rx) = session(&ctx, me);
@@ -1021,7 +1003,7 @@ mod tests {
         );
         s.pipeline.queue(&ctx.store);
         // bob leaves after the run is queued.
-        let mut leave = Box::pin(set_member(&ctx, topic, bob, false));
+        let mut leave = Box::pin(testing::set_member(&ctx, topic, bob, false));
         assert!((&mut leave).now_or_never().is_none());
         release.send(()).unwrap();
         writer.await.unwrap().unwrap();
@@ -1055,7 +1037,7 @@ mod tests {
         .unwrap()
         .id;
         let bob = uuid::Uuid::now_v7();
-        set_member(&ctx, quiet, bob, true).await.unwrap();
+        testing::set_member(&ctx, quiet, bob, true).await.unwrap();
         let (bob_out, mut bob_rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
         ctx.presence.add(bob, 7, bob_out, None);
         let (mut s, _rx) = session(&ctx, me);
@@ -1064,7 +1046,7 @@ mod tests {
             s.handle_line(line.as_bytes()).now_or_never(),
             Some(Outcome::Continue)
         );
-        set_member(&ctx, quiet, bob, false).await.unwrap();
+        testing::set_member(&ctx, quiet, bob, false).await.unwrap();
         assert_eq!(s.flush_burst(), Outcome::Continue);
         assert_eq!(testing::replies(&mut bob_rx), "");
         ctx.store.close().await;

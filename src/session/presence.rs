@@ -148,17 +148,7 @@ mod tests {
         .await
         .unwrap()
         .unwrap();
-        let topics = ctx.topics.clone();
-        ctx.store
-            .call_synced(move |db| {
-                db.set_member(t.id, x, true)?;
-                if let Some(r) = db.topic(t.id)? {
-                    topics.put(r);
-                }
-                Ok(())
-            })
-            .await
-            .unwrap();
+        testing::set_member(&ctx, t.id, x, true).await.unwrap();
         let (out, mut rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
         ctx.presence.add(w, 1, out, None);
         ctx.presence.watch(w, 1, true);

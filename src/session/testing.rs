@@ -41,6 +41,24 @@ pub(super) fn session<'a>(
     (s, rx)
 }
 
+/// Commits `account` joining or leaving `topic` and caches the topic, as a
+/// session's store job does.
+pub(super) fn set_member(
+    ctx: &Context,
+    topic: uuid::Uuid,
+    account: uuid::Uuid,
+    member: bool,
+) -> impl Future<Output = Result<(), crate::store::Error>> + '_ {
+    let topics = ctx.topics.clone();
+    ctx.store.call_synced(move |db| {
+        db.set_member(topic, account, member)?;
+        if let Some(t) = db.topic(topic)? {
+            topics.put(t);
+        }
+        Ok(())
+    })
+}
+
 /// The lines queued on `rx` so far.
 pub(super) fn replies(rx: &mut Receiver) -> String {
     let mut out = String::new();

@@ -27,7 +27,7 @@ const TOPIC_FLAGS: [Flag; 6] = [
     Flag::Admit,
 ];
 
-fn not_found() -> Denied {
+pub(super) fn not_found() -> Denied {
     Denied::new(ErrorCode::TopicNotFound, "no such topic")
 }
 

@@ -601,6 +601,35 @@ const MAX_BATCH: usize = 16_384;
 /// [`wal::Syncer`], which gives back the changes' room in the queue once
 /// the group is on disk and then answers each caller. `observe` gets how
 /// long the commit took (its sync not included).
+/// Whether another connection (the admin CLI beside the daemon) has
+/// committed since `version` was read. Its events are this node's: they go
+/// to the sync thread as an empty group, which syncs, marks them durable
+/// and wakes the mesh links, in that order, as for the daemon's own.
+fn committed_outside(db: &Db, version: &mut i64, syncer: &wal::Syncer) -> bool {
+    match db.data_version() {
+        Ok(v) if v != *version => {
+            *version = v;
+            if let Ok(seq) = db.own_seq() {
+                let synced = wal::Committed {
+                    answers: Vec::new(),
+                    replies: Vec::new(),
+                    rooms: Vec::new(),
+                    seq,
+                };
+                if syncer.send(synced).is_err() {
+                    tracing::error!("the store's sync thread is gone");
+                }
+            }
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the store's data version");
+            false
+        }
+    }
+}
+
 fn commit_batch(
     db: &mut Db,
     syncer: &wal::Syncer,
@@ -967,29 +996,8 @@ impl Store {
                     match msg {
                         Msg::Tidy => {
                             tidy.tick(&db.conn);
-                            // Committed by another connection: the admin
-                            // CLI's events are this node's, for the mesh
-                            // links (once a sync of the sync thread's own
-                            // covers them, and the groups before them) and
-                            // the sessions to hear of.
-                            match db.data_version() {
-                                Ok(v) if v != version => {
-                                    version = v;
-                                    if let Ok(seq) = db.own_seq() {
-                                        let synced = wal::Committed {
-                                            answers: Vec::new(),
-                                            replies: Vec::new(),
-                                            rooms: Vec::new(),
-                                            seq,
-                                        };
-                                        if syncer.send(synced).is_err() {
-                                            tracing::error!("the store's sync thread is gone");
-                                        }
-                                    }
-                                    outside.send_modify(|n| *n = n.wrapping_add(1));
-                                }
-                                Ok(_) => {}
-                                Err(e) => tracing::warn!(error = %e, "cannot read the store's data version"),
+                            if committed_outside(&db, &mut version, &syncer) {
+                                outside.send_modify(|n| *n = n.wrapping_add(1));
                             }
                         }
                         Msg::Job(job) => {
