@@ -147,8 +147,7 @@ impl ExJson {
     /// Whether it is the empty object (left out of an envelope, like an
     /// empty map).
     pub fn is_empty(&self) -> bool {
-        let mut text = self.0.get().bytes().filter(|b| !b.is_ascii_whitespace());
-        text.next() == Some(b'{') && text.next() == Some(b'}') && text.next().is_none()
+        crate::proto::packet::is_empty_ex(self.0.get().as_bytes())
     }
 }
 

@@ -288,11 +288,23 @@ pub fn parse_ex(raw: ExText<'_>) -> Result<Map<String, Value>, DecodeError> {
     serde_json::from_slice(raw.get()).map_err(|e| malformed(&e))
 }
 
+/// Whether `ex` (JSON text) is the empty object, or no text at all: an
+/// envelope leaves such an `ex` out (protocol.md 6).
+pub fn is_empty_ex(ex: &[u8]) -> bool {
+    let mut text = ex.iter().filter(|b| !b.is_ascii_whitespace());
+    match text.next() {
+        None => true,
+        Some(b'{') => text.next() == Some(&b'}') && text.next().is_none(),
+        Some(_) => false,
+    }
+}
+
 /// Appends the relayed `send` of a message whose `ex` is carried as sent:
 /// the same envelope as `Packet::server("send")` with `topic`, `from` and
-/// `ex`, in the same field order, written in one pass. The ids are typed:
-/// a formatted UUID never needs escaping. `from_json` is the sender's name
-/// already written as a JSON string (once per login, not per message).
+/// `ex`, in the same field order, written in one pass (an empty `ex` left
+/// out, as there). The ids are typed: a formatted UUID never needs
+/// escaping. `from_json` is the sender's name already written as a JSON
+/// string (once per login, not per message).
 pub fn write_relay(
     buf: &mut Vec<u8>,
     id: &UuidText,
@@ -310,8 +322,10 @@ pub fn write_relay(
     write_uuid(buf, topic);
     buf.extend_from_slice(from_key);
     buf.extend_from_slice(from_json.as_bytes());
-    buf.extend_from_slice(ex_key);
-    buf.extend_from_slice(ex);
+    if !is_empty_ex(ex) {
+        buf.extend_from_slice(ex_key);
+        buf.extend_from_slice(ex);
+    }
     buf.extend_from_slice(close);
 }
 
@@ -329,9 +343,15 @@ const RELAY_PIECES: [&[u8]; 6] = [
 /// message's size is checked against the line limit before it is queued
 /// for commit, without writing a relay that would be thrown away.
 pub fn relay_len(ts: i64, from_json: &str, ex: &[u8]) -> usize {
+    let [open, ts_key, topic_key, from_key, ex_key, close] = RELAY_PIECES;
     // Two quoted UUIDs: 36 characters and two quotes each.
-    let fixed: usize = RELAY_PIECES.iter().map(|p| p.len()).sum::<usize>() + 2 * 38;
-    fixed + itoa::Buffer::new().format(ts).len() + from_json.len() + ex.len()
+    let fixed = open.len() + ts_key.len() + topic_key.len() + from_key.len() + close.len() + 2 * 38;
+    let ex = if is_empty_ex(ex) {
+        0
+    } else {
+        ex_key.len() + ex.len()
+    };
+    fixed + itoa::Buffer::new().format(ts).len() + from_json.len() + ex
 }
 
 /// A kept message's relay, as members connected to another node get it and
@@ -527,7 +547,12 @@ impl<'de> Visitor<'de> for WireVisitor {
                 Key::Op => &mut fields.op,
                 Key::From => &mut fields.from,
                 Key::Ex => {
-                    fields.ex = Some(map.next_value()?);
+                    // A later `ex` replaces this one, which is then checked
+                    // as any other dropped value is.
+                    if let Some(old) = fields.ex.replace(map.next_value()?) {
+                        serde_json::from_str::<Checked>(old.get())
+                            .map_err(serde::de::Error::custom)?;
+                    }
                     continue;
                 }
                 Key::Other => {
@@ -889,6 +914,44 @@ mod tests {
             line.len(),
             relay_len(-42, r#""d\"an\u00e9""#, raw.get().as_bytes())
         );
+    }
+
+    /// A later `ex` does not spare an earlier one the checks every value
+    /// gets: the same values under any other key are refused.
+    #[test]
+    fn an_overridden_ex_is_checked_like_any_value() {
+        for line in [
+            r#"{"op":"ping","ex":{"a":1e400},"ex":{}}"#,
+            r#"{"op":"ping","ex":"\udc00","ex":null}"#,
+            r#"{"op":"send","topic":"t","ex":[1e999],"ex":{"a":1}}"#,
+        ] {
+            let other = line.replacen("\"ex\"", "\"x\"", 1);
+            assert!(Packet::decode(other.as_bytes(), 32).is_err(), "{other}");
+            assert!(Packet::decode(line.as_bytes(), 32).is_err(), "{line}");
+            assert!(Packet::decode_lazy(line.as_bytes(), 32).is_err(), "{line}");
+        }
+        // A well-formed earlier `ex` is still replaced by the later one.
+        let p = Packet::decode(br#"{"op":"ping","ex":{"a":1},"ex":{"b":2}}"#, 32).unwrap();
+        assert_eq!(p.ex.get("b"), Some(&Value::from(2)));
+        assert!(!p.ex.contains_key("a"));
+    }
+
+    /// An empty `ex` is left out of a relay, as `Packet::server` leaves it
+    /// out, and the relay's length says so.
+    #[test]
+    fn a_relay_of_an_empty_ex_leaves_ex_out() {
+        let (id, topic) = (UuidText::new(id::new_uuid()), UuidText::new(id::new_uuid()));
+        for ex in ["", "{}", " { } "] {
+            let mut line = Vec::new();
+            write_relay(&mut line, &id, 1, &topic, "\"dan\"", ex.as_bytes());
+            let v: Map<String, Value> = serde_json::from_slice(&line).unwrap();
+            assert!(!v.contains_key("ex"), "{}", String::from_utf8_lossy(&line));
+            assert_eq!(line.len(), relay_len(1, "\"dan\"", ex.as_bytes()));
+            let p = Packet::decode(line.strip_suffix(b"\n").unwrap(), 8).unwrap();
+            assert_eq!(p.to_line(), line);
+        }
+        assert!(!is_empty_ex(br#"{"a":1}"#));
+        assert!(!is_empty_ex(b"[]"));
     }
 
     #[test]

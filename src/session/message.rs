@@ -1019,6 +1019,55 @@ mod tests {
         ctx.store.close().await;
     }
 
+    /// A message whose `ex` is empty, or empty once the server's `for` is
+    /// taken out, is relayed without `ex` (protocol.md 6), as history
+    /// shows it, whether its topic keeps history or not.
+    #[tokio::test]
+    async fn an_empty_ex_is_left_out_of_the_relay() {
+        let (_dir, ctx, me, kept) = context().await;
+        let quiet = super::super::topic::create_cached(
+            &ctx.store,
+            &ctx.topics,
+            "quiet".into(),
+            me,
+            Map::from_iter([("history".to_owned(), Value::Bool(false))]),
+            2,
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+        let bob = uuid::Uuid::now_v7();
+        for t in [kept, quiet] {
+            testing::set_member(&ctx, t, bob, true).await.unwrap();
+        }
+        let (bob_out, mut bob_rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
+        ctx.presence.add(bob, 7, bob_out, None);
+        let (mut s, _rx) = session(&ctx, me);
+        for t in [kept, quiet] {
+            for ex in [r#","ex":{"for":"x"}"#, r#","ex":{}"#, ""] {
+                let line = format!(r#"{{"op":"send","topic":"{t}"{ex}}}"#);
+                assert_eq!(s.handle_line(line.as_bytes()).await, Outcome::Continue);
+            }
+        }
+        assert_eq!(s.drain().await, Outcome::Continue);
+        assert_eq!(s.flush_burst(), Outcome::Continue);
+        let relays = testing::replies(&mut bob_rx);
+        assert_eq!(relays.lines().count(), 6, "{relays}");
+        for line in relays.lines() {
+            let v: Map<String, Value> = serde_json::from_str(line).unwrap();
+            assert_eq!(v.get("op"), Some(&Value::from("send")), "{line}");
+            assert!(!v.contains_key("ex"), "{line}");
+        }
+        let page = ctx
+            .store
+            .call(move |db| db.history(kept, None, None, 10))
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len(), 3);
+        ctx.store.close().await;
+    }
+
     /// Relays of messages not kept wait in the burst until the input runs
     /// dry; a member who leaves meanwhile gets none of them.
     #[tokio::test]
