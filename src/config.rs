@@ -522,6 +522,9 @@ impl Config {
                 "must be at least 8 × argon2_parallelism",
             ));
         }
+        if a.max_concurrent_hashes > 1024 {
+            return Err(invalid("auth.max_concurrent_hashes", "must be 0 to 1024"));
+        }
         for (key, v) in [
             ("auth.ticket_ttl_ms", a.ticket_ttl_ms),
             ("auth.challenge_ttl_ms", a.challenge_ttl_ms),
@@ -542,6 +545,9 @@ impl Config {
                 "log",
                 "refused_interval_ms and refused_max_addresses must be at least 1",
             ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", e.to_string()));
         }
         let h = &self.history;
         if h.max_age_ms == 0 || h.prune_interval_ms == 0 || h.max_messages_per_topic == 0 {
@@ -760,6 +766,32 @@ mod tests {
     fn wrong_type_is_named() {
         let err = Config::from_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn a_config_that_validates_can_start_the_hashers() {
+        // toml's largest integer: past tokio's semaphore bound, whose
+        // `Semaphore::new` panics when the daemon builds its hashers.
+        let err =
+            Config::from_toml("[auth]\nmax_concurrent_hashes = 9223372036854775807\n").unwrap_err();
+        assert!(
+            err.to_string().contains("auth.max_concurrent_hashes"),
+            "{err}"
+        );
+        let err =
+            Config::from_toml("[federation]\nmax_concurrent = 9223372036854775807\n").unwrap_err();
+        assert!(
+            err.to_string().contains("federation.max_concurrent"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_log_filter_the_daemon_cannot_use_is_named() {
+        // `tenthbitd run` refuses it (`log.level: invalid filter directive`);
+        // `check-config` must not call the same file ok.
+        let err = Config::from_toml("[log]\nlevel = \"info,=bogus[\"\n").unwrap_err();
+        assert!(err.to_string().contains("log.level"), "{err}");
     }
 
     #[test]

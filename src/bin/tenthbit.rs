@@ -414,6 +414,7 @@ async fn options(target: &str, server: &ServerArgs) -> Result<Prepared> {
         },
         server_name: server.server_name.clone().unwrap_or(host),
         max_line_bytes: 16 * 1024 * 1024,
+        connect_timeout: tenthbit::client::CONNECT_TIMEOUT,
     };
     let mut probe = None;
     opts.trust = match (&server.fingerprint, &server.ca) {
@@ -429,9 +430,7 @@ async fn options(target: &str, server: &ServerArgs) -> Result<Prepared> {
             let (client, trusted) = known.connect(&addr, &opts).await?;
             probe = Some(client);
             let fp = match trusted {
-                Trusted::Known => known
-                    .lookup(&addr)
-                    .context("known-servers entry vanished")?,
+                Trusted::Known(fp) => fp,
                 Trusted::FirstUse(fp) => {
                     eprintln!(
                         "tenthbit: first connection to {addr}: trusting its certificate, SHA-256 {}\n\

@@ -36,8 +36,8 @@ pub struct KnownServers {
 /// How a trust-on-first-use connection was trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trusted {
-    /// The server presented the certificate remembered for it.
-    Known,
+    /// The server presented the certificate remembered for it, this one.
+    Known([u8; 32]),
     /// First contact: this fingerprint is now remembered.
     FirstUse([u8; 32]),
 }
@@ -65,13 +65,34 @@ impl KnownServers {
         &self.path
     }
 
-    /// The fingerprint remembered for `target` (`host:port`).
-    pub fn lookup(&self, target: &str) -> Option<[u8; 32]> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
-        text.lines()
-            .filter_map(|l| l.split_once(char::is_whitespace))
-            .find(|(t, _)| *t == target)
-            .and_then(|(_, fp)| parse_fingerprint(fp.trim()))
+    /// The fingerprint remembered for `target` (`host:port`): `None` when
+    /// the file or the entry does not exist; an error when the file cannot
+    /// be read or the entry does not parse, which is never taken for a first
+    /// contact (that would turn pinning off for as long as the file stays
+    /// damaged).
+    pub fn lookup(&self, target: &str) -> Result<Option<[u8; 32]>, Error> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Io(e)),
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            if fields.next() == Some(target) {
+                return fields
+                    .next()
+                    .and_then(parse_fingerprint)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        Error::Tls(crate::tls::Error::Trust(format!(
+                            "the entry for {target} in {} does not parse",
+                            self.path.display()
+                        )))
+                    });
+            }
+        }
+        Ok(None)
     }
 
     /// Remembers `fingerprint` for `target`, replacing nothing: a changed
@@ -91,13 +112,13 @@ impl KnownServers {
     /// Connects to `addr`, trusting the remembered certificate, or, on first
     /// contact, whatever the server presents (and remembering it).
     pub async fn connect(&self, addr: &str, opts: &Options) -> Result<(Client, Trusted), Error> {
-        if let Some(known) = self.lookup(addr) {
+        if let Some(known) = self.lookup(addr)? {
             let pinned = Options {
                 trust: Trust::Fingerprint(known),
                 ..opts.clone()
             };
             return match Client::connect(addr, &pinned).await {
-                Ok(c) => Ok((c, Trusted::Known)),
+                Ok(c) => Ok((c, Trusted::Known(known))),
                 Err(e) if refused_by_pin(&e) => {
                     // Learn what it presents now, to say so; never trust it.
                     let seen = Arc::new(Mutex::new(None));

@@ -98,7 +98,14 @@ pub struct Options {
     pub server_name: String,
     /// Longest line accepted from the server.
     pub max_line_bytes: usize,
+    /// Longest the TCP connect and the TLS handshake may take together: a
+    /// listener that never answers the handshake (a wrong port, a hung
+    /// server, a middlebox) is given up on with [`Error::Timeout`].
+    pub connect_timeout: Duration,
 }
+
+/// [`Options::connect_timeout`] unless set otherwise.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Options {
     /// Pin a fingerprint, offer plain `10bit/0.1`.
@@ -108,6 +115,7 @@ impl Options {
             alpn: vec![Alpn::Plain],
             server_name: "localhost".into(),
             max_line_bytes: 1024 * 1024,
+            connect_timeout: CONNECT_TIMEOUT,
         }
     }
 
@@ -144,11 +152,16 @@ impl Client {
         let config = tls::client_config(&opts.trust, &opts.alpn)?;
         let name = ServerName::try_from(opts.server_name.clone())
             .map_err(|_| Error::ServerName(opts.server_name.clone()))?;
-        let tcp = TcpStream::connect(addr).await?;
-        let _ = tcp.set_nodelay(true);
-        let stream = TlsConnector::from(Arc::clone(&config))
-            .connect(name, tcp)
-            .await?;
+        let handshake = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            TlsConnector::from(Arc::clone(&config))
+                .connect(name, tcp)
+                .await
+        };
+        let stream = tokio::time::timeout(opts.connect_timeout, handshake)
+            .await
+            .map_err(|_| Error::Timeout(opts.connect_timeout))??;
         let alpn = Alpn::from_negotiated(stream.get_ref().1.alpn_protocol()).ok_or(Error::Alpn)?;
         let (rd, wr) = tokio::io::split(stream);
         Ok(Client {
@@ -347,5 +360,37 @@ impl ClientWriter {
         }
         self.writer.shutdown().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener that accepts TCP but never answers the TLS handshake is
+    /// given up on after the connect timeout (`tenthbit send` then exits 2,
+    /// "could not connect"), not waited for forever.
+    #[tokio::test]
+    async fn a_server_that_never_handshakes_is_given_up_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Accepted and held open, never read from or written to.
+        let held = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                kept.push(s);
+            }
+        });
+        let limit = Duration::from_millis(200);
+        let opts = Options {
+            connect_timeout: limit,
+            ..Options::pinned([0; 32])
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(20), Client::connect(&addr, &opts))
+            .await
+            .expect("the client gave up by itself");
+        let err = outcome.err().expect("no handshake, no client");
+        assert!(matches!(err, Error::Timeout(t) if t == limit), "{err}");
+        held.abort();
     }
 }

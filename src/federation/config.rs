@@ -117,6 +117,9 @@ impl FederationConfig {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        if self.max_concurrent > 4096 {
+            return Err(invalid("federation.max_concurrent", "must be 1 to 4096"));
+        }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(invalid(
                 "federation.cert_file",
