@@ -34,6 +34,17 @@ pub enum Error {
     /// Not a server flag.
     #[error("unknown server flag {0:?}; server flags are admin and create")]
     InvalidFlag(String),
+    /// No store where the configuration points: a command other than
+    /// `account add` never makes one (it would work on a store the daemon
+    /// does not read).
+    #[error(
+        "no store at {}: is --config (or --data-dir) the daemon's? `account add` creates one",
+        path.display()
+    )]
+    NoStore {
+        /// The database file looked for.
+        path: std::path::PathBuf,
+    },
     /// The data directory cannot be created.
     #[error("cannot create data directory {}: {cause}", path.display())]
     DataDir {
@@ -51,8 +62,27 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Opens the store named by `config`.
+    /// Opens the store named by `config`, which must exist: an operator
+    /// whose `--config` or `--data-dir` is not the daemon's gets an error,
+    /// not an empty store that answers "no account named …".
     pub fn open(config: &Config) -> Result<Admin, Error> {
+        let path = config.server.data_dir.join(crate::store::DB_FILE);
+        if !path.exists() {
+            return Err(Error::NoStore { path });
+        }
+        Self::open_or_create(config)
+    }
+
+    /// Opens the store named by `config`, creating it (and its directory)
+    /// if there is none yet; whether it did is the second half of the
+    /// answer. For `account add`, which may come before the daemon's
+    /// first start.
+    pub fn create(config: &Config) -> Result<(Admin, bool), Error> {
+        let created = !config.server.data_dir.join(crate::store::DB_FILE).exists();
+        Ok((Self::open_or_create(config)?, created))
+    }
+
+    fn open_or_create(config: &Config) -> Result<Admin, Error> {
         let dir = &config.server.data_dir;
         std::fs::create_dir_all(dir).map_err(|cause| Error::DataDir {
             path: dir.clone(),

@@ -117,6 +117,39 @@ fn admin_cli(data: &std::path::Path, password: &str, args: &[&str]) -> std::proc
         .unwrap()
 }
 
+/// Pointed at a directory with no store (a `--data-dir` typo, a missing
+/// `--config`), the admin commands say so and create nothing, where they
+/// used to answer from a new empty store the daemon never reads; `account
+/// add`, which may come before the daemon's first start, creates the store
+/// and says it did.
+#[test]
+fn admin_commands_refuse_a_directory_without_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("typo");
+    for args in [
+        &["account", "list"][..],
+        &["account", "del", "alice"],
+        &["account", "passwd", "alice"],
+        &["admin", "show"],
+        &["admin", "grant", "alice"],
+    ] {
+        let out = admin_cli(&data, "rootpassword", args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(err.contains("no store at"), "{args:?}: {err}");
+        assert!(!data.join("tenthbit.db").exists(), "{args:?}");
+    }
+    let out = admin_cli(&data, "rootpassword", &["account", "add", "root"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("created a new one"), "{err}");
+    let out = admin_cli(&data, "rootpassword", &["account", "add", "second"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("created"));
+    let listing = admin_cli(&data, "rootpassword", &["account", "list"]);
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("root\t"));
+}
+
 #[tokio::test]
 async fn only_admins_register_when_policy_says_so() {
     let server = TestServer::start_with(|c| c.auth.registration = Registration::Admins).await;

@@ -220,13 +220,24 @@ fn main() -> ExitCode {
 
 fn account(cli: &Cli, cmd: &AccountCommand) -> Result<()> {
     let config = load_config(cli)?;
+    if let AccountCommand::Add { name } = cmd {
+        // The one command that may come before the daemon's first start.
+        let password = read_password(true)?;
+        let (mut admin, created) = Admin::create(&config)?;
+        if created {
+            eprintln!(
+                "tenthbitd: no store at {}: created a new one",
+                config.server.data_dir.display()
+            );
+        }
+        let account = admin.add(name, &password)?;
+        println!("created account {} ({})", account.name, account.id);
+        return Ok(());
+    }
     let mut admin = Admin::open(&config)?;
     match cmd {
-        AccountCommand::Add { name } => {
-            let password = read_password(true)?;
-            let account = admin.add(name, &password)?;
-            println!("created account {} ({})", account.name, account.id);
-        }
+        // Answered above.
+        AccountCommand::Add { .. } => {}
         AccountCommand::Passwd { name } => {
             let password = read_password(true)?;
             admin.passwd(name, &password)?;
