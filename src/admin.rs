@@ -122,8 +122,8 @@ impl Admin {
     pub fn passwd(&mut self, name: &str, password: &str) -> Result<(), Error> {
         let account = self.find(name)?;
         let phc = self.hash(password)?;
-        self.db.set_password(account.id, &phc)?;
-        Ok(self.db.drop_tickets(account.id)?)
+        // Its tickets end as the change commits (`store::tickets`).
+        Ok(self.db.set_password(account.id, &phc)?)
     }
 
     /// Deletes an account (its name stays reserved).

@@ -204,8 +204,8 @@ impl Db {
         for (topic, _) in self.markers(id)? {
             change = change.set(e, &format!("{}{topic}", field::READ_PREFIX), Value::Null);
         }
-        self.change_existing(id, change)?;
-        self.drop_tickets(id)
+        // Its tickets go with the password (`tickets::after_apply`).
+        self.change_existing(id, change)
     }
 
     /// Adds (`true`) or removes (`false`) an Ed25519 public key (base64).

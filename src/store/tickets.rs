@@ -1,11 +1,33 @@
 //! Login tickets: stored as SHA-256 hashes, consumed by any redemption
 //! attempt, expiring. Tickets are not events: only the node that issued one
-//! redeems it, so a partition cannot spend it twice.
+//! redeems it, so a partition cannot spend it twice. A change of the
+//! account's password, and its deletion, end its tickets wherever the
+//! change is applied: here as it commits, on every other node as it
+//! arrives ([`after_apply`]).
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 use uuid::Uuid;
 
 use super::{Db, Error};
+use crate::change::{Change, field};
+
+/// Drops the tickets of every account whose password `change` writes, or
+/// that it deletes (a deletion's own password write is redacted from the
+/// event a peer gets). Called for every change applied to the store, local
+/// or a peer's.
+pub(super) fn after_apply(tx: &Transaction<'_>, change: &Change) -> Result<(), Error> {
+    for w in &change.writes {
+        let deleted = w.field == field::DELETED && w.value == serde_json::Value::Bool(true);
+        if w.field != field::PASSWORD && !deleted {
+            continue;
+        }
+        if let Some(account) = super::parse_entity("account:", &w.entity) {
+            tx.prepare_cached("DELETE FROM tickets WHERE account = ?1")?
+                .execute(params![account.to_string()])?;
+        }
+    }
+    Ok(())
+}
 
 /// What redeeming a ticket found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,15 +93,6 @@ impl Db {
             expires_ms,
         }))
     }
-
-    /// Drops every ticket of an account (on deletion).
-    pub fn drop_tickets(&mut self, account: Uuid) -> Result<(), Error> {
-        self.conn.execute(
-            "DELETE FROM tickets WHERE account = ?1",
-            params![account.to_string()],
-        )?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -102,5 +115,66 @@ mod tests {
         assert_eq!(got.account, id);
         assert_eq!(got.bound_to.as_deref(), Some("10b.it"));
         assert_eq!(db.take_ticket("TICKETabc123").unwrap(), None);
+    }
+
+    /// Everything `to` lacks from `from`, applied as a mesh link applies it.
+    fn ship(from: &Db, to: &mut Db) {
+        use crate::store::replica::{Incoming, VersionVector, origin_key};
+        let mut sent = VersionVector::default();
+        let own = to.origin().clone();
+        sent.raise(&origin_key(&own.node, &own.incarnation), u64::MAX);
+        let (_, batch) = from.catch_up(&sent, 10_000).unwrap();
+        let incoming = batch
+            .into_iter()
+            .map(|(raw, prev)| Incoming {
+                event: crate::store::Event {
+                    node: raw.node,
+                    incarnation: raw.incarnation,
+                    seq: raw.seq,
+                    hlc: raw.hlc,
+                    change: serde_json::from_str(&raw.body).unwrap(),
+                },
+                prev,
+                body: raw.body,
+            })
+            .collect();
+        to.receive(incoming).unwrap();
+    }
+
+    /// A password change ends the account's unredeemed tickets, and only
+    /// its own: where it is made, and on a node it reaches later (tickets
+    /// are redeemed only by the node that issued them, which may not be the
+    /// one where the password changed).
+    #[test]
+    fn a_password_change_ends_the_accounts_tickets_on_every_node() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut n1 = Db::open(d1.path(), "n1").unwrap();
+        let mut n2 = Db::open(d2.path(), "n2").unwrap();
+        let dan = n1.create_account("dan", "$old").unwrap().id;
+        let eve = n1.create_account("eve", "$old").unwrap().id;
+        ship(&n1, &mut n2);
+
+        // Here.
+        n1.store_ticket("HERE-dan", dan, None, i64::MAX, 0).unwrap();
+        n1.store_ticket("HERE-eve", eve, None, i64::MAX, 0).unwrap();
+        n1.set_password(dan, "$new").unwrap();
+        assert_eq!(n1.take_ticket("HERE-dan").unwrap(), None);
+        assert!(n1.take_ticket("HERE-eve").unwrap().is_some());
+
+        // Elsewhere: n1 issued these, the password changes on n2.
+        n1.store_ticket("THERE-dan", dan, None, i64::MAX, 0)
+            .unwrap();
+        n1.store_ticket("THERE-eve", eve, None, i64::MAX, 0)
+            .unwrap();
+        n2.set_password(dan, "$newer").unwrap();
+        ship(&n2, &mut n1);
+        assert_eq!(n1.take_ticket("THERE-dan").unwrap(), None);
+        assert!(n1.take_ticket("THERE-eve").unwrap().is_some());
+
+        // A deletion clears the password, and the tickets with it.
+        n1.store_ticket("GONE-eve", eve, None, i64::MAX, 0).unwrap();
+        n2.delete_account(eve).unwrap();
+        ship(&n2, &mut n1);
+        assert_eq!(n1.take_ticket("GONE-eve").unwrap(), None);
     }
 }
