@@ -867,6 +867,22 @@ mod tests {
         (dir, ctx, me, topic.id)
     }
 
+    /// A topic `me` created that keeps no history.
+    async fn quiet_topic(ctx: &Context, me: uuid::Uuid) -> uuid::Uuid {
+        super::super::topic::create_cached(
+            &ctx.store,
+            &ctx.topics,
+            "quiet".into(),
+            me,
+            Map::from_iter([("history".to_owned(), Value::Bool(false))]),
+            2,
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+    }
+
     /// A session logged in as `me`, and the receiving end of its queue
     /// (kept, so that replies can be queued).
     fn session(ctx: &Context, me: uuid::Uuid) -> (Session<'_>, crate::router::outbound::Receiver) {
@@ -1025,18 +1041,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_ex_is_left_out_of_the_relay() {
         let (_dir, ctx, me, kept) = context().await;
-        let quiet = super::super::topic::create_cached(
-            &ctx.store,
-            &ctx.topics,
-            "quiet".into(),
-            me,
-            Map::from_iter([("history".to_owned(), Value::Bool(false))]),
-            2,
-        )
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+        let quiet = quiet_topic(&ctx, me).await;
         let bob = uuid::Uuid::now_v7();
         for t in [kept, quiet] {
             testing::set_member(&ctx, t, bob, true).await.unwrap();
@@ -1073,18 +1078,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_goes_to_the_members_when_it_is_delivered() {
         let (_dir, ctx, me, _) = context().await;
-        let quiet = super::super::topic::create_cached(
-            &ctx.store,
-            &ctx.topics,
-            "quiet".into(),
-            me,
-            Map::from_iter([("history".to_owned(), Value::Bool(false))]),
-            2,
-        )
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+        let quiet = quiet_topic(&ctx, me).await;
         let bob = uuid::Uuid::now_v7();
         testing::set_member(&ctx, quiet, bob, true).await.unwrap();
         let (bob_out, mut bob_rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);

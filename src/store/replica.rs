@@ -63,6 +63,24 @@ pub struct Incoming {
     pub body: String,
 }
 
+#[cfg(test)]
+impl Incoming {
+    /// `raw` as a link receives it after `prev`, its change decoded.
+    pub(crate) fn decoded(raw: RawEvent, prev: u64) -> Self {
+        Incoming {
+            event: Event {
+                node: raw.node,
+                incarnation: raw.incarnation,
+                seq: raw.seq,
+                hlc: raw.hlc,
+                change: serde_json::from_str(&raw.body).expect("a stored change decodes"),
+            },
+            prev,
+            body: raw.body,
+        }
+    }
+}
+
 /// An event as the log holds it, its change still encoded: what a link
 /// sends without decoding it.
 #[derive(Debug, Clone, PartialEq)]
@@ -376,17 +394,7 @@ mod tests {
         }
         let incoming = batch
             .into_iter()
-            .map(|(raw, prev)| Incoming {
-                event: Event {
-                    node: raw.node,
-                    incarnation: raw.incarnation,
-                    seq: raw.seq,
-                    hlc: raw.hlc,
-                    change: serde_json::from_str(&raw.body).unwrap(),
-                },
-                prev,
-                body: raw.body,
-            })
+            .map(|(raw, prev)| Incoming::decoded(raw, prev))
             .collect();
         for r in dbs[to].receive(incoming).unwrap() {
             assert!(

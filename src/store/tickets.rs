@@ -126,17 +126,7 @@ mod tests {
         let (_, batch) = from.catch_up(&sent, 10_000).unwrap();
         let incoming = batch
             .into_iter()
-            .map(|(raw, prev)| Incoming {
-                event: crate::store::Event {
-                    node: raw.node,
-                    incarnation: raw.incarnation,
-                    seq: raw.seq,
-                    hlc: raw.hlc,
-                    change: serde_json::from_str(&raw.body).unwrap(),
-                },
-                prev,
-                body: raw.body,
-            })
+            .map(|(raw, prev)| Incoming::decoded(raw, prev))
             .collect();
         to.receive(incoming).unwrap();
     }
