@@ -297,7 +297,7 @@ pub(super) fn apply_as(
         write_registers(tx, origin_key, hlc, change)?;
     }
     super::redact::after_apply(tx, change)?;
-    super::tickets::after_apply(tx, change)?;
+    super::tickets::after_apply(tx, origin_key, hlc, change)?;
     super::edit::settle(tx, index, rowid, change, arrival)
 }
 

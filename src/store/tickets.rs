@@ -11,14 +11,34 @@ use uuid::Uuid;
 use super::{Db, Error};
 use crate::change::{Change, field};
 
-/// Drops the tickets of every account whose password `change` writes, or
-/// that it deletes (a deletion's own password write is redacted from the
-/// event a peer gets). Called for every change applied to the store, local
-/// or a peer's.
-pub(super) fn after_apply(tx: &Transaction<'_>, change: &Change) -> Result<(), Error> {
+/// Drops the tickets of every account whose password `change` (stamped
+/// `hlc` by `origin_key`) changes, or that it deletes (a deletion's own
+/// password write is redacted from the event a peer gets). A password
+/// write that lost to a later one changes nothing, and keeps the tickets
+/// issued under the password that won. A new account has none. Called for
+/// every change applied to the store, local or a peer's.
+pub(super) fn after_apply(
+    tx: &Transaction<'_>,
+    origin_key: &str,
+    hlc: u64,
+    change: &Change,
+) -> Result<(), Error> {
+    if change.kind == "account.create" {
+        return Ok(());
+    }
     for w in &change.writes {
-        let deleted = w.field == field::DELETED && w.value == serde_json::Value::Bool(true);
-        if w.field != field::PASSWORD && !deleted {
+        let ends = if w.field == field::PASSWORD {
+            // The register holds this write: it won.
+            tx.prepare_cached(
+                "SELECT 1 FROM registers WHERE entity = ?1 AND field = ?2 AND hlc = ?3 AND origin = ?4",
+            )?
+            .query_row(params![w.entity, w.field, hlc as i64, origin_key], |_| Ok(()))
+            .optional()?
+            .is_some()
+        } else {
+            w.field == field::DELETED && w.value == serde_json::Value::Bool(true)
+        };
+        if !ends {
             continue;
         }
         if let Some(account) = super::parse_entity("account:", &w.entity) {
@@ -119,6 +139,11 @@ mod tests {
 
     /// Everything `to` lacks from `from`, applied as a mesh link applies it.
     fn ship(from: &Db, to: &mut Db) {
+        ship_stamped(from, to, None);
+    }
+
+    /// [`ship`], the events stamped `hlc` if given: as if made that long ago.
+    fn ship_stamped(from: &Db, to: &mut Db, hlc: Option<u64>) {
         use crate::store::replica::{Incoming, VersionVector, origin_key};
         let mut sent = VersionVector::default();
         let own = to.origin().clone();
@@ -126,7 +151,11 @@ mod tests {
         let (_, batch) = from.catch_up(&sent, 10_000).unwrap();
         let incoming = batch
             .into_iter()
-            .map(|(raw, prev)| Incoming::decoded(raw, prev))
+            .map(|(raw, prev)| {
+                let mut incoming = Incoming::decoded(raw, prev);
+                incoming.event.hlc = hlc.unwrap_or(incoming.event.hlc);
+                incoming
+            })
             .collect();
         to.receive(incoming).unwrap();
     }
@@ -160,6 +189,16 @@ mod tests {
         ship(&n2, &mut n1);
         assert_eq!(n1.take_ticket("THERE-dan").unwrap(), None);
         assert!(n1.take_ticket("THERE-eve").unwrap().is_some());
+
+        // A change that loses to a later one (n2's, stamped before n1's)
+        // leaves the tickets issued under the password that won.
+        n1.set_password(dan, "$newest").unwrap();
+        n1.store_ticket("KEPT-dan", dan, None, i64::MAX, 0).unwrap();
+        n2.set_password(dan, "$stale").unwrap();
+        ship_stamped(&n2, &mut n1, Some(1));
+        let after = n1.account(dan).unwrap().unwrap();
+        assert_eq!(after.password.as_deref(), Some("$newest"));
+        assert!(n1.take_ticket("KEPT-dan").unwrap().is_some());
 
         // A deletion clears the password, and the tickets with it.
         n1.store_ticket("GONE-eve", eve, None, i64::MAX, 0).unwrap();
