@@ -391,6 +391,52 @@ async fn login_failures_never_echo_secrets() {
     server.stop().await;
 }
 
+/// Packets that arrive while a request waits for its answer are kept for
+/// `recv`, up to `max_kept_aside_bytes`: past it the request fails with
+/// `Backlog` instead of letting a flooding server fill the client's memory,
+/// and what was kept is still there to read.
+#[tokio::test]
+async fn a_request_keeps_aside_only_so_much() {
+    let server = TestServer::start().await;
+    let (mut bob, topic) = server.with_topic("bob", "lobby").await;
+    server.register("dan", "hellosecret").await;
+    let opts = tenthbit::client::Options {
+        max_kept_aside_bytes: 1024,
+        ..server.options(vec![Alpn::Plain])
+    };
+    let mut dan = Client::connect(&server.addr.to_string(), &opts)
+        .await
+        .unwrap();
+    expect_op(&mut dan, "welcome").await;
+    let ack = request(&mut dan, password_auth("dan", "hellosecret")).await;
+    assert_eq!(ack.op, "ack", "{ack:?}");
+    expect_op(&mut dan, "meta").await;
+    expect_op(&mut dan, "meta").await;
+    let joined = request(&mut dan, Packet::request("join").with("name", "lobby")).await;
+    assert_eq!(joined.op, "meta", "{joined:?}");
+    // Each relay to dan is queued before bob's next send is read: bob
+    // waits for each ack.
+    for i in 0..50 {
+        let mut p = Packet::request("send").with("body", format!("message {i}"));
+        p.topic = Some(topic.clone());
+        let ack = request(&mut bob, p).await;
+        assert_eq!(ack.op, "ack", "{ack:?}");
+    }
+    match dan.request(Packet::request("ping"), WAIT).await {
+        Err(Error::Backlog(1024)) => {}
+        other => panic!("expected a backlog error, got {other:?}"),
+    }
+    // What was kept is read in order (after any notice of dan's join).
+    let kept = loop {
+        let p = dan.recv_timeout(WAIT).await.unwrap();
+        if p.op == "send" {
+            break p;
+        }
+    };
+    assert_eq!(kept.ex_str("body"), Some("message 0"), "{kept:?}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn client_error_type_reports_closed() {
     let server = TestServer::start().await;

@@ -415,6 +415,7 @@ async fn options(target: &str, server: &ServerArgs) -> Result<Prepared> {
         server_name: server.server_name.clone().unwrap_or(host),
         max_line_bytes: 16 * 1024 * 1024,
         connect_timeout: tenthbit::client::CONNECT_TIMEOUT,
+        max_kept_aside_bytes: tenthbit::client::MAX_KEPT_ASIDE_BYTES,
     };
     let mut probe = None;
     opts.trust = match (&server.fingerprint, &server.ca) {

@@ -53,6 +53,10 @@ pub enum Error {
     /// Nothing came in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// More than this many bytes of other packets are kept aside (for
+    /// [`Client::recv`]) while waiting for an answer.
+    #[error("more than {0} bytes of packets arrived before the answer; read them first")]
+    Backlog(usize),
     /// The server's certificate is not the one remembered for it.
     #[error(
         "THE CERTIFICATE OF {target} HAS CHANGED. Remembered: {known}. Presented now: {presented}. \
@@ -102,7 +106,15 @@ pub struct Options {
     /// listener that never answers the handshake (a wrong port, a hung
     /// server, a middlebox) is given up on with [`Error::Timeout`].
     pub connect_timeout: Duration,
+    /// Most bytes of packets [`Client::request`] keeps aside for
+    /// [`Client::recv`] (with those kept by earlier requests and not read
+    /// yet): past it the request fails with [`Error::Backlog`], rather than
+    /// let a flooding server fill the client's memory.
+    pub max_kept_aside_bytes: usize,
 }
+
+/// [`Options::max_kept_aside_bytes`] unless set otherwise.
+pub const MAX_KEPT_ASIDE_BYTES: usize = 64 * 1024 * 1024;
 
 /// [`Options::connect_timeout`] unless set otherwise.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,6 +128,7 @@ impl Options {
             server_name: "localhost".into(),
             max_line_bytes: 1024 * 1024,
             connect_timeout: CONNECT_TIMEOUT,
+            max_kept_aside_bytes: MAX_KEPT_ASIDE_BYTES,
         }
     }
 
@@ -136,7 +149,10 @@ pub struct Client {
 /// The receiving half of a client (for a task that only reads).
 pub struct ClientReader {
     reader: FrameReader<ReadHalf<TlsStream<TcpStream>>>,
-    pending: VecDeque<Packet>,
+    /// Packets kept aside by [`Client::request`], with their lines' sizes.
+    pending: VecDeque<(Packet, usize)>,
+    pending_bytes: usize,
+    max_pending_bytes: usize,
 }
 
 /// The sending half of a client (for a task that only writes).
@@ -168,6 +184,8 @@ impl Client {
             reader: ClientReader {
                 reader: FrameReader::new(rd, alpn == Alpn::Gzip, opts.max_line_bytes),
                 pending: VecDeque::new(),
+                pending_bytes: 0,
+                max_pending_bytes: opts.max_kept_aside_bytes,
             },
             writer: ClientWriter {
                 writer: wr,
@@ -222,20 +240,34 @@ impl Client {
         self.writer.send(&packet).await?;
         let deadline = tokio::time::Instant::now() + limit;
         let mut skipped = VecDeque::new();
+        let mut kept = 0;
+        let room = self
+            .reader
+            .max_pending_bytes
+            .saturating_sub(self.reader.pending_bytes);
         let result = loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let next = match tokio::time::timeout(remaining, self.reader.recv_line()).await {
-                Ok(Ok(Some(line))) => Packet::decode(&line, 128).map_err(Error::from),
+                Ok(Ok(Some(line))) => Packet::decode(&line, 128)
+                    .map(|p| (p, line.len()))
+                    .map_err(Error::from),
                 Ok(Ok(None)) => Err(Error::Closed),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(Error::Timeout(limit)),
             };
             match next {
-                Ok(p) if p.ex_str("for") == Some(id.as_str()) => break Ok(p),
-                Ok(p) => skipped.push_back(p),
+                Ok((p, _)) if p.ex_str("for") == Some(id.as_str()) => break Ok(p),
+                Ok((p, len)) => {
+                    kept += len;
+                    skipped.push_back((p, len));
+                    if kept > room {
+                        break Err(Error::Backlog(self.reader.max_pending_bytes));
+                    }
+                }
                 Err(e) => break Err(e),
             }
         };
+        self.reader.pending_bytes += kept;
         self.reader.pending.extend(skipped);
         result
     }
@@ -296,7 +328,8 @@ impl ClientReader {
 
     /// The next packet from the server; `None` when it closed. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<Packet>, Error> {
-        if let Some(p) = self.pending.pop_front() {
+        if let Some((p, len)) = self.pending.pop_front() {
+            self.pending_bytes = self.pending_bytes.saturating_sub(len);
             return Ok(Some(p));
         }
         match self.recv_line().await? {
