@@ -55,6 +55,11 @@ pub enum Error {
     },
 }
 
+/// Where `config`'s store is (or would be).
+fn db_path(config: &Config) -> std::path::PathBuf {
+    config.server.data_dir.join(crate::store::DB_FILE)
+}
+
 /// The store and hasher an admin command works with.
 pub struct Admin {
     db: Db,
@@ -66,7 +71,7 @@ impl Admin {
     /// whose `--config` or `--data-dir` is not the daemon's gets an error,
     /// not an empty store that answers "no account named …".
     pub fn open(config: &Config) -> Result<Admin, Error> {
-        let path = config.server.data_dir.join(crate::store::DB_FILE);
+        let path = db_path(config);
         if !path.exists() {
             return Err(Error::NoStore { path });
         }
@@ -78,7 +83,7 @@ impl Admin {
     /// answer. For `account add`, which may come before the daemon's
     /// first start.
     pub fn create(config: &Config) -> Result<(Admin, bool), Error> {
-        let created = !config.server.data_dir.join(crate::store::DB_FILE).exists();
+        let created = !db_path(config).exists();
         Ok((Self::open_or_create(config)?, created))
     }
 

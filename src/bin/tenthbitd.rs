@@ -220,35 +220,32 @@ fn main() -> ExitCode {
 
 fn account(cli: &Cli, cmd: &AccountCommand) -> Result<()> {
     let config = load_config(cli)?;
-    if let AccountCommand::Add { name } = cmd {
-        // The one command that may come before the daemon's first start.
-        let password = read_password(true)?;
-        let (mut admin, created) = Admin::create(&config)?;
-        if created {
-            eprintln!(
-                "tenthbitd: no store at {}: created a new one",
-                config.server.data_dir.display()
-            );
-        }
-        let account = admin.add(name, &password)?;
-        println!("created account {} ({})", account.name, account.id);
-        return Ok(());
-    }
-    let mut admin = Admin::open(&config)?;
     match cmd {
-        // Answered above.
-        AccountCommand::Add { .. } => {}
+        AccountCommand::Add { name } => {
+            // The one command that may come before the daemon's first start.
+            let password = read_password(true)?;
+            let (mut admin, created) = Admin::create(&config)?;
+            if created {
+                eprintln!(
+                    "tenthbitd: no store at {}: created a new one",
+                    config.server.data_dir.display()
+                );
+            }
+            let account = admin.add(name, &password)?;
+            println!("created account {} ({})", account.name, account.id);
+        }
         AccountCommand::Passwd { name } => {
+            let mut admin = Admin::open(&config)?;
             let password = read_password(true)?;
             admin.passwd(name, &password)?;
             println!("password changed for {name}");
         }
         AccountCommand::Del { name } => {
-            admin.delete(name)?;
+            Admin::open(&config)?.delete(name)?;
             println!("deleted account {name}");
         }
         AccountCommand::List => {
-            for (a, server_flags) in admin.list()? {
+            for (a, server_flags) in Admin::open(&config)?.list()? {
                 let mut flags: Vec<&str> = server_flags.iter().map(|f| f.as_str()).collect();
                 if a.disabled {
                     flags.push("disabled");

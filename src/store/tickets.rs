@@ -15,17 +15,14 @@ use crate::change::{Change, field};
 /// `hlc` by `origin_key`) changes, or that it deletes (a deletion's own
 /// password write is redacted from the event a peer gets). A password
 /// write that lost to a later one changes nothing, and keeps the tickets
-/// issued under the password that won. A new account has none. Called for
-/// every change applied to the store, local or a peer's.
+/// issued under the password that won. Called for every change applied to
+/// the store, local or a peer's.
 pub(super) fn after_apply(
     tx: &Transaction<'_>,
     origin_key: &str,
     hlc: u64,
     change: &Change,
 ) -> Result<(), Error> {
-    if change.kind == "account.create" {
-        return Ok(());
-    }
     for w in &change.writes {
         let ends = if w.field == field::PASSWORD {
             // The register holds this write: it won.
