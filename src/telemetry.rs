@@ -31,11 +31,25 @@ pub fn init(level: &str) -> Result<(), String> {
 /// directive names it (`info,rustls=debug` shows everything it says).
 fn filter(directives: &str) -> Result<EnvFilter, String> {
     let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
-    if directives.contains("rustls") {
+    if names_rustls(directives) {
         return Ok(filter);
     }
     let quiet = RUSTLS_DEFAULT.parse().map_err(|e| format!("{e}"))?;
     Ok(filter.add_directive(quiet))
+}
+
+/// Whether a directive's target is rustls or one of its modules
+/// (`rustls=debug`, `rustls::conn=trace`), not merely a name containing it
+/// (`tokio_rustls=debug` leaves rustls held back).
+fn names_rustls(directives: &str) -> bool {
+    directives.split(',').any(|directive| {
+        let target = directive
+            .split(['=', '['])
+            .next()
+            .unwrap_or_default()
+            .trim();
+        target == "rustls" || target.starts_with("rustls::")
+    })
 }
 
 #[cfg(test)]
@@ -52,5 +66,13 @@ mod tests {
             "{f}"
         );
         assert!(filter("info,=bogus[").is_err());
+        let f = filter("info,rustls::conn=trace").unwrap().to_string();
+        assert!(!f.contains("rustls=error"), "{f}");
+    }
+
+    #[test]
+    fn a_target_that_only_contains_rustls_leaves_it_held_back() {
+        let f = filter("info,tokio_rustls=debug").unwrap().to_string();
+        assert!(f.contains("rustls=error"), "{f}");
     }
 }
