@@ -88,6 +88,10 @@ const MIGRATIONS: &[&str] = &[
     // messages a second.
     "DROP INDEX events_message_id;
      CREATE INDEX events_message_ids ON events (message_id) WHERE message_id IS NOT NULL;",
+    // A password change, a deletion or a registration drops the account's
+    // tickets (store/tickets.rs): by this index, not a scan of every live
+    // ticket while the store's writer waits.
+    "CREATE INDEX tickets_account ON tickets (account);",
 ];
 
 /// The schema version this build writes.
@@ -167,6 +171,21 @@ mod tests {
             migrate(&mut conn).unwrap();
             assert_eq!(page_size(&conn), size, "{name}");
         }
+    }
+
+    #[test]
+    fn an_accounts_tickets_are_dropped_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        migrate(&mut conn).unwrap();
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN DELETE FROM tickets WHERE account = 'a'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("tickets_account"), "{plan}");
     }
 
     #[test]
