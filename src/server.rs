@@ -368,14 +368,17 @@ pub async fn start_with_mesh(
     tracker.spawn(outside_changes_loop(shared.clone()));
     tracker.spawn(refusal_report_loop(shared.clone()));
     let ops_addr = ops.as_ref().map(|(_, a)| *a);
-    if let Some((listener, addr)) = ops {
+    // The operator's listener outlives the drain, which it reports:
+    // `/healthz` answers 503 until the store is closed, then it stops.
+    let ops_stop = CancellationToken::new();
+    let ops_task = ops.map(|(listener, addr)| {
         info!(%addr, "operator's listener (metrics, health)");
-        tracker.spawn(crate::ops::serve(
+        tokio::spawn(crate::ops::serve(
             listener,
             metrics.clone(),
-            shared.shutdown.clone(),
-        ));
-    }
+            ops_stop.clone(),
+        ))
+    });
     // The store is open and every listener is bound.
     metrics.set_ready(true);
     tokio::spawn(tidy_store(store.clone(), shared.shutdown.clone()));
@@ -404,6 +407,10 @@ pub async fn start_with_mesh(
             f.wait().await;
         }
         store.close().await;
+        ops_stop.cancel();
+        if let Some(ops) = ops_task {
+            let _ = ops.await;
+        }
         info!("server stopped");
     });
     Ok(ServerHandle {

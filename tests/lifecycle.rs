@@ -230,6 +230,7 @@ async fn shutdown_answers_what_is_committing_before_bye() {
     })
     .await;
     let (mut dan, topic) = server.with_topic("dan", "last").await;
+    let mut idle = server.client().await;
     let ops = server.handle.ops_addr().expect("ops listener");
     let read_before = sample(
         &plain_get(ops, "/metrics").await.1,
@@ -264,6 +265,11 @@ async fn shutdown_answers_what_is_committing_before_bye() {
         }
         // The session sees the shutdown before the commits can be in.
         server.handle.shutdown_token().cancel();
+        // The drain is under way and held open by dan's commits: the
+        // operator's listener still answers, and says so.
+        expect_bye(&mut idle, "server/shutdown").await;
+        let (status, body) = plain_get(ops, "/healthz").await;
+        assert_eq!((status, body.as_str()), (503, "not ready\n"));
         release.send(()).expect("the hold is running");
         hold.await.expect("released");
     }
@@ -277,6 +283,8 @@ async fn shutdown_answers_what_is_committing_before_bye() {
     tokio::time::timeout(WAIT, server.handle.wait())
         .await
         .expect("shutdown completes");
+    // Once the store is closed, the operator's listener is gone too.
+    assert!(tokio::net::TcpStream::connect(ops).await.is_err());
 }
 
 #[tokio::test]
