@@ -641,7 +641,9 @@ fn commit_batch(
     let mut rooms = Vec::with_capacity(batch.len());
     for a in batch {
         if a.guard.is_some_and(|allowed| !allowed()) {
-            // Nothing to sync: answered now, and its room given back.
+            // Nothing to sync: its room given back, then answered (a
+            // caller that hears the answer finds the room free).
+            drop(a.room);
             let _ = a.reply.send(
                 (0..a.changes.len())
                     .map(|_| Err(Error::Withdrawn))
@@ -679,6 +681,7 @@ fn commit_batch(
             }
         }
         Err(e) => {
+            drop(rooms);
             for (reply, n) in replies {
                 let failed = (0..n)
                     .map(|_| Err(Error::Corrupt(format!("batch not committed: {e}"))))
