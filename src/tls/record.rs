@@ -443,8 +443,9 @@ impl<W> RecordWriter<W> {
         Ok(())
     }
 
-    /// Seals up to [`MAX_UNSENT`] bytes of `bufs` into records; returns how
-    /// many bytes it took.
+    /// Seals up to [`MAX_UNSENT`] bytes of `bufs` into records, and no
+    /// record past the cipher's limit (the rest waits for the next write,
+    /// which closes); returns how many bytes it took.
     fn seal_from(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let mut taken = 0;
         let mut pieces = bufs
@@ -452,7 +453,7 @@ impl<W> RecordWriter<W> {
             .flat_map(|b| b.chunks(SLICE_BYTES))
             .filter(|p| !p.is_empty())
             .peekable();
-        while pieces.peek().is_some() && self.unsent_bytes < MAX_UNSENT {
+        while pieces.peek().is_some() && self.unsent_bytes < MAX_UNSENT && self.seq < self.limit {
             let mut chunks: [&[u8]; MAX_CHUNKS] = [&[]; MAX_CHUNKS];
             let (mut n, mut size) = (0, 0);
             while let Some(piece) = pieces.peek_mut() {
@@ -833,6 +834,23 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"one\ntwo\n");
+    }
+
+    #[tokio::test]
+    async fn a_write_across_the_record_limit_takes_what_fits_and_closes_cleanly() {
+        let ((rd, mut wr), mut client) = pair(&rustls::version::TLS13, None).await;
+        // One record's room: a write of more than a record takes one.
+        wr.limit = wr.seq + 1;
+        let big = vec![b'x'; MAX_FRAGMENT + 100];
+        let n = wr.write(&big).await.unwrap();
+        assert_eq!(n, MAX_FRAGMENT);
+        let err = wr.write(&big[n..]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        drop((rd, wr));
+        // What was taken arrives, then close_notify.
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, big[..MAX_FRAGMENT]);
     }
 
     #[tokio::test]
