@@ -550,16 +550,18 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for RecordWriter<W> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.seq >= this.limit {
+            // The cipher's limit: close as rustls does in TLS 1.2, cleanly.
+            // Checked first: a write polled again while the close_notify
+            // waits for the socket finishes sending it.
+            ready!(this.poll_close_notify(cx))?;
+            return Poll::Ready(Err(invalid("TLS record limit reached: connection closed")));
+        }
         if this.close_sent {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         if this.unsent_bytes >= MAX_UNSENT {
             ready!(this.poll_send(cx))?;
-        }
-        if this.seq >= this.limit {
-            // The cipher's limit: close as rustls does in TLS 1.2, cleanly.
-            ready!(this.poll_close_notify(cx))?;
-            return Poll::Ready(Err(invalid("TLS record limit reached: connection closed")));
         }
         let taken = this.seal_from(bufs)?;
         // Start the write now; what the socket does not take waits for
@@ -851,6 +853,30 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, big[..MAX_FRAGMENT]);
+    }
+
+    #[tokio::test]
+    async fn at_the_record_limit_a_full_socket_still_gets_the_close_notify() {
+        let ((_rd, mut wr), mut client) = pair(&rustls::version::TLS13, None).await;
+        // Four records' room, more than the pipe holds.
+        wr.limit = wr.seq + 4;
+        let sent = vec![b'y'; 4 * MAX_FRAGMENT];
+        wr.write_all(&sent).await.unwrap();
+        // The socket is full: the close_notify waits for room.
+        let waits = std::future::poll_fn(|cx| {
+            Poll::Ready(Pin::new(&mut wr).poll_write(cx, b"z").is_pending())
+        })
+        .await;
+        assert!(waits);
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.map(|_| got)
+        });
+        // The same write, polled again, ends with the limit's error once
+        // the close_notify is out.
+        let err = wr.write(b"z").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(reading.await.unwrap().unwrap(), sent);
     }
 
     #[tokio::test]
