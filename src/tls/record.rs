@@ -16,9 +16,9 @@
 //! the client ends the connection with an error. rustls's buffered API
 //! gives out the keys but not the secrets they come from, so there is
 //! nothing to update them from. For the same reason, when the server's
-//! own records reach the cipher's confidentiality limit (2^23 records for
-//! AES-GCM in TLS 1.3, 2^24 in TLS 1.2: a writer batch is one record or
-//! more), the server closes the connection with `close_notify`, which
+//! own records reach the cipher's confidentiality limit (2^24 records for
+//! AES-GCM, as rustls sets it; none for ChaCha20-Poly1305: a writer batch
+//! is one record or more), the server closes the connection with `close_notify`, which
 //! rustls does in TLS 1.2 too, where TLS 1.3 would update its keys.
 //!
 //! The hand-over itself happens at a record boundary: the socket's reader
