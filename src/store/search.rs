@@ -272,10 +272,13 @@ impl Db {
                 cursor: None,
             });
         }
+        // The time window is applied while reading the matches, as topic
+        // and sender are: in the query it would not count toward `scan`,
+        // and a window that excludes every match would walk them all.
         let mut stmt = self.conn.prepare_cached(
             "SELECT -s.rowid, e.topic, e.hlc, e.body FROM search s JOIN events e ON e.rowid = -s.rowid
-             WHERE search MATCH ?1 AND s.rowid > ?2 AND e.hlc >= ?3 AND e.hlc < ?4
-             ORDER BY s.rowid ASC LIMIT ?5",
+             WHERE search MATCH ?1 AND s.rowid > ?2
+             ORDER BY s.rowid ASC LIMIT ?3",
         )?;
         let since = q.since_ms.map_or(i64::MIN, |ms| ms.saturating_mul(1 << 16));
         let until = q.until_ms.map_or(i64::MAX, |ms| ms.saturating_mul(1 << 16));
@@ -283,8 +286,6 @@ impl Db {
             params![
                 expression(q),
                 q.cursor.map_or(i64::MIN, i64::saturating_neg),
-                since,
-                until,
                 i64::try_from(q.scan).unwrap_or(i64::MAX)
             ],
             |r| {
@@ -305,7 +306,7 @@ impl Db {
             let readable = topic
                 .and_then(|t| Uuid::parse_str(&t).ok())
                 .is_some_and(|t| q.topics.contains(&t) && q.topic.is_none_or(|only| only == t));
-            if !readable {
+            if !readable || !(since..until).contains(&hlc) {
                 continue;
             }
             let change: Change =
@@ -524,6 +525,43 @@ mod tests {
         assert_eq!(db.prune_history(t, 0, i64::MAX / 2, 1).unwrap(), 2);
         let q = query(&["brown"], &all);
         assert_eq!(ids(&db.search(&q).unwrap()), ["m5"]);
+    }
+
+    /// A time filter bounds what a page returns, not what it examines:
+    /// matches outside the window count toward `scan` like any other, so a
+    /// window that excludes every match still costs one scan per page (and
+    /// the page says where to go on), not a walk of the word's whole index.
+    #[test]
+    fn matches_outside_the_time_window_count_toward_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        for n in 0..3 {
+            send(&mut db, t, dan, &format!("m{n}"), "brown");
+        }
+        let mut q = query(&["brown"], &[t]);
+        q.until_ms = Some(0);
+        q.scan = 1;
+        let mut pages = 0;
+        loop {
+            let page = db.search(&q).unwrap();
+            assert!(page.messages.is_empty());
+            pages += 1;
+            match page.cursor {
+                Some(c) => q.cursor = Some(c),
+                None => break,
+            }
+            assert!(pages <= 3, "each page examines one match");
+        }
+        assert_eq!(pages, 4, "three pages of one match each, then the end");
+
+        // The window still selects: from the first message's time on.
+        let since = db.search(&query(&["brown"], &[t])).unwrap().messages[2].ts;
+        let mut q = query(&["brown"], &[t]);
+        q.since_ms = Some(since);
+        assert_eq!(ids(&db.search(&q).unwrap()), ["m2", "m1", "m0"]);
+        q.since_ms = Some(since + 1_000_000);
+        assert!(db.search(&q).unwrap().messages.is_empty());
     }
 
     /// One group commit: many messages, one edited and one redacted in the
