@@ -254,3 +254,26 @@ async fn control_characters_in_a_query_separate_words() {
     assert_eq!(p.ex_str("code"), Some("request/invalid"), "{p:?}");
     server.stop().await;
 }
+
+/// A term of punctuation alone holds no word: the index sees nothing there,
+/// so it must not make a query find nothing. Between words it is left out;
+/// a query of nothing else has no word (`request/invalid`).
+#[tokio::test]
+async fn punctuation_alone_is_not_a_word() {
+    let server = TestServer::start().await;
+    let (mut dan, topic) = server.with_topic("dan", "s").await;
+    let (id, _) = say(&mut dan, &topic, "deploy to staging").await;
+    let (found, _, _) = search(&mut dan, q("deploy - staging")).await;
+    assert_eq!(found, [id.as_str()]);
+    let (found, _, _) = search(&mut dan, q("deploy \"?!\" staging :)")).await;
+    assert_eq!(found, [id]);
+    for nothing in ["?", "- * \"!!\"", "🎉"] {
+        let p = request(&mut dan, q(nothing)).await;
+        assert_eq!(
+            p.ex_str("code"),
+            Some("request/invalid"),
+            "{nothing}: {p:?}"
+        );
+    }
+    server.stop().await;
+}

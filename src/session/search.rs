@@ -19,9 +19,9 @@ const MAX_TERMS: usize = 16;
 const DEFAULT_LIMIT: usize = 20;
 
 /// The words and `"quoted phrases"` of a query; an unclosed quote runs to
-/// the end. Everything else is text: no operators. Control characters
-/// separate words, as the index's tokenizer reads them (SQLite refuses a
-/// NUL inside a query).
+/// the end, and one of punctuation alone is left out. Everything else is
+/// text: no operators. Control characters separate words, as the index's
+/// tokenizer reads them (SQLite refuses a NUL inside a query).
 fn terms(q: &str) -> Result<Vec<String>, String> {
     let q: String = q
         .chars()
@@ -40,7 +40,7 @@ fn terms(q: &str) -> Result<Vec<String>, String> {
             }
         };
         let term = term.trim();
-        if !term.is_empty() {
+        if has_word(term) {
             out.push(term.to_owned());
         }
         rest = after.trim_start();
@@ -52,6 +52,20 @@ fn terms(q: &str) -> Result<Vec<String>, String> {
         return Err(format!("ex.q holds at most {MAX_TERMS} words and phrases"));
     }
     Ok(out)
+}
+
+/// Whether `term` holds a word as the index's tokenizer reads one: a
+/// letter, a digit or a private-use character (unicode61's token
+/// characters). Punctuation alone is none: its phrase would be empty, and
+/// FTS5 matches nothing with an empty phrase in the query.
+fn has_word(term: &str) -> bool {
+    term.chars().any(|c| {
+        c.is_alphanumeric()
+            || matches!(
+                c,
+                '\u{e000}'..='\u{f8ff}' | '\u{f0000}'..='\u{ffffd}' | '\u{100000}'..='\u{10fffd}'
+            )
+    })
 }
 
 /// Whether a topic's messages are `binary`: relayed, never inspected.
@@ -243,5 +257,18 @@ mod tests {
         // Control characters separate words, in phrases too.
         assert_eq!(terms("a\u{0}b \"c\u{1}d\"").unwrap(), ["a", "b", "c d"]);
         assert!(terms("\u{0}\t\u{7f}").is_err());
+    }
+
+    #[test]
+    fn punctuation_alone_is_no_word() {
+        assert_eq!(
+            terms("deploy - staging \"?!\" :)").unwrap(),
+            ["deploy", "staging"]
+        );
+        assert_eq!(
+            terms("c++ \"a-b\" ½ \u{e000}").unwrap(),
+            ["c++", "a-b", "½", "\u{e000}"]
+        );
+        assert!(terms("? - \"!!\" 🎉").is_err());
     }
 }
