@@ -80,7 +80,10 @@ impl Session<'_> {
                 // A marker only moves forward: a device that read less
                 // than another must not take the account back.
                 let current = db.marker(account, tid)?;
-                let moves = current.as_ref().is_none_or(|c| wanted.is_after(c));
+                let moves = match &current {
+                    Some(c) => db.marker_is_after(tid, &wanted, c)?,
+                    None => true,
+                };
                 let marker = match (moves, current) {
                     (false, Some(c)) => c,
                     _ => {
@@ -148,5 +151,87 @@ impl Session<'_> {
                 Ok(out)
             })
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, Value};
+    use uuid::Uuid;
+
+    use super::super::{Outcome, testing};
+    use crate::change::{Change, ExJson, Message};
+    use crate::store::log::Event;
+    use crate::store::replica::Incoming;
+
+    /// Message `id` of `topic` from `sender`, as node `node` sends it with
+    /// clock `hlc` (its first event).
+    fn from_peer(node: &str, hlc: u64, topic: Uuid, id: &str, sender: Uuid) -> Incoming {
+        let change = Change::message(Message {
+            topic,
+            id: id.to_owned(),
+            ts: 0,
+            sender,
+            ex: ExJson::empty(),
+        });
+        let body = serde_json::to_string(&change).unwrap();
+        let event = Event {
+            node: node.to_owned(),
+            incarnation: "i".to_owned(),
+            seq: 1,
+            hlc,
+            change,
+        };
+        Incoming {
+            event,
+            prev: 0,
+            body,
+        }
+    }
+
+    /// Two messages of one millisecond, from two nodes, lie in history in
+    /// clock order, which need not be their ids' order: the marker follows
+    /// history, reaching the later one and never going back to the earlier.
+    #[tokio::test]
+    async fn a_marker_follows_history_order_within_a_millisecond() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let (me, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let topic = super::super::topic::create_cached(
+            &ctx.store,
+            &ctx.topics,
+            "t".into(),
+            me,
+            Map::new(),
+            1,
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+        // History: "z" (clock ms.0), then "a" (clock ms.1).
+        let ms = u64::try_from(crate::proto::id::now_ms()).unwrap();
+        let batch = vec![
+            from_peer("p", ms << 16, topic, "z", bob),
+            from_peer("q", (ms << 16) + 1, topic, "a", bob),
+        ];
+        ctx.store
+            .call_synced(move |db| db.receive(batch).map(|_| ()))
+            .await
+            .unwrap();
+        let (mut s, mut rx) = testing::session(&ctx, me, "dan", 1);
+        let mut mark = async |id: &str| {
+            let line =
+                format!(r#"{{"op":"mark","id":"r","topic":"{topic}","ex":{{"id":"{id}"}}}}"#);
+            assert_eq!(s.handle_line(line.as_bytes()).await, Outcome::Continue);
+            let answer: Value = serde_json::from_str(testing::replies(&mut rx).trim()).unwrap();
+            (
+                answer["ex"]["read"]["id"].as_str().unwrap().to_owned(),
+                answer["ex"]["unread"].as_u64().unwrap(),
+            )
+        };
+        assert_eq!(mark("z").await, ("z".to_owned(), 1));
+        assert_eq!(mark("a").await, ("a".to_owned(), 0), "the newest message");
+        assert_eq!(mark("z").await, ("a".to_owned(), 0), "never back");
+        ctx.store.close().await;
     }
 }

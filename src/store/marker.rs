@@ -20,9 +20,9 @@ pub struct Marker {
 }
 
 impl Marker {
-    /// Whether `self` lies after `other` in history. Two messages of one
-    /// millisecond are told apart by id, which orders them by the time
-    /// their sender's node assigned it.
+    /// Whether `self` lies after `other`, judged by the markers alone: by
+    /// time, then (within one millisecond) by id, which need not be history
+    /// order; [`Db::marker_is_after`] orders kept messages as history does.
     pub fn is_after(&self, other: &Marker) -> bool {
         (self.ts, &self.id) > (other.ts, &other.id)
     }
@@ -48,6 +48,24 @@ impl Db {
         let change =
             Change::new("account.read").set(Entity::Account(account), &register(topic), value);
         self.write(|tx, origin| log::append(tx, origin, change).map(|_| ()))
+    }
+
+    /// Whether `wanted` lies after `current` in `topic`'s history. Messages
+    /// of one millisecond (two nodes', or two connections' committed in the
+    /// other order than their ids were minted) are ordered by their places
+    /// in history while both are kept; a marker whose message retention
+    /// dropped is judged by [`Marker::is_after`].
+    pub fn marker_is_after(
+        &self,
+        topic: Uuid,
+        wanted: &Marker,
+        current: &Marker,
+    ) -> Result<bool, Error> {
+        let place = |m: &Marker| self.position(topic, &Cursor::Id(m.id.clone()), false);
+        Ok(match (place(wanted)?, place(current)?) {
+            (Some(w), Some(c)) => w > c,
+            _ => wanted.is_after(current),
+        })
     }
 
     /// Every marker of `account`, by topic. A value that does not decode
