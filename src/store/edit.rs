@@ -149,7 +149,7 @@ impl Db {
                     .ex
                     .insert("edited".into(), Value::from(revision.ts));
                 m.ex = ExJson::from_map(&revision.ex).map_err(corrupt)?;
-            } else if m.ex.get().contains("\"edited\"") || m.ex.get().contains("\"redacted\"") {
+            } else if may_hold_marks(m.ex.get()) {
                 // Rare: only then is the text read as a map (and written
                 // again without the marks).
                 let mut ex: Map<String, Value> =
@@ -162,6 +162,13 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// Whether a message's `ex` text may hold a key `edited` or `redacted`:
+/// spelled out, or spelled with `\u` escapes (the only escapes that make
+/// letters), which every JSON reader takes for the same key.
+fn may_hold_marks(ex: &str) -> bool {
+    ex.contains("\"edited\"") || ex.contains("\"redacted\"") || ex.contains("\\u")
 }
 
 /// After an event's writes are folded: a redacted message keeps no text,
@@ -479,5 +486,40 @@ mod tests {
         db.current_text(&mut m).unwrap();
         let ex: Value = serde_json::from_str(m.remove(0).ex.get()).unwrap();
         assert_eq!(ex, serde_json::json!({"body": "hi"}));
+    }
+
+    /// The same marks with their keys spelled with escapes, which a sender
+    /// may do (its text is kept as sent): every JSON reader takes
+    /// `"\u0065dited"` for `edited`, so history takes it out too.
+    #[test]
+    fn escaped_marks_a_sender_wrote_are_not_the_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), "n1").unwrap();
+        for raw in [
+            r#"{"\u0065dited":1,"body":"hi"}"#,
+            r#"{"body":"hi","re\u0064acted":true}"#,
+        ] {
+            let mut m = vec![Message {
+                topic: Uuid::nil(),
+                id: "x".into(),
+                ts: 0,
+                sender: Uuid::nil(),
+                ex: ExJson::from_text(raw.to_owned()).unwrap(),
+            }];
+            db.current_text(&mut m).unwrap();
+            let ex: Value = serde_json::from_str(m.remove(0).ex.get()).unwrap();
+            assert_eq!(ex, serde_json::json!({"body": "hi"}), "{raw}");
+        }
+        // Escapes that spell no mark leave the text as it was sent.
+        let raw = r#"{"body":"caf\u00e9","n":18446744073709551617}"#;
+        let mut m = vec![Message {
+            topic: Uuid::nil(),
+            id: "x".into(),
+            ts: 0,
+            sender: Uuid::nil(),
+            ex: ExJson::from_text(raw.to_owned()).unwrap(),
+        }];
+        db.current_text(&mut m).unwrap();
+        assert_eq!(m[0].ex.get(), raw);
     }
 }
