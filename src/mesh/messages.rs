@@ -12,17 +12,18 @@ use uuid::Uuid;
 use crate::change::{Entity, field};
 use crate::proto::Packet;
 use crate::session::Context;
-use crate::store::Event;
 use crate::store::edit::{KIND_EDIT, KIND_REDACT, Redaction, Revision};
 use crate::store::marker::Marker;
+use crate::store::{self, Db, Event};
 
 /// No connection is excluded from a delivery (connection ids start at 1).
 const NOBODY: u64 = 0;
 
 /// What one replicated event tells connections here.
 enum Told {
-    /// To a topic's members.
-    Members(Uuid, Packet, Uuid),
+    /// To a topic's members: the packet, who made the change and, for an
+    /// edit, the message id and the revision it tells.
+    Members(Uuid, Packet, Uuid, Option<Box<(String, Revision)>>),
     /// A marker, to its account's connections.
     Marker(Uuid, Uuid, Marker),
 }
@@ -44,20 +45,20 @@ fn told(e: &Event) -> Vec<Told> {
             });
             p.topic = Some(topic.to_string());
             p.ex.insert("id".into(), Value::from(id));
-            let by = if e.change.kind == KIND_EDIT {
+            let (by, edit) = if e.change.kind == KIND_EDIT {
                 let Ok(r) = serde_json::from_value::<Revision>(w.value.clone()) else {
                     continue;
                 };
-                p.ex.extend(r.ex);
+                p.ex.extend(r.ex.clone());
                 p.ex.insert("edited".into(), Value::from(r.ts));
-                r.by
+                (r.by, Some(Box::new((id.to_owned(), r))))
             } else {
                 let Ok(r) = serde_json::from_value::<Redaction>(w.value.clone()) else {
                     continue;
                 };
-                r.by
+                (r.by, None)
             };
-            out.push(Told::Members(topic, p, by));
+            out.push(Told::Members(topic, p, by, edit));
         } else if let (Some(account), Some(topic)) = (
             w.entity
                 .strip_prefix("account:")
@@ -72,6 +73,13 @@ fn told(e: &Event) -> Vec<Told> {
         }
     }
     out
+}
+
+/// Whether revision `r` of message `id` of `topic` is what the message
+/// says here now: not redacted (a redaction made elsewhere may have come
+/// first), and not overtaken by a later edit (last writer wins).
+fn is_current(db: &Db, topic: Uuid, id: &str, r: &Revision) -> Result<bool, store::Error> {
+    Ok(db.redaction(topic, id)?.is_none() && db.revision(topic, id)?.as_ref() == Some(r))
 }
 
 /// Tells connections here about the edits, redactions and markers among
@@ -89,10 +97,19 @@ pub(super) async fn relay(ctx: &Context, events: &[Event]) {
             Told::Members(..) => None,
         })
         .collect();
+    let edits: Vec<(Uuid, String, Revision)> = told
+        .iter()
+        .filter_map(|t| match t {
+            Told::Members(topic, _, _, Some(edit)) => {
+                Some((*topic, edit.0.clone(), edit.1.clone()))
+            }
+            _ => None,
+        })
+        .collect();
     let ids: Vec<Uuid> = told
         .iter()
         .map(|t| match t {
-            Told::Members(_, _, by) => *by,
+            Told::Members(_, _, by, _) => *by,
             Told::Marker(a, _, _) => *a,
         })
         .collect();
@@ -104,10 +121,14 @@ pub(super) async fn relay(ctx: &Context, events: &[Event]) {
             for (account, topic, m) in &wanted {
                 unread.push(db.unread(*topic, *account, Some(m), cap)?);
             }
-            Ok((names, unread))
+            let mut current = Vec::with_capacity(edits.len());
+            for (topic, id, r) in &edits {
+                current.push(is_current(db, *topic, id, r)?);
+            }
+            Ok((names, unread, current))
         })
         .await;
-    let (names, unread): (HashMap<Uuid, String>, _) = match looked {
+    let (names, unread, current): (HashMap<Uuid, String>, _, Vec<bool>) = match looked {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "mesh: cannot tell edits and markers");
@@ -121,9 +142,14 @@ pub(super) async fn relay(ctx: &Context, events: &[Event]) {
             .unwrap_or_else(|| Entity::Account(*id).key())
     };
     let mut counts = unread.into_iter();
+    let mut current = current.into_iter();
     for t in told {
         match t {
-            Told::Members(topic, p, by) => {
+            Told::Members(topic, p, by, edit) => {
+                // An edit is told only while it is the message's text here.
+                if edit.is_some() && current.next() != Some(true) {
+                    continue;
+                }
                 if let Some(record) = ctx.topics.get(topic) {
                     let line = p.with_from(name(&by)).to_line();
                     ctx.presence
