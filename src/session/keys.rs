@@ -50,6 +50,31 @@ fn parse_key(text: &str) -> Result<(VerifyingKey, String), Denied> {
     Ok((key, B64.encode(key.as_bytes())))
 }
 
+/// A well-formed public key checked in the place of each key an account
+/// does not hold (RFC 8032's first test key, whose secret is public: its
+/// results never count).
+const STAND_IN_KEY: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+
+/// Whether `check` passes for one of `keys`, after the same work whatever
+/// the account: each of [`MAX_KEYS_PER_ACCOUNT`] places is parsed and
+/// checked, one the account does not fill by [`STAND_IN_KEY`], whose
+/// outcome is ignored. So the time of an answer tells neither whether the
+/// name is an account nor how many keys it holds, as the first step's
+/// `challenge` for any name promises (protocol.md 11.4.2).
+fn verifies_any(keys: &[String], mut check: impl FnMut(&VerifyingKey) -> bool) -> bool {
+    let mut verified = false;
+    for place in 0..MAX_KEYS_PER_ACCOUNT {
+        let (text, counts) = match keys.get(place) {
+            Some(key) => (key.as_str(), true),
+            None => (STAND_IN_KEY, false),
+        };
+        let passed = parse_key(text).is_ok_and(|(key, _)| check(&key));
+        // Kept opaque so that a stand-in's check is never optimised away.
+        verified |= counts & std::hint::black_box(passed);
+    }
+    verified
+}
+
 impl Session<'_> {
     pub(super) async fn handle_key_add(
         &mut self,
@@ -170,16 +195,18 @@ impl Session<'_> {
             .call(move |db| db.account_by_name(&name))
             .await?;
         let message = signed_message(&self.ctx.server_name, username, &c.challenge);
-        let verified = match (account, sig) {
-            (Some(a), Some(sig)) if !a.deleted && !a.disabled => a
-                .keys
-                .iter()
-                .filter_map(|k| parse_key(k).ok())
-                .any(|(key, _)| key.verify_strict(message.as_bytes(), &sig).is_ok())
-                .then_some(LoggedIn::new(a.id, a.name)),
-            _ => None,
-        };
-        verified.ok_or_else(|| Denied::new(ErrorCode::AuthFailed, "login failed"))
+        // A signature that does not decode is checked as all zeros (which
+        // no key verifies): the same work as any other.
+        let sig = sig.unwrap_or_else(|| Signature::from_bytes(&[0; 64]));
+        let account = account.filter(|a| !a.deleted && !a.disabled);
+        let keys = account.as_ref().map_or(&[][..], |a| &a.keys[..]);
+        let verified = verifies_any(keys, |key| {
+            key.verify_strict(message.as_bytes(), &sig).is_ok()
+        });
+        account
+            .filter(|_| verified)
+            .map(|a| LoggedIn::new(a.id, a.name))
+            .ok_or_else(|| Denied::new(ErrorCode::AuthFailed, "login failed"))
     }
 }
 
@@ -208,6 +235,43 @@ mod tests {
         assert_eq!(public, "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=");
         let sig = B64.encode(key.sign(message.as_bytes()).to_bytes());
         assert_eq!(sig, TEST_VECTOR_SIGNATURE);
+    }
+
+    /// Every place is checked whatever the account holds, and only the
+    /// account's own keys count.
+    #[test]
+    fn every_key_place_is_checked_and_only_real_keys_count() {
+        let key = |n: u8| B64.encode(SigningKey::from_bytes(&[n; 32]).verifying_key().as_bytes());
+        let counting = |keys: &[String], passes: &dyn Fn(&VerifyingKey) -> bool| {
+            let mut checks = 0;
+            let verified = verifies_any(keys, |k| {
+                checks += 1;
+                passes(k)
+            });
+            (verified, checks)
+        };
+        let all = |_: &VerifyingKey| true;
+        let none = |_: &VerifyingKey| false;
+        let mine = key(7);
+        let is_mine = |k: &VerifyingKey| B64.encode(k.as_bytes()) == mine;
+        let many: Vec<String> = (0..16).map(key).collect();
+        // No account (or no keys): a stand-in that passes does not count.
+        assert_eq!(counting(&[], &all), (false, MAX_KEYS_PER_ACCOUNT));
+        assert_eq!(counting(&[], &none), (false, MAX_KEYS_PER_ACCOUNT));
+        assert_eq!(counting(&[key(1)], &none), (false, MAX_KEYS_PER_ACCOUNT));
+        assert_eq!(
+            counting(std::slice::from_ref(&mine), &is_mine),
+            (true, MAX_KEYS_PER_ACCOUNT)
+        );
+        // The matching key first does not cut the work short.
+        assert_eq!(
+            counting(&[mine.clone(), key(1)], &is_mine),
+            (true, MAX_KEYS_PER_ACCOUNT)
+        );
+        assert_eq!(counting(&many, &is_mine), (true, MAX_KEYS_PER_ACCOUNT));
+        assert_eq!(counting(&many, &none), (false, MAX_KEYS_PER_ACCOUNT));
+        // The stand-in is a key that parses, so its check runs.
+        assert!(parse_key(STAND_IN_KEY).is_ok());
     }
 
     const TEST_VECTOR_SIGNATURE: &str =
