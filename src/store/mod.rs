@@ -725,7 +725,8 @@ fn queued_alike<T>(
 /// Runs synced-later jobs with their commits written but not synced, and
 /// hands their answers to the [`wal::Syncer`], which gives them once one
 /// sync has put every commit of the run on disk. A run that committed
-/// nothing is answered at once.
+/// nothing is answered at once when nothing waits for the sync thread
+/// ([`wal::Syncer::settled`]), else behind what does.
 fn run_synced(db: &mut Db, syncer: &wal::Syncer, run: Vec<SyncedJob>) {
     // Not every commit goes through `Db::write` (tickets have their own
     // statements): rows changed count too.
@@ -740,12 +741,15 @@ fn run_synced(db: &mut Db, syncer: &wal::Syncer, run: Vec<SyncedJob>) {
         // Commits are then not counted as synced (`full` stays false).
         tracing::error!(error = %e, "cannot set the store back to syncing every commit");
     }
-    if db.commits == commits && db.conn.total_changes() == changes {
+    let wrote = db.commits != commits || db.conn.total_changes() != changes;
+    if !wrote && syncer.settled() {
         for reply in replies {
             reply(Ok(()));
         }
         return;
     }
+    // A run that wrote nothing but may have read what an earlier one wrote
+    // is answered behind it, and refused if a sync has failed.
     let seq = match db.own_seq() {
         Ok(seq) => seq,
         Err(e) => {
@@ -1166,7 +1170,9 @@ impl Store {
     /// given once the sync thread has synced them, with every other such
     /// job queued meanwhile (one sync for a burst of registrations,
     /// logins by ticket or topic changes, not one each). The answer means
-    /// what `call`'s does: what the job committed is on disk.
+    /// what `call`'s does: what the job committed is on disk, and so is
+    /// every commit before it (a job that wrote nothing may answer with
+    /// what an earlier one wrote).
     pub async fn call_synced<T, F>(&self, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
@@ -1642,6 +1648,67 @@ mod tests {
             .unwrap();
         assert_eq!(kept.messages.len(), 4);
         store.close().await;
+    }
+
+    /// A synced-later job that writes nothing may still answer with what
+    /// an earlier job wrote (a `mark` that finds the account's other
+    /// connection has just moved the marker there): its answer waits for
+    /// every commit handed to the sync thread before it, and after a failed
+    /// sync it is refused like them.
+    #[test]
+    fn a_synced_job_that_writes_nothing_waits_for_the_commits_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        let path = dir.path().join(DB_FILE);
+        let (checkpoints, checkpointing) = wal::Checkpointer::start(path.clone()).unwrap();
+        let durable = wal::Durable::new(db.own_seq().unwrap());
+        // The sync thread stops after its first sync until told to go on.
+        let (go, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let syncer = wal::Syncer::start(
+            wal::open_wal(&path).unwrap(),
+            durable.clone(),
+            checkpoints,
+            move || {
+                let _ = gate.lock().unwrap().recv();
+            },
+        )
+        .unwrap();
+        let job = |f: fn(&mut Db) -> Result<bool, Error>| {
+            let (tx, rx) = oneshot::channel::<Result<bool, Error>>();
+            let job: SyncedJob = Box::new(move |db| {
+                let out = f(db);
+                Box::new(move |synced: Result<(), Error>| {
+                    let _ = tx.send(synced.and(out));
+                })
+            });
+            (job, rx)
+        };
+        // Something the sync thread is busy with.
+        let (first, _first) = job(|db| db.create_account("a", "h").map(|_| true));
+        run_synced(&mut db, &syncer, vec![first]);
+        // Committed behind it: not synced yet.
+        let (write, mut written) = job(|db| db.create_account("b", "h").map(|_| true));
+        run_synced(&mut db, &syncer, vec![write]);
+        // A job that only finds what that one wrote.
+        let (read, mut found) = job(|db| Ok(db.account_by_name("b")?.is_some()));
+        run_synced(&mut db, &syncer, vec![read]);
+        assert!(written.try_recv().is_err(), "answered before its sync");
+        assert!(
+            found.try_recv().is_err(),
+            "a job that wrote nothing answered before the commit it found was synced"
+        );
+        drop(go);
+        assert!(written.blocking_recv().unwrap().unwrap());
+        assert!(found.blocking_recv().unwrap().unwrap());
+        // After a failed sync, such a job is refused as the others are.
+        durable.fail();
+        let (read, mut refused) = job(|db| Ok(db.account_by_name("b")?.is_some()));
+        run_synced(&mut db, &syncer, vec![read]);
+        syncer.finish();
+        checkpointing.join().unwrap();
+        let refused = refused.try_recv().unwrap();
+        assert!(refused.is_err(), "{refused:?}");
     }
 
     #[test]

@@ -128,6 +128,10 @@ pub(super) struct Committed {
 pub(super) struct Syncer {
     queue: mpsc::Sender<Committed>,
     thread: JoinHandle<()>,
+    /// Groups handed over whose sync has not ended yet (see
+    /// [`Syncer::settled`]).
+    unanswered: Arc<AtomicU64>,
+    durable: Durable,
 }
 
 impl Syncer {
@@ -140,6 +144,9 @@ impl Syncer {
         synced: impl Fn() + Send + 'static,
     ) -> Result<Self, Error> {
         let (queue, rx) = mpsc::channel::<Committed>();
+        let unanswered = Arc::new(AtomicU64::new(0));
+        let answering = unanswered.clone();
+        let state = durable.clone();
         let thread = std::thread::Builder::new()
             .name("tenthbit-sync".into())
             .spawn(move || {
@@ -167,6 +174,10 @@ impl Syncer {
                                  acknowledged until the daemon restarts (check the disk)");
                         }
                     }
+                    // Synced, or refused from now on: none of them holds
+                    // back a job that wrote nothing, and their callers,
+                    // answered next, find them counted out.
+                    answering.fetch_sub(groups.len() as u64, Ordering::AcqRel);
                     // What each caller hears of the sync.
                     let synced = || {
                         outcome
@@ -188,13 +199,31 @@ impl Syncer {
                 }
             })
             .map_err(|e| Error::Corrupt(format!("cannot start the store's sync thread: {e}")))?;
-        Ok(Self { queue, thread })
+        Ok(Self {
+            queue,
+            thread,
+            unanswered,
+            durable: state,
+        })
     }
 
     /// Hands a committed group over for its sync; gives it back if the
     /// thread is gone.
     pub fn send(&self, group: Committed) -> Result<(), Committed> {
-        self.queue.send(group).map_err(|e| e.0)
+        self.unanswered.fetch_add(1, Ordering::AcqRel);
+        self.queue.send(group).map_err(|e| {
+            self.unanswered.fetch_sub(1, Ordering::AcqRel);
+            e.0
+        })
+    }
+
+    /// Whether every group handed over has been synced, and no sync has
+    /// failed: only then may a job that wrote nothing be
+    /// answered at once, since what it read may be what an earlier job
+    /// wrote (a `mark` that finds the account's other connection has just
+    /// moved the marker there). Otherwise its answer waits its turn here.
+    pub fn settled(&self) -> bool {
+        self.unanswered.load(Ordering::Acquire) == 0 && !self.durable.failed()
     }
 
     /// Syncs and answers everything handed over, then ends the thread.
