@@ -66,6 +66,23 @@ impl Online {
             .unwrap_or(false)
     }
 
+    /// Whether `account` was online at the last [`Online::drain`]: what
+    /// a list must say that the drained changes' events are news
+    /// relative to. A change since then is reported by the next drain; a
+    /// list that showed it already would be left standing, unreported, if
+    /// the change were reversed before that drain (they net to nothing).
+    pub fn was_online_at_drain(&self, account: &Uuid) -> bool {
+        self.state
+            .lock()
+            .map(|s| {
+                s.changed
+                    .get(account)
+                    .copied()
+                    .unwrap_or_else(|| s.online(account))
+            })
+            .unwrap_or(false)
+    }
+
     /// Accounts connected here now (what a full presence packet lists).
     pub fn local_accounts(&self) -> Vec<Uuid> {
         self.state

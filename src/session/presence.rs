@@ -21,8 +21,9 @@ impl Session<'_> {
     ) -> Result<Outcome, Denied> {
         // Watching before the list is made, and gathered changes sent
         // first: events are news relative to the last announcement, so the
-        // list must not be older than it (a login and logout in between
-        // would otherwise say nothing, after a list that showed the login).
+        // list says who was online at that announcement, neither older nor
+        // newer (a login and logout in between say nothing, so a list that
+        // showed the login would be left standing).
         self.ctx.presence.watch(me.id, self.conn_id, watch);
         if !watch {
             return Ok(self.reply(reply::ack(id)));
@@ -35,7 +36,7 @@ impl Session<'_> {
             .member_of(me.id)
             .iter()
             .flat_map(|t| t.members.iter().copied())
-            .filter(|m| *m != me.id && online.is_online(m))
+            .filter(|m| *m != me.id && online.was_online_at_drain(m))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -170,6 +171,69 @@ mod tests {
         assert!(
             online.is_some() && offline.is_some() && online < offline,
             "{events}"
+        );
+        ctx.store.close().await;
+    }
+
+    /// The answer is never contradicted by what follows: an account that
+    /// logs in while the answer is being made (here, while the
+    /// announcement before it waits for the store) and out again before
+    /// the next announcement is either not in the answer or reported
+    /// offline afterwards, never left shown online.
+    #[tokio::test]
+    async fn an_answer_made_during_a_flap_is_not_left_standing() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let mut ids = Vec::new();
+        for name in ["w", "x", "y"] {
+            let a = ctx
+                .store
+                .call_synced(move |db| db.create_account(name, "h"))
+                .await
+                .unwrap();
+            ids.push(a.id);
+        }
+        let (w, x, y) = (ids[0], ids[1], ids[2]);
+        let t = super::super::topic::create_cached(
+            &ctx.store,
+            &ctx.topics,
+            "room".into(),
+            w,
+            serde_json::Map::new(),
+            10,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        testing::set_member(&ctx, t.id, x, true).await.unwrap();
+        testing::set_member(&ctx, t.id, y, true).await.unwrap();
+        // w's connection 2, whose events land on `events`.
+        let (out, mut events, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
+        ctx.presence.add(w, 2, out, None);
+        ctx.presence.watch(w, 2, true);
+        announce_presence(&ctx).await;
+        let _ = testing::replies(&mut events);
+        // A pending change, so the announcement before the answer reads
+        // names from the store, which is held.
+        ctx.presence.online.set_local(y, true);
+        let (release, held) = store::hold_store_thread(&ctx.store).await;
+        let (mut s, mut rx) = testing::session(&ctx, w, "w", 2);
+        let me = crate::session::LoggedIn::new(w, "w".into());
+        let mut asking = Box::pin(s.handle_presence(Some("p1"), &me, true));
+        assert!((&mut asking).now_or_never().is_none());
+        ctx.presence.online.set_local(x, true);
+        drop(release);
+        held.await.unwrap().unwrap();
+        let _ = asking.await.unwrap();
+        drop(s);
+        let answer = testing::replies(&mut rx);
+        ctx.presence.online.set_local(x, false);
+        announce_presence(&ctx).await;
+        let after = testing::replies(&mut events);
+        let said_online = answer.contains(r#""x""#);
+        let told_offline = after.contains(r#""offline":["x"]"#);
+        assert!(
+            !said_online || told_offline,
+            "answer {answer} then only {after}"
         );
         ctx.store.close().await;
     }
