@@ -15,8 +15,11 @@ use uuid::Uuid;
 struct State {
     /// Accounts with a connection here.
     local: HashSet<Uuid>,
-    /// Accounts connected on other live nodes: on how many.
-    remote: HashMap<Uuid, u32>,
+    /// Accounts connected on other live nodes: on how many. Signed, and
+    /// never clamped: the mesh counts each node's changes after releasing
+    /// its presence table, so an account's going away may be counted
+    /// before its coming, and the two must still net to nothing.
+    remote: HashMap<Uuid, i64>,
     /// For the `presence` events: the state each changed account had at
     /// the last drain.
     changed: HashMap<Uuid, bool>,
@@ -27,7 +30,7 @@ struct State {
 
 impl State {
     fn online(&self, account: &Uuid) -> bool {
-        self.local.contains(account) || self.remote.contains_key(account)
+        self.local.contains(account) || self.remote.get(account).is_some_and(|n| *n > 0)
     }
 }
 
@@ -154,13 +157,10 @@ impl Online {
         let mut any = false;
         for a in accounts {
             let was = s.online(a);
-            if up {
-                *s.remote.entry(*a).or_insert(0) += 1;
-            } else if let Some(n) = s.remote.get_mut(a) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    s.remote.remove(a);
-                }
+            let n = s.remote.entry(*a).or_insert(0);
+            *n = n.saturating_add(if up { 1 } else { -1 });
+            if *n == 0 {
+                s.remote.remove(a);
             }
             if was != s.online(a) {
                 s.changed.entry(*a).or_insert(was);
@@ -268,6 +268,30 @@ mod tests {
         assert!(o.drain().is_empty());
         let local = o.drain_local();
         assert_eq!(local.offline, vec![a]);
+    }
+
+    /// The mesh counts a node's changes after releasing its presence
+    /// table, so two links' tasks may count one origin's consecutive
+    /// changes in the other order: an account's going away counted before
+    /// its coming must still net to nothing, not leave it online.
+    #[test]
+    fn remote_changes_counted_out_of_order_net_to_nothing() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let o = Online::default();
+        o.set_remote(&[a], false);
+        o.set_remote(&[a], true);
+        assert!(!o.is_online(&a));
+        assert!(o.drain().is_empty());
+        // Online on one node; there it goes and comes back, counted in
+        // the other order: online throughout.
+        o.set_remote(&[b], true);
+        o.drain();
+        o.set_remote(&[b], true);
+        o.set_remote(&[b], false);
+        o.set_remote(&[b], false);
+        o.set_remote(&[b], true);
+        assert!(o.is_online(&b));
+        assert!(o.drain().is_empty());
     }
 
     #[test]
