@@ -60,10 +60,11 @@ const STAND_IN_KEY: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
 /// checked, one the account does not fill by [`STAND_IN_KEY`], whose
 /// outcome is ignored. So the time of an answer tells neither whether the
 /// name is an account nor how many keys it holds, as the first step's
-/// `challenge` for any name promises (protocol.md 11.4.2).
+/// `challenge` for any name promises (protocol.md 11.4.2). An account that
+/// holds more (keys added on two sides of a partition) has each checked.
 fn verifies_any(keys: &[String], mut check: impl FnMut(&VerifyingKey) -> bool) -> bool {
     let mut verified = false;
-    for place in 0..MAX_KEYS_PER_ACCOUNT {
+    for place in 0..keys.len().max(MAX_KEYS_PER_ACCOUNT) {
         let (text, counts) = match keys.get(place) {
             Some(key) => (key.as_str(), true),
             None => (STAND_IN_KEY, false),
@@ -270,6 +271,12 @@ mod tests {
         );
         assert_eq!(counting(&many, &is_mine), (true, MAX_KEYS_PER_ACCOUNT));
         assert_eq!(counting(&many, &none), (false, MAX_KEYS_PER_ACCOUNT));
+        // More than an account may add (a partition's two sides each added
+        // some): every one is checked, the last too.
+        let more: Vec<String> = (0..20).map(key).collect();
+        let last = key(19);
+        let is_last = |k: &VerifyingKey| B64.encode(k.as_bytes()) == last;
+        assert_eq!(counting(&more, &is_last), (true, 20));
         // The stand-in is a key that parses, so its check runs.
         assert!(parse_key(STAND_IN_KEY).is_ok());
     }
