@@ -795,6 +795,57 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_the_mesh_or_federation_cannot_name_in_tls_is_refused() {
+        // `valid_node_name` and `valid_server_name` let these through, but
+        // TLS cannot name them (all digits, a hex number, '-' at an end):
+        // the daemon started, logged "not a usable TLS name" and never
+        // dialled the peer, or never matched a CA-issued certificate to it.
+        let fp = "AB:".repeat(31) + "AB";
+        for node in ["2", "0x1f", "n2-", "-n2"] {
+            let err = Config::from_toml(&format!(
+                "[[mesh.peer]]\nnode = \"{node}\"\naddr = \"127.0.0.1:1\"\nfingerprint = \"{fp}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("mesh.peer") && err.to_string().contains("TLS"),
+                "{node}: {err}"
+            );
+            let err = Config::from_toml(&format!(
+                "[[mesh.peer]]\nnode = \"{node}\"\nca_file = \"ca.pem\"\n"
+            ))
+            .unwrap_err();
+            assert!(err.to_string().contains("mesh.peer"), "{node}: {err}");
+            // A pinned peer that only dials us is never named in TLS.
+            assert!(
+                Config::from_toml(&format!(
+                    "[[mesh.peer]]\nnode = \"{node}\"\nfingerprint = \"{fp}\"\n"
+                ))
+                .is_ok()
+            );
+        }
+        for name in ["chat.123", "0x1f", "a.b.0"] {
+            let err = Config::from_toml(&format!(
+                "[[federation.server]]\nname = \"{name}\"\naddr = \"127.0.0.1:1\"\nfingerprint = \"{fp}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("federation.server") && err.to_string().contains("TLS"),
+                "{name}: {err}"
+            );
+        }
+        // Names TLS takes still pass, IP addresses included.
+        for (node, name) in [("n2", "first.example"), ("node_2", "192.0.2.7")] {
+            assert!(
+                Config::from_toml(&format!(
+                    "[[mesh.peer]]\nnode = \"{node}\"\naddr = \"127.0.0.1:1\"\nfingerprint = \"{fp}\"\n[[federation.server]]\nname = \"{name}\"\naddr = \"127.0.0.1:1\"\nfingerprint = \"{fp}\"\n"
+                ))
+                .is_ok(),
+                "{node} {name}"
+            );
+        }
+    }
+
+    #[test]
     fn server_names() {
         assert!(valid_server_name("10b.it"));
         assert!(valid_server_name("localhost"));

@@ -137,6 +137,13 @@ impl FederationConfig {
             if !valid_server_name(&s.name) {
                 return Err(bad("name must be a server name (a host name)"));
             }
+            if (s.addr.is_some() || s.ca_file.is_some()) && !crate::mesh::config::tls_name(&s.name)
+            {
+                return Err(bad(
+                    "name must be usable as a TLS name to be asked or checked against a CA \
+                     (its last label not all digits or a hex number)",
+                ));
+            }
             if s.name.eq_ignore_ascii_case(own) {
                 return Err(bad("names this server itself (server.name)"));
             }

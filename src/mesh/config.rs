@@ -218,6 +218,13 @@ impl MeshConfig {
                     "node must be 1 to 64 letters, digits, '-' or '_'".into()
                 ));
             }
+            if (p.addr.is_some() || p.ca_file.is_some()) && !tls_name(&p.node) {
+                return Err(bad(
+                    "node must be usable as a TLS name to be dialled or checked against a CA \
+                     (not all digits or a hex number, no '-' at either end)"
+                        .into(),
+                ));
+            }
             if p.node == node {
                 return Err(bad("names this node itself (server.node)".into()));
             }
@@ -229,6 +236,12 @@ impl MeshConfig {
         }
         Ok(())
     }
+}
+
+/// Whether TLS can name `name` (a DNS name or an IP address): a peer is
+/// dialled by its name, and a CA-issued certificate must be valid for it.
+pub fn tls_name(name: &str) -> bool {
+    rustls::pki_types::ServerName::try_from(name).is_ok()
 }
 
 /// Checks how a peer's certificate is to be trusted: exactly one of a
