@@ -278,6 +278,49 @@ fn bad_certificate_files_are_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("junk.crt"));
 }
 
+/// A missing mesh or federation certificate names the setting to fix, once:
+/// not `tls.cert_file` (the client port's, which is there), and not the
+/// same message twice over.
+#[test]
+fn a_missing_mesh_or_federation_certificate_names_its_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("t.crt"), pair.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("t.key"), pair.signing_key.serialize_pem()).unwrap();
+    let common = "[server]\nlisten = [\"127.0.0.1:0\"]\ndata_dir = \"data\"\n\
+                  [tls]\ncert_file = \"t.crt\"\nkey_file = \"t.key\"\nself_signed = false\n";
+    for (section, key) in [
+        (
+            "[mesh]\nenabled = true\nlisten = \"127.0.0.1:0\"\ncert_file = \"m.crt\"\nkey_file = \"m.key\"\n",
+            "mesh.cert_file",
+        ),
+        (
+            "[federation]\nenabled = true\nlisten = \"127.0.0.1:0\"\ncert_file = \"f.crt\"\nkey_file = \"f.key\"\n",
+            "federation.cert_file",
+        ),
+    ] {
+        let config = dir.path().join("t.toml");
+        std::fs::write(&config, format!("{common}{section}")).unwrap();
+        let out = Command::new(BIN)
+            .env_remove("RUST_LOG")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.starts_with("tenthbitd: "), "{err}");
+        assert!(
+            last.contains(key) && !last.contains("tls.cert_file"),
+            "{key}: {last}"
+        );
+        assert_eq!(last.matches("does not exist").count(), 1, "{last}");
+    }
+}
+
 /// Everything a user keeps survives a restart of the real binary, and no
 /// password, ticket, challenge or signature appears in its logs, even at
 /// trace level.

@@ -299,7 +299,8 @@ fn mesh_fingerprint(cli: &Cli) -> Result<()> {
         &m.key_file,
         config.tls.self_signed,
         &config.server.node,
-    )?;
+    )
+    .map_err(|e| e.missing_cert_fix(tenthbit::mesh::MISSING_CERT_FIX))?;
     println!("{}", format_fingerprint(&id.fingerprint));
     Ok(())
 }

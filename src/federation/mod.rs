@@ -43,7 +43,15 @@ use config::FederationConfig;
 pub enum Error {
     /// Certificates or trust settings are unusable.
     #[error("federation: {0}")]
-    Tls(#[from] tls::Error),
+    Tls(tls::Error),
+}
+
+// Not `#[from]`: that would make the inner error a source too, and
+// `tenthbitd: {e:#}` would print its message twice.
+impl From<tls::Error> for Error {
+    fn from(e: tls::Error) -> Self {
+        Error::Tls(e)
+    }
 }
 
 /// Running federation: a cheap handle.
@@ -101,7 +109,14 @@ impl Federation {
             (Some(c), Some(k)) => (c.as_path(), k.as_path()),
             _ => (tls_cert, tls_key),
         };
-        let identity = tls::load_identity(cert, key, false, server)?;
+        let identity =
+            tls::load_identity(cert, key, false, server).map_err(|e| match cfg.cert_file {
+                Some(_) => e.missing_cert_fix(
+                    "set federation.cert_file and federation.key_file to an existing pair, \
+                 or unset both to use the client port's",
+                ),
+                None => e,
+            })?;
         let mut peers = Vec::with_capacity(cfg.servers.len());
         for s in &cfg.servers {
             let cert = match (&s.fingerprint, &s.ca_file) {

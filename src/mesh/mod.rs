@@ -54,11 +54,29 @@ use seen::Seen;
 pub enum Error {
     /// Certificates or trust settings are unusable.
     #[error("mesh: {0}")]
-    Tls(#[from] tls::Error),
+    Tls(tls::Error),
     /// The store could not be read.
     #[error("mesh: {0}")]
-    Store(#[from] crate::store::Error),
+    Store(crate::store::Error),
 }
+
+// Not `#[from]`: that would make the inner error a source too, and
+// `tenthbitd: {e:#}` would print its message twice.
+impl From<tls::Error> for Error {
+    fn from(e: tls::Error) -> Self {
+        Error::Tls(e)
+    }
+}
+
+impl From<crate::store::Error> for Error {
+    fn from(e: crate::store::Error) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// What a missing mesh certificate asks the operator to set.
+pub const MISSING_CERT_FIX: &str =
+    "set mesh.cert_file and mesh.key_file, or tls.self_signed = true";
 
 /// Deliveries from the mesh exclude no connection (connection ids start at 1).
 const NOBODY: u64 = 0;
@@ -134,7 +152,8 @@ impl Mesh {
         status_socket: Option<std::path::PathBuf>,
         shutdown: CancellationToken,
     ) -> Result<Mesh, Error> {
-        let identity = tls::load_identity(&cfg.cert_file, &cfg.key_file, self_signed, node)?;
+        let identity = tls::load_identity(&cfg.cert_file, &cfg.key_file, self_signed, node)
+            .map_err(|e| e.missing_cert_fix(MISSING_CERT_FIX))?;
         if identity.generated {
             info!(cert = %cfg.cert_file.display(), "generated a self-signed mesh certificate");
         }

@@ -32,11 +32,14 @@ pub enum Error {
         cause: std::io::Error,
     },
     /// The certificate file is missing and generation is off.
-    #[error(
-        "certificate file {} does not exist (set tls.cert_file and tls.key_file, or tls.self_signed = true)",
-        .0.display()
-    )]
-    MissingCert(PathBuf),
+    #[error("certificate file {} does not exist ({fix})", path.display())]
+    MissingCert {
+        /// The file.
+        path: PathBuf,
+        /// Which settings to change: the client port's unless
+        /// [`Error::missing_cert_fix`] says otherwise.
+        fix: &'static str,
+    },
     /// One of the pair exists without the other.
     #[error("{} exists but {} does not; provide both or neither", present.display(), missing.display())]
     HalfPair {
@@ -69,6 +72,17 @@ pub enum Error {
     /// Client trust settings are unusable.
     #[error("trust settings: {0}")]
     Trust(String),
+}
+
+impl Error {
+    /// For a certificate other than the client port's: a missing file
+    /// names the settings that are `fix`.
+    pub fn missing_cert_fix(self, fix: &'static str) -> Self {
+        match self {
+            Error::MissingCert { path, .. } => Error::MissingCert { path, fix },
+            other => other,
+        }
+    }
 }
 
 /// The process-wide crypto provider (ring).
@@ -113,7 +127,12 @@ pub fn load_identity(
             selfsigned::generate(name, cert_path, key_path)?;
             generated = true;
         }
-        (false, false) => return Err(Error::MissingCert(cert_path.to_owned())),
+        (false, false) => {
+            return Err(Error::MissingCert {
+                path: cert_path.to_owned(),
+                fix: "set tls.cert_file and tls.key_file, or tls.self_signed = true",
+            });
+        }
         (true, false) => {
             return Err(Error::HalfPair {
                 present: cert_path.to_owned(),
