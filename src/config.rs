@@ -492,6 +492,18 @@ impl Config {
         if s.listen.is_empty() {
             return Err(invalid("server.listen", "needs at least one address"));
         }
+        for (key, path) in [
+            ("tls.cert_file", Some(&self.tls.cert_file)),
+            ("tls.key_file", Some(&self.tls.key_file)),
+            ("mesh.cert_file", Some(&self.mesh.cert_file)),
+            ("mesh.key_file", Some(&self.mesh.key_file)),
+            ("federation.cert_file", self.federation.cert_file.as_ref()),
+            ("federation.key_file", self.federation.key_file.as_ref()),
+        ] {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(key, "must name a file"));
+            }
+        }
         if self.tls.gzip_level > 9 {
             return Err(invalid("tls.gzip_level", "must be 0 to 9"));
         }
@@ -842,6 +854,29 @@ mod tests {
                 .is_ok(),
                 "{node} {name}"
             );
+        }
+    }
+
+    #[test]
+    fn an_empty_file_name_is_named() {
+        // check-config called these ok; the daemon then stopped with
+        // "tenthbitd: : No such file or directory", naming nothing.
+        for (toml, key) in [
+            ("[tls]\ncert_file = \"\"\n", "tls.cert_file"),
+            ("[tls]\nkey_file = \"\"\n", "tls.key_file"),
+            ("[mesh]\ncert_file = \"\"\n", "mesh.cert_file"),
+            ("[mesh]\nkey_file = \"\"\n", "mesh.key_file"),
+            (
+                "[federation]\ncert_file = \"\"\nkey_file = \"f.key\"\n",
+                "federation.cert_file",
+            ),
+            (
+                "[federation]\ncert_file = \"f.crt\"\nkey_file = \"\"\n",
+                "federation.key_file",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
         }
     }
 
