@@ -29,8 +29,8 @@ fn ids(p: &Packet) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test]
-async fn markers_edits_redactions_and_search_replicate() {
+/// Two linked nodes, dan logged in on the first with a topic `lobby`.
+async fn two_nodes_and_a_lobby() -> (Cluster, Client, String) {
     let c = Cluster::start(2, &[(0, 1)]).await;
     c.links_up(0, &[1]).await;
     c.links_up(1, &[0]).await;
@@ -38,6 +38,12 @@ async fn markers_edits_redactions_and_search_replicate() {
     let mut dan = c.nodes[0].server().login("dan", PW).await;
     let p = request(&mut dan, Packet::request("create").with("name", "lobby")).await;
     let topic = p.topic.unwrap();
+    (c, dan, topic)
+}
+
+#[tokio::test]
+async fn markers_edits_redactions_and_search_replicate() {
+    let (c, mut dan, topic) = two_nodes_and_a_lobby().await;
     let typo = say(&mut dan, &topic, "helo wrold").await;
     let secret = say(&mut dan, &topic, "hunter2 is my password").await;
     let last = say(&mut dan, &topic, "bye now").await;
@@ -100,13 +106,7 @@ async fn markers_edits_redactions_and_search_replicate() {
 /// changes are still told.
 #[tokio::test]
 async fn an_edit_that_meets_a_redaction_is_not_told() {
-    let c = Cluster::start(2, &[(0, 1)]).await;
-    c.links_up(0, &[1]).await;
-    c.links_up(1, &[0]).await;
-    c.nodes[0].server().register("dan", PW).await;
-    let mut dan = c.nodes[0].server().login("dan", PW).await;
-    let p = request(&mut dan, Packet::request("create").with("name", "lobby")).await;
-    let topic = p.topic.unwrap();
+    let (c, mut dan, topic) = two_nodes_and_a_lobby().await;
     let secret = say(&mut dan, &topic, "hunter2 is my password").await;
     c.converged(&[0, 1]).await;
     let mut far = c.nodes[1].server().login("dan", PW).await;

@@ -129,7 +129,39 @@ mod tests {
 
     use super::super::testing;
     use super::*;
+    use crate::router::{Closer, Outbound, Receiver};
     use crate::store;
+
+    /// A room of `owner`'s with `members`, and `owner`'s connection `conn`
+    /// watching presence, told the first announcement already: what it is
+    /// told next lands on the receiver.
+    async fn watching_a_room(
+        ctx: &Context,
+        owner: Uuid,
+        members: &[Uuid],
+        conn: u64,
+    ) -> (Receiver, std::sync::Arc<Closer>) {
+        let t = super::super::topic::create_cached(
+            &ctx.store,
+            &ctx.topics,
+            "room".into(),
+            owner,
+            serde_json::Map::new(),
+            10,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        for m in members {
+            testing::set_member(ctx, t.id, *m, true).await.unwrap();
+        }
+        let (out, mut rx, closer) = Outbound::channel(1 << 16, 1 << 30);
+        ctx.presence.add(owner, conn, out, None);
+        ctx.presence.watch(owner, conn, true);
+        announce_presence(ctx).await;
+        let _ = testing::replies(&mut rx);
+        (rx, closer)
+    }
 
     /// Two announcements at once (the loop's and a `presence` request's)
     /// deliver in the order they drained: a watcher is told an account came
@@ -138,23 +170,7 @@ mod tests {
     async fn announcements_at_once_deliver_in_drain_order() {
         let (_dir, ctx) = testing::context_with(|_| {});
         let (w, x) = (Uuid::now_v7(), Uuid::now_v7());
-        let t = super::super::topic::create_cached(
-            &ctx.store,
-            &ctx.topics,
-            "room".into(),
-            w,
-            serde_json::Map::new(),
-            10,
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        testing::set_member(&ctx, t.id, x, true).await.unwrap();
-        let (out, mut rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
-        ctx.presence.add(w, 1, out, None);
-        ctx.presence.watch(w, 1, true);
-        announce_presence(&ctx).await;
-        let _ = testing::replies(&mut rx);
+        let (mut rx, _closer) = watching_a_room(&ctx, w, &[x], 1).await;
         let (release, held) = store::hold_store_thread(&ctx.store).await;
         ctx.presence.online.set_local(x, true);
         let mut first = Box::pin(announce_presence(&ctx));
@@ -193,25 +209,8 @@ mod tests {
             ids.push(a.id);
         }
         let (w, x, y) = (ids[0], ids[1], ids[2]);
-        let t = super::super::topic::create_cached(
-            &ctx.store,
-            &ctx.topics,
-            "room".into(),
-            w,
-            serde_json::Map::new(),
-            10,
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        testing::set_member(&ctx, t.id, x, true).await.unwrap();
-        testing::set_member(&ctx, t.id, y, true).await.unwrap();
         // w's connection 2, whose events land on `events`.
-        let (out, mut events, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
-        ctx.presence.add(w, 2, out, None);
-        ctx.presence.watch(w, 2, true);
-        announce_presence(&ctx).await;
-        let _ = testing::replies(&mut events);
+        let (mut events, _closer) = watching_a_room(&ctx, w, &[x, y], 2).await;
         // A pending change, so the announcement before the answer reads
         // names from the store, which is held.
         ctx.presence.online.set_local(y, true);
