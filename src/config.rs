@@ -469,6 +469,44 @@ impl Config {
     }
 
     /// Checks every value that parses but cannot work.
+    /// The first enabled listener whose address overlaps an earlier one's
+    /// (the same port, and the same address or either a wildcard), with
+    /// the setting it overlaps: the daemon could not bind both, and would
+    /// stop naming only the address. Port 0 (any free port) never clashes.
+    fn clashing_listeners(&self) -> Option<(&'static str, &'static str, SocketAddr)> {
+        let mut listeners: Vec<(&'static str, SocketAddr)> = self
+            .server
+            .listen
+            .iter()
+            .map(|a| ("server.listen", *a))
+            .collect();
+        for (key, enabled, addr) in [
+            ("ops.listen", self.ops.enabled, self.ops.listen),
+            ("mesh.listen", self.mesh.enabled, self.mesh.listen),
+            (
+                "federation.listen",
+                self.federation.enabled,
+                self.federation.listen,
+            ),
+        ] {
+            if enabled {
+                listeners.push((key, addr));
+            }
+        }
+        let overlap = |a: SocketAddr, b: SocketAddr| {
+            a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        listeners.iter().enumerate().find_map(|(i, &(key, addr))| {
+            listeners
+                .iter()
+                .take(i)
+                .find(|&&(_, earlier)| overlap(addr, earlier))
+                .map(|&(other, _)| (key, other, addr))
+        })
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
             Error::Invalid {
@@ -491,6 +529,12 @@ impl Config {
         }
         if s.listen.is_empty() {
             return Err(invalid("server.listen", "needs at least one address"));
+        }
+        if let Some((key, other, addr)) = self.clashing_listeners() {
+            return Err(invalid(
+                key,
+                format!("{addr} overlaps {other}: two listeners cannot share a port"),
+            ));
         }
         for (key, path) in [
             ("tls.cert_file", Some(&self.tls.cert_file)),
@@ -854,6 +898,42 @@ mod tests {
                 .is_ok(),
                 "{node} {name}"
             );
+        }
+    }
+
+    #[test]
+    fn listeners_that_would_share_a_port_are_refused() {
+        for (toml, key) in [
+            (
+                "[server]\nlisten = [\"127.0.0.1:7000\", \"127.0.0.1:7000\"]\n",
+                "server.listen",
+            ),
+            (
+                "[server]\nlisten = [\"127.0.0.1:7000\"]\n[ops]\nenabled = true\nlisten = \"127.0.0.1:7000\"\n",
+                "ops.listen",
+            ),
+            (
+                "[server]\nlisten = [\"0.0.0.0:7000\"]\n[mesh]\nenabled = true\nlisten = \"127.0.0.1:7000\"\n",
+                "mesh.listen",
+            ),
+            (
+                "[server]\nlisten = [\"127.0.0.1:7000\"]\n[federation]\nenabled = true\nlisten = \"[::]:7000\"\n",
+                "federation.listen",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("overlaps"),
+                "{toml}: {err}"
+            );
+        }
+        for toml in [
+            // Another port, a listener turned off, or any free port.
+            "[server]\nlisten = [\"127.0.0.1:7000\", \"127.0.0.2:7000\", \"127.0.0.1:7001\"]\n",
+            "[server]\nlisten = [\"127.0.0.1:7000\"]\n[ops]\nenabled = false\nlisten = \"127.0.0.1:7000\"\n",
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[ops]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
+        ] {
+            assert!(Config::from_toml(toml).is_ok(), "{toml}");
         }
     }
 
