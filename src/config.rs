@@ -468,7 +468,6 @@ impl Config {
         })
     }
 
-    /// Checks every value that parses but cannot work.
     /// The first enabled listener whose address overlaps an earlier one's
     /// (the same port, and the same address or either a wildcard), with
     /// the setting it overlaps: the daemon could not bind both, and would
@@ -507,6 +506,7 @@ impl Config {
         })
     }
 
+    /// Checks every value that parses but cannot work.
     pub fn validate(&self) -> Result<(), Error> {
         fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
             Error::Invalid {

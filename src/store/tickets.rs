@@ -3,7 +3,7 @@
 //! redeems it, so a partition cannot spend it twice. A change of the
 //! account's password, and its deletion, end its tickets wherever the
 //! change is applied: here as it commits, on every other node as it
-//! arrives ([`after_apply`]).
+//! arrives (`after_apply`).
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use uuid::Uuid;

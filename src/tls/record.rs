@@ -18,8 +18,9 @@
 //! nothing to update them from. For the same reason, when the server's
 //! own records reach the cipher's confidentiality limit (2^24 records for
 //! AES-GCM, as rustls sets it; none for ChaCha20-Poly1305: a writer batch
-//! is one record or more), the server closes the connection with `close_notify`, which
-//! rustls does in TLS 1.2 too, where TLS 1.3 would update its keys.
+//! is one record or more), the server closes the connection with
+//! `close_notify`, which rustls does in TLS 1.2 too, where TLS 1.3 would
+//! update its keys.
 //!
 //! The hand-over itself happens at a record boundary: the socket's reader
 //! gives rustls whole records only during the handshake
