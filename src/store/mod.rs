@@ -18,6 +18,7 @@ pub mod migrate;
 pub mod redact;
 pub mod replica;
 pub mod search;
+pub mod segment;
 pub mod tickets;
 pub mod topics;
 mod wal;

@@ -1,0 +1,963 @@
+//! The message log's files: records appended a group commit at a time,
+//! each framed with its length and a CRC, in numbered segment files.
+//!
+//! Step 2 of the store plan (bench/README.md, "The plan for the store"):
+//! kept messages' bytes are written here once per group commit, synced by
+//! the sync thread before the group is answered, while SQLite keeps a
+//! sparse index of them. Per message this is one copy into a buffer; the
+//! per-row work of SQLite (a row, its indexes, the WAL's frames) is what
+//! bounded history-on throughput.
+//!
+//! A segment is `<dir>/<number, 20 digits>.seg`: a 24-byte header
+//! (`10bitseg`, the format version, four zero bytes, the segment's number),
+//! then records:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | body length, little-endian |
+//! | 4 | CRC-32 of the next 16 bytes and the body, little-endian |
+//! | 8 | seq, little-endian |
+//! | 8 | clock, little-endian |
+//! | length | body |
+//!
+//! **Crash safety.** A group is answered only after its segment is synced,
+//! so what a crash can leave unsynced is the last segment's tail: a segment
+//! is synced before the next is created ([`Writer`] rotates between groups,
+//! never inside one). [`Writer::open`] checks the last segment's records
+//! and cuts it at the first that is torn or fails its CRC, as Kafka
+//! recovers its active segment; what lies past that point was never
+//! acknowledged. A bad record anywhere else is damage, reported as
+//! [`Error::Corrupt`] when it is read.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The first bytes of every segment.
+const MAGIC: &[u8; 8] = b"10bitseg";
+/// The format this build writes and reads.
+const VERSION: u32 = 1;
+/// Bytes before a segment's first record.
+pub const HEADER_LEN: u64 = 24;
+/// Bytes of a record before its body.
+const RECORD_HEAD: usize = 24;
+/// The largest body a record holds: far above any message the daemon
+/// accepts, and low enough that a damaged length is never allocated.
+pub const MAX_BODY: usize = 16 << 20;
+/// Bytes read ahead when scanning records in order.
+const SCAN_BUFFER: usize = 256 << 10;
+/// A segment's file name ends with this.
+const SUFFIX: &str = ".seg";
+
+/// Why a segment operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file system said no.
+    #[error("message log {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The system's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// Bytes on disk are not what this module wrote.
+    #[error("message log {} is damaged at byte {offset}: {why}", path.display())]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Where in it.
+        offset: u64,
+        /// What was wrong.
+        why: &'static str,
+    },
+    /// A record's body is longer than [`MAX_BODY`].
+    #[error("a record of {len} bytes is over the message log's limit of {MAX_BODY}")]
+    TooLarge {
+        /// The body's length.
+        len: usize,
+    },
+    /// An earlier write failed and could not be undone: the writer takes
+    /// no more records (the daemon is restarted, and the open cuts the
+    /// partial write).
+    #[error("the message log stopped after a failed write")]
+    Stopped,
+}
+
+/// Where a record starts: its segment and its byte offset in it. Ordered
+/// as the log is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// The segment's number.
+    pub segment: u64,
+    /// The record's first byte in the segment.
+    pub offset: u64,
+}
+
+/// A record to append.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The event's seq.
+    pub seq: u64,
+    /// The event's clock.
+    pub hlc: u64,
+    /// The event's body, as the caller encodes it.
+    pub body: &'a [u8],
+}
+
+/// A record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Where it starts.
+    pub at: Position,
+    /// Where the record after it starts (in the same segment).
+    pub next: Position,
+    /// The event's seq.
+    pub seq: u64,
+    /// The event's clock.
+    pub hlc: u64,
+    /// The body as appended.
+    pub body: Vec<u8>,
+}
+
+/// What [`Writer::append`] wrote.
+#[derive(Debug)]
+pub struct Appended {
+    /// Each record's position, in the order given.
+    pub positions: Vec<Position>,
+    /// The log's end after the append: where the next record goes.
+    pub end: Position,
+    /// The file to sync before the group is answered.
+    pub file: Arc<File>,
+}
+
+/// The one writer of a log directory (the store thread's).
+#[derive(Debug)]
+pub struct Writer {
+    dir: PathBuf,
+    file: Arc<File>,
+    segment: u64,
+    len: u64,
+    /// Rotate before an append that would take a segment past this.
+    max_bytes: u64,
+    /// A group's records, encoded before the one write.
+    buf: Vec<u8>,
+    stopped: bool,
+}
+
+/// What [`Writer::open`] found.
+#[derive(Debug)]
+pub struct Opened {
+    /// The writer, at the log's end.
+    pub writer: Writer,
+    /// Bytes cut from the last segment's tail (a torn or damaged write).
+    pub cut: u64,
+}
+
+impl Writer {
+    /// Opens the log in `dir` (creating both if need be), checks the last
+    /// segment and cuts it at its first bad record. Segments rotate at
+    /// about `max_bytes` (a group is never split).
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Opened, Error> {
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let Some(&segment) = list(dir)?.last() else {
+            let (file, len) = create(dir, 1)?;
+            let writer = Self::at(dir, file, 1, len, max_bytes);
+            return Ok(Opened { writer, cut: 0 });
+        };
+        let path = segment_path(dir, segment);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        let on_disk = file.metadata().map_err(io_at(&path))?.len();
+        if on_disk < HEADER_LEN {
+            // Created, and the crash came before its header was synced:
+            // nothing was ever written to it.
+            drop(file);
+            let (file, len) = create(dir, segment)?;
+            let writer = Self::at(dir, file, segment, len, max_bytes);
+            return Ok(Opened { writer, cut: 0 });
+        }
+        check_header(&file, &path, segment)?;
+        let mut records = Records::new(&file, &path, segment, HEADER_LEN)?;
+        let end = loop {
+            match records.next_record()? {
+                Next::Record(r) => drop(r),
+                Next::End(at) => break at,
+                Next::Bad { at, why } => {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        offset = at,
+                        bytes_cut = on_disk - at,
+                        why,
+                        "message log: cutting a torn tail (written, never acknowledged)"
+                    );
+                    file.set_len(at).map_err(io_at(&path))?;
+                    file.sync_data().map_err(io_at(&path))?;
+                    break at;
+                }
+            }
+        };
+        let writer = Self::at(dir, file, segment, end, max_bytes);
+        Ok(Opened {
+            writer,
+            cut: on_disk - end,
+        })
+    }
+
+    fn at(dir: &Path, file: File, segment: u64, len: u64, max_bytes: u64) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            file: Arc::new(file),
+            segment,
+            len,
+            max_bytes,
+            buf: Vec::new(),
+            stopped: false,
+        }
+    }
+
+    /// Where the next record goes.
+    pub fn end(&self) -> Position {
+        Position {
+            segment: self.segment,
+            offset: self.len,
+        }
+    }
+
+    /// Appends `records` with one write, in a new segment if this one
+    /// would pass its size. Nothing is synced: the caller syncs
+    /// [`Appended::file`] before it answers for the records.
+    pub fn append<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = Record<'a>>,
+    ) -> Result<Appended, Error> {
+        if self.stopped {
+            return Err(Error::Stopped);
+        }
+        self.buf.clear();
+        let mut starts = Vec::new();
+        for r in records {
+            if r.body.len() > MAX_BODY {
+                return Err(Error::TooLarge { len: r.body.len() });
+            }
+            starts.push(self.buf.len() as u64);
+            encode(&mut self.buf, r);
+        }
+        let group = self.buf.len() as u64;
+        if self.len > HEADER_LEN && self.len.saturating_add(group) > self.max_bytes {
+            self.rotate()?;
+        }
+        let path = segment_path(&self.dir, self.segment);
+        if let Err(e) = self.file.write_all_at(&self.buf, self.len) {
+            // Leave no partial group for the next one to follow.
+            if self.file.set_len(self.len).is_err() {
+                self.stopped = true;
+            }
+            return Err(Error::Io { path, source: e });
+        }
+        let base = self.len;
+        self.len += group;
+        Ok(Appended {
+            positions: starts
+                .into_iter()
+                .map(|s| Position {
+                    segment: self.segment,
+                    offset: base + s,
+                })
+                .collect(),
+            end: self.end(),
+            file: Arc::clone(&self.file),
+        })
+    }
+
+    /// Seals this segment (synced, never written again) and starts the
+    /// next: only the last segment can then have a torn tail.
+    fn rotate(&mut self) -> Result<(), Error> {
+        let path = segment_path(&self.dir, self.segment);
+        self.file.sync_data().map_err(io_at(&path))?;
+        let (file, len) = create(&self.dir, self.segment + 1)?;
+        self.file = Arc::new(file);
+        self.segment += 1;
+        self.len = len;
+        tracing::debug!(segment = self.segment, "message log: new segment");
+        Ok(())
+    }
+}
+
+/// Reads records by position or in order; any number of threads may
+/// read while the [`Writer`] appends.
+#[derive(Debug)]
+pub struct Reader {
+    dir: PathBuf,
+    /// Open segments, so a history page is not an `open` per record.
+    files: Mutex<HashMap<u64, Arc<File>>>,
+}
+
+impl Reader {
+    /// A reader of the log in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn file(&self, segment: u64) -> Result<Arc<File>, Error> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = files.get(&segment) {
+            return Ok(Arc::clone(f));
+        }
+        let path = segment_path(&self.dir, segment);
+        let file = Arc::new(File::open(&path).map_err(io_at(&path))?);
+        files.insert(segment, Arc::clone(&file));
+        Ok(file)
+    }
+
+    /// The record at `at`.
+    pub fn read(&self, at: Position) -> Result<Stored, Error> {
+        let file = self.file(at.segment)?;
+        let path = segment_path(&self.dir, at.segment);
+        let corrupt = |why| Error::Corrupt {
+            path: path.clone(),
+            offset: at.offset,
+            why,
+        };
+        if at.offset < HEADER_LEN {
+            return Err(corrupt("a position inside the segment's header"));
+        }
+        let mut head = [0u8; RECORD_HEAD];
+        file.read_exact_at(&mut head, at.offset)
+            .map_err(|e| eof_is(e, &path, corrupt("a record past the segment's end")))?;
+        let len = body_len(&head).ok_or_else(|| corrupt("a record longer than the limit"))?;
+        let mut body = vec![0u8; len];
+        file.read_exact_at(&mut body, at.offset + RECORD_HEAD as u64)
+            .map_err(|e| eof_is(e, &path, corrupt("a record cut short")))?;
+        decode(&head, body, at).ok_or_else(|| corrupt("a record whose CRC does not match"))
+    }
+
+    /// The records from `from` up to `upto` (not included), in log order,
+    /// across segments. `upto` is an end the caller knows is whole (the
+    /// writer's end after a commit): a record still being written past it
+    /// is not read.
+    pub fn scan(&self, from: Position, upto: Position) -> Result<Scan<'_>, Error> {
+        Ok(Scan {
+            reader: self,
+            segments: list(&self.dir)?
+                .into_iter()
+                .filter(|&s| s >= from.segment && s <= upto.segment)
+                .collect::<Vec<_>>()
+                .into_iter(),
+            from,
+            upto,
+            current: None,
+        })
+    }
+
+    /// The segments on disk, oldest first.
+    pub fn segments(&self) -> Result<Vec<u64>, Error> {
+        list(&self.dir)
+    }
+
+    /// Deletes the segments numbered below `segment` (retention drops
+    /// whole segments). Returns how many it deleted.
+    pub fn remove_before(&self, segment: u64) -> Result<usize, Error> {
+        let mut removed = 0;
+        for s in list(&self.dir)?.into_iter().filter(|&s| s < segment) {
+            let path = segment_path(&self.dir, s);
+            self.files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&s);
+            fs::remove_file(&path).map_err(io_at(&path))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Records in log order: [`Reader::scan`].
+pub struct Scan<'a> {
+    reader: &'a Reader,
+    segments: std::vec::IntoIter<u64>,
+    from: Position,
+    upto: Position,
+    current: Option<(u64, Records<File>)>,
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<Stored, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.current.is_none() {
+                let segment = self.segments.next()?;
+                let start = if segment == self.from.segment {
+                    self.from.offset.max(HEADER_LEN)
+                } else {
+                    HEADER_LEN
+                };
+                // A file of its own: its cursor is the scan's.
+                let path = segment_path(&self.reader.dir, segment);
+                let opened = File::open(&path).map_err(io_at(&path)).and_then(|f| {
+                    check_header(&f, &path, segment)?;
+                    Records::new(f, &path, segment, start)
+                });
+                match opened {
+                    Ok(records) => self.current = Some((segment, records)),
+                    Err(e) => {
+                        self.segments = Vec::new().into_iter();
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let (segment, records) = self.current.as_mut()?;
+            let segment = *segment;
+            let done = |at: u64| {
+                Position {
+                    segment,
+                    offset: at,
+                } >= self.upto
+            };
+            if done(records.at) {
+                self.segments = Vec::new().into_iter();
+                self.current = None;
+                return None;
+            }
+            match records.next_record() {
+                Ok(Next::Record(r)) => return Some(Ok(r)),
+                Ok(Next::End(_)) => self.current = None,
+                Ok(Next::Bad { at, why }) => {
+                    self.segments = Vec::new().into_iter();
+                    let path = records.path.clone();
+                    self.current = None;
+                    return Some(Err(Error::Corrupt {
+                        path,
+                        offset: at,
+                        why,
+                    }));
+                }
+                Err(e) => {
+                    self.segments = Vec::new().into_iter();
+                    self.current = None;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// One step of reading a segment's records in order.
+enum Next {
+    Record(Stored),
+    /// The segment ends, at a record boundary, here.
+    End(u64),
+    /// The record here is torn or damaged.
+    Bad {
+        at: u64,
+        why: &'static str,
+    },
+}
+
+/// A segment's records in order, read ahead through a buffer.
+struct Records<R> {
+    input: BufReader<R>,
+    path: PathBuf,
+    segment: u64,
+    at: u64,
+}
+
+impl<R: Read + Seek> Records<R> {
+    fn new(mut file: R, path: &Path, segment: u64, at: u64) -> Result<Self, Error> {
+        file.seek(SeekFrom::Start(at)).map_err(io_at(path))?;
+        Ok(Self {
+            input: BufReader::with_capacity(SCAN_BUFFER, file),
+            path: path.to_path_buf(),
+            segment,
+            at,
+        })
+    }
+
+    fn next_record(&mut self) -> Result<Next, Error> {
+        let at = self.at;
+        let mut head = [0u8; RECORD_HEAD];
+        match read_full(&mut self.input, &mut head).map_err(io_at(&self.path))? {
+            0 => return Ok(Next::End(at)),
+            n if n < RECORD_HEAD => {
+                return Ok(Next::Bad {
+                    at,
+                    why: "a record's head cut short",
+                });
+            }
+            _ => {}
+        }
+        let Some(len) = body_len(&head) else {
+            return Ok(Next::Bad {
+                at,
+                why: "a record longer than the limit",
+            });
+        };
+        let mut body = vec![0u8; len];
+        if read_full(&mut self.input, &mut body).map_err(io_at(&self.path))? < len {
+            return Ok(Next::Bad {
+                at,
+                why: "a record cut short",
+            });
+        }
+        let pos = Position {
+            segment: self.segment,
+            offset: at,
+        };
+        match decode(&head, body, pos) {
+            Some(r) => {
+                self.at = r.next.offset;
+                Ok(Next::Record(r))
+            }
+            None => Ok(Next::Bad {
+                at,
+                why: "a record whose CRC does not match",
+            }),
+        }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn encode(out: &mut Vec<u8>, r: Record<'_>) {
+    let mut rest = [0u8; 16];
+    rest[..8].copy_from_slice(&r.seq.to_le_bytes());
+    rest[8..].copy_from_slice(&r.hlc.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&rest);
+    crc.update(r.body);
+    // The caller checked the length against MAX_BODY, which fits.
+    out.extend_from_slice(&(r.body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&rest);
+    out.extend_from_slice(r.body);
+}
+
+/// The body's length from a record's head, if within the limit.
+fn body_len(head: &[u8; RECORD_HEAD]) -> Option<usize> {
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    (len <= MAX_BODY).then_some(len)
+}
+
+/// The record from its head and body, if its CRC matches.
+fn decode(head: &[u8; RECORD_HEAD], body: Vec<u8>, at: Position) -> Option<Stored> {
+    let [_, _, _, _, c0, c1, c2, c3, rest @ ..] = head;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(rest);
+    crc.update(&body);
+    if crc.finalize() != u32::from_le_bytes([*c0, *c1, *c2, *c3]) {
+        return None;
+    }
+    let (seq, hlc) = rest.split_at(8);
+    let next = Position {
+        segment: at.segment,
+        offset: at.offset + (RECORD_HEAD + body.len()) as u64,
+    };
+    Some(Stored {
+        at,
+        next,
+        seq: u64::from_le_bytes(seq.try_into().ok()?),
+        hlc: u64::from_le_bytes(hlc.try_into().ok()?),
+        body,
+    })
+}
+
+fn header(segment: u64) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[16..].copy_from_slice(&segment.to_le_bytes());
+    h
+}
+
+fn check_header(file: &File, path: &Path, segment: u64) -> Result<(), Error> {
+    let mut h = [0u8; HEADER_LEN as usize];
+    let corrupt = |why| Error::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        why,
+    };
+    file.read_exact_at(&mut h, 0)
+        .map_err(|e| eof_is(e, path, corrupt("a header cut short")))?;
+    if &h[..8] != MAGIC {
+        return Err(corrupt("not a tenthbit message log segment"));
+    }
+    if h[8..16] != header(segment)[8..16] {
+        return Err(corrupt("a segment format this build does not read"));
+    }
+    if h[16..] != segment.to_le_bytes() {
+        return Err(corrupt("a segment whose header names another number"));
+    }
+    Ok(())
+}
+
+/// Creates segment `segment` with its header, synced along with the
+/// directory entry. Returns the file and its length.
+fn create(dir: &Path, segment: u64) -> Result<(File, u64), Error> {
+    let path = segment_path(dir, segment);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    file.write_all_at(&header(segment), 0)
+        .and_then(|()| file.sync_data())
+        .map_err(io_at(&path))?;
+    sync_dir(dir)?;
+    Ok((file, HEADER_LEN))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))
+}
+
+/// The segments in `dir`, oldest first. Other files are left alone.
+fn list(dir: &Path) -> Result<Vec<u64>, Error> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        let name = entry.file_name();
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        segments.push(number);
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}{SUFFIX}"))
+}
+
+/// An end-of-file error as `short`; any other as the system's error.
+fn eof_is(e: io::Error, path: &Path, short: Error) -> Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        short
+    } else {
+        Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+fn io_at(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, body: &[u8]) -> Record<'_> {
+        Record {
+            seq,
+            hlc: seq << 16,
+            body,
+        }
+    }
+
+    fn bodies(reader: &Reader, from: Position, upto: Position) -> Vec<(u64, Vec<u8>)> {
+        reader
+            .scan(from, upto)
+            .expect("scan")
+            .map(|r| r.map(|r| (r.seq, r.body)))
+            .collect::<Result<_, _>>()
+            .expect("records")
+    }
+
+    fn start() -> Position {
+        Position {
+            segment: 1,
+            offset: HEADER_LEN,
+        }
+    }
+
+    #[test]
+    fn records_read_back_by_position_and_in_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        assert_eq!(w.end(), start());
+        let a = w
+            .append([rec(1, b"one"), rec(2, b""), rec(3, b"three")])
+            .expect("append");
+        let b = w.append([rec(4, b"four")]).expect("append");
+        assert_eq!(a.positions.first(), Some(&start()));
+        assert_eq!(b.positions, vec![a.end]);
+        let r = Reader::new(dir.path());
+        let third = r.read(a.positions[2]).expect("read");
+        assert_eq!(
+            (third.seq, third.hlc, &third.body[..]),
+            (3, 3 << 16, &b"three"[..])
+        );
+        assert_eq!(third.next, a.end);
+        assert_eq!(
+            bodies(&r, start(), b.end),
+            vec![
+                (1, b"one".to_vec()),
+                (2, vec![]),
+                (3, b"three".to_vec()),
+                (4, b"four".to_vec())
+            ]
+        );
+        // From the middle, and stopping short of the end.
+        assert_eq!(bodies(&r, a.positions[1], a.end).len(), 2);
+    }
+
+    #[test]
+    fn segments_rotate_between_groups_and_a_scan_crosses_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 200).expect("open").writer;
+        let body = [7u8; 60];
+        let mut ends = Vec::new();
+        for seq in 1..=6 {
+            // Two records of 84 bytes: a group never splits, so each
+            // segment takes one group (24 + 168 bytes) and no more.
+            let a = w.append([rec(seq * 2 - 1, &body), rec(seq * 2, &body)]);
+            let a = a.expect("append");
+            assert_eq!(a.positions[0].segment, a.positions[1].segment);
+            ends.push(a.end);
+        }
+        let r = Reader::new(dir.path());
+        assert_eq!(r.segments().expect("list"), vec![1, 2, 3, 4, 5, 6]);
+        let seqs: Vec<u64> = bodies(&r, start(), w.end()).iter().map(|b| b.0).collect();
+        assert_eq!(seqs, (1..=12).collect::<Vec<_>>());
+        // Retention drops whole segments; what is left still scans.
+        assert_eq!(r.remove_before(4).expect("remove"), 3);
+        assert_eq!(r.segments().expect("list"), vec![4, 5, 6]);
+        let from = Position {
+            segment: 4,
+            offset: HEADER_LEN,
+        };
+        let seqs: Vec<u64> = bodies(&r, from, w.end()).iter().map(|b| b.0).collect();
+        assert_eq!(seqs, (7..=12).collect::<Vec<_>>());
+        // A reopened writer carries on in the last segment.
+        drop(w);
+        let opened = Writer::open(dir.path(), 200).expect("reopen");
+        assert_eq!((opened.writer.end(), opened.cut), (ends[5], 0));
+    }
+
+    /// Cuts `bytes` off the end of the last segment, as a crash in the
+    /// middle of a write would leave it.
+    fn tear(dir: &Path, bytes: u64) {
+        let last = *list(dir).expect("list").last().expect("a segment");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir, last))
+            .expect("open");
+        let len = f.metadata().expect("len").len();
+        f.set_len(len - bytes).expect("tear");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_open_and_the_log_goes_on_from_there() {
+        for torn in [1, 10, 24, 30] {
+            let dir = tempfile::tempdir().expect("dir");
+            let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+            let whole = w.append([rec(1, b"kept"), rec(2, b"kept too")]).expect("a");
+            w.append([rec(3, b"torn by the crash")]).expect("b");
+            drop(w);
+            tear(dir.path(), torn);
+            let opened = Writer::open(dir.path(), 1 << 20).expect("reopen");
+            assert_eq!(opened.writer.end(), whole.end, "torn {torn}");
+            assert_eq!(opened.cut, 24 + 17 - torn, "torn {torn}");
+            let on_disk = fs::metadata(segment_path(dir.path(), 1))
+                .expect("len")
+                .len();
+            assert_eq!(
+                on_disk, whole.end.offset,
+                "the tail is cut on disk, torn {torn}"
+            );
+            let mut w = opened.writer;
+            let next = w.append([rec(3, b"written again")]).expect("c");
+            assert_eq!(next.positions, vec![whole.end]);
+            let r = Reader::new(dir.path());
+            let seqs: Vec<u64> = bodies(&r, start(), w.end()).iter().map(|b| b.0).collect();
+            assert_eq!(seqs, vec![1, 2, 3], "torn {torn}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_last_segment_is_cut_with_all_after_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let a = w.append([rec(1, b"good")]).expect("a");
+        let b = w
+            .append([rec(2, b"flipped"), rec(3, b"after it")])
+            .expect("b");
+        drop(w);
+        let path = segment_path(dir.path(), 1);
+        let f = OpenOptions::new().write(true).open(&path).expect("open");
+        // One bit of the second record's body.
+        let at = b.positions[0].offset + RECORD_HEAD as u64 + 2;
+        f.write_all_at(b"F", at).expect("flip");
+        // Read by position before the open cuts it: damage, not a panic.
+        let err = Reader::new(dir.path()).read(b.positions[0]).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        let opened = Writer::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(opened.writer.end(), a.end);
+        assert_eq!(opened.cut, b.end.offset - a.end.offset);
+    }
+
+    #[test]
+    fn a_damaged_length_is_cut_not_allocated() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let a = w.append([rec(1, b"good")]).expect("a");
+        let b = w.append([rec(2, b"huge")]).expect("b");
+        drop(w);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), 1))
+            .expect("open");
+        f.write_all_at(&u32::MAX.to_le_bytes(), b.positions[0].offset)
+            .expect("damage");
+        let err = Reader::new(dir.path()).read(b.positions[0]).unwrap_err();
+        assert!(
+            matches!(err, Error::Corrupt { why, .. } if why.contains("limit")),
+            "{err}"
+        );
+        assert_eq!(
+            Writer::open(dir.path(), 1 << 20)
+                .expect("reopen")
+                .writer
+                .end(),
+            a.end
+        );
+    }
+
+    #[test]
+    fn damage_outside_the_last_segment_is_reported_not_cut() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 100).expect("open").writer;
+        let a = w.append([rec(1, &[1u8; 80])]).expect("a");
+        w.append([rec(2, &[2u8; 80])]).expect("b");
+        assert_eq!(list(dir.path()).expect("list"), vec![1, 2]);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), 1))
+            .expect("open");
+        f.write_all_at(&[0], a.positions[0].offset + 30)
+            .expect("damage");
+        let end = w.end();
+        drop(w);
+        // The open checks the last segment only, and leaves segment 1 be.
+        let opened = Writer::open(dir.path(), 100).expect("reopen");
+        assert_eq!((opened.writer.end(), opened.cut), (end, 0));
+        let r = Reader::new(dir.path());
+        let mut scan = r.scan(start(), end).expect("scan");
+        let first = scan.next().expect("an item");
+        assert!(matches!(first, Err(Error::Corrupt { .. })), "{first:?}");
+        assert!(scan.next().is_none(), "a scan stops at damage");
+    }
+
+    #[test]
+    fn a_segment_created_but_never_written_is_started_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 100).expect("open").writer;
+        w.append([rec(1, &[1u8; 80])]).expect("a");
+        drop(w);
+        // The crash came between the file's creation and its header.
+        File::create(segment_path(dir.path(), 2)).expect("create");
+        let mut w = Writer::open(dir.path(), 100).expect("reopen").writer;
+        let b = w.append([rec(2, b"x")]).expect("b");
+        assert_eq!(
+            b.positions,
+            vec![Position {
+                segment: 2,
+                offset: HEADER_LEN
+            }]
+        );
+        let r = Reader::new(dir.path());
+        assert_eq!(bodies(&r, start(), w.end()).len(), 2);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_segment_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        fs::write(segment_path(dir.path(), 1), [b'x'; 64]).expect("write");
+        let err = Writer::open(dir.path(), 100).unwrap_err();
+        assert!(
+            matches!(err, Error::Corrupt { why, .. } if why.contains("not a tenthbit")),
+            "{err}"
+        );
+        // Another segment's header under this number.
+        fs::write(segment_path(dir.path(), 1), header(7)).expect("write");
+        let err = Writer::open(dir.path(), 100).unwrap_err();
+        assert!(
+            matches!(err, Error::Corrupt { why, .. } if why.contains("another number")),
+            "{err}"
+        );
+        // Unrelated files in the directory are not segments.
+        let other = tempfile::tempdir().expect("dir");
+        fs::write(other.path().join("notes.txt"), "x").expect("write");
+        fs::write(other.path().join("1.seg"), "x").expect("write");
+        let opened = Writer::open(other.path(), 100).expect("open");
+        assert_eq!(opened.writer.end(), start());
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 30).expect("open").writer;
+        let huge = vec![0u8; MAX_BODY + 1];
+        let err = w.append([rec(1, b"fine"), rec(2, &huge)]).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { len } if len == MAX_BODY + 1));
+        assert_eq!(w.end(), start());
+        let at_limit = vec![0u8; MAX_BODY];
+        let a = w.append([rec(1, &at_limit)]).expect("at the limit");
+        let back = Reader::new(dir.path()).read(a.positions[0]).expect("read");
+        assert_eq!(back.body.len(), MAX_BODY);
+    }
+
+    #[test]
+    fn a_scan_stops_at_its_bound_while_the_writer_goes_on() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let a = w.append([rec(1, b"a"), rec(2, b"b")]).expect("a");
+        let r = Reader::new(dir.path());
+        let mut scan = r.scan(start(), a.end).expect("scan");
+        assert_eq!(scan.next().expect("one").expect("ok").seq, 1);
+        // Written after the scan began, past its bound.
+        w.append([rec(3, b"c")]).expect("b");
+        assert_eq!(scan.next().expect("two").expect("ok").seq, 2);
+        assert!(scan.next().is_none());
+    }
+}
