@@ -175,9 +175,10 @@ impl Writer {
             .open(&path)
             .map_err(io_at(&path))?;
         let on_disk = file.metadata().map_err(io_at(&path))?.len();
-        if on_disk < HEADER_LEN {
-            // Created, and the crash came before its header was synced:
-            // nothing was ever written to it.
+        if on_disk < HEADER_LEN || (on_disk == HEADER_LEN && header_torn(&file, &path, segment)?) {
+            // Created, and the crash came before its header was synced
+            // (short, or its size kept and its bytes not): nothing was ever
+            // written to it, as records follow only a synced header.
             drop(file);
             let (file, len) = create(dir, segment)?;
             let writer = Self::at(dir, file, segment, len, max_bytes);
@@ -615,6 +616,16 @@ fn check_header(file: &File, path: &Path, segment: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether a segment that is exactly a header long holds a header's
+/// write lost in a crash: each byte either the one [`create`] wrote or
+/// zero, and not all of them written.
+fn header_torn(file: &File, path: &Path, segment: u64) -> Result<bool, Error> {
+    let mut h = [0u8; HEADER_LEN as usize];
+    file.read_exact_at(&mut h, 0).map_err(io_at(path))?;
+    let want = header(segment);
+    Ok(h != want && h.iter().zip(&want).all(|(&b, &w)| b == 0 || b == w))
+}
+
 /// Creates segment `segment` with its header, synced along with the
 /// directory entry. Returns the file and its length.
 fn create(dir: &Path, segment: u64) -> Result<(File, u64), Error> {
@@ -959,5 +970,49 @@ mod tests {
         w.append([rec(3, b"c")]).expect("b");
         assert_eq!(scan.next().expect("two").expect("ok").seq, 2);
         assert!(scan.next().is_none());
+    }
+
+    #[test]
+    fn a_segment_whose_header_was_lost_in_a_crash_is_started_again() {
+        // The crash came after the header's write but before its sync: the
+        // file system kept the new size and not the bytes (XFS and others
+        // show zeros there). Nothing was appended to it: the header is
+        // synced before the first record is written.
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 100).expect("open").writer;
+        w.append([rec(1, &[1u8; 80])]).expect("a");
+        drop(w);
+        fs::write(segment_path(dir.path(), 2), [0u8; HEADER_LEN as usize]).expect("zeros");
+        let mut w = Writer::open(dir.path(), 100).expect("reopen").writer;
+        let b = w.append([rec(2, b"x")]).expect("b");
+        assert_eq!(
+            b.positions,
+            vec![Position {
+                segment: 2,
+                offset: HEADER_LEN
+            }]
+        );
+        let r = Reader::new(dir.path());
+        assert_eq!(bodies(&r, start(), w.end()).len(), 2);
+        // Half of it there: the same.
+        drop(w);
+        let mut half = header(3);
+        half[12..].fill(0);
+        fs::write(segment_path(dir.path(), 3), half).expect("half");
+        let opened = Writer::open(dir.path(), 100).expect("reopen");
+        assert_eq!(
+            opened.writer.end(),
+            Position {
+                segment: 3,
+                offset: HEADER_LEN
+            }
+        );
+        // A header-sized file holding something else is still refused.
+        drop(opened);
+        fs::write(segment_path(dir.path(), 4), [b'x'; HEADER_LEN as usize]).expect("x");
+        assert!(matches!(
+            Writer::open(dir.path(), 100),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }
