@@ -366,10 +366,15 @@ impl Reader {
     }
 
     /// Deletes the segments numbered below `segment` (retention drops
-    /// whole segments). Returns how many it deleted.
+    /// whole segments), never the last one on disk: the writer's. Returns
+    /// how many it deleted.
     pub fn remove_before(&self, segment: u64) -> Result<usize, Error> {
+        let mut segments = list(&self.dir)?;
+        // The writer's segment is the last; unlinked, what it goes on
+        // writing would be lost at the next open.
+        segments.pop();
         let mut removed = 0;
-        for s in list(&self.dir)?.into_iter().filter(|&s| s < segment) {
+        for s in segments.into_iter().filter(|&s| s < segment) {
             let path = segment_path(&self.dir, s);
             self.files
                 .lock()
@@ -1014,5 +1019,29 @@ mod tests {
             Writer::open(dir.path(), 100),
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn retention_never_removes_the_segment_being_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 100).expect("open").writer;
+        w.append([rec(1, &[1u8; 80])]).expect("a");
+        w.append([rec(2, &[2u8; 80])]).expect("b");
+        let r = Reader::new(dir.path());
+        assert_eq!(r.segments().expect("list"), vec![1, 2]);
+        // A bound past the writer's segment (every message is old): the
+        // writer's file would be unlinked under it, and what it goes on
+        // writing lost.
+        assert_eq!(r.remove_before(u64::MAX).expect("remove"), 1);
+        assert_eq!(r.segments().expect("list"), vec![2]);
+        let end = w.end();
+        drop(w);
+        let opened = Writer::open(dir.path(), 100).expect("reopen");
+        assert_eq!(opened.writer.end(), end);
+        let from = Position {
+            segment: 2,
+            offset: HEADER_LEN,
+        };
+        assert_eq!(bodies(&r, from, end).len(), 1);
     }
 }
