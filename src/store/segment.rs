@@ -376,11 +376,14 @@ impl Reader {
         let mut removed = 0;
         for s in segments.into_iter().filter(|&s| s < segment) {
             let path = segment_path(&self.dir, s);
-            self.files
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&s);
+            // Unlinked under the cache's lock, which `file` holds while it
+            // opens: a read either opened it before (and its handle is
+            // dropped here) or finds it gone, and never caches a deleted
+            // file, whose space would then not be given back.
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            files.remove(&s);
             fs::remove_file(&path).map_err(io_at(&path))?;
+            drop(files);
             removed += 1;
         }
         if removed > 0 {
@@ -1043,5 +1046,36 @@ mod tests {
             offset: HEADER_LEN,
         };
         assert_eq!(bodies(&r, from, end).len(), 1);
+    }
+
+    #[test]
+    fn a_read_racing_retention_leaves_no_deleted_segment_open() {
+        // A read that opened the segment between retention forgetting it
+        // and unlinking it would keep the deleted file open in the cache,
+        // its disk space never given back.
+        for round in 0..200 {
+            let dir = tempfile::tempdir().expect("dir");
+            let mut w = Writer::open(dir.path(), 100).expect("open").writer;
+            let a = w.append([rec(1, &[1u8; 80])]).expect("a");
+            w.append([rec(2, &[2u8; 80])]).expect("b");
+            let r = Reader::new(dir.path());
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Not found once it is gone: the race is the point.
+                        let _ = r.read(a.positions[0]);
+                    }
+                });
+                // Let the reader get going (and cache segment 1).
+                while !r.files.lock().expect("lock").contains_key(&1) {
+                    std::thread::yield_now();
+                }
+                assert_eq!(r.remove_before(2).expect("remove"), 1);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let cached: Vec<u64> = r.files.lock().expect("lock").keys().copied().collect();
+            assert!(!cached.contains(&1), "round {round}: {cached:?}");
+        }
     }
 }
