@@ -80,10 +80,10 @@ pub enum Error {
         /// The body's length.
         len: usize,
     },
-    /// An earlier write failed and could not be undone: the writer takes
-    /// no more records (the daemon is restarted, and the open cuts the
-    /// partial write).
-    #[error("the message log stopped after a failed write")]
+    /// An earlier write failed and could not be undone, or a segment's
+    /// sync failed: the writer takes no more records (the daemon is
+    /// restarted, and the open cuts the partial write).
+    #[error("the message log stopped after a failed write or sync (restart the daemon to recover)")]
     Stopped,
 }
 
@@ -130,7 +130,10 @@ pub struct Appended {
     pub positions: Vec<Position>,
     /// The log's end after the append: where the next record goes.
     pub end: Position,
-    /// The file to sync before the group is answered.
+    /// The file to sync before the group is answered: an open file of its
+    /// own on the segment, not the writer's, so that a failed write-back
+    /// (which Linux reports once to each open file) is reported to this
+    /// sync even when the writer's rotation has seen it first.
     pub file: Arc<File>,
 }
 
@@ -138,7 +141,10 @@ pub struct Appended {
 #[derive(Debug)]
 pub struct Writer {
     dir: PathBuf,
-    file: Arc<File>,
+    /// Written through, and synced by rotation.
+    file: File,
+    /// The same segment opened again, for [`Appended::file`].
+    sync: Arc<File>,
     segment: u64,
     len: u64,
     /// Rotate before an append that would take a segment past this.
@@ -165,7 +171,7 @@ impl Writer {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
         let Some(&segment) = list(dir)?.last() else {
             let (file, len) = create(dir, 1)?;
-            let writer = Self::at(dir, file, 1, len, max_bytes);
+            let writer = Self::at(dir, file, 1, len, max_bytes)?;
             return Ok(Opened { writer, cut: 0 });
         };
         let path = segment_path(dir, segment);
@@ -181,7 +187,7 @@ impl Writer {
             // written to it, as records follow only a synced header.
             drop(file);
             let (file, len) = create(dir, segment)?;
-            let writer = Self::at(dir, file, segment, len, max_bytes);
+            let writer = Self::at(dir, file, segment, len, max_bytes)?;
             return Ok(Opened { writer, cut: 0 });
         }
         check_header(&file, &path, segment)?;
@@ -204,23 +210,24 @@ impl Writer {
                 }
             }
         };
-        let writer = Self::at(dir, file, segment, end, max_bytes);
+        let writer = Self::at(dir, file, segment, end, max_bytes)?;
         Ok(Opened {
             writer,
             cut: on_disk - end,
         })
     }
 
-    fn at(dir: &Path, file: File, segment: u64, len: u64, max_bytes: u64) -> Self {
-        Self {
+    fn at(dir: &Path, file: File, segment: u64, len: u64, max_bytes: u64) -> Result<Self, Error> {
+        Ok(Self {
             dir: dir.to_path_buf(),
-            file: Arc::new(file),
+            file,
+            sync: open_for_sync(dir, segment)?,
             segment,
             len,
             max_bytes,
             buf: Vec::new(),
             stopped: false,
-        }
+        })
     }
 
     /// Where the next record goes.
@@ -273,7 +280,7 @@ impl Writer {
                 })
                 .collect(),
             end: self.end(),
-            file: Arc::clone(&self.file),
+            file: Arc::clone(&self.sync),
         })
     }
 
@@ -281,9 +288,17 @@ impl Writer {
     /// next: only the last segment can then have a torn tail.
     fn rotate(&mut self) -> Result<(), Error> {
         let path = segment_path(&self.dir, self.segment);
-        self.file.sync_data().map_err(io_at(&path))?;
+        if let Err(e) = self.file.sync_data() {
+            // The failed write-back's pages may be marked clean, so a
+            // second sync would succeed with them not on disk: a segment
+            // not known to be whole is never followed by another.
+            self.stopped = true;
+            return Err(Error::Io { path, source: e });
+        }
         let (file, len) = create(&self.dir, self.segment + 1)?;
-        self.file = Arc::new(file);
+        let sync = open_for_sync(&self.dir, self.segment + 1)?;
+        self.file = file;
+        self.sync = sync;
         self.segment += 1;
         self.len = len;
         tracing::debug!(segment = self.segment, "message log: new segment");
@@ -650,6 +665,18 @@ fn create(dir: &Path, segment: u64) -> Result<(File, u64), Error> {
         .map_err(io_at(&path))?;
     sync_dir(dir)?;
     Ok((file, HEADER_LEN))
+}
+
+/// Segment `segment` opened again, for the sync thread: see
+/// [`Appended::file`].
+fn open_for_sync(dir: &Path, segment: u64) -> Result<Arc<File>, Error> {
+    let path = segment_path(dir, segment);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    Ok(Arc::new(file))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
@@ -1076,6 +1103,27 @@ mod tests {
             });
             let cached: Vec<u64> = r.files.lock().expect("lock").keys().copied().collect();
             assert!(!cached.contains(&1), "round {round}: {cached:?}");
+        }
+    }
+
+    #[test]
+    fn the_file_to_sync_is_not_the_writers_own_open_file() {
+        // Linux reports a failed write-back once to each open file (not
+        // each descriptor): were the sync thread's file the writer's, a
+        // rotation's sync could take the error and the sync thread's then
+        // succeed, answering for records that are not on disk. An open
+        // file's offset is its own, which tells two apart.
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 100).expect("open").writer;
+        for seq in 1..=2 {
+            let a = w.append([rec(seq, &[1u8; 80])]).expect("append");
+            (&*a.file).seek(SeekFrom::Start(77)).expect("seek");
+            assert_eq!(
+                (&w.file).stream_position().expect("offset"),
+                0,
+                "segment {seq}"
+            );
+            a.file.sync_data().expect("the sync thread's sync");
         }
     }
 }
