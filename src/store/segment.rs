@@ -288,6 +288,13 @@ impl Writer {
     /// next: only the last segment can then have a torn tail.
     fn rotate(&mut self) -> Result<(), Error> {
         let path = segment_path(&self.dir, self.segment);
+        let Some(next) = self.segment.checked_add(1) else {
+            return Err(Error::Corrupt {
+                path,
+                offset: 0,
+                why: "the largest segment number (no segment can follow it; was the file renamed?)",
+            });
+        };
         if let Err(e) = self.file.sync_data() {
             // The failed write-back's pages may be marked clean, so a
             // second sync would succeed with them not on disk: a segment
@@ -295,11 +302,11 @@ impl Writer {
             self.stopped = true;
             return Err(Error::Io { path, source: e });
         }
-        let (file, len) = create(&self.dir, self.segment + 1)?;
-        let sync = open_for_sync(&self.dir, self.segment + 1)?;
+        let (file, len) = create(&self.dir, next)?;
+        let sync = open_for_sync(&self.dir, next)?;
         self.file = file;
         self.sync = sync;
-        self.segment += 1;
+        self.segment = next;
         self.len = len;
         tracing::debug!(segment = self.segment, "message log: new segment");
         Ok(())
@@ -1125,5 +1132,19 @@ mod tests {
             );
             a.file.sync_data().expect("the sync thread's sync");
         }
+    }
+
+    #[test]
+    fn the_last_segment_number_is_refused_not_overflowed() {
+        // A file named with the largest number (copied in, or renamed by
+        // hand): rotating past it is an error, not an overflow.
+        let dir = tempfile::tempdir().expect("dir");
+        let (file, _) = create(dir.path(), u64::MAX).expect("create");
+        drop(file);
+        let mut w = Writer::open(dir.path(), 100).expect("open").writer;
+        w.append([rec(1, &[1u8; 80])]).expect("a");
+        let err = w.append([rec(2, &[2u8; 80])]).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert_eq!(list(dir.path()).expect("list"), vec![u64::MAX]);
     }
 }
