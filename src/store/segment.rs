@@ -49,6 +49,8 @@ const RECORD_HEAD: usize = 24;
 pub const MAX_BODY: usize = 16 << 20;
 /// Bytes read ahead when scanning records in order.
 const SCAN_BUFFER: usize = 256 << 10;
+/// Segments a [`Reader`] keeps open at most.
+const OPEN_SEGMENTS: usize = 64;
 /// A segment's file name ends with this.
 const SUFFIX: &str = ".seg";
 
@@ -318,7 +320,8 @@ impl Writer {
 #[derive(Debug)]
 pub struct Reader {
     dir: PathBuf,
-    /// Open segments, so a history page is not an `open` per record.
+    /// Open segments, so a history page is not an `open` per record; at
+    /// most [`OPEN_SEGMENTS`].
     files: Mutex<HashMap<u64, Arc<File>>>,
 }
 
@@ -338,6 +341,12 @@ impl Reader {
         }
         let path = segment_path(&self.dir, segment);
         let file = Arc::new(File::open(&path).map_err(io_at(&path))?);
+        if files.len() >= OPEN_SEGMENTS {
+            // The oldest goes: history reads are mostly of recent messages.
+            if let Some(&oldest) = files.keys().min() {
+                files.remove(&oldest);
+            }
+        }
         files.insert(segment, Arc::clone(&file));
         Ok(file)
     }
@@ -1146,5 +1155,24 @@ mod tests {
         let err = w.append([rec(2, &[2u8; 80])]).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
         assert_eq!(list(dir.path()).expect("list"), vec![u64::MAX]);
+    }
+
+    #[test]
+    fn the_readers_open_files_are_bounded() {
+        // One open file per segment ever read would grow with the history
+        // kept, into the descriptors the daemon's connections need.
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 30).expect("open").writer;
+        let mut positions = Vec::new();
+        for seq in 0..(OPEN_SEGMENTS as u64 + 10) {
+            positions.push(w.append([rec(seq, b"x")]).expect("append").positions[0]);
+        }
+        let r = Reader::new(dir.path());
+        for (seq, &at) in positions.iter().enumerate() {
+            assert_eq!(r.read(at).expect("read").seq, seq as u64);
+        }
+        assert!(r.files.lock().expect("lock").len() <= OPEN_SEGMENTS);
+        // The newest reads are the ones cached.
+        assert!(r.files.lock().expect("lock").contains_key(&w.end().segment));
     }
 }
