@@ -163,6 +163,8 @@ pub struct Opened {
     pub writer: Writer,
     /// Bytes cut from the last segment's tail (a torn or damaged write).
     pub cut: u64,
+    /// The seq and clock of the log's last record, if it has one.
+    pub last: Option<(u64, u64)>,
 }
 
 impl Writer {
@@ -171,11 +173,19 @@ impl Writer {
     /// about `max_bytes` (a group is never split).
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Opened, Error> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let Some(&segment) = list(dir)?.last() else {
+        let segments = list(dir)?;
+        let Some(&segment) = segments.last() else {
             let (file, len) = create(dir, 1)?;
             let writer = Self::at(dir, file, 1, len, max_bytes)?;
-            return Ok(Opened { writer, cut: 0 });
+            return Ok(Opened {
+                writer,
+                cut: 0,
+                last: None,
+            });
         };
+        // A segment sealed before this one ends the log if this one holds
+        // no record yet.
+        let before = segments.iter().rev().nth(1).copied();
         let path = segment_path(dir, segment);
         let file = OpenOptions::new()
             .read(true)
@@ -190,13 +200,19 @@ impl Writer {
             drop(file);
             let (file, len) = create(dir, segment)?;
             let writer = Self::at(dir, file, segment, len, max_bytes)?;
-            return Ok(Opened { writer, cut: 0 });
+            let last = last_in(dir, before)?;
+            return Ok(Opened {
+                writer,
+                cut: 0,
+                last,
+            });
         }
         check_header(&file, &path, segment)?;
         let mut records = Records::new(&file, &path, segment, HEADER_LEN)?;
+        let mut last = None;
         let end = loop {
             match records.next_record()? {
-                Next::Record(r) => drop(r),
+                Next::Record(r) => last = Some((r.seq, r.hlc)),
                 Next::End(at) => break at,
                 Next::Bad { at, why } => {
                     tracing::warn!(
@@ -213,9 +229,14 @@ impl Writer {
             }
         };
         let writer = Self::at(dir, file, segment, end, max_bytes)?;
+        let last = match last {
+            Some(last) => Some(last),
+            None => last_in(dir, before)?,
+        };
         Ok(Opened {
             writer,
             cut: on_disk - end,
+            last,
         })
     }
 
@@ -569,6 +590,31 @@ impl<R: Read + Seek> Records<R> {
     }
 }
 
+/// The seq and clock of the last record of a sealed `segment`.
+fn last_in(dir: &Path, segment: Option<u64>) -> Result<Option<(u64, u64)>, Error> {
+    let Some(segment) = segment else {
+        return Ok(None);
+    };
+    let path = segment_path(dir, segment);
+    let file = File::open(&path).map_err(io_at(&path))?;
+    check_header(&file, &path, segment)?;
+    let mut records = Records::new(&file, &path, segment, HEADER_LEN)?;
+    let mut last = None;
+    loop {
+        match records.next_record()? {
+            Next::Record(r) => last = Some((r.seq, r.hlc)),
+            Next::End(_) => return Ok(last),
+            Next::Bad { at, why } => {
+                return Err(Error::Corrupt {
+                    path,
+                    offset: at,
+                    why,
+                });
+            }
+        }
+    }
+}
+
 /// Reads until `buf` is full or the input ends; returns the bytes read.
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -834,6 +880,7 @@ mod tests {
         drop(w);
         let opened = Writer::open(dir.path(), 200).expect("reopen");
         assert_eq!((opened.writer.end(), opened.cut), (ends[5], 0));
+        assert_eq!(opened.last, Some((12, 12 << 16)));
     }
 
     /// Cuts `bytes` off the end of the last segment, as a crash in the
@@ -859,6 +906,7 @@ mod tests {
             tear(dir.path(), torn);
             let opened = Writer::open(dir.path(), 1 << 20).expect("reopen");
             assert_eq!(opened.writer.end(), whole.end, "torn {torn}");
+            assert_eq!(opened.last, Some((2, 2 << 16)), "torn {torn}");
             assert_eq!(opened.cut, 24 + 17 - torn, "torn {torn}");
             let on_disk = fs::metadata(segment_path(dir.path(), 1))
                 .expect("len")
@@ -958,7 +1006,10 @@ mod tests {
         drop(w);
         // The crash came between the file's creation and its header.
         File::create(segment_path(dir.path(), 2)).expect("create");
-        let mut w = Writer::open(dir.path(), 100).expect("reopen").writer;
+        let opened = Writer::open(dir.path(), 100).expect("reopen");
+        // The log's last record is in the segment before.
+        assert_eq!(opened.last, Some((1, 1 << 16)));
+        let mut w = opened.writer;
         let b = w.append([rec(2, b"x")]).expect("b");
         assert_eq!(
             b.positions,
