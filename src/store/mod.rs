@@ -14,6 +14,7 @@ pub mod history;
 pub mod log;
 pub mod marker;
 pub mod message;
+pub mod message_log;
 pub mod migrate;
 pub mod redact;
 pub mod replica;

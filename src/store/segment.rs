@@ -137,6 +137,8 @@ pub struct Appended {
     /// (which Linux reports once to each open file) is reported to this
     /// sync even when the writer's rotation has seen it first.
     pub file: Arc<File>,
+    /// That file's path, for an error's message.
+    pub path: PathBuf,
 }
 
 /// The one writer of a log directory (the store thread's).
@@ -304,6 +306,7 @@ impl Writer {
                 .collect(),
             end: self.end(),
             file: Arc::clone(&self.sync),
+            path: segment_path(&self.dir, self.segment),
         })
     }
 

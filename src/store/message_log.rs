@@ -1,0 +1,500 @@
+//! This node's kept messages on their way to disk: appended by sessions
+//! as they relay them, written and synced by a thread of their own.
+//!
+//! The revised store plan (bench/README.md, eighteenth round): a kept
+//! message costs what a plain send costs plus one append here. A session
+//! appends the message's record under a mutex (its seq and clock are
+//! assigned there) and relays it at once; connection writers hold what
+//! they take until [`MessageLog::synced`] passes what was appended when
+//! they took it ([`MessageLog::wait_synced`]), so no relay or `ack` leaves
+//! before its message is on disk. The log thread swaps the pending records
+//! out, writes them as one group to the segment log ([`super::segment`]),
+//! syncs it, publishes the synced seq, and hands the group on (to be
+//! indexed). Unsynced bytes are bounded: an append that would pass the
+//! bound is refused with [`AppendError::Full`], and the session waits for
+//! [`MessageLog::room`] before it reads more from its client.
+//!
+//! A failed write or sync is final, as for the WAL (`store::wal`): the
+//! synced seq stops there, appends are refused, and waiters hear it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use super::log::next_hlc;
+use super::segment::{self, Position, Record};
+use crate::proto::id::now_ms;
+
+/// A record appended: its place in the log's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Gapless from 1, in append order.
+    pub seq: u64,
+    /// The log's clock at the append, never going backwards.
+    pub hlc: u64,
+}
+
+/// Why an append was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// Unsynced bytes are at their bound: wait for [`MessageLog::room`].
+    #[error("the message log is full until its next sync")]
+    Full,
+    /// The log is closing.
+    #[error("the message log is closed")]
+    Closed,
+    /// A write or sync failed: nothing more is kept until a restart.
+    #[error("the message log stopped after a failed write or sync")]
+    Failed,
+}
+
+/// A group the log thread wrote and synced, for the index.
+#[derive(Debug)]
+pub struct Synced {
+    /// The records, in seq order, with their positions.
+    pub records: Vec<SyncedRecord>,
+}
+
+/// One record of a [`Synced`] group.
+#[derive(Debug)]
+pub struct SyncedRecord {
+    /// Its seq and clock.
+    pub entry: Entry,
+    /// Where it is in the segment log.
+    pub at: Position,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+/// The log's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of records appended and not yet synced, at most (one record
+    /// is always taken, whatever its size).
+    pub unsynced_bytes: usize,
+    /// A segment's size past which the next group starts a new one.
+    pub segment_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            unsynced_bytes: 32 << 20,
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The appending end, shared by sessions and writers.
+#[derive(Debug, Clone)]
+pub struct MessageLog {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the log thread: records pending, or the close.
+    work: Condvar,
+    /// The last seq synced.
+    synced: AtomicU64,
+    failed: AtomicBool,
+    /// Wakes writers waiting for a sync, and sessions waiting for room.
+    moved: tokio::sync::Notify,
+    limits: Limits,
+}
+
+#[derive(Debug)]
+struct State {
+    pending: Vec<(Entry, Vec<u8>)>,
+    /// The last seq and clock handed out.
+    last: Entry,
+    /// Bytes appended and not yet synced.
+    unsynced: usize,
+    closed: bool,
+}
+
+/// The log thread, joined by [`LogThread::finish`].
+#[derive(Debug)]
+pub struct LogThread {
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl MessageLog {
+    /// Opens the log in `dir` (cutting a torn tail: see
+    /// [`segment::Writer::open`]) and starts its thread, which gives each
+    /// synced group to `on_synced`. Seq carries on from the log's last
+    /// record, or from `floor` if that is higher (what an index already
+    /// holds of it).
+    pub fn open(
+        dir: &Path,
+        limits: Limits,
+        floor: Entry,
+        on_synced: impl FnMut(Synced) + Send + 'static,
+    ) -> Result<(MessageLog, LogThread), segment::Error> {
+        let opened = segment::Writer::open(dir, limits.segment_bytes)?;
+        let (seq, hlc) = opened.last.unwrap_or((0, 0));
+        let last = Entry {
+            seq: seq.max(floor.seq),
+            hlc: hlc.max(floor.hlc),
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: Vec::new(),
+                last,
+                unsynced: 0,
+                closed: false,
+            }),
+            work: Condvar::new(),
+            synced: AtomicU64::new(last.seq),
+            failed: AtomicBool::new(false),
+            moved: tokio::sync::Notify::new(),
+            limits,
+        });
+        let mut writer = opened.writer;
+        let log = shared.clone();
+        let mut on_synced = on_synced;
+        let thread = std::thread::Builder::new()
+            .name("tenthbit-msglog".into())
+            .spawn(move || {
+                while let Some(group) = log.next_group() {
+                    let bytes: usize = group.iter().map(|(_, b)| b.len()).sum();
+                    match write_group(&mut writer, &group) {
+                        Ok(positions) => {
+                            let last = group.last().map_or(0, |(e, _)| e.seq);
+                            log.synced.fetch_max(last, Ordering::AcqRel);
+                            log.release(bytes);
+                            let records = group
+                                .into_iter()
+                                .zip(positions)
+                                .map(|((entry, body), at)| SyncedRecord { entry, at, body })
+                                .collect();
+                            on_synced(Synced { records });
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, records = group.len(),
+                                "cannot write the message log: no kept message is \
+                                 acknowledged until the daemon restarts (check the disk)");
+                            log.fail();
+                        }
+                    }
+                }
+            })
+            .map_err(|e| segment::Error::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        Ok((
+            MessageLog {
+                shared: shared.clone(),
+            },
+            LogThread {
+                thread: Some(thread),
+                shared,
+            },
+        ))
+    }
+
+    /// Appends one record, its body built by `body` from its seq and clock
+    /// (the clock is its time: a relay carries it). The body is built
+    /// under the log's lock, so records are in seq order.
+    pub fn append(&self, body: impl FnOnce(Entry) -> Vec<u8>) -> Result<Entry, AppendError> {
+        let shared = &self.shared;
+        if shared.failed.load(Ordering::Acquire) {
+            return Err(AppendError::Failed);
+        }
+        let mut state = shared.lock();
+        if state.closed {
+            return Err(AppendError::Closed);
+        }
+        if state.unsynced >= shared.limits.unsynced_bytes {
+            return Err(AppendError::Full);
+        }
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        let entry = Entry {
+            seq: state.last.seq + 1,
+            hlc: next_hlc(state.last.hlc, now),
+        };
+        let body = body(entry);
+        state.unsynced = state.unsynced.saturating_add(body.len());
+        state.last = entry;
+        let first = state.pending.is_empty();
+        state.pending.push((entry, body));
+        drop(state);
+        if first {
+            shared.work.notify_one();
+        }
+        Ok(entry)
+    }
+
+    /// The last seq appended.
+    pub fn appended(&self) -> u64 {
+        self.shared.lock().last.seq
+    }
+
+    /// The last seq synced.
+    pub fn synced(&self) -> u64 {
+        self.shared.synced.load(Ordering::Acquire)
+    }
+
+    /// Waits until every record up to `seq` is synced; `Err` once a write
+    /// or sync has failed (they never will be).
+    pub async fn wait_synced(&self, seq: u64) -> Result<(), AppendError> {
+        let shared = &self.shared;
+        loop {
+            let moved = shared.moved.notified();
+            let mut moved = std::pin::pin!(moved);
+            moved.as_mut().enable();
+            if shared.synced.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            if shared.failed.load(Ordering::Acquire) {
+                return Err(AppendError::Failed);
+            }
+            moved.await;
+        }
+    }
+
+    /// Waits until an append would not be refused as [`AppendError::Full`].
+    pub async fn room(&self) {
+        let shared = &self.shared;
+        loop {
+            let moved = shared.moved.notified();
+            let mut moved = std::pin::pin!(moved);
+            moved.as_mut().enable();
+            {
+                let state = shared.lock();
+                if state.closed
+                    || state.unsynced < shared.limits.unsynced_bytes
+                    || shared.failed.load(Ordering::Acquire)
+                {
+                    return;
+                }
+            }
+            moved.await;
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The records pending, waiting for some; `None` once closed and
+    /// drained, or failed.
+    fn next_group(&self) -> Option<Vec<(Entry, Vec<u8>)>> {
+        let mut state = self.lock();
+        loop {
+            if self.failed.load(Ordering::Acquire) {
+                return None;
+            }
+            if !state.pending.is_empty() {
+                return Some(std::mem::take(&mut state.pending));
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// `bytes` are synced: room for more, and writers may go on.
+    fn release(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.unsynced = state.unsynced.saturating_sub(bytes);
+        drop(state);
+        self.moved.notify_waiters();
+    }
+
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.moved.notify_waiters();
+    }
+}
+
+/// Writes a group and syncs it; the records' positions.
+fn write_group(
+    writer: &mut segment::Writer,
+    group: &[(Entry, Vec<u8>)],
+) -> Result<Vec<Position>, segment::Error> {
+    let appended = writer.append(group.iter().map(|(e, body)| Record {
+        seq: e.seq,
+        hlc: e.hlc,
+        body,
+    }))?;
+    appended
+        .file
+        .sync_data()
+        .map_err(|source| segment::Error::Io {
+            path: appended.path.clone(),
+            source,
+        })?;
+    Ok(appended.positions)
+}
+
+impl LogThread {
+    /// Closes the log: appends are refused from now on; what was appended
+    /// is written, synced and handed on before this returns.
+    pub fn finish(mut self) {
+        self.close_and_join();
+    }
+
+    fn close_and_join(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.work.notify_one();
+        self.shared.moved.notify_waiters();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LogThread {
+    fn drop(&mut self) {
+        self.close_and_join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    fn body(e: Entry) -> Vec<u8> {
+        format!("message {}", e.seq).into_bytes()
+    }
+
+    const START: Entry = Entry { seq: 0, hlc: 0 };
+
+    #[tokio::test]
+    async fn appends_are_numbered_synced_and_handed_on() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (tx, rx) = mpsc::channel();
+        let (log, thread) = MessageLog::open(dir.path(), Limits::default(), START, move |g| {
+            let _ = tx.send(g);
+        })
+        .expect("open");
+        let entries: Vec<Entry> = (0..3).map(|_| log.append(body).expect("append")).collect();
+        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(entries.windows(2).all(|w| w[0].hlc < w[1].hlc));
+        assert_eq!(log.appended(), 3);
+        log.wait_synced(3).await.expect("synced");
+        assert!(log.synced() >= 3);
+        let mut handed = Vec::new();
+        while handed.len() < 3 {
+            handed.extend(rx.recv().expect("a group").records);
+        }
+        let reader = segment::Reader::new(dir.path());
+        for (r, e) in handed.iter().zip(&entries) {
+            assert_eq!(r.entry, *e);
+            assert_eq!(r.body, body(*e));
+            let stored = reader.read(r.at).expect("read");
+            assert_eq!(
+                (stored.seq, stored.hlc, stored.body),
+                (e.seq, e.hlc, body(*e))
+            );
+        }
+        thread.finish();
+        assert_eq!(log.append(body), Err(AppendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn seq_and_clock_carry_on_after_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (log, thread) =
+            MessageLog::open(dir.path(), Limits::default(), START, |_| {}).expect("open");
+        let mut last = START;
+        for _ in 0..5 {
+            last = log.append(body).expect("append");
+        }
+        // Closing writes and syncs what was appended.
+        thread.finish();
+        let (log, thread) =
+            MessageLog::open(dir.path(), Limits::default(), START, |_| {}).expect("reopen");
+        let next = log.append(body).expect("append");
+        assert_eq!(next.seq, last.seq + 1);
+        assert!(next.hlc > last.hlc);
+        thread.finish();
+        // An index that holds more than the log (a log lost with its
+        // disk) is not numbered under.
+        let floor = Entry {
+            seq: 100,
+            hlc: u64::MAX >> 1,
+        };
+        let (log, _thread) =
+            MessageLog::open(dir.path(), Limits::default(), floor, |_| {}).expect("reopen");
+        let next = log.append(body).expect("append");
+        assert_eq!(
+            next,
+            Entry {
+                seq: 101,
+                hlc: floor.hlc + 1
+            }
+        );
+    }
+
+    /// A log whose thread stops in its first group's hand-off until told:
+    /// what is appended meanwhile stays unsynced.
+    fn held(
+        dir: &Path,
+        limits: Limits,
+    ) -> (MessageLog, LogThread, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (entered, in_hand_off) = mpsc::channel();
+        let (go, wait) = mpsc::channel::<()>();
+        let (log, thread) = MessageLog::open(dir, limits, START, move |_| {
+            let _ = entered.send(());
+            let _ = wait.recv();
+        })
+        .expect("open");
+        (log, thread, in_hand_off, go)
+    }
+
+    #[tokio::test]
+    async fn nothing_counts_as_synced_before_its_sync() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (log, thread, in_hand_off, go) = held(dir.path(), Limits::default());
+        let first = log.append(body).expect("first");
+        in_hand_off.recv().expect("the first group is synced");
+        let second = log.append(body).expect("second");
+        assert_eq!(log.synced(), first.seq);
+        assert!(log.wait_synced(first.seq).now_or_never().is_some());
+        let mut waiting = std::pin::pin!(log.wait_synced(second.seq));
+        assert!((&mut waiting).now_or_never().is_none(), "not synced yet");
+        go.send(()).expect("go");
+        waiting.await.expect("synced");
+        assert_eq!(log.synced(), second.seq);
+        drop(go);
+        thread.finish();
+    }
+
+    #[tokio::test]
+    async fn an_append_past_the_unsynced_bound_waits_for_room() {
+        let dir = tempfile::tempdir().expect("dir");
+        let limits = Limits {
+            unsynced_bytes: 30,
+            ..Limits::default()
+        };
+        let (log, thread, in_hand_off, go) = held(dir.path(), limits);
+        log.append(body).expect("first");
+        in_hand_off.recv().expect("the first group is synced");
+        // Each body is 9 bytes: the fourth brings it to 36, past 30.
+        for _ in 0..4 {
+            log.append(body).expect("within the bound");
+        }
+        assert_eq!(log.append(body), Err(AppendError::Full));
+        let mut room = std::pin::pin!(log.room());
+        assert!((&mut room).now_or_never().is_none(), "no room yet");
+        go.send(()).expect("go");
+        room.await;
+        let next = log.append(body).expect("room again");
+        assert_eq!(next.seq, 6);
+        drop(go);
+        thread.finish();
+    }
+}
