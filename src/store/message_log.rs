@@ -9,8 +9,8 @@
 //! they took it ([`MessageLog::wait_synced`]), so no relay or `ack` leaves
 //! before its message is on disk. The log thread swaps the pending records
 //! out, writes them as one group to the segment log ([`super::segment`]),
-//! syncs it, publishes the synced seq, and hands the group on (to be
-//! indexed). Unsynced bytes are bounded: an append that would pass the
+//! syncs it, hands the group on (to be indexed) and then publishes the
+//! synced seq. Unsynced bytes are bounded: an append that would pass the
 //! bound is refused with [`AppendError::Full`], and the session waits for
 //! [`MessageLog::room`] before it reads more from its client.
 //!
@@ -54,6 +54,8 @@ pub enum AppendError {
 pub struct Synced {
     /// The records, in seq order, with their positions.
     pub records: Vec<SyncedRecord>,
+    /// Where the record after them goes.
+    pub end: Position,
 }
 
 /// One record of a [`Synced`] group.
@@ -90,6 +92,9 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct MessageLog {
     shared: Arc<Shared>,
+    /// The log's end when it was opened: what the index may have to catch
+    /// up with lies before it.
+    opened_end: Position,
 }
 
 #[derive(Debug)]
@@ -135,6 +140,7 @@ impl MessageLog {
         on_synced: impl FnMut(Synced) + Send + 'static,
     ) -> Result<(MessageLog, LogThread), segment::Error> {
         let opened = segment::Writer::open(dir, limits.segment_bytes)?;
+        let opened_end = opened.writer.end();
         let (seq, hlc) = opened.last.unwrap_or((0, 0));
         let last = Entry {
             seq: seq.max(floor.seq),
@@ -162,16 +168,19 @@ impl MessageLog {
                 while let Some(group) = log.next_group() {
                     let bytes: usize = group.iter().map(|(_, b)| b.len()).sum();
                     match write_group(&mut writer, &group) {
-                        Ok(positions) => {
+                        Ok((positions, end)) => {
                             let last = group.last().map_or(0, |(e, _)| e.seq);
-                            log.synced.fetch_max(last, Ordering::AcqRel);
-                            log.release(bytes);
                             let records = group
                                 .into_iter()
                                 .zip(positions)
                                 .map(|((entry, body), at)| SyncedRecord { entry, at, body })
                                 .collect();
-                            on_synced(Synced { records });
+                            // Handed on before it counts as synced: whatever
+                            // a client does once it hears of the message
+                            // (an edit of it) is queued behind its index.
+                            on_synced(Synced { records, end });
+                            log.synced.fetch_max(last, Ordering::AcqRel);
+                            log.release(bytes);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, records = group.len(),
@@ -189,6 +198,7 @@ impl MessageLog {
         Ok((
             MessageLog {
                 shared: shared.clone(),
+                opened_end,
             },
             LogThread {
                 thread: Some(thread),
@@ -227,6 +237,12 @@ impl MessageLog {
             shared.work.notify_one();
         }
         Ok(entry)
+    }
+
+    /// The log's end when it was opened (every record before it was
+    /// written by an earlier run).
+    pub fn opened_end(&self) -> Position {
+        self.opened_end
     }
 
     /// The last seq appended.
@@ -315,11 +331,11 @@ impl Shared {
     }
 }
 
-/// Writes a group and syncs it; the records' positions.
+/// Writes a group and syncs it; the records' positions, and the log's end.
 fn write_group(
     writer: &mut segment::Writer,
     group: &[(Entry, Vec<u8>)],
-) -> Result<Vec<Position>, segment::Error> {
+) -> Result<(Vec<Position>, Position), segment::Error> {
     let appended = writer.append(group.iter().map(|(e, body)| Record {
         seq: e.seq,
         hlc: e.hlc,
@@ -332,7 +348,7 @@ fn write_group(
             path: appended.path.clone(),
             source,
         })?;
-    Ok(appended.positions)
+    Ok((appended.positions, appended.end))
 }
 
 impl LogThread {
@@ -456,19 +472,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn nothing_counts_as_synced_before_its_sync() {
+    async fn a_group_counts_as_synced_once_handed_on() {
         let dir = tempfile::tempdir().expect("dir");
         let (log, thread, in_hand_off, go) = held(dir.path(), Limits::default());
         let first = log.append(body).expect("first");
-        in_hand_off.recv().expect("the first group is synced");
-        let second = log.append(body).expect("second");
-        assert_eq!(log.synced(), first.seq);
-        assert!(log.wait_synced(first.seq).now_or_never().is_some());
-        let mut waiting = std::pin::pin!(log.wait_synced(second.seq));
-        assert!((&mut waiting).now_or_never().is_none(), "not synced yet");
+        in_hand_off.recv().expect("the first group is written");
+        // On disk, but its index has not been queued yet: not counted.
+        assert_eq!(log.synced(), 0);
+        let mut waiting = std::pin::pin!(log.wait_synced(first.seq));
+        assert!((&mut waiting).now_or_never().is_none(), "not counted yet");
         go.send(()).expect("go");
         waiting.await.expect("synced");
-        assert_eq!(log.synced(), second.seq);
+        assert_eq!(log.synced(), first.seq);
         drop(go);
         thread.finish();
     }
@@ -482,9 +497,10 @@ mod tests {
         };
         let (log, thread, in_hand_off, go) = held(dir.path(), limits);
         log.append(body).expect("first");
-        in_hand_off.recv().expect("the first group is synced");
-        // Each body is 9 bytes: the fourth brings it to 36, past 30.
-        for _ in 0..4 {
+        in_hand_off.recv().expect("the first group is written");
+        // Each body is 9 bytes, the first's still counted: the fourth
+        // brings it to 36, past 30.
+        for _ in 0..3 {
             log.append(body).expect("within the bound");
         }
         assert_eq!(log.append(body), Err(AppendError::Full));
@@ -493,7 +509,7 @@ mod tests {
         go.send(()).expect("go");
         room.await;
         let next = log.append(body).expect("room again");
-        assert_eq!(next.seq, 6);
+        assert_eq!(next.seq, 5);
         drop(go);
         thread.finish();
     }

@@ -14,6 +14,7 @@ pub mod history;
 pub mod log;
 pub mod marker;
 pub mod message;
+pub mod message_index;
 pub mod message_log;
 pub mod migrate;
 pub mod redact;
@@ -41,6 +42,8 @@ pub use topics::TopicRecord;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "tenthbit.db";
+/// The message log's directory inside the data directory.
+pub const MESSAGE_LOG_DIR: &str = "messages";
 /// Jobs waiting for the store thread before callers wait for room. A
 /// session waiting for room reads no more from its client: this bounds
 /// what piles up in memory ahead of the disk. As large as a group commit.
@@ -90,6 +93,9 @@ pub enum Error {
     /// was written.
     #[error("the change no longer applies")]
     Withdrawn,
+    /// The message log's files said no.
+    #[error(transparent)]
+    MessageLog(#[from] segment::Error),
 }
 
 /// Checked on the store thread right before an append's changes are
@@ -548,6 +554,8 @@ enum Msg {
     Tidy,
     /// Changes to append; consecutive appends are committed together.
     Append(Append),
+    /// A group the message log synced, to index.
+    Index(message_log::Synced),
     Close(oneshot::Sender<()>),
 }
 
@@ -630,6 +638,18 @@ fn committed_outside(db: &Db, version: &mut i64, syncer: &wal::Syncer) -> bool {
             false
         }
     }
+}
+
+/// Indexes a group the message log synced. A failure is logged and the
+/// index counted as moved on all the same (readers must not wait for it
+/// forever): the next start indexes what is missing from the log.
+fn index_group(db: &mut Db, indexed: &message_index::Indexed, group: message_log::Synced) {
+    let last = group.records.last().map_or(0, |r| r.entry.seq);
+    if let Err(e) = db.index_messages(&group.records, group.end) {
+        tracing::error!(error = %e, records = group.records.len(),
+            "message log: cannot index a synced group; it is indexed at the next start");
+    }
+    indexed.reach(last);
 }
 
 fn commit_batch(
@@ -939,6 +959,12 @@ pub struct Store {
     room: Arc<tokio::sync::Semaphore>,
     /// WAL syncs the sync thread has made.
     syncs: Arc<AtomicU64>,
+    /// This node's kept messages on their way to disk.
+    messages: message_log::MessageLog,
+    /// The message log's thread; finished by [`Store::close`].
+    log_thread: Arc<Mutex<Option<message_log::LogThread>>>,
+    /// How far the message log's index has come.
+    indexed: Arc<message_index::Indexed>,
 }
 
 impl Store {
@@ -979,9 +1005,30 @@ impl Store {
         db.conn
             .pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
         let work = Arc::new(AtomicU64::new(0));
+        let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        // The message log, and what its index lacks of it (a crash took it)
+        // indexed before anything else is.
+        let log_dir = data_dir.join(MESSAGE_LOG_DIR);
+        let index_jobs = jobs.clone();
+        let (messages, log_thread) = message_log::MessageLog::open(
+            &log_dir,
+            message_log::Limits::default(),
+            db.message_floor()?,
+            move |group| {
+                // A bounded queue: a busy index holds the log back, and the
+                // log its appenders.
+                if index_jobs.blocking_send(Msg::Index(group)).is_err() {
+                    tracing::warn!(
+                        "message log: the store closed first; indexed at the next start"
+                    );
+                }
+            },
+        )?;
+        message_index::catch_up(&mut db, &log_dir, messages.opened_end())?;
+        let indexed = Arc::new(message_index::Indexed::new(messages.synced()));
+        let indexing = indexed.clone();
         let reader = Db::open_reader(data_dir, node)?;
         let (reads, read_thread) = spawn_reader(reader, Tidy::new(work.clone()))?;
-        let (jobs, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let changed = log_changed.clone();
         let external = Arc::new(tokio::sync::watch::Sender::new(0u64));
@@ -1038,6 +1085,10 @@ impl Store {
                             // Mesh links hear of it once it is synced.
                             published = db.commits;
                         }
+                        Msg::Index(group) => {
+                            tidy.worked();
+                            index_group(&mut db, &indexing, group);
+                        }
                         Msg::Append(append) => {
                             tidy.worked();
                             // Group commit: take every append already queued.
@@ -1063,6 +1114,7 @@ impl Store {
                                     Msg::Append(a) => {
                                         commit_batch(&mut db, &syncer, vec![a], &on_commit)
                                     }
+                                    Msg::Index(group) => index_group(&mut db, &indexing, group),
                                     Msg::Close(_) | Msg::Tidy => {}
                                 }
                             }
@@ -1093,7 +1145,15 @@ impl Store {
             external,
             room: Arc::new(tokio::sync::Semaphore::new(QUEUED_BYTES)),
             syncs,
+            messages,
+            log_thread: Arc::new(Mutex::new(Some(log_thread))),
+            indexed,
         })
+    }
+
+    /// The log this node's kept messages are appended to.
+    pub fn messages(&self) -> &message_log::MessageLog {
+        &self.messages
     }
 
     /// Runs `f` on the read-only connection's thread: a read that may be
@@ -1110,6 +1170,9 @@ impl Store {
             .ok()
             .and_then(|r| r.clone())
             .ok_or(Error::Closed)?;
+        // What the message log has synced may have been told to a client
+        // (an `ack`): the read sees it once it is indexed.
+        self.indexed.wait(self.messages.synced()).await;
         let (tx, rx) = oneshot::channel();
         let job: ReadJob = Box::new(move |db| {
             let _ = tx.send(f(db));
@@ -1252,6 +1315,12 @@ impl Store {
     /// Runs the queued jobs, closes the database and joins its thread; later
     /// calls on any clone fail with [`Error::Closed`].
     pub async fn close(&self) {
+        // The log's last groups written, synced and queued for their index
+        // first: the store thread indexes them before it closes.
+        let log_thread = self.log_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(log_thread) = log_thread {
+            let _ = tokio::task::spawn_blocking(move || log_thread.finish()).await;
+        }
         self.close_reader().await;
         let (tx, rx) = oneshot::channel();
         if self.jobs.send(Msg::Close(tx)).await.is_ok() {

@@ -1,0 +1,376 @@
+//! The message log's index in SQLite.
+//!
+//! Each group the message log ([`super::message_log`]) has synced becomes
+//! events of this node's message origin (the node, its incarnation and
+//! [`MESSAGE_SUFFIX`]), written as a group commit's kept messages are: so
+//! history, search, edits and mesh catch-up read them as any message. The
+//! transaction commits without a WAL sync: the log is the truth for these
+//! messages, and what a crash takes from the index is indexed again at the
+//! next open ([`catch_up`]), from the log's position the index last
+//! recorded. This is the first stage of the revised store plan
+//! (bench/README.md, eighteenth round): rows per message, which blocks per
+//! topic and group are to replace.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::{OptionalExtension, params};
+
+use super::log::{self, Arrival, Origin};
+use super::message_log::{Entry, SyncedRecord};
+use super::search::IndexQueue;
+use super::segment::{self, Position};
+use super::{Db, Error, Event};
+use crate::change::Change;
+
+/// What a node's message origin adds to its incarnation.
+pub const MESSAGE_SUFFIX: &str = ".m";
+
+/// The `node` table's key for the log position after the last record
+/// indexed: `<segment>:<offset>`.
+const INDEXED_END: &str = "message_log_end";
+
+/// Records indexed in one transaction when catching up at open.
+const CATCH_UP_BATCH: usize = 4096;
+
+impl Origin {
+    /// The origin of this node's kept messages, which the message log
+    /// numbers apart from its other events.
+    pub fn messages(&self) -> Origin {
+        Origin {
+            node: self.node.clone(),
+            incarnation: format!("{}{MESSAGE_SUFFIX}", self.incarnation),
+        }
+    }
+}
+
+impl Db {
+    /// The message origin's last seq the index holds, and the node's clock:
+    /// the message log numbers on from no lower.
+    pub fn message_floor(&self) -> Result<Entry, Error> {
+        let origin = self.origin.messages();
+        let tx = self.conn.unchecked_transaction()?;
+        let floor = Entry {
+            seq: log::seen_seq(&tx, &origin.node, &origin.incarnation)?,
+            hlc: log::read_clock(&tx)?,
+        };
+        tx.commit()?;
+        Ok(floor)
+    }
+
+    /// Indexes synced records of the message log, `end` the log's
+    /// position after them, in one transaction that commits without a WAL
+    /// sync. A record whose body is not a kept message (which the log
+    /// never holds unless damaged past its CRC) is skipped and logged.
+    pub fn index_messages(&mut self, records: &[SyncedRecord], end: Position) -> Result<(), Error> {
+        let origin = self.origin.messages();
+        let key = origin.key();
+        self.sync_commits(false)?;
+        let written = self.write(|tx, _| {
+            let mut index = IndexQueue::default();
+            let mut clock = log::read_clock(tx)?;
+            let held = log::seen_seq(tx, &origin.node, &origin.incarnation)?;
+            let mut seq = held;
+            for r in records.iter().filter(|r| r.entry.seq > held) {
+                seq = seq.max(r.entry.seq);
+                let Some((body, change)) = decode(&r.body) else {
+                    tracing::error!(
+                        seq = r.entry.seq,
+                        segment = r.at.segment,
+                        offset = r.at.offset,
+                        "message log: a record that is not a kept message is left out of the index"
+                    );
+                    continue;
+                };
+                let event = Event {
+                    node: origin.node.clone(),
+                    incarnation: origin.incarnation.clone(),
+                    seq: r.entry.seq,
+                    hlc: r.entry.hlc,
+                    change,
+                };
+                let rowid = log::insert_body(tx, &event, body)?;
+                log::apply_as(
+                    tx,
+                    &mut index,
+                    rowid,
+                    &key,
+                    event.hlc,
+                    &event.change,
+                    Arrival::Minted,
+                )?;
+                clock = clock.max(event.hlc);
+            }
+            index.flush(tx)?;
+            log::write_clock(tx, clock)?;
+            log::set_seen_seq(tx, &origin.node, &origin.incarnation, seq)?;
+            tx.prepare_cached(
+                "INSERT INTO node (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![
+                INDEXED_END,
+                format!("{}:{}", end.segment, end.offset)
+            ])?;
+            Ok(())
+        });
+        // Every other commit syncs as it ends.
+        let restored = self.sync_commits(true);
+        written.and(restored)
+    }
+
+    /// The log position after the last record indexed, if any was.
+    fn indexed_end(&self) -> Result<Option<Position>, Error> {
+        let value: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM node WHERE key = ?1",
+                params![INDEXED_END],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(value.and_then(|v| {
+            let (segment, offset) = v.split_once(':')?;
+            Some(Position {
+                segment: segment.parse().ok()?,
+                offset: offset.parse().ok()?,
+            })
+        }))
+    }
+}
+
+/// A record's body as text and as the change it encodes, if it is a kept
+/// message.
+fn decode(body: &[u8]) -> Option<(&str, Change)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let change: Change = serde_json::from_str(text).ok()?;
+    change.message.as_ref()?;
+    Some((text, change))
+}
+
+/// Indexes what the message log in `dir` holds before `upto` (its end at
+/// open) and the index does not: groups synced by an earlier run whose
+/// index a crash lost. Returns how many records it indexed.
+pub fn catch_up(db: &mut Db, dir: &Path, upto: Position) -> Result<usize, Error> {
+    let reader = segment::Reader::new(dir);
+    let Some(&first) = reader.segments()?.first() else {
+        return Ok(0);
+    };
+    let start = Position {
+        segment: first,
+        offset: segment::HEADER_LEN,
+    };
+    // From where the index stopped, unless retention has removed that
+    // segment since.
+    let from = db.indexed_end()?.filter(|p| *p >= start).unwrap_or(start);
+    let seen = db.message_floor()?.seq;
+    let mut batch = Vec::new();
+    let mut end = from;
+    let mut indexed = 0;
+    for stored in reader.scan(from, upto)? {
+        let stored = stored?;
+        end = stored.next;
+        if stored.seq <= seen {
+            continue;
+        }
+        batch.push(SyncedRecord {
+            entry: Entry {
+                seq: stored.seq,
+                hlc: stored.hlc,
+            },
+            at: stored.at,
+            body: stored.body,
+        });
+        if batch.len() >= CATCH_UP_BATCH {
+            indexed += batch.len();
+            db.index_messages(&std::mem::take(&mut batch), end)?;
+        }
+    }
+    indexed += batch.len();
+    if !batch.is_empty() {
+        db.index_messages(&batch, end)?;
+    }
+    if indexed > 0 {
+        tracing::info!(
+            records = indexed,
+            "message log: indexed what an earlier run wrote and did not index"
+        );
+    }
+    Ok(indexed)
+}
+
+/// How far the index has come: the message origin's last seq indexed.
+/// Reads wait on it to see what the message log has synced.
+#[derive(Debug, Default)]
+pub struct Indexed {
+    seq: AtomicU64,
+    moved: tokio::sync::Notify,
+}
+
+impl Indexed {
+    /// Starts at `seq`.
+    pub fn new(seq: u64) -> Self {
+        let i = Self::default();
+        i.seq.store(seq, Ordering::Release);
+        i
+    }
+
+    /// Records that the index holds every record up to `seq`.
+    pub fn reach(&self, seq: u64) {
+        self.seq.fetch_max(seq, Ordering::AcqRel);
+        self.moved.notify_waiters();
+    }
+
+    /// Waits until the index holds every record up to `seq`.
+    pub async fn wait(&self, seq: u64) {
+        loop {
+            let moved = self.moved.notified();
+            let mut moved = std::pin::pin!(moved);
+            moved.as_mut().enable();
+            if self.seq.load(Ordering::Acquire) >= seq {
+                return;
+            }
+            moved.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::change::{ExJson, Message};
+    use crate::store::message_log::{Limits, MessageLog};
+    use crate::store::{MESSAGE_LOG_DIR, Store, hold_store_thread};
+
+    /// Message `id` to `topic` as the log keeps it, stamped with its clock.
+    fn body(topic: Uuid, id: &str, e: Entry) -> Vec<u8> {
+        let change = Change::message(Message {
+            topic,
+            id: id.to_owned(),
+            ts: i64::try_from(e.hlc >> 16).unwrap_or(0),
+            sender: Uuid::nil(),
+            ex: ExJson::empty(),
+        });
+        log::encode(&change).expect("encode").into_bytes()
+    }
+
+    async fn history(store: &Store, topic: Uuid) -> Vec<String> {
+        let page = store
+            .read(move |db| db.history(topic, None, None, 100))
+            .await
+            .expect("history");
+        page.messages.into_iter().map(|m| m.id).collect()
+    }
+
+    async fn keep(store: &Store, topic: Uuid, id: &'static str) -> Entry {
+        let log = store.messages();
+        let e = log.append(|e| body(topic, id, e)).expect("append");
+        log.wait_synced(e.seq).await.expect("synced");
+        e
+    }
+
+    #[tokio::test]
+    async fn a_message_kept_through_the_log_reads_as_any_kept_message() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let topic = Uuid::now_v7();
+        let e = keep(&store, topic, "a").await;
+        assert_eq!(history(&store, topic).await, ["a"]);
+        let kept = store
+            .call(move |db| db.kept_message(topic, "a"))
+            .await
+            .expect("call")
+            .expect("kept");
+        assert_eq!(kept.ts, i64::try_from(e.hlc >> 16).expect("ts"));
+        // Mesh peers catch up on it as on any origin's events.
+        let origin = store
+            .call(|db| Ok(db.origin().messages().key()))
+            .await
+            .expect("origin");
+        let events = store
+            .read(move |db| db.events_after(&origin, 0, 10))
+            .await
+            .expect("events");
+        assert_eq!(events.len(), 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_the_index_of_what_is_synced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let topic = Uuid::now_v7();
+        // The index's job queues behind the held one.
+        let (release, held) = hold_store_thread(&store).await;
+        keep(&store, topic, "a").await;
+        let reading = {
+            let store = store.clone();
+            tokio::spawn(async move { history(&store, topic).await })
+        };
+        // The read starts (this runtime has one thread: the spawned task
+        // runs at this yield), and whatever it queued on the read thread
+        // has run once a job queued after it has.
+        tokio::task::yield_now().await;
+        let reads = store
+            .reads
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .expect("the read thread");
+        let (ran, done) = tokio::sync::oneshot::channel();
+        let probe: crate::store::ReadJob = Box::new(move |_| {
+            let _ = ran.send(());
+        });
+        assert!(reads.send(crate::store::ReadMsg::Job(probe)).await.is_ok());
+        done.await.expect("the probe ran");
+        // A sender kept would keep the read thread from ending at close.
+        drop(reads);
+        release.send(()).expect("release");
+        assert_eq!(reading.await.expect("read"), ["a"]);
+        held.await.expect("join").expect("held job");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn what_the_index_lost_is_indexed_at_the_next_start() {
+        let dir = tempfile::tempdir().expect("dir");
+        let topic = Uuid::now_v7();
+        let store = Store::open(dir.path(), "n1").expect("open");
+        keep(&store, topic, "a").await;
+        keep(&store, topic, "b").await;
+        store.close().await;
+        // Two more synced, their index lost (as a crash would lose it).
+        let floor = Db::open(dir.path(), "n1")
+            .and_then(|db| db.message_floor())
+            .expect("floor");
+        let (log, thread) = MessageLog::open(
+            &dir.path().join(MESSAGE_LOG_DIR),
+            Limits::default(),
+            floor,
+            |_| {},
+        )
+        .expect("log");
+        for id in ["c", "d"] {
+            log.append(|e| body(topic, id, e)).expect("append");
+        }
+        thread.finish();
+        let store = Store::open(dir.path(), "n1").expect("reopen");
+        assert_eq!(history(&store, topic).await, ["a", "b", "c", "d"]);
+        let origin = store
+            .call(|db| Ok(db.origin().messages().key()))
+            .await
+            .expect("origin");
+        let seqs: Vec<u64> = store
+            .read(move |db| db.events_after(&origin, 0, 10))
+            .await
+            .expect("events")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(keep(&store, topic, "e").await.seq, 5);
+        store.close().await;
+    }
+}
