@@ -25,8 +25,8 @@ impl Session<'_> {
         cursor: Option<String>,
     ) -> Result<Outcome, Denied> {
         let limit = limit.unwrap_or(20).min(MAX_RESULTS);
-        let needle = name.map(|n| n.to_lowercase());
-        let after = cursor.map(|c| c.to_lowercase());
+        let needle = name.as_deref().map(str::to_lowercase);
+        let after = cursor.as_deref().map(str::to_lowercase);
         let wanted = |n: &str| {
             let key = n.to_lowercase();
             needle.as_ref().is_none_or(|s| key.contains(s.as_str()))
@@ -78,18 +78,15 @@ impl Session<'_> {
                         "ex.meta filters topics only",
                     ));
                 }
-                // On the read-only connection: every account is read, which
-                // must not hold up the commits of everyone's messages.
-                let accounts = self.ctx.store.read(|db| db.list_accounts()).await?;
-                let mut names: Vec<String> = accounts
-                    .into_iter()
-                    .filter(|a| !a.deleted && !a.disabled && wanted(&a.name))
-                    .map(|a| a.name)
-                    .collect();
-                names.sort_by_key(|n| n.to_lowercase());
-                let more = names.len() > limit;
-                names.truncate(limit);
-                let last = if more { names.last().cloned() } else { None };
+                // On the read-only connection, which must not hold up the
+                // commits of everyone's messages; it reads the names from
+                // the cursor on (a bounded number, `FIND_SCAN`).
+                let found = self
+                    .ctx
+                    .store
+                    .read(move |db| db.find_accounts(name.as_deref(), cursor.as_deref(), limit))
+                    .await?;
+                let (names, last) = (found.names, found.cursor);
                 (names.into_iter().map(Value::from).collect(), last)
             }
         };

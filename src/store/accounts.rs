@@ -42,6 +42,20 @@ impl std::fmt::Debug for Account {
     }
 }
 
+/// Most account names one `find` page examines (protocol.md 11.17).
+pub const FIND_SCAN: usize = 1000;
+
+/// A page of [`Db::find_accounts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundAccounts {
+    /// The names, as shown, in order.
+    pub names: Vec<String>,
+    /// Where the next page starts, when there may be more.
+    pub cursor: Option<String>,
+    /// How many account names the page read (for tests).
+    pub examined: usize,
+}
+
 /// The entity key prefix of accounts.
 const PREFIX: &str = "account:";
 
@@ -326,6 +340,63 @@ impl Db {
         Ok(out)
     }
 
+    /// A page of `find`'s users (protocol.md 11.17): the names of live
+    /// accounts (not deleted, not disabled) holding `name` as a
+    /// case-insensitive substring, ordered by name case-insensitively,
+    /// after `cursor`, at most `limit`, and the cursor of the next page.
+    ///
+    /// It walks the name index (`registers_lookup`) from the cursor on, in
+    /// name order, and stops at the result after the page's last: what it
+    /// reads is what it answers, but for the names that do not hold `name`
+    /// (a substring, which no index finds) or are of deleted or disabled
+    /// accounts. Those it reads at most [`FIND_SCAN`] of: a page that stops
+    /// there holds what it found so far, perhaps nothing, and a cursor to go
+    /// on from (the last name it read).
+    ///
+    /// A later claimant is shown, and sorted, as `name~<hex>`: after the
+    /// longer names that start with `name`, which the walk reaches first.
+    /// It waits for its turn in `pending`; one whose base name is before the
+    /// cursor but that sorts after it is found by the cursor's prefixes.
+    pub fn find_accounts(
+        &self,
+        name: Option<&str>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<FoundAccounts, Error> {
+        let mut page = FindPage {
+            conn: &self.conn,
+            needle: name.map(str::to_lowercase),
+            after: cursor.map(str::to_lowercase),
+            limit,
+            names: Vec::new(),
+            pending: std::collections::BTreeSet::new(),
+            examined: 0,
+        };
+        if let Some(after) = page.after.clone() {
+            // Claimants of a name that is a proper prefix of the cursor may
+            // sort after it (`dan~1a2b3c` after `danny`).
+            for (end, _) in after.char_indices().skip(1) {
+                let base = &after[..end];
+                let ids = page.accounts_named(base)?;
+                if ids.len() > 1 {
+                    page.group(base, &ids, true)?;
+                }
+            }
+        }
+        let (done, capped) = page.walk()?;
+        let cursor = if done {
+            page.names.truncate(limit);
+            page.names.last().cloned()
+        } else {
+            capped
+        };
+        Ok(FoundAccounts {
+            names: page.names,
+            cursor,
+            examined: page.examined,
+        })
+    }
+
     fn change_existing(&mut self, id: Uuid, change: Change) -> Result<(), Error> {
         self.write(|tx, origin| {
             let exists: Option<i64> = tx
@@ -347,6 +418,194 @@ fn parse_entity(entity: &str) -> Option<Uuid> {
     entity
         .strip_prefix(PREFIX)
         .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+/// The index walk of `find`'s users: account names from `?1` on, in the
+/// order `find` shows them (each name's claims in entity order), at most
+/// `?2`.
+const FIND_WALK: &str = "SELECT entity, lookup FROM registers INDEXED BY registers_lookup
+     WHERE field = 'name' AND lookup >= ?1 AND entity >= 'account:' AND entity < 'account;'
+     ORDER BY lookup, entity LIMIT ?2";
+
+/// One page of [`Db::find_accounts`] being made.
+struct FindPage<'c> {
+    conn: &'c Connection,
+    /// The lowercased `name` filter.
+    needle: Option<String>,
+    /// The lowercased cursor.
+    after: Option<String>,
+    limit: usize,
+    /// The results so far, one more than `limit` once the page is done.
+    names: Vec<String>,
+    /// Later claimants read but not yet reached: (sort key, id).
+    pending: std::collections::BTreeSet<(String, Uuid)>,
+    /// Account names read.
+    examined: usize,
+}
+
+impl FindPage<'_> {
+    /// Walks the names from the cursor on. `(true, _)` once the page is
+    /// full; `(false, Some(last name read))` when it stopped at
+    /// [`FIND_SCAN`] names; `(false, None)` at the end of the names.
+    fn walk(&mut self) -> Result<(bool, Option<String>), Error> {
+        let conn = self.conn;
+        let mut stmt = conn.prepare_cached(FIND_WALK)?;
+        let start = self.after.clone().unwrap_or_default();
+        let mut rows = stmt.query(params![start, FIND_SCAN as i64])?;
+        let mut read = 0;
+        // The name being read, its accounts, and the last entity of it.
+        let mut current: Option<(String, Vec<Uuid>, String)> = None;
+        while let Some(row) = rows.next()? {
+            read += 1;
+            self.examined += 1;
+            let entity: String = row.get(0)?;
+            let lookup: String = row.get(1)?;
+            let id = parse_entity(&entity);
+            match &mut current {
+                Some((name, ids, last)) if *name == lookup => {
+                    ids.extend(id);
+                    *last = entity;
+                }
+                _ => {
+                    if let Some((name, ids, _)) = current.take() {
+                        if self.group(&name, &ids, false)? {
+                            return Ok((true, None));
+                        }
+                    }
+                    current = Some((lookup, id.into_iter().collect(), entity));
+                }
+            }
+        }
+        drop(rows);
+        let capped = read == FIND_SCAN;
+        let Some((name, mut ids, last)) = current else {
+            return Ok((self.flush(None)?, None));
+        };
+        if capped {
+            // The limit may have cut the last name's claims short.
+            let mut more = conn.prepare_cached(
+                "SELECT entity FROM registers WHERE field = 'name' AND lookup = ?1 AND entity > ?2
+                   AND entity >= 'account:' AND entity < 'account;' ORDER BY entity",
+            )?;
+            for entity in more.query_map(params![name, last], |r| r.get::<_, String>(0))? {
+                self.examined += 1;
+                ids.extend(parse_entity(&entity?));
+            }
+        }
+        if self.group(&name, &ids, false)? {
+            return Ok((true, None));
+        }
+        if !capped {
+            return Ok((self.flush(None)?, None));
+        }
+        // Names after this one were not read: only claimants before it can
+        // be placed.
+        if self.flush(Some(&name))? {
+            return Ok((true, None));
+        }
+        Ok((false, Some(name)))
+    }
+
+    /// The accounts claiming the lowercased name `lookup`.
+    fn accounts_named(&mut self, lookup: &str) -> Result<Vec<Uuid>, Error> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT entity FROM registers WHERE field = 'name' AND lookup = ?1
+               AND entity >= 'account:' AND entity < 'account;' ORDER BY entity",
+        )?;
+        let mut ids = Vec::new();
+        for entity in stmt.query_map(params![lookup], |r| r.get::<_, String>(0))? {
+            self.examined += 1;
+            ids.extend(parse_entity(&entity?));
+        }
+        Ok(ids)
+    }
+
+    /// Takes the accounts claiming `lookup`, in entity order: the holder
+    /// is offered (after the waiting claimants that sort before it), the
+    /// others wait as `lookup~<hex>`. With `claimants_only`, the holder is
+    /// not offered (a name before the cursor). True once the page is full.
+    fn group(&mut self, lookup: &str, ids: &[Uuid], claimants_only: bool) -> Result<bool, Error> {
+        let holder = match ids {
+            [one] => Some(*one),
+            _ => name_holder(self.conn, lookup)?,
+        };
+        for &id in ids {
+            if Some(id) != holder {
+                self.pending
+                    .insert((format!("{lookup}~{}", id_tail(id)), id));
+            }
+        }
+        if claimants_only {
+            return Ok(false);
+        }
+        if self.flush(Some(lookup))? {
+            return Ok(true);
+        }
+        match holder {
+            Some(id) if ids.contains(&id) => self.offer(lookup, id, false),
+            _ => Ok(false),
+        }
+    }
+
+    /// Offers the waiting claimants that sort at or before `upto` (all of
+    /// them without), in order. True once the page is full.
+    fn flush(&mut self, upto: Option<&str>) -> Result<bool, Error> {
+        while let Some((key, id)) = self.pending.first().cloned() {
+            if upto.is_some_and(|u| key.as_str() > u) {
+                break;
+            }
+            self.pending.pop_first();
+            if self.offer(&key, id, true)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Adds account `id`, sorted as `key`, if it is after the cursor, holds
+    /// the needle and is neither deleted nor disabled. True once the page
+    /// is full.
+    fn offer(&mut self, key: &str, id: Uuid, claimant: bool) -> Result<bool, Error> {
+        if self.after.as_deref().is_some_and(|a| key <= a)
+            || self.needle.as_deref().is_some_and(|n| !key.contains(n))
+        {
+            return Ok(false);
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT field, value FROM registers WHERE entity = ?1 AND field IN (?2, ?3, ?4)",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                Entity::Account(id).key(),
+                field::NAME,
+                field::DELETED,
+                field::DISABLED
+            ],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        let mut name = String::new();
+        for row in rows {
+            let (f, raw) = row?;
+            let value: Value =
+                serde_json::from_str(&raw).map_err(|e| Error::Corrupt(e.to_string()))?;
+            match f.as_str() {
+                field::NAME => name = value.as_str().unwrap_or_default().to_owned(),
+                _ if value.as_bool() == Some(true) => return Ok(false),
+                _ => {}
+            }
+        }
+        if claimant {
+            name = format!("{name}~{}", id_tail(id));
+        }
+        self.names.push(name);
+        Ok(self.names.len() > self.limit)
+    }
+}
+
+/// The end of an id that tells a later claimant apart: `name~<this>`.
+fn id_tail(id: Uuid) -> String {
+    let hex = id.simple().to_string();
+    hex.get(hex.len() - 6..).unwrap_or_default().to_owned()
 }
 
 /// The account holding a (lowercased) name.
@@ -400,12 +659,7 @@ fn load(conn: &Connection, id: Uuid) -> Result<Option<Account>, Error> {
         return Ok(None);
     }
     if name_holder(conn, &account.name.to_lowercase())? != Some(id) {
-        let hex = id.simple().to_string();
-        account.name = format!(
-            "{}~{}",
-            account.name,
-            hex.get(hex.len() - 6..).unwrap_or_default()
-        );
+        account.name = format!("{}~{}", account.name, id_tail(id));
     }
     Ok(Some(account))
 }
@@ -459,6 +713,193 @@ mod tests {
             }
         }
         assert!(!text.contains("-again"), "{text}");
+    }
+
+    /// Creates accounts named `names` in one transaction, in order: a name
+    /// given twice makes the second a later claimant (`name~<hex>`).
+    fn bulk(db: &mut Db, names: &[&str]) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        let changes = names
+            .iter()
+            .map(|n| {
+                let e = Entity::Account(Uuid::now_v7());
+                if let Entity::Account(id) = e {
+                    ids.push(id);
+                }
+                Change::new("account.create")
+                    .set(e, field::NAME, *n)
+                    .set(e, field::PASSWORD, "$x")
+            })
+            .collect();
+        db.append_all(changes).unwrap();
+        ids
+    }
+
+    /// `find`'s users as they were answered by reading every account:
+    /// what [`Db::find_accounts`] must answer, but for its cost.
+    fn every_account(
+        db: &Db,
+        name: Option<&str>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> (Vec<String>, Option<String>) {
+        let needle = name.map(str::to_lowercase);
+        let after = cursor.map(str::to_lowercase);
+        let mut names: Vec<String> = db
+            .list_accounts()
+            .unwrap()
+            .into_iter()
+            .filter(|a| !a.deleted && !a.disabled)
+            .map(|a| a.name)
+            .filter(|n| {
+                let key = n.to_lowercase();
+                needle.as_ref().is_none_or(|s| key.contains(s.as_str()))
+                    && after.as_ref().is_none_or(|a| key > *a)
+            })
+            .collect();
+        names.sort_by_key(|n| n.to_lowercase());
+        let more = names.len() > limit;
+        names.truncate(limit);
+        let cursor = if more { names.last().cloned() } else { None };
+        (names, cursor)
+    }
+
+    /// A page of users reads the names from its cursor on, up to its
+    /// last result (and the one after, to know there are more), not
+    /// every account; a name few accounts hold stops after
+    /// [`FIND_SCAN`] names with a cursor to go on from.
+    #[test]
+    fn find_reads_only_the_names_a_page_needs() {
+        let (_dir, mut db) = db();
+        let names: Vec<String> = (0..1050).map(|i| format!("u{i:04}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        bulk(&mut db, &names);
+        let page = db.find_accounts(None, None, 5).unwrap();
+        assert_eq!(page.names, ["u0000", "u0001", "u0002", "u0003", "u0004"]);
+        assert_eq!(page.cursor.as_deref(), Some("u0004"));
+        assert!(page.examined <= 10, "{} names read", page.examined);
+        let page = db.find_accounts(Some("U05"), Some("u0520"), 3).unwrap();
+        assert_eq!(page.names, ["u0521", "u0522", "u0523"]);
+        assert_eq!(page.cursor.as_deref(), Some("u0523"));
+        assert!(page.examined <= 10, "{} names read", page.examined);
+
+        let page = db.find_accounts(Some("u1049"), None, 20).unwrap();
+        assert!(page.names.is_empty(), "{:?}", page.names);
+        assert!(page.examined <= FIND_SCAN, "{} names read", page.examined);
+        let cursor = page.cursor.expect("a cursor to go on from");
+        let page = db.find_accounts(Some("u1049"), Some(&cursor), 20).unwrap();
+        assert_eq!(page.names, ["u1049"]);
+        assert_eq!(page.cursor, None);
+    }
+
+    /// The walk is a range of the name index, in its order: no scan of
+    /// the registers, no sort.
+    #[test]
+    fn find_walks_the_name_index() {
+        let (_dir, db) = db();
+        let mut stmt = db
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {FIND_WALK}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(params!["dan", 10], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan.iter().any(|p| p
+                .contains("SEARCH registers USING COVERING INDEX registers_lookup")
+                && p.contains("lookup>?")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+    }
+
+    /// Below [`FIND_SCAN`] names, the pages are those of reading every
+    /// account: deleted and disabled accounts left out, later claimants
+    /// by their `~` names (which sort after longer names of the same
+    /// start), topics' names never.
+    #[test]
+    fn find_answers_as_reading_every_account_did() {
+        let (_dir, mut db) = db();
+        let ids = bulk(
+            &mut db,
+            &[
+                "dan",
+                "Dan",
+                "DAN",
+                "dan-a",
+                "danny",
+                "danz",
+                "dan.b",
+                "Bob",
+                "bob",
+                "amy",
+                "zed",
+                "old",
+                "Old",
+                "carl@far.example",
+                "u",
+                "U",
+                "dann",
+            ],
+        );
+        db.delete_account(ids[9]).unwrap();
+        db.set_disabled(ids[10], true).unwrap();
+        db.delete_account(ids[11]).unwrap();
+        db.set_disabled(ids[1], true).unwrap();
+        let topic = Entity::Topic(Uuid::now_v7());
+        db.append_all(vec![Change::new("topic.create").set(
+            topic,
+            field::NAME,
+            "danny2",
+        )])
+        .unwrap();
+        let shown = every_account(&db, None, None, 100).0;
+        assert!(shown.iter().any(|n| n.starts_with("DAN~")), "{shown:?}");
+        assert!(shown.iter().any(|n| n.starts_with("Old~")), "{shown:?}");
+
+        let mut cursors: Vec<Option<String>> = [
+            "a",
+            "dan",
+            "DAN-A",
+            "dan~",
+            "danny",
+            "dan~zzzzzz",
+            "old",
+            "zz",
+            "u",
+            "u~",
+            "bob~",
+        ]
+        .iter()
+        .map(|c| Some((*c).to_owned()))
+        .collect();
+        cursors.push(None);
+        cursors.extend(shown.iter().map(|n| Some(n.clone())));
+        for name in [
+            None,
+            Some("d"),
+            Some("DAN"),
+            Some("~"),
+            Some("n~"),
+            Some("an-"),
+        ]
+        .into_iter()
+        .chain([Some("b"), Some("x"), Some("@"), Some("u"), Some("o")])
+        {
+            for cursor in &cursors {
+                for limit in [1, 2, 3, 20] {
+                    let want = every_account(&db, name, cursor.as_deref(), limit);
+                    let got = db.find_accounts(name, cursor.as_deref(), limit).unwrap();
+                    assert_eq!(
+                        (got.names, got.cursor),
+                        want,
+                        "name {name:?}, cursor {cursor:?}, limit {limit}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
