@@ -31,10 +31,18 @@ impl Session<'_> {
         }
         self.check_meta(&values)?;
         let max_keys = self.ctx.max_meta_keys;
+        // The account may have been deleted since this session logged in
+        // (on another connection; this one is about to get its `bye`).
         self.ctx
             .store
             .call_synced(move |db| db.set_account_meta(account_id, &values, max_keys))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                crate::store::Error::NotFound => {
+                    Denied::new(ErrorCode::AccountDeleted, "the account is gone")
+                }
+                other => other.into(),
+            })?;
         Ok(self.reply(reply::ack(id)))
     }
 
@@ -108,4 +116,46 @@ fn check_favorites(value: &Value) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::super::testing;
+    use crate::store;
+
+    /// A `meta` of an account's own metadata that reaches the store's
+    /// queue behind the account's delete (sent on another connection just
+    /// before its `bye`) writes nothing: the deleted account has no
+    /// metadata afterwards, and the request is answered `account/deleted`.
+    #[tokio::test]
+    async fn a_meta_write_queued_behind_the_accounts_delete_leaves_nothing() {
+        let (_dir, ctx) = testing::context_with(|_| {});
+        let id = ctx
+            .store
+            .call(|db| db.create_account("dan", "$argon2id$x"))
+            .await
+            .unwrap()
+            .id;
+        let (mut s, mut rx) = testing::session(&ctx, id, "dan", 7);
+        let (release, held) = store::hold_store_thread(&ctx.store).await;
+        let mut delete = Box::pin(ctx.store.call_synced(move |db| db.delete_account(id)));
+        assert!((&mut delete).now_or_never().is_none());
+        let mut meta =
+            Box::pin(s.handle_line(br#"{"op":"meta","id":"m","ex":{"fullname":"Dan Q"}}"#));
+        assert!((&mut meta).now_or_never().is_none());
+        drop(release);
+        held.await.unwrap().unwrap();
+        delete.await.unwrap();
+        let _ = meta.await;
+        drop(s);
+        let gone = ctx.store.call(move |db| db.account(id)).await.unwrap();
+        let gone = gone.unwrap();
+        assert!(gone.deleted);
+        assert!(gone.meta.is_empty(), "{:?}", gone.meta);
+        let lines = testing::replies(&mut rx);
+        assert!(lines.contains(r#""code":"account/deleted""#), "{lines}");
+        ctx.store.close().await;
+    }
 }

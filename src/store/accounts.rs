@@ -205,7 +205,8 @@ impl Db {
     /// the name stays reserved so nobody can take over its identity. The
     /// password hash and public keys also leave every earlier event: the
     /// apply path redacts them (see [`super::redact`]), here and on every
-    /// node the delete replicates to.
+    /// node the delete replicates to. It also removes the metadata and
+    /// markers this delete did not know of, whenever they arrive.
     pub fn delete_account(&mut self, id: Uuid) -> Result<(), Error> {
         let account = self.account(id)?.ok_or(Error::NotFound)?;
         let e = Entity::Account(id);
@@ -245,14 +246,18 @@ impl Db {
     }
 
     /// Sets (or, with `null`, removes) keys of an account's own metadata,
-    /// refusing a result with more than `max_keys` keys.
+    /// refusing a result with more than `max_keys` keys. A deleted account
+    /// is [`Error::NotFound`]: its metadata is gone for good.
     pub fn set_account_meta(
         &mut self,
         id: Uuid,
         values: &Map<String, Value>,
         max_keys: usize,
     ) -> Result<(), Error> {
-        let current = self.account(id)?.ok_or(Error::NotFound)?;
+        let current = self
+            .account(id)?
+            .filter(|a| !a.deleted)
+            .ok_or(Error::NotFound)?;
         super::check_key_count(&current.meta, values, max_keys)?;
         let change = Change::new("account.meta").set_meta(Entity::Account(id), values);
         self.change_existing(id, change)

@@ -16,6 +16,15 @@
 //! the delete, in any order relative to the account's other events, ends
 //! with the same redacted log and registers.
 //!
+//! The same pass removes the account's metadata (`meta:<key>`) and read
+//! markers (`read:<topic>`) from the registers, null or not: the delete
+//! clears those it knows of, but a write it did not know of (a session's,
+//! queued behind the delete; a peer's, made before the delete and
+//! arriving after it, or arriving first from a node whose delete did not
+//! know it) would otherwise stay, since no later write clears it. Those
+//! stay in the events that carried them, as they do while the account
+//! lives: redaction takes only secrets out of the log.
+//!
 //! What redaction cannot reach: copies outside the store (backups, a peer
 //! that never receives the delete) and SQLite's free pages until they are
 //! reused.
@@ -59,9 +68,15 @@ fn is_secret(field_name: &str) -> bool {
 }
 
 /// Removes `entity`'s secrets from its registers and from every event's
-/// body. State events are few (messages are indexed apart), and an account
-/// is deleted once, so reading them all is cheap.
+/// body, and its metadata and read markers from its registers. State
+/// events are few (messages are indexed apart), and an account is deleted
+/// once, so reading them all is cheap.
 fn account(tx: &Transaction<'_>, entity: &str) -> Result<(), Error> {
+    let mut own =
+        tx.prepare_cached("DELETE FROM registers WHERE entity = ?1 AND substr(field, 1, ?2) = ?3")?;
+    for prefix in [field::META_PREFIX, field::READ_PREFIX] {
+        own.execute(params![entity, prefix.len() as i64, prefix])?;
+    }
     tx.prepare_cached(
         "DELETE FROM registers WHERE entity = ?1
            AND (field IN (?2, ?5) OR substr(field, 1, ?3) = ?4)",
@@ -155,6 +170,70 @@ mod tests {
         assert_eq!(gone.name, "alice");
         let seqs: Vec<u64> = db.events().unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    }
+
+    /// A peer's metadata and read marker of an account, made before the
+    /// account's delete and arriving after it, or arriving first from a
+    /// node whose delete did not know them: either way, nothing of them is
+    /// left in the registers.
+    #[test]
+    fn a_deleted_accounts_metadata_and_markers_stay_gone_in_any_order() {
+        let id = uuid::Uuid::now_v7();
+        let e = Entity::Account(id);
+        let create = Change::new("account.create")
+            .set(e, field::NAME, "erin")
+            .set(e, field::PASSWORD, "$argon2id$ERIN-HASH");
+        let meta = Change::new("account.meta").set(e, "meta:fullname", "Erin Example");
+        let mark = Change::new("account.read").set(
+            e,
+            &format!("{}{}", field::READ_PREFIX, uuid::Uuid::now_v7()),
+            serde_json::json!({"id": "m1", "ts": 1}),
+        );
+        let delete = Change::new("account.delete")
+            .set(e, field::DELETED, true)
+            .set(e, field::PASSWORD, serde_json::Value::Null);
+        // (origin, seq, clock): the metadata and the marker are another
+        // node's, older than the delete.
+        let events = [
+            ("a", 1, 10, create),
+            ("b", 1, 11, meta),
+            ("b", 2, 12, mark),
+            ("a", 2, 13, delete),
+        ];
+        for order in [[0, 1, 2, 3], [0, 3, 1, 2], [3, 2, 1, 0]] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open(dir.path(), "n1").unwrap();
+            let tx = db.conn.unchecked_transaction().unwrap();
+            for i in order {
+                let (node, seq, hlc, change) = &events[i];
+                let event = log::Event {
+                    node: (*node).into(),
+                    incarnation: "inc".into(),
+                    seq: *seq,
+                    hlc: *hlc << 16,
+                    change: change.clone(),
+                };
+                let rowid = log::insert(&tx, &event).unwrap();
+                let mut index = crate::store::search::IndexQueue::default();
+                let origin = format!("{node}/inc");
+                log::apply(&tx, &mut index, rowid, &origin, *hlc << 16, change).unwrap();
+                index.flush(&tx).unwrap();
+            }
+            tx.commit().unwrap();
+            let mut stmt = db
+                .conn
+                .prepare("SELECT field FROM registers WHERE entity = ?1 ORDER BY field")
+                .unwrap();
+            let fields: Vec<String> = stmt
+                .query_map(params![e.key()], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(fields, [field::DELETED, field::NAME], "{order:?}");
+            let gone = db.account(id).unwrap().unwrap();
+            assert!(gone.deleted && gone.meta.is_empty(), "{order:?}");
+            assert!(db.markers(id).unwrap().is_empty(), "{order:?}");
+        }
     }
 
     #[test]
