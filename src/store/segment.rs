@@ -82,6 +82,12 @@ pub enum Error {
         /// The body's length.
         len: usize,
     },
+    /// Another writer holds the directory.
+    #[error("message log {} is in use by another process (is another tenthbitd running on this data directory?)", path.display())]
+    InUse {
+        /// The directory.
+        path: PathBuf,
+    },
     /// An earlier write failed and could not be undone, or a segment's
     /// sync failed: the writer takes no more records (the daemon is
     /// restarted, and the open cuts the partial write).
@@ -156,6 +162,10 @@ pub struct Writer {
     /// A group's records, encoded before the one write.
     buf: Vec<u8>,
     stopped: bool,
+    /// Held locked (`flock`) while the writer lives: a second writer of
+    /// the directory (another daemon on the same data directory) would
+    /// interleave its writes with this one's.
+    _lock: File,
 }
 
 /// What [`Writer::open`] found.
@@ -175,10 +185,11 @@ impl Writer {
     /// about `max_bytes` (a group is never split).
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Opened, Error> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let lock = lock(dir)?;
         let segments = list(dir)?;
         let Some(&segment) = segments.last() else {
             let (file, len) = create(dir, 1)?;
-            let writer = Self::at(dir, file, 1, len, max_bytes)?;
+            let writer = Self::at(dir, lock, file, 1, len, max_bytes)?;
             return Ok(Opened {
                 writer,
                 cut: 0,
@@ -201,7 +212,7 @@ impl Writer {
             // written to it, as records follow only a synced header.
             drop(file);
             let (file, len) = create(dir, segment)?;
-            let writer = Self::at(dir, file, segment, len, max_bytes)?;
+            let writer = Self::at(dir, lock, file, segment, len, max_bytes)?;
             let last = last_in(dir, before)?;
             return Ok(Opened {
                 writer,
@@ -230,7 +241,7 @@ impl Writer {
                 }
             }
         };
-        let writer = Self::at(dir, file, segment, end, max_bytes)?;
+        let writer = Self::at(dir, lock, file, segment, end, max_bytes)?;
         let last = match last {
             Some(last) => Some(last),
             None => last_in(dir, before)?,
@@ -242,8 +253,16 @@ impl Writer {
         })
     }
 
-    fn at(dir: &Path, file: File, segment: u64, len: u64, max_bytes: u64) -> Result<Self, Error> {
+    fn at(
+        dir: &Path,
+        lock: File,
+        file: File,
+        segment: u64,
+        len: u64,
+        max_bytes: u64,
+    ) -> Result<Self, Error> {
         Ok(Self {
+            _lock: lock,
             dir: dir.to_path_buf(),
             file,
             sync: open_for_sync(dir, segment)?,
@@ -744,6 +763,28 @@ fn open_for_sync(dir: &Path, segment: u64) -> Result<Arc<File>, Error> {
     Ok(Arc::new(file))
 }
 
+/// The lock file's name in a log directory.
+const LOCK_FILE: &str = "lock";
+
+/// Takes the directory's writer lock (`flock`), without waiting.
+fn lock(dir: &Path) -> Result<File, Error> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::InUse {
+            path: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::Io { path, source: e }),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -1023,6 +1064,17 @@ mod tests {
         );
         let r = Reader::new(dir.path());
         assert_eq!(bodies(&r, start(), w.end()).len(), 2);
+    }
+
+    #[test]
+    fn a_second_writer_of_the_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let first = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let err = Writer::open(dir.path(), 1 << 20).unwrap_err();
+        assert!(matches!(err, Error::InUse { .. }), "{err}");
+        // Given back with the writer.
+        drop(first);
+        Writer::open(dir.path(), 1 << 20).expect("open again");
     }
 
     #[test]
