@@ -768,6 +768,7 @@ const LOCK_FILE: &str = "lock";
 
 /// Takes the directory's writer lock (`flock`), without waiting.
 fn lock(dir: &Path) -> Result<File, Error> {
+    use std::os::fd::AsRawFd;
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)
@@ -776,13 +777,19 @@ fn lock(dir: &Path) -> Result<File, Error> {
         .truncate(false)
         .open(&path)
         .map_err(io_at(&path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::InUse {
-            path: dir.to_path_buf(),
-        }),
-        Err(fs::TryLockError::Error(e)) => Err(Error::Io { path, source: e }),
+    // SAFETY: flock on a descriptor this function owns and keeps open; it
+    // touches no memory. (std's `File::try_lock` needs Rust 1.89.)
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(file);
     }
+    let e = io::Error::last_os_error();
+    Err(if e.kind() == io::ErrorKind::WouldBlock {
+        Error::InUse {
+            path: dir.to_path_buf(),
+        }
+    } else {
+        Error::Io { path, source: e }
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
