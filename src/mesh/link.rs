@@ -148,12 +148,15 @@ pub(super) async fn run(inner: Arc<Inner>, stream: Stream, peer: String, dialed:
         since: Instant::now(),
         control,
         sent: Mutex::new({
-            // The peer writes its own events: never send them back.
+            // The peer writes its own events and its kept messages: never
+            // send them back.
             let mut sent = hello.vv.clone();
-            sent.raise(
-                &crate::store::replica::origin_key(&hello.node, &hello.incarnation),
-                u64::MAX,
-            );
+            let peer_origin = crate::store::Origin {
+                node: hello.node.clone(),
+                incarnation: hello.incarnation.clone(),
+            };
+            sent.raise(&peer_origin.key(), u64::MAX);
+            sent.raise(&peer_origin.messages().key(), u64::MAX);
             sent
         }),
         acked: Mutex::new(hello.vv.clone()),

@@ -198,7 +198,9 @@ impl Db {
     }
 
     fn receive_batch(&mut self, batch: Vec<Incoming>) -> Result<Vec<Received>, Error> {
-        let own = (self.origin.node.clone(), self.origin.incarnation.clone());
+        // This node writes two origins: its events, and its kept messages
+        // (the message log's).
+        let own = [self.origin.clone(), self.origin.messages()];
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -212,7 +214,9 @@ impl Db {
                 Some(h) => *h,
                 None => log::seen_seq(&tx, &event.node, &event.incarnation)?,
             };
-            let own_origin = event.node == own.0 && event.incarnation == own.1;
+            let own_origin = own
+                .iter()
+                .any(|o| event.node == o.node && event.incarnation == o.incarnation);
             if own_origin && event.seq > have {
                 // Ours, but never written here: someone is lying.
                 out.push(Received::OwnOrigin);
@@ -387,7 +391,8 @@ mod tests {
     fn sync(dbs: &mut [Db], sent: &mut VersionVector, from: usize, to: usize, limit: usize) {
         // A link never sends the peer its own events (mesh/link.rs).
         let own = dbs[to].origin().clone();
-        sent.raise(&origin_key(&own.node, &own.incarnation), u64::MAX);
+        sent.raise(&own.key(), u64::MAX);
+        sent.raise(&own.messages().key(), u64::MAX);
         let (_, batch) = dbs[from].catch_up(sent, limit).unwrap();
         for (e, _) in &batch {
             sent.raise(&origin_key(&e.node, &e.incarnation), e.seq);
@@ -452,6 +457,34 @@ mod tests {
             prop_assert!(vvs.windows(2).all(|w| w[0] == w[1]), "{:?}", vvs);
             prop_assert!(digests.windows(2).all(|w| w[0] == w[1]), "{:?}", digests);
         }
+    }
+
+    /// A peer that sends this node's own kept messages (its message
+    /// origin) with a seq it never wrote is lying, as for its other events.
+    #[test]
+    fn own_messages_never_written_here_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n0").unwrap();
+        let messages = db.origin().messages();
+        let forged = Event {
+            node: messages.node.clone(),
+            incarnation: messages.incarnation.clone(),
+            seq: 1,
+            hlc: 1 << 16,
+            change: change(&[], true),
+        };
+        let raw = RawEvent {
+            node: forged.node.clone(),
+            incarnation: forged.incarnation.clone(),
+            seq: forged.seq,
+            hlc: forged.hlc,
+            body: serde_json::to_string(&forged.change).unwrap(),
+        };
+        let received = db.receive(vec![Incoming::decoded(raw, 0)]).unwrap();
+        assert!(
+            matches!(received.as_slice(), [Received::OwnOrigin]),
+            "{received:?}"
+        );
     }
 
     #[test]
