@@ -1060,7 +1060,12 @@ mod tests {
         let opened = Writer::open(dir.path(), 100).expect("reopen");
         // The log's last record is in the segment before.
         assert_eq!(opened.last, Some((1, 1 << 16)));
-        let mut w = opened.writer;
+        carries_on_in_segment_two(dir.path(), opened.writer);
+    }
+
+    /// The writer appends its next record at segment 2's start, and the
+    /// log reads back two records.
+    fn carries_on_in_segment_two(dir: &Path, mut w: Writer) -> Writer {
         let b = w.append([rec(2, b"x")]).expect("b");
         assert_eq!(
             b.positions,
@@ -1069,8 +1074,9 @@ mod tests {
                 offset: HEADER_LEN
             }]
         );
-        let r = Reader::new(dir.path());
+        let r = Reader::new(dir);
         assert_eq!(bodies(&r, start(), w.end()).len(), 2);
+        w
     }
 
     #[test]
@@ -1147,17 +1153,8 @@ mod tests {
         w.append([rec(1, &[1u8; 80])]).expect("a");
         drop(w);
         fs::write(segment_path(dir.path(), 2), [0u8; HEADER_LEN as usize]).expect("zeros");
-        let mut w = Writer::open(dir.path(), 100).expect("reopen").writer;
-        let b = w.append([rec(2, b"x")]).expect("b");
-        assert_eq!(
-            b.positions,
-            vec![Position {
-                segment: 2,
-                offset: HEADER_LEN
-            }]
-        );
-        let r = Reader::new(dir.path());
-        assert_eq!(bodies(&r, start(), w.end()).len(), 2);
+        let w = Writer::open(dir.path(), 100).expect("reopen").writer;
+        let w = carries_on_in_segment_two(dir.path(), w);
         // Half of it there: the same.
         drop(w);
         let mut half = header(3);
