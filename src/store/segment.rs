@@ -200,11 +200,7 @@ impl Writer {
         // no record yet.
         let before = segments.iter().rev().nth(1).copied();
         let path = segment_path(dir, segment);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_at(&path))?;
+        let file = open_existing(dir, segment)?;
         let on_disk = file.metadata().map_err(io_at(&path))?.len();
         if on_disk < HEADER_LEN || (on_disk == HEADER_LEN && header_torn(&file, &path, segment)?) {
             // Created, and the crash came before its header was synced
@@ -754,13 +750,17 @@ fn create(dir: &Path, segment: u64) -> Result<(File, u64), Error> {
 /// Segment `segment` opened again, for the sync thread: see
 /// [`Appended::file`].
 fn open_for_sync(dir: &Path, segment: u64) -> Result<Arc<File>, Error> {
+    open_existing(dir, segment).map(Arc::new)
+}
+
+/// Segment `segment`, which exists, opened to read and write.
+fn open_existing(dir: &Path, segment: u64) -> Result<File, Error> {
     let path = segment_path(dir, segment);
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
-        .map_err(io_at(&path))?;
-    Ok(Arc::new(file))
+        .map_err(io_at(&path))
 }
 
 /// The lock file's name in a log directory.
