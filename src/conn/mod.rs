@@ -67,6 +67,7 @@ async fn serve(
         gzip_level: (alpn == Alpn::Gzip).then_some(shared.config.tls.gzip_level),
         write_timeout: limits.write_timeout(),
         packets_out: shared.session_ctx.metrics.packets_out.clone(),
+        hold: Some(shared.session_ctx.store.messages().clone()),
     };
     let hard_stop = shared.hard_stop.clone();
     let frames = FrameReader::new(rd, alpn == Alpn::Gzip, limits.max_line_bytes)

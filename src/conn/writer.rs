@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::gzip::{Flush, GzipEncoder};
 use crate::proto::reply;
 use crate::router::{Closer, OutFrame, Receiver};
+use crate::store::message_log::MessageLog;
 use prometheus_client::metrics::counter::Counter;
 
 /// Most bytes gathered into one write.
@@ -34,6 +35,9 @@ pub enum Ended {
     Orphaned,
     /// A write failed or timed out (the peer is gone or stalled).
     WriteFailed,
+    /// The message log failed to sync: what was taken may relay a message
+    /// that is not on disk, so it is not written.
+    Unsynced,
 }
 
 impl Ended {
@@ -46,6 +50,7 @@ impl Ended {
             Ended::Aborted => "aborted at shutdown",
             Ended::Orphaned => "orphaned",
             Ended::WriteFailed => "write failed",
+            Ended::Unsynced => "message log failed",
         }
     }
 }
@@ -59,6 +64,9 @@ pub struct WriterConfig {
     pub write_timeout: Duration,
     /// Counts the packets written.
     pub packets_out: Counter,
+    /// What each batch is held for: no relay or `ack` of a kept message
+    /// leaves before the message is synced (`None`: nothing is held).
+    pub hold: Option<MessageLog>,
 }
 
 /// Drains `rx` into `wr` until a `Close` frame, a forced close or a hard stop.
@@ -78,12 +86,16 @@ pub async fn run<W: AsyncWrite + Unpin>(
     let ended = loop {
         buf.clear();
         frames.clear();
-        let taken = next_batch(&mut rx, &closer, &hard_stop, |bytes, secret| {
-            match gzip.as_mut() {
+        let taken = next_batch(
+            &mut rx,
+            &closer,
+            &hard_stop,
+            cfg.hold.as_ref(),
+            |bytes, secret| match gzip.as_mut() {
                 Some(z) => compress(z, &bytes, secret, &mut buf),
                 None => frames.push(bytes),
-            }
-        });
+            },
+        );
         let Batch { packets, close } = match taken.await {
             Ok(batch) => batch,
             Err(ended) => break ended,
@@ -150,11 +162,15 @@ pub(crate) struct Batch {
 
 /// Waits for the next frames and hands each buffer of packets (and
 /// whether it holds a secret) to `take`, up to [`BATCH_BYTES`] at once;
-/// `Err` says how the writer ends instead.
+/// `Err` says how the writer ends instead. With `hold`, returns only once
+/// every message appended to the log by the time the frames were taken is
+/// synced: a relay or `ack` of a kept message is queued after its append,
+/// so whatever the batch carries is on disk when it is written.
 pub(crate) async fn next_batch(
     rx: &mut Receiver,
     closer: &Closer,
     hard_stop: &CancellationToken,
+    hold: Option<&MessageLog>,
     mut take: impl FnMut(Bytes, bool),
 ) -> Result<Batch, Ended> {
     let first = tokio::select! {
@@ -187,6 +203,21 @@ pub(crate) async fn next_batch(
         take(bytes, secret);
         if size < BATCH_BYTES {
             next = rx.try_recv();
+        }
+    }
+    if let Some(log) = hold {
+        // One atomic read each when nothing waits for a sync.
+        let appended = log.appended();
+        if log.synced() < appended {
+            tokio::select! {
+                biased;
+                _ = hard_stop.cancelled() => return Err(Ended::Aborted),
+                synced = log.wait_synced(appended) => {
+                    if synced.is_err() {
+                        return Err(Ended::Unsynced);
+                    }
+                }
+            }
         }
     }
     Ok(batch)
@@ -261,6 +292,7 @@ mod tests {
             gzip_level: Some(6),
             write_timeout: Duration::from_secs(5),
             packets_out: Counter::default(),
+            hold: None,
         };
         let ended = run(server, rx, closer, CancellationToken::new(), cfg).await;
         assert_eq!(ended, Ended::Drained);
@@ -277,6 +309,46 @@ mod tests {
         assert_eq!(ops, ["ping", "ack", "pong"]);
     }
 
+    /// A batch taken after a message's append waits for its sync.
+    #[tokio::test]
+    async fn a_batch_waits_for_what_was_appended_before_it() {
+        use crate::store::message_log::{Entry, Limits, MessageLog};
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        // The log thread stops in its first group's hand-off until told.
+        let (entered, in_hand_off) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let start = Entry { seq: 0, hlc: 0 };
+        let (log, thread) = MessageLog::open(dir.path(), Limits::default(), start, move |_| {
+            let _ = entered.send(());
+            let _ = wait.recv();
+        })
+        .unwrap();
+        // Dropped before the log's thread, which waits on it: a failed
+        // assertion must not leave the join waiting.
+        let go = go;
+        log.append(|_| b"kept".to_vec()).unwrap();
+        in_hand_off.recv().unwrap();
+        // Its relay, queued after the append.
+        let (out, mut rx, closer) = Outbound::channel(64, 1 << 20);
+        out.push(&Packet::server("msg")).unwrap();
+        let hard_stop = CancellationToken::new();
+        let mut taken = Vec::new();
+        let mut batch = std::pin::pin!(next_batch(
+            &mut rx,
+            &closer,
+            &hard_stop,
+            Some(&log),
+            |b, _| taken.push(b)
+        ));
+        assert!((&mut batch).now_or_never().is_none(), "held until synced");
+        go.send(()).unwrap();
+        let batch = batch.await.unwrap();
+        assert_eq!(batch.packets, 1);
+        drop(go);
+        thread.finish();
+    }
+
     #[tokio::test]
     async fn forced_close_skips_the_queue_and_says_why() {
         let (client, server) = tokio::io::duplex(1 << 20);
@@ -291,6 +363,7 @@ mod tests {
             gzip_level: None,
             write_timeout: Duration::from_secs(5),
             packets_out: Counter::default(),
+            hold: None,
         };
         let ended = run(server, rx, closer, CancellationToken::new(), cfg).await;
         assert_eq!(ended, Ended::Forced);

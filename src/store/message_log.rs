@@ -104,6 +104,9 @@ struct Shared {
     work: Condvar,
     /// The last seq synced.
     synced: AtomicU64,
+    /// The last seq appended (`State::last`, readable without the lock by
+    /// writers, once per batch).
+    appended: AtomicU64,
     failed: AtomicBool,
     /// Wakes writers waiting for a sync, and sessions waiting for room.
     moved: tokio::sync::Notify,
@@ -155,6 +158,7 @@ impl MessageLog {
             }),
             work: Condvar::new(),
             synced: AtomicU64::new(last.seq),
+            appended: AtomicU64::new(last.seq),
             failed: AtomicBool::new(false),
             moved: tokio::sync::Notify::new(),
             limits,
@@ -230,6 +234,7 @@ impl MessageLog {
         let body = body(entry);
         state.unsynced = state.unsynced.saturating_add(body.len());
         state.last = entry;
+        shared.appended.store(entry.seq, Ordering::Release);
         let first = state.pending.is_empty();
         state.pending.push((entry, body));
         drop(state);
@@ -247,7 +252,7 @@ impl MessageLog {
 
     /// The last seq appended.
     pub fn appended(&self) -> u64 {
-        self.shared.lock().last.seq
+        self.shared.appended.load(Ordering::Acquire)
     }
 
     /// The last seq synced.

@@ -63,6 +63,7 @@ pub(super) async fn run(shared: &Shared, upgraded: Upgraded, peer: SocketAddr, c
         gzip_level: None,
         write_timeout: shared.config.limits.write_timeout(),
         packets_out: shared.session_ctx.metrics.packets_out.clone(),
+        hold: Some(shared.session_ctx.store.messages().clone()),
     };
     conn::run_session(shared, input, transport, move |rx, closer| {
         write(sink, rx, closer, hard_stop, cfg)
@@ -173,9 +174,13 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     let mut batch: Vec<Message> = Vec::new();
     let ended = loop {
         batch.clear();
-        let taken = next_batch(&mut rx, &closer, &hard_stop, |bytes, _| {
-            split_lines(bytes, &mut batch)
-        });
+        let taken = next_batch(
+            &mut rx,
+            &closer,
+            &hard_stop,
+            cfg.hold.as_ref(),
+            |bytes, _| split_lines(bytes, &mut batch),
+        );
         let Batch { packets, close } = match taken.await {
             Ok(b) => b,
             Err(ended) => break ended,
