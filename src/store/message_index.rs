@@ -65,8 +65,8 @@ impl Db {
     pub fn index_messages(&mut self, records: &[SyncedRecord], end: Position) -> Result<(), Error> {
         let origin = self.origin.messages();
         let key = origin.key();
-        self.sync_commits(false)?;
-        let written = self.write(|tx, _| {
+        self.unsynced(|db| {
+            db.write(|tx, _| {
             let mut index = IndexQueue::default();
             let mut clock = log::read_clock(tx)?;
             let held = log::seen_seq(tx, &origin.node, &origin.incarnation)?;
@@ -113,10 +113,8 @@ impl Db {
                 format!("{}:{}", end.segment, end.offset)
             ])?;
             Ok(())
-        });
-        // Every other commit syncs as it ends.
-        let restored = self.sync_commits(true);
-        written.and(restored)
+        })
+        })
     }
 
     /// The log position after the last record indexed, if any was.

@@ -234,6 +234,17 @@ impl Db {
         Ok(())
     }
 
+    /// Runs `f` with its commits written and not synced (`synchronous =
+    /// NORMAL`), for writes that something else makes durable (a peer's
+    /// events, sent again if lost; the message log's index, whose log is
+    /// synced); every other commit syncs as it ends again afterwards.
+    fn unsynced<T>(&mut self, f: impl FnOnce(&mut Db) -> Result<T, Error>) -> Result<T, Error> {
+        self.sync_commits(false)?;
+        let out = f(self);
+        self.sync_commits(true)?;
+        out
+    }
+
     /// The store thread's group commit: sessions' changes made just now,
     /// appended in one transaction, each with its own outcome (one change
     /// failing fails only its own request). Public for `tenthbit

@@ -191,10 +191,7 @@ impl Db {
         // Events from peers need no sync of their own: lost to a power cut,
         // they are sent again (the version vector rolls back with them), and
         // the next local commit, synced, carries them to disk in WAL order.
-        self.sync_commits(false)?;
-        let out = self.receive_batch(batch);
-        self.sync_commits(true)?;
-        out
+        self.unsynced(|db| db.receive_batch(batch))
     }
 
     fn receive_batch(&mut self, batch: Vec<Incoming>) -> Result<Vec<Received>, Error> {
