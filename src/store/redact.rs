@@ -203,23 +203,13 @@ mod tests {
         for order in [[0, 1, 2, 3], [0, 3, 1, 2], [3, 2, 1, 0]] {
             let dir = tempfile::tempdir().unwrap();
             let db = Db::open(dir.path(), "n1").unwrap();
-            let tx = db.conn.unchecked_transaction().unwrap();
-            for i in order {
-                let (node, seq, hlc, change) = &events[i];
-                let event = log::Event {
-                    node: (*node).into(),
-                    incarnation: "inc".into(),
-                    seq: *seq,
-                    hlc: *hlc << 16,
-                    change: change.clone(),
-                };
-                let rowid = log::insert(&tx, &event).unwrap();
-                let mut index = crate::store::search::IndexQueue::default();
-                let origin = format!("{node}/inc");
-                log::apply(&tx, &mut index, rowid, &origin, *hlc << 16, change).unwrap();
-                index.flush(&tx).unwrap();
-            }
-            tx.commit().unwrap();
+            replay(
+                &db,
+                order.iter().map(|&i| {
+                    let (node, seq, hlc, change) = &events[i];
+                    (*node, *seq, *hlc, change)
+                }),
+            );
             let mut stmt = db
                 .conn
                 .prepare("SELECT field FROM registers WHERE entity = ?1 ORDER BY field")
@@ -234,6 +224,28 @@ mod tests {
             assert!(gone.deleted && gone.meta.is_empty(), "{order:?}");
             assert!(db.markers(id).unwrap().is_empty(), "{order:?}");
         }
+    }
+
+    /// Records and applies `(node, seq, clock in ms, change)` events of
+    /// incarnation `inc`, in the order given, in one transaction: what a
+    /// peer's log delivers.
+    fn replay<'a>(db: &Db, events: impl Iterator<Item = (&'a str, u64, u64, &'a Change)>) {
+        let tx = db.conn.unchecked_transaction().unwrap();
+        for (node, seq, hlc, change) in events {
+            let event = log::Event {
+                node: node.into(),
+                incarnation: "inc".into(),
+                seq,
+                hlc: hlc << 16,
+                change: change.clone(),
+            };
+            let rowid = log::insert(&tx, &event).unwrap();
+            let mut index = crate::store::search::IndexQueue::default();
+            let origin = format!("{node}/inc");
+            log::apply(&tx, &mut index, rowid, &origin, hlc << 16, change).unwrap();
+            index.flush(&tx).unwrap();
+        }
+        tx.commit().unwrap();
     }
 
     #[test]
@@ -253,22 +265,13 @@ mod tests {
         for order in [[0, 1, 2], [2, 0, 1]] {
             let dir = tempfile::tempdir().unwrap();
             let db = Db::open(dir.path(), "n1").unwrap();
-            let tx = db.conn.unchecked_transaction().unwrap();
-            for i in order {
-                let (seq, hlc, change) = &events[i];
-                let event = log::Event {
-                    node: "peer".into(),
-                    incarnation: "inc".into(),
-                    seq: *seq,
-                    hlc: *hlc << 16,
-                    change: change.clone(),
-                };
-                let rowid = log::insert(&tx, &event).unwrap();
-                let mut index = crate::store::search::IndexQueue::default();
-                log::apply(&tx, &mut index, rowid, "peer/inc", *hlc << 16, change).unwrap();
-                index.flush(&tx).unwrap();
-            }
-            tx.commit().unwrap();
+            replay(
+                &db,
+                order.iter().map(|&i| {
+                    let (seq, hlc, change) = &events[i];
+                    ("peer", *seq, *hlc, change)
+                }),
+            );
             let text = all_text(&db);
             assert!(!text.contains("CAROL-HASH"), "{order:?}:\n{text}");
             assert!(!text.contains("CAROL-KEY"), "{order:?}:\n{text}");
