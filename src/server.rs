@@ -275,7 +275,11 @@ pub async fn start_with_mesh(
     let passwords = Passwords::new(config.auth.cost(), config.auth.concurrent_hashes())?;
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
-    let store = Store::open_observed(&data_dir, &config.server.node, move |took| {
+    let limits = crate::store::message_log::Limits {
+        unsynced_bytes: config.history.unsynced_bytes,
+        ..Default::default()
+    };
+    let store = Store::open_observed(&data_dir, &config.server.node, limits, move |took| {
         observer.commit(took)
     })?;
     let topics = store.call(|db| db.all_topics()).await?;

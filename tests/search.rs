@@ -18,10 +18,14 @@ async fn create(c: &mut Client, name: &str) -> String {
 async fn say(c: &mut Client, topic: &str, body: &str) -> (String, i64) {
     let ack = request(c, on("send", topic).with("body", body)).await;
     assert_eq!(ack.op, "ack", "{ack:?}");
-    (
-        ack.ex_str("id").unwrap().to_owned(),
-        ack.ex["ts"].as_i64().unwrap(),
-    )
+    let ts = ack.ex["ts"].as_i64().unwrap();
+    // The filters are by millisecond, and a message is kept in well under
+    // one: the next is sent in a later millisecond, so that `before` and
+    // `after` a message's `ts` part the messages as sent.
+    while tenthbit::proto::id::now_ms() <= ts {
+        tokio::task::yield_now().await;
+    }
+    (ack.ex_str("id").unwrap().to_owned(), ts)
 }
 
 async fn search(c: &mut Client, p: Packet) -> (Vec<String>, Option<String>, Packet) {

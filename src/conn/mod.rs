@@ -393,10 +393,10 @@ pub(crate) async fn read_loop<I: Input>(
 ) -> String {
     let mut session = Session::new(&shared.session_ctx, out.clone(), conn_id, peer_ip);
     let stop = serve_session(shared, frames, out, &mut session).await;
-    // Messages already committed are relayed whatever ended the session:
-    // others must see what the store kept. Their acks and the replies
-    // queued behind them go before the `bye`, the connection's last word.
-    session.finish().await;
+    // Messages already kept are relayed whatever ended the session: others
+    // must see what the log holds. Their acks go before the `bye`, the
+    // connection's last word.
+    session.finish();
     if let Some((code, message)) = stop.bye {
         bye(shared, out, code, message);
     }
@@ -491,12 +491,6 @@ async fn serve_session<I: Input>(
                         if !pinged && now >= ping_at {
                             pinged = true;
                             let _ = out.push(&reply::ping());
-                        }
-                        continue;
-                    }
-                    outcome = session.complete_next(), if session.has_inflight() => {
-                        if let Outcome::Close(reason) = outcome {
-                            return Stop::quiet(reason.as_str());
                         }
                         continue;
                     }

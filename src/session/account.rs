@@ -93,8 +93,7 @@ impl Session<'_> {
         if let Outcome::Close(r) = self.reply(export) {
             return Ok(Outcome::Close(r));
         }
-        // Behind what is still committing, like the export: the session's
-        // `finish` answers those first.
+        // After the export, like every reply: after the burst's acks.
         let _ = self.reply(reply::bye(
             ErrorCode::AccountDeleted,
             "the account was deleted",

@@ -4,8 +4,12 @@
 //! The relayed packet is serialized once; the sender's `ack` (for a `send`
 //! with an `id`: one without is fire-and-forget) carries the
 //! server-assigned `id` and `ts` it was relayed with. Where the topic keeps
-//! history, the message is committed (group commit) before anyone sees it
-//! and before the `ack`; where it does not, it never touches the store.
+//! history, the message is appended to the node's message log
+//! ([`crate::store::message_log`]) as it is relayed, and stamped with the
+//! log's clock; connection writers hold every relay and `ack` until the log
+//! has synced it ([`crate::conn::writer`]), so nobody sees a kept message
+//! before it is on disk. Where the topic keeps no history, the message
+//! never touches the store.
 
 use std::sync::Arc;
 
@@ -13,7 +17,6 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::kept::{InFlight, Run};
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
 use crate::change::{Change, ExJson, Message};
 use crate::proto::id::{UuidText, uuid_at, uuids_at};
@@ -21,9 +24,10 @@ use crate::proto::packet::{ExText, KeptSend, encode_line, relay_len, write_relay
 use crate::proto::reply::write_send_ack;
 use crate::proto::request::Bound;
 use crate::proto::{ErrorCode, Packet};
-use crate::router::acl::{Actor, Flag, OwnedActor};
+use crate::router::acl::{Actor, Flag};
 use crate::router::frame_pool;
-use crate::store::{self, Event, TopicRecord};
+use crate::store::message_log::AppendError;
+use crate::store::{self, TopicRecord};
 
 /// Relay bytes a burst gathers at most before it is delivered.
 const BURST_BYTES: usize = 64 * 1024;
@@ -107,19 +111,6 @@ const BURST_ROOM: (usize, usize) = (320, 160);
 /// when that is much: a frame may wait in a slow reader's queue, and should
 /// not hold a burst's room for one message. Otherwise the buffer goes back
 /// to the pool when the last writer is done with it.
-/// What a run of `me`'s kept messages to `t` is committed on: that `me`
-/// may still send to it when the run's turn comes in the store, after a
-/// leave, ban or delete queued before it.
-fn still_may_send(ctx: &super::Context, me: &LoggedIn, t: &TopicRecord) -> store::Guard {
-    let (topics, id) = (ctx.topics.clone(), t.id);
-    let who = OwnedActor::from(me.actor(ctx));
-    Box::new(move || {
-        topics
-            .get(id)
-            .is_some_and(|t| may_send(&t, who.actor()).is_ok())
-    })
-}
-
 /// Whether `who` may send to `t`: a member, with the write flag.
 fn may_send(t: &TopicRecord, who: Actor<'_>) -> Result<(), Denied> {
     if !t.members.contains(&who.account) {
@@ -145,9 +136,34 @@ fn trimmed(mut lines: Vec<u8>) -> Bytes {
     frame_pool::frame(lines)
 }
 
+/// A kept message's `ex` as stored: as sent when it could be relayed so
+/// (numbers keep every digit), else rebuilt from the map without `ex.for`,
+/// which is the server's (a relayed packet must not look like a reply to
+/// one of the recipients' requests).
+fn stored_ex(ex: &Map<String, Value>, raw_ex: Option<ExText<'_>>) -> Result<ExJson, Denied> {
+    match raw_ex {
+        Some(raw) => std::str::from_utf8(raw.get())
+            .map_err(|_| ())
+            .and_then(|text| ExJson::from_text(text.to_owned()).map_err(|_| ())),
+        None => {
+            let mut ex = ex.clone();
+            ex.remove("for");
+            ExJson::from_map(&ex).map_err(|_| ())
+        }
+    }
+    .map_err(|()| {
+        Denied::new(
+            ErrorCode::ServerInternal,
+            "the message could not be encoded",
+        )
+    })
+}
+
 impl Session<'_> {
-    /// A message, when it may have to wait: kept (its commit is queued), or
-    /// behind kept messages still committing.
+    /// A message that could not be handled at once: kept, when the message
+    /// log was full. What the burst holds goes out, this client is not read
+    /// until the log has room, and then the message is checked and appended
+    /// anew.
     pub(super) async fn handle_send(
         &mut self,
         id: Option<&str>,
@@ -156,123 +172,91 @@ impl Session<'_> {
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Outcome, Denied> {
-        let last = self.sendable(me, topic.as_bytes())?;
-        let (t, text, kept, version) = (last.record.clone(), last.text, last.kept, last.version);
-        self.last_topic = Some(last);
-        if !kept {
-            // Relays keep request order: kept messages ahead go first.
-            if let Outcome::Close(r) = self.drain().await {
+        loop {
+            let last = self.sendable(me, topic.as_bytes())?;
+            let (t, text, kept, version) =
+                (last.record.clone(), last.text, last.kept, last.version);
+            self.last_topic = Some(last);
+            if !kept {
+                return self.send_now(id, me, (&t, version), &text, ex, raw_ex);
+            }
+            if let Some(outcome) = self.keep_now(id, me, (&t, version), &text, ex, raw_ex)? {
+                return Ok(outcome);
+            }
+            if let Outcome::Close(r) = self.flush_burst() {
                 return Ok(Outcome::Close(r));
             }
-            return self.send_now(id, me, (&t, version), &text, ex, raw_ex);
+            self.ctx.store.messages().room().await;
         }
-        let (change, message_id) = self.kept_change(me, &t, ex, raw_ex)?;
-        // The pipeline is full, or the store's queue has no room for a run
-        // that takes no more: the oldest entries complete first (waiting for
-        // room if need be), and this client is not read meanwhile. Boxed:
-        // only kept messages pay for the wait.
-        while self.pipeline.must_wait() {
-            if let Outcome::Close(r) = Box::pin(self.complete_next()).await {
-                return Ok(Outcome::Close(r));
-            }
-        }
-        Ok(self.keep(me, &t, change, message_id, id))
     }
 
-    /// Puts a kept message in the pipeline, where the next kept sends of
-    /// the burst to the same topic join it: they go to the store as one
-    /// entry. Relay and ack follow the commit, in request order.
-    fn keep(
-        &mut self,
-        me: &LoggedIn,
-        t: &Arc<TopicRecord>,
-        change: Change,
-        message_id: uuid::Uuid,
-        id: Option<&str>,
-    ) -> Outcome {
-        // Relays keep request order: what the burst holds goes first. The
-        // burst of input goes on, and so does its clock reading.
-        if let Outcome::Close(r) = self.deliver_burst() {
-            return Outcome::Close(r);
-        }
-        let ctx = self.ctx;
-        self.pipeline
-            .push_kept(t, &me.name_json, change, message_id, id, || {
-                still_may_send(ctx, me, t)
-            });
-        // A run that can take no more goes to the store now, while the next
-        // gathers.
-        self.pipeline.queue_sealed(&self.ctx.store);
-        Outcome::Continue
-    }
-
-    /// A kept message put in the pipeline without waiting, as most are.
-    /// `None` when the pipeline is full or a run in it waits for room in
-    /// the store's queue: [`Session::handle_send`] then waits for its
-    /// oldest entries (and so stops reading this client).
+    /// A kept message: appended to the message log, then relayed and
+    /// acknowledged by way of the burst as [`Session::send_now`] does, with
+    /// the log's clock as its `ts`. The writers hold both until the log has
+    /// synced it. `None` when the log is full until its next sync.
     fn keep_now(
         &mut self,
         id: Option<&str>,
         me: &LoggedIn,
-        t: &Arc<TopicRecord>,
+        (t, version): (&Arc<TopicRecord>, u64),
+        topic_text: &UuidText,
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Option<Outcome>, Denied> {
-        if self.pipeline.must_wait() {
-            return Ok(None);
-        }
-        let (change, message_id) = self.kept_change(me, t, ex, raw_ex)?;
-        Ok(Some(self.keep(me, t, change, message_id, id)))
-    }
-
-    /// The change that keeps a message to `t`, and the message's id.
-    fn kept_change(
-        &mut self,
-        me: &LoggedIn,
-        t: &TopicRecord,
-        ex: &Map<String, Value>,
-        raw_ex: Option<ExText<'_>>,
-    ) -> Result<(Change, uuid::Uuid), Denied> {
-        // A kept message is stored with its `ex` as text: as sent when it
-        // could be relayed so (numbers keep every digit), else rebuilt from
-        // the map without `ex.for`, which is the server's (a relayed packet
-        // must not look like a reply to one of the recipients' requests).
-        let stored = match raw_ex {
-            Some(raw) => std::str::from_utf8(raw.get())
-                .map_err(|_| ())
-                .and_then(|text| ExJson::from_text(text.to_owned()).map_err(|_| ())),
-            None => {
-                let mut ex = ex.clone();
-                ex.remove("for");
-                ExJson::from_map(&ex).map_err(|_| ())
-            }
-        }
-        .map_err(|()| {
-            Denied::new(
-                ErrorCode::ServerInternal,
-                "the message could not be encoded",
-            )
-        })?;
-        // Stamped again at its commit; `ts` here sizes the line, and the
-        // burst's clock reading mints the id.
+        let stored = stored_ex(ex, raw_ex)?;
+        // The burst's clock reading mints the ids; the log's stamps `ts`.
         let now = self.clock.unix_ms();
-        let message_id = uuid_at(now);
         let line = relay_len(now, &me.name_json, stored.get().as_bytes());
         self.check_kept_size(line.saturating_sub(1))?;
+        let (message_id, ack) = match id {
+            Some(for_id) => {
+                let [message, ack] = uuids_at(now).map(UuidText::new);
+                (message, Some((for_id, ack)))
+            }
+            None => (UuidText::new(uuid_at(now)), None),
+        };
         let message = Message {
             topic: t.id,
-            id: message_id.to_string(),
+            id: message_id.as_str().to_owned(),
             ts: 0,
             sender: me.id,
             ex: stored,
         };
-        Ok((Change::message(message), message_id))
+        let change = Change::message(message);
+        let body = store::log::encode(&change).map_err(Denied::from)?;
+        let entry = match self.ctx.store.messages().append(|_| body.into_bytes()) {
+            Ok(entry) => entry,
+            Err(AppendError::Full) => return Ok(None),
+            Err(e @ (AppendError::Closed | AppendError::Failed)) => {
+                tracing::error!(error = %e, "a kept message was refused");
+                return Err(Denied::new(
+                    ErrorCode::ServerInternal,
+                    "the server could not keep the message",
+                ));
+            }
+        };
+        self.kept_seq = entry.seq;
+        self.ctx.metrics.kept();
+        let ex = change.message.as_ref().map_or("", |m| m.ex.get());
+        let opened = self.open_burst(t);
+        let ts = i64::try_from(entry.hlc >> 16).unwrap_or_default();
+        write_relay(
+            &mut self.burst.relays,
+            &message_id,
+            ts,
+            topic_text,
+            &me.name_json,
+            ex.as_bytes(),
+        );
+        if let Some((for_id, ack_id)) = ack {
+            self.burst.ack(for_id, now, &ack_id, &message_id, ts);
+        }
+        Ok(Some(self.close_message(t, version, opened)))
     }
 
     /// A message handled without waiting, which is most of them: one not
-    /// kept, with no kept message still committing, or a kept one whose
-    /// commit can be queued at once. `None` leaves it to
-    /// [`Session::handle_send`].
+    /// kept, or a kept one the message log has room for. `None` leaves it
+    /// to [`Session::handle_send`].
     pub(super) fn try_send_now(
         &mut self,
         id: Option<&str>,
@@ -286,10 +270,14 @@ impl Session<'_> {
         let me = self.account.take()?;
         let sent = self.sendable(&me, topic).and_then(|last| {
             let sent = match last.kept {
-                true => self.keep_now(id, &me, &last.record, ex, raw_ex),
-                // Behind kept messages still committing: relays keep
-                // request order, so it waits for them.
-                false if self.has_inflight() => Ok(None),
+                true => self.keep_now(
+                    id,
+                    &me,
+                    (&last.record, last.version),
+                    &last.text,
+                    ex,
+                    raw_ex,
+                ),
                 false => self
                     .send_now(
                         id,
@@ -349,18 +337,7 @@ impl Session<'_> {
         may_send(t, self.actor(me))
     }
 
-    /// Why a run was withdrawn by [`Session::still_may_send`]'s guard, as the
-    /// topic table says now.
-    fn withdrawn(&self, me: &LoggedIn, topic: uuid::Uuid) -> Denied {
-        match self.ctx.topics.get(topic) {
-            None => super::topic::not_found(),
-            Some(t) => may_send(&t, self.actor(me))
-                .err()
-                .unwrap_or_else(|| Denied::new(ErrorCode::AclDenied, "the topic changed")),
-        }
-    }
-
-    /// A message not kept, with nothing in flight: relayed with its `ex` as
+    /// A message not kept: relayed with its `ex` as
     /// the sender wrote it (`raw_ex`; else `ex`, without `for`) and
     /// acknowledged, both by way of the burst. `t` is as the topic table
     /// held it at `version`.
@@ -548,153 +525,11 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Whether kept messages are waiting for their commit.
-    pub fn has_inflight(&self) -> bool {
-        !self.pipeline.is_empty()
-    }
-
-    /// Completes the oldest in-flight entry, waiting for its commit if need
-    /// be, then every following one that needs no wait: a group commit's
-    /// messages are relayed as one burst. Runs not yet queued are queued
-    /// first, as far as the store has room (the oldest waits for room if it
-    /// has none). A kept message is relayed and acknowledged by way of the
-    /// burst; a ready reply goes out at once. Cancel-safe: nothing is taken
-    /// out until its commit is in.
-    pub async fn complete_next(&mut self) -> Outcome {
-        let ctx = self.ctx;
-        self.pipeline.queue(&ctx.store);
-        let mut took_one = false;
-        loop {
-            // `Some(None)`: a ready reply; `Some(Some(_))`: a run's outcomes;
-            // `None`: a run still committing.
-            let done = match self.pipeline.front_mut() {
-                None => return Outcome::Continue,
-                Some(InFlight::Ready(_)) => Some(None),
-                Some(InFlight::Kept(run)) => run.try_committed().map(Some),
-            };
-            let results = match done {
-                Some(results) => results,
-                None if took_one => return Outcome::Continue,
-                None => {
-                    // About to wait: what the burst holds goes first.
-                    if let Outcome::Close(r) = self.flush_burst() {
-                        return Outcome::Close(r);
-                    }
-                    self.pipeline.front_committed(&ctx.store).await
-                }
-            };
-            took_one = true;
-            let outcome = match (self.pipeline.pop_front(), results) {
-                (Some(InFlight::Ready(p)), _) => self.push_now(p),
-                (Some(InFlight::Kept(run)), Some(results)) => self.committed_run(run, results),
-                _ => Outcome::Continue,
-            };
-            if let Outcome::Close(r) = outcome {
-                return Outcome::Close(r);
-            }
-        }
-    }
-
-    /// At the end of a session: every queued message is committed and then
-    /// relayed to the other members, and every queued reply (acks, errors,
-    /// a final `bye`) is still offered to this client, in order, even when
-    /// it can no longer take them.
-    pub async fn finish(&mut self) {
-        let ctx = self.ctx;
-        while let Some(entry) = self.pipeline.pop_front() {
-            // Sendq overflows are ignored: everything is still offered.
-            let _ = match entry {
-                InFlight::Ready(line) => self.push_now(line),
-                InFlight::Kept(mut run) => {
-                    run.queue(&ctx.store).await;
-                    let results = run.committed().await;
-                    self.clock = super::BurstClock::default();
-                    self.committed_run(run, results)
-                }
-            };
-        }
+    /// At the end of a session: what the burst holds goes out (relays to
+    /// the other members, acks to this client), even when this client can
+    /// no longer take them.
+    pub fn finish(&mut self) {
         let _ = self.flush_burst();
-    }
-
-    /// A run's commit is in: each message is relayed and acknowledged (or
-    /// its error replied) in order. Every relay goes out even when this
-    /// client's own queue is full: the first such `Close` is returned after.
-    fn committed_run(
-        &mut self,
-        run: Run,
-        results: Vec<Result<Event, crate::store::Error>>,
-    ) -> Outcome {
-        let mut results = results.into_iter();
-        let mut outcome = Outcome::Continue;
-        // Relayed to the members as the table says now, not as when the
-        // messages were read: one who left or was put out since, by a job
-        // the store ran before the commit or after it, gets no more of the
-        // topic; none get a message of a topic deleted meanwhile.
-        let version = self.ctx.topics.version();
-        let topic = self.current(&run.topic);
-        for (message_id, request_id) in run.sent {
-            let result = results.next().unwrap_or(Err(crate::store::Error::Closed));
-            let done = self.committed(
-                message_id,
-                &run.from_json,
-                (&topic, version),
-                request_id.as_deref(),
-                result,
-            );
-            if let (Outcome::Continue | Outcome::Silent, Outcome::Close(r)) = (&outcome, done) {
-                outcome = Outcome::Close(r);
-            }
-        }
-        outcome
-    }
-
-    /// A kept message's commit is in: its relay, stamped with the commit's
-    /// clock (so paging history by time agrees with what was seen), and the
-    /// sender's ack join the burst; or the error is replied if it was not
-    /// stored.
-    fn committed(
-        &mut self,
-        message_id: uuid::Uuid,
-        from_json: &str,
-        (topic, version): (&Arc<TopicRecord>, u64),
-        request_id: Option<&str>,
-        result: Result<Event, crate::store::Error>,
-    ) -> Outcome {
-        let event = match result {
-            Ok(event) => event,
-            Err(crate::store::Error::Withdrawn) => {
-                let why = match self.account.clone() {
-                    Some(me) => self.withdrawn(&me, topic.id),
-                    None => Denied::new(ErrorCode::TopicNotMember, "not logged in"),
-                };
-                return self.push_now(why.into_packet(request_id).to_line());
-            }
-            Err(e) => return self.push_now(Denied::from(e).into_packet(request_id).to_line()),
-        };
-        let Some(message) = event.change.message else {
-            return self.push_now(
-                Denied::new(ErrorCode::ServerInternal, "the message was not stored")
-                    .into_packet(request_id)
-                    .to_line(),
-            );
-        };
-        self.ctx.metrics.kept();
-        let opened = self.open_burst(topic);
-        let ts = i64::try_from(event.hlc >> 16).unwrap_or_default();
-        let (message_id, now) = (UuidText::new(message_id), self.clock.unix_ms());
-        write_relay(
-            &mut self.burst.relays,
-            &message_id,
-            ts,
-            &UuidText::new(topic.id),
-            from_json,
-            message.ex.get().as_bytes(),
-        );
-        if let Some(for_id) = request_id {
-            let ack_id = UuidText::new(uuid_at(now));
-            self.burst.ack(for_id, now, &ack_id, &message_id, ts);
-        }
-        self.close_message(topic, version, opened)
     }
 
     /// `t` as the topic table holds it now; without members if it was
@@ -707,22 +542,24 @@ impl Session<'_> {
         })
     }
 
-    /// Completes every in-flight message, in order.
+    /// Waits until the message log has synced this session's kept
+    /// messages, and so queued them for their index: a request after them
+    /// (a `history` page, a `leave`) is handled after they are kept. What
+    /// the burst holds goes out first. One atomic read when nothing waits.
     pub async fn drain(&mut self) -> Outcome {
-        if !self.has_inflight() {
+        if self.ctx.store.messages().synced() >= self.kept_seq {
             return Outcome::Continue;
         }
-        // Boxed: waiting for a commit is a large state that the common case
-        // (nothing in flight) should not carry in every packet's future.
+        // Boxed: the common case (nothing waiting) should not carry the
+        // wait's state in every packet's future.
         Box::pin(async {
-            while self.has_inflight() {
-                if let Outcome::Close(r) = self.complete_next().await {
-                    return Outcome::Close(r);
-                }
+            if let Outcome::Close(r) = self.flush_burst() {
+                return Outcome::Close(r);
             }
-            // What the commits relayed goes out before the request that
-            // waited for them acts (a `leave` must not overtake them).
-            self.flush_burst()
+            // A failed log ends this connection in its writer, which holds
+            // every reply from now on.
+            let _ = self.ctx.store.messages().wait_synced(self.kept_seq).await;
+            Outcome::Continue
         })
         .await
     }
@@ -841,16 +678,23 @@ struct HistoryEx<'a> {
 mod tests {
     use futures_util::FutureExt;
 
-    use super::super::kept::{MAX_INFLIGHT, MAX_RUN};
     use super::super::{Context, Outcome, Session, testing};
     use super::*;
 
     /// A session context over a new store, one account and a topic it
     /// created (which keeps history).
     async fn context() -> (tempfile::TempDir, Context, uuid::Uuid, uuid::Uuid) {
+        context_with_unsynced(crate::config::HistoryConfig::default().unsynced_bytes).await
+    }
+
+    /// [`context`], with the message log's bound on unsynced bytes.
+    async fn context_with_unsynced(
+        unsynced_bytes: usize,
+    ) -> (tempfile::TempDir, Context, uuid::Uuid, uuid::Uuid) {
         let (dir, ctx) = testing::context_with(|config| {
             config.limits.packets_per_second = 1_000_000;
             config.limits.packet_burst = 1_000_000;
+            config.history.unsynced_bytes = unsynced_bytes;
         });
         let me = uuid::Uuid::now_v7();
         let topic = super::super::topic::create_cached(
@@ -889,149 +733,130 @@ mod tests {
         testing::session(ctx, me, "dan", 1)
     }
 
+    /// The `message` of each message `topic`'s history holds, oldest first.
+    async fn history_texts(ctx: &Context, topic: uuid::Uuid) -> Vec<String> {
+        let page = ctx
+            .store
+            .read(move |db| db.history(topic, None, None, 100))
+            .await
+            .unwrap();
+        page.messages
+            .iter()
+            .map(|m| {
+                let ex: Map<String, Value> = serde_json::from_str(m.ex.get()).unwrap();
+                ex.get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+
     fn send(topic: &str, n: usize) -> Vec<u8> {
         format!(r#"{{"op":"send","topic":"{topic}","ex":{{"message":"m{n}"}}}}"#).into_bytes()
     }
 
-    /// A run that can take no more and finds the store's queue full stops
-    /// the session reading (its next send waits) until there is room.
+    /// A kept message the message log has no room for (its unsynced bytes
+    /// are at their bound) stops the session reading until the log syncs;
+    /// then it is kept, after the one before it.
     #[tokio::test]
-    async fn a_run_without_room_stops_the_session_reading() {
-        let (_dir, ctx, me, topic) = context().await;
-        let topic = topic.to_string();
+    async fn a_full_message_log_stops_the_session_reading() {
+        let (_dir, ctx, me, topic) = context_with_unsynced(1).await;
         let (mut s, _rx) = session(&ctx, me);
-        // All but 8 KiB of the store's queue is held: less than a full run.
-        let ex = ExJson::from_map(&Map::from_iter([(
-            "b".to_owned(),
-            Value::from("x".repeat(store::QUEUED_BYTES - 8 * 1024)),
-        )]))
-        .unwrap();
-        let hold = vec![Change::message(Message {
-            topic: uuid::Uuid::nil(),
-            id: "held".into(),
-            ts: 0,
-            sender: me,
-            ex,
-        })];
-        let held = ctx.store.try_reserve(&hold).unwrap().expect("room to hold");
-        for n in 0..MAX_RUN {
-            let line = send(&topic, n);
-            assert_eq!(s.handle_line(&line).now_or_never(), Some(Outcome::Continue));
-        }
-        let line = send(&topic, MAX_RUN);
-        let mut next = Box::pin(s.handle_line(&line));
-        assert!((&mut next).now_or_never().is_none(), "read on without room");
-        drop(held);
-        assert_eq!(next.await, Outcome::Continue);
-        assert_eq!(s.drain().await, Outcome::Continue);
-        let id = uuid::Uuid::parse_str(&topic).unwrap();
-        let page = ctx
-            .store
-            .call(move |db| db.history(id, None, None, 100))
-            .await
-            .unwrap();
-        assert_eq!(page.messages.len(), MAX_RUN + 1);
-        ctx.store.close().await;
-    }
-
-    /// Replies queued behind kept messages still committing count toward
-    /// the pipeline's bound: past it, the session is not read.
-    #[tokio::test]
-    async fn replies_behind_commits_count_toward_the_bound() {
-        let (_dir, ctx, me, topic) = context().await;
-        let topic = topic.to_string();
-        let (mut s, _rx) = session(&ctx, me);
-        let (release, writer) = store::hold_store_thread(&ctx.store).await;
-        for n in 0..MAX_INFLIGHT - 1 {
-            let line = send(&topic, n);
-            assert_eq!(s.handle_line(&line).now_or_never(), Some(Outcome::Continue));
-        }
-        // Refused (no such topic): its error waits behind the commits.
-        let refused = send("no-such-topic", 0);
+        let (release, writer) = store::hold_message_log(&ctx.store).await;
+        let first = send(&topic.to_string(), 0);
         assert_eq!(
-            s.handle_line(&refused).now_or_never(),
+            s.handle_line(&first).now_or_never(),
             Some(Outcome::Continue)
         );
-        assert_eq!(s.pipeline.len(), MAX_INFLIGHT);
-        let mut next = Box::pin(s.handle_line(&refused));
-        assert!(
-            (&mut next).now_or_never().is_none(),
-            "read on past the bound"
-        );
+        let second = send(&topic.to_string(), 1);
+        let mut next = Box::pin(s.handle_line(&second));
+        assert!((&mut next).now_or_never().is_none(), "read on while full");
         release.send(()).unwrap();
         assert_eq!(next.await, Outcome::Continue);
         writer.await.unwrap().unwrap();
-        assert!(s.pipeline.len() <= MAX_INFLIGHT);
         assert_eq!(s.drain().await, Outcome::Continue);
+        let texts = history_texts(&ctx, topic).await;
+        assert_eq!(texts, ["m0", "m1"]);
         ctx.store.close().await;
     }
 
-    /// A run queued behind a job that takes its sender out of the topic
-    /// (a leave, a ban) is not kept: the store's guard withdraws it, and
-    /// the sender is told why.
+    /// A request after kept messages (a `history` page here) waits until
+    /// the log has synced them, and so sees them.
     #[tokio::test]
-    async fn a_run_behind_its_senders_leave_is_not_kept() {
+    async fn a_request_after_kept_messages_waits_for_their_sync() {
         let (_dir, ctx, me, topic) = context().await;
         let (mut s, mut rx) = session(&ctx, me);
-        let (release, writer) = store::hold_store_thread(&ctx.store).await;
-        let line = format!(r#"{{"op":"send","id":"k","topic":"{topic}","ex":{{"m":1}}}}"#);
-        assert_eq!(
-            s.handle_line(line.as_bytes()).now_or_never(),
-            Some(Outcome::Continue)
+        let (release, writer) = store::hold_message_log(&ctx.store).await;
+        let line = send(&topic.to_string(), 0);
+        assert_eq!(s.handle_line(&line).now_or_never(), Some(Outcome::Continue));
+        let page = format!(r#"{{"op":"history","id":"h","topic":"{topic}"}}"#);
+        let mut answer = Box::pin(s.handle_line(page.as_bytes()));
+        assert!(
+            (&mut answer).now_or_never().is_none(),
+            "answered before the message was synced"
         );
-        // The leave is queued first; the run goes to the store after it.
-        let mut leave = Box::pin(testing::set_member(&ctx, topic, me, false));
-        assert!((&mut leave).now_or_never().is_none());
-        let mut drained = Box::pin(s.drain());
-        assert!((&mut drained).now_or_never().is_none());
         release.send(()).unwrap();
+        assert_eq!(answer.await, Outcome::Continue);
         writer.await.unwrap().unwrap();
-        leave.await.unwrap();
-        assert_eq!(drained.await, Outcome::Continue);
         drop(s);
-        let answer = testing::replies(&mut rx);
-        assert!(answer.contains(r#""code":"topic/not-member""#), "{answer}");
-        let page = ctx
-            .store
-            .call(move |db| db.history(topic, None, None, 10))
-            .await
-            .unwrap();
-        assert!(page.messages.is_empty());
+        let replies = testing::replies(&mut rx);
+        let history = replies
+            .lines()
+            .find(|l| l.contains(r#""for":"h""#))
+            .unwrap_or_default();
+        assert!(history.contains(r#""message":"m0""#), "{replies}");
         ctx.store.close().await;
     }
 
-    /// A member who leaves after a run is queued (so after it in the store)
-    /// gets none of its relays, sent once the run is durable: they go to
-    /// the members the table holds then.
+    /// The right to send is checked at the append, against the topic table
+    /// as it is then: a send after its sender's leave is applied is refused
+    /// and not kept, though the one before it was checked at an older
+    /// version of the table.
     #[tokio::test]
-    async fn relays_go_to_the_members_at_commit_not_at_read() {
+    async fn a_kept_send_after_its_senders_leave_is_refused() {
+        let (_dir, ctx, me, topic) = context().await;
+        let (mut s, mut rx) = session(&ctx, me);
+        let line =
+            format!(r#"{{"op":"send","id":"k1","topic":"{topic}","ex":{{"message":"m0"}}}}"#);
+        assert_eq!(s.handle_line(line.as_bytes()).await, Outcome::Continue);
+        testing::set_member(&ctx, topic, me, false).await.unwrap();
+        let line =
+            format!(r#"{{"op":"send","id":"k2","topic":"{topic}","ex":{{"message":"m1"}}}}"#);
+        assert_eq!(s.handle_line(line.as_bytes()).await, Outcome::Continue);
+        assert_eq!(s.drain().await, Outcome::Continue);
+        drop(s);
+        let replies = testing::replies(&mut rx);
+        let refused = replies
+            .lines()
+            .find(|l| l.contains(r#""for":"k2""#))
+            .unwrap_or_default();
+        assert!(
+            refused.contains(r#""code":"topic/not-member""#),
+            "{replies}"
+        );
+        assert_eq!(history_texts(&ctx, topic).await, ["m0"]);
+        ctx.store.close().await;
+    }
+
+    /// A member who leaves before the burst holding a kept message is
+    /// delivered gets none of it: relays go to the members the table holds
+    /// at delivery. The message is kept all the same.
+    #[tokio::test]
+    async fn kept_relays_go_to_the_members_at_delivery() {
         let (_dir, ctx, me, topic) = context().await;
         let bob = uuid::Uuid::now_v7();
         testing::set_member(&ctx, topic, bob, true).await.unwrap();
         let (bob_out, mut bob_rx, _closer) = crate::router::Outbound::channel(1 << 16, 1 << 30);
         ctx.presence.add(bob, 7, bob_out, None);
         let (mut s, _rx) = session(&ctx, me);
-        let (release, writer) = store::hold_store_thread(&ctx.store).await;
-        let line = format!(r#"{{"op":"send","id":"k","topic":"{topic}","ex":{{"m":1}}}}"#);
-        assert_eq!(
-            s.handle_line(line.as_bytes()).now_or_never(),
-            Some(Outcome::Continue)
-        );
-        s.pipeline.queue(&ctx.store);
-        // bob leaves after the run is queued.
-        let mut leave = Box::pin(testing::set_member(&ctx, topic, bob, false));
-        assert!((&mut leave).now_or_never().is_none());
-        release.send(()).unwrap();
-        writer.await.unwrap().unwrap();
-        leave.await.unwrap();
-        assert_eq!(s.drain().await, Outcome::Continue);
+        let line = send(&topic.to_string(), 0);
+        assert_eq!(s.handle_line(&line).now_or_never(), Some(Outcome::Continue));
+        testing::set_member(&ctx, topic, bob, false).await.unwrap();
+        assert_eq!(s.flush_burst(), Outcome::Continue);
         assert_eq!(testing::replies(&mut bob_rx), "");
-        let page = ctx
-            .store
-            .call(move |db| db.history(topic, None, None, 10))
-            .await
-            .unwrap();
-        assert_eq!(page.messages.len(), 1);
+        assert_eq!(s.drain().await, Outcome::Continue);
+        assert_eq!(history_texts(&ctx, topic).await, ["m0"]);
         ctx.store.close().await;
     }
 

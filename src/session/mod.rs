@@ -12,7 +12,6 @@ mod auth;
 mod edit;
 mod federated;
 mod find;
-mod kept;
 mod keys;
 mod marker;
 mod message;
@@ -328,9 +327,9 @@ pub struct Session<'a> {
     rate: RateLimit,
     /// Federated logins this connection may still attempt.
     fed_attempts: RateLimit,
-    /// Kept messages waiting for their commit, and the replies behind
-    /// them, oldest first.
-    pipeline: kept::Pipeline,
+    /// The message log's seq of the last message this session kept:
+    /// requests other than `send` wait until it is synced.
+    kept_seq: u64,
     /// Messages not kept, relayed from the current burst of input.
     burst: message::Burst,
     /// Clock readings for the current burst of input.
@@ -435,7 +434,7 @@ impl<'a> Session<'a> {
             errors_in_row: 0,
             rate: RateLimit::new(ctx.packets_per_second, ctx.packet_burst),
             fed_attempts: RateLimit::per_minute(ctx.fed_attempts_per_minute),
-            pipeline: kept::Pipeline::default(),
+            kept_seq: 0,
             burst: message::Burst::default(),
             clock: BurstClock::default(),
             last_topic: None,
@@ -449,40 +448,22 @@ impl<'a> Session<'a> {
 
     /// Handles one line from the client.
     pub async fn handle_line(&mut self, line: &[u8]) -> Outcome {
-        let outcome = match self.begin(line) {
+        match self.begin(line) {
             Next::Done(outcome) => outcome,
             // Boxed: the handlers' states are large, and the common packet,
-            // a message not kept, never gets here.
+            // a message the log has room for, never gets here.
             Next::Run {
                 id,
                 request,
                 raw_ex,
             } => Box::pin(self.run(id, request, raw_ex)).await,
-        };
-        // Replies queued behind kept messages still committing (refusals,
-        // say) count toward the pipeline's bound too: past it, this client
-        // is not read until the oldest entries are done.
-        if self.pipeline.len() > kept::MAX_INFLIGHT && !matches!(outcome, Outcome::Close(_)) {
-            return Box::pin(self.within_bound(outcome)).await;
         }
-        outcome
-    }
-
-    /// Completes the pipeline's oldest entries until it is within its
-    /// bound; then `outcome`, unless that ended the session.
-    async fn within_bound(&mut self, outcome: Outcome) -> Outcome {
-        while self.pipeline.len() > kept::MAX_INFLIGHT {
-            if let Outcome::Close(r) = self.complete_next().await {
-                return Outcome::Close(r);
-            }
-        }
-        outcome
     }
 
     /// Everything about a line that needs no waiting: decoding, the rate
-    /// limit, the login gate, parsing, and the whole of a message not kept
-    /// when no kept message is still committing. Replies made here queue
-    /// behind the commits in flight, so they keep request order.
+    /// limit, the login gate, parsing, and the whole of a message, unless
+    /// it is kept and the message log is full. Replies made here follow the
+    /// burst's relays and acks, so they keep request order.
     fn begin<'l>(&mut self, line: &'l [u8]) -> Next<'l> {
         // The usual message is read in one pass; anything else, anything
         // unusual and anything wrong goes through the full decoder.
@@ -578,9 +559,9 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// The rest of a request: after the commits in flight (all of them; a
-    /// message's handler waits for as many as the pipeline's bound needs),
-    /// its handler, which may wait for the store.
+    /// The rest of a request: for any but a `send`, after this session's
+    /// kept messages are synced ([`Session::drain`]); then its handler,
+    /// which may wait for the store.
     async fn run(
         &mut self,
         request_id: Option<String>,
@@ -804,8 +785,8 @@ impl<'a> Session<'a> {
         Outcome::Continue
     }
 
-    /// Queues one packet for the client, behind any kept message still
-    /// committing (replies keep request order); a full queue ends the session.
+    /// Queues one packet for the client, after the burst's relays and acks
+    /// (replies keep request order); a full queue ends the session.
     fn reply(&mut self, packet: Packet) -> Outcome {
         self.ctx.metrics.reply(&packet);
         self.reply_line(packet.to_line())
@@ -813,10 +794,6 @@ impl<'a> Session<'a> {
 
     /// [`Session::reply`] for a packet already encoded.
     fn reply_line(&mut self, line: Bytes) -> Outcome {
-        if self.has_inflight() {
-            self.pipeline.push_ready(line);
-            return Outcome::Continue;
-        }
         self.push_now(line)
     }
 

@@ -14,9 +14,13 @@ use crate::store::Store;
 /// the default config; argon2 made cheap.
 pub(super) fn context_with(tweak: impl FnOnce(&mut Config)) -> (tempfile::TempDir, Context) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = Store::open(dir.path(), "n1").expect("store");
     let mut config = Config::default();
     tweak(&mut config);
+    let limits = crate::store::message_log::Limits {
+        unsynced_bytes: config.history.unsynced_bytes,
+        ..Default::default()
+    };
+    let store = Store::open_observed(dir.path(), "n1", limits, |_| {}).expect("store");
     let cheap = Cost {
         memory_kib: 64,
         iterations: 1,

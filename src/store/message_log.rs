@@ -56,6 +56,8 @@ pub struct Synced {
     pub records: Vec<SyncedRecord>,
     /// Where the record after them goes.
     pub end: Position,
+    /// How long writing and syncing them took.
+    pub took: std::time::Duration,
 }
 
 /// One record of a [`Synced`] group.
@@ -171,6 +173,7 @@ impl MessageLog {
             .spawn(move || {
                 while let Some(group) = log.next_group() {
                     let bytes: usize = group.iter().map(|(_, b)| b.len()).sum();
+                    let started = std::time::Instant::now();
                     match write_group(&mut writer, &group) {
                         Ok((positions, end)) => {
                             let last = group.last().map_or(0, |(e, _)| e.seq);
@@ -182,7 +185,8 @@ impl MessageLog {
                             // Handed on before it counts as synced: whatever
                             // a client does once it hears of the message
                             // (an edit of it) is queued behind its index.
-                            on_synced(Synced { records, end });
+                            let took = started.elapsed();
+                            on_synced(Synced { records, end, took });
                             log.synced.fetch_max(last, Ordering::AcqRel);
                             log.release(bytes);
                         }

@@ -981,14 +981,17 @@ pub struct Store {
 impl Store {
     /// Opens the database and starts its threads.
     pub fn open(data_dir: &Path, node: &str) -> Result<Store, Error> {
-        Self::open_observed(data_dir, node, |_| {})
+        Self::open_observed(data_dir, node, message_log::Limits::default(), |_| {})
     }
 
-    /// [`Store::open`], calling `on_commit` with how long each group commit took.
+    /// [`Store::open`] with the message log's `limits`, calling `on_commit`
+    /// with how long each group commit took: the store's, and the message
+    /// log's write and sync of each group.
     pub fn open_observed(
         data_dir: &Path,
         node: &str,
-        on_commit: impl Fn(std::time::Duration) + Send + 'static,
+        limits: message_log::Limits,
+        on_commit: impl Fn(std::time::Duration) + Send + Sync + 'static,
     ) -> Result<Store, Error> {
         let mut db = Db::open(data_dir, node)?;
         // The path SQLite resolved: a symlinked database has its WAL beside
@@ -1021,11 +1024,11 @@ impl Store {
         // indexed before anything else is.
         let log_dir = data_dir.join(MESSAGE_LOG_DIR);
         let index_jobs = jobs.clone();
-        let (messages, log_thread) = message_log::MessageLog::open(
-            &log_dir,
-            message_log::Limits::default(),
-            db.message_floor()?,
-            move |group| {
+        let on_commit = Arc::new(on_commit);
+        let observe = on_commit.clone();
+        let (messages, log_thread) =
+            message_log::MessageLog::open(&log_dir, limits, db.message_floor()?, move |group| {
+                observe(group.took);
                 // A bounded queue: a busy index holds the log back, and the
                 // log its appenders.
                 if index_jobs.blocking_send(Msg::Index(group)).is_err() {
@@ -1033,8 +1036,7 @@ impl Store {
                         "message log: the store closed first; indexed at the next start"
                     );
                 }
-            },
-        )?;
+            })?;
         message_index::catch_up(&mut db, &log_dir, messages.opened_end())?;
         let indexed = Arc::new(message_index::Indexed::new(messages.synced()));
         let indexing = indexed.clone();
@@ -1109,7 +1111,7 @@ impl Store {
                                     other => ControlFlow::Break(other),
                                 }
                             });
-                            commit_batch(&mut db, &syncer, batch, &on_commit);
+                            commit_batch(&mut db, &syncer, batch, &*on_commit);
                             // Mesh links hear of it once it is synced.
                             published = db.commits;
                         }
@@ -1123,7 +1125,7 @@ impl Store {
                                     // ends after this loop.
                                     Msg::Synced(job) => run_synced(&mut db, &syncer, vec![job]),
                                     Msg::Append(a) => {
-                                        commit_batch(&mut db, &syncer, vec![a], &on_commit)
+                                        commit_batch(&mut db, &syncer, vec![a], &*on_commit)
                                     }
                                     Msg::Index(group) => index_group(&mut db, &indexing, group),
                                     Msg::Close(_) | Msg::Tidy => {}
@@ -1381,6 +1383,22 @@ pub(crate) async fn hold_store_thread(
     });
     busy.await.unwrap();
     (release, writer)
+}
+
+/// For tests: holds the store thread ([`hold_store_thread`]) and fills its
+/// queue with jobs that do nothing, so that the message log's thread stops
+/// at its next hand-off to the index: what it has written stays unsynced,
+/// as far as appenders and writers can tell, until the sender says go.
+#[cfg(test)]
+pub(crate) async fn hold_message_log(
+    store: &Store,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    tokio::task::JoinHandle<Result<(), Error>>,
+) {
+    let held = hold_store_thread(store).await;
+    while store.jobs.try_send(Msg::Job(Box::new(|_| {}))).is_ok() {}
+    held
 }
 
 #[cfg(test)]
