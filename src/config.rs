@@ -146,9 +146,10 @@ pub struct HistoryConfig {
     pub max_search_page: usize,
     /// Most index matches one `search` page examines (bounds its time).
     pub search_scan: usize,
-    /// Bytes of kept messages appended to the message log and not yet
-    /// synced; past it, senders are not read until the next sync.
-    pub unsynced_bytes: usize,
+    /// Bytes of kept messages appended to the message log and not yet both
+    /// synced and indexed; past it, senders are not read until the log
+    /// catches up.
+    pub pending_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -164,7 +165,7 @@ impl Default for HistoryConfig {
             max_edits_per_message: 100,
             max_search_page: 50,
             search_scan: 5000,
-            unsynced_bytes: 32 << 20,
+            pending_bytes: 32 << 20,
         }
     }
 }
@@ -637,9 +638,9 @@ impl Config {
                 "must be at least history.max_search_page",
             ));
         }
-        if !(64 * 1024..=1 << 30).contains(&h.unsynced_bytes) {
+        if !(64 * 1024..=1 << 30).contains(&h.pending_bytes) {
             return Err(invalid(
-                "history.unsynced_bytes",
+                "history.pending_bytes",
                 "must be 65536 to 1073741824",
             ));
         }

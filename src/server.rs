@@ -276,7 +276,7 @@ pub async fn start_with_mesh(
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
     let limits = crate::store::message_log::Limits {
-        unsynced_bytes: config.history.unsynced_bytes,
+        pending_bytes: config.history.pending_bytes,
         ..Default::default()
     };
     let store = Store::open_observed(&data_dir, &config.server.node, limits, move |took| {

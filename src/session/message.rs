@@ -684,17 +684,17 @@ mod tests {
     /// A session context over a new store, one account and a topic it
     /// created (which keeps history).
     async fn context() -> (tempfile::TempDir, Context, uuid::Uuid, uuid::Uuid) {
-        context_with_unsynced(crate::config::HistoryConfig::default().unsynced_bytes).await
+        context_with_pending(crate::config::HistoryConfig::default().pending_bytes).await
     }
 
     /// [`context`], with the message log's bound on unsynced bytes.
-    async fn context_with_unsynced(
-        unsynced_bytes: usize,
+    async fn context_with_pending(
+        pending_bytes: usize,
     ) -> (tempfile::TempDir, Context, uuid::Uuid, uuid::Uuid) {
         let (dir, ctx) = testing::context_with(|config| {
             config.limits.packets_per_second = 1_000_000;
             config.limits.packet_burst = 1_000_000;
-            config.history.unsynced_bytes = unsynced_bytes;
+            config.history.pending_bytes = pending_bytes;
         });
         let me = uuid::Uuid::now_v7();
         let topic = super::super::topic::create_cached(
@@ -761,7 +761,7 @@ mod tests {
     /// then it is kept, after the one before it.
     #[tokio::test]
     async fn a_full_message_log_stops_the_session_reading() {
-        let (_dir, ctx, me, topic) = context_with_unsynced(1).await;
+        let (_dir, ctx, me, topic) = context_with_pending(1).await;
         let (mut s, _rx) = session(&ctx, me);
         let (release, writer) = store::hold_message_log(&ctx.store).await;
         let first = send(&topic.to_string(), 0);

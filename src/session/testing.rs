@@ -17,7 +17,7 @@ pub(super) fn context_with(tweak: impl FnOnce(&mut Config)) -> (tempfile::TempDi
     let mut config = Config::default();
     tweak(&mut config);
     let limits = crate::store::message_log::Limits {
-        unsynced_bytes: config.history.unsynced_bytes,
+        pending_bytes: config.history.pending_bytes,
         ..Default::default()
     };
     let store = Store::open_observed(dir.path(), "n1", limits, |_| {}).expect("store");

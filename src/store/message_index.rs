@@ -62,7 +62,11 @@ impl Db {
     /// position after them, in one transaction that commits without a WAL
     /// sync. A record whose body is not a kept message (which the log
     /// never holds unless damaged past its CRC) is skipped and logged.
-    pub fn index_messages(&mut self, records: &[SyncedRecord], end: Position) -> Result<(), Error> {
+    pub fn index_messages<'r>(
+        &mut self,
+        records: impl IntoIterator<Item = &'r SyncedRecord>,
+        end: Position,
+    ) -> Result<(), Error> {
         let origin = self.origin.messages();
         let key = origin.key();
         self.unsynced(|db| {
@@ -71,7 +75,7 @@ impl Db {
             let mut clock = log::read_clock(tx)?;
             let held = log::seen_seq(tx, &origin.node, &origin.incarnation)?;
             let mut seq = held;
-            for r in records.iter().filter(|r| r.entry.seq > held) {
+            for r in records.into_iter().filter(|r| r.entry.seq > held) {
                 seq = seq.max(r.entry.seq);
                 let Some((body, change)) = decode(&r.body) else {
                     tracing::error!(

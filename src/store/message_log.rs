@@ -10,8 +10,11 @@
 //! before its message is on disk. The log thread swaps the pending records
 //! out, writes them as one group to the segment log ([`super::segment`]),
 //! syncs it, hands the group on (to be indexed) and then publishes the
-//! synced seq. Unsynced bytes are bounded: an append that would pass the
-//! bound is refused with [`AppendError::Full`], and the session waits for
+//! synced seq. Bytes in hand (appended and not yet synced, or synced and
+//! not yet indexed: a group's bytes count until the index drops it) are
+//! bounded, so neither a slow disk nor a lagging index grows memory: an
+//! append that would pass the bound is refused with [`AppendError::Full`],
+//! and the session waits for
 //! [`MessageLog::room`] before it reads more from its client.
 //!
 //! A failed write or sync is final, as for the WAL (`store::wal`): the
@@ -49,7 +52,10 @@ pub enum AppendError {
     Failed,
 }
 
-/// A group the log thread wrote and synced, for the index.
+/// A group the log thread wrote and synced, for the index. Its bytes
+/// count toward [`Limits::pending_bytes`] until it is dropped (indexed),
+/// so a lagging index holds appenders back instead of growing the queue
+/// of groups to index.
 #[derive(Debug)]
 pub struct Synced {
     /// The records, in seq order, with their positions.
@@ -58,6 +64,21 @@ pub struct Synced {
     pub end: Position,
     /// How long writing and syncing them took.
     pub took: std::time::Duration,
+    /// Gives the group's bytes back to the bound when dropped.
+    _held: Held,
+}
+
+/// A group's share of the bound on bytes in hand.
+#[derive(Debug)]
+struct Held {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.shared.release(self.bytes);
+    }
 }
 
 /// One record of a [`Synced`] group.
@@ -74,9 +95,10 @@ pub struct SyncedRecord {
 /// The log's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Bytes of records appended and not yet synced, at most (one record
-    /// is always taken, whatever its size).
-    pub unsynced_bytes: usize,
+    /// Bytes of records appended and not yet synced, or synced and not yet
+    /// indexed (handed on, and not yet dropped), at most; one record is
+    /// always taken, whatever its size.
+    pub pending_bytes: usize,
     /// A segment's size past which the next group starts a new one.
     pub segment_bytes: u64,
 }
@@ -84,7 +106,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            unsynced_bytes: 32 << 20,
+            pending_bytes: 32 << 20,
             segment_bytes: 64 << 20,
         }
     }
@@ -120,8 +142,8 @@ struct State {
     pending: Vec<(Entry, Vec<u8>)>,
     /// The last seq and clock handed out.
     last: Entry,
-    /// Bytes appended and not yet synced.
-    unsynced: usize,
+    /// Bytes appended and not yet synced, or synced and not yet indexed.
+    in_hand: usize,
     closed: bool,
 }
 
@@ -155,7 +177,7 @@ impl MessageLog {
             state: Mutex::new(State {
                 pending: Vec::new(),
                 last,
-                unsynced: 0,
+                in_hand: 0,
                 closed: false,
             }),
             work: Condvar::new(),
@@ -186,9 +208,19 @@ impl MessageLog {
                             // a client does once it hears of the message
                             // (an edit of it) is queued behind its index.
                             let took = started.elapsed();
-                            on_synced(Synced { records, end, took });
+                            let held = Held {
+                                shared: log.clone(),
+                                bytes,
+                            };
+                            on_synced(Synced {
+                                records,
+                                end,
+                                took,
+                                _held: held,
+                            });
                             log.synced.fetch_max(last, Ordering::AcqRel);
-                            log.release(bytes);
+                            // Synced: writers may go on.
+                            log.moved.notify_waiters();
                         }
                         Err(e) => {
                             tracing::error!(error = %e, records = group.len(),
@@ -227,7 +259,7 @@ impl MessageLog {
         if state.closed {
             return Err(AppendError::Closed);
         }
-        if state.unsynced >= shared.limits.unsynced_bytes {
+        if state.in_hand >= shared.limits.pending_bytes {
             return Err(AppendError::Full);
         }
         let now = u64::try_from(now_ms()).unwrap_or(0);
@@ -236,7 +268,7 @@ impl MessageLog {
             hlc: next_hlc(state.last.hlc, now),
         };
         let body = body(entry);
-        state.unsynced = state.unsynced.saturating_add(body.len());
+        state.in_hand = state.in_hand.saturating_add(body.len());
         state.last = entry;
         shared.appended.store(entry.seq, Ordering::Release);
         let first = state.pending.is_empty();
@@ -292,7 +324,7 @@ impl MessageLog {
             {
                 let state = shared.lock();
                 if state.closed
-                    || state.unsynced < shared.limits.unsynced_bytes
+                    || state.in_hand < shared.limits.pending_bytes
                     || shared.failed.load(Ordering::Acquire)
                 {
                     return;
@@ -329,7 +361,7 @@ impl Shared {
     /// `bytes` are synced: room for more, and writers may go on.
     fn release(&self, bytes: usize) {
         let mut state = self.lock();
-        state.unsynced = state.unsynced.saturating_sub(bytes);
+        state.in_hand = state.in_hand.saturating_sub(bytes);
         drop(state);
         self.moved.notify_waiters();
     }
@@ -497,11 +529,41 @@ mod tests {
         thread.finish();
     }
 
+    /// A synced group's bytes stay in hand until the index drops it: a
+    /// lagging index holds appenders back instead of queueing more groups.
     #[tokio::test]
-    async fn an_append_past_the_unsynced_bound_waits_for_room() {
+    async fn a_synced_group_holds_its_bytes_until_dropped() {
         let dir = tempfile::tempdir().expect("dir");
         let limits = Limits {
-            unsynced_bytes: 30,
+            pending_bytes: 9,
+            ..Limits::default()
+        };
+        let (to_index, groups) = mpsc::channel();
+        let (log, thread) = MessageLog::open(dir.path(), limits, START, move |g| {
+            let _ = to_index.send(g);
+        })
+        .expect("open");
+        let first = log.append(body).expect("first");
+        log.wait_synced(first.seq).await.expect("synced");
+        let group = groups.recv().expect("handed on");
+        assert_eq!(
+            log.append(body),
+            Err(AppendError::Full),
+            "synced, not indexed"
+        );
+        let mut room = std::pin::pin!(log.room());
+        assert!((&mut room).now_or_never().is_none(), "no room yet");
+        drop(group);
+        room.await;
+        assert_eq!(log.append(body).expect("room again").seq, 2);
+        thread.finish();
+    }
+
+    #[tokio::test]
+    async fn an_append_past_the_pending_bound_waits_for_room() {
+        let dir = tempfile::tempdir().expect("dir");
+        let limits = Limits {
+            pending_bytes: 30,
             ..Limits::default()
         };
         let (log, thread, in_hand_off, go) = held(dir.path(), limits);

@@ -654,11 +654,18 @@ fn committed_outside(db: &Db, version: &mut i64, syncer: &wal::Syncer) -> bool {
 /// Indexes a group the message log synced. A failure is logged and the
 /// index counted as moved on all the same (readers must not wait for it
 /// forever): the next start indexes what is missing from the log.
-fn index_group(db: &mut Db, indexed: &message_index::Indexed, group: message_log::Synced) {
-    let last = group.records.last().map_or(0, |r| r.entry.seq);
-    if let Err(e) = db.index_messages(&group.records, group.end) {
-        tracing::error!(error = %e, records = group.records.len(),
-            "message log: cannot index a synced group; it is indexed at the next start");
+/// Indexes synced groups of the message log in one transaction: groups
+/// that queued up while the index was busy cost one commit, not one each.
+/// They are dropped after, which gives their bytes back to the log's bound.
+fn index_groups(db: &mut Db, indexed: &message_index::Indexed, groups: Vec<message_log::Synced>) {
+    let Some(end) = groups.last().map(|g| g.end) else {
+        return;
+    };
+    let records = || groups.iter().flat_map(|g| &g.records);
+    let last = records().last().map_or(0, |r| r.entry.seq);
+    if let Err(e) = db.index_messages(records(), end) {
+        tracing::error!(error = %e, records = records().count(),
+            "message log: cannot index synced records; they are indexed at the next start");
     }
     indexed.reach(last);
 }
@@ -1100,7 +1107,14 @@ impl Store {
                         }
                         Msg::Index(group) => {
                             tidy.worked();
-                            index_group(&mut db, &indexing, group);
+                            // Every group already queued, in one commit.
+                            let run = queued_alike(group, MAX_BATCH, &mut rx, &mut next, |g| g.records.len(), |m| {
+                                match m {
+                                    Msg::Index(g) => ControlFlow::Continue(g),
+                                    other => ControlFlow::Break(other),
+                                }
+                            });
+                            index_groups(&mut db, &indexing, run);
                         }
                         Msg::Append(append) => {
                             tidy.worked();
@@ -1127,7 +1141,7 @@ impl Store {
                                     Msg::Append(a) => {
                                         commit_batch(&mut db, &syncer, vec![a], &*on_commit)
                                     }
-                                    Msg::Index(group) => index_group(&mut db, &indexing, group),
+                                    Msg::Index(group) => index_groups(&mut db, &indexing, vec![group]),
                                     Msg::Close(_) | Msg::Tidy => {}
                                 }
                             }
