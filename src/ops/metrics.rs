@@ -108,7 +108,7 @@ impl Metrics {
         );
         r.register(
             "messages_kept",
-            "Messages committed to history",
+            "Messages kept in history (appended to the message log)",
             m.kept.clone(),
         );
         r.register(
@@ -123,7 +123,7 @@ impl Metrics {
         );
         r.register(
             "store_commit_seconds",
-            "Time to commit one group of kept messages to the store (group commit)",
+            "Time to write and sync one group of the message log, or to commit one group of changes to the store",
             m.commit_seconds.clone(),
         );
         r.register(

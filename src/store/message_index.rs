@@ -69,7 +69,7 @@ impl Db {
     ) -> Result<(), Error> {
         let origin = self.origin.messages();
         let key = origin.key();
-        self.unsynced(|db| {
+        self.unsynced_burst(|db| {
             db.write(|tx, _| {
             let mut index = IndexQueue::default();
             let mut clock = log::read_clock(tx)?;
@@ -118,7 +118,7 @@ impl Db {
             ])?;
             Ok(())
         })
-        })
+        })?
     }
 
     /// The log position after the last record indexed, if any was.

@@ -236,8 +236,9 @@ impl Db {
 
     /// Runs `f` with its commits written and not synced (`synchronous =
     /// NORMAL`), for writes that something else makes durable (a peer's
-    /// events, sent again if lost; the message log's index, whose log is
-    /// synced); every other commit syncs as it ends again afterwards.
+    /// events, sent again if lost); every other commit syncs as it ends
+    /// again afterwards. [`Db::unsynced_burst`] is the same for one of a
+    /// burst of large writes.
     fn unsynced<T>(&mut self, f: impl FnOnce(&mut Db) -> Result<T, Error>) -> Result<T, Error> {
         self.sync_commits(false)?;
         let out = f(self);
@@ -280,14 +281,20 @@ impl Db {
         &mut self,
         changes: Vec<Change>,
     ) -> Result<(Vec<Result<Event, Error>>, u64), Error> {
-        // The checkpoint thread copies the WAL into the database while
-        // groups come; the writer does it itself only if the WAL outgrows
-        // this (a checkpoint can start the WAL over only between the
-        // writer's transactions).
+        self.unsynced_burst(|db| db.commit_group_at(changes))?
+    }
+
+    /// [`Db::unsynced`] for one of a burst of large writes (a group commit,
+    /// the message log's index): the checkpoint thread copies the WAL into
+    /// the database meanwhile ([`wal::Checkpointer`], nudged by the
+    /// caller); the writer does it itself only if the WAL outgrows
+    /// [`GROUP_CHECKPOINT_PAGES`] (a checkpoint can start the WAL over only
+    /// between the writer's transactions).
+    fn unsynced_burst<T>(&mut self, f: impl FnOnce(&mut Db) -> T) -> Result<T, Error> {
         self.conn
             .pragma_update(None, "wal_autocheckpoint", GROUP_CHECKPOINT_PAGES)?;
         self.sync_commits(false)?;
-        let committed = self.commit_group_at(changes);
+        let out = f(self);
         // Every other commit syncs as it ends, and checkpoints as before.
         let restored = self.sync_commits(true).and_then(|()| {
             Ok(self
@@ -298,7 +305,7 @@ impl Db {
             // Commits are then not counted as synced (`full` stays false).
             tracing::error!(error = %e, "cannot set the store back to syncing every commit");
         }
-        committed
+        Ok(out)
     }
 
     /// The last seq of this node's own origin.
@@ -1054,6 +1061,7 @@ impl Store {
         let external = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let outside = external.clone();
         let (checkpoints, checkpoint_thread) = wal::Checkpointer::start(path.clone())?;
+        let index_checkpoints = checkpoints.clone();
         let wake = log_changed.clone();
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = syncs.clone();
@@ -1115,6 +1123,7 @@ impl Store {
                                 }
                             });
                             index_groups(&mut db, &indexing, run);
+                            index_checkpoints.nudge();
                         }
                         Msg::Append(append) => {
                             tidy.worked();
