@@ -167,10 +167,13 @@ impl Change {
         }
     }
 
+    /// The kind of a kept message's change.
+    pub const MESSAGE: &'static str = "message";
+
     /// A history message.
     pub fn message(message: Message) -> Self {
         Self {
-            kind: "message".to_owned(),
+            kind: Self::MESSAGE.to_owned(),
             writes: Vec::new(),
             message: Some(message),
         }

@@ -11,6 +11,7 @@
 //! before it is on disk. Where the topic keeps no history, the message
 //! never touches the store.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
-use crate::change::{Change, ExJson, Message};
+use crate::change::{Change, Message};
 use crate::proto::id::{UuidText, uuid_at, uuids_at};
 use crate::proto::packet::{ExText, KeptSend, encode_line, relay_len, write_relay};
 use crate::proto::reply::write_send_ack;
@@ -136,27 +137,28 @@ fn trimmed(mut lines: Vec<u8>) -> Bytes {
     frame_pool::frame(lines)
 }
 
-/// A kept message's `ex` as stored: as sent when it could be relayed so
-/// (numbers keep every digit), else rebuilt from the map without `ex.for`,
-/// which is the server's (a relayed packet must not look like a reply to
-/// one of the recipients' requests).
-fn stored_ex(ex: &Map<String, Value>, raw_ex: Option<ExText<'_>>) -> Result<ExJson, Denied> {
+/// A message's `ex` as relayed and kept: as sent when it could be relayed
+/// so (numbers keep every digit; [`ExText`] is checked JSON text), else,
+/// rarely (an empty `ex`, or one with `for`), rebuilt from the map without
+/// `ex.for`, which is the server's (a relayed packet must not look like a
+/// reply to one of the recipients' requests).
+fn relayed_ex<'e>(
+    ex: &Map<String, Value>,
+    raw_ex: Option<ExText<'e>>,
+) -> Result<Cow<'e, [u8]>, Denied> {
     match raw_ex {
-        Some(raw) => std::str::from_utf8(raw.get())
-            .map_err(|_| ())
-            .and_then(|text| ExJson::from_text(text.to_owned()).map_err(|_| ())),
+        Some(raw) => Ok(Cow::Borrowed(raw.get())),
         None => {
             let mut ex = ex.clone();
             ex.remove("for");
-            ExJson::from_map(&ex).map_err(|_| ())
+            serde_json::to_vec(&ex).map(Cow::Owned).map_err(|_| {
+                Denied::new(
+                    ErrorCode::ServerInternal,
+                    "the message could not be encoded",
+                )
+            })
         }
     }
-    .map_err(|()| {
-        Denied::new(
-            ErrorCode::ServerInternal,
-            "the message could not be encoded",
-        )
-    })
 }
 
 impl Session<'_> {
@@ -203,10 +205,17 @@ impl Session<'_> {
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Option<Outcome>, Denied> {
-        let stored = stored_ex(ex, raw_ex)?;
+        let ex = relayed_ex(ex, raw_ex)?;
+        // The log's records are text, as its index reads them.
+        let ex = std::str::from_utf8(&ex).map_err(|_| {
+            Denied::new(
+                ErrorCode::ServerInternal,
+                "the message could not be encoded",
+            )
+        })?;
         // The burst's clock reading mints the ids; the log's stamps `ts`.
         let now = self.clock.unix_ms();
-        let line = relay_len(now, &me.name_json, stored.get().as_bytes());
+        let line = relay_len(now, &me.name_json, ex.as_bytes());
         self.check_kept_size(line.saturating_sub(1))?;
         let (message_id, ack) = match id {
             Some(for_id) => {
@@ -215,16 +224,17 @@ impl Session<'_> {
             }
             None => (UuidText::new(uuid_at(now)), None),
         };
-        let message = Message {
-            topic: t.id,
-            id: message_id.as_str().to_owned(),
+        let body = store::log::MessageParts {
+            kind: Change::MESSAGE,
+            topic: topic_text,
+            id: message_id.as_str(),
+            // The event's clock is its time.
             ts: 0,
-            sender: me.id,
-            ex: stored,
-        };
-        let change = Change::message(message);
-        let body = store::log::encode(&change).map_err(Denied::from)?;
-        let entry = match self.ctx.store.messages().append(|_| body.into_bytes()) {
+            sender: &UuidText::new(me.id),
+            ex,
+        }
+        .encode();
+        let entry = match self.ctx.store.messages().append(|_| body) {
             Ok(entry) => entry,
             Err(AppendError::Full) => return Ok(None),
             Err(e @ (AppendError::Closed | AppendError::Failed)) => {
@@ -237,7 +247,6 @@ impl Session<'_> {
         };
         self.kept_seq = entry.seq;
         self.ctx.metrics.kept();
-        let ex = change.message.as_ref().map_or("", |m| m.ex.get());
         let opened = self.open_burst(t);
         let ts = i64::try_from(entry.hlc >> 16).unwrap_or_default();
         write_relay(
@@ -350,22 +359,8 @@ impl Session<'_> {
         ex: &Map<String, Value>,
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Outcome, Denied> {
-        let built;
-        let ex = match raw_ex {
-            Some(raw) => raw.get(),
-            None => {
-                // Rare: an empty `ex`, or one with `for` (the server's).
-                let mut ex = ex.clone();
-                ex.remove("for");
-                built = serde_json::to_string(&ex).map_err(|_| {
-                    Denied::new(
-                        ErrorCode::ServerInternal,
-                        "the message could not be encoded",
-                    )
-                })?;
-                built.as_bytes()
-            }
-        };
+        let ex = relayed_ex(ex, raw_ex)?;
+        let ex: &[u8] = &ex;
         let opened = self.open_burst(t);
         // The burst's clock reading stamps the message and its ack.
         let ts = self.clock.unix_ms();

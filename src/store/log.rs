@@ -159,23 +159,54 @@ pub fn encode(change: &Change) -> Result<String, Error> {
     let Some(m) = change.message.as_ref().filter(|_| change.writes.is_empty()) else {
         return serde_json::to_string(change).map_err(|e| corrupt(e.to_string()));
     };
-    let ex = m.ex.get();
-    let mut out = Vec::with_capacity(ex.len() + m.id.len() + change.kind.len() + 160);
-    out.extend_from_slice(b"{\"kind\":");
-    write_str(&mut out, &change.kind);
-    out.extend_from_slice(b",\"writes\":[],\"message\":{\"topic\":");
-    write_uuid(&mut out, &UuidText::new(m.topic));
-    out.extend_from_slice(b",\"id\":");
-    write_str(&mut out, &m.id);
-    out.extend_from_slice(b",\"ts\":");
-    out.extend_from_slice(itoa::Buffer::new().format(m.ts).as_bytes());
-    out.extend_from_slice(b",\"sender\":");
-    write_uuid(&mut out, &UuidText::new(m.sender));
-    out.extend_from_slice(b",\"ex\":");
-    out.extend_from_slice(ex.as_bytes());
-    out.extend_from_slice(b"}}");
+    let parts = MessageParts {
+        kind: &change.kind,
+        topic: &UuidText::new(m.topic),
+        id: &m.id,
+        ts: m.ts,
+        sender: &UuidText::new(m.sender),
+        ex: m.ex.get(),
+    };
     // Every piece is text (`ex` is a `str`), so this only checks.
-    String::from_utf8(out).map_err(|e| corrupt(e.to_string()))
+    String::from_utf8(parts.encode()).map_err(|e| corrupt(e.to_string()))
+}
+
+/// A kept message's pieces, for [`encode`] without building a [`Change`]
+/// first (the send path appends them to the message log as they come).
+pub struct MessageParts<'a> {
+    /// The change's kind: `message`.
+    pub kind: &'a str,
+    /// The topic, formatted.
+    pub topic: &'a UuidText,
+    /// The message's id.
+    pub id: &'a str,
+    /// Its time, where it is not the event's clock (0 when it is).
+    pub ts: i64,
+    /// The sender, formatted.
+    pub sender: &'a UuidText,
+    /// Its `ex`, JSON text.
+    pub ex: &'a str,
+}
+
+impl MessageParts<'_> {
+    /// The change's text, as [`encode`] writes a message change.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.ex.len() + self.id.len() + self.kind.len() + 160);
+        out.extend_from_slice(b"{\"kind\":");
+        write_str(&mut out, self.kind);
+        out.extend_from_slice(b",\"writes\":[],\"message\":{\"topic\":");
+        write_uuid(&mut out, self.topic);
+        out.extend_from_slice(b",\"id\":");
+        write_str(&mut out, self.id);
+        out.extend_from_slice(b",\"ts\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.ts).as_bytes());
+        out.extend_from_slice(b",\"sender\":");
+        write_uuid(&mut out, self.sender);
+        out.extend_from_slice(b",\"ex\":");
+        out.extend_from_slice(self.ex.as_bytes());
+        out.extend_from_slice(b"}}");
+        out
+    }
 }
 
 /// Records an event whose change is already encoded as `body` (an event
