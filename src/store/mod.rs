@@ -1156,7 +1156,10 @@ impl Store {
                             }
                             // Every group synced and answered; then the
                             // writer is the last connection, and dropping
-                            // it checkpoints the WAL.
+                            // it checkpoints the WAL. The checkpoint
+                            // thread ends once its last handle is gone:
+                            // this one, then the syncer's.
+                            drop(index_checkpoints);
                             syncer.finish();
                             let _ = checkpoint_thread.join();
                             drop(db);
@@ -1428,6 +1431,16 @@ pub(crate) async fn hold_message_log(
 mod tests {
     use super::*;
     use crate::change::{ExJson, Message};
+
+    /// Closing ends every thread of the store, the checkpoint thread too
+    /// (it ends once every handle on it is dropped): `close` returns.
+    #[tokio::test]
+    async fn close_returns() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(30), store.close());
+        assert!(closed.await.is_ok(), "the store did not close");
+    }
 
     /// Message `m{n}` to `topic` from nobody, with `ex`, to keep.
     fn kept(topic: uuid::Uuid, n: usize, ex: ExJson) -> Change {
