@@ -456,6 +456,9 @@ impl Session<'_> {
         let Some(mut topic) = self.burst.topic.take() else {
             return Outcome::Continue;
         };
+        // Whether the messages were kept, as they were handled: the record
+        // they were handled under says, not one a `meta` changed since.
+        let kept = self.keeps_history(&topic);
         if self.ctx.topics.version() != self.burst.version {
             // A leave, ban or delete may have committed since the record
             // was read: its members now get the relays.
@@ -475,7 +478,7 @@ impl Session<'_> {
         // Other nodes' members: kept messages go there by the log, the
         // others now, before the sender's ack.
         if let Some(mesh) = self.ctx.ephemeral_relay.get() {
-            if !self.keeps_history(&topic) {
+            if !kept {
                 mesh.publish(topic.id, &relays);
             }
         }
@@ -890,6 +893,53 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(page.messages.len(), 3);
+        ctx.store.close().await;
+    }
+
+    /// Counts the relays handed to the mesh as messages without history.
+    #[derive(Default)]
+    struct Published(std::sync::Mutex<usize>);
+
+    impl EphemeralRelay for Published {
+        fn publish(&self, _topic: uuid::Uuid, lines: &Bytes) {
+            *self.0.lock().unwrap() += lines.iter().filter(|&&b| b == b'\n').count();
+        }
+    }
+
+    /// A topic's `history` setting changed between a message and its
+    /// burst's delivery: the mesh gets the burst as the messages were
+    /// handled. Kept ones reach other nodes as events of the log, and
+    /// must not go as relays too (they would arrive twice); ones not kept
+    /// reach them only as relays, and must not be left out.
+    #[tokio::test]
+    async fn the_mesh_gets_a_burst_as_its_messages_were_handled() {
+        let (_dir, ctx, me, kept) = context().await;
+        let quiet = quiet_topic(&ctx, me).await;
+        let mesh = Arc::new(Published::default());
+        let relay: Arc<dyn EphemeralRelay> = mesh.clone();
+        assert!(ctx.ephemeral_relay.set(relay).is_ok());
+        let (mut s, _rx) = session(&ctx, me);
+        let toggle = |t: uuid::Uuid, history: bool| {
+            let mut r = TopicRecord::clone(&ctx.topics.get(t).unwrap());
+            r.meta.insert("history".into(), Value::Bool(history));
+            r.as_of += 1;
+            ctx.topics.put(r);
+        };
+        let line = send(&kept.to_string(), 0);
+        assert_eq!(s.handle_line(&line).now_or_never(), Some(Outcome::Continue));
+        toggle(kept, false);
+        assert_eq!(s.flush_burst(), Outcome::Continue);
+        assert_eq!(
+            *mesh.0.lock().unwrap(),
+            0,
+            "a kept message relayed to the mesh"
+        );
+        let line = send(&quiet.to_string(), 1);
+        assert_eq!(s.handle_line(&line).now_or_never(), Some(Outcome::Continue));
+        toggle(quiet, true);
+        assert_eq!(s.flush_burst(), Outcome::Continue);
+        assert_eq!(*mesh.0.lock().unwrap(), 1, "a message not kept left out");
+        assert_eq!(s.drain().await, Outcome::Continue);
         ctx.store.close().await;
     }
 
