@@ -12,12 +12,13 @@
 //! topic and group are to replace.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{OptionalExtension, params};
 
 use super::log::{self, Arrival, Origin};
-use super::message_log::{Entry, SyncedRecord};
+use super::message_log::{Entry, Synced, SyncedRecord};
 use super::search::IndexQueue;
 use super::segment::{self, Position};
 use super::{Db, Error, Event};
@@ -201,6 +202,62 @@ pub fn catch_up(db: &mut Db, dir: &Path, upto: Position) -> Result<usize, Error>
     Ok(indexed)
 }
 
+/// The store thread's side of the index. Groups the message log hands on
+/// are indexed, every group already queued in one transaction (one commit,
+/// not one each), and dropped after, which gives their bytes back to the
+/// log's bound. Groups a failed transaction left (a full disk) are kept and
+/// tried again first, with the next groups or at the next tidy tick: a
+/// later group indexed past them would record the index's end past them,
+/// and the next start would not find them in the log. Their bytes stay
+/// counted meanwhile, so senders are held back, and nothing is lost.
+#[derive(Debug)]
+pub struct Indexer {
+    indexed: Arc<Indexed>,
+    failed: Vec<Synced>,
+}
+
+impl Indexer {
+    /// Reports its progress to `indexed`.
+    pub fn new(indexed: Arc<Indexed>) -> Self {
+        Self {
+            indexed,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Indexes what a failed transaction left, then `groups`, in one
+    /// transaction. Readers are told the index has moved on even if it
+    /// failed: they must not wait for a disk to be fixed, and find the
+    /// messages once a retry succeeds.
+    pub fn index(&mut self, db: &mut Db, groups: Vec<Synced>) {
+        let mut groups = groups;
+        if !self.failed.is_empty() {
+            let mut all = std::mem::take(&mut self.failed);
+            all.append(&mut groups);
+            groups = all;
+        }
+        let Some(end) = groups.last().map(|g| g.end) else {
+            return;
+        };
+        let records = || groups.iter().flat_map(|g| &g.records);
+        let last = records().last().map_or(0, |r| r.entry.seq);
+        if let Err(e) = db.index_messages(records(), end) {
+            tracing::error!(error = %e, records = records().count(),
+                "message log: cannot index synced records; trying again with the next ones \
+                 (check the disk)");
+            self.failed = groups;
+        }
+        self.indexed.reach(last);
+    }
+
+    /// Tries again what a failed transaction left, if anything.
+    pub fn retry(&mut self, db: &mut Db) {
+        if !self.failed.is_empty() {
+            self.index(db, Vec::new());
+        }
+    }
+}
+
 /// How far the index has come: the message origin's last seq indexed.
 /// Reads wait on it to see what the message log has synced.
 #[derive(Debug, Default)]
@@ -271,6 +328,58 @@ mod tests {
         let e = log.append(|e| body(topic, id, e)).expect("append");
         log.wait_synced(e.seq).await.expect("synced");
         e
+    }
+
+    /// A failed index transaction (here: the database refuses writes, as
+    /// a full or read-only disk would) keeps its groups and tries them
+    /// again first: the next group is not indexed past them, and a retry
+    /// on its own indexes them too.
+    #[tokio::test]
+    async fn a_failed_index_is_tried_again_first() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut db = Db::open(dir.path(), "n1").expect("db");
+        let (to_index, groups) = std::sync::mpsc::channel();
+        let floor = db.message_floor().expect("floor");
+        let (log, thread) = MessageLog::open(
+            &dir.path().join(MESSAGE_LOG_DIR),
+            Limits::default(),
+            floor,
+            move |g| {
+                let _ = to_index.send(g);
+            },
+        )
+        .expect("log");
+        let topic = Uuid::now_v7();
+        let mut indexer = Indexer::new(Arc::new(Indexed::new(0)));
+        let kept = async |id: &'static str| {
+            let e = log.append(|e| body(topic, id, e)).expect("append");
+            log.wait_synced(e.seq).await.expect("synced");
+            groups.recv().expect("handed on")
+        };
+        let writes = |db: &Db, refused: bool| {
+            db.conn
+                .pragma_update(None, "query_only", refused)
+                .expect("query_only");
+        };
+        let ids = |db: &Db| -> Vec<String> {
+            let page = db.history(topic, None, None, 10).expect("history");
+            page.messages.into_iter().map(|m| m.id).collect()
+        };
+        writes(&db, true);
+        let a = kept("a").await;
+        indexer.index(&mut db, vec![a]);
+        writes(&db, false);
+        assert!(ids(&db).is_empty());
+        let b = kept("b").await;
+        indexer.index(&mut db, vec![b]);
+        assert_eq!(ids(&db), ["a", "b"]);
+        writes(&db, true);
+        let c = kept("c").await;
+        indexer.index(&mut db, vec![c]);
+        writes(&db, false);
+        indexer.retry(&mut db);
+        assert_eq!(ids(&db), ["a", "b", "c"]);
+        thread.finish();
     }
 
     #[tokio::test]

@@ -658,25 +658,6 @@ fn committed_outside(db: &Db, version: &mut i64, syncer: &wal::Syncer) -> bool {
     }
 }
 
-/// Indexes a group the message log synced. A failure is logged and the
-/// index counted as moved on all the same (readers must not wait for it
-/// forever): the next start indexes what is missing from the log.
-/// Indexes synced groups of the message log in one transaction: groups
-/// that queued up while the index was busy cost one commit, not one each.
-/// They are dropped after, which gives their bytes back to the log's bound.
-fn index_groups(db: &mut Db, indexed: &message_index::Indexed, groups: Vec<message_log::Synced>) {
-    let Some(end) = groups.last().map(|g| g.end) else {
-        return;
-    };
-    let records = || groups.iter().flat_map(|g| &g.records);
-    let last = records().last().map_or(0, |r| r.entry.seq);
-    if let Err(e) = db.index_messages(records(), end) {
-        tracing::error!(error = %e, records = records().count(),
-            "message log: cannot index synced records; they are indexed at the next start");
-    }
-    indexed.reach(last);
-}
-
 fn commit_batch(
     db: &mut Db,
     syncer: &wal::Syncer,
@@ -1053,7 +1034,7 @@ impl Store {
             })?;
         message_index::catch_up(&mut db, &log_dir, messages.opened_end())?;
         let indexed = Arc::new(message_index::Indexed::new(messages.synced()));
-        let indexing = indexed.clone();
+        let mut indexer = message_index::Indexer::new(indexed.clone());
         let reader = Db::open_reader(data_dir, node)?;
         let (reads, read_thread) = spawn_reader(reader, Tidy::new(work.clone()))?;
         let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
@@ -1080,6 +1061,7 @@ impl Store {
                     match msg {
                         Msg::Tidy => {
                             tidy.tick(&db.conn);
+                            indexer.retry(&mut db);
                             if committed_outside(&db, &mut version, &syncer) {
                                 outside.send_modify(|n| *n = n.wrapping_add(1));
                             }
@@ -1122,7 +1104,7 @@ impl Store {
                                     other => ControlFlow::Break(other),
                                 }
                             });
-                            index_groups(&mut db, &indexing, run);
+                            indexer.index(&mut db, run);
                             index_checkpoints.nudge();
                         }
                         Msg::Append(append) => {
@@ -1150,7 +1132,7 @@ impl Store {
                                     Msg::Append(a) => {
                                         commit_batch(&mut db, &syncer, vec![a], &*on_commit)
                                     }
-                                    Msg::Index(group) => index_groups(&mut db, &indexing, vec![group]),
+                                    Msg::Index(group) => indexer.index(&mut db, vec![group]),
                                     Msg::Close(_) | Msg::Tidy => {}
                                 }
                             }
