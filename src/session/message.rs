@@ -176,19 +176,33 @@ impl Session<'_> {
     ) -> Result<Outcome, Denied> {
         loop {
             let last = self.sendable(me, topic.as_bytes())?;
-            let (t, text, kept, version) =
-                (last.record.clone(), last.text, last.kept, last.version);
+            let sent = self.send_to(id, me, &last, ex, raw_ex);
             self.last_topic = Some(last);
-            if !kept {
-                return self.send_now(id, me, (&t, version), &text, ex, raw_ex);
-            }
-            if let Some(outcome) = self.keep_now(id, me, (&t, version), &text, ex, raw_ex)? {
+            if let Some(outcome) = sent? {
                 return Ok(outcome);
             }
             if let Outcome::Close(r) = self.flush_burst() {
                 return Ok(Outcome::Close(r));
             }
             self.ctx.store.messages().room().await;
+        }
+    }
+
+    /// A message to the topic `last` resolved: relayed, and kept if the
+    /// topic keeps history. `None` when the message log is full.
+    fn send_to(
+        &mut self,
+        id: Option<&str>,
+        me: &LoggedIn,
+        last: &LastTopic,
+        ex: &Map<String, Value>,
+        raw_ex: Option<ExText<'_>>,
+    ) -> Result<Option<Outcome>, Denied> {
+        let at = (&last.record, last.version);
+        if last.kept {
+            self.keep_now(id, me, at, &last.text, ex, raw_ex)
+        } else {
+            self.send_now(id, me, at, &last.text, ex, raw_ex).map(Some)
         }
     }
 
@@ -278,26 +292,7 @@ impl Session<'_> {
         // two clones and two drops per message add up.
         let me = self.account.take()?;
         let sent = self.sendable(&me, topic).and_then(|last| {
-            let sent = match last.kept {
-                true => self.keep_now(
-                    id,
-                    &me,
-                    (&last.record, last.version),
-                    &last.text,
-                    ex,
-                    raw_ex,
-                ),
-                false => self
-                    .send_now(
-                        id,
-                        &me,
-                        (&last.record, last.version),
-                        &last.text,
-                        ex,
-                        raw_ex,
-                    )
-                    .map(Some),
-            };
+            let sent = self.send_to(id, &me, &last, ex, raw_ex);
             self.last_topic = Some(last);
             sent
         });
