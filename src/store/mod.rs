@@ -44,9 +44,9 @@ pub use topics::TopicRecord;
 pub const DB_FILE: &str = "tenthbit.db";
 /// The message log's directory inside the data directory.
 pub const MESSAGE_LOG_DIR: &str = "messages";
-/// Jobs waiting for the store thread before callers wait for room. A
-/// session waiting for room reads no more from its client: this bounds
-/// what piles up in memory ahead of the disk. As large as a group commit.
+/// Jobs waiting for the store thread before callers wait for room: this
+/// bounds what piles up in memory ahead of the disk. As large as a group
+/// commit.
 const QUEUE: usize = MAX_BATCH;
 
 /// Why a store operation failed.
@@ -89,20 +89,10 @@ pub enum Error {
         /// The bound.
         max: usize,
     },
-    /// The append's [`Guard`] said its changes no longer apply: nothing
-    /// was written.
-    #[error("the change no longer applies")]
-    Withdrawn,
     /// The message log's files said no.
     #[error(transparent)]
     MessageLog(#[from] segment::Error),
 }
-
-/// Checked on the store thread right before an append's changes are
-/// committed, after every job queued before it: false withdraws them
-/// ([`Error::Withdrawn`]). A kept message is written only if its sender may
-/// still send to its topic when its turn comes.
-pub type Guard = Box<dyn FnOnce() -> bool + Send + Sync>;
 
 // A plain conversion: the message carries SQLite's text already.
 impl From<rusqlite::Error> for Error {
@@ -246,8 +236,8 @@ impl Db {
         out
     }
 
-    /// The store thread's group commit: sessions' changes made just now,
-    /// appended in one transaction, each with its own outcome (one change
+    /// The store thread's group commit: changes made just now (by
+    /// [`Store::enqueue`]), appended in one transaction, each with its own outcome (one change
     /// failing fails only its own request). Public for `tenthbit
     /// bench-store`, which times it without a server.
     pub fn commit_group(
@@ -577,14 +567,13 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
-/// Changes queued for a group commit as one entry (a session's kept
-/// messages of one burst to one topic), with who waits for them and the
-/// room they take in the queue (given back once they are committed).
+/// Changes queued for a group commit as one entry, with who waits for
+/// them and the room they take in the queue (given back once they are
+/// committed).
 struct Append {
     changes: Vec<Change>,
     reply: oneshot::Sender<Vec<Result<Event, Error>>>,
     room: tokio::sync::OwnedSemaphorePermit,
-    guard: Option<Guard>,
 }
 
 /// WAL pages past which a group commit checkpoints the WAL itself (8 KiB
@@ -600,8 +589,7 @@ const WAL_KEPT_BYTES: i64 = 512 << 20;
 
 /// Bytes of changes queued for the store at most, counted as a message's
 /// `ex` plus [`CHANGE_OVERHEAD`]: 4,096 queued messages of 64 KiB would
-/// otherwise hold 256 MiB. A session waiting for room reads no more (it
-/// holds at most a run of its own gathering meanwhile: session/kept.rs).
+/// otherwise hold 256 MiB. A caller of [`Store::reserve`] waits for room.
 pub(crate) const QUEUED_BYTES: usize = 32 << 20;
 /// What a queued change is counted as besides its message's `ex`.
 const CHANGE_OVERHEAD: usize = 256;
@@ -668,17 +656,6 @@ fn commit_batch(
     let mut changes = Vec::with_capacity(batch.iter().map(|a| a.changes.len()).sum());
     let mut rooms = Vec::with_capacity(batch.len());
     for a in batch {
-        if a.guard.is_some_and(|allowed| !allowed()) {
-            // Nothing to sync: its room given back, then answered (a
-            // caller that hears the answer finds the room free).
-            drop(a.room);
-            let _ = a.reply.send(
-                (0..a.changes.len())
-                    .map(|_| Err(Error::Withdrawn))
-                    .collect(),
-            );
-            continue;
-        }
         replies.push((a.reply, a.changes.len()));
         changes.extend(a.changes);
         rooms.push(a.room);
@@ -805,37 +782,14 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Waits for the commit. Cancel-safe only by dropping the whole value.
-    pub async fn wait(mut self) -> Vec<Result<Event, Error>> {
-        self.committed().await
-    }
-
-    /// The commit's outcomes if they are already known, without waiting.
-    pub fn try_committed(&mut self) -> Option<Vec<Result<Event, Error>>> {
-        match self.answer.try_recv() {
-            Ok(results) => Some(results),
-            Err(oneshot::error::TryRecvError::Empty) => None,
-            Err(oneshot::error::TryRecvError::Closed) => Some(self.closed()),
-        }
-    }
-
-    /// Waits for the commit without consuming (for `select!` loops).
-    pub async fn committed(&mut self) -> Vec<Result<Event, Error>> {
-        match (&mut self.answer).await {
+    /// Waits for the commit; if the store went away unanswered, each
+    /// change's outcome is [`Error::Closed`].
+    pub async fn wait(self) -> Vec<Result<Event, Error>> {
+        match self.answer.await {
             Ok(results) => results,
-            Err(_) => self.closed(),
+            Err(_) => (0..self.changes).map(|_| Err(Error::Closed)).collect(),
         }
     }
-
-    /// The outcomes when the store went away unanswered.
-    fn closed(&self) -> Vec<Result<Event, Error>> {
-        closed_outcomes(self.changes)
-    }
-}
-
-/// The outcomes of `n` changes the store never took: closed, each.
-pub fn closed_outcomes(n: usize) -> Vec<Result<Event, Error>> {
-    (0..n).map(|_| Err(Error::Closed)).collect()
 }
 
 /// Room in the store's queue for changes, reserved: sending them cannot
@@ -846,17 +800,14 @@ pub struct Slot<'a> {
 }
 
 impl Slot<'_> {
-    /// Queues `changes`, which must be those the room was reserved for;
-    /// with a `guard`, they are written only if it still holds when their
-    /// turn comes.
-    pub fn send(self, changes: Vec<Change>, guard: Option<Guard>) -> Pending {
+    /// Queues `changes`, which must be those the room was reserved for.
+    pub fn send(self, changes: Vec<Change>) -> Pending {
         let (tx, rx) = oneshot::channel();
         let n = changes.len();
         self.slot.send(Msg::Append(Append {
             changes,
             reply: tx,
             room: self.room,
-            guard,
         }));
         Pending {
             answer: rx,
@@ -1291,7 +1242,7 @@ impl Store {
     /// newly minted (no edit or redaction is looked up for it): changes
     /// from elsewhere go through the replica path.
     pub async fn enqueue(&self, changes: Vec<Change>) -> Result<Pending, Error> {
-        Ok(self.reserve(&changes).await?.send(changes, None))
+        Ok(self.reserve(&changes).await?.send(changes))
     }
 
     /// Waits for room in the queue for `changes` and reserves it. Cancel-safe:
@@ -1306,31 +1257,6 @@ impl Store {
             .map_err(|_| Error::Closed)?;
         let slot = self.jobs.reserve().await.map_err(|_| Error::Closed)?;
         Ok(Slot { room, slot })
-    }
-
-    /// [`Store::reserve`] without waiting: `None`, with nothing reserved,
-    /// when the queue has no room for `changes` now (or others wait for
-    /// room first).
-    pub fn try_reserve(&self, changes: &[Change]) -> Result<Option<Slot<'_>>, Error> {
-        use tokio::sync::TryAcquireError;
-        use tokio::sync::mpsc::error::TrySendError;
-        let room = match self
-            .room
-            .clone()
-            .try_acquire_many_owned(queued_bytes(changes))
-        {
-            Ok(room) => room,
-            Err(TryAcquireError::NoPermits) => return Ok(None),
-            Err(TryAcquireError::Closed) => return Err(Error::Closed),
-        };
-        // Reserved before anything is sent: a full queue gives the room
-        // back (dropped) and loses nothing.
-        let slot = match self.jobs.try_reserve() {
-            Ok(slot) => slot,
-            Err(TrySendError::Full(())) => return Ok(None),
-            Err(TrySendError::Closed(())) => return Err(Error::Closed),
-        };
-        Ok(Some(Slot { room, slot }))
     }
 
     /// Runs the queued jobs, closes the database and joins its thread; later
@@ -1705,11 +1631,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn try_reserve_reserves_only_what_has_room_now() {
+    async fn a_reservation_holds_room_until_committed_or_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1").unwrap();
         let (release, writer) = hold_store_thread(&store).await;
-        // Each takes more than half the queue's room: one fits at a time.
         let ex = ExJson::from_map(&serde_json::Map::from_iter([(
             "body".to_owned(),
             serde_json::Value::from("x".repeat(QUEUED_BYTES / 2)),
@@ -1717,29 +1642,22 @@ mod tests {
         .unwrap();
         let change = |n: usize| kept(uuid::Uuid::nil(), n, ex.clone());
         let one = vec![change(0)];
-        let first = store.try_reserve(&one).unwrap().expect("room for one");
-        let first = first.send(one, None);
-        let left = store.room.available_permits();
-        assert!(store.try_reserve(&[change(1)]).unwrap().is_none());
-        // Refused, it took nothing.
-        assert_eq!(store.room.available_permits(), left);
+        let first = store.reserve(&one).await.expect("room for one");
+        let first = first.send(one);
         release.send(()).unwrap();
         writer.await.unwrap().unwrap();
         assert_eq!(first.wait().await.len(), 1);
         assert_eq!(store.room.available_permits(), QUEUED_BYTES);
         // A reservation dropped unsent gives its room back.
-        let again = store
-            .try_reserve(&[change(2)])
-            .unwrap()
-            .expect("room again");
+        let again = store.reserve(&[change(2)]).await.expect("room again");
         assert!(store.room.available_permits() < QUEUED_BYTES);
         drop(again);
         assert_eq!(store.room.available_permits(), QUEUED_BYTES);
         // Changes queued as one entry are each answered, in order.
         let small = |n: usize| kept(uuid::Uuid::nil(), n, ExJson::empty());
         let run = vec![small(4), small(5), small(6)];
-        let queued = store.try_reserve(&run).unwrap().expect("room for a run");
-        let outcomes = queued.send(run, None).wait().await;
+        let queued = store.reserve(&run).await.expect("room for a run");
+        let outcomes = queued.send(run).wait().await;
         let seqs: Vec<u64> = outcomes.into_iter().map(|o| o.unwrap().seq).collect();
         assert_eq!(seqs.len(), 3);
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
@@ -1749,22 +1667,6 @@ mod tests {
             .unwrap();
         let ids: Vec<_> = kept.messages.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["m0", "m4", "m5", "m6"]);
-        // A guard that no longer holds withdraws its entry: nothing of it is
-        // written, and its room comes back.
-        let run = vec![small(7), small(8)];
-        let queued = store.try_reserve(&run).unwrap().expect("room for a run");
-        let outcomes = queued.send(run, Some(Box::new(|| false))).wait().await;
-        assert!(
-            outcomes.iter().all(|o| matches!(o, Err(Error::Withdrawn))),
-            "{outcomes:?}"
-        );
-        assert_eq!(outcomes.len(), 2);
-        assert_eq!(store.room.available_permits(), QUEUED_BYTES);
-        let kept = store
-            .call(|db| db.history(uuid::Uuid::nil(), None, None, 10))
-            .await
-            .unwrap();
-        assert_eq!(kept.messages.len(), 4);
         store.close().await;
     }
 
@@ -1844,7 +1746,6 @@ mod tests {
                     changes: ns.map(message).collect(),
                     reply: tx,
                     room: room.clone().try_acquire_many_owned(1).unwrap(),
-                    guard: None,
                 };
                 (append, rx)
             })
