@@ -152,6 +152,16 @@ pub struct HistoryConfig {
     pub pending_bytes: usize,
 }
 
+impl HistoryConfig {
+    /// The message log's settings these give.
+    pub fn message_log_limits(&self) -> crate::store::message_log::Limits {
+        crate::store::message_log::Limits {
+            pending_bytes: self.pending_bytes,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for HistoryConfig {
     fn default() -> Self {
         Self {

@@ -275,10 +275,7 @@ pub async fn start_with_mesh(
     let passwords = Passwords::new(config.auth.cost(), config.auth.concurrent_hashes())?;
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
-    let limits = crate::store::message_log::Limits {
-        pending_bytes: config.history.pending_bytes,
-        ..Default::default()
-    };
+    let limits = config.history.message_log_limits();
     let store = Store::open_observed(&data_dir, &config.server.node, limits, move |took| {
         observer.commit(took)
     })?;

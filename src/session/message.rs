@@ -108,10 +108,6 @@ pub trait EphemeralRelay: Send + Sync {
 /// Room a burst reserves at least, for relays and for acks.
 const BURST_ROOM: (usize, usize) = (320, 160);
 
-/// A burst's buffer as a shared frame. It gives back what it does not use
-/// when that is much: a frame may wait in a slow reader's queue, and should
-/// not hold a burst's room for one message. Otherwise the buffer goes back
-/// to the pool when the last writer is done with it.
 /// Whether `who` may send to `t`: a member, with the write flag.
 fn may_send(t: &TopicRecord, who: Actor<'_>) -> Result<(), Denied> {
     if !t.members.contains(&who.account) {
@@ -129,6 +125,10 @@ fn may_send(t: &TopicRecord, who: Actor<'_>) -> Result<(), Denied> {
     Ok(())
 }
 
+/// A burst's buffer as a shared frame. It gives back what it does not use
+/// when that is much: a frame may wait in a slow reader's queue, and should
+/// not hold a burst's room for one message. Otherwise the buffer goes back
+/// to the pool when the last writer is done with it.
 fn trimmed(mut lines: Vec<u8>) -> Bytes {
     if lines.capacity() > 2 * lines.len() + 4096 {
         lines.shrink_to_fit();

@@ -16,10 +16,7 @@ pub(super) fn context_with(tweak: impl FnOnce(&mut Config)) -> (tempfile::TempDi
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut config = Config::default();
     tweak(&mut config);
-    let limits = crate::store::message_log::Limits {
-        pending_bytes: config.history.pending_bytes,
-        ..Default::default()
-    };
+    let limits = config.history.message_log_limits();
     let store = Store::open_observed(dir.path(), "n1", limits, |_| {}).expect("store");
     let cheap = Cost {
         memory_kib: 64,

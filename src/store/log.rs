@@ -154,7 +154,7 @@ pub fn insert(tx: &Transaction<'_>, event: &Event) -> Result<i64, Error> {
 /// sized once: serde escaped every string (UUIDs too) and regrew its buffer
 /// twice for a chat message, about 6% of the store thread's time under
 /// chatbench's pairs with history.
-pub fn encode(change: &Change) -> Result<String, Error> {
+pub(super) fn encode(change: &Change) -> Result<String, Error> {
     let corrupt = |e: String| Error::Corrupt(e);
     let Some(m) = change.message.as_ref().filter(|_| change.writes.is_empty()) else {
         return serde_json::to_string(change).map_err(|e| corrupt(e.to_string()));

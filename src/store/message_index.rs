@@ -229,12 +229,10 @@ impl Indexer {
     /// transaction. Readers are told the index has moved on even if it
     /// failed: they must not wait for a disk to be fixed, and find the
     /// messages once a retry succeeds.
-    pub fn index(&mut self, db: &mut Db, groups: Vec<Synced>) {
-        let mut groups = groups;
+    pub fn index(&mut self, db: &mut Db, mut groups: Vec<Synced>) {
         if !self.failed.is_empty() {
-            let mut all = std::mem::take(&mut self.failed);
-            all.append(&mut groups);
-            groups = all;
+            self.failed.append(&mut groups);
+            groups = std::mem::take(&mut self.failed);
         }
         let Some(end) = groups.last().map(|g| g.end) else {
             return;
