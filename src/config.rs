@@ -150,6 +150,10 @@ pub struct HistoryConfig {
     /// synced and indexed; past it, senders are not read until the log
     /// catches up.
     pub pending_bytes: usize,
+    /// How old the message log's current file may grow before the log
+    /// starts another: files go once indexed, so this bounds how long a
+    /// redacted or expired message's text stays in the log.
+    pub log_roll_ms: u64,
 }
 
 impl HistoryConfig {
@@ -157,6 +161,7 @@ impl HistoryConfig {
     pub fn message_log_limits(&self) -> crate::store::message_log::Limits {
         crate::store::message_log::Limits {
             pending_bytes: self.pending_bytes,
+            roll_after: std::time::Duration::from_millis(self.log_roll_ms),
             ..Default::default()
         }
     }
@@ -176,6 +181,7 @@ impl Default for HistoryConfig {
             max_search_page: 50,
             search_scan: 5000,
             pending_bytes: 32 << 20,
+            log_roll_ms: 600_000,
         }
     }
 }
@@ -654,6 +660,9 @@ impl Config {
                 "must be 65536 to 1073741824",
             ));
         }
+        if !(1000..=86_400_000).contains(&h.log_roll_ms) {
+            return Err(invalid("history.log_roll_ms", "must be 1000 to 86400000"));
+        }
         let l = &self.limits;
         if !(1024..=16 * 1024 * 1024).contains(&l.max_line_bytes) {
             return Err(invalid("limits.max_line_bytes", "must be 1024 to 16777216"));
@@ -823,6 +832,13 @@ mod tests {
         let err = Config::from_toml("[limits]\nmax_json_depth = 128\n").unwrap_err();
         assert!(err.to_string().contains("must be 2 to 127"), "{err}");
         assert!(Config::from_toml("[limits]\nmax_json_depth = 127\n").is_ok());
+        let err = Config::from_toml("[history]\nlog_roll_ms = 999\n").unwrap_err();
+        assert!(err.to_string().contains("history.log_roll_ms"), "{err}");
+        let c = Config::from_toml("[history]\nlog_roll_ms = 1000\n").expect("config");
+        assert_eq!(
+            c.history.message_log_limits().roll_after,
+            std::time::Duration::from_secs(1)
+        );
     }
 
     #[test]

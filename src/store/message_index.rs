@@ -109,17 +109,17 @@ impl Db {
             index.flush(tx)?;
             log::write_clock(tx, clock)?;
             log::set_seen_seq(tx, &origin.node, &origin.incarnation, seq)?;
-            tx.prepare_cached(
-                "INSERT INTO node (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![
-                INDEXED_END,
-                format!("{}:{}", end.segment, end.offset)
-            ])?;
-            Ok(())
+            record_end(tx, end)
         })
         })?
+    }
+
+    /// Makes the index durable up to `end`, which it holds: a commit that
+    /// syncs the WAL, and with it every unsynced commit of the index before
+    /// it. The log's segments before `end` are then no longer needed.
+    fn sync_index(&mut self, end: Position) -> Result<(), Error> {
+        debug_assert!(self.full, "the index's burst left commits unsynced");
+        self.write(|tx, _| record_end(tx, end))
     }
 
     /// The log position after the last record indexed, if any was.
@@ -140,6 +140,19 @@ impl Db {
             })
         }))
     }
+}
+
+/// Records `end` as the log position after the last record indexed.
+fn record_end(tx: &rusqlite::Transaction<'_>, end: Position) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT INTO node (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![
+        INDEXED_END,
+        format!("{}:{}", end.segment, end.offset)
+    ])?;
+    Ok(())
 }
 
 /// A record's body as text and as the change it encodes, if it is a kept
@@ -210,19 +223,34 @@ pub fn catch_up(db: &mut Db, dir: &Path, upto: Position) -> Result<usize, Error>
 /// later group indexed past them would record the index's end past them,
 /// and the next start would not find them in the log. Their bytes stay
 /// counted meanwhile, so senders are held back, and nothing is lost.
+///
+/// It also removes the log's segments the index holds ([`Indexer::sweep`]):
+/// once indexed, a kept message is read from SQLite, and its copy in the
+/// log would outlive a redaction and retention, and fill the disk.
 #[derive(Debug)]
 pub struct Indexer {
     indexed: Arc<Indexed>,
     failed: Vec<Synced>,
+    /// The log's segments, to remove.
+    log: segment::Reader,
+    /// The log position after the last record indexed, if any was.
+    end: Option<Position>,
+    /// `end` as of the last sweep.
+    swept: Option<Position>,
 }
 
 impl Indexer {
-    /// Reports its progress to `indexed`.
-    pub fn new(indexed: Arc<Indexed>) -> Self {
-        Self {
+    /// Reports its progress to `indexed`; removes segments of the log in
+    /// `dir` once indexed. `db`'s index holds the log up to its
+    /// [`Db::indexed_end`] (after [`catch_up`]).
+    pub fn new(indexed: Arc<Indexed>, db: &Db, dir: &Path) -> Result<Self, Error> {
+        Ok(Self {
             indexed,
             failed: Vec::new(),
-        }
+            log: segment::Reader::new(dir),
+            end: db.indexed_end()?,
+            swept: None,
+        })
     }
 
     /// Indexes what a failed transaction left, then `groups`, in one
@@ -239,13 +267,49 @@ impl Indexer {
         };
         let records = || groups.iter().flat_map(|g| &g.records);
         let last = records().last().map_or(0, |r| r.entry.seq);
-        if let Err(e) = db.index_messages(records(), end) {
-            tracing::error!(error = %e, records = records().count(),
-                "message log: cannot index synced records; trying again with the next ones \
-                 (check the disk)");
-            self.failed = groups;
+        match db.index_messages(records(), end) {
+            Ok(()) => self.end = Some(end),
+            Err(e) => {
+                tracing::error!(error = %e, records = records().count(),
+                    "message log: cannot index synced records; trying again with the next ones \
+                     (check the disk)");
+                self.failed = groups;
+            }
         }
         self.indexed.reach(last);
+    }
+
+    /// Removes the log's segments whose records the index holds, after a
+    /// commit that makes the index durable that far (its commits do not
+    /// sync: a crash before the sync would have to index them again from
+    /// the log). At most one sync each time the index has moved into a new
+    /// segment, or the log has rolled (see `message_log::Limits`). Errors
+    /// are logged; the next tick tries again.
+    pub fn sweep(&mut self, db: &mut Db) {
+        let Some(end) = self.end.filter(|&e| self.swept != Some(e)) else {
+            return;
+        };
+        let swept = (|| {
+            let Some(bound) = self.log.indexed_before(end)? else {
+                return Ok(0);
+            };
+            db.sync_index(end)?;
+            Ok::<_, Error>(self.log.remove_before(bound)?)
+        })();
+        match swept {
+            Ok(removed) => {
+                self.swept = Some(end);
+                if removed > 0 {
+                    tracing::debug!(
+                        removed,
+                        segment = end.segment,
+                        "message log: removed segments the index holds"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e,
+                "message log: cannot remove segments the index holds; trying again at the next tick"),
+        }
     }
 
     /// Tries again what a failed transaction left, if anything.
@@ -338,17 +402,13 @@ mod tests {
         let mut db = Db::open(dir.path(), "n1").expect("db");
         let (to_index, groups) = std::sync::mpsc::channel();
         let floor = db.message_floor().expect("floor");
-        let (log, thread) = MessageLog::open(
-            &dir.path().join(MESSAGE_LOG_DIR),
-            Limits::default(),
-            floor,
-            move |g| {
-                let _ = to_index.send(g);
-            },
-        )
+        let log_dir = dir.path().join(MESSAGE_LOG_DIR);
+        let (log, thread) = MessageLog::open(&log_dir, Limits::default(), floor, move |g| {
+            let _ = to_index.send(g);
+        })
         .expect("log");
         let topic = Uuid::now_v7();
-        let mut indexer = Indexer::new(Arc::new(Indexed::new(0)));
+        let mut indexer = Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir).expect("indexer");
         let kept = async |id: &'static str| {
             let e = log.append(|e| body(topic, id, e)).expect("append");
             log.wait_synced(e.seq).await.expect("synced");
@@ -480,6 +540,87 @@ mod tests {
             .collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
         assert_eq!(keep(&store, topic, "e").await.seq, 5);
+        store.close().await;
+    }
+
+    /// Segments on disk in the log of the store in `dir`.
+    fn segments(dir: &Path) -> Vec<u64> {
+        segment::Reader::new(&dir.join(MESSAGE_LOG_DIR))
+            .segments()
+            .expect("segments")
+    }
+
+    /// Indexed segments go once a commit has made the index durable that
+    /// far (the index's own commits do not sync): the sweep's last commit
+    /// synced, the writer's segment kept.
+    #[tokio::test]
+    async fn a_sweep_syncs_the_index_then_removes_what_it_holds() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut db = Db::open(dir.path(), "n1").expect("db");
+        let (to_index, groups) = std::sync::mpsc::channel();
+        let floor = db.message_floor().expect("floor");
+        let log_dir = dir.path().join(MESSAGE_LOG_DIR);
+        // Each group in a segment of its own.
+        let limits = Limits {
+            segment_bytes: 1,
+            ..Limits::default()
+        };
+        let (log, thread) = MessageLog::open(&log_dir, limits, floor, move |g| {
+            let _ = to_index.send(g);
+        })
+        .expect("log");
+        let topic = Uuid::now_v7();
+        let mut indexer = Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir).expect("indexer");
+        for id in ["a", "b", "c"] {
+            let e = log.append(|e| body(topic, id, e)).expect("append");
+            log.wait_synced(e.seq).await.expect("synced");
+            let group = groups.recv().expect("handed on");
+            indexer.index(&mut db, vec![group]);
+        }
+        assert_eq!(segments(dir.path()), [1, 2, 3]);
+        assert_ne!(
+            db.synced_at, db.commits,
+            "the index's commits are not synced"
+        );
+        indexer.sweep(&mut db);
+        assert_eq!(db.synced_at, db.commits, "synced before removing");
+        assert_eq!(segments(dir.path()), [3]);
+        let page = db.history(topic, None, None, 10).expect("history");
+        let ids: Vec<String> = page.messages.into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        // Nothing new: no second sync.
+        let commits = db.commits;
+        indexer.sweep(&mut db);
+        assert_eq!(db.commits, commits);
+        thread.finish();
+    }
+
+    /// The store sweeps at its tidy ticks: a log of many segments (here
+    /// one a group) leaves only the writer's, and after a restart history
+    /// and seq carry on.
+    #[tokio::test]
+    async fn the_store_removes_indexed_segments_and_carries_on_after_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let limits = Limits {
+            segment_bytes: 1,
+            ..Limits::default()
+        };
+        let store = Store::open_observed(dir.path(), "n1", limits, |_| {}).expect("open");
+        let topic = Uuid::now_v7();
+        for id in ["a", "b", "c"] {
+            keep(&store, topic, id).await;
+        }
+        assert_eq!(history(&store, topic).await, ["a", "b", "c"]);
+        assert_eq!(segments(dir.path()), [1, 2, 3]);
+        assert!(store.tidy());
+        // A job queued after the tick runs after its sweep.
+        store.call(|_| Ok(())).await.expect("call");
+        assert_eq!(segments(dir.path()), [3]);
+        store.close().await;
+        let store = Store::open(dir.path(), "n1").expect("reopen");
+        assert_eq!(history(&store, topic).await, ["a", "b", "c"]);
+        assert_eq!(keep(&store, topic, "d").await.seq, 4);
+        assert_eq!(history(&store, topic).await, ["a", "b", "c", "d"]);
         store.close().await;
     }
 }

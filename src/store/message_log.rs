@@ -24,6 +24,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::log::next_hlc;
 use super::segment::{self, Position, Record};
@@ -101,6 +102,11 @@ pub struct Limits {
     pub pending_bytes: usize,
     /// A segment's size past which the next group starts a new one.
     pub segment_bytes: u64,
+    /// A segment's age past which the log starts a new one (before the
+    /// next group, or when idle for as long): whole segments leave the
+    /// disk once indexed, so this bounds how long a message deleted from
+    /// the index (a redaction, retention) stays in the log's files.
+    pub roll_after: Duration,
 }
 
 impl Default for Limits {
@@ -108,6 +114,7 @@ impl Default for Limits {
         Self {
             pending_bytes: 32 << 20,
             segment_bytes: 64 << 20,
+            roll_after: Duration::from_secs(600),
         }
     }
 }
@@ -193,7 +200,17 @@ impl MessageLog {
         let thread = std::thread::Builder::new()
             .name("tenthbit-msglog".into())
             .spawn(move || {
-                while let Some(group) = log.next_group() {
+                let roll_after = log.limits.roll_after;
+                loop {
+                    let group = match log.next_group(roll_after) {
+                        Next::Done => break,
+                        Next::Idle => {
+                            roll(&mut writer, roll_after);
+                            continue;
+                        }
+                        Next::Group(group) => group,
+                    };
+                    roll(&mut writer, roll_after);
                     let bytes: usize = group.iter().map(|(_, b)| b.len()).sum();
                     let started = std::time::Instant::now();
                     match write_group(&mut writer, &group) {
@@ -343,21 +360,28 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The records pending, waiting for some; `None` once closed and
-    /// drained, or failed.
-    fn next_group(&self) -> Option<Vec<(Entry, Vec<u8>)>> {
+    /// The records pending, waiting for some at most `idle` (at least
+    /// [`IDLE_WAIT_MIN`]).
+    fn next_group(&self, idle: Duration) -> Next {
         let mut state = self.lock();
         loop {
             if self.failed.load(Ordering::Acquire) {
-                return None;
+                return Next::Done;
             }
             if !state.pending.is_empty() {
-                return Some(std::mem::take(&mut state.pending));
+                return Next::Group(std::mem::take(&mut state.pending));
             }
             if state.closed {
-                return None;
+                return Next::Done;
             }
-            state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
+            let (next, waited) = self
+                .work
+                .wait_timeout(state, idle.max(IDLE_WAIT_MIN))
+                .unwrap_or_else(|p| p.into_inner());
+            state = next;
+            if waited.timed_out() && state.pending.is_empty() && !state.closed {
+                return Next::Idle;
+            }
         }
     }
 
@@ -372,6 +396,28 @@ impl Shared {
     fn fail(&self) {
         self.failed.store(true, Ordering::Release);
         self.moved.notify_waiters();
+    }
+}
+
+/// What the log thread does next.
+enum Next {
+    /// Write and sync these records.
+    Group(Vec<(Entry, Vec<u8>)>),
+    /// Nothing came for a while: see whether the segment is due to roll.
+    Idle,
+    /// Closed and drained, or failed.
+    Done,
+}
+
+/// The shortest idle wait of the log thread, whatever `roll_after` says.
+const IDLE_WAIT_MIN: Duration = Duration::from_millis(10);
+
+/// Starts a new segment if the writer's is older than `age`. A failure is
+/// logged: the segment goes on taking records, and a writer that can no
+/// longer write refuses the next group, which fails the log.
+fn roll(writer: &mut segment::Writer, age: Duration) {
+    if let Err(e) = writer.roll_if_older(age) {
+        tracing::warn!(error = %e, "message log: cannot start a new segment (check the disk)");
     }
 }
 
@@ -462,6 +508,53 @@ mod tests {
         }
         thread.finish();
         assert_eq!(log.append(body), Err(AppendError::Closed));
+    }
+
+    /// A segment older than `roll_after` is closed before the next group:
+    /// with zero, every group starts a segment; with an hour, none does.
+    #[tokio::test]
+    async fn a_group_after_roll_after_starts_a_new_segment() {
+        for (roll_after, rolls) in [(Duration::ZERO, true), (Duration::from_secs(3600), false)] {
+            let dir = tempfile::tempdir().expect("dir");
+            let (tx, rx) = mpsc::channel();
+            let limits = Limits {
+                roll_after,
+                ..Limits::default()
+            };
+            let (log, thread) = MessageLog::open(dir.path(), limits, START, move |g| {
+                let _ = tx.send(g);
+            })
+            .expect("open");
+            let mut at = Vec::new();
+            for _ in 0..2 {
+                let e = log.append(body).expect("append");
+                log.wait_synced(e.seq).await.expect("synced");
+                let group: Synced = rx.recv().expect("a group");
+                at.extend(group.records.iter().map(|r| r.at.segment));
+            }
+            assert_eq!(at.len(), 2);
+            assert_eq!(at[1] > at[0], rolls, "{roll_after:?}: segments {at:?}");
+            thread.finish();
+        }
+    }
+
+    /// With nothing to write, the log thread comes back after `roll_after`
+    /// (to roll a quiet log's segment) instead of sleeping until a record.
+    #[test]
+    fn with_nothing_to_write_the_log_thread_comes_back_idle() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (log, thread) =
+            MessageLog::open(dir.path(), Limits::default(), START, |_| {}).expect("open");
+        assert!(matches!(
+            log.shared.next_group(Duration::from_millis(1)),
+            Next::Idle
+        ));
+        log.append(body).expect("append");
+        thread.finish();
+        assert!(matches!(
+            log.shared.next_group(Duration::from_millis(1)),
+            Next::Done
+        ));
     }
 
     #[tokio::test]

@@ -35,6 +35,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The first bytes of every segment.
 const MAGIC: &[u8; 8] = b"10bitseg";
@@ -161,6 +162,9 @@ pub struct Writer {
     max_bytes: u64,
     /// A group's records, encoded before the one write.
     buf: Vec<u8>,
+    /// When this segment was created, or opened by this writer: see
+    /// [`Writer::roll_if_older`].
+    since: Instant,
     stopped: bool,
     /// Held locked (`flock`) while the writer lives: a second writer of
     /// the directory (another daemon on the same data directory) would
@@ -266,6 +270,7 @@ impl Writer {
             len,
             max_bytes,
             buf: Vec::new(),
+            since: Instant::now(),
             stopped: false,
         })
     }
@@ -349,8 +354,24 @@ impl Writer {
         self.sync = sync;
         self.segment = next;
         self.len = len;
+        self.since = Instant::now();
         tracing::debug!(segment = self.segment, "message log: new segment");
         Ok(())
+    }
+
+    /// Starts a new segment if this one holds a record and was started (or
+    /// opened) at least `age` ago; whether it did. A quiet log rolls too,
+    /// so that its records leave the disk once indexed (see
+    /// [`Reader::indexed_before`]) and not only when a segment fills.
+    pub fn roll_if_older(&mut self, age: Duration) -> Result<bool, Error> {
+        if self.stopped {
+            return Err(Error::Stopped);
+        }
+        if self.len <= HEADER_LEN || self.since.elapsed() < age {
+            return Ok(false);
+        }
+        self.rotate()?;
+        Ok(true)
     }
 }
 
@@ -460,6 +481,32 @@ impl Reader {
             sync_dir(&self.dir)?;
         }
         Ok(removed)
+    }
+
+    /// The bound below which every segment's records lie before `end` (a
+    /// position after the last record indexed), if any segment on disk is
+    /// below it: [`Reader::remove_before`] it. The writer's segment never
+    /// is; a sealed segment that `end` reaches the end of is.
+    pub fn indexed_before(&self, end: Position) -> Result<Option<u64>, Error> {
+        let segments = list(&self.dir)?;
+        let sealed = segments.last().is_some_and(|&last| last > end.segment);
+        let whole = sealed && {
+            let path = segment_path(&self.dir, end.segment);
+            match fs::metadata(&path) {
+                Ok(meta) => meta.len() <= end.offset,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(Error::Io { path, source: e }),
+            }
+        };
+        let bound = if whole {
+            end.segment.saturating_add(1)
+        } else {
+            end.segment
+        };
+        Ok(segments
+            .first()
+            .filter(|&&first| first < bound)
+            .map(|_| bound))
     }
 }
 
@@ -1199,6 +1246,63 @@ mod tests {
             offset: HEADER_LEN,
         };
         assert_eq!(bodies(&r, from, end).len(), 1);
+    }
+
+    #[test]
+    fn an_old_segment_rolls_only_when_it_holds_a_record() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        // Empty: nothing to roll, however old.
+        assert!(!w.roll_if_older(Duration::ZERO).expect("roll"));
+        let a = w.append([rec(1, b"one")]).expect("a");
+        // Young enough: stays.
+        assert!(!w.roll_if_older(Duration::from_secs(3600)).expect("roll"));
+        assert!(w.roll_if_older(Duration::ZERO).expect("roll"));
+        assert_eq!(
+            w.end(),
+            Position {
+                segment: 2,
+                offset: HEADER_LEN
+            }
+        );
+        // The new segment is empty again, and the log reads on across both.
+        assert!(!w.roll_if_older(Duration::ZERO).expect("roll"));
+        let b = w.append([rec(2, b"two")]).expect("b");
+        let r = Reader::new(dir.path());
+        let seqs: Vec<u64> = bodies(&r, start(), b.end).iter().map(|b| b.0).collect();
+        assert_eq!(seqs, [1, 2]);
+        assert_eq!(a.positions[0].segment, 1);
+        assert_eq!(b.positions[0].segment, 2);
+    }
+
+    #[test]
+    fn only_segments_wholly_before_the_index_end_are_removed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let a = w.append([rec(1, b"one"), rec(2, b"two")]).expect("a");
+        w.roll_if_older(Duration::ZERO).expect("roll");
+        let b = w.append([rec(3, b"three")]).expect("b");
+        w.roll_if_older(Duration::ZERO).expect("roll");
+        let r = Reader::new(dir.path());
+        let sweep = |end| match r.indexed_before(end).expect("bound") {
+            Some(bound) => r.remove_before(bound).expect("remove"),
+            None => 0,
+        };
+        assert_eq!(r.segments().expect("list"), vec![1, 2, 3]);
+        // Indexed up to the middle of segment 1: nothing goes.
+        assert_eq!(sweep(a.positions[1]), 0);
+        // Up to the end of segment 1, which the writer has left: it goes.
+        assert_eq!(sweep(a.end), 1);
+        assert_eq!(r.segments().expect("list"), vec![2, 3]);
+        // Past all of segment 2: it goes, never the writer's (empty) one.
+        assert_eq!(sweep(b.end), 1);
+        assert_eq!(r.segments().expect("list"), vec![3]);
+        assert_eq!(r.indexed_before(w.end()).expect("bound"), None);
+        // Reopened, the log carries on where it was.
+        let end = w.end();
+        drop(w);
+        let opened = Writer::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(opened.writer.end(), end);
     }
 
     #[test]
