@@ -21,7 +21,7 @@ use super::log::{self, Arrival, Origin};
 use super::message_log::{Entry, Synced, SyncedRecord};
 use super::search::IndexQueue;
 use super::segment::{self, Position};
-use super::{Db, Error, Event};
+use super::{Db, Error};
 use crate::change::Change;
 
 /// What a node's message origin adds to its incarnation.
@@ -76,6 +76,8 @@ impl Db {
             let mut clock = log::read_clock(tx)?;
             let held = log::seen_seq(tx, &origin.node, &origin.incarnation)?;
             let mut seq = held;
+            let mut insert = tx.prepare_cached(log::INSERT_EVENT)?;
+            let from = (origin.node.as_str(), origin.incarnation.as_str());
             for r in records.into_iter().filter(|r| r.entry.seq > held) {
                 seq = seq.max(r.entry.seq);
                 let Some((body, change)) = decode(&r.body) else {
@@ -87,25 +89,12 @@ impl Db {
                     );
                     continue;
                 };
-                let event = Event {
-                    node: origin.node.clone(),
-                    incarnation: origin.incarnation.clone(),
-                    seq: r.entry.seq,
-                    hlc: r.entry.hlc,
-                    change,
-                };
-                let rowid = log::insert_body(tx, &event, body)?;
-                log::apply_as(
-                    tx,
-                    &mut index,
-                    rowid,
-                    &key,
-                    event.hlc,
-                    &event.change,
-                    Arrival::Minted,
-                )?;
-                clock = clock.max(event.hlc);
+                let hlc = r.entry.hlc;
+                let rowid = log::insert_row(&mut insert, from, r.entry.seq, hlc, &change, body)?;
+                log::apply_as(tx, &mut index, rowid, &key, hlc, &change, Arrival::Minted)?;
+                clock = clock.max(hlc);
             }
+            drop(insert);
             index.flush(tx)?;
             log::write_clock(tx, clock)?;
             log::set_seen_seq(tx, &origin.node, &origin.incarnation, seq)?;
@@ -159,7 +148,10 @@ fn record_end(tx: &rusqlite::Transaction<'_>, end: Position) -> Result<(), Error
 /// message.
 fn decode(body: &[u8]) -> Option<(&str, Change)> {
     let text = std::str::from_utf8(body).ok()?;
-    let change: Change = serde_json::from_str(text).ok()?;
+    let change = match log::decode_message(text) {
+        Some(change) => change,
+        None => serde_json::from_str(text).ok()?,
+    };
     change.message.as_ref()?;
     Some((text, change))
 }
