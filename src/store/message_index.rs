@@ -239,7 +239,9 @@ pub struct Indexer {
     log: segment::Reader,
     /// The log position after the last record indexed, if any was.
     end: Option<Position>,
-    /// `end` as of the last sweep.
+    /// `end` once a sweep has removed its segment: nothing more goes until
+    /// it moves. (While its segment is the writer's, each tick looks at the
+    /// log's directory again, for the roll that seals it.)
     swept: Option<Position>,
 }
 
@@ -295,14 +297,19 @@ impl Indexer {
         };
         let swept = (|| {
             let Some(bound) = self.log.indexed_before(end)? else {
-                return Ok(0);
+                return Ok((0, false));
             };
             db.sync_index(end)?;
-            Ok::<_, Error>(self.log.remove_before(bound)?)
+            Ok::<_, Error>((self.log.remove_before(bound)?, bound > end.segment))
         })();
         match swept {
-            Ok(removed) => {
-                self.swept = Some(end);
+            Ok((removed, whole)) => {
+                // Done with `end` once its own segment is gone: until then
+                // the log may roll (a quiet one does, after `roll_after`),
+                // which seals that segment with `end` unmoved.
+                if whole {
+                    self.swept = Some(end);
+                }
                 if removed > 0 {
                     tracing::debug!(
                         removed,
@@ -603,6 +610,51 @@ mod tests {
         let ids: Vec<String> = page.messages.into_iter().map(|m| m.id).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         // Nothing new: no second sync.
+        let commits = db.commits;
+        indexer.sweep(&mut db);
+        assert_eq!(db.commits, commits);
+        thread.finish();
+    }
+
+    /// A quiet log's segment goes once the log rolls it, though the index
+    /// has not moved since the sweep that had to leave it (the writer's).
+    #[tokio::test]
+    async fn a_segment_rolled_after_a_sweep_goes_at_the_next() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut db = Db::open(dir.path(), "n1").expect("db");
+        let (to_index, groups) = std::sync::mpsc::channel();
+        // The log thread waits after each group until let go: no roll
+        // before the first sweep.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let floor = db.message_floor().expect("floor");
+        let log_dir = dir.path().join(MESSAGE_LOG_DIR);
+        // Every segment that holds a record is old enough to roll.
+        let limits = Limits {
+            roll_after: std::time::Duration::ZERO,
+            ..Limits::default()
+        };
+        let (log, thread) = MessageLog::open(&log_dir, limits, floor, move |g| {
+            let _ = to_index.send(g);
+            let _ = wait.recv();
+        })
+        .expect("log");
+        let topic = Uuid::now_v7();
+        let mut indexer = Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir).expect("indexer");
+        let a = log.append(|e| body(topic, "a", e)).expect("append");
+        indexer.index(&mut db, vec![groups.recv().expect("handed on")]);
+        indexer.sweep(&mut db);
+        assert_eq!(segments(dir.path()), [1], "the writer's segment stays");
+        // Let go, the log rolls segment 1 (idle, or before the next group,
+        // which lands in segment 2); the index stays where it was.
+        go.send(()).expect("go");
+        go.send(()).expect("go");
+        log.wait_synced(a.seq).await.expect("synced");
+        let b = log.append(|e| body(topic, "b", e)).expect("append");
+        log.wait_synced(b.seq).await.expect("synced");
+        assert_eq!(segments(dir.path()), [1, 2]);
+        indexer.sweep(&mut db);
+        assert_eq!(segments(dir.path()), [2]);
+        // Nothing more to remove: no sync.
         let commits = db.commits;
         indexer.sweep(&mut db);
         assert_eq!(db.commits, commits);
