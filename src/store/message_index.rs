@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{OptionalExtension, params};
 
 use super::log::{self, Arrival, Origin};
-use super::message_log::{Entry, Synced, SyncedRecord};
+use super::message_log::{Entry, MessageLog, Synced, SyncedRecord};
 use super::search::IndexQueue;
 use super::segment::{self, Position};
 use super::{Db, Error};
@@ -237,6 +237,8 @@ pub struct Indexer {
     failed: Vec<Synced>,
     /// The log's segments, to remove.
     log: segment::Reader,
+    /// The log, which says which segment its writer is in.
+    messages: MessageLog,
     /// The log position after the last record indexed, if any was.
     end: Option<Position>,
     /// `end` once a sweep has removed its segment: nothing more goes until
@@ -246,14 +248,20 @@ pub struct Indexer {
 }
 
 impl Indexer {
-    /// Reports its progress to `indexed`; removes segments of the log in
-    /// `dir` once indexed. `db`'s index holds the log up to its
-    /// [`Db::indexed_end`] (after [`catch_up`]).
-    pub fn new(indexed: Arc<Indexed>, db: &Db, dir: &Path) -> Result<Self, Error> {
+    /// Reports its progress to `indexed`; removes segments of the log
+    /// `messages` in `dir` once indexed. `db`'s index holds the log up to
+    /// its [`Db::indexed_end`] (after [`catch_up`]).
+    pub fn new(
+        indexed: Arc<Indexed>,
+        db: &Db,
+        dir: &Path,
+        messages: &MessageLog,
+    ) -> Result<Self, Error> {
         Ok(Self {
             indexed,
             failed: Vec::new(),
             log: segment::Reader::new(dir),
+            messages: messages.clone(),
             end: db.indexed_end()?,
             swept: None,
         })
@@ -296,7 +304,8 @@ impl Indexer {
             return;
         };
         let swept = (|| {
-            let Some(bound) = self.log.indexed_before(end)? else {
+            let writing = self.messages.writing();
+            let Some(bound) = self.log.indexed_before(end, writing)? else {
                 return Ok((0, false));
             };
             db.sync_index(end)?;
@@ -419,7 +428,8 @@ mod tests {
         })
         .expect("log");
         let topic = Uuid::now_v7();
-        let mut indexer = Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir).expect("indexer");
+        let mut indexer =
+            Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir, &log).expect("indexer");
         let kept = async |id: &'static str| {
             let e = log.append(|e| body(topic, id, e)).expect("append");
             log.wait_synced(e.seq).await.expect("synced");
@@ -581,7 +591,8 @@ mod tests {
         })
         .expect("log");
         let topic = Uuid::now_v7();
-        let mut indexer = Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir).expect("indexer");
+        let mut indexer =
+            Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir, &log).expect("indexer");
         for id in ["a", "b", "c"] {
             let e = log.append(|e| body(topic, id, e)).expect("append");
             log.wait_synced(e.seq).await.expect("synced");
@@ -639,7 +650,8 @@ mod tests {
         })
         .expect("log");
         let topic = Uuid::now_v7();
-        let mut indexer = Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir).expect("indexer");
+        let mut indexer =
+            Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir, &log).expect("indexer");
         let a = log.append(|e| body(topic, "a", e)).expect("append");
         indexer.index(&mut db, vec![groups.recv().expect("handed on")]);
         indexer.sweep(&mut db);
@@ -658,6 +670,32 @@ mod tests {
         let commits = db.commits;
         indexer.sweep(&mut db);
         assert_eq!(db.commits, commits);
+        thread.finish();
+    }
+
+    /// A segment file past the writer's (one a rotation that failed after
+    /// creating it left behind, while the writer goes on in its segment)
+    /// does not make the writer's segment look sealed: it stays.
+    #[tokio::test]
+    async fn a_file_past_the_writers_segment_does_not_get_it_removed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut db = Db::open(dir.path(), "n1").expect("db");
+        let (to_index, groups) = std::sync::mpsc::channel();
+        let floor = db.message_floor().expect("floor");
+        let log_dir = dir.path().join(MESSAGE_LOG_DIR);
+        let (log, thread) = MessageLog::open(&log_dir, Limits::default(), floor, move |g| {
+            let _ = to_index.send(g);
+        })
+        .expect("log");
+        let topic = Uuid::now_v7();
+        let mut indexer =
+            Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir, &log).expect("indexer");
+        let e = log.append(|e| body(topic, "a", e)).expect("append");
+        log.wait_synced(e.seq).await.expect("synced");
+        indexer.index(&mut db, vec![groups.recv().expect("handed on")]);
+        std::fs::write(log_dir.join(format!("{:020}.seg", 2)), b"").expect("stray");
+        indexer.sweep(&mut db);
+        assert_eq!(segments(dir.path()), [1, 2], "the writer's segment stays");
         thread.finish();
     }
 

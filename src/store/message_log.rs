@@ -139,6 +139,9 @@ struct Shared {
     /// writers, once per batch).
     appended: AtomicU64,
     failed: AtomicBool,
+    /// The writer's segment: every segment below it is sealed (synced,
+    /// never written again).
+    writing: AtomicU64,
     /// Wakes writers waiting for a sync, and sessions waiting for room.
     moved: tokio::sync::Notify,
     limits: Limits,
@@ -191,6 +194,7 @@ impl MessageLog {
             synced: AtomicU64::new(last.seq),
             appended: AtomicU64::new(last.seq),
             failed: AtomicBool::new(false),
+            writing: AtomicU64::new(opened_end.segment),
             moved: tokio::sync::Notify::new(),
             limits,
         });
@@ -206,6 +210,7 @@ impl MessageLog {
                         Next::Done => break,
                         Next::Idle => {
                             roll(&mut writer, roll_after);
+                            log.writing.store(writer.end().segment, Ordering::Release);
                             continue;
                         }
                         Next::Group(group) => group,
@@ -213,7 +218,11 @@ impl MessageLog {
                     roll(&mut writer, roll_after);
                     let bytes: usize = group.iter().map(|(_, b)| b.len()).sum();
                     let started = std::time::Instant::now();
-                    match write_group(&mut writer, &group) {
+                    let written = write_group(&mut writer, &group);
+                    // Rolled, or rotated by the append, once the segment
+                    // before was synced.
+                    log.writing.store(writer.end().segment, Ordering::Release);
+                    match written {
                         Ok((positions, end)) => {
                             let last = group.last().map_or(0, |(e, _)| e.seq);
                             let records = group
@@ -301,6 +310,12 @@ impl MessageLog {
     /// written by an earlier run).
     pub fn opened_end(&self) -> Position {
         self.opened_end
+    }
+
+    /// The writer's segment: the log's segments below it are sealed, and
+    /// a file past it (one a failed rotation left) is not the writer's.
+    pub fn writing(&self) -> u64 {
+        self.shared.writing.load(Ordering::Acquire)
     }
 
     /// The last seq appended.

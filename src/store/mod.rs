@@ -991,7 +991,7 @@ impl Store {
             })?;
         message_index::catch_up(&mut db, &log_dir, messages.opened_end())?;
         let indexed = Arc::new(message_index::Indexed::new(messages.synced()));
-        let mut indexer = message_index::Indexer::new(indexed.clone(), &db, &log_dir)?;
+        let mut indexer = message_index::Indexer::new(indexed.clone(), &db, &log_dir, &messages)?;
         let reader = Db::open_reader(data_dir, node)?;
         let (reads, read_thread) = spawn_reader(reader, Tidy::new(work.clone()))?;
         let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));

@@ -485,11 +485,13 @@ impl Reader {
 
     /// The bound below which every segment's records lie before `end` (a
     /// position after the last record indexed), if any segment on disk is
-    /// below it: [`Reader::remove_before`] it. The writer's segment never
-    /// is; a sealed segment that `end` reaches the end of is.
-    pub fn indexed_before(&self, end: Position) -> Result<Option<u64>, Error> {
+    /// below it: [`Reader::remove_before`] it. The writer's segment
+    /// (`writing`, as the writer says: a file past it may be one a failed
+    /// rotation left) never is; a sealed segment that `end` reaches the end
+    /// of is.
+    pub fn indexed_before(&self, end: Position, writing: u64) -> Result<Option<u64>, Error> {
         let segments = list(&self.dir)?;
-        let sealed = segments.last().is_some_and(|&last| last > end.segment);
+        let sealed = writing > end.segment;
         let whole = sealed && {
             let path = segment_path(&self.dir, end.segment);
             match fs::metadata(&path) {
@@ -1284,7 +1286,8 @@ mod tests {
         let b = w.append([rec(3, b"three")]).expect("b");
         w.roll_if_older(Duration::ZERO).expect("roll");
         let r = Reader::new(dir.path());
-        let sweep = |end| match r.indexed_before(end).expect("bound") {
+        let writing = w.end().segment;
+        let sweep = |end| match r.indexed_before(end, writing).expect("bound") {
             Some(bound) => r.remove_before(bound).expect("remove"),
             None => 0,
         };
@@ -1297,7 +1300,7 @@ mod tests {
         // Past all of segment 2: it goes, never the writer's (empty) one.
         assert_eq!(sweep(b.end), 1);
         assert_eq!(r.segments().expect("list"), vec![3]);
-        assert_eq!(r.indexed_before(w.end()).expect("bound"), None);
+        assert_eq!(r.indexed_before(w.end(), writing).expect("bound"), None);
         // Reopened, the log carries on where it was.
         let end = w.end();
         drop(w);
