@@ -121,6 +121,29 @@ pub struct Db {
     full: bool,
 }
 
+/// Pages `conn` has written to its WAL so far (SQLite's
+/// `SQLITE_DBSTATUS_CACHE_WRITE`), or -1 if SQLite cannot say: a commit
+/// that wrote none did not sync.
+fn pages_written(conn: &Connection) -> i64 {
+    let (mut current, mut highwater) = (0, 0);
+    // SAFETY: the handle is live while `conn` is borrowed; SQLite writes
+    // only the two out-parameters, and resets nothing (last argument 0).
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_status(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_WRITE,
+            &mut current,
+            &mut highwater,
+            0,
+        )
+    };
+    if rc == rusqlite::ffi::SQLITE_OK {
+        i64::from(current)
+    } else {
+        -1
+    }
+}
+
 impl Db {
     /// Opens (creating if needed) `data_dir/tenthbit.db` for node `node`.
     pub fn open(data_dir: &Path, node: &str) -> Result<Db, Error> {
@@ -199,11 +222,13 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changed = tx.total_changes();
+        let written = pages_written(&tx);
         let out = f(&tx, &self.origin)?;
-        // A transaction that wrote nothing commits without a sync.
-        let wrote = tx.total_changes() != changed;
         tx.commit()?;
+        // A transaction that wrote no page commits without a sync, even if
+        // it changed rows: SQLite leaves a page alone when a row is written
+        // over with the same bytes.
+        let wrote = pages_written(&self.conn) > written;
         self.commits += 1;
         if self.full && wrote {
             self.synced_at = self.commits;
@@ -1355,6 +1380,34 @@ mod tests {
         let store = Store::open(dir.path(), "n1").expect("open");
         let closed = tokio::time::timeout(std::time::Duration::from_secs(30), store.close());
         assert!(closed.await.is_ok(), "the store did not close");
+    }
+
+    /// A commit counts as synced only if it wrote a page: one that writes
+    /// a row over with the same bytes changes a row (SQLite's count) but
+    /// writes nothing, and so syncs nothing. Counted synced, it would let
+    /// the mesh send this node's events that no sync has reached.
+    #[test]
+    fn a_commit_that_wrote_no_page_is_not_counted_synced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut db = Db::open(dir.path(), "n1").expect("db");
+        let set = |db: &mut Db, value: &'static str| {
+            db.write(|tx, _| {
+                tx.execute(
+                    "INSERT INTO node (key, value) VALUES ('test', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![value],
+                )?;
+                Ok(())
+            })
+            .expect("write");
+        };
+        set(&mut db, "a");
+        assert_eq!(db.synced_at, db.commits);
+        let synced = db.synced_at;
+        set(&mut db, "a");
+        assert_eq!(db.synced_at, synced, "nothing was written, nor synced");
+        set(&mut db, "b");
+        assert_eq!(db.synced_at, db.commits);
     }
 
     /// Message `m{n}` to `topic` from nobody, with `ex`, to keep.
