@@ -221,12 +221,17 @@ pub(super) fn decode_message(text: &str) -> Option<Change> {
     /// characters, so such text is the string itself); and what follows.
     fn plain(s: &str) -> Option<(&str, &str)> {
         let (text, rest) = s.split_once('"')?;
-        (!text.contains('\\')).then_some((text, rest))
+        (!text.bytes().any(|b| b == b'\\' || b < 0x20)).then_some((text, rest))
     }
     let (kind, rest) = plain(text.strip_prefix("{\"kind\":\"")?)?;
     let (topic, rest) = plain(rest.strip_prefix(",\"writes\":[],\"message\":{\"topic\":\"")?)?;
     let (id, rest) = plain(rest.strip_prefix(",\"id\":\"")?)?;
-    let (ts, rest) = rest.strip_prefix(",\"ts\":")?.split_once(',')?;
+    let (ts_text, rest) = rest.strip_prefix(",\"ts\":")?.split_once(',')?;
+    // As `itoa` writes it, and nothing else (no sign, zeros or `-0`).
+    let ts: i64 = ts_text.parse().ok()?;
+    if itoa::Buffer::new().format(ts) != ts_text {
+        return None;
+    }
     let (sender, rest) = plain(rest.strip_prefix("\"sender\":\"")?)?;
     let ex = rest.strip_prefix(",\"ex\":")?.strip_suffix("}}")?;
     Some(Change {
@@ -235,7 +240,7 @@ pub(super) fn decode_message(text: &str) -> Option<Change> {
         message: Some(Message {
             topic: Uuid::try_parse(topic).ok()?,
             id: id.to_owned(),
-            ts: ts.parse().ok()?,
+            ts,
             sender: Uuid::try_parse(sender).ok()?,
             ex: ExJson::from_text(ex.to_owned()).ok()?,
         }),
@@ -590,6 +595,10 @@ mod tests {
             text.replacen("\"writes\":[]", "\"writes\":[1]", 1),
             text.replacen("}}", "}", 1),
             text.replacen("00000000-0000", "not-a-uuid-0000", 1),
+            text.replacen("\"ts\":1", "\"ts\":+1", 1),
+            text.replacen("\"ts\":1", "\"ts\":01", 1),
+            text.replacen("\"ts\":1", "\"ts\":-0", 1),
+            text.replacen("\"id\":\"a\"", "\"id\":\"a\tb\"", 1),
             serde_json::to_string(&serde_json::json!({"kind": "message"})).unwrap(),
         ] {
             assert!(decode_message(&other).is_none(), "{other}");
