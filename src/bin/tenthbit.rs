@@ -201,8 +201,9 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Time the store's group commits of kept messages, as chatbench's
-    /// pairs with history make them, on a new store (no server, no wire).
+    /// Time the message log's index of kept messages, as chatbench's pairs
+    /// with history make them, on a new store (no server, no wire, no log
+    /// write: the index is what bounds history on).
     BenchStore {
         /// Directory for the new store; must not hold one.
         #[arg(long)]
@@ -212,8 +213,9 @@ enum Command {
         /// Topics, each with one sender.
         #[arg(long, default_value_t = 200)]
         topics: usize,
-        /// Changes per group commit.
-        #[arg(long, default_value_t = 16_384)]
+        /// Records per index transaction (the store thread's cap under
+        /// load).
+        #[arg(long, default_value_t = 65_536)]
         group: usize,
         /// Print the report as JSON.
         #[arg(long)]

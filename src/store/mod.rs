@@ -23,7 +23,7 @@ pub mod search;
 pub mod segment;
 pub mod tickets;
 pub mod topics;
-mod wal;
+pub(crate) mod wal;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

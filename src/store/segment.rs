@@ -44,7 +44,7 @@ const VERSION: u32 = 1;
 /// Bytes before a segment's first record.
 pub const HEADER_LEN: u64 = 24;
 /// Bytes of a record before its body.
-const RECORD_HEAD: usize = 24;
+pub const RECORD_HEAD: usize = 24;
 /// The largest body a record holds: far above any message the daemon
 /// accepts, and low enough that a damaged length is never allocated.
 pub const MAX_BODY: usize = 16 << 20;
