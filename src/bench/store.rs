@@ -36,7 +36,7 @@ pub struct KeepLoad {
     pub topics: usize,
     /// Messages in all.
     pub messages: u64,
-    /// Records per index transaction (the store thread's cap: 65,536).
+    /// Records per index transaction (the store thread's cap: 16,384).
     pub group: usize,
 }
 

@@ -215,7 +215,7 @@ enum Command {
         topics: usize,
         /// Records per index transaction (the store thread's cap under
         /// load).
-        #[arg(long, default_value_t = 65_536)]
+        #[arg(long, default_value_t = 16_384)]
         group: usize,
         /// Print the report as JSON.
         #[arg(long)]

@@ -638,12 +638,6 @@ fn queued_bytes(changes: &[Change]) -> u32 {
 /// commits in a fraction of a second.
 const MAX_BATCH: usize = 16_384;
 
-/// Most records of the message log indexed in one transaction: as for
-/// [`MAX_BATCH`], each topic's history index costs a page per transaction,
-/// and what the log holds for the index is bounded by
-/// `history.pending_bytes` anyway (32 MiB: about 130,000 small messages).
-const MAX_INDEX_BATCH: usize = 65_536;
-
 /// Appends a batch of changes in one transaction and hands it to the
 /// [`wal::Syncer`], which gives back the changes' room in the queue once
 /// the group is on disk and then answers each caller. `observe` gets how
@@ -1081,7 +1075,7 @@ impl Store {
                         Msg::Index(group) => {
                             tidy.worked();
                             // Every group already queued, in one commit.
-                            let run = queued_alike(group, MAX_INDEX_BATCH, &mut rx, &mut next, |g| g.records.len(), |m| {
+                            let run = queued_alike(group, MAX_BATCH, &mut rx, &mut next, |g| g.records.len(), |m| {
                                 match m {
                                     Msg::Index(g) => ControlFlow::Continue(g),
                                     other => ControlFlow::Break(other),
