@@ -382,7 +382,7 @@ mod tests {
 
     use super::*;
     use crate::change::{ExJson, Message};
-    use crate::store::message_log::{Limits, MessageLog};
+    use crate::store::message_log::{Limits, LogThread, MessageLog};
     use crate::store::{MESSAGE_LOG_DIR, Store, hold_store_thread};
 
     /// Message `id` to `topic` as the log keeps it, stamped with its clock.
@@ -412,6 +412,22 @@ mod tests {
         e
     }
 
+    /// A database, its message log (with `limits`, handing each synced
+    /// group to `on_synced`) and an indexer, as the store thread has them.
+    fn indexed_log(
+        dir: &Path,
+        limits: Limits,
+        on_synced: impl FnMut(Synced) + Send + 'static,
+    ) -> (Db, MessageLog, LogThread, Indexer) {
+        let db = Db::open(dir, "n1").expect("db");
+        let floor = db.message_floor().expect("floor");
+        let log_dir = dir.join(MESSAGE_LOG_DIR);
+        let (log, thread) = MessageLog::open(&log_dir, limits, floor, on_synced).expect("log");
+        let indexer =
+            Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir, &log).expect("indexer");
+        (db, log, thread, indexer)
+    }
+
     /// A failed index transaction (here: the database refuses writes, as
     /// a full or read-only disk would) keeps its groups and tries them
     /// again first: the next group is not indexed past them, and a retry
@@ -419,17 +435,12 @@ mod tests {
     #[tokio::test]
     async fn a_failed_index_is_tried_again_first() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut db = Db::open(dir.path(), "n1").expect("db");
         let (to_index, groups) = std::sync::mpsc::channel();
-        let floor = db.message_floor().expect("floor");
-        let log_dir = dir.path().join(MESSAGE_LOG_DIR);
-        let (log, thread) = MessageLog::open(&log_dir, Limits::default(), floor, move |g| {
-            let _ = to_index.send(g);
-        })
-        .expect("log");
+        let (mut db, log, thread, mut indexer) =
+            indexed_log(dir.path(), Limits::default(), move |g| {
+                let _ = to_index.send(g);
+            });
         let topic = Uuid::now_v7();
-        let mut indexer =
-            Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir, &log).expect("indexer");
         let kept = async |id: &'static str| {
             let e = log.append(|e| body(topic, id, e)).expect("append");
             log.wait_synced(e.seq).await.expect("synced");
@@ -577,22 +588,16 @@ mod tests {
     #[tokio::test]
     async fn a_sweep_syncs_the_index_then_removes_what_it_holds() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut db = Db::open(dir.path(), "n1").expect("db");
         let (to_index, groups) = std::sync::mpsc::channel();
-        let floor = db.message_floor().expect("floor");
-        let log_dir = dir.path().join(MESSAGE_LOG_DIR);
         // Each group in a segment of its own.
         let limits = Limits {
             segment_bytes: 1,
             ..Limits::default()
         };
-        let (log, thread) = MessageLog::open(&log_dir, limits, floor, move |g| {
+        let (mut db, log, thread, mut indexer) = indexed_log(dir.path(), limits, move |g| {
             let _ = to_index.send(g);
-        })
-        .expect("log");
+        });
         let topic = Uuid::now_v7();
-        let mut indexer =
-            Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir, &log).expect("indexer");
         for id in ["a", "b", "c"] {
             let e = log.append(|e| body(topic, id, e)).expect("append");
             log.wait_synced(e.seq).await.expect("synced");
@@ -632,26 +637,20 @@ mod tests {
     #[tokio::test]
     async fn a_segment_rolled_after_a_sweep_goes_at_the_next() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut db = Db::open(dir.path(), "n1").expect("db");
         let (to_index, groups) = std::sync::mpsc::channel();
         // The log thread waits after each group until let go: no roll
         // before the first sweep.
         let (go, wait) = std::sync::mpsc::channel::<()>();
-        let floor = db.message_floor().expect("floor");
-        let log_dir = dir.path().join(MESSAGE_LOG_DIR);
         // Every segment that holds a record is old enough to roll.
         let limits = Limits {
             roll_after: std::time::Duration::ZERO,
             ..Limits::default()
         };
-        let (log, thread) = MessageLog::open(&log_dir, limits, floor, move |g| {
+        let (mut db, log, thread, mut indexer) = indexed_log(dir.path(), limits, move |g| {
             let _ = to_index.send(g);
             let _ = wait.recv();
-        })
-        .expect("log");
+        });
         let topic = Uuid::now_v7();
-        let mut indexer =
-            Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir, &log).expect("indexer");
         let a = log.append(|e| body(topic, "a", e)).expect("append");
         indexer.index(&mut db, vec![groups.recv().expect("handed on")]);
         indexer.sweep(&mut db);
@@ -679,21 +678,22 @@ mod tests {
     #[tokio::test]
     async fn a_file_past_the_writers_segment_does_not_get_it_removed() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut db = Db::open(dir.path(), "n1").expect("db");
         let (to_index, groups) = std::sync::mpsc::channel();
-        let floor = db.message_floor().expect("floor");
-        let log_dir = dir.path().join(MESSAGE_LOG_DIR);
-        let (log, thread) = MessageLog::open(&log_dir, Limits::default(), floor, move |g| {
-            let _ = to_index.send(g);
-        })
-        .expect("log");
+        let (mut db, log, thread, mut indexer) =
+            indexed_log(dir.path(), Limits::default(), move |g| {
+                let _ = to_index.send(g);
+            });
         let topic = Uuid::now_v7();
-        let mut indexer =
-            Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir, &log).expect("indexer");
         let e = log.append(|e| body(topic, "a", e)).expect("append");
         log.wait_synced(e.seq).await.expect("synced");
         indexer.index(&mut db, vec![groups.recv().expect("handed on")]);
-        std::fs::write(log_dir.join(format!("{:020}.seg", 2)), b"").expect("stray");
+        std::fs::write(
+            dir.path()
+                .join(MESSAGE_LOG_DIR)
+                .join(format!("{:020}.seg", 2)),
+            b"",
+        )
+        .expect("stray");
         indexer.sweep(&mut db);
         assert_eq!(segments(dir.path()), [1, 2], "the writer's segment stays");
         thread.finish();
