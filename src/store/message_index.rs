@@ -650,6 +650,9 @@ mod tests {
             let _ = to_index.send(g);
             let _ = wait.recv();
         });
+        // Dropped before the log thread (declared after it): a failed
+        // assertion lets the thread go, and the test fails, not hangs.
+        let go = go;
         let topic = Uuid::now_v7();
         let a = log.append(|e| body(topic, "a", e)).expect("append");
         indexer.index(&mut db, vec![groups.recv().expect("handed on")]);
@@ -658,10 +661,11 @@ mod tests {
         // Let go, the log rolls segment 1 (idle, or before the next group,
         // which lands in segment 2); the index stays where it was.
         go.send(()).expect("go");
-        go.send(()).expect("go");
         log.wait_synced(a.seq).await.expect("synced");
-        let b = log.append(|e| body(topic, "b", e)).expect("append");
-        log.wait_synced(b.seq).await.expect("synced");
+        log.append(|e| body(topic, "b", e)).expect("append");
+        // Written, and its hand-on holds the log thread: no roll of
+        // segment 2 (idle, after 10 ms) until let go.
+        drop(groups.recv().expect("handed on"));
         assert_eq!(segments(dir.path()), [1, 2]);
         indexer.sweep(&mut db);
         assert_eq!(segments(dir.path()), [2]);
@@ -669,6 +673,7 @@ mod tests {
         let commits = db.commits;
         indexer.sweep(&mut db);
         assert_eq!(db.commits, commits);
+        go.send(()).expect("go");
         thread.finish();
     }
 
