@@ -19,6 +19,12 @@
 //!
 //! A failed write or sync is final, as for the WAL (`store::wal`): the
 //! synced seq stops there, appends are refused, and waiters hear it.
+//!
+//! The log thread also starts a new segment when the current one is older
+//! than [`Limits::roll_after`] (before the next group, or when idle): the
+//! store removes segments once everything in them is indexed
+//! (`message_index::Indexer::sweep`), so this bounds how long a quiet log
+//! keeps what the index has since erased.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
