@@ -7,7 +7,7 @@
 //! runs of G records, as under load). The log's own write and sync are
 //! left out: the index is what bounds history on (bench/README.md,
 //! nineteenth and twentieth rounds). Before the twentieth round this timed
-//! the store's group commit ([`Db::commit_group`]), which kept messages no
+//! the store's group commit, which kept messages no
 //! longer take.
 //!
 //! Run under `valgrind --tool=cachegrind` it counts instructions, which

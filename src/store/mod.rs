@@ -262,17 +262,9 @@ impl Db {
     }
 
     /// The store thread's group commit: changes made just now (by
-    /// [`Store::enqueue`]), appended in one transaction, each with its own outcome (one change
-    /// failing fails only its own request). Public for `tenthbit
-    /// bench-store`, which times it without a server.
-    pub fn commit_group(
-        &mut self,
-        changes: Vec<Change>,
-    ) -> Result<Vec<Result<Event, Error>>, Error> {
-        Ok(self.commit_group_at(changes)?.0)
-    }
-
-    /// [`Db::commit_group`], also returning this node's last seq after it.
+    /// [`Store::enqueue`]), appended in one transaction, each with its own
+    /// outcome (one change failing fails only its own request); also this
+    /// node's last seq after it.
     fn commit_group_at(
         &mut self,
         changes: Vec<Change>,
@@ -289,7 +281,7 @@ impl Db {
         })
     }
 
-    /// [`Db::commit_group`] with the WAL written but not synced (SQLite's
+    /// [`Db::commit_group_at`] with the WAL written but not synced (SQLite's
     /// `synchronous = NORMAL`): the caller syncs it ([`wal::Syncer`])
     /// before it tells anyone. Also returns this node's last seq.
     fn commit_group_behind(
