@@ -69,38 +69,7 @@ impl Db {
         end: Position,
     ) -> Result<(), Error> {
         let origin = self.origin.messages();
-        let key = origin.key();
-        self.unsynced_burst(|db| {
-            db.write(|tx, _| {
-            let mut index = IndexQueue::default();
-            let mut clock = log::read_clock(tx)?;
-            let held = log::seen_seq(tx, &origin.node, &origin.incarnation)?;
-            let mut seq = held;
-            let mut insert = tx.prepare_cached(log::INSERT_EVENT)?;
-            let from = (origin.node.as_str(), origin.incarnation.as_str());
-            for r in records.into_iter().filter(|r| r.entry.seq > held) {
-                seq = seq.max(r.entry.seq);
-                let Some((body, change)) = decode(&r.body) else {
-                    tracing::error!(
-                        seq = r.entry.seq,
-                        segment = r.at.segment,
-                        offset = r.at.offset,
-                        "message log: a record that is not a kept message is left out of the index"
-                    );
-                    continue;
-                };
-                let hlc = r.entry.hlc;
-                let rowid = log::insert_row(&mut insert, from, r.entry.seq, hlc, &change, body)?;
-                log::apply_as(tx, &mut index, rowid, &key, hlc, &change, Arrival::Minted)?;
-                clock = clock.max(hlc);
-            }
-            drop(insert);
-            index.flush(tx)?;
-            log::write_clock(tx, clock)?;
-            log::set_seen_seq(tx, &origin.node, &origin.incarnation, seq)?;
-            record_end(tx, end)
-        })
-        })?
+        self.unsynced_burst(|db| db.write(|tx, _| index_records(tx, &origin, records, end)))?
     }
 
     /// Makes the index durable up to `end`, which it holds: a commit that
@@ -141,6 +110,44 @@ impl Db {
             })
         }))
     }
+}
+
+/// [`Db::index_messages`]'s transaction: each record as an event of the
+/// message `origin`, then the origin's seq, the clock and the index's end.
+fn index_records<'r>(
+    tx: &rusqlite::Transaction<'_>,
+    origin: &Origin,
+    records: impl IntoIterator<Item = &'r SyncedRecord>,
+    end: Position,
+) -> Result<(), Error> {
+    let key = origin.key();
+    let mut index = IndexQueue::default();
+    let mut clock = log::read_clock(tx)?;
+    let held = log::seen_seq(tx, &origin.node, &origin.incarnation)?;
+    let mut seq = held;
+    let mut insert = tx.prepare_cached(log::INSERT_EVENT)?;
+    let from = (origin.node.as_str(), origin.incarnation.as_str());
+    for r in records.into_iter().filter(|r| r.entry.seq > held) {
+        seq = seq.max(r.entry.seq);
+        let Some((body, change)) = decode(&r.body) else {
+            tracing::error!(
+                seq = r.entry.seq,
+                segment = r.at.segment,
+                offset = r.at.offset,
+                "message log: a record that is not a kept message is left out of the index"
+            );
+            continue;
+        };
+        let hlc = r.entry.hlc;
+        let rowid = log::insert_row(&mut insert, from, r.entry.seq, hlc, &change, body)?;
+        log::apply_as(tx, &mut index, rowid, &key, hlc, &change, Arrival::Minted)?;
+        clock = clock.max(hlc);
+    }
+    drop(insert);
+    index.flush(tx)?;
+    log::write_clock(tx, clock)?;
+    log::set_seen_seq(tx, &origin.node, &origin.incarnation, seq)?;
+    record_end(tx, end)
 }
 
 /// Records `end` as the log position after the last record indexed.
@@ -428,6 +435,25 @@ mod tests {
         (db, log, thread, indexer)
     }
 
+    /// [`indexed_log`] whose synced groups come out of the receiver, for
+    /// the test to index when it chooses.
+    fn indexed_log_to(
+        dir: &Path,
+        limits: Limits,
+    ) -> (
+        Db,
+        MessageLog,
+        LogThread,
+        Indexer,
+        std::sync::mpsc::Receiver<Synced>,
+    ) {
+        let (to_index, groups) = std::sync::mpsc::channel();
+        let (db, log, thread, indexer) = indexed_log(dir, limits, move |g| {
+            let _ = to_index.send(g);
+        });
+        (db, log, thread, indexer, groups)
+    }
+
     /// A failed index transaction (here: the database refuses writes, as
     /// a full or read-only disk would) keeps its groups and tries them
     /// again first: the next group is not indexed past them, and a retry
@@ -435,11 +461,8 @@ mod tests {
     #[tokio::test]
     async fn a_failed_index_is_tried_again_first() {
         let dir = tempfile::tempdir().expect("dir");
-        let (to_index, groups) = std::sync::mpsc::channel();
-        let (mut db, log, thread, mut indexer) =
-            indexed_log(dir.path(), Limits::default(), move |g| {
-                let _ = to_index.send(g);
-            });
+        let (mut db, log, thread, mut indexer, groups) =
+            indexed_log_to(dir.path(), Limits::default());
         let topic = Uuid::now_v7();
         let kept = async |id: &'static str| {
             let e = log.append(|e| body(topic, id, e)).expect("append");
@@ -588,15 +611,12 @@ mod tests {
     #[tokio::test]
     async fn a_sweep_syncs_the_index_then_removes_what_it_holds() {
         let dir = tempfile::tempdir().expect("dir");
-        let (to_index, groups) = std::sync::mpsc::channel();
         // Each group in a segment of its own.
         let limits = Limits {
             segment_bytes: 1,
             ..Limits::default()
         };
-        let (mut db, log, thread, mut indexer) = indexed_log(dir.path(), limits, move |g| {
-            let _ = to_index.send(g);
-        });
+        let (mut db, log, thread, mut indexer, groups) = indexed_log_to(dir.path(), limits);
         let topic = Uuid::now_v7();
         for id in ["a", "b", "c"] {
             let e = log.append(|e| body(topic, id, e)).expect("append");
@@ -683,11 +703,8 @@ mod tests {
     #[tokio::test]
     async fn a_file_past_the_writers_segment_does_not_get_it_removed() {
         let dir = tempfile::tempdir().expect("dir");
-        let (to_index, groups) = std::sync::mpsc::channel();
-        let (mut db, log, thread, mut indexer) =
-            indexed_log(dir.path(), Limits::default(), move |g| {
-                let _ = to_index.send(g);
-            });
+        let (mut db, log, thread, mut indexer, groups) =
+            indexed_log_to(dir.path(), Limits::default());
         let topic = Uuid::now_v7();
         let e = log.append(|e| body(topic, "a", e)).expect("append");
         log.wait_synced(e.seq).await.expect("synced");
