@@ -310,15 +310,7 @@ impl Indexer {
         let Some(end) = self.end.filter(|&e| self.swept != Some(e)) else {
             return;
         };
-        let swept = (|| {
-            let writing = self.messages.writing();
-            let Some(bound) = self.log.indexed_before(end, writing)? else {
-                return Ok((0, false));
-            };
-            db.sync_index(end)?;
-            Ok::<_, Error>((self.log.remove_before(bound)?, bound > end.segment))
-        })();
-        match swept {
+        match self.remove_through(db, end) {
             Ok((removed, whole)) => {
                 // Done with `end` once its own segment is gone: until then
                 // the log may roll (a quiet one does, after `roll_after`),
@@ -337,6 +329,17 @@ impl Indexer {
             Err(e) => tracing::warn!(error = %e,
                 "message log: cannot remove segments the index holds; trying again at the next tick"),
         }
+    }
+
+    /// [`Indexer::sweep`]'s work: how many segments it removed, and
+    /// whether `end`'s own segment was among them.
+    fn remove_through(&self, db: &mut Db, end: Position) -> Result<(usize, bool), Error> {
+        let writing = self.messages.writing();
+        let Some(bound) = self.log.indexed_before(end, writing)? else {
+            return Ok((0, false));
+        };
+        db.sync_index(end)?;
+        Ok((self.log.remove_before(bound)?, bound > end.segment))
     }
 
     /// Tries again what a failed transaction left, if anything.
