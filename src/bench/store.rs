@@ -94,15 +94,16 @@ pub fn keep(dir: &Path, load: KeepLoad) -> Result<Report, Error> {
             hlc = next_hlc(hlc, u64::try_from(now_ms()).unwrap_or(0));
             let at = Position { segment: 1, offset };
             offset += (body.len() + RECORD_HEAD) as u64;
-            records.push(SyncedRecord {
-                entry: Entry { seq: k + 1, hlc },
-                at,
-                body,
-            });
+            records.push((Entry { seq: k + 1, hlc }, at, body));
         }
         let end = Position { segment: 1, offset };
         let t0 = Instant::now();
-        db.index_messages(&records, end)?;
+        let synced = records.iter().map(|(entry, at, body)| SyncedRecord {
+            entry: *entry,
+            at: *at,
+            body,
+        });
+        db.index_messages(synced, end)?;
         indexing += t0.elapsed();
         sent += n;
         groups += 1;

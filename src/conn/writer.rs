@@ -327,7 +327,7 @@ mod tests {
         // Dropped before the log's thread, which waits on it: a failed
         // assertion must not leave the join waiting.
         let go = go;
-        log.append(|_| b"kept".to_vec()).unwrap();
+        log.append_body(|_| b"kept".to_vec()).unwrap();
         in_hand_off.recv().unwrap();
         // Its relay, queued after the append.
         let (out, mut rx, closer) = Outbound::channel(64, 1 << 20);

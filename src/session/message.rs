@@ -246,12 +246,16 @@ impl Session<'_> {
             ts: 0,
             sender: &UuidText::new(me.id),
             ex,
-        }
-        .encode();
-        let entry = match self.ctx.store.messages().append(|_| body) {
+        };
+        let appended = self
+            .ctx
+            .store
+            .messages()
+            .append(now, |_, out| body.encode_into(out));
+        let entry = match appended {
             Ok(entry) => entry,
             Err(AppendError::Full) => return Ok(None),
-            Err(e @ (AppendError::Closed | AppendError::Failed)) => {
+            Err(e @ (AppendError::Closed | AppendError::Failed | AppendError::TooLarge)) => {
                 tracing::error!(error = %e, "a kept message was refused");
                 return Err(Denied::new(
                     ErrorCode::ServerInternal,

@@ -193,20 +193,25 @@ impl MessageParts<'_> {
     /// The change's text, as [`encode`] writes a message change.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.ex.len() + self.id.len() + self.kind.len() + 160);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`MessageParts::encode`], appended to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"kind\":");
-        write_str(&mut out, self.kind);
+        write_str(out, self.kind);
         out.extend_from_slice(b",\"writes\":[],\"message\":{\"topic\":");
-        write_uuid(&mut out, self.topic);
+        write_uuid(out, self.topic);
         out.extend_from_slice(b",\"id\":");
-        write_str(&mut out, self.id);
+        write_str(out, self.id);
         out.extend_from_slice(b",\"ts\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.ts).as_bytes());
         out.extend_from_slice(b",\"sender\":");
-        write_uuid(&mut out, self.sender);
+        write_uuid(out, self.sender);
         out.extend_from_slice(b",\"ex\":");
         out.extend_from_slice(self.ex.as_bytes());
         out.extend_from_slice(b"}}");
-        out
     }
 }
 

@@ -65,7 +65,7 @@ impl Db {
     /// never holds unless damaged past its CRC) is skipped and logged.
     pub fn index_messages<'r>(
         &mut self,
-        records: impl IntoIterator<Item = &'r SyncedRecord>,
+        records: impl IntoIterator<Item = SyncedRecord<'r>>,
         end: Position,
     ) -> Result<(), Error> {
         let origin = self.origin.messages();
@@ -117,7 +117,7 @@ impl Db {
 fn index_records<'r>(
     tx: &rusqlite::Transaction<'_>,
     origin: &Origin,
-    records: impl IntoIterator<Item = &'r SyncedRecord>,
+    records: impl IntoIterator<Item = SyncedRecord<'r>>,
     end: Position,
 ) -> Result<(), Error> {
     let key = origin.key();
@@ -129,7 +129,7 @@ fn index_records<'r>(
     let from = (origin.node.as_str(), origin.incarnation.as_str());
     for r in records.into_iter().filter(|r| r.entry.seq > held) {
         seq = seq.max(r.entry.seq);
-        let Some((body, change)) = decode(&r.body) else {
+        let Some((body, change)) = decode(r.body) else {
             tracing::error!(
                 seq = r.entry.seq,
                 segment = r.at.segment,
@@ -200,22 +200,16 @@ pub fn catch_up(db: &mut Db, dir: &Path, upto: Position) -> Result<usize, Error>
         if stored.seq <= seen {
             continue;
         }
-        batch.push(SyncedRecord {
-            entry: Entry {
-                seq: stored.seq,
-                hlc: stored.hlc,
-            },
-            at: stored.at,
-            body: stored.body,
-        });
+        batch.push(stored);
         if batch.len() >= CATCH_UP_BATCH {
             indexed += batch.len();
-            db.index_messages(&std::mem::take(&mut batch), end)?;
+            db.index_messages(batch.iter().map(as_synced), end)?;
+            batch.clear();
         }
     }
     indexed += batch.len();
     if !batch.is_empty() {
-        db.index_messages(&batch, end)?;
+        db.index_messages(batch.iter().map(as_synced), end)?;
     }
     if indexed > 0 {
         tracing::info!(
@@ -224,6 +218,18 @@ pub fn catch_up(db: &mut Db, dir: &Path, upto: Position) -> Result<usize, Error>
         );
     }
     Ok(indexed)
+}
+
+/// A record read back from the log, as the index takes it.
+fn as_synced(stored: &segment::Stored) -> SyncedRecord<'_> {
+    SyncedRecord {
+        entry: Entry {
+            seq: stored.seq,
+            hlc: stored.hlc,
+        },
+        at: stored.at,
+        body: &stored.body,
+    }
 }
 
 /// The store thread's side of the index. Groups the message log hands on
@@ -286,7 +292,7 @@ impl Indexer {
         let Some(end) = groups.last().map(|g| g.end) else {
             return;
         };
-        let records = || groups.iter().flat_map(|g| &g.records);
+        let records = || groups.iter().flat_map(Synced::records);
         let last = records().last().map_or(0, |r| r.entry.seq);
         match db.index_messages(records(), end) {
             Ok(()) => self.end = Some(end),
@@ -417,7 +423,7 @@ mod tests {
 
     async fn keep(store: &Store, topic: Uuid, id: &'static str) -> Entry {
         let log = store.messages();
-        let e = log.append(|e| body(topic, id, e)).expect("append");
+        let e = log.append_body(|e| body(topic, id, e)).expect("append");
         log.wait_synced(e.seq).await.expect("synced");
         e
     }
@@ -468,7 +474,7 @@ mod tests {
             indexed_log_to(dir.path(), Limits::default());
         let topic = Uuid::now_v7();
         let kept = async |id: &'static str| {
-            let e = log.append(|e| body(topic, id, e)).expect("append");
+            let e = log.append_body(|e| body(topic, id, e)).expect("append");
             log.wait_synced(e.seq).await.expect("synced");
             groups.recv().expect("handed on")
         };
@@ -580,7 +586,7 @@ mod tests {
         )
         .expect("log");
         for id in ["c", "d"] {
-            log.append(|e| body(topic, id, e)).expect("append");
+            log.append_body(|e| body(topic, id, e)).expect("append");
         }
         thread.finish();
         let store = Store::open(dir.path(), "n1").expect("reopen");
@@ -622,7 +628,7 @@ mod tests {
         let (mut db, log, thread, mut indexer, groups) = indexed_log_to(dir.path(), limits);
         let topic = Uuid::now_v7();
         for id in ["a", "b", "c"] {
-            let e = log.append(|e| body(topic, id, e)).expect("append");
+            let e = log.append_body(|e| body(topic, id, e)).expect("append");
             log.wait_synced(e.seq).await.expect("synced");
             let group = groups.recv().expect("handed on");
             indexer.index(&mut db, vec![group]);
@@ -677,7 +683,7 @@ mod tests {
         // assertion lets the thread go, and the test fails, not hangs.
         let go = go;
         let topic = Uuid::now_v7();
-        let a = log.append(|e| body(topic, "a", e)).expect("append");
+        let a = log.append_body(|e| body(topic, "a", e)).expect("append");
         indexer.index(&mut db, vec![groups.recv().expect("handed on")]);
         indexer.sweep(&mut db);
         assert_eq!(segments(dir.path()), [1], "the writer's segment stays");
@@ -685,7 +691,7 @@ mod tests {
         // which lands in segment 2); the index stays where it was.
         go.send(()).expect("go");
         log.wait_synced(a.seq).await.expect("synced");
-        log.append(|e| body(topic, "b", e)).expect("append");
+        log.append_body(|e| body(topic, "b", e)).expect("append");
         // Written, and its hand-on holds the log thread: no roll of
         // segment 2 (idle, after 10 ms) until let go.
         drop(groups.recv().expect("handed on"));
@@ -709,7 +715,7 @@ mod tests {
         let (mut db, log, thread, mut indexer, groups) =
             indexed_log_to(dir.path(), Limits::default());
         let topic = Uuid::now_v7();
-        let e = log.append(|e| body(topic, "a", e)).expect("append");
+        let e = log.append_body(|e| body(topic, "a", e)).expect("append");
         log.wait_synced(e.seq).await.expect("synced");
         indexer.index(&mut db, vec![groups.recv().expect("handed on")]);
         std::fs::write(

@@ -33,8 +33,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::log::next_hlc;
-use super::segment::{self, Position, Record};
-use crate::proto::id::now_ms;
+use super::segment::{self, Group, Position};
 
 /// A record appended: its place in the log's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +56,10 @@ pub enum AppendError {
     /// A write or sync failed: nothing more is kept until a restart.
     #[error("the message log stopped after a failed write or sync")]
     Failed,
+    /// The record is over the log's limit ([`segment::MAX_BODY`]), far
+    /// above any message a session accepts.
+    #[error("the record is over the message log's limit")]
+    TooLarge,
 }
 
 /// A group the log thread wrote and synced, for the index. Its bytes
@@ -65,46 +68,79 @@ pub enum AppendError {
 /// of groups to index.
 #[derive(Debug)]
 pub struct Synced {
-    /// The records, in seq order, with their positions.
-    pub records: Vec<SyncedRecord>,
+    /// Where each record is in the segment log, in seq order.
+    positions: Vec<Position>,
     /// Where the record after them goes.
     pub end: Position,
     /// How long writing and syncing them took.
     pub took: std::time::Duration,
-    /// Gives the group's bytes back to the bound when dropped.
-    _held: Held,
+    /// The records; gives their bytes back to the bound when dropped.
+    held: Held,
 }
 
-/// A group's share of the bound on bytes in hand.
+impl Synced {
+    /// The records, in seq order, with their positions.
+    pub fn records(&self) -> impl Iterator<Item = SyncedRecord<'_>> {
+        self.held
+            .group
+            .records()
+            .zip(&self.positions)
+            .map(|(r, &at)| SyncedRecord {
+                entry: Entry {
+                    seq: r.seq,
+                    hlc: r.hlc,
+                },
+                at,
+                body: r.body,
+            })
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+}
+
+/// A group's records and their share of the bound on bytes in hand: the
+/// bytes go back to the bound, and the group's room to the log for a later
+/// group, when dropped.
 #[derive(Debug)]
 struct Held {
     shared: Arc<Shared>,
     bytes: usize,
+    group: Group,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.shared.release(self.bytes);
+        self.shared
+            .release(self.bytes, std::mem::take(&mut self.group));
     }
 }
 
 /// One record of a [`Synced`] group.
-#[derive(Debug)]
-pub struct SyncedRecord {
+#[derive(Debug, Clone, Copy)]
+pub struct SyncedRecord<'a> {
     /// Its seq and clock.
     pub entry: Entry,
     /// Where it is in the segment log.
     pub at: Position,
     /// Its body.
-    pub body: Vec<u8>,
+    pub body: &'a [u8],
 }
 
 /// The log's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Bytes of records appended and not yet synced, or synced and not yet
-    /// indexed (handed on, and not yet dropped), at most; one record is
-    /// always taken, whatever its size.
+    /// Bytes of records (their heads in the log included) appended and
+    /// not yet synced, or synced and not yet indexed (handed on, and not
+    /// yet dropped), at most; one record is always taken, whatever its
+    /// size.
     pub pending_bytes: usize,
     /// A segment's size past which the next group starts a new one.
     pub segment_bytes: u64,
@@ -155,7 +191,12 @@ struct Shared {
 
 #[derive(Debug)]
 struct State {
-    pending: Vec<(Entry, Vec<u8>)>,
+    /// Records appended and not yet taken by the log thread, in the log's
+    /// format.
+    pending: Group,
+    /// Emptied groups whose room the next groups take (at most
+    /// [`SPARE_GROUPS`]; dropped when the log goes quiet).
+    spare: Vec<Group>,
     /// The last seq and clock handed out.
     last: Entry,
     /// Bytes appended and not yet synced, or synced and not yet indexed.
@@ -191,7 +232,8 @@ impl MessageLog {
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                pending: Vec::new(),
+                pending: Group::default(),
+                spare: Vec::new(),
                 last,
                 in_hand: 0,
                 closed: false,
@@ -222,20 +264,16 @@ impl MessageLog {
                         Next::Group(group) => group,
                     };
                     roll(&mut writer, roll_after);
-                    let bytes: usize = group.iter().map(|(_, b)| b.len()).sum();
+                    let mut group = group;
+                    let bytes = group.byte_len();
                     let started = std::time::Instant::now();
-                    let written = write_group(&mut writer, &group);
+                    let written = write_group(&mut writer, &mut group);
                     // Rolled, or rotated by the append, once the segment
                     // before was synced.
                     log.writing.store(writer.end().segment, Ordering::Release);
                     match written {
                         Ok((positions, end)) => {
-                            let last = group.last().map_or(0, |(e, _)| e.seq);
-                            let records = group
-                                .into_iter()
-                                .zip(positions)
-                                .map(|((entry, body), at)| SyncedRecord { entry, at, body })
-                                .collect();
+                            let last = group.records().last().map_or(0, |r| r.seq);
                             // Handed on before it counts as synced: whatever
                             // a client does once it hears of the message
                             // (an edit of it) is queued behind its index.
@@ -243,12 +281,13 @@ impl MessageLog {
                             let held = Held {
                                 shared: log.clone(),
                                 bytes,
+                                group,
                             };
                             on_synced(Synced {
-                                records,
+                                positions,
                                 end,
                                 took,
-                                _held: held,
+                                held,
                             });
                             log.synced.fetch_max(last, Ordering::AcqRel);
                             // Synced: writers may go on.
@@ -279,10 +318,17 @@ impl MessageLog {
         ))
     }
 
-    /// Appends one record, its body built by `body` from its seq and clock
-    /// (the clock is its time: a relay carries it). The body is built
-    /// under the log's lock, so records are in seq order.
-    pub fn append(&self, body: impl FnOnce(Entry) -> Vec<u8>) -> Result<Entry, AppendError> {
+    /// Appends one record, its body written by `body` (appending to the
+    /// vector it is given) from its seq and clock: the log's clock, taken
+    /// on from `now_ms` (the caller's reading of Unix milliseconds), is
+    /// the message's time, which a relay carries. The body is written
+    /// under the log's lock, so records are in seq order, straight into
+    /// the group the log thread writes.
+    pub fn append(
+        &self,
+        now_ms: i64,
+        body: impl FnOnce(Entry, &mut Vec<u8>),
+    ) -> Result<Entry, AppendError> {
         let shared = &self.shared;
         if shared.failed.load(Ordering::Acquire) {
             return Err(AppendError::Failed);
@@ -294,22 +340,41 @@ impl MessageLog {
         if state.in_hand >= shared.limits.pending_bytes {
             return Err(AppendError::Full);
         }
-        let now = u64::try_from(now_ms()).unwrap_or(0);
+        let now = u64::try_from(now_ms).unwrap_or(0);
         let entry = Entry {
             seq: state.last.seq + 1,
             hlc: next_hlc(state.last.hlc, now),
         };
-        let body = body(entry);
-        state.in_hand = state.in_hand.saturating_add(body.len());
+        let first = state.pending.is_empty();
+        let before = state.pending.byte_len();
+        if let Err(e) = state
+            .pending
+            .push(entry.seq, entry.hlc, |out| body(entry, out))
+        {
+            tracing::error!(error = %e, "message log: a record was refused");
+            return Err(AppendError::TooLarge);
+        }
+        let added = state.pending.byte_len().saturating_sub(before);
+        state.in_hand = state.in_hand.saturating_add(added);
         state.last = entry;
         shared.appended.store(entry.seq, Ordering::Release);
-        let first = state.pending.is_empty();
-        state.pending.push((entry, body));
         drop(state);
         if first {
             shared.work.notify_one();
         }
         Ok(entry)
+    }
+
+    /// [`MessageLog::append`] of the body `body` returns, at the clock's
+    /// time: for tests.
+    #[cfg(test)]
+    pub(crate) fn append_body(
+        &self,
+        body: impl FnOnce(Entry) -> Vec<u8>,
+    ) -> Result<Entry, AppendError> {
+        self.append(crate::proto::id::now_ms(), |e, out| {
+            out.extend_from_slice(&body(e))
+        })
     }
 
     /// The log's end when it was opened (every record before it was
@@ -390,26 +455,42 @@ impl Shared {
                 return Next::Done;
             }
             if !state.pending.is_empty() {
-                return Next::Group(std::mem::take(&mut state.pending));
+                let next = state.spare.pop().unwrap_or_default();
+                return Next::Group(std::mem::replace(&mut state.pending, next));
             }
             if state.closed {
                 return Next::Done;
             }
+            let wait = if state.spare.is_empty() {
+                idle
+            } else {
+                idle.min(SPARE_KEPT)
+            };
             let (next, waited) = self
                 .work
-                .wait_timeout(state, idle.max(IDLE_WAIT_MIN))
+                .wait_timeout(state, wait.max(IDLE_WAIT_MIN))
                 .unwrap_or_else(|p| p.into_inner());
             state = next;
             if waited.timed_out() && state.pending.is_empty() && !state.closed {
-                return Next::Idle;
+                // Quiet: the spare groups' room goes back first, and the
+                // segment's age is looked at after the next wait.
+                if state.spare.is_empty() {
+                    return Next::Idle;
+                }
+                state.spare = Vec::new();
             }
         }
     }
 
-    /// `bytes` are synced: room for more, and writers may go on.
-    fn release(&self, bytes: usize) {
+    /// A group's `bytes` are done with (indexed): room for more, and its
+    /// room kept for a later group.
+    fn release(&self, bytes: usize, mut group: Group) {
         let mut state = self.lock();
         state.in_hand = state.in_hand.saturating_sub(bytes);
+        if state.spare.len() < SPARE_GROUPS && !state.closed {
+            group.clear();
+            state.spare.push(group);
+        }
         drop(state);
         self.moved.notify_waiters();
     }
@@ -423,7 +504,7 @@ impl Shared {
 /// What the log thread does next.
 enum Next {
     /// Write and sync these records.
-    Group(Vec<(Entry, Vec<u8>)>),
+    Group(Group),
     /// Nothing came for a while: see whether the segment is due to roll.
     Idle,
     /// Closed and drained, or failed.
@@ -432,6 +513,14 @@ enum Next {
 
 /// The shortest idle wait of the log thread, whatever `roll_after` says.
 const IDLE_WAIT_MIN: Duration = Duration::from_millis(10);
+
+/// Emptied groups kept for their room at most: under load, one filling,
+/// one being written and a few waiting for the index.
+const SPARE_GROUPS: usize = 4;
+
+/// How long the log stays quiet before the spare groups' room is given
+/// back.
+const SPARE_KEPT: Duration = Duration::from_secs(1);
 
 /// Starts a new segment if the writer's is older than `age`. A failure is
 /// logged: the segment goes on taking records, and a writer that can no
@@ -445,13 +534,9 @@ fn roll(writer: &mut segment::Writer, age: Duration) {
 /// Writes a group and syncs it; the records' positions, and the log's end.
 fn write_group(
     writer: &mut segment::Writer,
-    group: &[(Entry, Vec<u8>)],
+    group: &mut Group,
 ) -> Result<(Vec<Position>, Position), segment::Error> {
-    let appended = writer.append(group.iter().map(|(e, body)| Record {
-        seq: e.seq,
-        hlc: e.hlc,
-        body,
-    }))?;
+    let appended = writer.append_group(group)?;
     appended
         .file
         .sync_data()
@@ -507,16 +592,19 @@ mod tests {
             let _ = tx.send(g);
         })
         .expect("open");
-        let entries: Vec<Entry> = (0..3).map(|_| log.append(body).expect("append")).collect();
+        let entries: Vec<Entry> = (0..3)
+            .map(|_| log.append_body(body).expect("append"))
+            .collect();
         assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
         assert!(entries.windows(2).all(|w| w[0].hlc < w[1].hlc));
         assert_eq!(log.appended(), 3);
         log.wait_synced(3).await.expect("synced");
         assert!(log.synced() >= 3);
-        let mut handed = Vec::new();
-        while handed.len() < 3 {
-            handed.extend(rx.recv().expect("a group").records);
+        let mut groups = Vec::new();
+        while groups.iter().map(Synced::len).sum::<usize>() < 3 {
+            groups.push(rx.recv().expect("a group"));
         }
+        let handed: Vec<SyncedRecord> = groups.iter().flat_map(Synced::records).collect();
         let reader = segment::Reader::new(dir.path());
         for (r, e) in handed.iter().zip(&entries) {
             assert_eq!(r.entry, *e);
@@ -528,7 +616,7 @@ mod tests {
             );
         }
         thread.finish();
-        assert_eq!(log.append(body), Err(AppendError::Closed));
+        assert_eq!(log.append_body(body), Err(AppendError::Closed));
     }
 
     /// A segment older than `roll_after` is closed before the next group:
@@ -548,10 +636,10 @@ mod tests {
             .expect("open");
             let mut at = Vec::new();
             for _ in 0..2 {
-                let e = log.append(body).expect("append");
+                let e = log.append_body(body).expect("append");
                 log.wait_synced(e.seq).await.expect("synced");
                 let group: Synced = rx.recv().expect("a group");
-                at.extend(group.records.iter().map(|r| r.at.segment));
+                at.extend(group.records().map(|r| r.at.segment));
             }
             assert_eq!(at.len(), 2);
             assert_eq!(at[1] > at[0], rolls, "{roll_after:?}: segments {at:?}");
@@ -570,7 +658,7 @@ mod tests {
             log.shared.next_group(Duration::from_millis(1)),
             Next::Idle
         ));
-        log.append(body).expect("append");
+        log.append_body(body).expect("append");
         thread.finish();
         assert!(matches!(
             log.shared.next_group(Duration::from_millis(1)),
@@ -585,13 +673,13 @@ mod tests {
             MessageLog::open(dir.path(), Limits::default(), START, |_| {}).expect("open");
         let mut last = START;
         for _ in 0..5 {
-            last = log.append(body).expect("append");
+            last = log.append_body(body).expect("append");
         }
         // Closing writes and syncs what was appended.
         thread.finish();
         let (log, thread) =
             MessageLog::open(dir.path(), Limits::default(), START, |_| {}).expect("reopen");
-        let next = log.append(body).expect("append");
+        let next = log.append_body(body).expect("append");
         assert_eq!(next.seq, last.seq + 1);
         assert!(next.hlc > last.hlc);
         thread.finish();
@@ -603,7 +691,7 @@ mod tests {
         };
         let (log, _thread) =
             MessageLog::open(dir.path(), Limits::default(), floor, |_| {}).expect("reopen");
-        let next = log.append(body).expect("append");
+        let next = log.append_body(body).expect("append");
         assert_eq!(
             next,
             Entry {
@@ -633,7 +721,7 @@ mod tests {
     async fn a_group_counts_as_synced_once_handed_on() {
         let dir = tempfile::tempdir().expect("dir");
         let (log, thread, in_hand_off, go) = held(dir.path(), Limits::default());
-        let first = log.append(body).expect("first");
+        let first = log.append_body(body).expect("first");
         in_hand_off.recv().expect("the first group is written");
         // On disk, but its index has not been queued yet: not counted.
         assert_eq!(log.synced(), 0);
@@ -660,11 +748,11 @@ mod tests {
             let _ = to_index.send(g);
         })
         .expect("open");
-        let first = log.append(body).expect("first");
+        let first = log.append_body(body).expect("first");
         log.wait_synced(first.seq).await.expect("synced");
         let group = groups.recv().expect("handed on");
         assert_eq!(
-            log.append(body),
+            log.append_body(body),
             Err(AppendError::Full),
             "synced, not indexed"
         );
@@ -672,7 +760,38 @@ mod tests {
         assert!((&mut room).now_or_never().is_none(), "no room yet");
         drop(group);
         room.await;
-        assert_eq!(log.append(body).expect("room again").seq, 2);
+        assert_eq!(log.append_body(body).expect("room again").seq, 2);
+        thread.finish();
+    }
+
+    /// A group the index is done with lends its room to a later group,
+    /// and the log gives that room back once it is quiet.
+    #[tokio::test]
+    async fn a_dropped_group_lends_its_room_until_the_log_is_quiet() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (tx, rx) = mpsc::channel();
+        let (log, thread) = MessageLog::open(dir.path(), Limits::default(), START, move |g| {
+            let _ = tx.send(g);
+        })
+        .expect("open");
+        let spare = |log: &MessageLog| log.shared.lock().spare.len();
+        let first = log.append_body(body).expect("first");
+        log.wait_synced(first.seq).await.expect("synced");
+        drop(rx.recv().expect("handed on"));
+        assert_eq!(spare(&log), 1, "kept for its room");
+        let second = log.append_body(body).expect("second");
+        log.wait_synced(second.seq).await.expect("synced");
+        let group = rx.recv().expect("handed on");
+        assert_eq!(spare(&log), 0, "taken by the next group");
+        drop(group);
+        assert_eq!(spare(&log), 1);
+        // Quiet: a wait that ends without work gives the spare room back
+        // before it looks at the segment's age.
+        assert!(matches!(
+            log.shared.next_group(Duration::from_millis(1)),
+            Next::Idle
+        ));
+        assert_eq!(spare(&log), 0);
         thread.finish();
     }
 
@@ -680,28 +799,29 @@ mod tests {
     async fn an_append_past_the_pending_bound_waits_for_room() {
         let dir = tempfile::tempdir().expect("dir");
         let limits = Limits {
-            pending_bytes: 30,
+            pending_bytes: 120,
             ..Limits::default()
         };
         let (log, thread, in_hand_off, go) = held(dir.path(), limits);
-        log.append(body).expect("first");
+        log.append_body(body).expect("first");
         in_hand_off.recv().expect("the first group is written");
-        // Each body is 9 bytes, the first's still counted: the fourth
-        // brings it to 36, past 30.
+        // Each record is 33 bytes (its 24-byte head and a 9-byte body),
+        // the first's still counted: the fourth brings it to 132, past
+        // 120.
         for _ in 0..3 {
-            log.append(body).expect("within the bound");
+            log.append_body(body).expect("within the bound");
         }
-        assert_eq!(log.append(body), Err(AppendError::Full));
+        assert_eq!(log.append_body(body), Err(AppendError::Full));
         let mut room = std::pin::pin!(log.room());
         assert!((&mut room).now_or_never().is_none(), "no room yet");
         go.send(()).expect("go");
         // The first group is indexed (dropped) once the second is handed
-        // on: 27 bytes in hand, under the bound but above its half.
+        // on: 99 bytes in hand, under the bound but above its half.
         in_hand_off.recv().expect("the second group is written");
         assert!((&mut room).now_or_never().is_none(), "woken above half");
         go.send(()).expect("go");
         room.await;
-        let next = log.append(body).expect("room again");
+        let next = log.append_body(body).expect("room again");
         assert_eq!(next.seq, 5);
         drop(go);
         thread.finish();

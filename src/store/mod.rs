@@ -1067,7 +1067,7 @@ impl Store {
                         Msg::Index(group) => {
                             tidy.worked();
                             // Every group already queued, in one commit.
-                            let run = queued_alike(group, MAX_BATCH, &mut rx, &mut next, |g| g.records.len(), |m| {
+                            let run = queued_alike(group, MAX_BATCH, &mut rx, &mut next, |g| g.len(), |m| {
                                 match m {
                                     Msg::Index(g) => ControlFlow::Continue(g),
                                     other => ControlFlow::Break(other),

@@ -117,6 +117,112 @@ pub struct Record<'a> {
     pub body: &'a [u8],
 }
 
+/// Records in the log's format, built where they are written from: an
+/// appender writes its body straight after its record's head, and
+/// [`Writer::append_group`] fills in the checksums and writes the bytes as
+/// they are. A kept message then costs no buffer of its own to allocate,
+/// copy into the group and free on another thread (the message log's
+/// groups: bench/README.md, twenty-first round); a cleared group keeps
+/// its room for the next.
+#[derive(Debug, Default)]
+pub struct Group {
+    bytes: Vec<u8>,
+    /// Where each record starts in `bytes`.
+    starts: Vec<usize>,
+}
+
+/// One record of a [`Group`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRecord<'a> {
+    /// The event's seq.
+    pub seq: u64,
+    /// The event's clock.
+    pub hlc: u64,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+impl Group {
+    /// Adds a record of `seq` and `hlc` whose body `body` appends to the
+    /// vector it is given (and does nothing else to it). A body over
+    /// [`MAX_BODY`] is taken back out, and refused.
+    pub fn push(
+        &mut self,
+        seq: u64,
+        hlc: u64,
+        body: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Error> {
+        let start = self.bytes.len();
+        // The length and checksum, written below and by `seal`.
+        self.bytes.extend_from_slice(&[0; 8]);
+        self.bytes.extend_from_slice(&seq.to_le_bytes());
+        self.bytes.extend_from_slice(&hlc.to_le_bytes());
+        body(&mut self.bytes);
+        let len = self.bytes.len().saturating_sub(start + RECORD_HEAD);
+        if len > MAX_BODY {
+            self.bytes.truncate(start);
+            return Err(Error::TooLarge { len });
+        }
+        if let Some(at) = self.bytes.get_mut(start..start + 4) {
+            // MAX_BODY fits.
+            at.copy_from_slice(&(len as u32).to_le_bytes());
+        }
+        self.starts.push(start);
+        Ok(())
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Its bytes, heads included: what it writes to the log.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The records, in the order pushed.
+    pub fn records(&self) -> impl Iterator<Item = GroupRecord<'_>> {
+        self.starts.iter().filter_map(|&start| {
+            let head = self.bytes.get(start..start + RECORD_HEAD)?;
+            let len = u32::from_le_bytes(head.get(..4)?.try_into().ok()?) as usize;
+            Some(GroupRecord {
+                seq: u64::from_le_bytes(head.get(8..16)?.try_into().ok()?),
+                hlc: u64::from_le_bytes(head.get(16..24)?.try_into().ok()?),
+                body: self
+                    .bytes
+                    .get(start + RECORD_HEAD..start + RECORD_HEAD + len)?,
+            })
+        })
+    }
+
+    /// Empties it, keeping its room.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.starts.clear();
+    }
+
+    /// Writes each record's checksum (of its seq, clock and body, which
+    /// lie together after the length and the checksum itself).
+    fn seal(&mut self) {
+        for (i, &start) in self.starts.iter().enumerate() {
+            let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
+            let crc = match self.bytes.get(start + 8..end) {
+                Some(covered) => crc32fast::hash(covered),
+                None => continue,
+            };
+            if let Some(at) = self.bytes.get_mut(start + 4..start + 8) {
+                at.copy_from_slice(&crc.to_le_bytes());
+            }
+        }
+    }
+}
+
 /// A record read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -160,8 +266,8 @@ pub struct Writer {
     len: u64,
     /// Rotate before an append that would take a segment past this.
     max_bytes: u64,
-    /// A group's records, encoded before the one write.
-    buf: Vec<u8>,
+    /// [`Writer::append`]'s records, encoded before the one write.
+    scratch: Group,
     /// When this segment was created, or opened by this writer: see
     /// [`Writer::roll_if_older`].
     since: Instant,
@@ -269,7 +375,7 @@ impl Writer {
             segment,
             len,
             max_bytes,
-            buf: Vec::new(),
+            scratch: Group::default(),
             since: Instant::now(),
             stopped: false,
         })
@@ -290,24 +396,30 @@ impl Writer {
         &mut self,
         records: impl IntoIterator<Item = Record<'a>>,
     ) -> Result<Appended, Error> {
+        let mut group = std::mem::take(&mut self.scratch);
+        group.clear();
+        let appended = records
+            .into_iter()
+            .try_for_each(|r| group.push(r.seq, r.hlc, |out| out.extend_from_slice(r.body)))
+            .and_then(|()| self.append_group(&mut group));
+        self.scratch = group;
+        appended
+    }
+
+    /// Appends `group` (its checksums written here) with one write, in a
+    /// new segment if this one would pass its size. Nothing is synced: the
+    /// caller syncs [`Appended::file`] before it answers for the records.
+    pub fn append_group(&mut self, group: &mut Group) -> Result<Appended, Error> {
         if self.stopped {
             return Err(Error::Stopped);
         }
-        self.buf.clear();
-        let mut starts = Vec::new();
-        for r in records {
-            if r.body.len() > MAX_BODY {
-                return Err(Error::TooLarge { len: r.body.len() });
-            }
-            starts.push(self.buf.len() as u64);
-            encode(&mut self.buf, r);
-        }
-        let group = self.buf.len() as u64;
-        if self.len > HEADER_LEN && self.len.saturating_add(group) > self.max_bytes {
+        group.seal();
+        let size = group.bytes.len() as u64;
+        if self.len > HEADER_LEN && self.len.saturating_add(size) > self.max_bytes {
             self.rotate()?;
         }
         let path = segment_path(&self.dir, self.segment);
-        if let Err(e) = self.file.write_all_at(&self.buf, self.len) {
+        if let Err(e) = self.file.write_all_at(&group.bytes, self.len) {
             // Leave no partial group for the next one to follow.
             if self.file.set_len(self.len).is_err() {
                 self.stopped = true;
@@ -315,18 +427,19 @@ impl Writer {
             return Err(Error::Io { path, source: e });
         }
         let base = self.len;
-        self.len += group;
+        self.len += size;
         Ok(Appended {
-            positions: starts
-                .into_iter()
-                .map(|s| Position {
+            positions: group
+                .starts
+                .iter()
+                .map(|&s| Position {
                     segment: self.segment,
-                    offset: base + s,
+                    offset: base + s as u64,
                 })
                 .collect(),
             end: self.end(),
             file: Arc::clone(&self.sync),
-            path: segment_path(&self.dir, self.segment),
+            path,
         })
     }
 
@@ -696,20 +809,6 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-fn encode(out: &mut Vec<u8>, r: Record<'_>) {
-    let mut rest = [0u8; 16];
-    rest[..8].copy_from_slice(&r.seq.to_le_bytes());
-    rest[8..].copy_from_slice(&r.hlc.to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&rest);
-    crc.update(r.body);
-    // The caller checked the length against MAX_BODY, which fits.
-    out.extend_from_slice(&(r.body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&rest);
-    out.extend_from_slice(r.body);
-}
-
 /// The body's length from a record's head, if within the limit.
 fn body_len(head: &[u8; RECORD_HEAD]) -> Option<usize> {
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -947,6 +1046,52 @@ mod tests {
         );
         // From the middle, and stopping short of the end.
         assert_eq!(bodies(&r, a.positions[1], a.end).len(), 2);
+    }
+
+    /// A group built in place reads back as written: its records in
+    /// order, and, once appended, from the segment with their checksums.
+    /// A body over the limit is taken back out, and the group is as it
+    /// was; a cleared group keeps its room.
+    #[test]
+    fn a_group_is_written_as_built_and_refuses_a_body_over_the_limit() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let mut g = Group::default();
+        g.push(1, 10, |out| out.extend_from_slice(b"one"))
+            .expect("one");
+        g.push(2, 20, |_| {}).expect("empty");
+        let before = g.byte_len();
+        let over = g.push(3, 30, |out| out.resize(out.len() + MAX_BODY + 1, b'x'));
+        assert!(matches!(over, Err(Error::TooLarge { len }) if len == MAX_BODY + 1));
+        assert_eq!(g.byte_len(), before, "taken back out");
+        g.push(3, 30, |out| out.extend_from_slice(b"three"))
+            .expect("three");
+        let read: Vec<(u64, u64, Vec<u8>)> = g
+            .records()
+            .map(|r| (r.seq, r.hlc, r.body.to_vec()))
+            .collect();
+        let want = vec![
+            (1, 10, b"one".to_vec()),
+            (2, 20, vec![]),
+            (3, 30, b"three".to_vec()),
+        ];
+        assert_eq!(read, want);
+        assert_eq!(g.byte_len(), 3 * RECORD_HEAD + 8);
+
+        let a = w.append_group(&mut g).expect("append");
+        let r = Reader::new(dir.path());
+        let stored: Vec<(u64, u64, Vec<u8>)> = a
+            .positions
+            .iter()
+            .map(|&at| r.read(at).expect("read, checksum and all"))
+            .map(|s| (s.seq, s.hlc, s.body))
+            .collect();
+        assert_eq!(stored, want);
+
+        let room = g.bytes.capacity();
+        g.clear();
+        assert!(g.is_empty() && g.byte_len() == 0);
+        assert_eq!(g.bytes.capacity(), room);
     }
 
     #[test]
