@@ -55,6 +55,9 @@ pub mod field {
     pub const MEMBER_PREFIX: &str = "member:";
     /// Prefix of the account's own metadata keys (`meta:fullname`).
     pub const META_PREFIX: &str = "meta:";
+    /// A topic's message format (metadata): `binary` ones are never
+    /// inspected or indexed for search.
+    pub const META_FORMAT: &str = "meta:format";
     /// Prefix of the account's Ed25519 public keys (`key:<base64>`), each
     /// its own register, `true` while present.
     pub const KEY_PREFIX: &str = "key:";

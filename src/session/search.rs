@@ -150,7 +150,7 @@ impl Session<'_> {
         let (found, names) = self
             .ctx
             .store
-            .read(move |db| {
+            .read_searched(move |db| {
                 if let Some(name) = from {
                     match db.account_by_name(&name)? {
                         Some(a) => query.sender = Some(a.id),

@@ -184,6 +184,8 @@ pub(super) fn settle(
 ) -> Result<(), Error> {
     match change.kind.as_str() {
         "message" => match &change.message {
+            // The search pass indexes it (search.rs, "behind").
+            Some(_) if arrival == Arrival::Behind => Ok(()),
             Some(m) => index_message(tx, queue, rowid, m, arrival),
             None => Ok(()),
         },
@@ -195,6 +197,11 @@ pub(super) fn settle(
                     // The edit that won, which need not be this one.
                     if let Some((topic, id)) = parse_entity(&w.entity) {
                         for (rowid, change) in message_rows(tx, topic, id)? {
+                            // One behind the search pass has no entry: the
+                            // pass indexes its text as edited.
+                            if search::behind(tx, rowid)? {
+                                continue;
+                            }
                             if let Some(m) = &change.message {
                                 search::unindex(tx, queue, rowid)?;
                                 search::index(tx, queue, rowid, m, Some(&r.ex))?;
@@ -212,7 +219,7 @@ pub(super) fn settle(
 /// Indexes the message event at `rowid` (not yet indexed) under its current
 /// text: as last edited, if an edit came first; not at all, and erased, if
 /// it is redacted.
-fn index_message(
+pub(super) fn index_message(
     tx: &Transaction<'_>,
     queue: &mut IndexQueue,
     rowid: i64,
@@ -254,7 +261,10 @@ fn erase(tx: &Transaction<'_>, queue: &mut IndexQueue, entity: &str) -> Result<(
         return Ok(());
     };
     for (rowid, mut change) in message_rows(tx, topic, id)? {
-        search::unindex(tx, queue, rowid)?;
+        // One behind the search pass has no entry to remove.
+        if !search::behind(tx, rowid)? {
+            search::unindex(tx, queue, rowid)?;
+        }
         if let Some(m) = change.message.as_mut().filter(|m| !m.ex.is_empty()) {
             m.ex = ExJson::empty();
             store_body(tx, rowid, &change)?;

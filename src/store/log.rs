@@ -372,6 +372,9 @@ pub(super) enum Arrival {
     Minted,
     /// From a peer, or replayed: events about it may have come first.
     Stored,
+    /// Minted here, as [`Arrival::Minted`], and indexed for search later
+    /// by the search pass (the message log's index: `search.rs`, "behind").
+    Behind,
 }
 
 /// [`apply`], told how the event arrived.
@@ -385,6 +388,11 @@ pub(super) fn apply_as(
     arrival: Arrival,
 ) -> Result<(), Error> {
     if !change.writes.is_empty() {
+        // Messages behind the search pass are indexed by the format their
+        // topic had when they came, as those before them were.
+        if change.writes.iter().any(|w| w.field == field::META_FORMAT) {
+            super::search::catch_up(tx, index, usize::MAX)?;
+        }
         // A write may change what the queue remembers (a topic's format),
         // even one that then fails half way.
         index.forget_formats();

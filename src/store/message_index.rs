@@ -3,7 +3,8 @@
 //! Each group the message log ([`super::message_log`]) has synced becomes
 //! events of this node's message origin (the node, its incarnation and
 //! [`MESSAGE_SUFFIX`]), written as a group commit's kept messages are: so
-//! history, search, edits and mesh catch-up read them as any message. The
+//! history, search, edits and mesh catch-up read them as any message (their
+//! search entries are written behind, by the search pass: `search.rs`). The
 //! transaction commits without a WAL sync: the log is the truth for these
 //! messages, and what a crash takes from the index is indexed again at the
 //! next open ([`catch_up`]), from the log's position the index last
@@ -140,7 +141,7 @@ fn index_records<'r>(
         };
         let hlc = r.entry.hlc;
         let rowid = log::insert_row(&mut insert, from, r.entry.seq, hlc, &change, body)?;
-        log::apply_as(tx, &mut index, rowid, &key, hlc, &change, Arrival::Minted)?;
+        log::apply_as(tx, &mut index, rowid, &key, hlc, &change, Arrival::Behind)?;
         clock = clock.max(hlc);
     }
     drop(insert);
@@ -372,6 +373,11 @@ impl Indexed {
         i
     }
 
+    /// Every record up to this seq is held.
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
     /// Records that the index holds every record up to `seq`.
     pub fn reach(&self, seq: u64) {
         self.seq.fetch_max(seq, Ordering::AcqRel);
@@ -562,6 +568,82 @@ mod tests {
         drop(reads);
         release.send(()).expect("release");
         assert_eq!(reading.await.expect("read"), ["a"]);
+        held.await.expect("join").expect("held job");
+        store.close().await;
+    }
+
+    /// A search waits for the search pass to reach what was synced when it
+    /// was asked: here the message is indexed and the pass held back (the
+    /// store thread is busy), and the search finds it once the pass runs.
+    #[tokio::test]
+    async fn a_search_waits_for_the_search_pass() {
+        use crate::proto::id::UuidText;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let topic = Uuid::now_v7();
+        // The index's job queues behind the held one, and a second hold
+        // behind that: the pass, which runs when nothing is queued, waits.
+        let (release, held) = hold_store_thread(&store).await;
+        let (topic_text, sender) = (UuidText::new(topic), UuidText::new(Uuid::now_v7()));
+        let parts = log::MessageParts {
+            kind: Change::MESSAGE,
+            topic: &topic_text,
+            id: "a",
+            ts: 0,
+            sender: &sender,
+            ex: r#"{"body":"brown fox"}"#,
+        };
+        let log = store.messages();
+        let e = log
+            .append(crate::proto::id::now_ms(), |_, out| parts.encode_into(out))
+            .expect("append");
+        log.wait_synced(e.seq).await.expect("synced");
+        let second = {
+            let store = store.clone();
+            tokio::spawn(async move { hold_store_thread(&store).await })
+        };
+        release.send(()).expect("release");
+        held.await.expect("join").expect("held job");
+        let (release, held) = second.await.expect("the second hold");
+        store.indexed.wait(e.seq).await;
+        let searching = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let q = super::super::search::Query {
+                    terms: vec!["brown".to_owned()],
+                    topics: [topic].into(),
+                    topic: None,
+                    sender: None,
+                    since_ms: None,
+                    until_ms: None,
+                    cursor: None,
+                    limit: 10,
+                    scan: 100,
+                };
+                let found = store.read_searched(move |db| db.search(&q)).await;
+                let found = found.expect("search");
+                found.messages.into_iter().map(|m| m.id).collect::<Vec<_>>()
+            })
+        };
+        // The search starts (this runtime has one thread: the spawned task
+        // runs at this yield), and whatever it queued on the read thread
+        // has run once a job queued after it has.
+        tokio::task::yield_now().await;
+        let reads = store
+            .reads
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .expect("the read thread");
+        let (ran, done) = tokio::sync::oneshot::channel();
+        let probe: crate::store::ReadJob = Box::new(move |_| {
+            let _ = ran.send(());
+        });
+        assert!(reads.send(crate::store::ReadMsg::Job(probe)).await.is_ok());
+        done.await.expect("the probe ran");
+        drop(reads);
+        release.send(()).expect("release");
+        assert_eq!(searching.await.expect("search"), ["a"]);
         held.await.expect("join").expect("held job");
         store.close().await;
     }

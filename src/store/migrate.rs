@@ -92,6 +92,23 @@ const MIGRATIONS: &[&str] = &[
     // tickets (store/tickets.rs): by this index, not a scan of every live
     // ticket while the store's writer waits.
     "CREATE INDEX tickets_account ON tickets (account);",
+    // Search behind the message log's index (store/search.rs): the
+    // message origin's messages past `seq` have no search entry yet, and
+    // a pass writes them when the store has time. Retention's deletes of
+    // those have none to drop.
+    "CREATE TABLE search_behind (
+        origin      TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        PRIMARY KEY (origin, incarnation)
+     ) STRICT, WITHOUT ROWID;
+     DROP TRIGGER events_unsearch;
+     CREATE TRIGGER events_unsearch AFTER DELETE ON events WHEN old.kind = 'message'
+        AND NOT EXISTS (SELECT 1 FROM search_behind b
+            WHERE b.origin = old.origin AND b.incarnation = old.incarnation AND old.seq > b.seq)
+     BEGIN
+        DELETE FROM search WHERE rowid = -old.rowid;
+     END;",
 ];
 
 /// The schema version this build writes.

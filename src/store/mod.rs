@@ -20,6 +20,7 @@ pub mod migrate;
 pub mod redact;
 pub mod replica;
 pub mod search;
+mod search_pass;
 pub mod segment;
 pub mod tickets;
 pub mod topics;
@@ -173,6 +174,8 @@ impl Db {
             full: true,
         };
         seed(&mut db)?;
+        let messages = db.origin.messages();
+        search::start_behind(&db.conn, &messages)?;
         Ok(db)
     }
 
@@ -939,6 +942,10 @@ pub struct Store {
     log_thread: Arc<Mutex<Option<message_log::LogThread>>>,
     /// How far the message log's index has come.
     indexed: Arc<message_index::Indexed>,
+    /// How far the search pass has come (see `search.rs`, "behind").
+    searched: Arc<message_index::Indexed>,
+    /// The highest seq a search waits for the pass to reach.
+    search_wanted: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -1002,6 +1009,9 @@ impl Store {
             })?;
         message_index::catch_up(&mut db, &log_dir, messages.opened_end())?;
         let indexed = Arc::new(message_index::Indexed::new(messages.synced()));
+        let searched = Arc::new(message_index::Indexed::default());
+        let search_wanted = Arc::new(AtomicU64::new(0));
+        let mut search_pass = search_pass::SearchPass::new(searched.clone(), search_wanted.clone());
         let mut indexer = message_index::Indexer::new(indexed.clone(), &db, &log_dir, &messages)?;
         let reader = Db::open_reader(data_dir, node)?;
         let (reads, read_thread) = spawn_reader(reader, Tidy::new(work.clone()))?;
@@ -1025,11 +1035,32 @@ impl Store {
                 let mut published = db.commits;
                 let mut tidy = Tidy::new(work);
                 let mut version = db.data_version().unwrap_or_default();
-                while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
+                loop {
+                    let msg = match next.take() {
+                        Some(msg) => msg,
+                        None => match rx.try_recv() {
+                            Ok(msg) => msg,
+                            // Nothing queued: the search pass's turn.
+                            Err(mpsc::error::TryRecvError::Empty) if search_pass.behind() => {
+                                search_pass.step(&mut db);
+                                continue;
+                            }
+                            Err(mpsc::error::TryRecvError::Empty) => match rx.blocking_recv() {
+                                Some(msg) => msg,
+                                None => break,
+                            },
+                            Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        },
+                    };
+                    // A search waits for the pass: a run before anything else.
+                    if search_pass.wanted() {
+                        search_pass.step(&mut db);
+                    }
                     match msg {
                         Msg::Tidy => {
                             tidy.tick(&db.conn);
                             indexer.retry(&mut db);
+                            search_pass.retry();
                             indexer.sweep(&mut db);
                             if committed_outside(&db, &mut version, &syncer) {
                                 outside.send_modify(|n| *n = n.wrapping_add(1));
@@ -1075,6 +1106,7 @@ impl Store {
                             });
                             indexer.index(&mut db, run);
                             index_checkpoints.nudge();
+                            search_pass.more();
                         }
                         Msg::Append(append) => {
                             tidy.worked();
@@ -1138,6 +1170,8 @@ impl Store {
             messages,
             log_thread: Arc::new(Mutex::new(Some(log_thread))),
             indexed,
+            searched,
+            search_wanted,
         })
     }
 
@@ -1172,6 +1206,24 @@ impl Store {
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// [`Store::read`] once the search pass has indexed, for search, what
+    /// the message log had synced when this was called (see `search.rs`,
+    /// "behind the message log"): a client finds its own messages.
+    pub async fn read_searched<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, Error> + Send + 'static,
+    {
+        let target = self.messages.synced();
+        if self.searched.seq() < target {
+            // The store thread runs the pass before anything else while
+            // this is above where it stands.
+            self.search_wanted.fetch_max(target, Ordering::AcqRel);
+            self.searched.wait(target).await;
+        }
+        self.read(f).await
     }
 
     /// One tick of the store's tidying, for a timer to call (the server

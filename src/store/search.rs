@@ -5,20 +5,34 @@
 //! ascending for a common word to cost a page and not the whole list.
 //!
 //! The apply path keeps it current: a kept message is indexed in the
-//! transaction that applies it (unless its topic's format is `binary`), an
+//! transaction that applies it (unless its topic's format is `binary`, or
+//! it is this node's and goes behind, as below), an
 //! edit replaces its text, a redaction removes it, and a trigger drops the
 //! row of any message event that retention deletes. A transaction's rows
 //! are queued and written at its end, newest first ([`IndexQueue`]).
 //!
 //! The rowids tie the index to the events table, which has no INTEGER
 //! PRIMARY KEY: a VACUUM may renumber it, so the store never runs one.
+//!
+//! **Behind the message log.** This node's kept messages, which the
+//! message log's index writes as events of the node's message origin
+//! (`message_index`), are not indexed for search in that transaction: a
+//! pass ([`catch_up`]) writes their entries later, in runs, when the store
+//! thread has nothing else to do, or at once when a search waits for it.
+//! Tokenizing a message costs more than a whole plain send (about 2 µs of
+//! the index's 7; bench/README.md, twenty-first round), so at the message
+//! rate of a burst it would bound how fast kept messages are taken. The
+//! `search_behind` table holds how far the pass has come (the origin's
+//! seq); a row past it has no entry, so an edit, a redaction or retention
+//! leaves it to the pass, which reads the message's current text then.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::log::Origin;
 use super::{Db, Error};
 use crate::change::{Change, Message};
 
@@ -174,6 +188,110 @@ fn stored_text(ex: &str) -> Result<String, serde_json::Error> {
     Ok(strings.join("\n"))
 }
 
+/// Starts search behind the index for `messages` (this node's message
+/// origin), if it was not started: from the origin's last seq the store
+/// holds, all of which were indexed for search as they came.
+pub(super) fn start_behind(conn: &Connection, messages: &Origin) -> Result<(), Error> {
+    let seq = super::log::seen_seq(conn, &messages.node, &messages.incarnation)?;
+    conn.prepare_cached(
+        "INSERT INTO search_behind (origin, incarnation, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (origin, incarnation) DO NOTHING",
+    )?
+    .execute(params![
+        messages.node,
+        messages.incarnation,
+        i64::try_from(seq).unwrap_or(i64::MAX)
+    ])?;
+    Ok(())
+}
+
+/// Whether the message event at `rowid` is behind the pass (it has no
+/// search entry yet, and the pass will index its text as it is then).
+pub(super) fn behind(tx: &Transaction<'_>, rowid: i64) -> Result<bool, Error> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM events e JOIN search_behind b
+                ON b.origin = e.origin AND b.incarnation = e.incarnation
+             WHERE e.rowid = ?1 AND e.seq > b.seq)",
+        )?
+        .query_row(params![rowid], |r| r.get(0))?)
+}
+
+/// Whether any message is behind the pass.
+const ANY_BEHIND: &str = "SELECT EXISTS (SELECT 1 FROM search_behind b JOIN events e
+    ON e.origin = b.origin AND e.incarnation = b.incarnation AND e.seq > b.seq)";
+
+/// How far a run of the pass came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passed {
+    /// Messages it indexed (or found redacted, or `binary`).
+    pub messages: usize,
+    /// The last seq it passed, if it passed any.
+    pub through: Option<u64>,
+    /// Whether it reached the end: nothing is behind any more.
+    pub done: bool,
+}
+
+/// Indexes up to `max` messages behind the pass, oldest first, each under
+/// its current text (as edited; not at all if redacted, or if its topic is
+/// `binary` now), and moves the pass past them. Rows go to `queue`, which
+/// the caller flushes before it commits.
+pub(super) fn catch_up(
+    tx: &Transaction<'_>,
+    queue: &mut IndexQueue,
+    max: usize,
+) -> Result<Passed, Error> {
+    let mut rows = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT e.rowid, b.origin, b.incarnation, e.seq, e.body
+             FROM search_behind b JOIN events e
+                ON e.origin = b.origin AND e.incarnation = b.incarnation AND e.seq > b.seq
+             ORDER BY b.origin, b.incarnation, e.seq LIMIT ?1",
+        )?;
+        let found = stmt.query_map(params![i64::try_from(max).unwrap_or(i64::MAX)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        for row in found {
+            rows.push(row?);
+        }
+    }
+    let done = rows.len() < max;
+    // Where the pass stands for each origin once past these rows.
+    let mut moved: HashMap<(&str, &str), i64> = HashMap::new();
+    for (_, origin, incarnation, seq, _) in &rows {
+        let at = moved.entry((origin, incarnation)).or_default();
+        *at = (*at).max(*seq);
+    }
+    for (rowid, _, _, _, body) in &rows {
+        let change = super::log::decode_message(body)
+            .map(Ok)
+            .unwrap_or_else(|| serde_json::from_str::<Change>(body))
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        if let Some(m) = &change.message {
+            super::edit::index_message(tx, queue, *rowid, m, super::log::Arrival::Stored)?;
+        }
+    }
+    let mut update = tx.prepare_cached(
+        "UPDATE search_behind SET seq = ?3 WHERE origin = ?1 AND incarnation = ?2",
+    )?;
+    for ((origin, incarnation), seq) in moved.drain() {
+        update.execute(params![origin, incarnation, seq])?;
+    }
+    let through = rows.iter().map(|r| u64::try_from(r.3).unwrap_or(0)).max();
+    Ok(Passed {
+        messages: rows.len(),
+        through,
+        done,
+    })
+}
+
 /// Whether a topic's messages are `binary` (never inspected, never indexed).
 fn is_binary(tx: &Transaction<'_>, topic: Uuid) -> Result<bool, Error> {
     let format: Option<String> = tx
@@ -261,6 +379,32 @@ pub(super) fn unindex(
 }
 
 impl Db {
+    /// Runs the search pass over up to `max` messages behind it ([`catch_up`]),
+    /// in a transaction that commits without a WAL sync: a crash takes the
+    /// pass back with it, and it runs again.
+    pub fn search_behind(&mut self, max: usize) -> Result<Passed, Error> {
+        // Read first: an idle store commits nothing.
+        let any: bool = self
+            .conn
+            .prepare_cached(ANY_BEHIND)?
+            .query_row([], |r| r.get(0))?;
+        if !any {
+            return Ok(Passed {
+                messages: 0,
+                through: None,
+                done: true,
+            });
+        }
+        self.unsynced_burst(|db| {
+            db.write(|tx, _| {
+                let mut queue = IndexQueue::default();
+                let passed = catch_up(tx, &mut queue, max)?;
+                queue.flush(tx)?;
+                Ok(passed)
+            })
+        })?
+    }
+
     /// Kept messages matching `q`, newest first (in the order this store
     /// took them in). At most `q.scan` matches are examined: a page may
     /// hold fewer than `q.limit` messages and still have a cursor.
@@ -449,6 +593,210 @@ mod tests {
 
     fn ids(f: &Found) -> Vec<&str> {
         f.messages.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    /// Kept messages `(id, body)` of `topic` as the message log's index
+    /// writes them: behind the search pass.
+    fn keep(db: &mut Db, topic: Uuid, sender: Uuid, messages: &[(&str, &str)]) {
+        use crate::proto::id::UuidText;
+        use crate::store::message_log::{Entry, SyncedRecord};
+        use crate::store::segment::{HEADER_LEN, Position};
+        let mut last = db.message_floor().unwrap();
+        let (topic, sender) = (UuidText::new(topic), UuidText::new(sender));
+        let records: Vec<(Entry, Vec<u8>)> = messages
+            .iter()
+            .map(|(id, body)| {
+                let now = u64::try_from(crate::proto::id::now_ms()).unwrap();
+                last = Entry {
+                    seq: last.seq + 1,
+                    hlc: log::next_hlc(last.hlc, now),
+                };
+                let ex = serde_json::json!({ "body": body }).to_string();
+                let parts = log::MessageParts {
+                    kind: Change::MESSAGE,
+                    topic: &topic,
+                    id,
+                    ts: 0,
+                    sender: &sender,
+                    ex: &ex,
+                };
+                (last, parts.encode())
+            })
+            .collect();
+        let at = Position {
+            segment: 1,
+            offset: HEADER_LEN,
+        };
+        let synced = records.iter().map(|(entry, body)| SyncedRecord {
+            entry: *entry,
+            at,
+            body,
+        });
+        db.index_messages(synced, at).unwrap();
+    }
+
+    /// Kept messages are found once the pass has run over them, in runs of
+    /// the size asked; a pass with nothing behind commits nothing.
+    #[test]
+    fn kept_messages_are_found_once_the_pass_has_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        keep(
+            &mut db,
+            t,
+            dan,
+            &[("m1", "brown fox"), ("m2", "brown dog"), ("m3", "lazy cat")],
+        );
+        assert!(
+            db.search(&query(&["brown"], &[t]))
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+        let first = db.search_behind(2).unwrap();
+        assert_eq!(
+            first,
+            Passed {
+                messages: 2,
+                through: Some(2),
+                done: false
+            }
+        );
+        assert_eq!(
+            ids(&db.search(&query(&["brown"], &[t])).unwrap()),
+            ["m2", "m1"]
+        );
+        assert!(
+            db.search(&query(&["lazy"], &[t]))
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+        let rest = db.search_behind(10).unwrap();
+        assert_eq!((rest.messages, rest.through, rest.done), (1, Some(3), true));
+        assert_eq!(ids(&db.search(&query(&["lazy"], &[t])).unwrap()), ["m3"]);
+        let commits = db.commits;
+        let idle = db.search_behind(10).unwrap();
+        assert_eq!((idle.messages, idle.through, idle.done), (0, None, true));
+        assert_eq!(db.commits, commits, "nothing behind: no transaction");
+    }
+
+    /// An edit, a redaction and retention that reach messages still behind
+    /// the pass leave their entries to it: it indexes the edited text, not
+    /// the redacted one, and not the pruned message; nothing fails for the
+    /// entries that were never written.
+    #[test]
+    fn edits_redactions_and_retention_behind_the_pass_are_left_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        keep(
+            &mut db,
+            t,
+            dan,
+            &[
+                ("m0", "brown zero"),
+                ("m1", "brown one"),
+                ("m2", "brown two"),
+                ("m3", "brown three"),
+            ],
+        );
+        let revision = crate::store::edit::Revision {
+            ex: Map::from_iter([("body".to_owned(), Value::from("a lazy cat"))]),
+            ts: 1,
+            by: dan,
+            n: 1,
+        };
+        db.edit_message(t, "m1", &revision).unwrap();
+        let redaction = crate::store::edit::Redaction { ts: 2, by: dan };
+        db.redact_message(t, "m2", &redaction).unwrap();
+        assert_eq!(db.prune_history(t, 0, i64::MAX / 2, 3).unwrap(), 1);
+        assert!(db.search_behind(100).unwrap().done);
+        assert_eq!(ids(&db.search(&query(&["brown"], &[t])).unwrap()), ["m3"]);
+        assert_eq!(ids(&db.search(&query(&["lazy"], &[t])).unwrap()), ["m1"]);
+        assert!(
+            db.search(&query(&["two"], &[t]))
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+
+        // Past the pass, as ever: an edit replaces the entry, a redaction
+        // and retention remove it.
+        db.edit_message(t, "m3", &revision).unwrap();
+        assert!(
+            db.search(&query(&["brown"], &[t]))
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+        assert_eq!(
+            ids(&db.search(&query(&["lazy"], &[t])).unwrap()),
+            ["m3", "m1"]
+        );
+        db.redact_message(t, "m3", &redaction).unwrap();
+        assert_eq!(ids(&db.search(&query(&["lazy"], &[t])).unwrap()), ["m1"]);
+        assert_eq!(db.prune_history(t, 0, i64::MAX / 2, 0).unwrap(), 3);
+        assert!(
+            db.search(&query(&["lazy"], &[t]))
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+    }
+
+    /// A topic's format change catches the pass up first: messages kept
+    /// before it are indexed by the format they came under, those after
+    /// it by the new one.
+    #[test]
+    fn a_format_change_catches_the_pass_up_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        keep(&mut db, t, dan, &[("before", "word before")]);
+        let binary = Change::new("topic.meta").set(
+            crate::change::Entity::Topic(t),
+            crate::change::field::META_FORMAT,
+            "binary",
+        );
+        db.append_all(vec![binary]).unwrap();
+        keep(&mut db, t, dan, &[("after", "word after")]);
+        assert!(db.search_behind(100).unwrap().done);
+        assert_eq!(
+            ids(&db.search(&query(&["word"], &[t])).unwrap()),
+            ["before"]
+        );
+    }
+
+    /// The pass's place is kept across a restart, and a store that starts
+    /// it anew starts at what it holds (indexed as it came, before the
+    /// pass existed).
+    #[test]
+    fn the_pass_carries_on_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        {
+            let mut db = Db::open(dir.path(), "n1").unwrap();
+            keep(&mut db, t, dan, &[("m1", "brown one"), ("m2", "brown two")]);
+            assert_eq!(db.search_behind(1).unwrap().through, Some(1));
+        }
+        let mut db = Db::open(dir.path(), "n1").unwrap();
+        assert_eq!(ids(&db.search(&query(&["brown"], &[t])).unwrap()), ["m1"]);
+        let rest = db.search_behind(10).unwrap();
+        assert_eq!((rest.messages, rest.through), (1, Some(2)));
+        assert_eq!(
+            ids(&db.search(&query(&["brown"], &[t])).unwrap()),
+            ["m2", "m1"]
+        );
+
+        keep(&mut db, t, dan, &[("m3", "brown three")]);
+        db.conn.execute("DELETE FROM search_behind", []).unwrap();
+        start_behind(&db.conn, &db.origin.messages()).unwrap();
+        assert!(
+            db.search_behind(10).unwrap().through.is_none(),
+            "starts at m3"
+        );
     }
 
     #[test]

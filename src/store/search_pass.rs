@@ -1,0 +1,100 @@
+//! The store thread's side of search behind the message log's index
+//! (`search.rs`, "behind the message log"): runs of the pass when the
+//! thread has nothing else queued, and one before each queued message
+//! while a search waits for the pass.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Db;
+use super::message_index::Indexed;
+
+/// Messages one run of the pass indexes at most: a few milliseconds, so
+/// work queued meanwhile waits no longer than that.
+const RUN: usize = 1024;
+
+/// Where the pass stands, and who waits for it.
+#[derive(Debug)]
+pub(super) struct SearchPass {
+    /// The message origin's seq through which search entries are written
+    /// (or given up on, after a failure: searches must not wait for a
+    /// disk to be fixed).
+    searched: Arc<Indexed>,
+    /// The highest seq a search waits for.
+    wanted: Arc<AtomicU64>,
+    /// Nothing is behind (until more is indexed, or a failed run is due
+    /// again).
+    done: bool,
+    /// The last run failed.
+    failed: bool,
+}
+
+impl SearchPass {
+    /// Reports progress to `searched`; searches ask for runs through
+    /// `wanted`.
+    pub(super) fn new(searched: Arc<Indexed>, wanted: Arc<AtomicU64>) -> Self {
+        Self {
+            searched,
+            wanted,
+            done: false,
+            failed: false,
+        }
+    }
+
+    /// Messages were indexed: the pass may have work.
+    pub(super) fn more(&mut self) {
+        self.done = false;
+    }
+
+    /// A tidy tick: a failed run is due again.
+    pub(super) fn retry(&mut self) {
+        if self.failed {
+            self.done = false;
+        }
+    }
+
+    /// Whether the pass may have work.
+    pub(super) fn behind(&self) -> bool {
+        !self.done
+    }
+
+    /// Whether a search waits for the pass.
+    pub(super) fn wanted(&self) -> bool {
+        !self.done && self.wanted.load(Ordering::Acquire) > self.searched.seq()
+    }
+
+    /// One run of the pass. A failed run is logged and tried again when
+    /// more is indexed or at the next tidy tick; meanwhile searches go on
+    /// with what is indexed.
+    pub(super) fn step(&mut self, db: &mut Db) {
+        match db.search_behind(RUN) {
+            Ok(passed) => {
+                self.failed = false;
+                if let Some(seq) = passed.through {
+                    self.searched.reach(seq);
+                }
+                if passed.done {
+                    self.done = true;
+                    self.reach_all(db);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e,
+                    "search: cannot index kept messages for search; trying again at the next \
+                     tick (check the disk)");
+                self.done = true;
+                self.failed = true;
+                self.reach_all(db);
+            }
+        }
+    }
+
+    /// Nothing more to do for what is indexed: its last seq (records the
+    /// index skipped count too).
+    fn reach_all(&self, db: &Db) {
+        match db.message_floor() {
+            Ok(floor) => self.searched.reach(floor.seq),
+            Err(e) => tracing::warn!(error = %e, "search: cannot read the index's last seq"),
+        }
+    }
+}
