@@ -27,6 +27,10 @@ pub(super) struct SearchPass {
     done: bool,
     /// The last run failed.
     failed: bool,
+    /// Messages passed since the pass was last done, and when the first
+    /// of those runs began: a long catch-up is logged when it ends.
+    passed: usize,
+    since: Option<std::time::Instant>,
 }
 
 impl SearchPass {
@@ -38,6 +42,8 @@ impl SearchPass {
             wanted,
             done: false,
             failed: false,
+            passed: 0,
+            since: None,
         }
     }
 
@@ -67,15 +73,26 @@ impl SearchPass {
     /// more is indexed or at the next tidy tick; meanwhile searches go on
     /// with what is indexed.
     pub(super) fn step(&mut self, db: &mut Db) {
+        let started = *self.since.get_or_insert_with(std::time::Instant::now);
         match db.search_behind(RUN) {
             Ok(passed) => {
                 self.failed = false;
+                self.passed += passed.messages;
                 if let Some(seq) = passed.through {
                     self.searched.reach(seq);
                 }
                 if passed.done {
                     self.done = true;
                     self.reach_all(db);
+                    if self.passed > RUN {
+                        tracing::info!(
+                            messages = self.passed,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "search: indexed the kept messages a burst left behind"
+                        );
+                    }
+                    self.passed = 0;
+                    self.since = None;
                 }
             }
             Err(e) => {
