@@ -536,21 +536,10 @@ mod tests {
         store.close().await;
     }
 
-    #[tokio::test]
-    async fn a_read_waits_for_the_index_of_what_is_synced() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(dir.path(), "n1").expect("open");
-        let topic = Uuid::now_v7();
-        // The index's job queues behind the held one.
-        let (release, held) = hold_store_thread(&store).await;
-        keep(&store, topic, "a").await;
-        let reading = {
-            let store = store.clone();
-            tokio::spawn(async move { history(&store, topic).await })
-        };
-        // The read starts (this runtime has one thread: the spawned task
-        // runs at this yield), and whatever it queued on the read thread
-        // has run once a job queued after it has.
+    /// Returns once whatever a task just spawned has queued on the read
+    /// thread has run: this runtime has one thread, so the task runs at the
+    /// yield, and a probe queued after its job runs after it.
+    async fn read_thread_drained(store: &Store) {
         tokio::task::yield_now().await;
         let reads = store
             .reads
@@ -566,6 +555,21 @@ mod tests {
         done.await.expect("the probe ran");
         // A sender kept would keep the read thread from ending at close.
         drop(reads);
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_the_index_of_what_is_synced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let topic = Uuid::now_v7();
+        // The index's job queues behind the held one.
+        let (release, held) = hold_store_thread(&store).await;
+        keep(&store, topic, "a").await;
+        let reading = {
+            let store = store.clone();
+            tokio::spawn(async move { history(&store, topic).await })
+        };
+        read_thread_drained(&store).await;
         release.send(()).expect("release");
         assert_eq!(reading.await.expect("read"), ["a"]);
         held.await.expect("join").expect("held job");
@@ -609,39 +613,13 @@ mod tests {
         let searching = {
             let store = store.clone();
             tokio::spawn(async move {
-                let q = super::super::search::Query {
-                    terms: vec!["brown".to_owned()],
-                    topics: [topic].into(),
-                    topic: None,
-                    sender: None,
-                    since_ms: None,
-                    until_ms: None,
-                    cursor: None,
-                    limit: 10,
-                    scan: 100,
-                };
+                let q = crate::store::search::tests::query(&["brown"], &[topic]);
                 let found = store.read_searched(move |db| db.search(&q)).await;
                 let found = found.expect("search");
                 found.messages.into_iter().map(|m| m.id).collect::<Vec<_>>()
             })
         };
-        // The search starts (this runtime has one thread: the spawned task
-        // runs at this yield), and whatever it queued on the read thread
-        // has run once a job queued after it has.
-        tokio::task::yield_now().await;
-        let reads = store
-            .reads
-            .lock()
-            .ok()
-            .and_then(|r| r.clone())
-            .expect("the read thread");
-        let (ran, done) = tokio::sync::oneshot::channel();
-        let probe: crate::store::ReadJob = Box::new(move |_| {
-            let _ = ran.send(());
-        });
-        assert!(reads.send(crate::store::ReadMsg::Job(probe)).await.is_ok());
-        done.await.expect("the probe ran");
-        drop(reads);
+        read_thread_drained(&store).await;
         release.send(()).expect("release");
         assert_eq!(searching.await.expect("search"), ["a"]);
         held.await.expect("join").expect("held job");

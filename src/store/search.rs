@@ -478,7 +478,7 @@ impl Db {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::log;
     use proptest::prelude::*;
@@ -577,7 +577,8 @@ mod tests {
         db.write(|tx, origin| log::append(tx, origin, m)).unwrap();
     }
 
-    fn query(terms: &[&str], topics: &[Uuid]) -> Query {
+    /// A query of `terms` over `topics`, ten results a page.
+    pub(crate) fn query(terms: &[&str], topics: &[Uuid]) -> Query {
         Query {
             terms: terms.iter().map(|t| (*t).to_owned()).collect(),
             topics: topics.iter().copied().collect(),
