@@ -405,7 +405,7 @@ mod tests {
     use super::*;
     use crate::change::{ExJson, Message};
     use crate::store::message_log::{Limits, LogThread, MessageLog};
-    use crate::store::{MESSAGE_LOG_DIR, Store, hold_store_thread};
+    use crate::store::{MESSAGE_LOG_DIR, Msg, Store, hold_store_thread};
 
     /// Message `id` to `topic` as the log keeps it, stamped with its clock.
     fn body(topic: Uuid, id: &str, e: Entry) -> Vec<u8> {
@@ -624,6 +624,31 @@ mod tests {
         assert_eq!(searching.await.expect("search"), ["a"]);
         held.await.expect("join").expect("held job");
         store.close().await;
+    }
+
+    /// A search that comes once the store thread has ended (closed before
+    /// the pass ran over what it indexed) does not wait for the pass.
+    #[tokio::test]
+    async fn a_search_after_the_store_closed_does_not_wait_for_the_pass() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let topic = Uuid::now_v7();
+        // Indexed, and then the store thread closed, each queued behind the
+        // held job: the pass, which runs when nothing is queued, never runs
+        // over it. (`Store::close`'s steps, with the close queued first.)
+        let (release, held) = hold_store_thread(&store).await;
+        keep(&store, topic, "a").await;
+        store.close_reader().await;
+        let (closed, done) = tokio::sync::oneshot::channel();
+        assert!(store.jobs.send(Msg::Close(closed)).await.is_ok());
+        release.send(()).expect("release");
+        held.await.expect("join").expect("held job");
+        done.await.expect("closed");
+        let search = store.read_searched(move |db| {
+            db.search(&crate::store::search::tests::query(&["a"], &[topic]))
+        });
+        let found = tokio::time::timeout(std::time::Duration::from_secs(30), search).await;
+        assert!(matches!(found, Ok(Err(Error::Closed))), "{found:?}");
     }
 
     #[tokio::test]

@@ -115,3 +115,11 @@ impl SearchPass {
         }
     }
 }
+
+impl Drop for SearchPass {
+    /// The store thread is done: no search waits for a pass that will not
+    /// run (each goes on to its read, which finds the store closed).
+    fn drop(&mut self) {
+        self.searched.reach(u64::MAX);
+    }
+}
