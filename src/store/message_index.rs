@@ -357,7 +357,8 @@ impl Indexer {
     }
 }
 
-/// How far the index has come: the message origin's last seq indexed.
+/// How far a stage behind the message log has come (the index, or the
+/// search pass: `search_pass.rs`): the message origin's last seq it holds.
 /// Reads wait on it to see what the message log has synced.
 #[derive(Debug, Default)]
 pub struct Indexed {
