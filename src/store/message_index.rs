@@ -349,11 +349,14 @@ impl Indexer {
         Ok((self.log.remove_before(bound)?, bound > end.segment))
     }
 
-    /// Tries again what a failed transaction left, if anything.
-    pub fn retry(&mut self, db: &mut Db) {
-        if !self.failed.is_empty() {
-            self.index(db, Vec::new());
+    /// Tries again what a failed transaction left, if anything: whether
+    /// it did, and the retry succeeded.
+    pub fn retry(&mut self, db: &mut Db) -> bool {
+        if self.failed.is_empty() {
+            return false;
         }
+        self.index(db, Vec::new());
+        self.failed.is_empty()
     }
 }
 
@@ -582,27 +585,13 @@ mod tests {
     /// store thread is busy), and the search finds it once the pass runs.
     #[tokio::test]
     async fn a_search_waits_for_the_search_pass() {
-        use crate::proto::id::UuidText;
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path(), "n1").expect("open");
         let topic = Uuid::now_v7();
         // The index's job queues behind the held one, and a second hold
         // behind that: the pass, which runs when nothing is queued, waits.
         let (release, held) = hold_store_thread(&store).await;
-        let (topic_text, sender) = (UuidText::new(topic), UuidText::new(Uuid::now_v7()));
-        let parts = log::MessageParts {
-            kind: Change::MESSAGE,
-            topic: &topic_text,
-            id: "a",
-            ts: 0,
-            sender: &sender,
-            ex: r#"{"body":"brown fox"}"#,
-        };
-        let log = store.messages();
-        let e = log
-            .append(crate::proto::id::now_ms(), |_, out| parts.encode_into(out))
-            .expect("append");
-        log.wait_synced(e.seq).await.expect("synced");
+        let e = keep_text(&store, topic, "a", "brown fox").await;
         let second = {
             let store = store.clone();
             tokio::spawn(async move { hold_store_thread(&store).await })
@@ -624,6 +613,74 @@ mod tests {
         release.send(()).expect("release");
         assert_eq!(searching.await.expect("search"), ["a"]);
         held.await.expect("join").expect("held job");
+        store.close().await;
+    }
+
+    /// Message `id` with text `text` kept through the log.
+    async fn keep_text(store: &Store, topic: Uuid, id: &str, text: &str) -> Entry {
+        use crate::proto::id::UuidText;
+        let (topic_text, sender) = (UuidText::new(topic), UuidText::new(Uuid::now_v7()));
+        let ex = serde_json::json!({ "body": text }).to_string();
+        let parts = log::MessageParts {
+            kind: Change::MESSAGE,
+            topic: &topic_text,
+            id,
+            ts: 0,
+            sender: &sender,
+            ex: &ex,
+        };
+        let log = store.messages();
+        let e = log
+            .append(crate::proto::id::now_ms(), |_, out| parts.encode_into(out))
+            .expect("append");
+        log.wait_synced(e.seq).await.expect("synced");
+        e
+    }
+
+    /// The ids of `topic`'s messages with `word`, by [`Store::read_searched`],
+    /// or `None` if it has not answered within five seconds.
+    async fn searched(
+        store: &Store,
+        topic: Uuid,
+        word: &str,
+    ) -> Option<Result<Vec<String>, Error>> {
+        let q = crate::store::search::tests::query(&[word], &[topic]);
+        let found = store.read_searched(move |db| db.search(&q));
+        let found = tokio::time::timeout(std::time::Duration::from_secs(5), found).await;
+        found
+            .ok()
+            .map(|r| r.map(|f| f.messages.into_iter().map(|m| m.id).collect()))
+    }
+
+    /// A failed index transaction does not hold searches up (as it does not
+    /// hold reads), and what a retry then indexes is found by search.
+    #[tokio::test]
+    async fn a_failed_index_holds_no_search_and_a_retry_is_searched() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let topic = Uuid::now_v7();
+        let writes = |refused: bool| {
+            store.call(move |db| {
+                db.conn.pragma_update(None, "query_only", refused)?;
+                Ok(())
+            })
+        };
+        writes(true).await.expect("refuse writes");
+        keep_text(&store, topic, "a", "brown fox").await;
+        let found = searched(&store, topic, "brown").await;
+        assert_eq!(
+            found
+                .expect("answered, not waiting for the disk")
+                .expect("search"),
+            Vec::<String>::new()
+        );
+        writes(false).await.expect("writes again");
+        // The tick retries the index, and the pass runs over what it
+        // indexed; a job queued after the tick returns once both have.
+        assert!(store.tidy());
+        store.call(|_| Ok(())).await.expect("after the tick");
+        let found = searched(&store, topic, "brown").await;
+        assert_eq!(found.expect("answered").expect("search"), ["a"]);
         store.close().await;
     }
 

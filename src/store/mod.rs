@@ -1011,7 +1011,8 @@ impl Store {
         let indexed = Arc::new(message_index::Indexed::new(messages.synced()));
         let searched = Arc::new(message_index::Indexed::default());
         let search_wanted = Arc::new(AtomicU64::new(0));
-        let mut search_pass = search_pass::SearchPass::new(searched.clone(), search_wanted.clone());
+        let mut search_pass =
+            search_pass::SearchPass::new(searched.clone(), indexed.clone(), search_wanted.clone());
         let mut indexer = message_index::Indexer::new(indexed.clone(), &db, &log_dir, &messages)?;
         let reader = Db::open_reader(data_dir, node)?;
         let (reads, read_thread) = spawn_reader(reader, Tidy::new(work.clone()))?;
@@ -1059,7 +1060,13 @@ impl Store {
                     match msg {
                         Msg::Tidy => {
                             tidy.tick(&db.conn);
-                            indexer.retry(&mut db);
+                            if indexer.retry(&mut db) {
+                                // What it indexed is behind the pass: one
+                                // run now, so that it is searchable once
+                                // the tick is done.
+                                search_pass.more();
+                                search_pass.step(&mut db);
+                            }
                             search_pass.retry();
                             indexer.sweep(&mut db);
                             if committed_outside(&db, &mut version, &syncer) {

@@ -20,6 +20,9 @@ pub(super) struct SearchPass {
     /// (or given up on, after a failure: searches must not wait for a
     /// disk to be fixed).
     searched: Arc<Indexed>,
+    /// How far the message log's index has come (reached even by a failed
+    /// transaction: see `message_index::Indexer::index`).
+    indexed: Arc<Indexed>,
     /// The highest seq a search waits for.
     wanted: Arc<AtomicU64>,
     /// Nothing is behind (until more is indexed, or a failed run is due
@@ -35,10 +38,15 @@ pub(super) struct SearchPass {
 
 impl SearchPass {
     /// Reports progress to `searched`; searches ask for runs through
-    /// `wanted`.
-    pub(super) fn new(searched: Arc<Indexed>, wanted: Arc<AtomicU64>) -> Self {
+    /// `wanted`; `indexed` is the message log's index's progress.
+    pub(super) fn new(
+        searched: Arc<Indexed>,
+        indexed: Arc<Indexed>,
+        wanted: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             searched,
+            indexed,
             wanted,
             done: false,
             failed: false,
@@ -107,8 +115,11 @@ impl SearchPass {
     }
 
     /// Nothing more to do for what is indexed: its last seq (records the
-    /// index skipped count too).
+    /// index skipped count too). And what the index has given up on for
+    /// now (a failed transaction, tried again at a tick): a search does not
+    /// wait for a disk to be fixed, as a read does not.
     fn reach_all(&self, db: &Db) {
+        self.searched.reach(self.indexed.seq());
         match db.message_floor() {
             Ok(floor) => self.searched.reach(floor.seq),
             Err(e) => tracing::warn!(error = %e, "search: cannot read the index's last seq"),
