@@ -195,7 +195,9 @@ struct State {
     /// format.
     pending: Group,
     /// Emptied groups whose room the next groups take (at most
-    /// [`SPARE_GROUPS`]; dropped when the log goes quiet).
+    /// [`SPARE_GROUPS`], their room together within the bound on bytes in
+    /// hand; dropped, with the pending group's room, when the log goes
+    /// quiet).
     spare: Vec<Group>,
     /// The last seq and clock handed out.
     last: Entry,
@@ -461,23 +463,23 @@ impl Shared {
             if state.closed {
                 return Next::Done;
             }
-            let wait = if state.spare.is_empty() {
-                idle
-            } else {
-                idle.min(SPARE_KEPT)
-            };
+            // Room kept: the spare groups', and the empty pending group's
+            // (a spare's, or what the last group grew to).
+            let kept = !state.spare.is_empty() || state.pending.capacity() > 0;
+            let wait = if kept { idle.min(SPARE_KEPT) } else { idle };
             let (next, waited) = self
                 .work
                 .wait_timeout(state, wait.max(IDLE_WAIT_MIN))
                 .unwrap_or_else(|p| p.into_inner());
             state = next;
             if waited.timed_out() && state.pending.is_empty() && !state.closed {
-                // Quiet: the spare groups' room goes back first, and the
-                // segment's age is looked at after the next wait.
-                if state.spare.is_empty() {
+                // Quiet: the room kept goes back first, and the segment's
+                // age is looked at after the next wait.
+                if !kept {
                     return Next::Idle;
                 }
                 state.spare = Vec::new();
+                state.pending = Group::default();
             }
         }
     }
@@ -487,7 +489,12 @@ impl Shared {
     fn release(&self, bytes: usize, mut group: Group) {
         let mut state = self.lock();
         state.in_hand = state.in_hand.saturating_sub(bytes);
-        if state.spare.len() < SPARE_GROUPS && !state.closed {
+        // The spare groups' room together stays within the bound on bytes
+        // in hand: a group that grew past it (one record is always taken,
+        // whatever its size) is not kept.
+        let room: usize = state.spare.iter().map(Group::capacity).sum();
+        let within = room.saturating_add(group.capacity()) <= self.limits.pending_bytes;
+        if state.spare.len() < SPARE_GROUPS && !state.closed && within {
             group.clear();
             state.spare.push(group);
         }
@@ -792,6 +799,46 @@ mod tests {
             Next::Idle
         ));
         assert_eq!(spare(&log), 0);
+        thread.finish();
+    }
+
+    /// The room kept for later groups stays within the bound on bytes in
+    /// hand: a group that grew past it (a record over the bound is taken
+    /// alone) is not kept. And once the log is quiet, no room is kept at
+    /// all, the pending group's (a spare's, taken by the last group) too.
+    #[tokio::test]
+    async fn the_room_kept_stays_within_the_bound_and_goes_when_quiet() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (tx, rx) = mpsc::channel();
+        let limits = Limits {
+            pending_bytes: 4096,
+            ..Limits::default()
+        };
+        let (log, thread) = MessageLog::open(dir.path(), limits, START, move |g| {
+            let _ = tx.send(g);
+        })
+        .expect("open");
+        let kept = |log: &MessageLog| {
+            let state = log.shared.lock();
+            state.spare.iter().map(Group::capacity).sum::<usize>() + state.pending.capacity()
+        };
+        let big = log
+            .append_body(|_| vec![b'x'; 1 << 20])
+            .expect("taken alone");
+        log.wait_synced(big.seq).await.expect("synced");
+        drop(rx.recv().expect("handed on"));
+        assert!(kept(&log) <= 4096, "a megabyte kept: {}", kept(&log));
+        for _ in 0..2 {
+            let e = log.append_body(body).expect("small");
+            log.wait_synced(e.seq).await.expect("synced");
+            drop(rx.recv().expect("handed on"));
+        }
+        assert!(kept(&log) > 0, "small groups lend their room");
+        assert!(matches!(
+            log.shared.next_group(Duration::from_millis(1)),
+            Next::Idle
+        ));
+        assert_eq!(kept(&log), 0, "quiet: nothing kept");
         thread.finish();
     }
 

@@ -201,6 +201,11 @@ impl Group {
         })
     }
 
+    /// The bytes it has room for without growing.
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
     /// Empties it, keeping its room.
     pub fn clear(&mut self) {
         self.bytes.clear();
