@@ -390,7 +390,10 @@ pub(super) fn apply_as(
     if !change.writes.is_empty() {
         // Messages behind the search pass are indexed by the format their
         // topic had when they came, as those before them were.
-        if change.writes.iter().any(|w| w.field == field::META_FORMAT) {
+        let format = |w: &crate::change::Write| {
+            w.field == field::META_FORMAT && super::parse_entity("topic:", &w.entity).is_some()
+        };
+        if change.writes.iter().any(format) {
             super::search::catch_up(tx, index, usize::MAX)?;
         }
         // A write may change what the queue remembers (a topic's format),

@@ -768,6 +768,17 @@ pub(super) mod tests {
             ids(&db.search(&query(&["word"], &[t])).unwrap()),
             ["before"]
         );
+
+        // An account's own `format` metadata is no topic's format: the
+        // pass is left where it is.
+        keep(&mut db, t, dan, &[("later", "word later")]);
+        let account = Change::new("account.meta").set(
+            crate::change::Entity::Account(dan),
+            crate::change::field::META_FORMAT,
+            "binary",
+        );
+        db.append_all(vec![account]).unwrap();
+        assert_eq!(db.search_behind(100).unwrap().messages, 1, "still behind");
     }
 
     /// The pass's place is kept across a restart, and a store that starts
