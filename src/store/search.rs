@@ -605,6 +605,13 @@ pub(super) mod tests {
         f.messages.iter().map(|m| m.id.as_str()).collect()
     }
 
+    /// A new store, a topic and a sender.
+    fn store() -> (tempfile::TempDir, Db, Uuid, Uuid) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), "n1").unwrap();
+        (dir, db, Uuid::now_v7(), Uuid::now_v7())
+    }
+
     /// Kept messages `(id, body)` of `topic` as the message log's index
     /// writes them: behind the search pass.
     fn keep(db: &mut Db, topic: Uuid, sender: Uuid, messages: &[(&str, &str)]) {
@@ -649,9 +656,7 @@ pub(super) mod tests {
     /// the size asked; a pass with nothing behind commits nothing.
     #[test]
     fn kept_messages_are_found_once_the_pass_has_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(dir.path(), "n1").unwrap();
-        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        let (_dir, mut db, t, dan) = store();
         keep(
             &mut db,
             t,
@@ -698,9 +703,7 @@ pub(super) mod tests {
     /// entries that were never written.
     #[test]
     fn edits_redactions_and_retention_behind_the_pass_are_left_to_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(dir.path(), "n1").unwrap();
-        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        let (_dir, mut db, t, dan) = store();
         keep(
             &mut db,
             t,
@@ -761,9 +764,7 @@ pub(super) mod tests {
     /// history grew).
     #[test]
     fn the_pass_never_scans_the_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(dir.path(), "n1").unwrap();
-        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        let (_dir, mut db, t, dan) = store();
         let many: Vec<(String, String)> = (0..200)
             .map(|i| (format!("m{i}"), format!("word {i}")))
             .collect();
@@ -792,9 +793,7 @@ pub(super) mod tests {
     /// it by the new one.
     #[test]
     fn a_format_change_catches_the_pass_up_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(dir.path(), "n1").unwrap();
-        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        let (_dir, mut db, t, dan) = store();
         keep(&mut db, t, dan, &[("before", "word before")]);
         let binary = Change::new("topic.meta").set(
             crate::change::Entity::Topic(t),
@@ -933,9 +932,7 @@ pub(super) mod tests {
     /// the page says where to go on), not a walk of the word's whole index.
     #[test]
     fn matches_outside_the_time_window_count_toward_the_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(dir.path(), "n1").unwrap();
-        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        let (_dir, mut db, t, dan) = store();
         for n in 0..3 {
             send(&mut db, t, dan, &format!("m{n}"), "brown");
         }
@@ -970,9 +967,7 @@ pub(super) mod tests {
     /// per message (which every message's flush made before).
     #[test]
     fn one_group_commit_indexes_as_one_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(dir.path(), "n1").unwrap();
-        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        let (_dir, mut db, t, dan) = store();
         let mut changes: Vec<Change> = (0..1000)
             .map(|i| message(t, dan, &format!("m{i}"), &format!("common unique{i}")))
             .collect();
@@ -1026,9 +1021,7 @@ pub(super) mod tests {
     /// turned `binary` are not indexed, those before it are.
     #[test]
     fn a_format_set_within_a_group_commit_holds_from_there() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(dir.path(), "n1").unwrap();
-        let (t, dan) = (Uuid::now_v7(), Uuid::now_v7());
+        let (_dir, mut db, t, dan) = store();
         let binary =
             Change::new("topic.meta").set(crate::change::Entity::Topic(t), "meta:format", "binary");
         db.append_all(vec![
