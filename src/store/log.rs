@@ -221,6 +221,42 @@ impl MessageParts<'_> {
 /// history). `None` for text of any other shape, or whose strings were
 /// escaped: the caller decodes it with serde.
 pub(super) fn decode_message(text: &str) -> Option<Change> {
+    let p = split_message(text)?;
+    Some(Change {
+        kind: p.kind.to_owned(),
+        writes: Vec::new(),
+        message: Some(Message {
+            topic: p.topic,
+            id: p.id.to_owned(),
+            ts: p.ts,
+            sender: p.sender,
+            ex: ExJson::from_text(p.ex.to_owned()).ok()?,
+        }),
+    })
+}
+
+/// The pieces of text [`MessageParts::encode`] wrote, borrowed, on the
+/// rules of [`decode_message`]; `ex` not yet checked as JSON.
+pub(super) struct SplitMessage<'a> {
+    /// The change's kind.
+    pub kind: &'a str,
+    /// The topic.
+    pub topic: Uuid,
+    /// The message's id.
+    pub id: &'a str,
+    /// Its `ts` field.
+    pub ts: i64,
+    /// The sender.
+    pub sender: Uuid,
+    /// Its `ex`, as written.
+    pub ex: &'a str,
+}
+
+/// [`decode_message`]'s reading of `text`, nothing built: the message
+/// log's index stores a record's text as it is, and needs only its kind,
+/// topic and id (a record's checksum vouches for the rest, which the
+/// session checked before it appended it).
+pub(super) fn split_message(text: &str) -> Option<SplitMessage<'_>> {
     /// A JSON string's text up to its closing quote, if nothing in it is
     /// escaped (`write_str` escapes only quotes, backslashes and control
     /// characters, so such text is the string itself); and what follows.
@@ -239,16 +275,13 @@ pub(super) fn decode_message(text: &str) -> Option<Change> {
     }
     let (sender, rest) = plain(rest.strip_prefix("\"sender\":\"")?)?;
     let ex = rest.strip_prefix(",\"ex\":")?.strip_suffix("}}")?;
-    Some(Change {
-        kind: kind.to_owned(),
-        writes: Vec::new(),
-        message: Some(Message {
-            topic: Uuid::try_parse(topic).ok()?,
-            id: id.to_owned(),
-            ts,
-            sender: Uuid::try_parse(sender).ok()?,
-            ex: ExJson::from_text(ex.to_owned()).ok()?,
-        }),
+    Some(SplitMessage {
+        kind,
+        topic: Uuid::try_parse(topic).ok()?,
+        id,
+        ts,
+        sender: Uuid::try_parse(sender).ok()?,
+        ex,
     })
 }
 
@@ -283,17 +316,30 @@ pub(super) fn insert_row(
     change: &Change,
     body: &str,
 ) -> Result<i64, Error> {
-    let topic = change.message.as_ref().map(|m| UuidText::new(m.topic));
-    let message_id = change.message.as_ref().map(|m| m.id.as_str());
+    let message = change.message.as_ref().map(|m| (m.topic, m.id.as_str()));
+    insert_fields(insert, origin, (seq, hlc), &change.kind, message, body)
+}
+
+/// [`insert_row`] from the columns' values: the change's kind, and its
+/// message's topic and id if it has one.
+pub(super) fn insert_fields(
+    insert: &mut rusqlite::Statement<'_>,
+    origin: (&str, &str),
+    (seq, hlc): (u64, u64),
+    kind: &str,
+    message: Option<(Uuid, &str)>,
+    body: &str,
+) -> Result<i64, Error> {
+    let topic = message.map(|(topic, _)| UuidText::new(topic));
     Ok(insert.insert(params![
         origin.0,
         origin.1,
         seq as i64,
         hlc as i64,
-        change.kind,
+        kind,
         body,
         topic.as_ref().map(UuidText::as_str),
-        message_id
+        message.map(|(_, id)| id)
     ])?)
 }
 

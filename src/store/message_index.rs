@@ -130,18 +130,31 @@ fn index_records<'r>(
     let from = (origin.node.as_str(), origin.incarnation.as_str());
     for r in records.into_iter().filter(|r| r.entry.seq > held) {
         seq = seq.max(r.entry.seq);
-        let Some((body, change)) = decode(r.body) else {
-            tracing::error!(
-                seq = r.entry.seq,
-                segment = r.at.segment,
-                offset = r.at.offset,
-                "message log: a record that is not a kept message is left out of the index"
-            );
-            continue;
-        };
         let hlc = r.entry.hlc;
-        let rowid = log::insert_row(&mut insert, from, r.entry.seq, hlc, &change, body)?;
-        log::apply_as(tx, &mut index, rowid, &key, hlc, &change, Arrival::Behind)?;
+        let text = std::str::from_utf8(r.body).ok();
+        match text.map(|t| (t, log::split_message(t))) {
+            // As the session wrote it: stored as it is. A kept message
+            // writes no register, and its search entry comes behind:
+            // there is nothing to apply.
+            Some((text, Some(m))) => {
+                let message = Some((m.topic, m.id));
+                log::insert_fields(&mut insert, from, (r.entry.seq, hlc), m.kind, message, text)?;
+            }
+            // Any other text that is a kept message.
+            Some((text, None)) if let Some(change) = other_message(text) => {
+                let rowid = log::insert_row(&mut insert, from, r.entry.seq, hlc, &change, text)?;
+                log::apply_as(tx, &mut index, rowid, &key, hlc, &change, Arrival::Behind)?;
+            }
+            _ => {
+                tracing::error!(
+                    seq = r.entry.seq,
+                    segment = r.at.segment,
+                    offset = r.at.offset,
+                    "message log: a record that is not a kept message is left out of the index"
+                );
+                continue;
+            }
+        }
         clock = clock.max(hlc);
     }
     drop(insert);
@@ -164,16 +177,12 @@ fn record_end(tx: &rusqlite::Transaction<'_>, end: Position) -> Result<(), Error
     Ok(())
 }
 
-/// A record's body as text and as the change it encodes, if it is a kept
-/// message.
-fn decode(body: &[u8]) -> Option<(&str, Change)> {
-    let text = std::str::from_utf8(body).ok()?;
-    let change = match log::decode_message(text) {
-        Some(change) => change,
-        None => serde_json::from_str(text).ok()?,
-    };
-    change.message.as_ref()?;
-    Some((text, change))
+/// A record's text in another layout than [`log::split_message`] reads,
+/// as the change it encodes, if that is a kept message.
+fn other_message(text: &str) -> Option<Change> {
+    serde_json::from_str::<Change>(text)
+        .ok()
+        .filter(|c| c.message.is_some())
 }
 
 /// Indexes what the message log in `dir` holds before `upto` (its end at
