@@ -106,7 +106,9 @@ pub struct Position {
     pub offset: u64,
 }
 
-/// A record to append.
+/// A record to append with [`Writer::append`] (tests: the daemon builds
+/// its groups in place, [`Group`]).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
     /// The event's seq.
@@ -243,7 +245,7 @@ pub struct Stored {
     pub body: Vec<u8>,
 }
 
-/// What [`Writer::append`] wrote.
+/// What [`Writer::append_group`] wrote.
 #[derive(Debug)]
 pub struct Appended {
     /// Each record's position, in the order given.
@@ -271,8 +273,6 @@ pub struct Writer {
     len: u64,
     /// Rotate before an append that would take a segment past this.
     max_bytes: u64,
-    /// [`Writer::append`]'s records, encoded before the one write.
-    scratch: Group,
     /// When this segment was created, or opened by this writer: see
     /// [`Writer::roll_if_older`].
     since: Instant,
@@ -380,7 +380,6 @@ impl Writer {
             segment,
             len,
             max_bytes,
-            scratch: Group::default(),
             since: Instant::now(),
             stopped: false,
         })
@@ -394,21 +393,17 @@ impl Writer {
         }
     }
 
-    /// Appends `records` with one write, in a new segment if this one
-    /// would pass its size. Nothing is synced: the caller syncs
-    /// [`Appended::file`] before it answers for the records.
+    /// [`Writer::append_group`] of `records` (tests).
+    #[cfg(test)]
     pub fn append<'a>(
         &mut self,
         records: impl IntoIterator<Item = Record<'a>>,
     ) -> Result<Appended, Error> {
-        let mut group = std::mem::take(&mut self.scratch);
-        group.clear();
-        let appended = records
-            .into_iter()
-            .try_for_each(|r| group.push(r.seq, r.hlc, |out| out.extend_from_slice(r.body)))
-            .and_then(|()| self.append_group(&mut group));
-        self.scratch = group;
-        appended
+        let mut group = Group::default();
+        for r in records {
+            group.push(r.seq, r.hlc, |out| out.extend_from_slice(r.body))?;
+        }
+        self.append_group(&mut group)
     }
 
     /// Appends `group` (its checksums written here) with one write, in a
