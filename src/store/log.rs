@@ -216,10 +216,10 @@ impl MessageParts<'_> {
 }
 
 /// A kept message's change read back from text [`MessageParts::encode`]
-/// wrote, without serde: the message log's index reads every record, and
-/// serde's decode of a `Change` was 6% of its time (chatbench's pairs with
-/// history). `None` for text of any other shape, or whose strings were
-/// escaped: the caller decodes it with serde.
+/// wrote, without serde: the search pass reads every kept message back
+/// (serde's decode of a `Change` was 6% of the index's time when the index
+/// did it; chatbench's pairs with history). `None` for text of any other
+/// shape, or whose strings were escaped: the caller decodes it with serde.
 pub(super) fn decode_message(text: &str) -> Option<Change> {
     let p = split_message(text)?;
     Some(Change {

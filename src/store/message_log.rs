@@ -256,7 +256,7 @@ impl MessageLog {
             .spawn(move || {
                 let roll_after = log.limits.roll_after;
                 loop {
-                    let group = match log.next_group(roll_after) {
+                    let mut group = match log.next_group(roll_after) {
                         Next::Done => break,
                         Next::Idle => {
                             roll(&mut writer, roll_after);
@@ -266,7 +266,6 @@ impl MessageLog {
                         Next::Group(group) => group,
                     };
                     roll(&mut writer, roll_after);
-                    let mut group = group;
                     let bytes = group.byte_len();
                     let started = std::time::Instant::now();
                     let written = write_group(&mut writer, &mut group);
