@@ -278,13 +278,20 @@ pub(super) fn catch_up(
         let at = moved.entry((origin, incarnation)).or_default();
         *at = (*at).max(*seq);
     }
-    for (rowid, _, _, _, body) in &rows {
+    for (rowid, _, _, seq, body) in &rows {
         let change = super::log::decode_message(body)
             .map(Ok)
-            .unwrap_or_else(|| serde_json::from_str::<Change>(body))
-            .map_err(|e| Error::Corrupt(e.to_string()))?;
-        if let Some(m) = &change.message {
-            super::edit::index_message(tx, queue, *rowid, m, super::log::Arrival::Stored)?;
+            .unwrap_or_else(|| serde_json::from_str::<Change>(body));
+        match change {
+            Ok(change) => {
+                if let Some(m) = &change.message {
+                    super::edit::index_message(tx, queue, *rowid, m, super::log::Arrival::Stored)?;
+                }
+            }
+            // Passed over, not stopped at: a run that failed on it would
+            // fail again at every tick, and nothing after it be searched.
+            Err(e) => tracing::error!(seq, error = %e,
+                "search: a kept message's stored text does not decode; it is left out of search"),
         }
     }
     let mut update = tx.prepare_cached(
@@ -818,6 +825,23 @@ pub(super) mod tests {
         );
         db.append_all(vec![account]).unwrap();
         assert_eq!(db.search_behind(100).unwrap().messages, 1, "still behind");
+    }
+
+    /// A stored message whose text does not decode (damage) is passed
+    /// over: the pass goes on to the messages after it.
+    #[test]
+    fn the_pass_goes_past_a_message_that_does_not_decode() {
+        let (_dir, mut db, t, dan) = store();
+        keep(&mut db, t, dan, &[("m1", "brown one"), ("m2", "brown two")]);
+        db.conn
+            .execute(
+                "UPDATE events SET body = '{\"kind\":\"message\"' WHERE message_id = 'm1'",
+                [],
+            )
+            .unwrap();
+        let passed = db.search_behind(10).unwrap();
+        assert_eq!((passed.messages, passed.through), (2, Some(2)));
+        assert_eq!(ids(&db.search(&query(&["brown"], &[t])).unwrap()), ["m2"]);
     }
 
     /// The pass's place is kept across a restart, and a store that starts
