@@ -122,27 +122,23 @@ pub struct Db {
     full: bool,
 }
 
-/// Pages `conn` has written to its WAL so far (SQLite's
-/// `SQLITE_DBSTATUS_CACHE_WRITE`), or -1 if SQLite cannot say: a commit
-/// that wrote none did not sync.
-fn pages_written(conn: &Connection) -> i64 {
+/// The current value of one of `conn`'s counters (`sqlite3_db_status`,
+/// `op` one of `SQLITE_DBSTATUS_*`), if SQLite can say.
+fn db_status(conn: &Connection, op: std::ffi::c_int) -> Option<i32> {
     let (mut current, mut highwater) = (0, 0);
     // SAFETY: the handle is live while `conn` is borrowed; SQLite writes
     // only the two out-parameters, and resets nothing (last argument 0).
     let rc = unsafe {
-        rusqlite::ffi::sqlite3_db_status(
-            conn.handle(),
-            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_WRITE,
-            &mut current,
-            &mut highwater,
-            0,
-        )
+        rusqlite::ffi::sqlite3_db_status(conn.handle(), op, &mut current, &mut highwater, 0)
     };
-    if rc == rusqlite::ffi::SQLITE_OK {
-        i64::from(current)
-    } else {
-        -1
-    }
+    (rc == rusqlite::ffi::SQLITE_OK).then_some(current)
+}
+
+/// Pages `conn` has written to its WAL so far (SQLite's
+/// `SQLITE_DBSTATUS_CACHE_WRITE`), or -1 if SQLite cannot say: a commit
+/// that wrote none did not sync.
+fn pages_written(conn: &Connection) -> i64 {
+    db_status(conn, rusqlite::ffi::SQLITE_DBSTATUS_CACHE_WRITE).map_or(-1, i64::from)
 }
 
 impl Db {
@@ -1491,20 +1487,7 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_tick_gives_the_page_caches_back() {
         fn cache_used(conn: &Connection) -> i32 {
-            let (mut now, mut high) = (0, 0);
-            // SAFETY: the handle is the live connection's, and the status
-            // call only writes the two integers it is given.
-            let rc = unsafe {
-                rusqlite::ffi::sqlite3_db_status(
-                    conn.handle(),
-                    rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
-                    &mut now,
-                    &mut high,
-                    0,
-                )
-            };
-            assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
-            now
+            db_status(conn, rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED).expect("cache used")
         }
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1").unwrap();
