@@ -311,7 +311,7 @@ impl Session<'_> {
     /// and checked once per version of the topic table (a record never
     /// changes: a change makes a new one, at a new version). Lent: taken
     /// out of `self.last_topic`, for the caller to put back once done.
-    fn sendable(&mut self, me: &LoggedIn, topic: &[u8]) -> Result<LastTopic, Denied> {
+    fn sendable(&mut self, me: &LoggedIn, topic: &[u8]) -> Result<Box<LastTopic>, Denied> {
         // Read before resolving: a change made meanwhile makes it stale.
         let version = self.ctx.topics.version();
         let mut last = match self.last_topic.take() {
@@ -320,14 +320,14 @@ impl Session<'_> {
                 // Exact for UTF-8, which every caller's topic is.
                 let topic = String::from_utf8_lossy(topic);
                 let record = self.resolve(&topic)?;
-                LastTopic {
+                Box::new(LastTopic {
                     asked: topic.into_owned(),
                     version,
                     text: UuidText::new(record.id),
                     kept: self.keeps_history(&record),
                     may_send: None,
                     record,
-                }
+                })
             }
         };
         if last.may_send != Some(me.id) {

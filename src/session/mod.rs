@@ -334,8 +334,10 @@ pub struct Session<'a> {
     burst: message::Burst,
     /// Clock readings for the current burst of input.
     clock: BurstClock,
-    /// The topic last sent to, as resolved.
-    last_topic: Option<message::LastTopic>,
+    /// The topic last sent to, as resolved. Boxed: it is lent out and put
+    /// back for every message, and moving the record itself (two copies of
+    /// about 100 bytes) stalled the read of `may_send` that followed the move.
+    last_topic: Option<Box<message::LastTopic>>,
 }
 
 /// The clocks as read for one burst of input: each at most once, when a
