@@ -137,10 +137,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Input for Messages<S> {
                     return Ok(Some(Item::Span(Span::Line(0..len))));
                 }
                 Message::Binary(_) => {
-                    return Ok(Some(Item::Refused(
+                    return Ok(Some(Item::Refused(Box::new((
                         ErrorCode::TransportBinaryFrame,
                         "packets travel in text messages; binary message discarded".into(),
-                    )));
+                    )))));
                 }
                 Message::Close(_) => return Ok(None),
                 // Pings are answered by tungstenite itself.
