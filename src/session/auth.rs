@@ -78,7 +78,7 @@ impl Session<'_> {
     ) -> Result<LoggedIn, Denied> {
         self.ctx.metrics.login(method, result.is_ok());
         match &result {
-            Err(d) if matches!(d.code, ErrorCode::AuthFailed | ErrorCode::TicketInvalid) => {
+            Err(d) if matches!(d.code(), ErrorCode::AuthFailed | ErrorCode::TicketInvalid) => {
                 warn!(username = account.unwrap_or("-"), method, peer = %self.peer_ip, "login failed");
             }
             _ => self.ctx.throttle.refund(account, self.peer_ip),
@@ -252,7 +252,7 @@ impl Session<'_> {
             // Refused in the join's own store job (a ban or a limit that
             // came meanwhile): the login goes on without it.
             if let Err(d) = self.set_membership(me, &t, true).await {
-                if d.code == ErrorCode::ServerInternal {
+                if d.code() == ErrorCode::ServerInternal {
                     return Err(d);
                 }
             }

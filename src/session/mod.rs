@@ -370,9 +370,17 @@ impl Drop for Session<'_> {
     }
 }
 
-/// A handler's failure: becomes one `error` reply.
+/// A handler's failure: becomes one `error` reply. Boxed: the message
+/// path returns `Result<_, Denied>` for every message, and a pointer's
+/// worth comes back in registers where the fields came back through
+/// memory (written in pieces, read back whole: a stalled load per message
+/// in the pairs profile). Only a failure allocates.
 #[derive(Debug)]
-pub(crate) struct Denied {
+pub(crate) struct Denied(Box<DeniedAs>);
+
+/// What a [`Denied`] says.
+#[derive(Debug)]
+struct DeniedAs {
     code: ErrorCode,
     message: String,
     retry_after_ms: Option<u64>,
@@ -380,21 +388,30 @@ pub(crate) struct Denied {
 
 impl Denied {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(DeniedAs {
             code,
             message: message.into(),
             retry_after_ms: None,
-        }
+        }))
+    }
+
+    fn code(&self) -> ErrorCode {
+        self.0.code
     }
 
     fn with_retry(mut self, ms: u64) -> Self {
-        self.retry_after_ms = Some(ms);
+        self.0.retry_after_ms = Some(ms);
         self
     }
 
     fn into_packet(self, id: Option<&str>) -> Packet {
-        let p = reply::error(id, self.code, self.message);
-        match self.retry_after_ms {
+        let DeniedAs {
+            code,
+            message,
+            retry_after_ms,
+        } = *self.0;
+        let p = reply::error(id, code, message);
+        match retry_after_ms {
             Some(ms) => p.with("retry_after_ms", ms),
             None => p,
         }

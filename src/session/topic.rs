@@ -901,13 +901,13 @@ mod tests {
         let refused: Vec<_> = joined
             .into_iter()
             .filter_map(|r| r.unwrap().err())
-            .map(|d| d.code)
+            .map(|d| d.code())
             .collect();
         assert_eq!(refused, [ErrorCode::AccountTooManyTopics; 2]);
         assert_eq!(topics.member_of(amy).len(), 1);
         // A create makes its creator a member: held to the same limit.
         let created = create_cached(&store, &topics, "e".into(), amy, Map::new(), 1).await;
-        assert!(matches!(created, Ok(Err(d)) if d.code == ErrorCode::AccountTooManyTopics));
+        assert!(matches!(created, Ok(Err(d)) if d.code() == ErrorCode::AccountTooManyTopics));
         // The owner and one more: a topic of two.
         let others = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
         let joins = others
@@ -916,7 +916,7 @@ mod tests {
         let joined = futures_util::future::join_all(joins).await;
         let full = joined
             .into_iter()
-            .filter(|r| matches!(r, Ok(Err(d)) if d.code == ErrorCode::TopicFull))
+            .filter(|r| matches!(r, Ok(Err(d)) if d.code() == ErrorCode::TopicFull))
             .count();
         assert_eq!(full, 2);
         assert_eq!(topics.get(ids[3]).map(|t| t.members.len()), Some(2));
