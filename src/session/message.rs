@@ -387,7 +387,15 @@ impl Session<'_> {
         );
         let size = burst.relays.len().saturating_sub(start + 1);
         if let Err(d) = self.check_relay_size(size) {
-            self.burst.relays.truncate(start);
+            let burst = &mut self.burst;
+            burst.relays.truncate(start);
+            if burst.topic.is_none() {
+                // This message opened the burst, which holds nothing else
+                // and is never delivered: its buffer, grown to hold the
+                // refused relay, would stay with the session until its
+                // next message.
+                burst.relays = Vec::new();
+            }
             if let Outcome::Close(r) = opened {
                 return Ok(Outcome::Close(r));
             }
@@ -969,6 +977,40 @@ mod tests {
         testing::set_member(&ctx, quiet, bob, false).await.unwrap();
         assert_eq!(s.flush_burst(), Outcome::Continue);
         assert_eq!(testing::replies(&mut bob_rx), "");
+        ctx.store.close().await;
+    }
+
+    /// A send whose relay would pass the line limit, first in its burst,
+    /// is refused and leaves no buffer behind: the relay was written (and
+    /// the buffer grown to hold it) before its size was known, and a
+    /// burst with no topic is never delivered, so what it held stayed with
+    /// the session, idle or not, until its next message.
+    #[tokio::test]
+    async fn a_relay_refused_first_in_its_burst_leaves_no_buffer() {
+        let (_dir, ctx, me, _) = context().await;
+        let quiet = quiet_topic(&ctx, me).await;
+        let (mut s, mut rx) = session(&ctx, me);
+        // A line of the largest size read: its relay adds an id, a `ts`
+        // and a `from`.
+        let line = |body: &str| {
+            format!(r#"{{"op":"send","id":"big","topic":"{quiet}","ex":{{"m":"{body}"}}}}"#)
+        };
+        let body = "x".repeat(ctx.max_line_bytes - line("").len());
+        let line = line(&body);
+        assert_eq!(line.len(), ctx.max_line_bytes);
+        assert_eq!(s.handle_line(line.as_bytes()).await, Outcome::Continue);
+        assert_eq!(s.flush_burst(), Outcome::Continue);
+        let replies = testing::replies(&mut rx);
+        assert!(replies.contains("packet/too-large"), "{replies}");
+        assert_eq!(
+            s.burst.relays.capacity(),
+            0,
+            "the refused relay's buffer is kept"
+        );
+        // The next burst is sent as usual.
+        let line = send(&quiet.to_string(), 0);
+        assert_eq!(s.handle_line(&line).await, Outcome::Continue);
+        assert_eq!(s.flush_burst(), Outcome::Continue);
         ctx.store.close().await;
     }
 }
