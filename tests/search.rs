@@ -231,14 +231,18 @@ async fn long_reads_do_not_wait_for_the_commit_thread() {
         // The commit thread is held: a job queued now runs after it.
         let store = server.handle.store();
         let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
         let mut hold = std::pin::pin!(store.call(move |_| {
+            let _ = started.send(());
             let _ = held.recv();
             Ok(())
         }));
-        assert!(
-            futures_util::FutureExt::now_or_never(&mut hold).is_none(),
-            "queued"
-        );
+        // The hold has started (not merely been queued): the reads below
+        // are answered while the thread is busy, or the test proves nothing.
+        tokio::select! {
+            r = running => r.expect("the hold started"),
+            r = &mut hold => panic!("the hold ended before its release: {r:?}"),
+        }
         let (ids, _, _) = search(&mut dan, q("needle")).await;
         assert_eq!(ids.len(), 1);
         let found = request(&mut dan, Packet::request("find").with("kind", "users")).await;
