@@ -387,15 +387,7 @@ impl Session<'_> {
         );
         let size = burst.relays.len().saturating_sub(start + 1);
         if let Err(d) = self.check_relay_size(size) {
-            let burst = &mut self.burst;
-            burst.relays.truncate(start);
-            if burst.topic.is_none() {
-                // This message opened the burst, which holds nothing else
-                // and is never delivered: its buffer, grown to hold the
-                // refused relay, would stay with the session until its
-                // next message.
-                burst.relays = Vec::new();
-            }
+            self.burst.relays.truncate(start);
             if let Outcome::Close(r) = opened {
                 return Ok(Outcome::Close(r));
             }
@@ -465,6 +457,11 @@ impl Session<'_> {
     /// reads a message were a twentieth of the network thread's time.
     fn deliver_burst(&mut self) -> Outcome {
         let Some(mut topic) = self.burst.topic.take() else {
+            // Nothing to deliver. A buffer taken for a message that was then
+            // refused (a relay over the line limit, written before its size
+            // was known) goes: kept, it stayed with the session, idle or
+            // not, until its next message.
+            self.burst.relays = Vec::new();
             return Outcome::Continue;
         };
         // Whether the messages were kept, as they were handled: the record
