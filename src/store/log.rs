@@ -189,6 +189,22 @@ pub struct MessageParts<'a> {
     pub ex: &'a str,
 }
 
+/// A kept message whose `ex` is `{"body": text}`, as the session appends
+/// it to the message log (tests).
+#[cfg(test)]
+pub(crate) fn text_message(topic: Uuid, sender: Uuid, id: &str, text: &str) -> Vec<u8> {
+    let ex = serde_json::json!({ "body": text }).to_string();
+    MessageParts {
+        kind: Change::MESSAGE,
+        topic: &UuidText::new(topic),
+        id,
+        ts: 0,
+        sender: &UuidText::new(sender),
+        ex: &ex,
+    }
+    .encode()
+}
+
 impl MessageParts<'_> {
     /// The change's text, as [`encode`] writes a message change.
     pub fn encode(&self) -> Vec<u8> {

@@ -627,20 +627,9 @@ mod tests {
 
     /// Message `id` with text `text` kept through the log.
     async fn keep_text(store: &Store, topic: Uuid, id: &str, text: &str) -> Entry {
-        use crate::proto::id::UuidText;
-        let (topic_text, sender) = (UuidText::new(topic), UuidText::new(Uuid::now_v7()));
-        let ex = serde_json::json!({ "body": text }).to_string();
-        let parts = log::MessageParts {
-            kind: Change::MESSAGE,
-            topic: &topic_text,
-            id,
-            ts: 0,
-            sender: &sender,
-            ex: &ex,
-        };
         let log = store.messages();
         let e = log
-            .append(crate::proto::id::now_ms(), |_, out| parts.encode_into(out))
+            .append_body(|_| log::text_message(topic, Uuid::now_v7(), id, text))
             .expect("append");
         log.wait_synced(e.seq).await.expect("synced");
         e

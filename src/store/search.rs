@@ -612,6 +612,12 @@ pub(super) mod tests {
         f.messages.iter().map(|m| m.id.as_str()).collect()
     }
 
+    /// The ids of `t`'s messages with `word`, newest first.
+    fn found(db: &Db, word: &str, t: Uuid) -> Vec<String> {
+        let page = db.search(&query(&[word], &[t])).unwrap();
+        page.messages.into_iter().map(|m| m.id).collect()
+    }
+
     /// A new store, a topic and a sender.
     fn store() -> (tempfile::TempDir, Db, Uuid, Uuid) {
         let dir = tempfile::tempdir().unwrap();
@@ -622,11 +628,9 @@ pub(super) mod tests {
     /// Kept messages `(id, body)` of `topic` as the message log's index
     /// writes them: behind the search pass.
     fn keep(db: &mut Db, topic: Uuid, sender: Uuid, messages: &[(&str, &str)]) {
-        use crate::proto::id::UuidText;
         use crate::store::message_log::{Entry, SyncedRecord};
         use crate::store::segment::{HEADER_LEN, Position};
         let mut last = db.message_floor().unwrap();
-        let (topic, sender) = (UuidText::new(topic), UuidText::new(sender));
         let records: Vec<(Entry, Vec<u8>)> = messages
             .iter()
             .map(|(id, body)| {
@@ -635,16 +639,7 @@ pub(super) mod tests {
                     seq: last.seq + 1,
                     hlc: log::next_hlc(last.hlc, now),
                 };
-                let ex = serde_json::json!({ "body": body }).to_string();
-                let parts = log::MessageParts {
-                    kind: Change::MESSAGE,
-                    topic: &topic,
-                    id,
-                    ts: 0,
-                    sender: &sender,
-                    ex: &ex,
-                };
-                (last, parts.encode())
+                (last, log::text_message(topic, sender, id, body))
             })
             .collect();
         let at = Position {
@@ -670,12 +665,7 @@ pub(super) mod tests {
             dan,
             &[("m1", "brown fox"), ("m2", "brown dog"), ("m3", "lazy cat")],
         );
-        assert!(
-            db.search(&query(&["brown"], &[t]))
-                .unwrap()
-                .messages
-                .is_empty()
-        );
+        assert!(found(&db, "brown", t).is_empty());
         let first = db.search_behind(2).unwrap();
         assert_eq!(
             first,
@@ -685,19 +675,11 @@ pub(super) mod tests {
                 done: false
             }
         );
-        assert_eq!(
-            ids(&db.search(&query(&["brown"], &[t])).unwrap()),
-            ["m2", "m1"]
-        );
-        assert!(
-            db.search(&query(&["lazy"], &[t]))
-                .unwrap()
-                .messages
-                .is_empty()
-        );
+        assert_eq!(found(&db, "brown", t), ["m2", "m1"]);
+        assert!(found(&db, "lazy", t).is_empty());
         let rest = db.search_behind(10).unwrap();
         assert_eq!((rest.messages, rest.through, rest.done), (1, Some(3), true));
-        assert_eq!(ids(&db.search(&query(&["lazy"], &[t])).unwrap()), ["m3"]);
+        assert_eq!(found(&db, "lazy", t), ["m3"]);
         let commits = db.commits;
         let idle = db.search_behind(10).unwrap();
         assert_eq!((idle.messages, idle.through, idle.done), (0, None, true));
@@ -733,37 +715,19 @@ pub(super) mod tests {
         db.redact_message(t, "m2", &redaction).unwrap();
         assert_eq!(db.prune_history(t, 0, i64::MAX / 2, 3).unwrap(), 1);
         assert!(db.search_behind(100).unwrap().done);
-        assert_eq!(ids(&db.search(&query(&["brown"], &[t])).unwrap()), ["m3"]);
-        assert_eq!(ids(&db.search(&query(&["lazy"], &[t])).unwrap()), ["m1"]);
-        assert!(
-            db.search(&query(&["two"], &[t]))
-                .unwrap()
-                .messages
-                .is_empty()
-        );
+        assert_eq!(found(&db, "brown", t), ["m3"]);
+        assert_eq!(found(&db, "lazy", t), ["m1"]);
+        assert!(found(&db, "two", t).is_empty());
 
         // Past the pass, as ever: an edit replaces the entry, a redaction
         // and retention remove it.
         db.edit_message(t, "m3", &revision).unwrap();
-        assert!(
-            db.search(&query(&["brown"], &[t]))
-                .unwrap()
-                .messages
-                .is_empty()
-        );
-        assert_eq!(
-            ids(&db.search(&query(&["lazy"], &[t])).unwrap()),
-            ["m3", "m1"]
-        );
+        assert!(found(&db, "brown", t).is_empty());
+        assert_eq!(found(&db, "lazy", t), ["m3", "m1"]);
         db.redact_message(t, "m3", &redaction).unwrap();
-        assert_eq!(ids(&db.search(&query(&["lazy"], &[t])).unwrap()), ["m1"]);
+        assert_eq!(found(&db, "lazy", t), ["m1"]);
         assert_eq!(db.prune_history(t, 0, i64::MAX / 2, 0).unwrap(), 3);
-        assert!(
-            db.search(&query(&["lazy"], &[t]))
-                .unwrap()
-                .messages
-                .is_empty()
-        );
+        assert!(found(&db, "lazy", t).is_empty());
     }
 
     /// The pass's queries look events up by their key, never scan them
@@ -810,10 +774,7 @@ pub(super) mod tests {
         db.append_all(vec![binary]).unwrap();
         keep(&mut db, t, dan, &[("after", "word after")]);
         assert!(db.search_behind(100).unwrap().done);
-        assert_eq!(
-            ids(&db.search(&query(&["word"], &[t])).unwrap()),
-            ["before"]
-        );
+        assert_eq!(found(&db, "word", t), ["before"]);
 
         // An account's own `format` metadata is no topic's format: the
         // pass is left where it is.
@@ -841,7 +802,7 @@ pub(super) mod tests {
             .unwrap();
         let passed = db.search_behind(10).unwrap();
         assert_eq!((passed.messages, passed.through), (2, Some(2)));
-        assert_eq!(ids(&db.search(&query(&["brown"], &[t])).unwrap()), ["m2"]);
+        assert_eq!(found(&db, "brown", t), ["m2"]);
     }
 
     /// The pass's place is kept across a restart, and a store that starts
@@ -857,13 +818,10 @@ pub(super) mod tests {
             assert_eq!(db.search_behind(1).unwrap().through, Some(1));
         }
         let mut db = Db::open(dir.path(), "n1").unwrap();
-        assert_eq!(ids(&db.search(&query(&["brown"], &[t])).unwrap()), ["m1"]);
+        assert_eq!(found(&db, "brown", t), ["m1"]);
         let rest = db.search_behind(10).unwrap();
         assert_eq!((rest.messages, rest.through), (1, Some(2)));
-        assert_eq!(
-            ids(&db.search(&query(&["brown"], &[t])).unwrap()),
-            ["m2", "m1"]
-        );
+        assert_eq!(found(&db, "brown", t), ["m2", "m1"]);
 
         keep(&mut db, t, dan, &[("m3", "brown three")]);
         db.conn.execute("DELETE FROM search_behind", []).unwrap();
