@@ -235,27 +235,31 @@ impl Session<'_> {
         let now = self.clock.unix_ms();
         let line = relay_len(now, &me.name_json, ex.as_bytes());
         self.check_kept_size(line.saturating_sub(1))?;
-        let (message_id, ack) = match id {
-            Some(for_id) => {
-                let [message, ack] = uuids_at(now).map(UuidText::new);
-                (message, Some((for_id, ack)))
+        let sender = UuidText::new(me.id);
+        // Minted under the log's lock, so that kept messages' ids rise
+        // with their seqs: a topic's blocks then never overlap in ids, and
+        // an id is looked up in one (store/blocks.rs).
+        let mut minted = None;
+        let appended = self.ctx.store.messages().append(now, |_, out| {
+            let (message_id, ack) = match id {
+                Some(for_id) => {
+                    let [message, ack] = uuids_at(now).map(UuidText::new);
+                    (message, Some((for_id, ack)))
+                }
+                None => (UuidText::new(uuid_at(now)), None),
+            };
+            store::log::MessageParts {
+                kind: Change::MESSAGE,
+                topic: topic_text,
+                id: message_id.as_str(),
+                // The event's clock is its time.
+                ts: 0,
+                sender: &sender,
+                ex,
             }
-            None => (UuidText::new(uuid_at(now)), None),
-        };
-        let body = store::log::MessageParts {
-            kind: Change::MESSAGE,
-            topic: topic_text,
-            id: message_id.as_str(),
-            // The event's clock is its time.
-            ts: 0,
-            sender: &UuidText::new(me.id),
-            ex,
-        };
-        let appended = self
-            .ctx
-            .store
-            .messages()
-            .append(now, |_, out| body.encode_into(out));
+            .encode_into(out);
+            minted = Some((message_id, ack));
+        });
         let entry = match appended {
             Ok(entry) => entry,
             Err(AppendError::Full) => return Ok(None),
@@ -266,6 +270,12 @@ impl Session<'_> {
                     "the server could not keep the message",
                 ));
             }
+        };
+        let Some((message_id, ack)) = minted else {
+            return Err(Denied::new(
+                ErrorCode::ServerInternal,
+                "the server could not keep the message",
+            ));
         };
         self.kept_seq = entry.seq;
         self.ctx.metrics.kept();

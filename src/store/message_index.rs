@@ -22,8 +22,9 @@ use super::log::{self, Arrival, Origin};
 use super::message_log::{Entry, MessageLog, Synced, SyncedRecord};
 use super::search::IndexQueue;
 use super::segment::{self, Position};
-use super::{Db, Error};
+use super::{Db, Error, blocks};
 use crate::change::Change;
+use uuid::Uuid;
 
 /// What a node's message origin adds to its incarnation.
 pub const MESSAGE_SUFFIX: &str = ".m";
@@ -127,15 +128,24 @@ fn index_records<'r>(
     let held = log::seen_seq(tx, &origin.node, &origin.incarnation)?;
     let mut seq = held;
     let mut insert = tx.prepare_cached(log::INSERT_EVENT)?;
+    let mut blocks = blocks::Builder::default();
     let from = (origin.node.as_str(), origin.incarnation.as_str());
     for r in records.into_iter().filter(|r| r.entry.seq > held) {
         seq = seq.max(r.entry.seq);
         let hlc = r.entry.hlc;
         let text = std::str::from_utf8(r.body).ok();
         match text.map(|t| (t, log::split_message(t))) {
-            // As the session wrote it: stored as it is. A kept message
-            // writes no register, and its search entry comes behind:
-            // there is nothing to apply.
+            // As the session wrote it: an entry of its topic's block. A
+            // kept message writes no register, and its search entry comes
+            // behind: there is nothing to apply.
+            Some((_, Some(m)))
+                if m.kind == Change::MESSAGE
+                    && let Ok(id) = Uuid::try_parse(m.id) =>
+            {
+                blocks.add(m.topic, r.at, r.entry.seq, hlc, id);
+            }
+            // Written so but with an id that is not a UUID (no session
+            // mints one): a row of its own.
             Some((text, Some(m))) => {
                 let message = Some((m.topic, m.id));
                 log::insert_fields(&mut insert, from, (r.entry.seq, hlc), m.kind, message, text)?;
@@ -158,6 +168,7 @@ fn index_records<'r>(
         clock = clock.max(hlc);
     }
     drop(insert);
+    blocks.write(tx)?;
     index.flush(tx)?;
     log::write_clock(tx, clock)?;
     log::set_seen_seq(tx, &origin.node, &origin.incarnation, seq)?;

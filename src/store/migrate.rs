@@ -109,6 +109,34 @@ const MIGRATIONS: &[&str] = &[
      BEGIN
         DELETE FROM search WHERE rowid = -old.rowid;
      END;",
+    // Blocks (store/blocks.rs): this node's kept messages, one row per
+    // topic per index transaction pointing into the message log, instead
+    // of a row each; `batch` is the first seq of the transaction that
+    // wrote a block (seq order is batch by batch). `pruned` is each
+    // topic's retention floor: history order positions at or under it are
+    // gone.
+    "CREATE TABLE blocks (
+        block     INTEGER PRIMARY KEY AUTOINCREMENT,
+        batch     INTEGER NOT NULL,
+        topic     TEXT NOT NULL,
+        segment   INTEGER NOT NULL,
+        first_seq INTEGER NOT NULL,
+        last_seq  INTEGER NOT NULL,
+        first_hlc INTEGER NOT NULL,
+        last_hlc  INTEGER NOT NULL,
+        last_id   BLOB NOT NULL,
+        entries   BLOB NOT NULL
+     ) STRICT;
+     CREATE INDEX blocks_topic ON blocks (topic, last_hlc);
+     CREATE INDEX blocks_ids ON blocks (topic, last_id);
+     CREATE INDEX blocks_batch ON blocks (batch);
+     CREATE TABLE pruned (
+        topic       TEXT PRIMARY KEY,
+        hlc         INTEGER NOT NULL,
+        origin      TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        seq         INTEGER NOT NULL
+     ) STRICT, WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

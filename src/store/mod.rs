@@ -9,6 +9,7 @@
 //! paging never delays a commit.
 
 pub mod accounts;
+pub mod blocks;
 pub mod edit;
 pub mod history;
 pub mod log;
@@ -120,6 +121,9 @@ pub struct Db {
     /// Whether `synchronous = FULL` is in effect (everything but a group
     /// commit and a peer batch; see [`Db::sync_commits`]).
     full: bool,
+    /// The message log's segments, which blocks point into (one reader,
+    /// and its open files, for every handle on this store).
+    log: Arc<segment::Reader>,
 }
 
 /// The current value of one of `conn`'s counters (`sqlite3_db_status`,
@@ -168,6 +172,7 @@ impl Db {
             synced_at: 0,
             // `migrate` set it.
             full: true,
+            log: Arc::new(segment::Reader::new(&data_dir.join(MESSAGE_LOG_DIR))),
         };
         seed(&mut db)?;
         let messages = db.origin.messages();
@@ -177,7 +182,7 @@ impl Db {
 
     /// Opens a read-only connection to the store `Db::open` made in
     /// `data_dir`: for reads that should not queue behind commits.
-    fn open_reader(data_dir: &Path, node: &str) -> Result<Db, Error> {
+    fn open_reader(data_dir: &Path, node: &str, log: Arc<segment::Reader>) -> Result<Db, Error> {
         use rusqlite::OpenFlags;
         let path = data_dir.join(DB_FILE);
         let open = |path: &Path| -> rusqlite::Result<Connection> {
@@ -205,6 +210,7 @@ impl Db {
             durable: None,
             synced_at: 0,
             full: false,
+            log,
         })
     }
 
@@ -1010,7 +1016,7 @@ impl Store {
         let mut search_pass =
             search_pass::SearchPass::new(searched.clone(), indexed.clone(), search_wanted.clone());
         let mut indexer = message_index::Indexer::new(indexed.clone(), &db, &log_dir, &messages)?;
-        let reader = Db::open_reader(data_dir, node)?;
+        let reader = Db::open_reader(data_dir, node, db.log.clone())?;
         let (reads, read_thread) = spawn_reader(reader, Tidy::new(work.clone()))?;
         let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let changed = log_changed.clone();

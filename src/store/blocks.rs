@@ -1,0 +1,438 @@
+//! Blocks: this node's kept messages as the message log holds them, one
+//! SQLite row per topic per index transaction (and per segment), pointing
+//! into the log's segments.
+//!
+//! A row per message (its body, its primary key, a topic index and an id
+//! index) cost about 28,000 instructions of the store thread per kept
+//! message; a slim row without the body still 17,000 (three B-tree inserts
+//! and a statement). A block is one insert for all of a topic's messages in
+//! a transaction, about 40 bytes a message in its `entries` blob (bench/
+//! README.md, twenty-third round). The bodies stay in the log, which keeps
+//! a segment while any block points into it ([`oldest_segment`]).
+//!
+//! A block's entry: seq, clock and offset in the segment (each 8 bytes,
+//! little-endian), then the message's id (16 bytes, big-endian as a UUID's
+//! bytes are). Within a topic, blocks do not overlap in clock or in id:
+//! the log's clock rises with each record, and a kept message's id is
+//! minted under the log's lock, in seq order (`session/message.rs`).
+//!
+//! A message is named by a [`Key`]: an `events` row's rowid negated (the
+//! search index's rowids since it was made), or a block's rowid and the
+//! entry's index in it, `rowid << 16 | index`, which is positive.
+//!
+//! Retention drops a prefix of a topic's history, recorded as the topic's
+//! floor (`pruned`): a block wholly under it is deleted, and readers skip
+//! the entries of a block that straddles it.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::segment::Position;
+use super::{Error, log};
+use crate::change::Change;
+
+/// Bytes of one entry in a block's blob.
+pub const ENTRY_LEN: usize = 40;
+
+/// Entries a block holds at most: an entry's index is 16 bits of its key.
+pub const MAX_ENTRIES: usize = 1 << 16;
+
+/// A kept message's name: `-rowid` for an `events` row, `rowid << 16 |
+/// index` for an entry of a block.
+pub type Key = i64;
+
+/// Where a key points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// An `events` row.
+    Row(i64),
+    /// Entry `index` of the block at `rowid`.
+    Block {
+        /// The block's rowid.
+        rowid: i64,
+        /// The entry's index.
+        index: usize,
+    },
+}
+
+/// The key of `place`.
+pub fn key(place: Place) -> Key {
+    match place {
+        Place::Row(rowid) => -rowid,
+        Place::Block { rowid, index } => (rowid << 16) | (index as i64 & 0xffff),
+    }
+}
+
+/// Where `key` points.
+pub fn place(key: Key) -> Place {
+    if key <= 0 {
+        Place::Row(-key)
+    } else {
+        Place::Block {
+            rowid: key >> 16,
+            index: (key & 0xffff) as usize,
+        }
+    }
+}
+
+/// One kept message of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Its seq in the message origin.
+    pub seq: u64,
+    /// Its clock.
+    pub hlc: u64,
+    /// Its record's offset in the block's segment.
+    pub offset: u64,
+    /// Its id.
+    pub id: Uuid,
+}
+
+impl Entry {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.hlc.to_le_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(self.id.as_bytes());
+    }
+
+    fn decode(bytes: &[u8; ENTRY_LEN]) -> Self {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&bytes[24..40]);
+        Entry {
+            seq: word(0),
+            hlc: word(1),
+            offset: word(2),
+            id: Uuid::from_bytes(id),
+        }
+    }
+}
+
+/// A block as read back.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// Its rowid.
+    pub rowid: i64,
+    /// Its topic.
+    pub topic: Uuid,
+    /// The segment its records are in.
+    pub segment: u64,
+    entries: Vec<u8>,
+}
+
+impl Block {
+    /// Its entries, in seq order, with their indexes.
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = (usize, Entry)> + '_ {
+        self.entries
+            .as_chunks::<ENTRY_LEN>()
+            .0
+            .iter()
+            .map(Entry::decode)
+            .enumerate()
+    }
+
+    /// Entry `index`.
+    pub fn entry(&self, index: usize) -> Option<Entry> {
+        let start = index.checked_mul(ENTRY_LEN)?;
+        let bytes = self.entries.get(start..start.checked_add(ENTRY_LEN)?)?;
+        <&[u8; ENTRY_LEN]>::try_from(bytes).ok().map(Entry::decode)
+    }
+
+    /// Where entry `e`'s record is in the log.
+    pub fn at(&self, e: &Entry) -> Position {
+        Position {
+            segment: self.segment,
+            offset: e.offset,
+        }
+    }
+}
+
+/// The columns [`Block`] is read from.
+pub const COLUMNS: &str = "rowid, topic, segment, entries";
+
+/// A [`Block`] from a row of [`COLUMNS`].
+pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
+    let topic: String = r.get(1)?;
+    Ok(Block {
+        rowid: r.get(0)?,
+        topic: Uuid::parse_str(&topic).unwrap_or_default(),
+        segment: u64::try_from(r.get::<_, i64>(2)?).unwrap_or_default(),
+        entries: r.get(3)?,
+    })
+}
+
+/// The block at `rowid`, if any.
+pub fn block(conn: &Connection, rowid: i64) -> Result<Option<Block>, Error> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM blocks WHERE rowid = ?1"))?
+        .query_row(params![rowid], from_row)
+        .optional()?)
+}
+
+/// The block of `topic` that holds id `id`, if one does, and the entry.
+pub fn find_id(conn: &Connection, topic: Uuid, id: Uuid) -> Result<Option<(Block, usize)>, Error> {
+    // The first block whose last id is at or past it: ids rise block by
+    // block within a topic.
+    let block = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM blocks WHERE topic = ?1 AND last_id >= ?2
+             ORDER BY last_id LIMIT 1"
+        ))?
+        .query_row(params![topic.to_string(), &id.as_bytes()[..]], from_row)
+        .optional()?;
+    Ok(block.and_then(|b| {
+        let index = b.entries().find(|(_, e)| e.id == id)?.0;
+        Some((b, index))
+    }))
+}
+
+/// Builds a transaction's blocks: one per topic and segment, entries in
+/// seq order.
+#[derive(Debug, Default)]
+pub struct Builder {
+    open: HashMap<(Uuid, u64), usize>,
+    blocks: Vec<Building>,
+}
+
+#[derive(Debug)]
+struct Building {
+    topic: Uuid,
+    segment: u64,
+    first: Entry,
+    last: Entry,
+    last_id: Uuid,
+    entries: Vec<u8>,
+}
+
+impl Builder {
+    /// Adds a kept message of `topic` whose record is at `at`.
+    pub fn add(&mut self, topic: Uuid, at: Position, seq: u64, hlc: u64, id: Uuid) {
+        let e = Entry {
+            seq,
+            hlc,
+            offset: at.offset,
+            id,
+        };
+        let key = (topic, at.segment);
+        let open = self.open.get(&key).copied().filter(|&i| {
+            self.blocks
+                .get(i)
+                .is_some_and(|b| b.entries.len() < MAX_ENTRIES * ENTRY_LEN)
+        });
+        let i = match open {
+            Some(i) => i,
+            None => {
+                self.blocks.push(Building {
+                    topic,
+                    segment: at.segment,
+                    first: e,
+                    last: e,
+                    last_id: id,
+                    entries: Vec::with_capacity(64 * ENTRY_LEN),
+                });
+                let i = self.blocks.len() - 1;
+                self.open.insert(key, i);
+                i
+            }
+        };
+        if let Some(b) = self.blocks.get_mut(i) {
+            e.encode_into(&mut b.entries);
+            b.last = e;
+            b.last_id = b.last_id.max(id);
+        }
+    }
+
+    /// Writes the blocks, in the order of their first seq.
+    pub fn write(self, tx: &rusqlite::Transaction<'_>) -> Result<(), Error> {
+        if self.blocks.is_empty() {
+            return Ok(());
+        }
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO blocks (batch, topic, segment, first_seq, last_seq, first_hlc, last_hlc, last_id, entries)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        // Blocks are made in the order of their first seq.
+        let batch = self.blocks.first().map_or(0, |b| sql_int(b.first.seq));
+        for b in &self.blocks {
+            insert.execute(params![
+                batch,
+                &*b.topic.hyphenated().encode_lower(&mut text),
+                sql_int(b.segment),
+                sql_int(b.first.seq),
+                sql_int(b.last.seq),
+                sql_int(b.first.hlc),
+                sql_int(b.last.hlc),
+                &b.last_id.as_bytes()[..],
+                &b.entries,
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+/// A u64 as SQLite's integer (the log's seqs, clocks and offsets are far
+/// below `i64::MAX`).
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The oldest segment a block points into, if any block does: the log
+/// keeps it and every later one.
+pub fn oldest_segment(conn: &Connection) -> Result<Option<u64>, Error> {
+    // Blocks are written in log order, and retention deletes, never moves.
+    let s: Option<i64> = conn
+        .prepare_cached("SELECT segment FROM blocks ORDER BY rowid LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(s.and_then(|s| u64::try_from(s).ok()))
+}
+
+/// A position in history order: clock, origin, incarnation, seq.
+pub type HistoryPos = (i64, String, String, i64);
+
+/// Every topic's retention floor: positions at or under it are pruned.
+pub fn floors(conn: &Connection) -> Result<HashMap<Uuid, HistoryPos>, Error> {
+    let mut stmt =
+        conn.prepare_cached("SELECT topic, hlc, origin, incarnation, seq FROM pruned")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+        ))
+    })?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (topic, floor) = row?;
+        if let Ok(topic) = Uuid::parse_str(&topic) {
+            out.insert(topic, floor);
+        }
+    }
+    Ok(out)
+}
+
+/// `topic`'s retention floor, if retention has pruned it.
+pub fn floor(conn: &Connection, topic: Uuid) -> Result<Option<HistoryPos>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT hlc, origin, incarnation, seq FROM pruned WHERE topic = ?1")?
+        .query_row(params![topic.to_string()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?)
+}
+
+/// Raises `topic`'s retention floor to `to` (never lowers it).
+pub fn raise_floor(conn: &Connection, topic: Uuid, to: &HistoryPos) -> Result<(), Error> {
+    if floor(conn, topic)?.is_some_and(|f| f >= *to) {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO pruned (topic, hlc, origin, incarnation, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (topic) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin,
+            incarnation = excluded.incarnation, seq = excluded.seq",
+    )?
+    .execute(params![topic.to_string(), to.0, to.1, to.2, to.3])?;
+    Ok(())
+}
+
+/// Whether an entry of the message `origin` (node, incarnation) is above
+/// `floor`, so not pruned.
+pub fn above(floor: Option<&HistoryPos>, origin: (&str, &str), e: &Entry) -> bool {
+    floor.is_none_or(|(hlc, node, incarnation, seq)| {
+        (sql_int(e.hlc), origin.0, origin.1, sql_int(e.seq))
+            > (*hlc, node.as_str(), incarnation.as_str(), *seq)
+    })
+}
+
+/// A block's entry, with its key.
+#[derive(Debug, Clone, Copy)]
+pub struct Found {
+    /// Its key.
+    pub key: Key,
+    /// Its topic.
+    pub topic: Uuid,
+    /// Where its record is in the log.
+    pub at: Position,
+    /// The entry.
+    pub entry: Entry,
+}
+
+/// The entries of seq above `after`, in seq order, from whole batches
+/// until at least `max` are found (or there are no more): the search pass
+/// and mesh catch-up read the message origin so. Pruned ones are left
+/// out, and so are the message origin's rows (ids no session mints),
+/// which `events` holds.
+pub fn after(
+    conn: &Connection,
+    origin: (&str, &str),
+    after: u64,
+    max: usize,
+) -> Result<Vec<Found>, Error> {
+    let floors = floors(conn)?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS}, batch FROM blocks
+         WHERE batch >= COALESCE((SELECT batch FROM blocks WHERE batch <= ?1
+                                  ORDER BY batch DESC LIMIT 1), 0)
+         ORDER BY batch, rowid"
+    ))?;
+    let mut rows = stmt.query(params![sql_int(after)])?;
+    let mut out = Vec::new();
+    let mut batch = None;
+    while let Some(row) = rows.next()? {
+        let this: i64 = row.get(4)?;
+        // Only at a batch's end: seqs interleave across a batch's blocks.
+        if batch != Some(this) && out.len() >= max {
+            break;
+        }
+        batch = Some(this);
+        let b = from_row(row)?;
+        let floor = floors.get(&b.topic);
+        for (index, e) in b.entries() {
+            if e.seq > after && above(floor, origin, &e) {
+                out.push(Found {
+                    key: key(Place::Block {
+                        rowid: b.rowid,
+                        index,
+                    }),
+                    topic: b.topic,
+                    at: b.at(&e),
+                    entry: e,
+                });
+            }
+        }
+    }
+    out.sort_unstable_by_key(|f| f.entry.seq);
+    Ok(out)
+}
+
+/// The entry at `key`, if its block is still held.
+pub fn find_key(conn: &Connection, key: Key) -> Result<Option<Found>, Error> {
+    let Place::Block { rowid, index } = place(key) else {
+        return Ok(None);
+    };
+    let Some(b) = block(conn, rowid)? else {
+        return Ok(None);
+    };
+    Ok(b.entry(index).map(|entry| Found {
+        key,
+        topic: b.topic,
+        at: b.at(&entry),
+        entry,
+    }))
+}
+
+/// A kept message's record body as the change it encodes.
+pub fn change(body: &[u8]) -> Result<Change, Error> {
+    let text = std::str::from_utf8(body).map_err(|e| Error::Corrupt(e.to_string()))?;
+    match log::decode_message(text) {
+        Some(change) => Ok(change),
+        None => serde_json::from_str(text).map_err(|e| Error::Corrupt(e.to_string())),
+    }
+}
