@@ -24,14 +24,17 @@
 //! floor (`pruned`): a block wholly under it is deleted, and readers skip
 //! the entries of a block that straddles it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::segment::Position;
-use super::{Error, log};
-use crate::change::Change;
+use super::segment::{self, Position};
+use super::log::{self, Origin};
+use super::Error;
+use crate::change::{Change, ExJson};
 
 /// Bytes of one entry in a block's blob.
 pub const ENTRY_LEN: usize = 40;
@@ -431,8 +434,174 @@ pub fn find_key(conn: &Connection, key: Key) -> Result<Option<Found>, Error> {
 /// A kept message's record body as the change it encodes.
 pub fn change(body: &[u8]) -> Result<Change, Error> {
     let text = std::str::from_utf8(body).map_err(|e| Error::Corrupt(e.to_string()))?;
-    match log::decode_message(text) {
-        Some(change) => Ok(change),
-        None => serde_json::from_str(text).map_err(|e| Error::Corrupt(e.to_string())),
+    let mut change: Change = match log::decode_message(text) {
+        Some(change) => change,
+        None => serde_json::from_str(text).map_err(|e| Error::Corrupt(e.to_string()))?,
+    };
+    // A redaction leaves `{`, spaces and `}` in the record.
+    if let Some(m) = change.message.as_mut().filter(|m| m.ex.is_empty()) {
+        m.ex = ExJson::empty();
+    }
+    Ok(change)
+}
+
+/// What a write transaction on this thread reads kept messages with.
+struct Scope {
+    log: Arc<segment::Reader>,
+    messages: Origin,
+}
+
+thread_local! {
+    /// The store whose write transaction runs on this thread ([`with_log`]).
+    static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a write transaction's work) with `log` as the message log
+/// and `messages` as the message origin that [`log`] and [`own`] give:
+/// edits, redactions and retention reach a kept message's record from deep
+/// in the fold of changes, whose functions take a transaction and nothing
+/// of the store's.
+pub fn with_log<T>(log: &Arc<segment::Reader>, messages: &Origin, f: impl FnOnce() -> T) -> T {
+    let scope = Scope {
+        log: Arc::clone(log),
+        messages: messages.clone(),
+    };
+    let before = SCOPE.with(|l| l.replace(Some(scope)));
+    let out = f();
+    SCOPE.with(|l| *l.borrow_mut() = before);
+    out
+}
+
+fn outside() -> Error {
+    Error::Corrupt("a kept message's record read outside the store's writes".into())
+}
+
+/// The message log of the write transaction running on this thread.
+pub fn log() -> Result<Arc<segment::Reader>, Error> {
+    SCOPE.with(|l| l.borrow().as_ref().map(|s| Arc::clone(&s.log)).ok_or_else(outside))
+}
+
+/// The message origin of the write transaction running on this thread.
+pub fn own() -> Result<Origin, Error> {
+    SCOPE.with(|l| l.borrow().as_ref().map(|s| s.messages.clone()).ok_or_else(outside))
+}
+
+/// The record of `f` as the change it encodes, as stored (its message's
+/// `ts` is 0: the clock is its time).
+pub fn read_change(log: &segment::Reader, f: &Found) -> Result<Change, Error> {
+    let stored = log.read(f.at)?;
+    if stored.seq != f.entry.seq {
+        return Err(Error::Corrupt(format!(
+            "the message log holds seq {} where a block says {}",
+            stored.seq, f.entry.seq
+        )));
+    }
+    change(&stored.body)
+}
+
+/// Blocks read at a time by a [`Walk`].
+const WALK_BLOCKS: i64 = 16;
+
+/// A topic's block entries in history order from a clock, oldest first or
+/// newest first, read a few blocks at a time: a history page, retention's
+/// count. Pruned entries are not left out (the caller knows the floor).
+pub struct Walk<'c> {
+    conn: &'c Connection,
+    topic: String,
+    forward: bool,
+    /// The last block's `last_hlc` read so far.
+    cursor: i64,
+    /// Whether the backward walk has read the block that holds `from`.
+    started: bool,
+    from: i64,
+    ready: std::collections::VecDeque<Found>,
+    done: bool,
+}
+
+impl<'c> Walk<'c> {
+    /// Entries of `topic` from clock `from` on (`forward`: at or after it,
+    /// oldest first), or back from it (at or before it, newest first).
+    pub fn new(conn: &'c Connection, topic: Uuid, from: i64, forward: bool) -> Self {
+        Walk {
+            conn,
+            topic: topic.to_string(),
+            forward,
+            cursor: if forward { from.saturating_sub(1) } else { from },
+            started: forward,
+            from,
+            ready: std::collections::VecDeque::new(),
+            done: false,
+        }
+    }
+
+    fn fill(&mut self) -> Result<(), Error> {
+        let first = !self.started;
+        let (sql, args): (String, (i64, i64)) = if first {
+            // The block holding `from` (or the first after it), whose
+            // entries before it come first going back.
+            self.started = true;
+            (
+                format!(
+                    "SELECT {COLUMNS}, last_hlc FROM blocks WHERE topic = ?1 AND last_hlc >= ?2
+                     ORDER BY last_hlc ASC LIMIT ?3"
+                ),
+                (self.from, 1),
+            )
+        } else if self.forward {
+            (
+                format!(
+                    "SELECT {COLUMNS}, last_hlc FROM blocks WHERE topic = ?1 AND last_hlc > ?2
+                     ORDER BY last_hlc ASC LIMIT ?3"
+                ),
+                (self.cursor, WALK_BLOCKS),
+            )
+        } else {
+            (
+                format!(
+                    "SELECT {COLUMNS}, last_hlc FROM blocks WHERE topic = ?1 AND last_hlc < ?2
+                     ORDER BY last_hlc DESC LIMIT ?3"
+                ),
+                (self.cursor, WALK_BLOCKS),
+            )
+        };
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![self.topic, args.0, args.1])?;
+        let mut read = 0;
+        while let Some(row) = rows.next()? {
+            read += 1;
+            let b = from_row(row)?;
+            let last: i64 = row.get(4)?;
+            if !first {
+                self.cursor = last;
+            }
+            let found = |(index, entry): (usize, Entry)| Found {
+                key: key(Place::Block {
+                    rowid: b.rowid,
+                    index,
+                }),
+                topic: b.topic,
+                at: b.at(&entry),
+                entry,
+            };
+            if self.forward {
+                self.ready.extend(b.entries().map(found));
+            } else {
+                self.ready.extend(b.entries().rev().map(found));
+            }
+        }
+        // The first step back reads one block; an empty read then is not
+        // the end.
+        if read == 0 && !first {
+            self.done = true;
+        }
+        Ok(())
+    }
+
+    /// The next entry, if any.
+    pub fn next_entry(&mut self) -> Result<Option<Found>, Error> {
+        while self.ready.is_empty() && !self.done {
+            self.fill()?;
+        }
+        Ok(self.ready.pop_front())
     }
 }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::log::Arrival;
 use super::search::IndexQueue;
+use super::blocks::{self, Key, Place};
 use super::{Db, Error, Event, log, search};
 use crate::change::{Change, ExJson, Message, Write};
 
@@ -239,17 +240,58 @@ pub(super) fn index_message(
     search::index(tx, queue, rowid, m, None)
 }
 
-/// The event (rowid, change) of message `id` of `topic`, by the indexed
-/// message id.
-fn message_rows(tx: &Transaction<'_>, topic: Uuid, id: &str) -> Result<Vec<(i64, Change)>, Error> {
-    let mut rows = bodies(
+/// The stored copies (key, change) of message `id` of `topic`: `events`
+/// rows by the indexed message id, and this node's block entry, unless
+/// retention has pruned it.
+fn message_rows(tx: &Transaction<'_>, topic: Uuid, id: &str) -> Result<Vec<(Key, Change)>, Error> {
+    let mut rows: Vec<(Key, Change)> = bodies(
         tx,
         "SELECT rowid, body FROM events
          WHERE topic = ?1 AND message_id = ?2 AND kind = 'message'",
         params![topic.to_string(), id],
-    )?;
+    )?
+    .into_iter()
+    .map(|(rowid, c)| (blocks::key(Place::Row(rowid)), c))
+    .collect();
+    if let Ok(uuid) = Uuid::try_parse(id)
+        && let Some((b, index)) = blocks::find_id(tx, topic, uuid)?
+        && let Some(entry) = b.entry(index)
+    {
+        let floor = blocks::floor(tx, topic)?;
+        let origin = blocks::own()?;
+        if blocks::above(floor.as_ref(), (&origin.node, &origin.incarnation), &entry) {
+            let found = blocks::Found {
+                key: blocks::key(Place::Block { rowid: b.rowid, index }),
+                topic,
+                at: b.at(&entry),
+                entry,
+            };
+            rows.push((found.key, blocks::read_change(&*blocks::log()?, &found)?));
+        }
+    }
     rows.retain(|(_, c)| c.message.as_ref().is_some_and(|m| m.id == id));
     Ok(rows)
+}
+
+/// The ids of `topic`'s messages with edited text (their `edit` register
+/// not erased): few, and found by the registers' key.
+pub(super) fn edited_ids(tx: &rusqlite::Connection, topic: Uuid) -> Result<Vec<String>, Error> {
+    // Entities `message:<topic>/<id>`: from the prefix to the next
+    // character after `/`.
+    let prefix = format!("message:{topic}/");
+    let end = format!("message:{topic}0");
+    let mut stmt = tx.prepare_cached(
+        "SELECT entity FROM registers WHERE entity > ?1 AND entity < ?2
+         AND field = 'edit' AND value != 'null'",
+    )?;
+    let rows = stmt.query_map(params![prefix, end], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        if let Some(id) = row?.strip_prefix(&prefix) {
+            out.push(id.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// Removes every stored copy of a redacted message's text: the message's
@@ -319,11 +361,44 @@ fn bodies(
     Ok(out)
 }
 
-/// Writes an event's redacted body back.
-fn store_body(tx: &rusqlite::Connection, rowid: i64, change: &Change) -> Result<(), Error> {
-    let body = serde_json::to_string(change).map_err(|e| Error::Corrupt(e.to_string()))?;
-    tx.prepare_cached("UPDATE events SET body = ?1 WHERE rowid = ?2")?
-        .execute(params![body, rowid])?;
+/// Writes a message's redacted body back: an `events` row's column, or
+/// this node's record in the message log, rewritten in place at its
+/// length and synced.
+fn store_body(tx: &rusqlite::Connection, key: Key, change: &Change) -> Result<(), Error> {
+    match blocks::place(key) {
+        Place::Row(rowid) => {
+            let body = serde_json::to_string(change).map_err(|e| Error::Corrupt(e.to_string()))?;
+            tx.prepare_cached("UPDATE events SET body = ?1 WHERE rowid = ?2")?
+                .execute(params![body, rowid])?;
+        }
+        Place::Block { .. } => {
+            let Some(found) = blocks::find_key(tx, key)? else {
+                return Ok(());
+            };
+            let log = blocks::log()?;
+            let stored = log.read(found.at)?;
+            let text = std::str::from_utf8(&stored.body).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let blank = match log::blank_ex(text) {
+                Some(blank) => blank,
+                // Another layout (the index reads it too): the change as
+                // JSON, padded with spaces to the record's length.
+                None => {
+                    let mut body =
+                        serde_json::to_string(change).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    let Some(padding) = text.len().checked_sub(body.len()) else {
+                        return Err(Error::Corrupt(format!(
+                            "a redacted message of {} bytes does not fit its record of {}",
+                            body.len(),
+                            text.len()
+                        )));
+                    };
+                    body.extend(std::iter::repeat_n(' ', padding));
+                    body
+                }
+            };
+            log.rewrite(found.at, blank.as_bytes())?;
+        }
+    }
     Ok(())
 }
 

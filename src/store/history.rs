@@ -5,6 +5,7 @@
 use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
+use super::blocks::{self, Found, Place};
 use super::{Db, Error};
 use crate::change::{Change, Message};
 
@@ -27,7 +28,7 @@ pub struct Page {
 }
 
 /// History order position: `(hlc, origin, incarnation, seq)`.
-type Position = (i64, String, String, i64);
+type Position = blocks::HistoryPos;
 
 impl Db {
     /// Where a cursor lies in `topic`'s history; `None` for an id that names
@@ -54,17 +55,95 @@ impl Db {
                     )
                 }))
             }
-            Cursor::Id(id) => Ok(self
-                .conn
-                .prepare_cached(
-                    "SELECT hlc, origin, incarnation, seq FROM events
-                     WHERE topic = ?1 AND message_id = ?2 LIMIT 1",
-                )?
-                .query_row(params![topic.to_string(), id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .optional()?),
+            Cursor::Id(id) => {
+                let row = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT hlc, origin, incarnation, seq FROM events
+                         WHERE topic = ?1 AND message_id = ?2 LIMIT 1",
+                    )?
+                    .query_row(params![topic.to_string(), id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
+                    .optional()?;
+                match row {
+                    Some(p) => Ok(Some(p)),
+                    None => Ok(self.kept_entry(topic, id)?.map(|f| self.own_position(&f.entry))),
+                }
+            }
         }
+    }
+
+    /// This node's kept message `id` of `topic` in a block, unless pruned.
+    pub(super) fn kept_entry(&self, topic: Uuid, id: &str) -> Result<Option<Found>, Error> {
+        let Ok(id) = Uuid::try_parse(id) else {
+            return Ok(None);
+        };
+        let Some((block, index)) = blocks::find_id(&self.conn, topic, id)? else {
+            return Ok(None);
+        };
+        let Some(entry) = block.entry(index) else {
+            return Ok(None);
+        };
+        let floor = blocks::floor(&self.conn, topic)?;
+        let origin = self.origin.messages();
+        if !blocks::above(floor.as_ref(), (&origin.node, &origin.incarnation), &entry) {
+            return Ok(None);
+        }
+        Ok(Some(Found {
+            key: blocks::key(Place::Block {
+                rowid: block.rowid,
+                index,
+            }),
+            topic,
+            at: block.at(&entry),
+            entry,
+        }))
+    }
+
+    /// A block entry's place in history order: this node's message origin.
+    fn own_position(&self, e: &blocks::Entry) -> Position {
+        let origin = self.origin.messages();
+        (
+            i64::try_from(e.hlc).unwrap_or(i64::MAX),
+            origin.node,
+            origin.incarnation,
+            i64::try_from(e.seq).unwrap_or(i64::MAX),
+        )
+    }
+
+    /// Up to `fetch` of `topic`'s block entries strictly between `lower`
+    /// and `upper` in history order, unpruned: the oldest ones when
+    /// `forward`, else the newest (newest first).
+    fn own_page(
+        &self,
+        topic: Uuid,
+        (lower, upper): (&Position, &Position),
+        fetch: usize,
+        forward: bool,
+    ) -> Result<Vec<(Position, Found)>, Error> {
+        let floor = blocks::floor(&self.conn, topic)?;
+        let lower = floor.filter(|f| f > lower).as_ref().unwrap_or(lower).clone();
+        let mut walk = blocks::Walk::new(&self.conn, topic, if forward { lower.0 } else { upper.0 }, forward);
+        let mut out = Vec::new();
+        while out.len() < fetch {
+            let Some(f) = walk.next_entry()? else {
+                break;
+            };
+            let p = self.own_position(&f.entry);
+            let (inside, past) = if forward {
+                (p > lower, p >= *upper)
+            } else {
+                (p < *upper, p <= lower)
+            };
+            if past {
+                break;
+            }
+            if inside {
+                out.push((p, f));
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `limit` messages of `topic` strictly between the cursors: the
@@ -103,7 +182,7 @@ impl Db {
         };
         let forward = after.is_some();
         let sql = format!(
-            "SELECT hlc, body FROM events
+            "SELECT hlc, body, origin, incarnation, seq FROM events
              WHERE topic = ?1 AND kind = 'message'
                AND (hlc, origin, incarnation, seq) > (?2, ?3, ?4, ?5)
                AND (hlc, origin, incarnation, seq) < (?6, ?7, ?8, ?9)
@@ -125,17 +204,36 @@ impl Db {
                 upper.3,
                 fetch
             ],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            |r| {
+                Ok((
+                    (r.get::<_, i64>(0)?, r.get(2)?, r.get(3)?, r.get(4)?),
+                    r.get::<_, String>(1)?,
+                ))
+            },
         )?;
-        let mut messages = Vec::new();
+        // The rows (other nodes' messages) and this node's block entries,
+        // merged in history order; bodies read only for the page's.
+        let mut merged: Vec<(Position, Result<String, Found>)> = Vec::new();
         for row in rows {
-            let (hlc, body) = row?;
-            let change: Change =
-                serde_json::from_str(&body).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let (p, body) = row?;
+            merged.push((p, Ok(body)));
+        }
+        for (p, f) in self.own_page(topic, (&lower, &upper), limit.saturating_add(1), forward)? {
+            merged.push((p, Err(f)));
+        }
+        merged.sort_by(|a, b| if forward { a.0.cmp(&b.0) } else { b.0.cmp(&a.0) });
+        merged.truncate(limit.saturating_add(1));
+        let mut messages = Vec::new();
+        for (p, source) in merged {
+            let change = match source {
+                Ok(body) => serde_json::from_str::<Change>(&body)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+                Err(f) => blocks::read_change(&self.log, &f)?,
+            };
             if let Some(mut m) = change.message {
                 // A kept message's time is its commit clock's millisecond,
                 // the same `ts` it was relayed with.
-                m.ts = hlc >> 16;
+                m.ts = p.0 >> 16;
                 messages.push(m);
             }
         }
@@ -149,7 +247,11 @@ impl Db {
 
     /// Drops a topic's messages older than `max_age_ms` (relative to
     /// `now_ms`) or beyond the newest `max_messages`, with the text their
-    /// edits left. Returns how many.
+    /// edits left. Returns how many. What goes is always a prefix of the
+    /// topic's history: its end is recorded as the topic's floor, under
+    /// which this node's block entries are no longer read, and blocks
+    /// wholly under it are deleted (the message log's segments then go
+    /// once no block points into them).
     pub fn prune_history(
         &mut self,
         topic: Uuid,
@@ -159,50 +261,104 @@ impl Db {
     ) -> Result<usize, Error> {
         let t = topic.to_string();
         let cutoff = now_ms.saturating_sub(max_age_ms).saturating_mul(1 << 16);
+        // Every position of a clock under the cutoff sorts at or under it.
+        let by_age: Position = (cutoff.saturating_sub(1), "\u{10FFFF}".into(), String::new(), i64::MAX);
         // The newest message dropped by count, by its whole position:
         // messages of other nodes may share its clock.
-        let boundary: Option<(i64, String, String, i64)> = self
-            .conn
-            .query_row(
-                "SELECT hlc, origin, incarnation, seq FROM events WHERE topic = ?1 AND kind = 'message'
-                 ORDER BY hlc DESC, origin DESC, incarnation DESC, seq DESC LIMIT 1 OFFSET ?2",
-                params![t, i64::try_from(max_messages).unwrap_or(i64::MAX)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        let (hlc, origin, incarnation, seq) =
-            boundary.unwrap_or((i64::MIN, String::new(), String::new(), i64::MIN));
+        let floor = match self.nth_newest(topic, max_messages)? {
+            Some(p) if p > by_age => p,
+            _ => by_age,
+        };
+        let old = blocks::floor(&self.conn, topic)?;
+        let origin = self.origin.messages();
+        let own = (origin.node.as_str(), origin.incarnation.as_str());
+        let (hlc, o, i, seq) = &floor;
         const DOOMED: &str = "topic = ?1 AND kind = 'message'
-             AND (hlc < ?2 OR (hlc, origin, incarnation, seq) <= (?3, ?4, ?5, ?6))";
+             AND (hlc, origin, incarnation, seq) <= (?2, ?3, ?4, ?5)";
+        let log = std::sync::Arc::clone(&self.log);
         let tx = self.conn.transaction()?;
         // Edited messages among them: the edits' text goes too.
-        let edited: Vec<String> = {
+        let mut edited: Vec<String> = {
             let mut stmt = tx.prepare_cached(&format!(
                 "SELECT message_id FROM events WHERE {DOOMED} AND message_id IS NOT NULL
                  AND EXISTS (SELECT 1 FROM registers r WHERE r.entity = 'message:' || ?1 || '/' || message_id
                              AND r.field = 'edit' AND r.value != 'null')"
             ))?;
-            let rows = stmt.query_map(params![t, cutoff, hlc, origin, incarnation, seq], |r| {
-                r.get::<_, String>(0)
-            })?;
+            let rows = stmt.query_map(params![t, hlc, o, i, seq], |r| r.get::<_, String>(0))?;
             rows.collect::<Result<_, _>>()?
         };
+        // This node's: the topic's edited messages (few) looked up.
+        for id in super::edit::edited_ids(&tx, topic)? {
+            let Ok(uuid) = Uuid::try_parse(&id) else {
+                continue;
+            };
+            if let Some((b, index)) = blocks::find_id(&tx, topic, uuid)?
+                && let Some(e) = b.entry(index)
+                && blocks::above(old.as_ref(), own, &e)
+                && !blocks::above(Some(&floor), own, &e)
+            {
+                edited.push(id);
+            }
+        }
         for id in &edited {
             super::edit::erase_edits(&tx, &super::edit::entity(topic, id))?;
         }
-        let removed = tx.execute(
+        let mut removed = tx.execute(
             &format!("DELETE FROM events WHERE {DOOMED}"),
-            params![t, cutoff, hlc, origin, incarnation, seq],
+            params![t, hlc, o, i, seq],
         )?;
+        removed += blocks::with_log(&log, &origin, || prune_blocks(&tx, topic, own, old.as_ref(), &floor))?;
+        blocks::raise_floor(&tx, topic, &floor)?;
         tx.commit()?;
         Ok(removed)
     }
 
+    /// The position of `topic`'s message with `n` newer ones, if it has
+    /// that many: the rows' and this node's block entries' merged.
+    fn nth_newest(&self, topic: Uuid, n: usize) -> Result<Option<Position>, Error> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT hlc, origin, incarnation, seq FROM events WHERE topic = ?1 AND kind = 'message'
+             ORDER BY hlc DESC, origin DESC, incarnation DESC, seq DESC",
+        )?;
+        let mut rows = stmt.query_map(params![topic.to_string()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        let floor = blocks::floor(&self.conn, topic)?;
+        let mut walk = blocks::Walk::new(&self.conn, topic, i64::MAX, false);
+        let mut own = || -> Result<Option<Position>, Error> {
+            Ok(walk
+                .next_entry()?
+                .map(|f| self.own_position(&f.entry))
+                .filter(|p| floor.as_ref().is_none_or(|f| p > f)))
+        };
+        let (mut row, mut entry): (Option<Position>, Option<Position>) = (rows.next().transpose()?, own()?);
+        let mut seen = 0;
+        loop {
+            let newest = match (&row, &entry) {
+                (None, None) => return Ok(None),
+                (Some(r), Some(e)) if r > e => row.take(),
+                (Some(_), None) => row.take(),
+                _ => entry.take(),
+            };
+            if row.is_none() {
+                row = rows.next().transpose()?;
+            }
+            if entry.is_none() {
+                entry = own()?;
+            }
+            if seen == n {
+                return Ok(newest);
+            }
+            seen += 1;
+        }
+    }
+
     /// Topics that have any history.
     pub fn topics_with_history(&self) -> Result<Vec<Uuid>, Error> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT DISTINCT topic FROM events WHERE topic IS NOT NULL")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT topic FROM events WHERE topic IS NOT NULL
+             UNION SELECT DISTINCT topic FROM blocks",
+        )?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for row in rows {
@@ -212,6 +368,45 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+/// Retention's work on this node's blocks of `topic`: the entries
+/// between the `old` floor and the new `floor` leave the search index, and
+/// blocks wholly under `floor` are deleted. Returns how many entries went.
+fn prune_blocks(
+    tx: &rusqlite::Transaction<'_>,
+    topic: Uuid,
+    own: (&str, &str),
+    old: Option<&Position>,
+    floor: &Position,
+) -> Result<usize, Error> {
+    let doomed: Vec<blocks::Block> = {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {} FROM blocks WHERE topic = ?1 AND first_hlc <= ?2 ORDER BY last_hlc",
+            blocks::COLUMNS
+        ))?;
+        let rows = stmt.query_map(params![topic.to_string(), floor.0], blocks::from_row)?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut removed = 0;
+    for b in doomed {
+        let mut whole = true;
+        for (index, e) in b.entries() {
+            if blocks::above(Some(floor), own, &e) {
+                whole = false;
+                continue;
+            }
+            if blocks::above(old, own, &e) {
+                removed += 1;
+                super::search::unindex_key(tx, blocks::key(Place::Block { rowid: b.rowid, index }))?;
+            }
+        }
+        if whole {
+            tx.prepare_cached("DELETE FROM blocks WHERE rowid = ?1")?
+                .execute(params![b.rowid])?;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -251,6 +251,23 @@ pub(super) fn decode_message(text: &str) -> Option<Change> {
     })
 }
 
+/// `text`, a record [`MessageParts::encode`] wrote, with its message's
+/// `ex` emptied at the same length (`{`, spaces, `}`): a redaction rewrites
+/// the record in place in the message log. `None` for other text.
+pub(super) fn blank_ex(text: &str) -> Option<String> {
+    let ex = split_message(text)?.ex;
+    // `ex` is a slice of `text`.
+    let start = (ex.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let inner = ex.len().checked_sub(2)?;
+    let mut out = String::with_capacity(text.len());
+    out.push_str(text.get(..start)?);
+    out.push('{');
+    out.extend(std::iter::repeat_n(' ', inner));
+    out.push('}');
+    out.push_str(text.get(start + ex.len()..)?);
+    Some(out)
+}
+
 /// The pieces of text [`MessageParts::encode`] wrote, borrowed, on the
 /// rules of [`decode_message`]; `ex` not yet checked as JSON.
 pub(super) struct SplitMessage<'a> {

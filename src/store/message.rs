@@ -12,6 +12,14 @@ impl Db {
     /// The kept message `id` of `topic`, with `ts` its commit millisecond;
     /// `None` when the topic holds no such message (never kept, pruned).
     pub fn kept_message(&self, topic: Uuid, id: &str) -> Result<Option<Message>, Error> {
+        // This node's, in a block; else a row.
+        if let Some(f) = self.kept_entry(topic, id)? {
+            let change = super::blocks::read_change(&self.log, &f)?;
+            return Ok(change.message.map(|mut m| {
+                m.ts = i64::try_from(f.entry.hlc >> 16).unwrap_or_default();
+                m
+            }));
+        }
         let Some((hlc, origin, incarnation, seq)) =
             self.position(topic, &Cursor::Id(id.to_owned()), false)?
         else {

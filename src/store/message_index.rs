@@ -270,34 +270,24 @@ pub struct Indexer {
     indexed: Arc<Indexed>,
     failed: Vec<Synced>,
     /// The log's segments, to remove.
-    log: segment::Reader,
+    log: Arc<segment::Reader>,
     /// The log, which says which segment its writer is in.
     messages: MessageLog,
     /// The log position after the last record indexed, if any was.
     end: Option<Position>,
-    /// `end` once a sweep has removed its segment: nothing more goes until
-    /// it moves. (While its segment is the writer's, each tick looks at the
-    /// log's directory again, for the roll that seals it.)
-    swept: Option<Position>,
 }
 
 impl Indexer {
     /// Reports its progress to `indexed`; removes segments of the log
-    /// `messages` in `dir` once indexed. `db`'s index holds the log up to
-    /// its [`Db::indexed_end`] (after [`catch_up`]).
-    pub fn new(
-        indexed: Arc<Indexed>,
-        db: &Db,
-        dir: &Path,
-        messages: &MessageLog,
-    ) -> Result<Self, Error> {
+    /// `messages` (`db`'s) once no block points into them. `db`'s index
+    /// holds the log up to its [`Db::indexed_end`] (after [`catch_up`]).
+    pub fn new(indexed: Arc<Indexed>, db: &Db, messages: &MessageLog) -> Result<Self, Error> {
         Ok(Self {
             indexed,
             failed: Vec::new(),
-            log: segment::Reader::new(dir),
+            log: Arc::clone(&db.log),
             messages: messages.clone(),
             end: db.indexed_end()?,
-            swept: None,
         })
     }
 
@@ -327,46 +317,42 @@ impl Indexer {
         self.indexed.reach(last);
     }
 
-    /// Removes the log's segments whose records the index holds, after a
-    /// commit that makes the index durable that far (its commits do not
-    /// sync: a crash before the sync would have to index them again from
-    /// the log). At most one sync each time the index has moved into a new
-    /// segment, or the log has rolled (see `message_log::Limits`). Errors
-    /// are logged; the next tick tries again.
+    /// Removes the log's segments that no block points into and whose
+    /// records the index holds, after a commit that makes the index
+    /// durable that far (its commits do not sync: a crash before the sync
+    /// would have to index them again from the log). Blocks keep their
+    /// segments until retention deletes them, so this follows retention.
+    /// Errors are logged; the next tick tries again.
     pub fn sweep(&mut self, db: &mut Db) {
-        let Some(end) = self.end.filter(|&e| self.swept != Some(e)) else {
+        let Some(end) = self.end else {
             return;
         };
         match self.remove_through(db, end) {
-            Ok((removed, whole)) => {
-                // Done with `end` once its own segment is gone: until then
-                // the log may roll (a quiet one does, after `roll_after`),
-                // which seals that segment with `end` unmoved.
-                if whole {
-                    self.swept = Some(end);
-                }
-                if removed > 0 {
-                    tracing::debug!(
-                        removed,
-                        segment = end.segment,
-                        "message log: removed segments the index holds"
-                    );
-                }
-            }
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(
+                removed,
+                segment = end.segment,
+                "message log: removed segments no kept message is in"
+            ),
             Err(e) => tracing::warn!(error = %e,
-                "message log: cannot remove segments the index holds; trying again at the next tick"),
+                "message log: cannot remove segments no kept message is in; trying again at the next tick"),
         }
     }
 
-    /// [`Indexer::sweep`]'s work: how many segments it removed, and
-    /// whether `end`'s own segment was among them.
-    fn remove_through(&self, db: &mut Db, end: Position) -> Result<(usize, bool), Error> {
+    /// [`Indexer::sweep`]'s work: how many segments it removed.
+    fn remove_through(&self, db: &mut Db, end: Position) -> Result<usize, Error> {
         let writing = self.messages.writing();
-        let Some(bound) = self.log.indexed_before(end, writing)? else {
-            return Ok((0, false));
+        let Some(mut bound) = self.log.indexed_before(end, writing)? else {
+            return Ok(0);
         };
+        if let Some(oldest) = blocks::oldest_segment(&db.conn)? {
+            bound = bound.min(oldest);
+        }
+        if self.log.segments()?.first().is_none_or(|&first| first >= bound) {
+            return Ok(0);
+        }
         db.sync_index(end)?;
-        Ok((self.log.remove_before(bound)?, bound > end.segment))
+        Ok(self.log.remove_before(bound)?)
     }
 
     /// Tries again what a failed transaction left, if anything: whether
@@ -470,7 +456,7 @@ mod tests {
         let log_dir = dir.join(MESSAGE_LOG_DIR);
         let (log, thread) = MessageLog::open(&log_dir, limits, floor, on_synced).expect("log");
         let indexer =
-            Indexer::new(Arc::new(Indexed::new(0)), &db, &log_dir, &log).expect("indexer");
+            Indexer::new(Arc::new(Indexed::new(0)), &db, &log).expect("indexer");
         (db, log, thread, indexer)
     }
 

@@ -228,7 +228,7 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let written = pages_written(&tx);
-        let out = f(&tx, &self.origin)?;
+        let out = blocks::with_log(&self.log, &self.origin.messages(), || f(&tx, &self.origin))?;
         tx.commit()?;
         // A transaction that wrote no page commits without a sync, even if
         // it changed rows: SQLite leaves a page alone when a row is written
@@ -1015,7 +1015,7 @@ impl Store {
         let search_wanted = Arc::new(AtomicU64::new(0));
         let mut search_pass =
             search_pass::SearchPass::new(searched.clone(), indexed.clone(), search_wanted.clone());
-        let mut indexer = message_index::Indexer::new(indexed.clone(), &db, &log_dir, &messages)?;
+        let mut indexer = message_index::Indexer::new(indexed.clone(), &db, &messages)?;
         let reader = Db::open_reader(data_dir, node, db.log.clone())?;
         let (reads, read_thread) = spawn_reader(reader, Tidy::new(work.clone()))?;
         let log_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
