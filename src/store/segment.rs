@@ -83,6 +83,17 @@ pub enum Error {
         /// The body's length.
         len: usize,
     },
+    /// A rewrite's body is not the length of the body it replaces: a
+    /// record's length frames the next one, so it never changes.
+    #[error(
+        "a record's body of {stored} bytes cannot be rewritten with {len} bytes (a rewrite keeps the length)"
+    )]
+    Resized {
+        /// The new body's length.
+        len: usize,
+        /// The stored body's length.
+        stored: usize,
+    },
     /// Another writer holds the directory.
     #[error("message log {} is in use by another process (is another tenthbitd running on this data directory?)", path.display())]
     InUse {
@@ -546,6 +557,52 @@ impl Reader {
         decode(&head, body, at).ok_or_else(|| corrupt("a record whose CRC does not match"))
     }
 
+    /// Replaces the body of the record at `at` with `body`, of the same
+    /// length, and writes its CRC anew, then syncs the segment: a
+    /// redaction erases a kept message's text in the log (store/edit.rs).
+    /// The record is first read and checked as [`Reader::read`] does, so a
+    /// position that is not a whole record's start is [`Error::Corrupt`];
+    /// a body of another length is [`Error::Resized`]. Either way nothing
+    /// is written.
+    ///
+    /// The bytes are written in place while the [`Writer`] may be
+    /// appending to the same segment: its writes lie past its end, this
+    /// one's before it. Until the sync returns, a read of this record may
+    /// see a mix of old and new bytes, and so a CRC that does not match;
+    /// a crash of the machine in that window can leave it so on disk,
+    /// which [`Writer::open`] cuts as a torn tail (with every record after
+    /// it) if this is the last segment.
+    pub fn rewrite(&self, at: Position, body: &[u8]) -> Result<(), Error> {
+        let stored = self.read(at)?;
+        if body.len() != stored.body.len() {
+            return Err(Error::Resized {
+                len: body.len(),
+                stored: stored.body.len(),
+            });
+        }
+        let seq_hlc = [stored.seq, stored.hlc].map(u64::to_le_bytes);
+        let seq_hlc = seq_hlc.as_flattened();
+        // The CRC, seq and clock (the last two as read) and the body lie
+        // together after the length: one write of them all, so that the
+        // window in which a read sees half of the change is one call's.
+        let mut bytes = Vec::with_capacity(RECORD_HEAD - 4 + body.len());
+        bytes.extend_from_slice(&checksum(seq_hlc, body).to_le_bytes());
+        bytes.extend_from_slice(seq_hlc);
+        bytes.extend_from_slice(body);
+        let path = segment_path(&self.dir, at.segment);
+        // A file of its own, opened to write only: the cached files are
+        // read-only, and an append-mode file would put every write at the
+        // end, however positioned. It reads the same page cache, so the
+        // cached files see the new bytes.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        file.write_all_at(&bytes, at.offset + 4)
+            .and_then(|()| file.sync_data())
+            .map_err(io_at(&path))
+    }
+
     /// The records from `from` up to `upto` (not included), in log order,
     /// across segments. `upto` is an end the caller knows is whole (the
     /// writer's end after a commit): a record still being written past it
@@ -818,10 +875,7 @@ fn body_len(head: &[u8; RECORD_HEAD]) -> Option<usize> {
 /// The record from its head and body, if its CRC matches.
 fn decode(head: &[u8; RECORD_HEAD], body: Vec<u8>, at: Position) -> Option<Stored> {
     let [_, _, _, _, c0, c1, c2, c3, rest @ ..] = head;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(rest);
-    crc.update(&body);
-    if crc.finalize() != u32::from_le_bytes([*c0, *c1, *c2, *c3]) {
+    if checksum(rest, &body) != u32::from_le_bytes([*c0, *c1, *c2, *c3]) {
         return None;
     }
     let (seq, hlc) = rest.split_at(8);
@@ -836,6 +890,15 @@ fn decode(head: &[u8; RECORD_HEAD], body: Vec<u8>, at: Position) -> Option<Store
         hlc: u64::from_le_bytes(hlc.try_into().ok()?),
         body,
     })
+}
+
+/// A record's CRC: of its seq and clock (`seq_hlc`, as stored) and its
+/// body. ([`Group`] takes the same over the bytes as they lie together.)
+fn checksum(seq_hlc: &[u8], body: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(seq_hlc);
+    crc.update(body);
+    crc.finalize()
 }
 
 fn header(segment: u64) -> [u8; HEADER_LEN as usize] {
@@ -1536,5 +1599,138 @@ mod tests {
         assert!(r.files.lock().expect("lock").len() <= OPEN_SEGMENTS);
         // The newest reads are the ones cached.
         assert!(r.files.lock().expect("lock").contains_key(&w.end().segment));
+    }
+
+    /// A redaction's rewrite: the record keeps its seq, clock and place,
+    /// reads back with the new body through the reader's cached file (the
+    /// one read before the write), and passes its CRC in a scan, in the
+    /// writer's appends after it and in the open's check of the last
+    /// segment, which cuts nothing.
+    #[test]
+    fn a_rewrite_in_the_middle_keeps_the_record_and_the_log_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let a = w
+            .append([rec(1, b"one"), rec(2, b"secret text"), rec(3, b"three")])
+            .expect("append");
+        let at = a.positions[1];
+        let r = Reader::new(dir.path());
+        assert_eq!(r.read(at).expect("read").body, b"secret text");
+        let cached = r.files.lock().expect("lock").get(&1).map(Arc::clone);
+        let cached = cached.expect("segment 1 is cached");
+
+        r.rewrite(at, b"[redacted].").expect("rewrite");
+        // Still the handle cached before the write: no reopen.
+        assert!(Arc::ptr_eq(
+            &cached,
+            r.files.lock().expect("lock").get(&1).expect("cached")
+        ));
+        let back = r.read(at).expect("read again");
+        assert_eq!(
+            (back.seq, back.hlc, &back.body[..], back.next),
+            (2, 2 << 16, &b"[redacted]."[..], a.positions[2])
+        );
+        let want = vec![
+            (1, b"one".to_vec()),
+            (2, b"[redacted].".to_vec()),
+            (3, b"three".to_vec()),
+        ];
+        assert_eq!(bodies(&r, start(), w.end()), want);
+        // A reader with nothing cached reads the same.
+        assert_eq!(bodies(&Reader::new(dir.path()), start(), w.end()), want);
+
+        let b = w.append([rec(4, b"four")]).expect("append after");
+        assert_eq!(bodies(&r, start(), b.end).len(), 4);
+        drop(w);
+        let opened = Writer::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(
+            (opened.writer.end(), opened.cut, opened.last),
+            (b.end, 0, Some((4, 4 << 16)))
+        );
+        let all = bodies(&r, start(), b.end);
+        assert_eq!(all.get(1), Some(&(2, b"[redacted].".to_vec())));
+        assert_eq!(all.len(), 4);
+    }
+
+    #[test]
+    fn a_rewrite_of_another_length_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let a = w
+            .append([rec(1, b"one"), rec(2, b"secret"), rec(3, b"three")])
+            .expect("append");
+        let path = segment_path(dir.path(), 1);
+        let before = fs::read(&path).expect("bytes");
+        let r = Reader::new(dir.path());
+        for body in [
+            &b""[..],
+            b"secre",
+            b"secret!",
+            b"a much longer body than that",
+        ] {
+            let err = r.rewrite(a.positions[1], body).unwrap_err();
+            assert!(
+                matches!(err, Error::Resized { len, stored: 6 } if len == body.len()),
+                "{err}"
+            );
+            assert_eq!(fs::read(&path).expect("bytes"), before, "{body:?}");
+        }
+        assert_eq!(r.read(a.positions[1]).expect("read").body, b"secret");
+    }
+
+    #[test]
+    fn a_rewrite_at_a_position_not_a_records_start_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let a = w
+            .append([rec(1, b"one"), rec(2, b"secret"), rec(3, b"three")])
+            .expect("append");
+        let path = segment_path(dir.path(), 1);
+        let before = fs::read(&path).expect("bytes");
+        let r = Reader::new(dir.path());
+        let second = a.positions[1];
+        let at = |offset| Position { segment: 1, offset };
+        let bad = [
+            // Inside the header.
+            at(0),
+            at(HEADER_LEN - 4),
+            // Inside a record: its head, its body.
+            at(second.offset + 1),
+            at(second.offset + 8),
+            at(second.offset + RECORD_HEAD as u64 + 1),
+            // At and past the end.
+            a.end,
+            at(a.end.offset + 100),
+        ];
+        for pos in bad {
+            let err = r.rewrite(pos, b"secret").unwrap_err();
+            assert!(
+                matches!(&err, Error::Corrupt { offset, .. } if *offset == pos.offset),
+                "{pos:?}: {err}"
+            );
+            assert_eq!(fs::read(&path).expect("bytes"), before, "{pos:?}");
+        }
+        assert_eq!(r.read(second).expect("read").body, b"secret");
+    }
+
+    #[test]
+    fn a_rewrite_of_a_damaged_record_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let a = w.append([rec(1, b"one"), rec(2, b"secret")]).expect("a");
+        let path = segment_path(dir.path(), 1);
+        let f = OpenOptions::new().write(true).open(&path).expect("open");
+        f.write_all_at(b"S", a.positions[1].offset + RECORD_HEAD as u64)
+            .expect("flip");
+        let before = fs::read(&path).expect("bytes");
+        // Rewritten, it would pass its CRC again and hide the damage.
+        let err = Reader::new(dir.path())
+            .rewrite(a.positions[1], b"xxxxxx")
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Corrupt { why, .. } if why.contains("CRC")),
+            "{err}"
+        );
+        assert_eq!(fs::read(&path).expect("bytes"), before);
     }
 }
