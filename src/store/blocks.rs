@@ -31,9 +31,9 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::segment::{self, Position};
-use super::log::{self, Origin};
 use super::Error;
+use super::log::{self, Origin};
+use super::segment::{self, Position};
 use crate::change::{Change, ExJson};
 
 /// Bytes of one entry in a block's blob.
@@ -478,12 +478,22 @@ fn outside() -> Error {
 
 /// The message log of the write transaction running on this thread.
 pub fn log() -> Result<Arc<segment::Reader>, Error> {
-    SCOPE.with(|l| l.borrow().as_ref().map(|s| Arc::clone(&s.log)).ok_or_else(outside))
+    SCOPE.with(|l| {
+        l.borrow()
+            .as_ref()
+            .map(|s| Arc::clone(&s.log))
+            .ok_or_else(outside)
+    })
 }
 
 /// The message origin of the write transaction running on this thread.
 pub fn own() -> Result<Origin, Error> {
-    SCOPE.with(|l| l.borrow().as_ref().map(|s| s.messages.clone()).ok_or_else(outside))
+    SCOPE.with(|l| {
+        l.borrow()
+            .as_ref()
+            .map(|s| s.messages.clone())
+            .ok_or_else(outside)
+    })
 }
 
 /// The record of `f` as the change it encodes, as stored (its message's
@@ -526,7 +536,11 @@ impl<'c> Walk<'c> {
             conn,
             topic: topic.to_string(),
             forward,
-            cursor: if forward { from.saturating_sub(1) } else { from },
+            cursor: if forward {
+                from.saturating_sub(1)
+            } else {
+                from
+            },
             started: forward,
             from,
             ready: std::collections::VecDeque::new(),
@@ -603,5 +617,309 @@ impl<'c> Walk<'c> {
             self.fill()?;
         }
         Ok(self.ready.pop_front())
+    }
+}
+
+/// Journals a rewrite of the record of `f` to `body` (its length), which
+/// [`apply_rewrites`] makes once the transaction has committed.
+pub fn journal_rewrite(conn: &Connection, f: &Found, body: &[u8]) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO rewrites (segment, offset, seq, hlc, body) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (segment, offset) DO UPDATE SET body = excluded.body",
+    )?
+    .execute(params![
+        sql_int(f.at.segment),
+        sql_int(f.at.offset),
+        sql_int(f.entry.seq),
+        sql_int(f.entry.hlc),
+        body
+    ])?;
+    Ok(())
+}
+
+/// Makes the rewrites the journal holds, each synced before its entry
+/// goes: after a commit that journaled some, and at open (before the log
+/// checks its last segment) for those a crash left or tore. A record whose
+/// segment retention has removed needs none.
+pub fn apply_rewrites(conn: &Connection, log: &segment::Reader) -> Result<usize, Error> {
+    let pending: Vec<(i64, i64, i64, i64, Vec<u8>)> = {
+        let mut stmt =
+            conn.prepare_cached("SELECT segment, offset, seq, hlc, body FROM rewrites")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let as_u64 = |v: i64| u64::try_from(v).unwrap_or_default();
+    for (segment, offset, seq, hlc, body) in &pending {
+        let at = Position {
+            segment: as_u64(*segment),
+            offset: as_u64(*offset),
+        };
+        match log.redo(at, (as_u64(*seq), as_u64(*hlc)), body) {
+            Ok(()) => {}
+            Err(segment::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        conn.prepare_cached("DELETE FROM rewrites WHERE segment = ?1 AND offset = ?2")?
+            .execute(params![segment, offset])?;
+    }
+    Ok(pending.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::edit::Redaction;
+    use crate::store::history::Cursor;
+    use crate::store::{MESSAGE_LOG_DIR, Store};
+
+    /// Keeps a message `{"body": text}` in `topic` through the store's
+    /// message log, its id minted under the log's lock as a session's is;
+    /// returns the id once the log has synced it.
+    async fn keep(store: &Store, topic: Uuid, text: &str) -> String {
+        let log = store.messages();
+        let mut minted = String::new();
+        let e = log
+            .append(crate::proto::id::now_ms(), |_, out| {
+                minted = crate::proto::id::uuid_at(crate::proto::id::now_ms()).to_string();
+                out.extend_from_slice(&log::text_message(topic, Uuid::nil(), &minted, text));
+            })
+            .expect("append");
+        log.wait_synced(e.seq).await.expect("synced");
+        minted
+    }
+
+    async fn page(
+        store: &Store,
+        topic: Uuid,
+        before: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<String>, bool) {
+        let before = before.map(|b| Cursor::Id(b.to_owned()));
+        let after = after.map(|a| Cursor::Id(a.to_owned()));
+        let page = store
+            .read(move |db| db.history(topic, before.as_ref(), after.as_ref(), limit))
+            .await
+            .expect("history");
+        (page.messages.into_iter().map(|m| m.id).collect(), page.more)
+    }
+
+    /// Rows of the `blocks` table.
+    async fn blocks(store: &Store) -> i64 {
+        store
+            .read(|db| {
+                Ok(db
+                    .conn
+                    .query_row("SELECT COUNT(*) FROM blocks", [], |r| r.get(0))?)
+            })
+            .await
+            .expect("count")
+    }
+
+    /// History pages over messages held in blocks (several index
+    /// transactions, two topics interleaved) read as rows did: both ways,
+    /// between id cursors, with `more`.
+    #[tokio::test]
+    async fn history_pages_over_blocks() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let (t, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut ids = Vec::new();
+        for n in 0..12 {
+            ids.push(keep(&store, t, &format!("m{n}")).await);
+            keep(&store, other, "x").await;
+        }
+        assert!(blocks(&store).await >= 2, "one block per topic at least");
+        let (latest, more) = page(&store, t, None, None, 3).await;
+        assert_eq!(latest, ids[9..12]);
+        assert!(more);
+        let (before, _) = page(&store, t, Some(&ids[7]), None, 3).await;
+        assert_eq!(before, ids[4..7]);
+        let (after, more) = page(&store, t, None, Some(&ids[7]), 10).await;
+        assert_eq!(after, ids[8..12]);
+        assert!(!more);
+        let (between, _) = page(&store, t, Some(&ids[5]), Some(&ids[1]), 10).await;
+        assert_eq!(between, ids[2..5]);
+        // An id of another topic, or none at all, names nothing here.
+        let (stranger, _) = page(&store, t, Some(&Uuid::now_v7().to_string()), None, 3).await;
+        assert!(stranger.is_empty());
+        let (all, _) = page(&store, other, None, None, 100).await;
+        assert_eq!(all.len(), 12);
+        let id = ids[3].clone();
+        let kept = store
+            .read(move |db| db.kept_message(t, &id))
+            .await
+            .expect("kept")
+            .expect("found");
+        assert_eq!(kept.ex.get(), r#"{"body":"m3"}"#);
+        assert!(kept.ts > 0);
+        store.close().await;
+    }
+
+    /// Retention over blocks: by count, the newest are left and the count
+    /// is right; pruned messages are gone from history, lookups and pages,
+    /// and wholly pruned blocks are deleted.
+    #[tokio::test]
+    async fn retention_prunes_blocks_by_count() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let (t, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut ids = Vec::new();
+        for n in 0..10 {
+            ids.push(keep(&store, t, &format!("m{n}")).await);
+        }
+        keep(&store, other, "x").await;
+        let _ = page(&store, t, None, None, 1).await;
+        let before = blocks(&store).await;
+        let removed = store
+            .call(move |db| db.prune_history(t, 0, i64::MAX / 2, 4))
+            .await
+            .expect("prune");
+        assert_eq!(removed, 6);
+        let (left, _) = page(&store, t, None, None, 100).await;
+        assert_eq!(left, ids[6..]);
+        let gone = ids[2].clone();
+        assert!(
+            store
+                .read(move |db| db.kept_message(t, &gone))
+                .await
+                .expect("kept")
+                .is_none()
+        );
+        let (after_gone, _) = page(&store, t, None, Some(&ids[2]), 100).await;
+        assert!(after_gone.is_empty(), "a pruned id is no cursor");
+        assert!(blocks(&store).await < before, "wholly pruned blocks go");
+        // Pruning again to the same count removes nothing more.
+        let again = store
+            .call(move |db| db.prune_history(t, 0, i64::MAX / 2, 4))
+            .await
+            .expect("prune");
+        assert_eq!(again, 0);
+        let all = store
+            .call(move |db| db.prune_history(t, 0, i64::MAX / 2, 0))
+            .await
+            .expect("prune");
+        assert_eq!(all, 4);
+        assert!(page(&store, t, None, None, 100).await.0.is_empty());
+        assert_eq!(page(&store, other, None, None, 100).await.0.len(), 1);
+        store.close().await;
+    }
+
+    /// Every `.seg` file's bytes in the message log.
+    fn log_bytes(dir: &std::path::Path) -> Vec<u8> {
+        let mut all = Vec::new();
+        for f in std::fs::read_dir(dir.join(MESSAGE_LOG_DIR))
+            .expect("dir")
+            .flatten()
+        {
+            if f.path().extension().is_some_and(|e| e == "seg") {
+                all.extend(std::fs::read(f.path()).expect("read"));
+            }
+        }
+        all
+    }
+
+    fn holds(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    /// A redaction erases a block-held message's text from its record in
+    /// the log (the record stays whole and readable), and history shows
+    /// it empty.
+    #[tokio::test]
+    async fn a_redaction_erases_the_text_in_the_log() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let t = Uuid::now_v7();
+        let id = keep(&store, t, "secret-words").await;
+        let next = keep(&store, t, "later").await;
+        let _ = page(&store, t, None, None, 1).await;
+        assert!(holds(&log_bytes(dir.path()), "secret-words"));
+        let redacted = id.clone();
+        store
+            .call(move |db| {
+                db.redact_message(
+                    t,
+                    &redacted,
+                    &Redaction {
+                        ts: 1,
+                        by: Uuid::nil(),
+                    },
+                )
+            })
+            .await
+            .expect("redact");
+        assert!(!holds(&log_bytes(dir.path()), "secret-words"));
+        let read = id.clone();
+        let kept = store
+            .read(move |db| db.kept_message(t, &read))
+            .await
+            .expect("kept")
+            .expect("found");
+        assert!(kept.ex.is_empty());
+        assert_eq!(kept.ex.get(), "{}");
+        let (ids, _) = page(&store, t, None, None, 10).await;
+        assert_eq!(ids, [id, next]);
+        store.close().await;
+    }
+
+    /// A journaled rewrite that a crash left torn (the record's CRC no
+    /// longer matches) is made again at open, before the log's check of
+    /// its last segment would cut the record and every one after it.
+    #[tokio::test]
+    async fn a_torn_rewrite_is_made_again_at_open() {
+        let dir = tempfile::tempdir().expect("dir");
+        let t = Uuid::now_v7();
+        let (id, after) = {
+            let store = Store::open(dir.path(), "n1").expect("open");
+            let id = keep(&store, t, "torn-text").await;
+            let after = keep(&store, t, "after").await;
+            let _ = page(&store, t, None, None, 1).await;
+            let journal = id.clone();
+            let log_dir = dir.path().join(MESSAGE_LOG_DIR);
+            store
+                .call(move |db| {
+                    let uuid = Uuid::parse_str(&journal).expect("uuid");
+                    let (b, index) = find_id(&db.conn, t, uuid)?.expect("block");
+                    let entry = b.entry(index).expect("entry");
+                    let f = Found {
+                        key: key(Place::Block {
+                            rowid: b.rowid,
+                            index,
+                        }),
+                        topic: t,
+                        at: b.at(&entry),
+                        entry,
+                    };
+                    let text = String::from_utf8(db.log.read(f.at)?.body).expect("text");
+                    let blank = log::blank_ex(&text).expect("blank");
+                    journal_rewrite(&db.conn, &f, blank.as_bytes())?;
+                    // Torn: half of the new body written, the CRC not.
+                    let path = log_dir.join(format!("{:020}.seg", f.at.segment));
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .expect("open");
+                    use std::os::unix::fs::FileExt;
+                    let head = segment::RECORD_HEAD as u64;
+                    file.write_all_at(&blank.as_bytes()[..blank.len() / 2], f.at.offset + head)
+                        .expect("tear");
+                    Ok(())
+                })
+                .await
+                .expect("journal");
+            store.close().await;
+            (id, after)
+        };
+        let store = Store::open(dir.path(), "n1").expect("reopen");
+        let (ids, _) = page(&store, t, None, None, 10).await;
+        assert_eq!(ids, [id, after], "nothing cut");
+        assert!(!holds(&log_bytes(dir.path()), "torn-text"));
+        store.close().await;
     }
 }

@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::blocks::{self, Key, Place};
 use super::log::Arrival;
 use super::search::IndexQueue;
-use super::blocks::{self, Key, Place};
 use super::{Db, Error, Event, log, search};
 use crate::change::{Change, ExJson, Message, Write};
 
@@ -261,7 +261,10 @@ fn message_rows(tx: &Transaction<'_>, topic: Uuid, id: &str) -> Result<Vec<(Key,
         let origin = blocks::own()?;
         if blocks::above(floor.as_ref(), (&origin.node, &origin.incarnation), &entry) {
             let found = blocks::Found {
-                key: blocks::key(Place::Block { rowid: b.rowid, index }),
+                key: blocks::key(Place::Block {
+                    rowid: b.rowid,
+                    index,
+                }),
                 topic,
                 at: b.at(&entry),
                 entry,
@@ -377,7 +380,8 @@ fn store_body(tx: &rusqlite::Connection, key: Key, change: &Change) -> Result<()
             };
             let log = blocks::log()?;
             let stored = log.read(found.at)?;
-            let text = std::str::from_utf8(&stored.body).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let text =
+                std::str::from_utf8(&stored.body).map_err(|e| Error::Corrupt(e.to_string()))?;
             let blank = match log::blank_ex(text) {
                 Some(blank) => blank,
                 // Another layout (the index reads it too): the change as
@@ -396,7 +400,9 @@ fn store_body(tx: &rusqlite::Connection, key: Key, change: &Change) -> Result<()
                     body
                 }
             };
-            log.rewrite(found.at, blank.as_bytes())?;
+            // Made once the transaction commits (a redaction that fails
+            // erases nothing), and again at open if a crash tore it.
+            blocks::journal_rewrite(tx, &found, blank.as_bytes())?;
         }
     }
     Ok(())

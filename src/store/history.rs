@@ -68,7 +68,9 @@ impl Db {
                     .optional()?;
                 match row {
                     Some(p) => Ok(Some(p)),
-                    None => Ok(self.kept_entry(topic, id)?.map(|f| self.own_position(&f.entry))),
+                    None => Ok(self
+                        .kept_entry(topic, id)?
+                        .map(|f| self.own_position(&f.entry))),
                 }
             }
         }
@@ -123,8 +125,17 @@ impl Db {
         forward: bool,
     ) -> Result<Vec<(Position, Found)>, Error> {
         let floor = blocks::floor(&self.conn, topic)?;
-        let lower = floor.filter(|f| f > lower).as_ref().unwrap_or(lower).clone();
-        let mut walk = blocks::Walk::new(&self.conn, topic, if forward { lower.0 } else { upper.0 }, forward);
+        let lower = floor
+            .filter(|f| f > lower)
+            .as_ref()
+            .unwrap_or(lower)
+            .clone();
+        let mut walk = blocks::Walk::new(
+            &self.conn,
+            topic,
+            if forward { lower.0 } else { upper.0 },
+            forward,
+        );
         let mut out = Vec::new();
         while out.len() < fetch {
             let Some(f) = walk.next_entry()? else {
@@ -221,7 +232,13 @@ impl Db {
         for (p, f) in self.own_page(topic, (&lower, &upper), limit.saturating_add(1), forward)? {
             merged.push((p, Err(f)));
         }
-        merged.sort_by(|a, b| if forward { a.0.cmp(&b.0) } else { b.0.cmp(&a.0) });
+        merged.sort_by(|a, b| {
+            if forward {
+                a.0.cmp(&b.0)
+            } else {
+                b.0.cmp(&a.0)
+            }
+        });
         merged.truncate(limit.saturating_add(1));
         let mut messages = Vec::new();
         for (p, source) in merged {
@@ -262,7 +279,12 @@ impl Db {
         let t = topic.to_string();
         let cutoff = now_ms.saturating_sub(max_age_ms).saturating_mul(1 << 16);
         // Every position of a clock under the cutoff sorts at or under it.
-        let by_age: Position = (cutoff.saturating_sub(1), "\u{10FFFF}".into(), String::new(), i64::MAX);
+        let by_age: Position = (
+            cutoff.saturating_sub(1),
+            "\u{10FFFF}".into(),
+            String::new(),
+            i64::MAX,
+        );
         // The newest message dropped by count, by its whole position:
         // messages of other nodes may share its clock.
         let floor = match self.nth_newest(topic, max_messages)? {
@@ -307,7 +329,9 @@ impl Db {
             &format!("DELETE FROM events WHERE {DOOMED}"),
             params![t, hlc, o, i, seq],
         )?;
-        removed += blocks::with_log(&log, &origin, || prune_blocks(&tx, topic, own, old.as_ref(), &floor))?;
+        removed += blocks::with_log(&log, &origin, || {
+            prune_blocks(&tx, topic, own, old.as_ref(), &floor)
+        })?;
         blocks::raise_floor(&tx, topic, &floor)?;
         tx.commit()?;
         Ok(removed)
@@ -331,7 +355,8 @@ impl Db {
                 .map(|f| self.own_position(&f.entry))
                 .filter(|p| floor.as_ref().is_none_or(|f| p > f)))
         };
-        let (mut row, mut entry): (Option<Position>, Option<Position>) = (rows.next().transpose()?, own()?);
+        let (mut row, mut entry): (Option<Position>, Option<Position>) =
+            (rows.next().transpose()?, own()?);
         let mut seen = 0;
         loop {
             let newest = match (&row, &entry) {
@@ -370,6 +395,11 @@ impl Db {
     }
 }
 
+fn unindex_key_tmp(tx: &rusqlite::Transaction<'_>, key: i64) -> Result<(), Error> {
+    tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?.execute(params![key])?;
+    Ok(())
+}
+
 /// Retention's work on this node's blocks of `topic`: the entries
 /// between the `old` floor and the new `floor` leave the search index, and
 /// blocks wholly under `floor` are deleted. Returns how many entries went.
@@ -398,7 +428,13 @@ fn prune_blocks(
             }
             if blocks::above(old, own, &e) {
                 removed += 1;
-                super::search::unindex_key(tx, blocks::key(Place::Block { rowid: b.rowid, index }))?;
+                unindex_key_tmp(
+                    tx,
+                    blocks::key(Place::Block {
+                        rowid: b.rowid,
+                        index,
+                    }),
+                )?;
             }
         }
         if whole {

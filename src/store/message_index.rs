@@ -348,7 +348,12 @@ impl Indexer {
         if let Some(oldest) = blocks::oldest_segment(&db.conn)? {
             bound = bound.min(oldest);
         }
-        if self.log.segments()?.first().is_none_or(|&first| first >= bound) {
+        if self
+            .log
+            .segments()?
+            .first()
+            .is_none_or(|&first| first >= bound)
+        {
             return Ok(0);
         }
         db.sync_index(end)?;
@@ -455,8 +460,7 @@ mod tests {
         let floor = db.message_floor().expect("floor");
         let log_dir = dir.join(MESSAGE_LOG_DIR);
         let (log, thread) = MessageLog::open(&log_dir, limits, floor, on_synced).expect("log");
-        let indexer =
-            Indexer::new(Arc::new(Indexed::new(0)), &db, &log).expect("indexer");
+        let indexer = Indexer::new(Arc::new(Indexed::new(0)), &db, &log).expect("indexer");
         (db, log, thread, indexer)
     }
 

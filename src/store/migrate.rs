@@ -112,9 +112,10 @@ const MIGRATIONS: &[&str] = &[
     // Blocks (store/blocks.rs): this node's kept messages, one row per
     // topic per index transaction pointing into the message log, instead
     // of a row each; `batch` is the first seq of the transaction that
-    // wrote a block (seq order is batch by batch). `pruned` is each
-    // topic's retention floor: history order positions at or under it are
-    // gone.
+    // wrote a block (seq order is batch by batch). `rewrites` journals
+    // the redactions of records in the log, done again at open if a crash
+    // tore them. `pruned` is each topic's retention floor: history order
+    // positions at or under it are gone.
     "CREATE TABLE blocks (
         block     INTEGER PRIMARY KEY AUTOINCREMENT,
         batch     INTEGER NOT NULL,
@@ -130,6 +131,14 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX blocks_topic ON blocks (topic, last_hlc);
      CREATE INDEX blocks_ids ON blocks (topic, last_id);
      CREATE INDEX blocks_batch ON blocks (batch);
+     CREATE TABLE rewrites (
+        segment INTEGER NOT NULL,
+        offset  INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        hlc     INTEGER NOT NULL,
+        body    BLOB NOT NULL,
+        PRIMARY KEY (segment, offset)
+     ) STRICT, WITHOUT ROWID;
      CREATE TABLE pruned (
         topic       TEXT PRIMARY KEY,
         hlc         INTEGER NOT NULL,

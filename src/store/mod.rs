@@ -230,6 +230,12 @@ impl Db {
         let written = pages_written(&tx);
         let out = blocks::with_log(&self.log, &self.origin.messages(), || f(&tx, &self.origin))?;
         tx.commit()?;
+        // Redactions of records in the message log, journaled by it: the
+        // transaction stands whatever happens to them, and a failed one
+        // is made at the next commit or start.
+        if let Err(e) = blocks::apply_rewrites(&self.conn, &self.log) {
+            tracing::error!(error = %e, "message log: cannot erase a redacted message's text yet");
+        }
         // A transaction that wrote no page commits without a sync, even if
         // it changed rows: SQLite leaves a page alone when a row is written
         // over with the same bytes.
@@ -995,6 +1001,9 @@ impl Store {
         // The message log, and what its index lacks of it (a crash took it)
         // indexed before anything else is.
         let log_dir = data_dir.join(MESSAGE_LOG_DIR);
+        // Redactions a crash left unmade or torn, before the log's open
+        // checks its last segment.
+        blocks::apply_rewrites(&db.conn, &db.log)?;
         let index_jobs = jobs.clone();
         let on_commit = Arc::new(on_commit);
         let observe = on_commit.clone();

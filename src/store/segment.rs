@@ -580,7 +580,47 @@ impl Reader {
                 stored: stored.body.len(),
             });
         }
-        let seq_hlc = [stored.seq, stored.hlc].map(u64::to_le_bytes);
+        self.write_in_place(at, (stored.seq, stored.hlc), body)
+    }
+
+    /// [`Reader::rewrite`] done again, after a crash that may have torn
+    /// it: the record at `at` is not checked but for its length, which a
+    /// rewrite never writes, and gets seq and clock `seq_hlc` and `body`.
+    /// The store journals each rewrite with these before it makes it, and
+    /// redoes what its journal holds before the log is opened (whose check
+    /// of its last segment would cut a torn record and all after it).
+    pub fn redo(&self, at: Position, seq_hlc: (u64, u64), body: &[u8]) -> Result<(), Error> {
+        let file = self.file(at.segment)?;
+        let path = segment_path(&self.dir, at.segment);
+        if at.offset < HEADER_LEN {
+            return Err(Error::Corrupt {
+                path,
+                offset: at.offset,
+                why: "a position inside the segment's header",
+            });
+        }
+        let mut head = [0u8; RECORD_HEAD];
+        file.read_exact_at(&mut head, at.offset)
+            .map_err(io_at(&path))?;
+        let stored = body_len(&head).unwrap_or(usize::MAX);
+        if stored != body.len() {
+            return Err(Error::Resized {
+                len: body.len(),
+                stored,
+            });
+        }
+        self.write_in_place(at, seq_hlc, body)
+    }
+
+    /// Writes a record's CRC, seq, clock and body at `at` (its length
+    /// stays), and syncs the segment.
+    fn write_in_place(
+        &self,
+        at: Position,
+        (seq, hlc): (u64, u64),
+        body: &[u8],
+    ) -> Result<(), Error> {
+        let seq_hlc = [seq, hlc].map(u64::to_le_bytes);
         let seq_hlc = seq_hlc.as_flattened();
         // The CRC, seq and clock (the last two as read) and the body lie
         // together after the length: one write of them all, so that the
