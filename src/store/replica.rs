@@ -2,19 +2,26 @@
 //! cursor from any position, events from peers received through the same
 //! [`log::apply`] as local changes, and a digest of the replicated state.
 //!
+//! This node's kept messages (its message origin) are entries of blocks
+//! (`blocks.rs`), their bodies in the message log, not `events` rows: the
+//! cursor and the digest read them as the rows they replace, so a peer,
+//! which holds them as rows, is sent and hashes the same.
+//!
 //! An event from a peer carries `prev`: the seq of the event before it in
 //! the sender's log for that origin. Pruned history leaves holes in a log,
 //! so "gapless" means "nothing between `prev` and `seq` that the sender
 //! holds": an event is taken when this store already holds `prev`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::log::{self, Event};
 use super::search::IndexQueue;
-use super::{Db, Error};
+use super::{Db, Error, blocks};
+use crate::change::ExJson;
 
 /// The highest seq held of each origin, keyed `node/incarnation`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +147,11 @@ impl Db {
         Ok(vv)
     }
 
-    /// Up to `limit` events of `origin` after `after`, in seq order.
+    /// Up to `limit` events of `origin` after `after`, in seq order. This
+    /// node's kept messages (its message origin) are entries of blocks
+    /// (`blocks.rs`), their bodies in the message log; they read as the
+    /// rows they replace did, merged with the origin's rows (ids no session
+    /// mints) in seq order.
     pub fn events_after(
         &self,
         origin: &str,
@@ -150,6 +161,47 @@ impl Db {
         let Some((node, inc)) = split_origin(origin) else {
             return Ok(Vec::new());
         };
+        let rows = self.rows_after((node, inc), after, limit)?;
+        let messages = self.origin.messages();
+        if node != messages.node || inc != messages.incarnation {
+            return Ok(rows);
+        }
+        let kept = blocks::after(&self.conn, (node, inc), after, limit)?;
+        if kept.is_empty() {
+            return Ok(rows);
+        }
+        // Merged by seq, a body read from the log only for an entry that
+        // makes the cut.
+        let mut rows = rows.into_iter().peekable();
+        let mut kept = kept.into_iter().peekable();
+        let mut out = Vec::with_capacity(limit.min(rows.len() + kept.len()));
+        while out.len() < limit {
+            let row_first = match (rows.peek(), kept.peek()) {
+                (Some(r), Some(k)) => r.seq < k.entry.seq,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let event = if row_first {
+                rows.next()
+            } else {
+                kept.next()
+                    .map(|found| self.kept_event((node, inc), &found))
+                    .transpose()?
+            };
+            out.extend(event);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` `events` rows of `origin` (node, incarnation) after
+    /// `after`, in seq order.
+    fn rows_after(
+        &self,
+        (node, inc): (&str, &str),
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RawEvent>, Error> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, hlc, body FROM events WHERE origin = ?1 AND incarnation = ?2 AND seq > ?3
              ORDER BY seq LIMIT ?4",
@@ -182,6 +234,50 @@ impl Db {
             });
         }
         Ok(out)
+    }
+
+    /// A block's entry of the message `origin` as the event its row was:
+    /// the record's text from the log (as the row's body held it), or, for
+    /// a message since redacted, that text without its `ex` (as
+    /// `edit.rs`'s `erase` rewrote the row; a record in the log is never
+    /// rewritten).
+    fn kept_event(
+        &self,
+        (node, inc): (&str, &str),
+        found: &blocks::Found,
+    ) -> Result<RawEvent, Error> {
+        let stored = self.log.read(found.at)?;
+        if stored.seq != found.entry.seq {
+            return Err(Error::Corrupt(format!(
+                "a block's entry of seq {} points at the log's record of seq {} \
+                 (segment {}, offset {})",
+                found.entry.seq, stored.seq, found.at.segment, found.at.offset
+            )));
+        }
+        let body = String::from_utf8(stored.body).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let redacted = match log::split_message(&body) {
+            Some(m) => self.redaction(m.topic, m.id)?.is_some(),
+            None => false,
+        };
+        let body = if redacted {
+            let mut change = blocks::change(body.as_bytes())?;
+            match change.message.as_mut().filter(|m| !m.ex.is_empty()) {
+                Some(m) => {
+                    m.ex = ExJson::empty();
+                    serde_json::to_string(&change).map_err(|e| Error::Corrupt(e.to_string()))?
+                }
+                None => body,
+            }
+        } else {
+            body
+        };
+        Ok(RawEvent {
+            node: node.to_owned(),
+            incarnation: inc.to_owned(),
+            seq: found.entry.seq,
+            hlc: found.entry.hlc,
+            body,
+        })
     }
 
     /// Records and applies events from peers in one transaction, each
@@ -271,6 +367,23 @@ impl Db {
             }
             ctx.update(b"\x1e");
         }
+        // Kept messages: the rows (peers' messages, and a copy of this
+        // node's on each peer) and this node's message origin's block
+        // entries, merged into the rows' order, so that a peer holding the
+        // same messages as rows prints the same digest.
+        let messages = self.origin.messages();
+        let (node, inc) = (messages.node.as_str(), messages.incarnation.as_str());
+        let mut kept_stmt = self.conn.prepare(&format!(
+            "SELECT {}, batch FROM blocks ORDER BY batch, rowid",
+            blocks::COLUMNS
+        ))?;
+        let mut kept = KeptSeqs {
+            rows: kept_stmt.query([])?,
+            floors: blocks::floors(&self.conn)?,
+            origin: (node, inc),
+            ready: Vec::new(),
+            next: None,
+        };
         let mut stmt = self.conn.prepare(
             "SELECT origin, incarnation, seq FROM events WHERE topic IS NOT NULL
              ORDER BY origin, incarnation, seq",
@@ -278,7 +391,13 @@ impl Db {
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let (o, i, s): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            while let Some(seq) = kept.next_before((&o, &i, s))? {
+                ctx.update(format!("{node}/{inc}/{seq}\x1e").as_bytes());
+            }
             ctx.update(format!("{o}/{i}/{s}\x1e").as_bytes());
+        }
+        while let Some(seq) = kept.pop()? {
+            ctx.update(format!("{node}/{inc}/{seq}\x1e").as_bytes());
         }
         Ok(ctx
             .finish()
@@ -287,6 +406,90 @@ impl Db {
             .take(16)
             .map(|b| format!("{b:02x}"))
             .collect())
+    }
+}
+
+/// The seqs of the live entries of this node's blocks (its message origin),
+/// in seq order, read a batch at a time: a batch's blocks (one per topic)
+/// interleave in seq, and batches do not.
+struct KeptSeqs<'s> {
+    /// Blocks with their batch ([`blocks::COLUMNS`], `batch`), in batch
+    /// order.
+    rows: rusqlite::Rows<'s>,
+    /// Every topic's retention floor.
+    floors: HashMap<Uuid, blocks::HistoryPos>,
+    /// The message origin (node, incarnation).
+    origin: (&'s str, &'s str),
+    /// The rest of the batch read, highest seq first.
+    ready: Vec<i64>,
+    /// The first block of the next batch, read past the last.
+    next: Option<(i64, blocks::Block)>,
+}
+
+impl KeptSeqs<'_> {
+    /// The next seq, if there is one and it sorts before `row` (origin,
+    /// incarnation, seq) as SQLite orders them: text by its bytes, as
+    /// `str` does.
+    fn next_before(&mut self, row: (&str, &str, i64)) -> Result<Option<i64>, Error> {
+        let (node, inc) = self.origin;
+        match self.peek()? {
+            Some(seq) if (node, inc, seq) < row => {
+                self.ready.pop();
+                Ok(Some(seq))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The next seq, if there is one.
+    fn pop(&mut self) -> Result<Option<i64>, Error> {
+        let seq = self.peek()?;
+        self.ready.pop();
+        Ok(seq)
+    }
+
+    /// The next seq, if there is one, left to come.
+    fn peek(&mut self) -> Result<Option<i64>, Error> {
+        while self.ready.is_empty() {
+            let first = match self.next.take() {
+                Some(b) => b,
+                None => match self.block()? {
+                    Some(b) => b,
+                    None => return Ok(None),
+                },
+            };
+            let batch = first.0;
+            self.add(&first.1);
+            loop {
+                match self.block()? {
+                    Some((b, block)) if b == batch => self.add(&block),
+                    next => {
+                        self.next = next;
+                        break;
+                    }
+                }
+            }
+            self.ready.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        Ok(self.ready.last().copied())
+    }
+
+    /// The next block and its batch.
+    fn block(&mut self) -> Result<Option<(i64, blocks::Block)>, Error> {
+        let Some(row) = self.rows.next()? else {
+            return Ok(None);
+        };
+        Ok(Some((row.get(4)?, blocks::from_row(row)?)))
+    }
+
+    /// `block`'s entries that retention left, to come.
+    fn add(&mut self, block: &blocks::Block) {
+        let floor = self.floors.get(&block.topic);
+        for (_, e) in block.entries() {
+            if blocks::above(floor, self.origin, &e) {
+                self.ready.push(i64::try_from(e.seq).unwrap_or(i64::MAX));
+            }
+        }
     }
 }
 
@@ -509,5 +712,345 @@ mod tests {
         // A plain store (no sync behind) sends everything it holds.
         db.durable = None;
         assert_eq!(db.catch_up(&sent, 100).unwrap().1.len() as u64, first + 3);
+    }
+
+    /// This node's kept messages as the daemon keeps them: records in the
+    /// message log's segments, indexed into blocks.
+    mod through_blocks {
+        use uuid::Uuid;
+
+        use super::*;
+        use crate::proto::id::UuidText;
+        use crate::store::MESSAGE_LOG_DIR;
+        use crate::store::edit::Redaction;
+        use crate::store::message_log::{self, SyncedRecord};
+        use crate::store::segment::{self, Record};
+
+        /// A store and the writer of its message log.
+        struct Node {
+            db: Db,
+            log: segment::Writer,
+            _dir: tempfile::TempDir,
+        }
+
+        fn node(name: &str) -> Node {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open(dir.path(), name).unwrap();
+            let log = segment::Writer::open(&dir.path().join(MESSAGE_LOG_DIR), u64::MAX)
+                .unwrap()
+                .writer;
+            Node { db, log, _dir: dir }
+        }
+
+        /// Message `id` of `topic` with text `text`, as the session writes
+        /// it to the log (`session/message.rs`, `keep_now`).
+        fn record(topic: Uuid, id: &str, text: &str) -> Vec<u8> {
+            let ex = serde_json::json!({ "body": text }).to_string();
+            let mut out = Vec::new();
+            log::MessageParts {
+                kind: Change::MESSAGE,
+                topic: &UuidText::new(topic),
+                id,
+                ts: 0,
+                sender: &UuidText::new(Uuid::nil()),
+                ex: &ex,
+            }
+            .encode_into(&mut out);
+            out
+        }
+
+        /// Keeps `messages` (topic, id, text) as one group of the log,
+        /// numbered on from what the index holds, and indexes them in one
+        /// transaction. Returns each as the event a row of it gave.
+        fn keep(node: &mut Node, messages: &[(Uuid, &str, &str)]) -> Vec<RawEvent> {
+            let floor = node.db.message_floor().unwrap();
+            let base = floor.hlc.max(1_700_000_000_000 << 16);
+            let bodies: Vec<Vec<u8>> = messages
+                .iter()
+                .map(|(topic, id, text)| record(*topic, id, text))
+                .collect();
+            let records: Vec<Record<'_>> = bodies
+                .iter()
+                .zip(1..)
+                .map(|(body, i)| Record {
+                    seq: floor.seq + i,
+                    hlc: base + i,
+                    body,
+                })
+                .collect();
+            let appended = node.log.append(records.iter().copied()).unwrap();
+            let synced = records
+                .iter()
+                .zip(&appended.positions)
+                .map(|(r, &at)| SyncedRecord {
+                    entry: message_log::Entry {
+                        seq: r.seq,
+                        hlc: r.hlc,
+                    },
+                    at,
+                    body: r.body,
+                });
+            node.db.index_messages(synced, appended.end).unwrap();
+            let origin = node.db.origin().messages();
+            records
+                .iter()
+                .map(|r| RawEvent {
+                    node: origin.node.clone(),
+                    incarnation: origin.incarnation.clone(),
+                    seq: r.seq,
+                    hlc: r.hlc,
+                    body: String::from_utf8(r.body.to_vec()).unwrap(),
+                })
+                .collect()
+        }
+
+        /// A message id as a session mints it: rising with seq.
+        fn id() -> String {
+            Uuid::now_v7().to_string()
+        }
+
+        fn messages_key(db: &Db) -> String {
+            db.origin().messages().key()
+        }
+
+        /// The message origin's `events` rows' seqs, and the blocks held.
+        fn stored(db: &Db) -> (Vec<i64>, i64) {
+            let origin = db.origin().messages();
+            let mut stmt = db
+                .conn
+                .prepare(
+                    "SELECT seq FROM events WHERE origin = ?1 AND incarnation = ?2 ORDER BY seq",
+                )
+                .unwrap();
+            let rows = stmt
+                .query_map(params![origin.node, origin.incarnation], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<Vec<i64>, _>>()
+                .unwrap();
+            let blocks = db
+                .conn
+                .query_row("SELECT count(*) FROM blocks", [], |r| r.get(0))
+                .unwrap();
+            (rows, blocks)
+        }
+
+        /// Two index transactions, two topics each: the blocks of one
+        /// interleave in seq. A peer is sent them in seq order, each with
+        /// the body the log holds, `limit` at most, from any seq.
+        #[test]
+        fn kept_messages_go_out_from_blocks_in_seq_order() {
+            let mut n = node("n0");
+            let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+            let ids: Vec<String> = (0..6).map(|_| id()).collect();
+            let mut sent = keep(
+                &mut n,
+                &[
+                    (a, &ids[0], "one"),
+                    (b, &ids[1], "two"),
+                    (a, &ids[2], "three"),
+                    (b, &ids[3], "four"),
+                ],
+            );
+            sent.extend(keep(&mut n, &[(b, &ids[4], "five"), (a, &ids[5], "six")]));
+            assert_eq!(stored(&n.db), (vec![], 4), "all in blocks, no row");
+            let key = messages_key(&n.db);
+            assert_eq!(n.db.events_after(&key, 0, 100).unwrap(), sent);
+            assert_eq!(n.db.events_after(&key, 0, 3).unwrap(), sent[..3]);
+            assert_eq!(n.db.events_after(&key, 3, 2).unwrap(), sent[3..5]);
+            assert_eq!(n.db.events_after(&key, 4, 0).unwrap(), []);
+            assert_eq!(n.db.events_after(&key, 6, 10).unwrap(), []);
+            // Each decodes as the message it was.
+            let got: Vec<String> =
+                n.db.events_after(&key, 0, 100)
+                    .unwrap()
+                    .into_iter()
+                    .map(|raw| Incoming::decoded(raw, 0).event.change.message.unwrap().id)
+                    .collect();
+            assert_eq!(got, ids);
+            // A link's cursor sends them, each after the one before.
+            let (held, batch) = n.db.catch_up(&VersionVector::default(), 100).unwrap();
+            assert_eq!(held.get(&key), 6);
+            let chain: Vec<(u64, u64)> = batch
+                .iter()
+                .filter(|(e, _)| origin_key(&e.node, &e.incarnation) == key)
+                .map(|(e, prev)| (e.seq, *prev))
+                .collect();
+            assert_eq!(chain, [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4), (6, 5)]);
+            // Fewer than a batch: the cursor's limit holds.
+            let (_, batch) = n.db.catch_up(&VersionVector::default(), 2).unwrap();
+            assert_eq!(batch.len(), 2);
+        }
+
+        /// Entries under their topic's retention floor are gone, as their
+        /// rows were: not sent, nor counted against the limit.
+        #[test]
+        fn pruned_kept_messages_do_not_go_out() {
+            let mut n = node("n0");
+            let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+            let sent = keep(
+                &mut n,
+                &[
+                    (a, &id(), "one"),
+                    (b, &id(), "two"),
+                    (a, &id(), "three"),
+                    (b, &id(), "four"),
+                    (a, &id(), "five"),
+                ],
+            );
+            let origin = n.db.origin().messages();
+            let floor = (
+                i64::try_from(sent[2].hlc).unwrap(),
+                origin.node.clone(),
+                origin.incarnation.clone(),
+                3,
+            );
+            blocks::raise_floor(&n.db.conn, a, &floor).unwrap();
+            let key = origin.key();
+            let out = n.db.events_after(&key, 0, 100).unwrap();
+            assert_eq!(out, [sent[1].clone(), sent[3].clone(), sent[4].clone()]);
+            assert_eq!(n.db.events_after(&key, 0, 2).unwrap(), out[..2]);
+            assert_eq!(n.db.events_after(&key, 2, 1).unwrap(), out[1..2]);
+        }
+
+        /// A kept message whose id is not a UUID is a row of the message
+        /// origin: it goes out among the blocks' entries in seq order.
+        #[test]
+        fn a_message_origin_row_goes_out_in_seq_order() {
+            let mut n = node("n0");
+            let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+            let mut sent = keep(
+                &mut n,
+                &[
+                    (a, &id(), "one"),
+                    (a, "not-a-uuid", "two"),
+                    (b, &id(), "three"),
+                ],
+            );
+            sent.extend(keep(&mut n, &[(a, &id(), "four")]));
+            assert_eq!(stored(&n.db), (vec![2], 3));
+            let key = messages_key(&n.db);
+            assert_eq!(n.db.events_after(&key, 0, 100).unwrap(), sent);
+            assert_eq!(n.db.events_after(&key, 0, 2).unwrap(), sent[..2]);
+            assert_eq!(n.db.events_after(&key, 1, 1).unwrap(), sent[1..2]);
+            assert_eq!(n.db.events_after(&key, 2, 1).unwrap(), sent[2..3]);
+            assert_eq!(n.db.events_after(&key, 2, 100).unwrap(), sent[2..]);
+        }
+
+        /// A redacted kept message goes out without its text, as its row,
+        /// rewritten by the redaction, did.
+        #[test]
+        fn a_redacted_kept_message_goes_out_without_its_text() {
+            let mut n = node("n0");
+            let topic = Uuid::now_v7();
+            let (secret, open) = (id(), id());
+            let sent = keep(
+                &mut n,
+                &[(topic, &secret, "secret"), (topic, &open, "open")],
+            );
+            let by = Uuid::nil();
+            n.db.redact_message(topic, &secret, &Redaction { ts: 1, by })
+                .unwrap();
+            let out = n.db.events_after(&messages_key(&n.db), 0, 100).unwrap();
+            // The row's body as `edit.rs` rewrote it.
+            let mut change: Change = serde_json::from_str(&sent[0].body).unwrap();
+            if let Some(m) = change.message.as_mut() {
+                m.ex = ExJson::empty();
+            }
+            let redacted = RawEvent {
+                body: serde_json::to_string(&change).unwrap(),
+                ..sent[0].clone()
+            };
+            assert!(!redacted.body.contains("secret"));
+            assert_eq!(out, [redacted, sent[1].clone()]);
+        }
+
+        fn digest(node: &Node) -> String {
+            node.db.state_digest().unwrap()
+        }
+
+        /// Sends everything `from` holds that `to` lacks.
+        fn sync_all(from: &Node, to: &mut Node) {
+            let mut sent = to.db.version_vector().unwrap();
+            let own = to.db.origin().clone();
+            sent.raise(&own.key(), u64::MAX);
+            sent.raise(&own.messages().key(), u64::MAX);
+            let (_, batch) = from.db.catch_up(&sent, usize::MAX).unwrap();
+            let incoming = batch
+                .into_iter()
+                .map(|(raw, prev)| Incoming::decoded(raw, prev))
+                .collect();
+            for r in to.db.receive(incoming).unwrap() {
+                assert!(matches!(r, Received::Applied(_)), "{r:?}");
+            }
+        }
+
+        /// A node that keeps its messages in blocks prints the digest of a
+        /// peer that holds the same messages as rows: the entries are
+        /// hashed where the peer's rows sort, among other origins' rows
+        /// (nodes `a` and `z` on either side of `n`, or none after; `n`'s
+        /// own events' incarnation before its message origin's), in seq
+        /// order across a transaction's blocks (topic `a`'s block holds
+        /// seqs 1 and 3), and with the row of the message origin. What
+        /// retention leaves counts, on both.
+        #[test]
+        fn kept_messages_in_blocks_digest_as_a_peers_rows() {
+            let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+            let mut n = node("n");
+            let message = |node: &mut Node| {
+                node.db
+                    .write(|tx, origin| log::append(tx, origin, change(&[(0, 0, 1)], true)))
+                    .unwrap();
+            };
+            let mut before = node("a");
+            let mut after = node("z");
+            message(&mut before);
+            message(&mut after);
+            message(&mut n);
+            let kept = keep(
+                &mut n,
+                &[
+                    (a, &id(), "one"),
+                    (b, &id(), "two"),
+                    (a, &id(), "three"),
+                    (b, "not-a-uuid", "four"),
+                ],
+            );
+            keep(&mut n, &[(b, &id(), "five"), (a, &id(), "six")]);
+            message(&mut n);
+            sync_all(&before, &mut n);
+            assert_eq!(stored(&n.db), (vec![4], 4));
+            // A peer holds them all as rows; `n` takes its events (its seed,
+            // which holds no message). No row sorts after `n`'s entries.
+            let mut peer = node("p");
+            sync_all(&n, &mut peer);
+            sync_all(&peer, &mut n);
+            assert_eq!(stored(&peer.db).1, 0);
+            assert_eq!(digest(&n), digest(&peer));
+            // Then `z`'s message, which sorts after them.
+            sync_all(&after, &mut n);
+            sync_all(&n, &mut peer);
+            assert_eq!(digest(&n), digest(&peer));
+            // A fresh node, without them, differs.
+            assert_ne!(digest(&n), digest(&node("q")));
+            // Retention on both: `n` raises `a`'s floor to the first kept
+            // message, the peer deletes its row.
+            let origin = n.db.origin().messages();
+            let floor = (
+                i64::try_from(kept[0].hlc).unwrap(),
+                origin.node.clone(),
+                origin.incarnation.clone(),
+                1,
+            );
+            blocks::raise_floor(&n.db.conn, a, &floor).unwrap();
+            assert_ne!(digest(&n), digest(&peer));
+            peer.db
+                .conn
+                .execute(
+                    "DELETE FROM events WHERE origin = ?1 AND incarnation = ?2 AND seq = 1",
+                    params![origin.node, origin.incarnation],
+                )
+                .unwrap();
+            assert_eq!(digest(&n), digest(&peer));
+        }
     }
 }
