@@ -23,7 +23,7 @@ use crate::procfs as proc;
 use crate::proto::id::{UuidText, new_uuid, now_ms};
 use crate::store::log::{MessageParts, next_hlc};
 use crate::store::message_log::{Entry, SyncedRecord};
-use crate::store::segment::{HEADER_LEN, Position, RECORD_HEAD};
+use crate::store::segment;
 use crate::store::{Db, Error};
 
 /// chatbench's default payload, in bytes.
@@ -74,17 +74,21 @@ fn record(topic: &UuidText, sender: &UuidText, n: u64, pair: usize) -> Vec<u8> {
 pub fn keep(dir: &Path, load: KeepLoad) -> Result<Report, Error> {
     let mut db = Db::open(dir, "bench")?;
     let pairs = load.topics.max(1);
-    let group = load.group.max(1);
+    let group_size = load.group.max(1);
     let topics: Vec<(UuidText, UuidText)> = (0..pairs)
         .map(|_| (UuidText::new(new_uuid()), UuidText::new(new_uuid())))
         .collect();
     let before = proc::sample(std::process::id());
     let started = Instant::now();
     let (mut sent, mut groups, mut indexing) = (0u64, 0u64, Duration::ZERO);
-    let (mut hlc, mut offset) = (0u64, HEADER_LEN);
+    // The records are written to a message log first, untimed: blocks
+    // point into it, and history reads the bodies from it.
+    let mut log = segment::Writer::open(&dir.join(crate::store::MESSAGE_LOG_DIR), 64 << 20)?.writer;
+    let mut group = segment::Group::default();
+    let mut hlc = 0u64;
     while sent < load.messages {
-        let n = (load.messages - sent).min(group as u64);
-        let mut records = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        let n = (load.messages - sent).min(group_size as u64);
+        group.clear();
         for k in sent..sent + n {
             let pair = usize::try_from(k).unwrap_or(0) % pairs;
             let Some((topic, sender)) = topics.get(pair) else {
@@ -92,17 +96,22 @@ pub fn keep(dir: &Path, load: KeepLoad) -> Result<Report, Error> {
             };
             let body = record(topic, sender, k, pair);
             hlc = next_hlc(hlc, u64::try_from(now_ms()).unwrap_or(0));
-            let at = Position { segment: 1, offset };
-            offset += (body.len() + RECORD_HEAD) as u64;
-            records.push((Entry { seq: k + 1, hlc }, at, body));
+            group.push(k + 1, hlc, |out| out.extend_from_slice(&body))?;
         }
-        let end = Position { segment: 1, offset };
+        let appended = log.append_group(&mut group)?;
+        let end = appended.end;
         let t0 = Instant::now();
-        let synced = records.iter().map(|(entry, at, body)| SyncedRecord {
-            entry: *entry,
-            at: *at,
-            body,
-        });
+        let synced = group
+            .records()
+            .zip(&appended.positions)
+            .map(|(r, at)| SyncedRecord {
+                entry: Entry {
+                    seq: r.seq,
+                    hlc: r.hlc,
+                },
+                at: *at,
+                body: r.body,
+            });
         db.index_messages(synced, end)?;
         indexing += t0.elapsed();
         sent += n;
@@ -124,7 +133,7 @@ pub fn keep(dir: &Path, load: KeepLoad) -> Result<Report, Error> {
         .sum();
     Ok(Report {
         workload: format!(
-            "store: {sent} kept messages to {pairs} topics in turn, indexed {group} a transaction"
+            "store: {sent} kept messages to {pairs} topics in turn, indexed {group_size} a transaction"
         ),
         seconds,
         server_cpu_seconds: cpu,

@@ -101,14 +101,19 @@ impl Entry {
         out.extend_from_slice(self.id.as_bytes());
     }
 
-    fn decode(bytes: &[u8; ENTRY_LEN]) -> Self {
+    /// An entry from its [`ENTRY_LEN`] bytes (a shorter slice reads as
+    /// zeros where it ends).
+    fn decode(bytes: &[u8]) -> Self {
         let word = |i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(w)
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .and_then(|w| <[u8; 8]>::try_from(w).ok())
+                .map_or(0, u64::from_le_bytes)
         };
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&bytes[24..40]);
+        let id = bytes
+            .get(24..ENTRY_LEN)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .unwrap_or_default();
         Entry {
             seq: word(0),
             hlc: word(1),
@@ -134,9 +139,7 @@ impl Block {
     /// Its entries, in seq order, with their indexes.
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = (usize, Entry)> + '_ {
         self.entries
-            .as_chunks::<ENTRY_LEN>()
-            .0
-            .iter()
+            .chunks_exact(ENTRY_LEN)
             .map(Entry::decode)
             .enumerate()
     }
@@ -145,7 +148,7 @@ impl Block {
     pub fn entry(&self, index: usize) -> Option<Entry> {
         let start = index.checked_mul(ENTRY_LEN)?;
         let bytes = self.entries.get(start..start.checked_add(ENTRY_LEN)?)?;
-        <&[u8; ENTRY_LEN]>::try_from(bytes).ok().map(Entry::decode)
+        Some(Entry::decode(bytes))
     }
 
     /// Where entry `e`'s record is in the log.
@@ -635,6 +638,13 @@ pub fn journal_rewrite(conn: &Connection, f: &Found, body: &[u8]) -> Result<(), 
         body
     ])?;
     Ok(())
+}
+
+/// Whether the journal holds a rewrite not yet made.
+pub fn rewrites_pending(conn: &Connection) -> Result<bool, Error> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM rewrites)")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Makes the rewrites the journal holds, each synced before its entry

@@ -197,15 +197,15 @@ pub(super) fn settle(
                 } else if let Some(r) = super::register::<Revision>(tx, &w.entity, EDIT)? {
                     // The edit that won, which need not be this one.
                     if let Some((topic, id)) = parse_entity(&w.entity) {
-                        for (rowid, change) in message_rows(tx, topic, id)? {
+                        for (key, change) in message_rows(tx, topic, id)? {
                             // One behind the search pass has no entry: the
                             // pass indexes its text as edited.
-                            if search::behind(tx, rowid)? {
+                            if search::behind(tx, key)? {
                                 continue;
                             }
                             if let Some(m) = &change.message {
-                                search::unindex(tx, queue, rowid)?;
-                                search::index(tx, queue, rowid, m, Some(&r.ex))?;
+                                search::unindex(tx, queue, key)?;
+                                search::index(tx, queue, key, m, Some(&r.ex))?;
                             }
                         }
                     }
@@ -305,14 +305,14 @@ fn erase(tx: &Transaction<'_>, queue: &mut IndexQueue, entity: &str) -> Result<(
     let Some((topic, id)) = parse_entity(entity) else {
         return Ok(());
     };
-    for (rowid, mut change) in message_rows(tx, topic, id)? {
+    for (key, mut change) in message_rows(tx, topic, id)? {
         // One behind the search pass has no entry to remove.
-        if !search::behind(tx, rowid)? {
-            search::unindex(tx, queue, rowid)?;
+        if !search::behind(tx, key)? {
+            search::unindex(tx, queue, key)?;
         }
         if let Some(m) = change.message.as_mut().filter(|m| !m.ex.is_empty()) {
             m.ex = ExJson::empty();
-            store_body(tx, rowid, &change)?;
+            store_body(tx, key, &change)?;
         }
     }
     erase_edits(tx, entity)
@@ -341,7 +341,7 @@ pub(super) fn erase_edits(tx: &rusqlite::Connection, entity: &str) -> Result<(),
             }
         }
         if changed {
-            store_body(tx, rowid, &change)?;
+            store_body(tx, blocks::key(Place::Row(rowid)), &change)?;
         }
     }
     Ok(())

@@ -396,7 +396,8 @@ impl Db {
 }
 
 fn unindex_key_tmp(tx: &rusqlite::Transaction<'_>, key: i64) -> Result<(), Error> {
-    tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?.execute(params![key])?;
+    tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?
+        .execute(params![key])?;
     Ok(())
 }
 

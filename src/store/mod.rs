@@ -230,12 +230,7 @@ impl Db {
         let written = pages_written(&tx);
         let out = blocks::with_log(&self.log, &self.origin.messages(), || f(&tx, &self.origin))?;
         tx.commit()?;
-        // Redactions of records in the message log, journaled by it: the
-        // transaction stands whatever happens to them, and a failed one
-        // is made at the next commit or start.
-        if let Err(e) = blocks::apply_rewrites(&self.conn, &self.log) {
-            tracing::error!(error = %e, "message log: cannot erase a redacted message's text yet");
-        }
+        self.make_rewrites();
         // A transaction that wrote no page commits without a sync, even if
         // it changed rows: SQLite leaves a page alone when a row is written
         // over with the same bytes.
@@ -245,6 +240,16 @@ impl Db {
             self.synced_at = self.commits;
         }
         Ok(out)
+    }
+
+    /// Makes the rewrites of records in the message log that a committed
+    /// transaction journaled (redactions: `blocks.rs`). The transaction
+    /// stands whatever happens to them; one that fails is made at the next
+    /// commit or start.
+    fn make_rewrites(&self) {
+        if let Err(e) = blocks::apply_rewrites(&self.conn, &self.log) {
+            tracing::error!(error = %e, "message log: cannot erase a redacted message's text yet");
+        }
     }
 
     /// Sets whether each commit syncs the WAL as it ends

@@ -170,6 +170,9 @@ impl Db {
         if kept.is_empty() {
             return Ok(rows);
         }
+        // A redaction rewrites its record in the log just after it
+        // commits: until then, its journal entry is there.
+        let pending = blocks::rewrites_pending(&self.conn)?;
         // Merged by seq, a body read from the log only for an entry that
         // makes the cut.
         let mut rows = rows.into_iter().peekable();
@@ -186,7 +189,7 @@ impl Db {
                 rows.next()
             } else {
                 kept.next()
-                    .map(|found| self.kept_event((node, inc), &found))
+                    .map(|found| self.kept_event((node, inc), &found, pending))
                     .transpose()?
             };
             out.extend(event);
@@ -237,14 +240,15 @@ impl Db {
     }
 
     /// A block's entry of the message `origin` as the event its row was:
-    /// the record's text from the log (as the row's body held it), or, for
-    /// a message since redacted, that text without its `ex` (as
-    /// `edit.rs`'s `erase` rewrote the row; a record in the log is never
-    /// rewritten).
+    /// the record's text from the log (as the row's body held it). A
+    /// redaction rewrites the record without its `ex`, as `edit.rs`'s
+    /// `erase` rewrote the row; while a rewrite is `pending` (journaled, not
+    /// yet made), a redacted message's `ex` is left out here.
     fn kept_event(
         &self,
         (node, inc): (&str, &str),
         found: &blocks::Found,
+        pending: bool,
     ) -> Result<RawEvent, Error> {
         let stored = self.log.read(found.at)?;
         if stored.seq != found.entry.seq {
@@ -255,13 +259,18 @@ impl Db {
             )));
         }
         let body = String::from_utf8(stored.body).map_err(|e| Error::Corrupt(e.to_string()))?;
+        // A rewritten record's `ex` is `{`, spaces and `}`: sent as the
+        // row held it, `{}`.
         let redacted = match log::split_message(&body) {
-            Some(m) => self.redaction(m.topic, m.id)?.is_some(),
-            None => false,
+            Some(m) if m.ex != "{}" && crate::proto::packet::is_empty_ex(m.ex.as_bytes()) => true,
+            Some(m) if pending => self.redaction(m.topic, m.id)?.is_some(),
+            Some(_) => false,
+            // Another layout, which a rewrite pads at its end.
+            None => true,
         };
         let body = if redacted {
             let mut change = blocks::change(body.as_bytes())?;
-            match change.message.as_mut().filter(|m| !m.ex.is_empty()) {
+            match change.message.as_mut() {
                 Some(m) => {
                     m.ex = ExJson::empty();
                     serde_json::to_string(&change).map_err(|e| Error::Corrupt(e.to_string()))?
@@ -297,53 +306,60 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut clock = log::read_clock(&tx)?;
-        let mut held: BTreeMap<String, u64> = BTreeMap::new();
-        let mut out = Vec::with_capacity(batch.len());
-        let mut index = IndexQueue::default();
-        for Incoming { event, prev, body } in batch {
-            let key = origin_key(&event.node, &event.incarnation);
-            let have = match held.get(&key) {
-                Some(h) => *h,
-                None => log::seen_seq(&tx, &event.node, &event.incarnation)?,
-            };
-            let own_origin = own
-                .iter()
-                .any(|o| event.node == o.node && event.incarnation == o.incarnation);
-            if own_origin && event.seq > have {
-                // Ours, but never written here: someone is lying.
-                out.push(Received::OwnOrigin);
-                continue;
+        // A peer's redaction of this node's kept message erases its
+        // record in the message log (`edit.rs`).
+        let messages = self.origin.messages();
+        let out = blocks::with_log(&self.log, &messages, || -> Result<_, Error> {
+            let mut clock = log::read_clock(&tx)?;
+            let mut held: BTreeMap<String, u64> = BTreeMap::new();
+            let mut out = Vec::with_capacity(batch.len());
+            let mut index = IndexQueue::default();
+            for Incoming { event, prev, body } in batch {
+                let key = origin_key(&event.node, &event.incarnation);
+                let have = match held.get(&key) {
+                    Some(h) => *h,
+                    None => log::seen_seq(&tx, &event.node, &event.incarnation)?,
+                };
+                let own_origin = own
+                    .iter()
+                    .any(|o| event.node == o.node && event.incarnation == o.incarnation);
+                if own_origin && event.seq > have {
+                    // Ours, but never written here: someone is lying.
+                    out.push(Received::OwnOrigin);
+                    continue;
+                }
+                if event.seq <= have {
+                    held.insert(key, have);
+                    out.push(Received::Duplicate);
+                    continue;
+                }
+                if prev > have || prev >= event.seq {
+                    held.insert(key.clone(), have);
+                    out.push(Received::Gap {
+                        origin: key,
+                        have,
+                        prev,
+                    });
+                    continue;
+                }
+                let rowid = log::insert_body(&tx, &event, &body)?;
+                log::apply(&tx, &mut index, rowid, &key, event.hlc, &event.change)?;
+                clock = clock.max(event.hlc);
+                held.insert(key, event.seq);
+                out.push(Received::Applied(Box::new(event)));
             }
-            if event.seq <= have {
-                held.insert(key, have);
-                out.push(Received::Duplicate);
-                continue;
+            for (key, seq) in &held {
+                if let Some((node, inc)) = split_origin(key) {
+                    log::set_seen_seq(&tx, node, inc, *seq)?;
+                }
             }
-            if prev > have || prev >= event.seq {
-                held.insert(key.clone(), have);
-                out.push(Received::Gap {
-                    origin: key,
-                    have,
-                    prev,
-                });
-                continue;
-            }
-            let rowid = log::insert_body(&tx, &event, &body)?;
-            log::apply(&tx, &mut index, rowid, &key, event.hlc, &event.change)?;
-            clock = clock.max(event.hlc);
-            held.insert(key, event.seq);
-            out.push(Received::Applied(Box::new(event)));
-        }
-        for (key, seq) in &held {
-            if let Some((node, inc)) = split_origin(key) {
-                log::set_seen_seq(&tx, node, inc, *seq)?;
-            }
-        }
-        index.flush(&tx)?;
-        log::write_clock(&tx, clock)?;
+            index.flush(&tx)?;
+            log::write_clock(&tx, clock)?;
+            Ok(out)
+        })?;
         tx.commit()?;
         self.commits += 1;
+        self.make_rewrites();
         Ok(out)
     }
 
