@@ -187,7 +187,7 @@ pub(super) fn settle(
         "message" => match &change.message {
             // The search pass indexes it (search.rs, "behind").
             Some(_) if arrival == Arrival::Behind => Ok(()),
-            Some(m) => index_message(tx, queue, rowid, m, arrival),
+            Some(m) => index_message(tx, queue, blocks::key(Place::Row(rowid)), m, arrival),
             None => Ok(()),
         },
         KIND_EDIT | KIND_REDACT => {
@@ -217,13 +217,13 @@ pub(super) fn settle(
     }
 }
 
-/// Indexes the message event at `rowid` (not yet indexed) under its current
+/// Indexes the kept message `key` (not yet indexed) under its current
 /// text: as last edited, if an edit came first; not at all, and erased, if
 /// it is redacted.
 pub(super) fn index_message(
     tx: &Transaction<'_>,
     queue: &mut IndexQueue,
-    rowid: i64,
+    key: Key,
     m: &Message,
     arrival: Arrival,
 ) -> Result<(), Error> {
@@ -234,10 +234,10 @@ pub(super) fn index_message(
             return erase(tx, queue, &e);
         }
         if let Some(r) = super::register::<Revision>(tx, &e, EDIT)? {
-            return search::index(tx, queue, rowid, m, Some(&r.ex));
+            return search::index(tx, queue, key, m, Some(&r.ex));
         }
     }
-    search::index(tx, queue, rowid, m, None)
+    search::index(tx, queue, key, m, None)
 }
 
 /// The stored copies (key, change) of message `id` of `topic`: `events`

@@ -395,12 +395,6 @@ impl Db {
     }
 }
 
-fn unindex_key_tmp(tx: &rusqlite::Transaction<'_>, key: i64) -> Result<(), Error> {
-    tx.prepare_cached("DELETE FROM search WHERE rowid = ?1")?
-        .execute(params![key])?;
-    Ok(())
-}
-
 /// Retention's work on this node's blocks of `topic`: the entries
 /// between the `old` floor and the new `floor` leave the search index, and
 /// blocks wholly under `floor` are deleted. Returns how many entries went.
@@ -422,22 +416,18 @@ fn prune_blocks(
     let mut removed = 0;
     for b in doomed {
         let mut whole = true;
-        for (index, e) in b.entries() {
+        for (_, e) in b.entries() {
             if blocks::above(Some(floor), own, &e) {
                 whole = false;
                 continue;
             }
             if blocks::above(old, own, &e) {
                 removed += 1;
-                unindex_key_tmp(
-                    tx,
-                    blocks::key(Place::Block {
-                        rowid: b.rowid,
-                        index,
-                    }),
-                )?;
             }
         }
+        // Their search entries go (those the pass has not reached have
+        // none, and it passes pruned ones over).
+        super::search::unindex_block(tx, &b, |e| !blocks::above(Some(floor), own, e))?;
         if whole {
             tx.prepare_cached("DELETE FROM blocks WHERE rowid = ?1")?
                 .execute(params![b.rowid])?;

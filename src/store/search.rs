@@ -43,7 +43,6 @@
 //! then (a block entry's from the message log's segment).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::{Map, Value};
@@ -396,6 +395,8 @@ pub(super) fn catch_up(
     max: usize,
 ) -> Result<Passed, Error> {
     let messages = searched(tx)?;
+    // The store's message log, in its write transactions (`blocks.rs`).
+    let log = blocks::log().ok();
     let places: Vec<(String, String, i64)> = {
         let mut stmt = tx.prepare_cached(PLACES)?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -427,7 +428,7 @@ pub(super) fn catch_up(
             next.truncate(budget);
             whole = false;
         }
-        if queue.log.is_none()
+        if log.is_none()
             && let Some(first) = next.iter().position(|b| matches!(b.text, Text::Block(_)))
         {
             tracing::warn!(
@@ -439,7 +440,7 @@ pub(super) fn catch_up(
             whole = false;
         }
         for b in &next {
-            index_behind(tx, queue, b)?;
+            index_behind(tx, queue, log.as_deref(), b)?;
         }
         let mut to = next.last().map(|b| b.seq);
         if whole && of_blocks {
@@ -514,14 +515,19 @@ fn next_in_blocks(
 /// text cannot be read (damage) is passed over, not stopped at: a run that
 /// failed on it would fail again at every tick, and nothing after it be
 /// searched.
-fn index_behind(tx: &Transaction<'_>, queue: &mut IndexQueue, b: &Behind) -> Result<(), Error> {
+fn index_behind(
+    tx: &Transaction<'_>,
+    queue: &mut IndexQueue,
+    log: Option<&segment::Reader>,
+    b: &Behind,
+) -> Result<(), Error> {
     let change = match &b.text {
         Text::Row(body) => super::log::decode_message(body)
             .map(Ok)
             .unwrap_or_else(|| serde_json::from_str::<Change>(body))
             .map_err(|e| Error::Corrupt(e.to_string())),
         Text::Block(at) => {
-            let Some(log) = queue.log.clone() else {
+            let Some(log) = log else {
                 return Ok(());
             };
             match log.read(*at) {
@@ -551,7 +557,9 @@ fn lost(e: &segment::Error) -> bool {
     match e {
         segment::Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
         segment::Error::Corrupt { .. } | segment::Error::TooLarge { .. } => true,
-        segment::Error::InUse { .. } | segment::Error::Stopped => false,
+        segment::Error::InUse { .. } | segment::Error::Stopped | segment::Error::Resized { .. } => {
+            false
+        }
     }
 }
 
@@ -579,22 +587,9 @@ pub struct IndexQueue {
     /// Whether each topic seen is `binary`, read once per transaction
     /// until a change writes state (see [`IndexQueue::forget_formats`]).
     formats: HashMap<Uuid, bool>,
-    /// The message log, which block entries' text is read from when the
-    /// transaction catches the search pass up ([`catch_up`]).
-    log: Option<Arc<segment::Reader>>,
 }
 
 impl IndexQueue {
-    /// A queue whose transaction may catch the search pass up over block
-    /// entries, reading their text from `log` (the store's message log:
-    /// `Db::log`). A topic's format change does ([`catch_up`]).
-    pub(super) fn reading(log: Arc<segment::Reader>) -> Self {
-        Self {
-            log: Some(log),
-            ..Self::default()
-        }
-    }
-
     /// Forgets the topics' formats read so far: a change that writes
     /// state may have changed one.
     pub(super) fn forget_formats(&mut self) {
@@ -669,10 +664,6 @@ pub(super) fn unindex_key(tx: &Transaction<'_>, key: Key) -> Result<(), Error> {
 /// topic's new floor when it raises the floor through it). Those behind
 /// the pass have none; the pass leaves out what the floor covers, and
 /// never reads a deleted block.
-#[allow(
-    dead_code,
-    reason = "retention calls it (history.rs), switched to blocks apart"
-)]
 pub(super) fn unindex_block(
     tx: &Transaction<'_>,
     block: &blocks::Block,
@@ -746,10 +737,9 @@ impl Db {
                 done: true,
             });
         }
-        let log = Arc::clone(&self.log);
         self.unsynced_burst(|db| {
             db.write(|tx, _| {
-                let mut queue = IndexQueue::reading(log);
+                let mut queue = IndexQueue::default();
                 let passed = catch_up(tx, &mut queue, max)?;
                 queue.flush(tx)?;
                 Ok(passed)
