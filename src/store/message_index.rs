@@ -133,11 +133,17 @@ fn index_records<'r>(
     for r in records.into_iter().filter(|r| r.entry.seq > held) {
         seq = seq.max(r.entry.seq);
         let hlc = r.entry.hlc;
+        // As a session wrote it: an entry of its topic's block. A kept
+        // message writes no register, and its search entry comes behind:
+        // there is nothing to apply.
+        if let Some((topic, id)) = log::message_topic_and_id(r.body) {
+            blocks.add(topic, r.at, r.entry.seq, hlc, id);
+            clock = clock.max(hlc);
+            continue;
+        }
         let text = std::str::from_utf8(r.body).ok();
         match text.map(|t| (t, log::split_message(t))) {
-            // As the session wrote it: an entry of its topic's block. A
-            // kept message writes no register, and its search entry comes
-            // behind: there is nothing to apply.
+            // In that layout, with its fields escaped: the same.
             Some((_, Some(m)))
                 if m.kind == Change::MESSAGE
                     && let Ok(id) = Uuid::try_parse(m.id) =>

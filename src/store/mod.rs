@@ -1057,8 +1057,10 @@ impl Store {
                         Some(msg) => msg,
                         None => match rx.try_recv() {
                             Ok(msg) => msg,
-                            // Nothing queued: the search pass's turn.
-                            Err(mpsc::error::TryRecvError::Empty) if search_pass.behind() => {
+                            // Nothing queued: the search pass's turn, once
+                            // the index is quiet (else the next message or
+                            // tidy tick looks again).
+                            Err(mpsc::error::TryRecvError::Empty) if search_pass.due() => {
                                 search_pass.step(&mut db);
                                 continue;
                             }

@@ -1,10 +1,17 @@
 //! The store thread's side of search behind the message log's index
 //! (`search.rs`, "behind the message log"): runs of the pass when the
-//! thread has nothing else queued, and one before each queued message
-//! while a search waits for the pass.
+//! thread has nothing else queued and the index has been quiet a moment
+//! (or the pass is far behind), and one before each queued message while a
+//! search waits for the pass.
+//!
+//! Kept messages are relayed as they are kept, and a search waits for the
+//! pass anyway: during a burst, the pass's tokenizing would take the CPU
+//! the relays need (on one core, a third of the store's time with history
+//! on), so it waits for the burst to end, or for a search.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::Db;
 use super::message_index::Indexed;
@@ -12,6 +19,13 @@ use super::message_index::Indexed;
 /// Messages one run of the pass indexes at most: a few milliseconds, so
 /// work queued meanwhile waits no longer than that.
 const RUN: usize = 1024;
+
+/// How long the index must have had nothing to do before the pass runs.
+const QUIET: Duration = Duration::from_millis(50);
+
+/// Messages behind past which the pass runs even while the index is busy:
+/// a search during a long burst waits about a second at most.
+const BEHIND_AT_MOST: u64 = 1 << 20;
 
 /// Where the pass stands, and who waits for it.
 #[derive(Debug)]
@@ -33,7 +47,9 @@ pub(super) struct SearchPass {
     /// Messages passed since the pass was last done, and when the first
     /// of those runs began: a long catch-up is logged when it ends.
     passed: usize,
-    since: Option<std::time::Instant>,
+    since: Option<Instant>,
+    /// When messages were last indexed.
+    indexed_at: Option<Instant>,
 }
 
 impl SearchPass {
@@ -52,12 +68,14 @@ impl SearchPass {
             failed: false,
             passed: 0,
             since: None,
+            indexed_at: None,
         }
     }
 
     /// Messages were indexed: the pass may have work.
     pub(super) fn more(&mut self) {
         self.done = false;
+        self.indexed_at = Some(Instant::now());
     }
 
     /// A tidy tick: a failed run is due again.
@@ -72,6 +90,16 @@ impl SearchPass {
         !self.done
     }
 
+    /// Whether the pass should run now, the store thread having nothing
+    /// else queued: it is behind, and a search waits, or the index has
+    /// been quiet for [`QUIET`], or the pass is [`BEHIND_AT_MOST`] behind.
+    pub(super) fn due(&self) -> bool {
+        self.behind()
+            && (self.wanted()
+                || self.indexed_at.is_none_or(|t| t.elapsed() >= QUIET)
+                || self.indexed.seq().saturating_sub(self.searched.seq()) >= BEHIND_AT_MOST)
+    }
+
     /// Whether a search waits for the pass.
     pub(super) fn wanted(&self) -> bool {
         !self.done && self.wanted.load(Ordering::Acquire) > self.searched.seq()
@@ -81,7 +109,7 @@ impl SearchPass {
     /// more is indexed or at the next tidy tick; meanwhile searches go on
     /// with what is indexed.
     pub(super) fn step(&mut self, db: &mut Db) {
-        let started = *self.since.get_or_insert_with(std::time::Instant::now);
+        let started = *self.since.get_or_insert_with(Instant::now);
         match db.search_behind(RUN) {
             Ok(passed) => {
                 self.failed = false;
