@@ -185,18 +185,22 @@ pub fn block(conn: &Connection, rowid: i64) -> Result<Option<Block>, Error> {
 /// The block of `topic` that holds id `id`, if one does, and the entry.
 pub fn find_id(conn: &Connection, topic: Uuid, id: Uuid) -> Result<Option<(Block, usize)>, Error> {
     // The first block whose last id is at or past it: ids rise block by
-    // block within a topic.
-    let block = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM blocks WHERE topic = ?1 AND last_id >= ?2
-             ORDER BY last_id LIMIT 1"
-        ))?
-        .query_row(params![topic.to_string(), &id.as_bytes()[..]], from_row)
-        .optional()?;
-    Ok(block.and_then(|b| {
-        let index = b.entries().find(|(_, e)| e.id == id)?.0;
-        Some((b, index))
-    }))
+    // block within a topic. And the one after: records an older build
+    // wrote (which minted ids before taking the log's lock) and a crash
+    // left to be indexed at the next start may straddle a boundary.
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM blocks WHERE topic = ?1 AND last_id >= ?2
+         ORDER BY last_id LIMIT 2"
+    ))?;
+    let rows = stmt.query_map(params![topic.to_string(), &id.as_bytes()[..]], from_row)?;
+    for b in rows {
+        let b = b?;
+        let found = b.entries().find(|(_, e)| e.id == id).map(|(i, _)| i);
+        if let Some(index) = found {
+            return Ok(Some((b, index)));
+        }
+    }
+    Ok(None)
 }
 
 /// Builds a transaction's blocks: one per topic and segment, entries in

@@ -245,7 +245,10 @@ impl Db {
     /// Makes the rewrites of records in the message log that a committed
     /// transaction journaled (redactions: `blocks.rs`). The transaction
     /// stands whatever happens to them; one that fails is made at the next
-    /// commit or start.
+    /// commit or start. A session's redaction commits synced
+    /// (`Store::call_synced`) before its rewrite; a peer's commits unsynced,
+    /// and one a crash takes back is sent again by the peer, so text erased
+    /// ahead of its redaction is never wrongly erased.
     fn make_rewrites(&self) {
         if let Err(e) = blocks::apply_rewrites(&self.conn, &self.log) {
             tracing::error!(error = %e, "message log: cannot erase a redacted message's text yet");
