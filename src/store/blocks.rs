@@ -889,6 +889,41 @@ mod tests {
         store.close().await;
     }
 
+    /// A redaction committed without a sync of its own (a client's, in a
+    /// run of synced-later jobs; a peer's, in its batch) makes its journal
+    /// durable before it writes over the record: a crash that tore the
+    /// rewrite would otherwise leave a record failing its CRC and nothing
+    /// to redo it, and the open's check of the last segment would cut it
+    /// and every acknowledged record after it.
+    #[tokio::test]
+    async fn an_unsynced_redaction_syncs_its_journal_before_the_rewrite() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let t = Uuid::now_v7();
+        let id = keep(&store, t, "secret-words").await;
+        keep(&store, t, "later").await;
+        let _ = page(&store, t, None, None, 1).await;
+        let (synced_at, commits) = store
+            .call(move |db| {
+                db.unsynced(|db| {
+                    db.redact_message(
+                        t,
+                        &id,
+                        &Redaction {
+                            ts: 1,
+                            by: Uuid::nil(),
+                        },
+                    )
+                })?;
+                Ok((db.synced_at, db.commits))
+            })
+            .await
+            .expect("redact");
+        assert!(!holds(&log_bytes(dir.path()), "secret-words"), "rewritten");
+        assert_eq!(synced_at, commits, "the journal synced before the rewrite");
+        store.close().await;
+    }
+
     /// A journaled rewrite that a crash left torn (the record's CRC no
     /// longer matches) is made again at open, before the log's check of
     /// its last segment would cut the record and every one after it.

@@ -230,7 +230,6 @@ impl Db {
         let written = pages_written(&tx);
         let out = blocks::with_log(&self.log, &self.origin.messages(), || f(&tx, &self.origin))?;
         tx.commit()?;
-        self.make_rewrites();
         // A transaction that wrote no page commits without a sync, even if
         // it changed rows: SQLite leaves a page alone when a row is written
         // over with the same bytes.
@@ -239,20 +238,51 @@ impl Db {
         if self.full && wrote {
             self.synced_at = self.commits;
         }
+        self.make_rewrites();
         Ok(out)
     }
 
     /// Makes the rewrites of records in the message log that a committed
     /// transaction journaled (redactions: `blocks.rs`). The transaction
     /// stands whatever happens to them; one that fails is made at the next
-    /// commit or start. A session's redaction commits synced
-    /// (`Store::call_synced`) before its rewrite; a peer's commits unsynced,
-    /// and one a crash takes back is sent again by the peer, so text erased
-    /// ahead of its redaction is never wrongly erased.
-    fn make_rewrites(&self) {
+    /// commit or start.
+    ///
+    /// The journal is on disk before a record is written over: a commit
+    /// that did not sync (a run of synced-later jobs, a peer's batch) is
+    /// synced first. Else a crash could keep a torn rewrite and lose the
+    /// journal entry that redoes it, and the log's open would cut the torn
+    /// record and every acknowledged one after it from the last segment.
+    fn make_rewrites(&mut self) {
+        match blocks::rewrites_pending(&self.conn) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "message log: cannot read the redactions' journal");
+                return;
+            }
+        }
+        if self.synced_at != self.commits {
+            if let Err(e) = self.sync_wal() {
+                tracing::error!(error = %e, "message log: cannot erase a redacted message's text yet");
+                return;
+            }
+            self.synced_at = self.commits;
+        }
         if let Err(e) = blocks::apply_rewrites(&self.conn, &self.log) {
             tracing::error!(error = %e, "message log: cannot erase a redacted message's text yet");
         }
+    }
+
+    /// Syncs the WAL: every commit so far is then on disk.
+    fn sync_wal(&self) -> Result<(), Error> {
+        let path = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| Error::Corrupt("the store has no file to sync".into()))?;
+        wal::open_wal(Path::new(path))
+            .and_then(|wal| wal.sync_data())
+            .map_err(|e| Error::Corrupt(format!("cannot sync the store: {e}")))
     }
 
     /// Sets whether each commit syncs the WAL as it ends
