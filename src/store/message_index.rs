@@ -632,6 +632,30 @@ mod tests {
         store.close().await;
     }
 
+    /// A search that comes once the store thread has gone to sleep with
+    /// the pass behind (it waits out a burst: `search_pass.rs`, `due`) wakes
+    /// it: nothing else may come to (no message, no tidy tick here).
+    #[tokio::test]
+    async fn a_search_wakes_a_store_thread_asleep_with_the_pass_behind() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let topic = Uuid::now_v7();
+        let e = keep_text(&store, topic, "a", "brown fox").await;
+        store.indexed.wait(e.seq).await;
+        // Queued after the index's transaction: once it returns, the
+        // thread has found nothing else queued and the index just busy.
+        store.call(|_| Ok(())).await.expect("after the index");
+        // And a read meanwhile, on the read thread: time for the store
+        // thread to look at its queue, find it empty and wait on it.
+        store.read(|_| Ok(())).await.expect("a read");
+        let found = searched(&store, topic, "brown").await;
+        assert_eq!(
+            found.expect("answered without a tick").expect("search"),
+            ["a"]
+        );
+        store.close().await;
+    }
+
     /// Message `id` with text `text` kept through the log.
     async fn keep_text(store: &Store, topic: Uuid, id: &str, text: &str) -> Entry {
         let log = store.messages();

@@ -1279,6 +1279,11 @@ impl Store {
             // The store thread runs the pass before anything else while
             // this is above where it stands.
             self.search_wanted.fetch_max(target, Ordering::AcqRel);
+            // It may be waiting on its queue with the pass behind (the pass
+            // waits out a burst: `search_pass.rs`, `due`), for a message or
+            // a tick that may be long in coming: anything queued wakes it.
+            // A full queue is a busy thread, which looks before each one.
+            let _ = self.jobs.try_send(Msg::Job(Box::new(|_| {})));
             self.searched.wait(target).await;
         }
         self.read(f).await
