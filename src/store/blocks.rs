@@ -203,6 +203,15 @@ pub fn find_id(conn: &Connection, topic: Uuid, id: Uuid) -> Result<Option<(Block
     Ok(None)
 }
 
+/// The highest id `topic`'s blocks hold, if it has any: a block takes
+/// only ids above it ([`find_id`]).
+pub fn last_id(conn: &Connection, topic: Uuid) -> Result<Option<Uuid>, Error> {
+    let id: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT MAX(last_id) FROM blocks WHERE topic = ?1")?
+        .query_row(params![topic.to_string()], |r| r.get(0))?;
+    Ok(id.and_then(|b| Uuid::from_slice(&b).ok()))
+}
+
 /// Builds a transaction's blocks: one per topic and segment, entries in
 /// seq order.
 #[derive(Debug, Default)]
@@ -826,6 +835,53 @@ mod tests {
         assert_eq!(blocks(&store, t).await, (1, 0), "wholly pruned blocks go");
         assert!(page(&store, t, None, None, 100).await.0.is_empty());
         assert_eq!(page(&store, other, None, None, 100).await.0.len(), 1);
+        store.close().await;
+    }
+
+    /// Kept messages whose ids do not rise with their seqs (an older
+    /// build minted them before it took the log's lock, and `catch_up`
+    /// indexes what it left; the clock stepped back across a restart) are
+    /// each found by id: a block never holds an id under one an earlier
+    /// block of its topic holds, which `find_id` would look for there.
+    #[tokio::test]
+    async fn ids_that_do_not_rise_with_seqs_are_found() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let t = Uuid::now_v7();
+        let id = |n: u128| Uuid::from_u128(n << 80).to_string();
+        // Two index transactions: ids 5 and 9, then 7 and 12.
+        for batch in [[5, 9], [7, 12]] {
+            let log = store.messages();
+            let mut last = None;
+            for n in batch {
+                let text = format!("m{n}");
+                let e = log
+                    .append(crate::proto::id::now_ms(), |_, out| {
+                        out.extend_from_slice(&log::text_message(t, Uuid::nil(), &id(n), &text));
+                    })
+                    .expect("append");
+                last = Some(e);
+            }
+            let last = last.expect("appended");
+            log.wait_synced(last.seq).await.expect("synced");
+            store.indexed.wait(last.seq).await;
+        }
+        for n in [5, 7, 9, 12] {
+            let want = id(n);
+            let kept = store
+                .read(move |db| db.kept_message(t, &want))
+                .await
+                .expect("kept");
+            assert_eq!(
+                kept.map(|m| m.ex.get().to_owned()),
+                Some(format!(r#"{{"body":"m{n}"}}"#)),
+                "message {n}"
+            );
+        }
+        let (after, _) = page(&store, t, None, Some(&id(7)), 10).await;
+        assert_eq!(after, [id(12)], "after 7, in history (seq) order");
+        let (before, _) = page(&store, t, Some(&id(7)), None, 10).await;
+        assert_eq!(before, [id(5), id(9)]);
         store.close().await;
     }
 

@@ -12,6 +12,7 @@
 //! (bench/README.md, eighteenth round): rows per message, which blocks per
 //! topic and group are to replace.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,28 +131,51 @@ fn index_records<'r>(
     let mut insert = tx.prepare_cached(log::INSERT_EVENT)?;
     let mut blocks = blocks::Builder::default();
     let from = (origin.node.as_str(), origin.incarnation.as_str());
+    // Each topic's highest id in a block. A block takes only ids above it:
+    // `blocks::find_id` looks for an id in the first block whose last id
+    // is at or past it. A session mints ids in seq order under the log's
+    // lock, but not an older build (whose records `catch_up` indexes), nor
+    // one whose clock stepped back across a restart: such a message is a
+    // row of its own, found by its id as any row is.
+    let mut top: HashMap<Uuid, Uuid> = HashMap::new();
+    let mut rises = |topic: Uuid, id: Uuid| -> Result<bool, Error> {
+        let max = match top.get(&topic) {
+            Some(max) => *max,
+            None => blocks::last_id(tx, topic)?.unwrap_or(Uuid::nil()),
+        };
+        top.insert(topic, max.max(id));
+        Ok(id > max)
+    };
     for r in records.into_iter().filter(|r| r.entry.seq > held) {
         seq = seq.max(r.entry.seq);
         let hlc = r.entry.hlc;
         // As a session wrote it: an entry of its topic's block. A kept
         // message writes no register, and its search entry comes behind:
         // there is nothing to apply.
-        if let Some((topic, id)) = log::message_topic_and_id(r.body) {
+        if let Some((topic, id)) = log::message_topic_and_id(r.body)
+            && rises(topic, id)?
+        {
             blocks.add(topic, r.at, r.entry.seq, hlc, id);
             clock = clock.max(hlc);
             continue;
         }
         let text = std::str::from_utf8(r.body).ok();
-        match text.map(|t| (t, log::split_message(t))) {
+        let split = text.map(|t| (t, log::split_message(t)));
+        let in_block = match &split {
+            Some((_, Some(m))) if m.kind == Change::MESSAGE => match Uuid::try_parse(m.id) {
+                Ok(id) => rises(m.topic, id)?.then_some((m.topic, id)),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        match split {
             // In that layout, with its fields escaped: the same.
-            Some((_, Some(m)))
-                if m.kind == Change::MESSAGE
-                    && let Ok(id) = Uuid::try_parse(m.id) =>
-            {
-                blocks.add(m.topic, r.at, r.entry.seq, hlc, id);
+            Some((_, Some(_))) if let Some((topic, id)) = in_block => {
+                blocks.add(topic, r.at, r.entry.seq, hlc, id);
             }
             // Written so but with an id that is not a UUID (no session
-            // mints one): a row of its own.
+            // mints one), or one under an id a block of its topic holds:
+            // a row of its own.
             Some((text, Some(m))) => {
                 let message = Some((m.topic, m.id));
                 log::insert_fields(&mut insert, from, (r.entry.seq, hlc), m.kind, message, text)?;
