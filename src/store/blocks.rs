@@ -683,6 +683,13 @@ pub fn apply_rewrites(conn: &Connection, log: &segment::Reader) -> Result<usize,
             Ok(()) => {}
             Err(segment::Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound => {}
+            // Not the record journaled (its length differs, or the place
+            // is no record's): nothing to redo there, and trying again at
+            // every commit would not change that.
+            Err(e @ (segment::Error::Resized { .. } | segment::Error::Corrupt { .. })) => {
+                tracing::error!(error = %e, segment, offset,
+                    "message log: a journaled redaction does not fit its record; dropped");
+            }
             Err(e) => return Err(e.into()),
         }
         conn.prepare_cached("DELETE FROM rewrites WHERE segment = ?1 AND offset = ?2")?
