@@ -212,6 +212,43 @@ pub fn last_id(conn: &Connection, topic: Uuid) -> Result<Option<Uuid>, Error> {
     Ok(id.and_then(|b| Uuid::from_slice(&b).ok()))
 }
 
+/// The kept message `id` of `topic` in a block of the message origin
+/// `messages`, unless retention has pruned it (or `id` is no UUID, which no
+/// block holds).
+pub fn live_id(
+    conn: &Connection,
+    topic: Uuid,
+    id: &str,
+    messages: &Origin,
+) -> Result<Option<Found>, Error> {
+    let Ok(id) = Uuid::try_parse(id) else {
+        return Ok(None);
+    };
+    let Some((block, index)) = find_id(conn, topic, id)? else {
+        return Ok(None);
+    };
+    let Some(entry) = block.entry(index) else {
+        return Ok(None);
+    };
+    let floor = floor(conn, topic)?;
+    if !above(
+        floor.as_ref(),
+        (&messages.node, &messages.incarnation),
+        &entry,
+    ) {
+        return Ok(None);
+    }
+    Ok(Some(Found {
+        key: key(Place::Block {
+            rowid: block.rowid,
+            index,
+        }),
+        topic,
+        at: block.at(&entry),
+        entry,
+    }))
+}
+
 /// Builds a transaction's blocks: one per topic and segment, entries in
 /// seq order.
 #[derive(Debug, Default)]

@@ -253,24 +253,8 @@ fn message_rows(tx: &Transaction<'_>, topic: Uuid, id: &str) -> Result<Vec<(Key,
     .into_iter()
     .map(|(rowid, c)| (blocks::key(Place::Row(rowid)), c))
     .collect();
-    if let Ok(uuid) = Uuid::try_parse(id)
-        && let Some((b, index)) = blocks::find_id(tx, topic, uuid)?
-        && let Some(entry) = b.entry(index)
-    {
-        let floor = blocks::floor(tx, topic)?;
-        let origin = blocks::own()?;
-        if blocks::above(floor.as_ref(), (&origin.node, &origin.incarnation), &entry) {
-            let found = blocks::Found {
-                key: blocks::key(Place::Block {
-                    rowid: b.rowid,
-                    index,
-                }),
-                topic,
-                at: b.at(&entry),
-                entry,
-            };
-            rows.push((found.key, blocks::read_change(&*blocks::log()?, &found)?));
-        }
+    if let Some(found) = blocks::live_id(tx, topic, id, &blocks::own()?)? {
+        rows.push((found.key, blocks::read_change(&*blocks::log()?, &found)?));
     }
     rows.retain(|(_, c)| c.message.as_ref().is_some_and(|m| m.id == id));
     Ok(rows)

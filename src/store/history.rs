@@ -5,7 +5,7 @@
 use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
-use super::blocks::{self, Found, Place};
+use super::blocks::{self, Found};
 use super::{Db, Error};
 use crate::change::{Change, Message};
 
@@ -78,29 +78,7 @@ impl Db {
 
     /// This node's kept message `id` of `topic` in a block, unless pruned.
     pub(super) fn kept_entry(&self, topic: Uuid, id: &str) -> Result<Option<Found>, Error> {
-        let Ok(id) = Uuid::try_parse(id) else {
-            return Ok(None);
-        };
-        let Some((block, index)) = blocks::find_id(&self.conn, topic, id)? else {
-            return Ok(None);
-        };
-        let Some(entry) = block.entry(index) else {
-            return Ok(None);
-        };
-        let floor = blocks::floor(&self.conn, topic)?;
-        let origin = self.origin.messages();
-        if !blocks::above(floor.as_ref(), (&origin.node, &origin.incarnation), &entry) {
-            return Ok(None);
-        }
-        Ok(Some(Found {
-            key: blocks::key(Place::Block {
-                rowid: block.rowid,
-                index,
-            }),
-            topic,
-            at: block.at(&entry),
-            entry,
-        }))
+        blocks::live_id(&self.conn, topic, id, &self.origin.messages())
     }
 
     /// A block entry's place in history order: this node's message origin.
