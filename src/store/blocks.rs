@@ -213,13 +213,13 @@ pub fn last_id(conn: &Connection, topic: Uuid) -> Result<Option<Uuid>, Error> {
 }
 
 /// The kept message `id` of `topic` in a block of the message origin
-/// `messages`, unless retention has pruned it (or `id` is no UUID, which no
-/// block holds).
+/// (which `messages` gives, asked only once a block holds the id), unless
+/// retention has pruned it (or `id` is no UUID, which no block holds).
 pub fn live_id(
     conn: &Connection,
     topic: Uuid,
     id: &str,
-    messages: &Origin,
+    messages: impl FnOnce() -> Result<Origin, Error>,
 ) -> Result<Option<Found>, Error> {
     let Ok(id) = Uuid::try_parse(id) else {
         return Ok(None);
@@ -231,6 +231,7 @@ pub fn live_id(
         return Ok(None);
     };
     let floor = floor(conn, topic)?;
+    let messages = messages()?;
     if !above(
         floor.as_ref(),
         (&messages.node, &messages.incarnation),

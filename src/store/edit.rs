@@ -253,7 +253,7 @@ fn message_rows(tx: &Transaction<'_>, topic: Uuid, id: &str) -> Result<Vec<(Key,
     .into_iter()
     .map(|(rowid, c)| (blocks::key(Place::Row(rowid)), c))
     .collect();
-    if let Some(found) = blocks::live_id(tx, topic, id, &blocks::own()?)? {
+    if let Some(found) = blocks::live_id(tx, topic, id, blocks::own)? {
         rows.push((found.key, blocks::read_change(&*blocks::log()?, &found)?));
     }
     rows.retain(|(_, c)| c.message.as_ref().is_some_and(|m| m.id == id));

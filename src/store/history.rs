@@ -78,7 +78,7 @@ impl Db {
 
     /// This node's kept message `id` of `topic` in a block, unless pruned.
     pub(super) fn kept_entry(&self, topic: Uuid, id: &str) -> Result<Option<Found>, Error> {
-        blocks::live_id(&self.conn, topic, id, &self.origin.messages())
+        blocks::live_id(&self.conn, topic, id, || Ok(self.origin.messages()))
     }
 
     /// A block entry's place in history order: this node's message origin.
