@@ -306,11 +306,13 @@ impl Builder {
         }
     }
 
-    /// Writes the blocks, in the order of their first seq.
-    pub fn write(self, tx: &rusqlite::Transaction<'_>) -> Result<(), Error> {
+    /// Writes the blocks, in the order of their first seq, of the node
+    /// `node`.
+    pub fn write(self, tx: &rusqlite::Transaction<'_>, node: &str) -> Result<(), Error> {
         if self.blocks.is_empty() {
             return Ok(());
         }
+        record_node(tx, node)?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO blocks (batch, topic, segment, first_seq, last_seq, first_hlc, last_hlc, last_id, entries)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -332,6 +334,37 @@ impl Builder {
             ])?;
         }
         Ok(())
+    }
+}
+
+/// The `node` table's key for the node name this store's blocks were
+/// written under.
+const BLOCKS_NODE: &str = "blocks_node";
+
+/// Records `node` as the name this store's blocks are written under, if
+/// none is yet (once a transaction that writes blocks).
+fn record_node(tx: &rusqlite::Transaction<'_>, node: &str) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT INTO node (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+    )?
+    .execute(params![BLOCKS_NODE, node])?;
+    Ok(())
+}
+
+/// Refuses a store whose blocks were written under another node name
+/// ([`Error::Renamed`]): blocks record no origin, and readers give them
+/// the node's own.
+pub fn check_node(conn: &Connection, node: &str) -> Result<(), Error> {
+    let kept: Option<String> = conn
+        .prepare_cached("SELECT value FROM node WHERE key = ?1")?
+        .query_row(params![BLOCKS_NODE], |r| r.get(0))
+        .optional()?;
+    match kept {
+        Some(kept) if kept != node => Err(Error::Renamed {
+            kept,
+            node: node.to_owned(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -1077,6 +1110,42 @@ mod tests {
         let (ids, _) = page(&store, t, None, None, 10).await;
         assert_eq!(ids, [id, after], "nothing cut");
         assert!(!holds(&log_bytes(dir.path()), "torn-text"));
+        store.close().await;
+    }
+
+    /// A store whose kept messages are in blocks does not open under
+    /// another node name (they would go to the mesh again under it); one
+    /// without blocks does, and under its own name it opens as before.
+    #[tokio::test]
+    async fn a_renamed_node_with_blocks_is_refused_at_open() {
+        let empty = tempfile::tempdir().expect("dir");
+        Store::open(empty.path(), "n1").expect("open").close().await;
+        Store::open(empty.path(), "n2")
+            .expect("no blocks: renamed")
+            .close()
+            .await;
+
+        let dir = tempfile::tempdir().expect("dir");
+        let t = Uuid::now_v7();
+        let id = {
+            let store = Store::open(dir.path(), "n1").expect("open");
+            let id = keep(&store, t, "kept").await;
+            assert_eq!(
+                page(&store, t, None, None, 10).await.0,
+                std::slice::from_ref(&id)
+            );
+            store.close().await;
+            id
+        };
+        match Store::open(dir.path(), "n2") {
+            Err(Error::Renamed { kept, node }) => {
+                assert_eq!((kept.as_str(), node.as_str()), ("n1", "n2"))
+            }
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!("a renamed node opened"),
+        }
+        let store = Store::open(dir.path(), "n1").expect("reopen");
+        assert_eq!(page(&store, t, None, None, 10).await.0, [id]);
         store.close().await;
     }
 }

@@ -198,7 +198,7 @@ fn index_records<'r>(
         clock = clock.max(hlc);
     }
     drop(insert);
-    blocks.write(tx)?;
+    blocks.write(tx, &origin.node)?;
     index.flush(tx)?;
     log::write_clock(tx, clock)?;
     log::set_seen_seq(tx, &origin.node, &origin.incarnation, seq)?;

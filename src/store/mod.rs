@@ -76,6 +76,19 @@ pub enum Error {
     /// Stored data does not decode.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The store's kept messages are in blocks of another node name: its
+    /// blocks record no origin, so a renamed node would hand them to its
+    /// mesh again under the new name.
+    #[error(
+        "this store's kept messages were written by node {kept:?}, and it is opened as {node:?}: \
+         set the node's name back to {kept:?} (renaming a node that keeps history is not supported)"
+    )]
+    Renamed {
+        /// The name the blocks were written under.
+        kept: String,
+        /// The name it is opened as.
+        node: String,
+    },
     /// The store thread is gone (shutting down).
     #[error("store is closed")]
     Closed,
@@ -175,6 +188,7 @@ impl Db {
             log: Arc::new(segment::Reader::new(&data_dir.join(MESSAGE_LOG_DIR))),
         };
         seed(&mut db)?;
+        blocks::check_node(&db.conn, node)?;
         let messages = db.origin.messages();
         search::start_behind(&db.conn, &messages)?;
         Ok(db)
