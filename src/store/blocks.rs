@@ -184,23 +184,19 @@ pub fn block(conn: &Connection, rowid: i64) -> Result<Option<Block>, Error> {
 
 /// The block of `topic` that holds id `id`, if one does, and the entry.
 pub fn find_id(conn: &Connection, topic: Uuid, id: Uuid) -> Result<Option<(Block, usize)>, Error> {
-    // The first block whose last id is at or past it: ids rise block by
-    // block within a topic. And the one after: records an older build
-    // wrote (which minted ids before taking the log's lock) and a crash
-    // left to be indexed at the next start may straddle a boundary.
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM blocks WHERE topic = ?1 AND last_id >= ?2
-         ORDER BY last_id LIMIT 2"
-    ))?;
-    let rows = stmt.query_map(params![topic.to_string(), &id.as_bytes()[..]], from_row)?;
-    for b in rows {
-        let b = b?;
-        let found = b.entries().find(|(_, e)| e.id == id).map(|(i, _)| i);
-        if let Some(index) = found {
-            return Ok(Some((b, index)));
-        }
-    }
-    Ok(None)
+    // The first block whose last id is at or past it: a topic's blocks
+    // take only ids above those before them (`message_index.rs`).
+    let block = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM blocks WHERE topic = ?1 AND last_id >= ?2
+             ORDER BY last_id LIMIT 1"
+        ))?
+        .query_row(params![topic.to_string(), &id.as_bytes()[..]], from_row)
+        .optional()?;
+    Ok(block.and_then(|b| {
+        let index = b.entries().find(|(_, e)| e.id == id)?.0;
+        Some((b, index))
+    }))
 }
 
 /// The highest id `topic`'s blocks hold, if it has any: a block takes
@@ -454,6 +450,24 @@ pub struct Found {
     pub entry: Entry,
 }
 
+/// The SQL condition on `blocks` that picks the batch holding the seq
+/// after `?1` and every later one: a transaction's blocks hold its seqs,
+/// batch by batch in seq order, so no earlier block holds one above `?1`.
+macro_rules! from_batch_of {
+    () => {
+        "batch >= COALESCE((SELECT batch FROM blocks WHERE batch <= ?1
+                            ORDER BY batch DESC LIMIT 1), 0)"
+    };
+}
+
+/// Whether any block holds an entry of seq above `?1` (the search pass's
+/// place in the message origin).
+pub const ANY_AFTER: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM blocks WHERE ",
+    from_batch_of!(),
+    " AND last_seq > ?1)"
+);
+
 /// The entries of seq above `after`, in seq order, from whole batches
 /// until at least `max` are found (or there are no more): the search pass
 /// and mesh catch-up read the message origin so. Pruned ones are left
@@ -467,10 +481,8 @@ pub fn after(
 ) -> Result<Vec<Found>, Error> {
     let floors = floors(conn)?;
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS}, batch FROM blocks
-         WHERE batch >= COALESCE((SELECT batch FROM blocks WHERE batch <= ?1
-                                  ORDER BY batch DESC LIMIT 1), 0)
-         ORDER BY batch, rowid"
+        "SELECT {COLUMNS}, batch FROM blocks WHERE {} ORDER BY batch, rowid",
+        from_batch_of!()
     ))?;
     let mut rows = stmt.query(params![sql_int(after)])?;
     let mut out = Vec::new();

@@ -312,14 +312,6 @@ const ROW_BEHIND: &str = "SELECT EXISTS (SELECT 1 FROM events e CROSS JOIN searc
 const ANY_BEHIND: &str = "SELECT EXISTS (SELECT 1 FROM search_behind b CROSS JOIN events e
     ON e.origin = b.origin AND e.incarnation = b.incarnation AND e.seq > b.seq)";
 
-/// Whether any block holds an entry of seq above `?1` (the message
-/// origin's place): from the batch that straddles it on, by `batch`
-/// (a transaction's blocks hold its seqs, batch by batch in seq order).
-const BLOCKS_BEHIND: &str = "SELECT EXISTS (SELECT 1 FROM blocks
-    WHERE batch >= COALESCE((SELECT batch FROM blocks WHERE batch <= ?1
-                             ORDER BY batch DESC LIMIT 1), 0)
-      AND last_seq > ?1)";
-
 /// The last seq any block holds: the last batch's.
 const LAST_BLOCK_SEQ: &str = "SELECT MAX(last_seq) FROM blocks
     WHERE batch = (SELECT MAX(batch) FROM blocks)";
@@ -347,7 +339,7 @@ fn any_behind(conn: &Connection) -> Result<bool, Error> {
         return Ok(false);
     };
     Ok(conn
-        .prepare_cached(BLOCKS_BEHIND)?
+        .prepare_cached(blocks::ANY_AFTER)?
         .query_row(params![sql_int(s.seq)], |r| r.get(0))?)
 }
 
@@ -987,30 +979,7 @@ pub(super) mod tests {
     /// Kept messages `(id, body)` of `topic` as the message log's index
     /// writes them: behind the search pass.
     fn keep(db: &mut Db, topic: Uuid, sender: Uuid, messages: &[(&str, &str)]) {
-        use crate::store::message_log::{Entry, SyncedRecord};
-        use crate::store::segment::{HEADER_LEN, Position};
-        let mut last = db.message_floor().unwrap();
-        let records: Vec<(Entry, Vec<u8>)> = messages
-            .iter()
-            .map(|(id, body)| {
-                let now = u64::try_from(crate::proto::id::now_ms()).unwrap();
-                last = Entry {
-                    seq: last.seq + 1,
-                    hlc: log::next_hlc(last.hlc, now),
-                };
-                (last, log::text_message(topic, sender, id, body))
-            })
-            .collect();
-        let at = Position {
-            segment: 1,
-            offset: HEADER_LEN,
-        };
-        let synced = records.iter().map(|(entry, body)| SyncedRecord {
-            entry: *entry,
-            at,
-            body,
-        });
-        db.index_messages(synced, at).unwrap();
+        keep_blocks(db, topic, sender, messages);
     }
 
     /// Kept messages are found once the pass has run over them, in runs of
@@ -1105,7 +1074,7 @@ pub(super) mod tests {
             ROW_BEHIND,
             ANY_BEHIND,
             NEXT_BEHIND,
-            BLOCKS_BEHIND,
+            blocks::ANY_AFTER,
             LAST_BLOCK_SEQ,
         ] {
             let mut plan = db
