@@ -154,6 +154,9 @@ pub struct HistoryConfig {
     /// starts another: files go once indexed, so this bounds how long a
     /// redacted or expired message's text stays in the log.
     pub log_roll_ms: u64,
+    /// Bytes of the message log behind its end kept in the page cache
+    /// once synced; older pages are dropped from it.
+    pub log_cache_bytes: u64,
 }
 
 impl HistoryConfig {
@@ -162,6 +165,7 @@ impl HistoryConfig {
         crate::store::message_log::Limits {
             pending_bytes: self.pending_bytes,
             roll_after: std::time::Duration::from_millis(self.log_roll_ms),
+            cached_bytes: self.log_cache_bytes,
             ..Default::default()
         }
     }
@@ -182,6 +186,7 @@ impl Default for HistoryConfig {
             search_scan: 5000,
             pending_bytes: 32 << 20,
             log_roll_ms: 600_000,
+            log_cache_bytes: 1 << 20,
         }
     }
 }
@@ -663,6 +668,12 @@ impl Config {
         if !(1000..=86_400_000).contains(&h.log_roll_ms) {
             return Err(invalid("history.log_roll_ms", "must be 1000 to 86400000"));
         }
+        if h.log_cache_bytes > 1 << 40 {
+            return Err(invalid(
+                "history.log_cache_bytes",
+                "must be 0 to 1099511627776",
+            ));
+        }
         let l = &self.limits;
         if !(1024..=16 * 1024 * 1024).contains(&l.max_line_bytes) {
             return Err(invalid("limits.max_line_bytes", "must be 1024 to 16777216"));
@@ -838,6 +849,14 @@ mod tests {
         assert_eq!(
             c.history.message_log_limits().roll_after,
             std::time::Duration::from_secs(1)
+        );
+        let err = Config::from_toml("[history]\nlog_cache_bytes = 1099511627777\n").unwrap_err();
+        assert!(err.to_string().contains("history.log_cache_bytes"), "{err}");
+        let c = Config::from_toml("[history]\nlog_cache_bytes = 0\n").expect("config");
+        assert_eq!(c.history.message_log_limits().cached_bytes, 0);
+        assert_eq!(
+            Config::default().history.message_log_limits().cached_bytes,
+            crate::store::message_log::Limits::default().cached_bytes
         );
     }
 

@@ -25,9 +25,9 @@ pub const KIND_EDIT: &str = "message.edit";
 /// Event kind of a redaction.
 pub const KIND_REDACT: &str = "message.redact";
 /// Register holding a message's current text.
-const EDIT: &str = "edit";
+pub(super) const EDIT: &str = "edit";
 /// Register set once a message is redacted.
-const REDACTED: &str = "redacted";
+pub(super) const REDACTED: &str = "redacted";
 
 /// A message's text as last edited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -149,6 +149,9 @@ pub struct Limits {
     /// disk once indexed, so this bounds how long a message deleted from
     /// the index (a redaction, retention) stays in the log's files.
     pub roll_after: Duration,
+    /// Synced bytes behind the log's end kept in the page cache; older
+    /// pages are dropped from it ([`segment::Writer::uncache`]).
+    pub cached_bytes: u64,
 }
 
 impl Default for Limits {
@@ -157,6 +160,7 @@ impl Default for Limits {
             pending_bytes: 32 << 20,
             segment_bytes: 64 << 20,
             roll_after: Duration::from_secs(600),
+            cached_bytes: 1 << 20,
         }
     }
 }
@@ -249,6 +253,7 @@ impl MessageLog {
             limits,
         });
         let mut writer = opened.writer;
+        writer.keep_cached(shared.limits.cached_bytes);
         let log = shared.clone();
         let mut on_synced = on_synced;
         let thread = std::thread::Builder::new()
@@ -550,6 +555,7 @@ fn write_group(
             path: appended.path.clone(),
             source,
         })?;
+    writer.uncache();
     Ok((appended.positions, appended.end))
 }
 

@@ -431,8 +431,41 @@ pub(super) fn catch_up(
             next.truncate(first);
             whole = false;
         }
+        // The block entries' records, read together (one read per span
+        // of the log rather than two per record).
+        let places: Vec<segment::Position> = next
+            .iter()
+            .filter_map(|b| match b.text {
+                Text::Block(at) => Some(at),
+                Text::Row(_) => None,
+            })
+            .collect();
+        let mut read = log
+            .as_deref()
+            .map(|l| l.read_once(&places))
+            .unwrap_or_default()
+            .into_iter();
+        let mut messages = Vec::with_capacity(next.len());
         for b in &next {
-            index_behind(tx, queue, log.as_deref(), b)?;
+            let record = match b.text {
+                Text::Block(_) => read.next(),
+                Text::Row(_) => None,
+            };
+            if let Some(m) = message_behind(record, b)? {
+                messages.push((b.key, m));
+            }
+        }
+        // Edits and redactions made while they were behind, looked up for
+        // the run at once (a lookup per message had been a fifth of the
+        // pass).
+        let edited = edited_among(tx, messages.iter().map(|(_, m)| m))?;
+        for (key, m) in &messages {
+            let arrival = if edited.contains(&super::edit::entity(m.topic, &m.id)) {
+                super::log::Arrival::Stored
+            } else {
+                super::log::Arrival::Minted
+            };
+            super::edit::index_message(tx, queue, *key, m, arrival)?;
         }
         let mut to = next.last().map(|b| b.seq);
         if whole && of_blocks {
@@ -503,43 +536,72 @@ fn next_in_blocks(
     Ok(whole)
 }
 
-/// Indexes one message behind the pass under its current text. One whose
-/// text cannot be read (damage) is passed over, not stopped at: a run that
-/// failed on it would fail again at every tick, and nothing after it be
-/// searched.
-fn index_behind(
-    tx: &Transaction<'_>,
-    queue: &mut IndexQueue,
-    log: Option<&segment::Reader>,
+/// The message behind the pass at `b` (its record read from the log,
+/// `record`, if it is a block entry's). One whose text cannot be read
+/// (damage) is passed over, not stopped at: a run that failed on it would
+/// fail again at every tick, and nothing after it be searched.
+fn message_behind(
+    record: Option<Result<segment::Stored, segment::Error>>,
     b: &Behind,
-) -> Result<(), Error> {
-    let change = match &b.text {
-        Text::Row(body) => super::log::decode_message(body)
+) -> Result<Option<Message>, Error> {
+    let change = match (&b.text, record) {
+        (Text::Row(body), _) => super::log::decode_message(body)
             .map(Ok)
             .unwrap_or_else(|| serde_json::from_str::<Change>(body))
             .map_err(|e| Error::Corrupt(e.to_string())),
-        Text::Block(at) => {
-            let Some(log) = log else {
-                return Ok(());
-            };
-            match log.read(*at) {
-                Ok(stored) => blocks::change(&stored.body),
-                Err(e) if !lost(&e) => return Err(e.into()),
-                Err(e) => Err(e.into()),
-            }
-        }
+        (Text::Block(_), None) => return Ok(None),
+        (Text::Block(_), Some(Ok(stored))) => blocks::change(&stored.body),
+        (Text::Block(_), Some(Err(e))) if !lost(&e) => return Err(e.into()),
+        (Text::Block(_), Some(Err(e))) => Err(e.into()),
     };
     match change {
-        Ok(change) => {
-            if let Some(m) = &change.message {
-                super::edit::index_message(tx, queue, b.key, m, super::log::Arrival::Stored)?;
+        Ok(change) => Ok(change.message),
+        Err(e) => {
+            tracing::error!(seq = b.seq, error = %e,
+                "search: a kept message's stored text cannot be read or does not decode; it is \
+                 left out of search");
+            Ok(None)
+        }
+    }
+}
+
+/// The entities (`edit::entity`) among `messages` that have an edit or a
+/// redaction: one range of the registers per topic, from its least to its
+/// greatest message entity.
+fn edited_among<'a>(
+    tx: &Transaction<'_>,
+    messages: impl Iterator<Item = &'a Message>,
+) -> Result<HashSet<String>, Error> {
+    let mut ranges: HashMap<Uuid, (String, String)> = HashMap::new();
+    for m in messages {
+        let e = super::edit::entity(m.topic, &m.id);
+        match ranges.get_mut(&m.topic) {
+            Some((least, greatest)) => {
+                if e < *least {
+                    *least = e;
+                } else if e > *greatest {
+                    *greatest = e;
+                }
+            }
+            None => {
+                ranges.insert(m.topic, (e.clone(), e));
             }
         }
-        Err(e) => tracing::error!(seq = b.seq, error = %e,
-            "search: a kept message's stored text cannot be read or does not decode; it is \
-             left out of search"),
     }
-    Ok(())
+    let mut edited = HashSet::new();
+    let mut stmt = tx.prepare_cached(
+        "SELECT entity FROM registers WHERE entity BETWEEN ?1 AND ?2 AND field IN (?3, ?4)",
+    )?;
+    for (least, greatest) in ranges.values() {
+        let rows = stmt.query_map(
+            params![least, greatest, super::edit::EDIT, super::edit::REDACTED],
+            |r| r.get::<_, String>(0),
+        )?;
+        for e in rows {
+            edited.insert(e?);
+        }
+    }
+    Ok(edited)
 }
 
 /// Whether a read of the message log failed for good: the record is

@@ -288,6 +288,11 @@ pub struct Writer {
     /// [`Writer::roll_if_older`].
     since: Instant,
     stopped: bool,
+    /// Synced bytes kept in the page cache behind the end: see
+    /// [`Writer::keep_cached`].
+    cached: u64,
+    /// The current segment's bytes before this are out of the page cache.
+    uncached: u64,
     /// Held locked (`flock`) while the writer lives: a second writer of
     /// the directory (another daemon on the same data directory) would
     /// interleave its writes with this one's.
@@ -393,7 +398,31 @@ impl Writer {
             max_bytes,
             since: Instant::now(),
             stopped: false,
+            cached: u64::MAX,
+            uncached: 0,
         })
+    }
+
+    /// Keeps at most `bytes` of the log behind its end in the page cache
+    /// once synced ([`Writer::uncache`]); by default all of it.
+    pub fn keep_cached(&mut self, bytes: u64) {
+        self.cached = bytes;
+    }
+
+    /// Drops the current segment's synced pages more than the kept bytes
+    /// behind the end from the page cache (call it once what was appended
+    /// is synced: dirty pages stay). PostgreSQL does the same with its WAL:
+    /// the log is written once and read back rarely (a history page, a
+    /// peer's catch-up, the search pass when far behind), and otherwise
+    /// it would push the database's pages (read by every history request)
+    /// out of the cache. On a virtual machine whose memory the host backs
+    /// only once touched, it also spares a fresh page per 4 KiB written
+    /// (bench/README.md, twenty-fourth round).
+    pub fn uncache(&mut self) {
+        if let Some((from, to)) = uncached_range(self.uncached, self.len, self.cached) {
+            advise_dontneed(&self.file, from, to);
+            self.uncached = to;
+        }
     }
 
     /// Where the next record goes.
@@ -474,10 +503,15 @@ impl Writer {
         }
         let (file, len) = create(&self.dir, next)?;
         let sync = open_for_sync(&self.dir, next)?;
+        if self.cached < self.max_bytes {
+            // Synced above: the sealed segment's pages can all go.
+            advise_dontneed(&self.file, self.uncached, self.len);
+        }
         self.file = file;
         self.sync = sync;
         self.segment = next;
         self.len = len;
+        self.uncached = 0;
         self.since = Instant::now();
         tracing::debug!(segment = self.segment, "message log: new segment");
         Ok(())
@@ -538,9 +572,10 @@ impl Reader {
     /// The record at `at`.
     pub fn read(&self, at: Position) -> Result<Stored, Error> {
         let file = self.file(at.segment)?;
-        let path = segment_path(&self.dir, at.segment);
+        // Made only for an error: a history page reads hundreds.
+        let path = || segment_path(&self.dir, at.segment);
         let corrupt = |why| Error::Corrupt {
-            path: path.clone(),
+            path: path(),
             offset: at.offset,
             why,
         };
@@ -549,12 +584,86 @@ impl Reader {
         }
         let mut head = [0u8; RECORD_HEAD];
         file.read_exact_at(&mut head, at.offset)
-            .map_err(|e| eof_is(e, &path, corrupt("a record past the segment's end")))?;
+            .map_err(|e| eof_is(e, &path(), corrupt("a record past the segment's end")))?;
         let len = body_len(&head).ok_or_else(|| corrupt("a record longer than the limit"))?;
         let mut body = vec![0u8; len];
         file.read_exact_at(&mut body, at.offset + RECORD_HEAD as u64)
-            .map_err(|e| eof_is(e, &path, corrupt("a record cut short")))?;
+            .map_err(|e| eof_is(e, &path(), corrupt("a record cut short")))?;
         decode(&head, body, at).ok_or_else(|| corrupt("a record whose CRC does not match"))
+    }
+
+    /// The records at `at`, each as [`Reader::read`] gives it, in the
+    /// order given. Records near each other in a segment (in rising order,
+    /// within [`SPAN`]) are read with one `pread` of the bytes that span
+    /// them: the search pass reads a run of a thousand records, and the
+    /// log's older pages are not in the page cache
+    /// ([`Writer::uncache`]).
+    pub fn read_many(&self, at: &[Position]) -> Vec<Result<Stored, Error>> {
+        self.read_spans(at, false)
+    }
+
+    /// [`Reader::read_many`] for a reader that goes through the log once
+    /// (the search pass): the spans' pages are then dropped from the page
+    /// cache, as the writer drops what it wrote ([`Writer::uncache`]).
+    pub fn read_once(&self, at: &[Position]) -> Vec<Result<Stored, Error>> {
+        self.read_spans(at, true)
+    }
+
+    fn read_spans(&self, at: &[Position], once: bool) -> Vec<Result<Stored, Error>> {
+        let mut out = Vec::with_capacity(at.len());
+        let mut rest = at;
+        while let Some(&first) = rest.first() {
+            // The run: rising offsets in one segment, within SPAN of the
+            // first (the last record's body may go past the read; it is
+            // then read on its own).
+            let run = rest
+                .iter()
+                .zip(rest.iter().skip(1))
+                .take_while(|(a, b)| {
+                    b.segment == first.segment
+                        && b.offset > a.offset
+                        && b.offset - first.offset < SPAN
+                })
+                .count()
+                + 1;
+            let (these, after) = rest.split_at(run.min(rest.len()));
+            rest = after;
+            let span = self.read_span(first, these);
+            if once && let (Ok(bytes), Ok(file)) = (&span, self.file(first.segment)) {
+                advise_dontneed(&file, first.offset, first.offset + bytes.len() as u64);
+            }
+            for &p in these {
+                let found = span
+                    .as_ref()
+                    .ok()
+                    .and_then(|bytes| record_in(bytes, first.offset, p));
+                out.push(found.map_or_else(|| self.read(p), Ok));
+            }
+        }
+        out
+    }
+
+    /// The bytes from `first` to the end of the last of `these`'s heads
+    /// plus a typical body (short at the segment's end).
+    fn read_span(&self, first: Position, these: &[Position]) -> Result<Vec<u8>, Error> {
+        let last = these.last().map_or(first.offset, |p| p.offset);
+        let len = usize::try_from(last - first.offset).unwrap_or(usize::MAX);
+        let mut bytes = vec![0u8; len.saturating_add(RECORD_HEAD + SPAN_TAIL)];
+        let file = self.file(first.segment)?;
+        let mut filled = 0;
+        while filled < bytes.len() {
+            let Some(buf) = bytes.get_mut(filled..) else {
+                break;
+            };
+            match file.read_at(buf, first.offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_at(&segment_path(&self.dir, first.segment))(e)),
+            }
+        }
+        bytes.truncate(filled);
+        Ok(bytes)
     }
 
     /// Replaces the body of the record at `at` with `body`, of the same
@@ -904,6 +1013,64 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The page-aligned range of a segment `len` bytes long to drop from the
+/// page cache, keeping `keep` bytes behind its end, when its pages before
+/// `uncached` are already out: `None` when nothing new is.
+fn uncached_range(uncached: u64, len: u64, keep: u64) -> Option<(u64, u64)> {
+    const PAGE: u64 = 4096;
+    let to = len.saturating_sub(keep) / PAGE * PAGE;
+    (to > uncached).then_some((uncached, to))
+}
+
+/// Tells the kernel that `from..to` of `file` will not be read soon, so
+/// that its clean pages leave the page cache. Advice only: a failure
+/// changes nothing but the cache, and is not an error.
+fn advise_dontneed(file: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (
+        libc::off_t::try_from(from),
+        libc::off_t::try_from(to.saturating_sub(from)),
+    ) else {
+        return;
+    };
+    if len == 0 {
+        return;
+    }
+    // SAFETY: posix_fadvise reads only its arguments; the descriptor is
+    // open for as long as `file` is borrowed.
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        tracing::debug!(errno = rc, "message log: posix_fadvise refused");
+    }
+}
+
+/// Most bytes between the first and last records' starts that
+/// [`Reader::read_many`] reads with one call.
+const SPAN: u64 = 1 << 20;
+
+/// Bytes read past the last record's head in a span: a message's record
+/// is a few hundred; a longer one is read on its own.
+const SPAN_TAIL: usize = 4096;
+
+/// The record at `at` from `bytes`, which hold its segment from `from`:
+/// `None` when it is not wholly in them or does not check (it is then read
+/// on its own, which says why).
+fn record_in(bytes: &[u8], from: u64, at: Position) -> Option<Stored> {
+    let start = usize::try_from(at.offset.checked_sub(from)?).ok()?;
+    if at.offset < HEADER_LEN {
+        return None;
+    }
+    let head: &[u8; RECORD_HEAD] = bytes
+        .get(start..start.checked_add(RECORD_HEAD)?)?
+        .try_into()
+        .ok()?;
+    let len = body_len(head)?;
+    let body_at = start + RECORD_HEAD;
+    let body = bytes.get(body_at..body_at.checked_add(len)?)?;
+    decode(head, body.to_vec(), at)
 }
 
 /// The body's length from a record's head, if within the limit.
@@ -1751,6 +1918,93 @@ mod tests {
             assert_eq!(fs::read(&path).expect("bytes"), before, "{pos:?}");
         }
         assert_eq!(r.read(second).expect("read").body, b"secret");
+    }
+
+    #[test]
+    fn many_records_read_together_read_as_each_alone() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("open").writer;
+        let long = vec![b'l'; SPAN_TAIL * 2];
+        let big = vec![b'b'; 4000];
+        let a = w
+            .append([rec(1, b"one"), rec(2, &long), rec(3, b""), rec(4, b"four")])
+            .expect("append");
+        // Past one span (1 MiB), and into a second segment.
+        let b = w
+            .append((5..305).map(|seq| rec(seq, &big)))
+            .expect("append");
+        let c = w.append([rec(305, b"last")]).expect("append");
+        let (first, last) = (b.positions[0], b.positions[b.positions.len() - 1]);
+        assert!(last.offset - first.offset > SPAN);
+        assert!(first.segment > a.end.segment && c.end.segment > first.segment);
+        // The writer dropping its pages from the cache changes no read.
+        w.keep_cached(0);
+        w.uncache();
+        let r = Reader::new(dir.path());
+        let inside_a_body = Position {
+            segment: 1,
+            offset: a.positions[1].offset + RECORD_HEAD as u64 + 8,
+        };
+        let no_segment = Position {
+            segment: 9,
+            offset: HEADER_LEN,
+        };
+        let mut at: Vec<Position> = a.positions.clone();
+        at.extend(&b.positions);
+        at.extend(&c.positions);
+        // Out of order, repeated, and positions with no record.
+        at.push(a.positions[0]);
+        at.push(a.positions[0]);
+        at.push(inside_a_body);
+        at.push(no_segment);
+        at.push(c.end);
+        at.push(a.positions[3]);
+        let each: Vec<String> = at.iter().map(|&p| format!("{:?}", r.read(p))).collect();
+        for got in [r.read_many(&at), r.read_once(&at)] {
+            assert_eq!(got.len(), at.len());
+            let got: Vec<String> = got.iter().map(|g| format!("{g:?}")).collect();
+            assert_eq!(got, each);
+        }
+        assert!(
+            each.iter().filter(|e| e.starts_with("Err")).count() == 3,
+            "{each:?}"
+        );
+        assert_eq!(r.read_many(&[]).len(), 0);
+        // A read of many finds records in the bytes it read, not by
+        // falling back to reading each.
+        let bytes = fs::read(segment_path(dir.path(), 1)).expect("bytes");
+        for &p in &a.positions {
+            assert_eq!(record_in(&bytes, 0, p), Some(r.read(p).expect("read")));
+        }
+        let tail = bytes.get(100..).expect("tail");
+        assert_eq!(
+            record_in(tail, 100, a.positions[3]),
+            Some(r.read(a.positions[3]).expect("read"))
+        );
+        assert_eq!(record_in(tail, 100, a.positions[0]), None);
+        assert_eq!(
+            record_in(&bytes[..bytes.len() - 1], 0, a.positions[3]),
+            None
+        );
+    }
+
+    #[test]
+    fn the_page_cache_keeps_only_the_last_bytes_written() {
+        let page = 4096;
+        // Nothing yet behind the kept bytes, or all kept.
+        assert_eq!(uncached_range(0, 100, 1 << 20), None);
+        assert_eq!(uncached_range(0, 10 << 20, u64::MAX), None);
+        // Whole pages only; then only what is new.
+        assert_eq!(uncached_range(0, 10_000, 0), Some((0, 2 * page)));
+        assert_eq!(uncached_range(2 * page, 10_000, 0), None);
+        assert_eq!(
+            uncached_range(2 * page, 13_000, 0),
+            Some((2 * page, 3 * page))
+        );
+        assert_eq!(
+            uncached_range(0, (3 << 20) + 5, 1 << 20),
+            Some((0, 2 << 20))
+        );
     }
 
     #[test]
