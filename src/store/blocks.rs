@@ -598,14 +598,39 @@ pub fn own() -> Result<Origin, Error> {
 /// The record of `f` as the change it encodes, as stored (its message's
 /// `ts` is 0: the clock is its time).
 pub fn read_change(log: &segment::Reader, f: &Found) -> Result<Change, Error> {
-    let stored = log.read(f.at)?;
+    change(&checked(log.read(f.at), f)?.body)
+}
+
+/// The records of `found` from the log, in order, each checked to be its
+/// entry's seq: read together, a run of nearby records with one read
+/// ([`segment::Reader::read_many`]; a history page or a peer's catch-up of
+/// a burst's messages, whose pages are mostly no longer in the cache).
+pub fn read_records<'f>(
+    log: &segment::Reader,
+    found: impl IntoIterator<Item = &'f Found>,
+) -> Vec<Result<segment::Stored, Error>> {
+    let found: Vec<&Found> = found.into_iter().collect();
+    let at: Vec<segment::Position> = found.iter().map(|f| f.at).collect();
+    log.read_many(&at)
+        .into_iter()
+        .zip(found)
+        .map(|(read, f)| checked(read, f))
+        .collect()
+}
+
+/// `read`, the record at `f`'s place, if it is `f`'s seq.
+fn checked(
+    read: Result<segment::Stored, segment::Error>,
+    f: &Found,
+) -> Result<segment::Stored, Error> {
+    let stored = read?;
     if stored.seq != f.entry.seq {
         return Err(Error::Corrupt(format!(
-            "the message log holds seq {} where a block says {}",
-            stored.seq, f.entry.seq
+            "the message log holds seq {} where a block says {} (segment {}, offset {})",
+            stored.seq, f.entry.seq, f.at.segment, f.at.offset
         )));
     }
-    change(&stored.body)
+    Ok(stored)
 }
 
 /// Blocks read at a time by a [`Walk`].

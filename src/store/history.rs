@@ -218,12 +218,22 @@ impl Db {
             }
         });
         merged.truncate(limit.saturating_add(1));
+        let mut read = blocks::read_records(
+            &self.log,
+            merged.iter().filter_map(|(_, s)| s.as_ref().err()),
+        )
+        .into_iter();
         let mut messages = Vec::new();
         for (p, source) in merged {
             let change = match source {
                 Ok(body) => serde_json::from_str::<Change>(&body)
                     .map_err(|e| Error::Corrupt(e.to_string()))?,
-                Err(f) => blocks::read_change(&self.log, &f)?,
+                Err(_) => match read.next() {
+                    Some(stored) => blocks::change(&stored?.body)?,
+                    None => {
+                        return Err(Error::Corrupt("a history page's record went unread".into()));
+                    }
+                },
             };
             if let Some(mut m) = change.message {
                 // A kept message's time is its commit clock's millisecond,

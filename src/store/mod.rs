@@ -158,6 +158,9 @@ fn pages_written(conn: &Connection) -> i64 {
     db_status(conn, rusqlite::ffi::SQLITE_DBSTATUS_CACHE_WRITE).map_or(-1, i64::from)
 }
 
+/// Prepared statements the store's writer keeps parsed.
+const STATEMENTS_CACHED: usize = 128;
+
 impl Db {
     /// Opens (creating if needed) `data_dir/tenthbit.db` for node `node`.
     pub fn open(data_dir: &Path, node: &str) -> Result<Db, Error> {
@@ -166,6 +169,10 @@ impl Db {
             path: path.clone(),
             cause,
         })?;
+        // The writer runs some seventy cached statements; at rusqlite's
+        // default of 16 the index, the search pass and the rest evicted
+        // each other's, and each run parsed its statements again.
+        conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED);
         let found = migrate::migrate(&mut conn).map_err(|cause| Error::Open { path, cause })?;
         if found > migrate::SCHEMA_VERSION {
             return Err(Error::TooNew {

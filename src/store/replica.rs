@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::log::{self, Event};
 use super::search::IndexQueue;
-use super::{Db, Error, blocks};
+use super::{Db, Error, blocks, segment};
 use crate::change::ExJson;
 
 /// The highest seq held of each origin, keyed `node/incarnation`.
@@ -174,25 +174,39 @@ impl Db {
         // commits: until then, its journal entry is there.
         let pending = blocks::rewrites_pending(&self.conn)?;
         // Merged by seq, a body read from the log only for an entry that
-        // makes the cut.
+        // makes the cut (those read together).
         let mut rows = rows.into_iter().peekable();
         let mut kept = kept.into_iter().peekable();
-        let mut out = Vec::with_capacity(limit.min(rows.len() + kept.len()));
-        while out.len() < limit {
+        let mut merged: Vec<Result<RawEvent, blocks::Found>> =
+            Vec::with_capacity(limit.min(rows.len() + kept.len()));
+        while merged.len() < limit {
             let row_first = match (rows.peek(), kept.peek()) {
                 (Some(r), Some(k)) => r.seq < k.entry.seq,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => break,
             };
-            let event = if row_first {
-                rows.next()
+            let next = if row_first {
+                rows.next().map(Ok)
             } else {
-                kept.next()
-                    .map(|found| self.kept_event((node, inc), &found, pending))
-                    .transpose()?
+                kept.next().map(Err)
             };
-            out.extend(event);
+            merged.extend(next);
+        }
+        let mut read =
+            blocks::read_records(&self.log, merged.iter().filter_map(|e| e.as_ref().err()))
+                .into_iter();
+        let mut out = Vec::with_capacity(merged.len());
+        for event in merged {
+            out.push(match event {
+                Ok(row) => row,
+                Err(found) => {
+                    let stored = read.next().ok_or_else(|| {
+                        Error::Corrupt("a kept event's record went unread".into())
+                    })??;
+                    self.kept_event((node, inc), &found, stored, pending)?
+                }
+            });
         }
         Ok(out)
     }
@@ -248,16 +262,9 @@ impl Db {
         &self,
         (node, inc): (&str, &str),
         found: &blocks::Found,
+        stored: segment::Stored,
         pending: bool,
     ) -> Result<RawEvent, Error> {
-        let stored = self.log.read(found.at)?;
-        if stored.seq != found.entry.seq {
-            return Err(Error::Corrupt(format!(
-                "a block's entry of seq {} points at the log's record of seq {} \
-                 (segment {}, offset {})",
-                found.entry.seq, stored.seq, found.at.segment, found.at.offset
-            )));
-        }
         let body = String::from_utf8(stored.body).map_err(|e| Error::Corrupt(e.to_string()))?;
         // A rewritten record's `ex` is `{`, spaces and `}`: sent as the
         // row held it, `{}`.
