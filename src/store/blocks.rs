@@ -905,6 +905,52 @@ mod tests {
         store.close().await;
     }
 
+    /// A kept message whose record in the log is damaged is left out of
+    /// history pages (and logged), not failing them; `more` still says a
+    /// page was cut.
+    #[tokio::test]
+    async fn a_damaged_record_is_left_out_of_history_pages() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let t = Uuid::now_v7();
+        let mut ids = Vec::new();
+        for n in 0..6 {
+            let text = if n == 4 {
+                "flip-me".to_owned()
+            } else {
+                format!("m{n}")
+            };
+            ids.push(keep(&store, t, &text).await);
+        }
+        let (all, _) = page(&store, t, None, None, 10).await;
+        assert_eq!(all, ids);
+        let segment = std::fs::read_dir(dir.path().join("messages"))
+            .expect("log dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .expect("a segment");
+        let bytes = std::fs::read(&segment).expect("segment");
+        let at = bytes
+            .windows(7)
+            .position(|w| w == b"flip-me")
+            .expect("the text in the log");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .expect("open");
+        std::os::unix::fs::FileExt::write_all_at(&file, b"F", at as u64).expect("flip");
+        let (latest, more) = page(&store, t, None, None, 3).await;
+        assert_eq!(latest, [ids[2].clone(), ids[3].clone(), ids[5].clone()]);
+        assert!(more);
+        let (rest, more) = page(&store, t, Some(&ids[2]), None, 3).await;
+        assert_eq!(rest, ids[0..2]);
+        assert!(!more);
+        let (after, more) = page(&store, t, None, Some(&ids[3]), 10).await;
+        assert_eq!(after, [ids[5].clone()]);
+        assert!(!more);
+        store.close().await;
+    }
+
     /// Retention over blocks: by count, the newest are left and the count
     /// is right; pruned messages are gone from history, lookups and pages,
     /// and wholly pruned blocks are deleted.

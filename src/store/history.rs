@@ -224,12 +224,23 @@ impl Db {
         )
         .into_iter();
         let mut messages = Vec::new();
+        // This node's messages whose records are damaged: left out (with
+        // an error in the log), not failing the page; counted for `more`.
+        let mut damaged = 0;
         for (p, source) in merged {
             let change = match source {
                 Ok(body) => serde_json::from_str::<Change>(&body)
                     .map_err(|e| Error::Corrupt(e.to_string()))?,
-                Err(_) => match read.next() {
-                    Some(stored) => blocks::change(&stored?.body)?,
+                Err(f) => match read.next().map(|r| r.and_then(|s| blocks::change(&s.body))) {
+                    Some(Ok(change)) => change,
+                    Some(Err(e)) if is_damage(&e) => {
+                        tracing::error!(%topic, seq = f.entry.seq, error = %e,
+                            "history: a kept message's record in the message log is damaged; \
+                             it is left out of history pages");
+                        damaged += 1;
+                        continue;
+                    }
+                    Some(Err(e)) => return Err(e),
                     None => {
                         return Err(Error::Corrupt("a history page's record went unread".into()));
                     }
@@ -242,7 +253,7 @@ impl Db {
                 messages.push(m);
             }
         }
-        let more = messages.len() > limit;
+        let more = messages.len() + damaged > limit;
         messages.truncate(limit);
         if !forward {
             messages.reverse();
@@ -386,6 +397,17 @@ impl Db {
 /// Retention's work on this node's blocks of `topic`: the entries
 /// between the `old` floor and the new `floor` leave the search index, and
 /// blocks wholly under `floor` are deleted. Returns how many entries went.
+/// Whether `e`, from reading a kept message's record, is damage (the
+/// record does not check or decode, or its file is gone) rather than a
+/// failure that may pass (a disk that fails a read).
+fn is_damage(e: &Error) -> bool {
+    match e {
+        Error::Corrupt(_) => true,
+        Error::MessageLog(e) => e.is_lost(),
+        _ => false,
+    }
+}
+
 fn prune_blocks(
     tx: &rusqlite::Transaction<'_>,
     topic: Uuid,

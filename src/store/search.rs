@@ -551,7 +551,7 @@ fn message_behind(
             .map_err(|e| Error::Corrupt(e.to_string())),
         (Text::Block(_), None) => return Ok(None),
         (Text::Block(_), Some(Ok(stored))) => blocks::change(&stored.body),
-        (Text::Block(_), Some(Err(e))) if !lost(&e) => return Err(e.into()),
+        (Text::Block(_), Some(Err(e))) if !e.is_lost() => return Err(e.into()),
         (Text::Block(_), Some(Err(e))) => Err(e.into()),
     };
     match change {
@@ -602,19 +602,6 @@ fn edited_among<'a>(
         }
     }
     Ok(edited)
-}
-
-/// Whether a read of the message log failed for good: the record is
-/// damaged, or its segment gone. (Other errors, a disk that fails a read,
-/// are tried again with the run.)
-fn lost(e: &segment::Error) -> bool {
-    match e {
-        segment::Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
-        segment::Error::Corrupt { .. } | segment::Error::TooLarge { .. } => true,
-        segment::Error::InUse { .. } | segment::Error::Stopped | segment::Error::Resized { .. } => {
-            false
-        }
-    }
 }
 
 /// Whether a topic's messages are `binary` (never inspected, never indexed).
@@ -1610,6 +1597,47 @@ pub(super) mod tests {
         assert!(found(&db, "two", t).is_empty());
         assert!(found(&db, "brown", bin).is_empty());
         assert_eq!(entries(&db, "brown"), 1);
+    }
+
+    /// Edits and redactions behind the pass, looked up one range of a
+    /// topic's message entities at a time, reach the first, a middle and
+    /// the last message of each topic's run; the other messages are
+    /// indexed as kept.
+    #[test]
+    fn edits_behind_the_pass_are_found_in_each_topics_range() {
+        let (_dir, mut db, t, dan) = store();
+        let u = Uuid::now_v7();
+        let ids: Vec<String> = (1..=6).map(named).collect();
+        let [a, b, c, d, e, f] = [0, 1, 2, 3, 4, 5].map(|i| ids[i].as_str());
+        keep_blocks(
+            &mut db,
+            t,
+            dan,
+            &[(a, "brown a"), (b, "brown b"), (c, "brown c")],
+        );
+        keep_blocks(
+            &mut db,
+            u,
+            dan,
+            &[(d, "brown d"), (e, "brown e"), (f, "brown f")],
+        );
+        let lazy = crate::store::edit::Revision {
+            ex: Map::from_iter([("body".to_owned(), Value::from("a lazy cat"))]),
+            ts: 1,
+            by: dan,
+            n: 1,
+        };
+        for (topic, id) in [(t, a), (t, c), (u, e)] {
+            db.edit_message(topic, id, &lazy).unwrap();
+        }
+        let redaction = crate::store::edit::Redaction { ts: 2, by: dan };
+        db.redact_message(u, d, &redaction).unwrap();
+        let passed = db.search_behind(100).unwrap();
+        assert_eq!((passed.messages, passed.done), (6, true));
+        assert_eq!(found(&db, "lazy", t), [c, a]);
+        assert_eq!(found(&db, "lazy", u), [e]);
+        assert_eq!(found(&db, "brown", t), [b]);
+        assert_eq!(found(&db, "brown", u), [f]);
     }
 
     /// A page walks the blocks' matches newest first, then the rows'

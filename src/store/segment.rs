@@ -107,6 +107,19 @@ pub enum Error {
     Stopped,
 }
 
+impl Error {
+    /// Whether a read failed for good: the record is damaged, or its
+    /// segment gone. (Other errors, a disk that fails a read, may pass if
+    /// tried again.)
+    pub fn is_lost(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            Error::Corrupt { .. } | Error::TooLarge { .. } => true,
+            Error::InUse { .. } | Error::Stopped | Error::Resized { .. } => false,
+        }
+    }
+}
+
 /// Where a record starts: its segment and its byte offset in it. Ordered
 /// as the log is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
