@@ -607,8 +607,8 @@ impl Reader {
 
     /// The records at `at`, each as [`Reader::read`] gives it, in the
     /// order given. Records near each other in a segment (in rising order,
-    /// within [`SPAN`]) are read with one `pread` of the bytes that span
-    /// them: the search pass reads a run of a thousand records, and the
+    /// within [`SPAN`] of the first and [`GAP`] of each other) are read
+    /// with one `pread` of the bytes that span them: the search pass reads a run of a thousand records, and the
     /// log's older pages are not in the page cache
     /// ([`Writer::uncache`]).
     pub fn read_many(&self, at: &[Position]) -> Vec<Result<Stored, Error>> {
@@ -626,19 +626,7 @@ impl Reader {
         let mut out = Vec::with_capacity(at.len());
         let mut rest = at;
         while let Some(&first) = rest.first() {
-            // The run: rising offsets in one segment, within SPAN of the
-            // first (the last record's body may go past the read; it is
-            // then read on its own).
-            let run = rest
-                .iter()
-                .zip(rest.iter().skip(1))
-                .take_while(|(a, b)| {
-                    b.segment == first.segment
-                        && b.offset > a.offset
-                        && b.offset - first.offset < SPAN
-                })
-                .count()
-                + 1;
+            let run = run_len(rest);
             let (these, after) = rest.split_at(run.min(rest.len()));
             rest = after;
             let span = self.read_span(first, these);
@@ -1063,6 +1051,31 @@ fn advise_dontneed(file: &File, from: u64, to: u64) {
 /// Most bytes between the first and last records' starts that
 /// [`Reader::read_many`] reads with one call.
 const SPAN: u64 = 1 << 20;
+
+/// How many of `at`, from the first, [`Reader::read_many`] reads with one
+/// call: rising offsets in one segment, within [`SPAN`] of the first and
+/// [`GAP`] of each other (the last record's body may go past the read; it
+/// is then read on its own). At least one.
+fn run_len(at: &[Position]) -> usize {
+    let Some(first) = at.first() else {
+        return 0;
+    };
+    at.iter()
+        .zip(at.iter().skip(1))
+        .take_while(|(a, b)| {
+            b.segment == first.segment
+                && b.offset > a.offset
+                && b.offset - a.offset <= GAP
+                && b.offset - first.offset < SPAN
+        })
+        .count()
+        + 1
+}
+
+/// Most bytes from one record's start to the next's that a span reads
+/// through: farther apart (a history page of a quiet topic, between a busy
+/// one's messages), each is read on its own rather than the bytes between.
+const GAP: u64 = 64 << 10;
 
 /// Bytes read past the last record's head in a span: a message's record
 /// is a few hundred; a longer one is read on its own.
@@ -1947,6 +1960,11 @@ mod tests {
             .append((5..305).map(|seq| rec(seq, &big)))
             .expect("append");
         let c = w.append([rec(305, b"last")]).expect("append");
+        // Records farther apart than a span reads through.
+        let gap = vec![b'g'; (GAP * 2) as usize];
+        let g = w
+            .append([rec(306, b"before"), rec(307, &gap), rec(308, b"after")])
+            .expect("append");
         let (first, last) = (b.positions[0], b.positions[b.positions.len() - 1]);
         assert!(last.offset - first.offset > SPAN);
         assert!(first.segment > a.end.segment && c.end.segment > first.segment);
@@ -1965,12 +1983,14 @@ mod tests {
         let mut at: Vec<Position> = a.positions.clone();
         at.extend(&b.positions);
         at.extend(&c.positions);
+        at.push(g.positions[0]);
+        at.push(g.positions[2]);
         // Out of order, repeated, and positions with no record.
         at.push(a.positions[0]);
         at.push(a.positions[0]);
         at.push(inside_a_body);
         at.push(no_segment);
-        at.push(c.end);
+        at.push(g.end);
         at.push(a.positions[3]);
         let each: Vec<String> = at.iter().map(|&p| format!("{:?}", r.read(p))).collect();
         for got in [r.read_many(&at), r.read_once(&at)] {
@@ -1999,6 +2019,21 @@ mod tests {
             record_in(&bytes[..bytes.len() - 1], 0, a.positions[3]),
             None
         );
+    }
+
+    #[test]
+    fn a_span_is_rising_places_in_one_segment_near_each_other() {
+        let at = |segment, offset| Position { segment, offset };
+        assert_eq!(run_len(&[]), 0);
+        assert_eq!(run_len(&[at(1, 24)]), 1);
+        assert_eq!(run_len(&[at(1, 24), at(1, 100), at(1, 100 + GAP)]), 3);
+        // Too far from the one before, from the first, back, or elsewhere.
+        assert_eq!(run_len(&[at(1, 24), at(1, 100), at(1, 101 + GAP)]), 2);
+        let far: Vec<Position> = (0..=SPAN / GAP).map(|i| at(1, 24 + i * GAP)).collect();
+        assert_eq!(run_len(&far), far.len() - 1);
+        assert_eq!(run_len(&[at(1, 100), at(1, 24)]), 1);
+        assert_eq!(run_len(&[at(1, 100), at(1, 100)]), 1);
+        assert_eq!(run_len(&[at(1, 24), at(2, 24)]), 1);
     }
 
     #[test]
