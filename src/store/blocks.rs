@@ -1157,18 +1157,7 @@ mod tests {
             let log_dir = dir.path().join(MESSAGE_LOG_DIR);
             store
                 .call(move |db| {
-                    let uuid = Uuid::parse_str(&journal).expect("uuid");
-                    let (b, index) = find_id(&db.conn, t, uuid)?.expect("block");
-                    let entry = b.entry(index).expect("entry");
-                    let f = Found {
-                        key: key(Place::Block {
-                            rowid: b.rowid,
-                            index,
-                        }),
-                        topic: t,
-                        at: b.at(&entry),
-                        entry,
-                    };
+                    let f = found_of(db, t, &journal)?;
                     let text = String::from_utf8(db.log.read(f.at)?.body).expect("text");
                     let blank = log::blank_ex(&text).expect("blank");
                     journal_rewrite(&db.conn, &f, blank.as_bytes())?;
@@ -1193,6 +1182,74 @@ mod tests {
         let (ids, _) = page(&store, t, None, None, 10).await;
         assert_eq!(ids, [id, after], "nothing cut");
         assert!(!holds(&log_bytes(dir.path()), "torn-text"));
+        store.close().await;
+    }
+
+    /// How many rewrites the journal holds.
+    async fn journaled(store: &Store) -> i64 {
+        store
+            .call(|db| {
+                Ok(db
+                    .conn
+                    .query_row("SELECT COUNT(*) FROM rewrites", [], |r| r.get(0))?)
+            })
+            .await
+            .expect("count")
+    }
+
+    /// The block entry of kept message `id` of `topic`.
+    fn found_of(db: &crate::store::Db, topic: Uuid, id: &str) -> Result<Found, Error> {
+        let uuid = Uuid::parse_str(id).expect("uuid");
+        let (b, index) = find_id(&db.conn, topic, uuid)?.expect("block");
+        let entry = b.entry(index).expect("entry");
+        Ok(Found {
+            key: key(Place::Block {
+                rowid: b.rowid,
+                index,
+            }),
+            topic,
+            at: b.at(&entry),
+            entry,
+        })
+    }
+
+    /// A journaled rewrite that does not fit its record (another length:
+    /// not the record journaled) is dropped at open, with an error in the
+    /// log: the store opens, the record and the ones after it are kept as
+    /// they were, and the journal no longer holds it.
+    #[tokio::test]
+    async fn a_journaled_rewrite_that_does_not_fit_is_dropped_at_open() {
+        let dir = tempfile::tempdir().expect("dir");
+        let t = Uuid::now_v7();
+        let (id, after) = {
+            let store = Store::open(dir.path(), "n1").expect("open");
+            let id = keep(&store, t, "kept-text").await;
+            let after = keep(&store, t, "after").await;
+            let _ = page(&store, t, None, None, 1).await;
+            let journal = id.clone();
+            store
+                .call(move |db| {
+                    let f = found_of(db, t, &journal)?;
+                    journal_rewrite(&db.conn, &f, b"{}")?;
+                    Ok(())
+                })
+                .await
+                .expect("journal");
+            assert_eq!(journaled(&store).await, 1, "left for the open");
+            store.close().await;
+            (id, after)
+        };
+        let store = Store::open(dir.path(), "n1").expect("reopen");
+        let (ids, _) = page(&store, t, None, None, 10).await;
+        assert_eq!(ids, [id.clone(), after]);
+        assert!(holds(&log_bytes(dir.path()), "kept-text"));
+        assert_eq!(journaled(&store).await, 0);
+        let kept = store
+            .read(move |db| db.kept_message(t, &id))
+            .await
+            .expect("kept")
+            .expect("found");
+        assert_eq!(kept.ex.get(), r#"{"body":"kept-text"}"#);
         store.close().await;
     }
 
