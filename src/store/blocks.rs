@@ -1150,9 +1150,7 @@ mod tests {
         let t = Uuid::now_v7();
         let (id, after) = {
             let store = Store::open(dir.path(), "n1").expect("open");
-            let id = keep(&store, t, "torn-text").await;
-            let after = keep(&store, t, "after").await;
-            let _ = page(&store, t, None, None, 1).await;
+            let (id, after) = keep_two(&store, t, "torn-text").await;
             let journal = id.clone();
             let log_dir = dir.path().join(MESSAGE_LOG_DIR);
             store
@@ -1183,6 +1181,14 @@ mod tests {
         assert_eq!(ids, [id, after], "nothing cut");
         assert!(!holds(&log_bytes(dir.path()), "torn-text"));
         store.close().await;
+    }
+
+    /// Keeps `text` and then `after` in `topic`, indexed; their ids.
+    async fn keep_two(store: &Store, topic: Uuid, text: &str) -> (String, String) {
+        let id = keep(store, topic, text).await;
+        let after = keep(store, topic, "after").await;
+        let _ = page(store, topic, None, None, 1).await;
+        (id, after)
     }
 
     /// How many rewrites the journal holds.
@@ -1223,9 +1229,7 @@ mod tests {
         let t = Uuid::now_v7();
         let (id, after) = {
             let store = Store::open(dir.path(), "n1").expect("open");
-            let id = keep(&store, t, "kept-text").await;
-            let after = keep(&store, t, "after").await;
-            let _ = page(&store, t, None, None, 1).await;
+            let (id, after) = keep_two(&store, t, "kept-text").await;
             let journal = id.clone();
             store
                 .call(move |db| {
