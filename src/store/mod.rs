@@ -1031,6 +1031,7 @@ impl Store {
         on_commit: impl Fn(std::time::Duration) + Send + Sync + 'static,
     ) -> Result<Store, Error> {
         let mut db = Db::open(data_dir, node)?;
+        db.log.keep_cached(limits.cached_bytes);
         // The path SQLite resolved: a symlinked database has its WAL beside
         // its target.
         let path = db

@@ -34,6 +34,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -554,6 +555,9 @@ pub struct Reader {
     /// Open segments, so a history page is not an `open` per record; at
     /// most [`OPEN_SEGMENTS`].
     files: Mutex<HashMap<u64, Arc<File>>>,
+    /// Bytes at a segment's end that [`Reader::read_once`] leaves in the
+    /// page cache: the writer's ([`Writer::keep_cached`]).
+    cached: AtomicU64,
 }
 
 impl Reader {
@@ -562,7 +566,14 @@ impl Reader {
         Self {
             dir: dir.to_path_buf(),
             files: Mutex::new(HashMap::new()),
+            cached: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Leaves the last `bytes` of a segment in the page cache after a
+    /// [`Reader::read_once`], as the writer keeps them; by default all.
+    pub fn keep_cached(&self, bytes: u64) {
+        self.cached.store(bytes, Ordering::Relaxed);
     }
 
     fn file(&self, segment: u64) -> Result<Arc<File>, Error> {
@@ -617,7 +628,9 @@ impl Reader {
 
     /// [`Reader::read_many`] for a reader that goes through the log once
     /// (the search pass): the spans' pages are then dropped from the page
-    /// cache, as the writer drops what it wrote ([`Writer::uncache`]).
+    /// cache, as the writer drops what it wrote ([`Writer::uncache`]), but
+    /// for a segment's last [`Reader::keep_cached`] bytes: a pass that has
+    /// caught up leaves the newest messages cached for history.
     pub fn read_once(&self, at: &[Position]) -> Vec<Result<Stored, Error>> {
         self.read_spans(at, true)
     }
@@ -630,8 +643,13 @@ impl Reader {
             let (these, after) = rest.split_at(run.min(rest.len()));
             rest = after;
             let span = self.read_span(first, these);
-            if once && let (Ok(bytes), Ok(file)) = (&span, self.file(first.segment)) {
-                advise_dontneed(&file, first.offset, first.offset + bytes.len() as u64);
+            if once
+                && let (Ok(bytes), Ok(file)) = (&span, self.file(first.segment))
+                && let Ok(meta) = file.metadata()
+            {
+                let end = first.offset + bytes.len() as u64;
+                let keep = self.cached.load(Ordering::Relaxed);
+                advise_dontneed(&file, first.offset, read_uncached_to(end, meta.len(), keep));
             }
             for &p in these {
                 let found = span
@@ -1023,6 +1041,13 @@ fn uncached_range(uncached: u64, len: u64, keep: u64) -> Option<(u64, u64)> {
     const PAGE: u64 = 4096;
     let to = len.saturating_sub(keep) / PAGE * PAGE;
     (to > uncached).then_some((uncached, to))
+}
+
+/// Where the pages a read-once span ending at `end` brought into the cache
+/// stop being dropped, in a segment `len` bytes long whose last `keep`
+/// bytes stay cached (recent history is read from there).
+fn read_uncached_to(end: u64, len: u64, keep: u64) -> u64 {
+    end.min(len.saturating_sub(keep))
 }
 
 /// Tells the kernel that `from..to` of `file` will not be read soon, so
@@ -2053,6 +2078,12 @@ mod tests {
             uncached_range(0, (3 << 20) + 5, 1 << 20),
             Some((0, 2 << 20))
         );
+        // A read once keeps what the writer keeps: the segment's end.
+        assert_eq!(read_uncached_to(5000, 10 << 20, 1 << 20), 5000);
+        assert_eq!(read_uncached_to(10 << 20, 10 << 20, 1 << 20), 9 << 20);
+        assert_eq!(read_uncached_to(5000, 6000, 1 << 20), 0);
+        assert_eq!(read_uncached_to(5000, 6000, u64::MAX), 0);
+        assert_eq!(read_uncached_to(5000, 6000, 0), 5000);
     }
 
     #[test]
