@@ -458,9 +458,19 @@ pub(super) fn catch_up(
         // Edits and redactions made while they were behind, looked up for
         // the run at once (a lookup per message had been a fifth of the
         // pass).
-        let edited = edited_among(tx, messages.iter().map(|(_, m)| m))?;
-        for (key, m) in &messages {
-            let arrival = if edited.contains(&super::edit::entity(m.topic, &m.id)) {
+        let entities: Vec<String> = messages
+            .iter()
+            .map(|(_, m)| super::edit::entity(m.topic, &m.id))
+            .collect();
+        let edited = edited_among(
+            tx,
+            messages
+                .iter()
+                .zip(&entities)
+                .map(|((_, m), e)| (m.topic, e.as_str())),
+        )?;
+        for ((key, m), entity) in messages.iter().zip(&entities) {
+            let arrival = if edited.contains(entity) {
                 super::log::Arrival::Stored
             } else {
                 super::log::Arrival::Minted
@@ -565,28 +575,18 @@ fn message_behind(
     }
 }
 
-/// The entities (`edit::entity`) among `messages` that have an edit or a
-/// redaction: one range of the registers per topic, from its least to its
-/// greatest message entity.
+/// The message entities (`edit::entity`, each with its topic) among
+/// `entities` that have an edit or a redaction: one range of the registers
+/// per topic, from its least to its greatest message entity.
 fn edited_among<'a>(
     tx: &Transaction<'_>,
-    messages: impl Iterator<Item = &'a Message>,
+    entities: impl Iterator<Item = (Uuid, &'a str)>,
 ) -> Result<HashSet<String>, Error> {
-    let mut ranges: HashMap<Uuid, (String, String)> = HashMap::new();
-    for m in messages {
-        let e = super::edit::entity(m.topic, &m.id);
-        match ranges.get_mut(&m.topic) {
-            Some((least, greatest)) => {
-                if e < *least {
-                    *least = e;
-                } else if e > *greatest {
-                    *greatest = e;
-                }
-            }
-            None => {
-                ranges.insert(m.topic, (e.clone(), e));
-            }
-        }
+    let mut ranges: HashMap<Uuid, (&str, &str)> = HashMap::new();
+    for (topic, e) in entities {
+        let (least, greatest) = ranges.entry(topic).or_insert((e, e));
+        *least = (*least).min(e);
+        *greatest = (*greatest).max(e);
     }
     let mut edited = HashSet::new();
     let mut stmt = tx.prepare_cached(

@@ -619,9 +619,9 @@ impl Reader {
     /// The records at `at`, each as [`Reader::read`] gives it, in the
     /// order given. Records near each other in a segment (in rising order,
     /// within [`SPAN`] of the first and [`GAP`] of each other) are read
-    /// with one `pread` of the bytes that span them: the search pass reads a run of a thousand records, and the
-    /// log's older pages are not in the page cache
-    /// ([`Writer::uncache`]).
+    /// with one `pread` of the bytes that span them: the search pass reads
+    /// a run of a thousand records, and the log's older pages are not in
+    /// the page cache ([`Writer::uncache`]).
     pub fn read_many(&self, at: &[Position]) -> Vec<Result<Stored, Error>> {
         self.read_spans(at, false)
     }
