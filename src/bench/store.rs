@@ -2,7 +2,7 @@
 //! with history without a server or a wire. Messages of chatbench's shape
 //! (a stamp of their own, padded to 100 bytes, so each brings a new word
 //! to the search index) go to T topics in turn, one sender each, as the
-//! message log's records ([`MessageParts::encode`]), and are indexed as
+//! message log's records ([`Kept`], as a session appends them), and are indexed as
 //! the store thread indexes what the log has synced ([`Db::index_messages`],
 //! runs of G records, as under load). The log's own write and sync are
 //! left out: the index is what bounds history on (bench/README.md,
@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use super::Report;
 use crate::procfs as proc;
-use crate::proto::id::{UuidText, new_uuid, now_ms};
-use crate::store::log::{MessageParts, next_hlc};
+use crate::proto::id::{new_uuid, now_ms};
+use crate::store::log::next_hlc;
 use crate::store::message_log::{Entry, SyncedRecord};
+use crate::store::record::Kept;
 use crate::store::segment;
 use crate::store::{Db, Error};
 
@@ -46,7 +47,7 @@ pub struct KeepLoad {
 /// padding was a tenth of the instructions counted), so that under
 /// cachegrind the store's instructions are not lost among the
 /// generator's.
-fn record(topic: &UuidText, sender: &UuidText, n: u64, pair: usize) -> Vec<u8> {
+fn record(topic: uuid::Uuid, sender: uuid::Uuid, n: u64, pair: usize) -> Vec<u8> {
     /// Padding to cut from.
     const XS: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
     let mut ex = String::with_capacity(PAYLOAD + 16);
@@ -58,11 +59,9 @@ fn record(topic: &UuidText, sender: &UuidText, n: u64, pair: usize) -> Vec<u8> {
     let stamp = ex.len() - r#"{"message":""#.len();
     ex.push_str(XS.get(..PAYLOAD.saturating_sub(stamp)).unwrap_or_default());
     ex.push_str(r#""}"#);
-    let id = UuidText::new(new_uuid());
-    MessageParts {
-        kind: crate::change::Change::MESSAGE,
+    Kept {
         topic,
-        id: id.as_str(),
+        id: new_uuid(),
         ts: 0,
         sender,
         ex: &ex,
@@ -75,9 +74,8 @@ pub fn keep(dir: &Path, load: KeepLoad) -> Result<Report, Error> {
     let mut db = Db::open(dir, "bench")?;
     let pairs = load.topics.max(1);
     let group_size = load.group.max(1);
-    let topics: Vec<(UuidText, UuidText)> = (0..pairs)
-        .map(|_| (UuidText::new(new_uuid()), UuidText::new(new_uuid())))
-        .collect();
+    let topics: Vec<(uuid::Uuid, uuid::Uuid)> =
+        (0..pairs).map(|_| (new_uuid(), new_uuid())).collect();
     let before = proc::sample(std::process::id());
     let started = Instant::now();
     let (mut sent, mut groups, mut indexing) = (0u64, 0u64, Duration::ZERO);
@@ -91,7 +89,7 @@ pub fn keep(dir: &Path, load: KeepLoad) -> Result<Report, Error> {
         group.clear();
         for k in sent..sent + n {
             let pair = usize::try_from(k).unwrap_or(0) % pairs;
-            let Some((topic, sender)) = topics.get(pair) else {
+            let Some(&(topic, sender)) = topics.get(pair) else {
                 continue;
             };
             let body = record(topic, sender, k, pair);

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{CloseReason, Denied, LoggedIn, Outcome, Session};
-use crate::change::{Change, Message};
+use crate::change::Message;
 use crate::proto::id::{UuidText, uuid_at, uuids_at};
 use crate::proto::packet::{ExText, KeptSend, encode_line, relay_len, write_relay};
 use crate::proto::reply::write_send_ack;
@@ -224,7 +224,7 @@ impl Session<'_> {
         raw_ex: Option<ExText<'_>>,
     ) -> Result<Option<Outcome>, Denied> {
         let ex = relayed_ex(ex, raw_ex)?;
-        // The log's records are text, as its index reads them.
+        // A record's `ex` is JSON text (store/record.rs).
         let ex = std::str::from_utf8(&ex).map_err(|_| {
             Denied::new(
                 ErrorCode::ServerInternal,
@@ -235,7 +235,6 @@ impl Session<'_> {
         let now = self.clock.unix_ms();
         let line = relay_len(now, &me.name_json, ex.as_bytes());
         self.check_kept_size(line.saturating_sub(1))?;
-        let sender = UuidText::new(me.id);
         // Minted under the log's lock, so that kept messages' ids rise
         // with their seqs: a topic's blocks then never overlap in ids, and
         // an id is looked up in one (store/blocks.rs).
@@ -243,18 +242,17 @@ impl Session<'_> {
         let appended = self.ctx.store.messages().append(now, |_, out| {
             let (message_id, ack) = match id {
                 Some(for_id) => {
-                    let [message, ack] = uuids_at(now).map(UuidText::new);
+                    let [message, ack] = uuids_at(now);
                     (message, Some((for_id, ack)))
                 }
-                None => (UuidText::new(uuid_at(now)), None),
+                None => (uuid_at(now), None),
             };
-            store::log::MessageParts {
-                kind: Change::MESSAGE,
-                topic: topic_text,
-                id: message_id.as_str(),
+            store::record::Kept {
+                topic: t.id,
+                id: message_id,
+                sender: me.id,
                 // The event's clock is its time.
                 ts: 0,
-                sender: &sender,
                 ex,
             }
             .encode_into(out);
@@ -277,6 +275,8 @@ impl Session<'_> {
                 "the server could not keep the message",
             ));
         };
+        let message_id = UuidText::new(message_id);
+        let ack = ack.map(|(for_id, ack)| (for_id, UuidText::new(ack)));
         self.kept_seq = entry.seq;
         self.ctx.metrics.kept();
         let opened = self.open_burst(t);

@@ -32,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::Error;
-use super::log::{self, Origin};
+use super::log::Origin;
 use super::segment::{self, Position};
 use crate::change::{Change, ExJson};
 
@@ -532,11 +532,7 @@ pub fn find_key(conn: &Connection, key: Key) -> Result<Option<Found>, Error> {
 
 /// A kept message's record body as the change it encodes.
 pub fn change(body: &[u8]) -> Result<Change, Error> {
-    let text = std::str::from_utf8(body).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let mut change: Change = match log::decode_message(text) {
-        Some(change) => change,
-        None => serde_json::from_str(text).map_err(|e| Error::Corrupt(e.to_string()))?,
-    };
+    let mut change = super::record::change(body)?;
     // A redaction leaves `{`, spaces and `}` in the record.
     if let Some(m) = change.message.as_mut().filter(|m| m.ex.is_empty()) {
         m.ex = ExJson::empty();
@@ -812,17 +808,41 @@ mod tests {
     use crate::store::edit::Redaction;
     use crate::store::history::Cursor;
     use crate::store::{MESSAGE_LOG_DIR, Store};
+    use crate::store::{log, record};
 
     /// Keeps a message `{"body": text}` in `topic` through the store's
-    /// message log, its id minted under the log's lock as a session's is;
-    /// returns the id once the log has synced it.
+    /// message log, its id minted under the log's lock and its record
+    /// binary, as a session's are; returns the id once the log has synced
+    /// it.
     async fn keep(store: &Store, topic: Uuid, text: &str) -> String {
+        keep_as(store, topic, text, false).await
+    }
+
+    /// [`keep`], the record the text an earlier build wrote.
+    async fn keep_text(store: &Store, topic: Uuid, text: &str) -> String {
+        keep_as(store, topic, text, true).await
+    }
+
+    async fn keep_as(store: &Store, topic: Uuid, text: &str, as_text: bool) -> String {
         let log = store.messages();
         let mut minted = String::new();
         let e = log
             .append(crate::proto::id::now_ms(), |_, out| {
-                minted = crate::proto::id::uuid_at(crate::proto::id::now_ms()).to_string();
-                out.extend_from_slice(&log::text_message(topic, Uuid::nil(), &minted, text));
+                let id = crate::proto::id::uuid_at(crate::proto::id::now_ms());
+                minted = id.to_string();
+                if as_text {
+                    out.extend_from_slice(&log::text_message(topic, Uuid::nil(), &minted, text));
+                } else {
+                    let ex = serde_json::json!({ "body": text }).to_string();
+                    let kept = record::Kept {
+                        topic,
+                        id,
+                        sender: Uuid::nil(),
+                        ts: 0,
+                        ex: &ex,
+                    };
+                    kept.encode_into(out);
+                }
             })
             .expect("append");
         log.wait_synced(e.seq).await.expect("synced");
@@ -1106,6 +1126,78 @@ mod tests {
         store.close().await;
     }
 
+    /// A log that an earlier build wrote text records to, and this one
+    /// binary records, reads as one: history in order with every text, and
+    /// a redaction of either kind erases its text in place.
+    #[tokio::test]
+    async fn text_and_binary_records_read_together() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "n1").expect("open");
+        let t = Uuid::now_v7();
+        let mut ids = Vec::new();
+        for (n, text) in ["old-one", "new-one", "old-two", "new-two"]
+            .iter()
+            .enumerate()
+        {
+            ids.push(if n % 2 == 0 {
+                keep_text(&store, t, text).await
+            } else {
+                keep(&store, t, text).await
+            });
+        }
+        async fn texts(store: &Store, t: Uuid) -> Vec<(String, String)> {
+            store
+                .read(move |db| {
+                    let page = db.history(t, None, None, 10)?;
+                    Ok(page
+                        .messages
+                        .into_iter()
+                        .map(|m| (m.id, m.ex.get().to_owned()))
+                        .collect::<Vec<_>>())
+                })
+                .await
+                .expect("history")
+        }
+        let body = |text: &str| format!("{{\"body\":\"{text}\"}}");
+        let read = texts(&store, t).await;
+        let want: Vec<(String, String)> = ids
+            .iter()
+            .zip(["old-one", "new-one", "old-two", "new-two"])
+            .map(|(id, text)| (id.clone(), body(text)))
+            .collect();
+        assert_eq!(read, want);
+        for redacted in [ids[0].clone(), ids[3].clone()] {
+            store
+                .call(move |db| {
+                    db.redact_message(
+                        t,
+                        &redacted,
+                        &Redaction {
+                            ts: 1,
+                            by: Uuid::nil(),
+                        },
+                    )
+                })
+                .await
+                .expect("redact");
+        }
+        let log = log_bytes(dir.path());
+        assert!(!holds(&log, "old-one") && !holds(&log, "new-two"));
+        assert!(holds(&log, "new-one") && holds(&log, "old-two"));
+        let read = texts(&store, t).await;
+        let shown: Vec<&str> = read.iter().map(|(_, ex)| ex.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "{}",
+                body("new-one").as_str(),
+                body("old-two").as_str(),
+                "{}"
+            ]
+        );
+        store.close().await;
+    }
+
     /// A redaction committed without a sync of its own (a client's, in a
     /// run of synced-later jobs; a peer's, in its batch) makes its journal
     /// durable before it writes over the record: a crash that tore the
@@ -1156,9 +1248,8 @@ mod tests {
             store
                 .call(move |db| {
                     let f = found_of(db, t, &journal)?;
-                    let text = String::from_utf8(db.log.read(f.at)?.body).expect("text");
-                    let blank = log::blank_ex(&text).expect("blank");
-                    journal_rewrite(&db.conn, &f, blank.as_bytes())?;
+                    let blank = record::blank_ex(&db.log.read(f.at)?.body).expect("blank");
+                    journal_rewrite(&db.conn, &f, &blank)?;
                     // Torn: half of the new body written, the CRC not.
                     let path = log_dir.join(format!("{:020}.seg", f.at.segment));
                     let file = std::fs::OpenOptions::new()
@@ -1167,7 +1258,7 @@ mod tests {
                         .expect("open");
                     use std::os::unix::fs::FileExt;
                     let head = segment::RECORD_HEAD as u64;
-                    file.write_all_at(&blank.as_bytes()[..blank.len() / 2], f.at.offset + head)
+                    file.write_all_at(&blank[..blank.len() / 2], f.at.offset + head)
                         .expect("tear");
                     Ok(())
                 })

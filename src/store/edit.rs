@@ -364,29 +364,27 @@ fn store_body(tx: &rusqlite::Connection, key: Key, change: &Change) -> Result<()
             };
             let log = blocks::log()?;
             let stored = log.read(found.at)?;
-            let text =
-                std::str::from_utf8(&stored.body).map_err(|e| Error::Corrupt(e.to_string()))?;
-            let blank = match log::blank_ex(text) {
+            let blank = match super::record::blank_ex(&stored.body) {
                 Some(blank) => blank,
                 // Another layout (the index reads it too): the change as
                 // JSON, padded with spaces to the record's length.
                 None => {
                     let mut body =
                         serde_json::to_string(change).map_err(|e| Error::Corrupt(e.to_string()))?;
-                    let Some(padding) = text.len().checked_sub(body.len()) else {
+                    let stored = stored.body.len();
+                    let Some(padding) = stored.checked_sub(body.len()) else {
                         return Err(Error::Corrupt(format!(
-                            "a redacted message of {} bytes does not fit its record of {}",
+                            "a redacted message of {} bytes does not fit its record of {stored}",
                             body.len(),
-                            text.len()
                         )));
                     };
                     body.extend(std::iter::repeat_n(' ', padding));
-                    body
+                    body.into_bytes()
                 }
             };
             // Made once the transaction commits (a redaction that fails
             // erases nothing), and again at open if a crash tore it.
-            blocks::journal_rewrite(tx, &found, blank.as_bytes())?;
+            blocks::journal_rewrite(tx, &found, &blank)?;
         }
     }
     Ok(())

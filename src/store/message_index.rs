@@ -23,7 +23,7 @@ use super::log::{self, Arrival, Origin};
 use super::message_log::{Entry, MessageLog, Synced, SyncedRecord};
 use super::search::IndexQueue;
 use super::segment::{self, Position};
-use super::{Db, Error, blocks};
+use super::{Db, Error, blocks, record};
 use crate::change::Change;
 use uuid::Uuid;
 
@@ -152,15 +152,15 @@ fn index_records<'r>(
         // As a session wrote it: an entry of its topic's block. A kept
         // message writes no register, and its search entry comes behind:
         // there is nothing to apply.
-        if let Some((topic, id)) = log::message_topic_and_id(r.body)
+        if let Some((topic, id)) = record::topic_and_id(r.body)
             && rises(topic, id)?
         {
             blocks.add(topic, r.at, r.entry.seq, hlc, id);
             clock = clock.max(hlc);
             continue;
         }
-        let text = std::str::from_utf8(r.body).ok();
-        let split = text.map(|t| (t, log::split_message(t)));
+        let text = record::text(r.body).ok();
+        let split = text.as_deref().map(|t| (t, log::split_message(t)));
         let in_block = match &split {
             Some((_, Some(m))) if m.kind == Change::MESSAGE => match Uuid::try_parse(m.id) {
                 Ok(id) => rises(m.topic, id)?.then_some((m.topic, id)),

@@ -18,6 +18,7 @@ pub mod message;
 pub mod message_index;
 pub mod message_log;
 pub mod migrate;
+pub mod record;
 pub mod redact;
 pub mod replica;
 pub mod search;

@@ -265,7 +265,8 @@ impl Db {
         stored: segment::Stored,
         pending: bool,
     ) -> Result<RawEvent, Error> {
-        let body = String::from_utf8(stored.body).map_err(|e| Error::Corrupt(e.to_string()))?;
+        // A binary record as its text: peers get the text a row held.
+        let body = super::record::text(&stored.body)?.into_owned();
         // A rewritten record's `ex` is `{`, spaces and `}`: sent as the
         // row held it, `{}`.
         let redacted = match log::split_message(&body) {
@@ -743,7 +744,6 @@ mod tests {
         use uuid::Uuid;
 
         use super::*;
-        use crate::proto::id::UuidText;
         use crate::store::MESSAGE_LOG_DIR;
         use crate::store::edit::Redaction;
         use crate::store::message_log::{self, SyncedRecord};
@@ -766,20 +766,22 @@ mod tests {
         }
 
         /// Message `id` of `topic` with text `text`, as the session writes
-        /// it to the log (`session/message.rs`, `keep_now`).
+        /// it to the log (`session/message.rs`, `keep_now`): a binary
+        /// record when `id` is a UUID (a session mints one), else the text
+        /// an earlier build wrote.
         fn record(topic: Uuid, id: &str, text: &str) -> Vec<u8> {
             let ex = serde_json::json!({ "body": text }).to_string();
-            let mut out = Vec::new();
-            log::MessageParts {
-                kind: Change::MESSAGE,
-                topic: &UuidText::new(topic),
+            let Ok(id) = Uuid::try_parse(id) else {
+                return log::text_message(topic, Uuid::nil(), id, text);
+            };
+            crate::store::record::Kept {
+                topic,
                 id,
+                sender: Uuid::nil(),
                 ts: 0,
-                sender: &UuidText::new(Uuid::nil()),
                 ex: &ex,
             }
-            .encode_into(&mut out);
-            out
+            .encode()
         }
 
         /// Keeps `messages` (topic, id, text) as one group of the log,
@@ -815,14 +817,17 @@ mod tests {
                 });
             node.db.index_messages(synced, appended.end).unwrap();
             let origin = node.db.origin().messages();
+            // A row held the change's text, whatever the record's layout.
             records
                 .iter()
-                .map(|r| RawEvent {
+                .zip(messages)
+                .map(|(r, (topic, id, text))| RawEvent {
                     node: origin.node.clone(),
                     incarnation: origin.incarnation.clone(),
                     seq: r.seq,
                     hlc: r.hlc,
-                    body: String::from_utf8(r.body.to_vec()).unwrap(),
+                    body: String::from_utf8(log::text_message(*topic, Uuid::nil(), id, text))
+                        .unwrap(),
                 })
                 .collect()
         }
