@@ -250,7 +250,7 @@ pub fn live_id(
 /// seq order.
 #[derive(Debug, Default)]
 pub struct Builder {
-    open: HashMap<(Uuid, u64), usize>,
+    open: foldhash::HashMap<(Uuid, u64), usize>,
     blocks: Vec<Building>,
 }
 

@@ -12,7 +12,6 @@
 //! (bench/README.md, eighteenth round): rows per message, which blocks per
 //! topic and group are to replace.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,7 +136,7 @@ fn index_records<'r>(
     // lock, but not an older build (whose records `catch_up` indexes), nor
     // one whose clock stepped back across a restart: such a message is a
     // row of its own, found by its id as any row is.
-    let mut top: HashMap<Uuid, Uuid> = HashMap::new();
+    let mut top: foldhash::HashMap<Uuid, Uuid> = foldhash::HashMap::default();
     let mut rises = |topic: Uuid, id: Uuid| -> Result<bool, Error> {
         let max = match top.get(&topic) {
             Some(max) => *max,
