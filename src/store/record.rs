@@ -181,6 +181,49 @@ fn damaged() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes (a damaged record whose CRC still matched, or a
+        /// foreign file): an answer or an error, never a panic.
+        #[test]
+        fn any_body_reads_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..200),
+                                            tag in any::<bool>()) {
+            let mut body = body;
+            if tag {
+                body.insert(0, TAG);
+            }
+            let _ = Kept::parse(&body);
+            let _ = topic_and_id(&body);
+            let _ = text(&body);
+            let _ = change(&body);
+            if let Some(blank) = blank_ex(&body) {
+                prop_assert_eq!(blank.len(), body.len());
+            }
+        }
+
+        /// Every message a session can append reads back as the change its
+        /// text gives, whatever its `ex` and `ts`.
+        #[test]
+        fn a_kept_message_reads_back_as_its_text(topic in any::<u128>(), id in any::<u128>(),
+                                                 sender in any::<u128>(), ts in any::<i64>(),
+                                                 body in any::<String>()) {
+            let ex = serde_json::json!({ "body": body }).to_string();
+            let kept = Kept {
+                topic: Uuid::from_u128(topic),
+                id: Uuid::from_u128(id),
+                sender: Uuid::from_u128(sender),
+                ts,
+                ex: &ex,
+            };
+            let record = kept.encode();
+            prop_assert_eq!(Kept::parse(&record), Some(kept));
+            let text = text(&record).unwrap().into_owned();
+            let serde: Change = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(change(&record).unwrap(), serde);
+            prop_assert_eq!(topic_and_id(&record), Some((kept.topic, kept.id)));
+        }
+    }
 
     fn kept(ex: &str) -> Kept<'_> {
         Kept {
