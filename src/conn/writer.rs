@@ -18,7 +18,15 @@ use crate::store::message_log::MessageLog;
 use prometheus_client::metrics::counter::Counter;
 
 /// Most bytes gathered into one write.
-const BATCH_BYTES: usize = 64 * 1024;
+pub(crate) const BATCH_BYTES: usize = 64 * 1024;
+
+/// Most bytes a held writer (history on) takes for one sync, written
+/// [`BATCH_BYTES`] at a time. All of it waits for the same sync, as a group
+/// commit's callers do: a held writer that took one write's worth per sync
+/// wrote at most 64 KiB each time the runtime came round to it, and under
+/// chatbench's pairs with history a receiver's relays queued up behind it
+/// (2.3 MB each, p50 2.4–2.7 s; bench/README.md, twenty-fifth round).
+const HELD_BATCH_BYTES: usize = 1024 * 1024;
 
 /// How the writer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,16 +115,33 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 z.flush(Flush::Sync, &mut buf);
             }
         }
-        let write = async {
+        // A write at a time of at most `BATCH_BYTES` (or one larger
+        // frame), each under the write timeout.
+        let written = Box::pin(async {
             match gzip {
-                Some(_) => wr.write_all(&buf).await?,
-                None => write_frames(&mut wr, &frames).await?,
+                Some(_) => {
+                    for chunk in buf.chunks(BATCH_BYTES) {
+                        let write = async {
+                            wr.write_all(chunk).await?;
+                            wr.flush().await
+                        };
+                        guarded(&closer, &hard_stop, cfg.write_timeout, write).await?;
+                    }
+                }
+                None => {
+                    for chunk in in_writes(&frames) {
+                        let write = async {
+                            write_frames(&mut wr, chunk).await?;
+                            wr.flush().await
+                        };
+                        guarded(&closer, &hard_stop, cfg.write_timeout, write).await?;
+                    }
+                }
             }
-            wr.flush().await
-        };
+            Ok::<(), Ended>(())
+        });
         // Boxed: a task is as large as its largest state for its whole
         // life, and a writer spends most of it waiting for the next batch.
-        let written = Box::pin(guarded(&closer, &hard_stop, cfg.write_timeout, write));
         if let Err(ended) = written.await {
             break ended;
         }
@@ -161,7 +186,8 @@ pub(crate) struct Batch {
 }
 
 /// Waits for the next frames and hands each buffer of packets (and
-/// whether it holds a secret) to `take`, up to [`BATCH_BYTES`] at once;
+/// whether it holds a secret) to `take`, up to [`BATCH_BYTES`] at once
+/// ([`HELD_BATCH_BYTES`] with `hold`);
 /// `Err` says how the writer ends instead. With `hold`, returns only once
 /// every message appended to the log by the time the frames were taken is
 /// synced: a relay or `ack` of a kept message is queued after its append,
@@ -186,6 +212,11 @@ pub(crate) async fn next_batch(
         packets: 0,
         close: false,
     };
+    let most = if hold.is_some() {
+        HELD_BATCH_BYTES
+    } else {
+        BATCH_BYTES
+    };
     let mut size = 0;
     let mut next = Some(first);
     while let Some(frame) = next.take() {
@@ -201,7 +232,7 @@ pub(crate) async fn next_batch(
         size += bytes.len();
         batch.packets += count;
         take(bytes, secret);
-        if size < BATCH_BYTES {
+        if size < most {
             next = rx.try_recv();
         }
     }
@@ -258,6 +289,29 @@ fn compress(z: &mut GzipEncoder, bytes: &[u8], secret: bool, buf: &mut Vec<u8>) 
 
 /// Writes the packets of a plain batch with vectored writes: TLS gathers
 /// them into records without an intermediate buffer.
+/// `frames` cut into runs of at most [`BATCH_BYTES`] (a larger frame is a
+/// run of its own), in order: one write each.
+fn in_writes(frames: &[Bytes]) -> impl Iterator<Item = &[Bytes]> {
+    let mut rest = frames;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut size = 0;
+        let n = rest
+            .iter()
+            .take_while(|f| {
+                size += f.len();
+                size <= BATCH_BYTES
+            })
+            .count()
+            .max(1);
+        let (run, after) = rest.split_at(n.min(rest.len()));
+        rest = after;
+        Some(run)
+    })
+}
+
 async fn write_frames<W: AsyncWrite + Unpin>(wr: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|b| IoSlice::new(b)).collect();
     let mut rest = &mut slices[..];
@@ -309,7 +363,9 @@ mod tests {
         assert_eq!(ops, ["ping", "ack", "pong"]);
     }
 
-    /// A batch taken after a message's append waits for its sync.
+    /// A batch taken after a message's append waits for its sync, and
+    /// takes everything queued by then (past one write's worth): it all
+    /// waits for the same sync.
     #[tokio::test]
     async fn a_batch_waits_for_what_was_appended_before_it() {
         use crate::store::message_log::{Entry, Limits, MessageLog};
@@ -329,24 +385,128 @@ mod tests {
         let go = go;
         log.append_body(|_| b"kept".to_vec()).unwrap();
         in_hand_off.recv().unwrap();
-        // Its relay, queued after the append.
-        let (out, mut rx, closer) = Outbound::channel(64, 1 << 20);
+        // Its relay, queued after the append, and three writes' worth
+        // more.
+        let (out, mut rx, closer) = Outbound::channel(1024, 1 << 22);
         out.push(&Packet::server("msg")).unwrap();
+        let (more, size) = queue_bytes(&out, 3 * BATCH_BYTES);
         let hard_stop = CancellationToken::new();
         let mut taken = Vec::new();
-        let mut batch = std::pin::pin!(next_batch(
-            &mut rx,
-            &closer,
-            &hard_stop,
-            Some(&log),
-            |b, _| taken.push(b)
-        ));
-        assert!((&mut batch).now_or_never().is_none(), "held until synced");
-        go.send(()).unwrap();
-        let batch = batch.await.unwrap();
-        assert_eq!(batch.packets, 1);
+        let batch = {
+            let mut batch = std::pin::pin!(next_batch(
+                &mut rx,
+                &closer,
+                &hard_stop,
+                Some(&log),
+                |b, _| taken.push(b)
+            ));
+            assert!((&mut batch).now_or_never().is_none(), "held until synced");
+            go.send(()).unwrap();
+            batch.await.unwrap()
+        };
+        assert_eq!(batch.packets, 1 + more);
+        assert!(taken.iter().map(Bytes::len).sum::<usize>() > size);
         drop(go);
         thread.finish();
+    }
+
+    /// Queues packets of about 1 KiB until `bytes` are queued: how many.
+    fn queue_bytes(out: &Outbound, bytes: usize) -> (usize, usize) {
+        let text = "x".repeat(1000);
+        let (mut count, mut size) = (0, 0);
+        while size < bytes {
+            let packet = Packet::server("msg").with("text", text.as_str());
+            size += packet.to_line().len();
+            out.push(&packet).unwrap();
+            count += 1;
+        }
+        (count, size)
+    }
+
+    /// A held batch larger than one write goes out whole (in several
+    /// writes), plain or compressed.
+    #[tokio::test]
+    async fn a_held_batch_past_one_write_goes_out_whole() {
+        use crate::store::message_log::{Entry, Limits, MessageLog};
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing appended: nothing to wait for.
+        let start = Entry { seq: 0, hlc: 0 };
+        let (log, thread) = MessageLog::open(dir.path(), Limits::default(), start, |_| {}).unwrap();
+        for gzip_level in [None, Some(6)] {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let (out, rx, closer) = Outbound::channel(1024, 1 << 22);
+            let (queued, _) = queue_bytes(&out, 3 * BATCH_BYTES);
+            out.push_close().unwrap();
+            let cfg = WriterConfig {
+                gzip_level,
+                write_timeout: Duration::from_secs(5),
+                packets_out: Counter::default(),
+                hold: Some(log.clone()),
+            };
+            let writer = tokio::spawn(run(server, rx, closer, CancellationToken::new(), cfg));
+            let mut wire = Vec::new();
+            let mut client = client;
+            client.read_to_end(&mut wire).await.unwrap();
+            assert_eq!(writer.await.unwrap(), Ended::Drained);
+            if gzip_level.is_some() {
+                let mut d = flate2::write::GzDecoder::new(Vec::new());
+                d.write_all(&wire).unwrap();
+                wire = d.finish().unwrap();
+            }
+            let text = String::from_utf8(wire).unwrap();
+            assert_eq!(text.lines().count(), queued, "{gzip_level:?}");
+            assert!(
+                text.lines()
+                    .all(|l| Packet::decode(l.as_bytes(), 8).is_ok())
+            );
+        }
+        drop(log);
+        thread.finish();
+    }
+
+    /// Unheld, a batch is one write's worth.
+    #[tokio::test]
+    async fn an_unheld_batch_is_one_write() {
+        let (out, mut rx, closer) = Outbound::channel(1024, 1 << 22);
+        let (queued, _) = queue_bytes(&out, 3 * BATCH_BYTES);
+        let mut taken = Vec::new();
+        let batch = next_batch(&mut rx, &closer, &CancellationToken::new(), None, |b, _| {
+            taken.push(b)
+        })
+        .await
+        .unwrap();
+        let size: usize = taken.iter().map(Bytes::len).sum();
+        assert!(batch.packets < queued);
+        assert!((BATCH_BYTES..BATCH_BYTES + 2048).contains(&size), "{size}");
+    }
+
+    /// Frames go out in order, in writes of at most `BATCH_BYTES` each but
+    /// for a larger frame, which is a write of its own.
+    #[test]
+    fn frames_are_cut_into_writes() {
+        let frame = |n: usize| Bytes::from(vec![b'x'; n]);
+        let third = BATCH_BYTES / 3;
+        let frames = [
+            frame(third),
+            frame(third),
+            frame(third),
+            frame(third),
+            frame(BATCH_BYTES + 1),
+            frame(1),
+        ];
+        let writes: Vec<Vec<usize>> = in_writes(&frames)
+            .map(|w| w.iter().map(Bytes::len).collect())
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                vec![third, third, third],
+                vec![third],
+                vec![BATCH_BYTES + 1],
+                vec![1]
+            ]
+        );
+        assert_eq!(in_writes(&[]).count(), 0);
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::framing::Span;
-use crate::conn::writer::{Batch, Ended, WriterConfig, guarded, next_batch};
+use crate::conn::writer::{BATCH_BYTES, Batch, Ended, WriterConfig, guarded, next_batch};
 use crate::conn::{self, Input, Item, Stop, Transport};
 use crate::proto::{ErrorCode, reply};
 use crate::router::{Closer, Receiver};
@@ -28,15 +28,14 @@ use crate::tls::Alpn;
 /// Read buffer per WebSocket (tungstenite allocates it up front; its
 /// default, 128 KiB, would be most of an idle session's memory).
 const READ_BUFFER: usize = 8 * 1024;
-/// tungstenite's write buffer: a batch (at most 64 KiB, as the 10bit
-/// writer gathers) is flushed once.
-const BATCH_BYTES: usize = 64 * 1024;
 
 /// Runs a WebSocket session on an upgraded connection to its end.
 pub(super) async fn run(shared: &Shared, upgraded: Upgraded, peer: SocketAddr, conn_id: u64) {
     let web = &shared.config.web;
     let cfg = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
+        // A write's worth (`BATCH_BYTES`, as the 10bit writer's) is
+        // flushed once.
         .write_buffer_size(BATCH_BYTES)
         .max_message_size(Some(web.max_message_bytes))
         .max_frame_size(Some(web.max_message_bytes));
@@ -185,16 +184,33 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(b) => b,
             Err(ended) => break ended,
         };
-        let write = async {
-            for message in batch.drain(..) {
-                sink.feed(message).await?;
+        // A write at a time of at most `BATCH_BYTES` (a held batch is
+        // larger), each under the write timeout.
+        let mut rest = batch.drain(..).peekable();
+        let mut failed = None;
+        while failed.is_none() {
+            let write = async {
+                let mut size = 0;
+                while let Some(message) =
+                    rest.next_if(|m| size == 0 || size + m.len() <= BATCH_BYTES)
+                {
+                    size += message.len();
+                    sink.feed(message).await?;
+                }
+                match (rest.peek().is_none(), close) {
+                    (true, true) => closed_ok(sink.close().await),
+                    _ => sink.flush().await,
+                }
+            };
+            failed = guarded(&closer, &hard_stop, write_timeout, write)
+                .await
+                .err();
+            if rest.peek().is_none() {
+                break;
             }
-            match close {
-                true => closed_ok(sink.close().await),
-                false => sink.flush().await,
-            }
-        };
-        if let Err(ended) = guarded(&closer, &hard_stop, write_timeout, write).await {
+        }
+        drop(rest);
+        if let Some(ended) = failed {
             break ended;
         }
         cfg.packets_out.inc_by(packets as u64);
