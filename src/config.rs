@@ -157,6 +157,10 @@ pub struct HistoryConfig {
     /// Bytes of the message log behind its end kept in the page cache
     /// once synced; older pages are dropped from it.
     pub log_cache_bytes: u64,
+    /// Microseconds after a group's write began that the message log waits
+    /// before it writes the next one, when more came in meanwhile; 0 never
+    /// waits.
+    pub log_group_wait_us: u64,
 }
 
 impl HistoryConfig {
@@ -166,6 +170,7 @@ impl HistoryConfig {
             pending_bytes: self.pending_bytes,
             roll_after: std::time::Duration::from_millis(self.log_roll_ms),
             cached_bytes: self.log_cache_bytes,
+            group_wait: std::time::Duration::from_micros(self.log_group_wait_us),
             ..Default::default()
         }
     }
@@ -187,6 +192,7 @@ impl Default for HistoryConfig {
             pending_bytes: 32 << 20,
             log_roll_ms: 600_000,
             log_cache_bytes: 1 << 20,
+            log_group_wait_us: crate::store::message_log::DEFAULT_GROUP_WAIT.as_micros() as u64,
         }
     }
 }
@@ -674,6 +680,10 @@ impl Config {
                 "must be 0 to 1099511627776",
             ));
         }
+        // A kept message's ack waits for it at most: a tenth of a second.
+        if h.log_group_wait_us > 100_000 {
+            return Err(invalid("history.log_group_wait_us", "must be 0 to 100000"));
+        }
         let l = &self.limits;
         if !(1024..=16 * 1024 * 1024).contains(&l.max_line_bytes) {
             return Err(invalid("limits.max_line_bytes", "must be 1024 to 16777216"));
@@ -850,6 +860,13 @@ mod tests {
             c.history.message_log_limits().roll_after,
             std::time::Duration::from_secs(1)
         );
+        let err = Config::from_toml("[history]\nlog_group_wait_us = 100001\n").unwrap_err();
+        assert!(
+            err.to_string().contains("history.log_group_wait_us"),
+            "{err}"
+        );
+        let c = Config::from_toml("[history]\nlog_group_wait_us = 0\n").expect("config");
+        assert_eq!(c.history.message_log_limits().group_wait, Duration::ZERO);
         let err = Config::from_toml("[history]\nlog_cache_bytes = 1099511627777\n").unwrap_err();
         assert!(err.to_string().contains("history.log_cache_bytes"), "{err}");
         let c = Config::from_toml("[history]\nlog_cache_bytes = 0\n").expect("config");

@@ -152,6 +152,21 @@ pub struct Limits {
     /// Synced bytes behind the log's end kept in the page cache; older
     /// pages are dropped from it ([`segment::Writer::uncache`]).
     pub cached_bytes: u64,
+    /// How long after a group's write began the log waits before it
+    /// writes the next, when records came in meanwhile (the log is busy):
+    /// groups then gather what comes in that long, and the log syncs at
+    /// most so often. A log that was idle writes a record at once; a group
+    /// of [`Limits::full_group_bytes`] does not wait. Zero: never waits.
+    pub group_wait: Duration,
+}
+
+impl Limits {
+    /// Pending bytes past which a group is written without waiting out
+    /// [`Limits::group_wait`]: its write outweighs a sync's fixed cost,
+    /// and waiting longer would only hold its senders back.
+    pub fn full_group_bytes(&self) -> usize {
+        FULL_GROUP_BYTES.min(self.pending_bytes / 2).max(1)
+    }
 }
 
 impl Default for Limits {
@@ -161,6 +176,7 @@ impl Default for Limits {
             segment_bytes: 64 << 20,
             roll_after: Duration::from_secs(600),
             cached_bytes: 1 << 20,
+            group_wait: DEFAULT_GROUP_WAIT,
         }
     }
 }
@@ -260,8 +276,9 @@ impl MessageLog {
             .name("tenthbit-msglog".into())
             .spawn(move || {
                 let roll_after = log.limits.roll_after;
+                let mut last_write = None;
                 loop {
-                    let mut group = match log.next_group(roll_after) {
+                    let mut group = match log.next_group(roll_after, last_write) {
                         Next::Done => break,
                         Next::Idle => {
                             roll(&mut writer, roll_after);
@@ -273,6 +290,7 @@ impl MessageLog {
                     roll(&mut writer, roll_after);
                     let bytes = group.byte_len();
                     let started = std::time::Instant::now();
+                    last_write = Some(started);
                     let written = write_group(&mut writer, &mut group);
                     // Rolled, or rotated by the append, once the segment
                     // before was synced.
@@ -360,12 +378,16 @@ impl MessageLog {
             tracing::error!(error = %e, "message log: a record was refused");
             return Err(AppendError::TooLarge);
         }
-        let added = state.pending.byte_len().saturating_sub(before);
+        let after = state.pending.byte_len();
+        let added = after.saturating_sub(before);
         state.in_hand = state.in_hand.saturating_add(added);
         state.last = entry;
         shared.appended.store(entry.seq, Ordering::Release);
         drop(state);
-        if first {
+        // The log thread waits for a first record, and may wait for more
+        // until a group is full (`Limits::group_wait`).
+        let full = shared.limits.full_group_bytes();
+        if first || (before < full && after >= full) {
             shared.work.notify_one();
         }
         Ok(entry)
@@ -453,14 +475,30 @@ impl Shared {
     }
 
     /// The records pending, waiting for some at most `idle` (at least
-    /// [`IDLE_WAIT_MIN`]).
-    fn next_group(&self, idle: Duration) -> Next {
+    /// [`IDLE_WAIT_MIN`]); and, when the last group's write began less
+    /// than [`Limits::group_wait`] ago, for more until then.
+    fn next_group(&self, idle: Duration, last_write: Option<std::time::Instant>) -> Next {
         let mut state = self.lock();
         loop {
             if self.failed.load(Ordering::Acquire) {
                 return Next::Done;
             }
             if !state.pending.is_empty() {
+                let gather = gather_for(
+                    &self.limits,
+                    last_write.map(|t| t.elapsed()),
+                    state.pending.byte_len(),
+                    state.closed,
+                );
+                if let Some(wait) = gather {
+                    // An append that fills the group wakes it early.
+                    state = self
+                        .work
+                        .wait_timeout(state, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    continue;
+                }
                 let next = state.spare.pop().unwrap_or_default();
                 return Next::Group(std::mem::replace(&mut state.pending, next));
             }
@@ -512,6 +550,21 @@ impl Shared {
     }
 }
 
+/// How much longer the log thread waits for more records before it
+/// writes the `pending` bytes it holds, if at all: while its last write
+/// began (`since_write` ago) less than [`Limits::group_wait`] ago, unless
+/// the group is full or the log is closing. A log that has written nothing
+/// yet does not wait.
+fn gather_for(
+    limits: &Limits,
+    since_write: Option<Duration>,
+    pending: usize,
+    closed: bool,
+) -> Option<Duration> {
+    let left = limits.group_wait.checked_sub(since_write?)?;
+    (!left.is_zero() && !closed && pending < limits.full_group_bytes()).then_some(left)
+}
+
 /// What the log thread does next.
 enum Next {
     /// Write and sync these records.
@@ -524,6 +577,17 @@ enum Next {
 
 /// The shortest idle wait of the log thread, whatever `roll_after` says.
 const IDLE_WAIT_MIN: Duration = Duration::from_millis(10);
+
+/// [`Limits::group_wait`] unless configured (`history.log_group_wait_us`):
+/// Kafka's producers gather a batch as long by default (`linger.ms`), for
+/// the same reason. Each sync has a fixed cost (on the VM of bench/README.md
+/// about 190 µs of the kernel's CPU and three switches between threads):
+/// under chatbench's pairs with history the log synced 950 times a second
+/// without waiting, and the server spent a fifth of its CPU around them.
+pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_millis(5);
+
+/// [`Limits::full_group_bytes`] unless `pending_bytes` is small.
+const FULL_GROUP_BYTES: usize = 1 << 20;
 
 /// Emptied groups kept for their room at most: under load, one filling,
 /// one being written and a few waiting for the index.
@@ -659,6 +723,92 @@ mod tests {
         }
     }
 
+    /// The log waits for more only while its last write is recent, the
+    /// group not full and the log not closing.
+    #[test]
+    fn a_group_waits_for_more_only_while_the_log_is_busy() {
+        let limits = Limits {
+            group_wait: Duration::from_millis(5),
+            ..Limits::default()
+        };
+        let full = limits.full_group_bytes();
+        let ms = Duration::from_millis;
+        assert_eq!(gather_for(&limits, Some(ms(1)), 100, false), Some(ms(4)));
+        // Idle before: nothing written yet, or the last write long ago.
+        assert_eq!(gather_for(&limits, None, 100, false), None);
+        assert_eq!(gather_for(&limits, Some(ms(5)), 100, false), None);
+        assert_eq!(gather_for(&limits, Some(ms(60_000)), 100, false), None);
+        // Full, or closing.
+        assert_eq!(gather_for(&limits, Some(ms(1)), full, false), None);
+        assert_eq!(
+            gather_for(&limits, Some(ms(1)), full - 1, false),
+            Some(ms(4))
+        );
+        assert_eq!(gather_for(&limits, Some(ms(1)), 100, true), None);
+        // Zero never waits.
+        let never = Limits {
+            group_wait: Duration::ZERO,
+            ..limits
+        };
+        assert_eq!(gather_for(&never, Some(Duration::ZERO), 100, false), None);
+        // A small bound on bytes in hand makes a smaller full group.
+        let small = Limits {
+            pending_bytes: 64 * 1024,
+            ..limits
+        };
+        assert_eq!(small.full_group_bytes(), 32 * 1024);
+    }
+
+    /// A record that comes to an idle log is written at once; records that
+    /// come while the log is busy (its last write began less than
+    /// `group_wait` ago) wait for more, until the group is full; closing
+    /// writes what waits at once.
+    #[tokio::test]
+    async fn a_busy_log_gathers_a_group_until_it_is_full() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (tx, rx) = mpsc::channel();
+        let limits = Limits {
+            group_wait: Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        let full = limits.full_group_bytes();
+        let (log, thread) = MessageLog::open(dir.path(), limits, START, move |g: Synced| {
+            let _ = tx.send(g.len());
+        })
+        .expect("open");
+        let within = |seq| tokio::time::timeout(Duration::from_secs(30), log.wait_synced(seq));
+        let e = log.append_body(body).expect("append");
+        within(e.seq)
+            .await
+            .expect("an idle log writes at once")
+            .expect("synced");
+        assert_eq!(rx.recv().expect("a group"), 1);
+        // Three records of a third of a full group each: the third fills it.
+        let third = vec![b'x'; full / 3 + 1];
+        let mut last = e;
+        for _ in 0..3 {
+            last = log.append_body(|_| third.clone()).expect("append");
+        }
+        within(last.seq)
+            .await
+            .expect("a full group is written")
+            .expect("synced");
+        assert_eq!(rx.recv().expect("a group"), 3, "gathered into one group");
+        // One more waits for the group to fill, until the log closes.
+        let waiting = log.append_body(body).expect("append");
+        assert!(log.synced() < waiting.seq);
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            thread.finish();
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("closing writes what waits at once");
+        assert_eq!(log.synced(), waiting.seq);
+        assert_eq!(rx.recv().expect("a group"), 1);
+    }
+
     /// With nothing to write, the log thread comes back after `roll_after`
     /// (to roll a quiet log's segment) instead of sleeping until a record.
     #[test]
@@ -667,13 +817,13 @@ mod tests {
         let (log, thread) =
             MessageLog::open(dir.path(), Limits::default(), START, |_| {}).expect("open");
         assert!(matches!(
-            log.shared.next_group(Duration::from_millis(1)),
+            log.shared.next_group(Duration::from_millis(1), None),
             Next::Idle
         ));
         log.append_body(body).expect("append");
         thread.finish();
         assert!(matches!(
-            log.shared.next_group(Duration::from_millis(1)),
+            log.shared.next_group(Duration::from_millis(1), None),
             Next::Done
         ));
     }
@@ -800,7 +950,7 @@ mod tests {
         // Quiet: a wait that ends without work gives the spare room back
         // before it looks at the segment's age.
         assert!(matches!(
-            log.shared.next_group(Duration::from_millis(1)),
+            log.shared.next_group(Duration::from_millis(1), None),
             Next::Idle
         ));
         assert_eq!(spare(&log), 0);
@@ -840,7 +990,7 @@ mod tests {
         }
         assert!(kept(&log) > 0, "small groups lend their room");
         assert!(matches!(
-            log.shared.next_group(Duration::from_millis(1)),
+            log.shared.next_group(Duration::from_millis(1), None),
             Next::Idle
         ));
         assert_eq!(kept(&log), 0, "quiet: nothing kept");
