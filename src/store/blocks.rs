@@ -1098,20 +1098,7 @@ mod tests {
         let next = keep(&store, t, "later").await;
         let _ = page(&store, t, None, None, 1).await;
         assert!(holds(&log_bytes(dir.path()), "secret-words"));
-        let redacted = id.clone();
-        store
-            .call(move |db| {
-                db.redact_message(
-                    t,
-                    &redacted,
-                    &Redaction {
-                        ts: 1,
-                        by: Uuid::nil(),
-                    },
-                )
-            })
-            .await
-            .expect("redact");
+        redact(&store, t, &id).await;
         assert!(!holds(&log_bytes(dir.path()), "secret-words"));
         let read = id.clone();
         let kept = store
@@ -1124,6 +1111,24 @@ mod tests {
         let (ids, _) = page(&store, t, None, None, 10).await;
         assert_eq!(ids, [id, next]);
         store.close().await;
+    }
+
+    /// Redacts message `id` of `topic`.
+    async fn redact(store: &Store, topic: Uuid, id: &str) {
+        let id = id.to_owned();
+        store
+            .call(move |db| {
+                db.redact_message(
+                    topic,
+                    &id,
+                    &Redaction {
+                        ts: 1,
+                        by: Uuid::nil(),
+                    },
+                )
+            })
+            .await
+            .expect("redact");
     }
 
     /// A log that an earlier build wrote text records to, and this one
@@ -1166,20 +1171,8 @@ mod tests {
             .map(|(id, text)| (id.clone(), body(text)))
             .collect();
         assert_eq!(read, want);
-        for redacted in [ids[0].clone(), ids[3].clone()] {
-            store
-                .call(move |db| {
-                    db.redact_message(
-                        t,
-                        &redacted,
-                        &Redaction {
-                            ts: 1,
-                            by: Uuid::nil(),
-                        },
-                    )
-                })
-                .await
-                .expect("redact");
+        for redacted in [&ids[0], &ids[3]] {
+            redact(&store, t, redacted).await;
         }
         let log = log_bytes(dir.path());
         assert!(!holds(&log, "old-one") && !holds(&log, "new-two"));
