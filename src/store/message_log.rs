@@ -580,10 +580,12 @@ const IDLE_WAIT_MIN: Duration = Duration::from_millis(10);
 
 /// [`Limits::group_wait`] unless configured (`history.log_group_wait_us`):
 /// Kafka's producers gather a batch as long by default (`linger.ms`), for
-/// the same reason. Each sync has a fixed cost (on the VM of bench/README.md
-/// about 190 µs of the kernel's CPU and three switches between threads):
-/// under chatbench's pairs with history the log synced 950 times a second
-/// without waiting, and the server spent a fifth of its CPU around them.
+/// the same reason. Each group has a fixed cost: under chatbench's pairs
+/// with history the log wrote about 950 a second without waiting, each
+/// about 190 µs of the log thread's time in the kernel (its write, ext4's
+/// inode write, the flush) and three thread wake-ups; waiting 5 ms cut the
+/// server's CPU for the run by a quarter (bench/README.md, twenty-fifth
+/// round).
 pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_millis(5);
 
 /// [`Limits::full_group_bytes`] unless `pending_bytes` is small.
