@@ -25,7 +25,7 @@ pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 /// commit's callers do: a held writer that took one write's worth per sync
 /// wrote at most 64 KiB each time the runtime came round to it, and under
 /// chatbench's pairs with history a receiver's relays queued up behind it
-/// (2.3 MB each, p50 2.4–2.7 s; bench/README.md, twenty-fifth round).
+/// (2.3 MB each, p50 2.4–3.0 s; bench/README.md, twenty-fifth round).
 const HELD_BATCH_BYTES: usize = 1024 * 1024;
 
 /// How the writer ended.
@@ -129,7 +129,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     }
                 }
                 None => {
-                    for chunk in in_writes(&frames) {
+                    for chunk in in_writes(&frames, Bytes::len) {
                         let write = async {
                             write_frames(&mut wr, chunk).await?;
                             wr.flush().await
@@ -287,12 +287,10 @@ fn compress(z: &mut GzipEncoder, bytes: &[u8], secret: bool, buf: &mut Vec<u8>) 
     }
 }
 
-/// Writes the packets of a plain batch with vectored writes: TLS gathers
-/// them into records without an intermediate buffer.
-/// `frames` cut into runs of at most [`BATCH_BYTES`] (a larger frame is a
-/// run of its own), in order: one write each.
-fn in_writes(frames: &[Bytes]) -> impl Iterator<Item = &[Bytes]> {
-    let mut rest = frames;
+/// `items` cut into runs of at most [`BATCH_BYTES`] by `len` (a larger
+/// item is a run of its own), in order: one write each.
+pub(crate) fn in_writes<T>(items: &[T], len: impl Fn(&T) -> usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
@@ -301,7 +299,7 @@ fn in_writes(frames: &[Bytes]) -> impl Iterator<Item = &[Bytes]> {
         let n = rest
             .iter()
             .take_while(|f| {
-                size += f.len();
+                size += len(f);
                 size <= BATCH_BYTES
             })
             .count()
@@ -312,6 +310,8 @@ fn in_writes(frames: &[Bytes]) -> impl Iterator<Item = &[Bytes]> {
     })
 }
 
+/// Writes the packets of a plain batch with vectored writes: TLS gathers
+/// them into records without an intermediate buffer.
 async fn write_frames<W: AsyncWrite + Unpin>(wr: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|b| IoSlice::new(b)).collect();
     let mut rest = &mut slices[..];
@@ -494,7 +494,7 @@ mod tests {
             frame(BATCH_BYTES + 1),
             frame(1),
         ];
-        let writes: Vec<Vec<usize>> = in_writes(&frames)
+        let writes: Vec<Vec<usize>> = in_writes(&frames, Bytes::len)
             .map(|w| w.iter().map(Bytes::len).collect())
             .collect();
         assert_eq!(
@@ -506,7 +506,7 @@ mod tests {
                 vec![1]
             ]
         );
-        assert_eq!(in_writes(&[]).count(), 0);
+        assert_eq!(in_writes(&[], Bytes::len).count(), 0);
     }
 
     #[tokio::test]

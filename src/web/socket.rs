@@ -17,7 +17,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::framing::Span;
-use crate::conn::writer::{BATCH_BYTES, Batch, Ended, WriterConfig, guarded, next_batch};
+use crate::conn::writer::{
+    BATCH_BYTES, Batch, Ended, WriterConfig, guarded, in_writes, next_batch,
+};
 use crate::conn::{self, Input, Item, Stop, Transport};
 use crate::proto::{ErrorCode, reply};
 use crate::router::{Closer, Receiver};
@@ -184,32 +186,32 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(b) => b,
             Err(ended) => break ended,
         };
-        // A write at a time of at most `BATCH_BYTES` (a held batch is
-        // larger), each under the write timeout.
-        let mut rest = batch.drain(..).peekable();
+        // A write at a time, as the 10bit writer cuts them (a held batch
+        // is larger than one), each under the write timeout; a close alone
+        // is one write too.
+        let mut runs: Vec<usize> = in_writes(&batch, Message::len).map(<[_]>::len).collect();
+        if runs.is_empty() {
+            runs.push(0);
+        }
+        let last = runs.len() - 1;
+        let mut messages = batch.drain(..);
         let mut failed = None;
-        while failed.is_none() {
+        for (i, run) in runs.into_iter().enumerate() {
             let write = async {
-                let mut size = 0;
-                while let Some(message) =
-                    rest.next_if(|m| size == 0 || size + m.len() <= BATCH_BYTES)
-                {
-                    size += message.len();
+                for message in messages.by_ref().take(run) {
                     sink.feed(message).await?;
                 }
-                match (rest.peek().is_none(), close) {
-                    (true, true) => closed_ok(sink.close().await),
-                    _ => sink.flush().await,
+                match close && i == last {
+                    true => closed_ok(sink.close().await),
+                    false => sink.flush().await,
                 }
             };
-            failed = guarded(&closer, &hard_stop, write_timeout, write)
-                .await
-                .err();
-            if rest.peek().is_none() {
+            if let Err(ended) = guarded(&closer, &hard_stop, write_timeout, write).await {
+                failed = Some(ended);
                 break;
             }
         }
-        drop(rest);
+        drop(messages);
         if let Some(ended) = failed {
             break ended;
         }
@@ -266,6 +268,55 @@ fn split_lines(bytes: Bytes, into: &mut Vec<Message>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A held batch of several writes' worth goes out whole, one message a
+    /// packet, and the close after it.
+    #[tokio::test]
+    async fn a_held_batch_past_one_write_goes_out_whole() {
+        use crate::proto::Packet;
+        use crate::router::Outbound;
+        use crate::store::message_log::{Entry, Limits, MessageLog};
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing appended: nothing to wait for.
+        let start = Entry { seq: 0, hlc: 0 };
+        let (log, thread) = MessageLog::open(dir.path(), Limits::default(), start, |_| {}).unwrap();
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (out, rx, closer) = Outbound::channel(1024, 1 << 22);
+        let text = "x".repeat(1000);
+        let queued = 3 * BATCH_BYTES / text.len();
+        for _ in 0..queued {
+            out.push(&Packet::server("msg").with("text", text.as_str()))
+                .unwrap();
+        }
+        out.push_close().unwrap();
+        let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let (sink, _) = server.split();
+        let cfg = WriterConfig {
+            gzip_level: None,
+            write_timeout: std::time::Duration::from_secs(5),
+            packets_out: Default::default(),
+            hold: Some(log.clone()),
+        };
+        let writer = tokio::spawn(write(sink, rx, closer, CancellationToken::new(), cfg));
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let (mut texts, mut closed) = (0, false);
+        while let Some(message) = client.next().await {
+            match message {
+                Ok(Message::Text(t)) => {
+                    assert!(Packet::decode(t.as_bytes(), 8).is_ok());
+                    texts += 1;
+                }
+                Ok(Message::Close(_)) => closed = true,
+                // The reply to the close finds the server gone.
+                Err(_) if closed => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(writer.await.unwrap(), Ended::Drained);
+        assert_eq!((texts, closed), (queued, true));
+        drop(log);
+        thread.finish();
+    }
 
     #[test]
     fn a_burst_becomes_one_message_per_packet() {
