@@ -279,13 +279,22 @@ pub(super) fn blank_ex(text: &str) -> Option<String> {
     let ex = split_message(text)?.ex;
     // `ex` is a slice of `text`.
     let start = (ex.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-    let inner = ex.len().checked_sub(2)?;
     let mut out = String::with_capacity(text.len());
     out.push_str(text.get(..start)?);
+    out.push_str(&blank_object(ex.len())?);
+    out.push_str(text.get(start + ex.len()..)?);
+    Some(out)
+}
+
+/// An empty JSON object `len` bytes long (`{`, spaces, `}`): a redacted
+/// message's `ex` in its record, which keeps the record's length. `None`
+/// under two bytes.
+pub(super) fn blank_object(len: usize) -> Option<String> {
+    let inner = len.checked_sub(2)?;
+    let mut out = String::with_capacity(len);
     out.push('{');
     out.extend(std::iter::repeat_n(' ', inner));
     out.push('}');
-    out.push_str(text.get(start + ex.len()..)?);
     Some(out)
 }
 

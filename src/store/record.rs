@@ -125,11 +125,11 @@ fn head(body: &[u8]) -> Option<(Uuid, Uuid, &[u8])> {
 /// needs of a record. The `ex` is not read: the record's checksum vouches
 /// for it, and the session checked it before it appended it.
 pub fn topic_and_id(body: &[u8]) -> Option<(Uuid, Uuid)> {
-    match head(body) {
-        Some((topic, id, rest)) if rest.len() >= 16 + 8 => Some((topic, id)),
-        Some(_) => None,
-        None => log::message_topic_and_id(body),
+    if body.first() != Some(&TAG) {
+        return log::message_topic_and_id(body);
     }
+    let (topic, id, _) = head(body).filter(|_| body.len() >= HEAD)?;
+    Some((topic, id))
 }
 
 /// A record's body as the JSON text of its change: a binary record's
@@ -164,11 +164,8 @@ pub fn change(body: &[u8]) -> Result<Change, Error> {
 /// in a layout [`log::blank_ex`] does not read.
 pub fn blank_ex(body: &[u8]) -> Option<Vec<u8>> {
     if let Some(kept) = Kept::parse(body) {
-        let inner = kept.ex.len().checked_sub(2)?;
         let mut out = body.get(..body.len().checked_sub(kept.ex.len())?)?.to_vec();
-        out.push(b'{');
-        out.extend(std::iter::repeat_n(b' ', inner));
-        out.push(b'}');
+        out.extend_from_slice(log::blank_object(kept.ex.len())?.as_bytes());
         return Some(out);
     }
     log::blank_ex(std::str::from_utf8(body).ok()?).map(String::into_bytes)
