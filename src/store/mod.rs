@@ -1185,9 +1185,10 @@ impl Store {
                                     other => ControlFlow::Break(other),
                                 }
                             });
+                            let records = run.iter().map(message_log::Synced::len).sum();
                             indexer.index(&mut db, run);
                             index_checkpoints.nudge();
-                            search_pass.more();
+                            search_pass.committed(records);
                         }
                         Msg::Append(append) => {
                             tidy.worked();
