@@ -1139,11 +1139,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path(), "n1").expect("open");
         let t = Uuid::now_v7();
+        let kept = ["old-one", "new-one", "old-two", "new-two"];
         let mut ids = Vec::new();
-        for (n, text) in ["old-one", "new-one", "old-two", "new-two"]
-            .iter()
-            .enumerate()
-        {
+        for (n, text) in kept.iter().enumerate() {
             ids.push(if n % 2 == 0 {
                 keep_text(&store, t, text).await
             } else {
@@ -1167,7 +1165,7 @@ mod tests {
         let read = texts(&store, t).await;
         let want: Vec<(String, String)> = ids
             .iter()
-            .zip(["old-one", "new-one", "old-two", "new-two"])
+            .zip(kept)
             .map(|(id, text)| (id.clone(), body(text)))
             .collect();
         assert_eq!(read, want);
