@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod blocks;
+mod cpu_room;
 pub mod edit;
 pub mod history;
 pub mod log;

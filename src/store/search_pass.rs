@@ -1,8 +1,9 @@
 //! The store thread's side of search behind the message log's index
 //! (`search.rs`, "behind the message log"): runs of the pass when the
 //! thread has nothing else queued and the index has been quiet a moment,
-//! or keeps a steady load's pace, or the pass is far behind; and one
-//! before each queued message while a search waits for the pass.
+//! or keeps a steady load's pace, or the pass is far behind and the
+//! machine has a CPU to spare; and one before each queued message while a
+//! search waits for the pass.
 //!
 //! Kept messages are relayed as they are kept, and a search waits for the
 //! pass anyway: during a burst, the pass's tokenizing would take the CPU
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Db;
+use super::cpu_room::CpuRoom;
 use super::message_index::Indexed;
 
 /// Messages one run of the pass indexes at most: a few milliseconds, so
@@ -43,14 +45,18 @@ const QUIET: Duration = Duration::from_millis(50);
 const PACED_BELOW: usize = 1024;
 
 /// Messages behind past which the pass runs whenever the store thread has
-/// nothing queued, even while the index is busy: about three seconds of the
-/// pass's work (it indexed 300,000–390,000 messages a second after a burst
-/// of chatbench's pairs with history; bench/README.md, twenty-fifth round).
-/// It bounds nothing a search can count on: a burst that keeps the store
-/// thread busy leaves the pass further behind (8 M messages at about 1 M a
-/// second left it all 8 M behind), and a search then waits for it to catch
-/// up (bench/README.md, twenty-sixth round). A steady load's small
-/// transactions no longer leave it this far behind ([`PACED_BELOW`]).
+/// nothing queued and the machine has a CPU to spare ([`CpuRoom`]), even
+/// while the index is busy: about three seconds of the pass's work (it
+/// indexed 300,000–390,000 messages a second after a burst of chatbench's
+/// pairs with history; bench/README.md, twenty-fifth round). On a machine
+/// whose cores a burst keeps busy, the pass waits for the burst to end: on
+/// one core it had taken a fifth of the server's CPU from a burst's relays
+/// (bench/README.md, twenty-seventh round). It bounds nothing a search can
+/// count on: a burst that keeps the store thread busy leaves the pass
+/// further behind (8 M messages at about 1 M a second left it all 8 M
+/// behind), and a search then waits for it to catch up (bench/README.md,
+/// twenty-sixth round). A steady load's small transactions no longer leave
+/// it this far behind ([`PACED_BELOW`]).
 const BEHIND_AT_MOST: u64 = 1 << 20;
 
 /// Where the pass stands, and who waits for it.
@@ -79,6 +85,8 @@ pub(super) struct SearchPass {
     /// Messages the pass owes small transactions of the index
     /// ([`PACED_BELOW`]).
     owed: usize,
+    /// Whether a far-behind run would take a CPU others need.
+    room: CpuRoom,
 }
 
 impl SearchPass {
@@ -99,6 +107,7 @@ impl SearchPass {
             since: None,
             indexed_at: None,
             owed: 0,
+            room: CpuRoom::new(),
         }
     }
 
@@ -134,20 +143,23 @@ impl SearchPass {
     /// else queued: it is behind, and a search waits, or the index has
     /// been quiet for [`QUIET`], or the pass owes small transactions of
     /// the index a run ([`PACED_BELOW`]), or it is [`BEHIND_AT_MOST`]
-    /// behind.
-    pub(super) fn due(&self) -> bool {
-        self.due_at(Instant::now())
+    /// behind and the machine has a CPU to spare. Called from the store
+    /// thread only (the room is judged by its CPU clock).
+    pub(super) fn due(&mut self) -> bool {
+        self.due_at(Instant::now(), CpuRoom::spare)
     }
 
-    /// [`SearchPass::due`] at `now`.
-    fn due_at(&self, now: Instant) -> bool {
+    /// [`SearchPass::due`] at `now`, with `spare` saying whether the
+    /// machine has a CPU to spare (asked only of a pass far behind).
+    fn due_at(&mut self, now: Instant, spare: impl FnOnce(&mut CpuRoom, Instant) -> bool) -> bool {
         self.behind()
             && (self.wanted()
                 || self.owed >= RUN
                 || self
                     .indexed_at
                     .is_none_or(|t| now.saturating_duration_since(t) >= QUIET)
-                || self.indexed.seq().saturating_sub(self.searched.seq()) >= BEHIND_AT_MOST)
+                || (self.indexed.seq().saturating_sub(self.searched.seq()) >= BEHIND_AT_MOST
+                    && spare(&mut self.room, now)))
     }
 
     /// Whether a search waits for the pass.
@@ -226,6 +238,10 @@ mod tests {
         )
     }
 
+    fn no_room(_: &mut CpuRoom, _: Instant) -> bool {
+        false
+    }
+
     /// Small transactions of the index (a steady load) make the pass keep
     /// pace, a run at a time; large ones (a burst) do not. Judged at the
     /// moment of the last commit: the index is busy, not quiet.
@@ -234,16 +250,45 @@ mod tests {
         let busy = |p: &SearchPass| p.indexed_at.expect("committed");
         let mut p = pass();
         p.committed(RUN - 1);
-        assert!(!p.due_at(busy(&p)), "not a run's worth yet");
+        assert!(!p.due_at(busy(&p), no_room), "not a run's worth yet");
         p.committed(1);
-        assert!(p.due_at(busy(&p)));
-        assert!(p.due_at(busy(&p) + QUIET), "and once quiet, as ever");
+        assert!(p.due_at(busy(&p), no_room));
+        assert!(
+            p.due_at(busy(&p) + QUIET, no_room),
+            "and once quiet, as ever"
+        );
 
         let mut p = pass();
         for _ in 0..10 {
             p.committed(PACED_BELOW);
         }
-        assert!(!p.due_at(busy(&p)), "a burst's transactions owe nothing");
-        assert!(p.due_at(busy(&p) + QUIET));
+        assert!(
+            !p.due_at(busy(&p), no_room),
+            "a burst's transactions owe nothing"
+        );
+        assert!(p.due_at(busy(&p) + QUIET, no_room));
+    }
+
+    /// Far behind while the index is busy, the pass runs only when the
+    /// machine has a CPU to spare, and the room is asked only then.
+    #[test]
+    fn far_behind_the_pass_runs_only_with_a_cpu_to_spare() {
+        let mut p = pass();
+        p.committed(PACED_BELOW);
+        let busy = p.indexed_at.expect("committed");
+        let n = std::cell::Cell::new(0);
+        let asked = |answer: bool| {
+            let n = &n;
+            move |_: &mut CpuRoom, _: Instant| {
+                n.set(n.get() + 1);
+                answer
+            }
+        };
+        assert!(!p.due_at(busy, asked(true)));
+        assert_eq!(n.get(), 0, "not far behind: the room is not asked");
+        p.indexed.reach(BEHIND_AT_MOST);
+        assert!(!p.due_at(busy, asked(false)), "no room");
+        assert!(p.due_at(busy, asked(true)), "room");
+        assert_eq!(n.get(), 2);
     }
 }
