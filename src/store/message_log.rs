@@ -204,8 +204,13 @@ struct Shared {
     /// The writer's segment: every segment below it is sealed (synced,
     /// never written again).
     writing: AtomicU64,
-    /// Wakes writers waiting for a sync, and sessions waiting for room.
-    moved: tokio::sync::Notify,
+    /// Wakes writers waiting for a sync (and for a failure or the close).
+    synced_moved: tokio::sync::Notify,
+    /// Wakes sessions waiting for room (as a group is indexed, and at a
+    /// failure or the close). Apart from `synced_moved`: each group indexed
+    /// had woken every writer waiting for the next sync, hundreds of them
+    /// under load, only to wait again.
+    room_moved: tokio::sync::Notify,
     limits: Limits,
 }
 
@@ -265,7 +270,8 @@ impl MessageLog {
             appended: AtomicU64::new(last.seq),
             failed: AtomicBool::new(false),
             writing: AtomicU64::new(opened_end.segment),
-            moved: tokio::sync::Notify::new(),
+            synced_moved: tokio::sync::Notify::new(),
+            room_moved: tokio::sync::Notify::new(),
             limits,
         });
         let mut writer = opened.writer;
@@ -315,7 +321,7 @@ impl MessageLog {
                             });
                             log.synced.fetch_max(last, Ordering::AcqRel);
                             // Synced: writers may go on.
-                            log.moved.notify_waiters();
+                            log.synced_moved.notify_waiters();
                         }
                         Err(e) => {
                             tracing::error!(error = %e, records = group.len(),
@@ -432,7 +438,7 @@ impl MessageLog {
     pub async fn wait_synced(&self, seq: u64) -> Result<(), AppendError> {
         let shared = &self.shared;
         loop {
-            let moved = shared.moved.notified();
+            let moved = shared.synced_moved.notified();
             let mut moved = std::pin::pin!(moved);
             moved.as_mut().enable();
             if shared.synced.load(Ordering::Acquire) >= seq {
@@ -452,7 +458,7 @@ impl MessageLog {
     pub async fn room(&self) {
         let shared = &self.shared;
         loop {
-            let moved = shared.moved.notified();
+            let moved = shared.room_moved.notified();
             let mut moved = std::pin::pin!(moved);
             moved.as_mut().enable();
             {
@@ -541,12 +547,13 @@ impl Shared {
             state.spare.push(group);
         }
         drop(state);
-        self.moved.notify_waiters();
+        self.room_moved.notify_waiters();
     }
 
     fn fail(&self) {
         self.failed.store(true, Ordering::Release);
-        self.moved.notify_waiters();
+        self.synced_moved.notify_waiters();
+        self.room_moved.notify_waiters();
     }
 }
 
@@ -635,7 +642,8 @@ impl LogThread {
     fn close_and_join(&mut self) {
         self.shared.lock().closed = true;
         self.shared.work.notify_one();
-        self.shared.moved.notify_waiters();
+        self.shared.synced_moved.notify_waiters();
+        self.shared.room_moved.notify_waiters();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
