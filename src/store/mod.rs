@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod blocks;
 mod cpu_room;
+mod direct_io;
 pub mod edit;
 pub mod history;
 pub mod log;

@@ -20,6 +20,18 @@
 //! | 8 | clock, little-endian |
 //! | length | body |
 //!
+//! **Large groups** (version 2). A group of [`DIRECT_AT_LEAST`] bytes or
+//! more is written past the page cache (`store/direct_io.rs`): it starts
+//! at the next 4 KiB boundary (the one after that if fewer than a record
+//! head's bytes would be left before it), and its last block is filled
+//! with zeros. Where a record would start, zeros up to a boundary are that
+//! padding, and zeros to the file's end within a block are the end. No
+//! record's head is all zeros (its checksum covers its seq and clock).
+//! Version 1 segments (builds before 2026-12-05) have no padding, are read
+//! as before, and are continued without it; a build before this one
+//! refuses a version 2 segment rather than take its padding for a torn
+//! tail.
+//!
 //! **Crash safety.** A group is answered only after its segment is synced,
 //! so what a crash can leave unsynced is the last segment's tail: a segment
 //! is synced before the next is created ([`Writer`] rotates between groups,
@@ -38,10 +50,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::direct_io::{self, BLOCK, DirectFile};
+
 /// The first bytes of every segment.
 const MAGIC: &[u8; 8] = b"10bitseg";
-/// The format this build writes and reads.
-const VERSION: u32 = 1;
+/// The format this build writes: version 1 with large groups padded to
+/// 4 KiB boundaries (see the module's doc).
+const VERSION: u32 = 2;
+/// The format of builds before padding, still read (and continued).
+const VERSION_UNPADDED: u32 = 1;
+/// A block of zeros: a large group's padding when written through the
+/// page cache.
+static ZEROS: [u8; BLOCK as usize] = [0; BLOCK as usize];
+
+/// Groups of at least this many bytes are written directly, at a block
+/// boundary: below it, the padding would cost more of the disk than the
+/// page cache's copy costs of the CPU (a quiet log writes a message a
+/// group), and a buffered write is as quick.
+pub const DIRECT_AT_LEAST: usize = 64 << 10;
 /// Bytes before a segment's first record.
 pub const HEADER_LEN: u64 = 24;
 /// Bytes of a record before its body.
@@ -307,6 +333,12 @@ pub struct Writer {
     cached: u64,
     /// The current segment's bytes before this are out of the page cache.
     uncached: u64,
+    /// The segment is version 2: large groups go at block boundaries.
+    padded: bool,
+    /// The segment opened for direct writes (`None`: the file system has
+    /// no direct I/O; large groups then take the same place, written
+    /// through the page cache).
+    direct: Option<DirectFile>,
     /// Held locked (`flock`) while the writer lives: a second writer of
     /// the directory (another daemon on the same data directory) would
     /// interleave its writes with this one's.
@@ -334,7 +366,7 @@ impl Writer {
         let segments = list(dir)?;
         let Some(&segment) = segments.last() else {
             let (file, len) = create(dir, 1)?;
-            let writer = Self::at(dir, lock, file, 1, len, max_bytes)?;
+            let writer = Self::at(dir, lock, file, (1, VERSION), len, max_bytes)?;
             return Ok(Opened {
                 writer,
                 cut: 0,
@@ -353,7 +385,7 @@ impl Writer {
             // written to it, as records follow only a synced header.
             drop(file);
             let (file, len) = create(dir, segment)?;
-            let writer = Self::at(dir, lock, file, segment, len, max_bytes)?;
+            let writer = Self::at(dir, lock, file, (segment, VERSION), len, max_bytes)?;
             let last = last_in(dir, before)?;
             return Ok(Opened {
                 writer,
@@ -361,9 +393,10 @@ impl Writer {
                 last,
             });
         }
-        check_header(&file, &path, segment)?;
-        let mut records = Records::new(&file, &path, segment, HEADER_LEN)?;
+        let version = check_header(&file, &path, segment)?;
+        let mut records = Records::new(&file, &path, (segment, version), HEADER_LEN)?;
         let mut last = None;
+        let mut cut = 0;
         let end = loop {
             match records.next_record()? {
                 Next::Record(r) => last = Some((r.seq, r.hlc)),
@@ -378,30 +411,30 @@ impl Writer {
                     );
                     file.set_len(at).map_err(io_at(&path))?;
                     file.sync_data().map_err(io_at(&path))?;
+                    cut = on_disk - at;
                     break at;
                 }
             }
         };
-        let writer = Self::at(dir, lock, file, segment, end, max_bytes)?;
+        // Zeros past the end (a large group's last block) are left for
+        // the next group to write over: not a cut.
+        let writer = Self::at(dir, lock, file, (segment, version), end, max_bytes)?;
         let last = match last {
             Some(last) => Some(last),
             None => last_in(dir, before)?,
         };
-        Ok(Opened {
-            writer,
-            cut: on_disk - end,
-            last,
-        })
+        Ok(Opened { writer, cut, last })
     }
 
     fn at(
         dir: &Path,
         lock: File,
         file: File,
-        segment: u64,
+        (segment, version): (u64, u32),
         len: u64,
         max_bytes: u64,
     ) -> Result<Self, Error> {
+        let padded = version == VERSION;
         Ok(Self {
             _lock: lock,
             dir: dir.to_path_buf(),
@@ -414,7 +447,17 @@ impl Writer {
             stopped: false,
             cached: u64::MAX,
             uncached: 0,
+            padded,
+            direct: padded
+                .then(|| DirectFile::open(&segment_path(dir, segment)))
+                .flatten(),
         })
+    }
+
+    /// Whether large groups are written directly (the file system has
+    /// direct I/O, and the segment is version 2).
+    pub fn writes_directly(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Keeps at most `bytes` of the log behind its end in the page cache
@@ -473,15 +516,25 @@ impl Writer {
             self.rotate()?;
         }
         let path = segment_path(&self.dir, self.segment);
-        if let Err(e) = self.file.write_all_at(&group.bytes, self.len) {
+        let large = self.padded && group.bytes.len() >= DIRECT_AT_LEAST;
+        let base = if large {
+            block_start(self.len)
+        } else {
+            self.len
+        };
+        let written = if large {
+            self.write_large(&group.bytes, base)
+        } else {
+            self.file.write_all_at(&group.bytes, base)
+        };
+        if let Err(e) = written {
             // Leave no partial group for the next one to follow.
             if self.file.set_len(self.len).is_err() {
                 self.stopped = true;
             }
             return Err(Error::Io { path, source: e });
         }
-        let base = self.len;
-        self.len += size;
+        self.len = base + size;
         Ok(Appended {
             positions: group
                 .starts
@@ -495,6 +548,29 @@ impl Writer {
             file: Arc::clone(&self.sync),
             path,
         })
+    }
+
+    /// Writes a large group's `bytes` at `base` (a block boundary), its
+    /// last block filled with zeros: directly if it can, else through the
+    /// page cache, the same bytes either way.
+    fn write_large(&mut self, bytes: &[u8], base: u64) -> io::Result<()> {
+        if let Some(direct) = &mut self.direct {
+            match direct.write_blocks(bytes, base) {
+                // Opened with O_DIRECT, but refused its alignment (a
+                // device with larger blocks): through the page cache.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(error = %e, "message log: direct writes refused; writing through the page cache");
+                    self.direct = None;
+                }
+                done => return done,
+            }
+        }
+        let pad = direct_io::padded_len(bytes.len()) - bytes.len();
+        self.file.write_all_at(bytes, base)?;
+        self.file.write_all_at(
+            ZEROS.get(..pad).unwrap_or_default(),
+            base + bytes.len() as u64,
+        )
     }
 
     /// Seals this segment (synced, never written again) and starts the
@@ -526,6 +602,8 @@ impl Writer {
         self.segment = next;
         self.len = len;
         self.uncached = 0;
+        self.padded = true;
+        self.direct = DirectFile::open(&segment_path(&self.dir, next));
         self.since = Instant::now();
         tracing::debug!(segment = self.segment, "message log: new segment");
         Ok(())
@@ -874,8 +952,8 @@ impl Iterator for Scan<'_> {
                 // A file of its own: its cursor is the scan's.
                 let path = segment_path(&self.reader.dir, segment);
                 let opened = File::open(&path).map_err(io_at(&path)).and_then(|f| {
-                    check_header(&f, &path, segment)?;
-                    Records::new(f, &path, segment, start)
+                    let version = check_header(&f, &path, segment)?;
+                    Records::new(f, &path, (segment, version), start)
                 });
                 match opened {
                     Ok(records) => self.current = Some((segment, records)),
@@ -899,6 +977,12 @@ impl Iterator for Scan<'_> {
                 return None;
             }
             match records.next_record() {
+                // Past padding, the next record may lie at `upto` or past.
+                Ok(Next::Record(r)) if done(r.at.offset) => {
+                    self.segments = Vec::new().into_iter();
+                    self.current = None;
+                    return None;
+                }
                 Ok(Next::Record(r)) => return Some(Ok(r)),
                 Ok(Next::End(_)) => self.current = None,
                 Ok(Next::Bad { at, why }) => {
@@ -938,16 +1022,24 @@ struct Records<R> {
     input: BufReader<R>,
     path: PathBuf,
     segment: u64,
+    /// Large groups are padded to block boundaries (version 2).
+    padded: bool,
     at: u64,
 }
 
 impl<R: Read + Seek> Records<R> {
-    fn new(mut file: R, path: &Path, segment: u64, at: u64) -> Result<Self, Error> {
+    fn new(
+        mut file: R,
+        path: &Path,
+        (segment, version): (u64, u32),
+        at: u64,
+    ) -> Result<Self, Error> {
         file.seek(SeekFrom::Start(at)).map_err(io_at(path))?;
         Ok(Self {
             input: BufReader::with_capacity(SCAN_BUFFER, file),
             path: path.to_path_buf(),
             segment,
+            padded: version == VERSION,
             at,
         })
     }
@@ -955,15 +1047,73 @@ impl<R: Read + Seek> Records<R> {
     fn next_record(&mut self) -> Result<Next, Error> {
         let at = self.at;
         let mut head = [0u8; RECORD_HEAD];
+        let n = read_full(&mut self.input, &mut head).map_err(io_at(&self.path))?;
+        if n == 0 {
+            return Ok(Next::End(at));
+        }
+        if self.padded && head.iter().all(|&b| b == 0) {
+            return self.after_zeros(at, n);
+        }
+        self.record(at, head, n)
+    }
+
+    /// Zeros where a record would start at `at` (`read` of them read):
+    /// a large group's padding up to the next block boundary, or the
+    /// zeros that fill the last block of the segment, or a torn write.
+    fn after_zeros(&mut self, at: u64, read: usize) -> Result<Next, Error> {
+        if read < RECORD_HEAD {
+            // Zeros to the file's end.
+            return Ok(Next::End(at));
+        }
+        let boundary = at.next_multiple_of(BLOCK);
+        let mut rest = vec![
+            0u8;
+            usize::try_from(boundary - at)
+                .unwrap_or(0)
+                .saturating_sub(RECORD_HEAD)
+        ];
+        if at == boundary {
+            // Records start at a boundary after padding: zeros there were
+            // never written (a torn large group).
+            return Ok(Next::Bad {
+                at,
+                why: "zeros where a record should start",
+            });
+        }
+        let n = read_full(&mut self.input, &mut rest).map_err(io_at(&self.path))?;
+        if rest.get(..n).is_some_and(|r| r.iter().any(|&b| b != 0)) {
+            return Ok(Next::Bad {
+                at,
+                why: "padding that is not zeros",
+            });
+        }
+        if n < rest.len() {
+            return Ok(Next::End(at));
+        }
+        self.at = boundary;
+        let mut head = [0u8; RECORD_HEAD];
         match read_full(&mut self.input, &mut head).map_err(io_at(&self.path))? {
-            0 => return Ok(Next::End(at)),
-            n if n < RECORD_HEAD => {
-                return Ok(Next::Bad {
-                    at,
-                    why: "a record's head cut short",
-                });
+            // The segment ends with its padding: its end is where the
+            // padding began, where the next group goes.
+            0 => {
+                self.at = at;
+                Ok(Next::End(at))
             }
-            _ => {}
+            // A torn large group: the log is cut where its padding began.
+            n => match self.record(boundary, head, n)? {
+                Next::Bad { why, .. } => Ok(Next::Bad { at, why }),
+                next => Ok(next),
+            },
+        }
+    }
+
+    /// The record at `at`, whose head's first `n` bytes are read.
+    fn record(&mut self, at: u64, head: [u8; RECORD_HEAD], n: usize) -> Result<Next, Error> {
+        if n < RECORD_HEAD {
+            return Ok(Next::Bad {
+                at,
+                why: "a record's head cut short",
+            });
         }
         let Some(len) = body_len(&head) else {
             return Ok(Next::Bad {
@@ -995,6 +1145,18 @@ impl<R: Read + Seek> Records<R> {
     }
 }
 
+/// Where a large group written at a segment's `end` starts: the next
+/// block boundary, or the one after it if fewer than a record head's
+/// bytes would be left before it (padding is told by a head of zeros).
+fn block_start(end: u64) -> u64 {
+    let boundary = end.next_multiple_of(BLOCK);
+    if boundary - end < RECORD_HEAD as u64 && boundary != end {
+        boundary + BLOCK
+    } else {
+        boundary
+    }
+}
+
 /// The seq and clock of the last record of a sealed `segment`.
 fn last_in(dir: &Path, segment: Option<u64>) -> Result<Option<(u64, u64)>, Error> {
     let Some(segment) = segment else {
@@ -1002,8 +1164,8 @@ fn last_in(dir: &Path, segment: Option<u64>) -> Result<Option<(u64, u64)>, Error
     };
     let path = segment_path(dir, segment);
     let file = File::open(&path).map_err(io_at(&path))?;
-    check_header(&file, &path, segment)?;
-    let mut records = Records::new(&file, &path, segment, HEADER_LEN)?;
+    let version = check_header(&file, &path, segment)?;
+    let mut records = Records::new(&file, &path, (segment, version), HEADER_LEN)?;
     let mut last = None;
     loop {
         match records.next_record()? {
@@ -1159,15 +1321,21 @@ fn checksum(seq_hlc: &[u8], body: &[u8]) -> u32 {
     crc.finalize()
 }
 
+/// The header this build writes for `segment`.
 fn header(segment: u64) -> [u8; HEADER_LEN as usize] {
+    header_of(VERSION, segment)
+}
+
+fn header_of(version: u32, segment: u64) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[16..].copy_from_slice(&segment.to_le_bytes());
     h
 }
 
-fn check_header(file: &File, path: &Path, segment: u64) -> Result<(), Error> {
+/// Checks a segment's header; its format version.
+fn check_header(file: &File, path: &Path, segment: u64) -> Result<u32, Error> {
     let mut h = [0u8; HEADER_LEN as usize];
     let corrupt = |why| Error::Corrupt {
         path: path.to_path_buf(),
@@ -1179,13 +1347,14 @@ fn check_header(file: &File, path: &Path, segment: u64) -> Result<(), Error> {
     if &h[..8] != MAGIC {
         return Err(corrupt("not a tenthbit message log segment"));
     }
-    if h[8..16] != header(segment)[8..16] {
-        return Err(corrupt("a segment format this build does not read"));
-    }
+    let version = [VERSION, VERSION_UNPADDED]
+        .into_iter()
+        .find(|&v| h[8..16] == header_of(v, segment)[8..16])
+        .ok_or_else(|| corrupt("a segment format this build does not read"))?;
     if h[16..] != segment.to_le_bytes() {
         return Err(corrupt("a segment whose header names another number"));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Whether a segment that is exactly a header long holds a header's
@@ -1194,8 +1363,11 @@ fn check_header(file: &File, path: &Path, segment: u64) -> Result<(), Error> {
 fn header_torn(file: &File, path: &Path, segment: u64) -> Result<bool, Error> {
     let mut h = [0u8; HEADER_LEN as usize];
     file.read_exact_at(&mut h, 0).map_err(io_at(path))?;
-    let want = header(segment);
-    Ok(h != want && h.iter().zip(&want).all(|(&b, &w)| b == 0 || b == w))
+    // Either format's: an earlier build may have been creating it.
+    Ok([VERSION, VERSION_UNPADDED].into_iter().any(|v| {
+        let want = header_of(v, segment);
+        h != want && h.iter().zip(&want).all(|(&b, &w)| b == 0 || b == w)
+    }))
 }
 
 /// Creates segment `segment` with its header, synced along with the
@@ -2105,5 +2277,141 @@ mod tests {
             "{err}"
         );
         assert_eq!(fs::read(&path).expect("bytes"), before);
+    }
+
+    /// Records of `n` bodies of `size` bytes from seq `first`: a group of
+    /// `n * (size + RECORD_HEAD)` bytes.
+    fn sized(first: u64, n: u64, size: usize) -> Vec<(u64, Vec<u8>)> {
+        (first..first + n)
+            .map(|seq| (seq, vec![(seq % 250) as u8 + 1; size]))
+            .collect()
+    }
+
+    fn append_all(w: &mut Writer, recs: &[(u64, Vec<u8>)]) -> Appended {
+        w.append(recs.iter().map(|(seq, body)| rec(*seq, body)))
+            .expect("append")
+    }
+
+    #[test]
+    fn a_large_group_starts_past_a_record_heads_room_before_a_boundary() {
+        assert_eq!(block_start(4096), 4096);
+        assert_eq!(block_start(4072), 4096, "a head's room left: padding");
+        assert_eq!(block_start(4073), 8192, "less: the boundary after");
+        assert_eq!(block_start(4095), 8192);
+        assert_eq!(block_start(HEADER_LEN), 4096);
+    }
+
+    /// Large groups start at block boundaries between small ones; every
+    /// record reads back by position and in order, across the padding,
+    /// before and after the log is opened again; the zeros that fill a
+    /// large group's last block are not a cut.
+    #[test]
+    fn large_groups_are_padded_to_blocks_and_read_back_with_the_small() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 64 << 20).expect("open").writer;
+        let small = sized(1, 3, 10);
+        // 70 records of 1,000 bytes: over DIRECT_AT_LEAST, not a block.
+        let large = sized(4, 70, 1000);
+        let small2 = sized(74, 2, 7);
+        let large2 = sized(76, 100, 700);
+        let a = append_all(&mut w, &small);
+        let b = append_all(&mut w, &large);
+        let c = append_all(&mut w, &small2);
+        let d = append_all(&mut w, &large2);
+        assert_eq!(b.positions[0].offset, 4096, "past the padding");
+        assert_eq!(c.positions[0], b.end, "a small group follows at once");
+        assert_eq!(d.positions[0].offset, block_start(c.end.offset));
+        assert_ne!(d.positions[0].offset, c.end.offset);
+        let all: Vec<_> = [&small, &large, &small2, &large2]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let r = Reader::new(dir.path());
+        assert_eq!(bodies(&r, start(), d.end), all);
+        // A scan that stops at a large group's first record, and one that
+        // starts at the end of the record before its padding.
+        assert_eq!(bodies(&r, start(), d.positions[0]).len(), 75);
+        assert_eq!(bodies(&r, c.end, d.end).len(), 100);
+        let positions: Vec<_> = [a, b, c].into_iter().flat_map(|x| x.positions).collect();
+        assert_eq!(
+            r.read_many(&positions)
+                .into_iter()
+                .map(|x| x.map(|s| (s.seq, s.body)))
+                .collect::<Result<Vec<_>, _>>()
+                .expect("read"),
+            all[..75]
+        );
+        drop(w);
+        let on_disk = fs::metadata(segment_path(dir.path(), 1))
+            .expect("meta")
+            .len();
+        assert_eq!(on_disk, direct_io::padded_len(d.end.offset as usize) as u64);
+        let opened = Writer::open(dir.path(), 64 << 20).expect("reopen");
+        assert_eq!((opened.writer.end(), opened.cut), (d.end, 0));
+        assert_eq!(opened.last, Some((175, 175 << 16)));
+        let mut w = opened.writer;
+        let e = append_all(&mut w, &sized(176, 1, 5));
+        assert_eq!(e.positions[0], d.end, "over the zeros of the last block");
+        assert_eq!(bodies(&r, start(), e.end).len(), 176);
+    }
+
+    /// A large group torn by a crash (its blocks never written: zeros)
+    /// or padding that is not zeros is cut where the padding began.
+    #[test]
+    fn a_torn_large_group_is_cut_where_its_padding_began() {
+        for damage in ["never written", "padding not zeros"] {
+            let dir = tempfile::tempdir().expect("dir");
+            let mut w = Writer::open(dir.path(), 64 << 20).expect("open").writer;
+            let a = append_all(&mut w, &sized(1, 2, 10));
+            let b = append_all(&mut w, &sized(3, 70, 1000));
+            drop(w);
+            let path = segment_path(dir.path(), 1);
+            let file = OpenOptions::new().write(true).open(&path).expect("open");
+            match damage {
+                "never written" => {
+                    file.set_len(a.end.offset).expect("cut");
+                    file.set_len(b.end.offset).expect("zeros");
+                }
+                _ => file.write_all_at(&[9], a.end.offset + 100).expect("write"),
+            }
+            drop(file);
+            let opened = Writer::open(dir.path(), 64 << 20).expect("reopen");
+            assert_eq!(opened.writer.end(), a.end, "{damage}");
+            assert_eq!(opened.last, Some((2, 2 << 16)), "{damage}");
+            assert!(opened.cut > 0, "{damage}");
+            let r = Reader::new(dir.path());
+            assert_eq!(bodies(&r, start(), a.end).len(), 2, "{damage}");
+        }
+    }
+
+    /// A version 1 segment (an earlier build's) is read and continued
+    /// without padding; the next segment is version 2.
+    #[test]
+    fn a_version_one_segment_is_continued_without_padding() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Writer::open(dir.path(), 64 << 20).expect("open").writer;
+        let a = append_all(&mut w, &sized(1, 2, 10));
+        drop(w);
+        let path = segment_path(dir.path(), 1);
+        let file = OpenOptions::new().write(true).open(&path).expect("open");
+        file.write_all_at(&header_of(VERSION_UNPADDED, 1), 0)
+            .expect("old header");
+        drop(file);
+        let mut w = Writer::open(dir.path(), 100_000).expect("reopen").writer;
+        assert!(!w.writes_directly());
+        let b = append_all(&mut w, &sized(3, 70, 1000));
+        assert_eq!(b.positions[0], a.end, "no padding in version 1");
+        // Past 100,000 bytes: the next group goes to a new segment.
+        let c = append_all(&mut w, &sized(73, 70, 1000));
+        assert_eq!(c.positions[0].segment, 2);
+        assert_eq!(c.positions[0].offset, 4096, "padded in version 2");
+        let r = Reader::new(dir.path());
+        assert_eq!(bodies(&r, start(), c.end).len(), 142);
+        let check = |segment| {
+            let f = File::open(segment_path(dir.path(), segment)).expect("open");
+            check_header(&f, &segment_path(dir.path(), segment), segment).expect("header")
+        };
+        assert_eq!((check(1), check(2)), (VERSION_UNPADDED, VERSION));
     }
 }
