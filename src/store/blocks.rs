@@ -6,15 +6,26 @@
 //! index) cost about 28,000 instructions of the store thread per kept
 //! message; a slim row without the body still 17,000 (three B-tree inserts
 //! and a statement). A block is one insert for all of a topic's messages in
-//! a transaction, about 40 bytes a message in its `entries` blob (bench/
-//! README.md, twenty-third round). The bodies stay in the log, which keeps
+//! a transaction, about 15 bytes a message in its `entries` blob (40 in
+//! the fixed form first written; bench/README.md, twenty-third and
+//! twenty-seventh rounds). The bodies stay in the log, which keeps
 //! a segment while any block points into it ([`oldest_segment`]).
 //!
-//! A block's entry: seq, clock and offset in the segment (each 8 bytes,
-//! little-endian), then the message's id (16 bytes, big-endian as a UUID's
-//! bytes are). Within a topic, blocks do not overlap in clock or in id:
-//! the log's clock rises with each record, and a kept message's id is
-//! minted under the log's lock, in seq order (`session/message.rs`).
+//! A block's entries, packed (written since 2026-12-05): a tag byte
+//! ([`PACKED`]), the number of entries as a LEB128 varint, then per entry
+//! the differences from the entry before (from zero for the first) of its
+//! seq, its clock, its offset in the segment and its id's high 64 bits,
+//! each a LEB128 varint of the wrapping difference, and the id's low 64
+//! bits as they are (8 bytes, big-endian as a UUID's bytes are): about 15
+//! bytes a message, where the earlier fixed form took 40. Within a block
+//! each of those rises: the log's clock and offsets rise with each record,
+//! and a kept message's id is minted under the log's lock, in seq order
+//! (`session/message.rs`); the low half of a UUIDv7 is random. A packed
+//! blob whose length is a multiple of 40 gets one more byte, so that the
+//! fixed form (entries of 40 bytes: seq, clock and offset, 8 bytes each,
+//! little-endian, then the id's 16), which earlier builds wrote and which
+//! is read as before, is told by its length. Within a topic, blocks do not
+//! overlap in clock or in id.
 //!
 //! A message is named by a [`Key`]: an `events` row's rowid negated (the
 //! search index's rowids since it was made), or a block's rowid and the
@@ -36,8 +47,12 @@ use super::log::Origin;
 use super::segment::{self, Position};
 use crate::change::{Change, ExJson};
 
-/// Bytes of one entry in a block's blob.
+/// Bytes of one entry in a block's blob in the fixed form of builds before
+/// 2026-12-05 (the packed form is told from it by its length).
 pub const ENTRY_LEN: usize = 40;
+
+/// The first byte of a packed blob.
+const PACKED: u8 = 0xb2;
 
 /// Entries a block holds at most: an entry's index is 16 bits of its key.
 pub const MAX_ENTRIES: usize = 1 << 16;
@@ -94,15 +109,14 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.seq.to_le_bytes());
-        out.extend_from_slice(&self.hlc.to_le_bytes());
-        out.extend_from_slice(&self.offset.to_le_bytes());
-        out.extend_from_slice(self.id.as_bytes());
+    /// The id's halves, as the packed form takes them.
+    fn id_halves(&self) -> (u64, u64) {
+        let id = self.id.as_u128();
+        ((id >> 64) as u64, id as u64)
     }
 
-    /// An entry from its [`ENTRY_LEN`] bytes (a shorter slice reads as
-    /// zeros where it ends).
+    /// An entry from its [`ENTRY_LEN`] bytes in the fixed form (a shorter
+    /// slice reads as zeros where it ends).
     fn decode(bytes: &[u8]) -> Self {
         let word = |i: usize| {
             bytes
@@ -132,23 +146,18 @@ pub struct Block {
     pub topic: Uuid,
     /// The segment its records are in.
     pub segment: u64,
-    entries: Vec<u8>,
+    entries: Vec<Entry>,
 }
 
 impl Block {
     /// Its entries, in seq order, with their indexes.
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = (usize, Entry)> + '_ {
-        self.entries
-            .chunks_exact(ENTRY_LEN)
-            .map(Entry::decode)
-            .enumerate()
+        self.entries.iter().copied().enumerate()
     }
 
     /// Entry `index`.
     pub fn entry(&self, index: usize) -> Option<Entry> {
-        let start = index.checked_mul(ENTRY_LEN)?;
-        let bytes = self.entries.get(start..start.checked_add(ENTRY_LEN)?)?;
-        Some(Entry::decode(bytes))
+        self.entries.get(index).copied()
     }
 
     /// Where entry `e`'s record is in the log.
@@ -170,8 +179,96 @@ pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
         rowid: r.get(0)?,
         topic: Uuid::parse_str(&topic).unwrap_or_default(),
         segment: u64::try_from(r.get::<_, i64>(2)?).unwrap_or_default(),
-        entries: r.get(3)?,
+        entries: decode_entries(r.get_ref(3)?.as_blob()?),
     })
+}
+
+/// A block's blob in the packed form, `PACKED` first (see the module's
+/// doc).
+fn encode_entries(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + entries.len() * 16);
+    out.push(PACKED);
+    put_varint(&mut out, entries.len() as u64);
+    let mut prev = (0u64, 0u64, 0u64, 0u64);
+    for e in entries {
+        let (hi, lo) = e.id_halves();
+        put_varint(&mut out, e.seq.wrapping_sub(prev.0));
+        put_varint(&mut out, e.hlc.wrapping_sub(prev.1));
+        put_varint(&mut out, e.offset.wrapping_sub(prev.2));
+        put_varint(&mut out, hi.wrapping_sub(prev.3));
+        out.extend_from_slice(&lo.to_be_bytes());
+        prev = (e.seq, e.hlc, e.offset, hi);
+    }
+    if out.len() % ENTRY_LEN == 0 {
+        // Not to be read as the fixed form: one byte past the entries.
+        out.push(0);
+    }
+    out
+}
+
+/// A block's entries from its blob, in either form. A packed blob that
+/// ends early (damage) gives the entries before the damage.
+fn decode_entries(blob: &[u8]) -> Vec<Entry> {
+    if blob.len() % ENTRY_LEN == 0 || blob.first() != Some(&PACKED) {
+        return blob.chunks_exact(ENTRY_LEN).map(Entry::decode).collect();
+    }
+    let mut rest = blob.get(1..).unwrap_or_default();
+    let Some(count) = take_varint(&mut rest) else {
+        return Vec::new();
+    };
+    // Each entry takes at least 12 bytes: a count past that is damage.
+    let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(rest.len() / 12));
+    let mut prev = (0u64, 0u64, 0u64, 0u64);
+    for _ in 0..count {
+        let next = (|| {
+            let seq = prev.0.wrapping_add(take_varint(&mut rest)?);
+            let hlc = prev.1.wrapping_add(take_varint(&mut rest)?);
+            let offset = prev.2.wrapping_add(take_varint(&mut rest)?);
+            let hi = prev.3.wrapping_add(take_varint(&mut rest)?);
+            let (lo, after) = rest.split_first_chunk::<8>()?;
+            rest = after;
+            Some((seq, hlc, offset, hi, u64::from_be_bytes(*lo)))
+        })();
+        let Some((seq, hlc, offset, hi, lo)) = next else {
+            break;
+        };
+        entries.push(Entry {
+            seq,
+            hlc,
+            offset,
+            id: Uuid::from_u128((u128::from(hi) << 64) | u128::from(lo)),
+        });
+        prev = (seq, hlc, offset, hi);
+    }
+    entries
+}
+
+/// Appends `v` as a LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Takes a LEB128 varint from the front of `bytes`; `None` if it ends
+/// first or runs past 64 bits.
+fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        let bits = u64::from(b & 0x7f);
+        let shift = 7 * i as u32;
+        if shift == 63 && bits > 1 {
+            return None;
+        }
+        v |= bits << shift;
+        if b & 0x80 == 0 {
+            *bytes = bytes.get(i + 1..).unwrap_or_default();
+            return Some(v);
+        }
+    }
+    None
 }
 
 /// The block at `rowid`, if any.
@@ -261,7 +358,7 @@ struct Building {
     first: Entry,
     last: Entry,
     last_id: Uuid,
-    entries: Vec<u8>,
+    entries: Vec<Entry>,
 }
 
 impl Builder {
@@ -277,7 +374,7 @@ impl Builder {
         let open = self.open.get(&key).copied().filter(|&i| {
             self.blocks
                 .get(i)
-                .is_some_and(|b| b.entries.len() < MAX_ENTRIES * ENTRY_LEN)
+                .is_some_and(|b| b.entries.len() < MAX_ENTRIES)
         });
         let i = match open {
             Some(i) => i,
@@ -288,7 +385,7 @@ impl Builder {
                     first: e,
                     last: e,
                     last_id: id,
-                    entries: Vec::with_capacity(64 * ENTRY_LEN),
+                    entries: Vec::with_capacity(64),
                 });
                 let i = self.blocks.len() - 1;
                 self.open.insert(key, i);
@@ -296,7 +393,7 @@ impl Builder {
             }
         };
         if let Some(b) = self.blocks.get_mut(i) {
-            e.encode_into(&mut b.entries);
+            b.entries.push(e);
             b.last = e;
             b.last_id = b.last_id.max(id);
         }
@@ -326,7 +423,7 @@ impl Builder {
                 sql_int(b.first.hlc),
                 sql_int(b.last.hlc),
                 &b.last_id.as_bytes()[..],
-                &b.entries,
+                &encode_entries(&b.entries),
             ])?;
         }
         Ok(())
@@ -1373,5 +1470,101 @@ mod tests {
         let store = Store::open(dir.path(), "n1").expect("reopen");
         assert_eq!(page(&store, t, None, None, 10).await.0, [id]);
         store.close().await;
+    }
+
+    /// Entries as a burst's block holds them: seqs, clocks and offsets
+    /// rising, ids minted in order (UUIDv7, random low halves).
+    fn burst_entries(n: u64) -> Vec<Entry> {
+        (0..n)
+            .map(|i| Entry {
+                seq: 1_000_000 + i * 3,
+                hlc: (1_764_900_000_000 << 16) + i * 40,
+                offset: 4096 + i * 195,
+                id: crate::proto::id::uuid_at(1_764_900_000_000 + i as i64 / 50),
+            })
+            .collect()
+    }
+
+    /// The fixed form of builds before the packed one.
+    fn fixed(entries: &[Entry]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in entries {
+            out.extend_from_slice(&e.seq.to_le_bytes());
+            out.extend_from_slice(&e.hlc.to_le_bytes());
+            out.extend_from_slice(&e.offset.to_le_bytes());
+            out.extend_from_slice(e.id.as_bytes());
+        }
+        out
+    }
+
+    /// Packed entries read back as written, values that fall or reach the
+    /// top of their range included; a burst's block takes under 16 bytes
+    /// an entry (the fixed form 40); the fixed form still reads.
+    #[test]
+    fn packed_entries_read_back_and_the_fixed_form_still_reads() {
+        let burst = burst_entries(413);
+        let packed = encode_entries(&burst);
+        assert_eq!(decode_entries(&packed), burst);
+        assert!(packed.len() < 16 * burst.len(), "{} bytes", packed.len());
+        assert_eq!(decode_entries(&fixed(&burst)), burst);
+        let wild = vec![
+            Entry {
+                seq: u64::MAX,
+                hlc: 0,
+                offset: u64::MAX,
+                id: Uuid::max(),
+            },
+            Entry {
+                seq: 0,
+                hlc: u64::MAX,
+                offset: 0,
+                id: Uuid::nil(),
+            },
+            Entry {
+                seq: 7,
+                hlc: 1 << 63,
+                offset: 1 << 40,
+                id: Uuid::from_u128(u128::MAX >> 1),
+            },
+        ];
+        assert_eq!(decode_entries(&encode_entries(&wild)), wild);
+        assert_eq!(decode_entries(&fixed(&wild)), wild);
+        assert_eq!(decode_entries(&encode_entries(&[])), vec![]);
+    }
+
+    /// Whatever the number of entries, a packed blob's length is no
+    /// multiple of 40, so it is never read as the fixed form.
+    #[test]
+    fn a_packed_blob_is_never_a_multiple_of_the_fixed_entry() {
+        let many = burst_entries(300);
+        for n in 0..=many.len() {
+            let packed = encode_entries(&many[..n]);
+            assert_ne!(packed.len() % ENTRY_LEN, 0, "{n} entries");
+            assert_eq!(decode_entries(&packed).len(), n);
+        }
+    }
+
+    /// A packed blob cut short, or with a varint that never ends, gives
+    /// the entries before the damage and nothing made up.
+    #[test]
+    fn a_damaged_packed_blob_gives_what_precedes_the_damage() {
+        let burst = burst_entries(10);
+        let packed = encode_entries(&burst);
+        for cut in 2..packed.len() {
+            let mut short = packed[..cut].to_vec();
+            if short.len() % ENTRY_LEN == 0 {
+                short.push(0x80);
+            }
+            let got = decode_entries(&short);
+            assert!(got.len() <= burst.len());
+            assert_eq!(got, burst[..got.len()], "cut at {cut}");
+        }
+        assert_eq!(decode_entries(&[PACKED, 0xff, 0xff]), vec![]);
+        let mut out = Vec::new();
+        put_varint(&mut out, u64::MAX);
+        assert_eq!(out.len(), 10);
+        assert_eq!(take_varint(&mut &out[..]), Some(u64::MAX));
+        out[9] = 0x02;
+        assert_eq!(take_varint(&mut &out[..]), None, "past 64 bits");
     }
 }
