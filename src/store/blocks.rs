@@ -12,7 +12,7 @@
 //! a segment while any block points into it ([`oldest_segment`]).
 //!
 //! A block's entries, packed (written since 2026-12-05): a tag byte
-//! ([`PACKED`]), the number of entries as a LEB128 varint, then per entry
+//! (`0xb2`), the number of entries as a LEB128 varint, then per entry
 //! the differences from the entry before (from zero for the first) of its
 //! seq, its clock, its offset in the segment and its id's high 64 bits,
 //! each a LEB128 varint of the wrapping difference, and the id's low 64
