@@ -19,6 +19,11 @@ use std::path::Path;
 /// common devices (512-byte devices take it too).
 pub const BLOCK: u64 = 4096;
 
+/// Most bytes copied into the aligned buffer for one write: a larger group
+/// is written in pieces, so the buffer a writer keeps stays this size
+/// whatever the largest group was.
+const PIECE: usize = 1 << 20;
+
 /// A file opened again for direct writes, with its aligned buffer.
 #[derive(Debug)]
 pub struct DirectFile {
@@ -44,12 +49,23 @@ impl DirectFile {
     }
 
     /// Writes `bytes` at `at` (a multiple of [`BLOCK`]), the last block
-    /// filled with zeros past them. An error may leave part of it written.
+    /// filled with zeros past them, [`PIECE`] bytes a write. An error may
+    /// leave part of it written.
     pub fn write_blocks(&mut self, bytes: &[u8], at: u64) -> io::Result<()> {
+        let mut at = at;
+        for piece in bytes.chunks(PIECE) {
+            self.write_piece(piece, at)?;
+            at += PIECE as u64;
+        }
+        Ok(())
+    }
+
+    /// One write of at most [`PIECE`] bytes, padded to whole blocks.
+    fn write_piece(&mut self, bytes: &[u8], at: u64) -> io::Result<()> {
         let padded = padded_len(bytes.len());
         let block = BLOCK as usize;
         if self.buf.len() < padded + block {
-            // Grown, never shrunk: a log's large groups are alike in size.
+            // Grown up to a piece and a block, never shrunk.
             self.buf = vec![0; padded + block];
         }
         let start = self.buf.as_ptr().align_offset(block);
@@ -101,6 +117,27 @@ mod tests {
             .expect("read");
         assert_eq!(&back[..10], &bytes[..10]);
         assert!(back[10..BLOCK as usize].iter().all(|&b| b == 0));
+    }
+
+    /// A group of several pieces is written whole, and the buffer kept is
+    /// a piece's.
+    #[test]
+    fn a_group_larger_than_a_piece_is_written_in_pieces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"").expect("create");
+        let Some(mut direct) = DirectFile::open(&path) else {
+            return;
+        };
+        let bytes: Vec<u8> = (0..(2 * PIECE + 777))
+            .map(|i| (i % 253) as u8 + 1)
+            .collect();
+        direct.write_blocks(&bytes, 0).expect("direct write");
+        assert!(direct.buf.len() <= PIECE + BLOCK as usize);
+        let back = std::fs::read(&path).expect("read");
+        assert_eq!(back.len(), padded_len(bytes.len()));
+        assert_eq!(&back[..bytes.len()], &bytes[..]);
+        assert!(back[bytes.len()..].iter().all(|&b| b == 0));
     }
 
     #[test]

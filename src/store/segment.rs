@@ -1066,12 +1066,6 @@ impl<R: Read + Seek> Records<R> {
             return Ok(Next::End(at));
         }
         let boundary = at.next_multiple_of(BLOCK);
-        let mut rest = vec![
-            0u8;
-            usize::try_from(boundary - at)
-                .unwrap_or(0)
-                .saturating_sub(RECORD_HEAD)
-        ];
         if at == boundary {
             // Records start at a boundary after padding: zeros there were
             // never written (a torn large group).
@@ -1080,6 +1074,9 @@ impl<R: Read + Seek> Records<R> {
                 why: "zeros where a record should start",
             });
         }
+        // The rest of the padding (under a block).
+        let rest_len = usize::try_from(boundary - at).unwrap_or(0);
+        let mut rest = vec![0u8; rest_len.saturating_sub(RECORD_HEAD)];
         let n = read_full(&mut self.input, &mut rest).map_err(io_at(&self.path))?;
         if rest.get(..n).is_some_and(|r| r.iter().any(|&b| b != 0)) {
             return Ok(Next::Bad {
