@@ -109,10 +109,25 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The id's halves, as the packed form takes them.
-    fn id_halves(&self) -> (u64, u64) {
+    /// What the packed form stores: the four words it codes as
+    /// differences (seq, clock, offset, the id's high half), and the id's
+    /// low half as it is.
+    fn packed(&self) -> ([u64; 4], u64) {
         let id = self.id.as_u128();
-        ((id >> 64) as u64, id as u64)
+        (
+            [self.seq, self.hlc, self.offset, (id >> 64) as u64],
+            id as u64,
+        )
+    }
+
+    /// The entry [`Entry::packed`] gave `words` and `lo` for.
+    fn unpacked([seq, hlc, offset, hi]: [u64; 4], lo: u64) -> Self {
+        Entry {
+            seq,
+            hlc,
+            offset,
+            id: Uuid::from_u128((u128::from(hi) << 64) | u128::from(lo)),
+        }
     }
 
     /// An entry from its [`ENTRY_LEN`] bytes in the fixed form (a shorter
@@ -189,15 +204,14 @@ fn encode_entries(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + entries.len() * 16);
     out.push(PACKED);
     put_varint(&mut out, entries.len() as u64);
-    let mut prev = (0u64, 0u64, 0u64, 0u64);
+    let mut prev = [0u64; 4];
     for e in entries {
-        let (hi, lo) = e.id_halves();
-        put_varint(&mut out, e.seq.wrapping_sub(prev.0));
-        put_varint(&mut out, e.hlc.wrapping_sub(prev.1));
-        put_varint(&mut out, e.offset.wrapping_sub(prev.2));
-        put_varint(&mut out, hi.wrapping_sub(prev.3));
+        let (words, lo) = e.packed();
+        for (word, before) in words.iter().zip(prev) {
+            put_varint(&mut out, word.wrapping_sub(before));
+        }
         out.extend_from_slice(&lo.to_be_bytes());
-        prev = (e.seq, e.hlc, e.offset, hi);
+        prev = words;
     }
     if out.len() % ENTRY_LEN == 0 {
         // Not to be read as the fixed form: one byte past the entries.
@@ -218,29 +232,27 @@ fn decode_entries(blob: &[u8]) -> Vec<Entry> {
     };
     // Each entry takes at least 12 bytes: a count past that is damage.
     let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(rest.len() / 12));
-    let mut prev = (0u64, 0u64, 0u64, 0u64);
+    let mut prev = [0u64; 4];
     for _ in 0..count {
-        let next = (|| {
-            let seq = prev.0.wrapping_add(take_varint(&mut rest)?);
-            let hlc = prev.1.wrapping_add(take_varint(&mut rest)?);
-            let offset = prev.2.wrapping_add(take_varint(&mut rest)?);
-            let hi = prev.3.wrapping_add(take_varint(&mut rest)?);
-            let (lo, after) = rest.split_first_chunk::<8>()?;
-            rest = after;
-            Some((seq, hlc, offset, hi, u64::from_be_bytes(*lo)))
-        })();
-        let Some((seq, hlc, offset, hi, lo)) = next else {
+        let Some((words, lo)) = take_packed(&mut rest, prev) else {
             break;
         };
-        entries.push(Entry {
-            seq,
-            hlc,
-            offset,
-            id: Uuid::from_u128((u128::from(hi) << 64) | u128::from(lo)),
-        });
-        prev = (seq, hlc, offset, hi);
+        entries.push(Entry::unpacked(words, lo));
+        prev = words;
     }
     entries
+}
+
+/// One packed entry's words (the differences from `prev` added back) and
+/// low half, from the front of `bytes`; `None` if they end first.
+fn take_packed(bytes: &mut &[u8], prev: [u64; 4]) -> Option<([u64; 4], u64)> {
+    let mut words = prev;
+    for word in &mut words {
+        *word = word.wrapping_add(take_varint(bytes)?);
+    }
+    let (lo, after) = bytes.split_first_chunk::<8>()?;
+    *bytes = after;
+    Some((words, u64::from_be_bytes(*lo)))
 }
 
 /// Appends `v` as a LEB128 varint.

@@ -456,7 +456,8 @@ impl Writer {
 
     /// Whether large groups are written directly (the file system has
     /// direct I/O, and the segment is version 2).
-    pub fn writes_directly(&self) -> bool {
+    #[cfg(test)]
+    fn writes_directly(&self) -> bool {
         self.direct.is_some()
     }
 
